@@ -1,0 +1,53 @@
+"""The ``tunewise`` command line: a thin Typer app over the library.
+
+Each verb lives in a small module of this package and calls one public library function, then
+renders the result with rich. A :class:`~tunewise.errors.UserError` anywhere below becomes one
+red line on stderr and exit code 2; any other exception is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import typer
+from typer.core import TyperGroup
+
+from tunewise.errors import UserError
+
+
+class _Group(TyperGroup):
+    def invoke(self, ctx: click.Context):  # type: ignore[override]
+        try:
+            return super().invoke(ctx)
+        except UserError as err:
+            click.echo(f"error: {err}", err=True)
+            sys.exit(err.exit_code)
+
+
+app = typer.Typer(
+    cls=_Group,
+    name="tunewise",
+    help="Decide whether to fine-tune an LLM, then do it right.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+# Each module registers its verbs on `app` (order = order in --help).
+from tunewise.cli import (  # noqa: E402
+    data_cmd,
+    eval_cmd,
+    models_cmd,
+    registry_cmd,
+    serve_cmd,
+    train_cmd,
+    workflow_cmd,
+)
+
+for _module in (models_cmd, data_cmd, train_cmd, eval_cmd, registry_cmd, serve_cmd, workflow_cmd):
+    _module.register(app)
+
+
+def main() -> None:
+    app()

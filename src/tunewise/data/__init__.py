@@ -1,0 +1,1 @@
+"""Chat data: parsing with line numbers, checks, splits and conversion."""

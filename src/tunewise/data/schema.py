@@ -1,0 +1,158 @@
+"""Parse chat JSONL into :class:`Example` records, keeping line numbers for every error.
+
+Each line is ``{"messages": [{"role": ..., "content": ...}, ...]}``. Validation collects *all*
+problems (a user fixing a 10k-line file wants the whole list, not one error per run), each as a
+:class:`Problem` rendered ``file:line: field: message``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tunewise.errors import DataError
+from tunewise.fsio import sha256_json
+
+ROLES = ("system", "user", "assistant", "tool")
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: str
+    line: int
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}: {self.field}: {self.message}"
+
+
+@dataclass
+class Example:
+    """One conversation. ``line`` is 1-based in ``source``."""
+
+    messages: list[dict[str, str]]
+    line: int = 0
+    source: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def prompt_messages(self) -> list[dict[str, str]]:
+        """Everything before the final assistant turn: what a model is given at inference."""
+        return self.messages[:-1]
+
+    @property
+    def target(self) -> str:
+        """The final assistant turn: what the model should answer."""
+        return self.messages[-1]["content"]
+
+    @property
+    def user_text(self) -> str:
+        """The last user turn, the text that retrieval and near-duplicate checks look at."""
+        for m in reversed(self.messages):
+            if m["role"] == "user":
+                return m["content"]
+        return ""
+
+    @property
+    def uid(self) -> str:
+        """Content id: identical conversations share it."""
+        return sha256_json(self.messages)[:16]
+
+    def to_json(self) -> dict[str, Any]:
+        row: dict[str, Any] = {"messages": self.messages}
+        row.update(self.meta)
+        return row
+
+
+def validate_record(obj: Any, path: str, line: int) -> list[Problem]:
+    """Every structural problem in one parsed line."""
+    out: list[Problem] = []
+
+    def bad(fld: str, msg: str) -> None:
+        out.append(Problem(path, line, fld, msg))
+
+    if not isinstance(obj, dict):
+        bad("(line)", f"expected a JSON object, got {type(obj).__name__}")
+        return out
+    if "messages" not in obj:
+        bad("messages", "missing")
+        return out
+    msgs = obj["messages"]
+    if not isinstance(msgs, list):
+        bad("messages", f"expected a list, got {type(msgs).__name__}")
+        return out
+    if not msgs:
+        bad("messages", "empty list")
+        return out
+    prev_role: str | None = None
+    roles: list[str | None] = []
+    for i, m in enumerate(msgs):
+        where = f"messages[{i}]"
+        if not isinstance(m, dict):
+            bad(where, f"expected an object, got {type(m).__name__}")
+            roles.append(None)
+            prev_role = None
+            continue
+        role = m.get("role")
+        if role not in ROLES:
+            bad(f"{where}.role", f"unknown role {role!r} (expected one of {', '.join(ROLES)})")
+        content = m.get("content")
+        if not isinstance(content, str):
+            bad(f"{where}.content", f"expected a string, got {type(content).__name__}")
+        elif not content.strip():
+            bad(f"{where}.content", "empty")
+        if role == "system" and i != 0:
+            bad(f"{where}.role", "system message must be the first message")
+        if role is not None and role == prev_role:
+            bad(f"{where}.role", f"two consecutive '{role}' turns")
+        roles.append(role)
+        prev_role = role
+    if "assistant" not in roles:
+        bad("messages", "no assistant turn")
+    elif roles[-1] != "assistant":
+        bad(f"messages[{len(msgs) - 1}].role", f"last turn must be 'assistant', got {roles[-1]!r}")
+    return out
+
+
+def iter_lines(path: Path) -> Iterator[tuple[int, str]]:
+    with open(path, encoding="utf-8") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            if raw.strip():
+                yield lineno, raw
+
+
+def parse_jsonl(path: str | Path) -> tuple[list[Example], list[Problem]]:
+    """All valid examples and all problems in ``path``."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(str(path), None, "(file)", "not found")
+    examples: list[Example] = []
+    problems: list[Problem] = []
+    for lineno, raw in iter_lines(path):
+        try:
+            obj = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            problems.append(Problem(str(path), lineno, "(line)", f"not valid JSON: {exc.msg} at column {exc.colno}"))
+            continue
+        found = validate_record(obj, str(path), lineno)
+        if found:
+            problems.extend(found)
+            continue
+        meta = {k: v for k, v in obj.items() if k != "messages"}
+        msgs = [{"role": m["role"], "content": m["content"]} for m in obj["messages"]]
+        examples.append(Example(messages=msgs, line=lineno, source=str(path), meta=meta))
+    return examples, problems
+
+
+def load_examples(path: str | Path) -> list[Example]:
+    """Valid examples, or a :class:`DataError` naming the first problem (and how many more)."""
+    examples, problems = parse_jsonl(path)
+    if problems:
+        first = problems[0]
+        more = f" (and {len(problems) - 1} more; run `tunewise data check`)" if len(problems) > 1 else ""
+        raise DataError(first.path, first.line, first.field, first.message + more)
+    return examples

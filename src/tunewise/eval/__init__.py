@@ -1,0 +1,1 @@
+"""Evaluation: graders, the harness, statistics, reports and human ratings."""

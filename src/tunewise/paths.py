@@ -1,0 +1,40 @@
+"""Where tunewise keeps user state.
+
+Everything lives under one directory, ``$TUNEWISE_HOME`` (default ``~/.tunewise``), so tests can
+point it at a temporary folder and users can wipe it in one go. Converted models may live
+elsewhere (``$TUNEWISE_MODELS``) because they are large and shareable between homes.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def home() -> Path:
+    root = Path(os.environ.get("TUNEWISE_HOME", Path.home() / ".tunewise")).expanduser()
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def models_dir() -> Path:
+    override = os.environ.get("TUNEWISE_MODELS")
+    root = Path(override).expanduser() if override else home() / "models"
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def registry_dir() -> Path:
+    root = home() / "registry"
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def cache_db() -> Path:
+    """SQLite file for cached generations and scores (shared by every project)."""
+    return home() / "cache.sqlite"
+
+
+def seals_db() -> Path:
+    """SQLite file that records sealed test splits and every final use of them."""
+    return home() / "seals.sqlite"

