@@ -36,16 +36,28 @@ app = typer.Typer(
 
 # Each module registers its verbs on `app` (order = order in --help).
 from tunewise.cli import (  # noqa: E402
+    advise_cmd,
     data_cmd,
     eval_cmd,
     models_cmd,
     registry_cmd,
+    report_cmd,
     serve_cmd,
     train_cmd,
     workflow_cmd,
 )
 
-for _module in (models_cmd, data_cmd, train_cmd, eval_cmd, registry_cmd, serve_cmd, workflow_cmd):
+for _module in (
+    workflow_cmd,
+    models_cmd,
+    data_cmd,
+    train_cmd,
+    eval_cmd,
+    report_cmd,
+    advise_cmd,
+    registry_cmd,
+    serve_cmd,
+):
     _module.register(app)
 
 

@@ -19,9 +19,10 @@ from tunewise.fsio import atomic_write_json
 class ItemResult:
     """One candidate's answer to one item, with its per-item scores.
 
-    ``scores`` holds per-item values in [0, 1] or real-valued: ``correct`` (0/1 exact label or
-    exact match), ``format_ok`` (0/1), ``json_valid``, ``schema_ok``, ``judge`` (rubric score
-    normalised to [0, 1], NaN if the judge's answer could not be parsed), ...
+    ``scores`` keys are metric names and each metric is the mean of its per-item values:
+    ``accuracy`` (0/1), ``exact_match`` (0/1), ``format_compliance`` (0/1), ``json_valid``,
+    ``schema_valid``, ``judge`` (rubric score normalised to [0, 1], NaN when the judge's reply
+    could not be parsed), per-field ``accuracy_<field>``. ``macro_f1`` is derived from labels.
     ``gold`` and ``predicted`` are the extracted labels (for F1 and confusion matrices).
     """
 
