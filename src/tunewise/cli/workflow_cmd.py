@@ -1,9 +1,140 @@
-"""Placeholder: verbs for this area are registered here."""
+"""``tunewise run``, ``tunewise advise`` and ``tunewise init``: the ladder as a product."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import typer
+from rich.console import Console
+from rich.panel import Panel
+from rich.table import Table
+
+console = Console()
+
+
+def run_cmd(
+    project: Path = typer.Argument(..., help="project.yaml (or its folder)"),
+    methods: str = typer.Option(None, "--methods", help="comma-separated methods to try, e.g. lora,qlora,full"),
+    final: bool = typer.Option(False, "--final", help="also run the one sealed test evaluation"),
+    set_: list[str] = typer.Option([], "--set", help="override a config value, e.g. train.epochs=1"),
+) -> None:
+    """Run the whole ladder: check, split, baselines, train, evaluate, compare, gate, registry, report."""
+    from tunewise.config import load_project
+    from tunewise.workflow import run_ladder
+
+    cfg = load_project(project, set_)
+    method_list = [m.strip() for m in methods.split(",")] if methods else None
+    result = run_ladder(cfg, methods=method_list, final=final, console=console)
+    if result.eval_dir is not None:
+        show_summary(result.eval_dir)
+
+
+def show_summary(eval_dir: Path) -> None:
+    """The comparison table, the verdict and the advice, read back from the eval directory."""
+    comp_path = eval_dir / "comparison.json"
+    if not comp_path.is_file():
+        return
+    comp = json.loads(comp_path.read_text())
+    pm = comp["primary_metric"]
+    metric_names: list[str] = []
+    for per in comp["metrics"].values():
+        for name in per:
+            if name not in metric_names:
+                metric_names.append(name)
+    metric_names.sort(key=lambda n: (n != pm, n))
+    table = Table(title=f"validation results (primary: {pm}, 95% CI)")
+    table.add_column("candidate")
+    for name in metric_names:
+        table.add_column(name, justify="right")
+    for cand, per in comp["metrics"].items():
+        cells = []
+        for name in metric_names:
+            e = per.get(name)
+            cells.append("-" if e is None else f"{e['value']:.3f} [{e['ci_low']:.2f}, {e['ci_high']:.2f}]")
+        table.add_row(cand, *cells)
+    console.print(table)
+    verdict_path = eval_dir / "verdict.json"
+    if verdict_path.is_file():
+        v = json.loads(verdict_path.read_text())
+        lines = [f"{'✓' if r['passed'] else '✗'} vs {r['baseline']}: {r['reason']}" for r in v["reasons"]]
+        lines += [f"✗ guard: {g}" for g in v.get("guard_failures", [])]
+        style = "green" if v["ship"] else "red"
+        title = f"SHIP {v['candidate']}" if v["ship"] else f"DON'T SHIP {v['candidate']}"
+        console.print(Panel("\n".join(lines) or v.get("summary", ""), title=title, border_style=style))
+    from tunewise.advise import facts_from_dir, recommend
+
+    advice = recommend(facts_from_dir(eval_dir))
+    console.print(Panel("\n".join([advice.headline, *advice.reasons] + ([advice.more_data] if advice.more_data else [])),
+                        title="advice", border_style="cyan"))
+    for name in ("report.html", "report.md"):
+        if (eval_dir / name).is_file():
+            console.print(f"report: {eval_dir / name}")
+
+
+def advise_cmd(
+    target: Path = typer.Argument(..., help="project.yaml, its folder, or an eval directory"),
+    requests_per_day: float = typer.Option(None, help="expected requests per day (for the cost comparison)"),
+    tokens_per_request: float = typer.Option(None, help="prompt + completion tokens per request"),
+    api_price: float = typer.Option(None, help="frontier API price, USD per million tokens"),
+    gpu_price: float = typer.Option(None, help="GPU price for serving the small model, USD per hour"),
+    gpu_hours: float = typer.Option(24.0, help="GPU hours per day"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON"),
+) -> None:
+    """A plain-language recommendation tied to the measured numbers (and the cost break-even)."""
+    from tunewise.advise import CostInputs, facts_from_dir, recommend
+    from tunewise.errors import UserError
+
+    eval_dir = _eval_dir_of(target)
+    cost = None
+    given = [requests_per_day, tokens_per_request, api_price, gpu_price]
+    if any(v is not None for v in given):
+        if any(v is None for v in given):
+            raise UserError("cost: give all of --requests-per-day, --tokens-per-request, --api-price, --gpu-price")
+        cost = CostInputs(requests_per_day, tokens_per_request, api_price, gpu_price, gpu_hours)
+    advice = recommend(facts_from_dir(eval_dir), cost=cost)
+    if as_json:
+        typer.echo(json.dumps(advice.to_json(), indent=2))
+        return
+    body = [f"[bold]{advice.headline}[/]", *[f"• {r}" for r in advice.reasons]]
+    if advice.more_data:
+        body.append(f"• {advice.more_data}")
+    if advice.cost:
+        c = advice.cost
+        body.append(
+            f"• Cost: frontier API ${c.api_cost_per_day:,.2f}/day vs self-hosted ${c.gpu_cost_per_day:,.2f}/day; "
+            f"break-even at {c.break_even_requests_per_day:,.0f} requests/day ({c.cheaper} is cheaper at your volume)."
+        )
+    console.print(Panel("\n".join(body), title="tunewise advise", border_style="cyan"))
+
+
+def _eval_dir_of(target: Path) -> Path:
+    if (target / "comparison.json").is_file():
+        return target
+    from tunewise.config import load_project
+
+    cfg = load_project(target)
+    return cfg.work_dir / "eval"
+
+
+def init_cmd(
+    data: Path = typer.Argument(..., help="chat JSONL with your examples"),
+    out: Path = typer.Option(None, "--out", help="project folder to create (default: beside the data)"),
+    name: str = typer.Option(None, "--name", help="project name (default: the data file's stem)"),
+    docs: Path = typer.Option(None, "--docs", help="folder of documents for the RAG rung"),
+    force: bool = typer.Option(False, "--force", help="overwrite an existing project.yaml"),
+) -> None:
+    """Scaffold a project.yaml from your data: infers the task type, graders and primary metric."""
+    from tunewise.init import init_project
+
+    path, summary = init_project(data, out=out, name=name, docs=docs, force=force)
+    console.print(f"[green]wrote[/] {path}")
+    for line in summary:
+        console.print(f"  • {line}")
+    console.print(f"next: edit it, then `tunewise run {path}`")
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's verbs to the top-level app."""
+    app.command("run")(run_cmd)
+    app.command("init")(init_cmd)
+    app.command("advise")(advise_cmd)

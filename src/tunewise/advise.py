@@ -1,0 +1,237 @@
+"""The advisor: a plain-language recommendation tied to the measured numbers.
+
+The article's ladder, read off the evaluation: stop at the cheapest rung that nothing above it
+clearly beats. ``recommend`` is a pure function of :class:`Facts` (numbers only), so each branch is
+unit-tested on synthetic results; ``facts_from_dir`` reads them from a ladder's work directory.
+
+Branches, in the order they are tried:
+
+1. the gate said ship -> fine-tune, with the method that won and why;
+2. RAG clearly beats prompt and few-shot and no fine-tune beats RAG -> RAG (a knowledge task:
+   fine-tuning does not reliably add facts);
+3. few-shot clearly beats the prompt -> few-shot is enough;
+4. otherwise the prompt is enough.
+
+Alongside: "not enough data yet" when a learning curve (25/50/100% of train) is still rising, with
+a log-linear extrapolation of the examples needed; an "evaluation set too small" note when a
+difference was underpowered; and a cost comparison with the break-even volume.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tunewise.errors import UserError
+
+BASELINES = ("prompt", "fewshot", "rag")
+# Cheaper to train and serve first: a tie goes to the cheaper method.
+METHOD_COST_ORDER = ("qlora", "lora", "full")
+
+
+@dataclass
+class Facts:
+    primary_metric: str
+    metrics: dict[str, float]  # candidate -> primary metric value
+    # (a, b) -> True when a beats b on the primary metric with p < alpha and margin >= delta
+    clearly_better: dict[tuple[str, str], bool]
+    methods: dict[str, str] = field(default_factory=dict)  # fine-tuned candidate -> lora|qlora|full
+    ship: bool = False
+    shipped_candidate: str | None = None
+    verdict_summary: str = ""
+    underpowered: list[str] = field(default_factory=list)  # "cand vs base" pairs too small to tell
+    learning_curve: list[tuple[int, float]] = field(default_factory=list)  # (train examples, metric)
+    delta: float = 0.02
+    has_docs: bool = False
+
+
+@dataclass
+class CostInputs:
+    requests_per_day: float
+    tokens_per_request: float
+    api_price_per_mtok: float  # frontier API, USD per million tokens (input + output blended)
+    gpu_price_per_hour: float  # USD per hour for the GPU serving the small fine-tuned model
+    gpu_hours_per_day: float = 24.0
+
+
+@dataclass
+class CostEstimate:
+    api_cost_per_day: float
+    gpu_cost_per_day: float
+    break_even_requests_per_day: float
+    cheaper: str  # "api" | "self-hosted"
+
+
+@dataclass
+class Advice:
+    recommendation: str  # "prompt" | "fewshot" | "rag" | "finetune"
+    method: str | None
+    headline: str
+    reasons: list[str]
+    more_data: str | None = None
+    cost: CostEstimate | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.3f}"
+
+
+def cost_estimate(c: CostInputs) -> CostEstimate:
+    """Daily cost of a frontier API against a self-hosted GPU, and the break-even volume."""
+    if c.tokens_per_request <= 0 or c.api_price_per_mtok <= 0:
+        raise UserError("cost: tokens per request and API price must be positive")
+    per_request = c.tokens_per_request * c.api_price_per_mtok / 1e6
+    api = c.requests_per_day * per_request
+    gpu = c.gpu_price_per_hour * c.gpu_hours_per_day
+    break_even = gpu / per_request
+    return CostEstimate(
+        api_cost_per_day=api,
+        gpu_cost_per_day=gpu,
+        break_even_requests_per_day=break_even,
+        cheaper="self-hosted" if gpu < api else "api",
+    )
+
+
+def extrapolate(curve: list[tuple[int, float]], target: float) -> int | None:
+    """Examples needed to reach ``target``, from a least-squares fit metric = a + b*ln(n).
+
+    None when the curve is not rising (more of the same data will not get there).
+    """
+    pts = [(n, m) for n, m in curve if n > 0]
+    if len(pts) < 2:
+        return None
+    xs = [math.log(n) for n, _ in pts]
+    ys = [m for _, m in pts]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    sxx = sum((x - mx) ** 2 for x in xs)
+    if sxx == 0:
+        return None
+    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx
+    a = my - b * mx
+    if b <= 1e-9:
+        return None
+    needed = math.exp((target - a) / b)
+    return max(math.ceil(needed), max(n for n, _ in pts))
+
+
+def _best(names: list[str], metrics: dict[str, float]) -> str | None:
+    present = [n for n in names if n in metrics]
+    return max(present, key=lambda n: metrics[n]) if present else None
+
+
+def recommend(f: Facts, cost: CostInputs | None = None) -> Advice:
+    m = f.metrics
+    pm = f.primary_metric
+    better = f.clearly_better
+    reasons: list[str] = []
+    finetuned = [c for c in m if c not in BASELINES and c in f.methods]
+
+    if f.ship and f.shipped_candidate:
+        cand = f.shipped_candidate
+        method = f.methods.get(cand)
+        reasons.append(f"{cand} ({method}) scores {pm} {_fmt(m[cand])}, clearly above every baseline: "
+                       + ", ".join(f"{b} {_fmt(m[b])}" for b in BASELINES if b in m) + ".")
+        ties = [c for c in finetuned if c != cand and abs(m[c] - m[cand]) < f.delta]
+        if ties:
+            reasons.append("Within the margin of " + ", ".join(f"{c} ({f.methods[c]})" for c in ties)
+                           + f"; {method} is preferred as the cheaper or better of them.")
+        if method == "qlora":
+            reasons.append("QLoRA trains on a 4-bit base: the smallest memory footprint at this quality.")
+        elif method == "full":
+            reasons.append("Full fine-tuning won; it costs a full copy of the weights per version.")
+        advice = Advice("finetune", method, f"Fine-tune with {method}: it clearly beats all three baselines.",
+                        reasons + ([f.verdict_summary] if f.verdict_summary else []))
+    else:
+        rag_wins = "rag" in m and all(better.get(("rag", b), False) for b in ("prompt", "fewshot") if b in m)
+        ft_beats_rag = any(better.get((c, "rag"), False) for c in finetuned)
+        if rag_wins and not ft_beats_rag:
+            reasons.append(f"RAG scores {pm} {_fmt(m['rag'])}, clearly above prompt "
+                           f"{_fmt(m.get('prompt', float('nan')))} and few-shot {_fmt(m.get('fewshot', float('nan')))}.")
+            if finetuned:
+                best_ft = _best(finetuned, m)
+                assert best_ft is not None
+                reasons.append(f"The best fine-tune ({best_ft}, {_fmt(m[best_ft])}) does not clearly beat RAG.")
+            reasons.append("The answers depend on facts in the documents or examples; fine-tuning teaches "
+                           "behaviour (format, tone, labels) and does not reliably add facts. Keep the "
+                           "knowledge in the index, where it can be updated without retraining.")
+            advice = Advice("rag", None, "Use RAG: retrieval carries this task.", reasons)
+        elif "fewshot" in m and better.get(("fewshot", "prompt"), False):
+            reasons.append(f"Few-shot scores {pm} {_fmt(m['fewshot'])}, clearly above the prompt alone "
+                           f"({_fmt(m.get('prompt', float('nan')))}), and nothing above it clearly beats it.")
+            advice = Advice("fewshot", None, "Few-shot prompting is enough.", reasons)
+        else:
+            reasons.append(f"Nothing clearly beats the base model with a good prompt ({pm} "
+                           f"{_fmt(m.get('prompt', float('nan')))}); it is the cheapest option that holds.")
+            advice = Advice("prompt", None, "The prompt is enough.", reasons)
+        if finetuned:
+            best_ft = _best(finetuned, m)
+            assert best_ft is not None
+            reasons.append(f"Do not ship the fine-tune: {f.verdict_summary or 'it did not clear the gate.'}")
+
+    if f.underpowered:
+        advice.reasons.append("The evaluation set is too small to detect the observed difference for: "
+                              + ", ".join(f.underpowered) + ". Add validation items before trusting a tie.")
+    if f.learning_curve and advice.recommendation != "finetune":
+        best_base = _best(list(BASELINES), m)
+        if best_base is not None:
+            target = m[best_base] + f.delta
+            needed = extrapolate(f.learning_curve, target)
+            have = max(n for n, _ in f.learning_curve)
+            curve = ", ".join(f"{n}: {_fmt(v)}" for n, v in f.learning_curve)
+            if needed is not None:
+                advice.more_data = (f"Not enough data yet: the learning curve ({curve}) is still rising; "
+                                    f"a log-linear fit reaches {best_base} + margin ({_fmt(target)}) at about "
+                                    f"{needed} training examples (you have {have}).")
+            else:
+                advice.more_data = (f"The learning curve ({curve}) is flat: more of the same data is "
+                                    "unlikely to help; improve the data or the prompt instead.")
+    if cost is not None:
+        advice.cost = cost_estimate(cost)
+    return advice
+
+
+def facts_from_dir(eval_dir: Path) -> Facts:
+    """Read ``comparison.json``, ``verdict.json`` and ``eval.json`` of a ladder's evaluation."""
+    from tunewise.eval.results import Comparison, PairedTest
+
+    comp_path = eval_dir / "comparison.json"
+    if not comp_path.is_file():
+        raise UserError(f"{eval_dir}: no comparison.json; run `tunewise run` or `tunewise compare` first")
+    raw = json.loads(comp_path.read_text())
+    pairs = [PairedTest(**p) for p in raw["pairs"]]
+    comp = Comparison(primary_metric=raw["primary_metric"], metrics={}, pairs=pairs, meta=raw.get("meta", {}))
+    pm = comp.primary_metric
+    metrics = {c: v[pm]["value"] for c, v in raw["metrics"].items() if pm in v}
+    meta = raw.get("meta", {})
+    alpha = float(meta.get("alpha", 0.05))
+    delta = float(meta.get("delta", 0.02))
+    clearly = {
+        (p.candidate, p.baseline): p.p_value < alpha and p.diff >= delta
+        for p in pairs
+        if p.metric == pm
+    }
+    underpowered = [f"{p.candidate} vs {p.baseline}" for p in pairs if p.metric == pm and p.underpowered]
+    methods: dict[str, str] = {}
+    eval_json = eval_dir / "eval.json"
+    if eval_json.is_file():
+        for c in json.loads(eval_json.read_text())["candidates"]:
+            if c["kind"] == "finetuned":
+                methods[c["name"]] = c.get("meta", {}).get("method", "lora")
+    ship, shipped, summary = False, None, ""
+    verdict_path = eval_dir / "verdict.json"
+    if verdict_path.is_file():
+        v = json.loads(verdict_path.read_text())
+        ship, shipped, summary = bool(v["ship"]), v["candidate"], v.get("summary", "")
+    curve: list[tuple[int, float]] = []
+    lc_path = eval_dir / "learning_curve.json"
+    if lc_path.is_file():
+        curve = [(int(n), float(v)) for n, v in json.loads(lc_path.read_text())]
+    return Facts(primary_metric=pm, metrics=metrics, clearly_better=clearly, methods=methods, ship=ship,
+                 shipped_candidate=shipped, verdict_summary=summary, underpowered=underpowered,
+                 learning_curve=curve, delta=delta)

@@ -1,0 +1,139 @@
+"""``tunewise init DATA.jsonl``: scaffold a validated ``project.yaml`` from the data itself.
+
+The task type, output format, allowed labels, graders and primary metric are inferred from the
+assistant outputs (:func:`tunewise.data.formats.infer_format`), then written as a commented YAML
+file that the user edits. The file is validated by loading it back before it is kept.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tunewise.config import load_project
+from tunewise.data.formats import OutputFormat, infer_format
+from tunewise.data.schema import load_examples
+from tunewise.errors import UserError
+from tunewise.fsio import atomic_write_text
+
+
+def _json_schema(fmt: OutputFormat, targets: list[str]) -> dict[str, Any]:
+    import json
+
+    types: dict[str, Counter[str]] = {k: Counter() for k in fmt.fields}
+    names = {str: "string", int: "integer", float: "number", bool: "boolean", list: "array", dict: "object"}
+    for t in targets:
+        try:
+            obj = json.loads(t)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(obj, dict):
+            for k in fmt.fields:
+                if k in obj:
+                    types[k][names.get(type(obj[k]), "string")] += 1
+    props: dict[str, Any] = {}
+    for k, counter in types.items():
+        props[k] = {"type": counter.most_common(1)[0][0] if counter else "string"}
+        if k in fmt.labels:
+            props[k]["enum"] = fmt.labels[k]
+    return {"type": "object", "properties": props, "required": list(fmt.fields)}
+
+
+def propose(fmt: OutputFormat, targets: list[str]) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
+    """(task section, eval section, human-readable reasons) for an inferred output format."""
+    notes: list[str] = []
+    task: dict[str, Any]
+    if fmt.kind in ("fields", "label") and fmt.label_fields:
+        task = {"type": "labels", "output_pattern": fmt.regex, "labels": fmt.labels}
+        ev = {"graders": ["format", "label", "exact"], "primary_metric": "accuracy"}
+        sizes = ", ".join(f"{k}: {len(v)} values" for k, v in fmt.labels.items())
+        notes.append(f"task type: labels; outputs look like `{fmt.pattern!s}` ({sizes}); "
+                     f"{fmt.coverage:.0%} of outputs match")
+        notes.append("graders: format compliance, label accuracy/macro-F1, exact match; primary metric: accuracy")
+    elif fmt.kind == "json":
+        task = {"type": "json", "json_schema": _json_schema(fmt, targets)}
+        ev = {"graders": ["json", "exact"], "primary_metric": "exact_match"}
+        notes.append(f"task type: json; objects with keys {', '.join(fmt.fields)}; schema inferred from the data")
+        notes.append("graders: JSON validity and schema conformance, exact match; primary metric: exact_match")
+    else:
+        task = {"type": "text"}
+        ev = {"graders": ["exact", "judge"], "primary_metric": "judge"}
+        notes.append("task type: text (free-form answers)")
+        notes.append("graders: exact match and an LLM judge with a fixed rubric; primary metric: judge "
+                     "(set eval.judge_model to a stronger model or an external endpoint if you have one)")
+    return task, ev, notes
+
+
+def init_project(
+    data: Path,
+    *,
+    out: Path | None = None,
+    name: str | None = None,
+    docs: Path | None = None,
+    force: bool = False,
+) -> tuple[Path, list[str]]:
+    """Write ``out/project.yaml`` for ``data``; returns its path and what was inferred."""
+    data = Path(data).resolve()
+    examples = load_examples(data)  # a DataError (exit 2) names the file, line and field
+    if len(examples) < 20:
+        raise UserError(f"{data}: only {len(examples)} examples; tunewise needs at least 20 to split and evaluate")
+    out = Path(out).resolve() if out else data.parent
+    target = out / "project.yaml"
+    if target.exists() and not force:
+        raise UserError(f"{target}: already exists (use --force to overwrite)")
+    targets = [e.target for e in examples]
+    fmt = infer_format(targets)
+    task, ev, notes = propose(fmt, targets)
+    systems = Counter(e.messages[0]["content"] for e in examples if e.messages[0]["role"] == "system")
+    if systems:
+        prompt, count = systems.most_common(1)[0]
+        task["system_prompt"] = prompt
+        notes.append(f"system prompt: taken from the data ({count}/{len(examples)} examples use it)")
+    else:
+        task["system_prompt"] = "You are a helpful assistant. Answer in exactly the format of the examples."
+        notes.append("system prompt: none in the data; a placeholder was written: make it a good prompt, "
+                     "it is the first baseline")
+    if docs is None and (data.parent / "docs").is_dir():
+        docs = data.parent / "docs"
+    project_name = name or data.stem
+    project_name = "".join(c if c.isalnum() or c in "._-" else "-" for c in project_name)[:64].strip("-") or "project"
+    n = len(examples)
+    # Each split needs enough items for the paired tests to mean something.
+    val = 0.1 if n >= 1000 else 0.15 if n >= 300 else 0.2
+    raw: dict[str, Any] = {
+        "name": project_name,
+        "task": task,
+        "data": {
+            "train": os.path.relpath(data, out),
+            **({"docs": os.path.relpath(Path(docs).resolve(), out)} if docs else {}),
+            "split": {"val": val, "test": val, "seed": 0},
+        },
+        "model": {"base": "smollm2-135m-instruct"},
+        "train": {"method": "lora", "epochs": 2 if n < 2000 else 1},
+        "eval": {**ev, "candidates": ["prompt", "fewshot", "rag", "finetuned"]},
+        "gate": {"alpha": 0.05, "delta": 0.02},
+    }
+    if not docs:
+        raw["eval"]["rag"] = {"sources": ["train"]}
+        notes.append("RAG rung: no docs folder, so it retrieves labelled train examples (kNN)")
+    notes.append(f"{n} examples; validation and sealed test get {val:.0%} each")
+    header = (
+        "# tunewise project, scaffolded by `tunewise init` from the data. Edit freely.\n"
+        "# Every field and its default is documented in tunewise/config.py and the README.\n"
+        "# The ladder: `tunewise run project.yaml`; the sealed test once at the end: add --final.\n"
+    )
+    text = header + yaml.safe_dump(raw, sort_keys=False, allow_unicode=True, width=100)
+    out.mkdir(parents=True, exist_ok=True)
+    # Validate before keeping: write beside the target, load it back, then rename over.
+    probe = out / ".project.yaml.probe"
+    atomic_write_text(probe, text)
+    try:
+        load_project(probe)
+    finally:
+        probe.unlink(missing_ok=True)
+    atomic_write_text(target, text)
+    return target, notes

@@ -1,0 +1,310 @@
+"""The ladder: check -> split -> baselines -> train -> evaluate -> compare -> gate -> registry -> report.
+
+Each stage is a function of files on disk. Its *key* is a hash of exactly the inputs that can
+change its output (the config sections it reads, the content hashes of its input files, and the
+keys of the stages upstream of it). ``ladder.json`` in the project's work directory records the
+key and outputs of every finished stage, written atomically after each one, so:
+
+* a rerun after success finds every key unchanged and does nothing (and says so);
+* a change to the training config changes the training key, which changes the keys of the
+  stages downstream of it, while check, split and the baselines stay cached;
+* Ctrl-C in any stage leaves every earlier stage recorded and reusable; an interrupted training
+  run resumes from its last checkpoint on the next run.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from tunewise import __version__
+from tunewise.config import ProjectConfig, dump_project
+from tunewise.errors import UserError
+from tunewise.fsio import atomic_write_json, sha256_file, sha256_json
+
+BASELINE_CANDIDATES = ["prompt", "fewshot", "rag"]
+
+
+@dataclass
+class StageResult:
+    name: str
+    status: str  # "ran" | "cached" | "skipped"
+    seconds: float
+    outputs: dict[str, Any]
+
+
+@dataclass
+class LadderResult:
+    work_dir: Path
+    stages: list[StageResult] = field(default_factory=list)
+    verdict: dict[str, Any] | None = None
+    eval_dir: Path | None = None
+
+    @property
+    def all_cached(self) -> bool:
+        return all(s.status != "ran" for s in self.stages)
+
+
+class Ladder:
+    """Runs stages in order, skipping those whose key is unchanged."""
+
+    def __init__(self, cfg: ProjectConfig, console: Console | None = None, quiet: bool = False) -> None:
+        self.cfg = cfg
+        self.work = cfg.work_dir
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.state_path = self.work / "ladder.json"
+        self.console = console or Console(stderr=False, quiet=quiet)
+        self.state: dict[str, Any] = self._load_state()
+        self.result = LadderResult(work_dir=self.work)
+        self.keys: dict[str, str] = {}
+
+    def _load_state(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.state_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return {}
+
+    def stage(self, name: str, inputs: dict[str, Any], fn: Callable[[], dict[str, Any]], total: int, index: int) -> dict[str, Any]:
+        key = sha256_json({"stage": name, "inputs": inputs, "tunewise": __version__})
+        self.keys[name] = key
+        prev = self.state.get(name)
+        label = f"[{index}/{total}] {name}"
+        if prev and prev.get("key") == key and all(Path(p).exists() for p in prev.get("paths", [])):
+            self.console.print(f"[dim]✓ {label}: unchanged, cached[/]")
+            self.result.stages.append(StageResult(name, "cached", 0.0, prev["outputs"]))
+            return prev["outputs"]
+        self.console.rule(f"[bold]{label}")
+        started = time.time()
+        outputs = fn()
+        seconds = time.time() - started
+        paths = [v for v in outputs.values() if isinstance(v, str) and v.startswith("/")]
+        self.state[name] = {"key": key, "outputs": outputs, "paths": paths, "seconds": round(seconds, 2),
+                            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        # Recorded only after the stage finished: Ctrl-C inside it leaves the old record alone.
+        atomic_write_json(self.state_path, self.state)
+        self.console.print(f"[green]✓ {label}[/] in {seconds:.1f}s")
+        self.result.stages.append(StageResult(name, "ran", seconds, outputs))
+        return outputs
+
+
+def _file_hash(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+        return sha256_json([[str(p.relative_to(path)), sha256_file(p)] for p in files])
+    return sha256_file(path) if path.is_file() else None
+
+
+def run_ladder(
+    cfg: ProjectConfig,
+    *,
+    methods: list[str] | None = None,
+    final: bool = False,
+    console: Console | None = None,
+    quiet: bool = False,
+) -> LadderResult:
+    """Run the whole ladder for a project; see the module docstring for caching rules."""
+    from tunewise.data.checks import check_file
+    from tunewise.data.split import split_file
+
+    methods = methods or [cfg.train.method]
+    for m in methods:
+        if m not in ("lora", "qlora", "full"):
+            raise UserError(f"--methods: unknown method {m!r} (expected lora, qlora or full)")
+    ladder = Ladder(cfg, console=console, quiet=quiet)
+    con = ladder.console
+    work = ladder.work
+    full_cfg = dump_project(cfg)
+    total = 7 + len(methods) + (1 if final else 0)
+    idx = iter(range(1, total + 1))
+    train_hash = _file_hash(cfg.data.train)
+    if train_hash is None:
+        raise UserError(f"{cfg.data.train}: training data not found")
+
+    # 1. data check: errors stop the ladder, warnings are shown and recorded.
+    def do_check() -> dict[str, Any]:
+        report = check_file(cfg.data.train, model=cfg.model.base, max_len=cfg.data.max_len)
+        out = work / "check.json"
+        atomic_write_json(out, report.to_json())
+        if report.errors:
+            first = report.errors[0]
+            raise UserError(f"{first} ({len(report.errors)} error(s); run `tunewise data check {cfg.data.train}`)")
+        con.print(f"{len(report.warnings)} warning(s); details in {out}")
+        return {"report": str(out)}
+
+    ladder.stage("check", {"train": train_hash, "model": cfg.model.base, "max_len": cfg.data.max_len},
+                 do_check, total, next(idx))
+
+    # 2. split, with the test split sealed.
+    splits = work / "splits"
+
+    def do_split() -> dict[str, Any]:
+        manifest = split_file(cfg.data.train, splits, val=cfg.data.split.val, test=cfg.data.split.test,
+                              seed=cfg.data.split.seed, project=cfg.name)
+        return {"manifest": str(splits / "manifest.json"), "counts": manifest.get("counts", {})}
+
+    ladder.stage("split", {"check": ladder.keys["check"], "split": full_cfg["data"]["split"]},
+                 do_split, total, next(idx))
+
+    eval_inputs = {
+        "split": ladder.keys["split"],
+        "task": full_cfg["task"],
+        "model": full_cfg["model"],
+        "eval": {k: v for k, v in full_cfg["eval"].items() if k != "candidates"},
+        "docs": _file_hash(cfg.data.docs),
+    }
+    baselines = [c for c in cfg.eval.candidates if c in BASELINE_CANDIDATES]
+    extra = [c for c in cfg.eval.candidates if c not in BASELINE_CANDIDATES and c != "finetuned"]
+
+    # 3. baselines on validation: the cheap rungs, measured before any training.
+    def do_baselines() -> dict[str, Any]:
+        from tunewise.eval.harness import evaluate
+
+        out = work / "eval-baselines"
+        evaluate(cfg, split="val", candidates=baselines + extra, out_dir=out, progress=not quiet)
+        return {"eval": str(out / "eval.json")}
+
+    ladder.stage("baselines", eval_inputs | {"candidates": baselines + extra}, do_baselines, total, next(idx))
+
+    # 4. training, once per method; an interrupted run resumes from its last checkpoint.
+    runs: dict[str, Path] = {}
+    for method in methods:
+        run_dir = work / "runs" / method
+
+        def do_train(method: str = method, run_dir: Path = run_dir) -> dict[str, Any]:
+            from tunewise.train.trainer import train
+
+            resume = (run_dir / "run.json").is_file() and any((run_dir / "checkpoints").glob("step-*"))
+            if resume:
+                con.print(f"resuming {method} from its last checkpoint in {run_dir}")
+            train(cfg, run_dir=run_dir, method=method, resume=resume, progress=not quiet)
+            return {"run": str(run_dir / "run.json")}
+
+        ladder.stage(f"train-{method}", {"split": ladder.keys["split"], "train": full_cfg["train"] | {"method": method},
+                                         "model": full_cfg["model"], "task": full_cfg["task"]},
+                     do_train, total, next(idx))
+        runs[f"finetuned-{method}" if len(methods) > 1 else "finetuned"] = run_dir
+
+    # 5. every candidate on the same validation items (baselines come back from the cache).
+    eval_dir = work / "eval"
+    train_keys = [ladder.keys[f"train-{m}"] for m in methods]
+
+    def do_eval() -> dict[str, Any]:
+        from tunewise.eval.harness import evaluate
+
+        evaluate(cfg, split="val", candidates=baselines + extra, finetuned=runs, out_dir=eval_dir,
+                 progress=not quiet)
+        return {"eval": str(eval_dir / "eval.json")}
+
+    ladder.stage("evaluate", eval_inputs | {"train": train_keys}, do_eval, total, next(idx))
+
+    # 6. statistics and the gate, for every fine-tuned candidate; the best passing one ships.
+    def do_gate() -> dict[str, Any]:
+        return _compare_and_gate(cfg, eval_dir, list(runs), baselines)
+
+    gate_out = ladder.stage("compare-gate", {"evaluate": ladder.keys["evaluate"], "gate": full_cfg["gate"]},
+                            do_gate, total, next(idx))
+
+    # 7. registry: every trained run is versioned; a "ship" verdict promotes it to production.
+    def do_registry() -> dict[str, Any]:
+        from tunewise.registry import Registry
+
+        reg = Registry()
+        added: dict[str, Any] = {}
+        for cand, run_dir in runs.items():
+            version = reg.add(run_dir, name=cfg.name, verdict=Path(gate_out["verdicts"][cand]), eval_dir=eval_dir)
+            added[cand] = f"{version.name}:{version.version}"
+        shipped = gate_out.get("ship")
+        promoted = None
+        if shipped:
+            name, version = added[shipped].split(":")
+            reg.promote(name, int(version), alias="production")
+            promoted = added[shipped]
+        record = work / "registry.json"
+        atomic_write_json(record, {"versions": added, "promoted": promoted})
+        return {"record": str(record), "versions": added, "promoted": promoted}
+
+    ladder.stage("registry", {"gate": ladder.keys["compare-gate"]}, do_registry, total, next(idx))
+
+    # 8. report.
+    def do_report() -> dict[str, Any]:
+        from tunewise.eval.report import render
+
+        html, md = render(eval_dir, train_runs=list(runs.values()))
+        return {"html": str(html), "md": str(md)}
+
+    ladder.stage("report", {"gate": ladder.keys["compare-gate"], "registry": ladder.keys["registry"]},
+                 do_report, total, next(idx))
+
+    # 9. the one sealed test evaluation, only when asked.
+    if final:
+        def do_final() -> dict[str, Any]:
+            from tunewise.eval.harness import evaluate
+
+            out = work / "eval-test"
+            chosen = {k: v for k, v in runs.items() if k == gate_out.get("ship")} or runs
+            evaluate(cfg, split="test", candidates=baselines, finetuned=chosen, final=True, out_dir=out,
+                     progress=not quiet)
+            test_gate = _compare_and_gate(cfg, out, list(chosen), baselines)
+            return {"eval": str(out / "eval.json"), "ship": test_gate.get("ship")}
+
+        ladder.stage("final-test", {"gate": ladder.keys["compare-gate"]}, do_final, total, next(idx))
+
+    ladder.result.eval_dir = eval_dir
+    shipped = gate_out.get("ship")
+    verdict_file = gate_out["verdicts"].get(shipped) if shipped else gate_out.get("best_verdict")
+    if verdict_file:
+        ladder.result.verdict = json.loads(Path(verdict_file).read_text())
+    if ladder.result.all_cached:
+        con.print("[bold]Nothing to do:[/] every stage is up to date.")
+    return ladder.result
+
+
+def _compare_and_gate(cfg: ProjectConfig, eval_dir: Path, finetuned: list[str], baselines: list[str]) -> dict[str, Any]:
+    """comparison.json (with the pairs between rungs, for the advisor) and one verdict per fine-tune."""
+    from tunewise.eval.results import EvalRun
+    from tunewise.eval.stats import compare, save_comparison
+    from tunewise.gate import decide, save_verdict
+
+    run = EvalRun.load(eval_dir / "eval.json")
+    comp = compare(run, baselines=baselines, alpha=cfg.gate.alpha)
+    # The advisor also needs each rung against the ones below it (few-shot vs prompt, RAG vs both).
+    seen = {(p.candidate, p.baseline, p.metric) for p in comp.pairs}
+    for lower in ("prompt", "fewshot"):
+        if lower not in baselines:
+            continue
+        for p in compare(run, baselines=[lower], alpha=cfg.gate.alpha).pairs:
+            if (p.candidate, p.baseline, p.metric) not in seen:
+                comp.pairs.append(p)
+                seen.add((p.candidate, p.baseline, p.metric))
+    comp.meta.update({"alpha": cfg.gate.alpha, "delta": cfg.gate.delta})
+    save_comparison(comp, eval_dir / "comparison.json")
+    verdicts: dict[str, str] = {}
+    passing: list[tuple[float, str]] = []
+    best: tuple[float, str] | None = None
+    pm = comp.primary_metric
+    for cand in finetuned:
+        verdict = decide(comp, cand, cfg.gate)
+        path = eval_dir / f"verdict-{cand}.json"
+        save_verdict(verdict, path, cfg.gate)
+        verdicts[cand] = str(path)
+        score = comp.metrics.get(cand, {}).get(pm)
+        value = score.value if score is not None else float("-inf")
+        if best is None or value > best[0]:
+            best = (value, cand)
+        if verdict.ship:
+            passing.append((value, cand))
+    ship = max(passing)[1] if passing else None
+    chosen = ship or (best[1] if best else None)
+    if chosen:
+        # verdict.json is the decision of record: the shipped candidate, or the best one that failed.
+        atomic_write_json(eval_dir / "verdict.json", json.loads(Path(verdicts[chosen]).read_text()))
+    return {"comparison": str(eval_dir / "comparison.json"), "verdicts": verdicts, "ship": ship,
+            "best_verdict": verdicts.get(chosen) if chosen else None}

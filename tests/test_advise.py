@@ -1,0 +1,103 @@
+"""Every branch of the advisor, on synthetic results."""
+
+import pytest
+
+from tunewise.advise import CostInputs, Facts, cost_estimate, extrapolate, recommend
+from tunewise.errors import UserError
+
+
+def facts(metrics, better=(), **kw):
+    return Facts(primary_metric="accuracy", metrics=metrics,
+                 clearly_better={pair: True for pair in better}, **kw)
+
+
+def test_prompt_is_enough_when_nothing_clearly_beats_it():
+    a = recommend(facts({"prompt": 0.80, "fewshot": 0.81, "rag": 0.82}))
+    assert a.recommendation == "prompt"
+    assert "0.800" in a.reasons[0]
+
+
+def test_fewshot_is_enough():
+    a = recommend(facts({"prompt": 0.50, "fewshot": 0.70, "rag": 0.71}, better=[("fewshot", "prompt")]))
+    assert a.recommendation == "fewshot"
+    assert "0.700" in a.reasons[0]
+
+
+def test_rag_is_the_answer_for_knowledge_tasks_even_with_a_finetune():
+    a = recommend(
+        facts(
+            {"prompt": 0.3, "fewshot": 0.35, "rag": 0.8, "finetuned": 0.6},
+            better=[("rag", "prompt"), ("rag", "fewshot"), ("finetuned", "prompt"), ("finetuned", "fewshot")],
+            methods={"finetuned": "lora"},
+            verdict_summary="does not beat rag",
+        )
+    )
+    assert a.recommendation == "rag"
+    assert any("does not reliably add facts" in r for r in a.reasons)
+    assert any("finetuned" in r and "does not clearly beat RAG" in r for r in a.reasons)
+
+
+def test_rag_not_chosen_when_finetune_beats_it_but_gate_refused():
+    a = recommend(
+        facts(
+            {"prompt": 0.3, "fewshot": 0.35, "rag": 0.6, "finetuned": 0.7},
+            better=[("rag", "prompt"), ("rag", "fewshot"), ("finetuned", "rag")],
+            methods={"finetuned": "lora"},
+        )
+    )
+    assert a.recommendation != "rag"
+
+
+def test_finetune_branch_names_method_and_numbers():
+    a = recommend(
+        facts(
+            {"prompt": 0.3, "fewshot": 0.4, "rag": 0.5, "ft-qlora": 0.80, "ft-lora": 0.81},
+            methods={"ft-qlora": "qlora", "ft-lora": "lora"},
+            ship=True, shipped_candidate="ft-qlora", verdict_summary="SHIP ft-qlora",
+        )
+    )
+    assert a.recommendation == "finetune" and a.method == "qlora"
+    assert "0.800" in a.reasons[0] and "rag 0.500" in a.reasons[0]
+    assert any("ft-lora" in r for r in a.reasons)  # the tie is explained
+    assert any("4-bit" in r for r in a.reasons)
+
+
+def test_not_enough_data_extrapolates_from_learning_curve():
+    curve = [(100, 0.40), (200, 0.50), (400, 0.60)]
+    a = recommend(facts({"prompt": 0.5, "fewshot": 0.55, "rag": 0.65, "finetuned": 0.60},
+                        methods={"finetuned": "lora"}, learning_curve=curve))
+    assert a.more_data is not None and "Not enough data yet" in a.more_data
+    needed = extrapolate(curve, 0.67)
+    # 0.1 per doubling: 0.67 needs 400 * 2**0.7 ~ 650
+    assert needed is not None and 600 <= needed <= 700
+    assert str(needed) in a.more_data
+
+
+def test_flat_learning_curve_says_more_data_will_not_help():
+    a = recommend(facts({"prompt": 0.5, "fewshot": 0.5, "rag": 0.5, "finetuned": 0.4},
+                        methods={"finetuned": "lora"}, learning_curve=[(100, 0.4), (200, 0.4), (400, 0.39)]))
+    assert a.more_data is not None and "flat" in a.more_data
+
+
+def test_underpowered_pairs_are_reported():
+    a = recommend(facts({"prompt": 0.5, "fewshot": 0.52, "rag": 0.5}, underpowered=["fewshot vs prompt"]))
+    assert any("too small" in r and "fewshot vs prompt" in r for r in a.reasons)
+
+
+def test_cost_break_even():
+    c = cost_estimate(CostInputs(requests_per_day=10_000, tokens_per_request=1_000,
+                                 api_price_per_mtok=5.0, gpu_price_per_hour=2.0))
+    # API: 10k * 1k tokens * $5/M = $50/day; GPU: $48/day; break-even 48/(0.005) = 9600 req/day
+    assert c.api_cost_per_day == pytest.approx(50.0)
+    assert c.gpu_cost_per_day == pytest.approx(48.0)
+    assert c.break_even_requests_per_day == pytest.approx(9600.0)
+    assert c.cheaper == "self-hosted"
+    low = cost_estimate(CostInputs(100, 1_000, 5.0, 2.0))
+    assert low.cheaper == "api"
+    with pytest.raises(UserError):
+        cost_estimate(CostInputs(100, 0, 5.0, 2.0))
+
+
+def test_cost_is_attached_to_advice():
+    a = recommend(facts({"prompt": 0.9}), cost=CostInputs(1000, 500, 10.0, 1.0))
+    assert a.cost is not None and a.cost.cheaper == "api"

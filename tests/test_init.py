@@ -1,0 +1,75 @@
+import json
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from tunewise.cli import app
+from tunewise.config import load_project
+
+
+def write(path, answers, system="Triage the ticket."):
+    with open(path, "w") as fh:
+        for i, a in enumerate(answers):
+            msgs = [{"role": "system", "content": system}] if system else []
+            msgs += [{"role": "user", "content": f"ticket number {i} about thing {i % 7}"},
+                     {"role": "assistant", "content": a}]
+            fh.write(json.dumps({"messages": msgs}) + "\n")
+
+
+def test_init_infers_labels_task(tmp_path):
+    cats, pris = ["billing", "bug", "shipping"], ["low", "high"]
+    write(tmp_path / "t.jsonl", [f"Category: {cats[i % 3]}\nPriority: {pris[i % 2]}" for i in range(60)])
+    result = CliRunner().invoke(app, ["init", str(tmp_path / "t.jsonl")])
+    assert result.exit_code == 0, result.output
+    cfg = load_project(tmp_path / "project.yaml")
+    assert cfg.task.type == "labels"
+    assert cfg.task.labels == {"category": sorted(cats), "priority": sorted(pris)}
+    assert cfg.eval.primary_metric == "accuracy"
+    assert cfg.task.system_prompt == "Triage the ticket."
+    assert cfg.data.train == (tmp_path / "t.jsonl")
+    import re
+
+    assert re.match(cfg.task.output_pattern, "Category: bug\nPriority: low").groupdict() == {
+        "category": "bug", "priority": "low"}
+
+
+def test_init_infers_json_task_with_schema(tmp_path):
+    write(tmp_path / "j.jsonl", [json.dumps({"intent": ["a", "b"][i % 2], "n": i}) for i in range(40)], system=None)
+    CliRunner().invoke(app, ["init", str(tmp_path / "j.jsonl"), "--out", str(tmp_path / "proj")])
+    cfg = load_project(tmp_path / "proj")
+    assert cfg.task.type == "json"
+    assert cfg.task.json_schema["properties"]["n"]["type"] == "integer"
+    assert cfg.eval.graders == ["json", "exact"]
+    assert "placeholder" in (tmp_path / "proj" / "project.yaml").read_text()  # no system prompt in data
+
+
+def test_init_free_text_proposes_judge(tmp_path):
+    write(tmp_path / "x.jsonl", [f"Sure, here is a long and unique answer number {i} with detail." for i in range(30)])
+    CliRunner().invoke(app, ["init", str(tmp_path / "x.jsonl")])
+    raw = yaml.safe_load((tmp_path / "project.yaml").read_text())
+    assert raw["task"]["type"] == "text" and raw["eval"]["primary_metric"] == "judge"
+
+
+def test_init_bad_data_exits_2_and_writes_nothing(tmp_path):
+    (tmp_path / "bad.jsonl").write_text('{"messages": []}\n')
+    result = CliRunner().invoke(app, ["init", str(tmp_path / "bad.jsonl")])
+    assert result.exit_code == 2
+    assert "bad.jsonl:1: messages" in result.output
+    assert not (tmp_path / "project.yaml").exists()
+
+
+def test_init_refuses_to_overwrite(tmp_path):
+    write(tmp_path / "t.jsonl", [f"Category: {'ab'[i % 2]}" for i in range(30)])
+    assert CliRunner().invoke(app, ["init", str(tmp_path / "t.jsonl")]).exit_code == 0
+    again = CliRunner().invoke(app, ["init", str(tmp_path / "t.jsonl")])
+    assert again.exit_code == 2 and "already exists" in again.output
+    assert CliRunner().invoke(app, ["init", str(tmp_path / "t.jsonl"), "--force"]).exit_code == 0
+
+
+def test_init_too_few_examples(tmp_path):
+    write(tmp_path / "t.jsonl", ["Category: a"] * 5)
+    with pytest.raises(Exception, match="at least 20"):
+        from tunewise.init import init_project
+
+        init_project(tmp_path / "t.jsonl")
