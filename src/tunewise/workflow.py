@@ -15,6 +15,7 @@ key and outputs of every finished stage, written atomically after each one, so:
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -130,7 +131,8 @@ def run_ladder(
 
     # 1. data check: errors stop the ladder, warnings are shown and recorded.
     def do_check() -> dict[str, Any]:
-        report = check_file(cfg.data.train, model=cfg.model.base, max_len=cfg.data.max_len)
+        report = check_file(cfg.data.train, model=cfg.model.base, max_len=cfg.data.max_len,
+                            output_pattern=cfg.task.output_pattern)
         out = work / "check.json"
         atomic_write_json(out, report.to_json())
         if report.errors:
@@ -139,7 +141,8 @@ def run_ladder(
         con.print(f"{len(report.warnings)} warning(s); details in {out}")
         return {"report": str(out)}
 
-    ladder.stage("check", {"train": train_hash, "model": cfg.model.base, "max_len": cfg.data.max_len},
+    ladder.stage("check", {"train": train_hash, "model": cfg.model.base, "max_len": cfg.data.max_len,
+                           "pattern": cfg.task.output_pattern},
                  do_check, total, next(idx))
 
     # 2. split, with the test split sealed.
@@ -147,10 +150,11 @@ def run_ladder(
 
     def do_split() -> dict[str, Any]:
         manifest = split_file(cfg.data.train, splits, val=cfg.data.split.val, test=cfg.data.split.test,
-                              seed=cfg.data.split.seed, project=cfg.name)
+                              seed=cfg.data.split.seed, project=cfg.name,
+                              output_pattern=cfg.task.output_pattern)
         return {"manifest": str(splits / "manifest.json"), "counts": manifest.get("counts", {})}
 
-    ladder.stage("split", {"check": ladder.keys["check"], "split": full_cfg["data"]["split"]},
+    ladder.stage("split", {"check": ladder.keys["check"], "split": full_cfg["data"]["split"], "project": cfg.name},
                  do_split, total, next(idx))
 
     eval_inputs = {
@@ -176,20 +180,24 @@ def run_ladder(
     # 4. training, once per method; an interrupted run resumes from its last checkpoint.
     runs: dict[str, Path] = {}
     for method in methods:
-        run_dir = work / "runs" / method
+        train_inputs = {"split": ladder.keys["split"], "train": full_cfg["train"] | {"method": method},
+                        "model": full_cfg["model"], "task": full_cfg["task"]}
+        # One directory per training key: a changed config trains afresh beside the old run,
+        # and an interrupted run with the same key resumes from its last checkpoint.
+        run_dir = work / "runs" / f"{method}-{sha256_json(train_inputs)[:10]}"
 
         def do_train(method: str = method, run_dir: Path = run_dir) -> dict[str, Any]:
-            from tunewise.train.trainer import train
+            from tunewise.train.trainer import last_checkpoint, train
 
-            resume = (run_dir / "run.json").is_file() and any((run_dir / "checkpoints").glob("step-*"))
+            resume = (run_dir / "run.json").is_file() and last_checkpoint(run_dir) is not None
             if resume:
                 con.print(f"resuming {method} from its last checkpoint in {run_dir}")
+            elif run_dir.exists():
+                shutil.rmtree(run_dir)  # a start that died before its first checkpoint
             train(cfg, run_dir=run_dir, method=method, resume=resume, progress=not quiet)
             return {"run": str(run_dir / "run.json")}
 
-        ladder.stage(f"train-{method}", {"split": ladder.keys["split"], "train": full_cfg["train"] | {"method": method},
-                                         "model": full_cfg["model"], "task": full_cfg["task"]},
-                     do_train, total, next(idx))
+        ladder.stage(f"train-{method}", train_inputs, do_train, total, next(idx))
         runs[f"finetuned-{method}" if len(methods) > 1 else "finetuned"] = run_dir
 
     # 5. every candidate on the same validation items (baselines come back from the cache).

@@ -1,0 +1,108 @@
+"""The ladder end to end on a tiny model: caching by content hash, partial reruns, Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import yaml
+
+from tunewise.config import load_project
+from tunewise.workflow import run_ladder
+
+CATS = ["billing", "shipping", "login"]
+WORDS = {
+    "billing": ["invoice", "charged", "refund", "card", "payment"],
+    "shipping": ["parcel", "delivery", "courier", "tracking", "late"],
+    "login": ["password", "2fa", "locked", "sign in", "reset"],
+}
+
+
+def make_project(root, n=72):
+    rng = random.Random(0)
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / "data.jsonl", "w") as fh:
+        for i in range(n):
+            cat = CATS[i % 3]
+            words = rng.sample(WORDS[cat], 3)
+            text = f"ticket {i}: my {words[0]} and {words[1]} problem, also {words[2]} (ref {rng.randint(1000, 9999)})"
+            msgs = [
+                {"role": "system", "content": "Classify the ticket."},
+                {"role": "user", "content": text},
+                {"role": "assistant", "content": f"Category: {cat}"},
+            ]
+            fh.write(json.dumps({"messages": msgs}) + "\n")
+    (root / "docs").mkdir(exist_ok=True)
+    for cat in CATS:
+        (root / "docs" / f"{cat}.md").write_text(f"# {cat}\nTickets about {', '.join(WORDS[cat])} are {cat}.\n")
+    return root
+
+
+def write_cfg(root, model_dir, **train):
+    raw = {
+        "name": "tiny-ladder",
+        "task": {"type": "labels", "system_prompt": "Classify the ticket.",
+                 "output_pattern": r"^Category: (?P<category>.+)$"},
+        "data": {"train": "data.jsonl", "docs": "docs", "split": {"val": 0.2, "test": 0.2, "seed": 0},
+                 "max_len": 128},
+        "model": {"base": str(model_dir)},
+        "train": {"method": "lora", "max_steps": 4, "batch_size": 8, "eval_every": 2, "save_every": 2,
+                  "overfit_sample": 2, **train},
+        "eval": {"candidates": ["prompt", "fewshot", "rag", "finetuned"], "batch_size": 16,
+                 "fewshot": {"k": 2}, "rag": {"k": 2}},
+    }
+    (root / "project.yaml").write_text(yaml.safe_dump(raw))
+    return root / "project.yaml"
+
+
+@pytest.fixture
+def project(tmp_path, tiny_model_dir):
+    root = make_project(tmp_path / "proj")
+    return write_cfg(root, tiny_model_dir)
+
+
+def statuses(result):
+    return {s.name: s.status for s in result.stages}
+
+
+def test_ladder_runs_then_rerun_is_fully_cached(project):
+    cfg = load_project(project)
+    first = run_ladder(cfg, quiet=True)
+    assert set(statuses(first).values()) == {"ran"}
+    assert list(statuses(first)) == ["check", "split", "baselines", "train-lora", "evaluate", "compare-gate",
+                                     "registry", "report"]
+    eval_dir = cfg.work_dir / "eval"
+    for name in ("eval.json", "comparison.json", "verdict.json", "report.html", "report.md"):
+        assert (eval_dir / name).is_file(), name
+    verdict = json.loads((eval_dir / "verdict.json").read_text())
+    assert verdict["candidate"] == "finetuned"
+    assert {r["baseline"] for r in verdict["reasons"]} == {"prompt", "fewshot", "rag"}
+
+    again = run_ladder(load_project(project), quiet=True)
+    assert set(statuses(again).values()) == {"cached"}
+    assert again.all_cached
+
+    # A training change reruns training and what depends on it, nothing upstream.
+    changed = run_ladder(load_project(project, ["train.lr=1e-3"]), quiet=True)
+    s = statuses(changed)
+    assert s["check"] == s["split"] == s["baselines"] == "cached"
+    assert s["train-lora"] == s["evaluate"] == s["compare-gate"] == s["report"] == "ran"
+
+
+def test_ctrl_c_keeps_finished_stages(project, monkeypatch):
+    import tunewise.train.trainer as trainer
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "train", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_ladder(load_project(project), quiet=True)
+    state = json.loads((load_project(project).work_dir / "ladder.json").read_text())
+    assert set(state) == {"check", "split", "baselines"}
+    monkeypatch.undo()
+    resumed = run_ladder(load_project(project), quiet=True)
+    s = statuses(resumed)
+    assert s["check"] == s["split"] == s["baselines"] == "cached"
+    assert s["train-lora"] == "ran"
