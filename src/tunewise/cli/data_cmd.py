@@ -1,9 +1,234 @@
-"""Placeholder: verbs for this area are registered here."""
+"""``tunewise data check|split|convert|seals``."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+data_app = typer.Typer(help="Check, split and convert chat JSONL data.", no_args_is_help=True)
+console = Console()
+status_console = Console(stderr=True)
+MAX_ERRORS_SHOWN = 50
+
+
+def _lines_preview(lines: list[int], k: int = 8) -> str:
+    shown = ", ".join(map(str, lines[:k]))
+    return shown + (f" (+{len(lines) - k} more)" if len(lines) > k else "")
+
+
+def _render_check(report) -> None:  # report: CheckReport
+    s = report.stats
+    head = f"[bold]{escape(report.path)}[/]: {report.examples} valid example(s), "
+    head += f"[red]{len(report.errors)} error(s)[/], [yellow]{len(report.warnings)} warning(s)[/]"
+    console.print(head)
+    # Errors as plain `file:line: field: message` lines: editors and terminals make them clickable,
+    # and a table would wrap them.
+    for p in report.errors[:MAX_ERRORS_SHOWN]:
+        console.print(str(p), soft_wrap=True, markup=False, highlight=False, style="red")
+    if len(report.errors) > MAX_ERRORS_SHOWN:
+        console.print(f"... and {len(report.errors) - MAX_ERRORS_SHOWN} more errors (see --json)")
+
+    table = Table(title="summary", show_header=False)
+    table.add_row("examples", str(s.get("examples", 0)))
+    table.add_row("multi-turn", str(s.get("multi_turn", 0)))
+    table.add_row("with system prompt", str(s.get("with_system_prompt", 0)))
+    fmt = report.format
+    if fmt is not None:
+        table.add_row("output format", f"{fmt.kind}: {escape(fmt.pattern)}")
+        if fmt.regex:
+            table.add_row("output regex", escape(fmt.regex))
+        if fmt.kind != "text":
+            table.add_row("format coverage", f"{fmt.coverage:.1%}")
+    tok = s.get("tokens")
+    if tok:
+        table.add_row(
+            "tokens",
+            f"min {tok['min']}  mean {tok['mean']}  p50 {tok['p50']}  p95 {tok['p95']}  max {tok['max']}  "
+            f"(model {tok.get('model') or '-'})",
+        )
+        table.add_row(f"over max_len {tok['max_len']}", str(tok["over_max_len"]))
+    console.print(table)
+
+    for fld, counts in (s.get("labels") or {}).items():
+        total = sum(counts.values()) or 1
+        lt = Table(title=f"{fld}: {len(counts)} values", min_width=40)
+        lt.add_column("value")
+        lt.add_column("count", justify="right")
+        lt.add_column("share", justify="right")
+        items = list(counts.items())
+        for v, c in items[:15]:
+            lt.add_row(escape(v), str(c), f"{c / total:.1%}")
+        if len(items) > 15:
+            rest = items[15:]
+            lt.add_row(
+                f"... {len(rest)} more (smallest: {escape(rest[-1][0])})",
+                str(sum(c for _, c in rest)),
+                "",
+            )
+        console.print(lt)
+
+    if report.warnings:
+        wt = Table(title="warnings")
+        wt.add_column("kind", style="yellow")
+        wt.add_column("message")
+        wt.add_column("lines")
+        for w in report.warnings:
+            wt.add_row(w.kind, escape(w.message), _lines_preview(w.lines))
+        console.print(wt)
+    if report.errors:
+        console.print("[red]errors found[/]: fix them, then run `tunewise data check` again")
+    elif not report.warnings:
+        console.print("[green]clean[/]")
+
+
+@data_app.command("check")
+def check_cmd(
+    file: Path = typer.Argument(..., help="chat JSONL file"),
+    as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
+    strict: bool = typer.Option(False, "--strict", help="exit 1 when there are warnings"),
+    model: str = typer.Option(
+        None, "--model", help="model whose tokenizer measures lengths (default: the embedded model)"
+    ),
+    max_len: int = typer.Option(
+        512, "--max-len", help="token budget per example; longer ones are listed"
+    ),
+    pattern: str = typer.Option(
+        None, "--pattern", help="output regex with named groups (default: inferred)"
+    ),
+) -> None:
+    """Validate a chat JSONL file: every error with file:line, then warnings and statistics.
+
+    Exit code 0 when clean, 2 on errors, 1 on warnings with --strict.
+    """
+    from tunewise.data.checks import check_file
+
+    with status_console.status("checking ...") as st:
+        report = check_file(
+            file,
+            model=model,
+            max_len=max_len,
+            output_pattern=pattern,
+            progress=lambda m: st.update(f"checking: {m} ..."),
+        )
+    if as_json:
+        typer.echo(json.dumps(report.to_json(), indent=2, ensure_ascii=False))
+    else:
+        _render_check(report)
+    code = report.exit_code(strict)
+    if code:
+        raise typer.Exit(code)
+
+
+@data_app.command("split")
+def split_cmd(
+    file: Path = typer.Argument(..., help="chat JSONL file"),
+    out: Path = typer.Option(
+        None, "--out", help="output folder (default: FILE's folder / <stem>-splits)"
+    ),
+    val: float = typer.Option(0.1, "--val", help="fraction for validation"),
+    test: float = typer.Option(0.1, "--test", help="fraction for the sealed test split"),
+    seed: int = typer.Option(0, "--seed", help="random seed (same seed, same files)"),
+    project: str = typer.Option(None, "--project", help="project name recorded with the seal"),
+    pattern: str = typer.Option(
+        None, "--pattern", help="output regex with named groups (default: inferred)"
+    ),
+) -> None:
+    """Split into train/val/test, stratified by label, near-duplicates kept together; seal the test file."""
+    from tunewise.data.split import split_file
+
+    out_dir = out or file.parent / f"{file.stem}-splits"
+    with status_console.status("splitting ..."):
+        manifest = split_file(
+            file, out_dir, val=val, test=test, seed=seed, project=project, output_pattern=pattern
+        )
+    table = Table(title=f"splits in {out_dir}")
+    for col in ("split", "examples", "sha256"):
+        table.add_column(col)
+    for name, info in manifest["splits"].items():
+        table.add_row(name, str(info["examples"]), info["sha256"][:12])
+    console.print(table)
+    strat = (
+        "stratified by " + ", ".join(manifest["format"]["label_fields"])
+        if manifest["stratified"]
+        else "not stratified (no labels)"
+    )
+    console.print(
+        f"{strat}; {manifest['near_duplicate_clusters']} near-duplicate cluster(s) kept whole"
+    )
+    if manifest["sealed_test"]:
+        console.print(
+            "[bold]test.jsonl is sealed[/]: evaluating on it needs --final, and every final use is recorded"
+        )
+
+
+@data_app.command("convert")
+def convert_cmd(
+    src: Path = typer.Argument(..., help="source file"),
+    out: Path = typer.Argument(..., help="chat JSONL to write"),
+    source: str = typer.Option(..., "--from", help="csv | json-pairs | alpaca | sharegpt"),
+    system: str = typer.Option(
+        None, "--system", help="system prompt to put first in every conversation"
+    ),
+    text_col: str = typer.Option("text", "--text-col", help="csv: column with the input text"),
+    label_col: str = typer.Option("label", "--label-col", help="csv: column with the label"),
+    template: str = typer.Option(
+        "{text}", "--template", help="user turn; {text}, {label} or any csv column"
+    ),
+    answer_template: str = typer.Option(
+        "{label}", "--answer-template", help="assistant turn, e.g. 'Intent: {label}'"
+    ),
+    keys: str = typer.Option(
+        None, "--keys", help="json-pairs: comma-separated lists to take (e.g. train,val)"
+    ),
+    labels: str = typer.Option(None, "--labels", help="keep only these comma-separated labels"),
+    delimiter: str = typer.Option(",", "--delimiter", help="csv delimiter"),
+) -> None:
+    """Convert CSV, JSON text/label pairs (CLINC150), Alpaca or ShareGPT into chat JSONL."""
+    from tunewise.data.convert import convert
+
+    def _list(v: str | None) -> list[str] | None:
+        return [x.strip() for x in v.split(",") if x.strip()] if v else None
+
+    result = convert(
+        src,
+        out,
+        source=source,  # type: ignore[arg-type]
+        system=system,
+        text_col=text_col,
+        label_col=label_col,
+        template=template,
+        answer_template=answer_template,
+        keys=_list(keys),
+        labels=_list(labels),
+        delimiter=delimiter,
+    )
+    n_labels = f", {len(result['labels'])} label(s)" if result["labels"] else ""
+    console.print(
+        f"[green]wrote[/] {result['examples']} example(s){n_labels} to {escape(str(out))}"
+    )
+
+
+@data_app.command("seals")
+def seals_cmd(as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
+    """List sealed test files and how many times each was used for a final evaluation."""
+    from tunewise.data.seal import seals
+
+    rows = seals()
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(title="sealed test splits")
+    for col in ("project", "examples", "final uses", "path"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["project"] or "-", str(r["n_examples"]), str(r["final_uses"]), r["path"])
+    console.print(table)
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's verbs to the top-level app."""
+    app.add_typer(data_app, name="data")

@@ -119,8 +119,18 @@ def validate_record(obj: Any, path: str, line: int) -> list[Problem]:
 
 
 def iter_lines(path: Path) -> Iterator[tuple[int, str]]:
-    with open(path, encoding="utf-8") as fh:
-        for lineno, raw in enumerate(fh, start=1):
+    # Decoded line by line so that a file saved in another encoding gets a file:line message
+    # instead of a traceback; a UTF-8 byte-order mark (Excel, Notepad) is tolerated.
+    with open(path, "rb") as fh:
+        for lineno, data in enumerate(fh, start=1):
+            try:
+                raw = data.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(
+                    str(path), lineno, "(line)", f"not valid UTF-8 (byte {exc.start + 1}); save the file as UTF-8"
+                ) from None
+            if lineno == 1:
+                raw = raw.lstrip("\ufeff")
             if raw.strip():
                 yield lineno, raw
 

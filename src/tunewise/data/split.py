@@ -1,0 +1,213 @@
+"""Train / validation / sealed test splits that do not leak.
+
+* **Near-duplicates stay together.** Examples whose inputs are near-duplicates (MinHash/LSH, see
+  :mod:`tunewise.data.dedup`) form a cluster, and a cluster goes whole into one split: otherwise
+  the model is tested on what it was trained on, and the test score is a memory score.
+* **Stratified by label** when the outputs are labels (:mod:`tunewise.data.formats`): each label
+  gets ``floor(n * fraction)`` or one more in val and test, the extra ones handed out by largest
+  remainder so the totals are right too.
+* **Deterministic**: same file, fractions and seed give byte-identical files. Examples keep their
+  original order inside each split.
+* **Atomic**: every file is written to a temp file and renamed; ``manifest.json`` (hashes, counts
+  per split and per label) is written last, and ``test.jsonl`` is sealed (:mod:`tunewise.data.seal`).
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+from tunewise.data.dedup import THRESHOLD, near_duplicate_clusters
+from tunewise.data.formats import infer_labels
+from tunewise.data.schema import Example, load_examples
+from tunewise.errors import UserError
+from tunewise.fsio import atomic_write_json, atomic_write_jsonl, sha256_file
+
+SPLITS = ("train", "val", "test")
+NO_LABEL = "(no label)"
+
+
+def input_text(ex: Example) -> str:
+    """What a model is asked (every turn before the answer, except the shared system prompt)."""
+    return "\n".join(m["content"] for m in ex.prompt_messages if m["role"] != "system")
+
+
+def _quotas(strata: dict[str, int], frac: float, total: int) -> dict[str, int]:
+    """Per-stratum counts for one split: floor, then largest remainders until the total is met."""
+    exact = {k: n * frac for k, n in strata.items()}
+    out = {k: int(v) for k, v in exact.items()}
+    want = round(total * frac)
+    # Ties go to the bigger stratum, then by name, so the result does not depend on dict order.
+    order = sorted(strata, key=lambda k: (-(exact[k] - out[k]), -strata[k], k))
+    for k in order:
+        if sum(out.values()) >= want:
+            break
+        if exact[k] - out[k] > 0:
+            out[k] += 1
+    return out
+
+
+def assign(
+    strata: list[str], clusters: list[int], *, val: float, test: float, seed: int
+) -> list[str]:
+    """Split name for each example, given its stratum and its near-duplicate cluster id.
+
+    Per-stratum quotas come from :func:`_quotas`. Clusters are placed biggest first (ties in a
+    seeded random order) into val or test only where every stratum they contain still has room,
+    so the many singletons fill the quotas exactly at the end. A repair pass then moves the
+    train cluster that best fills any quota still open (when all of a label's examples sit in
+    big clusters).
+    """
+    n = len(strata)
+    members: dict[int, list[int]] = defaultdict(list)
+    for i, c in enumerate(clusters):
+        members[c].append(i)
+    comp = {c: Counter(strata[i] for i in idx) for c, idx in members.items()}
+    sizes = Counter(strata)
+    need: dict[str, dict[str, int]] = {
+        "test": _quotas(sizes, test, n),
+        "val": _quotas(sizes, val, n),
+    }
+
+    order = sorted(members)
+    random.Random(seed).shuffle(order)
+    order.sort(key=lambda c: -len(members[c]))  # stable: the shuffle breaks ties
+    where: dict[int, str] = {}
+    for c in order:
+        fits = [sp for sp in need if all(need[sp][s] >= k for s, k in comp[c].items())]
+        if fits:
+            # The split that needs this cluster's main stratum most (then: test before val).
+            main = comp[c].most_common(1)[0][0]
+            sp = max(fits, key=lambda x: (need[x][main], x == "test"))
+            if need[sp][main] > 0:
+                where[c] = sp
+                for s, k in comp[c].items():
+                    need[sp][s] -= k
+                continue
+        where[c] = "train"
+
+    def cost(sp: str, c: int) -> int:
+        """Change in total |quota deviation| if cluster c moved from train to split sp."""
+        return sum(abs(need[sp][s] - k) - abs(need[sp][s]) for s, k in comp[c].items())
+
+    by_stratum: dict[str, list[int]] = defaultdict(list)
+    for c in order:
+        for s in comp[c]:
+            by_stratum[s].append(c)
+    for sp in ("test", "val"):
+        for s in sorted(need[sp]):
+            while need[sp][s] > 0:
+                cands = [c for c in by_stratum[s] if where[c] == "train"]
+                if not cands:
+                    break
+                best = min(cands, key=lambda c: (cost(sp, c), len(members[c])))
+                if cost(sp, best) >= 0:
+                    break
+                where[best] = sp
+                for s2, k in comp[best].items():
+                    need[sp][s2] -= k
+
+    out = ["train"] * n
+    for c, idx in members.items():
+        for i in idx:
+            out[i] = where[c]
+    return out
+
+
+def _label_counts(
+    labels: list[dict[str, str] | None], idx: list[int], fields: list[str]
+) -> dict[str, dict[str, int]]:
+    counts: dict[str, Counter[str]] = {f: Counter() for f in fields}
+    for i in idx:
+        lab = labels[i]
+        for f in fields:
+            counts[f][lab.get(f, NO_LABEL) if lab else NO_LABEL] += 1
+    return {f: dict(sorted(c.items())) for f, c in counts.items()}
+
+
+def split_examples(
+    examples: list[Example],
+    *,
+    val: float = 0.1,
+    test: float = 0.1,
+    seed: int = 0,
+    output_pattern: str | None = None,
+    threshold: float = THRESHOLD,
+) -> tuple[dict[str, list[Example]], dict[str, Any]]:
+    """The three splits in memory and the manifest fields that describe them (no I/O)."""
+    if val < 0 or test < 0 or val + test >= 1:
+        raise UserError(f"--val {val} --test {test}: each must be >= 0 and together below 1")
+    if not examples:
+        raise UserError("no examples to split")
+    fmt, labels = infer_labels([ex.target for ex in examples], output_pattern)
+    strata = ["|".join(lab[f] for f in fmt.label_fields) if lab else NO_LABEL for lab in labels]
+    clusters = near_duplicate_clusters([input_text(ex) for ex in examples], threshold=threshold)
+    where = assign(strata, clusters, val=val, test=test, seed=seed)
+    idx = {s: [i for i, w in enumerate(where) if w == s] for s in SPLITS}
+    for s, frac in (("val", val), ("test", test)):
+        if frac > 0 and not idx[s]:
+            raise UserError(
+                f"{len(examples)} examples are too few to hold out a {s} split of {frac:.0%}"
+            )
+    n_clusters = sum(1 for c, k in Counter(clusters).items() if k > 1)
+    info = {
+        "format": fmt.to_json(),
+        "stratified": bool(fmt.label_fields),
+        "near_duplicate_clusters": n_clusters,
+        "near_duplicate_threshold": threshold,
+        "counts": {
+            s: {"examples": len(idx[s]), "labels": _label_counts(labels, idx[s], fmt.label_fields)}
+            for s in SPLITS
+        },
+    }
+    return {s: [examples[i] for i in idx[s]] for s in SPLITS}, info
+
+
+def split_file(
+    path: str | Path,
+    out_dir: str | Path,
+    *,
+    val: float = 0.1,
+    test: float = 0.1,
+    seed: int = 0,
+    project: str | None = None,
+    output_pattern: str | None = None,
+) -> dict[str, Any]:
+    """Split ``path`` into ``out_dir/{train,val,test}.jsonl`` + ``manifest.json``; seal the test file.
+
+    A file with any error is refused before anything is written (a ``DataError`` naming the first
+    ``file:line``). Returns the manifest.
+    """
+    from tunewise.data import seal as sealing
+
+    path = Path(path)
+    out_dir = Path(out_dir)
+    examples = load_examples(path)
+    parts, info = split_examples(
+        examples, val=val, test=test, seed=seed, output_pattern=output_pattern
+    )
+    files: dict[str, dict[str, Any]] = {}
+    for s in SPLITS:
+        target = out_dir / f"{s}.jsonl"
+        atomic_write_jsonl(target, (ex.to_json() for ex in parts[s]))
+        files[s] = {"path": target.name, "sha256": sha256_file(target), **info["counts"][s]}
+    sealed = sealing.seal(out_dir / "test.jsonl", project or path.stem) if parts["test"] else None
+    manifest = {
+        "source": {
+            "path": str(path.resolve()),
+            "sha256": sha256_file(path),
+            "examples": len(examples),
+        },
+        "params": {"val": val, "test": test, "seed": seed},
+        "format": info["format"],
+        "stratified": info["stratified"],
+        "near_duplicate_clusters": info["near_duplicate_clusters"],
+        "near_duplicate_threshold": info["near_duplicate_threshold"],
+        "splits": files,
+        "counts": {s: files[s]["examples"] for s in SPLITS},
+        "sealed_test": sealed,
+    }
+    atomic_write_json(out_dir / "manifest.json", manifest)
+    return manifest
