@@ -150,8 +150,9 @@ class ProjectConfig(_Section):
     def _name_is_safe(cls, v: str) -> str:
         import re
 
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", v):
-            raise ValueError("use letters, digits, '.', '_' or '-' (max 64), starting with a letter or digit")
+        # The name becomes a registry entry and a folder name: no "..", no separators.
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", v) or ".." in v:
+            raise ValueError("use letters, digits, '.', '_' or '-' (max 64), starting with a letter or digit, no '..'")
         return v
 
     @model_validator(mode="after")

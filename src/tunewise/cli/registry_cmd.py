@@ -1,9 +1,153 @@
-"""Placeholder: verbs for this area are registered here."""
+"""``tunewise registry ...``: versions, aliases, promotion and rollback of trained adapters."""
 
 from __future__ import annotations
 
+import datetime as _dt
+import json
+from pathlib import Path
+
 import typer
+from rich.console import Console
+from rich.table import Table
+
+from tunewise.errors import UserError
+
+console = Console()
+registry_app = typer.Typer(help="Versioned adapters with aliases, promotion and rollback.",
+                           no_args_is_help=True)
+
+
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return _dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _split_version(spec: str) -> tuple[str, int]:
+    from tunewise.registry import parse_spec
+
+    name, version, _alias = parse_spec(spec)
+    if version is None:
+        raise UserError(f"expected NAME:VERSION, got {spec!r}")
+    return name, version
+
+
+@registry_app.command("add")
+def add(
+    run: Path = typer.Argument(..., help="Training run directory (LoRA adapter or model/)."),
+    name: str = typer.Option(None, "--name", help="Registry name (default: the project name)."),
+    verdict: Path = typer.Option(None, "--verdict", help="Gate verdict.json to record."),
+    eval_dir: Path = typer.Option(None, "--eval-dir", help="Eval directory (eval/comparison/verdict.json)."),
+) -> None:
+    """Register RUN as the next immutable version of NAME."""
+    from tunewise.registry import Registry
+
+    v = Registry().add(run, name=name, verdict=verdict, eval_dir=eval_dir)
+    gate = {True: "[green]ship[/]", False: "[red]do not ship[/]", None: "no verdict"}[v.ship]
+    console.print(f"added [bold]{v.spec}[/] ({v.kind}, {len(v.files)} files, gate: {gate})")
+
+
+@registry_app.command("list")
+def list_cmd() -> None:
+    """Every registered name with its latest version and aliases."""
+    from tunewise.registry import Registry
+
+    rows = Registry().summary()
+    if not rows:
+        console.print("the registry is empty: `tunewise registry add RUN`")
+        return
+    table = Table("name", "versions", "latest", "aliases", "updated")
+    for r in rows:
+        aliases = ", ".join(f"{a}→{v}" for a, v in r["aliases"].items()) or "-"
+        table.add_row(r["name"], str(r["versions"]), str(r["latest"]), aliases, _when(r["updated_at"]))
+    console.print(table)
+
+
+@registry_app.command("show")
+def show(
+    spec: str = typer.Argument(..., help="NAME, NAME:VERSION or NAME@ALIAS."),
+    as_json: bool = typer.Option(False, "--json", help="Print the full record as JSON."),
+) -> None:
+    """Show one version: base model, hashes, config, eval results and gate verdict."""
+    from tunewise.registry import Registry
+
+    reg = Registry()
+    v = reg.lookup(spec)
+    bad = reg.verify(v)
+    if as_json:
+        d = v.to_dict()
+        d["corrupted_files"] = bad
+        typer.echo(json.dumps(d, indent=2, sort_keys=True))
+        return
+    gate = {True: "[green]ship[/]", False: "[red]do not ship[/]", None: "no verdict"}[v.ship]
+    console.print(f"[bold]{v.spec}[/]  ({v.kind})  aliases: {', '.join(v.aliases) or '-'}")
+    console.print(f"created     {_when(v.created_at)} from {v.source_run}")
+    console.print(f"base model  {v.base_model}  weight hash {v.base_weight_hash[:16]}…")
+    console.print(f"data hashes {json.dumps(v.data_hashes)}")
+    console.print(f"gate        {gate}" + (f": {v.verdict.get('summary')}" if v.verdict else ""))
+    if v.eval and v.eval.get("summary"):
+        for cand, metrics in v.eval["summary"].get("means", {}).items():
+            vals = ", ".join(f"{m}={x:.3f}" for m, x in sorted(metrics.items()))
+            console.print(f"  eval {cand}: {vals}")
+    table = Table("file", "sha256", "ok")
+    for rel, digest in sorted(v.files.items()):
+        table.add_row(rel, digest[:16] + "…", "[red]CORRUPTED[/]" if rel in bad else "ok")
+    console.print(table)
+
+
+@registry_app.command("history")
+def history(
+    name: str = typer.Argument(...),
+    alias: str = typer.Option(None, "--alias", help="Only this alias."),
+) -> None:
+    """Every alias move of NAME: when, from which version to which, and why."""
+    from tunewise.registry import Registry
+
+    reg = Registry()
+    reg.versions(name)  # unknown name -> one-line error
+    events = reg.history(name, alias)
+    if not events:
+        console.print(f"{name}: no alias has been set yet")
+        return
+    table = Table("time", "alias", "action", "from", "to", "reason")
+    for e in events:
+        action = e["action"] + (" (forced)" if e["forced"] else "")
+        frm = "-" if e["from_version"] is None else str(e["from_version"])
+        table.add_row(_when(e["at"]), e["alias"], action, frm, str(e["to_version"]), e["reason"] or "")
+    console.print(table)
+
+
+@registry_app.command("promote")
+def promote(
+    spec: str = typer.Argument(..., help="NAME:VERSION"),
+    alias: str = typer.Option("production", "--alias"),
+    force: bool = typer.Option(False, "--force", help="Promote even if the gate did not say ship."),
+    reason: str = typer.Option(None, "--reason", help="Why (required with --force; recorded)."),
+) -> None:
+    """Point NAME@ALIAS at VERSION; refuses a version the gate did not pass unless --force."""
+    from tunewise.registry import Registry
+
+    name, version = _split_version(spec)
+    res = Registry().promote(name, version, alias=alias, force=force, reason=reason)
+    if not res["changed"]:
+        console.print(f"{name}@{alias} already points at version {version}")
+    else:
+        console.print(f"{name}@{alias}: {res['from_version'] or '-'} → [bold]{version}[/]")
+
+
+@registry_app.command("rollback")
+def rollback(
+    name: str = typer.Argument(...),
+    alias: str = typer.Option("production", "--alias"),
+    reason: str = typer.Option(None, "--reason", help="Why (recorded in the history)."),
+) -> None:
+    """Move NAME@ALIAS back to the version it pointed to before (servers: POST /admin/adapters/refresh)."""
+    from tunewise.registry import Registry
+
+    res = Registry().rollback(name, alias=alias, reason=reason)
+    console.print(f"{name}@{alias}: {res['from_version']} → [bold]{res['to_version']}[/] (rolled back)")
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's verbs to the top-level app."""
+    app.add_typer(registry_app, name="registry")

@@ -1,0 +1,625 @@
+"""Adapter registry: immutable versions, movable aliases, rollback.
+
+Layout under ``paths.registry_dir()``::
+
+    registry.sqlite                 versions, aliases, alias_events (SQLite, WAL)
+    blobs/sha256/<hash>             content-addressed files (safetensors, json, chat templates)
+    versions/<name>/<version>/      a materialised copy of one version, laid out as PEFT expects
+
+Why this shape:
+
+* A version is *committed* by one SQLite row, written last. Blobs are written first, each one
+  atomically (temp file + rename), so a crash in the middle of ``add`` leaves at worst some orphan
+  blobs, which are harmless (they are content-addressed and reused by the next add), and never a
+  half-written version.
+* Every write happens inside ``BEGIN IMMEDIATE`` with a busy timeout, so two processes adding or
+  promoting at the same moment serialise on the database lock instead of racing on
+  ``max(version) + 1`` or on the alias row.
+* Files are hashed again whenever a version is resolved for use: a corrupted file is reported
+  (``CorruptedFileError``) and never served.
+* Names are checked against a small safe charset, so nothing a user types can escape the registry
+  folder (``../``, absolute paths, NUL bytes are all refused).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import sqlite3
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from tunewise import paths
+from tunewise.errors import UserError
+from tunewise.fsio import sha256_file
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+ALIAS_RE = NAME_RE
+DEFAULT_ALIAS = "production"
+# Files copied from a run: weights in safetensors, configs and tokenizer files. Never pickles.
+ALLOWED_SUFFIXES = {".safetensors", ".json", ".jinja", ".txt", ".model"}
+PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".ckpt"}
+# Test hook: make `add` exit abruptly at a named point to prove crash safety.
+CRASH_ENV = "TUNEWISE_REGISTRY_CRASH_AT"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS versions (
+    name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    kind TEXT NOT NULL,
+    source_run TEXT NOT NULL,
+    base_model TEXT,
+    base_path TEXT,
+    base_weight_hash TEXT NOT NULL,
+    data_hashes TEXT NOT NULL,
+    config TEXT NOT NULL,
+    eval TEXT,
+    verdict TEXT,
+    ship INTEGER,
+    files TEXT NOT NULL,
+    PRIMARY KEY (name, version)
+);
+CREATE TABLE IF NOT EXISTS aliases (
+    name TEXT NOT NULL,
+    alias TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (name, alias)
+);
+CREATE TABLE IF NOT EXISTS alias_events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL,
+    alias TEXT NOT NULL,
+    action TEXT NOT NULL,
+    from_version INTEGER,
+    to_version INTEGER NOT NULL,
+    at REAL NOT NULL,
+    forced INTEGER NOT NULL DEFAULT 0,
+    reason TEXT
+);
+"""
+
+
+class CorruptedFileError(UserError):
+    """A registry file whose content no longer matches its recorded hash."""
+
+
+@dataclass
+class Version:
+    """One immutable registry version. ``path`` is set (verified files) once resolved for use."""
+
+    name: str
+    version: int
+    created_at: float
+    kind: str  # "lora" | "full"
+    source_run: str
+    base_model: str | None
+    base_path: str | None
+    base_weight_hash: str
+    data_hashes: dict[str, Any]
+    config: dict[str, Any]
+    eval: dict[str, Any] | None
+    verdict: dict[str, Any] | None
+    ship: bool | None
+    files: dict[str, str]  # relative path -> sha256
+    aliases: list[str] = field(default_factory=list)
+    path: Path | None = None
+
+    @property
+    def spec(self) -> str:
+        return f"{self.name}:{self.version}"
+
+    @property
+    def weights_dir(self) -> Path:
+        """Directory to hand to PEFT (LoRA) or transformers (full)."""
+        assert self.path is not None, "resolve the version first"
+        return self.path / "model" if self.kind == "full" else self.path
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["path"] = str(self.path) if self.path else None
+        return d
+
+
+def validate_name(name: str, what: str = "name") -> str:
+    """Refuse anything but a short safe name: no separators, no ``..``, no NUL, no absolute path."""
+    if not isinstance(name, str) or not NAME_RE.match(name) or ".." in name:
+        raise UserError(
+            f"invalid {what} {name!r}: use 1-64 letters, digits, '_', '-', '.' "
+            "(starting with a letter or digit, no '..')"
+        )
+    return name
+
+
+def _safe_relpath(rel: str) -> str:
+    p = PurePosixPath(rel)
+    if "\x00" in rel or p.is_absolute() or any(part in ("", ".", "..") for part in p.parts):
+        raise UserError(f"refusing unsafe file path {rel!r} in registry entry")
+    return str(p)
+
+
+def parse_spec(spec: str) -> tuple[str, int | None, str | None]:
+    """``name`` | ``name:VERSION`` | ``name@ALIAS`` -> (name, version, alias)."""
+    if not isinstance(spec, str) or not spec:
+        raise UserError("empty model spec")
+    if "@" in spec:
+        name, alias = spec.split("@", 1)
+        return validate_name(name), None, validate_name(alias, "alias")
+    if ":" in spec:
+        name, ver = spec.rsplit(":", 1)
+        if not ver.isdigit():
+            raise UserError(f"invalid version in {spec!r}: expected NAME:INTEGER")
+        return validate_name(name), int(ver), None
+    return validate_name(spec), None, None
+
+
+def _crash_point(point: str) -> None:
+    if os.environ.get(CRASH_ENV) == point:
+        os._exit(17)
+
+
+def _collect_run_files(run_dir: Path) -> tuple[str, dict[str, Path]]:
+    """The files of a run that belong to a version, and the run kind."""
+    if (run_dir / "adapter_config.json").is_file():
+        kind, roots = "lora", [run_dir]
+    elif (run_dir / "model" / "config.json").is_file():
+        kind, roots = "full", [run_dir, run_dir / "model"]
+    else:
+        raise UserError(
+            f"{run_dir}: not a training run (no adapter_config.json and no model/config.json)"
+        )
+    files: dict[str, Path] = {}
+    for root in roots:
+        for f in sorted(root.iterdir()):
+            if not f.is_file() or f.is_symlink():
+                continue
+            rel = f.relative_to(run_dir).as_posix()
+            if f.suffix in PICKLE_SUFFIXES:
+                raise UserError(f"{f}: pickle weights are not accepted; save with safetensors")
+            if f.suffix in ALLOWED_SUFFIXES:
+                files[rel] = f
+    if not any(r.endswith(".safetensors") for r in files):
+        raise UserError(f"{run_dir}: no safetensors weights found")
+    return kind, files
+
+
+class Registry:
+    """The registry under ``root`` (default ``paths.registry_dir()``)."""
+
+    def __init__(self, root: Path | None = None, *, busy_timeout_s: float = 60.0) -> None:
+        self.root = Path(root) if root is not None else paths.registry_dir()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.blob_dir = self.root / "blobs" / "sha256"
+        self.blob_dir.mkdir(parents=True, exist_ok=True)
+        self.versions_dir = self.root / "versions"
+        self.db_path = self.root / "registry.sqlite"
+        self.busy_timeout_s = busy_timeout_s
+        with self._tx() as db:
+            for stmt in SCHEMA.strip().split(";"):
+                if stmt.strip():
+                    db.execute(stmt)
+
+    # -- database ---------------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.db_path, timeout=self.busy_timeout_s, isolation_level=None)
+        db.row_factory = sqlite3.Row
+        db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
+        # journal_mode needs a lock; the busy timeout above lets concurrent openers wait for it.
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute("PRAGMA synchronous = FULL")
+        return db
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction that takes the lock up front (no upgrade deadlocks)."""
+        db = self._connect()
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+        finally:
+            db.close()
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        db = self._connect()
+        try:
+            yield db
+        finally:
+            db.close()
+
+    # -- blobs ------------------------------------------------------------------------------
+
+    def blob_path(self, digest: str) -> Path:
+        if not re.fullmatch(r"[0-9a-f]{64}", digest):
+            raise UserError(f"invalid blob hash {digest!r}")
+        return self.blob_dir / digest
+
+    def _put_blob(self, src: Path) -> str:
+        """Copy ``src`` into the blob store atomically; return its sha256."""
+        fd, tmp = tempfile.mkstemp(prefix=".incoming.", dir=self.blob_dir)
+        try:
+            import hashlib
+
+            h = hashlib.sha256()
+            with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
+                while block := inp.read(1 << 20):
+                    h.update(block)
+                    out.write(block)
+                out.flush()
+                os.fsync(out.fileno())
+            digest = h.hexdigest()
+            target = self.blob_path(digest)
+            if target.exists() and sha256_file(target) == digest:
+                os.unlink(tmp)
+            else:
+                os.chmod(tmp, 0o444)
+                os.replace(tmp, target)
+            return digest
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+    # -- add --------------------------------------------------------------------------------
+
+    def add(
+        self,
+        run_dir: str | Path,
+        *,
+        name: str | None = None,
+        verdict: str | Path | None = None,
+        eval_dir: str | Path | None = None,
+    ) -> Version:
+        """Register a training run as the next version of ``name``."""
+        run_dir = Path(run_dir)
+        if not run_dir.is_dir():
+            raise UserError(f"{run_dir}: no such run directory")
+        run_json = run_dir / "run.json"
+        if not run_json.is_file():
+            raise UserError(f"{run_dir}: no run.json (register runs made by `tunewise train`)")
+        try:
+            run = json.loads(run_json.read_text())
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{run_json}:{exc.lineno}: invalid JSON: {exc.msg}") from exc
+        if run.get("status") == "running":
+            raise UserError(f"{run_dir}: the run is still running; wait for it to finish")
+        base = run.get("base_model") or {}
+        if not base.get("weight_hash"):
+            raise UserError(f"{run_json}: base_model.weight_hash: missing")
+        config = run.get("config") or {}
+        name = validate_name(name or config.get("name") or run_dir.name)
+
+        verdict_obj, eval_obj = _read_eval(verdict, eval_dir)
+        ship = None if verdict_obj is None else bool(verdict_obj.get("ship"))
+
+        kind, files = _collect_run_files(run_dir)
+        hashes = {rel: self._put_blob(src) for rel, src in files.items()}
+        _crash_point("after_blobs")
+
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT COALESCE(MAX(version), 0) + 1 FROM versions WHERE name = ?", (name,)
+            ).fetchone()
+            version = int(row[0])
+            db.execute(
+                "INSERT INTO versions (name, version, created_at, kind, source_run, base_model,"
+                " base_path, base_weight_hash, data_hashes, config, eval, verdict, ship, files)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    name, version, time.time(), kind, str(run_dir.resolve()),
+                    base.get("name"), base.get("path"), base["weight_hash"],
+                    json.dumps(run.get("data_hashes") or {}), json.dumps(config),
+                    None if eval_obj is None else json.dumps(eval_obj),
+                    None if verdict_obj is None else json.dumps(verdict_obj),
+                    None if ship is None else int(ship), json.dumps(hashes, sort_keys=True),
+                ),
+            )
+            _crash_point("before_commit")
+        return self.get(name, version)
+
+    # -- queries ----------------------------------------------------------------------------
+
+    def _row_to_version(self, db: sqlite3.Connection, row: sqlite3.Row) -> Version:
+        aliases = [
+            r["alias"]
+            for r in db.execute(
+                "SELECT alias FROM aliases WHERE name = ? AND version = ? ORDER BY alias",
+                (row["name"], row["version"]),
+            )
+        ]
+        return Version(
+            name=row["name"], version=row["version"], created_at=row["created_at"],
+            kind=row["kind"], source_run=row["source_run"], base_model=row["base_model"],
+            base_path=row["base_path"], base_weight_hash=row["base_weight_hash"],
+            data_hashes=json.loads(row["data_hashes"]), config=json.loads(row["config"]),
+            eval=json.loads(row["eval"]) if row["eval"] else None,
+            verdict=json.loads(row["verdict"]) if row["verdict"] else None,
+            ship=None if row["ship"] is None else bool(row["ship"]),
+            files=json.loads(row["files"]), aliases=aliases,
+        )
+
+    def get(self, name: str, version: int) -> Version:
+        validate_name(name)
+        with self._read() as db:
+            row = db.execute(
+                "SELECT * FROM versions WHERE name = ? AND version = ?", (name, version)
+            ).fetchone()
+            if row is None:
+                known = [r[0] for r in db.execute(
+                    "SELECT version FROM versions WHERE name = ? ORDER BY version", (name,))]
+                if not known:
+                    raise UserError(f"no model named {name!r} in the registry")
+                raise UserError(f"{name} has no version {version} (versions: {known})")
+            return self._row_to_version(db, row)
+
+    def lookup(self, spec: str) -> Version:
+        """Metadata of ``name``, ``name:version`` or ``name@alias`` (no file checks).
+
+        A bare name means its ``production`` alias when set, else its latest version.
+        """
+        name, version, alias = parse_spec(spec)
+        if version is not None:
+            return self.get(name, version)
+        with self._read() as db:
+            if alias is None:
+                row = db.execute(
+                    "SELECT version FROM aliases WHERE name = ? AND alias = ?", (name, DEFAULT_ALIAS)
+                ).fetchone() or db.execute(
+                    "SELECT MAX(version) FROM versions WHERE name = ?", (name,)
+                ).fetchone()
+                if row is None or row[0] is None:
+                    raise UserError(f"no model named {name!r} in the registry")
+                return self.get(name, int(row[0]))
+            row = db.execute(
+                "SELECT version FROM aliases WHERE name = ? AND alias = ?", (name, alias)
+            ).fetchone()
+        if row is None:
+            self.versions(name)  # raises "no model named" when the name is unknown
+            raise UserError(f"{name} has no alias {alias!r}")
+        return self.get(name, int(row[0]))
+
+    def resolve(self, spec: str) -> Version:
+        """Like :meth:`lookup`, and materialise the files with every hash verified."""
+        v = self.lookup(spec)
+        v.path = self._materialise(v)
+        return v
+
+    def versions(self, name: str) -> list[Version]:
+        validate_name(name)
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT * FROM versions WHERE name = ? ORDER BY version", (name,)
+            ).fetchall()
+            if not rows:
+                raise UserError(f"no model named {name!r} in the registry")
+            return [self._row_to_version(db, r) for r in rows]
+
+    def summary(self) -> list[dict[str, Any]]:
+        """One row per name: versions, latest, aliases."""
+        with self._read() as db:
+            out = []
+            for r in db.execute(
+                "SELECT name, COUNT(*) AS n, MAX(version) AS latest, MAX(created_at) AS updated"
+                " FROM versions GROUP BY name ORDER BY name"
+            ).fetchall():
+                aliases = {
+                    a["alias"]: a["version"]
+                    for a in db.execute(
+                        "SELECT alias, version FROM aliases WHERE name = ? ORDER BY alias",
+                        (r["name"],),
+                    )
+                }
+                out.append({"name": r["name"], "versions": r["n"], "latest": r["latest"],
+                            "updated_at": r["updated"], "aliases": aliases})
+            return out
+
+    def aliases(self) -> dict[str, int]:
+        """Every ``name@alias`` and the version it points to (a snapshot)."""
+        with self._read() as db:
+            return {f"{r['name']}@{r['alias']}": int(r["version"])
+                    for r in db.execute("SELECT name, alias, version FROM aliases")}
+
+    def history(self, name: str, alias: str | None = None) -> list[dict[str, Any]]:
+        """Every alias move of ``name`` (oldest first), with time, action and reason."""
+        validate_name(name)
+        q = "SELECT * FROM alias_events WHERE name = ?"
+        args: list[Any] = [name]
+        if alias is not None:
+            q += " AND alias = ?"
+            args.append(validate_name(alias, "alias"))
+        with self._read() as db:
+            return [dict(r) for r in db.execute(q + " ORDER BY id", args)]
+
+    # -- aliases ----------------------------------------------------------------------------
+
+    def promote(
+        self,
+        name: str,
+        version: int,
+        alias: str = DEFAULT_ALIAS,
+        force: bool = False,
+        reason: str | None = None,
+    ) -> dict[str, Any]:
+        """Point ``name@alias`` at ``version``; refuses a version the gate did not pass unless forced."""
+        validate_name(name)
+        validate_name(alias, "alias")
+        if force and not (reason and reason.strip()):
+            raise UserError("--force needs --reason \"...\" (it is recorded in the history)")
+        v = self.get(name, version)
+        if v.ship is not True and not force:
+            why = (v.verdict or {}).get("summary") or "no gate verdict was recorded"
+            said = "no verdict" if v.ship is None else "do not ship"
+            raise UserError(
+                f"{v.spec}: the gate said {said} ({why}); "
+                "promote anyway with --force --reason \"...\""
+            )
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT version FROM aliases WHERE name = ? AND alias = ?", (name, alias)
+            ).fetchone()
+            current = None if row is None else int(row[0])
+            if current == version:
+                return {"name": name, "alias": alias, "from_version": current,
+                        "to_version": version, "changed": False}
+            now = time.time()
+            db.execute(
+                "INSERT INTO aliases (name, alias, version, updated_at) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT(name, alias) DO UPDATE SET version = excluded.version,"
+                " updated_at = excluded.updated_at",
+                (name, alias, version, now),
+            )
+            db.execute(
+                "INSERT INTO alias_events (name, alias, action, from_version, to_version, at,"
+                " forced, reason) VALUES (?, ?, 'promote', ?, ?, ?, ?, ?)",
+                (name, alias, current, version, now, int(force), reason),
+            )
+        return {"name": name, "alias": alias, "from_version": current, "to_version": version,
+                "changed": True}
+
+    def rollback(self, name: str, alias: str = DEFAULT_ALIAS, reason: str | None = None) -> dict[str, Any]:
+        """Move ``name@alias`` back to the version it pointed to before the current one.
+
+        Promotions push onto a stack and rollbacks pop it, so rolling back twice after three
+        promotions lands on the first one.
+        """
+        validate_name(name)
+        validate_name(alias, "alias")
+        with self._tx() as db:
+            stack: list[int] = []
+            for ev in db.execute(
+                "SELECT action, to_version FROM alias_events WHERE name = ? AND alias = ? ORDER BY id",
+                (name, alias),
+            ):
+                if ev["action"] == "promote":
+                    stack.append(int(ev["to_version"]))
+                elif stack:
+                    stack.pop()
+            if len(stack) < 2:
+                raise UserError(f"{name}@{alias}: no previous version to roll back to")
+            current, target = stack[-1], stack[-2]
+            now = time.time()
+            db.execute(
+                "UPDATE aliases SET version = ?, updated_at = ? WHERE name = ? AND alias = ?",
+                (target, now, name, alias),
+            )
+            db.execute(
+                "INSERT INTO alias_events (name, alias, action, from_version, to_version, at,"
+                " forced, reason) VALUES (?, ?, 'rollback', ?, ?, ?, 0, ?)",
+                (name, alias, current, target, now, reason),
+            )
+        return {"name": name, "alias": alias, "from_version": current, "to_version": target,
+                "changed": True}
+
+    # -- files ------------------------------------------------------------------------------
+
+    def verify(self, v: Version) -> list[str]:
+        """Relative paths whose blob is missing or no longer matches its hash."""
+        bad = []
+        for rel, digest in v.files.items():
+            blob = self.blob_path(digest)
+            if not blob.is_file() or sha256_file(blob) != digest:
+                bad.append(rel)
+        return bad
+
+    def _dir_ok(self, target: Path, v: Version) -> bool:
+        return target.is_dir() and all(
+            (target / _safe_relpath(rel)).is_file() and sha256_file(target / rel) == digest
+            for rel, digest in v.files.items()
+        )
+
+    def _materialise(self, v: Version) -> Path:
+        """A directory with the version's files under their run names, every hash checked."""
+        target = self.versions_dir / validate_name(v.name) / str(int(v.version))
+        if self._dir_ok(target, v):
+            return target
+        bad = self.verify(v)
+        if bad:
+            raise CorruptedFileError(
+                f"{v.spec}: corrupted or missing file(s) {', '.join(sorted(bad))} "
+                "(hash mismatch with the registry record); refusing to use this version"
+            )
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{v.version}.", dir=target.parent))
+        try:
+            for rel, digest in v.files.items():
+                dst = tmp / _safe_relpath(rel)
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                # A copy, not a hardlink: a later write to the served copy cannot reach the blob.
+                shutil.copyfile(self.blob_path(digest), dst)
+                if sha256_file(dst) != digest:
+                    raise CorruptedFileError(f"{v.spec}: {rel}: changed while being copied")
+            try:
+                os.replace(tmp, target)  # fails when another process materialised it first
+            except OSError:
+                if self._dir_ok(target, v):
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    return target
+                # a damaged copy: move it aside (never delete a folder under a reader's feet)
+                aside = Path(tempfile.mkdtemp(prefix=f".{v.version}.stale.", dir=target.parent))
+                os.replace(target, aside / "old")
+                os.replace(tmp, target)
+                shutil.rmtree(aside, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return target
+
+
+def _read_json(path: Path, what: str) -> dict[str, Any]:
+    if not path.is_file():
+        raise UserError(f"{path}: no such {what} file")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from exc
+
+
+def _read_eval(
+    verdict: str | Path | None, eval_dir: str | Path | None
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """The gate verdict and a compact eval summary (metrics with CIs, paired tests)."""
+    verdict_obj = None
+    eval_obj: dict[str, Any] | None = None
+    if eval_dir is not None:
+        ed = Path(eval_dir)
+        if not ed.is_dir():
+            raise UserError(f"{ed}: no such eval directory")
+        if verdict is None and (ed / "verdict.json").is_file():
+            verdict = ed / "verdict.json"
+        eval_obj = {"eval_dir": str(ed.resolve())}
+        if (ed / "comparison.json").is_file():
+            eval_obj["comparison"] = _read_json(ed / "comparison.json", "comparison")
+        if (ed / "eval.json").is_file():
+            run = _read_json(ed / "eval.json", "eval")
+            means: dict[str, dict[str, float]] = {}
+            for cand in run.get("candidates", []):
+                sums: dict[str, list[float]] = {}
+                for item in cand.get("items", []):
+                    for metric, value in (item.get("scores") or {}).items():
+                        if isinstance(value, (int, float)) and value == value:  # drop NaN
+                            sums.setdefault(metric, []).append(float(value))
+                means[cand["name"]] = {m: sum(v) / len(v) for m, v in sums.items() if v}
+            eval_obj["summary"] = {
+                "project": run.get("project"), "split": run.get("split"),
+                "split_hash": run.get("split_hash"), "primary_metric": run.get("primary_metric"),
+                "n_items": len(run.get("item_ids", [])), "means": means,
+            }
+    if verdict is not None:
+        verdict_obj = _read_json(Path(verdict), "verdict")
+        if "ship" not in verdict_obj:
+            raise UserError(f"{verdict}: ship: missing (expected a gate verdict.json)")
+    return verdict_obj, eval_obj

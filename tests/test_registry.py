@@ -1,0 +1,253 @@
+"""Registry: versions, aliases, rollback, integrity and crash/concurrency faults."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import multiprocessing as mp
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from _ship_helpers import concurrent_worker, make_run, write_verdict
+from tunewise.cli import app
+from tunewise.errors import UserError
+from tunewise.registry import CRASH_ENV, CorruptedFileError, Registry, parse_spec, validate_name
+
+
+@pytest.fixture(scope="module")
+def run_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    return make_run(tiny_model_dir, tmp_path_factory.mktemp("run") / "run", seed=1)
+
+
+@pytest.fixture
+def ship(tmp_path) -> Path:
+    return write_verdict(tmp_path / "ship" / "verdict.json", True)
+
+
+@pytest.fixture
+def noship(tmp_path) -> Path:
+    return write_verdict(tmp_path / "noship" / "verdict.json", False)
+
+
+def test_add_records_everything_and_versions_increment(run_dir, ship, tiny_model_dir):
+    from tunewise.models import resolve
+
+    reg = Registry()
+    v1 = reg.add(run_dir, verdict=ship)
+    v2 = reg.add(run_dir, name="other")
+    v3 = reg.add(run_dir)
+    assert (v1.spec, v2.spec, v3.spec) == ("bot:1", "other:1", "bot:2")
+    assert v1.kind == "lora" and v1.ship is True and v3.ship is None
+    assert v1.base_weight_hash == resolve(str(tiny_model_dir)).weight_hash
+    assert v1.data_hashes == {"train": "tttttttt", "val": "vvvvvvvv"}
+    assert v1.config["name"] == "bot"
+    assert "adapter_model.safetensors" in v1.files and "run.json" in v1.files
+    assert "logs.jsonl" not in v1.files  # only safetensors/json/tokenizer files are versioned
+    # content-addressed: adding the same run again stores no new blob
+    blobs = sorted(p.name for p in reg.blob_dir.iterdir())
+    assert set(v1.files.values()) <= set(blobs)
+    assert len(blobs) == len(set(v1.files.values()))
+    assert {r["name"]: r["latest"] for r in reg.summary()} == {"bot": 2, "other": 1}
+
+
+def test_resolve_materialises_verified_peft_dir(run_dir):
+    from peft import PeftConfig
+
+    reg = Registry()
+    reg.add(run_dir)
+    v = reg.resolve("bot:1")
+    assert v.path is not None and (v.path / "adapter_model.safetensors").is_file()
+    assert PeftConfig.from_pretrained(str(v.path)).r == 4
+
+
+def test_promote_refuses_without_ship_unless_forced_with_reason(run_dir, ship, noship):
+    reg = Registry()
+    reg.add(run_dir, verdict=noship)
+    reg.add(run_dir)  # no verdict at all
+    reg.add(run_dir, verdict=ship)
+    with pytest.raises(UserError, match="do not ship"):
+        reg.promote("bot", 1)
+    with pytest.raises(UserError, match="no verdict"):
+        reg.promote("bot", 2)
+    with pytest.raises(UserError, match="--reason"):
+        reg.promote("bot", 1, force=True)
+    reg.promote("bot", 3)
+    reg.promote("bot", 1, force=True, reason="hotfix for the demo")
+    assert reg.lookup("bot@production").version == 1
+    last = reg.history("bot")[-1]
+    assert (last["forced"], last["reason"], last["from_version"]) == (1, "hotfix for the demo", 3)
+
+
+def test_rollback_walks_back_through_promotions(run_dir, ship):
+    reg = Registry()
+    for _ in range(3):
+        reg.add(run_dir, verdict=ship)
+    with pytest.raises(UserError, match="no previous version"):
+        reg.rollback("bot")
+    for v in (1, 2, 3):
+        reg.promote("bot", v)
+    assert reg.lookup("bot").version == 3  # a bare name means production
+    assert reg.rollback("bot")["to_version"] == 2
+    assert reg.lookup("bot@production").version == 2
+    assert reg.rollback("bot")["to_version"] == 1
+    with pytest.raises(UserError, match="no previous version"):
+        reg.rollback("bot")
+    reg.promote("bot", 3, alias="staging")
+    assert reg.lookup("bot@staging").version == 3 and reg.lookup("bot@production").version == 1
+    hist = reg.history("bot", "production")
+    assert [(e["action"], e["to_version"]) for e in hist] == [
+        ("promote", 1), ("promote", 2), ("promote", 3), ("rollback", 2), ("rollback", 1)]
+    assert all(e["at"] > 0 for e in hist)
+
+
+def test_corrupted_blob_is_reported_and_never_served(run_dir):
+    reg = Registry()
+    v = reg.add(run_dir)
+    blob = reg.blob_path(v.files["adapter_model.safetensors"])
+    os.chmod(blob, 0o644)
+    data = bytearray(blob.read_bytes())
+    data[-1] ^= 0xFF
+    blob.write_bytes(bytes(data))
+    assert reg.verify(v) == ["adapter_model.safetensors"]
+    with pytest.raises(CorruptedFileError, match=r"adapter_model\.safetensors"):
+        reg.resolve("bot:1")
+
+
+def test_tampered_served_copy_is_rebuilt_from_verified_blob(run_dir):
+    reg = Registry()
+    reg.add(run_dir)
+    v = reg.resolve("bot:1")
+    served = v.path / "adapter_model.safetensors"
+    good = served.read_bytes()
+    served.write_bytes(b"garbage")
+    assert reg.resolve("bot:1").path == v.path
+    assert served.read_bytes() == good
+
+
+@pytest.mark.parametrize("bad", ["../evil", "/abs", "a/b", "a\x00b", "", "..", ".hidden", "x" * 65])
+def test_names_cannot_escape_the_registry(bad):
+    with pytest.raises(UserError):
+        validate_name(bad)
+    with pytest.raises(UserError):
+        parse_spec(bad + "@production")
+
+
+def test_parse_spec_forms():
+    assert parse_spec("bot") == ("bot", None, None)
+    assert parse_spec("bot:3") == ("bot", 3, None)
+    assert parse_spec("bot@prod") == ("bot", None, "prod")
+    with pytest.raises(UserError):
+        parse_spec("bot:latest")
+
+
+def test_pickle_weights_are_refused(run_dir, copy_tree):
+    run = copy_tree(run_dir, "pickled")
+    (run / "adapter_model.bin").write_bytes(b"\x80\x04not really")
+    with pytest.raises(UserError, match="pickle"):
+        Registry().add(run)
+
+
+def test_running_run_and_missing_hash_are_refused(run_dir, copy_tree):
+    run = copy_tree(run_dir, "running")
+    meta = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**meta, "status": "running"}))
+    with pytest.raises(UserError, match="still running"):
+        Registry().add(run)
+    meta["base_model"].pop("weight_hash")
+    (run / "run.json").write_text(json.dumps(meta))
+    with pytest.raises(UserError, match="weight_hash"):
+        Registry().add(run)
+
+
+@pytest.mark.parametrize("point", ["after_blobs", "before_commit"])
+def test_crash_inside_add_leaves_no_half_version(run_dir, tunewise_home, point):
+    env = {**os.environ, CRASH_ENV: point, "TUNEWISE_HOME": str(tunewise_home)}
+    code = f"from tunewise.registry import Registry; Registry().add({str(run_dir)!r})"
+    proc = subprocess.run([sys.executable, "-c", code], env=env, timeout=120)
+    assert proc.returncode == 17  # it really died at the hook
+    reg = Registry()
+    assert reg.summary() == []
+    with pytest.raises(UserError, match="no model named"):
+        reg.lookup("bot")
+    # orphan blobs are harmless: the next add reuses them and verifies cleanly
+    v = reg.add(run_dir)
+    assert v.version == 1 and reg.verify(v) == []
+    assert reg.resolve("bot:1").path is not None
+
+
+def test_two_processes_adding_and_promoting_at_once(run_dir, ship, tunewise_home, tmp_path):
+    Registry()  # create the schema once so both children start from the same state
+    ctx = mp.get_context("spawn")
+    n = 6
+    start_at = time.time() + 3.0  # both children import and then start at the same instant
+    outs = [tmp_path / f"out{i}.json" for i in range(2)]
+    procs = [
+        ctx.Process(target=concurrent_worker,
+                    args=(str(tunewise_home), str(run_dir), str(ship), n, start_at, str(o)))
+        for o in outs
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=180)
+        assert p.exitcode == 0
+    got = sorted(json.loads(outs[0].read_text()) + json.loads(outs[1].read_text()))
+    assert got == list(range(1, 2 * n + 1))  # no lost, no duplicated version
+    reg = Registry()
+    versions = reg.versions("shared")
+    assert [v.version for v in versions] == got
+    assert all(reg.verify(v) == [] for v in versions)
+    events = reg.history("shared")
+    assert len(events) == 2 * n
+    # every promotion recorded the alias value it replaced: the chain is unbroken
+    for prev, ev in itertools.pairwise(events):
+        assert ev["from_version"] == prev["to_version"]
+    assert reg.lookup("shared@production").version == events[-1]["to_version"]
+    db = sqlite3.connect(reg.db_path)
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_cli_add_list_show_promote_history_rollback(run_dir, ship, noship):
+    runner = CliRunner()
+    r = runner.invoke(app, ["registry", "add", str(run_dir), "--verdict", str(noship)])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["registry", "add", str(run_dir), "--eval-dir", str(ship.parent)])
+    assert r.exit_code == 0 and "bot:2" in r.output
+    r = runner.invoke(app, ["registry", "promote", "bot:1"])
+    assert r.exit_code == 2 and "do not ship" in r.output
+    assert runner.invoke(app, ["registry", "promote", "bot:2"]).exit_code == 0
+    r = runner.invoke(app, ["registry", "promote", "bot:1", "--force", "--reason", "customer asked"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["registry", "list"])
+    assert "production→1" in r.output
+    r = runner.invoke(app, ["registry", "show", "bot@production", "--json"])
+    assert json.loads(r.output)["version"] == 1
+    r = runner.invoke(app, ["registry", "rollback", "bot"])
+    assert r.exit_code == 0 and "→ 2" in r.output.replace("\x1b[1m", "")
+    r = runner.invoke(app, ["registry", "history", "bot"])
+    assert "customer asked" in r.output and "rollback" in r.output
+    r = runner.invoke(app, ["registry", "show", "../etc"])
+    assert r.exit_code == 2 and "invalid name" in r.output
+
+
+def test_full_finetune_run_is_versioned_with_its_model_folder(run_dir, tiny_model_dir, tmp_path):
+    import shutil
+
+    full = tmp_path / "full-run"
+    shutil.copytree(tiny_model_dir, full / "model")
+    shutil.copyfile(run_dir / "run.json", full / "run.json")
+    reg = Registry()
+    v = reg.add(full, name="full")
+    assert v.kind == "full" and "model/model.safetensors" in v.files and "model/config.json" in v.files
+    served = reg.resolve("full:1")
+    assert (served.weights_dir / "config.json").is_file()
+    assert (served.weights_dir / "model.safetensors").read_bytes() == (
+        tiny_model_dir / "model.safetensors").read_bytes()
