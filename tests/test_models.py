@@ -72,3 +72,17 @@ def test_models_cli_list_and_info(real_model):
     info = json.loads(runner.invoke(app, ["models", "info", "--json"]).output)
     assert info["architecture"] == "LlamaForCausalLM"
     assert info["weight_hash"] == real_model.weight_hash
+
+
+def test_atomic_write_is_world_readable_and_leaves_no_temp_on_error(tmp_path):
+    from tunewise.fsio import atomic_open, atomic_write_text
+
+    target = tmp_path / "out.txt"
+    atomic_write_text(target, "hello")
+    assert target.read_text() == "hello"
+    assert target.stat().st_mode & 0o777 == 0o644
+    with pytest.raises(RuntimeError), atomic_open(target) as fh:
+        fh.write("half")
+        raise RuntimeError("crash")
+    assert target.read_text() == "hello"  # the old file survives
+    assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]  # no temp file left

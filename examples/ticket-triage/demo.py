@@ -1,10 +1,12 @@
-"""What ``make demo`` runs on the ticket-triage project (for now: the first rungs of the ladder).
+"""What ``make demo`` runs: the whole ladder on the ticket-triage project, then the advice.
 
 1. ``tunewise models pull``: converts the embedded SmolLM2-135M-Instruct once (about 25 s).
 2. ``tunewise data check`` on the tickets: errors, warnings, label and token statistics.
-3. ``tunewise data split`` into ``examples/ticket-triage/.tunewise/splits/`` (test split sealed).
-4. One greedy answer from the base model, with the project's system prompt, to one validation
-   ticket: the starting point that the baselines and the fine-tune have to beat.
+3. ``tunewise run project.yaml``: split (test sealed), the three baselines (prompt, few-shot, RAG)
+   on validation, a LoRA fine-tune, every candidate on the same items, confidence intervals and
+   paired tests, the ship gate, the registry, and the HTML report. Stages are cached: a second
+   ``make demo`` does nothing and says so.
+4. ``tunewise advise``: the recommendation, with a cost break-even at an example volume.
 
 The commands run in-process through the same Typer app as the ``tunewise`` console script, so what
 is printed is exactly what a user typing them would see.
@@ -13,13 +15,11 @@ is printed is exactly what a user typing them would see.
 from __future__ import annotations
 
 import os
-import re
 import sys
 import time
 from pathlib import Path
 
 from rich.console import Console
-from rich.panel import Panel
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -38,71 +38,24 @@ def tunewise(*args: str) -> int:
     return int(code or 0)
 
 
-def base_model_answer(project: Path) -> None:
-    """Greedy answer of the base model to the first validation ticket, with the chat template."""
-    import json
-
-    import torch
-    from transformers.utils import logging as hf_logging
-
-    from tunewise import models
-    from tunewise.config import load_project
-
-    cfg = load_project(project)
-    val = cfg.work_dir / "splits" / "val.jsonl"
-    row = json.loads(val.read_text(encoding="utf-8").splitlines()[0])
-    messages = [m for m in row["messages"][:-1] if m["role"] != "system"]
-    messages.insert(0, {"role": "system", "content": cfg.task.system_prompt})
-    expected = row["messages"][-1]["content"]
-
-    console.rule("[bold cyan]base model, greedy, on one validation ticket", align="left")
-    hf_logging.disable_progress_bar()  # one "Loading weights" bar says nothing useful here
-    ref = models.resolve(cfg.model.base)
-    tok = models.load_tokenizer(ref)
-    model = models.load_model(ref)
-    model.eval()
-    prompt = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-    started = time.time()
-    with torch.inference_mode():
-        out = model.generate(
-            **prompt,
-            max_new_tokens=24,
-            do_sample=False,
-            pad_token_id=tok.pad_token_id,
-            eos_token_id=tok.eos_token_id,
-        )
-    answer = tok.decode(out[0, prompt["input_ids"].shape[1] :], skip_special_tokens=True).strip()
-    took = time.time() - started
-    console.print(Panel(messages[-1]["content"], title="ticket (val.jsonl, line 1)", title_align="left"))
-    console.print(Panel(expected, title="reference answer", title_align="left", border_style="green"))
-    console.print(
-        Panel(answer or "(empty)", title=f"{ref.name}, zero-shot ({took:.1f}s)", title_align="left", border_style="yellow")
-    )
-    pattern = cfg.task.output_pattern
-    ok_format = bool(pattern and re.fullmatch(pattern, answer))
-    console.print(
-        f"format {'[green]matches' if ok_format else '[red]does not match'}[/] the project's output pattern; "
-        f"answer {'[green]correct' if answer == expected else '[red]not correct'}[/]. "
-        "The baselines and the fine-tune are measured against this starting point."
-    )
-
-
 def main() -> int:
     project = HERE / "project.yaml"
     data = HERE / "data" / "tickets.jsonl"
-    splits = HERE / ".tunewise" / "splits"
     started = time.time()
     steps = [
         ("models", "pull"),
         ("data", "check", str(data), "--max-len", "384"),
-        ("data", "split", str(data), "--out", str(splits), "--project", "ticket-triage"),
+        ("run", str(project)),
+        # An example volume: 20k tickets a day, ~300 tokens each, a frontier API at $5 per million
+        # tokens against one small GPU at $1.20 an hour.
+        ("advise", str(project), "--requests-per-day", "20000", "--tokens-per-request", "300",
+         "--api-price", "5", "--gpu-price", "1.2"),
     ]
     for args in steps:
         code = tunewise(*args)
         if code != 0:
             console.print(f"[red]tunewise {' '.join(args[:2])} exited with {code}[/]")
             return code
-    base_model_answer(project)
     console.rule(f"[bold green]demo finished in {time.time() - started:.0f}s", align="left")
     return 0
 

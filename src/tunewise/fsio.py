@@ -29,6 +29,9 @@ def atomic_open(path: str | Path, mode: str = "w", encoding: str | None = "utf-8
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
+        # mkstemp creates 0600; keep the mode of the file we replace, else the usual 0644, so a
+        # report or a split written by tunewise can be shared like any other file.
+        os.chmod(tmp, target.stat().st_mode & 0o777 if target.exists() else 0o644)
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

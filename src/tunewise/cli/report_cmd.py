@@ -1,9 +1,179 @@
-"""Placeholder: verbs for this area are registered here."""
+"""``tunewise compare | gate | report | rate``: statistics, the ship gate, reports, human ratings."""
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
+
 import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.panel import Panel
+from rich.table import Table
+
+from tunewise.config import GateConfig
+from tunewise.errors import UserError
+
+console = Console()
+
+_EVAL_DIR = typer.Argument(..., help="evaluation directory (holds eval.json)", file_okay=False)
+_PROJECT = typer.Option(None, "--project", "-p", help="project.yaml whose gate section to use")
+_BASELINES = typer.Option(None, "--baseline", "-b", help="baseline name (repeatable); default: gate.baselines")
+
+
+def _load_run(eval_dir: Path):
+    from tunewise.eval.results import EvalRun
+
+    path = eval_dir / "eval.json"
+    if not path.is_file():
+        raise UserError(f"{path}: not found (run `tunewise eval` to create it)")
+    try:
+        return EvalRun.load(path)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"{path}: not a valid evaluation file: {exc}") from None
+
+
+def _gate_cfg(run, project: Path | None, alpha: float | None, delta: float | None,
+              baselines: list[str] | None) -> GateConfig:
+    from tunewise.config import load_project
+    from tunewise.gate import gate_config_from_meta
+
+    cfg = load_project(project).gate if project else gate_config_from_meta(run.meta)
+    updates = {
+        k: v for k, v in {"alpha": alpha, "delta": delta, "baselines": baselines}.items() if v is not None and v != []
+    }
+    if updates:
+        try:
+            cfg = GateConfig.model_validate({**cfg.model_dump(), **updates})
+        except ValueError as exc:
+            raise UserError(f"invalid gate option: {exc}") from None
+    return cfg
+
+
+def _f(x: float) -> str:
+    return "–" if x is None or not math.isfinite(x) else f"{x:.3f}"
+
+
+def compare_cmd(
+    eval_dir: Path = _EVAL_DIR,
+    baselines: list[str] | None = _BASELINES,
+    alpha: float | None = typer.Option(None, help="significance level (default: gate.alpha)"),
+    n_boot: int = typer.Option(2000, "--n-boot", help="bootstrap resamples"),
+    seed: int = typer.Option(0, help="bootstrap seed"),
+    ci: str = typer.Option("bca", help="bootstrap interval: bca or percentile"),
+    project: Path | None = _PROJECT,
+) -> None:
+    """CIs for every metric and paired tests against every baseline; writes comparison.json."""
+    from tunewise.eval import stats
+
+    if ci not in ("bca", "percentile"):
+        raise UserError(f"--ci must be bca or percentile, got {ci!r}")
+    run = _load_run(eval_dir)
+    cfg = _gate_cfg(run, project, alpha, None, baselines)
+    with console.status(f"bootstrapping {len(run.item_ids)} items x {n_boot} resamples ..."):
+        comp = stats.compare(run, baselines=cfg.baselines, alpha=cfg.alpha, n_boot=n_boot, seed=seed, ci_method=ci)  # type: ignore[arg-type]
+    out = eval_dir / "comparison.json"
+    stats.save_comparison(comp, out)
+    _print_comparison(comp)
+    console.print(f"wrote {out}")
+
+
+def _print_comparison(comp) -> None:
+    metrics = sorted({m for per in comp.metrics.values() for m in per}, key=lambda m: (m != comp.primary_metric, m))
+    table = Table(title=f"{comp.meta.get('n_items')} items, 95% {comp.meta.get('ci_method')} bootstrap CI")
+    table.add_column("candidate")
+    for m in metrics:
+        table.add_column(m + (" *" if m == comp.primary_metric else ""), justify="right")
+    for name, per in comp.metrics.items():
+        cells = [f"{_f(e.value)} [{_f(e.ci_low)}, {_f(e.ci_high)}]" if (e := per.get(m)) else "–" for m in metrics]
+        table.add_row(escape(name), *cells)
+    console.print(table)
+    pt = Table(title=f"paired tests on {comp.primary_metric}")
+    for col in ("candidate", "baseline", "diff", "95% CI", "p", "test", "n", "MDD"):
+        pt.add_column(col, justify="left" if col in ("candidate", "baseline", "test") else "right")
+    for p in comp.pairs:
+        if p.metric != comp.primary_metric:
+            continue
+        flag = " [yellow]![/]" if p.underpowered and not p.p_value < comp.meta.get("alpha", 0.05) else ""
+        pt.add_row(escape(p.candidate), escape(p.baseline), f"{p.diff:+.3f}", f"{p.ci_low:+.3f}..{p.ci_high:+.3f}",
+                   f"{p.p_value:.3g}", p.test, str(p.n), _f(p.min_detectable_diff) + flag)
+    if pt.row_count:
+        console.print(pt)
+    for b in comp.meta.get("missing_baselines", []):
+        console.print(f"[yellow]baseline {escape(b)} was not evaluated[/]")
+
+
+def gate_cmd(
+    eval_dir: Path = _EVAL_DIR,
+    candidate: str = typer.Option(..., "--candidate", "-c", help="the candidate to gate, e.g. finetuned"),
+    alpha: float | None = typer.Option(None, help="significance level (default: gate.alpha)"),
+    delta: float | None = typer.Option(None, help="minimum margin on the primary metric (default: gate.delta)"),
+    baselines: list[str] | None = _BASELINES,
+    project: Path | None = _PROJECT,
+) -> None:
+    """Ship or not: exit 0 = ship, 1 = don't ship, 2 = error. Writes verdict.json."""
+    from tunewise.eval import stats
+    from tunewise.gate import decide, save_verdict
+
+    run = _load_run(eval_dir)
+    cfg = _gate_cfg(run, project, alpha, delta, baselines)
+    comp_path = eval_dir / "comparison.json"
+    comp = stats.load_comparison(comp_path) if comp_path.is_file() else None
+    names = {c.name for c in run.candidates}
+    # A comparison made with other baselines lacks the pairs this gate needs: redo it (about 1 s).
+    if (comp is None or stats.is_stale(comp, run)
+            or any(b in names and b not in comp.meta.get("baselines", []) for b in cfg.baselines)):
+        comp = stats.compare(run, baselines=cfg.baselines, alpha=cfg.alpha)
+        stats.save_comparison(comp, comp_path)
+    verdict = decide(comp, candidate, cfg)
+    save_verdict(verdict, eval_dir / "verdict.json", cfg)
+    lines = [f"[{'green' if r.passed else 'red'}]{'✔' if r.passed else '✘'}[/] {escape(r.reason)}" for r in verdict.reasons]
+    lines += [f"[red]✘[/] guard {escape(g)}" for g in verdict.guard_failures]
+    color = "green" if verdict.ship else "red"
+    word = "SHIP" if verdict.ship else "DON'T SHIP"
+    body = "\n".join([f"[bold]{escape(verdict.summary)}[/]", "", *lines])
+    console.print(Panel(body, title=f"[bold {color}]{word}[/]", border_style=color, title_align="left"))
+    raise typer.Exit(0 if verdict.ship else 1)
+
+
+def report_cmd(
+    eval_dir: Path = _EVAL_DIR,
+    train_runs: list[Path] | None = typer.Option(None, "--train-run", help="training run dir with run.json (repeatable)"),
+) -> None:
+    """Write report.html (self-contained) and report.md into EVAL_DIR."""
+    from tunewise.eval.report import render
+
+    with console.status("rendering report ..."):
+        html, md = render(eval_dir, train_runs or [])
+    console.print(f"wrote {html}\nwrote {md}")
+
+
+def rate_cmd(
+    eval_dir: Path = _EVAL_DIR,
+    a: str = typer.Option(..., "--a", help="first candidate"),
+    b: str = typer.Option(..., "--b", help="second candidate"),
+    port: int = typer.Option(8765, help="port on 127.0.0.1"),
+    rater: str = typer.Option("local", help="rater name (one rating per item per rater)"),
+    seed: int = typer.Option(0, help="seed for item order and left/right placement"),
+) -> None:
+    """Rate two candidates side by side in the browser (blinded, random order; keys 1/2/0/s)."""
+    from tunewise.eval import human
+
+    session = human.open_session(eval_dir, a, b, seed=seed, rater=rater)
+    p = session.progress()
+    console.print(f"rating {escape(a)} vs {escape(b)}: {p['rated']}/{p['total']} done; ratings in {session.store.path}")
+    console.print(f"open [bold]http://127.0.0.1:{port}/[/]  (Ctrl-C to stop)")
+    import uvicorn
+
+    uvicorn.run(human.create_app(session), host="127.0.0.1", port=port, log_level="warning")
+    s = session.summary()
+    if s["n"]:
+        console.print(f"{escape(a)} win rate {s['win_rate_a']:.3f} [{s['ci_low']:.3f}, {s['ci_high']:.3f}] over {s['n']} ratings")
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's verbs to the top-level app."""
+    app.command("compare")(compare_cmd)
+    app.command("gate")(gate_cmd)
+    app.command("report")(report_cmd)
+    app.command("rate")(rate_cmd)

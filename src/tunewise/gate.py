@@ -1,0 +1,226 @@
+"""The ship decision: a pure function of the comparison.
+
+A candidate ships only when, on the primary metric, it beats **each** configured baseline with
+``p < alpha`` **and** by a margin of at least ``delta``, and no guard metric regresses beyond its
+tolerance against the best baseline on that metric. Format compliance is always a guard: a model
+that answers better but breaks the output format breaks whatever parses it.
+
+Requiring a significant win against every baseline is an intersection-union test: the overall
+false-ship rate stays at ``alpha`` without a multiple-comparison correction, because *all* the
+individual tests must reject.
+
+``decide`` reads nothing and writes nothing; the CLI saves its :class:`Verdict` as verdict.json.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from tunewise.config import GateConfig
+from tunewise.errors import UserError
+from tunewise.eval.results import BaselineReason, Comparison, PairedTest, Verdict
+from tunewise.fsio import atomic_write_json
+
+FORMAT_GUARD = "format_compliance"
+DEFAULT_FORMAT_TOLERANCE = 0.02
+_EPS = 1e-9  # float noise must not decide a margin that is exactly delta
+
+
+def _f(x: float) -> str:
+    return "n/a" if x is None or not math.isfinite(x) else f"{x:.3f}"
+
+
+def _s(x: float) -> str:
+    return "n/a" if x is None or not math.isfinite(x) else f"{x:+.3f}"
+
+
+def _p(p: float) -> str:
+    if p is None or not math.isfinite(p):
+        return "n/a"
+    return f"{p:.2g}" if p < 0.001 else f"{p:.3f}"
+
+
+def _test_name(pair: PairedTest) -> str:
+    return {"mcnemar-exact": "McNemar", "paired-bootstrap": "paired bootstrap"}.get(pair.test, pair.test)
+
+
+def _judge_baseline(pair: PairedTest, alpha: float, delta: float) -> BaselineReason:
+    numbers = (
+        f"{pair.metric} {_f(pair.candidate_value)} vs {_f(pair.baseline_value)} "
+        f"(diff {_s(pair.diff)}, 95% CI {_s(pair.ci_low)}..{_s(pair.ci_high)}, "
+        f"{_test_name(pair)} p={_p(pair.p_value)}, n={pair.n})"
+    )
+    diff, p = pair.diff, pair.p_value
+    if not (math.isfinite(diff) and math.isfinite(p)):
+        return BaselineReason(pair.baseline, False, f"{pair.baseline}: no usable score: {numbers}")
+    better = diff > 0
+    significant = p < alpha
+    margin_ok = diff >= delta - _EPS
+    if better and significant and margin_ok:
+        note = ""
+        if pair.underpowered and pair.min_detectable_diff is not None:
+            note = (
+                f"; note: {pair.n} items give 80% power only for differences >= "
+                f"{pair.min_detectable_diff:.3f}, so this margin may be optimistic"
+            )
+        return BaselineReason(
+            pair.baseline, True,
+            f"beats {pair.baseline}: {numbers}; p < {alpha:g} and margin {_s(diff)} >= delta {delta:g}{note}",
+        )
+    problems = []
+    if not better:
+        worse = significant and diff < 0
+        problems.append("significantly worse" if worse else ("tied" if diff == 0 else "not better"))
+    else:
+        if not significant:
+            problems.append(f"not significant (p={_p(p)} >= alpha {alpha:g})")
+        if not margin_ok:
+            problems.append(f"margin {_s(diff)} < delta {delta:g}")
+    if not significant and pair.underpowered and pair.min_detectable_diff is not None:
+        problems.append(
+            f"the eval set is too small to tell: {pair.n} items detect only differences >= "
+            f"{pair.min_detectable_diff:.3f} (80% power)"
+        )
+    return BaselineReason(pair.baseline, False, f"does not beat {pair.baseline}: {numbers}; " + "; ".join(problems))
+
+
+def decide(comparison: Comparison, candidate: str, gate_cfg: GateConfig) -> Verdict:
+    """Ship or not, with one reason per configured baseline and every failed guard."""
+    metrics = comparison.metrics
+    primary = comparison.primary_metric
+    if candidate not in metrics:
+        raise UserError(f"candidate {candidate!r} is not in the comparison (have: {', '.join(metrics)})")
+    if candidate in gate_cfg.baselines:
+        raise UserError(f"{candidate!r} is one of the gate's baselines; gate a fine-tuned candidate against them")
+    if not gate_cfg.baselines:
+        raise UserError("gate.baselines is empty: the gate needs at least one baseline to beat")
+    if primary not in metrics[candidate]:
+        raise UserError(f"primary metric {primary!r} was not measured for {candidate!r}")
+
+    alpha, delta = gate_cfg.alpha, gate_cfg.delta
+    reasons: list[BaselineReason] = []
+    for base in gate_cfg.baselines:
+        if base not in metrics:
+            reasons.append(BaselineReason(
+                base, False,
+                f"{base}: missing from the evaluation; every configured baseline must be evaluated "
+                f"(add it to eval.candidates, or remove it from gate.baselines)",
+            ))
+            continue
+        pair = comparison.pair(candidate, base, primary)
+        if pair is None:
+            reasons.append(BaselineReason(
+                base, False,
+                f"{base}: no paired test of {candidate} vs {base} on {primary} "
+                f"(rerun `tunewise compare` with {base} among the baselines)",
+            ))
+            continue
+        reasons.append(_judge_baseline(pair, alpha, delta))
+
+    guard_failures = _guards(comparison, candidate, gate_cfg)
+    beaten = [r.baseline for r in reasons if r.passed]
+    ship = len(beaten) == len(reasons) and not guard_failures
+    if ship:
+        summary = (
+            f"SHIP {candidate}: beats {', '.join(beaten)} on {primary} "
+            f"(p < {alpha:g}, margin >= {delta:g}); no guard regressed"
+        )
+    else:
+        parts = []
+        lost = [r.baseline for r in reasons if not r.passed]
+        if lost:
+            parts.append(f"does not clearly beat {', '.join(lost)} on {primary}")
+        if guard_failures:
+            parts.append(f"{len(guard_failures)} guard(s) regressed")
+        summary = f"DON'T SHIP {candidate}: " + "; ".join(parts)
+        hint = _rag_hint(comparison, candidate, primary, alpha)
+        if hint:
+            summary += f". {hint}"
+    return Verdict(candidate=candidate, ship=ship, reasons=reasons, guard_failures=guard_failures, summary=summary)
+
+
+def _guards(comparison: Comparison, candidate: str, gate_cfg: GateConfig) -> list[str]:
+    guards = dict(gate_cfg.guards)
+    guards.setdefault(FORMAT_GUARD, DEFAULT_FORMAT_TOLERANCE)
+    cand_metrics = comparison.metrics[candidate]
+    failures = []
+    for metric, tol in sorted(guards.items()):
+        base_values = {
+            b: comparison.metrics[b][metric].value
+            for b in gate_cfg.baselines
+            if b in comparison.metrics and metric in comparison.metrics[b]
+            and math.isfinite(comparison.metrics[b][metric].value)
+        }
+        if not base_values:
+            continue  # nothing to regress against
+        best_base = max(base_values, key=base_values.__getitem__)
+        best = base_values[best_base]
+        if metric not in cand_metrics or not math.isfinite(cand_metrics[metric].value):
+            failures.append(f"{metric}: not measured for {candidate} (baselines have it; best {best_base} {_f(best)})")
+            continue
+        value = cand_metrics[metric].value
+        drop = best - value
+        if drop > tol + _EPS:
+            failures.append(
+                f"{metric}: {_f(value)} vs best baseline {best_base} {_f(best)} "
+                f"(drop {drop:.3f} > tolerance {tol:g})"
+            )
+    return failures
+
+
+def _rag_hint(comparison: Comparison, candidate: str, primary: str, alpha: float) -> str:
+    """The article's rule of thumb, when the numbers show it: RAG winning means a facts task."""
+    for pair in comparison.pairs:
+        if (
+            pair.candidate == candidate and pair.metric == primary and pair.baseline.startswith("rag")
+            and pair.diff < 0 and pair.p_value < alpha
+        ):
+            return (
+                f"{pair.baseline} is significantly better ({_s(-pair.diff)}): this looks like a knowledge "
+                "task; fine-tuning teaches behaviour (format, tone, labels), RAG supplies facts"
+            )
+    return ""
+
+
+def gate_config_from_meta(meta: dict[str, Any]) -> GateConfig:
+    """The project's gate settings as recorded in eval.json's meta, else the defaults."""
+    raw = meta.get("gate")
+    if raw is None and isinstance(meta.get("config"), dict):
+        raw = meta["config"].get("gate")
+    if not isinstance(raw, dict):
+        return GateConfig()
+    try:
+        return GateConfig.model_validate(raw)
+    except ValueError as exc:
+        raise UserError(f"eval.json: meta.gate is not a valid gate section: {exc}") from None
+
+
+# ----------------------------------------------------------------------------- persistence
+def verdict_to_dict(verdict: Verdict, gate_cfg: GateConfig | None = None) -> dict[str, Any]:
+    out = asdict(verdict)
+    if gate_cfg is not None:
+        out["gate"] = gate_cfg.model_dump(mode="json")
+    return out
+
+
+def save_verdict(verdict: Verdict, path: str | Path, gate_cfg: GateConfig | None = None) -> None:
+    atomic_write_json(path, verdict_to_dict(verdict, gate_cfg))
+
+
+def load_verdict(path: str | Path) -> Verdict:
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text())
+        return Verdict(
+            candidate=raw["candidate"], ship=bool(raw["ship"]),
+            reasons=[BaselineReason(**r) for r in raw["reasons"]],
+            guard_failures=list(raw["guard_failures"]), summary=raw["summary"],
+        )
+    except FileNotFoundError:
+        raise UserError(f"{path}: not found (run `tunewise gate {path.parent} --candidate NAME`)") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"{path}: not a valid verdict file: {exc}") from None

@@ -1,0 +1,220 @@
+"""Statistics: bootstrap CIs, exact McNemar, paired bootstrap, power, and input validation."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+
+from _evalfakes import binary_run, make_run
+from tunewise.errors import UserError
+from tunewise.eval import stats
+from tunewise.eval.results import EvalRun, ItemResult
+
+BASES = ["prompt", "fewshot", "rag"]
+
+
+def test_estimates_and_pairs_cover_every_metric():
+    run = make_run({"prompt": 0.5, "fewshot": 0.55, "rag": 0.6, "lora": 0.8}, n=300)
+    comp = stats.compare(run, baselines=BASES, n_boot=1000)
+    assert set(comp.metrics) == {"prompt", "fewshot", "rag", "lora"}
+    for per in comp.metrics.values():
+        assert set(per) == {"accuracy", "format_compliance", "judge", "macro_f1"}
+        for est in per.values():
+            assert est.ci_low <= est.value + 1e-12 and est.value <= est.ci_high + 1e-12
+    # only non-baseline candidates are tested, against every baseline, on every metric
+    assert {(p.candidate, p.baseline) for p in comp.pairs} == {("lora", b) for b in BASES}
+    assert len(comp.pairs) == 3 * 4
+    acc = comp.pair("lora", "prompt", "accuracy")
+    assert acc.test == "mcnemar-exact" and acc.p_value < 1e-6 and acc.diff > 0.2
+    assert acc.ci_low > 0
+    assert comp.pair("lora", "prompt", "judge").test == "paired-bootstrap"
+    assert comp.pair("lora", "prompt", "macro_f1").test == "paired-bootstrap"
+    assert comp.meta["metric_kinds"]["accuracy"] == "binary"
+    assert comp.meta["metric_kinds"]["judge"] == "continuous"
+
+
+def test_mean_matches_numpy_and_ci_brackets_truth():
+    run = make_run({"prompt": 0.5, "lora": 0.7}, n=400, seed=3)
+    comp = stats.compare(run, baselines=["prompt"], n_boot=2000)
+    acc = [it.scores["accuracy"] for it in run.candidate("lora").items]
+    est = comp.metrics["lora"]["accuracy"]
+    assert est.value == pytest.approx(np.mean(acc))
+    # the CI half-width is close to the binomial standard error * 1.96
+    se = math.sqrt(est.value * (1 - est.value) / 400)
+    assert (est.ci_high - est.ci_low) / 2 == pytest.approx(1.96 * se, rel=0.15)
+
+
+@pytest.mark.parametrize("method", ["bca", "percentile"])
+def test_ci_agrees_with_scipy_bootstrap(method):
+    rng = np.random.default_rng(7)
+    x = rng.exponential(size=150)  # skewed: BCa and percentile differ here
+    b = stats._Bootstrap(len(x))
+    key = b.add_mean(x)
+    b.run(20000, seed=1)
+    ours = stats.bootstrap_ci(b.theta[key], b.boot[key], b.jack[key], method=method)
+    ref = sps.bootstrap((x,), np.mean, n_resamples=20000, method=method, random_state=2).confidence_interval
+    assert ours[0] == pytest.approx(ref.low, abs=0.02)
+    assert ours[1] == pytest.approx(ref.high, abs=0.02)
+
+
+def test_macro_f1_matches_sklearn():
+    metrics = pytest.importorskip("sklearn.metrics")
+    run = make_run({"prompt": 0.4, "lora": 0.8}, n=250, seed=5)
+    # one unparseable prediction: a miss for its gold class, not a class of its own
+    run.candidate("lora").items[0].predicted = None
+    comp = stats.compare(run, baselines=["prompt"], n_boot=500)
+    for name in ("prompt", "lora"):
+        items = run.candidate(name).items
+        gold = [it.gold for it in items]
+        pred = [it.predicted if it.predicted is not None else "<none>" for it in items]
+        labels = sorted(set(gold) | {p for p in pred if p != "<none>"})
+        expected = metrics.f1_score(gold, pred, labels=labels, average="macro", zero_division=0)
+        assert comp.metrics[name]["macro_f1"].value == pytest.approx(expected)
+
+
+def test_mcnemar_exact_counts_only_discordant_pairs():
+    # 10 items where lora wins, 2 where it loses, 88 concordant
+    lora = [1] * 10 + [0] * 2 + [1] * 44 + [0] * 44
+    base = [0] * 10 + [1] * 2 + [1] * 44 + [0] * 44
+    comp = stats.compare(binary_run({"prompt": base, "lora": lora}), baselines=["prompt"], n_boot=500)
+    pair = comp.pair("lora", "prompt", "accuracy")
+    assert pair.p_value == pytest.approx(sps.binomtest(10, 12, 0.5).pvalue)
+    assert pair.diff == pytest.approx(0.08)
+    assert pair.n == 100
+
+
+def test_identical_candidates_tie_with_p_one():
+    col = [1, 0] * 30
+    comp = stats.compare(binary_run({"prompt": col, "lora": list(col)}), baselines=["prompt"], n_boot=500)
+    pair = comp.pair("lora", "prompt", "accuracy")
+    assert pair.diff == 0 and pair.p_value == 1.0
+    assert (pair.ci_low, pair.ci_high) == (0.0, 0.0)
+    assert pair.underpowered  # a tie on 60 items says nothing about equality
+
+
+def test_small_set_is_flagged_underpowered():
+    # 10 items: even 5 wins out of 5 discordant pairs is p = 0.0625
+    comp = stats.compare(
+        binary_run({"prompt": [0] * 5 + [1] * 5, "lora": [1] * 10}), baselines=["prompt"], n_boot=500
+    )
+    pair = comp.pair("lora", "prompt", "accuracy")
+    assert pair.p_value == pytest.approx(0.0625)
+    assert pair.underpowered
+    assert pair.min_detectable_diff >= 0.6  # needs at least 6 one-way discordant pairs of 10
+    assert comp.meta["underpowered"][0]["items_needed"] > 10
+
+
+def test_large_clear_win_is_not_underpowered():
+    run = make_run({"prompt": 0.4, "lora": 0.8}, n=500)
+    pair = stats.compare(run, baselines=["prompt"], n_boot=500).pair("lora", "prompt", "accuracy")
+    assert not pair.underpowered and pair.min_detectable_diff < pair.diff
+
+
+def test_min_detectable_diff_shrinks_with_n():
+    small = stats.mcnemar_min_detectable(50, 15, 0.05)
+    large = stats.mcnemar_min_detectable(5000, 1500, 0.05)
+    assert large < small / 5
+    assert stats.mcnemar_min_detectable(100, 0, 0.05) == pytest.approx(6 / 100)
+
+
+def test_judge_nan_is_counted_not_dropped_silently():
+    run = make_run({"prompt": 0.5, "lora": 0.7}, n=200, judge_nan={"lora": 0.25})
+    comp = stats.compare(run, baselines=["prompt"], n_boot=500)
+    nan_n = sum(math.isnan(it.scores["judge"]) for it in run.candidate("lora").items)
+    assert nan_n > 20
+    assert comp.meta["nan_counts"]["lora"]["judge"] == nan_n
+    assert comp.metrics["lora"]["judge"].n == 200 - nan_n
+    assert comp.pair("lora", "prompt", "judge").n == 200 - nan_n
+    assert math.isfinite(comp.metrics["lora"]["judge"].value)
+
+
+def test_missing_items_are_an_error():
+    run = make_run({"prompt": 0.5, "lora": 0.7}, n=50)
+    del run.candidate("lora").items[7]
+    with pytest.raises(UserError, match=r"'lora': 1 of 50 items missing.*item-0007"):
+        stats.compare(run, baselines=["prompt"], n_boot=200)
+
+
+def test_foreign_and_duplicate_items_are_errors():
+    run = make_run({"prompt": 0.5, "lora": 0.7}, n=20)
+    run.candidate("lora").items.append(ItemResult(item_id="stranger", output="", scores={}))
+    with pytest.raises(UserError, match="not in the evaluation"):
+        stats.compare(run, baselines=["prompt"], n_boot=200)
+    run = make_run({"prompt": 0.5, "lora": 0.7}, n=20)
+    run.candidate("lora").items[1] = run.candidate("lora").items[0]
+    with pytest.raises(UserError, match="duplicate"):
+        stats.compare(run, baselines=["prompt"], n_boot=200)
+
+
+def test_missing_baseline_is_recorded():
+    run = make_run({"prompt": 0.5, "lora": 0.7}, n=40)
+    comp = stats.compare(run, baselines=BASES, n_boot=200)
+    assert comp.meta["missing_baselines"] == ["fewshot", "rag"]
+    assert comp.pair("lora", "rag", "accuracy") is None
+
+
+def test_seeded_and_consistent_across_metrics():
+    run = make_run({"prompt": 0.5, "lora": 0.7}, n=120)
+    a = stats.compare(run, baselines=["prompt"], n_boot=800, seed=11)
+    b = stats.compare(run, baselines=["prompt"], n_boot=800, seed=11)
+    c = stats.compare(run, baselines=["prompt"], n_boot=800, seed=12)
+    assert a.metrics == b.metrics and a.pairs == b.pairs
+    assert a.metrics["lora"]["accuracy"].ci_low != c.metrics["lora"]["accuracy"].ci_low or \
+        a.metrics["lora"]["judge"].ci_low != c.metrics["lora"]["judge"].ci_low
+    # the same resample feeds every metric: accuracy and a metric identical to it get equal CIs
+    for it in run.candidate("lora").items:
+        it.scores["copy"] = it.scores["accuracy"]
+    d = stats.compare(run, baselines=["prompt"], n_boot=800, seed=11)
+    assert d.metrics["lora"]["copy"] == d.metrics["lora"]["accuracy"]
+
+
+def test_json_roundtrip_turns_nan_into_null(tmp_path):
+    run = make_run({"prompt": 0.5, "lora": 0.7}, n=30, judge_nan={"lora": 1.0})
+    comp = stats.compare(run, baselines=["prompt"], n_boot=200)
+    assert math.isnan(comp.metrics["lora"]["judge"].value)
+    path = tmp_path / "comparison.json"
+    stats.save_comparison(comp, path)
+    assert "NaN" not in path.read_text()
+    back = stats.load_comparison(path)
+    assert math.isnan(back.metrics["lora"]["judge"].value)
+    assert back.pairs[0] == comp.pairs[0]
+    assert back.metrics["prompt"] == comp.metrics["prompt"]
+
+
+def test_eval_json_roundtrip_then_compare(tmp_path):
+    run = make_run({"prompt": 0.5, "lora": 0.7}, n=30)
+    run.save(tmp_path / "eval.json")
+    comp = stats.compare(EvalRun.load(tmp_path / "eval.json"), baselines=["prompt"], n_boot=200)
+    assert comp.metrics["lora"]["accuracy"].n == 30
+
+
+def test_bad_arguments():
+    run = make_run({"prompt": 0.5, "lora": 0.7}, n=10)
+    with pytest.raises(UserError, match="alpha"):
+        stats.compare(run, baselines=["prompt"], alpha=1.5)
+    with pytest.raises(UserError, match="n_boot"):
+        stats.compare(run, baselines=["prompt"], n_boot=10)
+    with pytest.raises(UserError, match=r"too few for alpha=0\.001"):
+        stats.compare(run, baselines=["prompt"], n_boot=2000, alpha=0.001)
+
+
+def test_calibration_under_the_null():
+    """Same-quality candidates: McNemar rejects at most ~alpha, CIs cover the truth ~95%."""
+    rng = np.random.default_rng(0)
+    sims, n, p = 120, 60, 0.8
+    rejects = covered = 0
+    for s in range(sims):
+        d = rng.random(n)  # shared difficulty, so the two candidates are correlated
+        a = (0.5 * d + 0.5 * rng.random(n) < 0.5).astype(int)
+        b = (0.5 * d + 0.5 * rng.random(n) < 0.5).astype(int)
+        iid = (rng.random(n) < p).astype(int)
+        comp = stats.compare(binary_run({"prompt": list(b), "lora": list(a), "iid": list(iid)}),
+                             baselines=["prompt"], n_boot=400, seed=s)
+        rejects += comp.pair("lora", "prompt", "accuracy").p_value < 0.05
+        est = comp.metrics["iid"]["accuracy"]
+        covered += est.ci_low <= p <= est.ci_high
+    assert rejects / sims <= 0.08
+    assert 0.88 <= covered / sims <= 1.0
