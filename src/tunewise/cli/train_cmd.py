@@ -1,9 +1,88 @@
-"""Placeholder: verbs for this area are registered here."""
+"""``tunewise train``: fine-tune the project's base model (LoRA, QLoRA or full)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Optional
+
 import typer
+from rich.console import Console
+from rich.table import Table
+
+from tunewise.errors import UserError
+
+
+def train(
+    project: Optional[Path] = typer.Argument(  # noqa: UP045 - typer reads the annotation
+        None, help="project.yaml (or its folder); not needed with --resume"
+    ),
+    method: Optional[str] = typer.Option(None, "--method", "-m", help="lora | qlora | full (default: train.method)"),  # noqa: UP045
+    overrides: list[str] = typer.Option([], "--set", help="override a config key, e.g. --set train.lr=1e-4"),
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="where to write the run (default .tunewise/runs/METHOD-TIME)"),  # noqa: UP045
+    resume: Optional[Path] = typer.Option(None, "--resume", help="continue the run in this directory from its last checkpoint"),  # noqa: UP045
+    train_file: Optional[Path] = typer.Option(None, "--train-file", help="train on this JSONL instead of the project's split"),  # noqa: UP045
+    val_file: Optional[Path] = typer.Option(None, "--val-file", help="validate on this JSONL instead of the project's split"),  # noqa: UP045
+    train_on: Optional[str] = typer.Option(None, "--train-on", help="all | last: loss on every assistant turn or the last only"),  # noqa: UP045
+    no_progress: bool = typer.Option(False, "--no-progress", help="no progress bar (logs still go to RUN/logs.jsonl)"),
+) -> None:
+    """Fine-tune with the article's defaults: loss on assistant tokens only, validation loss with
+    early stopping, an overfitting check on sampled generations, atomic checkpoints and resume.
+
+    Works under `accelerate launch -m tunewise train ...` for several processes or GPUs.
+    """
+    from tunewise.config import load_project
+    from tunewise.train.trainer import default_run_dir, load_run_config
+    from tunewise.train.trainer import train as run_training
+
+    if resume is not None:
+        if overrides or method:
+            raise UserError("--resume continues a run with its own config; --set and --method are not allowed")
+        cfg, rec = load_run_config(resume)
+        data = rec.get("data", {})
+        result = run_training(
+            cfg,
+            run_dir=resume,
+            method=rec.get("method"),
+            train_path=Path(data["train"]) if data.get("train") else None,
+            val_path=Path(data["val"]) if data.get("val") else None,
+            resume=True,
+            progress=not no_progress,
+        )
+    else:
+        if project is None:
+            raise UserError("give a project.yaml, or --resume RUN")
+        if train_on is not None:
+            overrides = [*overrides, f"train.train_on={train_on}"]
+        cfg = load_project(project, overrides)
+        chosen = method or cfg.train.method
+        result = run_training(
+            cfg,
+            run_dir=run_dir or default_run_dir(cfg, chosen),
+            method=chosen,
+            train_path=train_file,
+            val_path=val_file,
+            progress=not no_progress,
+        )
+    _render(result)
+
+
+def _render(rec: dict) -> None:
+    import os
+
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    console = Console()
+    table = Table(title=f"run ({rec['method']}): {rec['status']}", show_header=False)
+    table.add_row("stop reason", str(rec.get("stop_reason")))
+    table.add_row("steps", str(rec.get("global_step")))
+    table.add_row("train loss", f"{rec['train_loss']:.4f}" if rec.get("train_loss") is not None else "-")
+    best = rec.get("best_val_loss")
+    table.add_row("best val loss", f"{best:.4f} (step {rec.get('best_step')})" if best is not None else "-")
+    table.add_row("tokens/s", str(rec.get("tokens_per_s")))
+    table.add_row("wall time", f"{rec.get('wall_time_s')} s")
+    console.print(table)
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's verbs to the top-level app."""
+    app.command("train")(train)

@@ -1,0 +1,313 @@
+"""Trainer callbacks: validation monitor (early stopping + overfitting detector), progress, logs.
+
+The stop decision is a pure function of the evaluation history (:func:`decide`) so it can be
+tested on synthetic sequences, and the history is rebuilt from ``TrainerState.log_history`` at
+every evaluation, which the Trainer checkpoints: a resumed run decides exactly as an
+uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+REP_KEY = "tw_repetition"  # log_history keys written by the monitor
+DISTINCT_KEY = "tw_distinct2"
+
+
+# --- repetition metrics -------------------------------------------------------------------------
+
+
+def _ngrams(words: Sequence[str], n: int) -> list[tuple[str, ...]]:
+    return [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+
+
+def repeated_ngram_rate(text: str, n: int = 3) -> float:
+    """Share of word n-grams that already occurred earlier in the same text (0 = no repetition)."""
+    grams = _ngrams(text.split(), n)
+    if not grams:
+        return 0.0
+    return 1.0 - len(set(grams)) / len(grams)
+
+
+def distinct_n(text: str, n: int = 2) -> float:
+    """Unique word n-grams over all n-grams (1 = every n-gram is new; texts too short count as 1)."""
+    grams = _ngrams(text.split(), n)
+    if not grams:
+        return 1.0
+    return len(set(grams)) / len(grams)
+
+
+def repetition_scores(texts: Sequence[str]) -> dict[str, float]:
+    """Mean repeated 3-gram rate and mean distinct-2 over a sample of generations."""
+    if not texts:
+        return {"repetition": 0.0, "distinct2": 1.0}
+    return {
+        "repetition": sum(repeated_ngram_rate(t) for t in texts) / len(texts),
+        "distinct2": sum(distinct_n(t) for t in texts) / len(texts),
+    }
+
+
+# --- the decision ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EvalPoint:
+    step: int
+    val_loss: float
+    repetition: float | None = None
+    distinct2: float | None = None
+
+
+@dataclass(frozen=True)
+class Decision:
+    stop: bool
+    kind: str | None = None  # "early_stopping" | "overfitting"
+    reason: str | None = None
+
+
+def decide(
+    history: Sequence[EvalPoint],
+    *,
+    patience: int,
+    repetition_threshold: float,
+    min_delta: float = 0.0,
+) -> Decision:
+    """Whether to stop after the latest evaluation, and why.
+
+    * Overfitting (the article's rule): validation loss is still falling, yet the sampled
+      generations' repetition rose since the previous evaluation and is now at or past the
+      threshold. Loss alone would say "keep going"; the generations say the model is memorising.
+    * Early stopping: the best validation loss is ``patience`` evaluations old.
+    """
+    if not history:
+        return Decision(False)
+    cur = history[-1]
+    if len(history) >= 2:
+        prev = history[-2]
+        if (
+            cur.repetition is not None
+            and prev.repetition is not None
+            and cur.val_loss < prev.val_loss
+            and cur.repetition > prev.repetition
+            and cur.repetition >= repetition_threshold
+        ):
+            return Decision(
+                True,
+                "overfitting",
+                f"overfitting at step {cur.step}: validation loss is still falling "
+                f"({prev.val_loss:.4f} -> {cur.val_loss:.4f}) but generations became repetitive "
+                f"(repeated 3-gram rate {prev.repetition:.2f} -> {cur.repetition:.2f}, "
+                f"threshold {repetition_threshold:.2f})",
+            )
+    best_i = 0
+    for i, p in enumerate(history):
+        if p.val_loss < history[best_i].val_loss - min_delta:
+            best_i = i
+    since = len(history) - 1 - best_i
+    if since >= patience:
+        best = history[best_i]
+        return Decision(
+            True,
+            "early_stopping",
+            f"early stopping at step {cur.step}: validation loss has not improved for {since} evaluations "
+            f"(best {best.val_loss:.4f} at step {best.step}, now {cur.val_loss:.4f})",
+        )
+    return Decision(False)
+
+
+def history_from_log(log_history: Sequence[dict[str, Any]]) -> list[EvalPoint]:
+    """Evaluation points from ``TrainerState.log_history`` (eval_loss entries joined by step)."""
+    reps: dict[int, dict[str, Any]] = {e["step"]: e for e in log_history if REP_KEY in e}
+    points = []
+    for e in log_history:
+        if "eval_loss" in e and math.isfinite(e["eval_loss"]):
+            r = reps.get(e["step"], {})
+            points.append(EvalPoint(e["step"], float(e["eval_loss"]), r.get(REP_KEY), r.get(DISTINCT_KEY)))
+    return points
+
+
+# --- generation for the repetition check --------------------------------------------------------
+
+
+def generate_greedy(
+    model: Any, tokenizer: Any, prompts: Sequence[list[dict[str, str]]], *, max_new_tokens: int, batch_size: int = 8
+) -> list[str]:
+    """Greedy completions of chat prompts, rendered with the same template as training."""
+    import torch
+
+    was_training = model.training
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"  # decoder-only models continue from the right edge
+    model.eval()
+    out: list[str] = []
+    try:
+        device = next(model.parameters()).device
+        for start in range(0, len(prompts), batch_size):
+            texts = [
+                tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
+                for p in prompts[start : start + batch_size]
+            ]
+            enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+            with torch.no_grad():
+                gen = model.generate(
+                    **enc,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    pad_token_id=tokenizer.pad_token_id,
+                    eos_token_id=tokenizer.eos_token_id,
+                )
+            new = gen[:, enc["input_ids"].shape[1] :]  # (batch, new_tokens)
+            out.extend(tokenizer.batch_decode(new, skip_special_tokens=True))
+    finally:
+        tokenizer.padding_side = side
+        if was_training:
+            model.train()
+    return out
+
+
+class ValidationMonitor(TrainerCallback):
+    """At each evaluation: sample generations, score repetition, decide whether to stop."""
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        prompts: Sequence[list[dict[str, str]]],
+        *,
+        patience: int,
+        repetition_threshold: float,
+        max_new_tokens: int = 64,
+        console: Any = None,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.prompts = list(prompts)
+        self.patience = patience
+        self.threshold = repetition_threshold
+        self.max_new_tokens = max_new_tokens
+        self.console = console
+        self.decision = Decision(False)
+        self.last_samples: list[str] = []
+
+    def on_evaluate(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                    metrics: dict[str, float] | None = None, model: Any = None, **kwargs: Any) -> None:
+        if self.prompts and model is not None:
+            texts = generate_greedy(model, self.tokenizer, self.prompts, max_new_tokens=self.max_new_tokens)
+            self.last_samples = texts
+            scores = repetition_scores(texts)
+            state.log_history.append(
+                {
+                    "step": state.global_step,
+                    REP_KEY: round(scores["repetition"], 4),
+                    DISTINCT_KEY: round(scores["distinct2"], 4),
+                    "tw_sample": texts[0][:200] if texts else "",
+                }
+            )
+            if metrics is not None:
+                metrics["eval_repetition"] = scores["repetition"]
+                metrics["eval_distinct2"] = scores["distinct2"]
+        self.decision = decide(
+            history_from_log(state.log_history), patience=self.patience, repetition_threshold=self.threshold
+        )
+        if self.decision.stop:
+            control.should_training_stop = True
+            if self.console is not None and state.is_world_process_zero:
+                self.console.print(f"[yellow]warning:[/] {self.decision.reason}; stopping")
+
+
+# --- progress and logs -----------------------------------------------------------------------------
+
+
+class RichProgress(TrainerCallback):
+    """A rich progress bar with loss, validation loss, tokens/s and ETA (main process only)."""
+
+    def __init__(self, console: Any = None) -> None:
+        self.console = console
+        self.progress: Any = None
+        self.task: Any = None
+        self._t0 = 0.0
+        self._tokens0 = 0
+        self._loss: float | None = None
+        self._val: float | None = None
+
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
+        if not state.is_world_process_zero:
+            return
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
+        self.progress = Progress(
+            TextColumn("[bold]train"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[stats]}"),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=False,
+        )
+        self.progress.start()
+        self.task = self.progress.add_task("train", total=state.max_steps, completed=state.global_step, stats="")
+        self._t0 = time.time()
+        self._tokens0 = int(state.num_input_tokens_seen or 0)
+
+    def _stats(self, state: TrainerState) -> str:
+        dt = max(time.time() - self._t0, 1e-9)
+        tps = (int(state.num_input_tokens_seen or 0) - self._tokens0) / dt
+        parts = []
+        if self._loss is not None:
+            parts.append(f"loss {self._loss:.4f}")
+        if self._val is not None:
+            parts.append(f"val {self._val:.4f}")
+        parts.append(f"{tps:,.0f} tok/s")
+        return "  ".join(parts)
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
+        if self.progress is not None:
+            self.progress.update(self.task, completed=state.global_step, stats=self._stats(state))
+
+    def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+               logs: dict[str, Any] | None = None, **kw: Any) -> None:
+        if self.progress is None or not logs:
+            return
+        if "loss" in logs:
+            self._loss = float(logs["loss"])
+        if "eval_loss" in logs:
+            self._val = float(logs["eval_loss"])
+        self.progress.update(self.task, stats=self._stats(state))
+
+    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
+        if self.progress is not None:
+            self.progress.update(self.task, completed=state.global_step, stats=self._stats(state))
+            self.progress.stop()
+            self.progress = None
+
+
+class JsonlLogger(TrainerCallback):
+    """Append every Trainer log record to ``RUN/logs.jsonl`` (one JSON object per line)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+               logs: dict[str, Any] | None = None, **kw: Any) -> None:
+        if not state.is_world_process_zero or not logs:
+            return
+        row = {"time": round(time.time(), 3), "step": state.global_step, "epoch": state.epoch,
+               "tokens_seen": int(state.num_input_tokens_seen or 0), **logs}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row, default=float) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())

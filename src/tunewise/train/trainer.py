@@ -1,0 +1,509 @@
+"""One training engine for full | lora | qlora, on Hugging Face ``Trainer`` plus callbacks.
+
+QLoRA is LoRA on a 4-bit NF4 base (``models.load_model(quantize_4bit=True)``), not a separate
+code path. ``accelerate launch -m tunewise train ...`` scales the same code to several processes
+(DDP, FSDP, DeepSpeed): the Trainer picks the launcher's settings up from the environment.
+
+Shape (after litgpt): :func:`train` validates and prepares (``_setup``), builds the model and the
+Trainer (``_build``), runs it (``fit``), then writes the run directory. Layout of ``RUN/``:
+
+* LoRA/QLoRA: ``adapter_config.json`` + ``adapter_model.safetensors`` + tokenizer files at the
+  root (``PeftModel.from_pretrained(base, RUN)`` works); full: ``model/``;
+* ``run.json``: status, method, resolved config, base model + weight hash, data hashes, library
+  versions, metrics per evaluation, wall time, tokens/s, stop reason;
+* ``logs.jsonl``, ``tb/`` (TensorBoard), ``checkpoints/checkpoint-N/`` (written atomically).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from tunewise import models
+from tunewise.config import ProjectConfig
+from tunewise.data.schema import Example, load_examples
+from tunewise.errors import UserError
+from tunewise.fsio import sha256_file
+from tunewise.train.callbacks import (
+    JsonlLogger,
+    RichProgress,
+    ValidationMonitor,
+)
+from tunewise.train.collate import (
+    ChatCollator,
+    EncodedDataset,
+    LengthGroupedSampler,
+    OverlongReport,
+    encode_all,
+)
+from tunewise.train.record import BestKeeper, RunRecorder, read_run, recorder_callback
+
+TARGET_PRESETS: dict[str, list[str] | str] = {
+    "all-linear": "all-linear",  # every linear projection except the output head (peft's rule)
+    "qv": ["q_proj", "v_proj"],
+    "attn": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "mlp": ["gate_proj", "up_proj", "down_proj"],
+}
+CHECKPOINTS_KEPT = 2  # the newest checkpoints kept on disk; resume needs only the last
+
+
+def _console() -> Console:
+    return Console(stderr=True)
+
+
+def _is_main() -> bool:
+    # Before the Trainer exists, the launcher's RANK tells us who writes shared files.
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+# --- setup ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Prepared:
+    cfg: ProjectConfig
+    method: str
+    run_dir: Path
+    train_path: Path
+    val_path: Path | None
+    ref: models.ModelRef
+    tokenizer: Any
+    train_ds: EncodedDataset
+    val_ds: EncodedDataset | None
+    val_examples: list[Example]
+    reports: dict[str, OverlongReport]
+    warnings: list[str] = field(default_factory=list)
+    resume_from: Path | None = None
+
+
+def default_run_dir(cfg: ProjectConfig, method: str) -> Path:
+    return cfg.work_dir / "runs" / f"{method}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def last_checkpoint(run_dir: Path) -> Path | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    ckpt_root = Path(run_dir) / "checkpoints"
+    if not ckpt_root.is_dir():
+        return None
+    last = get_last_checkpoint(str(ckpt_root))
+    return Path(last) if last else None
+
+
+def load_run_config(run_dir: Path) -> tuple[ProjectConfig, dict[str, Any]]:
+    """The resolved project config a run was started with (for ``--resume``)."""
+    rec = read_run(run_dir)
+    if rec is None:
+        raise UserError(f"{run_dir}: not a training run (no run.json)")
+    raw = dict(rec["config"])
+    raw["root"] = rec.get("project_root", ".")
+    cfg = ProjectConfig.model_validate(raw)
+    return cfg, rec
+
+
+def epoch_warning(cfg: ProjectConfig, n_train: int, world_size: int = 1) -> str | None:
+    """The article's 1-3 epochs, checked on the epochs the run will actually cover."""
+    t = cfg.train
+    if t.max_steps is not None:
+        epochs = t.max_steps * t.batch_size * t.grad_accum * world_size / max(n_train, 1)
+        what = f"train.max_steps={t.max_steps} covers {epochs:.2g} epochs"
+    else:
+        epochs = t.epochs
+        what = f"train.epochs={epochs:g}"
+    if 1 <= epochs <= 3:
+        return None
+    why = "too few passes rarely learns the format" if epochs < 1 else "more passes tend to memorise the data"
+    return f"{what}, outside the advised 1-3: {why}"
+
+
+def _setup(
+    cfg: ProjectConfig,
+    *,
+    run_dir: Path,
+    method: str | None,
+    train_path: Path | None,
+    val_path: Path | None,
+    resume: bool,
+    console: Console,
+) -> Prepared:
+    method = method or cfg.train.method
+    if method not in ("lora", "qlora", "full"):
+        raise UserError(f"unknown method {method!r}: use lora, qlora or full")
+    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"method": method})})
+    splits = cfg.work_dir / "splits"
+    train_path = (Path(train_path) if train_path else splits / "train.jsonl").resolve()
+    if not train_path.is_file():
+        raise UserError(f"{train_path}: training split not found; run `tunewise data split` first or pass a file")
+    if val_path is None and (splits / "val.jsonl").is_file() and train_path == (splits / "train.jsonl").resolve():
+        val_path = splits / "val.jsonl"
+    val_path = Path(val_path).resolve() if val_path else None
+    if val_path is not None and not val_path.is_file():
+        raise UserError(f"{val_path}: validation split not found")
+
+    run_dir = Path(run_dir)
+    resume_from: Path | None = None
+    previous = read_run(run_dir)
+    if resume:
+        if previous is None:
+            raise UserError(f"{run_dir}: nothing to resume (no run.json)")
+        hashes = {"train": sha256_file(train_path), "val": sha256_file(val_path) if val_path else None}
+        if previous.get("data_hashes") != hashes:
+            raise UserError(f"{run_dir}: the training data changed since this run started; start a new run")
+        resume_from = last_checkpoint(run_dir)
+        if resume_from is None:
+            console.print(f"[yellow]warning:[/] {run_dir}: no checkpoint yet, restarting from step 0")
+    elif previous is not None:
+        raise UserError(f"{run_dir}: a run already exists here; use --resume {run_dir} or another --run-dir")
+
+    warnings: list[str] = []
+    ref = models.resolve(cfg.model.base)
+    tokenizer = models.load_tokenizer(ref, trust_remote_code=cfg.model.trust_remote_code)
+    reports: dict[str, OverlongReport] = {}
+    t = cfg.train
+    train_items, reports["train"] = encode_all(
+        tokenizer, load_examples(train_path), max_len=cfg.data.max_len, overlong=t.overlong, train_on=t.train_on
+    )
+    val_examples: list[Example] = load_examples(val_path) if val_path else []
+    val_ds = None
+    if val_examples:
+        val_items, reports["val"] = encode_all(
+            tokenizer, val_examples, max_len=cfg.data.max_len, overlong=t.overlong, train_on=t.train_on
+        )
+        val_ds = EncodedDataset(val_items) if val_items else None
+    for split, rep in reports.items():
+        if rep.overlong:
+            warnings.append(f"{split}: {rep.summary()}")
+    if not train_items:
+        raise UserError(f"{train_path}: no training example left after the overlong policy ({reports['train'].summary()})")
+    if w := epoch_warning(cfg, len(train_items), int(os.environ.get("WORLD_SIZE", "1"))):
+        warnings.append(w)
+    if val_ds is None:
+        warnings.append("no validation split: no validation loss, early stopping or overfitting check")
+    return Prepared(
+        cfg=cfg, method=method, run_dir=run_dir, train_path=train_path, val_path=val_path, ref=ref,
+        tokenizer=tokenizer, train_ds=EncodedDataset(train_items), val_ds=val_ds, val_examples=val_examples,
+        reports=reports, warnings=warnings, resume_from=resume_from,
+    )
+
+
+# --- build --------------------------------------------------------------------------------------
+
+
+def lora_config(cfg: ProjectConfig) -> Any:
+    from peft import LoraConfig
+
+    t = cfg.train
+    targets = TARGET_PRESETS.get(t.target_modules, t.target_modules) if isinstance(t.target_modules, str) else t.target_modules
+    return LoraConfig(
+        r=t.lora_r,
+        lora_alpha=t.resolved_alpha,
+        lora_dropout=t.lora_dropout,
+        target_modules=targets,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def build_model(cfg: ProjectConfig, ref: models.ModelRef, method: str) -> Any:
+    """The model for a method: full (every weight trains), LoRA, or LoRA on a 4-bit NF4 base."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    dtype = "bfloat16" if cuda and torch.cuda.is_bf16_supported() and method != "full" else None
+    model = models.load_model(
+        ref, quantize_4bit=method == "qlora", dtype=dtype, trust_remote_code=cfg.model.trust_remote_code
+    )
+    if method == "full":
+        return model
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    if method == "qlora":
+        # Casts the few unquantized weights (norms, embeddings) to fp32 for stable training and
+        # freezes the base; gradient checkpointing pays off on GPUs only.
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cuda)
+    torch.manual_seed(cfg.train.seed)  # LoRA A matrices start random: same seed, same start
+    try:
+        return get_peft_model(model, lora_config(cfg))
+    except ValueError as exc:
+        raise UserError(f"train.target_modules={cfg.train.target_modules!r}: {exc}") from None
+
+
+def _make_trainer_class() -> type:
+    from transformers import Trainer
+
+    class TunewiseTrainer(Trainer):
+        """HF Trainer with atomic checkpoints and a resumable, length-grouped data order."""
+
+        _tw_staging: str | None = None
+
+        def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+            ds = train_dataset if train_dataset is not None else self.train_dataset
+            return LengthGroupedSampler(
+                ds.lengths,
+                self.args.per_device_train_batch_size,
+                seed=self.args.seed,
+                by_length=self.args.train_sampling_strategy == "group_by_length",
+            )
+
+        def _get_output_dir(self, trial: Any) -> str:
+            return self._tw_staging or super()._get_output_dir(trial)
+
+        def _save_checkpoint(self, model: Any, trial: Any) -> None:
+            # The Trainer writes checkpoint-N in place; a kill mid-write would leave a folder that
+            # get_last_checkpoint picks and resume then fails on. Write into a staging folder and
+            # rename it into place once every process has finished writing.
+            final_root = self.args.output_dir
+            staging = os.path.join(final_root, ".staging")
+            name = f"checkpoint-{self.state.global_step}"
+            if self.args.should_save:
+                shutil.rmtree(os.path.join(staging, name), ignore_errors=True)
+            self.accelerator.wait_for_everyone()
+            self._tw_staging = staging
+            try:
+                super()._save_checkpoint(model, trial)
+            finally:
+                self._tw_staging = None
+            self.accelerator.wait_for_everyone()
+            if self.args.should_save:
+                target = os.path.join(final_root, name)
+                if os.path.exists(target):
+                    shutil.rmtree(target)
+                os.replace(os.path.join(staging, name), target)
+                _fsync_dir(final_root)
+                from transformers.trainer_utils import sort_checkpoints
+
+                for old in sort_checkpoints(final_root)[:-CHECKPOINTS_KEPT]:
+                    shutil.rmtree(old, ignore_errors=True)
+            self.accelerator.wait_for_everyone()
+
+    return TunewiseTrainer
+
+
+def _fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def training_args(cfg: ProjectConfig, run_dir: Path, *, has_val: bool) -> Any:
+    import torch
+    from transformers import TrainingArguments
+
+    t = cfg.train
+    cuda = torch.cuda.is_available()
+    sched = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[t.scheduler]
+    return TrainingArguments(
+        output_dir=str(run_dir / "checkpoints"),
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.grad_accum,
+        learning_rate=t.resolved_lr,
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps or -1,
+        lr_scheduler_type=sched,
+        warmup_steps=t.warmup_ratio,  # a float below 1 is a ratio of the total steps
+        weight_decay=t.weight_decay,
+        eval_strategy="steps" if has_val else "no",
+        eval_steps=t.eval_every,
+        save_strategy="steps",
+        save_steps=t.save_every,
+        logging_strategy="steps",
+        logging_steps=max(1, min(10, t.eval_every)),
+        report_to="none",  # TensorBoard is added as an explicit callback writing to RUN/tb
+        disable_tqdm=True,  # the rich bar replaces tqdm
+        seed=t.seed,
+        data_seed=t.seed,
+        include_num_input_tokens_seen="non_padding",
+        bf16=bool(cuda and torch.cuda.is_bf16_supported()),
+        remove_unused_columns=False,
+        label_names=["labels"],  # a PeftModel hides the signature the Trainer would infer it from
+        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
+        ddp_find_unused_parameters=False if cfg.train.method != "full" else None,
+        save_only_model=False,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=cuda,
+        # Several processes without CUDA: accelerate's MULTI_CPU mode (DDP over gloo) needs the
+        # CPU flag, or each process would train alone on its own copy.
+        use_cpu=not cuda and int(os.environ.get("WORLD_SIZE", "1")) > 1,
+    )
+
+
+# --- fit and save --------------------------------------------------------------------------------
+
+
+def _save_final(trainer: Any, prep: Prepared) -> list[str]:
+    """Write the adapter (RUN/) or the full model (RUN/model/) atomically; returns the file names."""
+    run_dir = prep.run_dir
+    tmp = run_dir / ".final-tmp"
+    if trainer.is_world_process_zero():
+        shutil.rmtree(tmp, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+    trainer.save_model(str(tmp))  # collective under FSDP/DeepSpeed: every process calls it
+    trainer.accelerator.wait_for_everyone()
+    written: list[str] = []
+    if trainer.is_world_process_zero():
+        prep.tokenizer.save_pretrained(tmp)
+        # training_args.bin is a pickle; the run's settings already live in run.json.
+        (tmp / "training_args.bin").unlink(missing_ok=True)
+        if prep.method == "full":
+            target = run_dir / "model"
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(tmp, target)
+            written = ["model/"]
+            for f in target.iterdir():  # tokenizer files also at the root, like the adapter layout
+                if f.name.startswith(("tokenizer", "special_tokens", "chat_template")):
+                    shutil.copy2(f, run_dir / f.name)
+        else:
+            for f in sorted(tmp.iterdir()):
+                os.replace(f, run_dir / f.name)
+                written.append(f.name)
+            shutil.rmtree(tmp, ignore_errors=True)
+        _fsync_dir(str(run_dir))
+    return written
+
+
+def train(
+    cfg: ProjectConfig,
+    *,
+    run_dir: Path,
+    method: str | None = None,
+    train_path: Path | None = None,
+    val_path: Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train ``cfg``'s model on its splits (or the given files); returns run.json's content."""
+    from transformers import set_seed
+    from transformers.integrations import TensorBoardCallback
+
+    console = _console()
+    main = _is_main()
+    if resume:
+        previous = read_run(Path(run_dir))
+        if previous and (previous.get("status") == "completed" or previous.get("stop_kind")):
+            # Finished (or stopped by a rule): re-running from the last checkpoint would overwrite
+            # the saved weights, e.g. the restored best of an early stop.
+            if main:
+                console.print(f"nothing to resume: {run_dir} already {previous['status']} ({previous.get('stop_reason')})")
+            return previous
+    prep = _setup(cfg, run_dir=run_dir, method=method, train_path=train_path, val_path=val_path,
+                  resume=resume, console=console)
+    cfg = prep.cfg
+    if main:
+        prep.run_dir.mkdir(parents=True, exist_ok=True)
+        for w in prep.warnings:
+            console.print(f"[yellow]warning:[/] {w}")
+    set_seed(cfg.train.seed)
+    model = build_model(cfg, prep.ref, prep.method)
+    recorder = RunRecorder(prep)
+    recorder.write()
+
+    callbacks: list[Any] = [JsonlLogger(prep.run_dir / "logs.jsonl")]
+    tb_writer = None
+    if main:
+        from torch.utils.tensorboard import SummaryWriter
+
+        tb_writer = SummaryWriter(log_dir=str(prep.run_dir / "tb"))
+        callbacks.append(TensorBoardCallback(tb_writer=tb_writer))
+    monitor = None
+    if prep.val_ds is not None:
+        sharded = os.environ.get("ACCELERATE_USE_FSDP") == "true" or os.environ.get("ACCELERATE_USE_DEEPSPEED") == "true"
+        n = 0 if sharded else cfg.train.overfit_sample
+        # A fixed, seeded sample of validation prompts: the same prompts at every evaluation.
+        import random
+
+        sample = random.Random(cfg.train.seed).sample(prep.val_examples, min(n, len(prep.val_examples)))
+        longest = max((len(prep.tokenizer(e.target)["input_ids"]) for e in prep.val_examples), default=32)
+        monitor = ValidationMonitor(
+            prep.tokenizer,
+            [e.prompt_messages for e in sample],
+            patience=cfg.train.early_stopping_patience,
+            repetition_threshold=cfg.train.overfit_repetition_threshold,
+            # room to show runaway repetition, bounded so evaluation stays cheap
+            max_new_tokens=min(256, max(32, 2 * longest)),
+            console=console,
+        )
+        callbacks.append(monitor)
+    best = BestKeeper() if prep.val_ds is not None else None
+    callbacks.append(recorder_callback(recorder, best, tb_writer))
+    if progress and main:
+        callbacks.append(RichProgress(console))
+
+    trainer_cls = _make_trainer_class()
+    trainer = trainer_cls(
+        model=model,
+        args=training_args(cfg, prep.run_dir, has_val=prep.val_ds is not None),
+        train_dataset=prep.train_ds,
+        eval_dataset=prep.val_ds,
+        data_collator=ChatCollator(pad_token_id=prep.tokenizer.pad_token_id, pad_to_multiple_of=None),
+        processing_class=prep.tokenizer,
+        callbacks=callbacks,
+    )
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    for cb in (ProgressCallback, PrinterCallback):
+        trainer.remove_callback(cb)
+
+    t0 = time.time()
+    tokens0 = 0
+    if prep.resume_from is not None:
+        from transformers import TrainerState
+
+        tokens0 = TrainerState.load_from_json(str(prep.resume_from / "trainer_state.json")).num_input_tokens_seen
+    try:
+        result = trainer.train(resume_from_checkpoint=str(prep.resume_from) if prep.resume_from else None)
+    except KeyboardInterrupt:
+        recorder.record["status"] = "stopped"
+        recorder.record["stop_reason"] = "interrupted (Ctrl-C); resume with --resume"
+        recorder.write()
+        raise
+    elapsed = time.time() - t0
+    decision = monitor.decision if monitor else None
+    if decision is not None and decision.stop:
+        recorder.record["status"] = "stopped"
+        recorder.record["stop_reason"] = decision.reason
+        recorder.record["stop_kind"] = decision.kind
+        if decision.kind == "early_stopping" and best is not None and best.step not in (None, trainer.state.global_step):
+            # After a resume the in-memory copy only covers evaluations since the restart; restore
+            # it only when it is the run's best, never a "best since resume".
+            if best.step == recorder.record.get("best_step"):
+                best.restore(trainer.model)
+                recorder.record["restored_best_step"] = best.step
+                if main:
+                    console.print(f"restored the weights of step {best.step} (best validation loss {best.loss:.4f})")
+            else:
+                recorder.record["warnings"].append(
+                    f"the best step ({recorder.record.get('best_step')}) predates the resume; the final weights are "
+                    f"those of step {trainer.state.global_step}"
+                )
+    else:
+        recorder.record["status"] = "completed"
+        recorder.record["stop_reason"] = "max_steps reached" if cfg.train.max_steps else "all epochs done"
+    recorder.record["global_step"] = trainer.state.global_step
+    recorder.record["world_size"] = trainer.args.world_size
+    import torch.distributed as dist
+
+    recorder.record["distributed_backend"] = dist.get_backend() if dist.is_available() and dist.is_initialized() else None
+    recorder.record["train_loss"] = float(result.training_loss)
+    tokens = int(trainer.state.num_input_tokens_seen or 0) - int(tokens0 or 0)
+    recorder.record["tokens_trained"] = int(trainer.state.num_input_tokens_seen or 0)
+    recorder.record["tokens_per_s"] = round(tokens / elapsed, 2) if elapsed > 0 else None
+    recorder.record["files"] = _save_final(trainer, prep)
+    recorder.write()
+    if main:
+        console.print(f"[green]{recorder.record['status']}[/]: {prep.run_dir} ({recorder.record['stop_reason']})")
+    return dict(recorder.record)
