@@ -1,0 +1,410 @@
+"""Graders: turn one output (and its reference) into per-item scores.
+
+Score keys are metric names (see :class:`tunewise.eval.results.ItemResult`): ``accuracy``,
+``exact_match``, ``format_compliance``, ``json_valid``, ``schema_valid``, ``judge`` and per-field
+``accuracy_<field>``. A project picks its graders in ``eval.graders``.
+
+Labels come out of the output through the project's ``task.output_pattern``: its named groups are
+the label fields (``(?P<category>...)``). Without a pattern the whole answer is the label. Values
+are compared after stripping and case-folding, so "Billing" is the label "billing"; an answer that
+does not parse is wrong, and its predicted label is None (statistics count it as a miss for its
+gold class; the report shows it as "unparseable").
+
+The LLM judge scores an answer against a fixed rubric; the rubric and the judge prompt are
+versioned by their sha256, stored with every score. A reply the judge's parser cannot read is a
+NaN score: counted and shown by the report, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from tunewise.config import ProjectConfig
+from tunewise.data.schema import Example
+from tunewise.errors import UserError
+from tunewise.fsio import sha256_text
+
+SINGLE_FIELD = "label"  # the field name when output_pattern has no named groups
+
+
+def normalise(text: str) -> str:
+    """Whitespace-collapsed text, for exact match."""
+    return " ".join(text.split())
+
+
+def _fold(value: str) -> str:
+    return normalise(value).casefold()
+
+
+# --------------------------------------------------------------------------------------------
+# labels
+
+
+@dataclass
+class LabelSpec:
+    """How to read label fields out of an answer, and which values each field allows."""
+
+    pattern: re.Pattern[str] | None
+    fields: list[str]
+    labels: dict[str, list[str]] = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, cfg: ProjectConfig, train: Sequence[Example] = ()) -> LabelSpec:
+        """From ``task.output_pattern`` and ``task.labels`` (labels inferred from train when absent)."""
+        pattern = compile_pattern(cfg.task.output_pattern)
+        fields = list(pattern.groupindex) if pattern is not None and pattern.groupindex else [SINGLE_FIELD]
+        spec = cls(pattern=pattern, fields=fields)
+        if cfg.task.labels:
+            unknown = [f for f in cfg.task.labels if f not in fields]
+            if unknown and fields != [SINGLE_FIELD]:
+                raise UserError(
+                    f"task.labels: field {unknown[0]!r} is not a named group of task.output_pattern "
+                    f"(groups: {', '.join(fields)})"
+                )
+            spec.labels = {f: list(v) for f, v in cfg.task.labels.items()}
+            if fields == [SINGLE_FIELD] and len(cfg.task.labels) == 1 and SINGLE_FIELD not in cfg.task.labels:
+                # One labels list and no named group: that list is the whole-answer label set.
+                spec.labels = {SINGLE_FIELD: list(next(iter(cfg.task.labels.values())))}
+        else:
+            spec.labels = spec.infer_labels(train)
+        return spec
+
+    def extract(self, text: str) -> dict[str, str] | None:
+        """The label fields in ``text``, or None when it does not parse.
+
+        A full match of the pattern is tried first, then a search, so an answer with a trailing
+        remark still yields its labels (format compliance is graded separately, strictly).
+        """
+        text = text.strip()
+        if self.pattern is None:
+            return {SINGLE_FIELD: normalise(text)} if text else None
+        m = self.pattern.fullmatch(text) or self.pattern.search(text)
+        if m is None:
+            return None
+        if not self.pattern.groupindex:
+            return {SINGLE_FIELD: normalise(m.group(0))}
+        out = {}
+        for f in self.fields:
+            v = m.group(f)
+            if v is None:
+                return None
+            out[f] = normalise(v)
+        return out
+
+    def canonical(self, fields: dict[str, str]) -> dict[str, str]:
+        """Map case/space variants onto the allowed spelling ("BILLING " -> "billing")."""
+        out = {}
+        for f, v in fields.items():
+            allowed = {_fold(a): a for a in self.labels.get(f, [])}
+            out[f] = allowed.get(_fold(v), v)
+        return out
+
+    def key(self, fields: dict[str, str] | None) -> str | None:
+        """One string per label combination, for F1 and confusion matrices (None: unparseable)."""
+        if fields is None:
+            return None
+        if self.fields == [SINGLE_FIELD]:
+            return fields[SINGLE_FIELD]
+        return " | ".join(fields[f] for f in self.fields)
+
+    def infer_labels(self, examples: Sequence[Example]) -> dict[str, list[str]]:
+        seen: dict[str, set[str]] = {f: set() for f in self.fields}
+        for ex in examples:
+            got = self.extract(ex.target)
+            if got:
+                for f, v in got.items():
+                    seen[f].add(v)
+        return {f: sorted(v) for f, v in seen.items()}
+
+    def complies(self, text: str) -> bool:
+        """Strict format check: the whole answer matches, and every field holds an allowed value."""
+        text = text.strip()
+        if self.pattern is not None:
+            m = self.pattern.fullmatch(text)
+            if m is None:
+                return False
+            got = {f: normalise(m.group(f) or "") for f in self.fields} if self.pattern.groupindex else {
+                SINGLE_FIELD: normalise(text)}
+        else:
+            got = {SINGLE_FIELD: normalise(text)}
+        for f, v in got.items():
+            allowed = self.labels.get(f)
+            if allowed and _fold(v) not in {_fold(a) for a in allowed}:
+                return False
+        return True
+
+
+def compile_pattern(pattern: str | None) -> re.Pattern[str] | None:
+    if not pattern:
+        return None
+    try:
+        # MULTILINE so a pattern written per line ("^Category: ...$\n^Priority: ...$") also searches
+        # inside a longer answer; fullmatch is unaffected.
+        return re.compile(pattern, re.MULTILINE)
+    except re.error as exc:
+        raise UserError(f"task.output_pattern: invalid regex: {exc}") from None
+
+
+def label_scores(
+    spec: LabelSpec, output: str, target: str
+) -> tuple[dict[str, float], str | None, str | None, dict[str, Any]]:
+    """``accuracy`` (every field right) and ``accuracy_<field>``; gold and predicted label keys."""
+    gold_f = spec.extract(target)
+    if gold_f is None:
+        raise UserError(f"reference answer does not match task.output_pattern: {target[:80]!r}")
+    gold_f = spec.canonical(gold_f)
+    pred_f = spec.extract(output)
+    pred_f = spec.canonical(pred_f) if pred_f is not None else None
+    scores: dict[str, float] = {}
+    all_right = pred_f is not None
+    for f in spec.fields:
+        ok = pred_f is not None and _fold(pred_f[f]) == _fold(gold_f[f])
+        all_right = all_right and ok
+        if len(spec.fields) > 1:
+            scores[f"accuracy_{f}"] = float(ok)
+    scores["accuracy"] = float(all_right)
+    meta = {"gold_fields": gold_f, "predicted_fields": pred_f} if len(spec.fields) > 1 else {}
+    return scores, spec.key(gold_f), spec.key(pred_f), meta
+
+
+# --------------------------------------------------------------------------------------------
+# exact match, format, JSON
+
+_FENCE = re.compile(r"^```(?:json)?\s*\n(.*?)\n?```$", re.DOTALL)
+
+
+def parse_json(text: str) -> tuple[bool, Any]:
+    """(valid, value); a Markdown code fence around the JSON is tolerated."""
+    text = text.strip()
+    m = _FENCE.match(text)
+    if m:
+        text = m.group(1).strip()
+    try:
+        return True, json.loads(text)
+    except (json.JSONDecodeError, ValueError):
+        return False, None
+
+
+def json_scores(output: str, target: str, schema: dict[str, Any] | None) -> dict[str, float]:
+    ok, value = parse_json(output)
+    scores = {"json_valid": float(ok)}
+    if schema is not None:
+        import jsonschema
+
+        validator_cls = jsonschema.validators.validator_for(schema)
+        scores["schema_valid"] = float(ok and validator_cls(schema).is_valid(value))
+    gold_ok, gold = parse_json(target)
+    scores["accuracy"] = float(ok and gold_ok and value == gold)
+    return scores
+
+
+def check_schema(schema: dict[str, Any]) -> None:
+    import jsonschema
+
+    try:
+        jsonschema.validators.validator_for(schema).check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        raise UserError(f"task.json_schema: invalid schema: {exc.message}") from None
+
+
+# --------------------------------------------------------------------------------------------
+# the grader a project uses
+
+
+class Grader:
+    """All of a project's non-judge graders, applied to one output at a time."""
+
+    def __init__(self, cfg: ProjectConfig, train: Sequence[Example] = ()) -> None:
+        self.cfg = cfg
+        self.task = cfg.task.type
+        self.graders = list(cfg.eval.graders)
+        self.spec = LabelSpec.from_config(cfg, train) if self.task == "labels" or cfg.task.output_pattern else None
+        if cfg.task.json_schema is not None:
+            check_schema(cfg.task.json_schema)
+
+    def grade(self, output: str, example: Example) -> tuple[dict[str, float], str | None, str | None, dict]:
+        """(scores, gold label, predicted label, meta) for one output."""
+        target = example.target
+        scores: dict[str, float] = {}
+        gold = pred = None
+        meta: dict[str, Any] = {}
+        if "exact" in self.graders:
+            scores["exact_match"] = float(normalise(output) == normalise(target))
+        if "format" in self.graders and self.spec is not None:
+            scores["format_compliance"] = float(self.spec.complies(output))
+        if self.task == "json" or "json" in self.graders:
+            scores.update(json_scores(output, target, self.cfg.task.json_schema))
+            if "format" in self.graders and self.spec is None:
+                scores["format_compliance"] = scores.get("schema_valid", scores["json_valid"])
+        if self.task == "labels" and self.spec is not None and ("label" in self.graders or "accuracy" not in scores):
+            try:
+                s, gold, pred, meta = label_scores(self.spec, output, target)
+            except UserError as err:
+                where = f"{example.source}:{example.line}: " if example.source else ""
+                raise UserError(f"{where}{err}") from None
+            scores.update(s)
+        if "accuracy" not in scores:
+            # text tasks: "correct" means the exact answer.
+            scores["accuracy"] = float(normalise(output) == normalise(target))
+        return scores, gold, pred, meta
+
+
+# --------------------------------------------------------------------------------------------
+# LLM judges
+
+
+class Generates(Protocol):
+    """Anything with the Engine's ``generate`` (a local Engine or an external client)."""
+
+    def generate(self, requests: list[Any], *, progress: bool = False) -> list[Any]: ...
+
+
+RUBRIC = """\
+5: correct and complete; says what the reference says (wording may differ); follows the required format.
+4: correct, with a minor omission or a small format slip.
+3: partly correct: the main point is right but something important is missing or wrong.
+2: mostly wrong, but related to the request.
+1: wrong, irrelevant, empty or harmful."""
+
+JUDGE_TEMPLATE = """\
+You are grading an assistant's answer. Use this rubric:
+{rubric}
+
+Request:
+{request}
+
+Reference answer:
+{reference}
+
+Assistant's answer:
+{output}
+
+Reply with one line, "Score: N", where N is 1, 2, 3, 4 or 5."""
+
+PAIRWISE_TEMPLATE = """\
+Two assistants answered the same request. Which answer is better? Judge correctness first (the
+reference answer is correct), then following the required format, then clarity.
+
+Request:
+{request}
+
+Reference answer:
+{reference}
+
+Answer A:
+{a}
+
+Answer B:
+{b}
+
+Reply with one line: "Winner: A", "Winner: B" or "Winner: tie"."""
+
+_SCORE_RE = re.compile(r"score\s*[:=]?\s*\**\s*([1-5])\b", re.IGNORECASE)
+_WINNER_RE = re.compile(r"winner\s*[:=]?\s*\**\s*(a|b|tie)\b", re.IGNORECASE)
+
+
+def parse_score(reply: str) -> float:
+    """Rubric score normalised to [0, 1] (1 -> 0, 5 -> 1); NaN when the reply has no score."""
+    m = _SCORE_RE.search(reply)
+    if m is None:
+        bare = re.fullmatch(r"\s*([1-5])\s*\.?\s*", reply)
+        if bare is None:
+            return math.nan
+        value = int(bare.group(1))
+    else:
+        value = int(m.group(1))
+    return (value - 1) / 4
+
+
+def parse_winner(reply: str) -> str | None:
+    m = _WINNER_RE.search(reply)
+    return m.group(1).lower() if m else None
+
+
+def _request_text(messages: list[dict[str, str]]) -> str:
+    return "\n".join(f"{m['role']}: {m['content']}" for m in messages if m["role"] != "system") or "(empty)"
+
+
+def _requests(prompts: list[str], max_new_tokens: int, adapter: str | None) -> list[Any]:
+    from tunewise.infer import GenRequest
+
+    return [GenRequest(messages=[{"role": "user", "content": p}], adapter=adapter, max_new_tokens=max_new_tokens)
+            for p in prompts]
+
+
+class LLMJudge:
+    """Scores answers against a fixed rubric with a local Engine or an external client."""
+
+    def __init__(self, backend: Generates, *, rubric: str = RUBRIC, template: str = JUDGE_TEMPLATE,
+                 adapter: str | None = None, max_new_tokens: int = 12, name: str = "judge") -> None:
+        self.backend = backend
+        self.rubric = rubric
+        self.template = template
+        self.adapter = adapter
+        self.max_new_tokens = max_new_tokens
+        self.name = name
+
+    @property
+    def version(self) -> str:
+        """sha256 of rubric + prompt: scores from different versions are not comparable."""
+        return sha256_text(self.rubric + "\0" + self.template)[:12]
+
+    def prompt(self, example: Example, output: str) -> str:
+        return self.template.format(rubric=self.rubric, request=_request_text(example.prompt_messages),
+                                    reference=example.target, output=output)
+
+    def score_many(self, examples: Sequence[Example], outputs: Sequence[str], *,
+                   progress: bool = False) -> tuple[list[float], list[str]]:
+        """(normalised scores, raw replies); a reply that does not parse scores NaN."""
+        prompts = [self.prompt(ex, out) for ex, out in zip(examples, outputs, strict=True)]
+        results = self.backend.generate(_requests(prompts, self.max_new_tokens, self.adapter), progress=progress)
+        replies = [r.text for r in results]
+        return [parse_score(r) for r in replies], replies
+
+
+class PairwiseJudge:
+    """Which of two answers is better; each pair is judged in both orders to cancel position bias."""
+
+    def __init__(self, backend: Generates, *, template: str = PAIRWISE_TEMPLATE, adapter: str | None = None,
+                 max_new_tokens: int = 12) -> None:
+        self.backend = backend
+        self.template = template
+        self.adapter = adapter
+        self.max_new_tokens = max_new_tokens
+
+    @property
+    def version(self) -> str:
+        return sha256_text("pairwise\0" + self.template)[:12]
+
+    def compare_many(self, examples: Sequence[Example], a: Sequence[str], b: Sequence[str], *,
+                     progress: bool = False) -> list[float]:
+        """Per item: 1.0 A wins, 0.0 B wins, 0.5 tie (or the two orders disagree); NaN unparseable."""
+        prompts: list[str] = []
+        for ex, x, y in zip(examples, a, b, strict=True):
+            req, ref = _request_text(ex.prompt_messages), ex.target
+            prompts.append(self.template.format(request=req, reference=ref, a=x, b=y))
+            prompts.append(self.template.format(request=req, reference=ref, a=y, b=x))
+        replies = [r.text for r in self.backend.generate(_requests(prompts, self.max_new_tokens, self.adapter),
+                                                         progress=progress)]
+        out: list[float] = []
+        for i in range(0, len(replies), 2):
+            first, second = parse_winner(replies[i]), parse_winner(replies[i + 1])
+            if first is None or second is None:
+                out.append(math.nan)
+                continue
+            # In the swapped order "A" means the original B.
+            s1 = {"a": 1.0, "b": 0.0, "tie": 0.5}[first]
+            s2 = {"a": 0.0, "b": 1.0, "tie": 0.5}[second]
+            out.append((s1 + s2) / 2)
+        return out
+
+
+def win_rate(prefs: Sequence[float]) -> tuple[float, int]:
+    """Mean preference for A over parsed items, and how many replies failed to parse."""
+    ok = [p for p in prefs if not math.isnan(p)]
+    return (sum(ok) / len(ok) if ok else math.nan), len(prefs) - len(ok)

@@ -1,0 +1,466 @@
+"""Run every candidate on the same items, grade the outputs and save ``eval.json``.
+
+Candidates (names as in ``eval.candidates``):
+
+* ``prompt``: the base model with the project's system prompt, zero-shot;
+* ``fewshot``: plus k train examples (random or most similar) as earlier turns;
+* ``rag``: plus the top-k retrieved passages (docs and/or train examples) with citations;
+* ``knn``: the embedding-kNN classifier over train examples, no LLM at all (labels tasks; added
+  beside ``rag`` as its honest reference score);
+* ``finetuned`` (one per training run given in ``finetuned``): a LoRA/QLoRA adapter on the shared
+  base model, or a full checkpoint on its own engine; ``finetuned+rag`` adds retrieval to it;
+* every ``eval.external`` endpoint, by its name;
+* ``<candidate>+constrained`` (labels tasks): the same prompt, with the answer chosen among the
+  allowed labels by log-likelihood instead of generated freely.
+
+All candidates see the same items in the same order; the statistics pair them item by item. The
+sealed test split is refused unless ``final`` is set, and every final use is recorded. Generations
+go through the Engine's SQLite cache, so rerunning an evaluation costs nothing.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.panel import Panel
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from tunewise import __version__ as tw_version
+from tunewise.baselines import fewshot as fewshot_mod
+from tunewise.baselines import prompt as prompt_mod
+from tunewise.baselines import rag as rag_mod
+from tunewise.config import ExternalConfig, ProjectConfig
+from tunewise.data.schema import Example, load_examples
+from tunewise.errors import UserError
+from tunewise.eval.graders import Grader, LLMJudge
+from tunewise.eval.results import CandidateResult, EvalRun, ItemResult
+from tunewise.fsio import sha256_file
+
+BASELINES = ("prompt", "fewshot", "rag")
+CONSTRAINED = "+constrained"
+console = Console(stderr=True)
+
+Messages = list[dict[str, str]]
+
+
+# --------------------------------------------------------------------------------------------
+# inputs
+
+
+def split_paths(cfg: ProjectConfig) -> dict[str, Path]:
+    """``train``/``val``/``test`` files of the project, split (and the test sealed) on first use."""
+    splits = cfg.work_dir / "splits"
+    paths = {s: splits / f"{s}.jsonl" for s in ("train", "val", "test")}
+    if not paths["train"].is_file():
+        try:
+            from tunewise.data.split import split_file
+        except ImportError:  # pragma: no cover - the data toolkit ships with tunewise
+            raise UserError(f"{splits}: no splits yet; run `tunewise data split`") from None
+        console.print(f"[dim]no splits in {splits}: splitting {cfg.data.train} (test split sealed)[/]")
+        split_file(cfg.data.train, splits, val=cfg.data.split.val, test=cfg.data.split.test,
+                   seed=cfg.data.split.seed, project=cfg.name, output_pattern=cfg.task.output_pattern)
+    return paths
+
+
+def _guard_test(path: Path, *, final: bool, purpose: str) -> dict[str, Any]:
+    from tunewise.data.seal import guard
+
+    prior = guard(path, final=final, purpose=purpose)  # raises SealedSplitError unless final
+    info: dict[str, Any] = {"final": True, "final_use": prior + 1}
+    if prior > 0:
+        msg = (f"The sealed test split {path} has been evaluated {prior} time(s) before. This number is NO "
+               "LONGER an unbiased estimate: choices made after seeing earlier test results leak into it.")
+        console.print(Panel(msg, title="WARNING: repeated final evaluation", style="bold red"))
+        info["warning"] = msg
+    return info
+
+
+def item_ids(items: list[Example]) -> list[str]:
+    """Content ids, suffixed when the split holds the same conversation twice."""
+    seen: dict[str, int] = {}
+    out = []
+    for ex in items:
+        uid = ex.uid
+        n = seen.get(uid, 0)
+        seen[uid] = n + 1
+        out.append(uid if n == 0 else f"{uid}-{n}")
+    return out
+
+
+def auto_max_new_tokens(targets: list[str], tokenizer: Any | None) -> int:
+    """Room for the longest reference answer plus half again, at least 8 tokens."""
+    if tokenizer is not None:
+        longest = max((len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in targets), default=16)
+    else:  # ~4 characters per token for English
+        longest = max((len(t) // 3 + 1 for t in targets), default=16)
+    return max(8, min(2048, math.ceil(longest * 1.5) + 4))
+
+
+# --------------------------------------------------------------------------------------------
+# the harness
+
+
+class _Harness:
+    def __init__(self, cfg: ProjectConfig, items: list[Example], train: list[Example], *,
+                 engine: Any | None, progress: bool) -> None:
+        self.cfg = cfg
+        self.items = items
+        self.train = train
+        self._engine = engine
+        self._own_engines: list[Any] = []
+        self.progress = progress
+        self.grader = Grader(cfg, train)
+        self.notes: list[str] = []
+        self._mnt: int | None = None
+        self._rag: rag_mod.RagIndex | None = None
+        self._full: dict[str, Any] = {}  # engines of full fine-tuned checkpoints, by run name
+        self.ids = item_ids(items)
+        self._cache_seen = (0, 0)
+
+    # -- engines -------------------------------------------------------------------------------
+    def engine(self) -> Any:
+        if self._engine is None:
+            self._engine = self._new_engine(self.cfg.model.base)
+        return self._engine
+
+    def _new_engine(self, model: str | Path) -> Any:
+        from tunewise import models
+        from tunewise.cache import GenCache
+        from tunewise.infer import Engine
+
+        eng = Engine(models.resolve(model), batch_size=self.cfg.eval.batch_size, cache=GenCache())
+        self._own_engines.append(eng)
+        return eng
+
+    def external(self, ext: ExternalConfig) -> Any:
+        """A client for an OpenAI-compatible endpoint, cached like a local engine."""
+        from tunewise.cache import GenCache
+        from tunewise.external import ExternalClient
+
+        client = ExternalClient.from_config(ext, cache=GenCache())
+        self._own_engines.append(client)
+        return client
+
+    def max_new_tokens(self, engine: Any) -> int:
+        if self.cfg.eval.max_new_tokens != "auto":
+            return int(self.cfg.eval.max_new_tokens)
+        if self._mnt is None:
+            # From the reference answers of train only: the evaluated items' answers are not ours to see.
+            answers = [ex.target for ex in self.train]
+            if hasattr(engine, "max_new_tokens_for"):
+                self._mnt = int(engine.max_new_tokens_for(answers))
+            else:  # an external client: no tokenizer of its own here
+                self._mnt = auto_max_new_tokens(answers, None)
+        return self._mnt
+
+    # -- prompts -------------------------------------------------------------------------------
+    def prompt_messages(self) -> list[Messages]:
+        return [prompt_mod.build_messages(self.cfg, ex) for ex in self.items]
+
+    def fewshot_messages(self) -> tuple[list[Messages], dict[str, Any]]:
+        fc = self.cfg.eval.fewshot
+        sel = fewshot_mod.FewShotSelector(self.train, k=fc.k, selection=fc.selection, seed=self.cfg.data.split.seed)
+        shots = sel.select_many(self.items)
+        msgs = [fewshot_mod.build_messages(self.cfg.task.system_prompt, s, ex) for s, ex in zip(shots, self.items,
+                                                                                                 strict=True)]
+        return msgs, {"k": sel.k, "selection": fc.selection, "prompt_version": sel.version()}
+
+    def rag_index(self) -> rag_mod.RagIndex:
+        if self._rag is None:
+            rc = self.cfg.eval.rag
+            passages: list[rag_mod.Passage] = []
+            if "docs" in rc.sources and self.cfg.data.docs is not None:
+                passages += rag_mod.load_docs(self.cfg.data.docs, root=self.cfg.root)
+            elif "docs" in rc.sources:
+                self.notes.append("rag: data.docs is not set, retrieving from train examples only")
+            if "train" in rc.sources:
+                passages += rag_mod.example_passages(self.train)
+            self._rag = rag_mod.RagIndex(passages, hybrid=rc.hybrid)
+        return self._rag
+
+    def rag_messages(self) -> tuple[list[Messages], dict[str, Any], list[dict[str, Any]]]:
+        rc = self.cfg.eval.rag
+        index = self.rag_index()
+        # A train passage that IS the item would leak its answer; only possible when evaluating on
+        # train, but cheap to rule out: retrieve one extra and drop self-hits.
+        hits = index.search_many([ex.user_text for ex in self.items], rc.k + 1)
+        msgs, per_item = [], []
+        for ex, hs in zip(self.items, hits, strict=True):
+            hs = [h for h in hs if h.passage.meta.get("uid") != ex.uid][: rc.k]
+            for r, h in enumerate(hs, start=1):
+                h.rank = r
+            msgs.append(rag_mod.build_messages(self.cfg.task.system_prompt, hs, ex))
+            per_item.append({"citations": [h.passage.source for h in hs]})
+        meta = {"k": rc.k, "hybrid": rc.hybrid, "sources": rc.sources, "passages": len(index.passages),
+                "prompt_version": rag_mod.rag_version(rc.k, rc.hybrid, index)}
+        return msgs, meta, per_item
+
+    # -- running -------------------------------------------------------------------------------
+    def generate(self, name: str, engine: Any, msgs: list[Messages], adapter: str | None) -> list[str]:
+        from tunewise.infer import GenRequest
+
+        mnt = self.max_new_tokens(engine)
+        reqs = [GenRequest(messages=m, adapter=adapter, max_new_tokens=mnt) for m in msgs]
+        if self.progress:
+            console.print(f"[bold]{name}[/]: generating {len(reqs)} answers (max {mnt} new tokens)")
+        return [r.text for r in engine.generate(reqs, progress=self.progress)]
+
+    def constrained(self, name: str, engine: Any, msgs: list[Messages], adapter: str | None) -> tuple[list[str], dict, list[dict]]:
+        from tunewise.eval.constrained import ConstrainedLabeler
+
+        spec = self.grader.spec
+        assert spec is not None
+        labeler = ConstrainedLabeler(spec, [ex.target for ex in self.train])
+        with _bar(self.progress, f"{name} (scoring labels, {labeler.mode})", len(msgs)) as advance:
+            chosen = labeler.choose_many(engine, msgs, adapter, progress=advance)
+        meta = {"mode": labeler.mode, "combinations": labeler.n_combinations,
+                "calibration": "pmi" if labeler.calibrate else "none"}
+        return [c[0] for c in chosen], meta, [c[1] for c in chosen]
+
+    def result(self, name: str, kind: str, outputs: list[str], meta: dict[str, Any],
+               per_item: list[dict[str, Any]] | None = None) -> CandidateResult:
+        items = []
+        for i, (ex, out, iid) in enumerate(zip(self.items, outputs, self.ids, strict=True)):
+            scores, gold, pred, m = self.grader.grade(out, ex)
+            if per_item:
+                m = {**per_item[i], **m}
+            items.append(ItemResult(item_id=iid, output=out, scores=scores, gold=gold, predicted=pred, meta=m))
+        return CandidateResult(name=name, kind=kind, items=items, meta=meta)
+
+    def cache_delta(self) -> dict[str, int]:
+        """Cache hits and misses since the last call, over every engine of this evaluation."""
+        engines = [e for e in [self._engine, *self._own_engines] if e is not None]
+        caches = {id(c): c for e in engines if (c := getattr(e, "cache", None)) is not None}
+        hits = sum(getattr(c, "hits", 0) for c in caches.values())
+        misses = sum(getattr(c, "misses", 0) for c in caches.values())
+        prev = self._cache_seen
+        self._cache_seen = (hits, misses)
+        if not caches:
+            return {}
+        return {"cache_hits": hits - prev[0], "cache_misses": misses - prev[1]}
+
+    def close(self) -> None:
+        for eng in self._own_engines:
+            for obj in (eng, getattr(eng, "cache", None)):
+                close = getattr(obj, "close", None)
+                if callable(close):
+                    close()
+
+
+class _bar:
+    """A rich progress bar that yields an ``advance()`` callable (a no-op when quiet)."""
+
+    def __init__(self, enabled: bool, label: str, total: int) -> None:
+        self.enabled, self.label, self.total = enabled, label, total
+        self._p: Progress | None = None
+
+    def __enter__(self) -> Callable[[], None]:
+        if not self.enabled:
+            return lambda: None
+        self._p = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                           TimeElapsedColumn(), console=console, transient=True)
+        self._p.start()
+        task = self._p.add_task(self.label, total=self.total)
+        return lambda: self._p.advance(task)  # type: ignore[union-attr]
+
+    def __exit__(self, *exc: object) -> None:
+        if self._p is not None:
+            self._p.stop()
+
+
+def _adapter_hash(run_dir: Path) -> str | None:
+    f = run_dir / "adapter_model.safetensors"
+    return sha256_file(f)[:16] if f.is_file() else None
+
+
+def plan_candidates(cfg: ProjectConfig, candidates: list[str] | None, finetuned: dict[str, Path]) -> list[str]:
+    """The ordered candidate names this evaluation runs."""
+    asked = list(candidates if candidates is not None else cfg.eval.candidates)
+    ext_names = [e.name for e in cfg.eval.external]
+    known = set(BASELINES) | {"knn", "finetuned", "finetuned+rag", "external"} | set(ext_names) | set(finetuned)
+    for name in asked:
+        base = name.removesuffix(CONSTRAINED)
+        if base not in known and not base.endswith("+rag"):
+            raise UserError(f"eval.candidates: unknown candidate {name!r} (known: {', '.join(sorted(known))})")
+    plan: list[str] = []
+    for name in asked:
+        if name.endswith(CONSTRAINED):
+            continue
+        if name == "finetuned":
+            plan += [n for n in finetuned if n not in plan]
+        elif name == "finetuned+rag":
+            plan += [f"{n}+rag" for n in finetuned]
+        elif name == "external":
+            plan += ext_names
+        elif name not in plan:
+            plan.append(name)
+    # Training runs passed explicitly are evaluated even when "finetuned" is not listed.
+    plan += [n for n in finetuned if n not in plan]
+    if cfg.task.type == "labels" and "rag" in plan and "knn" not in plan and "train" in cfg.eval.rag.sources:
+        plan.insert(plan.index("rag") + 1, "knn")
+    explicit: list[str] = []
+    for n in asked:
+        if n in (f"finetuned{CONSTRAINED}", f"finetuned+rag{CONSTRAINED}"):  # one per training run
+            suffix = n.removeprefix("finetuned")
+            explicit += [f"{run}{suffix}" for run in finetuned if f"{run}{suffix}" not in explicit]
+        elif n.endswith(CONSTRAINED) and n not in explicit:
+            explicit.append(n)
+    if cfg.task.type == "labels":
+        if explicit:
+            local = set(BASELINES) | set(finetuned) | {f"{n}+rag" for n in finetuned}
+            for n in explicit:
+                if n.removesuffix(CONSTRAINED) not in local:
+                    raise UserError(f"candidate {n!r}: constrained mode needs a local model candidate "
+                                    f"({', '.join(sorted(local))})")
+            plan += explicit
+        elif cfg.eval.constrained:
+            local = [n for n in plan if n in BASELINES or n in finetuned or n.removesuffix("+rag") in finetuned]
+            plan += [f"{n}{CONSTRAINED}" for n in local]
+    return plan
+
+
+def evaluate(
+    cfg: ProjectConfig,
+    *,
+    split: str = "val",
+    candidates: list[str] | None = None,
+    finetuned: dict[str, Path] | None = None,
+    final: bool = False,
+    out_dir: Path | None = None,
+    engine: Any | None = None,
+    progress: bool = True,
+    limit: int | None = None,
+) -> EvalRun:
+    """Evaluate every candidate on the same items of ``split`` and save ``out_dir/eval.json``."""
+    if split not in ("val", "test"):
+        raise UserError(f"--split {split!r}: expected val or test")
+    finetuned = {k: Path(v) for k, v in (finetuned or {}).items()}
+    plan = plan_candidates(cfg, candidates, finetuned)
+    paths = split_paths(cfg)
+    path = paths[split]
+    if not path.is_file():
+        raise UserError(f"{path}: split file not found; run `tunewise data split`")
+    meta: dict[str, Any] = {"tunewise": tw_version, "split_path": str(path), "model": cfg.model.base,
+                            "candidates": plan, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    if split == "test":
+        meta.update(_guard_test(path, final=final, purpose=f"eval: {', '.join(plan)}"))
+    items = load_examples(path)
+    limit = limit or cfg.eval.limit
+    if limit:
+        items = items[:limit]
+    if not items:
+        raise UserError(f"{path}: no items to evaluate")
+    train = load_examples(paths["train"])
+    h = _Harness(cfg, items, train, engine=engine, progress=progress)
+    spec = h.grader.spec
+    h.notes += prompt_mod.prompt_notes(cfg, spec.labels if spec else None)
+    asked = candidates if candidates is not None else cfg.eval.candidates
+    if any(c in ("finetuned", "finetuned+rag") for c in asked) and not finetuned:
+        h.notes.append("finetuned: no training run given (pass --finetuned RUN); evaluated the other candidates")
+
+    results: dict[str, CandidateResult] = {}
+    prompts: dict[str, tuple[list[Messages], str | None, Any, dict[str, Any], list[dict] | None]] = {}
+    try:
+        for name in plan:
+            t0 = time.perf_counter()
+            base = name.removesuffix(CONSTRAINED)
+            if name.endswith(CONSTRAINED):
+                if base not in prompts:  # e.g. prompt+constrained asked without free prompt generation
+                    prompts[base] = _messages_for(h, base, finetuned)
+                msgs, adapter, eng, pmeta, _ = prompts[base]
+                outs, cmeta, per_item = h.constrained(name, eng, msgs, adapter)
+                res = h.result(name, "constrained", outs, {**pmeta, **cmeta, "of": base}, per_item)
+            elif name == "knn":
+                knn = rag_mod.KnnClassifier(train, k=10, label_of=lambda t: spec.key(spec.extract(t)) if spec else t)
+                res = h.result(name, "knn", knn.predict(items), {"k": knn.k, "embedding": knn.embedder.model_id})
+            elif name in ext_map(cfg):
+                client = h.external(ext_map(cfg)[name])
+                outs = h.generate(name, client, h.prompt_messages(), None)
+                ext = ext_map(cfg)[name]
+                res = h.result(name, "external", outs, {"base_url": ext.base_url, "model": ext.model,
+                                                        "prompt_version": prompt_mod.prompt_hash(cfg)})
+            else:
+                prompts[name] = msgs, adapter, eng, pmeta, per_item = _messages_for(h, name, finetuned)
+                outs = h.generate(name, eng, msgs, adapter)
+                kind = "finetuned" if adapter or pmeta.get("full_checkpoint") else name
+                res = h.result(name, kind, outs, {**pmeta, "max_new_tokens": h.max_new_tokens(eng)}, per_item)
+            res.meta["seconds"] = round(time.perf_counter() - t0, 2)
+            res.meta.update(h.cache_delta())
+            results[name] = res
+        if "judge" in cfg.eval.graders:
+            _judge_all(h, list(results.values()))
+    finally:
+        h.close()
+
+    run = EvalRun(project=cfg.name, split=split, split_hash=sha256_file(path), primary_metric=cfg.eval.primary_metric,
+                  item_ids=h.ids, candidates=[results[n] for n in plan if n in results],
+                  meta={**meta, "notes": h.notes, "n_items": len(items), "limit": limit})
+    out_dir = Path(out_dir) if out_dir is not None else cfg.work_dir / ("eval" if split == "val" else f"eval-{split}")
+    run.save(out_dir / "eval.json")
+    return run
+
+
+def _messages_for(h: _Harness, name: str, finetuned: dict[str, Path]) -> tuple[
+        list[Messages], str | None, Any, dict[str, Any], list[dict[str, Any]] | None]:
+    """(prompts, adapter, engine, meta, per-item meta) of a local candidate."""
+    eng, adapter, emeta = _local_engine(h, name, finetuned)
+    per_item = None
+    if name == "fewshot":
+        msgs, pmeta = h.fewshot_messages()
+    elif name == "rag" or name.endswith("+rag"):
+        msgs, pmeta, per_item = h.rag_messages()
+    else:  # prompt, and fine-tuned runs: the same zero-shot conversation
+        msgs, pmeta = h.prompt_messages(), {"prompt_version": prompt_mod.prompt_hash(h.cfg)}
+    return msgs, adapter, eng, {**pmeta, **emeta}, per_item
+
+
+def ext_map(cfg: ProjectConfig) -> dict[str, ExternalConfig]:
+    return {e.name: e for e in cfg.eval.external}
+
+
+def _local_engine(h: _Harness, name: str, finetuned: dict[str, Path]) -> tuple[Any, str | None, dict[str, Any]]:
+    """(engine, adapter name, meta) for a base-model or fine-tuned candidate."""
+    run_name = name.removesuffix("+rag")
+    if run_name not in finetuned:
+        eng = h.engine()
+        ref = getattr(eng, "ref", None)
+        return eng, None, {"model_hash": getattr(ref, "weight_hash", None)}
+    run_dir = finetuned[run_name]
+    if (run_dir / "adapter_config.json").is_file():
+        eng = h.engine()
+        if run_name not in eng.adapters():
+            eng.load_adapter(run_name, run_dir)  # refuses an adapter trained on another base
+        return eng, run_name, {"run_dir": str(run_dir), "adapter_hash": _adapter_hash(run_dir)}
+    if (run_dir / "model" / "config.json").is_file():
+        if run_name not in h._full:
+            h._full[run_name] = h._new_engine(run_dir / "model")
+        eng = h._full[run_name]
+        return eng, None, {"run_dir": str(run_dir), "full_checkpoint": True,
+                           "model_hash": getattr(getattr(eng, "ref", None), "weight_hash", None)}
+    raise UserError(f"{run_dir}: not a training run (no adapter_config.json and no model/config.json)")
+
+
+def _judge_all(h: _Harness, results: list[CandidateResult]) -> None:
+    """Add a ``judge`` score to every item of every candidate; unparseable replies stay NaN."""
+    cfg = h.cfg
+    jm = cfg.eval.judge_model
+    if jm and jm in ext_map(cfg):
+        backend = h.external(ext_map(cfg)[jm])
+    elif jm:
+        backend = h._new_engine(jm)
+    else:
+        backend = h.engine()
+        h.notes.append("judge: eval.judge_model not set, the base model judges itself (weak; set a stronger judge)")
+    judge = LLMJudge(backend)
+    for res in results:
+        scores, replies = judge.score_many(h.items, [it.output for it in res.items], progress=h.progress)
+        for it, s, r in zip(res.items, scores, replies, strict=True):
+            it.scores["judge"] = s
+            it.meta["judge_reply"] = r
+        res.meta["judge"] = {"model": jm or cfg.model.base, "version": judge.version,
+                             "parse_failures": sum(1 for s in scores if math.isnan(s))}
