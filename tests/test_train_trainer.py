@@ -143,3 +143,22 @@ def test_cli_errors_are_one_line_exit_2(tmp_path, tiny_model_dir):
     assert bad.exit_code == 2 and "not a training run" in bad.output
     bad = runner.invoke(app, ["train", str(project), "--set", "train.lora_rr=4"])
     assert bad.exit_code == 2 and "lora_rr" in bad.output
+
+
+def test_training_uses_the_project_system_prompt_not_the_datas(tmp_path, tiny_model_dir):
+    """Train on exactly the prompt every candidate is evaluated and served with."""
+    from rich.console import Console
+
+    from _train_helpers import make_project
+    from tunewise.config import load_project
+    from tunewise.train.trainer import _setup
+
+    path = make_project(tmp_path, tiny_model_dir)
+    cfg = load_project(path, ["task.system_prompt=Route the ticket to a team."])
+    prep = _setup(cfg, run_dir=tmp_path / "run", method="lora", train_path=None, val_path=None,
+                  resume=False, console=Console(quiet=True))
+    text = prep.tokenizer.decode(prep.train_ds[0]["input_ids"])
+    assert "Route the ticket to a team." in text
+    assert "Classify the ticket." not in text  # the data's own system turn is replaced
+    assert all(m["content"] == "Route the ticket to a team." for e in prep.val_examples
+               for m in e.messages if m["role"] == "system")

@@ -15,11 +15,7 @@ from tunewise.fsio import sha256_text
 
 def base_messages(example: Example, system_prompt: str = "") -> list[dict[str, str]]:
     """The item's prompt turns with ``system_prompt`` as the system turn (kept from data when empty)."""
-    msgs = [dict(m) for m in example.prompt_messages]
-    if system_prompt:
-        msgs = [m for m in msgs if m["role"] != "system"]
-        msgs.insert(0, {"role": "system", "content": system_prompt})
-    return msgs
+    return [dict(m) for m in example.with_system(system_prompt).prompt_messages]
 
 
 def build_messages(cfg: ProjectConfig, example: Example) -> list[dict[str, str]]:

@@ -62,6 +62,18 @@ class Example:
         """Content id: identical conversations share it."""
         return sha256_json(self.messages)[:16]
 
+    def with_system(self, system_prompt: str) -> Example:
+        """The same conversation with ``system_prompt`` as its system turn (unchanged when empty).
+
+        Training and every evaluation candidate go through this, so the model is trained on exactly
+        the prompt it is evaluated and served with, whatever system turn the data carried.
+        """
+        if not system_prompt:
+            return self
+        msgs = [m for m in self.messages if m["role"] != "system"]
+        msgs.insert(0, {"role": "system", "content": system_prompt})
+        return Example(messages=msgs, line=self.line, source=self.source, meta=self.meta)
+
     def to_json(self) -> dict[str, Any]:
         row: dict[str, Any] = {"messages": self.messages}
         row.update(self.meta)

@@ -166,10 +166,13 @@ def _setup(
     tokenizer = models.load_tokenizer(ref, trust_remote_code=cfg.model.trust_remote_code)
     reports: dict[str, OverlongReport] = {}
     t = cfg.train
+    # The project's system prompt replaces the data's: the evaluator and the server use it too.
+    system = cfg.task.system_prompt
     train_items, reports["train"] = encode_all(
-        tokenizer, load_examples(train_path), max_len=cfg.data.max_len, overlong=t.overlong, train_on=t.train_on
+        tokenizer, [e.with_system(system) for e in load_examples(train_path)], max_len=cfg.data.max_len,
+        overlong=t.overlong, train_on=t.train_on,
     )
-    val_examples: list[Example] = load_examples(val_path) if val_path else []
+    val_examples: list[Example] = [e.with_system(system) for e in load_examples(val_path)] if val_path else []
     val_ds = None
     if val_examples:
         val_items, reports["val"] = encode_all(
