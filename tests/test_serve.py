@@ -374,3 +374,32 @@ def test_tunewise_serve_subprocess_end_to_end(tiny_model_dir, tunewise_home, tmp
             proc.kill()
             proc.wait()
     assert proc.returncode is not None
+
+
+def test_registry_adapter_gets_the_system_prompt_it_was_trained_with(tmp_path, tiny_model_dir):
+    """A client that sends no system turn gets the project's prompt, not the template default."""
+    from tunewise.models import resolve
+    from tunewise.serve import ModelTable
+
+    run = make_run(tiny_model_dir, tmp_path / "run", name="bot")
+    raw = json.loads((run / "run.json").read_text())
+    raw["config"]["task"] = {"system_prompt": "Triage the ticket."}
+    (run / "run.json").write_text(json.dumps(raw))
+    reg = Registry()
+    reg.add(run, name="bot", verdict=write_verdict(tmp_path / "v.json", ship=True))
+
+    class FakeEngine:
+        ref = resolve(str(tiny_model_dir))
+
+        def __init__(self):
+            self.loaded = []
+
+        def adapters(self):
+            return self.loaded
+
+        def load_adapter(self, name, path, base_hash=None):
+            self.loaded.append(name)
+
+    table = ModelTable(FakeEngine(), reg)
+    key = table.resolve("bot:1")
+    assert table.system_prompts[key] == "Triage the ticket."

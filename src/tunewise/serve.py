@@ -214,6 +214,8 @@ class ModelTable:
         self.base_ids = {engine.ref.name, "base"}
         self.direct: dict[str, Path] = {}  # name -> adapter dir (from --adapters name=PATH)
         self.resolved: dict[str, str] = {}  # model string -> engine adapter key (alias snapshot)
+        # adapter key -> the project system prompt it was trained with (from the registry record)
+        self.system_prompts: dict[str, str] = {}
         self._lock = threading.Lock()
 
     def add_direct(self, name: str, path: Path) -> str:
@@ -279,6 +281,9 @@ class ModelTable:
             except CorruptedFileError as exc:
                 raise APIError(503, str(exc), type="server_error", code="corrupted_adapter") from None
             self.engine.load_adapter(key, v.weights_dir, base_hash=v.base_weight_hash)
+        prompt = ((v.config or {}).get("task") or {}).get("system_prompt")
+        if prompt:
+            self.system_prompts[key] = prompt
         self.resolved[model] = key
         return key
 
@@ -399,6 +404,11 @@ def create_app(engine: Any, *, settings: ServeSettings | None = None, registry: 
         stops = req.stops()
         adapter = await _resolve_model(req.model)
         messages = [m.plain() for m in req.messages]
+        trained_with = table.system_prompts.get(adapter) if adapter else None
+        if trained_with and messages[0]["role"] != "system":
+            # A fine-tune answers best under the system prompt it was trained with; a client that
+            # sends none gets that one rather than the chat template's generic default.
+            messages.insert(0, {"role": "system", "content": trained_with})
         try:
             n_prompt = await run_in_threadpool(engine.prompt_tokens, messages)
         except Exception as exc:  # a chat template may reject a conversation shape
