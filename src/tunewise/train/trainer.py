@@ -301,6 +301,20 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def use_bf16(precision: str) -> bool:
+    """bf16 autocast when asked, or (``auto``) on a CUDA GPU that supports it.
+
+    On a CPU, bf16 is opt-in: with native AVX512-BF16 it trained 1.4-1.8x faster here, but the
+    validation loss it reports comes from bf16 logits and read higher than fp32 on the same
+    weights, and tunewise compares losses across runs.
+    """
+    import torch
+
+    if precision != "auto":
+        return precision == "bf16"
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
 def training_args(cfg: ProjectConfig, run_dir: Path, *, has_val: bool) -> Any:
     import torch
     from transformers import TrainingArguments
@@ -330,7 +344,8 @@ def training_args(cfg: ProjectConfig, run_dir: Path, *, has_val: bool) -> Any:
         seed=t.seed,
         data_seed=t.seed,
         include_num_input_tokens_seen="non_padding",
-        bf16=bool(cuda and torch.cuda.is_bf16_supported()),
+        # QLoRA on a CPU keeps its own bf16 compute dtype inside the 4-bit layers, without autocast.
+        bf16=use_bf16(t.precision) and (cuda or t.method != "qlora"),
         remove_unused_columns=False,
         label_names=["labels"],  # a PeftModel hides the signature the Trainer would infer it from
         train_sampling_strategy="group_by_length" if t.group_by_length else "random",
@@ -340,7 +355,9 @@ def training_args(cfg: ProjectConfig, run_dir: Path, *, has_val: bool) -> Any:
         dataloader_pin_memory=cuda,
         # Several processes without CUDA: accelerate's MULTI_CPU mode (DDP over gloo) needs the
         # CPU flag, or each process would train alone on its own copy.
-        use_cpu=not cuda and int(os.environ.get("WORLD_SIZE", "1")) > 1,
+        # Trainer refuses bf16 without CUDA unless told it runs on the CPU on purpose.
+        use_cpu=not cuda and (int(os.environ.get("WORLD_SIZE", "1")) > 1
+                              or (use_bf16(t.precision) and t.method != "qlora")),
     )
 
 
