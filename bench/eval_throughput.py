@@ -1,0 +1,158 @@
+"""Examples/s of Engine.generate against a one-at-a-time ``model.generate`` loop, same items.
+
+    .venv/bin/python bench/eval_throughput.py [--n 64] [--batch-size 16] [--data FILE.jsonl]
+
+Items: the last ``--n`` conversations of the demo data (``examples/ticket-triage/data/
+tickets.jsonl``) when present, else CLINC150 validation utterances (20 intents) with a system
+prompt that lists the intents. ``max_new_tokens`` is derived from the reference answers the way
+the harness does it. Both paths run greedy on the same loaded base model (the embedded
+SmolLM2-135M-Instruct by default); the script checks that every output is identical token for
+token and prints the speed ratio. Exit code 1 when any output differs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+DEMO = REPO / "examples" / "ticket-triage" / "data" / "tickets.jsonl"
+CLINC = REPO.parent / "shared" / "datasets" / "clinc150" / "data_full.json"
+
+
+def demo_items(path: Path, n: int) -> tuple[list[list[dict[str, str]]], list[str], str]:
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    items, answers = [], []
+    for row in rows[-n:]:
+        msgs = row["messages"]
+        last = max(i for i, m in enumerate(msgs) if m["role"] == "assistant")
+        items.append(msgs[:last])
+        answers.append(msgs[last]["content"])
+    return (
+        items,
+        answers,
+        f"{path.relative_to(REPO) if path.is_relative_to(REPO) else path} (last {len(items)})",
+    )
+
+
+def clinc_items(
+    path: Path, n: int, n_intents: int = 20
+) -> tuple[list[list[dict[str, str]]], list[str], str]:
+    data = json.loads(path.read_text())
+    intents = sorted({intent for _, intent in data["train"]})
+    chosen = sorted(random.Random(0).sample(intents, n_intents))
+    system = (
+        "You are an intent classifier for a voice assistant. Classify the user's request into exactly one "
+        "of these intents and answer with the intent name only: " + ", ".join(chosen) + "."
+    )
+    pool = [(t, i) for t, i in data["val"] if i in set(chosen)]
+    random.Random(1).shuffle(pool)
+    pool = pool[:n]
+    items = [
+        [{"role": "system", "content": system}, {"role": "user", "content": t}] for t, _ in pool
+    ]
+    return items, [i for _, i in pool], f"CLINC150 val, {n_intents} intents ({len(items)} items)"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--n", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument(
+        "--model", default=None, help="model name or directory (default: the embedded SmolLM2)"
+    )
+    ap.add_argument(
+        "--data", type=Path, default=None, help="chat JSONL; default: demo data, else CLINC150"
+    )
+    ap.add_argument("--max-new-tokens", type=int, default=None)
+    ap.add_argument(
+        "--clinc", action="store_true", help="use CLINC150 even when the demo data exists"
+    )
+    args = ap.parse_args()
+
+    import torch
+
+    from tunewise import models
+    from tunewise.infer import Engine, GenRequest
+
+    if args.data is not None:
+        items, answers, source = demo_items(args.data, args.n)
+    elif DEMO.is_file() and not args.clinc:
+        items, answers, source = demo_items(DEMO, args.n)
+    elif CLINC.is_file():
+        items, answers, source = clinc_items(CLINC, args.n)
+    else:
+        print(f"no data: neither {DEMO} nor {CLINC} exists", file=sys.stderr)
+        return 2
+
+    ref = models.resolve(args.model)
+    engine = Engine(ref, batch_size=args.batch_size)  # no cache: both paths do the full work
+    mnt = args.max_new_tokens or engine.max_new_tokens_for(answers)
+    tok, model = engine.tokenizer, engine.model
+    print(
+        f"model {ref.name}  data {source}  max_new_tokens {mnt}  batch {args.batch_size}  "
+        f"torch threads {torch.get_num_threads()}",
+        flush=True,
+    )
+
+    def one_at_a_time(msgs_list, report: bool = False):
+        out, start = [], time.perf_counter()
+        for k, msgs in enumerate(msgs_list):
+            if report and k and k % 8 == 0:  # a run cut short still gives a lower bound
+                print(
+                    f"  one-at-a-time: {k} items in {time.perf_counter() - start:.1f} s", flush=True
+                )
+            text = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+            enc = tok(text, add_special_tokens=False, return_tensors="pt")
+            with torch.inference_mode():
+                gen = model.generate(
+                    **enc, do_sample=False, max_new_tokens=mnt, pad_token_id=engine.pad_id
+                )
+            out.append(gen[0, enc["input_ids"].shape[1] :].tolist())
+        return out
+
+    reqs = [GenRequest(messages=m, max_new_tokens=mnt) for m in items]
+    one_at_a_time(items[:1])  # warm-up both paths (allocator, kernels) outside the timings
+    engine.generate(reqs[:2])
+
+    # CPU time next to wall time: on a shared machine the wall clock also measures the neighbours.
+    t0, c0 = time.perf_counter(), time.process_time()
+    batched = engine.generate(reqs)
+    t_batched, c_batched = time.perf_counter() - t0, time.process_time() - c0
+    print(f"Engine.generate done in {t_batched:.1f} s", flush=True)
+    t0, c0 = time.perf_counter(), time.process_time()
+    single = one_at_a_time(items, report=True)
+    t_single, c_single = time.perf_counter() - t0, time.process_time() - c0
+
+    mismatches = 0
+    for i, (res, gen) in enumerate(zip(batched, single, strict=True)):
+        want_ids = gen[:-1] if gen and gen[-1] in engine.eos_ids else gen
+        want = tok.decode(want_ids, skip_special_tokens=True)
+        if res.text != want or res.completion_tokens != len(gen):
+            mismatches += 1
+            print(f"  item {i} differs:\n    batched {res.text!r}\n    single  {want!r}")
+    n = len(items)
+    prompt_tokens = sum(r.prompt_tokens for r in batched)
+    gen_tokens = sum(r.completion_tokens for r in batched)
+    print(
+        f"items {n}  prompt tokens {prompt_tokens / n:.0f}/item  generated {gen_tokens / n:.1f}/item"
+    )
+    print(
+        f"one-at-a-time model.generate: {t_single:7.1f} s wall {c_single:7.1f} s cpu  {n / t_single:6.2f} examples/s"
+    )
+    print(
+        f"Engine.generate (batched)   : {t_batched:7.1f} s wall {c_batched:7.1f} s cpu  {n / t_batched:6.2f} examples/s"
+    )
+    print(f"identical outputs: {n - mismatches}/{n}")
+    print(f"speed-up: {t_single / t_batched:.2f}x wall-clock, {c_single / c_batched:.2f}x cpu time")
+    return 1 if mismatches else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

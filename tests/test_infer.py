@@ -1,0 +1,345 @@
+"""Engine: batched greedy generation equals one-at-a-time generate, adapters, stops, scores, cache."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from tunewise import decoding, models
+from tunewise.cache import GenCache
+from tunewise.errors import UserError
+from tunewise.infer import (
+    Engine,
+    GenRequest,
+    PromptTooLongError,
+    engine_for_run,
+    max_new_tokens_for,
+)
+
+SYSTEM = (
+    "You are a support triage assistant. Reply with the category and the priority of the ticket."
+)
+QUESTIONS = [
+    "My invoice is wrong",
+    "The app crashes every time I open the settings page on my phone, please help",
+    "hi",
+    "Can I change the email address on my account?",
+    "Refund please",
+    "Your service has been down for two hours and our whole team is blocked right now",
+]
+
+
+def _msgs(q: str, system: str | None = SYSTEM) -> list[dict[str, str]]:
+    head = [{"role": "system", "content": system}] if system else []
+    return [*head, {"role": "user", "content": q}]
+
+
+@pytest.fixture(scope="module")
+def lively_dir(tiny_model_dir: Path, tmp_path_factory) -> Path:
+    """The shared tiny Llama re-initialised with larger weights (std 0.2).
+
+    At the default std 0.02 a random model repeats one token forever, which would make every
+    equality below trivially true; at 0.2 each prompt gets its own varied continuation.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path_factory.mktemp("lively-llama")
+    config = AutoConfig.from_pretrained(tiny_model_dir)
+    config.initializer_range = 0.2
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(out)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_ref(lively_dir: Path) -> models.ModelRef:
+    return models.resolve(str(lively_dir))
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_ref) -> Engine:
+    return Engine(tiny_ref, batch_size=4, max_loaded_adapters=2)
+
+
+def _make_adapter(base_dir: Path, out: Path, seed: int, weight_hash: str) -> Path:
+    """A random (non-zero) LoRA adapter on the tiny model, with a run.json naming its base."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    base = AutoModelForCausalLM.from_pretrained(base_dir)
+    cfg = LoraConfig(
+        r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False
+    )
+    peft_model = get_peft_model(base, cfg)
+    with torch.no_grad():  # large enough to change greedy outputs
+        for name, p in peft_model.named_parameters():
+            if "lora_" in name:
+                p.mul_(4.0)
+    peft_model.save_pretrained(out)
+    (out / "run.json").write_text(
+        json.dumps(
+            {
+                "status": "completed",
+                "method": "lora",
+                "base_model": {"name": "tiny", "path": str(base_dir), "weight_hash": weight_hash},
+            }
+        )
+    )
+    return out
+
+
+@pytest.fixture(scope="module")
+def adapters(lively_dir: Path, tiny_ref, tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("adapters")
+    return {
+        n: _make_adapter(lively_dir, root / n, seed, tiny_ref.weight_hash)
+        for n, seed in (("a", 1), ("b", 2))
+    }
+
+
+def _reference(model, engine: Engine, messages, max_new: int) -> tuple[str, list[int]]:
+    """One prompt at a time through transformers' own generate: the ground truth."""
+    ids = engine.tokenizer(engine.render(messages), add_special_tokens=False, return_tensors="pt")
+    with torch.inference_mode():
+        out = model.generate(
+            **ids, do_sample=False, max_new_tokens=max_new, pad_token_id=engine.pad_id
+        )
+    gen = out[0, ids["input_ids"].shape[1] :].tolist()
+    return engine.tokenizer.decode(gen, skip_special_tokens=True), gen
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["shared-prefix", "distinct-prompts"])
+def test_batched_equals_one_at_a_time(engine: Engine, shared: bool, monkeypatch) -> None:
+    # distinct system prompts leave no common prefix worth sharing: the plain left-padding path
+    reqs = [
+        GenRequest(messages=_msgs(q, SYSTEM if shared else q[::-1]), max_new_tokens=10)
+        for q in QUESTIONS
+    ]
+    prefixed: list[int] = []
+    new_cache = decoding.new_cache
+
+    def spy(config, prefix=None, rows=1):
+        if prefix is not None:
+            prefixed.append(rows)
+        return new_cache(config, prefix, rows)
+
+    monkeypatch.setattr(decoding, "new_cache", spy)
+    got = engine.generate(reqs)
+    assert bool(prefixed) == shared
+    assert len(got) == len(reqs)
+    for req, res in zip(reqs, got, strict=True):
+        text, gen = _reference(engine._base, engine, req.messages, 10)
+        assert res.text == text
+        assert res.completion_tokens == len(gen)
+        assert res.prompt_tokens == engine.prompt_tokens(req.messages)
+        assert res.finish_reason == ("stop" if gen[-1] in engine.eos_ids else "length")
+
+
+def test_stop_string_trims_and_stream_matches(engine: Engine) -> None:
+    free = engine.generate([GenRequest(messages=_msgs(QUESTIONS[1]), max_new_tokens=12)])[0]
+    assert len(free.text) > 6
+    stop = free.text[3:6]  # a stop string that occurs in the free output
+    cut = free.text.find(stop)
+    req = GenRequest(messages=_msgs(QUESTIONS[1]), max_new_tokens=12, stop=[stop])
+    res = engine.generate([req])[0]
+    assert res.text == free.text[:cut]
+    assert res.finish_reason == "stop"
+    assert res.completion_tokens < free.completion_tokens or cut + len(stop) == len(free.text)
+    assert "".join(engine.stream(req)) == res.text
+    no_stop = GenRequest(messages=_msgs(QUESTIONS[1]), max_new_tokens=12)
+    assert "".join(engine.stream(no_stop)) == free.text
+
+
+def test_eos_stops_a_row_and_others_continue(engine: Engine, monkeypatch) -> None:
+    reqs = [GenRequest(messages=_msgs(q), max_new_tokens=8) for q in QUESTIONS[:3]]
+    refs = [_reference(engine._base, engine, r.messages, 8)[1] for r in reqs]
+    gen0 = refs[0]
+    # Pretend a token the first row generates (for the first time at step k) ends the turn.
+    k = next(i for i in range(1, len(gen0)) if gen0[i] not in gen0[:i])
+    monkeypatch.setattr(engine, "eos_ids", frozenset({gen0[k]}))
+    got = engine.generate(reqs)
+    assert got[0].finish_reason == "stop" and got[0].completion_tokens == k + 1
+    assert got[0].text == engine.decode(gen0[:k])
+    for res, g in zip(got[1:], refs[1:], strict=True):
+        cut = g.index(gen0[k]) + 1 if gen0[k] in g else len(g)
+        assert res.completion_tokens == cut
+        assert res.text == engine.decode(
+            g[:cut] if cut == len(g) and gen0[k] not in g else g[: cut - 1]
+        )
+
+
+def test_adapters_batched_per_adapter(engine: Engine, adapters, tiny_ref) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    before = engine.generate(
+        [GenRequest(messages=_msgs(q), max_new_tokens=6) for q in QUESTIONS[:3]]
+    )
+    engine.load_adapter("a", adapters["a"])
+    engine.load_adapter("b", adapters["b"])
+    assert set(engine.adapters()) == {"a", "b"}
+    reqs = [
+        GenRequest(messages=_msgs(q), adapter=ad, max_new_tokens=6)
+        for q in QUESTIONS[:3]
+        for ad in ("a", None, "b")
+    ]
+    got = engine.generate(reqs)
+    # the base is unchanged by loaded adapters
+    assert [r.text for r in got[1::3]] == [r.text for r in before]
+    for name in ("a", "b"):
+        ref_model = PeftModel.from_pretrained(
+            AutoModelForCausalLM.from_pretrained(tiny_ref.path), adapters[name]
+        ).eval()
+        mine = [r for r, q in zip(got, reqs, strict=True) if q.adapter == name]
+        for res, q in zip(mine, QUESTIONS[:3], strict=True):
+            assert res.text == _reference(ref_model, engine, _msgs(q), 6)[0]
+    assert [r.text for r in got[0::3]] != [r.text for r in got[2::3]]  # two different adapters
+
+
+def test_lru_evicts_and_reloads(tiny_ref, adapters) -> None:
+    eng = Engine(tiny_ref, batch_size=4, max_loaded_adapters=1)
+    eng.load_adapter("a", adapters["a"])
+    req_a = GenRequest(messages=_msgs(QUESTIONS[0]), adapter="a", max_new_tokens=6)
+    first = eng.generate([req_a])[0].text
+    eng.load_adapter("b", adapters["b"])
+    assert eng.loaded_adapters() == ["b"] and set(eng.adapters()) == {"a", "b"}
+    assert eng.generate([req_a])[0].text == first  # reloaded from disk on demand
+    assert eng.loaded_adapters() == ["a"]
+    eng.unload_adapter("a")
+    with pytest.raises(UserError, match="unknown adapter 'a'"):
+        eng.generate([req_a])
+
+
+def test_refuses_adapter_for_another_base(engine: Engine, adapters, tmp_path: Path) -> None:
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(adapters["a"], other)
+    run = json.loads((other / "run.json").read_text())
+    run["base_model"]["weight_hash"] = "0" * 64
+    (other / "run.json").write_text(json.dumps(run))
+    with pytest.raises(UserError, match="refusing"):
+        engine.load_adapter("other", other)
+    assert "other" not in engine.adapters()
+    with pytest.raises(UserError, match="refusing"):
+        engine.load_adapter("other2", adapters["a"], base_hash="f" * 64)
+    (other / "adapter_model.safetensors").unlink()
+    with pytest.raises(UserError, match="safetensors"):
+        engine.load_adapter("other3", other)
+
+
+def test_score_continuations_matches_full_forward(engine: Engine, adapters) -> None:
+    engine.load_adapter("a", adapters["a"])
+    labels = ["billing", "technical issue", "account", "x"]
+    for adapter, eot in ((None, True), ("a", True), (None, False)):
+        got = engine.score_continuations(
+            _msgs(QUESTIONS[0]), labels, adapter=adapter, end_of_turn=eot
+        )
+        prompt = engine.encode([engine.render(_msgs(QUESTIONS[0]))])[0]
+        for label, score in zip(labels, got, strict=True):
+            cont = engine.encode([label + (engine.end_of_turn if eot else "")])[0]
+            ids = torch.tensor([prompt + cont])
+            with torch.inference_mode():
+                engine._lock.acquire()
+                try:
+                    engine._activate(adapter)
+                    logits = engine.model(input_ids=ids).logits[0].float()
+                finally:
+                    engine._lock.release()
+            lp = torch.log_softmax(logits, -1)
+            want = sum(float(lp[len(prompt) - 1 + k, t]) for k, t in enumerate(cont))
+            assert score == pytest.approx(want, abs=1e-3)
+    assert engine.end_of_turn == "<|im_end|>"
+
+
+def test_cache_makes_rerun_free(tiny_ref, monkeypatch) -> None:
+    cache = GenCache()
+    eng = Engine(tiny_ref, batch_size=4, cache=cache)
+    reqs = [GenRequest(messages=_msgs(q), max_new_tokens=5) for q in QUESTIONS[:4]]
+    first = eng.generate(reqs)
+    assert not any(r.cached for r in first)
+    scores = eng.score_continuations(_msgs(QUESTIONS[0]), ["a", "b"])
+
+    def boom(*a, **k):
+        raise AssertionError("the model ran on a cached rerun")
+
+    monkeypatch.setattr(eng, "_forward", boom)
+    again = Engine.generate(eng, reqs)
+    assert all(r.cached for r in again)
+    assert [r.text for r in again] == [r.text for r in first]
+    assert eng.score_continuations(_msgs(QUESTIONS[0]), ["a", "b"]) == scores
+    # a different decoding parameter is a different key
+    with pytest.raises(AssertionError, match="cached rerun"):
+        eng.generate([GenRequest(messages=_msgs(QUESTIONS[0]), max_new_tokens=6)])
+    assert GenCache().stats()["entries"] == {"gen": 4, "score": 1}  # persisted in the SQLite file
+
+
+def test_threads_get_the_same_answers(engine: Engine, adapters) -> None:
+    engine.load_adapter("a", adapters["a"])
+    engine.load_adapter("b", adapters["b"])
+    jobs = {
+        ad: [GenRequest(messages=_msgs(q), adapter=ad, max_new_tokens=6) for q in QUESTIONS[:4]]
+        for ad in ("a", "b", None)
+    }
+    want = {ad: [r.text for r in engine.generate(reqs)] for ad, reqs in jobs.items()}
+    got: dict = {}
+    errors: list[BaseException] = []
+
+    def work(ad):
+        try:
+            got[ad] = [r.text for r in engine.generate(jobs[ad])]
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(ad,)) for ad in jobs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors and got == want
+
+
+def test_limits_and_max_new_tokens_helper(engine: Engine) -> None:
+    with pytest.raises(PromptTooLongError):
+        engine.generate([GenRequest(messages=_msgs("word " * 1100), max_new_tokens=4)])
+    with pytest.raises(UserError):
+        engine.generate([GenRequest(messages=[{"role": "user"}])])
+    answers = ["Category: billing\nPriority: high", "Category: account\nPriority: low"]
+    longest = max(len(engine.encode([a])[0]) for a in answers)
+    n = max_new_tokens_for(engine.tokenizer, answers)
+    assert n == longest + 8 + 1
+    assert max_new_tokens_for(engine.tokenizer, []) == 64
+    assert engine.generate([]) == []
+
+
+def test_engine_for_run(engine: Engine, adapters, lively_dir: Path, tmp_path: Path) -> None:
+    eng, name = engine_for_run(adapters["b"], engine, name="b-run")
+    assert eng is engine and name == "b-run" and "b-run" in engine.adapters()
+    full = tmp_path / "fullrun"
+    import shutil
+
+    shutil.copytree(lively_dir, full / "model")
+    eng2, name2 = engine_for_run(full)
+    assert name2 is None and eng2 is not engine and eng2.ref.path == (full / "model").resolve()
+    with pytest.raises(UserError):
+        engine_for_run(tmp_path / "nothing")
+
+
+@pytest.mark.slow
+def test_real_model_batched_equals_generate_and_scores(real_model) -> None:
+    eng = Engine(real_model, batch_size=4)
+    reqs = [GenRequest(messages=_msgs(q), max_new_tokens=8) for q in QUESTIONS[:3]]
+    got = eng.generate(reqs)
+    for req, res in zip(reqs, got, strict=True):
+        assert res.text == _reference(eng._base, eng, req.messages, 8)[0]
+    scores = eng.score_continuations(
+        [{"role": "user", "content": "What is the capital of France? Answer with one word."}],
+        ["Paris", "Banana"],
+    )
+    assert scores[0] > scores[1]
