@@ -165,7 +165,7 @@ class LabelScorer:
         self.liked = liked
         self.calls: list[list[str]] = []
 
-    def score_continuations(self, messages, continuations, adapter=None):
+    def score_continuations(self, messages, continuations, adapter=None, end_of_turn=True):
         self.calls.append(list(continuations))
         return [sum(w in c for w in self.liked) - 0.01 * len(c) for c in continuations]
 
@@ -197,7 +197,7 @@ class PriorScorer:
     def __init__(self) -> None:
         self.prompts: list[str] = []
 
-    def score_continuations(self, messages, continuations, adapter=None):
+    def score_continuations(self, messages, continuations, adapter=None, end_of_turn=True):
         text = messages[-1]["content"]
         self.prompts.append(text)
         return [(5.0 if c == "yes" else 0.0) + (1.0 if c in text else 0.0) for c in continuations]

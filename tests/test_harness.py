@@ -82,7 +82,7 @@ class FakeEngine:
             out.append(_Res(a))
         return out
 
-    def score_continuations(self, messages, continuations, adapter=None):
+    def score_continuations(self, messages, continuations, adapter=None, end_of_turn=True):
         text = messages[-1]["content"]
         cat = next((c for c, ts in CATS.items() if any(t in text for t in ts)), None)  # None for "N/A"
         return [float(cat is not None and c == answer(cat)) for c in continuations]

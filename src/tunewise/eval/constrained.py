@@ -37,7 +37,7 @@ from tunewise.eval.graders import SINGLE_FIELD, LabelSpec
 
 class Scores(Protocol):
     def score_continuations(self, messages: list[dict[str, str]], continuations: list[str],
-                            adapter: str | None = None) -> list[float]: ...
+                            adapter: str | None = None, end_of_turn: bool = True) -> list[float]: ...
 
 
 @dataclass
@@ -98,14 +98,17 @@ class ConstrainedLabeler:
         self._priors: dict[str, list[float]] = {}
 
     def _score(self, engine: Scores, messages: list[dict[str, str]], texts: list[str],
-               adapter: str | None) -> list[float]:
-        scores = engine.score_continuations(messages, texts, adapter=adapter)
+               adapter: str | None, final: bool = True) -> list[float]:
+        # A partial answer (field by field, not the last field) must not be scored as if the turn
+        # ended after it: only the full answer is followed by the end-of-turn marker.
+        kw: dict[str, Any] = {} if final else {"end_of_turn": False}
+        scores = engine.score_continuations(messages, texts, adapter=adapter, **kw)
         if not self.calibrate:
             return scores
         null = null_messages(messages)
-        key = json.dumps([null, texts, adapter])
+        key = json.dumps([null, texts, adapter, final])
         if key not in self._priors:  # the zero-shot null prompt is the same for every item
-            self._priors[key] = engine.score_continuations(null, texts, adapter=adapter)
+            self._priors[key] = engine.score_continuations(null, texts, adapter=adapter, **kw)
         return [s - p for s, p in zip(scores, self._priors[key], strict=True)]
 
     @property
@@ -132,7 +135,7 @@ class ConstrainedLabeler:
         for j, f in enumerate(self.template.slots):
             values = self.spec.labels[f]
             texts = [self.template.render({**chosen, f: v}, upto=j) for v in values]
-            scores = self._score(engine, messages, texts, adapter)
+            scores = self._score(engine, messages, texts, adapter, final=j == len(self.template.slots) - 1)
             order = sorted(range(len(values)), key=lambda i: -scores[i])
             chosen[f] = values[order[0]]
             total = scores[order[0]]  # each step's text includes the previous ones: the last is the total
