@@ -54,6 +54,7 @@ def show_summary(eval_dir: Path) -> None:
             cells.append("-" if e is None else f"{e['value']:.3f} [{e['ci_low']:.2f}, {e['ci_high']:.2f}]")
         table.add_row(cand, *cells)
     console.print(table)
+    show_example(eval_dir)
     verdict_path = eval_dir / "verdict.json"
     if verdict_path.is_file():
         v = json.loads(verdict_path.read_text())
@@ -70,6 +71,35 @@ def show_summary(eval_dir: Path) -> None:
     for name in ("report.html", "report.md"):
         if (eval_dir / name).is_file():
             console.print(f"report: {eval_dir / name}")
+
+
+def show_example(eval_dir: Path) -> None:
+    """Every candidate's answer to one validation item: what the numbers above are made of."""
+    from tunewise.eval.report import split_lookup
+    from tunewise.eval.results import EvalRun
+
+    eval_path = eval_dir / "eval.json"
+    if not eval_path.is_file():
+        return
+    run = EvalRun.load(eval_path)
+    lookup = split_lookup(run)
+    if not run.item_ids or run.item_ids[0] not in lookup:
+        return
+    item_id = run.item_ids[0]
+    question, reference = lookup[item_id]
+    table = Table(title="one validation item, every candidate's answer", show_lines=True)
+    table.add_column("candidate")
+    table.add_column("answer")
+    table.add_column("correct", justify="center")
+    table.add_row("[dim]reference[/]", reference, "")
+    for cand in run.candidates:
+        item = next((i for i in cand.items if i.item_id == item_id), None)
+        if item is not None:
+            ok = item.scores.get(run.primary_metric)
+            mark = "" if ok is None else ("[green]✓[/]" if ok >= 1 else "[red]✗[/]")
+            table.add_row(cand.name, item.output.strip()[:200] or "(empty)", mark)
+    console.print(Panel(question.strip()[:600], title="ticket", title_align="left"))
+    console.print(table)
 
 
 def advise_cmd(
