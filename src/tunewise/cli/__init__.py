@@ -7,6 +7,7 @@ red line on stderr and exit code 2; any other exception is a bug and keeps its t
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import click
@@ -24,6 +25,10 @@ class _Group(TyperGroup):
             click.echo(f"error: {err}", err=True)
             sys.exit(err.exit_code)
 
+
+# bitsandbytes warns on import that an optional CPU kernel package is missing; it falls back to its
+# own CPU path, which is what QLoRA here uses, so the warning only confuses.
+logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
 app = typer.Typer(
     cls=_Group,
