@@ -101,3 +101,14 @@ def test_cost_break_even():
 def test_cost_is_attached_to_advice():
     a = recommend(facts({"prompt": 0.9}), cost=CostInputs(1000, 500, 10.0, 1.0))
     assert a.cost is not None and a.cost.cheaper == "api"
+
+
+def test_an_extra_rung_that_leads_is_named_even_when_the_fine_tune_ships():
+    # CLINC150 walk-through: the kNN label vote over train examples beat every LLM rung.
+    a = recommend(facts({"prompt": 0.0, "fewshot": 0.76, "rag": 0.79, "knn": 0.93, "lora-1": 0.85},
+                        methods={"lora-1": "lora"}, ship=True, shipped_candidate="lora-1"))
+    assert a.recommendation == "finetune"
+    assert any(r.startswith("knn scores accuracy 0.930") and "gate.baselines" in r for r in a.reasons)
+    # ... and stays silent when the extra rung does not lead by the margin
+    b = recommend(facts({"prompt": 0.5, "fewshot": 0.76, "knn": 0.77, "lora-1": 0.76}, methods={"lora-1": "lora"}))
+    assert not any("knn" in r for r in b.reasons)

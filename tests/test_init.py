@@ -74,3 +74,18 @@ def test_init_too_few_examples(tmp_path):
         from tunewise.init import init_project
 
         init_project(tmp_path / "t.jsonl")
+
+
+def test_init_multiline_prompt_reads_as_a_block_and_cost_is_estimated(tmp_path, real_model):
+    # CLINC-style: a system prompt that lists the labels on its own line, as a user would write it.
+    system = "Classify the request. Reply with one intent:\nbalance, transfer, freeze_account"
+    write(tmp_path / "c.jsonl", [["balance", "transfer", "freeze_account"][i % 3] for i in range(30)], system=system)
+    from tunewise.init import init_project
+
+    target, notes = init_project(tmp_path / "c.jsonl")
+    text = target.read_text()
+    assert "system_prompt: |-\n    Classify the request." in text
+    assert load_project(target).task.system_prompt == system
+    # The model is local (real_model), so init measures tokens: the system prompt's share is named.
+    assert any("tokens per example" in n and "system prompt is" in n for n in notes), notes
+    assert any(n.startswith("training cost:") and "min of LoRA" in n for n in notes), notes

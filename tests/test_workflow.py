@@ -97,8 +97,14 @@ def test_ctrl_c_keeps_finished_stages(project, monkeypatch):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(trainer, "train", interrupted)
+    from rich.console import Console
+
+    con = Console(record=True, width=200)
     with pytest.raises(KeyboardInterrupt):
-        run_ladder(load_project(project), quiet=True)
+        run_ladder(load_project(project), console=con)
+    said = con.export_text()
+    assert "interrupted in [4/" in said and "(check, split, baselines)" in said
+    assert "run the same command again to resume" in said
     state = json.loads((load_project(project).work_dir / "ladder.json").read_text())
     assert set(state) == {"check", "split", "baselines"}
     monkeypatch.undo()

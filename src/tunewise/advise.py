@@ -174,6 +174,20 @@ def recommend(f: Facts, cost: CostInputs | None = None) -> Advice:
             assert best_ft is not None
             reasons.append(f"Do not ship the fine-tune: {f.verdict_summary or 'it did not clear the gate.'}")
 
+    # Rungs outside the article's ladder (the kNN label vote over train examples, external models)
+    # are not gate baselines, so the branches above ignore them; say so when one leads, because a
+    # label task that an embedding lookup solves may need no generation at all.
+    extras = [c for c in m if c not in BASELINES and c not in f.methods and not math.isnan(m[c])]
+    top_extra = _best(extras, m)
+    others = [c for c in m if c not in extras and not math.isnan(m[c])]
+    if top_extra is not None and others and m[top_extra] >= max(m[c] for c in others) + f.delta:
+        best_other = _best(others, m)
+        assert best_other is not None
+        advice.reasons.append(
+            f"{top_extra} scores {pm} {_fmt(m[top_extra])}, above every rung of the ladder (best: {best_other} "
+            f"{_fmt(m[best_other])}), but it is not a gate baseline, so nothing was required to beat it. "
+            f"Add it to gate.baselines to hold the fine-tune to it, or consider shipping it instead."
+        )
     if f.underpowered:
         advice.reasons.append("The evaluation set is too small to detect the observed difference for: "
                               + ", ".join(f.underpowered) + ". Add validation items before trusting a tie.")

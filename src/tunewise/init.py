@@ -43,6 +43,50 @@ def _json_schema(fmt: OutputFormat, targets: list[str]) -> dict[str, Any]:
     return {"type": "object", "properties": props, "required": list(fmt.fields)}
 
 
+class _Dumper(yaml.SafeDumper):
+    """Multi-line strings (system prompts) as ``|-`` blocks, so they read as the prompt itself."""
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    # PyYAML falls back to a quoted style by itself when a block cannot hold the text exactly.
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _str)
+
+# LoRA on the 135M default model, measured on 2 idle CPU cores; a GPU is far faster.
+CPU_TOKENS_PER_S = 250
+
+
+def _cost_notes(examples: list[Any], model: str, system_prompt: str, epochs: float, train_frac: float) -> list[str]:
+    """Tokens per example (and the system prompt's share) and a CPU time estimate for training.
+
+    Only when the model is already local: init must stay instant and never download or convert.
+    """
+    from tunewise import models, paths
+    from tunewise.data.checks import token_lengths
+
+    if model in models.EMBEDDED and not (paths.models_dir() / model / models.MARKER).is_file():
+        return [f"token lengths not measured ({model} is not converted yet): `tunewise data check` measures them"]
+    try:
+        tok = models.load_tokenizer(models.resolve(model, allow_download=False))
+        lengths = token_lengths(tok, [e.messages for e in examples])
+        sys_tokens = len(tok(system_prompt, add_special_tokens=False)["input_ids"]) if system_prompt else 0
+    except Exception as err:  # an estimate is a courtesy; never fail init over it
+        return [f"token lengths not measured: {err}"]
+    mean = sum(lengths) / len(lengths)
+    per_epoch = mean * len(examples) * train_frac
+    minutes = per_epoch * epochs / CPU_TOKENS_PER_S / 60
+    notes = [f"{mean:.0f} tokens per example on average (longest {max(lengths)}); the system prompt is "
+             f"{sys_tokens} of them and is paid on every training example"]
+    note = (f"training cost: {per_epoch / 1000:.0f}k tokens per epoch x {epochs:g} epoch(s): ~{minutes:.0f} min of "
+            f"LoRA on 2 CPU cores (~{CPU_TOKENS_PER_S} tokens/s), minutes on a GPU")
+    if minutes > 15:
+        note += "; on a CPU, set train.max_steps or fewer epochs to try the ladder first"
+    return [*notes, note]
+
+
 def propose(fmt: OutputFormat, targets: list[str]) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
     """(task section, eval section, human-readable reasons) for an inferred output format."""
     notes: list[str] = []
@@ -121,12 +165,13 @@ def init_project(
         raw["eval"]["rag"] = {"sources": ["train"]}
         notes.append("RAG rung: no docs folder, so it retrieves labelled train examples (kNN)")
     notes.append(f"{n} examples; validation and sealed test get {val:.0%} each")
+    notes += _cost_notes(examples, raw["model"]["base"], task["system_prompt"], raw["train"]["epochs"], 1 - 2 * val)
     header = (
         "# tunewise project, scaffolded by `tunewise init` from the data. Edit freely.\n"
         "# Every field and its default is documented in tunewise/config.py and the README.\n"
         "# The ladder: `tunewise run project.yaml`; the sealed test once at the end: add --final.\n"
     )
-    text = header + yaml.safe_dump(raw, sort_keys=False, allow_unicode=True, width=100)
+    text = header + yaml.dump(raw, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=100)
     out.mkdir(parents=True, exist_ok=True)
     # Validate before keeping: write beside the target, load it back, then rename over.
     probe = out / ".project.yaml.probe"

@@ -82,7 +82,14 @@ class Ladder:
             return prev["outputs"]
         self.console.rule(f"[bold]{label}")
         started = time.time()
-        outputs = fn()
+        try:
+            outputs = fn()
+        except KeyboardInterrupt:
+            # Without this the user sees a bare exit and cannot tell what was kept.
+            kept = [s.name for s in self.result.stages]
+            self.console.print(f"\n[yellow]interrupted in {label}[/]; finished stages are kept"
+                               f"{' (' + ', '.join(kept) + ')' if kept else ''}: run the same command again to resume")
+            raise
         seconds = time.time() - started
         paths = [v for v in outputs.values() if isinstance(v, str) and v.startswith("/")]
         self.state[name] = {"key": key, "outputs": outputs, "paths": paths, "seconds": round(seconds, 2),
