@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 
 import click
 import typer
@@ -29,6 +30,8 @@ class _Group(TyperGroup):
 # bitsandbytes warns on import that an optional CPU kernel package is missing; it falls back to its
 # own CPU path, which is what QLoRA here uses, so the warning only confuses.
 logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+# transformers 5 deprecates a property that its own Trainer still reads; users cannot act on it.
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 app = typer.Typer(
     cls=_Group,
