@@ -100,13 +100,14 @@ def _csv_rows(
             values = {k: (v or "").strip() for k, v in row.items() if k is not None}
             values["text"] = values.get(text_col, "")
             values["label"] = values.get(label_col, "")
-            user = _fill(template, values, where, path, "--template")
-            answer = _fill(answer_template, values, where, path, "--answer-template")
-            yield (
-                where,
-                values["label"],
-                [{"role": "user", "content": user}, {"role": "assistant", "content": answer}],
-            )
+            yield _templated(values, where, path, template, answer_template)
+
+
+def _templated(values: dict[str, Any], where: str, path: Path, template: str, answer_template: str) -> Row:
+    """One text/label record rendered through the user and answer templates."""
+    user = _fill(template, values, where, path, "--template")
+    answer = _fill(answer_template, values, where, path, "--answer-template")
+    return where, values["label"], [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
 
 
 def _pair_rows(
@@ -147,13 +148,7 @@ def _pair_rows(
                     f"expected a [text, label] pair of strings, got {json.dumps(item)[:80]}",
                 )
             values = {"text": item[0].strip(), "label": item[1].strip()}
-            user = _fill(template, values, where, path, "--template")
-            answer = _fill(answer_template, values, where, path, "--answer-template")
-            yield (
-                where,
-                values["label"],
-                [{"role": "user", "content": user}, {"role": "assistant", "content": answer}],
-            )
+            yield _templated(values, where, path, template, answer_template)
 
 
 def _alpaca_rows(path: Path) -> Iterator[Row]:
