@@ -37,6 +37,14 @@ def test_rag_is_the_answer_for_knowledge_tasks_even_with_a_finetune():
     assert any("finetuned" in r and "does not clearly beat RAG" in r for r in a.reasons)
 
 
+def test_rag_over_labelled_examples_is_not_called_a_knowledge_task():
+    a = recommend(facts({"prompt": 0.3, "fewshot": 0.35, "rag": 0.8},
+                        better=[("rag", "prompt"), ("rag", "fewshot")], rag_sources=["train"]))
+    assert a.recommendation == "rag"
+    assert any("not a knowledge task" in r for r in a.reasons)
+    assert not any("does not reliably add facts" in r for r in a.reasons)
+
+
 def test_rag_not_chosen_when_finetune_beats_it_but_gate_refused():
     a = recommend(
         facts(

@@ -89,6 +89,25 @@ def test_significantly_worse_is_said_so_with_rag_hint():
     assert "knowledge task" in v.summary  # the article's rule: RAG is for facts
 
 
+@pytest.mark.parametrize(("sources", "says", "never"), [
+    (["docs"], "looks like a knowledge task", "also retrieved"),
+    (["docs", "train"], "also retrieved training examples", "not evidence"),
+    (["train"], "not evidence of a knowledge task", "looks like a knowledge task"),
+])
+def test_rag_hint_depends_on_what_rag_retrieved(sources, says, never):
+    comp = comparison({"prompt": (0.2, 1e-6), "fewshot": (0.1, 1e-4), "rag": (-0.1, 1e-4)})
+    comp.meta["retrieval_sources"] = {"rag": sources}
+    v = decide(comp, "lora", CFG)
+    assert says in v.summary and never not in v.summary
+
+
+def test_compare_records_what_each_rag_rung_retrieved():
+    run = make_run({"lora": 0.8, "rag": 0.7}, n=40)
+    run.candidate("rag").meta["sources"] = ["train"]
+    comp = stats.compare(run, baselines=["rag"], n_boot=200, alpha=0.05)
+    assert comp.meta["retrieval_sources"] == {"rag": ["train"]}
+
+
 def test_small_sample_explains_it_cannot_tell():
     v = decide(comparison({b: (0.1, 0.2) for b in BASES}, n=10, mdd=0.6), "lora", CFG)
     assert not v.ship

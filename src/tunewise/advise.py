@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from tunewise.errors import UserError
+from tunewise.learning_curve import CURVE_FILE, load_curve
 
 BASELINES = ("prompt", "fewshot", "rag")
 # Cheaper to train and serve first: a tie goes to the cheaper method.
@@ -45,7 +46,7 @@ class Facts:
     underpowered: list[str] = field(default_factory=list)  # "cand vs base" pairs too small to tell
     learning_curve: list[tuple[int, float]] = field(default_factory=list)  # (train examples, metric)
     delta: float = 0.02
-    has_docs: bool = False
+    rag_sources: list[str] = field(default_factory=lambda: ["docs"])  # what the rag rung retrieved
 
 
 @dataclass
@@ -157,9 +158,15 @@ def recommend(f: Facts, cost: CostInputs | None = None) -> Advice:
                 best_ft = _best(finetuned, m)
                 assert best_ft is not None
                 reasons.append(f"The best fine-tune ({best_ft}, {_fmt(m[best_ft])}) does not clearly beat RAG.")
-            reasons.append("The answers depend on facts in the documents or examples; fine-tuning teaches "
-                           "behaviour (format, tone, labels) and does not reliably add facts. Keep the "
-                           "knowledge in the index, where it can be updated without retraining.")
+            if "docs" in f.rag_sources:
+                reasons.append("The answers depend on facts in the documents or examples; fine-tuning teaches "
+                               "behaviour (format, tone, labels) and does not reliably add facts. Keep the "
+                               "knowledge in the index, where it can be updated without retraining.")
+            else:
+                reasons.append("RAG here retrieves labelled training examples, not documents: the nearest "
+                               "examples carry the answer. That is not a knowledge task; it says that "
+                               "similar examples in the prompt (or a kNN over them) do the job, and more "
+                               "labelled examples make the index better without retraining.")
             advice = Advice("rag", None, "Use RAG: retrieval carries this task.", reasons)
         elif "fewshot" in m and better.get(("fewshot", "prompt"), False):
             reasons.append(f"Few-shot scores {pm} {_fmt(m['fewshot'])}, clearly above the prompt alone "
@@ -243,9 +250,10 @@ def facts_from_dir(eval_dir: Path) -> Facts:
         v = json.loads(verdict_path.read_text())
         ship, shipped, summary = bool(v["ship"]), v["candidate"], v.get("summary", "")
     curve: list[tuple[int, float]] = []
-    lc_path = eval_dir / "learning_curve.json"
+    lc_path = eval_dir / CURVE_FILE
     if lc_path.is_file():
-        curve = [(int(n), float(v)) for n, v in json.loads(lc_path.read_text())]
+        curve = load_curve(lc_path)
+    rag_sources = list(meta.get("retrieval_sources", {}).get("rag", ["docs"]))
     return Facts(primary_metric=pm, metrics=metrics, clearly_better=clearly, methods=methods, ship=ship,
                  shipped_candidate=shipped, verdict_summary=summary, underpowered=underpowered,
-                 learning_curve=curve, delta=delta)
+                 learning_curve=curve, delta=delta, rag_sources=rag_sources)

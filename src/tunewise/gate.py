@@ -173,15 +173,28 @@ def _guards(comparison: Comparison, candidate: str, gate_cfg: GateConfig) -> lis
 
 
 def _rag_hint(comparison: Comparison, candidate: str, primary: str, alpha: float) -> str:
-    """The article's rule of thumb, when the numbers show it: RAG winning means a facts task."""
+    """The article's rule of thumb, when the numbers show it: RAG winning means a facts task.
+
+    Only when RAG retrieved documents: a RAG rung over labelled training examples wins because
+    the nearest labelled examples carry the answer, which says nothing about facts.
+    """
+    sources_of = comparison.meta.get("retrieval_sources", {})
     for pair in comparison.pairs:
         if (
             pair.candidate == candidate and pair.metric == primary and pair.baseline.startswith("rag")
             and pair.diff < 0 and pair.p_value < alpha
         ):
+            sources = set(sources_of.get(pair.baseline, ["docs"]))  # unknown (older results): as before
+            if "docs" not in sources:
+                return (
+                    f"{pair.baseline} is significantly better ({_s(-pair.diff)}) retrieving labelled training "
+                    "examples only: similar examples carry the answer, so a nearest-neighbour rung (knn) or "
+                    "similarity-chosen few-shot may be enough; this is not evidence of a knowledge task"
+                )
+            both = " (it also retrieved training examples, which may be what helped)" if "train" in sources else ""
             return (
                 f"{pair.baseline} is significantly better ({_s(-pair.diff)}): this looks like a knowledge "
-                "task; fine-tuning teaches behaviour (format, tone, labels), RAG supplies facts"
+                f"task{both}; fine-tuning teaches behaviour (format, tone, labels), RAG supplies facts"
             )
     return ""
 

@@ -432,6 +432,9 @@ def compare(
         "metric_kinds": kinds,
         "nan_counts": nan_counts,
         "underpowered": power_notes,
+        # What each retrieval rung retrieved from: the gate's advice differs for documents
+        # (facts) and labelled examples (nearest neighbours).
+        "retrieval_sources": {c.name: c.meta["sources"] for c in run.candidates if c.meta.get("sources")},
     }
     return Comparison(primary_metric=run.primary_metric, metrics=estimates, pairs=pairs, meta=meta)
 
