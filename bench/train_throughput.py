@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _trainbench as tb
 
 RUNS = {"a": "article (Trainer, pad 512)", "b": "TRL SFTTrainer defaults", "c": "tunewise LoRA",
-        "d": "tunewise + bf16 autocast (what-if)"}
+        "d": "tunewise, train.precision=bf16", "e": "tunewise, logits at every position (ablation)"}
 LORA = dict(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM")
 TARGETS = {"c/a": 2.0, "c/b": 1.3, "val_loss_rel": 0.05}
 
@@ -121,12 +121,12 @@ def run_trl(a: argparse.Namespace, rows: list[dict], out: Path) -> Any:
     return trainer.model, tok
 
 
-def run_tunewise(a: argparse.Namespace, rows: list[dict], out: Path) -> Any:
+def run_tunewise(a: argparse.Namespace, rows: list[dict], out: Path, **train: Any) -> Any:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from tunewise.config import ProjectConfig
-    from tunewise.train.trainer import train
+    from tunewise.train.trainer import train as tw_train
 
     train_path = tb.write_jsonl(out / "train.jsonl", rows)
     cfg = ProjectConfig(
@@ -135,9 +135,9 @@ def run_tunewise(a: argparse.Namespace, rows: list[dict], out: Path) -> Any:
                "lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "target_modules": "all-linear",
                "scheduler": "cosine", "warmup_ratio": 0.05,
                # no mid-run checkpoints or evals: (a) and (b) do neither within these few steps
-               "save_every": 10**6, "eval_every": 10**6},
+               "save_every": 10**6, "eval_every": 10**6, **train},
     )
-    record = train(cfg, run_dir=out / "run", train_path=train_path, val_path=None, progress=False)
+    record = tw_train(cfg, run_dir=out / "run", train_path=train_path, val_path=None, progress=False)
     tok = AutoTokenizer.from_pretrained(out / "run")
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(a.model), out / "run")
     model.tw_record = record  # type: ignore[attr-defined]
@@ -145,24 +145,23 @@ def run_tunewise(a: argparse.Namespace, rows: list[dict], out: Path) -> Any:
 
 
 def run_tunewise_bf16(a: argparse.Namespace, rows: list[dict], out: Path) -> Any:
-    """What-if for the engine's owner: tunewise with CPU bf16 autocast, as TRL does by default.
+    """tunewise with ``train.precision=bf16`` (opt-in on a CPU; meaningful with avx512_bf16/AMX)."""
+    return run_tunewise(a, rows, out, precision="bf16")
 
-    Injected from outside (TrainingArguments gets bf16=True, use_cpu=True) so the library is
-    untouched; meaningful on CPUs with avx512_bf16/AMX.
-    """
-    import transformers
 
-    original = transformers.TrainingArguments
+def run_tunewise_dense(a: argparse.Namespace, rows: list[dict], out: Path) -> Any:
+    """Ablation: tunewise with the stock loss, logits at every position (what it did before)."""
+    import tunewise.train.trainer as engine
 
-    def with_bf16(*args: Any, **kwargs: Any) -> Any:
-        kwargs.update(bf16=True, use_cpu=True)
-        return original(*args, **kwargs)
-
-    transformers.TrainingArguments = with_bf16  # the engine imports it inside training_args()
+    original = engine.supports_sparse_logits
+    engine.supports_sparse_logits = lambda model: False
     try:
         return run_tunewise(a, rows, out)
     finally:
-        transformers.TrainingArguments = original
+        engine.supports_sparse_logits = original
+
+
+RUNNERS = {"a": run_article, "b": run_trl, "c": run_tunewise, "d": run_tunewise_bf16, "e": run_tunewise_dense}
 
 
 def worker(a: argparse.Namespace) -> None:
@@ -177,7 +176,7 @@ def worker(a: argparse.Namespace) -> None:
     load0 = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix=f"tw-bench-{a.run}-") as tmp:
         t0 = time.perf_counter()
-        model, tok = {"a": run_article, "b": run_trl, "c": run_tunewise, "d": run_tunewise_bf16}[a.run](a, rows, Path(tmp))
+        model, tok = RUNNERS[a.run](a, rows, Path(tmp))
         end_to_end = time.perf_counter() - t0
         peak = tb.peak_rss_bytes()
         val_loss = tb.answer_loss(model, tok, val)
@@ -221,7 +220,7 @@ def compare(a: argparse.Namespace) -> int:
 
     from tunewise import models
 
-    console = Console()
+    console = Console(width=max(Console().width, 110))  # a log file gets the whole table
     a.model = a.model or str(models.resolve(models.DEFAULT_MODEL).path)
     tok = AutoTokenizer.from_pretrained(a.model)
     report: dict[str, Any] = {"args": {k: v for k, v in vars(a).items() if k != "cmd"}, "datasets": {}}
@@ -269,6 +268,9 @@ def _ratios(results: dict[str, dict[str, Any]]) -> dict[str, float]:
     d = results.get("d")
     if d and "b" in results:
         out["d/b"] = d["tokens_per_s"] / results["b"]["tokens_per_s"]
+    e = results.get("e")
+    if c and e:
+        out["c/e"] = c["tokens_per_s"] / e["tokens_per_s"]
     return out
 
 
@@ -285,7 +287,9 @@ def _print_dataset(console: Any, name: str, n: int, tokens: int, results: dict, 
     console.print(table)
     for key, value in _ratios(results).items():
         if key == "d/b":
-            console.print(f"  what-if d/b = {value:.2f}x (tunewise with bf16 autocast vs TRL)")
+            console.print(f"  d/b = {value:.2f}x (tunewise with train.precision=bf16 vs TRL)")
+        elif key == "c/e":
+            console.print(f"  c/e = {value:.2f}x (logits only at labelled positions vs at every position)")
         elif key.startswith("c/"):
             target = TARGETS[key]
             ok = "[green]meets[/]" if value >= target else "[red]misses[/]"

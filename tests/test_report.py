@@ -88,6 +88,21 @@ def test_human_ratings_feed_the_report(eval_dir):
     assert "| lora | prompt | 7 | 3 | 0 | 0.700 |" in md
 
 
+def test_learning_curve_is_shown_when_the_ladder_wrote_one(eval_dir):
+    from tunewise.learning_curve import save_curve
+
+    html, md = (p.read_text() for p in render(eval_dir))
+    assert 'id="learning-curve"' not in html and "## Learning curve" not in md
+    save_curve(eval_dir / "learning_curve.json", [(40, 0.5), (80, 0.625), (160, 0.8)], {"metric": "accuracy"})
+    html, md = (p.read_text() for p in render(eval_dir))
+    assert 'id="learning-curve"' in html and "<td>80</td><td>0.625</td>" in html
+    assert 'alt="learning curve"' in html
+    assert "| 40 | 0.500 |" in md and "| 160 | 0.800 |" in md
+    (eval_dir / "learning_curve.json").write_text('{"points": [[1]]}')
+    res = CliRunner().invoke(app, ["report", str(eval_dir)])
+    assert res.exit_code == 2 and "learning_curve.json: not a valid learning curve" in res.output
+
+
 def test_missing_eval_json_is_a_user_error(tmp_path):
     res = CliRunner().invoke(app, ["report", str(tmp_path)])
     assert res.exit_code == 2 and "eval.json: not found" in res.output

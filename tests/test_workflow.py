@@ -1,9 +1,10 @@
-"""The ladder end to end on a tiny model: caching by content hash, partial reruns, Ctrl-C."""
+"""The ladder end to end on a tiny model: caching by content hash, partial reruns, Ctrl-C, curve, final."""
 
 from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 
 import pytest
 import yaml
@@ -112,3 +113,46 @@ def test_ctrl_c_keeps_finished_stages(project, monkeypatch):
     s = statuses(resumed)
     assert s["check"] == s["split"] == s["baselines"] == "cached"
     assert s["train-lora"] == "ran"
+
+
+def test_learning_curve_and_one_final_test_evaluation(project):
+    from tunewise.advise import facts_from_dir
+    from tunewise.data.seal import final_uses
+
+    raw = yaml.safe_load(project.read_text())
+    raw["gate"] = {"baselines": ["prompt", "fewshot", "rag", "knn"]}  # the gate can hold it to kNN too
+    project.write_text(yaml.safe_dump(raw))
+    cfg = load_project(project)
+    result = run_ladder(cfg, learning_curve=True, final=True, quiet=True)
+    s = statuses(result)
+    assert list(s) == ["check", "split", "baselines", "train-lora", "evaluate", "compare-gate",
+                       "learning-curve", "registry", "report", "final-test"]
+    work = cfg.work_dir
+    n_train = len((work / "splits" / "train.jsonl").read_text().splitlines())
+    curve = json.loads((work / "eval" / "learning_curve.json").read_text())
+    assert [n for n, _ in curve["points"]] == [round(n_train / 4), round(n_train / 2), n_train]
+    assert all(0.0 <= v <= 1.0 for _, v in curve["points"])
+    assert curve["metric"] == "accuracy" and curve["method"] == "lora"
+    # the 100% point is the ladder's own fine-tune, not a retrained one
+    comp = json.loads((work / "eval" / "comparison.json").read_text())
+    assert curve["points"][-1][1] == pytest.approx(comp["metrics"]["finetuned"]["accuracy"]["value"])
+    # subsets are nested, and each small run trained on exactly its subset
+    quarter, half = (set((work / "learning-curve" / f"train-{n}.jsonl").read_text().splitlines())
+                     for n, _ in curve["points"][:2])
+    assert quarter < half
+    for n, run_dir in curve["runs"].items():
+        record = json.loads((Path(run_dir) / "run.json").read_text())
+        assert record["examples"]["train"] == int(n)
+    assert facts_from_dir(work / "eval").learning_curve == [tuple(p) for p in curve["points"]]
+    verdict = json.loads((work / "eval" / "verdict.json").read_text())
+    assert [r["baseline"] for r in verdict["reasons"]] == ["prompt", "fewshot", "rag", "knn"]
+    assert not any("no paired test" in r["reason"] for r in verdict["reasons"])
+
+    # the sealed test split was evaluated once, and a rerun does not spend it again
+    test_eval = json.loads((work / "eval-test" / "eval.json").read_text())
+    assert test_eval["split"] == "test"
+    assert {c["name"] for c in test_eval["candidates"]} >= {"prompt", "fewshot", "rag", "knn", "finetuned"}
+    assert len(final_uses(work / "splits" / "test.jsonl")) == 1
+    again = run_ladder(load_project(project), learning_curve=True, final=True, quiet=True)
+    assert set(statuses(again).values()) == {"cached"}
+    assert len(final_uses(work / "splits" / "test.jsonl")) == 1

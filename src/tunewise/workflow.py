@@ -18,7 +18,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from tunewise import __version__
 from tunewise.config import ProjectConfig, dump_project
 from tunewise.errors import UserError
 from tunewise.fsio import atomic_write_json, sha256_file, sha256_json
+from tunewise.learning_curve import CURVE_FILE, FRACTIONS
 
 BASELINE_CANDIDATES = ["prompt", "fewshot", "rag"]
 
@@ -115,6 +116,7 @@ def run_ladder(
     *,
     methods: list[str] | None = None,
     final: bool = False,
+    learning_curve: bool = False,
     console: Console | None = None,
     quiet: bool = False,
 ) -> LadderResult:
@@ -130,7 +132,7 @@ def run_ladder(
     con = ladder.console
     work = ladder.work
     full_cfg = dump_project(cfg)
-    total = 7 + len(methods) + (1 if final else 0)
+    total = 7 + len(methods) + int(final) + int(learning_curve)
     idx = iter(range(1, total + 1))
     train_hash = _file_hash(cfg.data.train)
     if train_hash is None:
@@ -172,6 +174,8 @@ def run_ladder(
         "docs": _file_hash(cfg.data.docs),
     }
     baselines = [c for c in cfg.eval.candidates if c in BASELINE_CANDIDATES]
+    # The gate may hold the fine-tune to more than the three rungs (e.g. knn): test against those too.
+    gate_bases = list(dict.fromkeys(baselines + cfg.gate.baselines))
     extra = [c for c in cfg.eval.candidates if c not in BASELINE_CANDIDATES and c != "finetuned"]
 
     # 3. baselines on validation: the cheap rungs, measured before any training.
@@ -194,14 +198,7 @@ def run_ladder(
         run_dir = work / "runs" / f"{method}-{sha256_json(train_inputs)[:10]}"
 
         def do_train(method: str = method, run_dir: Path = run_dir) -> dict[str, Any]:
-            from tunewise.train.trainer import last_checkpoint, train
-
-            resume = (run_dir / "run.json").is_file() and last_checkpoint(run_dir) is not None
-            if resume:
-                con.print(f"resuming {method} from its last checkpoint in {run_dir}")
-            elif run_dir.exists():
-                shutil.rmtree(run_dir)  # a start that died before its first checkpoint
-            train(cfg, run_dir=run_dir, method=method, resume=resume, progress=not quiet)
+            _train_or_resume(cfg, run_dir, method, con, quiet=quiet)
             return {"run": str(run_dir / "run.json")}
 
         ladder.stage(f"train-{method}", train_inputs, do_train, total, next(idx))
@@ -214,6 +211,8 @@ def run_ladder(
     def do_eval() -> dict[str, Any]:
         from tunewise.eval.harness import evaluate
 
+        # A curve measured against an older evaluation would mislead the advisor.
+        (eval_dir / CURVE_FILE).unlink(missing_ok=True)
         evaluate(cfg, split="val", candidates=baselines + extra, finetuned=runs, out_dir=eval_dir,
                  progress=not quiet)
         return {"eval": str(eval_dir / "eval.json")}
@@ -222,10 +221,25 @@ def run_ladder(
 
     # 6. statistics and the gate, for every fine-tuned candidate; the best passing one ships.
     def do_gate() -> dict[str, Any]:
-        return _compare_and_gate(cfg, eval_dir, list(runs), baselines)
+        return _compare_and_gate(cfg, eval_dir, list(runs), gate_bases)
 
     gate_out = ladder.stage("compare-gate", {"evaluate": ladder.keys["evaluate"], "gate": full_cfg["gate"]},
                             do_gate, total, next(idx))
+
+    # 6b. the learning curve (opt-in): the first method again on 25% and 50% of train.
+    curve_key = None
+    if learning_curve:
+        method = methods[0]
+        full_name = f"finetuned-{method}" if len(methods) > 1 else "finetuned"
+
+        def do_curve() -> dict[str, Any]:
+            return _learning_curve(cfg, work, method, full_name, eval_dir, con, quiet=quiet)
+
+        ladder.stage("learning-curve",
+                     {"evaluate": ladder.keys["evaluate"], "train": ladder.keys[f"train-{method}"],
+                      "fractions": list(FRACTIONS)},
+                     do_curve, total, next(idx))
+        curve_key = ladder.keys["learning-curve"]
 
     # 7. registry: every trained run is versioned; a "ship" verdict promotes it to production.
     def do_registry() -> dict[str, Any]:
@@ -255,7 +269,8 @@ def run_ladder(
         html, md = render(eval_dir, train_runs=list(runs.values()))
         return {"html": str(html), "md": str(md)}
 
-    ladder.stage("report", {"gate": ladder.keys["compare-gate"], "registry": ladder.keys["registry"]},
+    ladder.stage("report", {"gate": ladder.keys["compare-gate"], "registry": ladder.keys["registry"],
+                            "curve": curve_key},
                  do_report, total, next(idx))
 
     # 9. the one sealed test evaluation, only when asked.
@@ -265,9 +280,9 @@ def run_ladder(
 
             out = work / "eval-test"
             chosen = {k: v for k, v in runs.items() if k == gate_out.get("ship")} or runs
-            evaluate(cfg, split="test", candidates=baselines, finetuned=chosen, final=True, out_dir=out,
+            evaluate(cfg, split="test", candidates=gate_bases, finetuned=chosen, final=True, out_dir=out,
                      progress=not quiet)
-            test_gate = _compare_and_gate(cfg, out, list(chosen), baselines)
+            test_gate = _compare_and_gate(cfg, out, list(chosen), gate_bases)
             return {"eval": str(out / "eval.json"), "ship": test_gate.get("ship")}
 
         ladder.stage("final-test", {"gate": ladder.keys["compare-gate"]}, do_final, total, next(idx))
@@ -323,3 +338,63 @@ def _compare_and_gate(cfg: ProjectConfig, eval_dir: Path, finetuned: list[str], 
         atomic_write_json(eval_dir / "verdict.json", json.loads(Path(verdicts[chosen]).read_text()))
     return {"comparison": str(eval_dir / "comparison.json"), "verdicts": verdicts, "ship": ship,
             "best_verdict": verdicts.get(chosen) if chosen else None}
+
+
+def _train_or_resume(cfg: ProjectConfig, run_dir: Path, method: str, con: Console, *, quiet: bool,
+                     train_path: Path | None = None, val_path: Path | None = None) -> None:
+    """Train into ``run_dir``, resuming from its last checkpoint when an earlier attempt left one."""
+    from tunewise.train.trainer import last_checkpoint, train
+
+    resume = (run_dir / "run.json").is_file() and last_checkpoint(run_dir) is not None
+    if resume:
+        con.print(f"resuming {method} from its last checkpoint in {run_dir}")
+    elif run_dir.exists():
+        shutil.rmtree(run_dir)  # a start that died before its first checkpoint
+    train(cfg, run_dir=run_dir, method=method, resume=resume, progress=not quiet,
+          train_path=train_path, val_path=val_path)
+
+
+def _learning_curve(cfg: ProjectConfig, work: Path, method: str, full_name: str, eval_dir: Path,
+                    con: Console, *, quiet: bool) -> dict[str, Any]:
+    """Train ``method`` on nested 25%/50% subsets, evaluate them on val, write the curve."""
+    from tunewise.data.schema import load_examples
+    from tunewise.eval.harness import evaluate
+    from tunewise.eval.results import EvalRun
+    from tunewise.eval.stats import compare
+    from tunewise.learning_curve import save_curve, stratified_order, subset_sizes, write_subset
+
+    splits = work / "splits"
+    train_path, val_path = splits / "train.jsonl", splits / "val.jsonl"
+    examples = load_examples(train_path)
+    order = stratified_order(examples, seed=cfg.data.split.seed, output_pattern=cfg.task.output_pattern)
+    lc = work / "learning-curve"
+    key = sha256_json({"train": sha256_file(train_path), "cfg": dump_project(cfg)["train"], "method": method})[:10]
+    runs: dict[str, Path] = {}
+    sizes: dict[str, int] = {}
+    for n in subset_sizes(len(examples)):
+        subset = write_subset(train_path, lc / f"train-{n}.jsonl", n, order)
+        run_dir = lc / f"{method}-{n}-{key}"
+        con.print(f"learning curve: {method} on {n} of {len(examples)} training examples")
+        _train_or_resume(cfg, run_dir, method, con, quiet=quiet, train_path=subset, val_path=val_path)
+        runs[f"{full_name}@{n}"] = run_dir
+        sizes[f"{full_name}@{n}"] = n
+    full = EvalRun.load(eval_dir / "eval.json")
+    pm = full.primary_metric
+    alone = replace(full, candidates=[full.candidate(full_name)])  # its CI only, not every candidate's
+    points = [(len(examples), _metric(compare(alone, baselines=[]), full_name, pm))]
+    if runs:
+        sub = evaluate(cfg, split="val", candidates=[], finetuned=runs, out_dir=lc / "eval", progress=not quiet)
+        comp = compare(sub, baselines=[])
+        points += [(sizes[name], _metric(comp, name, pm)) for name in runs]
+    out = eval_dir / CURVE_FILE
+    save_curve(out, points, {"metric": pm, "method": method, "split": "val",
+                             "runs": {str(sizes[k]): str(v) for k, v in runs.items()}})
+    con.print("learning curve (" + pm + "): " + ", ".join(f"{n}: {v:.3f}" for n, v in sorted(points)))
+    return {"curve": str(out), "points": sorted(points)}
+
+
+def _metric(comp: Any, candidate: str, metric: str) -> float:
+    score = comp.metrics.get(candidate, {}).get(metric)
+    if score is None:
+        raise UserError(f"learning curve: no {metric} for {candidate} in the evaluation")
+    return float(score.value)

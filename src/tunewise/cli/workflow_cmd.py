@@ -17,6 +17,9 @@ def run_cmd(
     project: Path = typer.Argument(..., help="project.yaml (or its folder)"),
     methods: str = typer.Option(None, "--methods", help="comma-separated methods to try, e.g. lora,qlora,full"),
     final: bool = typer.Option(False, "--final", help="also run the one sealed test evaluation"),
+    learning_curve: bool = typer.Option(
+        False, "--learning-curve",
+        help="also train on 25% and 50% of train and evaluate each: would more data help? (~75% more training time)"),
     set_: list[str] = typer.Option([], "--set", help="override a config value, e.g. train.epochs=1"),
 ) -> None:
     """Run the whole ladder: check, split, baselines, train, evaluate, compare, gate, registry, report."""
@@ -25,7 +28,7 @@ def run_cmd(
 
     cfg = load_project(project, set_)
     method_list = [m.strip() for m in methods.split(",")] if methods else None
-    result = run_ladder(cfg, methods=method_list, final=final, console=console)
+    result = run_ladder(cfg, methods=method_list, final=final, learning_curve=learning_curve, console=console)
     if result.eval_dir is not None:
         show_summary(result.eval_dir)
 

@@ -299,6 +299,37 @@ def _loss_figure(runs: list[tuple[TrainRunInfo, list[dict[str, Any]]]]) -> str |
     return _png(fig)
 
 
+def _curve_figure(points: list[tuple[int, float]], metric: str) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    xs, ys = zip(*points, strict=True)
+    ax.plot(xs, ys, "o-", color="#2563eb", linewidth=1.5)
+    ax.set_xscale("log")  # the advisor extrapolates metric ~ a + b ln(n): a line here
+    ax.set_xticks(list(xs), [str(x) for x in xs])
+    ax.minorticks_off()
+    ax.set_xlabel("training examples (log scale)")
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3)
+    ax.spines[["top", "right"]].set_visible(False)
+    return _png(fig)
+
+
+def _load_curve(eval_dir: Path) -> list[tuple[int, float]]:
+    from tunewise.learning_curve import CURVE_FILE, load_curve
+
+    path = eval_dir / CURVE_FILE
+    if not path.is_file():
+        return []
+    try:
+        return load_curve(path)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"{path}: not a valid learning curve: {exc}") from None
+
+
 # ----------------------------------------------------------------------------- content
 def _worst(run: EvalRun, name: str, primary: str, k: int = WORST_K) -> list[dict[str, Any]]:
     """Lowest primary score first; among equals, items the other candidates got right first."""
@@ -431,6 +462,7 @@ def build_context(eval_dir: Path, train_runs: Sequence[Path] = ()) -> dict[str, 
     if best is not None and any(it.gold is not None for it in run.candidate(best).items):
         cm_png, cm_note = _confusion_figure(run.candidate(best).items, best)
     loaded = [_load_train_run(Path(p)) for p in train_runs]
+    curve = _load_curve(eval_dir)
     nan_counts = comp.meta.get("nan_counts", {})
     return {
         "title": f"tunewise report: {run.project}",
@@ -446,6 +478,8 @@ def build_context(eval_dir: Path, train_runs: Sequence[Path] = ()) -> dict[str, 
         "metrics_png": _metrics_figure(comp, names, metrics, colors) if metrics else None,
         "best": best, "cm_png": cm_png, "cm_note": cm_note,
         "train_runs": [info for info, _ in loaded], "loss_png": _loss_figure(loaded) if loaded else None,
+        "curve": [{"n": n, "value": _fmt(v)} for n, v in curve],
+        "curve_png": _curve_figure(curve, primary) if len(curve) > 1 else None,
         "worst": {n: _worst(run, n, primary) for n in names},
         "ratings": _load_ratings(eval_dir),
         "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -524,6 +558,10 @@ def render_markdown(ctx: dict[str, Any]) -> str:
             out.append(f"| {e(t.name)} | {e(t.method)} | {e(t.status)} | {t.steps} | "
                        f"{_fmt(t.best_val_loss, 4)} | {e(t.stop_reason)} |")
         out.append("")
+    if ctx["curve"]:
+        out += ["## Learning curve", "", f"| training examples | {e(ctx['primary'])} on {e(ctx['split'])} |", "|---|---|"]
+        out += [f"| {pt['n']} | {pt['value']} |" for pt in ctx["curve"]]
+        out += ["", "Still rising at the right end: more examples of the same kind should help.", ""]
     out += ["## Worst examples", ""]
     for name, rows in ctx["worst"].items():
         out.append(f"### {e(name)}")

@@ -42,6 +42,7 @@ from tunewise.train.collate import (
     OverlongReport,
     encode_all,
 )
+from tunewise.train.loss import answer_loss, supports_sparse_logits
 from tunewise.train.record import BestKeeper, RunRecorder, read_run, recorder_callback
 
 TARGET_PRESETS: dict[str, list[str] | str] = {
@@ -244,6 +245,23 @@ def _make_trainer_class() -> type:
         """HF Trainer with atomic checkpoints and a resumable, length-grouped data order."""
 
         _tw_staging: str | None = None
+        _tw_sparse: bool | None = None  # model takes logits_to_keep; decided on the first batch
+
+        def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
+                         num_items_in_batch: Any = None) -> Any:
+            if self._tw_sparse is None:
+                self._tw_sparse = supports_sparse_logits(model)
+            if (not self._tw_sparse or "labels" not in inputs or self.label_smoother is not None
+                    or self.compute_loss_func is not None):
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            # Same reduction rules as Trainer.compute_loss: normalised by the token count of the
+            # whole accumulated batch when the model takes loss kwargs, which tells the Trainer
+            # not to divide by the accumulation steps again.
+            n_items = num_items_in_batch if self.model_accepts_loss_kwargs else None
+            loss, outputs = answer_loss(model, inputs, n_items)
+            if self.args.average_tokens_across_devices and n_items is not None:
+                loss = loss * self.accelerator.num_processes  # n_items was summed over processes
+            return (loss, outputs) if return_outputs else loss
 
         def _get_train_sampler(self, train_dataset: Any = None) -> Any:
             ds = train_dataset if train_dataset is not None else self.train_dataset
