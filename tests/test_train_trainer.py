@@ -162,3 +162,28 @@ def test_training_uses_the_project_system_prompt_not_the_datas(tmp_path, tiny_mo
     assert "Classify the ticket." not in text  # the data's own system turn is replaced
     assert all(m["content"] == "Route the ticket to a team." for e in prep.val_examples
                for m in e.messages if m["role"] == "system")
+
+
+def test_gradient_checkpointing_recomputes_and_trains_the_same_weights(tmp_path, tiny_model_dir, monkeypatch):
+    import torch
+    import transformers.modeling_utils as mu
+    from safetensors.torch import load_file
+
+    calls = []
+    real = mu.checkpoint
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs.get("use_reentrant"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(mu, "checkpoint", counting)
+    project = make_project(tmp_path, tiny_model_dir, max_steps=2, eval_every=2, save_every=2, overfit_sample=0)
+    train(load_project(project), run_dir=tmp_path / "plain", progress=False)
+    assert calls == []
+    train(load_project(project, ["train.gradient_checkpointing=true"]), run_dir=tmp_path / "gc", progress=False)
+    assert calls and set(calls) == {False}  # every layer, non-reentrant (works with a frozen base)
+    plain = load_file(tmp_path / "plain" / "adapter_model.safetensors")
+    gc = load_file(tmp_path / "gc" / "adapter_model.safetensors")
+    assert plain.keys() == gc.keys()
+    for name in plain:
+        torch.testing.assert_close(gc[name], plain[name], rtol=1e-4, atol=1e-6, msg=name)

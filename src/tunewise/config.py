@@ -80,6 +80,11 @@ class TrainConfig(_Section):
     overfit_sample: int = Field(8, ge=0, description="validation prompts generated at each eval for the repetition check")
     overfit_repetition_threshold: float = Field(0.3, gt=0, le=1)
     group_by_length: bool = True
+    gradient_checkpointing: bool = Field(
+        False,
+        description="recompute activations in the backward pass: ~30% slower, far less activation memory; "
+        "worth it for long sequences or big models on a GPU (`tunewise plan --grad-checkpointing` shows the saving)",
+    )
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto",
         description="auto: bf16 mixed precision on a CUDA GPU that supports it, else fp32. bf16 on a CPU with "
