@@ -638,22 +638,10 @@ def _as_dict(r: GenResult | None) -> dict[str, Any]:
 
 @contextmanager
 def _progress(enabled: bool, total: int, label: str) -> Iterator[Any]:
-    if not enabled:
-        yield lambda n: None
-        return
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
+    from tunewise.progress import Bar
 
-    with Progress(
-        TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True
-    ) as bar:
-        task = bar.add_task(label, total=total)
-        yield lambda n: bar.advance(task, n)
+    with Bar(label, total, enabled=enabled) as bar:
+        yield bar.advance
 
 
 def text_hash(text: str) -> str:

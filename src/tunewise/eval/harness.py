@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.panel import Panel
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from tunewise import __version__ as tw_version
 from tunewise.baselines import fewshot as fewshot_mod
@@ -40,6 +40,7 @@ from tunewise.errors import UserError
 from tunewise.eval.graders import Grader, LLMJudge
 from tunewise.eval.results import CandidateResult, EvalRun, ItemResult
 from tunewise.fsio import sha256_file
+from tunewise.progress import Bar
 
 BASELINES = ("prompt", "fewshot", "rag")
 CONSTRAINED = "+constrained"
@@ -252,25 +253,11 @@ class _Harness:
                     close()
 
 
-class _bar:
-    """A rich progress bar that yields an ``advance()`` callable (a no-op when quiet)."""
-
-    def __init__(self, enabled: bool, label: str, total: int) -> None:
-        self.enabled, self.label, self.total = enabled, label, total
-        self._p: Progress | None = None
-
-    def __enter__(self) -> Callable[[], None]:
-        if not self.enabled:
-            return lambda: None
-        self._p = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                           TimeElapsedColumn(), console=console, transient=True)
-        self._p.start()
-        task = self._p.add_task(self.label, total=self.total)
-        return lambda: self._p.advance(task)  # type: ignore[union-attr]
-
-    def __exit__(self, *exc: object) -> None:
-        if self._p is not None:
-            self._p.stop()
+@contextmanager
+def _bar(enabled: bool, label: str, total: int) -> Iterator[Callable[[], None]]:
+    """A progress display that yields an ``advance()`` callable (a no-op when quiet)."""
+    with Bar(label, total, console=console, enabled=enabled) as bar:
+        yield bar.advance
 
 
 def _adapter_hash(run_dir: Path) -> str | None:

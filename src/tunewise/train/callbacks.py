@@ -230,8 +230,7 @@ class RichProgress(TrainerCallback):
 
     def __init__(self, console: Any = None) -> None:
         self.console = console
-        self.progress: Any = None
-        self.task: Any = None
+        self.progress: Any = None  # a tunewise.progress.Bar while training
         self._t0 = 0.0
         self._tokens0 = 0
         self._loss: float | None = None
@@ -240,25 +239,10 @@ class RichProgress(TrainerCallback):
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
         if not state.is_world_process_zero:
             return
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-        )
+        from tunewise.progress import Bar
 
-        self.progress = Progress(
-            TextColumn("[bold]train"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[stats]}"),
-            TimeRemainingColumn(),
-            console=self.console,
-            transient=False,
-        )
-        self.progress.start()
-        self.task = self.progress.add_task("train", total=state.max_steps, completed=state.global_step, stats="")
+        self.progress = Bar("train", state.max_steps, console=self.console, transient=False,
+                            completed=state.global_step).__enter__()
         self._t0 = time.time()
         self._tokens0 = int(state.num_input_tokens_seen or 0)
 
@@ -275,7 +259,7 @@ class RichProgress(TrainerCallback):
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
         if self.progress is not None:
-            self.progress.update(self.task, completed=state.global_step, stats=self._stats(state))
+            self.progress.update(completed=state.global_step, stats=self._stats(state))
 
     def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                logs: dict[str, Any] | None = None, **kw: Any) -> None:
@@ -285,12 +269,12 @@ class RichProgress(TrainerCallback):
             self._loss = float(logs["loss"])
         if "eval_loss" in logs:
             self._val = float(logs["eval_loss"])
-        self.progress.update(self.task, stats=self._stats(state))
+        self.progress.update(stats=self._stats(state))
 
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
         if self.progress is not None:
-            self.progress.update(self.task, completed=state.global_step, stats=self._stats(state))
-            self.progress.stop()
+            self.progress.update(completed=state.global_step, stats=self._stats(state))
+            self.progress.__exit__(None, None, None)
             self.progress = None
 
 
