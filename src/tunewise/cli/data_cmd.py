@@ -186,6 +186,9 @@ def convert_cmd(
         None, "--keys", help="json-pairs: comma-separated lists to take (e.g. train,val)"
     ),
     labels: str = typer.Option(None, "--labels", help="keep only these comma-separated labels"),
+    per_label: int = typer.Option(
+        None, "--per-label", help="keep at most N examples of each label (the first N in file order)"
+    ),
     delimiter: str = typer.Option(",", "--delimiter", help="csv delimiter"),
 ) -> None:
     """Convert CSV, JSON text/label pairs (CLINC150), Alpaca or ShareGPT into chat JSONL."""
@@ -205,6 +208,7 @@ def convert_cmd(
         answer_template=answer_template,
         keys=_list(keys),
         labels=_list(labels),
+        per_label=per_label,
         delimiter=delimiter,
     )
     n_labels = f", {len(result['labels'])} label(s)" if result["labels"] else ""

@@ -212,12 +212,15 @@ def convert(
     answer_template: str = "{label}",
     keys: list[str] | None = None,
     labels: list[str] | None = None,
+    per_label: int | None = None,
     delimiter: str = ",",
 ) -> dict[str, Any]:
     """Convert ``src`` into chat JSONL at ``out`` (atomically); returns counts.
 
     ``labels`` keeps only examples with those labels (csv and json-pairs); a label that never
-    occurs is an error, since it is almost always a typo.
+    occurs is an error, since it is almost always a typo. ``per_label`` keeps at most that many
+    examples of each label, the first ones in file order (a smaller, balanced start for a slow
+    machine; deterministic, so a rerun writes the same file).
     """
     src, out = Path(src), Path(out)
     if not src.is_file():
@@ -234,10 +237,11 @@ def convert(
         rows = _sharegpt_rows(src)
     else:
         raise UserError(f"--from {source!r}: use one of {', '.join(SOURCES)}")
-    if labels and source not in ("csv", "json-pairs"):
-        raise UserError(
-            f"--labels only applies to labelled sources (csv, json-pairs), not {source}"
-        )
+    for flag, value in (("--labels", labels), ("--per-label", per_label)):
+        if value and source not in ("csv", "json-pairs"):
+            raise UserError(f"{flag} only applies to labelled sources (csv, json-pairs), not {source}")
+    if per_label is not None and per_label < 1:
+        raise UserError(f"--per-label {per_label}: must be at least 1")
 
     keep = set(labels or [])
     records: list[dict[str, Any]] = []
@@ -248,6 +252,8 @@ def convert(
         if label is not None:
             seen[label] += 1
             if keep and label not in keep:
+                continue
+            if per_label is not None and kept[label] >= per_label:
                 continue
             kept[label] += 1
         if system:
