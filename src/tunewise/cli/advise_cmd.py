@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from tunewise.cli._console import make_console
 from tunewise.models import DEFAULT_MODEL
 
-console = Console()
+console = make_console()
 
 
 def plan_cmd(

@@ -7,15 +7,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from tunewise.cli._console import make_console
 from tunewise.errors import UserError
 
 if TYPE_CHECKING:
     from tunewise.eval.results import EvalRun
 
-console = Console()
+console = make_console()
 
 
 def _parse_runs(values: list[str]) -> dict[str, Path]:

@@ -6,13 +6,13 @@ import json
 import time
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from tunewise import models
+from tunewise.cli._console import make_console
 
 models_app = typer.Typer(help="Built-in and local models.", no_args_is_help=True)
-console = Console()
+console = make_console()
 
 
 @models_app.command("list")

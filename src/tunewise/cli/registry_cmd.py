@@ -7,12 +7,12 @@ import json
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from tunewise.cli._console import make_console
 from tunewise.errors import UserError
 
-console = Console()
+console = make_console()
 registry_app = typer.Typer(help="Versioned adapters with aliases, promotion and rollback.",
                            no_args_is_help=True)
 

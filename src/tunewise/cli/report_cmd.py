@@ -6,15 +6,15 @@ import math
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
+from tunewise.cli._console import make_console
 from tunewise.config import GateConfig
 from tunewise.errors import UserError
 
-console = Console()
+console = make_console()
 
 _EVAL_DIR = typer.Argument(..., help="evaluation directory (holds eval.json)", file_okay=False)
 _PROJECT = typer.Option(None, "--project", "-p", help="project.yaml whose gate section to use")

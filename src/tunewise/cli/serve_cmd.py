@@ -6,9 +6,10 @@ import os
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
-console = Console()
+from tunewise.cli._console import make_console
+
+console = make_console()
 export_app = typer.Typer(help="Export registry versions: merged weights, or a vLLM multi-LoRA layout.",
                          no_args_is_help=True)
 

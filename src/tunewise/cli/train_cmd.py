@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from tunewise.cli._console import make_console
 from tunewise.errors import UserError
 
 
@@ -71,7 +71,7 @@ def _render(rec: dict) -> None:
 
     if int(os.environ.get("RANK", "0")) != 0:
         return
-    console = Console()
+    console = make_console()
     table = Table(title=f"run ({rec['method']}): {rec['status']}", show_header=False)
     table.add_row("stop reason", str(rec.get("stop_reason")))
     table.add_row("steps", str(rec.get("global_step")))

@@ -6,11 +6,12 @@ import json
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
-console = Console()
+from tunewise.cli._console import make_console
+
+console = make_console()
 
 
 def run_cmd(
