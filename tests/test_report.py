@@ -103,6 +103,15 @@ def test_learning_curve_is_shown_when_the_ladder_wrote_one(eval_dir):
     assert res.exit_code == 2 and "learning_curve.json: not a valid learning curve" in res.output
 
 
+def test_bar_chart_survives_an_interval_that_excludes_its_estimate():
+    from tunewise.eval.report import _metrics_figure
+    from tunewise.eval.results import Comparison, MetricEstimate
+
+    comp = Comparison(primary_metric="accuracy", pairs=[], meta={}, metrics={
+        "fewshot": {"macro_f1": MetricEstimate(value=0.383, ci_low=0.369, ci_high=0.370, n=150)}})
+    assert _metrics_figure(comp, ["fewshot"], ["macro_f1"], {"fewshot": "#2563eb"}).startswith("data:image/png")
+
+
 def test_missing_eval_json_is_a_user_error(tmp_path):
     res = CliRunner().invoke(app, ["report", str(tmp_path)])
     assert res.exit_code == 2 and "eval.json: not found" in res.output

@@ -65,14 +65,30 @@ def test_macro_f1_matches_sklearn():
     run = make_run({"prompt": 0.4, "lora": 0.8}, n=250, seed=5)
     # one unparseable prediction: a miss for its gold class, not a class of its own
     run.candidate("lora").items[0].predicted = None
+    run.candidate("prompt").items[1].predicted = "an_invented_label"
     comp = stats.compare(run, baselines=["prompt"], n_boot=500)
     for name in ("prompt", "lora"):
         items = run.candidate(name).items
         gold = [it.gold for it in items]
         pred = [it.predicted if it.predicted is not None else "<none>" for it in items]
-        labels = sorted(set(gold) | {p for p in pred if p != "<none>"})
+        labels = sorted(set(gold))  # the gold classes: invented or unparseable answers are misses
         expected = metrics.f1_score(gold, pred, labels=labels, average="macro", zero_division=0)
         assert comp.metrics[name]["macro_f1"].value == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("method", ["bca", "percentile"])
+def test_macro_f1_ci_contains_the_estimate_when_labels_are_invented(method):
+    # Found on CLINC150: few-shot invented ~30 one-off labels; counted as classes, the bootstrap
+    # replicates sat above the estimate and the BCa interval collapsed to [0.369, 0.370] around
+    # an estimate of 0.383.
+    run = make_run({"fewshot": 0.75, "lora": 0.9}, n=150, seed=3)
+    for i, it in enumerate(run.candidate("fewshot").items):
+        if not it.scores["accuracy"]:
+            it.predicted = f"invented_{i}"
+    comp = stats.compare(run, baselines=["fewshot"], n_boot=2000, ci_method=method)
+    for name in ("fewshot", "lora"):
+        e = comp.metrics[name]["macro_f1"]
+        assert e.ci_low < e.value < e.ci_high and e.ci_high - e.ci_low > 0.03, (name, e)
 
 
 def test_mcnemar_exact_counts_only_discordant_pairs():

@@ -169,8 +169,9 @@ def _metrics_figure(comp: Comparison, names: list[str], metrics: list[str], colo
             e = comp.metrics[name].get(m)
             v = e.value if e and math.isfinite(e.value) else np.nan
             vals.append(v)
-            lo.append(v - e.ci_low if e and math.isfinite(e.ci_low) else 0.0)
-            hi.append(e.ci_high - v if e and math.isfinite(e.ci_high) else 0.0)
+            # A BCa interval need not contain its estimate; matplotlib refuses negative error bars.
+            lo.append(max(0.0, v - e.ci_low) if e and math.isfinite(e.ci_low) else 0.0)
+            hi.append(max(0.0, e.ci_high - v) if e and math.isfinite(e.ci_high) else 0.0)
         ax.bar(x + (k - (len(names) - 1) / 2) * width, vals, width * 0.92, yerr=[lo, hi],
                capsize=3, color=colors[name], label=name, error_kw={"elinewidth": 1, "ecolor": "#1f2933"})
     ax.set_xticks(x, metrics)

@@ -104,9 +104,11 @@ class _Table:
                     arr[i] = np.nan if value is None else float(value)
             if any(g is not None for g in gold):
                 self.gold[cand.name], self.pred[cand.name] = gold, pred
-        self.classes = sorted(
-            {lab for name in self.gold for lab in (*self.gold[name], *self.pred[name]) if lab is not None}
-        )
+        # Macro-F1 averages over the gold classes of the evaluation set: a fixed set. Counting every
+        # invented label as a class of its own (sklearn's default, the union with predictions) adds
+        # a zero per invented label, and a bootstrap resample that drops those singletons scores
+        # higher than the sample itself: the replicates sit above the estimate and the CI misses it.
+        self.classes = sorted({lab for name in self.gold for lab in self.gold[name] if lab is not None})
 
     def kind(self, metric: str) -> str:
         if metric == MACRO_F1:
@@ -120,10 +122,11 @@ class _Table:
         return "binary"
 
     def encoded_labels(self, name: str) -> tuple[np.ndarray, np.ndarray]:
-        """Gold and predicted class indices; -1 = no gold (item ignored) / unparseable prediction."""
+        """Gold and predicted class indices; -1 = no gold (item ignored) / a prediction outside the
+        gold classes (unparseable or invented: a miss for the item's gold class)."""
         index = {c: k for k, c in enumerate(self.classes)}
         gold = np.array([-1 if g is None else index[g] for g in self.gold[name]])
-        pred = np.array([-1 if p is None else index[p] for p in self.pred[name]])
+        pred = np.array([index.get(p, -1) if p is not None else -1 for p in self.pred[name]])
         return gold, pred
 
 
@@ -170,8 +173,8 @@ class _Bootstrap:
 
     @staticmethod
     def _macro_f1(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray:
-        # Classes present in gold or predictions, as sklearn's f1_score(average="macro");
-        # an unparseable prediction is a miss for its gold class, not a class of its own.
+        # The gold classes present in this (re)sample, as sklearn's f1_score(labels=gold classes,
+        # average="macro"); a prediction outside them is a miss for its gold class.
         denom = 2 * tp + fp + fn
         present = denom > 0
         f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=present)
