@@ -330,5 +330,14 @@ def load_model(
         kwargs["dtype"] = getattr(torch, dtype)
     if device_map is not None:
         kwargs["device_map"] = device_map
-    model = AutoModelForCausalLM.from_pretrained(ref.path, **kwargs)
+    from transformers.utils import logging as hf_logging
+
+    # A sub-second "Loading weights" bar in the middle of a ladder's output is noise.
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(ref.path, **kwargs)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     return model

@@ -367,9 +367,9 @@ def training_args(cfg: ProjectConfig, run_dir: Path, *, has_val: bool) -> Any:
         remove_unused_columns=False,
         label_names=["labels"],  # a PeftModel hides the signature the Trainer would infer it from
         train_sampling_strategy="group_by_length" if t.group_by_length else "random",
-        gradient_checkpointing=t.gradient_checkpointing,
+        activation_checkpointing=t.gradient_checkpointing,  # transformers 5's name for it
         # Non-reentrant checkpointing needs no input that requires grad, so frozen-base LoRA works.
-        gradient_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
+        activation_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
         ddp_find_unused_parameters=False if cfg.train.method != "full" else None,
         save_only_model=False,
         dataloader_num_workers=0,
