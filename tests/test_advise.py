@@ -81,6 +81,19 @@ def test_not_enough_data_extrapolates_from_learning_curve():
     assert str(needed) in a.more_data
 
 
+def test_rising_curve_already_above_every_rival_asks_for_evidence_not_data():
+    # the CLINC150 walkthrough: the fine-tune beats the three rungs but not clearly kNN
+    curve = [(175, 0.58), (350, 0.80), (700, 0.94)]
+    a = recommend(facts({"prompt": 0.0, "fewshot": 0.793, "rag": 0.82, "knn": 0.907, "finetuned": 0.94},
+                        better=[("finetuned", "prompt"), ("finetuned", "fewshot"), ("finetuned", "rag"),
+                                ("knn", "fewshot"), ("knn", "rag")],
+                        methods={"finetuned": "lora"}, learning_curve=curve))
+    assert a.more_data is not None
+    assert "above knn + margin (0.927)" in a.more_data and "add validation items" in a.more_data
+    assert "+0.180 accuracy per doubling" in a.more_data
+    assert "Not enough data" not in a.more_data
+
+
 def test_flat_learning_curve_says_more_data_will_not_help():
     a = recommend(facts({"prompt": 0.5, "fewshot": 0.5, "rag": 0.5, "finetuned": 0.4},
                         methods={"finetuned": "lora"}, learning_curve=[(100, 0.4), (200, 0.4), (400, 0.39)]))

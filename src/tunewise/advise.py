@@ -104,6 +104,16 @@ def extrapolate(curve: list[tuple[int, float]], target: float) -> int | None:
 
     None when the curve is not rising (more of the same data will not get there).
     """
+    fit = _log_fit(curve)
+    if fit is None or fit[1] <= 1e-9:
+        return None
+    a, b = fit
+    needed = math.exp((target - a) / b)
+    return max(math.ceil(needed), max(n for n, _ in curve))
+
+
+def _log_fit(curve: list[tuple[int, float]]) -> tuple[float, float] | None:
+    """Least-squares (a, b) of metric = a + b*ln(n); None with fewer than two distinct sizes."""
     pts = [(n, m) for n, m in curve if n > 0]
     if len(pts) < 2:
         return None
@@ -114,11 +124,12 @@ def extrapolate(curve: list[tuple[int, float]], target: float) -> int | None:
     if sxx == 0:
         return None
     b = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx
-    a = my - b * mx
-    if b <= 1e-9:
-        return None
-    needed = math.exp((target - a) / b)
-    return max(math.ceil(needed), max(n for n, _ in pts))
+    return my - b * mx, b
+
+
+def _log_slope(curve: list[tuple[int, float]]) -> float | None:
+    fit = _log_fit(curve)
+    return None if fit is None else fit[1]
 
 
 def _best(names: list[str], metrics: dict[str, float]) -> str | None:
@@ -199,22 +210,35 @@ def recommend(f: Facts, cost: CostInputs | None = None) -> Advice:
         advice.reasons.append("The evaluation set is too small to detect the observed difference for: "
                               + ", ".join(f.underpowered) + ". Add validation items before trusting a tie.")
     if f.learning_curve and advice.recommendation != "finetune":
-        best_base = _best(list(BASELINES), m)
-        if best_base is not None:
-            target = m[best_base] + f.delta
-            needed = extrapolate(f.learning_curve, target)
-            have = max(n for n, _ in f.learning_curve)
-            curve = ", ".join(f"{n}: {_fmt(v)}" for n, v in f.learning_curve)
-            if needed is not None:
-                advice.more_data = (f"Not enough data yet: the learning curve ({curve}) is still rising; "
-                                    f"a log-linear fit reaches {best_base} + margin ({_fmt(target)}) at about "
-                                    f"{needed} training examples (you have {have}).")
-            else:
-                advice.more_data = (f"The learning curve ({curve}) is flat: more of the same data is "
-                                    "unlikely to help; improve the data or the prompt instead.")
+        advice.more_data = _curve_advice(f, m)
     if cost is not None:
         advice.cost = cost_estimate(cost)
     return advice
+
+
+def _curve_advice(f: Facts, m: dict[str, float]) -> str | None:
+    """What the 25/50/100% learning curve says, against the best candidate that is not a fine-tune
+    (the three rungs, and kNN or any other reference rung the ladder ran)."""
+    rivals = [c for c in m if c not in f.methods]
+    rival = _best(rivals, m)
+    if rival is None:
+        return None
+    target = m[rival] + f.delta
+    curve = ", ".join(f"{n}: {_fmt(v)}" for n, v in f.learning_curve)
+    have, last = max(f.learning_curve)
+    slope = _log_slope(f.learning_curve)
+    if slope is None or slope <= 1e-9:
+        return (f"The learning curve ({curve}) is flat: more of the same data is unlikely to help; "
+                "improve the data or the prompt instead.")
+    per_doubling = f"about {slope * math.log(2):+.3f} {f.primary_metric} per doubling of the training set"
+    if last >= target:
+        return (f"The learning curve ({curve}) is still rising ({per_doubling}): the fine-tune already scores "
+                f"above {rival} + margin ({_fmt(target)}), and more examples should widen the gap. What it "
+                "lacks is evidence, not data: add validation items so the difference can be confirmed.")
+    needed = extrapolate(f.learning_curve, target)
+    return (f"Not enough data yet: the learning curve ({curve}) is still rising ({per_doubling}); a "
+            f"log-linear fit reaches {rival} + margin ({_fmt(target)}) at about {needed} training "
+            f"examples (you have {have}).")
 
 
 def facts_from_dir(eval_dir: Path) -> Facts:
