@@ -53,7 +53,30 @@ def test_rag_not_chosen_when_finetune_beats_it_but_gate_refused():
             methods={"finetuned": "lora"},
         )
     )
-    assert a.recommendation != "rag"
+    assert a.recommendation == "undecided" and a.method == "lora"
+    assert "clearly above rag 0.600" in a.reasons[0]
+
+
+def test_fewshot_is_not_enough_when_the_fine_tune_clearly_beats_it():
+    # the fine-tune beats few-shot but ties RAG: RAG is the cheapest rung nothing above clearly beats
+    a = recommend(facts({"prompt": 0.0, "fewshot": 0.79, "rag": 0.82, "finetuned": 0.85},
+                        better=[("fewshot", "prompt"), ("rag", "prompt"), ("finetuned", "prompt"),
+                                ("finetuned", "fewshot")], methods={"finetuned": "lora"}, rag_sources=["train"]))
+    assert a.recommendation == "rag"
+    assert a.reasons[0] == ("RAG scores accuracy 0.820, clearly above the prompt alone (0.000), and nothing "
+                            "above it on the ladder (finetuned) clearly beats it.")
+
+
+def test_undecided_when_the_gate_holds_a_winning_fine_tune_to_knn():
+    # the CLINC150 walkthrough: beats the three rungs, not clearly kNN
+    a = recommend(facts({"prompt": 0.0, "fewshot": 0.793, "rag": 0.82, "knn": 0.907, "finetuned": 0.94},
+                        better=[("finetuned", b) for b in ("prompt", "fewshot", "rag")] + [("fewshot", "prompt")],
+                        methods={"finetuned": "lora"}, verdict_summary="DON'T SHIP finetuned: does not clearly beat knn"))
+    assert a.recommendation == "undecided"
+    assert a.headline.startswith("Undecided: finetuned beats prompt, few-shot and RAG")
+    assert "does not clearly beat knn" in a.reasons[1]
+    assert any(r.startswith("knn (0.907) is not clearly beaten") for r in a.reasons)
+    assert not any("Few-shot" in r for r in a.reasons)
 
 
 def test_finetune_branch_names_method_and_numbers():

@@ -4,13 +4,14 @@ The article's ladder, read off the evaluation: stop at the cheapest rung that no
 clearly beats. ``recommend`` is a pure function of :class:`Facts` (numbers only), so each branch is
 unit-tested on synthetic results; ``facts_from_dir`` reads them from a ladder's work directory.
 
-Branches, in the order they are tried:
+Branches:
 
 1. the gate said ship -> fine-tune, with the method that won and why;
-2. RAG clearly beats prompt and few-shot and no fine-tune beats RAG -> RAG (a knowledge task:
-   fine-tuning does not reliably add facts);
-3. few-shot clearly beats the prompt -> few-shot is enough;
-4. otherwise the prompt is enough.
+2. otherwise the cheapest rung (prompt, few-shot, RAG) that nothing above it on the ladder clearly
+   beats: the prompt is enough, few-shot is enough, or RAG (a knowledge task when it retrieved
+   documents: fine-tuning does not reliably add facts);
+3. the fine-tune clearly beats all three rungs but the gate refused it (a further gate baseline
+   such as kNN, or a guard) -> undecided, with what would decide it.
 
 Alongside: "not enough data yet" when a learning curve (25/50/100% of train) is still rising, with
 a log-linear extrapolation of the examples needed; an "evaluation set too small" note when a
@@ -68,7 +69,7 @@ class CostEstimate:
 
 @dataclass
 class Advice:
-    recommendation: str  # "prompt" | "fewshot" | "rag" | "finetune"
+    recommendation: str  # "prompt" | "fewshot" | "rag" | "finetune" | "undecided"
     method: str | None
     headline: str
     reasons: list[str]
@@ -140,7 +141,6 @@ def _best(names: list[str], metrics: dict[str, float]) -> str | None:
 def recommend(f: Facts, cost: CostInputs | None = None) -> Advice:
     m = f.metrics
     pm = f.primary_metric
-    better = f.clearly_better
     reasons: list[str] = []
     finetuned = [c for c in m if c not in BASELINES and c in f.methods]
 
@@ -160,37 +160,7 @@ def recommend(f: Facts, cost: CostInputs | None = None) -> Advice:
         advice = Advice("finetune", method, f"Fine-tune with {method}: it clearly beats all three baselines.",
                         reasons + ([f.verdict_summary] if f.verdict_summary else []))
     else:
-        rag_wins = "rag" in m and all(better.get(("rag", b), False) for b in ("prompt", "fewshot") if b in m)
-        ft_beats_rag = any(better.get((c, "rag"), False) for c in finetuned)
-        if rag_wins and not ft_beats_rag:
-            reasons.append(f"RAG scores {pm} {_fmt(m['rag'])}, clearly above prompt "
-                           f"{_fmt(m.get('prompt', float('nan')))} and few-shot {_fmt(m.get('fewshot', float('nan')))}.")
-            if finetuned:
-                best_ft = _best(finetuned, m)
-                assert best_ft is not None
-                reasons.append(f"The best fine-tune ({best_ft}, {_fmt(m[best_ft])}) does not clearly beat RAG.")
-            if "docs" in f.rag_sources:
-                reasons.append("The answers depend on facts in the documents or examples; fine-tuning teaches "
-                               "behaviour (format, tone, labels) and does not reliably add facts. Keep the "
-                               "knowledge in the index, where it can be updated without retraining.")
-            else:
-                reasons.append("RAG here retrieves labelled training examples, not documents: the nearest "
-                               "examples carry the answer. That is not a knowledge task; it says that "
-                               "similar examples in the prompt (or a kNN over them) do the job, and more "
-                               "labelled examples make the index better without retraining.")
-            advice = Advice("rag", None, "Use RAG: retrieval carries this task.", reasons)
-        elif "fewshot" in m and better.get(("fewshot", "prompt"), False):
-            reasons.append(f"Few-shot scores {pm} {_fmt(m['fewshot'])}, clearly above the prompt alone "
-                           f"({_fmt(m.get('prompt', float('nan')))}), and nothing above it clearly beats it.")
-            advice = Advice("fewshot", None, "Few-shot prompting is enough.", reasons)
-        else:
-            reasons.append(f"Nothing clearly beats the base model with a good prompt ({pm} "
-                           f"{_fmt(m.get('prompt', float('nan')))}); it is the cheapest option that holds.")
-            advice = Advice("prompt", None, "The prompt is enough.", reasons)
-        if finetuned:
-            best_ft = _best(finetuned, m)
-            assert best_ft is not None
-            reasons.append(f"Do not ship the fine-tune: {f.verdict_summary or 'it did not clear the gate.'}")
+        advice = _ladder_rung(f, finetuned)
 
     # Rungs outside the article's ladder (the kNN label vote over train examples, external models)
     # are not gate baselines, so the branches above ignore them; say so when one leads, because a
@@ -214,6 +184,63 @@ def recommend(f: Facts, cost: CostInputs | None = None) -> Advice:
     if cost is not None:
         advice.cost = cost_estimate(cost)
     return advice
+
+
+def _ladder_rung(f: Facts, finetuned: list[str]) -> Advice:
+    """No fine-tune shipped: the cheapest rung that nothing above it on the ladder clearly beats.
+
+    When the fine-tune clearly beats all three rungs and the gate still refused it (a further gate
+    baseline such as kNN, or a guard), the answer is "undecided", with what would decide it.
+    """
+    m, pm, better = f.metrics, f.primary_metric, f.clearly_better
+    rungs = [b for b in BASELINES if b in m]
+    chosen = None
+    for i, rung in enumerate(rungs):
+        if not any(better.get((c, rung), False) for c in rungs[i + 1:] + finetuned):
+            chosen = rung
+            break
+    refused = f"Do not ship the fine-tune: {f.verdict_summary or 'it did not clear the gate.'}"
+    if chosen is None:
+        cand = _best([c for c in finetuned if better.get((c, rungs[-1]), False)], m)
+        assert cand is not None  # only a fine-tune can clearly beat the top rung
+        beaten = [r for r in rungs if better.get((cand, r), False)]
+        reasons = [f"{cand} ({f.methods[cand]}) scores {pm} {_fmt(m[cand])}, clearly above "
+                   + ", ".join(f"{r} {_fmt(m[r])}" for r in beaten) + ".", refused]
+        rivals = [c for c in m if c not in BASELINES and c not in f.methods and not better.get((cand, c), False)]
+        for rival in sorted(rivals, key=lambda c: -m[c]):
+            reasons.append(f"{rival} ({_fmt(m[rival])}) is not clearly beaten and needs no fine-tune: add "
+                           f"validation items to tell the two apart, or serve {rival} if it is cheaper.")
+        return Advice("undecided", f.methods[cand],
+                      f"Undecided: {cand} beats prompt, few-shot and RAG, but the gate held it back.", reasons)
+    lower = [r for r in rungs[: rungs.index(chosen)] if better.get((chosen, r), False)]
+    head = f"{_name(chosen)} scores {pm} {_fmt(m[chosen])}"
+    head += f", clearly above {' and '.join(f'{_name(r)} ({_fmt(m[r])})' for r in lower)}" if lower else ""
+    above = [c for c in rungs[rungs.index(chosen) + 1:] + finetuned]
+    head += (", and nothing above it on the ladder (" + ", ".join(above) + ") clearly beats it.") if above else "."
+    reasons = [head]
+    if chosen == "rag":
+        if "docs" in f.rag_sources:
+            reasons.append("The answers depend on facts in the documents or examples; fine-tuning teaches "
+                           "behaviour (format, tone, labels) and does not reliably add facts. Keep the "
+                           "knowledge in the index, where it can be updated without retraining.")
+        else:
+            reasons.append("RAG here retrieves labelled training examples, not documents: the nearest "
+                           "examples carry the answer. That is not a knowledge task; it says that "
+                           "similar examples in the prompt (or a kNN over them) do the job, and more "
+                           "labelled examples make the index better without retraining.")
+    if finetuned:
+        best_ft = _best(finetuned, m)
+        assert best_ft is not None
+        if not better.get((best_ft, chosen), False):
+            reasons.append(f"The best fine-tune ({best_ft}, {_fmt(m[best_ft])}) does not clearly beat {_name(chosen)}.")
+        reasons.append(refused)
+    headline = {"prompt": "The prompt is enough.", "fewshot": "Few-shot prompting is enough.",
+                "rag": "Use RAG: retrieval carries this task."}[chosen]
+    return Advice(chosen, None, headline, reasons)
+
+
+def _name(rung: str) -> str:
+    return {"prompt": "the prompt alone", "fewshot": "few-shot", "rag": "RAG"}.get(rung, rung)
 
 
 def _curve_advice(f: Facts, m: dict[str, float]) -> str | None:
