@@ -156,3 +156,18 @@ def test_an_extra_rung_that_leads_is_named_even_when_the_fine_tune_ships():
     # ... and stays silent when the extra rung does not lead by the margin
     b = recommend(facts({"prompt": 0.5, "fewshot": 0.76, "knn": 0.77, "lora-1": 0.76}, methods={"lora-1": "lora"}))
     assert not any("knn" in r for r in b.reasons)
+
+
+def test_facts_from_dir_says_how_many_items_would_tell(tmp_path):
+    from _evalfakes import make_run
+    from tunewise.advise import facts_from_dir
+    from tunewise.eval import stats
+
+    run = make_run({"prompt": 0.5, "fewshot": 0.55, "rag": 0.5, "lora": 0.6}, n=60, seed=1)
+    comp = stats.compare(run, baselines=["prompt", "fewshot", "rag"], n_boot=500)
+    stats.save_comparison(comp, tmp_path / "comparison.json")
+    facts = facts_from_dir(tmp_path)
+    flagged = [p for p in comp.pairs if p.metric == "accuracy" and p.underpowered]
+    assert flagged and len(facts.underpowered) == len(flagged)
+    assert any("items would tell)" in u for u in facts.underpowered)
+    assert all(u.startswith(f"{p.candidate} vs {p.baseline}") for u, p in zip(facts.underpowered, flagged, strict=True))

@@ -288,7 +288,11 @@ def facts_from_dir(eval_dir: Path) -> Facts:
         for p in pairs
         if p.metric == pm
     }
-    underpowered = [f"{p.candidate} vs {p.baseline}" for p in pairs if p.metric == pm and p.underpowered]
+    needed = {(w["candidate"], w["baseline"]): w.get("items_needed")
+              for w in raw.get("meta", {}).get("underpowered", []) if w.get("metric") == pm}
+    underpowered = [f"{p.candidate} vs {p.baseline}"
+                    + (f" (about {n} items would tell)" if (n := needed.get((p.candidate, p.baseline))) else "")
+                    for p in pairs if p.metric == pm and p.underpowered]
     methods: dict[str, str] = {}
     eval_json = eval_dir / "eval.json"
     if eval_json.is_file():
