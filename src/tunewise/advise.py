@@ -217,7 +217,7 @@ def _ladder_rung(f: Facts, finetuned: list[str]) -> Advice:
     head += f", clearly above {' and '.join(f'{_name(r)} ({_fmt(m[r])})' for r in lower)}" if lower else ""
     above = [c for c in rungs[rungs.index(chosen) + 1:] + finetuned]
     head += (", and nothing above it on the ladder (" + ", ".join(above) + ") clearly beats it.") if above else "."
-    reasons = [head]
+    reasons = [head[0].upper() + head[1:]]
     if chosen == "rag":
         if "docs" in f.rag_sources:
             reasons.append("The answers depend on facts in the documents or examples; fine-tuning teaches "

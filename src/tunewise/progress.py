@@ -13,6 +13,17 @@ from typing import Any
 from rich.console import Console
 
 PLAIN_INTERVAL_S = 30.0
+LOG_WIDTH = 160
+
+
+def make_console(stderr: bool = False) -> Console:
+    """A terminal keeps its own width; a pipe or a log file gets whole lines, not 80-column cuts."""
+    import os
+
+    console = Console(stderr=stderr)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(stderr=stderr, width=LOG_WIDTH)
+    return console
 
 
 class Bar:
@@ -21,7 +32,7 @@ class Bar:
     def __init__(self, label: str, total: int, *, console: Console | None = None, enabled: bool = True,
                  transient: bool = True, completed: int = 0, interval: float = PLAIN_INTERVAL_S) -> None:
         self.label, self.total, self.enabled, self.transient = label, total, enabled, transient
-        self.console = console or Console(stderr=True)
+        self.console = console or make_console(stderr=True)
         self.interval = interval
         self.completed = completed
         self.stats = ""

@@ -27,7 +27,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
 from rich.panel import Panel
 
 from tunewise import __version__ as tw_version
@@ -40,11 +39,11 @@ from tunewise.errors import UserError
 from tunewise.eval.graders import Grader, LLMJudge
 from tunewise.eval.results import CandidateResult, EvalRun, ItemResult
 from tunewise.fsio import sha256_file
-from tunewise.progress import Bar
+from tunewise.progress import Bar, make_console
 
 BASELINES = ("prompt", "fewshot", "rag")
 CONSTRAINED = "+constrained"
-console = Console(stderr=True)
+console = make_console(stderr=True)
 
 Messages = list[dict[str, str]]
 

@@ -55,7 +55,9 @@ CHECKPOINTS_KEPT = 2  # the newest checkpoints kept on disk; resume needs only t
 
 
 def _console() -> Console:
-    return Console(stderr=True)
+    from tunewise.progress import make_console
+
+    return make_console(stderr=True)
 
 
 def _is_main() -> bool:
