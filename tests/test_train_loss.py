@@ -49,7 +49,7 @@ def test_answer_loss_equals_stock_loss_and_gradients(num_items):
     ours, outputs = answer_loss(model, inputs, kwargs.get("num_items_in_batch"))
     ours.backward()
     got = grads(model)
-    assert float(ours) == pytest.approx(float(stock), rel=1e-5)
+    assert float(ours.detach()) == pytest.approx(float(stock.detach()), rel=1e-5)
     assert set(got) == set(want)
     for name in want:
         torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-6, msg=name)
