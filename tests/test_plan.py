@@ -54,6 +54,16 @@ def test_activation_terms_scale_with_tokens_and_shrink_with_checkpointing() -> N
     assert q.parts["weights"] < 0.33 * small.parts["weights"]
 
 
+def test_answer_tokens_shrink_only_the_logits_term() -> None:
+    full = plan(LLAMA2_7B, method="lora", seq_len=512, batch=4)
+    answers = plan(LLAMA2_7B, method="lora", seq_len=512, batch=4, answer_tokens=16)
+    assert answers.parts["logits"] == pytest.approx(full.parts["logits"] * 16 / 512, rel=1e-6)
+    assert {k: v for k, v in answers.parts.items() if k not in ("logits", "overhead")} == {
+        k: v for k, v in full.parts.items() if k not in ("logits", "overhead")}
+    with pytest.raises(UserError, match="--answer-tokens 600: must be between 1 and --seq-len"):
+        plan(LLAMA2_7B, seq_len=512, answer_tokens=600)
+
+
 def test_local_dir_counts_match_the_loaded_model(tiny_model_dir) -> None:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM

@@ -28,6 +28,9 @@ def plan_cmd(
         False, "--grad-checkpointing/--no-grad-checkpointing", help="recompute activations in backward"
     ),
     device: str = typer.Option("gpu", "--device", help="gpu (bf16 autocast) | cpu (fp32, peak RSS)"),
+    answer_tokens: int = typer.Option(
+        None, "--answer-tokens",
+        help="labelled (answer) tokens per example: tunewise computes logits only there (default: every position)"),
     as_json: bool = typer.Option(False, "--json", help="print the plan as JSON"),
 ) -> None:
     """Estimate training memory (weights, gradients, optimizer, activations) and which GPUs fit.
@@ -47,6 +50,7 @@ def plan_cmd(
         target_modules=target_modules,
         grad_checkpointing=grad_checkpointing,
         device=device,  # type: ignore[arg-type]
+        answer_tokens=answer_tokens,
     )
     if as_json:
         typer.echo(json.dumps(p.to_json(), indent=2))

@@ -328,11 +328,15 @@ def plan(
     lora_dropout: float = 0.05,
     grad_checkpointing: bool = False,
     device: Device = "gpu",
+    answer_tokens: int | None = None,
 ) -> MemoryPlan:
     """Estimate peak training memory for ``model`` (see the module docstring for the formulas).
 
     ``device="gpu"`` assumes bf16 autocast (16-bit weights for LoRA/full, NF4 for QLoRA);
     ``device="cpu"`` assumes what tunewise does on a CPU: fp32 everywhere (NF4 linears for QLoRA).
+    ``answer_tokens``: labelled tokens per example. tunewise computes logits only where there are
+    labels, so the logits term shrinks from ``seq_len`` to this many positions per example; None
+    plans for logits at every position (what trainers that compute the full loss need).
     """
     if method not in ("lora", "qlora", "full"):
         raise UserError(f"--method {method!r}: expected lora, qlora or full")
@@ -340,6 +344,8 @@ def plan(
         raise UserError(f"--device {device!r}: expected gpu or cpu")
     if seq_len < 1 or batch < 1 or lora_r < 1:
         raise UserError("--seq-len, --batch and --r must be positive")
+    if answer_tokens is not None and not 1 <= answer_tokens <= seq_len:
+        raise UserError(f"--answer-tokens {answer_tokens}: must be between 1 and --seq-len ({seq_len})")
     dims = model_dims(model)
     n = dims.n_params
     weight_bytes = 4.0 if device == "cpu" else 2.0
@@ -384,7 +390,10 @@ def plan(
         notes.append("gradient checkpointing: layer inputs kept, one layer recomputed at a time")
     else:
         parts["activations"] = dims.num_hidden_layers * per_layer
-    parts["logits"] = LOGIT_BYTES[device] * tokens * dims.vocab_size
+    logit_positions = batch * answer_tokens if answer_tokens is not None else tokens
+    parts["logits"] = LOGIT_BYTES[device] * logit_positions * dims.vocab_size
+    if answer_tokens is not None:
+        notes.append(f"logits at the {answer_tokens} labelled positions per example only (tunewise's loss)")
     if device == "cpu":
         parts["activations"] *= CPU_ACTIVATION_FACTOR
         parts["logits"] *= CPU_ACTIVATION_FACTOR
