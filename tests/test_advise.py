@@ -69,14 +69,27 @@ def test_fewshot_is_not_enough_when_the_fine_tune_clearly_beats_it():
 
 def test_undecided_when_the_gate_holds_a_winning_fine_tune_to_knn():
     # the CLINC150 walkthrough: beats the three rungs, not clearly kNN
-    a = recommend(facts({"prompt": 0.0, "fewshot": 0.793, "rag": 0.82, "knn": 0.907, "finetuned": 0.94},
-                        better=[("finetuned", b) for b in ("prompt", "fewshot", "rag")] + [("fewshot", "prompt")],
-                        methods={"finetuned": "lora"}, verdict_summary="DON'T SHIP finetuned: does not clearly beat knn"))
+    better = {("finetuned", b): True for b in ("prompt", "fewshot", "rag")}
+    better |= {("fewshot", "prompt"): True, ("finetuned", "knn"): False}  # tested, not clearly better
+    f = Facts(primary_metric="accuracy", clearly_better=better, methods={"finetuned": "lora"},
+              metrics={"prompt": 0.0, "fewshot": 0.793, "rag": 0.82, "knn": 0.907, "finetuned": 0.94,
+                       "finetuned+constrained": 0.95, "prompt+constrained": 0.55},
+              verdict_summary="DON'T SHIP finetuned: does not clearly beat knn",
+              learning_curve=[(175, 0.58), (350, 0.80), (700, 0.94)])
+    a = recommend(f)
     assert a.recommendation == "undecided"
-    assert a.headline.startswith("Undecided: finetuned beats prompt, few-shot and RAG")
+    assert a.headline.startswith("Undecided: finetuned clearly beats prompt, few-shot, RAG")
     assert "does not clearly beat knn" in a.reasons[1]
-    assert any(r.startswith("knn (0.907) is not clearly beaten") for r in a.reasons)
+    rivals = [r for r in a.reasons if "is not clearly beaten" in r]
+    assert len(rivals) == 1 and rivals[0].startswith("knn (0.907)")  # untested pairs and the fine-tune's own variant are not rivals
     assert not any("Few-shot" in r for r in a.reasons)
+    assert a.more_data is not None and "above knn + margin" in a.more_data  # not its own constrained score
+    assert not any(r.startswith("finetuned+constrained") for r in a.reasons)
+
+
+def test_no_rungs_evaluated_is_said_not_crashed():
+    a = recommend(facts({"knn": 0.9, "finetuned": 0.8}, methods={"finetuned": "lora"}))
+    assert a.recommendation == "undecided" and "No rung of the ladder" in a.headline
 
 
 def test_finetune_branch_names_method_and_numbers():

@@ -76,3 +76,12 @@ def test_malformed_curve_raises(tmp_path, bad):
     path.write_text(bad)
     with pytest.raises((KeyError, ValueError)):
         load_curve(path)
+
+
+def test_subset_keeps_lines_with_unicode_line_separators(tmp_path):
+    rows = [{"messages": [{"role": "user", "content": f"line\u2028break {i}"},
+                          {"role": "assistant", "content": "Category: a"}]} for i in range(4)]
+    src = tmp_path / "train.jsonl"
+    src.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    out = write_subset(src, tmp_path / "s.jsonl", 2, [3, 1, 0, 2])
+    assert [json.loads(ln) for ln in out.read_text(encoding="utf-8").split("\n") if ln] == [rows[1], rows[3]]

@@ -234,3 +234,11 @@ def test_calibration_under_the_null():
         covered += est.ci_low <= p <= est.ci_high
     assert rejects / sims <= 0.08
     assert 0.88 <= covered / sims <= 1.0
+
+
+def test_macro_f1_of_a_resample_averages_its_gold_classes_only():
+    # class 0: one right answer; class 1: predicted once but absent from this resample's gold.
+    # Counting class 1 (F1 0) would put the two candidates of a paired test on different class sets.
+    tp, fp, fn = np.array([[1.0, 0.0]]), np.array([[0.0, 1.0]]), np.array([[0.0, 0.0]])
+    assert stats._Bootstrap._macro_f1(tp, fp, fn)[0] == 1.0
+    assert np.isnan(stats._Bootstrap._macro_f1(np.zeros((1, 2)), np.ones((1, 2)), np.zeros((1, 2)))[0])

@@ -165,7 +165,8 @@ def recommend(f: Facts, cost: CostInputs | None = None) -> Advice:
     # Rungs outside the article's ladder (the kNN label vote over train examples, external models)
     # are not gate baselines, so the branches above ignore them; say so when one leads, because a
     # label task that an embedding lookup solves may need no generation at all.
-    extras = [c for c in m if c not in BASELINES and c not in f.methods and not math.isnan(m[c])]
+    extras = [c for c in m if c not in BASELINES and c not in f.methods and not _of_finetune(c, f)
+              and not math.isnan(m[c])]
     top_extra = _best(extras, m)
     others = [c for c in m if c not in extras and not math.isnan(m[c])]
     if top_extra is not None and others and m[top_extra] >= max(m[c] for c in others) + f.delta:
@@ -194,24 +195,31 @@ def _ladder_rung(f: Facts, finetuned: list[str]) -> Advice:
     """
     m, pm, better = f.metrics, f.primary_metric, f.clearly_better
     rungs = [b for b in BASELINES if b in m]
+    refused = f"Do not ship the fine-tune: {f.verdict_summary or 'it did not clear the gate.'}"
+    if not rungs:
+        return Advice("undecided", None, "No rung of the ladder (prompt, few-shot, RAG) was evaluated.",
+                      ["Add prompt, fewshot and rag to eval.candidates: the advice compares against them."]
+                      + ([refused] if finetuned else []))
     chosen = None
     for i, rung in enumerate(rungs):
         if not any(better.get((c, rung), False) for c in rungs[i + 1:] + finetuned):
             chosen = rung
             break
-    refused = f"Do not ship the fine-tune: {f.verdict_summary or 'it did not clear the gate.'}"
     if chosen is None:
         cand = _best([c for c in finetuned if better.get((c, rungs[-1]), False)], m)
         assert cand is not None  # only a fine-tune can clearly beat the top rung
         beaten = [r for r in rungs if better.get((cand, r), False)]
         reasons = [f"{cand} ({f.methods[cand]}) scores {pm} {_fmt(m[cand])}, clearly above "
                    + ", ".join(f"{r} {_fmt(m[r])}" for r in beaten) + ".", refused]
-        rivals = [c for c in m if c not in BASELINES and c not in f.methods and not better.get((cand, c), False)]
+        # rivals the comparison tested the fine-tune against (gate baselines beyond the three rungs)
+        rivals = [c for c in m if c not in BASELINES and c not in f.methods and not _of_finetune(c, f)
+                  and (cand, c) in better and not better[(cand, c)]]
         for rival in sorted(rivals, key=lambda c: -m[c]):
             reasons.append(f"{rival} ({_fmt(m[rival])}) is not clearly beaten and needs no fine-tune: add "
                            f"validation items to tell the two apart, or serve {rival} if it is cheaper.")
+        names = [{"prompt": "prompt", "fewshot": "few-shot", "rag": "RAG"}[r] for r in beaten]
         return Advice("undecided", f.methods[cand],
-                      f"Undecided: {cand} beats prompt, few-shot and RAG, but the gate held it back.", reasons)
+                      f"Undecided: {cand} clearly beats {', '.join(names)}, but the gate held it back.", reasons)
     lower = [r for r in rungs[: rungs.index(chosen)] if better.get((chosen, r), False)]
     head = f"{_name(chosen)} scores {pm} {_fmt(m[chosen])}"
     head += f", clearly above {' and '.join(f'{_name(r)} ({_fmt(m[r])})' for r in lower)}" if lower else ""
@@ -239,6 +247,11 @@ def _ladder_rung(f: Facts, finetuned: list[str]) -> Advice:
     return Advice(chosen, None, headline, reasons)
 
 
+def _of_finetune(name: str, f: Facts) -> bool:
+    """A candidate derived from a fine-tune (``finetuned+constrained``, ``finetuned+rag``)."""
+    return any(name.startswith(ft + "+") for ft in f.methods)
+
+
 def _name(rung: str) -> str:
     return {"prompt": "the prompt alone", "fewshot": "few-shot", "rag": "RAG"}.get(rung, rung)
 
@@ -246,7 +259,7 @@ def _name(rung: str) -> str:
 def _curve_advice(f: Facts, m: dict[str, float]) -> str | None:
     """What the 25/50/100% learning curve says, against the best candidate that is not a fine-tune
     (the three rungs, and kNN or any other reference rung the ladder ran)."""
-    rivals = [c for c in m if c not in f.methods]
+    rivals = [c for c in m if c not in f.methods and not _of_finetune(c, f)]
     rival = _best(rivals, m)
     if rival is None:
         return None

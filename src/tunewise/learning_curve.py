@@ -1,7 +1,8 @@
 """The learning curve: the same fine-tune trained on 25% and 50% of train, beside the full run.
 
 It answers "would more data help?" before anyone labels more. Each smaller run uses the same
-config (same epochs, so fewer steps), the same validation items and the same graders; the points
+config (same epochs, so fewer steps; a ``train.max_steps`` is scaled with the subset so the
+epochs stay equal), the same validation items and the same graders; the points
 (training examples, primary metric on val) go to ``learning_curve.json`` beside the ladder's
 evaluation, where :func:`tunewise.advise.facts_from_dir` reads them and the advisor extrapolates.
 
@@ -53,7 +54,8 @@ def subset_sizes(n_train: int, fractions: tuple[float, ...] = FRACTIONS) -> list
 
 def write_subset(train_path: Path, out: Path, n: int, order: list[int]) -> Path:
     """The first ``n`` examples of ``order`` as JSONL, in their original file order."""
-    lines = [ln for ln in train_path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    # split("\n"), not splitlines(): U+2028 and friends may sit raw inside a JSON line.
+    lines = [ln for ln in train_path.read_text(encoding="utf-8").split("\n") if ln.strip()]
     keep = sorted(order[:n])
     atomic_write_text(out, "".join(lines[i] + "\n" for i in keep))
     return out

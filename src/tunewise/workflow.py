@@ -232,8 +232,9 @@ def run_ladder(
         method = methods[0]
         full_name = f"finetuned-{method}" if len(methods) > 1 else "finetuned"
 
-        def do_curve() -> dict[str, Any]:
-            return _learning_curve(cfg, work, method, full_name, eval_dir, con, quiet=quiet)
+        def do_curve(method: str = method) -> dict[str, Any]:
+            return _learning_curve(cfg, work, method, full_name, eval_dir, con, quiet=quiet,
+                                   train_key=ladder.keys[f"train-{method}"])
 
         ladder.stage("learning-curve",
                      {"evaluate": ladder.keys["evaluate"], "train": ladder.keys[f"train-{method}"],
@@ -355,7 +356,7 @@ def _train_or_resume(cfg: ProjectConfig, run_dir: Path, method: str, con: Consol
 
 
 def _learning_curve(cfg: ProjectConfig, work: Path, method: str, full_name: str, eval_dir: Path,
-                    con: Console, *, quiet: bool) -> dict[str, Any]:
+                    con: Console, *, quiet: bool, train_key: str) -> dict[str, Any]:
     """Train ``method`` on nested 25%/50% subsets, evaluate them on val, write the curve."""
     from tunewise.data.schema import load_examples
     from tunewise.eval.harness import evaluate
@@ -368,14 +369,18 @@ def _learning_curve(cfg: ProjectConfig, work: Path, method: str, full_name: str,
     examples = load_examples(train_path)
     order = stratified_order(examples, seed=cfg.data.split.seed, output_pattern=cfg.task.output_pattern)
     lc = work / "learning-curve"
-    key = sha256_json({"train": sha256_file(train_path), "cfg": dump_project(cfg)["train"], "method": method})[:10]
+    key = train_key[:10]  # the full run's key: split, train config, model and task
     runs: dict[str, Path] = {}
     sizes: dict[str, int] = {}
     for n in subset_sizes(len(examples)):
         subset = write_subset(train_path, lc / f"train-{n}.jsonl", n, order)
         run_dir = lc / f"{method}-{n}-{key}"
+        sub_cfg = cfg
+        if cfg.train.max_steps:  # same epochs as the full run, not the same steps
+            steps = max(1, round(cfg.train.max_steps * n / len(examples)))
+            sub_cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"max_steps": steps})})
         con.print(f"learning curve: {method} on {n} of {len(examples)} training examples")
-        _train_or_resume(cfg, run_dir, method, con, quiet=quiet, train_path=subset, val_path=val_path)
+        _train_or_resume(sub_cfg, run_dir, method, con, quiet=quiet, train_path=subset, val_path=val_path)
         runs[f"{full_name}@{n}"] = run_dir
         sizes[f"{full_name}@{n}"] = n
     full = EvalRun.load(eval_dir / "eval.json")
@@ -383,7 +388,9 @@ def _learning_curve(cfg: ProjectConfig, work: Path, method: str, full_name: str,
     alone = replace(full, candidates=[full.candidate(full_name)])  # its CI only, not every candidate's
     points = [(len(examples), _metric(compare(alone, baselines=[]), full_name, pm))]
     if runs:
-        sub = evaluate(cfg, split="val", candidates=[], finetuned=runs, out_dir=lc / "eval", progress=not quiet)
+        # free generation only: the curve is read on the primary metric of the generated answers
+        gen_cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"constrained": False})})
+        sub = evaluate(gen_cfg, split="val", candidates=[], finetuned=runs, out_dir=lc / "eval", progress=not quiet)
         comp = compare(sub, baselines=[])
         points += [(sizes[name], _metric(comp, name, pm)) for name in runs]
     out = eval_dir / CURVE_FILE

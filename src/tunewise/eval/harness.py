@@ -196,7 +196,10 @@ class _Harness:
                 h.rank = r
             msgs.append(rag_mod.build_messages(self.cfg.task.system_prompt, hs, ex))
             per_item.append({"citations": [h.passage.source for h in hs]})
-        meta = {"k": rc.k, "hybrid": rc.hybrid, "sources": rc.sources, "passages": len(index.passages),
+        # What was actually retrieved from (sources: docs requested without data.docs is train only):
+        # the gate and the advisor call a RAG win a knowledge task only when documents were there.
+        used = [src for src in rc.sources if src != "docs" or self.cfg.data.docs is not None]
+        meta = {"k": rc.k, "hybrid": rc.hybrid, "sources": used, "passages": len(index.passages),
                 "prompt_version": rag_mod.rag_version(rc.k, rc.hybrid, index)}
         return msgs, meta, per_item
 

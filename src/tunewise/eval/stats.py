@@ -176,7 +176,7 @@ class _Bootstrap:
         # The gold classes present in this (re)sample, as sklearn's f1_score(labels=gold classes,
         # average="macro"); a prediction outside them is a miss for its gold class.
         denom = 2 * tp + fp + fn
-        present = denom > 0
+        present = (tp + fn) > 0  # gold classes of this (re)sample
         f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=present)
         count = present.sum(axis=-1)
         with np.errstate(invalid="ignore", divide="ignore"):

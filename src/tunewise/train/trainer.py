@@ -253,8 +253,10 @@ def _make_trainer_class() -> type:
                          num_items_in_batch: Any = None) -> Any:
             if self._tw_sparse is None:
                 self._tw_sparse = supports_sparse_logits(model)
+            # nn.DataParallel (several GPUs without a launcher) would split the 1-D position index
+            # across replicas along with the batch.
             if (not self._tw_sparse or "labels" not in inputs or self.label_smoother is not None
-                    or self.compute_loss_func is not None):
+                    or self.compute_loss_func is not None or self.args.n_gpu > 1):
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             # Same reduction rules as Trainer.compute_loss: normalised by the token count of the
             # whole accumulated batch when the model takes loss kwargs, which tells the Trainer
