@@ -145,6 +145,17 @@ def test_every_candidate_on_the_same_items(tmp_path: Path) -> None:
     assert (cfg.work_dir / "splits" / "manifest.json").is_file()
 
 
+def test_rag_records_the_sources_it_actually_used(tmp_path: Path) -> None:
+    cfg = load_project(write_project(tmp_path))
+    run = evaluate(cfg, candidates=["rag"], engine=FakeEngine(), progress=False)
+    assert run.candidate("rag").meta["sources"] == ["docs", "train"]
+    raw = yaml.safe_load((tmp_path / "project.yaml").read_text())
+    del raw["data"]["docs"]  # the default sources ask for docs, but there are none
+    (tmp_path / "project.yaml").write_text(yaml.safe_dump(raw))
+    run = evaluate(load_project(tmp_path / "project.yaml"), candidates=["rag"], engine=FakeEngine(), progress=False)
+    assert run.candidate("rag").meta["sources"] == ["train"]
+
+
 def test_sealed_test_split_needs_final_and_warns_on_reuse(tmp_path: Path) -> None:
     cfg = load_project(write_project(tmp_path))
     with pytest.raises(SealedSplitError, match="sealed"):
