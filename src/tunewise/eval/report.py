@@ -562,7 +562,8 @@ def render_markdown(ctx: dict[str, Any]) -> str:
     if ctx["curve"]:
         out += ["## Learning curve", "", f"| training examples | {e(ctx['primary'])} on {e(ctx['split'])} |", "|---|---|"]
         out += [f"| {pt['n']} | {pt['value']} |" for pt in ctx["curve"]]
-        out += ["", "Still rising at the right end: more examples of the same kind should help.", ""]
+        out += ["", "Reading it: still rising at the right end means more examples of the same kind should help; "
+                "flat means improve the data or the prompt instead.", ""]
     out += ["## Worst examples", ""]
     for name, rows in ctx["worst"].items():
         out.append(f"### {e(name)}")
