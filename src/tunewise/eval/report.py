@@ -503,6 +503,12 @@ def render_html(ctx: dict[str, Any]) -> str:
     return env.from_string(template).render(**ctx)
 
 
+def _md_table(header: Sequence[Any], rows: Sequence[Sequence[Any]]) -> list[str]:
+    """A Markdown table's lines; cells must already be escaped."""
+    return ["| " + " | ".join(str(h) for h in header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(str(c) for c in row) + " |" for row in rows)]
+
+
 def render_markdown(ctx: dict[str, Any]) -> str:
     e = md_escape
     out = [f"# {e(ctx['title'])}", ""]
@@ -526,42 +532,39 @@ def render_markdown(ctx: dict[str, Any]) -> str:
     if ctx["power_warnings"]:
         out.append("")
     out += ["## Candidates × metrics", ""]
-    out.append("| candidate | " + " | ".join(e(m) for m in ctx["metrics"]) + " |")
-    out.append("|---|" + "---|" * len(ctx["metrics"]))
-    for row in ctx["table"]:
-        cells = ["–" if c is None else (f"**{c['value']}**" if c["best"] else c["value"]) + f" [{c['ci']}]"
-                 for c in row["cells"]]
-        label = e(row["name"]) + (" (baseline)" if row["is_baseline"] else "")
-        out.append(f"| {label} | " + " | ".join(cells) + " |")
+    out += _md_table(["candidate", *(e(m) for m in ctx["metrics"])], [
+        [e(row["name"]) + (" (baseline)" if row["is_baseline"] else ""),
+         *("–" if c is None else (f"**{c['value']}**" if c["best"] else c["value"]) + f" [{c['ci']}]"
+           for c in row["cells"])]
+        for row in ctx["table"]])
     out.append("")
     for note in ctx["nan_notes"]:
         out.append(f"- judge parse failures: {e(note)}")
     if ctx["nan_notes"]:
         out.append("")
-    out += ["## Paired tests", "", "| candidate | baseline | metric | cand | base | diff | 95% CI | p | test | n | MDD |",
-            "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for p in ctx["pairs"]:
-        flag = " ⚠" if p["underpowered"] else ""
-        out.append(f"| {e(p['candidate'])} | {e(p['baseline'])} | {e(p['metric'])} | {p['cand']} | {p['base']} | "
-                   f"{p['diff']} | {p['ci']} | {p['p']} | {p['test']} | {p['n']} | {p['mdd']}{flag} |")
+    out += ["## Paired tests", ""]
+    out += _md_table(["candidate", "baseline", "metric", "cand", "base", "diff", "95% CI", "p", "test", "n", "MDD"], [
+        [e(p["candidate"]), e(p["baseline"]), e(p["metric"]), p["cand"], p["base"], p["diff"], p["ci"], p["p"],
+         p["test"], p["n"], f"{p['mdd']}{' ⚠' if p['underpowered'] else ''}"]
+        for p in ctx["pairs"]])
     out += ["", "MDD: minimum detectable difference at 80% power; ⚠ = observed difference below it.", ""]
     if ctx["ratings"]:
-        out += ["## Human side-by-side ratings", "", "| A | B | A wins | B wins | ties | win rate A | 95% CI |",
-                "|---|---|---|---|---|---|---|"]
-        for r in ctx["ratings"]:
-            out.append(f"| {e(r['a'])} | {e(r['b'])} | {r['wins_a']} | {r['wins_b']} | {r['ties']} | "
-                       f"{_fmt(r['win_rate_a'])} | {_fmt(r['ci_low'])}–{_fmt(r['ci_high'])} |")
+        out += ["## Human side-by-side ratings", ""]
+        out += _md_table(["A", "B", "A wins", "B wins", "ties", "win rate A", "95% CI"], [
+            [e(r["a"]), e(r["b"]), r["wins_a"], r["wins_b"], r["ties"], _fmt(r["win_rate_a"]),
+             f"{_fmt(r['ci_low'])}–{_fmt(r['ci_high'])}"]
+            for r in ctx["ratings"]])
         out.append("")
     if ctx["train_runs"]:
-        out += ["## Training runs", "", "| run | method | status | steps | best val loss | stop reason |",
-                "|---|---|---|---|---|---|"]
-        for t in ctx["train_runs"]:
-            out.append(f"| {e(t.name)} | {e(t.method)} | {e(t.status)} | {t.steps} | "
-                       f"{_fmt(t.best_val_loss, 4)} | {e(t.stop_reason)} |")
+        out += ["## Training runs", ""]
+        out += _md_table(["run", "method", "status", "steps", "best val loss", "stop reason"], [
+            [e(t.name), e(t.method), e(t.status), t.steps, _fmt(t.best_val_loss, 4), e(t.stop_reason)]
+            for t in ctx["train_runs"]])
         out.append("")
     if ctx["curve"]:
-        out += ["## Learning curve", "", f"| training examples | {e(ctx['primary'])} on {e(ctx['split'])} |", "|---|---|"]
-        out += [f"| {pt['n']} | {pt['value']} |" for pt in ctx["curve"]]
+        out += ["## Learning curve", ""]
+        out += _md_table(["training examples", f"{e(ctx['primary'])} on {e(ctx['split'])}"],
+                         [[pt["n"], pt["value"]] for pt in ctx["curve"]])
         out += ["", "Reading it: still rising at the right end means more examples of the same kind should help; "
                 "flat means improve the data or the prompt instead.", ""]
     out += ["## Worst examples", ""]
@@ -571,10 +574,9 @@ def render_markdown(ctx: dict[str, Any]) -> str:
         if not rows:
             out += ["No failures on the primary metric.", ""]
             continue
-        out += ["| item | prompt | output | expected | scores |", "|---|---|---|---|---|"]
-        for r in rows:
-            out.append(f"| {e(r['item_id'])} | {e(r['prompt'], 200)} | {e(r['output'], 200)} | "
-                       f"{e(r['reference'], 120)} | {e(r['scores'])} |")
+        out += _md_table(["item", "prompt", "output", "expected", "scores"], [
+            [e(r["item_id"]), e(r["prompt"], 200), e(r["output"], 200), e(r["reference"], 120), e(r["scores"])]
+            for r in rows])
         out.append("")
     out.append(f"_Generated {ctx['generated']} by tunewise. The HTML report has the figures._")
     return "\n".join(out) + "\n"
