@@ -128,10 +128,6 @@ def _log_fit(curve: list[tuple[int, float]]) -> tuple[float, float] | None:
     return my - b * mx, b
 
 
-def _log_slope(curve: list[tuple[int, float]]) -> float | None:
-    fit = _log_fit(curve)
-    return None if fit is None else fit[1]
-
 
 def _best(names: list[str], metrics: dict[str, float]) -> str | None:
     present = [n for n in names if n in metrics]
@@ -266,7 +262,8 @@ def _curve_advice(f: Facts, m: dict[str, float]) -> str | None:
     target = m[rival] + f.delta
     curve = ", ".join(f"{n}: {_fmt(v)}" for n, v in f.learning_curve)
     have, last = max(f.learning_curve)
-    slope = _log_slope(f.learning_curve)
+    fit = _log_fit(f.learning_curve)
+    slope = fit[1] if fit else None
     if slope is None or slope <= 1e-9:
         return (f"The learning curve ({curve}) is flat: more of the same data is unlikely to help; "
                 "improve the data or the prompt instead.")

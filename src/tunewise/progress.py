@@ -7,6 +7,7 @@ line every ``interval`` seconds instead (and one when it finishes), which is wha
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -18,8 +19,6 @@ LOG_WIDTH = 160
 
 def make_console(stderr: bool = False) -> Console:
     """A terminal keeps its own width; a pipe or a log file gets whole lines, not 80-column cuts."""
-    import os
-
     console = Console(stderr=stderr)
     if not console.is_terminal and "COLUMNS" not in os.environ:
         console = Console(stderr=stderr, width=LOG_WIDTH)

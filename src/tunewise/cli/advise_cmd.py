@@ -11,8 +11,8 @@ import json
 import typer
 from rich.table import Table
 
-from tunewise.cli._console import make_console
 from tunewise.models import DEFAULT_MODEL
+from tunewise.progress import make_console
 
 console = make_console()
 

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from tunewise.cli._console import make_console
+from tunewise.progress import make_console
 
 data_app = typer.Typer(help="Check, split and convert chat JSONL data.", no_args_is_help=True)
 console = make_console()

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from tunewise.cli._console import make_console
 from tunewise.errors import UserError
+from tunewise.progress import make_console
 
 if TYPE_CHECKING:
     from tunewise.eval.results import EvalRun

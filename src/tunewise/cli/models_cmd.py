@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from tunewise import models
-from tunewise.cli._console import make_console
+from tunewise.progress import make_console
 
 models_app = typer.Typer(help="Built-in and local models.", no_args_is_help=True)
 console = make_console()

@@ -9,8 +9,8 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from tunewise.cli._console import make_console
 from tunewise.errors import UserError
+from tunewise.progress import make_console
 
 console = make_console()
 registry_app = typer.Typer(help="Versioned adapters with aliases, promotion and rollback.",

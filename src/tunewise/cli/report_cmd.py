@@ -10,9 +10,9 @@ from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
-from tunewise.cli._console import make_console
 from tunewise.config import GateConfig
 from tunewise.errors import UserError
+from tunewise.progress import make_console
 
 console = make_console()
 

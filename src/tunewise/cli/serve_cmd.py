@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from tunewise.cli._console import make_console
+from tunewise.progress import make_console
 
 console = make_console()
 export_app = typer.Typer(help="Export registry versions: merged weights, or a vLLM multi-LoRA layout.",

@@ -8,8 +8,8 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from tunewise.cli._console import make_console
 from tunewise.errors import UserError
+from tunewise.progress import make_console
 
 
 def train(

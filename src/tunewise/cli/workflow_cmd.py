@@ -9,7 +9,7 @@ import typer
 from rich.panel import Panel
 from rich.table import Table
 
-from tunewise.cli._console import make_console
+from tunewise.progress import make_console
 
 console = make_console()
 
