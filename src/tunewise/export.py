@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tunewise.errors import UserError
-from tunewise.fsio import atomic_write_json, atomic_write_text
+from tunewise.fsio import atomic_write_json, atomic_write_text, replace_dir
 from tunewise.registry import Registry, Version
 
 # vllm/config/lora.py: MaxLoRARanks = Literal[1, 8, 16, 32, 64, 128, 256, 320, 512]
@@ -34,12 +34,6 @@ VLLM_LORA_MODULES = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_pr
 def _out_dir_ready(out: Path, force: bool) -> None:
     if out.exists() and any(out.iterdir()) and not force:
         raise UserError(f"{out}: exists and is not empty (use --force to replace it)")
-
-
-def _replace_dir(tmp: Path, out: Path) -> None:
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
 
 
 def _base_ref(v: Version):
@@ -95,7 +89,7 @@ def export_merged(spec: str, out: str | Path, *, force: bool = False,
                   "base_weight_hash": v.base_weight_hash,
                   "weight_hash": models.weights_hash(tmp)}
         atomic_write_json(tmp / models.MARKER, marker)
-        _replace_dir(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -245,7 +239,7 @@ def export_vllm(specs: list[str], out: str | Path, *, force: bool = False,
             "max_loras": plan.max_loras, "max_cpu_loras": plan.max_cpu_loras,
             "warnings": plan.warnings,
         })
-        _replace_dir(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

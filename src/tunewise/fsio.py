@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -47,6 +48,17 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     with atomic_open(path, "wb") as fh:
         fh.write(data)
+
+
+def replace_dir(src: str | Path, dst: str | Path) -> None:
+    """Move the finished directory ``src`` to ``dst``, replacing whatever was there.
+
+    ``src`` is written completely before this is called, so readers never see a half-written
+    ``dst``; the rename itself is atomic, only the removal of an old ``dst`` before it is not.
+    """
+    if os.path.exists(dst):
+        shutil.rmtree(dst)
+    os.replace(src, dst)
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:

@@ -26,7 +26,7 @@ from typing import Any
 
 from tunewise import paths
 from tunewise.errors import UserError
-from tunewise.fsio import atomic_write_json, sha256_file
+from tunewise.fsio import atomic_write_json, replace_dir, sha256_file
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 MARKER = "tunewise.json"
@@ -143,9 +143,7 @@ def _convert_embedded(spec: EmbeddedModel, target: Path, progress: bool = True) 
                 "converted_in_s": round(time.time() - started, 1),
             },
         )
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
+        replace_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -214,9 +212,7 @@ def _download_hub(repo_id: str, target: Path) -> None:
         )
         atomic_write_json(tmp / MARKER, {"name": repo_id, "source": "hub", "weight_hash": weights_hash(tmp)})
         target.parent.mkdir(parents=True, exist_ok=True)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
+        replace_dir(tmp, target)
     except UserError:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -29,7 +29,7 @@ from tunewise import models
 from tunewise.config import ProjectConfig
 from tunewise.data.schema import Example, load_examples
 from tunewise.errors import UserError
-from tunewise.fsio import sha256_file
+from tunewise.fsio import replace_dir, sha256_file
 from tunewise.train.callbacks import (
     JsonlLogger,
     RichProgress,
@@ -296,10 +296,7 @@ def _make_trainer_class() -> type:
                 self._tw_staging = None
             self.accelerator.wait_for_everyone()
             if self.args.should_save:
-                target = os.path.join(final_root, name)
-                if os.path.exists(target):
-                    shutil.rmtree(target)
-                os.replace(os.path.join(staging, name), target)
+                replace_dir(os.path.join(staging, name), os.path.join(final_root, name))
                 _fsync_dir(final_root)
                 from transformers.trainer_utils import sort_checkpoints
 
@@ -405,9 +402,7 @@ def _save_final(trainer: Any, prep: Prepared) -> list[str]:
         (tmp / "training_args.bin").unlink(missing_ok=True)
         if prep.method == "full":
             target = run_dir / "model"
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(tmp, target)
+            replace_dir(tmp, target)
             written = ["model/"]
             for f in target.iterdir():  # tokenizer files also at the root, like the adapter layout
                 if f.name.startswith(("tokenizer", "special_tokens", "chat_template")):
