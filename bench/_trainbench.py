@@ -54,14 +54,16 @@ def clinc_chat(
     for intent in intents:
         texts = by_intent[intent][:per_intent] if per_intent else by_intent[intent]
         for text in texts:
-            rows.append({
-                "messages": [
-                    {"role": "system", "content": sys_msg},
-                    {"role": "user", "content": text},
-                    {"role": "assistant", "content": intent},
-                ],
-                "label": intent,
-            })
+            rows.append(
+                {
+                    "messages": [
+                        {"role": "system", "content": sys_msg},
+                        {"role": "user", "content": text},
+                        {"role": "assistant", "content": intent},
+                    ],
+                    "label": intent,
+                }
+            )
     random.Random(seed).shuffle(rows)
     return rows
 
@@ -84,15 +86,19 @@ def template_tokens(tokenizer: Any, messages: list[dict[str, str]]) -> int:
 
 def _answer_encoding(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[list[int], int]:
     """Ids of the whole conversation and where the final answer starts (mask by position)."""
-    prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
+    prompt = tokenizer.apply_chat_template(
+        messages[:-1], tokenize=False, add_generation_prompt=True
+    )
     full = tokenizer.apply_chat_template(messages, tokenize=False).rstrip("\n")
     assert full.startswith(prompt), "chat template is not prefix-stable"
     p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    a_ids = tokenizer(full[len(prompt):], add_special_tokens=False)["input_ids"]
+    a_ids = tokenizer(full[len(prompt) :], add_special_tokens=False)["input_ids"]
     return p_ids + a_ids, len(p_ids)
 
 
-def answer_loss(model: Any, tokenizer: Any, rows: Sequence[dict[str, Any]], batch_size: int = 16) -> float:
+def answer_loss(
+    model: Any, tokenizer: Any, rows: Sequence[dict[str, Any]], batch_size: int = 16
+) -> float:
     """Mean cross-entropy over the final assistant turn's tokens (answer + end-of-turn), all rows.
 
     One definition for every run in a benchmark, whatever each trainer optimised.
@@ -104,19 +110,23 @@ def answer_loss(model: Any, tokenizer: Any, rows: Sequence[dict[str, Any]], batc
     model.eval()
     with torch.no_grad():
         for start in range(0, len(encoded), batch_size):
-            chunk = encoded[start:start + batch_size]
+            chunk = encoded[start : start + batch_size]
             longest = max(len(ids) for ids, _ in chunk)
-            ids = torch.full((len(chunk), longest), tokenizer.pad_token_id, dtype=torch.long)  # (batch, seq)
+            ids = torch.full(
+                (len(chunk), longest), tokenizer.pad_token_id, dtype=torch.long
+            )  # (batch, seq)
             labels = torch.full((len(chunk), longest), IGNORE, dtype=torch.long)
             mask = torch.zeros((len(chunk), longest), dtype=torch.long)
             for row, (seq, answer_start) in enumerate(chunk):
-                ids[row, :len(seq)] = torch.tensor(seq)
-                labels[row, answer_start:len(seq)] = torch.tensor(seq[answer_start:])
-                mask[row, :len(seq)] = 1
+                ids[row, : len(seq)] = torch.tensor(seq)
+                labels[row, answer_start : len(seq)] = torch.tensor(seq[answer_start:])
+                mask[row, : len(seq)] = 1
             logits = model(input_ids=ids, attention_mask=mask).logits.float()  # (batch, seq, vocab)
             loss = torch.nn.functional.cross_entropy(
-                logits[:, :-1].reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1),
-                ignore_index=IGNORE, reduction="sum",
+                logits[:, :-1].reshape(-1, logits.size(-1)),
+                labels[:, 1:].reshape(-1),
+                ignore_index=IGNORE,
+                reduction="sum",
             )
             total += float(loss)
             count += int((labels[:, 1:] != IGNORE).sum())
@@ -124,7 +134,11 @@ def answer_loss(model: Any, tokenizer: Any, rows: Sequence[dict[str, Any]], batc
 
 
 def greedy_answers(
-    model: Any, tokenizer: Any, rows: Sequence[dict[str, Any]], max_new_tokens: int = 16, batch_size: int = 16
+    model: Any,
+    tokenizer: Any,
+    rows: Sequence[dict[str, Any]],
+    max_new_tokens: int = 16,
+    batch_size: int = 16,
 ) -> list[str]:
     """Greedy completions of each row's prompt (all turns but the last), left-padded batches."""
     import torch
@@ -135,18 +149,23 @@ def greedy_answers(
     tokenizer.padding_side = "left"
     try:
         for start in range(0, len(rows), batch_size):
-            chunk = rows[start:start + batch_size]
+            chunk = rows[start : start + batch_size]
             prompts = [
-                tokenizer.apply_chat_template(r["messages"][:-1], tokenize=False, add_generation_prompt=True)
+                tokenizer.apply_chat_template(
+                    r["messages"][:-1], tokenize=False, add_generation_prompt=True
+                )
                 for r in chunk
             ]
             enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
             with torch.no_grad():
                 gen = model.generate(
-                    **enc, max_new_tokens=max_new_tokens, do_sample=False,
-                    pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                    **enc,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    pad_token_id=tokenizer.pad_token_id,
+                    eos_token_id=tokenizer.eos_token_id,
                 )
-            new = gen[:, enc["input_ids"].shape[1]:]
+            new = gen[:, enc["input_ids"].shape[1] :]
             out.extend(tokenizer.batch_decode(new, skip_special_tokens=True))
     finally:
         tokenizer.padding_side = old_side

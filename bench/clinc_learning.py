@@ -46,15 +46,25 @@ def score(model: Any, tok: Any, val: list[dict[str, Any]], batch: int) -> dict[s
     answers = tb.greedy_answers(model, tok, val, max_new_tokens=12, batch_size=batch)
     correct = [tb.label_of(ans) == r["label"] for ans, r in zip(answers, val, strict=True)]
     k = sum(correct)
-    return {"val_loss": loss, "accuracy": k / len(val), "correct": k, "n": len(val),
-            "ci95": wilson(k, len(val)), "samples": answers[:5]}
+    return {
+        "val_loss": loss,
+        "accuracy": k / len(val),
+        "correct": k,
+        "n": len(val),
+        "ci95": wilson(k, len(val)),
+        "samples": answers[:5],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--intents", type=int, default=12, help="intents in the subset (default 12)")
-    p.add_argument("--per-intent", type=int, default=20, help="training examples per intent (default 20)")
-    p.add_argument("--val-per-intent", type=int, default=8, help="validation examples per intent (default 8)")
+    p.add_argument(
+        "--per-intent", type=int, default=20, help="training examples per intent (default 20)"
+    )
+    p.add_argument(
+        "--val-per-intent", type=int, default=8, help="validation examples per intent (default 8)"
+    )
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model", default=None, help="model dir (default: the embedded SmolLM2-135M)")
@@ -89,33 +99,66 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="tw-clinc-") as tmp:
         train_path = tb.write_jsonl(Path(tmp) / "train.jsonl", train_rows)
         cfg = ProjectConfig(
-            name="clinc", root=Path(tmp), data={"train": train_path}, model={"base": model_path},
-            train={"method": "lora", "epochs": 1, "batch_size": a.batch, "seed": a.seed,
-                   "save_every": 10**6, "eval_every": 10**6},
+            name="clinc",
+            root=Path(tmp),
+            data={"train": train_path},
+            model={"base": model_path},
+            train={
+                "method": "lora",
+                "epochs": 1,
+                "batch_size": a.batch,
+                "seed": a.seed,
+                "save_every": 10**6,
+                "eval_every": 10**6,
+            },
         )
         t0 = time.perf_counter()
-        record = train(cfg, run_dir=Path(tmp) / "run", train_path=train_path, val_path=None, progress=True)
+        record = train(
+            cfg, run_dir=Path(tmp) / "run", train_path=train_path, val_path=None, progress=True
+        )
         train_s = time.perf_counter() - t0
-        tuned_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_path), Path(tmp) / "run")
+        tuned_model = PeftModel.from_pretrained(
+            AutoModelForCausalLM.from_pretrained(model_path), Path(tmp) / "run"
+        )
         tuned = score(tuned_model, tok, val, a.batch)
 
-    table = Table(title=f"CLINC150, {len(intents)} intents: one LoRA epoch ({record.get('global_step')} steps)")
+    table = Table(
+        title=f"CLINC150, {len(intents)} intents: one LoRA epoch ({record.get('global_step')} steps)"
+    )
     for col in ("model", "val loss", "greedy accuracy", "95% CI"):
         table.add_column(col, justify="left" if col == "model" else "right")
     for name, s in (("base SmolLM2-135M-Instruct", base), ("+ tunewise LoRA, 1 epoch", tuned)):
-        table.add_row(name, f"{s['val_loss']:.3f}", f"{s['accuracy']:.1%} ({s['correct']}/{s['n']})",
-                      f"{s['ci95'][0]:.1%}-{s['ci95'][1]:.1%}")
+        table.add_row(
+            name,
+            f"{s['val_loss']:.3f}",
+            f"{s['accuracy']:.1%} ({s['correct']}/{s['n']})",
+            f"{s['ci95'][0]:.1%}-{s['ci95'][1]:.1%}",
+        )
     console.print(table)
-    console.print(f"training {train_s:.0f}s ({record.get('tokens_per_s')} tokens/s per run.json), "
-                  f"base scoring {base_s:.0f}s, load avg {os.getloadavg()[0]:.1f}")
+    console.print(
+        f"training {train_s:.0f}s ({record.get('tokens_per_s')} tokens/s per run.json), "
+        f"base scoring {base_s:.0f}s, load avg {os.getloadavg()[0]:.1f}"
+    )
     console.print(f"base samples: {base['samples']}\ntuned samples: {tuned['samples']}")
     ok = tuned["val_loss"] < base["val_loss"] and tuned["accuracy"] > base["accuracy"]
     console.print("[green]learned[/]: loss down and accuracy up" if ok else "[red]did not learn[/]")
     if a.json_out:
-        Path(a.json_out).write_text(json.dumps({"args": vars(a), "intents": intents, "base": base, "tuned": tuned,
-                                                "train_s": train_s, "run": {k: record.get(k) for k in
-                                                ("global_step", "train_loss", "tokens_per_s", "wall_time_s")}},
-                                               indent=2))
+        Path(a.json_out).write_text(
+            json.dumps(
+                {
+                    "args": vars(a),
+                    "intents": intents,
+                    "base": base,
+                    "tuned": tuned,
+                    "train_s": train_s,
+                    "run": {
+                        k: record.get(k)
+                        for k in ("global_step", "train_loss", "tokens_per_s", "wall_time_s")
+                    },
+                },
+                indent=2,
+            )
+        )
     return 0 if ok else 1
 
 

@@ -54,11 +54,22 @@ def make_adapters(base_ref, out: Path, k: int, r: int = 8) -> list[Path]:
                     p.normal_(std=0.02)
         run = out / f"adapter{i}"
         model.save_pretrained(run)
-        (run / "run.json").write_text(json.dumps({
-            "status": "completed", "method": "lora", "config": {"name": f"adapter{i}"},
-            "base_model": {"name": base_ref.name, "path": str(base_ref.path),
-                           "weight_hash": base_ref.weight_hash},
-            "data_hashes": {}, "metrics": []}))
+        (run / "run.json").write_text(
+            json.dumps(
+                {
+                    "status": "completed",
+                    "method": "lora",
+                    "config": {"name": f"adapter{i}"},
+                    "base_model": {
+                        "name": base_ref.name,
+                        "path": str(base_ref.path),
+                        "weight_hash": base_ref.weight_hash,
+                    },
+                    "data_hashes": {},
+                    "metrics": [],
+                }
+            )
+        )
         base = model.unload()  # strip the LoRA layers again for the next adapter
         runs.append(run)
     return runs
@@ -73,22 +84,51 @@ def free_port() -> int:
 BAD_BODIES: list[tuple[str, bytes]] = [
     ("bad json", b"{this is not json"),
     ("no messages", json.dumps({"model": "adapter0"}).encode()),
-    ("unknown model", json.dumps({"model": "no-such-adapter",
-                                  "messages": [{"role": "user", "content": "hi"}]}).encode()),
-    ("bad role", json.dumps({"model": "adapter1",
-                             "messages": [{"role": "robot", "content": "hi"}]}).encode()),
-    ("max_tokens 0", json.dumps({"model": "adapter2", "max_tokens": 0,
-                                 "messages": [{"role": "user", "content": "hi"}]}).encode()),
-    ("escape", json.dumps({"model": "../../etc/passwd",
-                           "messages": [{"role": "user", "content": "hi"}]}).encode()),
+    (
+        "unknown model",
+        json.dumps(
+            {"model": "no-such-adapter", "messages": [{"role": "user", "content": "hi"}]}
+        ).encode(),
+    ),
+    (
+        "bad role",
+        json.dumps(
+            {"model": "adapter1", "messages": [{"role": "robot", "content": "hi"}]}
+        ).encode(),
+    ),
+    (
+        "max_tokens 0",
+        json.dumps(
+            {"model": "adapter2", "max_tokens": 0, "messages": [{"role": "user", "content": "hi"}]}
+        ).encode(),
+    ),
+    (
+        "escape",
+        json.dumps(
+            {"model": "../../etc/passwd", "messages": [{"role": "user", "content": "hi"}]}
+        ).encode(),
+    ),
 ]
-PROMPTS = ["My order never arrived, what can I do?", "How do I reset my password?",
-           "The app crashes when I upload a photo.", "Can I change the delivery address?",
-           "I was charged twice this month.", "Where is my refund?"]
+PROMPTS = [
+    "My order never arrived, what can I do?",
+    "How do I reset my password?",
+    "The app crashes when I upload a photo.",
+    "Can I change the delivery address?",
+    "I was charged twice this month.",
+    "Where is my refund?",
+]
 
 
-def load_test(url: str, models: list[str], n_requests: int, clients: int, max_seconds: float,
-              max_tokens: int, bad_fraction: float, seed: int = 0) -> dict:
+def load_test(
+    url: str,
+    models: list[str],
+    n_requests: int,
+    clients: int,
+    max_seconds: float,
+    max_tokens: int,
+    bad_fraction: float,
+    seed: int = 0,
+) -> dict:
     import httpx
 
     rng = random.Random(seed)
@@ -97,8 +137,11 @@ def load_test(url: str, models: list[str], n_requests: int, clients: int, max_se
         if rng.random() < bad_fraction:
             plan.append(("bad", rng.choice(BAD_BODIES)[1]))
         else:
-            body = {"model": models[i % len(models)], "max_tokens": max_tokens,
-                    "messages": [{"role": "user", "content": rng.choice(PROMPTS)}]}
+            body = {
+                "model": models[i % len(models)],
+                "max_tokens": max_tokens,
+                "messages": [{"role": "user", "content": rng.choice(PROMPTS)}],
+            }
             plan.append(("good", json.dumps(body).encode()))
     lock = threading.Lock()
     results: list[tuple[str, int, float]] = []
@@ -115,8 +158,11 @@ def load_test(url: str, models: list[str], n_requests: int, clients: int, max_se
                     next_i[0] += 1
                 t0 = time.perf_counter()
                 try:
-                    status = http.post(f"{url}/v1/chat/completions", content=body,
-                                       headers={"content-type": "application/json"}).status_code
+                    status = http.post(
+                        f"{url}/v1/chat/completions",
+                        content=body,
+                        headers={"content-type": "application/json"},
+                    ).status_code
                 except httpx.HTTPError:
                     status = -1  # connection failure: counted, and it would fail the run
                 with lock:
@@ -138,10 +184,13 @@ def load_test(url: str, models: list[str], n_requests: int, clients: int, max_se
         return round(xs[min(len(xs) - 1, int(q * len(xs)))], 3) if xs else None
 
     return {
-        "requests_done": len(results), "requests_planned": n_requests, "elapsed_s": round(elapsed, 1),
+        "requests_done": len(results),
+        "requests_planned": n_requests,
+        "elapsed_s": round(elapsed, 1),
         "requests_per_s": round(len(results) / elapsed, 2),
         "ok_per_s": round(len(good_lat) / elapsed, 2),
-        "p50_s": pct(good_lat, 0.5), "p95_s": pct(good_lat, 0.95),
+        "p50_s": pct(good_lat, 0.5),
+        "p95_s": pct(good_lat, 0.95),
         "mean_s": round(statistics.fmean(good_lat), 3) if good_lat else None,
         "malformed_sent": sum(1 for k, _, _ in results if k == "bad"),
         "malformed_answered_4xx": sum(1 for k, st, _ in results if k == "bad" and 400 <= st < 500),
@@ -214,9 +263,20 @@ print("RESULT " + json.dumps(out))
 def measure_memory(base_name: str, adapter_dirs: list[Path], merged_dir: Path, k: int) -> dict:
     def child(mode: str, payload) -> dict:
         proc = subprocess.run(
-            [sys.executable, "-c", MEMORY_CHILD, mode, base_name, json.dumps(payload),
-             str(HERE.parent / "src")],
-            capture_output=True, text=True, timeout=900, env=os.environ.copy())
+            [
+                sys.executable,
+                "-c",
+                MEMORY_CHILD,
+                mode,
+                base_name,
+                json.dumps(payload),
+                str(HERE.parent / "src"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=900,
+            env=os.environ.copy(),
+        )
         line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
         if proc.returncode or not line:
             raise RuntimeError(f"memory child failed: {proc.stderr[-2000:]}")
@@ -237,9 +297,12 @@ def measure_memory(base_name: str, adapter_dirs: list[Path], merged_dir: Path, k
         "base_weights_mb": round(a["base_storage"] / mb, 1),
         "base_plus_k_adapters_weights_mb": round(a["with_adapters_storage"] / mb, 1),
         "k_merged_weights_mb": round(k * m["one_copy_storage"] / mb, 1),
-        "by_weights_k_adapters_vs_one_base": round(a["with_adapters_storage"] / a["base_storage"], 3),
+        "by_weights_k_adapters_vs_one_base": round(
+            a["with_adapters_storage"] / a["base_storage"], 3
+        ),
         "by_weights_k_adapters_vs_k_merged": round(
-            a["with_adapters_storage"] / (k * m["one_copy_storage"]), 3),
+            a["with_adapters_storage"] / (k * m["one_copy_storage"]), 3
+        ),
     }
 
 
@@ -257,12 +320,21 @@ def direct_reference(args, ref, runs: list[Path], n: int, seed: int = 1) -> dict
     for i, run in enumerate(runs[: args.serve_adapters]):
         eng.load_adapter(f"adapter{i}", run)
         names.append(f"adapter{i}")
-    eng.generate([GenRequest([{"role": "user", "content": "hi"}], adapter=a, max_new_tokens=1)
-                  for a in names])  # warm-up
+    eng.generate(
+        [
+            GenRequest([{"role": "user", "content": "hi"}], adapter=a, max_new_tokens=1)
+            for a in names
+        ]
+    )  # warm-up
     rng = random.Random(seed)
-    reqs = [GenRequest([{"role": "user", "content": rng.choice(PROMPTS)}],
-                       adapter=names[i % len(names)], max_new_tokens=args.max_tokens)
-            for i in range(n)]
+    reqs = [
+        GenRequest(
+            [{"role": "user", "content": rng.choice(PROMPTS)}],
+            adapter=names[i % len(names)],
+            max_new_tokens=args.max_tokens,
+        )
+        for i in range(n)
+    ]
     t0 = time.perf_counter()
     eng.generate(reqs)
     one_call = time.perf_counter() - t0
@@ -272,8 +344,11 @@ def direct_reference(args, ref, runs: list[Path], n: int, seed: int = 1) -> dict
     for i in range(0, n, args.clients):
         eng.generate(reqs[i : i + args.clients])
     chunked = time.perf_counter() - t0
-    return {"requests": n, "one_call_ok_per_s": round(n / one_call, 2),
-            "batches_of_clients_ok_per_s": round(n / chunked, 2)}
+    return {
+        "requests": n,
+        "one_call_ok_per_s": round(n / one_call, 2),
+        "batches_of_clients_ok_per_s": round(n / chunked, 2),
+    }
 
 
 def serve_and_load(args, n_adapters: int, work: Path) -> dict:
@@ -285,10 +360,27 @@ def serve_and_load(args, n_adapters: int, work: Path) -> dict:
     url = f"http://127.0.0.1:{port}"
     log = open(work / "server.log", "w")  # noqa: SIM115 (kept open for the subprocess)
     server = subprocess.Popen(
-        [sys.executable, "-m", "tunewise", "serve", "--base", args.base, "--host", "127.0.0.1",
-         "--port", str(port), "--max-loaded-adapters", str(n_adapters), "--batch-window-ms", "10",
-         *(["--threads", str(args.server_threads)] if args.server_threads else [])],
-        stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
+        [
+            sys.executable,
+            "-m",
+            "tunewise",
+            "serve",
+            "--base",
+            args.base,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--max-loaded-adapters",
+            str(n_adapters),
+            "--batch-window-ms",
+            "10",
+            *(["--threads", str(args.server_threads)] if args.server_threads else []),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=os.environ.copy(),
+    )
     try:
         t0 = time.time()
         while True:
@@ -306,11 +398,24 @@ def serve_and_load(args, n_adapters: int, work: Path) -> dict:
         models = [f"adapter{i}@production" for i in range(args.serve_adapters)] + ["base"]
         # warm-up: load every adapter once (lazy loading is not what we time)
         for m in models:
-            httpx.post(f"{url}/v1/chat/completions", timeout=120, json={
-                "model": m, "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]})
-        print(f"load test: {args.requests} requests, {args.clients} clients, models {models}", flush=True)
-        load = load_test(url, models, args.requests, args.clients, args.max_seconds,
-                         args.max_tokens, args.bad_fraction)
+            httpx.post(
+                f"{url}/v1/chat/completions",
+                timeout=120,
+                json={"model": m, "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]},
+            )
+        print(
+            f"load test: {args.requests} requests, {args.clients} clients, models {models}",
+            flush=True,
+        )
+        load = load_test(
+            url,
+            models,
+            args.requests,
+            args.clients,
+            args.max_seconds,
+            args.max_tokens,
+            args.bad_fraction,
+        )
         load["server_rss_mb"] = round(psutil.Process(server.pid).memory_info().rss / 2**20, 1)
         load["server_alive_after"] = server.poll() is None
     finally:
@@ -332,14 +437,20 @@ def main() -> int:
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--max-seconds", type=float, default=240)
     ap.add_argument("--max-tokens", type=int, default=8)
-    ap.add_argument("--serve-adapters", type=int, default=4, help="adapters hit by the load test (>= 4)")
+    ap.add_argument(
+        "--serve-adapters", type=int, default=4, help="adapters hit by the load test (>= 4)"
+    )
     ap.add_argument("--k", type=int, default=8, help="adapters for the memory comparison")
     ap.add_argument("--bad-fraction", type=float, default=0.1)
     ap.add_argument("--skip-memory", action="store_true")
     ap.add_argument("--skip-load", action="store_true")
     ap.add_argument("--keep", action="store_true", help="keep the temporary work folder")
-    ap.add_argument("--server-threads", type=int, default=1,
-                    help="torch threads in the server (1 avoids oversubscription on a shared CPU; 0 = torch default)")
+    ap.add_argument(
+        "--server-threads",
+        type=int,
+        default=1,
+        help="torch threads in the server (1 avoids oversubscription on a shared CPU; 0 = torch default)",
+    )
     ap.add_argument("--json", type=Path, help="also write the figures here")
     args = ap.parse_args()
     if args.serve_adapters < 4:
@@ -360,19 +471,27 @@ def main() -> int:
         v = reg.add(run)
         reg.promote(v.name, v.version, force=True, reason="load test")
 
-    figures: dict = {"base": ref.name, "cpus": os.cpu_count(), "server_threads": args.server_threads,
-                     "load_average_at_start": round(os.getloadavg()[0], 1)}
+    figures: dict = {
+        "base": ref.name,
+        "cpus": os.cpu_count(),
+        "server_threads": args.server_threads,
+        "load_average_at_start": round(os.getloadavg()[0], 1),
+    }
     if not args.skip_load:
         figures["load"] = serve_and_load(args, n_adapters, work)
     if not args.skip_load:
         n_ref = min(64, args.requests)
-        print(f"reference: {n_ref} requests straight into Engine.generate (no HTTP) ...", flush=True)
+        print(
+            f"reference: {n_ref} requests straight into Engine.generate (no HTTP) ...", flush=True
+        )
         figures["direct_engine"] = direct_reference(args, ref, runs, n_ref)
         ref_tp = figures["direct_engine"]
         figures["server_vs_direct_same_concurrency"] = round(
-            figures["load"]["ok_per_s"] / ref_tp["batches_of_clients_ok_per_s"], 3)
+            figures["load"]["ok_per_s"] / ref_tp["batches_of_clients_ok_per_s"], 3
+        )
         figures["server_vs_direct_one_big_batch"] = round(
-            figures["load"]["ok_per_s"] / ref_tp["one_call_ok_per_s"], 3)
+            figures["load"]["ok_per_s"] / ref_tp["one_call_ok_per_s"], 3
+        )
 
     if not args.skip_memory:
         print(f"memory: one base + {args.k} adapters vs {args.k} merged copies ...", flush=True)

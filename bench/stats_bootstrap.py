@@ -43,14 +43,28 @@ def synthetic(n: int, k: int, seed: int = 0) -> EvalRun:
         pred = np.where(ok, gold, rng.integers(0, k, n))
         fmt = rng.random(n) < 0.97
         items = [
-            ItemResult(item_id=str(i), output="", gold=labels[gold[i]], predicted=labels[pred[i]],
-                       scores={"accuracy": float(pred[i] == gold[i]), "exact_match": float(pred[i] == gold[i]),
-                               "format_compliance": float(fmt[i])})
+            ItemResult(
+                item_id=str(i),
+                output="",
+                gold=labels[gold[i]],
+                predicted=labels[pred[i]],
+                scores={
+                    "accuracy": float(pred[i] == gold[i]),
+                    "exact_match": float(pred[i] == gold[i]),
+                    "format_compliance": float(fmt[i]),
+                },
+            )
             for i in range(n)
         ]
         cands.append(CandidateResult(name=name, kind=name, items=items))
-    return EvalRun(project="bench", split="val", split_hash="-", primary_metric="accuracy",
-                   item_ids=[str(i) for i in range(n)], candidates=cands)
+    return EvalRun(
+        project="bench",
+        split="val",
+        split_hash="-",
+        primary_metric="accuracy",
+        item_ids=[str(i) for i in range(n)],
+        candidates=cands,
+    )
 
 
 def reference(run: EvalRun, n_boot: int, seed: int) -> dict[tuple[str, str], float]:
@@ -75,7 +89,9 @@ def reference(run: EvalRun, n_boot: int, seed: int) -> dict[tuple[str, str], flo
     for c in run.candidates:
         for m in ("accuracy", "exact_match", "format_compliance"):
             means[(c.name, m)] = float(cols[(c.name, m)].mean())
-        means[(c.name, "macro_f1")] = float(f1_score(cols[(c.name, "gold")], cols[(c.name, "pred")], average="macro"))
+        means[(c.name, "macro_f1")] = float(
+            f1_score(cols[(c.name, "gold")], cols[(c.name, "pred")], average="macro")
+        )
     return means
 
 
@@ -89,12 +105,21 @@ def speed(n: int, k: int, n_boot: int) -> float:
     ref = reference(run, ref_boot, 0)
     ref_time = (time.perf_counter() - t0) * n_boot / ref_boot
     for (name, m), v in ref.items():
-        assert abs(comp.metrics[name][m].value - v) < 1e-9, (name, m, comp.metrics[name][m].value, v)
+        assert abs(comp.metrics[name][m].value - v) < 1e-9, (
+            name,
+            m,
+            comp.metrics[name][m].value,
+            v,
+        )
     ratio = ref_time / ours
-    print(f"compare(): {n} items x {len(NAMES)} candidates x 4 metrics ({k} classes), {n_boot} resamples, "
-          f"{len(comp.pairs)} paired tests: {ours:.2f} s")
-    print(f"reference per-replicate loop (numpy means + sklearn macro-F1), scaled from {ref_boot} "
-          f"replicates: {ref_time:.1f} s")
+    print(
+        f"compare(): {n} items x {len(NAMES)} candidates x 4 metrics ({k} classes), {n_boot} resamples, "
+        f"{len(comp.pairs)} paired tests: {ours:.2f} s"
+    )
+    print(
+        f"reference per-replicate loop (numpy means + sklearn macro-F1), scaled from {ref_boot} "
+        f"replicates: {ref_time:.1f} s"
+    )
     print(f"speed-up: {ratio:.0f}x (point estimates identical)")
     return ratio
 
@@ -105,28 +130,52 @@ def calibration(sims: int) -> None:
         covered = {"bca": 0, "percentile": 0}
         rejects = ships = 0
         for s in range(sims):
-            d = rng.random(n)  # shared item difficulty: both candidates are correlated, as in real evals
+            d = rng.random(
+                n
+            )  # shared item difficulty: both candidates are correlated, as in real evals
             a = (0.5 * d + 0.5 * rng.random(n) < 0.5).astype(int)
             b = (0.5 * d + 0.5 * rng.random(n) < 0.5).astype(int)
             iid = (rng.random(n) < 0.8).astype(int)  # true accuracy 0.8
             ids = [str(i) for i in range(n)]
-            run = EvalRun(project="cal", split="val", split_hash="-", primary_metric="accuracy", item_ids=ids,
-                          candidates=[CandidateResult(name=nm, kind=nm, items=[
-                              ItemResult(item_id=ids[i], output="", scores={"accuracy": float(col[i])})
-                              for i in range(n)]) for nm, col in (("prompt", b), ("lora", a), ("iid", iid))])
+            run = EvalRun(
+                project="cal",
+                split="val",
+                split_hash="-",
+                primary_metric="accuracy",
+                item_ids=ids,
+                candidates=[
+                    CandidateResult(
+                        name=nm,
+                        kind=nm,
+                        items=[
+                            ItemResult(
+                                item_id=ids[i], output="", scores={"accuracy": float(col[i])}
+                            )
+                            for i in range(n)
+                        ],
+                    )
+                    for nm, col in (("prompt", b), ("lora", a), ("iid", iid))
+                ],
+            )
             for method in covered:
-                comp = stats.compare(run, baselines=["prompt"], n_boot=1000, seed=s, ci_method=method)  # type: ignore[arg-type]
+                comp = stats.compare(
+                    run, baselines=["prompt"], n_boot=1000, seed=s, ci_method=method
+                )  # type: ignore[arg-type]
                 e = comp.metrics["iid"]["accuracy"]
                 covered[method] += e.ci_low <= 0.8 <= e.ci_high
             rejects += comp.pair("lora", "prompt", "accuracy").p_value < 0.05
             ships += decide(comp, "lora", GateConfig(baselines=["prompt"], delta=0.0)).ship
-        print(f"n={n:4d}, {sims} sims: 95% CI coverage bca {covered['bca'] / sims:.3f}, percentile "
-              f"{covered['percentile'] / sims:.3f}; equal candidates: McNemar rejects {rejects / sims:.3f}, "
-              f"gate ships {ships / sims:.3f} (alpha 0.05)")
+        print(
+            f"n={n:4d}, {sims} sims: 95% CI coverage bca {covered['bca'] / sims:.3f}, percentile "
+            f"{covered['percentile'] / sims:.3f}; equal candidates: McNemar rejects {rejects / sims:.3f}, "
+            f"gate ships {ships / sims:.3f} (alpha 0.05)"
+        )
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--n", type=int, default=3000)
     ap.add_argument("--classes", type=int, default=150)
     ap.add_argument("--n-boot", type=int, default=2000)

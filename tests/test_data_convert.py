@@ -108,24 +108,63 @@ def test_json_pairs_keys_and_label_subset(tmp_path: Path) -> None:
 def test_per_label_cap_keeps_the_first_n_of_each_label(tmp_path: Path) -> None:
     src = write_pairs(tmp_path)
     out = tmp_path / "capped.jsonl"
-    res = runner.invoke(app, ["data", "convert", str(src), str(out), "--from", "json-pairs",
-                              "--keys", "train,val", "--per-label", "1"])
+    res = runner.invoke(
+        app,
+        [
+            "data",
+            "convert",
+            str(src),
+            str(out),
+            "--from",
+            "json-pairs",
+            "--keys",
+            "train,val",
+            "--per-label",
+            "1",
+        ],
+    )
     assert res.exit_code == 0, res.output
     rows = read(out)
     answers = [r["messages"][-1]["content"] for r in rows]
     assert Counter(answers) == {a: 1 for a in answers}  # one of each label
     convert(src, tmp_path / "all.jsonl", source="json-pairs", keys=["train", "val"])
     everything = read(tmp_path / "all.jsonl")
-    firsts = [r for i, r in enumerate(everything)
-              if r["messages"][-1]["content"] not in {e["messages"][-1]["content"] for e in everything[:i]}]
+    firsts = [
+        r
+        for i, r in enumerate(everything)
+        if r["messages"][-1]["content"]
+        not in {e["messages"][-1]["content"] for e in everything[:i]}
+    ]
     assert rows == firsts  # the first of each label, in file order: deterministic
-    res = runner.invoke(app, ["data", "convert", str(src), str(tmp_path / "x.jsonl"), "--from",
-                              "json-pairs", "--per-label", "0"])
+    res = runner.invoke(
+        app,
+        [
+            "data",
+            "convert",
+            str(src),
+            str(tmp_path / "x.jsonl"),
+            "--from",
+            "json-pairs",
+            "--per-label",
+            "0",
+        ],
+    )
     assert res.exit_code == 2 and "--per-label 0: must be at least 1" in res.output
     alpaca = tmp_path / "a.json"
     alpaca.write_text(json.dumps([{"instruction": "hi", "output": "hello"}]))
-    res = runner.invoke(app, ["data", "convert", str(alpaca), str(tmp_path / "y.jsonl"), "--from",
-                              "alpaca", "--per-label", "2"])
+    res = runner.invoke(
+        app,
+        [
+            "data",
+            "convert",
+            str(alpaca),
+            str(tmp_path / "y.jsonl"),
+            "--from",
+            "alpaca",
+            "--per-label",
+            "2",
+        ],
+    )
     assert res.exit_code == 2 and "--per-label only applies to labelled sources" in res.output
 
 

@@ -47,7 +47,9 @@ def test_project_yaml_loads_and_matches_the_data(rows: list[dict]) -> None:
 def test_generator_reproduces_committed_files_byte_for_byte(tmp_path: Path) -> None:
     subprocess.run(
         [sys.executable, str(DEMO / "generate.py"), "--out", str(tmp_path)],
-        check=True, capture_output=True, timeout=300,
+        check=True,
+        capture_output=True,
+        timeout=300,
     )
     assert (tmp_path / "data" / "tickets.jsonl").read_bytes() == DATA.read_bytes()
     made = sorted(p.name for p in (tmp_path / "docs").glob("*.md"))
@@ -101,7 +103,9 @@ def test_no_near_duplicates_by_the_data_check(rows: list[dict]) -> None:
     examples, _ = parse_jsonl(DATA)
     report = check_examples(examples)  # no tokenizer: duplicates, format and PII only
     kinds = {w.kind for w in report.warnings}
-    assert not any("dup" in k for k in kinds), [w.message for w in report.warnings if "dup" in w.kind]
+    assert not any("dup" in k for k in kinds), [
+        w.message for w in report.warnings if "dup" in w.kind
+    ]
     assert report.format is not None and report.format.coverage == 1.0
 
 

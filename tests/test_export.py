@@ -20,9 +20,21 @@ def runs(tiny_model_dir, tmp_path_factory) -> dict[str, Path]:
     tmp = tmp_path_factory.mktemp("export-runs")
     out = {
         "a": make_run(tiny_model_dir, tmp / "a", seed=1, r=4),
-        "b": make_run(tiny_model_dir, tmp / "b", seed=2, r=16,
-                      target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
-                                      "up_proj", "down_proj")),
+        "b": make_run(
+            tiny_model_dir,
+            tmp / "b",
+            seed=2,
+            r=16,
+            target_modules=(
+                "q_proj",
+                "k_proj",
+                "v_proj",
+                "o_proj",
+                "gate_proj",
+                "up_proj",
+                "down_proj",
+            ),
+        ),
         "head": make_run(tiny_model_dir, tmp / "head", seed=3, favour_token=100),
         "dora": make_run(tiny_model_dir, tmp / "dora", seed=4, extra_config={"use_dora": True}),
         "foreign": make_run(tiny_model_dir, tmp / "foreign", seed=5),
@@ -40,7 +52,9 @@ def _logits(model, ids):
         return model(input_ids=ids).logits
 
 
-def test_merged_export_loads_in_transformers_and_matches_adapter_on_base(runs, tiny_model_dir, tmp_path):
+def test_merged_export_loads_in_transformers_and_matches_adapter_on_base(
+    runs, tiny_model_dir, tmp_path
+):
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -53,7 +67,9 @@ def test_merged_export_loads_in_transformers_and_matches_adapter_on_base(runs, t
     assert not list(out.glob("*.bin")) and not list(out.glob("*.pt"))
     assert (out / "tokenizer.json").is_file() and (out / "tunewise.json").is_file()
 
-    ids = AutoTokenizer.from_pretrained(out)("Tickets about refunds go to", return_tensors="pt").input_ids
+    ids = AutoTokenizer.from_pretrained(out)(
+        "Tickets about refunds go to", return_tensors="pt"
+    ).input_ids
     merged = AutoModelForCausalLM.from_pretrained(out).eval()
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     plain = _logits(base, ids)
@@ -92,7 +108,10 @@ def test_vllm_export_writes_checked_layout_and_command(runs, tmp_path):
     assert cmd[i + 1] == f"a={out.resolve()}/adapters/a" and cmd[i + 2].startswith("b=")
     for name in ("a", "b"):
         d = out / "adapters" / name
-        assert sorted(p.name for p in d.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+        assert sorted(p.name for p in d.iterdir()) == [
+            "adapter_config.json",
+            "adapter_model.safetensors",
+        ]
     script = (out / "serve.sh").read_text()
     assert "vllm serve" in script and "--lora-modules" in script and "--max-cpu-loras" in script
     manifest = json.loads((out / "manifest.json").read_text())

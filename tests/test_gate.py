@@ -20,23 +20,50 @@ def est(v: float, n: int = 500) -> MetricEstimate:
     return MetricEstimate(value=v, ci_low=v - 0.03, ci_high=v + 0.03, n=n)
 
 
-def pair(base: str, diff: float, p: float, *, cand_v: float = 0.8, metric: str = "accuracy",
-         n: int = 500, mdd: float = 0.05) -> PairedTest:
+def pair(
+    base: str,
+    diff: float,
+    p: float,
+    *,
+    cand_v: float = 0.8,
+    metric: str = "accuracy",
+    n: int = 500,
+    mdd: float = 0.05,
+) -> PairedTest:
     return PairedTest(
-        candidate="lora", baseline=base, metric=metric, candidate_value=cand_v,
-        baseline_value=cand_v - diff, diff=diff, ci_low=diff - 0.04, ci_high=diff + 0.04,
-        p_value=p, test="mcnemar-exact", n=n, min_detectable_diff=mdd, underpowered=abs(diff) < mdd,
+        candidate="lora",
+        baseline=base,
+        metric=metric,
+        candidate_value=cand_v,
+        baseline_value=cand_v - diff,
+        diff=diff,
+        ci_low=diff - 0.04,
+        ci_high=diff + 0.04,
+        p_value=p,
+        test="mcnemar-exact",
+        n=n,
+        min_detectable_diff=mdd,
+        underpowered=abs(diff) < mdd,
     )
 
 
-def comparison(diffs: dict[str, tuple[float, float]], *, fmt: dict[str, float] | None = None,
-               extra: dict[str, dict[str, float]] | None = None, n: int = 500, mdd: float = 0.05) -> Comparison:
+def comparison(
+    diffs: dict[str, tuple[float, float]],
+    *,
+    fmt: dict[str, float] | None = None,
+    extra: dict[str, dict[str, float]] | None = None,
+    n: int = 500,
+    mdd: float = 0.05,
+) -> Comparison:
     """``diffs``: baseline -> (lora minus baseline on accuracy, p)."""
     fmt = fmt or {}
     metrics = {"lora": {"accuracy": est(0.8, n), "format_compliance": est(fmt.get("lora", 1.0), n)}}
     pairs = []
     for base, (d, p) in diffs.items():
-        metrics[base] = {"accuracy": est(0.8 - d, n), "format_compliance": est(fmt.get(base, 1.0), n)}
+        metrics[base] = {
+            "accuracy": est(0.8 - d, n),
+            "format_compliance": est(fmt.get(base, 1.0), n),
+        }
         pairs.append(pair(base, d, p, n=n, mdd=mdd))
     for cand, per in (extra or {}).items():
         for m, v in per.items():
@@ -48,7 +75,11 @@ CFG = GateConfig()  # alpha 0.05, delta 0.02, baselines prompt/fewshot/rag, form
 
 
 def test_ship_when_every_baseline_is_beaten():
-    v = decide(comparison({"prompt": (0.2, 1e-6), "fewshot": (0.1, 1e-4), "rag": (0.05, 0.01)}), "lora", CFG)
+    v = decide(
+        comparison({"prompt": (0.2, 1e-6), "fewshot": (0.1, 1e-4), "rag": (0.05, 0.01)}),
+        "lora",
+        CFG,
+    )
     assert v.ship and v.guard_failures == []
     assert [r.baseline for r in v.reasons] == BASES and all(r.passed for r in v.reasons)
     assert v.summary.startswith("SHIP lora")
@@ -58,7 +89,11 @@ def test_ship_when_every_baseline_is_beaten():
 
 
 def test_win_on_primary_but_p_too_high():
-    v = decide(comparison({"prompt": (0.2, 1e-6), "fewshot": (0.1, 1e-4), "rag": (0.06, 0.08)}), "lora", CFG)
+    v = decide(
+        comparison({"prompt": (0.2, 1e-6), "fewshot": (0.1, 1e-4), "rag": (0.06, 0.08)}),
+        "lora",
+        CFG,
+    )
     assert not v.ship
     rag = v.reasons[2]
     assert not rag.passed and "not significant (p=0.080 >= alpha 0.05)" in rag.reason
@@ -67,7 +102,11 @@ def test_win_on_primary_but_p_too_high():
 
 
 def test_margin_too_small():
-    v = decide(comparison({"prompt": (0.2, 1e-6), "fewshot": (0.1, 1e-4), "rag": (0.015, 0.001)}), "lora", CFG)
+    v = decide(
+        comparison({"prompt": (0.2, 1e-6), "fewshot": (0.1, 1e-4), "rag": (0.015, 0.001)}),
+        "lora",
+        CFG,
+    )
     assert not v.ship
     assert "margin +0.015 < delta 0.02" in v.reasons[2].reason
 
@@ -79,21 +118,30 @@ def test_margin_exactly_delta_ships():
 
 
 def test_tie_does_not_ship():
-    v = decide(comparison({"prompt": (0.2, 1e-6), "fewshot": (0.0, 1.0), "rag": (0.1, 1e-3)}), "lora", CFG)
+    v = decide(
+        comparison({"prompt": (0.2, 1e-6), "fewshot": (0.0, 1.0), "rag": (0.1, 1e-3)}), "lora", CFG
+    )
     assert not v.ship and "tied" in v.reasons[1].reason
 
 
 def test_significantly_worse_is_said_so_with_rag_hint():
-    v = decide(comparison({"prompt": (0.2, 1e-6), "fewshot": (0.1, 1e-4), "rag": (-0.1, 1e-4)}), "lora", CFG)
+    v = decide(
+        comparison({"prompt": (0.2, 1e-6), "fewshot": (0.1, 1e-4), "rag": (-0.1, 1e-4)}),
+        "lora",
+        CFG,
+    )
     assert not v.ship and "significantly worse" in v.reasons[2].reason
     assert "knowledge task" in v.summary  # the article's rule: RAG is for facts
 
 
-@pytest.mark.parametrize(("sources", "says", "never"), [
-    (["docs"], "looks like a knowledge task", "also retrieved"),
-    (["docs", "train"], "also retrieved training examples", "not evidence"),
-    (["train"], "not evidence of a knowledge task", "looks like a knowledge task"),
-])
+@pytest.mark.parametrize(
+    ("sources", "says", "never"),
+    [
+        (["docs"], "looks like a knowledge task", "also retrieved"),
+        (["docs", "train"], "also retrieved training examples", "not evidence"),
+        (["train"], "not evidence of a knowledge task", "looks like a knowledge task"),
+    ],
+)
 def test_rag_hint_depends_on_what_rag_retrieved(sources, says, never):
     comp = comparison({"prompt": (0.2, 1e-6), "fewshot": (0.1, 1e-4), "rag": (-0.1, 1e-4)})
     comp.meta["retrieval_sources"] = {"rag": sources}
@@ -130,7 +178,10 @@ def test_baseline_present_but_not_paired():
 
 
 def test_format_guard_regression_blocks_ship_even_if_unconfigured():
-    comp = comparison({b: (0.1, 1e-4) for b in BASES}, fmt={"lora": 0.90, "prompt": 0.97, "fewshot": 0.99, "rag": 0.95})
+    comp = comparison(
+        {b: (0.1, 1e-4) for b in BASES},
+        fmt={"lora": 0.90, "prompt": 0.97, "fewshot": 0.99, "rag": 0.95},
+    )
     cfg = GateConfig(guards={})  # format compliance is a guard anyway
     v = decide(comp, "lora", cfg)
     assert not v.ship and all(r.passed for r in v.reasons)
@@ -145,11 +196,15 @@ def test_guard_within_tolerance_passes():
 
 
 def test_configured_guard_worse_and_unmeasured():
-    comp = comparison({b: (0.1, 1e-4) for b in BASES},
-                      extra={"lora": {"json_valid": 0.80}, "prompt": {"json_valid": 0.95, "judge": 0.7}})
+    comp = comparison(
+        {b: (0.1, 1e-4) for b in BASES},
+        extra={"lora": {"json_valid": 0.80}, "prompt": {"json_valid": 0.95, "judge": 0.7}},
+    )
     v = decide(comp, "lora", GateConfig(guards={"json_valid": 0.05, "judge": 0.1}))
     assert not v.ship
-    assert any(f.startswith("json_valid: 0.800 vs best baseline prompt 0.950") for f in v.guard_failures)
+    assert any(
+        f.startswith("json_valid: 0.800 vs best baseline prompt 0.950") for f in v.guard_failures
+    )
     assert any(f.startswith("judge: not measured for lora") for f in v.guard_failures)
 
 
@@ -191,7 +246,8 @@ def test_end_to_end_small_sample_does_not_ship():
     base = [0] * 5 + [1] * 4 + [0] * 3
     comp = stats.compare(
         binary_run({"prompt": base, "fewshot": base, "rag": base, "lora": [1] * 9 + [0] * 3}),
-        baselines=BASES, n_boot=500,
+        baselines=BASES,
+        n_boot=500,
     )
     v = decide(comp, "lora", CFG)
     assert not v.ship and all("too small to tell" in r.reason for r in v.reasons)
@@ -209,7 +265,9 @@ def _cli(args):
 @pytest.fixture
 def eval_dir(tmp_path):
     d = tmp_path / "eval"
-    make_run({"prompt": 0.45, "fewshot": 0.5, "rag": 0.55, "lora": 0.85, "weak": 0.56}, n=250).save(d / "eval.json")
+    make_run({"prompt": 0.45, "fewshot": 0.5, "rag": 0.55, "lora": 0.85, "weak": 0.56}, n=250).save(
+        d / "eval.json"
+    )
     return d
 
 
@@ -238,14 +296,31 @@ def test_cli_gate_exit_codes_and_verdict_file(eval_dir):
 def test_cli_gate_missing_baseline_and_custom_baselines(eval_dir):
     res = _cli(["gate", str(eval_dir), "--candidate", "lora", "-b", "prompt", "-b", "rag-hybrid"])
     assert res.exit_code == 1 and "rag-hybrid: missing from the evaluation" in res.output
-    res = _cli(["gate", str(eval_dir), "--candidate", "lora", "-b", "prompt", "--alpha", "0.01", "--delta", "0"])
+    res = _cli(
+        [
+            "gate",
+            str(eval_dir),
+            "--candidate",
+            "lora",
+            "-b",
+            "prompt",
+            "--alpha",
+            "0.01",
+            "--delta",
+            "0",
+        ]
+    )
     assert res.exit_code == 0, res.output
 
 
 def test_cli_gate_reads_project_gate_section(eval_dir, tmp_path):
     (tmp_path / "train.jsonl").write_text("")
-    (tmp_path / "project.yaml").write_text("name: t\ndata: {train: train.jsonl}\ngate: {delta: 0.6}\n")
-    res = _cli(["gate", str(eval_dir), "--candidate", "lora", "--project", str(tmp_path / "project.yaml")])
+    (tmp_path / "project.yaml").write_text(
+        "name: t\ndata: {train: train.jsonl}\ngate: {delta: 0.6}\n"
+    )
+    res = _cli(
+        ["gate", str(eval_dir), "--candidate", "lora", "--project", str(tmp_path / "project.yaml")]
+    )
     assert res.exit_code == 1 and "< delta 0.6" in res.output
 
 

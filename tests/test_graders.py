@@ -27,12 +27,15 @@ PATTERN = r"^Category: (?P<category>[A-Za-z ]+)\nPriority: (?P<priority>low|medi
 
 
 def ex(user: str, answer: str) -> Example:
-    return Example(messages=[{"role": "user", "content": user}, {"role": "assistant", "content": answer}])
+    return Example(
+        messages=[{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
+    )
 
 
 def cfg(**task) -> ProjectConfig:
-    return ProjectConfig.model_validate({"name": "t", "data": {"train": "train.jsonl"}, "task": task,
-                                         "root": Path("/tmp")})
+    return ProjectConfig.model_validate(
+        {"name": "t", "data": {"train": "train.jsonl"}, "task": task, "root": Path("/tmp")}
+    )
 
 
 TRAIN = [
@@ -46,11 +49,18 @@ TRAIN = [
 def test_label_fields_accuracy_and_per_field() -> None:
     g = Grader(cfg(type="labels", output_pattern=PATTERN), TRAIN)
     assert g.spec is not None and g.spec.fields == ["category", "priority"]
-    assert g.spec.labels == {"category": ["billing", "bug", "feature"], "priority": ["high", "low", "medium"]}
+    assert g.spec.labels == {
+        "category": ["billing", "bug", "feature"],
+        "priority": ["high", "low", "medium"],
+    }
     item = ex("double charge", "Category: billing\nPriority: high")
 
     scores, gold, pred, meta = g.grade("Category: billing\nPriority: low", item)
-    assert scores["accuracy"] == 0.0 and scores["accuracy_category"] == 1.0 and scores["accuracy_priority"] == 0.0
+    assert (
+        scores["accuracy"] == 0.0
+        and scores["accuracy_category"] == 1.0
+        and scores["accuracy_priority"] == 0.0
+    )
     assert scores["format_compliance"] == 1.0
     assert gold == "billing | high" and pred == "billing | low"
     assert meta["predicted_fields"] == {"category": "billing", "priority": "low"}
@@ -62,9 +72,16 @@ def test_label_fields_accuracy_and_per_field() -> None:
 
 def test_unparseable_answer_is_wrong_with_no_predicted_label() -> None:
     g = Grader(cfg(type="labels", output_pattern=PATTERN), TRAIN)
-    scores, gold, pred, _ = g.grade("I think this is about money.", ex("x", "Category: billing\nPriority: high"))
-    assert scores == {"exact_match": 0.0, "format_compliance": 0.0, "accuracy_category": 0.0,
-                      "accuracy_priority": 0.0, "accuracy": 0.0}
+    scores, gold, pred, _ = g.grade(
+        "I think this is about money.", ex("x", "Category: billing\nPriority: high")
+    )
+    assert scores == {
+        "exact_match": 0.0,
+        "format_compliance": 0.0,
+        "accuracy_category": 0.0,
+        "accuracy_priority": 0.0,
+        "accuracy": 0.0,
+    }
     assert gold == "billing | high" and pred is None
 
 
@@ -75,7 +92,9 @@ def test_format_is_strict_but_extraction_is_lenient() -> None:
     assert scores["format_compliance"] == 0.0
     assert scores["accuracy"] == 1.0 and pred == "bug | high"
     # A value outside the allowed set matches the regex but is not compliant.
-    scores, _, _, _ = g.grade("Category: refunds\nPriority: high", ex("x", "Category: bug\nPriority: high"))
+    scores, _, _, _ = g.grade(
+        "Category: refunds\nPriority: high", ex("x", "Category: bug\nPriority: high")
+    )
     assert scores["format_compliance"] == 0.0
 
 
@@ -83,7 +102,12 @@ def test_whole_answer_label_without_pattern() -> None:
     train = [ex("hi", "greeting"), ex("bye", "farewell")]
     g = Grader(cfg(type="labels"), train)
     s, gold, pred, _ = g.grade("  Greeting ", ex("hello", "greeting"))
-    assert s["accuracy"] == 1.0 and s["format_compliance"] == 1.0 and gold == "greeting" and pred == "greeting"
+    assert (
+        s["accuracy"] == 1.0
+        and s["format_compliance"] == 1.0
+        and gold == "greeting"
+        and pred == "greeting"
+    )
     s, _, pred, _ = g.grade("weather", ex("hello", "greeting"))
     assert s["accuracy"] == 0.0 and s["format_compliance"] == 0.0 and pred == "weather"
 
@@ -98,13 +122,21 @@ def test_configured_labels_must_name_pattern_groups() -> None:
 def test_json_validity_schema_and_accuracy() -> None:
     schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
     assert json_scores('{"city": "Oslo"}', '{"city":"Oslo"}', schema) == {
-        "json_valid": 1.0, "schema_valid": 1.0, "accuracy": 1.0}
+        "json_valid": 1.0,
+        "schema_valid": 1.0,
+        "accuracy": 1.0,
+    }
     assert json_scores('```json\n{"city": 3}\n```', '{"city":"Oslo"}', schema) == {
-        "json_valid": 1.0, "schema_valid": 0.0, "accuracy": 0.0}
+        "json_valid": 1.0,
+        "schema_valid": 0.0,
+        "accuracy": 0.0,
+    }
     assert json_scores("{city: Oslo}", '{"city":"Oslo"}', schema)["json_valid"] == 0.0
     g = Grader(cfg(type="json", json_schema=schema), [])
     scores, *_ = g.grade('{"city": "Oslo"}', ex("where", '{"city": "Oslo"}'))
-    assert scores["schema_valid"] == 1.0 and scores["accuracy"] == 1.0 and scores["exact_match"] == 1.0
+    assert (
+        scores["schema_valid"] == 1.0 and scores["accuracy"] == 1.0 and scores["exact_match"] == 1.0
+    )
     with pytest.raises(UserError, match="invalid schema"):
         Grader(cfg(type="json", json_schema={"type": "no-such-type"}), [])
 
@@ -149,8 +181,18 @@ def test_pairwise_judge_cancels_position_bias() -> None:
     items = [ex("q", "ref")] * 4
     # item 1: A wins in both orders; item 2: position-biased judge ("A" both times) -> tie;
     # item 3: B wins in both orders; item 4: unparseable.
-    backend = CannedBackend(["Winner: A", "Winner: B", "Winner: A", "Winner: A", "winner: b", "Winner: A",
-                             "Winner: A", "no idea"])
+    backend = CannedBackend(
+        [
+            "Winner: A",
+            "Winner: B",
+            "Winner: A",
+            "Winner: A",
+            "winner: b",
+            "Winner: A",
+            "Winner: A",
+            "no idea",
+        ]
+    )
     prefs = PairwiseJudge(backend).compare_many(items, ["x"] * 4, ["y"] * 4)
     assert prefs[:3] == [1.0, 0.5, 0.0] and math.isnan(prefs[3])
     rate, failures = win_rate(prefs)
@@ -173,7 +215,11 @@ class LabelScorer:
 def test_constrained_joint_and_field_by_field() -> None:
     spec = LabelSpec.from_config(cfg(type="labels", output_pattern=PATTERN), TRAIN)
     tmpl = build_template(spec, [t.target for t in TRAIN])
-    assert tmpl.slots == ["category", "priority"] and tmpl.pieces == ["Category: ", "\nPriority: ", ""]
+    assert tmpl.slots == ["category", "priority"] and tmpl.pieces == [
+        "Category: ",
+        "\nPriority: ",
+        "",
+    ]
     msgs = [{"role": "user", "content": "Invoice is wrong"}]
 
     joint = ConstrainedLabeler(spec, [t.target for t in TRAIN], calibrate=False)
@@ -204,8 +250,13 @@ class PriorScorer:
 
 
 def test_constrained_calibration_removes_the_label_prior() -> None:
-    spec = LabelSpec.from_config(cfg(type="labels", labels={"intent": ["yes", "book_hotel", "weather"]}))
-    msgs = [{"role": "system", "content": "Classify."}, {"role": "user", "content": "weather in Oslo?"}]
+    spec = LabelSpec.from_config(
+        cfg(type="labels", labels={"intent": ["yes", "book_hotel", "weather"]})
+    )
+    msgs = [
+        {"role": "system", "content": "Classify."},
+        {"role": "user", "content": "weather in Oslo?"},
+    ]
     raw = ConstrainedLabeler(spec, [], calibrate=False)
     assert raw.choose(PriorScorer(), msgs)[0] == "yes"
     cal = ConstrainedLabeler(spec, [])
@@ -217,7 +268,8 @@ def test_constrained_calibration_removes_the_label_prior() -> None:
 
 
 def test_constrained_needs_a_matching_reference() -> None:
-    spec = LabelSpec.from_config(cfg(type="labels", output_pattern=PATTERN, labels={"category": ["a"],
-                                                                                     "priority": ["low"]}))
+    spec = LabelSpec.from_config(
+        cfg(type="labels", output_pattern=PATTERN, labels={"category": ["a"], "priority": ["low"]})
+    )
     with pytest.raises(UserError, match="no reference answer"):
         ConstrainedLabeler(spec, ["nothing like the format"])

@@ -20,9 +20,17 @@ from tunewise.errors import SealedSplitError, UserError
 from tunewise.eval.harness import evaluate, plan_candidates
 from tunewise.eval.results import EvalRun
 
-CATS = {"billing": ["charged twice", "refund please", "invoice wrong", "card declined", "price too high"],
-        "bug": ["app crashes", "error 500", "page freezes", "button broken", "login fails"],
-        "feature": ["add dark mode", "export to pdf", "support sso", "more themes", "api access"]}
+CATS = {
+    "billing": [
+        "charged twice",
+        "refund please",
+        "invoice wrong",
+        "card declined",
+        "price too high",
+    ],
+    "bug": ["app crashes", "error 500", "page freezes", "button broken", "login fails"],
+    "feature": ["add dark mode", "export to pdf", "support sso", "more themes", "api access"],
+}
 PRIO = {"billing": "high", "bug": "medium", "feature": "low"}
 PATTERN = r"^Category: (?P<category>\w+)\nPriority: (?P<priority>\w+)$"
 
@@ -37,17 +45,29 @@ def write_project(root: Path, n_per: int = 5, **eval_cfg) -> Path:
     for cat, texts in CATS.items():
         for t in texts[:n_per]:
             for variant in ("", " today", " again", " asap"):
-                rows.append({"messages": [{"role": "user", "content": f"{t}{variant}"},
-                                          {"role": "assistant", "content": answer(cat)}]})
+                rows.append(
+                    {
+                        "messages": [
+                            {"role": "user", "content": f"{t}{variant}"},
+                            {"role": "assistant", "content": answer(cat)},
+                        ]
+                    }
+                )
     rng.shuffle(rows)
     (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     docs = root / "docs"
     docs.mkdir(exist_ok=True)
     (docs / "policy.md").write_text("Billing problems are always high priority.")
-    cfg = {"name": "tickets", "data": {"train": "train.jsonl", "docs": "docs", "split": {"val": 0.2, "test": 0.2}},
-           "task": {"type": "labels", "output_pattern": PATTERN,
-                    "system_prompt": "Triage the ticket. Categories: billing, bug, feature. Priority: low, medium, high."},
-           "eval": {"candidates": ["prompt", "fewshot", "rag"], "fewshot": {"k": 2}, **eval_cfg}}
+    cfg = {
+        "name": "tickets",
+        "data": {"train": "train.jsonl", "docs": "docs", "split": {"val": 0.2, "test": 0.2}},
+        "task": {
+            "type": "labels",
+            "output_pattern": PATTERN,
+            "system_prompt": "Triage the ticket. Categories: billing, bug, feature. Priority: low, medium, high.",
+        },
+        "eval": {"candidates": ["prompt", "fewshot", "rag"], "fewshot": {"k": 2}, **eval_cfg},
+    }
     (root / "project.yaml").write_text(yaml.safe_dump(cfg))
     return root / "project.yaml"
 
@@ -84,7 +104,9 @@ class FakeEngine:
 
     def score_continuations(self, messages, continuations, adapter=None, end_of_turn=True):
         text = messages[-1]["content"]
-        cat = next((c for c, ts in CATS.items() if any(t in text for t in ts)), None)  # None for "N/A"
+        cat = next(
+            (c for c, ts in CATS.items() if any(t in text for t in ts)), None
+        )  # None for "N/A"
         return [float(cat is not None and c == answer(cat)) for c in continuations]
 
     def max_new_tokens_for(self, answers):
@@ -100,14 +122,32 @@ class FakeEngine:
 def test_plan_candidates(tmp_path: Path) -> None:
     cfg = load_project(write_project(tmp_path))
     runs = {"finetuned": tmp_path / "run"}
-    assert plan_candidates(cfg, None, {}) == ["prompt", "fewshot", "rag", "knn", "prompt+constrained",
-                                             "fewshot+constrained", "rag+constrained"]
+    assert plan_candidates(cfg, None, {}) == [
+        "prompt",
+        "fewshot",
+        "rag",
+        "knn",
+        "prompt+constrained",
+        "fewshot+constrained",
+        "rag+constrained",
+    ]
     assert plan_candidates(cfg, ["prompt", "finetuned+rag", "prompt+constrained"], runs) == [
-        "prompt", "finetuned+rag", "finetuned", "prompt+constrained"]
+        "prompt",
+        "finetuned+rag",
+        "finetuned",
+        "prompt+constrained",
+    ]
     two = {"finetuned-lora": tmp_path / "a", "finetuned-full": tmp_path / "b"}
-    assert plan_candidates(cfg, ["prompt", "finetuned", "finetuned+constrained", "fewshot+constrained"], two) == [
-        "prompt", "finetuned-lora", "finetuned-full", "finetuned-lora+constrained", "finetuned-full+constrained",
-        "fewshot+constrained"]
+    assert plan_candidates(
+        cfg, ["prompt", "finetuned", "finetuned+constrained", "fewshot+constrained"], two
+    ) == [
+        "prompt",
+        "finetuned-lora",
+        "finetuned-full",
+        "finetuned-lora+constrained",
+        "finetuned-full+constrained",
+        "fewshot+constrained",
+    ]
     with pytest.raises(UserError, match="unknown candidate 'rgt'"):
         plan_candidates(cfg, ["rgt"], {})
     with pytest.raises(UserError, match="needs a local model"):
@@ -119,26 +159,48 @@ def test_every_candidate_on_the_same_items(tmp_path: Path) -> None:
     eng = FakeEngine(sloppy=True)
     run = evaluate(cfg, engine=eng, progress=False)
     names = [c.name for c in run.candidates]
-    assert names == ["prompt", "fewshot", "rag", "knn", "prompt+constrained", "fewshot+constrained",
-                     "rag+constrained"]
+    assert names == [
+        "prompt",
+        "fewshot",
+        "rag",
+        "knn",
+        "prompt+constrained",
+        "fewshot+constrained",
+        "rag+constrained",
+    ]
     assert len(run.item_ids) == len(set(run.item_ids)) > 5
     for c in run.candidates:
         assert [i.item_id for i in c.items] == run.item_ids
     prompt = run.candidate("prompt")
     # Sloppy free generation: right labels, broken format; constrained mode is always well formed.
-    assert all(i.scores["accuracy"] == 1.0 and i.scores["format_compliance"] == 0.0 for i in prompt.items)
+    assert all(
+        i.scores["accuracy"] == 1.0 and i.scores["format_compliance"] == 0.0 for i in prompt.items
+    )
     cons = run.candidate("prompt+constrained")
     assert cons.kind == "constrained" and cons.meta["mode"] == "joint"
-    assert all(i.scores["format_compliance"] == 1.0 and i.scores["accuracy"] == 1.0 for i in cons.items)
+    assert all(
+        i.scores["format_compliance"] == 1.0 and i.scores["accuracy"] == 1.0 for i in cons.items
+    )
     assert prompt.items[0].gold is not None and "accuracy_priority" in prompt.items[0].scores
     # few-shot requests carry the shots, RAG requests carry citations.
     few_msgs = eng.calls[1][0].messages
-    assert [m["role"] for m in few_msgs] == ["system", "user", "assistant", "user", "assistant", "user"]
+    assert [m["role"] for m in few_msgs] == [
+        "system",
+        "user",
+        "assistant",
+        "user",
+        "assistant",
+        "user",
+    ]
     rag_msgs = eng.calls[2][0].messages
-    assert "[1] docs/policy.md" in rag_msgs[0]["content"] or len(rag_msgs) > 2  # cited docs or shown examples
+    assert (
+        "[1] docs/policy.md" in rag_msgs[0]["content"] or len(rag_msgs) > 2
+    )  # cited docs or shown examples
     assert run.candidate("rag").items[0].meta["citations"]
-    assert any(c.startswith("docs/policy.md") or c.startswith("train.jsonl") for c in
-               run.candidate("rag").items[0].meta["citations"])
+    assert any(
+        c.startswith("docs/policy.md") or c.startswith("train.jsonl")
+        for c in run.candidate("rag").items[0].meta["citations"]
+    )
     assert run.candidate("knn").kind == "knn"
     saved = EvalRun.load(cfg.work_dir / "eval" / "eval.json")
     assert saved.item_ids == run.item_ids and saved.split == "val" and len(saved.split_hash) == 64
@@ -152,7 +214,12 @@ def test_rag_records_the_sources_it_actually_used(tmp_path: Path) -> None:
     raw = yaml.safe_load((tmp_path / "project.yaml").read_text())
     del raw["data"]["docs"]  # the default sources ask for docs, but there are none
     (tmp_path / "project.yaml").write_text(yaml.safe_dump(raw))
-    run = evaluate(load_project(tmp_path / "project.yaml"), candidates=["rag"], engine=FakeEngine(), progress=False)
+    run = evaluate(
+        load_project(tmp_path / "project.yaml"),
+        candidates=["rag"],
+        engine=FakeEngine(),
+        progress=False,
+    )
     assert run.candidate("rag").meta["sources"] == ["train"]
 
 
@@ -160,12 +227,28 @@ def test_sealed_test_split_needs_final_and_warns_on_reuse(tmp_path: Path) -> Non
     cfg = load_project(write_project(tmp_path))
     with pytest.raises(SealedSplitError, match="sealed"):
         evaluate(cfg, split="test", candidates=["prompt"], engine=FakeEngine(), progress=False)
-    first = evaluate(cfg, split="test", candidates=["prompt"], final=True, engine=FakeEngine(), progress=False,
-                     out_dir=tmp_path / "t1")
+    first = evaluate(
+        cfg,
+        split="test",
+        candidates=["prompt"],
+        final=True,
+        engine=FakeEngine(),
+        progress=False,
+        out_dir=tmp_path / "t1",
+    )
     assert first.meta["final_use"] == 1 and "warning" not in first.meta
-    second = evaluate(cfg, split="test", candidates=["prompt"], final=True, engine=FakeEngine(), progress=False,
-                      out_dir=tmp_path / "t2")
-    assert second.meta["final_use"] == 2 and "no longer an unbiased" in second.meta["warning"].lower()
+    second = evaluate(
+        cfg,
+        split="test",
+        candidates=["prompt"],
+        final=True,
+        engine=FakeEngine(),
+        progress=False,
+        out_dir=tmp_path / "t2",
+    )
+    assert (
+        second.meta["final_use"] == 2 and "no longer an unbiased" in second.meta["warning"].lower()
+    )
 
 
 def test_finetuned_adapter_and_limit(tmp_path: Path) -> None:
@@ -175,14 +258,28 @@ def test_finetuned_adapter_and_limit(tmp_path: Path) -> None:
     (run_dir / "adapter_config.json").write_text("{}")
     (run_dir / "adapter_model.safetensors").write_bytes(b"x")
     eng = FakeEngine(sloppy=True)
-    run = evaluate(cfg, candidates=["prompt"], finetuned={"finetuned": run_dir}, engine=eng, progress=False,
-                   limit=3)
+    run = evaluate(
+        cfg,
+        candidates=["prompt"],
+        finetuned={"finetuned": run_dir},
+        engine=eng,
+        progress=False,
+        limit=3,
+    )
     assert [c.name for c in run.candidates] == ["prompt", "finetuned"] and len(run.item_ids) == 3
     ft = run.candidate("finetuned")
-    assert ft.kind == "finetuned" and ft.meta["adapter_hash"] and eng.loaded == {"finetuned": run_dir}
+    assert (
+        ft.kind == "finetuned" and ft.meta["adapter_hash"] and eng.loaded == {"finetuned": run_dir}
+    )
     assert all(i.scores["format_compliance"] == 1.0 for i in ft.items)
     with pytest.raises(UserError, match="not a training run"):
-        evaluate(cfg, candidates=["prompt"], finetuned={"finetuned": tmp_path / "docs"}, engine=eng, progress=False)
+        evaluate(
+            cfg,
+            candidates=["prompt"],
+            finetuned={"finetuned": tmp_path / "docs"},
+            engine=eng,
+            progress=False,
+        )
 
 
 class JudgeEngine(FakeEngine):
@@ -201,7 +298,9 @@ class JudgeEngine(FakeEngine):
 
 
 def test_judge_scores_and_parse_failures(tmp_path: Path) -> None:
-    cfg = load_project(write_project(tmp_path, graders=["format", "label", "judge"], constrained=False))
+    cfg = load_project(
+        write_project(tmp_path, graders=["format", "label", "judge"], constrained=False)
+    )
     run = evaluate(cfg, candidates=["prompt"], engine=JudgeEngine(), progress=False, limit=6)
     c = run.candidate("prompt")
     judged = [i.scores["judge"] for i in c.items]
@@ -223,12 +322,20 @@ def test_real_engine_end_to_end_and_cached_rerun(tmp_path: Path, tiny_model_dir:
     assert [c.name for c in run.candidates] == ["prompt", "prompt+constrained"]
     cons = run.candidate("prompt+constrained")
     assert all(i.scores["format_compliance"] == 1.0 for i in cons.items)  # valid by construction
-    assert all(math.isfinite(i.meta["score"]) for i in cons.items) and cons.meta["calibration"] == "pmi"
+    assert (
+        all(math.isfinite(i.meta["score"]) for i in cons.items)
+        and cons.meta["calibration"] == "pmi"
+    )
     again = evaluate(cfg, progress=False, limit=4, out_dir=tmp_path / "again")
-    assert [i.output for i in again.candidate("prompt").items] == [i.output for i in run.candidate("prompt").items]
+    assert [i.output for i in again.candidate("prompt").items] == [
+        i.output for i in run.candidate("prompt").items
+    ]
     # The rerun is served from the SQLite cache: no generation, no scoring.
     assert run.candidate("prompt").meta["cache_misses"] == 4
-    assert again.candidate("prompt").meta["cache_hits"] == 4 and again.candidate("prompt").meta["cache_misses"] == 0
+    assert (
+        again.candidate("prompt").meta["cache_hits"] == 4
+        and again.candidate("prompt").meta["cache_misses"] == 0
+    )
     assert again.candidate("prompt+constrained").meta["cache_misses"] == 0
 
 
@@ -242,8 +349,19 @@ def test_cli_eval_prints_table(tmp_path: Path, tiny_model_dir: Path) -> None:
     raw["model"] = {"base": str(tiny_model_dir)}
     raw["eval"]["max_new_tokens"] = 4
     path.write_text(yaml.safe_dump(raw))
-    res = CliRunner().invoke(app, ["eval", str(path), "--candidates", "prompt,knn", "--limit", "3",
-                                   "--out", str(tmp_path / "ev")])
+    res = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            str(path),
+            "--candidates",
+            "prompt,knn",
+            "--limit",
+            "3",
+            "--out",
+            str(tmp_path / "ev"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "knn" in res.output and "accuracy" in res.output
     assert (tmp_path / "ev" / "eval.json").is_file()
@@ -251,7 +369,9 @@ def test_cli_eval_prints_table(tmp_path: Path, tiny_model_dir: Path) -> None:
     assert res.exit_code == 2 and "sealed" in res.output
 
 
-def test_external_candidate_against_a_loopback_stub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_external_candidate_against_a_loopback_stub(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """An OpenAI-compatible endpoint (a stub on 127.0.0.1) is one more candidate on the same items."""
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -263,8 +383,15 @@ def test_external_candidate_against_a_loopback_stub(tmp_path: Path, monkeypatch:
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             seen.append({"auth": self.headers.get("Authorization"), **body})
             cat = FakeEngine()._cat(body["messages"])
-            reply = {"choices": [{"message": {"role": "assistant", "content": answer(cat)}, "finish_reason": "stop"}],
-                     "usage": {"prompt_tokens": 5, "completion_tokens": 4}}
+            reply = {
+                "choices": [
+                    {
+                        "message": {"role": "assistant", "content": answer(cat)},
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": {"prompt_tokens": 5, "completion_tokens": 4},
+            }
             data = json.dumps(reply).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
@@ -279,15 +406,30 @@ def test_external_candidate_against_a_loopback_stub(tmp_path: Path, monkeypatch:
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         monkeypatch.setenv("STUB_KEY", "sk-test")
-        ext = [{"name": "frontier", "base_url": f"http://127.0.0.1:{server.server_port}/v1", "model": "big-1",
-                "api_key_env": "STUB_KEY"}]
+        ext = [
+            {
+                "name": "frontier",
+                "base_url": f"http://127.0.0.1:{server.server_port}/v1",
+                "model": "big-1",
+                "api_key_env": "STUB_KEY",
+            }
+        ]
         cfg = load_project(write_project(tmp_path, external=ext, constrained=False))
-        run = evaluate(cfg, candidates=["prompt", "external"], engine=FakeEngine(sloppy=True), progress=False,
-                       limit=4)
+        run = evaluate(
+            cfg,
+            candidates=["prompt", "external"],
+            engine=FakeEngine(sloppy=True),
+            progress=False,
+            limit=4,
+        )
         fr = run.candidate("frontier")
         assert fr.kind == "external" and fr.meta["model"] == "big-1"
-        assert all(i.scores["accuracy"] == 1.0 and i.scores["format_compliance"] == 1.0 for i in fr.items)
-        assert len(seen) == 4 and seen[0]["model"] == "big-1" and seen[0]["auth"] == "Bearer sk-test"
+        assert all(
+            i.scores["accuracy"] == 1.0 and i.scores["format_compliance"] == 1.0 for i in fr.items
+        )
+        assert (
+            len(seen) == 4 and seen[0]["model"] == "big-1" and seen[0]["auth"] == "Bearer sk-test"
+        )
         assert seen[0]["messages"][0]["role"] == "system"
     finally:
         server.shutdown()

@@ -66,7 +66,10 @@ def test_store_is_wal_and_rerating_replaces(tmp_path):
     store.close()
     con = sqlite3.connect(tmp_path / "r.sqlite")
     assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert sorted(con.execute("SELECT rater, choice FROM ratings")) == [("ann", "tie"), ("bob", "b")]
+    assert sorted(con.execute("SELECT rater, choice FROM ratings")) == [
+        ("ann", "tie"),
+        ("bob", "b"),
+    ]
     con.close()
     s = human.summaries(tmp_path / "r.sqlite")[0]
     assert (s["wins_a"], s["wins_b"], s["ties"], s["raters"]) == (0, 1, 1, 2)
@@ -114,22 +117,36 @@ def test_http_api_is_blinded_and_stores_ratings(server, eval_dir):
         assert first["done"] is False and first["progress"] == {"rated": 0, "total": 40}
         assert "lora" not in str(first) and "prompt" not in {first["left"], first["right"]}
         assert set(first) == {"done", "item_id", "prompt", "reference", "left", "right", "progress"}
-        lora_out = {it.item_id: it.output for it in make_run({"prompt": 0.4, "lora": 0.8}, n=40).candidate("lora").items}
+        lora_out = {
+            it.item_id: it.output
+            for it in make_run({"prompt": 0.4, "lora": 0.8}, n=40).candidate("lora").items
+        }
         left_is_lora = first["left"] == lora_out[first["item_id"]]
         r = client.post("/api/rate", json={"item_id": first["item_id"], "choice": "left"})
         assert r.status_code == 200 and r.json()["progress"]["rated"] == 1
         second = client.get("/api/next").json()
         assert second["item_id"] != first["item_id"]
-        assert client.post("/api/rate", json={"item_id": "nope", "choice": "left"}).status_code == 404
-        assert client.post("/api/rate", json={"item_id": second["item_id"], "choice": "maybe"}).status_code == 422
+        assert (
+            client.post("/api/rate", json={"item_id": "nope", "choice": "left"}).status_code == 404
+        )
+        assert (
+            client.post(
+                "/api/rate", json={"item_id": second["item_id"], "choice": "maybe"}
+            ).status_code
+            == 422
+        )
         summary = client.get("/api/summary").json()
     assert (summary["wins_a"], summary["wins_b"]) == ((1, 0) if left_is_lora else (0, 1))
     rows = human.RatingStore(eval_dir / human.DB_NAME).rows("lora", "prompt")
-    assert [(r["item_id"], r["choice"]) for r in rows] == [(first["item_id"], "a" if left_is_lora else "b")]
+    assert [(r["item_id"], r["choice"]) for r in rows] == [
+        (first["item_id"], "a" if left_is_lora else "b")
+    ]
 
 
 @pytest.mark.browser
-@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} not installed (apt-get install -y chromium)")
+@pytest.mark.skipif(
+    not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} not installed (apt-get install -y chromium)"
+)
 def test_rating_page_in_real_browser(server, eval_dir):
     from playwright.sync_api import sync_playwright
 
@@ -144,7 +161,9 @@ def test_rating_page_in_real_browser(server, eval_dir):
             for key in keys:
                 page.wait_for_function("document.body.dataset.item !== undefined")
                 item = page.evaluate("document.body.dataset.item")
-                seen.append((item, page.locator("#left").inner_text(), page.locator("#right").inner_text()))
+                seen.append(
+                    (item, page.locator("#left").inner_text(), page.locator("#right").inner_text())
+                )
                 page.keyboard.press(key)
                 page.wait_for_function(f"document.body.dataset.item !== {item!r}")
             progress = page.locator("#progress").inner_text()
@@ -164,4 +183,7 @@ def test_rating_page_in_real_browser(server, eval_dir):
         assert (left_text, right_text) == (outputs[shown[0]][item], outputs[shown[1]][item])
         right = "b" if left == "a" else "a"
         assert rows[item]["left_is"] == left
-        assert rows[item]["choice"] == {"1": left, "2": right, "0": "tie", "=": "tie", "s": "skip"}[key]
+        assert (
+            rows[item]["choice"]
+            == {"1": left, "2": right, "0": "tie", "=": "tie", "s": "skip"}[key]
+        )

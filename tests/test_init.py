@@ -12,14 +12,19 @@ def write(path, answers, system="Triage the ticket."):
     with open(path, "w") as fh:
         for i, a in enumerate(answers):
             msgs = [{"role": "system", "content": system}] if system else []
-            msgs += [{"role": "user", "content": f"ticket number {i} about thing {i % 7}"},
-                     {"role": "assistant", "content": a}]
+            msgs += [
+                {"role": "user", "content": f"ticket number {i} about thing {i % 7}"},
+                {"role": "assistant", "content": a},
+            ]
             fh.write(json.dumps({"messages": msgs}) + "\n")
 
 
 def test_init_infers_labels_task(tmp_path):
     cats, pris = ["billing", "bug", "shipping"], ["low", "high"]
-    write(tmp_path / "t.jsonl", [f"Category: {cats[i % 3]}\nPriority: {pris[i % 2]}" for i in range(60)])
+    write(
+        tmp_path / "t.jsonl",
+        [f"Category: {cats[i % 3]}\nPriority: {pris[i % 2]}" for i in range(60)],
+    )
     result = CliRunner().invoke(app, ["init", str(tmp_path / "t.jsonl")])
     assert result.exit_code == 0, result.output
     cfg = load_project(tmp_path / "project.yaml")
@@ -31,11 +36,17 @@ def test_init_infers_labels_task(tmp_path):
     import re
 
     assert re.match(cfg.task.output_pattern, "Category: bug\nPriority: low").groupdict() == {
-        "category": "bug", "priority": "low"}
+        "category": "bug",
+        "priority": "low",
+    }
 
 
 def test_init_infers_json_task_with_schema(tmp_path):
-    write(tmp_path / "j.jsonl", [json.dumps({"intent": ["a", "b"][i % 2], "n": i}) for i in range(40)], system=None)
+    write(
+        tmp_path / "j.jsonl",
+        [json.dumps({"intent": ["a", "b"][i % 2], "n": i}) for i in range(40)],
+        system=None,
+    )
     CliRunner().invoke(app, ["init", str(tmp_path / "j.jsonl"), "--out", str(tmp_path / "proj")])
     cfg = load_project(tmp_path / "proj")
     assert cfg.task.type == "json"
@@ -46,7 +57,10 @@ def test_init_infers_json_task_with_schema(tmp_path):
 
 
 def test_init_free_text_proposes_judge(tmp_path):
-    write(tmp_path / "x.jsonl", [f"Sure, here is a long and unique answer number {i} with detail." for i in range(30)])
+    write(
+        tmp_path / "x.jsonl",
+        [f"Sure, here is a long and unique answer number {i} with detail." for i in range(30)],
+    )
     CliRunner().invoke(app, ["init", str(tmp_path / "x.jsonl")])
     raw = yaml.safe_load((tmp_path / "project.yaml").read_text())
     assert raw["task"]["type"] == "text" and raw["eval"]["primary_metric"] == "judge"
@@ -79,7 +93,11 @@ def test_init_too_few_examples(tmp_path):
 def test_init_multiline_prompt_reads_as_a_block_and_cost_is_estimated(tmp_path, real_model):
     # CLINC-style: a system prompt that lists the labels on its own line, as a user would write it.
     system = "Classify the request. Reply with one intent:\nbalance, transfer, freeze_account"
-    write(tmp_path / "c.jsonl", [["balance", "transfer", "freeze_account"][i % 3] for i in range(30)], system=system)
+    write(
+        tmp_path / "c.jsonl",
+        [["balance", "transfer", "freeze_account"][i % 3] for i in range(30)],
+        system=system,
+    )
     from tunewise.init import init_project
 
     target, notes = init_project(tmp_path / "c.jsonl")

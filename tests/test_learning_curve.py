@@ -21,8 +21,14 @@ def examples(counts: dict[str, int]) -> list[Example]:
     out = []
     for label, c in counts.items():
         for i in range(c):
-            out.append(Example(messages=[{"role": "user", "content": f"{label} case {i}"},
-                                         {"role": "assistant", "content": f"Category: {label}"}]))
+            out.append(
+                Example(
+                    messages=[
+                        {"role": "user", "content": f"{label} case {i}"},
+                        {"role": "assistant", "content": f"Category: {label}"},
+                    ]
+                )
+            )
     return out
 
 
@@ -79,9 +85,21 @@ def test_malformed_curve_raises(tmp_path, bad):
 
 
 def test_subset_keeps_lines_with_unicode_line_separators(tmp_path):
-    rows = [{"messages": [{"role": "user", "content": f"line\u2028break {i}"},
-                          {"role": "assistant", "content": "Category: a"}]} for i in range(4)]
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": f"line\u2028break {i}"},
+                {"role": "assistant", "content": "Category: a"},
+            ]
+        }
+        for i in range(4)
+    ]
     src = tmp_path / "train.jsonl"
-    src.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    src.write_text(
+        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8"
+    )
     out = write_subset(src, tmp_path / "s.jsonl", 2, [3, 1, 0, 2])
-    assert [json.loads(ln) for ln in out.read_text(encoding="utf-8").split("\n") if ln] == [rows[1], rows[3]]
+    assert [json.loads(ln) for ln in out.read_text(encoding="utf-8").split("\n") if ln] == [
+        rows[1],
+        rows[3],
+    ]

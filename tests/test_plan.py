@@ -36,8 +36,14 @@ def test_llama2_7b_parameter_counts_are_exact() -> None:
 
 
 def test_fits_and_does_not_fit() -> None:
-    qlora = {f["memory_gib"]: f["fits"] for f in plan(LLAMA2_7B, method="qlora", grad_checkpointing=True).fits}
-    full = {f["memory_gib"]: f["fits"] for f in plan(LLAMA2_7B, method="full", grad_checkpointing=True).fits}
+    qlora = {
+        f["memory_gib"]: f["fits"]
+        for f in plan(LLAMA2_7B, method="qlora", grad_checkpointing=True).fits
+    }
+    full = {
+        f["memory_gib"]: f["fits"]
+        for f in plan(LLAMA2_7B, method="full", grad_checkpointing=True).fits
+    }
     assert qlora == {24.0: True, 48.0: True, 80.0: True}
     assert full == {24.0: False, 48.0: False, 80.0: False}
 
@@ -59,7 +65,8 @@ def test_answer_tokens_shrink_only_the_logits_term() -> None:
     answers = plan(LLAMA2_7B, method="lora", seq_len=512, batch=4, answer_tokens=16)
     assert answers.parts["logits"] == pytest.approx(full.parts["logits"] * 16 / 512, rel=1e-6)
     assert {k: v for k, v in answers.parts.items() if k not in ("logits", "overhead")} == {
-        k: v for k, v in full.parts.items() if k not in ("logits", "overhead")}
+        k: v for k, v in full.parts.items() if k not in ("logits", "overhead")
+    }
     with pytest.raises(UserError, match="--answer-tokens 600: must be between 1 and --seq-len"):
         plan(LLAMA2_7B, seq_len=512, answer_tokens=600)
 
@@ -71,7 +78,9 @@ def test_local_dir_counts_match_the_loaded_model(tiny_model_dir) -> None:
     p = plan(tiny_model_dir, method="lora", lora_r=8, device="cpu")
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     assert p.n_params == sum(t.numel() for t in model.parameters())
-    peft_model = get_peft_model(model, LoraConfig(r=8, target_modules="all-linear", task_type="CAUSAL_LM"))
+    peft_model = get_peft_model(
+        model, LoraConfig(r=8, target_modules="all-linear", task_type="CAUSAL_LM")
+    )
     assert p.n_trainable == sum(t.numel() for t in peft_model.parameters() if t.requires_grad)
     assert p.source.endswith("config.json")
 
@@ -89,8 +98,22 @@ def test_cli_plan_json_and_table() -> None:
     from tunewise.cli import app
 
     runner = CliRunner()
-    res = runner.invoke(app, ["plan", "--model", LLAMA2_7B, "--method", "qlora", "--seq-len", "512",
-                              "--batch", "1", "--grad-checkpointing", "--json"])
+    res = runner.invoke(
+        app,
+        [
+            "plan",
+            "--model",
+            LLAMA2_7B,
+            "--method",
+            "qlora",
+            "--seq-len",
+            "512",
+            "--batch",
+            "1",
+            "--grad-checkpointing",
+            "--json",
+        ],
+    )
     assert res.exit_code == 0, res.output
     data = json.loads(res.output)
     assert data["method"] == "qlora" and data["n_trainable"] == 39_976_960
@@ -135,11 +158,17 @@ def test_cpu_plan_matches_measured_peak_rss(real_model) -> None:
     batch, seq = 4, 128
     proc = subprocess.run(
         [sys.executable, "-c", _RSS_PROBE, str(real_model.path), str(batch), str(seq)],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     measured = json.loads(proc.stdout.strip().splitlines()[-1])["maxrss"]
-    predicted = plan(real_model.path, method="lora", seq_len=seq, batch=batch, device="cpu").total_bytes
+    predicted = plan(
+        real_model.path, method="lora", seq_len=seq, batch=batch, device="cpu"
+    ).total_bytes
     ratio = predicted / measured
-    print(f"planner {predicted / GIB:.2f} GiB vs measured peak RSS {measured / GIB:.2f} GiB (ratio {ratio:.2f})")
+    print(
+        f"planner {predicted / GIB:.2f} GiB vs measured peak RSS {measured / GIB:.2f} GiB (ratio {ratio:.2f})"
+    )
     assert abs(ratio - 1) <= RSS_TOLERANCE, (predicted, measured)

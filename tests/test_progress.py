@@ -22,7 +22,9 @@ def test_plain_lines_in_a_log_with_stats_and_a_final_line():
 
 def test_plain_lines_are_throttled():
     out = io.StringIO()
-    with Bar("generating", 100, console=Console(file=out, force_terminal=False), interval=3600) as bar:
+    with Bar(
+        "generating", 100, console=Console(file=out, force_terminal=False), interval=3600
+    ) as bar:
         for _ in range(100):
             bar.advance()
     assert out.getvalue().splitlines() == [out.getvalue().splitlines()[-1]]  # only the final line
@@ -31,10 +33,14 @@ def test_plain_lines_are_throttled():
 
 def test_quiet_prints_nothing_and_terminal_gets_a_bar():
     out = io.StringIO()
-    with Bar("x", 2, console=Console(file=out, force_terminal=False), enabled=False, interval=0.0) as bar:
+    with Bar(
+        "x", 2, console=Console(file=out, force_terminal=False), enabled=False, interval=0.0
+    ) as bar:
         bar.advance(2)
     assert out.getvalue() == ""
     tty = io.StringIO()
-    with Bar("x", 2, console=Console(file=tty, force_terminal=True, width=80), transient=False) as bar:
+    with Bar(
+        "x", 2, console=Console(file=tty, force_terminal=True, width=80), transient=False
+    ) as bar:
         bar.advance(2)
     assert "2/2" in tty.getvalue() and "x: 2/2 (" not in tty.getvalue()

@@ -103,7 +103,12 @@ def test_rollback_walks_back_through_promotions(run_dir, ship):
     assert reg.lookup("bot@staging").version == 3 and reg.lookup("bot@production").version == 1
     hist = reg.history("bot", "production")
     assert [(e["action"], e["to_version"]) for e in hist] == [
-        ("promote", 1), ("promote", 2), ("promote", 3), ("rollback", 2), ("rollback", 1)]
+        ("promote", 1),
+        ("promote", 2),
+        ("promote", 3),
+        ("rollback", 2),
+        ("rollback", 1),
+    ]
     assert all(e["at"] > 0 for e in hist)
 
 
@@ -189,8 +194,10 @@ def test_two_processes_adding_and_promoting_at_once(run_dir, ship, tunewise_home
     start_at = time.time() + 3.0  # both children import and then start at the same instant
     outs = [tmp_path / f"out{i}.json" for i in range(2)]
     procs = [
-        ctx.Process(target=concurrent_worker,
-                    args=(str(tunewise_home), str(run_dir), str(ship), n, start_at, str(o)))
+        ctx.Process(
+            target=concurrent_worker,
+            args=(str(tunewise_home), str(run_dir), str(ship), n, start_at, str(o)),
+        )
         for o in outs
     ]
     for p in procs:
@@ -224,7 +231,9 @@ def test_cli_add_list_show_promote_history_rollback(run_dir, ship, noship):
     r = runner.invoke(app, ["registry", "promote", "bot:1"])
     assert r.exit_code == 2 and "do not ship" in r.output
     assert runner.invoke(app, ["registry", "promote", "bot:2"]).exit_code == 0
-    r = runner.invoke(app, ["registry", "promote", "bot:1", "--force", "--reason", "customer asked"])
+    r = runner.invoke(
+        app, ["registry", "promote", "bot:1", "--force", "--reason", "customer asked"]
+    )
     assert r.exit_code == 0, r.output
     r = runner.invoke(app, ["registry", "list"])
     assert "production→1" in r.output
@@ -246,8 +255,11 @@ def test_full_finetune_run_is_versioned_with_its_model_folder(run_dir, tiny_mode
     shutil.copyfile(run_dir / "run.json", full / "run.json")
     reg = Registry()
     v = reg.add(full, name="full")
-    assert v.kind == "full" and "model/model.safetensors" in v.files and "model/config.json" in v.files
+    assert (
+        v.kind == "full" and "model/model.safetensors" in v.files and "model/config.json" in v.files
+    )
     served = reg.resolve("full:1")
     assert (served.weights_dir / "config.json").is_file()
     assert (served.weights_dir / "model.safetensors").read_bytes() == (
-        tiny_model_dir / "model.safetensors").read_bytes()
+        tiny_model_dir / "model.safetensors"
+    ).read_bytes()

@@ -23,7 +23,9 @@ BASES = ["prompt", "fewshot", "rag"]
 def eval_dir(tmp_path):
     d = tmp_path / "eval"
     d.mkdir()
-    run = make_run({"prompt": 0.45, "fewshot": 0.5, "rag": 0.6, "lora": 0.8}, n=160, judge_nan={"lora": 0.1})
+    run = make_run(
+        {"prompt": 0.45, "fewshot": 0.5, "rag": 0.6, "lora": 0.8}, n=160, judge_nan={"lora": 0.1}
+    )
     for it in run.candidate("lora").items:  # whichever lands among the worst examples
         if it.scores["accuracy"] == 0:
             it.output = "<img src=x onerror=alert(1)> | **bold** `tick`"
@@ -41,7 +43,14 @@ def test_render_writes_self_contained_html_and_markdown(eval_dir, tmp_path):
     # self-contained: figures inlined, nothing fetched from elsewhere
     assert html.count("data:image/png;base64,") == 3  # metrics bars, confusion matrix, loss curves
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", html)
-    for section in ('id="verdict"', 'id="metrics"', 'id="pairs"', 'id="confusion"', 'id="training"', 'id="worst"'):
+    for section in (
+        'id="verdict"',
+        'id="metrics"',
+        'id="pairs"',
+        'id="confusion"',
+        'id="training"',
+        'id="worst"',
+    ):
         assert section in html
     assert '<span class="badge">SHIP</span>' in html and "lora: beats prompt, fewshot, rag" in html
     assert html.index('id="verdict"') < html.index('id="metrics"')
@@ -54,7 +63,9 @@ def test_render_writes_self_contained_html_and_markdown(eval_dir, tmp_path):
 def test_user_text_is_escaped(eval_dir):
     html_path, md_path = render(eval_dir)
     html = html_path.read_text()
-    assert "<script>alert(1)</script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert (
+        "<script>alert(1)</script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    )
     assert "<img src=x" not in html and "&lt;img src=x onerror=alert(1)&gt;" in html
     md = md_path.read_text()
     assert "<script>" not in md and "<img" not in md
@@ -93,7 +104,11 @@ def test_learning_curve_is_shown_when_the_ladder_wrote_one(eval_dir):
 
     html, md = (p.read_text() for p in render(eval_dir))
     assert 'id="learning-curve"' not in html and "## Learning curve" not in md
-    save_curve(eval_dir / "learning_curve.json", [(40, 0.5), (80, 0.625), (160, 0.8)], {"metric": "accuracy"})
+    save_curve(
+        eval_dir / "learning_curve.json",
+        [(40, 0.5), (80, 0.625), (160, 0.8)],
+        {"metric": "accuracy"},
+    )
     html, md = (p.read_text() for p in render(eval_dir))
     assert 'id="learning-curve"' in html and "<td>80</td><td>0.625</td>" in html
     assert 'alt="learning curve"' in html
@@ -107,9 +122,17 @@ def test_bar_chart_survives_an_interval_that_excludes_its_estimate():
     from tunewise.eval.report import _metrics_figure
     from tunewise.eval.results import Comparison, MetricEstimate
 
-    comp = Comparison(primary_metric="accuracy", pairs=[], meta={}, metrics={
-        "fewshot": {"macro_f1": MetricEstimate(value=0.383, ci_low=0.369, ci_high=0.370, n=150)}})
-    assert _metrics_figure(comp, ["fewshot"], ["macro_f1"], {"fewshot": "#2563eb"}).startswith("data:image/png")
+    comp = Comparison(
+        primary_metric="accuracy",
+        pairs=[],
+        meta={},
+        metrics={
+            "fewshot": {"macro_f1": MetricEstimate(value=0.383, ci_low=0.369, ci_high=0.370, n=150)}
+        },
+    )
+    assert _metrics_figure(comp, ["fewshot"], ["macro_f1"], {"fewshot": "#2563eb"}).startswith(
+        "data:image/png"
+    )
 
 
 def test_missing_eval_json_is_a_user_error(tmp_path):
@@ -135,7 +158,9 @@ def test_cli_compare_then_report(eval_dir, tmp_path):
 
 
 @pytest.mark.browser
-@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} not installed (apt-get install -y chromium)")
+@pytest.mark.skipif(
+    not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} not installed (apt-get install -y chromium)"
+)
 def test_report_renders_in_headless_chromium(eval_dir, tmp_path):
     from PIL import Image
     from playwright.sync_api import sync_playwright
@@ -162,7 +187,9 @@ def test_report_renders_in_headless_chromium(eval_dir, tmp_path):
     assert img.shape[0] > 1500 and img.std() > 10  # not blank
     assert (img < 200).mean() > 0.02  # a real amount of ink, not a white page with a speck
     assert verdict == "SHIP"
-    assert f"{acc.value:.3f}" in metrics_text and f"{acc.ci_low:.3f}–{acc.ci_high:.3f}" in metrics_text
+    assert (
+        f"{acc.value:.3f}" in metrics_text and f"{acc.ci_low:.3f}–{acc.ci_high:.3f}" in metrics_text
+    )
     assert f"{pair.diff:+.3f}" in pairs_text
     assert len(widths) == 3 and all(w > 100 for w in widths)
 
@@ -174,14 +201,30 @@ def test_many_classes_text_task_and_baselines_only(tmp_path):
     d = tmp_path / "many"
     ids = [f"i{i}" for i in range(200)]
     cands = [
-        CandidateResult(name=name, kind=name, items=[
-            ItemResult(item_id=i, output="x", scores={"accuracy": float(k % m != 0)}, gold=f"c{k % 40}",
-                       predicted=f"c{k % 40}" if k % m else f"c{(k + 1) % 40}")
-            for k, i in enumerate(ids)])
+        CandidateResult(
+            name=name,
+            kind=name,
+            items=[
+                ItemResult(
+                    item_id=i,
+                    output="x",
+                    scores={"accuracy": float(k % m != 0)},
+                    gold=f"c{k % 40}",
+                    predicted=f"c{k % 40}" if k % m else f"c{(k + 1) % 40}",
+                )
+                for k, i in enumerate(ids)
+            ],
+        )
         for name, m in (("prompt", 3), ("lora", 7))
     ]
-    EvalRun(project="many", split="val", split_hash="h", primary_metric="accuracy", item_ids=ids,
-            candidates=cands).save(d / "eval.json")
+    EvalRun(
+        project="many",
+        split="val",
+        split_hash="h",
+        primary_metric="accuracy",
+        item_ids=ids,
+        candidates=cands,
+    ).save(d / "eval.json")
     html = render(d)[0].read_text()
     assert "the 25 most frequent of 40 gold classes" in html
     assert 'id="confusion"' in html and "fewshot" in html  # missing baselines are called out
@@ -189,22 +232,45 @@ def test_many_classes_text_task_and_baselines_only(tmp_path):
     # free-text task: no labels, so no macro-F1 and no confusion matrix; a metric only some have
     d = tmp_path / "text"
     cands = [
-        CandidateResult(name=name, kind=name, items=[
-            ItemResult(item_id=i, output="answer", scores={"judge": 0.5 + 0.1 * (name == "lora"),
-                                                           **({"exact_match": 1.0} if name == "lora" else {})})
-            for i in ids[:30]])
+        CandidateResult(
+            name=name,
+            kind=name,
+            items=[
+                ItemResult(
+                    item_id=i,
+                    output="answer",
+                    scores={
+                        "judge": 0.5 + 0.1 * (name == "lora"),
+                        **({"exact_match": 1.0} if name == "lora" else {}),
+                    },
+                )
+                for i in ids[:30]
+            ],
+        )
         for name in ("prompt", "fewshot", "rag", "lora")
     ]
-    EvalRun(project="text", split="val", split_hash="h", primary_metric="judge", item_ids=ids[:30],
-            candidates=cands).save(d / "eval.json")
+    EvalRun(
+        project="text",
+        split="val",
+        split_hash="h",
+        primary_metric="judge",
+        item_ids=ids[:30],
+        candidates=cands,
+    ).save(d / "eval.json")
     html, md = (p.read_text() for p in render(d))
     assert 'id="confusion"' not in html and "macro_f1" not in html
     assert "| prompt (baseline) | – |" in md or "| prompt (baseline) | 0.500" in md
 
     # only baselines: nothing to gate, said plainly
     d = tmp_path / "bases"
-    EvalRun(project="b", split="val", split_hash="h", primary_metric="judge", item_ids=ids[:30],
-            candidates=cands[:3]).save(d / "eval.json")
+    EvalRun(
+        project="b",
+        split="val",
+        split_hash="h",
+        primary_metric="judge",
+        item_ids=ids[:30],
+        candidates=cands[:3],
+    ).save(d / "eval.json")
     html = render(d)[0].read_text()
     assert "NO VERDICT" in html
 
@@ -219,18 +285,46 @@ def test_prompts_come_from_the_split_file_and_all_verdicts_show(tmp_path):
     from tunewise.gate import decide, save_verdict
 
     split = tmp_path / "val.jsonl"
-    split.write_text("".join(
-        json.dumps({"messages": [{"role": "user", "content": f"printer {i} is <on fire>"},
-                                 {"role": "assistant", "content": f"Category: hw{i % 3}"}]}) + "\n"
-        for i in range(30)))
+    split.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "messages": [
+                        {"role": "user", "content": f"printer {i} is <on fire>"},
+                        {"role": "assistant", "content": f"Category: hw{i % 3}"},
+                    ]
+                }
+            )
+            + "\n"
+            for i in range(30)
+        )
+    )
     ids = item_ids(load_examples(split))
-    cands = [CandidateResult(name=name, kind=name, items=[
-        ItemResult(item_id=i, output=f"Category: hw{k % 3}" if k % m else "nope",
-                   scores={"accuracy": float(k % m != 0), "format_compliance": 1.0})
-        for k, i in enumerate(ids)]) for name, m in (("prompt", 2), ("fewshot", 2), ("rag", 2), ("lora", 9), ("qlora", 3))]
+    cands = [
+        CandidateResult(
+            name=name,
+            kind=name,
+            items=[
+                ItemResult(
+                    item_id=i,
+                    output=f"Category: hw{k % 3}" if k % m else "nope",
+                    scores={"accuracy": float(k % m != 0), "format_compliance": 1.0},
+                )
+                for k, i in enumerate(ids)
+            ],
+        )
+        for name, m in (("prompt", 2), ("fewshot", 2), ("rag", 2), ("lora", 9), ("qlora", 3))
+    ]
     d = tmp_path / "eval"
-    EvalRun(project="p", split="val", split_hash=sha256_file(split), primary_metric="accuracy", item_ids=ids,
-            candidates=cands, meta={"split_path": str(split)}).save(d / "eval.json")
+    EvalRun(
+        project="p",
+        split="val",
+        split_hash=sha256_file(split),
+        primary_metric="accuracy",
+        item_ids=ids,
+        candidates=cands,
+        meta={"split_path": str(split)},
+    ).save(d / "eval.json")
     comp = stats.compare(EvalRun.load(d / "eval.json"), baselines=BASES, n_boot=300)
     stats.save_comparison(comp, d / "comparison.json")
     for name in ("lora", "qlora"):
@@ -242,12 +336,23 @@ def test_prompts_come_from_the_split_file_and_all_verdicts_show(tmp_path):
 
 
 def test_rerun_eval_makes_saved_comparison_and_verdict_stale(eval_dir):
-    assert CliRunner().invoke(app, ["gate", str(eval_dir), "--candidate", "lora", "--delta", "0.9"]).exit_code == 1
+    assert (
+        CliRunner()
+        .invoke(app, ["gate", str(eval_dir), "--candidate", "lora", "--delta", "0.9"])
+        .exit_code
+        == 1
+    )
     assert "DON&#39;T SHIP</span>" in render(eval_dir)[0].read_text()
     # the evaluation is rerun with one more candidate: old comparison and verdict no longer apply
     run = make_run({"prompt": 0.45, "fewshot": 0.5, "rag": 0.6, "lora": 0.8, "qlora": 0.7}, n=160)
     run.save(eval_dir / "eval.json")
     html = render(eval_dir)[0].read_text()
     assert "Provisional" in html and "qlora" in html
-    assert set(stats.load_comparison(eval_dir / "comparison.json").metrics) == {"prompt", "fewshot", "rag", "lora", "qlora"}
+    assert set(stats.load_comparison(eval_dir / "comparison.json").metrics) == {
+        "prompt",
+        "fewshot",
+        "rag",
+        "lora",
+        "qlora",
+    }
     assert (eval_dir / "verdict.json").is_file()  # the user's file is left alone

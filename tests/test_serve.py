@@ -50,7 +50,9 @@ def tokens(tiny_model_dir) -> tuple[int, int]:
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    return tok.encode(" yes", add_special_tokens=False)[0], tok.encode(" no", add_special_tokens=False)[0]
+    return tok.encode(" yes", add_special_tokens=False)[0], tok.encode(
+        " no", add_special_tokens=False
+    )[0]
 
 
 @pytest.fixture(scope="module")
@@ -81,15 +83,25 @@ def world(tiny_model_dir, tokens, tmp_path_factory):
     blob.write_bytes(blob.read_bytes()[:-8] + b"corrupt!")
     engine = Engine(resolve(str(tiny_model_dir)), max_loaded_adapters=2, batch_size=8)
     direct = make_run(tiny_model_dir, tmp / "direct", seed=7)
-    settings = ServeSettings(api_key=KEY, batch_window_ms=30, max_tokens_limit=64,
-                             max_body_bytes=200_000, adapters=[f"direct={direct}"])
+    settings = ServeSettings(
+        api_key=KEY,
+        batch_window_ms=30,
+        max_tokens_limit=64,
+        max_body_bytes=200_000,
+        adapters=[f"direct={direct}"],
+    )
     app = create_app(engine, settings=settings, registry=reg)
     with running(app) as url:
         yield {"url": url, "registry": reg, "engine": engine, "tokens": tokens}
 
 
 def chat(url: str, model: str, content: str = "hello", **extra) -> httpx.Response:
-    body = {"model": model, "messages": [{"role": "user", "content": content}], "max_tokens": 3, **extra}
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": content}],
+        "max_tokens": 3,
+        **extra,
+    }
     return httpx.post(f"{url}/v1/chat/completions", json=body, headers=AUTH, timeout=60)
 
 
@@ -124,9 +136,15 @@ def test_model_forms_route_to_the_right_weights(world):
 def test_streaming_sse_matches_non_streaming(world):
     url = world["url"]
     expected = answer(chat(url, "alpha", content="stream me"))
-    body = {"model": "alpha", "messages": [{"role": "user", "content": "stream me"}],
-            "max_tokens": 3, "stream": True}
-    with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, headers=AUTH, timeout=60) as r:
+    body = {
+        "model": "alpha",
+        "messages": [{"role": "user", "content": "stream me"}],
+        "max_tokens": 3,
+        "stream": True,
+    }
+    with httpx.stream(
+        "POST", f"{url}/v1/chat/completions", json=body, headers=AUTH, timeout=60
+    ) as r:
         assert r.status_code == 200
         assert r.headers["content-type"].startswith("text/event-stream")
         lines = [ln for ln in r.iter_lines() if ln]
@@ -146,33 +164,82 @@ def _bad_requests(url: str) -> list[tuple[int, httpx.Response]]:
     cases = [
         (404, httpx.post(post, json={"model": "nope", "messages": ok_msgs}, headers=AUTH)),
         (404, httpx.post(post, json={"model": "bot@staging", "messages": ok_msgs}, headers=AUTH)),
-        (404, httpx.post(post, json={"model": "../../etc/passwd", "messages": ok_msgs}, headers=AUTH)),
+        (
+            404,
+            httpx.post(post, json={"model": "../../etc/passwd", "messages": ok_msgs}, headers=AUTH),
+        ),
         (404, httpx.post(post, json={"model": "bot:99", "messages": ok_msgs}, headers=AUTH)),
         (422, httpx.post(post, json={"model": "bot"}, headers=AUTH)),
         (422, httpx.post(post, json={"model": "bot", "messages": []}, headers=AUTH)),
-        (422, httpx.post(post, json={"model": "bot", "messages": [{"role": "wizard", "content": "x"}]},
-                         headers=AUTH)),
-        (422, httpx.post(post, json={"model": "bot", "messages": ok_msgs, "max_tokens": 0}, headers=AUTH)),
-        (422, httpx.post(post, json={"model": "bot", "messages": ok_msgs, "max_tokens": 10**6},
-                         headers=AUTH)),
+        (
+            422,
+            httpx.post(
+                post,
+                json={"model": "bot", "messages": [{"role": "wizard", "content": "x"}]},
+                headers=AUTH,
+            ),
+        ),
+        (
+            422,
+            httpx.post(
+                post, json={"model": "bot", "messages": ok_msgs, "max_tokens": 0}, headers=AUTH
+            ),
+        ),
+        (
+            422,
+            httpx.post(
+                post, json={"model": "bot", "messages": ok_msgs, "max_tokens": 10**6}, headers=AUTH
+            ),
+        ),
         (422, httpx.post(post, json={"model": "bot", "messages": ok_msgs, "n": 2}, headers=AUTH)),
-        (422, httpx.post(post, json={"model": "bot", "messages": ok_msgs, "stop": ["a"] * 5},
-                         headers=AUTH)),
+        (
+            422,
+            httpx.post(
+                post, json={"model": "bot", "messages": ok_msgs, "stop": ["a"] * 5}, headers=AUTH
+            ),
+        ),
         (422, httpx.post(post, json=[1, 2, 3], headers=AUTH)),
         (422, httpx.post(post, content=b"{not json", headers=AUTH)),
         (422, httpx.post(post, content=b"\xff\xfe\x00", headers=AUTH)),
         (422, httpx.post(post, content=b"[" * 100_000, headers=AUTH)),
-        (422, httpx.post(post, content=b'{"model": "bot", "max_tokens": 1' + b"0" * 5000 + b"}",
-                         headers=AUTH)),
-        (422, httpx.post(post, json={"model": "bot", "messages": [
-            {"role": "user", "content": [{"type": "image_url", "image_url": "x"}]}]}, headers=AUTH)),
+        (
+            422,
+            httpx.post(
+                post, content=b'{"model": "bot", "max_tokens": 1' + b"0" * 5000 + b"}", headers=AUTH
+            ),
+        ),
+        (
+            422,
+            httpx.post(
+                post,
+                json={
+                    "model": "bot",
+                    "messages": [
+                        {"role": "user", "content": [{"type": "image_url", "image_url": "x"}]}
+                    ],
+                },
+                headers=AUTH,
+            ),
+        ),
         (422, httpx.post(post, json={"model": 5, "messages": "hi"}, headers=AUTH)),
-        (413, httpx.post(post, json={"model": "bot", "messages": [
-            {"role": "user", "content": "word " * 3000}]}, headers=AUTH)),
+        (
+            413,
+            httpx.post(
+                post,
+                json={"model": "bot", "messages": [{"role": "user", "content": "word " * 3000}]},
+                headers=AUTH,
+            ),
+        ),
         (413, httpx.post(post, content=b"x" * 300_000, headers=AUTH)),
         (401, httpx.post(post, json={"model": "bot", "messages": ok_msgs})),
-        (401, httpx.post(post, json={"model": "bot", "messages": ok_msgs},
-                         headers={"Authorization": "Bearer wrong"})),
+        (
+            401,
+            httpx.post(
+                post,
+                json={"model": "bot", "messages": ok_msgs},
+                headers={"Authorization": "Bearer wrong"},
+            ),
+        ),
         (401, httpx.get(f"{url}/v1/models", headers={"Authorization": f"Basic {KEY}"})),
         (401, httpx.post(f"{url}/admin/adapters/refresh")),
         (409, httpx.post(post, json={"model": "foreign", "messages": ok_msgs}, headers=AUTH)),
@@ -189,11 +256,17 @@ def test_every_error_code_in_openai_shape_and_server_survives(world):
         assert resp.status_code == expected, (expected, resp.status_code, resp.text)
         err = resp.json()["error"]
         assert set(err) == {"message", "type", "param", "code"} and err["message"]
-    r = httpx.post(f"{url}/v1/chat/completions", headers=AUTH, json={
-        "model": "foreign", "messages": [{"role": "user", "content": "x"}]})
+    r = httpx.post(
+        f"{url}/v1/chat/completions",
+        headers=AUTH,
+        json={"model": "foreign", "messages": [{"role": "user", "content": "x"}]},
+    )
     assert "trained on base 000000000000" in r.json()["error"]["message"]
-    r = httpx.post(f"{url}/v1/chat/completions", headers=AUTH, json={
-        "model": "broken", "messages": [{"role": "user", "content": "x"}]})
+    r = httpx.post(
+        f"{url}/v1/chat/completions",
+        headers=AUTH,
+        json={"model": "broken", "messages": [{"role": "user", "content": "x"}]},
+    )
     assert "corrupted" in r.json()["error"]["message"]
     assert "broken:1" not in world["engine"].adapters()  # never served
     assert httpx.get(f"{url}/health").status_code == 200  # still up
@@ -221,7 +294,9 @@ def test_lazy_lru_loading_and_admin_endpoints(world):
     assert answer(chat(url, "beta")) == outs["beta"]
     r = httpx.post(f"{url}/admin/adapters/load", json={"bogus": 1}, headers=AUTH)
     assert r.status_code == 422
-    r = httpx.post(f"{url}/admin/adapters/load", json={"name": "x", "path": "/nonexistent"}, headers=AUTH)
+    r = httpx.post(
+        f"{url}/admin/adapters/load", json={"name": "x", "path": "/nonexistent"}, headers=AUTH
+    )
     assert r.status_code == 422
 
 
@@ -326,12 +401,21 @@ def test_serve_without_registry_unknown_model(tiny_model_dir):
 
     engine = Engine(resolve(str(tiny_model_dir)), max_loaded_adapters=1)
     with running(create_app(engine, registry=None)) as url:
-        r = httpx.post(f"{url}/v1/chat/completions", timeout=30,
-                       json={"model": "x", "messages": [{"role": "user", "content": "hi"}]})
+        r = httpx.post(
+            f"{url}/v1/chat/completions",
+            timeout=30,
+            json={"model": "x", "messages": [{"role": "user", "content": "hi"}]},
+        )
         assert r.status_code == 404
-        r = httpx.post(f"{url}/v1/chat/completions", timeout=60, json={
-            "model": engine.ref.name,
-            "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
+        r = httpx.post(
+            f"{url}/v1/chat/completions",
+            timeout=60,
+            json={
+                "model": engine.ref.name,
+                "messages": [{"role": "user", "content": "hi"}],
+                "max_tokens": 2,
+            },
+        )
         assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] >= 1
 
 
@@ -342,17 +426,35 @@ def test_tunewise_serve_subprocess_end_to_end(tiny_model_dir, tunewise_home, tmp
     import sys
 
     reg = Registry()
-    reg.add(make_run(tiny_model_dir, tmp_path / "run", seed=2), name="cli-bot",
-            verdict=write_verdict(tmp_path / "v.json", True))
+    reg.add(
+        make_run(tiny_model_dir, tmp_path / "run", seed=2),
+        name="cli-bot",
+        verdict=write_verdict(tmp_path / "v.json", True),
+    )
     reg.promote("cli-bot", 1)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "TUNEWISE_HOME": str(tunewise_home), "TUNEWISE_API_KEY": KEY}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tunewise", "serve", "--base", str(tiny_model_dir), "--port", str(port),
-         "--adapters", "cli-bot@production", "--threads", "1"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        [
+            sys.executable,
+            "-m",
+            "tunewise",
+            "serve",
+            "--base",
+            str(tiny_model_dir),
+            "--port",
+            str(port),
+            "--adapters",
+            "cli-bot@production",
+            "--threads",
+            "1",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 120

@@ -55,7 +55,9 @@ def test_ci_agrees_with_scipy_bootstrap(method):
     key = b.add_mean(x)
     b.run(20000, seed=1)
     ours = stats.bootstrap_ci(b.theta[key], b.boot[key], b.jack[key], method=method)
-    ref = sps.bootstrap((x,), np.mean, n_resamples=20000, method=method, random_state=2).confidence_interval
+    ref = sps.bootstrap(
+        (x,), np.mean, n_resamples=20000, method=method, random_state=2
+    ).confidence_interval
     assert ours[0] == pytest.approx(ref.low, abs=0.02)
     assert ours[1] == pytest.approx(ref.high, abs=0.02)
 
@@ -95,7 +97,9 @@ def test_mcnemar_exact_counts_only_discordant_pairs():
     # 10 items where lora wins, 2 where it loses, 88 concordant
     lora = [1] * 10 + [0] * 2 + [1] * 44 + [0] * 44
     base = [0] * 10 + [1] * 2 + [1] * 44 + [0] * 44
-    comp = stats.compare(binary_run({"prompt": base, "lora": lora}), baselines=["prompt"], n_boot=500)
+    comp = stats.compare(
+        binary_run({"prompt": base, "lora": lora}), baselines=["prompt"], n_boot=500
+    )
     pair = comp.pair("lora", "prompt", "accuracy")
     assert pair.p_value == pytest.approx(sps.binomtest(10, 12, 0.5).pvalue)
     assert pair.diff == pytest.approx(0.08)
@@ -104,7 +108,9 @@ def test_mcnemar_exact_counts_only_discordant_pairs():
 
 def test_identical_candidates_tie_with_p_one():
     col = [1, 0] * 30
-    comp = stats.compare(binary_run({"prompt": col, "lora": list(col)}), baselines=["prompt"], n_boot=500)
+    comp = stats.compare(
+        binary_run({"prompt": col, "lora": list(col)}), baselines=["prompt"], n_boot=500
+    )
     pair = comp.pair("lora", "prompt", "accuracy")
     assert pair.diff == 0 and pair.p_value == 1.0
     assert (pair.ci_low, pair.ci_high) == (0.0, 0.0)
@@ -114,7 +120,9 @@ def test_identical_candidates_tie_with_p_one():
 def test_small_set_is_flagged_underpowered():
     # 10 items: even 5 wins out of 5 discordant pairs is p = 0.0625
     comp = stats.compare(
-        binary_run({"prompt": [0] * 5 + [1] * 5, "lora": [1] * 10}), baselines=["prompt"], n_boot=500
+        binary_run({"prompt": [0] * 5 + [1] * 5, "lora": [1] * 10}),
+        baselines=["prompt"],
+        n_boot=500,
     )
     pair = comp.pair("lora", "prompt", "accuracy")
     assert pair.p_value == pytest.approx(0.0625)
@@ -178,8 +186,10 @@ def test_seeded_and_consistent_across_metrics():
     b = stats.compare(run, baselines=["prompt"], n_boot=800, seed=11)
     c = stats.compare(run, baselines=["prompt"], n_boot=800, seed=12)
     assert a.metrics == b.metrics and a.pairs == b.pairs
-    assert a.metrics["lora"]["accuracy"].ci_low != c.metrics["lora"]["accuracy"].ci_low or \
-        a.metrics["lora"]["judge"].ci_low != c.metrics["lora"]["judge"].ci_low
+    assert (
+        a.metrics["lora"]["accuracy"].ci_low != c.metrics["lora"]["accuracy"].ci_low
+        or a.metrics["lora"]["judge"].ci_low != c.metrics["lora"]["judge"].ci_low
+    )
     # the same resample feeds every metric: accuracy and a metric identical to it get equal CIs
     for it in run.candidate("lora").items:
         it.scores["copy"] = it.scores["accuracy"]
@@ -227,8 +237,12 @@ def test_calibration_under_the_null():
         a = (0.5 * d + 0.5 * rng.random(n) < 0.5).astype(int)
         b = (0.5 * d + 0.5 * rng.random(n) < 0.5).astype(int)
         iid = (rng.random(n) < p).astype(int)
-        comp = stats.compare(binary_run({"prompt": list(b), "lora": list(a), "iid": list(iid)}),
-                             baselines=["prompt"], n_boot=400, seed=s)
+        comp = stats.compare(
+            binary_run({"prompt": list(b), "lora": list(a), "iid": list(iid)}),
+            baselines=["prompt"],
+            n_boot=400,
+            seed=s,
+        )
         rejects += comp.pair("lora", "prompt", "accuracy").p_value < 0.05
         est = comp.metrics["iid"]["accuracy"]
         covered += est.ci_low <= p <= est.ci_high
@@ -241,4 +255,6 @@ def test_macro_f1_of_a_resample_averages_its_gold_classes_only():
     # Counting class 1 (F1 0) would put the two candidates of a paired test on different class sets.
     tp, fp, fn = np.array([[1.0, 0.0]]), np.array([[0.0, 1.0]]), np.array([[0.0, 0.0]])
     assert stats._Bootstrap._macro_f1(tp, fp, fn)[0] == 1.0
-    assert np.isnan(stats._Bootstrap._macro_f1(np.zeros((1, 2)), np.ones((1, 2)), np.zeros((1, 2)))[0])
+    assert np.isnan(
+        stats._Bootstrap._macro_f1(np.zeros((1, 2)), np.ones((1, 2)), np.zeros((1, 2)))[0]
+    )

@@ -23,16 +23,35 @@ def test_accelerate_launch_two_cpu_processes(tmp_path, tiny_model_dir):
     accelerate = shutil.which("accelerate", path=str(Path(PYTHON).parent))
     if accelerate is None:
         pytest.skip("accelerate CLI not installed beside the interpreter")
-    project = make_project(tmp_path, tiny_model_dir, max_steps=4, eval_every=2, save_every=2, overfit_sample=1)
+    project = make_project(
+        tmp_path, tiny_model_dir, max_steps=4, eval_every=2, save_every=2, overfit_sample=1
+    )
     run = tmp_path / "run"
     env = subprocess_env()
     env["ACCELERATE_CONFIG_FILE"] = str(tmp_path / "none.yaml")  # ignore any user default config
     cmd = [
         # In accelerate 1.15 `--cpu` selects the single-process launcher; the multi-process
         # (torchrun) launcher is `--multi_gpu`, which on a host without GPUs runs DDP over gloo.
-        accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
-        "-m", "tunewise", "train", str(project), "--run-dir", str(run), "--no-progress",
+        accelerate,
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(_free_port()),
+        "-m",
+        "tunewise",
+        "train",
+        str(project),
+        "--run-dir",
+        str(run),
+        "--no-progress",
     ]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-4000:]
@@ -70,4 +89,7 @@ def test_shipped_accelerate_configs_parse(name, kind):
         # a full state dict on save: the run directory holds plain safetensors
         assert cfg.fsdp_config["fsdp_state_dict_type"] == "FULL_STATE_DICT"
     if kind == "DEEPSPEED":
-        assert cfg.deepspeed_config["zero_stage"] == 3 and cfg.deepspeed_config["zero3_save_16bit_model"]
+        assert (
+            cfg.deepspeed_config["zero_stage"] == 3
+            and cfg.deepspeed_config["zero3_save_16bit_model"]
+        )

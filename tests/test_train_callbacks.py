@@ -16,7 +16,10 @@ from tunewise.train.callbacks import (
 
 def _h(losses, reps=None):
     reps = reps or [None] * len(losses)
-    return [EvalPoint(step=10 * (i + 1), val_loss=v, repetition=r) for i, (v, r) in enumerate(zip(losses, reps, strict=True))]
+    return [
+        EvalPoint(step=10 * (i + 1), val_loss=v, repetition=r)
+        for i, (v, r) in enumerate(zip(losses, reps, strict=True))
+    ]
 
 
 def test_repetition_metrics():
@@ -24,13 +27,17 @@ def test_repetition_metrics():
     looping = "I am sorry " * 10
     assert repeated_ngram_rate(looping) > 0.8
     assert distinct_n(looping) < 0.2
-    assert distinct_n("Category: billing") == 1.0 and repeated_ngram_rate("Category: billing") == 0.0
+    assert (
+        distinct_n("Category: billing") == 1.0 and repeated_ngram_rate("Category: billing") == 0.0
+    )
     s = repetition_scores(["a b c d", looping])
     assert 0.4 < s["repetition"] < 0.5 and s["distinct2"] < 0.6
 
 
 def test_keeps_going_while_loss_falls_and_generations_stay_varied():
-    d = decide(_h([2.0, 1.5, 1.2, 1.1], [0.0, 0.02, 0.01, 0.03]), patience=2, repetition_threshold=0.3)
+    d = decide(
+        _h([2.0, 1.5, 1.2, 1.1], [0.0, 0.02, 0.01, 0.03]), patience=2, repetition_threshold=0.3
+    )
     assert not d.stop
 
 
@@ -57,7 +64,10 @@ def test_overfitting_falling_loss_with_rising_repetition_stops_and_says_why():
     "losses,reps",
     [
         ([2.0, 1.5, 1.2], [0.05, 0.1, 0.25]),  # rising but under the threshold
-        ([2.0, 1.5, 1.2], [0.6, 0.5, 0.4]),  # past the threshold but falling (the base model's habit)
+        (
+            [2.0, 1.5, 1.2],
+            [0.6, 0.5, 0.4],
+        ),  # past the threshold but falling (the base model's habit)
         ([2.0, 1.5, 1.2], [0.05, None, 0.5]),  # no previous measurement to compare with
     ],
 )

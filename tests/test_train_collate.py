@@ -48,7 +48,10 @@ def _label_runs(enc) -> list[list[int]]:
 def test_labels_are_every_assistant_turn_plus_end_of_turn(tok):
     enc = encode(tok, Example(MULTI), train_on="all")
     decoded = [tok.decode(run) for run in _label_runs(enc)]
-    assert decoded == ["Category: billing<|im_end|>", "Priority: high\nWe will refund you today.<|im_end|>"]
+    assert decoded == [
+        "Category: billing<|im_end|>",
+        "Priority: high\nWe will refund you today.<|im_end|>",
+    ]
     # the labelled ids are the input ids at the same positions (no shift bug, no pad-id masking)
     assert all(lab in (IGNORE_INDEX, i) for i, lab in zip(enc.input_ids, enc.labels, strict=True))
     # EOS (== pad for this tokenizer) is a label: masking by pad id would have hidden it
@@ -85,13 +88,27 @@ def test_training_prompt_equals_inference_prompt(tok, messages):
 
 
 def _long_examples(n_long: int = 2) -> list[Example]:
-    short = [Example([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}], line=1, source="d.jsonl")]
+    short = [
+        Example(
+            [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}],
+            line=1,
+            source="d.jsonl",
+        )
+    ]
     long = [
-        Example([{"role": "user", "content": "word " * 200}, {"role": "assistant", "content": "ok"}], line=2 + i, source="d.jsonl")
+        Example(
+            [{"role": "user", "content": "word " * 200}, {"role": "assistant", "content": "ok"}],
+            line=2 + i,
+            source="d.jsonl",
+        )
         for i in range(n_long)
     ]
     answer_long = [
-        Example([{"role": "user", "content": "q"}, {"role": "assistant", "content": "answer " * 200}], line=9, source="d.jsonl")
+        Example(
+            [{"role": "user", "content": "q"}, {"role": "assistant", "content": "answer " * 200}],
+            line=9,
+            source="d.jsonl",
+        )
     ]
     return short + long + answer_long
 
@@ -99,7 +116,9 @@ def _long_examples(n_long: int = 2) -> list[Example]:
 def test_overlong_drop_is_reported(tok):
     items, report = encode_all(tok, _long_examples(), max_len=64, overlong="drop")
     assert len(items) == 1 and report.dropped == 3 and len(report.overlong) == 3
-    assert "3 of 4 examples exceed max_len=64" in report.summary() and "d.jsonl:2" in report.summary()
+    assert (
+        "3 of 4 examples exceed max_len=64" in report.summary() and "d.jsonl:2" in report.summary()
+    )
 
 
 def test_overlong_truncate_keeps_examples_with_answer_tokens(tok):
@@ -121,12 +140,17 @@ def test_collator_pads_to_batch_longest_and_masks_padding(tok):
     a = encode(tok, Example(MULTI))
     b = encode(tok, Example(MULTI[1:3]))
     batch = ChatCollator(pad_token_id=tok.pad_token_id)(
-        [{"input_ids": a.input_ids, "labels": a.labels}, {"input_ids": b.input_ids, "labels": b.labels}]
+        [
+            {"input_ids": a.input_ids, "labels": a.labels},
+            {"input_ids": b.input_ids, "labels": b.labels},
+        ]
     )
     n = len(a.input_ids)
     assert batch["input_ids"].shape == (2, n)
     short = len(b.input_ids)
-    assert batch["attention_mask"][1, short:].sum() == 0 and batch["attention_mask"][1, :short].all()
+    assert (
+        batch["attention_mask"][1, short:].sum() == 0 and batch["attention_mask"][1, :short].all()
+    )
     assert (batch["labels"][1, short:] == IGNORE_INDEX).all()
     assert batch["labels"][1, :short].tolist() == b.labels
 

@@ -18,8 +18,18 @@ def test_lora_on_real_model_learns_to_answer_and_stop(tmp_path, real_model):
 
     from tunewise import models
 
-    project = make_project(tmp_path, real_model.name, n_train=48, n_val=6, max_steps=16, eval_every=8,
-                           save_every=16, overfit_sample=2, lr=1e-3, batch_size=4)
+    project = make_project(
+        tmp_path,
+        real_model.name,
+        n_train=48,
+        n_val=6,
+        max_steps=16,
+        eval_every=8,
+        save_every=16,
+        overfit_sample=2,
+        lr=1e-3,
+        batch_size=4,
+    )
     rec = train(load_project(project), run_dir=tmp_path / "run", progress=False)
     assert rec["status"] == "completed" and rec["global_step"] == 16
     vals = [m["val_loss"] for m in rec["metrics"]]
@@ -28,15 +38,25 @@ def test_lora_on_real_model_learns_to_answer_and_stop(tmp_path, real_model):
     tok = models.load_tokenizer(real_model)
     base = models.load_model(real_model)
     model = PeftModel.from_pretrained(base, tmp_path / "run").eval()
-    val_rows = [json.loads(line) for line in (tmp_path / ".tunewise" / "splits" / "val.jsonl").read_text().splitlines()]
+    val_rows = [
+        json.loads(line)
+        for line in (tmp_path / ".tunewise" / "splits" / "val.jsonl").read_text().splitlines()
+    ]
     limit = 24
     for row in val_rows[:3]:
         prompt, answer = row["messages"][:-1], row["messages"][-1]["content"]
-        ids = tok.apply_chat_template(prompt, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        ids = tok.apply_chat_template(
+            prompt, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
         with torch.no_grad():
-            out = model.generate(**ids, max_new_tokens=limit, do_sample=False, pad_token_id=tok.pad_token_id,
-                                 eos_token_id=tok.eos_token_id)
-        new = out[0, ids["input_ids"].shape[1]:].tolist()
+            out = model.generate(
+                **ids,
+                max_new_tokens=limit,
+                do_sample=False,
+                pad_token_id=tok.pad_token_id,
+                eos_token_id=tok.eos_token_id,
+            )
+        new = out[0, ids["input_ids"].shape[1] :].tolist()
         # it stopped by itself: EOS emitted before the token limit, and nothing after it
         assert tok.eos_token_id in new and len(new) < limit, tok.decode(new)
         assert new.index(tok.eos_token_id) == len(new) - 1

@@ -41,7 +41,9 @@ def test_qlora_base_is_4bit_and_under_40_percent_of_fp32_lora(tmp_path, real_mod
 
 
 def test_qlora_trains_and_saves_a_peft_adapter(tmp_path, tiny_model_dir):
-    project = make_project(tmp_path, tiny_model_dir, max_steps=2, eval_every=2, save_every=2, overfit_sample=1)
+    project = make_project(
+        tmp_path, tiny_model_dir, max_steps=2, eval_every=2, save_every=2, overfit_sample=1
+    )
     rec = train(load_project(project), run_dir=tmp_path / "run", method="qlora", progress=False)
     assert rec["method"] == "qlora" and rec["global_step"] == 2
     assert rec["metrics"][0]["val_loss"] is not None

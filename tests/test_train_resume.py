@@ -29,17 +29,34 @@ def runs(tmp_path_factory, tiny_model_dir):
     """
     root = tmp_path_factory.mktemp("resume")
     project = make_project(
-        root, tiny_model_dir, n_train=48, max_steps=MAX_STEPS, eval_every=2, save_every=2, overfit_sample=0,
-        lr=1e-3, lora_dropout=0.1, early_stopping_patience=100,
+        root,
+        tiny_model_dir,
+        n_train=48,
+        max_steps=MAX_STEPS,
+        eval_every=2,
+        save_every=2,
+        overfit_sample=0,
+        lr=1e-3,
+        lora_dropout=0.1,
+        early_stopping_patience=100,
     )
     env = subprocess_env()
     ref = root / "uninterrupted"
-    subprocess.run(_cmd(str(project), "--run-dir", str(ref)), env=env, check=True, timeout=600,
-                   capture_output=True)
+    subprocess.run(
+        _cmd(str(project), "--run-dir", str(ref)),
+        env=env,
+        check=True,
+        timeout=600,
+        capture_output=True,
+    )
 
     killed = root / "killed"
-    proc = subprocess.Popen(_cmd(str(project), "--run-dir", str(killed)), env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _cmd(str(project), "--run-dir", str(killed)),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.time() + 300
         while not (killed / "checkpoints" / f"checkpoint-{KILL_AFTER}").is_dir():
@@ -52,7 +69,9 @@ def runs(tmp_path_factory, tiny_model_dir):
         if proc.poll() is None:
             proc.kill()
     state_at_kill = json.loads((killed / "run.json").read_text())
-    result = subprocess.run(_cmd("--resume", str(killed)), env=env, timeout=600, capture_output=True, text=True)
+    result = subprocess.run(
+        _cmd("--resume", str(killed)), env=env, timeout=600, capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return ref, killed, state_at_kill
 
@@ -91,7 +110,10 @@ def test_resumed_loss_curve_matches_the_uninterrupted_one(runs):
     # same final weights
     from safetensors.torch import load_file
 
-    wa, wb = load_file(ref / "adapter_model.safetensors"), load_file(killed / "adapter_model.safetensors")
+    wa, wb = (
+        load_file(ref / "adapter_model.safetensors"),
+        load_file(killed / "adapter_model.safetensors"),
+    )
     for k in wa:
         assert (wa[k] - wb[k]).abs().max() < 1e-4, k
 

@@ -23,8 +23,18 @@ def test_lora_run_writes_the_contracted_layout(tmp_path, tiny_model_dir):
     assert (run / "adapter_config.json").is_file() and (run / "adapter_model.safetensors").is_file()
     assert not (run / "training_args.bin").exists()  # no pickles beside the adapter
     saved = json.loads((run / "run.json").read_text())
-    for key in ("method", "config", "base_model", "data_hashes", "versions", "metrics", "wall_time_s",
-                "tokens_per_s", "stop_reason", "best_val_loss"):
+    for key in (
+        "method",
+        "config",
+        "base_model",
+        "data_hashes",
+        "versions",
+        "metrics",
+        "wall_time_s",
+        "tokens_per_s",
+        "stop_reason",
+        "best_val_loss",
+    ):
         assert key in saved, key
     assert saved["method"] == "lora" and saved["base_model"]["weight_hash"]
     assert saved["config"]["train"]["lr"] is None and saved["config"]["train"]["lora_r"] == 16
@@ -40,9 +50,9 @@ def test_lora_run_writes_the_contracted_layout(tmp_path, tiny_model_dir):
     events = EventAccumulator(str(run / "tb"))
     events.Reload()
     assert {"train/loss", "eval/loss", "eval/repetition"} <= set(events.Tags()["scalars"])
-    assert sorted(p.name for p in (run / "checkpoints").iterdir() if not p.name.startswith(".")) == [
-        "checkpoint-4", "checkpoint-8"
-    ]
+    assert sorted(
+        p.name for p in (run / "checkpoints").iterdir() if not p.name.startswith(".")
+    ) == ["checkpoint-4", "checkpoint-8"]
 
     # the adapter loads in PEFT on the base it names, and changed the base's outputs
     import torch
@@ -61,7 +71,9 @@ def test_lora_run_writes_the_contracted_layout(tmp_path, tiny_model_dir):
 
 
 def test_lora_preset_and_full_method(tmp_path, tiny_model_dir):
-    project = make_project(tmp_path, tiny_model_dir, max_steps=2, eval_every=2, save_every=2, overfit_sample=0)
+    project = make_project(
+        tmp_path, tiny_model_dir, max_steps=2, eval_every=2, save_every=2, overfit_sample=0
+    )
     cfg = load_project(project, ["train.target_modules=qv"])
     rec = train(cfg, run_dir=tmp_path / "qv", progress=False)
     adapter = json.loads((tmp_path / "qv" / "adapter_config.json").read_text())
@@ -73,14 +85,23 @@ def test_lora_preset_and_full_method(tmp_path, tiny_model_dir):
     assert (tmp_path / "full" / "model" / "tokenizer.json").is_file()
     from transformers import AutoModelForCausalLM
 
-    assert AutoModelForCausalLM.from_pretrained(tmp_path / "full" / "model").config.hidden_size == 64
+    assert (
+        AutoModelForCausalLM.from_pretrained(tmp_path / "full" / "model").config.hidden_size == 64
+    )
 
 
 def test_early_stopping_in_the_trainer_restores_the_best_step(tmp_path, tiny_model_dir):
     # lr 1e-30: LoRA's B stays (numerically) zero, so validation loss is flat; a flat loss is
     # not an improvement, so with patience 1 the run stops at the second evaluation.
-    project = make_project(tmp_path, tiny_model_dir, max_steps=40, eval_every=2, early_stopping_patience=1,
-                           lr=1e-30, overfit_sample=0)
+    project = make_project(
+        tmp_path,
+        tiny_model_dir,
+        max_steps=40,
+        eval_every=2,
+        early_stopping_patience=1,
+        lr=1e-30,
+        overfit_sample=0,
+    )
     rec = train(load_project(project), run_dir=tmp_path / "run", progress=False)
     assert rec["status"] == "stopped" and rec["stop_kind"] == "early_stopping"
     assert rec["global_step"] == 4 and "has not improved for 1 evaluations" in rec["stop_reason"]
@@ -94,17 +115,25 @@ def test_overfitting_detector_in_the_trainer(tmp_path, tiny_model_dir, monkeypat
 
     def fake_generate(model, tokenizer, prompts, *, max_new_tokens, batch_size=8):
         calls.append(len(prompts))
-        text = "Category: billing" if len(calls) == 1 else "billing billing billing billing billing billing"
+        text = (
+            "Category: billing"
+            if len(calls) == 1
+            else "billing billing billing billing billing billing"
+        )
         return [text] * len(prompts)
 
     monkeypatch.setattr(callbacks, "generate_greedy", fake_generate)
-    project = make_project(tmp_path, tiny_model_dir, max_steps=40, eval_every=2, early_stopping_patience=5,
-                           lr=1e-3)
+    project = make_project(
+        tmp_path, tiny_model_dir, max_steps=40, eval_every=2, early_stopping_patience=5, lr=1e-3
+    )
     rec = train(load_project(project), run_dir=tmp_path / "run", progress=False)
     assert calls == [2, 2]  # the fixed sample of overfit_sample prompts, at each evaluation
     assert rec["status"] == "stopped" and rec["stop_kind"] == "overfitting"
     assert rec["global_step"] == 4 and "still falling" in rec["stop_reason"]
-    assert rec["metrics"][-1]["repetition"] > 0.3 and rec["metrics"][-1]["val_loss"] < rec["metrics"][0]["val_loss"]
+    assert (
+        rec["metrics"][-1]["repetition"] > 0.3
+        and rec["metrics"][-1]["val_loss"] < rec["metrics"][0]["val_loss"]
+    )
 
 
 def test_real_generation_sample_is_scored(tmp_path, tiny_model_dir):
@@ -155,16 +184,29 @@ def test_training_uses_the_project_system_prompt_not_the_datas(tmp_path, tiny_mo
 
     path = make_project(tmp_path, tiny_model_dir)
     cfg = load_project(path, ["task.system_prompt=Route the ticket to a team."])
-    prep = _setup(cfg, run_dir=tmp_path / "run", method="lora", train_path=None, val_path=None,
-                  resume=False, console=Console(quiet=True))
+    prep = _setup(
+        cfg,
+        run_dir=tmp_path / "run",
+        method="lora",
+        train_path=None,
+        val_path=None,
+        resume=False,
+        console=Console(quiet=True),
+    )
     text = prep.tokenizer.decode(prep.train_ds[0]["input_ids"])
     assert "Route the ticket to a team." in text
     assert "Classify the ticket." not in text  # the data's own system turn is replaced
-    assert all(m["content"] == "Route the ticket to a team." for e in prep.val_examples
-               for m in e.messages if m["role"] == "system")
+    assert all(
+        m["content"] == "Route the ticket to a team."
+        for e in prep.val_examples
+        for m in e.messages
+        if m["role"] == "system"
+    )
 
 
-def test_gradient_checkpointing_recomputes_and_trains_the_same_weights(tmp_path, tiny_model_dir, monkeypatch):
+def test_gradient_checkpointing_recomputes_and_trains_the_same_weights(
+    tmp_path, tiny_model_dir, monkeypatch
+):
     import torch
     import transformers.modeling_utils as mu
     from safetensors.torch import load_file
@@ -177,17 +219,25 @@ def test_gradient_checkpointing_recomputes_and_trains_the_same_weights(tmp_path,
         return real(*args, **kwargs)
 
     monkeypatch.setattr(mu, "checkpoint", counting)
-    project = make_project(tmp_path, tiny_model_dir, max_steps=2, eval_every=2, save_every=2, overfit_sample=0)
+    project = make_project(
+        tmp_path, tiny_model_dir, max_steps=2, eval_every=2, save_every=2, overfit_sample=0
+    )
     train(load_project(project), run_dir=tmp_path / "plain", progress=False)
     assert calls == []
     import warnings
 
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
-        train(load_project(project, ["train.gradient_checkpointing=true"]), run_dir=tmp_path / "gc", progress=False)
+        train(
+            load_project(project, ["train.gradient_checkpointing=true"]),
+            run_dir=tmp_path / "gc",
+            progress=False,
+        )
     assert calls and set(calls) == {False}  # every layer, non-reentrant (works with a frozen base)
     # transformers 5 renamed the argument; the old name warns at every run
-    assert not [w for w in seen if str(w.message).startswith("`gradient_checkpointing` is deprecated")]
+    assert not [
+        w for w in seen if str(w.message).startswith("`gradient_checkpointing` is deprecated")
+    ]
     plain = load_file(tmp_path / "plain" / "adapter_model.safetensors")
     gc = load_file(tmp_path / "gc" / "adapter_model.safetensors")
     assert plain.keys() == gc.keys()

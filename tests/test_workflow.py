@@ -36,22 +36,42 @@ def make_project(root, n=72):
             fh.write(json.dumps({"messages": msgs}) + "\n")
     (root / "docs").mkdir(exist_ok=True)
     for cat in CATS:
-        (root / "docs" / f"{cat}.md").write_text(f"# {cat}\nTickets about {', '.join(WORDS[cat])} are {cat}.\n")
+        (root / "docs" / f"{cat}.md").write_text(
+            f"# {cat}\nTickets about {', '.join(WORDS[cat])} are {cat}.\n"
+        )
     return root
 
 
 def write_cfg(root, model_dir, **train):
     raw = {
         "name": "tiny-ladder",
-        "task": {"type": "labels", "system_prompt": "Classify the ticket.",
-                 "output_pattern": r"^Category: (?P<category>.+)$"},
-        "data": {"train": "data.jsonl", "docs": "docs", "split": {"val": 0.2, "test": 0.2, "seed": 0},
-                 "max_len": 128},
+        "task": {
+            "type": "labels",
+            "system_prompt": "Classify the ticket.",
+            "output_pattern": r"^Category: (?P<category>.+)$",
+        },
+        "data": {
+            "train": "data.jsonl",
+            "docs": "docs",
+            "split": {"val": 0.2, "test": 0.2, "seed": 0},
+            "max_len": 128,
+        },
         "model": {"base": str(model_dir)},
-        "train": {"method": "lora", "max_steps": 4, "batch_size": 8, "eval_every": 2, "save_every": 2,
-                  "overfit_sample": 2, **train},
-        "eval": {"candidates": ["prompt", "fewshot", "rag", "finetuned"], "batch_size": 16,
-                 "fewshot": {"k": 2}, "rag": {"k": 2}},
+        "train": {
+            "method": "lora",
+            "max_steps": 4,
+            "batch_size": 8,
+            "eval_every": 2,
+            "save_every": 2,
+            "overfit_sample": 2,
+            **train,
+        },
+        "eval": {
+            "candidates": ["prompt", "fewshot", "rag", "finetuned"],
+            "batch_size": 16,
+            "fewshot": {"k": 2},
+            "rag": {"k": 2},
+        },
     }
     (root / "project.yaml").write_text(yaml.safe_dump(raw))
     return root / "project.yaml"
@@ -71,8 +91,16 @@ def test_ladder_runs_then_rerun_is_fully_cached(project):
     cfg = load_project(project)
     first = run_ladder(cfg, quiet=True)
     assert set(statuses(first).values()) == {"ran"}
-    assert list(statuses(first)) == ["check", "split", "baselines", "train-lora", "evaluate", "compare-gate",
-                                     "registry", "report"]
+    assert list(statuses(first)) == [
+        "check",
+        "split",
+        "baselines",
+        "train-lora",
+        "evaluate",
+        "compare-gate",
+        "registry",
+        "report",
+    ]
     eval_dir = cfg.work_dir / "eval"
     for name in ("eval.json", "comparison.json", "verdict.json", "report.html", "report.md"):
         assert (eval_dir / name).is_file(), name
@@ -120,13 +148,25 @@ def test_learning_curve_and_one_final_test_evaluation(project):
     from tunewise.data.seal import final_uses
 
     raw = yaml.safe_load(project.read_text())
-    raw["gate"] = {"baselines": ["prompt", "fewshot", "rag", "knn"]}  # the gate can hold it to kNN too
+    raw["gate"] = {
+        "baselines": ["prompt", "fewshot", "rag", "knn"]
+    }  # the gate can hold it to kNN too
     project.write_text(yaml.safe_dump(raw))
     cfg = load_project(project)
     result = run_ladder(cfg, learning_curve=True, final=True, quiet=True)
     s = statuses(result)
-    assert list(s) == ["check", "split", "baselines", "train-lora", "evaluate", "compare-gate",
-                       "learning-curve", "registry", "report", "final-test"]
+    assert list(s) == [
+        "check",
+        "split",
+        "baselines",
+        "train-lora",
+        "evaluate",
+        "compare-gate",
+        "learning-curve",
+        "registry",
+        "report",
+        "final-test",
+    ]
     work = cfg.work_dir
     n_train = len((work / "splits" / "train.jsonl").read_text().splitlines())
     curve = json.loads((work / "eval" / "learning_curve.json").read_text())
@@ -135,10 +175,14 @@ def test_learning_curve_and_one_final_test_evaluation(project):
     assert curve["metric"] == "accuracy" and curve["method"] == "lora"
     # the 100% point is the ladder's own fine-tune, not a retrained one
     comp = json.loads((work / "eval" / "comparison.json").read_text())
-    assert curve["points"][-1][1] == pytest.approx(comp["metrics"]["finetuned"]["accuracy"]["value"])
+    assert curve["points"][-1][1] == pytest.approx(
+        comp["metrics"]["finetuned"]["accuracy"]["value"]
+    )
     # subsets are nested, and each small run trained on exactly its subset
-    quarter, half = (set((work / "learning-curve" / f"train-{n}.jsonl").read_text().splitlines())
-                     for n, _ in curve["points"][:2])
+    quarter, half = (
+        set((work / "learning-curve" / f"train-{n}.jsonl").read_text().splitlines())
+        for n, _ in curve["points"][:2]
+    )
     assert quarter < half
     for n, run_dir in curve["runs"].items():
         record = json.loads((Path(run_dir) / "run.json").read_text())
@@ -151,7 +195,13 @@ def test_learning_curve_and_one_final_test_evaluation(project):
     # the sealed test split was evaluated once, and a rerun does not spend it again
     test_eval = json.loads((work / "eval-test" / "eval.json").read_text())
     assert test_eval["split"] == "test"
-    assert {c["name"] for c in test_eval["candidates"]} >= {"prompt", "fewshot", "rag", "knn", "finetuned"}
+    assert {c["name"] for c in test_eval["candidates"]} >= {
+        "prompt",
+        "fewshot",
+        "rag",
+        "knn",
+        "finetuned",
+    }
     assert len(final_uses(work / "splits" / "test.jsonl")) == 1
     again = run_ladder(load_project(project), learning_curve=True, final=True, quiet=True)
     assert set(statuses(again).values()) == {"cached"}

@@ -63,7 +63,9 @@ def base_model_answer(project: Path) -> None:
     tok = models.load_tokenizer(ref)
     model = models.load_model(ref)
     model.eval()
-    prompt = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    prompt = tok.apply_chat_template(
+        messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
     started = time.time()
     with torch.inference_mode():
         out = model.generate(
@@ -75,10 +77,19 @@ def base_model_answer(project: Path) -> None:
         )
     answer = tok.decode(out[0, prompt["input_ids"].shape[1] :], skip_special_tokens=True).strip()
     took = time.time() - started
-    console.print(Panel(messages[-1]["content"], title="ticket (tickets.jsonl, line 1)", title_align="left"))
-    console.print(Panel(expected, title="reference answer", title_align="left", border_style="green"))
     console.print(
-        Panel(answer or "(empty)", title=f"{ref.name}, zero-shot ({took:.1f}s)", title_align="left", border_style="yellow")
+        Panel(messages[-1]["content"], title="ticket (tickets.jsonl, line 1)", title_align="left")
+    )
+    console.print(
+        Panel(expected, title="reference answer", title_align="left", border_style="green")
+    )
+    console.print(
+        Panel(
+            answer or "(empty)",
+            title=f"{ref.name}, zero-shot ({took:.1f}s)",
+            title_align="left",
+            border_style="yellow",
+        )
     )
     pattern = cfg.task.output_pattern
     ok_format = bool(pattern and re.fullmatch(pattern, answer))
@@ -100,8 +111,18 @@ def main() -> int:
         ("run", str(project)),
         # An example volume: 20k tickets a day, ~300 tokens each, a frontier API at $5 per million
         # tokens against one small GPU at $1.20 an hour.
-        ("advise", str(project), "--requests-per-day", "20000", "--tokens-per-request", "300",
-         "--api-price", "5", "--gpu-price", "1.2"),
+        (
+            "advise",
+            str(project),
+            "--requests-per-day",
+            "20000",
+            "--tokens-per-request",
+            "300",
+            "--api-price",
+            "5",
+            "--gpu-price",
+            "1.2",
+        ),
     ]
     for args in steps:
         if callable(args):

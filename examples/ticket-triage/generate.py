@@ -71,35 +71,74 @@ SYSTEM_PROMPT = (
 )
 
 OPENERS = [
-    "Hi,", "Hello,", "Hi there,", "Hey", "Dear Hearthly support,", "Good morning,", "To whom it may concern,",
-    "hi team", "Hello Hearthly team,", "Hiya,", "Dear Sir/Madam,", "Hey guys,", "Good afternoon,", "Hi support,",
-    "Hello there", "Evening,",
+    "Hi,",
+    "Hello,",
+    "Hi there,",
+    "Hey",
+    "Dear Hearthly support,",
+    "Good morning,",
+    "To whom it may concern,",
+    "hi team",
+    "Hello Hearthly team,",
+    "Hiya,",
+    "Dear Sir/Madam,",
+    "Hey guys,",
+    "Good afternoon,",
+    "Hi support,",
+    "Hello there",
+    "Evening,",
 ]
 CONTEXT = [
-    "I've been a Hearthly customer since {year}.", "I'm on the {plan} plan.",
-    "We have {n} cameras, a doorbell and the thermostat.", "I use the app on my {os}.",
-    "Not sure if this is the right place for this.", "My partner set the system up, so bear with me.",
-    "I run a small {biz_kind}.", "I bought everything from your website.", "First time contacting support.",
-    "I'm writing on behalf of my mum, who's the account holder.", "I already searched the help centre.",
-    "Long-time user, first ticket.", "I'm not very technical.", "Writing from my work email.",
+    "I've been a Hearthly customer since {year}.",
+    "I'm on the {plan} plan.",
+    "We have {n} cameras, a doorbell and the thermostat.",
+    "I use the app on my {os}.",
+    "Not sure if this is the right place for this.",
+    "My partner set the system up, so bear with me.",
+    "I run a small {biz_kind}.",
+    "I bought everything from your website.",
+    "First time contacting support.",
+    "I'm writing on behalf of my mum, who's the account holder.",
+    "I already searched the help centre.",
+    "Long-time user, first ticket.",
+    "I'm not very technical.",
+    "Writing from my work email.",
 ]
 ANGRY = [
-    "This is ridiculous.", "Honestly I'm so frustrated.", "Worst experience I've had with a company in years.",
-    "I'm really disappointed, I expected better.", "What exactly am I paying for?", "Sort it out.",
-    "Not impressed.", "I've wasted an hour on this already.", "Your chatbot was useless.",
-    "Why is this so hard??", "Unbelievable.",
+    "This is ridiculous.",
+    "Honestly I'm so frustrated.",
+    "Worst experience I've had with a company in years.",
+    "I'm really disappointed, I expected better.",
+    "What exactly am I paying for?",
+    "Sort it out.",
+    "Not impressed.",
+    "I've wasted an hour on this already.",
+    "Your chatbot was useless.",
+    "Why is this so hard??",
+    "Unbelievable.",
 ]
 POLITE = [
-    "Thanks so much in advance!", "I really appreciate your help.", "Hope you're having a good day!",
-    "Sorry if this has been asked before.", "No worries if it takes a while.", "Love the product otherwise!",
-    "Thank you for your time.", "Many thanks.",
+    "Thanks so much in advance!",
+    "I really appreciate your help.",
+    "Hope you're having a good day!",
+    "Sorry if this has been asked before.",
+    "No worries if it takes a while.",
+    "Love the product otherwise!",
+    "Thank you for your time.",
+    "Many thanks.",
 ]
 PUSHY = [
-    "URGENT!!", "Please reply ASAP.", "I need an answer today.", "Marking this as high priority.",
-    "Please treat this as urgent!!!", "Need this sorted immediately.", "Please respond quickly.",
+    "URGENT!!",
+    "Please reply ASAP.",
+    "I need an answer today.",
+    "Marking this as high priority.",
+    "Please treat this as urgent!!!",
+    "Need this sorted immediately.",
+    "Please respond quickly.",
 ]
 SECOND_CONTACT = [
-    "I emailed about this last week but haven't heard back.", "Second time asking.",
+    "I emailed about this last week but haven't heard back.",
+    "Second time asking.",
     "I asked in the chat yesterday, no answer yet.",
 ]
 ESCALATE_REPEAT = [
@@ -117,19 +156,62 @@ ESCALATE_LEGAL = [
     "I've already contacted trading standards.",
     "Next step is small claims court.",
 ]
-SECONDARY_INTROS = ["Also, ", "Unrelated, but ", "P.S. ", "One more thing: ", "While I'm here: ", "Oh and ", "Also "]
+SECONDARY_INTROS = [
+    "Also, ",
+    "Unrelated, but ",
+    "P.S. ",
+    "One more thing: ",
+    "While I'm here: ",
+    "Oh and ",
+    "Also ",
+]
 CLOSINGS = [
-    "Thanks,", "Thank you.", "Regards,", "Best,", "Cheers", "Kind regards,", "Looking forward to hearing from you.",
-    "Thx", "Please advise.", "Thanks!", "Best regards,", "Many thanks,", "ty",
+    "Thanks,",
+    "Thank you.",
+    "Regards,",
+    "Best,",
+    "Cheers",
+    "Kind regards,",
+    "Looking forward to hearing from you.",
+    "Thx",
+    "Please advise.",
+    "Thanks!",
+    "Best regards,",
+    "Many thanks,",
+    "ty",
 ]
 MISSPELL = {
-    "receive": "recieve", "received": "recieved", "definitely": "definately", "separate": "seperate",
-    "account": "acount", "address": "adress", "password": "pasword", "subscription": "subscripton",
-    "because": "becuase", "notifications": "notifcations", "camera": "camra", "tomorrow": "tommorow",
-    "which": "wich", "until": "untill", "their": "thier", "please": "pls", "thanks": "thx",
-    "charged": "chargd", "refund": "refund", "cancelled": "canceled", "already": "allready",
-    "weird": "wierd", "business": "buisness", "doesn't": "doesnt", "can't": "cant", "won't": "wont",
-    "I'm": "im", "it's": "its", "don't": "dont", "you": "u", "thermostat": "thermastat",
+    "receive": "recieve",
+    "received": "recieved",
+    "definitely": "definately",
+    "separate": "seperate",
+    "account": "acount",
+    "address": "adress",
+    "password": "pasword",
+    "subscription": "subscripton",
+    "because": "becuase",
+    "notifications": "notifcations",
+    "camera": "camra",
+    "tomorrow": "tommorow",
+    "which": "wich",
+    "until": "untill",
+    "their": "thier",
+    "please": "pls",
+    "thanks": "thx",
+    "charged": "chargd",
+    "refund": "refund",
+    "cancelled": "canceled",
+    "already": "allready",
+    "weird": "wierd",
+    "business": "buisness",
+    "doesn't": "doesnt",
+    "can't": "cant",
+    "won't": "wont",
+    "I'm": "im",
+    "it's": "its",
+    "don't": "dont",
+    "you": "u",
+    "thermostat": "thermastat",
 }
 
 
@@ -176,7 +258,9 @@ PARAPHRASES: list[tuple[str, list[str]]] = [
     ("problem", ["issue", "problem"]),
     ("issue", ["problem", "issue"]),
 ]
-_PARA_RE = [(re.compile(r"(?<![\w'])" + re.escape(a) + r"(?![\w'])"), alts) for a, alts in PARAPHRASES]
+_PARA_RE = [
+    (re.compile(r"(?<![\w'])" + re.escape(a) + r"(?![\w'])"), alts) for a, alts in PARAPHRASES
+]
 
 
 def paraphrase(text: str, rng: random.Random, rate: float = 0.45) -> str:
@@ -189,12 +273,29 @@ def paraphrase(text: str, rng: random.Random, rate: float = 0.45) -> str:
 def fill_slot(key: str, rng: random.Random) -> str:
     """A value for ``{key}`` in a template."""
     simple: dict[str, list[str]] = {
-        "product": sc.PRODUCTS, "product2": sc.PRODUCTS, "device": sc.DEVICES, "feature": sc.FEATURES,
-        "plan": sc.PLANS, "amount": sc.AMOUNTS, "hw_amount": sc.HW_AMOUNTS, "date": sc.DATES,
-        "carrier": sc.CARRIERS, "region": sc.REGIONS, "country": sc.COUNTRIES, "city": sc.CITIES, "os": sc.OSES,
-        "version": sc.VERSIONS, "code": sc.CODES, "room": sc.ROOMS, "screen": sc.SCREENS,
-        "language": sc.LANGUAGES, "occasion": sc.OCCASIONS, "biz": sc.BIZ, "biz_kind": sc.BIZ_KINDS,
-        "street": sc.STREETS, "promo": sc.PROMOS,
+        "product": sc.PRODUCTS,
+        "product2": sc.PRODUCTS,
+        "device": sc.DEVICES,
+        "feature": sc.FEATURES,
+        "plan": sc.PLANS,
+        "amount": sc.AMOUNTS,
+        "hw_amount": sc.HW_AMOUNTS,
+        "date": sc.DATES,
+        "carrier": sc.CARRIERS,
+        "region": sc.REGIONS,
+        "country": sc.COUNTRIES,
+        "city": sc.CITIES,
+        "os": sc.OSES,
+        "version": sc.VERSIONS,
+        "code": sc.CODES,
+        "room": sc.ROOMS,
+        "screen": sc.SCREENS,
+        "language": sc.LANGUAGES,
+        "occasion": sc.OCCASIONS,
+        "biz": sc.BIZ,
+        "biz_kind": sc.BIZ_KINDS,
+        "street": sc.STREETS,
+        "promo": sc.PROMOS,
     }
     if key in simple:
         return rng.choice(simple[key])
@@ -209,7 +310,9 @@ def fill_slot(key: str, rng: random.Random) -> str:
     if key == "email":
         first, last = rng.choice(sc.FIRST_NAMES).lower(), rng.choice(sc.LAST_NAMES).lower()
         last = re.sub(r"[^a-z]", "", last)
-        user = rng.choice([f"{first}.{last}", f"{first}{rng.randrange(1, 99)}", f"{first[0]}{last}"])
+        user = rng.choice(
+            [f"{first}.{last}", f"{first}{rng.randrange(1, 99)}", f"{first[0]}{last}"]
+        )
         return f"{user}@{rng.choice(['example.com', 'example.org', 'example.net'])}"
     if key == "year":
         return str(rng.randrange(2019, 2026))
@@ -256,9 +359,17 @@ def add_typos(text: str, rng: random.Random, rate: float, sloppy: bool) -> str:
     def one(match: re.Match[str]) -> str:
         word = match.group(0)
         low = word.lower()
-        if low in MISSPELL and (sloppy or low not in {"you", "please", "thanks"}) and rng.random() < rate * 6:
+        if (
+            low in MISSPELL
+            and (sloppy or low not in {"you", "please", "thanks"})
+            and rng.random() < rate * 6
+        ):
             repl = MISSPELL[low]
-            return repl.capitalize() if word[0].isupper() and repl[0].islower() and low != "i'm" else repl
+            return (
+                repl.capitalize()
+                if word[0].isupper() and repl[0].islower() and low != "i'm"
+                else repl
+            )
         if len(word) < 4 or any(c.isdigit() for c in word) or rng.random() >= rate:
             return word
         i = rng.randrange(1, len(word) - 1)
@@ -274,36 +385,62 @@ def add_typos(text: str, rng: random.Random, rate: float, sloppy: bool) -> str:
 
 def lower_first(text: str) -> str:
     first = text.split(" ", 1)[0]
-    if first in {"I", "I'm", "I've", "I'd"} or first.startswith(("Hearth", "HL", "#", "URGENT", "Android", "SMS")):
+    if first in {"I", "I'm", "I've", "I'd"} or first.startswith(
+        ("Hearth", "HL", "#", "URGENT", "Android", "SMS")
+    ):
         return text
     return text[0].lower() + text[1:]
 
 
 def signature(rng: random.Random, slots: Slots) -> str:
     name = f"{rng.choice(sc.FIRST_NAMES)} {rng.choice(sc.LAST_NAMES)}"
-    return rng.choice([
-        name, name.split()[0], f"{name}\n{rng.choice(['Office Manager', 'Owner', 'IT', 'Facilities'])}, {slots['biz']}",
-        "Sent from my iPhone", f"-- {name.split()[0]}", f"{name[0]}.",
-    ]) if rng.random() < 0.93 else f"{name}\n{rng.choice(['+1 555 01', '+44 7700 900'])}{rng.randrange(100, 999)}"
+    return (
+        rng.choice(
+            [
+                name,
+                name.split()[0],
+                f"{name}\n{rng.choice(['Office Manager', 'Owner', 'IT', 'Facilities'])}, {slots['biz']}",
+                "Sent from my iPhone",
+                f"-- {name.split()[0]}",
+                f"{name[0]}.",
+            ]
+        )
+        if rng.random() < 0.93
+        else f"{name}\n{rng.choice(['+1 555 01', '+44 7700 900'])}{rng.randrange(100, 999)}"
+    )
 
 
-def compose(scn: sc.Scenario, rng: random.Random, *, priority: str, escalate: str | None,
-            secondary: sc.Scenario | None) -> tuple[str, list[str]]:
+def compose(
+    scn: sc.Scenario,
+    rng: random.Random,
+    *,
+    priority: str,
+    escalate: str | None,
+    secondary: sc.Scenario | None,
+) -> tuple[str, list[str]]:
     """One ticket's user text for ``scn``; ``escalate`` is None, 'repeat' or 'legal'."""
     slots = Slots(rng)
     tags: list[str] = []
     style = rng.choices(["terse", "normal", "verbose"], weights=[28, 50, 22])[0]
     if secondary is not None and style == "terse":
         style = "normal"
-    tone = rng.choices(["neutral", "polite", "angry", "pushy"], weights={
-        "high": [45, 15, 28, 12], "medium": [52, 20, 20, 8], "low": [62, 24, 8, 6]}[priority])[0]
+    tone = rng.choices(
+        ["neutral", "polite", "angry", "pushy"],
+        weights={"high": [45, 15, 28, 12], "medium": [52, 20, 20, 8], "low": [62, 24, 8, 6]}[
+            priority
+        ],
+    )[0]
     core = paraphrase(render(rng.choice(scn.core), slots), rng)
     body: list[str] = []
 
     if style == "terse":
         body.append(core)
         if escalate is not None:
-            body.append(render(rng.choice(ESCALATE_REPEAT if escalate == "repeat" else ESCALATE_LEGAL), slots))
+            body.append(
+                render(
+                    rng.choice(ESCALATE_REPEAT if escalate == "repeat" else ESCALATE_LEGAL), slots
+                )
+            )
         if tone == "pushy" and rng.random() < 0.6:
             body.append(rng.choice(PUSHY))
         text = " ".join(body)
@@ -311,7 +448,10 @@ def compose(scn: sc.Scenario, rng: random.Random, *, priority: str, escalate: st
             text = text.lower()
         if rng.random() < 0.5:
             text = text.rstrip(".")
-        return add_typos(text, rng, rate=rng.choice([0.0, 0.02, 0.05]), sloppy=True), [*tags, "terse"]
+        return add_typos(text, rng, rate=rng.choice([0.0, 0.02, 0.05]), sloppy=True), [
+            *tags,
+            "terse",
+        ]
 
     if style == "verbose" or rng.random() < 0.25:
         body.append(render(rng.choice(CONTEXT), slots))
@@ -322,7 +462,9 @@ def compose(scn: sc.Scenario, rng: random.Random, *, priority: str, escalate: st
         if not any(key in slots for key in re.findall(r"{(\w+)}", detail)):
             body.append(paraphrase(render(detail, slots), rng))
     if escalate is not None:
-        body.append(render(rng.choice(ESCALATE_REPEAT if escalate == "repeat" else ESCALATE_LEGAL), slots))
+        body.append(
+            render(rng.choice(ESCALATE_REPEAT if escalate == "repeat" else ESCALATE_LEGAL), slots)
+        )
     elif rng.random() < 0.05:
         body.append(rng.choice(SECOND_CONTACT))  # a second contact is not an escalation (third is)
     if tone == "angry":
@@ -335,7 +477,15 @@ def compose(scn: sc.Scenario, rng: random.Random, *, priority: str, escalate: st
         if RANK[secondary.priority] < RANK[priority] and rng.random() < 0.35:
             # the less urgent issue first: the reader must weigh them (equal urgency: first one wins)
             at = body.index(core)
-            lead = rng.choice(["But the real problem: ", "More importantly, ", "Anyway, ", "Main thing though: ", ""])
+            lead = rng.choice(
+                [
+                    "But the real problem: ",
+                    "More importantly, ",
+                    "Anyway, ",
+                    "Main thing though: ",
+                    "",
+                ]
+            )
             body = [*body[:at], sec, lead + lower_first(core) if lead else core, *body[at + 1 :]]
         else:
             body.append(intro + lower_first(sec))
@@ -398,7 +548,12 @@ def generate_tickets(seed: int = SEED) -> list[dict]:
     for s in sc.SCENARIOS:
         by_label.setdefault((s.category, s.priority), []).append(s)
 
-    plan = [(cat, prio) for cat, mix in PRIORITY_MIX.items() for prio, k in mix.items() for _ in range(k)]
+    plan = [
+        (cat, prio)
+        for cat, mix in PRIORITY_MIX.items()
+        for prio, k in mix.items()
+        for _ in range(k)
+    ]
     rng.shuffle(plan)
     accepted: list[tuple[str, set[str]]] = []
     seen: set[str] = set()
@@ -413,7 +568,12 @@ def generate_tickets(seed: int = SEED) -> list[dict]:
             scn = pick_scenario(rng, pool)
             secondary = None
             if rng.random() < 0.12:
-                lower = [s for s in sc.SCENARIOS if s.category != cat and (RANK[s.priority] < RANK[prio] or prio == s.priority == "low")]
+                lower = [
+                    s
+                    for s in sc.SCENARIOS
+                    if s.category != cat
+                    and (RANK[s.priority] < RANK[prio] or prio == s.priority == "low")
+                ]
                 secondary = pick_scenario(rng, lower)
             text, tags = compose(scn, rng, priority=prio, escalate=escalate, secondary=secondary)
             key = " ".join(text.split()).lower()
@@ -429,16 +589,18 @@ def generate_tickets(seed: int = SEED) -> list[dict]:
         accepted.append((text, sh))
         if escalate:
             tags.append(f"escalated_{escalate}")
-        rows.append({
-            "id": f"tkt-{len(rows) + 1:04d}",
-            "messages": [
-                {"role": "system", "content": SYSTEM_PROMPT},
-                {"role": "user", "content": text},
-                {"role": "assistant", "content": f"Category: {cat}\nPriority: {prio}"},
-            ],
-            "situation": scn.key,
-            "tags": tags,
-        })
+        rows.append(
+            {
+                "id": f"tkt-{len(rows) + 1:04d}",
+                "messages": [
+                    {"role": "system", "content": SYSTEM_PROMPT},
+                    {"role": "user", "content": text},
+                    {"role": "assistant", "content": f"Category: {cat}\nPriority: {prio}"},
+                ],
+                "situation": scn.key,
+                "tags": tags,
+            }
+        )
     return rows
 
 
@@ -452,7 +614,10 @@ def _atomic_write(path: Path, text: str) -> None:
 
 def write_all(out: Path, seed: int = SEED) -> dict[str, int]:
     rows = generate_tickets(seed)
-    _atomic_write(out / "data" / "tickets.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    _atomic_write(
+        out / "data" / "tickets.jsonl",
+        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
+    )
     for slug, (title, body) in ARTICLES.items():
         text = f"# {title}\n\n{body.strip()}\n"
         words = len(text.split())
@@ -464,12 +629,19 @@ def write_all(out: Path, seed: int = SEED) -> dict[str, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, default=HERE, help="folder to write data/ and docs/ into")
+    parser.add_argument(
+        "--out", type=Path, default=HERE, help="folder to write data/ and docs/ into"
+    )
     parser.add_argument("--seed", type=int, default=SEED)
     args = parser.parse_args()
     counts = write_all(args.out, args.seed)
-    rows = [json.loads(line) for line in (args.out / "data" / "tickets.jsonl").read_text().splitlines()]
-    labels = Counter(tuple(r["messages"][-1]["content"].replace("Category: ", "").split("\nPriority: ")) for r in rows)
+    rows = [
+        json.loads(line) for line in (args.out / "data" / "tickets.jsonl").read_text().splitlines()
+    ]
+    labels = Counter(
+        tuple(r["messages"][-1]["content"].replace("Category: ", "").split("\nPriority: "))
+        for r in rows
+    )
     print(f"wrote {counts['tickets']} tickets and {counts['docs']} articles under {args.out}")
     for (cat, prio), k in sorted(labels.items()):
         print(f"  {cat:16s} {prio:7s} {k}")

@@ -45,7 +45,9 @@ class Facts:
     shipped_candidate: str | None = None
     verdict_summary: str = ""
     underpowered: list[str] = field(default_factory=list)  # "cand vs base" pairs too small to tell
-    learning_curve: list[tuple[int, float]] = field(default_factory=list)  # (train examples, metric)
+    learning_curve: list[tuple[int, float]] = field(
+        default_factory=list
+    )  # (train examples, metric)
     delta: float = 0.02
     rag_sources: list[str] = field(default_factory=lambda: ["docs"])  # what the rag rung retrieved
 
@@ -128,7 +130,6 @@ def _log_fit(curve: list[tuple[int, float]]) -> tuple[float, float] | None:
     return my - b * mx, b
 
 
-
 def _best(names: list[str], metrics: dict[str, float]) -> str | None:
     present = [n for n in names if n in metrics]
     return max(present, key=lambda n: metrics[n]) if present else None
@@ -143,26 +144,44 @@ def recommend(f: Facts, cost: CostInputs | None = None) -> Advice:
     if f.ship and f.shipped_candidate:
         cand = f.shipped_candidate
         method = f.methods.get(cand)
-        reasons.append(f"{cand} ({method}) scores {pm} {_fmt(m[cand])}, clearly above every baseline: "
-                       + ", ".join(f"{b} {_fmt(m[b])}" for b in BASELINES if b in m) + ".")
+        reasons.append(
+            f"{cand} ({method}) scores {pm} {_fmt(m[cand])}, clearly above every baseline: "
+            + ", ".join(f"{b} {_fmt(m[b])}" for b in BASELINES if b in m)
+            + "."
+        )
         ties = [c for c in finetuned if c != cand and abs(m[c] - m[cand]) < f.delta]
         if ties:
-            reasons.append("Within the margin of " + ", ".join(f"{c} ({f.methods[c]})" for c in ties)
-                           + f"; {method} is preferred as the cheaper or better of them.")
+            reasons.append(
+                "Within the margin of "
+                + ", ".join(f"{c} ({f.methods[c]})" for c in ties)
+                + f"; {method} is preferred as the cheaper or better of them."
+            )
         if method == "qlora":
-            reasons.append("QLoRA trains on a 4-bit base: the smallest memory footprint at this quality.")
+            reasons.append(
+                "QLoRA trains on a 4-bit base: the smallest memory footprint at this quality."
+            )
         elif method == "full":
             reasons.append("Full fine-tuning won; it costs a full copy of the weights per version.")
-        advice = Advice("finetune", method, f"Fine-tune with {method}: it clearly beats all three baselines.",
-                        reasons + ([f.verdict_summary] if f.verdict_summary else []))
+        advice = Advice(
+            "finetune",
+            method,
+            f"Fine-tune with {method}: it clearly beats all three baselines.",
+            reasons + ([f.verdict_summary] if f.verdict_summary else []),
+        )
     else:
         advice = _ladder_rung(f, finetuned)
 
     # Rungs outside the article's ladder (the kNN label vote over train examples, external models)
     # are not gate baselines, so the branches above ignore them; say so when one leads, because a
     # label task that an embedding lookup solves may need no generation at all.
-    extras = [c for c in m if c not in BASELINES and c not in f.methods and not _of_finetune(c, f)
-              and not math.isnan(m[c])]
+    extras = [
+        c
+        for c in m
+        if c not in BASELINES
+        and c not in f.methods
+        and not _of_finetune(c, f)
+        and not math.isnan(m[c])
+    ]
     top_extra = _best(extras, m)
     others = [c for c in m if c not in extras and not math.isnan(m[c])]
     if top_extra is not None and others and m[top_extra] >= max(m[c] for c in others) + f.delta:
@@ -174,8 +193,11 @@ def recommend(f: Facts, cost: CostInputs | None = None) -> Advice:
             f"Add it to gate.baselines to hold the fine-tune to it, or consider shipping it instead."
         )
     if f.underpowered:
-        advice.reasons.append("The evaluation set is too small to detect the observed difference for: "
-                              + ", ".join(f.underpowered) + ". Add validation items before trusting a tie.")
+        advice.reasons.append(
+            "The evaluation set is too small to detect the observed difference for: "
+            + ", ".join(f.underpowered)
+            + ". Add validation items before trusting a tie."
+        )
     if f.learning_curve and advice.recommendation != "finetune":
         advice.more_data = _curve_advice(f, m)
     if cost is not None:
@@ -193,53 +215,91 @@ def _ladder_rung(f: Facts, finetuned: list[str]) -> Advice:
     rungs = [b for b in BASELINES if b in m]
     refused = f"Do not ship the fine-tune: {f.verdict_summary or 'it did not clear the gate.'}"
     if not rungs:
-        return Advice("undecided", None, "No rung of the ladder (prompt, few-shot, RAG) was evaluated.",
-                      ["Add prompt, fewshot and rag to eval.candidates: the advice compares against them."]
-                      + ([refused] if finetuned else []))
+        return Advice(
+            "undecided",
+            None,
+            "No rung of the ladder (prompt, few-shot, RAG) was evaluated.",
+            ["Add prompt, fewshot and rag to eval.candidates: the advice compares against them."]
+            + ([refused] if finetuned else []),
+        )
     chosen = None
     for i, rung in enumerate(rungs):
-        if not any(better.get((c, rung), False) for c in rungs[i + 1:] + finetuned):
+        if not any(better.get((c, rung), False) for c in rungs[i + 1 :] + finetuned):
             chosen = rung
             break
     if chosen is None:
         cand = _best([c for c in finetuned if better.get((c, rungs[-1]), False)], m)
         assert cand is not None  # only a fine-tune can clearly beat the top rung
         beaten = [r for r in rungs if better.get((cand, r), False)]
-        reasons = [f"{cand} ({f.methods[cand]}) scores {pm} {_fmt(m[cand])}, clearly above "
-                   + ", ".join(f"{r} {_fmt(m[r])}" for r in beaten) + ".", refused]
+        reasons = [
+            f"{cand} ({f.methods[cand]}) scores {pm} {_fmt(m[cand])}, clearly above "
+            + ", ".join(f"{r} {_fmt(m[r])}" for r in beaten)
+            + ".",
+            refused,
+        ]
         # rivals the comparison tested the fine-tune against (gate baselines beyond the three rungs)
-        rivals = [c for c in m if c not in BASELINES and c not in f.methods and not _of_finetune(c, f)
-                  and (cand, c) in better and not better[(cand, c)]]
+        rivals = [
+            c
+            for c in m
+            if c not in BASELINES
+            and c not in f.methods
+            and not _of_finetune(c, f)
+            and (cand, c) in better
+            and not better[(cand, c)]
+        ]
         for rival in sorted(rivals, key=lambda c: -m[c]):
-            reasons.append(f"{rival} ({_fmt(m[rival])}) is not clearly beaten and needs no fine-tune: add "
-                           f"validation items to tell the two apart, or serve {rival} if it is cheaper.")
+            reasons.append(
+                f"{rival} ({_fmt(m[rival])}) is not clearly beaten and needs no fine-tune: add "
+                f"validation items to tell the two apart, or serve {rival} if it is cheaper."
+            )
         names = [{"prompt": "prompt", "fewshot": "few-shot", "rag": "RAG"}[r] for r in beaten]
-        return Advice("undecided", f.methods[cand],
-                      f"Undecided: {cand} clearly beats {', '.join(names)}, but the gate held it back.", reasons)
+        return Advice(
+            "undecided",
+            f.methods[cand],
+            f"Undecided: {cand} clearly beats {', '.join(names)}, but the gate held it back.",
+            reasons,
+        )
     lower = [r for r in rungs[: rungs.index(chosen)] if better.get((chosen, r), False)]
     head = f"{_name(chosen)} scores {pm} {_fmt(m[chosen])}"
-    head += f", clearly above {' and '.join(f'{_name(r)} ({_fmt(m[r])})' for r in lower)}" if lower else ""
-    above = [c for c in rungs[rungs.index(chosen) + 1:] + finetuned]
-    head += (", and nothing above it on the ladder (" + ", ".join(above) + ") clearly beats it.") if above else "."
+    head += (
+        f", clearly above {' and '.join(f'{_name(r)} ({_fmt(m[r])})' for r in lower)}"
+        if lower
+        else ""
+    )
+    above = [c for c in rungs[rungs.index(chosen) + 1 :] + finetuned]
+    head += (
+        (", and nothing above it on the ladder (" + ", ".join(above) + ") clearly beats it.")
+        if above
+        else "."
+    )
     reasons = [head[0].upper() + head[1:]]
     if chosen == "rag":
         if "docs" in f.rag_sources:
-            reasons.append("The answers depend on facts in the documents or examples; fine-tuning teaches "
-                           "behaviour (format, tone, labels) and does not reliably add facts. Keep the "
-                           "knowledge in the index, where it can be updated without retraining.")
+            reasons.append(
+                "The answers depend on facts in the documents or examples; fine-tuning teaches "
+                "behaviour (format, tone, labels) and does not reliably add facts. Keep the "
+                "knowledge in the index, where it can be updated without retraining."
+            )
         else:
-            reasons.append("RAG here retrieves labelled training examples, not documents: the nearest "
-                           "examples carry the answer. That is not a knowledge task; it says that "
-                           "similar examples in the prompt (or a kNN over them) do the job, and more "
-                           "labelled examples make the index better without retraining.")
+            reasons.append(
+                "RAG here retrieves labelled training examples, not documents: the nearest "
+                "examples carry the answer. That is not a knowledge task; it says that "
+                "similar examples in the prompt (or a kNN over them) do the job, and more "
+                "labelled examples make the index better without retraining."
+            )
     if finetuned:
         best_ft = _best(finetuned, m)
         assert best_ft is not None
         if not better.get((best_ft, chosen), False):
-            reasons.append(f"The best fine-tune ({best_ft}, {_fmt(m[best_ft])}) does not clearly beat {_name(chosen)}.")
+            reasons.append(
+                f"The best fine-tune ({best_ft}, {_fmt(m[best_ft])}) does not clearly beat {_name(chosen)}."
+            )
         reasons.append(refused)
-    headline = {"prompt": "The prompt is enough.", "fewshot": "Few-shot prompting is enough.",
-                "rag": "Use RAG: retrieval carries this task."}[chosen]
+    headline = {
+        "prompt": "The prompt is enough.",
+        "fewshot": "Few-shot prompting is enough.",
+        "rag": "Use RAG: retrieval carries this task.",
+    }[chosen]
     return Advice(chosen, None, headline, reasons)
 
 
@@ -265,17 +325,25 @@ def _curve_advice(f: Facts, m: dict[str, float]) -> str | None:
     fit = _log_fit(f.learning_curve)
     slope = fit[1] if fit else None
     if slope is None or slope <= 1e-9:
-        return (f"The learning curve ({curve}) is flat: more of the same data is unlikely to help; "
-                "improve the data or the prompt instead.")
-    per_doubling = f"about {slope * math.log(2):+.3f} {f.primary_metric} per doubling of the training set"
+        return (
+            f"The learning curve ({curve}) is flat: more of the same data is unlikely to help; "
+            "improve the data or the prompt instead."
+        )
+    per_doubling = (
+        f"about {slope * math.log(2):+.3f} {f.primary_metric} per doubling of the training set"
+    )
     if last >= target:
-        return (f"The learning curve ({curve}) is still rising ({per_doubling}): the fine-tune already scores "
-                f"above {rival} + margin ({_fmt(target)}), and more examples should widen the gap. What it "
-                "lacks is evidence, not data: add validation items so the difference can be confirmed.")
+        return (
+            f"The learning curve ({curve}) is still rising ({per_doubling}): the fine-tune already scores "
+            f"above {rival} + margin ({_fmt(target)}), and more examples should widen the gap. What it "
+            "lacks is evidence, not data: add validation items so the difference can be confirmed."
+        )
     needed = extrapolate(f.learning_curve, target)
-    return (f"Not enough data yet: the learning curve ({curve}) is still rising ({per_doubling}); a "
-            f"log-linear fit reaches {rival} + margin ({_fmt(target)}) at about {needed} training "
-            f"examples (you have {have}).")
+    return (
+        f"Not enough data yet: the learning curve ({curve}) is still rising ({per_doubling}); a "
+        f"log-linear fit reaches {rival} + margin ({_fmt(target)}) at about {needed} training "
+        f"examples (you have {have})."
+    )
 
 
 def facts_from_dir(eval_dir: Path) -> Facts:
@@ -284,10 +352,14 @@ def facts_from_dir(eval_dir: Path) -> Facts:
 
     comp_path = eval_dir / "comparison.json"
     if not comp_path.is_file():
-        raise UserError(f"{eval_dir}: no comparison.json; run `tunewise run` or `tunewise compare` first")
+        raise UserError(
+            f"{eval_dir}: no comparison.json; run `tunewise run` or `tunewise compare` first"
+        )
     raw = json.loads(comp_path.read_text())
     pairs = [PairedTest(**p) for p in raw["pairs"]]
-    comp = Comparison(primary_metric=raw["primary_metric"], metrics={}, pairs=pairs, meta=raw.get("meta", {}))
+    comp = Comparison(
+        primary_metric=raw["primary_metric"], metrics={}, pairs=pairs, meta=raw.get("meta", {})
+    )
     pm = comp.primary_metric
     metrics = {c: v[pm]["value"] for c, v in raw["metrics"].items() if pm in v}
     meta = raw.get("meta", {})
@@ -298,11 +370,17 @@ def facts_from_dir(eval_dir: Path) -> Facts:
         for p in pairs
         if p.metric == pm
     }
-    needed = {(w["candidate"], w["baseline"]): w.get("items_needed")
-              for w in raw.get("meta", {}).get("underpowered", []) if w.get("metric") == pm}
-    underpowered = [f"{p.candidate} vs {p.baseline}"
-                    + (f" (about {n} items would tell)" if (n := needed.get((p.candidate, p.baseline))) else "")
-                    for p in pairs if p.metric == pm and p.underpowered]
+    needed = {
+        (w["candidate"], w["baseline"]): w.get("items_needed")
+        for w in raw.get("meta", {}).get("underpowered", [])
+        if w.get("metric") == pm
+    }
+    underpowered = [
+        f"{p.candidate} vs {p.baseline}"
+        + (f" (about {n} items would tell)" if (n := needed.get((p.candidate, p.baseline))) else "")
+        for p in pairs
+        if p.metric == pm and p.underpowered
+    ]
     methods: dict[str, str] = {}
     eval_json = eval_dir / "eval.json"
     if eval_json.is_file():
@@ -319,6 +397,16 @@ def facts_from_dir(eval_dir: Path) -> Facts:
     if lc_path.is_file():
         curve = load_curve(lc_path)
     rag_sources = list(meta.get("retrieval_sources", {}).get("rag", ["docs"]))
-    return Facts(primary_metric=pm, metrics=metrics, clearly_better=clearly, methods=methods, ship=ship,
-                 shipped_candidate=shipped, verdict_summary=summary, underpowered=underpowered,
-                 learning_curve=curve, delta=delta, rag_sources=rag_sources)
+    return Facts(
+        primary_metric=pm,
+        metrics=metrics,
+        clearly_better=clearly,
+        methods=methods,
+        ship=ship,
+        shipped_candidate=shipped,
+        verdict_summary=summary,
+        underpowered=underpowered,
+        learning_curve=curve,
+        delta=delta,
+        rag_sources=rag_sources,
+    )

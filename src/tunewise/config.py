@@ -23,9 +23,12 @@ class _Section(BaseModel):
 
 class TaskConfig(_Section):
     type: Literal["labels", "text", "json"] = Field(
-        "labels", description="labels: outputs are categorical (one or more fields); text: free text; json: JSON objects"
+        "labels",
+        description="labels: outputs are categorical (one or more fields); text: free text; json: JSON objects",
     )
-    system_prompt: str = Field("", description="the 'good prompt' of the prompt baseline, also used by every candidate")
+    system_prompt: str = Field(
+        "", description="the 'good prompt' of the prompt baseline, also used by every candidate"
+    )
     output_pattern: str | None = Field(
         None,
         description="regex the assistant output must match (format compliance); named groups are label fields, "
@@ -34,11 +37,18 @@ class TaskConfig(_Section):
     labels: dict[str, list[str]] | None = Field(
         None, description="allowed values per label field; inferred from train when absent"
     )
-    json_schema: dict[str, Any] | None = Field(None, description="JSON schema the output must conform to (type: json)")
+    json_schema: dict[str, Any] | None = Field(
+        None, description="JSON schema the output must conform to (type: json)"
+    )
 
 
 class SplitConfig(_Section):
-    val: float = Field(0.1, ge=0.0, lt=0.5, description="fraction held out for validation (at least 10% is advised)")
+    val: float = Field(
+        0.1,
+        ge=0.0,
+        lt=0.5,
+        description="fraction held out for validation (at least 10% is advised)",
+    )
     test: float = Field(0.1, ge=0.0, lt=0.5, description="fraction sealed for the final test")
     seed: int = 0
 
@@ -47,11 +57,17 @@ class DataConfig(_Section):
     train: Path = Field(..., description="chat JSONL: one {'messages': [...]} per line")
     docs: Path | None = Field(None, description="folder of .md/.txt documents for the RAG rung")
     split: SplitConfig = SplitConfig()
-    max_len: int = Field(512, ge=16, description="token budget per example; longer ones are handled by train.overlong")
+    max_len: int = Field(
+        512,
+        ge=16,
+        description="token budget per example; longer ones are handled by train.overlong",
+    )
 
 
 class ModelConfig(_Section):
-    base: str = Field("smollm2-135m-instruct", description="built-in name, local HF directory or hub id")
+    base: str = Field(
+        "smollm2-135m-instruct", description="built-in name, local HF directory or hub id"
+    )
     trust_remote_code: bool = False
 
 
@@ -61,10 +77,14 @@ LoraTarget = Literal["all-linear", "qv", "attn", "mlp"]
 class TrainConfig(_Section):
     method: Literal["lora", "qlora", "full"] = "lora"
     lr: float | None = Field(None, gt=0, description="default 2e-4 for lora/qlora, 2e-5 for full")
-    epochs: float = Field(2.0, gt=0, description="1-3 is advised; outside that range tunewise warns")
+    epochs: float = Field(
+        2.0, gt=0, description="1-3 is advised; outside that range tunewise warns"
+    )
     batch_size: int = Field(8, ge=1)
     grad_accum: int = Field(1, ge=1)
-    max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps (overrides epochs)")
+    max_steps: int | None = Field(
+        None, ge=1, description="stop after this many optimizer steps (overrides epochs)"
+    )
     scheduler: Literal["cosine", "linear", "constant"] = "cosine"
     warmup_ratio: float = Field(0.05, ge=0, lt=1)
     weight_decay: float = 0.0
@@ -72,12 +92,16 @@ class TrainConfig(_Section):
     lora_alpha: int | None = Field(None, ge=1, description="default 2*r")
     lora_dropout: float = Field(0.05, ge=0, lt=1)
     target_modules: LoraTarget | list[str] = "all-linear"
-    train_on: Literal["all", "last"] = Field("all", description="loss on every assistant turn, or the last only")
+    train_on: Literal["all", "last"] = Field(
+        "all", description="loss on every assistant turn, or the last only"
+    )
     overlong: Literal["drop", "truncate", "error"] = "drop"
     eval_every: int = Field(20, ge=1, description="validation loss every N optimizer steps")
     save_every: int = Field(50, ge=1, description="checkpoint every N optimizer steps")
     early_stopping_patience: int = Field(3, ge=1)
-    overfit_sample: int = Field(8, ge=0, description="validation prompts generated at each eval for the repetition check")
+    overfit_sample: int = Field(
+        8, ge=0, description="validation prompts generated at each eval for the repetition check"
+    )
     overfit_repetition_threshold: float = Field(0.3, gt=0, le=1)
     group_by_length: bool = True
     gradient_checkpointing: bool = Field(
@@ -127,18 +151,30 @@ class EvalConfig(_Section):
     fewshot: FewShotConfig = FewShotConfig()
     rag: RagConfig = RagConfig()
     external: list[ExternalConfig] = []
-    graders: list[Literal["exact", "format", "label", "json", "judge"]] = ["format", "label", "exact"]
+    graders: list[Literal["exact", "format", "label", "json", "judge"]] = [
+        "format",
+        "label",
+        "exact",
+    ]
     primary_metric: str = Field("accuracy", description="the metric the gate decides on")
-    constrained: bool = Field(True, description="also score labels by log-likelihood (labels tasks)")
+    constrained: bool = Field(
+        True, description="also score labels by log-likelihood (labels tasks)"
+    )
     max_new_tokens: int | Literal["auto"] = "auto"
     batch_size: int = Field(16, ge=1)
-    limit: int | None = Field(None, ge=1, description="evaluate on the first N validation items only")
-    judge_model: str | None = Field(None, description="local model or external name for the LLM judge")
+    limit: int | None = Field(
+        None, ge=1, description="evaluate on the first N validation items only"
+    )
+    judge_model: str | None = Field(
+        None, description="local model or external name for the LLM judge"
+    )
 
 
 class GateConfig(_Section):
     alpha: float = Field(0.05, gt=0, lt=1)
-    delta: float = Field(0.02, ge=0, description="minimum margin on the primary metric over every baseline")
+    delta: float = Field(
+        0.02, ge=0, description="minimum margin on the primary metric over every baseline"
+    )
     baselines: list[str] = ["prompt", "fewshot", "rag"]
     guards: dict[str, float] = Field(
         default_factory=lambda: {"format_compliance": 0.02},
@@ -163,7 +199,9 @@ class ProjectConfig(_Section):
 
         # The name becomes a registry entry and a folder name: no "..", no separators.
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", v) or ".." in v:
-            raise ValueError("use letters, digits, '.', '_' or '-' (max 64), starting with a letter or digit, no '..'")
+            raise ValueError(
+                "use letters, digits, '.', '_' or '-' (max 64), starting with a letter or digit, no '..'"
+            )
         return v
 
     @model_validator(mode="after")

@@ -27,8 +27,17 @@ from tunewise.registry import Registry, Version
 VLLM_MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 # Linear layers of decoder blocks that vLLM's LoRA layers wrap (q/k/v are packed into qkv_proj,
 # gate/up into gate_up_proj). Embedding and lm_head LoRA are not served by current vLLM.
-VLLM_LORA_MODULES = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
-                     "qkv_proj", "gate_up_proj"}
+VLLM_LORA_MODULES = {
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+    "qkv_proj",
+    "gate_up_proj",
+}
 
 
 def _out_dir_ready(out: Path, force: bool) -> None:
@@ -57,8 +66,9 @@ def _base_ref(v: Version):
     raise UserError(f"{v.spec}: base model {v.base_model!r} is not available locally ({last_err})")
 
 
-def export_merged(spec: str, out: str | Path, *, force: bool = False,
-                  registry: Registry | None = None) -> dict[str, Any]:
+def export_merged(
+    spec: str, out: str | Path, *, force: bool = False, registry: Registry | None = None
+) -> dict[str, Any]:
     """Merge ``spec``'s adapter into its base and write an HF safetensors directory at ``out``."""
     from tunewise import models
 
@@ -81,13 +91,20 @@ def export_merged(spec: str, out: str | Path, *, force: bool = False,
             base = models.load_model(ref)
             merged = PeftModel.from_pretrained(base, str(v.weights_dir)).merge_and_unload()
             merged.save_pretrained(tmp, safe_serialization=True)
-            tok_src = v.weights_dir if (v.weights_dir / "tokenizer_config.json").is_file() else ref.path
-            models.load_tokenizer(models.ModelRef(ref.name, Path(tok_src), ref.weight_hash, "local")
-                                  ).save_pretrained(tmp)
+            tok_src = (
+                v.weights_dir if (v.weights_dir / "tokenizer_config.json").is_file() else ref.path
+            )
+            models.load_tokenizer(
+                models.ModelRef(ref.name, Path(tok_src), ref.weight_hash, "local")
+            ).save_pretrained(tmp)
             base_name = ref.name
-        marker = {"name": v.spec, "source": "merged", "base_model": base_name,
-                  "base_weight_hash": v.base_weight_hash,
-                  "weight_hash": models.weights_hash(tmp)}
+        marker = {
+            "name": v.spec,
+            "source": "merged",
+            "base_model": base_name,
+            "base_weight_hash": v.base_weight_hash,
+            "weight_hash": models.weights_hash(tmp),
+        }
         atomic_write_json(tmp / models.MARKER, marker)
         replace_dir(tmp, out)
     except BaseException:
@@ -127,8 +144,10 @@ class VllmPlan:
 def check_vllm_adapter(v: Version) -> tuple[int, list[str]]:
     """(rank, problems) for one LoRA version as vLLM would see its adapter_config.json."""
     if v.kind != "lora":
-        return 0, [f"{v.spec}: a full fine-tune has no adapter; serve it as its own model "
-                   "(`vllm serve DIR`) or export merged"]
+        return 0, [
+            f"{v.spec}: a full fine-tune has no adapter; serve it as its own model "
+            "(`vllm serve DIR`) or export merged"
+        ]
     assert v.path is not None
     cfg = json.loads((v.path / "adapter_config.json").read_text())
     problems = []
@@ -136,28 +155,41 @@ def check_vllm_adapter(v: Version) -> tuple[int, list[str]]:
         problems.append(f"{v.spec}: peft_type {cfg.get('peft_type')} is not LoRA")
     rank = max([int(cfg.get("r", 0))] + [int(x) for x in (cfg.get("rank_pattern") or {}).values()])
     if rank > VLLM_MAX_LORA_RANKS[-1]:
-        problems.append(f"{v.spec}: rank {rank} exceeds vLLM's largest --max-lora-rank "
-                        f"{VLLM_MAX_LORA_RANKS[-1]}")
+        problems.append(
+            f"{v.spec}: rank {rank} exceeds vLLM's largest --max-lora-rank "
+            f"{VLLM_MAX_LORA_RANKS[-1]}"
+        )
     targets = cfg.get("target_modules") or []
     if isinstance(targets, str):
         problems.append(f"{v.spec}: target_modules is a regex ({targets!r}); list module names")
         targets = []
     unsupported = sorted({t.split(".")[-1] for t in targets} - VLLM_LORA_MODULES)
     if unsupported:
-        problems.append(f"{v.spec}: target modules {unsupported} are not LoRA-capable in vLLM "
-                        f"(supported: {sorted(VLLM_LORA_MODULES)})")
+        problems.append(
+            f"{v.spec}: target modules {unsupported} are not LoRA-capable in vLLM "
+            f"(supported: {sorted(VLLM_LORA_MODULES)})"
+        )
     if cfg.get("use_dora"):
         problems.append(f"{v.spec}: DoRA adapters are not supported by vLLM")
     if cfg.get("modules_to_save"):
-        problems.append(f"{v.spec}: modules_to_save={cfg['modules_to_save']} is not supported by vLLM")
+        problems.append(
+            f"{v.spec}: modules_to_save={cfg['modules_to_save']} is not supported by vLLM"
+        )
     if cfg.get("bias", "none") != "none" or cfg.get("lora_bias"):
         problems.append(f"{v.spec}: adapter bias is not supported by vLLM")
     return rank, problems
 
 
-def plan_vllm(specs: list[str], *, registry: Registry | None = None, layout: Path | None = None,
-              max_lora_rank: int | None = None, max_loras: int | None = None,
-              max_cpu_loras: int | None = None, tensor_parallel_size: int = 1) -> tuple[VllmPlan, list[Version]]:
+def plan_vllm(
+    specs: list[str],
+    *,
+    registry: Registry | None = None,
+    layout: Path | None = None,
+    max_lora_rank: int | None = None,
+    max_loras: int | None = None,
+    max_cpu_loras: int | None = None,
+    tensor_parallel_size: int = 1,
+) -> tuple[VllmPlan, list[Version]]:
     """Check ``specs`` for vLLM and build the serve command (paths relative to ``layout``)."""
     if not specs:
         raise UserError("name at least one registry model (NAME, NAME:VERSION or NAME@ALIAS)")
@@ -172,10 +204,14 @@ def plan_vllm(specs: list[str], *, registry: Registry | None = None, layout: Pat
     hashes = {v.base_weight_hash for v in versions}
     if len(hashes) > 1:
         detail = ", ".join(f"{v.spec}={v.base_weight_hash[:12]}…" for v in versions)
-        problems.append(f"adapters were trained on different base models ({detail}); "
-                        "one vLLM server serves LoRAs of one base")
-    served = [v.name if sum(w.name == v.name for w in versions) == 1 else f"{v.name}-v{v.version}"
-              for v in versions]
+        problems.append(
+            f"adapters were trained on different base models ({detail}); "
+            "one vLLM server serves LoRAs of one base"
+        )
+    served = [
+        v.name if sum(w.name == v.name for w in versions) == 1 else f"{v.name}-v{v.version}"
+        for v in versions
+    ]
     if len(set(served)) != len(served):
         problems.append(f"two entries would be served under the same name: {served}")
     need = max(ranks) if ranks else 0
@@ -183,8 +219,10 @@ def plan_vllm(specs: list[str], *, registry: Registry | None = None, layout: Pat
     if max_lora_rank is None:
         max_lora_rank = fitting[0] if fitting else VLLM_MAX_LORA_RANKS[-1]
     elif max_lora_rank not in VLLM_MAX_LORA_RANKS:
-        problems.append(f"--max-lora-rank {max_lora_rank} is not one of vLLM's values "
-                        f"{list(VLLM_MAX_LORA_RANKS)}")
+        problems.append(
+            f"--max-lora-rank {max_lora_rank} is not one of vLLM's values "
+            f"{list(VLLM_MAX_LORA_RANKS)}"
+        )
     elif max_lora_rank < need:
         problems.append(f"--max-lora-rank {max_lora_rank} is below the largest adapter rank {need}")
     if problems:
@@ -195,25 +233,50 @@ def plan_vllm(specs: list[str], *, registry: Registry | None = None, layout: Pat
     max_cpu_loras = max(max_cpu_loras or max_loras, max_loras)
     root = layout if layout is not None else Path("adapters")
     adapters = {name: root / "adapters" / name for name in served}
-    cmd = ["vllm", "serve", str(base), "--enable-lora", "--lora-modules",
-           *[f"{n}={p}" for n, p in adapters.items()],
-           "--max-lora-rank", str(max_lora_rank), "--max-loras", str(max_loras),
-           "--max-cpu-loras", str(max_cpu_loras)]
+    cmd = [
+        "vllm",
+        "serve",
+        str(base),
+        "--enable-lora",
+        "--lora-modules",
+        *[f"{n}={p}" for n, p in adapters.items()],
+        "--max-lora-rank",
+        str(max_lora_rank),
+        "--max-loras",
+        str(max_loras),
+        "--max-cpu-loras",
+        str(max_cpu_loras),
+    ]
     if tensor_parallel_size > 1:
         cmd += ["--tensor-parallel-size", str(tensor_parallel_size)]
     warnings = []
     if versions[0].base_model and Path(str(base)).is_dir():
-        warnings.append(f"base is a local folder ({base}); copy it to the serving machine or "
-                        "pass the hub id of the same weights")
-    plan = VllmPlan(base=str(base), base_weight_hash=versions[0].base_weight_hash,
-                    adapters=adapters, max_lora_rank=max_lora_rank, max_loras=max_loras,
-                    max_cpu_loras=max_cpu_loras, tensor_parallel_size=tensor_parallel_size,
-                    command=cmd, warnings=warnings)
+        warnings.append(
+            f"base is a local folder ({base}); copy it to the serving machine or "
+            "pass the hub id of the same weights"
+        )
+    plan = VllmPlan(
+        base=str(base),
+        base_weight_hash=versions[0].base_weight_hash,
+        adapters=adapters,
+        max_lora_rank=max_lora_rank,
+        max_loras=max_loras,
+        max_cpu_loras=max_cpu_loras,
+        tensor_parallel_size=tensor_parallel_size,
+        command=cmd,
+        warnings=warnings,
+    )
     return plan, versions
 
 
-def export_vllm(specs: list[str], out: str | Path, *, force: bool = False,
-                registry: Registry | None = None, **kwargs: Any) -> VllmPlan:
+def export_vllm(
+    specs: list[str],
+    out: str | Path,
+    *,
+    force: bool = False,
+    registry: Registry | None = None,
+    **kwargs: Any,
+) -> VllmPlan:
     """Write ``out/adapters/<name>/`` (adapter files only), ``serve.sh`` and ``manifest.json``."""
     out = Path(out)
     _out_dir_ready(out, force)
@@ -227,18 +290,31 @@ def export_vllm(specs: list[str], out: str | Path, *, force: bool = False,
             assert v.path is not None
             for f in ("adapter_config.json", "adapter_model.safetensors"):
                 shutil.copyfile(v.path / f, dst / f)
-        atomic_write_text(tmp / "serve.sh", "#!/bin/sh\n# generated by tunewise export vllm\n"
-                          "exec " + plan.shell + "\n")
+        atomic_write_text(
+            tmp / "serve.sh",
+            "#!/bin/sh\n# generated by tunewise export vllm\nexec " + plan.shell + "\n",
+        )
         os.chmod(tmp / "serve.sh", 0o755)
-        atomic_write_json(tmp / "manifest.json", {
-            "base": plan.base, "base_weight_hash": plan.base_weight_hash,
-            "adapters": {n: {"spec": v.spec, "path": str(p), "files": {
-                k: h for k, h in v.files.items() if k.startswith("adapter_")}}
-                for (n, p), v in zip(plan.adapters.items(), versions, strict=True)},
-            "command": plan.command, "max_lora_rank": plan.max_lora_rank,
-            "max_loras": plan.max_loras, "max_cpu_loras": plan.max_cpu_loras,
-            "warnings": plan.warnings,
-        })
+        atomic_write_json(
+            tmp / "manifest.json",
+            {
+                "base": plan.base,
+                "base_weight_hash": plan.base_weight_hash,
+                "adapters": {
+                    n: {
+                        "spec": v.spec,
+                        "path": str(p),
+                        "files": {k: h for k, h in v.files.items() if k.startswith("adapter_")},
+                    }
+                    for (n, p), v in zip(plan.adapters.items(), versions, strict=True)
+                },
+                "command": plan.command,
+                "max_lora_rank": plan.max_lora_rank,
+                "max_loras": plan.max_loras,
+                "max_cpu_loras": plan.max_cpu_loras,
+                "warnings": plan.warnings,
+            },
+        )
         replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -45,7 +45,9 @@ def _p(p: float) -> str:
 
 
 def _test_name(pair: PairedTest) -> str:
-    return {"mcnemar-exact": "McNemar", "paired-bootstrap": "paired bootstrap"}.get(pair.test, pair.test)
+    return {"mcnemar-exact": "McNemar", "paired-bootstrap": "paired bootstrap"}.get(
+        pair.test, pair.test
+    )
 
 
 def _judge_baseline(pair: PairedTest, alpha: float, delta: float) -> BaselineReason:
@@ -68,7 +70,8 @@ def _judge_baseline(pair: PairedTest, alpha: float, delta: float) -> BaselineRea
                 f"{pair.min_detectable_diff:.3f}, so this margin may be optimistic"
             )
         return BaselineReason(
-            pair.baseline, True,
+            pair.baseline,
+            True,
             f"beats {pair.baseline}: {numbers}; p < {alpha:g} and margin {_s(diff)} >= delta {delta:g}{note}",
         )
     problems = []
@@ -85,7 +88,9 @@ def _judge_baseline(pair: PairedTest, alpha: float, delta: float) -> BaselineRea
             f"the eval set is too small to tell: {pair.n} items detect only differences >= "
             f"{pair.min_detectable_diff:.3f} (80% power)"
         )
-    return BaselineReason(pair.baseline, False, f"does not beat {pair.baseline}: {numbers}; " + "; ".join(problems))
+    return BaselineReason(
+        pair.baseline, False, f"does not beat {pair.baseline}: {numbers}; " + "; ".join(problems)
+    )
 
 
 def decide(comparison: Comparison, candidate: str, gate_cfg: GateConfig) -> Verdict:
@@ -93,9 +98,13 @@ def decide(comparison: Comparison, candidate: str, gate_cfg: GateConfig) -> Verd
     metrics = comparison.metrics
     primary = comparison.primary_metric
     if candidate not in metrics:
-        raise UserError(f"candidate {candidate!r} is not in the comparison (have: {', '.join(metrics)})")
+        raise UserError(
+            f"candidate {candidate!r} is not in the comparison (have: {', '.join(metrics)})"
+        )
     if candidate in gate_cfg.baselines:
-        raise UserError(f"{candidate!r} is one of the gate's baselines; gate a fine-tuned candidate against them")
+        raise UserError(
+            f"{candidate!r} is one of the gate's baselines; gate a fine-tuned candidate against them"
+        )
     if not gate_cfg.baselines:
         raise UserError("gate.baselines is empty: the gate needs at least one baseline to beat")
     if primary not in metrics[candidate]:
@@ -105,19 +114,25 @@ def decide(comparison: Comparison, candidate: str, gate_cfg: GateConfig) -> Verd
     reasons: list[BaselineReason] = []
     for base in gate_cfg.baselines:
         if base not in metrics:
-            reasons.append(BaselineReason(
-                base, False,
-                f"{base}: missing from the evaluation; every configured baseline must be evaluated "
-                f"(add it to eval.candidates, or remove it from gate.baselines)",
-            ))
+            reasons.append(
+                BaselineReason(
+                    base,
+                    False,
+                    f"{base}: missing from the evaluation; every configured baseline must be evaluated "
+                    f"(add it to eval.candidates, or remove it from gate.baselines)",
+                )
+            )
             continue
         pair = comparison.pair(candidate, base, primary)
         if pair is None:
-            reasons.append(BaselineReason(
-                base, False,
-                f"{base}: no paired test of {candidate} vs {base} on {primary} "
-                f"(rerun `tunewise compare` with {base} among the baselines)",
-            ))
+            reasons.append(
+                BaselineReason(
+                    base,
+                    False,
+                    f"{base}: no paired test of {candidate} vs {base} on {primary} "
+                    f"(rerun `tunewise compare` with {base} among the baselines)",
+                )
+            )
             continue
         reasons.append(_judge_baseline(pair, alpha, delta))
 
@@ -140,7 +155,13 @@ def decide(comparison: Comparison, candidate: str, gate_cfg: GateConfig) -> Verd
         hint = _rag_hint(comparison, candidate, primary, alpha)
         if hint:
             summary += f". {hint}"
-    return Verdict(candidate=candidate, ship=ship, reasons=reasons, guard_failures=guard_failures, summary=summary)
+    return Verdict(
+        candidate=candidate,
+        ship=ship,
+        reasons=reasons,
+        guard_failures=guard_failures,
+        summary=summary,
+    )
 
 
 def _guards(comparison: Comparison, candidate: str, gate_cfg: GateConfig) -> list[str]:
@@ -152,7 +173,8 @@ def _guards(comparison: Comparison, candidate: str, gate_cfg: GateConfig) -> lis
         base_values = {
             b: comparison.metrics[b][metric].value
             for b in gate_cfg.baselines
-            if b in comparison.metrics and metric in comparison.metrics[b]
+            if b in comparison.metrics
+            and metric in comparison.metrics[b]
             and math.isfinite(comparison.metrics[b][metric].value)
         }
         if not base_values:
@@ -160,7 +182,9 @@ def _guards(comparison: Comparison, candidate: str, gate_cfg: GateConfig) -> lis
         best_base = max(base_values, key=base_values.__getitem__)
         best = base_values[best_base]
         if metric not in cand_metrics or not math.isfinite(cand_metrics[metric].value):
-            failures.append(f"{metric}: not measured for {candidate} (baselines have it; best {best_base} {_f(best)})")
+            failures.append(
+                f"{metric}: not measured for {candidate} (baselines have it; best {best_base} {_f(best)})"
+            )
             continue
         value = cand_metrics[metric].value
         drop = best - value
@@ -181,17 +205,26 @@ def _rag_hint(comparison: Comparison, candidate: str, primary: str, alpha: float
     sources_of = comparison.meta.get("retrieval_sources", {})
     for pair in comparison.pairs:
         if (
-            pair.candidate == candidate and pair.metric == primary and pair.baseline.startswith("rag")
-            and pair.diff < 0 and pair.p_value < alpha
+            pair.candidate == candidate
+            and pair.metric == primary
+            and pair.baseline.startswith("rag")
+            and pair.diff < 0
+            and pair.p_value < alpha
         ):
-            sources = set(sources_of.get(pair.baseline, ["docs"]))  # unknown (older results): as before
+            sources = set(
+                sources_of.get(pair.baseline, ["docs"])
+            )  # unknown (older results): as before
             if "docs" not in sources:
                 return (
                     f"{pair.baseline} is significantly better ({_s(-pair.diff)}) retrieving labelled training "
                     "examples only: similar examples carry the answer, so a nearest-neighbour rung (knn) or "
                     "similarity-chosen few-shot may be enough; this is not evidence of a knowledge task"
                 )
-            both = " (it also retrieved training examples, which may be what helped)" if "train" in sources else ""
+            both = (
+                " (it also retrieved training examples, which may be what helped)"
+                if "train" in sources
+                else ""
+            )
             return (
                 f"{pair.baseline} is significantly better ({_s(-pair.diff)}): this looks like a knowledge "
                 f"task{both}; fine-tuning teaches behaviour (format, tone, labels), RAG supplies facts"
@@ -229,11 +262,15 @@ def load_verdict(path: str | Path) -> Verdict:
     try:
         raw = json.loads(path.read_text())
         return Verdict(
-            candidate=raw["candidate"], ship=bool(raw["ship"]),
+            candidate=raw["candidate"],
+            ship=bool(raw["ship"]),
             reasons=[BaselineReason(**r) for r in raw["reasons"]],
-            guard_failures=list(raw["guard_failures"]), summary=raw["summary"],
+            guard_failures=list(raw["guard_failures"]),
+            summary=raw["summary"],
         )
     except FileNotFoundError:
-        raise UserError(f"{path}: not found (run `tunewise gate {path.parent} --candidate NAME`)") from None
+        raise UserError(
+            f"{path}: not found (run `tunewise gate {path.parent} --candidate NAME`)"
+        ) from None
     except (ValueError, KeyError, TypeError) as exc:
         raise UserError(f"{path}: not a valid verdict file: {exc}") from None

@@ -25,7 +25,14 @@ def _json_schema(fmt: OutputFormat, targets: list[str]) -> dict[str, Any]:
     import json
 
     types: dict[str, Counter[str]] = {k: Counter() for k in fmt.fields}
-    names = {str: "string", int: "integer", float: "number", bool: "boolean", list: "array", dict: "object"}
+    names = {
+        str: "string",
+        int: "integer",
+        float: "number",
+        bool: "boolean",
+        list: "array",
+        dict: "object",
+    }
     for t in targets:
         try:
             obj = json.loads(t)
@@ -59,7 +66,9 @@ _Dumper.add_representer(str, _str)
 CPU_TOKENS_PER_S = 250
 
 
-def _cost_notes(examples: list[Any], model: str, system_prompt: str, epochs: float, train_frac: float) -> list[str]:
+def _cost_notes(
+    examples: list[Any], model: str, system_prompt: str, epochs: float, train_frac: float
+) -> list[str]:
     """Tokens per example (and the system prompt's share) and a CPU time estimate for training.
 
     Only when the model is already local: init must stay instant and never download or convert.
@@ -68,26 +77,36 @@ def _cost_notes(examples: list[Any], model: str, system_prompt: str, epochs: flo
     from tunewise.data.checks import token_lengths
 
     if model in models.EMBEDDED and not (paths.models_dir() / model / models.MARKER).is_file():
-        return [f"token lengths not measured ({model} is not converted yet): `tunewise data check` measures them"]
+        return [
+            f"token lengths not measured ({model} is not converted yet): `tunewise data check` measures them"
+        ]
     try:
         tok = models.load_tokenizer(models.resolve(model, allow_download=False))
         lengths = token_lengths(tok, [e.messages for e in examples])
-        sys_tokens = len(tok(system_prompt, add_special_tokens=False)["input_ids"]) if system_prompt else 0
+        sys_tokens = (
+            len(tok(system_prompt, add_special_tokens=False)["input_ids"]) if system_prompt else 0
+        )
     except Exception as err:  # an estimate is a courtesy; never fail init over it
         return [f"token lengths not measured: {err}"]
     mean = sum(lengths) / len(lengths)
     per_epoch = mean * len(examples) * train_frac
     minutes = per_epoch * epochs / CPU_TOKENS_PER_S / 60
-    notes = [f"{mean:.0f} tokens per example on average (longest {max(lengths)}); the system prompt is "
-             f"{sys_tokens} of them and is paid on every training example"]
-    note = (f"training cost: {per_epoch / 1000:.0f}k tokens per epoch x {epochs:g} epoch(s): ~{minutes:.0f} min of "
-            f"LoRA on 2 CPU cores (~{CPU_TOKENS_PER_S} tokens/s), minutes on a GPU")
+    notes = [
+        f"{mean:.0f} tokens per example on average (longest {max(lengths)}); the system prompt is "
+        f"{sys_tokens} of them and is paid on every training example"
+    ]
+    note = (
+        f"training cost: {per_epoch / 1000:.0f}k tokens per epoch x {epochs:g} epoch(s): ~{minutes:.0f} min of "
+        f"LoRA on 2 CPU cores (~{CPU_TOKENS_PER_S} tokens/s), minutes on a GPU"
+    )
     if minutes > 15:
         note += "; on a CPU, set train.max_steps or fewer epochs to try the ladder first"
     return [*notes, note]
 
 
-def propose(fmt: OutputFormat, targets: list[str]) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
+def propose(
+    fmt: OutputFormat, targets: list[str]
+) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
     """(task section, eval section, human-readable reasons) for an inferred output format."""
     notes: list[str] = []
     task: dict[str, Any]
@@ -95,20 +114,30 @@ def propose(fmt: OutputFormat, targets: list[str]) -> tuple[dict[str, Any], dict
         task = {"type": "labels", "output_pattern": fmt.regex, "labels": fmt.labels}
         ev = {"graders": ["format", "label", "exact"], "primary_metric": "accuracy"}
         sizes = ", ".join(f"{k}: {len(v)} values" for k, v in fmt.labels.items())
-        notes.append(f"task type: labels; outputs look like `{fmt.pattern!s}` ({sizes}); "
-                     f"{fmt.coverage:.0%} of outputs match")
-        notes.append("graders: format compliance, label accuracy/macro-F1, exact match; primary metric: accuracy")
+        notes.append(
+            f"task type: labels; outputs look like `{fmt.pattern!s}` ({sizes}); "
+            f"{fmt.coverage:.0%} of outputs match"
+        )
+        notes.append(
+            "graders: format compliance, label accuracy/macro-F1, exact match; primary metric: accuracy"
+        )
     elif fmt.kind == "json":
         task = {"type": "json", "json_schema": _json_schema(fmt, targets)}
         ev = {"graders": ["json", "exact"], "primary_metric": "exact_match"}
-        notes.append(f"task type: json; objects with keys {', '.join(fmt.fields)}; schema inferred from the data")
-        notes.append("graders: JSON validity and schema conformance, exact match; primary metric: exact_match")
+        notes.append(
+            f"task type: json; objects with keys {', '.join(fmt.fields)}; schema inferred from the data"
+        )
+        notes.append(
+            "graders: JSON validity and schema conformance, exact match; primary metric: exact_match"
+        )
     else:
         task = {"type": "text"}
         ev = {"graders": ["exact", "judge"], "primary_metric": "judge"}
         notes.append("task type: text (free-form answers)")
-        notes.append("graders: exact match and an LLM judge with a fixed rubric; primary metric: judge "
-                     "(set eval.judge_model to a stronger model or an external endpoint if you have one)")
+        notes.append(
+            "graders: exact match and an LLM judge with a fixed rubric; primary metric: judge "
+            "(set eval.judge_model to a stronger model or an external endpoint if you have one)"
+        )
     return task, ev, notes
 
 
@@ -124,7 +153,9 @@ def init_project(
     data = Path(data).resolve()
     examples = load_examples(data)  # a DataError (exit 2) names the file, line and field
     if len(examples) < 20:
-        raise UserError(f"{data}: only {len(examples)} examples; tunewise needs at least 20 to split and evaluate")
+        raise UserError(
+            f"{data}: only {len(examples)} examples; tunewise needs at least 20 to split and evaluate"
+        )
     out = Path(out).resolve() if out else data.parent
     target = out / "project.yaml"
     if target.exists() and not force:
@@ -132,19 +163,30 @@ def init_project(
     targets = [e.target for e in examples]
     fmt = infer_format(targets)
     task, ev, notes = propose(fmt, targets)
-    systems = Counter(e.messages[0]["content"] for e in examples if e.messages[0]["role"] == "system")
+    systems = Counter(
+        e.messages[0]["content"] for e in examples if e.messages[0]["role"] == "system"
+    )
     if systems:
         prompt, count = systems.most_common(1)[0]
         task["system_prompt"] = prompt
-        notes.append(f"system prompt: taken from the data ({count}/{len(examples)} examples use it)")
+        notes.append(
+            f"system prompt: taken from the data ({count}/{len(examples)} examples use it)"
+        )
     else:
-        task["system_prompt"] = "You are a helpful assistant. Answer in exactly the format of the examples."
-        notes.append("system prompt: none in the data; a placeholder was written: make it a good prompt, "
-                     "it is the first baseline")
+        task["system_prompt"] = (
+            "You are a helpful assistant. Answer in exactly the format of the examples."
+        )
+        notes.append(
+            "system prompt: none in the data; a placeholder was written: make it a good prompt, "
+            "it is the first baseline"
+        )
     if docs is None and (data.parent / "docs").is_dir():
         docs = data.parent / "docs"
     project_name = name or data.stem
-    project_name = "".join(c if c.isalnum() or c in "._-" else "-" for c in project_name)[:64].strip("-") or "project"
+    project_name = (
+        "".join(c if c.isalnum() or c in "._-" else "-" for c in project_name)[:64].strip("-")
+        or "project"
+    )
     n = len(examples)
     # Each split needs enough items for the paired tests to mean something.
     val = 0.1 if n >= 1000 else 0.15 if n >= 300 else 0.2
@@ -165,7 +207,9 @@ def init_project(
         raw["eval"]["rag"] = {"sources": ["train"]}
         notes.append("RAG rung: no docs folder, so it retrieves labelled train examples (kNN)")
     notes.append(f"{n} examples; validation and sealed test get {val:.0%} each")
-    notes += _cost_notes(examples, raw["model"]["base"], task["system_prompt"], raw["train"]["epochs"], 1 - 2 * val)
+    notes += _cost_notes(
+        examples, raw["model"]["base"], task["system_prompt"], raw["train"]["epochs"], 1 - 2 * val
+    )
     header = (
         "# tunewise project, scaffolded by `tunewise init` from the data. Edit freely.\n"
         "# Every field and its default is documented in tunewise/config.py and the README.\n"

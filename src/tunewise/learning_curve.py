@@ -26,7 +26,9 @@ FRACTIONS = (0.25, 0.5)  # the full run supplies the 100% point
 CURVE_FILE = "learning_curve.json"
 
 
-def stratified_order(examples: list[Example], *, seed: int, output_pattern: str | None = None) -> list[int]:
+def stratified_order(
+    examples: list[Example], *, seed: int, output_pattern: str | None = None
+) -> list[int]:
     """Indices of ``examples`` such that every prefix is (nearly) label-proportional.
 
     The j-th of a label's c examples (shuffled) gets the key (j + 0.5) / c; sorting by key spreads

@@ -83,7 +83,9 @@ def weights_hash(model_dir: Path) -> str:
 
     files = sorted(model_dir.glob("*.safetensors"))
     if not files:
-        raise UserError(f"{model_dir}: no *.safetensors weights found (pickle checkpoints are not loaded)")
+        raise UserError(
+            f"{model_dir}: no *.safetensors weights found (pickle checkpoints are not loaded)"
+        )
     h = hashlib.sha256()
     for f in files:
         h.update(f.name.encode())
@@ -177,26 +179,34 @@ def resolve(name: str | os.PathLike[str] | None = None, *, allow_download: bool 
             _convert_embedded(EMBEDDED[name], target)
             marker = _read_marker(target)
         assert marker is not None
-        return ModelRef(name=name, path=target, weight_hash=marker["weight_hash"], source="embedded")
+        return ModelRef(
+            name=name, path=target, weight_hash=marker["weight_hash"], source="embedded"
+        )
 
     local = Path(name).expanduser()
     if local.is_dir():
         if not (local / "config.json").is_file():
             raise UserError(f"{local}: not a Hugging Face checkpoint directory (no config.json)")
-        return ModelRef(name=name, path=local.resolve(), weight_hash=_cached_hash(local), source="local")
+        return ModelRef(
+            name=name, path=local.resolve(), weight_hash=_cached_hash(local), source="local"
+        )
 
     if "/" in name and not name.startswith((".", "/")):
         target = _hub_dir(name)
         if _read_marker(target) is None:
             if not allow_download:
-                raise UserError(f"model '{name}' is not available locally; run `tunewise models pull {name}`")
+                raise UserError(
+                    f"model '{name}' is not available locally; run `tunewise models pull {name}`"
+                )
             _download_hub(name, target)
         marker = _read_marker(target)
         assert marker is not None
         return ModelRef(name=name, path=target, weight_hash=marker["weight_hash"], source="hub")
 
     known = ", ".join(sorted(EMBEDDED))
-    raise UserError(f"unknown model '{name}': use a built-in name ({known}), a local directory or a hub id")
+    raise UserError(
+        f"unknown model '{name}': use a built-in name ({known}), a local directory or a hub id"
+    )
 
 
 def _download_hub(repo_id: str, target: Path) -> None:
@@ -210,7 +220,9 @@ def _download_hub(repo_id: str, target: Path) -> None:
             # safetensors only: we never unpickle weights from the network
             allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.py"],
         )
-        atomic_write_json(tmp / MARKER, {"name": repo_id, "source": "hub", "weight_hash": weights_hash(tmp)})
+        atomic_write_json(
+            tmp / MARKER, {"name": repo_id, "source": "hub", "weight_hash": weights_hash(tmp)}
+        )
         target.parent.mkdir(parents=True, exist_ok=True)
         replace_dir(tmp, target)
     except UserError:
@@ -218,7 +230,9 @@ def _download_hub(repo_id: str, target: Path) -> None:
         raise
     except Exception as exc:  # network errors come in many types; the user needs one line
         shutil.rmtree(tmp, ignore_errors=True)
-        raise UserError(f"could not download '{repo_id}' from the hub: {type(exc).__name__}: {exc}") from exc
+        raise UserError(
+            f"could not download '{repo_id}' from the hub: {type(exc).__name__}: {exc}"
+        ) from exc
 
 
 def _cached_hash(model_dir: Path) -> str:
@@ -259,7 +273,9 @@ def list_models() -> list[dict[str, Any]]:
         for d in sorted(hub_root.iterdir()):
             marker = _read_marker(d)
             if marker:
-                rows.append({"name": marker["name"], "source": "hub", "pulled": True, "path": str(d)})
+                rows.append(
+                    {"name": marker["name"], "source": "hub", "pulled": True, "path": str(d)}
+                )
     return rows
 
 

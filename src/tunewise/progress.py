@@ -28,8 +28,17 @@ def make_console(stderr: bool = False) -> Console:
 class Bar:
     """``with Bar("train", total) as bar: bar.update(completed=k, stats="loss 0.41")``."""
 
-    def __init__(self, label: str, total: int, *, console: Console | None = None, enabled: bool = True,
-                 transient: bool = True, completed: int = 0, interval: float = PLAIN_INTERVAL_S) -> None:
+    def __init__(
+        self,
+        label: str,
+        total: int,
+        *,
+        console: Console | None = None,
+        enabled: bool = True,
+        transient: bool = True,
+        completed: int = 0,
+        interval: float = PLAIN_INTERVAL_S,
+    ) -> None:
         self.label, self.total, self.enabled, self.transient = label, total, enabled, transient
         self.console = console or make_console(stderr=True)
         self.interval = interval
@@ -56,11 +65,19 @@ class Bar:
             TimeRemainingColumn,
         )
 
-        self._rich = Progress(TextColumn(f"[bold]{self.label}"), BarColumn(), MofNCompleteColumn(),
-                              TextColumn("{task.fields[stats]}"), TimeRemainingColumn(),
-                              console=self.console, transient=self.transient)
+        self._rich = Progress(
+            TextColumn(f"[bold]{self.label}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[stats]}"),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=self.transient,
+        )
         self._rich.start()
-        self._task = self._rich.add_task(self.label, total=self.total, completed=self.completed, stats="")
+        self._task = self._rich.add_task(
+            self.label, total=self.total, completed=self.completed, stats=""
+        )
         return self
 
     def advance(self, n: int = 1) -> None:
@@ -85,8 +102,11 @@ class Bar:
         left = self.total - self.completed
         eta = f", ~{left / rate:.0f}s left" if (rate > 0 and left > 0 and not done) else ""
         stats = f"  {self.stats}" if self.stats else ""
-        self.console.print(f"{self.label}: {self.completed}/{self.total}{stats} ({elapsed:.0f}s{eta})",
-                           highlight=False, markup=False)
+        self.console.print(
+            f"{self.label}: {self.completed}/{self.total}{stats} ({elapsed:.0f}s{eta})",
+            highlight=False,
+            markup=False,
+        )
 
     def __exit__(self, *exc: object) -> None:
         if self._rich is not None:

@@ -320,12 +320,20 @@ class Registry:
                 " base_path, base_weight_hash, data_hashes, config, eval, verdict, ship, files)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
-                    name, version, time.time(), kind, str(run_dir.resolve()),
-                    base.get("name"), base.get("path"), base["weight_hash"],
-                    json.dumps(run.get("data_hashes") or {}), json.dumps(config),
+                    name,
+                    version,
+                    time.time(),
+                    kind,
+                    str(run_dir.resolve()),
+                    base.get("name"),
+                    base.get("path"),
+                    base["weight_hash"],
+                    json.dumps(run.get("data_hashes") or {}),
+                    json.dumps(config),
                     None if eval_obj is None else json.dumps(eval_obj),
                     None if verdict_obj is None else json.dumps(verdict_obj),
-                    None if ship is None else int(ship), json.dumps(hashes, sort_keys=True),
+                    None if ship is None else int(ship),
+                    json.dumps(hashes, sort_keys=True),
                 ),
             )
             _crash_point("before_commit")
@@ -342,14 +350,21 @@ class Registry:
             )
         ]
         return Version(
-            name=row["name"], version=row["version"], created_at=row["created_at"],
-            kind=row["kind"], source_run=row["source_run"], base_model=row["base_model"],
-            base_path=row["base_path"], base_weight_hash=row["base_weight_hash"],
-            data_hashes=json.loads(row["data_hashes"]), config=json.loads(row["config"]),
+            name=row["name"],
+            version=row["version"],
+            created_at=row["created_at"],
+            kind=row["kind"],
+            source_run=row["source_run"],
+            base_model=row["base_model"],
+            base_path=row["base_path"],
+            base_weight_hash=row["base_weight_hash"],
+            data_hashes=json.loads(row["data_hashes"]),
+            config=json.loads(row["config"]),
             eval=json.loads(row["eval"]) if row["eval"] else None,
             verdict=json.loads(row["verdict"]) if row["verdict"] else None,
             ship=None if row["ship"] is None else bool(row["ship"]),
-            files=json.loads(row["files"]), aliases=aliases,
+            files=json.loads(row["files"]),
+            aliases=aliases,
         )
 
     def get(self, name: str, version: int) -> Version:
@@ -359,8 +374,12 @@ class Registry:
                 "SELECT * FROM versions WHERE name = ? AND version = ?", (name, version)
             ).fetchone()
             if row is None:
-                known = [r[0] for r in db.execute(
-                    "SELECT version FROM versions WHERE name = ? ORDER BY version", (name,))]
+                known = [
+                    r[0]
+                    for r in db.execute(
+                        "SELECT version FROM versions WHERE name = ? ORDER BY version", (name,)
+                    )
+                ]
                 if not known:
                     raise UserError(f"no model named {name!r} in the registry")
                 raise UserError(f"{name} has no version {version} (versions: {known})")
@@ -376,11 +395,15 @@ class Registry:
             return self.get(name, version)
         with self._read() as db:
             if alias is None:
-                row = db.execute(
-                    "SELECT version FROM aliases WHERE name = ? AND alias = ?", (name, DEFAULT_ALIAS)
-                ).fetchone() or db.execute(
-                    "SELECT MAX(version) FROM versions WHERE name = ?", (name,)
-                ).fetchone()
+                row = (
+                    db.execute(
+                        "SELECT version FROM aliases WHERE name = ? AND alias = ?",
+                        (name, DEFAULT_ALIAS),
+                    ).fetchone()
+                    or db.execute(
+                        "SELECT MAX(version) FROM versions WHERE name = ?", (name,)
+                    ).fetchone()
+                )
                 if row is None or row[0] is None:
                     raise UserError(f"no model named {name!r} in the registry")
                 return self.get(name, int(row[0]))
@@ -423,15 +446,24 @@ class Registry:
                         (r["name"],),
                     )
                 }
-                out.append({"name": r["name"], "versions": r["n"], "latest": r["latest"],
-                            "updated_at": r["updated"], "aliases": aliases})
+                out.append(
+                    {
+                        "name": r["name"],
+                        "versions": r["n"],
+                        "latest": r["latest"],
+                        "updated_at": r["updated"],
+                        "aliases": aliases,
+                    }
+                )
             return out
 
     def aliases(self) -> dict[str, int]:
         """Every ``name@alias`` and the version it points to (a snapshot)."""
         with self._read() as db:
-            return {f"{r['name']}@{r['alias']}": int(r["version"])
-                    for r in db.execute("SELECT name, alias, version FROM aliases")}
+            return {
+                f"{r['name']}@{r['alias']}": int(r["version"])
+                for r in db.execute("SELECT name, alias, version FROM aliases")
+            }
 
     def history(self, name: str, alias: str | None = None) -> list[dict[str, Any]]:
         """Every alias move of ``name`` (oldest first), with time, action and reason."""
@@ -458,14 +490,14 @@ class Registry:
         validate_name(name)
         validate_name(alias, "alias")
         if force and not (reason and reason.strip()):
-            raise UserError("--force needs --reason \"...\" (it is recorded in the history)")
+            raise UserError('--force needs --reason "..." (it is recorded in the history)')
         v = self.get(name, version)
         if v.ship is not True and not force:
             why = (v.verdict or {}).get("summary") or "no gate verdict was recorded"
             said = "no verdict" if v.ship is None else "do not ship"
             raise UserError(
                 f"{v.spec}: the gate said {said} ({why}); "
-                "promote anyway with --force --reason \"...\""
+                'promote anyway with --force --reason "..."'
             )
         with self._tx() as db:
             row = db.execute(
@@ -473,8 +505,13 @@ class Registry:
             ).fetchone()
             current = None if row is None else int(row[0])
             if current == version:
-                return {"name": name, "alias": alias, "from_version": current,
-                        "to_version": version, "changed": False}
+                return {
+                    "name": name,
+                    "alias": alias,
+                    "from_version": current,
+                    "to_version": version,
+                    "changed": False,
+                }
             now = time.time()
             db.execute(
                 "INSERT INTO aliases (name, alias, version, updated_at) VALUES (?, ?, ?, ?)"
@@ -487,10 +524,17 @@ class Registry:
                 " forced, reason) VALUES (?, ?, 'promote', ?, ?, ?, ?, ?)",
                 (name, alias, current, version, now, int(force), reason),
             )
-        return {"name": name, "alias": alias, "from_version": current, "to_version": version,
-                "changed": True}
+        return {
+            "name": name,
+            "alias": alias,
+            "from_version": current,
+            "to_version": version,
+            "changed": True,
+        }
 
-    def rollback(self, name: str, alias: str = DEFAULT_ALIAS, reason: str | None = None) -> dict[str, Any]:
+    def rollback(
+        self, name: str, alias: str = DEFAULT_ALIAS, reason: str | None = None
+    ) -> dict[str, Any]:
         """Move ``name@alias`` back to the version it pointed to before the current one.
 
         Promotions push onto a stack and rollbacks pop it, so rolling back twice after three
@@ -521,8 +565,13 @@ class Registry:
                 " forced, reason) VALUES (?, ?, 'rollback', ?, ?, ?, 0, ?)",
                 (name, alias, current, target, now, reason),
             )
-        return {"name": name, "alias": alias, "from_version": current, "to_version": target,
-                "changed": True}
+        return {
+            "name": name,
+            "alias": alias,
+            "from_version": current,
+            "to_version": target,
+            "changed": True,
+        }
 
     # -- files ------------------------------------------------------------------------------
 
@@ -614,9 +663,12 @@ def _read_eval(
                             sums.setdefault(metric, []).append(float(value))
                 means[cand["name"]] = {m: sum(v) / len(v) for m, v in sums.items() if v}
             eval_obj["summary"] = {
-                "project": run.get("project"), "split": run.get("split"),
-                "split_hash": run.get("split_hash"), "primary_metric": run.get("primary_metric"),
-                "n_items": len(run.get("item_ids", [])), "means": means,
+                "project": run.get("project"),
+                "split": run.get("split"),
+                "split_hash": run.get("split_hash"),
+                "primary_metric": run.get("primary_metric"),
+                "n_items": len(run.get("item_ids", [])),
+                "means": means,
             }
     if verdict is not None:
         verdict_obj = _read_json(Path(verdict), "verdict")

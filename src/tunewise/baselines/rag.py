@@ -104,8 +104,14 @@ def example_passages(train: Sequence[Example]) -> list[Passage]:
     out = []
     for ex in train:
         src = f"{Path(ex.source).name}:{ex.line}" if ex.source else f"train:{ex.line}"
-        out.append(Passage(text=f"Question: {ex.user_text}\nAnswer: {ex.target}", source=src, label=ex.target,
-                           meta={"uid": ex.uid, "user": ex.user_text}))
+        out.append(
+            Passage(
+                text=f"Question: {ex.user_text}\nAnswer: {ex.target}",
+                source=src,
+                label=ex.target,
+                meta={"uid": ex.uid, "user": ex.user_text},
+            )
+        )
     return out
 
 
@@ -119,12 +125,20 @@ def _tokenize(texts: list[str]) -> list[list[str]]:
 class RagIndex:
     """Dense (FAISS) retrieval over passages, optionally fused with BM25."""
 
-    def __init__(self, passages: Sequence[Passage], *, embedder: Embedder | None = None, hybrid: bool = True,
-                 embed_fn: Callable[[list[str]], np.ndarray] | None = None) -> None:
+    def __init__(
+        self,
+        passages: Sequence[Passage],
+        *,
+        embedder: Embedder | None = None,
+        hybrid: bool = True,
+        embed_fn: Callable[[list[str]], np.ndarray] | None = None,
+    ) -> None:
         import faiss
 
         if not passages:
-            raise UserError("the RAG index is empty: no documents and no train examples to retrieve from")
+            raise UserError(
+                "the RAG index is empty: no documents and no train examples to retrieve from"
+            )
         self.passages = list(passages)
         self.embedder = embedder or (None if embed_fn else default_embedder())
         self._embed = embed_fn or self.embedder.encode  # type: ignore[union-attr]
@@ -154,7 +168,9 @@ class RagIndex:
             out.append([int(d) for d, s in zip(docs[0], scores[0], strict=True) if s > 0])
         return out
 
-    def search_many(self, queries: list[str], k: int, *, qvecs: np.ndarray | None = None) -> list[list[Hit]]:
+    def search_many(
+        self, queries: list[str], k: int, *, qvecs: np.ndarray | None = None
+    ) -> list[list[Hit]]:
         """Top-``k`` passages per query, best first."""
         if not queries:
             return []
@@ -167,7 +183,9 @@ class RagIndex:
         results: list[list[Hit]] = []
         for qi in range(len(queries)):
             if lexical is None:
-                ranked = [(int(i), float(s)) for i, s in zip(ids[qi], sims[qi], strict=True) if i >= 0][:k]
+                ranked = [
+                    (int(i), float(s)) for i, s in zip(ids[qi], sims[qi], strict=True) if i >= 0
+                ][:k]
             else:
                 fused: dict[int, float] = defaultdict(float)
                 for r, i in enumerate(ids[qi]):
@@ -208,8 +226,10 @@ def build_messages(system_prompt: str, hits: Sequence[Hit], query: Example) -> l
         head = 1 if msgs and msgs[0]["role"] == "system" else 0
         turns: list[dict[str, str]] = []
         for h in reversed(examples):  # hits are best first; the best goes last, next to the query
-            turns += [{"role": "user", "content": h.passage.meta.get("user", h.passage.text)},
-                      {"role": "assistant", "content": h.passage.label or ""}]
+            turns += [
+                {"role": "user", "content": h.passage.meta.get("user", h.passage.text)},
+                {"role": "assistant", "content": h.passage.label or ""},
+            ]
         msgs[head:head] = turns
     return msgs
 
@@ -226,8 +246,14 @@ class KnnClassifier:
     graded exactly like a model's output.
     """
 
-    def __init__(self, train: Sequence[Example], *, k: int = 10, embedder: Embedder | None = None,
-                 label_of: Callable[[str], str | None] | None = None) -> None:
+    def __init__(
+        self,
+        train: Sequence[Example],
+        *,
+        k: int = 10,
+        embedder: Embedder | None = None,
+        label_of: Callable[[str], str | None] | None = None,
+    ) -> None:
         if not train:
             raise UserError("the kNN classifier needs labelled train examples")
         self.train = list(train)

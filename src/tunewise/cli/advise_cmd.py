@@ -18,19 +18,29 @@ console = make_console()
 
 
 def plan_cmd(
-    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="built-in name, local HF directory or hub id"),
+    model: str = typer.Option(
+        DEFAULT_MODEL, "--model", "-m", help="built-in name, local HF directory or hub id"
+    ),
     method: str = typer.Option("lora", "--method", help="lora | qlora | full"),
     seq_len: int = typer.Option(512, "--seq-len", help="tokens per example after padding"),
     batch: int = typer.Option(1, "--batch", help="micro-batch size per device"),
     r: int = typer.Option(16, "--r", help="LoRA rank"),
-    target_modules: str = typer.Option("all-linear", "--target", help="LoRA targets: all-linear | qv | attn | mlp"),
-    grad_checkpointing: bool = typer.Option(
-        False, "--grad-checkpointing/--no-grad-checkpointing", help="recompute activations in backward"
+    target_modules: str = typer.Option(
+        "all-linear", "--target", help="LoRA targets: all-linear | qv | attn | mlp"
     ),
-    device: str = typer.Option("gpu", "--device", help="gpu (bf16 autocast) | cpu (fp32, peak RSS)"),
+    grad_checkpointing: bool = typer.Option(
+        False,
+        "--grad-checkpointing/--no-grad-checkpointing",
+        help="recompute activations in backward",
+    ),
+    device: str = typer.Option(
+        "gpu", "--device", help="gpu (bf16 autocast) | cpu (fp32, peak RSS)"
+    ),
     answer_tokens: int = typer.Option(
-        None, "--answer-tokens",
-        help="labelled (answer) tokens per example: tunewise computes logits only there (default: every position)"),
+        None,
+        "--answer-tokens",
+        help="labelled (answer) tokens per example: tunewise computes logits only there (default: every position)",
+    ),
     as_json: bool = typer.Option(False, "--json", help="print the plan as JSON"),
 ) -> None:
     """Estimate training memory (weights, gradients, optimizer, activations) and which GPUs fit.
@@ -75,10 +85,18 @@ def plan_cmd(
         console.print(f"  {fit['gpu']}: {mark} ({fit['headroom_gib']:+.1f} GiB headroom)")
     if p.fits and not any(f["fits"] for f in p.fits):
         n = min_gpus_zero3(p)
-        hint = f"about {n} x 80 GB with FSDP / DeepSpeed ZeRO-3 sharding" if n else "shard and checkpoint"
-        console.print(f"  [yellow]no single GPU fits[/]: {hint}; or try --method qlora / --grad-checkpointing")
+        hint = (
+            f"about {n} x 80 GB with FSDP / DeepSpeed ZeRO-3 sharding"
+            if n
+            else "shard and checkpoint"
+        )
+        console.print(
+            f"  [yellow]no single GPU fits[/]: {hint}; or try --method qlora / --grad-checkpointing"
+        )
     elif p.fits and not p.grad_checkpointing and not p.fits[0]["fits"]:
-        console.print("  [dim]--grad-checkpointing trades ~30% more compute for most of the activation memory[/]")
+        console.print(
+            "  [dim]--grad-checkpointing trades ~30% more compute for most of the activation memory[/]"
+        )
     for note in p.assumptions:
         console.print(f"  [dim]- {note}[/]")
 

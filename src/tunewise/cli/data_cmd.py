@@ -189,7 +189,9 @@ def convert_cmd(
     ),
     labels: str = typer.Option(None, "--labels", help="keep only these comma-separated labels"),
     per_label: int = typer.Option(
-        None, "--per-label", help="keep at most N examples of each label (the first N in file order)"
+        None,
+        "--per-label",
+        help="keep at most N examples of each label (the first N in file order)",
     ),
     delimiter: str = typer.Option(",", "--delimiter", help="csv delimiter"),
 ) -> None:

@@ -38,8 +38,10 @@ def render_table(run: EvalRun) -> Table:
             metrics += [m for m in it.scores if m not in metrics]
     order = ["accuracy", "format_compliance", "exact_match", "json_valid", "schema_valid", "judge"]
     metrics.sort(key=lambda m: (order.index(m) if m in order else len(order), m))
-    table = Table(title=f"{run.project}: {run.split} split, {len(run.item_ids)} items "
-                        f"(primary metric: {run.primary_metric})")
+    table = Table(
+        title=f"{run.project}: {run.split} split, {len(run.item_ids)} items "
+        f"(primary metric: {run.primary_metric})"
+    )
     table.add_column("candidate", style="bold")
     table.add_column("kind")
     for m in metrics:
@@ -68,18 +70,35 @@ def register(app: typer.Typer) -> None:
     @app.command("eval")
     def eval_cmd(
         project: Annotated[Path, typer.Argument(help="project.yaml (or its folder)")],
-        candidates: Annotated[str | None, typer.Option(
-            help="comma-separated: prompt,fewshot,rag,knn,finetuned,finetuned+rag,external names, "
-                 "X+constrained (default: eval.candidates)")] = None,
-        finetuned: Annotated[list[str] | None, typer.Option(
-            "--finetuned", help="training run directory (LoRA/QLoRA adapter or full checkpoint), "
-                                "optionally NAME=DIR; repeatable")] = None,
+        candidates: Annotated[
+            str | None,
+            typer.Option(
+                help="comma-separated: prompt,fewshot,rag,knn,finetuned,finetuned+rag,external names, "
+                "X+constrained (default: eval.candidates)"
+            ),
+        ] = None,
+        finetuned: Annotated[
+            list[str] | None,
+            typer.Option(
+                "--finetuned",
+                help="training run directory (LoRA/QLoRA adapter or full checkpoint), "
+                "optionally NAME=DIR; repeatable",
+            ),
+        ] = None,
         split: Annotated[str, typer.Option(help="val, or test (sealed: needs --final)")] = "val",
-        final: Annotated[bool, typer.Option("--final", help="allow the sealed test split; each use is recorded")] = False,
+        final: Annotated[
+            bool, typer.Option("--final", help="allow the sealed test split; each use is recorded")
+        ] = False,
         limit: Annotated[int | None, typer.Option(help="evaluate the first N items only")] = None,
-        out: Annotated[Path | None, typer.Option(help="output folder for eval.json "
-                                                       "(default .tunewise/eval or .tunewise/eval-test)")] = None,
-        set_: Annotated[list[str] | None, typer.Option("--set", help="override a config value: eval.rag.k=5")] = None,
+        out: Annotated[
+            Path | None,
+            typer.Option(
+                help="output folder for eval.json (default .tunewise/eval or .tunewise/eval-test)"
+            ),
+        ] = None,
+        set_: Annotated[
+            list[str] | None, typer.Option("--set", help="override a config value: eval.rag.k=5")
+        ] = None,
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
     ) -> None:
         """Evaluate every candidate on the same items and print a candidates x metrics table.
@@ -92,12 +111,24 @@ def register(app: typer.Typer) -> None:
         cfg = load_project(project, set_)
         names = [c.strip() for c in candidates.split(",") if c.strip()] if candidates else None
         runs = _parse_runs(finetuned or [])
-        run = evaluate(cfg, split=split, candidates=names, finetuned=runs, final=final, out_dir=out,
-                       progress=not quiet, limit=limit)
+        run = evaluate(
+            cfg,
+            split=split,
+            candidates=names,
+            finetuned=runs,
+            final=final,
+            out_dir=out,
+            progress=not quiet,
+            limit=limit,
+        )
         console.print(render_table(run))
         for note in run.meta.get("notes", []):
             console.print(f"[yellow]note:[/] {note}")
         if run.meta.get("warning"):
             console.print(f"[bold red]{run.meta['warning']}[/]")
-        where = out if out is not None else cfg.work_dir / ("eval" if split == "val" else f"eval-{split}")
+        where = (
+            out
+            if out is not None
+            else cfg.work_dir / ("eval" if split == "val" else f"eval-{split}")
+        )
         console.print(f"saved {where / 'eval.json'}")

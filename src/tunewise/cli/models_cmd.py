@@ -31,17 +31,23 @@ def list_cmd(as_json: bool = typer.Option(False, "--json", help="print JSON")) -
 
 
 @models_app.command("pull")
-def pull_cmd(name: str = typer.Argument(models.DEFAULT_MODEL, help="built-in name or hub id")) -> None:
+def pull_cmd(
+    name: str = typer.Argument(models.DEFAULT_MODEL, help="built-in name or hub id"),
+) -> None:
     """Make a model available locally (convert the embedded GGUF once, or download a hub id)."""
     started = time.time()
     with console.status(f"preparing {name} ..."):
         ref = models.pull(name)
-    console.print(f"[green]ready[/] {ref.name} at {ref.path} (weights sha256 {ref.weight_hash[:12]}, {time.time() - started:.1f}s)")
+    console.print(
+        f"[green]ready[/] {ref.name} at {ref.path} (weights sha256 {ref.weight_hash[:12]}, {time.time() - started:.1f}s)"
+    )
 
 
 @models_app.command("info")
 def info_cmd(
-    name: str = typer.Argument(models.DEFAULT_MODEL, help="built-in name, local directory or hub id"),
+    name: str = typer.Argument(
+        models.DEFAULT_MODEL, help="built-in name, local directory or hub id"
+    ),
     as_json: bool = typer.Option(False, "--json", help="print JSON"),
 ) -> None:
     """Architecture, size and weight hash of a model."""

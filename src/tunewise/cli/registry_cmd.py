@@ -13,8 +13,9 @@ from tunewise.errors import UserError
 from tunewise.progress import make_console
 
 console = make_console()
-registry_app = typer.Typer(help="Versioned adapters with aliases, promotion and rollback.",
-                           no_args_is_help=True)
+registry_app = typer.Typer(
+    help="Versioned adapters with aliases, promotion and rollback.", no_args_is_help=True
+)
 
 
 def _when(ts: float | None) -> str:
@@ -37,7 +38,9 @@ def add(
     run: Path = typer.Argument(..., help="Training run directory (LoRA adapter or model/)."),
     name: str = typer.Option(None, "--name", help="Registry name (default: the project name)."),
     verdict: Path = typer.Option(None, "--verdict", help="Gate verdict.json to record."),
-    eval_dir: Path = typer.Option(None, "--eval-dir", help="Eval directory (eval/comparison/verdict.json)."),
+    eval_dir: Path = typer.Option(
+        None, "--eval-dir", help="Eval directory (eval/comparison/verdict.json)."
+    ),
 ) -> None:
     """Register RUN as the next immutable version of NAME."""
     from tunewise.registry import Registry
@@ -59,7 +62,9 @@ def list_cmd() -> None:
     table = Table("name", "versions", "latest", "aliases", "updated")
     for r in rows:
         aliases = ", ".join(f"{a}→{v}" for a, v in r["aliases"].items()) or "-"
-        table.add_row(r["name"], str(r["versions"]), str(r["latest"]), aliases, _when(r["updated_at"]))
+        table.add_row(
+            r["name"], str(r["versions"]), str(r["latest"]), aliases, _when(r["updated_at"])
+        )
     console.print(table)
 
 
@@ -113,7 +118,9 @@ def history(
     for e in events:
         action = e["action"] + (" (forced)" if e["forced"] else "")
         frm = "-" if e["from_version"] is None else str(e["from_version"])
-        table.add_row(_when(e["at"]), e["alias"], action, frm, str(e["to_version"]), e["reason"] or "")
+        table.add_row(
+            _when(e["at"]), e["alias"], action, frm, str(e["to_version"]), e["reason"] or ""
+        )
     console.print(table)
 
 
@@ -145,7 +152,9 @@ def rollback(
     from tunewise.registry import Registry
 
     res = Registry().rollback(name, alias=alias, reason=reason)
-    console.print(f"{name}@{alias}: {res['from_version']} → [bold]{res['to_version']}[/] (rolled back)")
+    console.print(
+        f"{name}@{alias}: {res['from_version']} → [bold]{res['to_version']}[/] (rolled back)"
+    )
 
 
 def register(app: typer.Typer) -> None:

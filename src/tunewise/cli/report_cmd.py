@@ -18,7 +18,9 @@ console = make_console()
 
 _EVAL_DIR = typer.Argument(..., help="evaluation directory (holds eval.json)", file_okay=False)
 _PROJECT = typer.Option(None, "--project", "-p", help="project.yaml whose gate section to use")
-_BASELINES = typer.Option(None, "--baseline", "-b", help="baseline name (repeatable); default: gate.baselines")
+_BASELINES = typer.Option(
+    None, "--baseline", "-b", help="baseline name (repeatable); default: gate.baselines"
+)
 
 
 def _load_run(eval_dir: Path):
@@ -33,14 +35,17 @@ def _load_run(eval_dir: Path):
         raise UserError(f"{path}: not a valid evaluation file: {exc}") from None
 
 
-def _gate_cfg(run, project: Path | None, alpha: float | None, delta: float | None,
-              baselines: list[str] | None) -> GateConfig:
+def _gate_cfg(
+    run, project: Path | None, alpha: float | None, delta: float | None, baselines: list[str] | None
+) -> GateConfig:
     from tunewise.config import load_project
     from tunewise.gate import gate_config_from_meta
 
     cfg = load_project(project).gate if project else gate_config_from_meta(run.meta)
     updates = {
-        k: v for k, v in {"alpha": alpha, "delta": delta, "baselines": baselines}.items() if v is not None and v != []
+        k: v
+        for k, v in {"alpha": alpha, "delta": delta, "baselines": baselines}.items()
+        if v is not None and v != []
     }
     if updates:
         try:
@@ -71,7 +76,9 @@ def compare_cmd(
     run = _load_run(eval_dir)
     cfg = _gate_cfg(run, project, alpha, None, baselines)
     with console.status(f"bootstrapping {len(run.item_ids)} items x {n_boot} resamples ..."):
-        comp = stats.compare(run, baselines=cfg.baselines, alpha=cfg.alpha, n_boot=n_boot, seed=seed, ci_method=ci)  # type: ignore[arg-type]
+        comp = stats.compare(
+            run, baselines=cfg.baselines, alpha=cfg.alpha, n_boot=n_boot, seed=seed, ci_method=ci
+        )  # type: ignore[arg-type]
     out = eval_dir / "comparison.json"
     stats.save_comparison(comp, out)
     _print_comparison(comp)
@@ -79,13 +86,21 @@ def compare_cmd(
 
 
 def _print_comparison(comp) -> None:
-    metrics = sorted({m for per in comp.metrics.values() for m in per}, key=lambda m: (m != comp.primary_metric, m))
-    table = Table(title=f"{comp.meta.get('n_items')} items, 95% {comp.meta.get('ci_method')} bootstrap CI")
+    metrics = sorted(
+        {m for per in comp.metrics.values() for m in per},
+        key=lambda m: (m != comp.primary_metric, m),
+    )
+    table = Table(
+        title=f"{comp.meta.get('n_items')} items, 95% {comp.meta.get('ci_method')} bootstrap CI"
+    )
     table.add_column("candidate")
     for m in metrics:
         table.add_column(m + (" *" if m == comp.primary_metric else ""), justify="right")
     for name, per in comp.metrics.items():
-        cells = [f"{_f(e.value)} [{_f(e.ci_low)}, {_f(e.ci_high)}]" if (e := per.get(m)) else "–" for m in metrics]
+        cells = [
+            f"{_f(e.value)} [{_f(e.ci_low)}, {_f(e.ci_high)}]" if (e := per.get(m)) else "–"
+            for m in metrics
+        ]
         table.add_row(escape(name), *cells)
     console.print(table)
     pt = Table(title=f"paired tests on {comp.primary_metric}")
@@ -94,9 +109,21 @@ def _print_comparison(comp) -> None:
     for p in comp.pairs:
         if p.metric != comp.primary_metric:
             continue
-        flag = " [yellow]![/]" if p.underpowered and not p.p_value < comp.meta.get("alpha", 0.05) else ""
-        pt.add_row(escape(p.candidate), escape(p.baseline), f"{p.diff:+.3f}", f"{p.ci_low:+.3f}..{p.ci_high:+.3f}",
-                   f"{p.p_value:.3g}", p.test, str(p.n), _f(p.min_detectable_diff) + flag)
+        flag = (
+            " [yellow]![/]"
+            if p.underpowered and not p.p_value < comp.meta.get("alpha", 0.05)
+            else ""
+        )
+        pt.add_row(
+            escape(p.candidate),
+            escape(p.baseline),
+            f"{p.diff:+.3f}",
+            f"{p.ci_low:+.3f}..{p.ci_high:+.3f}",
+            f"{p.p_value:.3g}",
+            p.test,
+            str(p.n),
+            _f(p.min_detectable_diff) + flag,
+        )
     if pt.row_count:
         console.print(pt)
     for b in comp.meta.get("missing_baselines", []):
@@ -105,9 +132,13 @@ def _print_comparison(comp) -> None:
 
 def gate_cmd(
     eval_dir: Path = _EVAL_DIR,
-    candidate: str = typer.Option(..., "--candidate", "-c", help="the candidate to gate, e.g. finetuned"),
+    candidate: str = typer.Option(
+        ..., "--candidate", "-c", help="the candidate to gate, e.g. finetuned"
+    ),
     alpha: float | None = typer.Option(None, help="significance level (default: gate.alpha)"),
-    delta: float | None = typer.Option(None, help="minimum margin on the primary metric (default: gate.delta)"),
+    delta: float | None = typer.Option(
+        None, help="minimum margin on the primary metric (default: gate.delta)"
+    ),
     baselines: list[str] | None = _BASELINES,
     project: Path | None = _PROJECT,
 ) -> None:
@@ -121,24 +152,34 @@ def gate_cmd(
     comp = stats.load_comparison(comp_path) if comp_path.is_file() else None
     names = {c.name for c in run.candidates}
     # A comparison made with other baselines lacks the pairs this gate needs: redo it (about 1 s).
-    if (comp is None or stats.is_stale(comp, run)
-            or any(b in names and b not in comp.meta.get("baselines", []) for b in cfg.baselines)):
+    if (
+        comp is None
+        or stats.is_stale(comp, run)
+        or any(b in names and b not in comp.meta.get("baselines", []) for b in cfg.baselines)
+    ):
         comp = stats.compare(run, baselines=cfg.baselines, alpha=cfg.alpha)
         stats.save_comparison(comp, comp_path)
     verdict = decide(comp, candidate, cfg)
     save_verdict(verdict, eval_dir / "verdict.json", cfg)
-    lines = [f"[{'green' if r.passed else 'red'}]{'✔' if r.passed else '✘'}[/] {escape(r.reason)}" for r in verdict.reasons]
+    lines = [
+        f"[{'green' if r.passed else 'red'}]{'✔' if r.passed else '✘'}[/] {escape(r.reason)}"
+        for r in verdict.reasons
+    ]
     lines += [f"[red]✘[/] guard {escape(g)}" for g in verdict.guard_failures]
     color = "green" if verdict.ship else "red"
     word = "SHIP" if verdict.ship else "DON'T SHIP"
     body = "\n".join([f"[bold]{escape(verdict.summary)}[/]", "", *lines])
-    console.print(Panel(body, title=f"[bold {color}]{word}[/]", border_style=color, title_align="left"))
+    console.print(
+        Panel(body, title=f"[bold {color}]{word}[/]", border_style=color, title_align="left")
+    )
     raise typer.Exit(0 if verdict.ship else 1)
 
 
 def report_cmd(
     eval_dir: Path = _EVAL_DIR,
-    train_runs: list[Path] | None = typer.Option(None, "--train-run", help="training run dir with run.json (repeatable)"),
+    train_runs: list[Path] | None = typer.Option(
+        None, "--train-run", help="training run dir with run.json (repeatable)"
+    ),
 ) -> None:
     """Write report.html (self-contained) and report.md into EVAL_DIR."""
     from tunewise.eval.report import render
@@ -161,14 +202,18 @@ def rate_cmd(
 
     session = human.open_session(eval_dir, a, b, seed=seed, rater=rater)
     p = session.progress()
-    console.print(f"rating {escape(a)} vs {escape(b)}: {p['rated']}/{p['total']} done; ratings in {session.store.path}")
+    console.print(
+        f"rating {escape(a)} vs {escape(b)}: {p['rated']}/{p['total']} done; ratings in {session.store.path}"
+    )
     console.print(f"open [bold]http://127.0.0.1:{port}/[/]  (Ctrl-C to stop)")
     import uvicorn
 
     uvicorn.run(human.create_app(session), host="127.0.0.1", port=port, log_level="warning")
     s = session.summary()
     if s["n"]:
-        console.print(f"{escape(a)} win rate {s['win_rate_a']:.3f} [{s['ci_low']:.3f}, {s['ci_high']:.3f}] over {s['n']} ratings")
+        console.print(
+            f"{escape(a)} win rate {s['win_rate_a']:.3f} [{s['ci_low']:.3f}, {s['ci_high']:.3f}] over {s['n']} ratings"
+        )
 
 
 def register(app: typer.Typer) -> None:

@@ -16,14 +16,30 @@ def train(
     project: Optional[Path] = typer.Argument(  # noqa: UP045 - typer reads the annotation
         None, help="project.yaml (or its folder); not needed with --resume"
     ),
-    method: Optional[str] = typer.Option(None, "--method", "-m", help="lora | qlora | full (default: train.method)"),  # noqa: UP045
-    overrides: list[str] = typer.Option([], "--set", help="override a config key, e.g. --set train.lr=1e-4"),
-    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="where to write the run (default .tunewise/runs/METHOD-TIME)"),  # noqa: UP045
-    resume: Optional[Path] = typer.Option(None, "--resume", help="continue the run in this directory from its last checkpoint"),  # noqa: UP045
-    train_file: Optional[Path] = typer.Option(None, "--train-file", help="train on this JSONL instead of the project's split"),  # noqa: UP045
-    val_file: Optional[Path] = typer.Option(None, "--val-file", help="validate on this JSONL instead of the project's split"),  # noqa: UP045
-    train_on: Optional[str] = typer.Option(None, "--train-on", help="all | last: loss on every assistant turn or the last only"),  # noqa: UP045
-    no_progress: bool = typer.Option(False, "--no-progress", help="no progress bar (logs still go to RUN/logs.jsonl)"),
+    method: str | None = typer.Option(
+        None, "--method", "-m", help="lora | qlora | full (default: train.method)"
+    ),
+    overrides: list[str] = typer.Option(
+        [], "--set", help="override a config key, e.g. --set train.lr=1e-4"
+    ),
+    run_dir: Path | None = typer.Option(
+        None, "--run-dir", help="where to write the run (default .tunewise/runs/METHOD-TIME)"
+    ),
+    resume: Path | None = typer.Option(
+        None, "--resume", help="continue the run in this directory from its last checkpoint"
+    ),
+    train_file: Path | None = typer.Option(
+        None, "--train-file", help="train on this JSONL instead of the project's split"
+    ),
+    val_file: Path | None = typer.Option(
+        None, "--val-file", help="validate on this JSONL instead of the project's split"
+    ),
+    train_on: str | None = typer.Option(
+        None, "--train-on", help="all | last: loss on every assistant turn or the last only"
+    ),
+    no_progress: bool = typer.Option(
+        False, "--no-progress", help="no progress bar (logs still go to RUN/logs.jsonl)"
+    ),
 ) -> None:
     """Fine-tune with the article's defaults: loss on assistant tokens only, validation loss with
     early stopping, an overfitting check on sampled generations, atomic checkpoints and resume.
@@ -36,7 +52,9 @@ def train(
 
     if resume is not None:
         if overrides or method:
-            raise UserError("--resume continues a run with its own config; --set and --method are not allowed")
+            raise UserError(
+                "--resume continues a run with its own config; --set and --method are not allowed"
+            )
         cfg, rec = load_run_config(resume)
         data = rec.get("data", {})
         result = run_training(
@@ -75,9 +93,13 @@ def _render(rec: dict) -> None:
     table = Table(title=f"run ({rec['method']}): {rec['status']}", show_header=False)
     table.add_row("stop reason", str(rec.get("stop_reason")))
     table.add_row("steps", str(rec.get("global_step")))
-    table.add_row("train loss", f"{rec['train_loss']:.4f}" if rec.get("train_loss") is not None else "-")
+    table.add_row(
+        "train loss", f"{rec['train_loss']:.4f}" if rec.get("train_loss") is not None else "-"
+    )
     best = rec.get("best_val_loss")
-    table.add_row("best val loss", f"{best:.4f} (step {rec.get('best_step')})" if best is not None else "-")
+    table.add_row(
+        "best val loss", f"{best:.4f} (step {rec.get('best_step')})" if best is not None else "-"
+    )
     table.add_row("tokens/s", str(rec.get("tokens_per_s")))
     table.add_row("wall time", f"{rec.get('wall_time_s')} s")
     console.print(table)

@@ -16,12 +16,18 @@ console = make_console()
 
 def run_cmd(
     project: Path = typer.Argument(..., help="project.yaml (or its folder)"),
-    methods: str = typer.Option(None, "--methods", help="comma-separated methods to try, e.g. lora,qlora,full"),
+    methods: str = typer.Option(
+        None, "--methods", help="comma-separated methods to try, e.g. lora,qlora,full"
+    ),
     final: bool = typer.Option(False, "--final", help="also run the one sealed test evaluation"),
     learning_curve: bool = typer.Option(
-        False, "--learning-curve",
-        help="also train on 25% and 50% of train and evaluate each: would more data help? (~75% more training time)"),
-    set_: list[str] = typer.Option([], "--set", help="override a config value, e.g. train.epochs=1"),
+        False,
+        "--learning-curve",
+        help="also train on 25% and 50% of train and evaluate each: would more data help? (~75% more training time)",
+    ),
+    set_: list[str] = typer.Option(
+        [], "--set", help="override a config value, e.g. train.epochs=1"
+    ),
 ) -> None:
     """Run the whole ladder: check, split, baselines, train, evaluate, compare, gate, registry, report."""
     from tunewise.config import load_project
@@ -29,7 +35,9 @@ def run_cmd(
 
     cfg = load_project(project, set_)
     method_list = [m.strip() for m in methods.split(",")] if methods else None
-    result = run_ladder(cfg, methods=method_list, final=final, learning_curve=learning_curve, console=console)
+    result = run_ladder(
+        cfg, methods=method_list, final=final, learning_curve=learning_curve, console=console
+    )
     if result.eval_dir is not None:
         show_summary(result.eval_dir)
 
@@ -55,23 +63,37 @@ def show_summary(eval_dir: Path) -> None:
         cells = []
         for name in metric_names:
             e = per.get(name)
-            cells.append("-" if e is None else f"{e['value']:.3f} [{e['ci_low']:.2f}, {e['ci_high']:.2f}]")
+            cells.append(
+                "-" if e is None else f"{e['value']:.3f} [{e['ci_low']:.2f}, {e['ci_high']:.2f}]"
+            )
         table.add_row(cand, *cells)
     console.print(table)
     show_example(eval_dir)
     verdict_path = eval_dir / "verdict.json"
     if verdict_path.is_file():
         v = json.loads(verdict_path.read_text())
-        lines = [f"{'✓' if r['passed'] else '✗'} vs {r['baseline']}: {r['reason']}" for r in v["reasons"]]
+        lines = [
+            f"{'✓' if r['passed'] else '✗'} vs {r['baseline']}: {r['reason']}" for r in v["reasons"]
+        ]
         lines += [f"✗ guard: {g}" for g in v.get("guard_failures", [])]
         style = "green" if v["ship"] else "red"
         title = f"SHIP {v['candidate']}" if v["ship"] else f"DON'T SHIP {v['candidate']}"
-        console.print(Panel("\n".join(lines) or v.get("summary", ""), title=title, border_style=style))
+        console.print(
+            Panel("\n".join(lines) or v.get("summary", ""), title=title, border_style=style)
+        )
     from tunewise.advise import facts_from_dir, recommend
 
     advice = recommend(facts_from_dir(eval_dir))
-    console.print(Panel("\n".join([advice.headline, *advice.reasons] + ([advice.more_data] if advice.more_data else [])),
-                        title="advice", border_style="cyan"))
+    console.print(
+        Panel(
+            "\n".join(
+                [advice.headline, *advice.reasons]
+                + ([advice.more_data] if advice.more_data else [])
+            ),
+            title="advice",
+            border_style="cyan",
+        )
+    )
     for name in ("report.html", "report.md"):
         if (eval_dir / name).is_file():
             console.print(f"report: {eval_dir / name}")
@@ -108,10 +130,14 @@ def show_example(eval_dir: Path) -> None:
 
 def advise_cmd(
     target: Path = typer.Argument(..., help="project.yaml, its folder, or an eval directory"),
-    requests_per_day: float = typer.Option(None, help="expected requests per day (for the cost comparison)"),
+    requests_per_day: float = typer.Option(
+        None, help="expected requests per day (for the cost comparison)"
+    ),
     tokens_per_request: float = typer.Option(None, help="prompt + completion tokens per request"),
     api_price: float = typer.Option(None, help="frontier API price, USD per million tokens"),
-    gpu_price: float = typer.Option(None, help="GPU price for serving the small model, USD per hour"),
+    gpu_price: float = typer.Option(
+        None, help="GPU price for serving the small model, USD per hour"
+    ),
     gpu_hours: float = typer.Option(24.0, help="GPU hours per day"),
     as_json: bool = typer.Option(False, "--json", help="print JSON"),
 ) -> None:
@@ -124,7 +150,9 @@ def advise_cmd(
     given = [requests_per_day, tokens_per_request, api_price, gpu_price]
     if any(v is not None for v in given):
         if any(v is None for v in given):
-            raise UserError("cost: give all of --requests-per-day, --tokens-per-request, --api-price, --gpu-price")
+            raise UserError(
+                "cost: give all of --requests-per-day, --tokens-per-request, --api-price, --gpu-price"
+            )
         cost = CostInputs(requests_per_day, tokens_per_request, api_price, gpu_price, gpu_hours)
     advice = recommend(facts_from_dir(eval_dir), cost=cost)
     if as_json:
@@ -153,7 +181,9 @@ def _eval_dir_of(target: Path) -> Path:
 
 def init_cmd(
     data: Path = typer.Argument(..., help="chat JSONL with your examples"),
-    out: Path = typer.Option(None, "--out", help="project folder to create (default: beside the data)"),
+    out: Path = typer.Option(
+        None, "--out", help="project folder to create (default: beside the data)"
+    ),
     name: str = typer.Option(None, "--name", help="project name (default: the data file's stem)"),
     docs: Path = typer.Option(None, "--docs", help="folder of documents for the RAG rung"),
     force: bool = typer.Option(False, "--force", help="overwrite an existing project.yaml"),

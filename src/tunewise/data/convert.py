@@ -103,11 +103,17 @@ def _csv_rows(
             yield _templated(values, where, path, template, answer_template)
 
 
-def _templated(values: dict[str, Any], where: str, path: Path, template: str, answer_template: str) -> Row:
+def _templated(
+    values: dict[str, Any], where: str, path: Path, template: str, answer_template: str
+) -> Row:
     """One text/label record rendered through the user and answer templates."""
     user = _fill(template, values, where, path, "--template")
     answer = _fill(answer_template, values, where, path, "--answer-template")
-    return where, values["label"], [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
+    return (
+        where,
+        values["label"],
+        [{"role": "user", "content": user}, {"role": "assistant", "content": answer}],
+    )
 
 
 def _pair_rows(
@@ -239,7 +245,9 @@ def convert(
         raise UserError(f"--from {source!r}: use one of {', '.join(SOURCES)}")
     for flag, value in (("--labels", labels), ("--per-label", per_label)):
         if value and source not in ("csv", "json-pairs"):
-            raise UserError(f"{flag} only applies to labelled sources (csv, json-pairs), not {source}")
+            raise UserError(
+                f"{flag} only applies to labelled sources (csv, json-pairs), not {source}"
+            )
     if per_label is not None and per_label < 1:
         raise UserError(f"--per-label {per_label}: must be at least 1")
 

@@ -139,7 +139,10 @@ def iter_lines(path: Path) -> Iterator[tuple[int, str]]:
                 raw = data.decode("utf-8")
             except UnicodeDecodeError as exc:
                 raise DataError(
-                    str(path), lineno, "(line)", f"not valid UTF-8 (byte {exc.start + 1}); save the file as UTF-8"
+                    str(path),
+                    lineno,
+                    "(line)",
+                    f"not valid UTF-8 (byte {exc.start + 1}); save the file as UTF-8",
                 ) from None
             if lineno == 1:
                 raw = raw.lstrip("\ufeff")
@@ -158,7 +161,11 @@ def parse_jsonl(path: str | Path) -> tuple[list[Example], list[Problem]]:
         try:
             obj = json.loads(raw)
         except json.JSONDecodeError as exc:
-            problems.append(Problem(str(path), lineno, "(line)", f"not valid JSON: {exc.msg} at column {exc.colno}"))
+            problems.append(
+                Problem(
+                    str(path), lineno, "(line)", f"not valid JSON: {exc.msg} at column {exc.colno}"
+                )
+            )
             continue
         found = validate_record(obj, str(path), lineno)
         if found:
@@ -175,6 +182,10 @@ def load_examples(path: str | Path) -> list[Example]:
     examples, problems = parse_jsonl(path)
     if problems:
         first = problems[0]
-        more = f" (and {len(problems) - 1} more; run `tunewise data check`)" if len(problems) > 1 else ""
+        more = (
+            f" (and {len(problems) - 1} more; run `tunewise data check`)"
+            if len(problems) > 1
+            else ""
+        )
         raise DataError(first.path, first.line, first.field, first.message + more)
     return examples

@@ -36,8 +36,13 @@ from tunewise.eval.graders import SINGLE_FIELD, LabelSpec
 
 
 class Scores(Protocol):
-    def score_continuations(self, messages: list[dict[str, str]], continuations: list[str],
-                            adapter: str | None = None, end_of_turn: bool = True) -> list[float]: ...
+    def score_continuations(
+        self,
+        messages: list[dict[str, str]],
+        continuations: list[str],
+        adapter: str | None = None,
+        end_of_turn: bool = True,
+    ) -> list[float]: ...
 
 
 @dataclass
@@ -77,18 +82,28 @@ def build_template(spec: LabelSpec, references: Sequence[str]) -> OutputTemplate
             pos = end
         pieces.append(text[pos:])
         return OutputTemplate(pieces=pieces, slots=slots)
-    raise UserError("constrained mode: no reference answer fully matches task.output_pattern, so the answer "
-                    "format cannot be rendered; fix the pattern or set eval.constrained: false")
+    raise UserError(
+        "constrained mode: no reference answer fully matches task.output_pattern, so the answer "
+        "format cannot be rendered; fix the pattern or set eval.constrained: false"
+    )
 
 
 class ConstrainedLabeler:
     """Choose, per prompt, the allowed answer with the highest log-likelihood."""
 
-    def __init__(self, spec: LabelSpec, references: Sequence[str], *, max_combinations: int = 64,
-                 calibrate: bool = True) -> None:
+    def __init__(
+        self,
+        spec: LabelSpec,
+        references: Sequence[str],
+        *,
+        max_combinations: int = 64,
+        calibrate: bool = True,
+    ) -> None:
         missing = [f for f in spec.fields if not spec.labels.get(f)]
         if missing:
-            raise UserError(f"constrained mode: no allowed values for field {missing[0]!r} (set task.labels)")
+            raise UserError(
+                f"constrained mode: no allowed values for field {missing[0]!r} (set task.labels)"
+            )
         self.spec = spec
         self.template = build_template(spec, references)
         n = math.prod(len(spec.labels[f]) for f in self.template.slots)
@@ -97,8 +112,14 @@ class ConstrainedLabeler:
         self.calibrate = calibrate
         self._priors: dict[str, list[float]] = {}
 
-    def _score(self, engine: Scores, messages: list[dict[str, str]], texts: list[str],
-               adapter: str | None, final: bool = True) -> list[float]:
+    def _score(
+        self,
+        engine: Scores,
+        messages: list[dict[str, str]],
+        texts: list[str],
+        adapter: str | None,
+        final: bool = True,
+    ) -> list[float]:
         # A partial answer (field by field, not the last field) must not be scored as if the turn
         # ended after it: only the full answer is followed by the end-of-turn marker.
         kw: dict[str, Any] = {} if final else {"end_of_turn": False}
@@ -117,9 +138,14 @@ class ConstrainedLabeler:
 
     def _combos(self) -> list[dict[str, str]]:
         slots = self.template.slots
-        return [dict(zip(slots, vals, strict=True)) for vals in itertools.product(*(self.spec.labels[f] for f in slots))]
+        return [
+            dict(zip(slots, vals, strict=True))
+            for vals in itertools.product(*(self.spec.labels[f] for f in slots))
+        ]
 
-    def choose(self, engine: Scores, messages: list[dict[str, str]], adapter: str | None = None) -> tuple[str, dict[str, Any]]:
+    def choose(
+        self, engine: Scores, messages: list[dict[str, str]], adapter: str | None = None
+    ) -> tuple[str, dict[str, Any]]:
         """(answer text, meta with the winning log-prob and the runner-up's) for one prompt."""
         if self.joint:
             combos = self._combos()
@@ -135,15 +161,24 @@ class ConstrainedLabeler:
         for j, f in enumerate(self.template.slots):
             values = self.spec.labels[f]
             texts = [self.template.render({**chosen, f: v}, upto=j) for v in values]
-            scores = self._score(engine, messages, texts, adapter, final=j == len(self.template.slots) - 1)
+            scores = self._score(
+                engine, messages, texts, adapter, final=j == len(self.template.slots) - 1
+            )
             order = sorted(range(len(values)), key=lambda i: -scores[i])
             chosen[f] = values[order[0]]
-            total = scores[order[0]]  # each step's text includes the previous ones: the last is the total
+            total = scores[
+                order[0]
+            ]  # each step's text includes the previous ones: the last is the total
             margins.append(scores[order[0]] - scores[order[1]] if len(order) > 1 else math.inf)
         return self.template.render(chosen), {"score": total, "margin": min(margins)}
 
-    def choose_many(self, engine: Scores, prompts: Sequence[list[dict[str, str]]], adapter: str | None = None,
-                    progress: Any = None) -> list[tuple[str, dict[str, Any]]]:
+    def choose_many(
+        self,
+        engine: Scores,
+        prompts: Sequence[list[dict[str, str]]],
+        adapter: str | None = None,
+        progress: Any = None,
+    ) -> list[tuple[str, dict[str, Any]]]:
         """``progress`` is an optional callable advanced by one per prompt."""
         out = []
         for msgs in prompts:

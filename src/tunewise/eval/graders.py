@@ -57,7 +57,11 @@ class LabelSpec:
     def from_config(cls, cfg: ProjectConfig, train: Sequence[Example] = ()) -> LabelSpec:
         """From ``task.output_pattern`` and ``task.labels`` (labels inferred from train when absent)."""
         pattern = compile_pattern(cfg.task.output_pattern)
-        fields = list(pattern.groupindex) if pattern is not None and pattern.groupindex else [SINGLE_FIELD]
+        fields = (
+            list(pattern.groupindex)
+            if pattern is not None and pattern.groupindex
+            else [SINGLE_FIELD]
+        )
         spec = cls(pattern=pattern, fields=fields)
         if cfg.task.labels:
             unknown = [f for f in cfg.task.labels if f not in fields]
@@ -67,7 +71,11 @@ class LabelSpec:
                     f"(groups: {', '.join(fields)})"
                 )
             spec.labels = {f: list(v) for f, v in cfg.task.labels.items()}
-            if fields == [SINGLE_FIELD] and len(cfg.task.labels) == 1 and SINGLE_FIELD not in cfg.task.labels:
+            if (
+                fields == [SINGLE_FIELD]
+                and len(cfg.task.labels) == 1
+                and SINGLE_FIELD not in cfg.task.labels
+            ):
                 # One labels list and no named group: that list is the whole-answer label set.
                 spec.labels = {SINGLE_FIELD: list(next(iter(cfg.task.labels.values())))}
         else:
@@ -128,8 +136,11 @@ class LabelSpec:
             m = self.pattern.fullmatch(text)
             if m is None:
                 return False
-            got = {f: normalise(m.group(f) or "") for f in self.fields} if self.pattern.groupindex else {
-                SINGLE_FIELD: normalise(text)}
+            got = (
+                {f: normalise(m.group(f) or "") for f in self.fields}
+                if self.pattern.groupindex
+                else {SINGLE_FIELD: normalise(text)}
+            )
         else:
             got = {SINGLE_FIELD: normalise(text)}
         for f, v in got.items():
@@ -223,11 +234,17 @@ class Grader:
         self.cfg = cfg
         self.task = cfg.task.type
         self.graders = list(cfg.eval.graders)
-        self.spec = LabelSpec.from_config(cfg, train) if self.task == "labels" or cfg.task.output_pattern else None
+        self.spec = (
+            LabelSpec.from_config(cfg, train)
+            if self.task == "labels" or cfg.task.output_pattern
+            else None
+        )
         if cfg.task.json_schema is not None:
             check_schema(cfg.task.json_schema)
 
-    def grade(self, output: str, example: Example) -> tuple[dict[str, float], str | None, str | None, dict]:
+    def grade(
+        self, output: str, example: Example
+    ) -> tuple[dict[str, float], str | None, str | None, dict]:
         """(scores, gold label, predicted label, meta) for one output."""
         target = example.target
         scores: dict[str, float] = {}
@@ -241,7 +258,11 @@ class Grader:
             scores.update(json_scores(output, target, self.cfg.task.json_schema))
             if "format" in self.graders and self.spec is None:
                 scores["format_compliance"] = scores.get("schema_valid", scores["json_valid"])
-        if self.task == "labels" and self.spec is not None and ("label" in self.graders or "accuracy" not in scores):
+        if (
+            self.task == "labels"
+            and self.spec is not None
+            and ("label" in self.graders or "accuracy" not in scores)
+        ):
             try:
                 s, gold, pred, meta = label_scores(self.spec, output, target)
             except UserError as err:
@@ -327,21 +348,38 @@ def parse_winner(reply: str) -> str | None:
 
 
 def _request_text(messages: list[dict[str, str]]) -> str:
-    return "\n".join(f"{m['role']}: {m['content']}" for m in messages if m["role"] != "system") or "(empty)"
+    return (
+        "\n".join(f"{m['role']}: {m['content']}" for m in messages if m["role"] != "system")
+        or "(empty)"
+    )
 
 
 def _requests(prompts: list[str], max_new_tokens: int, adapter: str | None) -> list[Any]:
     from tunewise.infer import GenRequest
 
-    return [GenRequest(messages=[{"role": "user", "content": p}], adapter=adapter, max_new_tokens=max_new_tokens)
-            for p in prompts]
+    return [
+        GenRequest(
+            messages=[{"role": "user", "content": p}],
+            adapter=adapter,
+            max_new_tokens=max_new_tokens,
+        )
+        for p in prompts
+    ]
 
 
 class LLMJudge:
     """Scores answers against a fixed rubric with a local Engine or an external client."""
 
-    def __init__(self, backend: Generates, *, rubric: str = RUBRIC, template: str = JUDGE_TEMPLATE,
-                 adapter: str | None = None, max_new_tokens: int = 12, name: str = "judge") -> None:
+    def __init__(
+        self,
+        backend: Generates,
+        *,
+        rubric: str = RUBRIC,
+        template: str = JUDGE_TEMPLATE,
+        adapter: str | None = None,
+        max_new_tokens: int = 12,
+        name: str = "judge",
+    ) -> None:
         self.backend = backend
         self.rubric = rubric
         self.template = template
@@ -355,14 +393,21 @@ class LLMJudge:
         return sha256_text(self.rubric + "\0" + self.template)[:12]
 
     def prompt(self, example: Example, output: str) -> str:
-        return self.template.format(rubric=self.rubric, request=_request_text(example.prompt_messages),
-                                    reference=example.target, output=output)
+        return self.template.format(
+            rubric=self.rubric,
+            request=_request_text(example.prompt_messages),
+            reference=example.target,
+            output=output,
+        )
 
-    def score_many(self, examples: Sequence[Example], outputs: Sequence[str], *,
-                   progress: bool = False) -> tuple[list[float], list[str]]:
+    def score_many(
+        self, examples: Sequence[Example], outputs: Sequence[str], *, progress: bool = False
+    ) -> tuple[list[float], list[str]]:
         """(normalised scores, raw replies); a reply that does not parse scores NaN."""
         prompts = [self.prompt(ex, out) for ex, out in zip(examples, outputs, strict=True)]
-        results = self.backend.generate(_requests(prompts, self.max_new_tokens, self.adapter), progress=progress)
+        results = self.backend.generate(
+            _requests(prompts, self.max_new_tokens, self.adapter), progress=progress
+        )
         replies = [r.text for r in results]
         return [parse_score(r) for r in replies], replies
 
@@ -370,8 +415,14 @@ class LLMJudge:
 class PairwiseJudge:
     """Which of two answers is better; each pair is judged in both orders to cancel position bias."""
 
-    def __init__(self, backend: Generates, *, template: str = PAIRWISE_TEMPLATE, adapter: str | None = None,
-                 max_new_tokens: int = 12) -> None:
+    def __init__(
+        self,
+        backend: Generates,
+        *,
+        template: str = PAIRWISE_TEMPLATE,
+        adapter: str | None = None,
+        max_new_tokens: int = 12,
+    ) -> None:
         self.backend = backend
         self.template = template
         self.adapter = adapter
@@ -381,16 +432,26 @@ class PairwiseJudge:
     def version(self) -> str:
         return sha256_text("pairwise\0" + self.template)[:12]
 
-    def compare_many(self, examples: Sequence[Example], a: Sequence[str], b: Sequence[str], *,
-                     progress: bool = False) -> list[float]:
+    def compare_many(
+        self,
+        examples: Sequence[Example],
+        a: Sequence[str],
+        b: Sequence[str],
+        *,
+        progress: bool = False,
+    ) -> list[float]:
         """Per item: 1.0 A wins, 0.0 B wins, 0.5 tie (or the two orders disagree); NaN unparseable."""
         prompts: list[str] = []
         for ex, x, y in zip(examples, a, b, strict=True):
             req, ref = _request_text(ex.prompt_messages), ex.target
             prompts.append(self.template.format(request=req, reference=ref, a=x, b=y))
             prompts.append(self.template.format(request=req, reference=ref, a=y, b=x))
-        replies = [r.text for r in self.backend.generate(_requests(prompts, self.max_new_tokens, self.adapter),
-                                                         progress=progress)]
+        replies = [
+            r.text
+            for r in self.backend.generate(
+                _requests(prompts, self.max_new_tokens, self.adapter), progress=progress
+            )
+        ]
         out: list[float] = []
         for i in range(0, len(replies), 2):
             first, second = parse_winner(replies[i]), parse_winner(replies[i + 1])

@@ -61,9 +61,18 @@ def split_paths(cfg: ProjectConfig) -> dict[str, Path]:
             from tunewise.data.split import split_file
         except ImportError:  # pragma: no cover - the data toolkit ships with tunewise
             raise UserError(f"{splits}: no splits yet; run `tunewise data split`") from None
-        console.print(f"[dim]no splits in {splits}: splitting {cfg.data.train} (test split sealed)[/]")
-        split_file(cfg.data.train, splits, val=cfg.data.split.val, test=cfg.data.split.test,
-                   seed=cfg.data.split.seed, project=cfg.name, output_pattern=cfg.task.output_pattern)
+        console.print(
+            f"[dim]no splits in {splits}: splitting {cfg.data.train} (test split sealed)[/]"
+        )
+        split_file(
+            cfg.data.train,
+            splits,
+            val=cfg.data.split.val,
+            test=cfg.data.split.test,
+            seed=cfg.data.split.seed,
+            project=cfg.name,
+            output_pattern=cfg.task.output_pattern,
+        )
     return paths
 
 
@@ -73,8 +82,10 @@ def _guard_test(path: Path, *, final: bool, purpose: str) -> dict[str, Any]:
     prior = guard(path, final=final, purpose=purpose)  # raises SealedSplitError unless final
     info: dict[str, Any] = {"final": True, "final_use": prior + 1}
     if prior > 0:
-        msg = (f"The sealed test split {path} has been evaluated {prior} time(s) before. This number is NO "
-               "LONGER an unbiased estimate: choices made after seeing earlier test results leak into it.")
+        msg = (
+            f"The sealed test split {path} has been evaluated {prior} time(s) before. This number is NO "
+            "LONGER an unbiased estimate: choices made after seeing earlier test results leak into it."
+        )
         console.print(Panel(msg, title="WARNING: repeated final evaluation", style="bold red"))
         info["warning"] = msg
     return info
@@ -95,7 +106,9 @@ def item_ids(items: list[Example]) -> list[str]:
 def auto_max_new_tokens(targets: list[str], tokenizer: Any | None) -> int:
     """Room for the longest reference answer plus half again, at least 8 tokens."""
     if tokenizer is not None:
-        longest = max((len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in targets), default=16)
+        longest = max(
+            (len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in targets), default=16
+        )
     else:  # ~4 characters per token for English
         longest = max((len(t) // 3 + 1 for t in targets), default=16)
     return max(8, min(2048, math.ceil(longest * 1.5) + 4))
@@ -106,8 +119,15 @@ def auto_max_new_tokens(targets: list[str], tokenizer: Any | None) -> int:
 
 
 class _Harness:
-    def __init__(self, cfg: ProjectConfig, items: list[Example], train: list[Example], *,
-                 engine: Any | None, progress: bool) -> None:
+    def __init__(
+        self,
+        cfg: ProjectConfig,
+        items: list[Example],
+        train: list[Example],
+        *,
+        engine: Any | None,
+        progress: bool,
+    ) -> None:
         self.cfg = cfg
         self.items = items
         self.train = train
@@ -164,10 +184,14 @@ class _Harness:
 
     def fewshot_messages(self) -> tuple[list[Messages], dict[str, Any]]:
         fc = self.cfg.eval.fewshot
-        sel = fewshot_mod.FewShotSelector(self.train, k=fc.k, selection=fc.selection, seed=self.cfg.data.split.seed)
+        sel = fewshot_mod.FewShotSelector(
+            self.train, k=fc.k, selection=fc.selection, seed=self.cfg.data.split.seed
+        )
         shots = sel.select_many(self.items)
-        msgs = [fewshot_mod.build_messages(self.cfg.task.system_prompt, s, ex) for s, ex in zip(shots, self.items,
-                                                                                                 strict=True)]
+        msgs = [
+            fewshot_mod.build_messages(self.cfg.task.system_prompt, s, ex)
+            for s, ex in zip(shots, self.items, strict=True)
+        ]
         return msgs, {"k": sel.k, "selection": fc.selection, "prompt_version": sel.version()}
 
     def rag_index(self) -> rag_mod.RagIndex:
@@ -199,12 +223,19 @@ class _Harness:
         # What was actually retrieved from (sources: docs requested without data.docs is train only):
         # the gate and the advisor call a RAG win a knowledge task only when documents were there.
         used = [src for src in rc.sources if src != "docs" or self.cfg.data.docs is not None]
-        meta = {"k": rc.k, "hybrid": rc.hybrid, "sources": used, "passages": len(index.passages),
-                "prompt_version": rag_mod.rag_version(rc.k, rc.hybrid, index)}
+        meta = {
+            "k": rc.k,
+            "hybrid": rc.hybrid,
+            "sources": used,
+            "passages": len(index.passages),
+            "prompt_version": rag_mod.rag_version(rc.k, rc.hybrid, index),
+        }
         return msgs, meta, per_item
 
     # -- running -------------------------------------------------------------------------------
-    def generate(self, name: str, engine: Any, msgs: list[Messages], adapter: str | None) -> list[str]:
+    def generate(
+        self, name: str, engine: Any, msgs: list[Messages], adapter: str | None
+    ) -> list[str]:
         from tunewise.infer import GenRequest
 
         mnt = self.max_new_tokens(engine)
@@ -213,7 +244,9 @@ class _Harness:
             console.print(f"[bold]{name}[/]: generating {len(reqs)} answers (max {mnt} new tokens)")
         return [r.text for r in engine.generate(reqs, progress=self.progress)]
 
-    def constrained(self, name: str, engine: Any, msgs: list[Messages], adapter: str | None) -> tuple[list[str], dict, list[dict]]:
+    def constrained(
+        self, name: str, engine: Any, msgs: list[Messages], adapter: str | None
+    ) -> tuple[list[str], dict, list[dict]]:
         from tunewise.eval.constrained import ConstrainedLabeler
 
         spec = self.grader.spec
@@ -221,18 +254,31 @@ class _Harness:
         labeler = ConstrainedLabeler(spec, [ex.target for ex in self.train])
         with _bar(self.progress, f"{name} (scoring labels, {labeler.mode})", len(msgs)) as advance:
             chosen = labeler.choose_many(engine, msgs, adapter, progress=advance)
-        meta = {"mode": labeler.mode, "combinations": labeler.n_combinations,
-                "calibration": "pmi" if labeler.calibrate else "none"}
+        meta = {
+            "mode": labeler.mode,
+            "combinations": labeler.n_combinations,
+            "calibration": "pmi" if labeler.calibrate else "none",
+        }
         return [c[0] for c in chosen], meta, [c[1] for c in chosen]
 
-    def result(self, name: str, kind: str, outputs: list[str], meta: dict[str, Any],
-               per_item: list[dict[str, Any]] | None = None) -> CandidateResult:
+    def result(
+        self,
+        name: str,
+        kind: str,
+        outputs: list[str],
+        meta: dict[str, Any],
+        per_item: list[dict[str, Any]] | None = None,
+    ) -> CandidateResult:
         items = []
         for i, (ex, out, iid) in enumerate(zip(self.items, outputs, self.ids, strict=True)):
             scores, gold, pred, m = self.grader.grade(out, ex)
             if per_item:
                 m = {**per_item[i], **m}
-            items.append(ItemResult(item_id=iid, output=out, scores=scores, gold=gold, predicted=pred, meta=m))
+            items.append(
+                ItemResult(
+                    item_id=iid, output=out, scores=scores, gold=gold, predicted=pred, meta=m
+                )
+            )
         return CandidateResult(name=name, kind=kind, items=items, meta=meta)
 
     def cache_delta(self) -> dict[str, int]:
@@ -267,15 +313,24 @@ def _adapter_hash(run_dir: Path) -> str | None:
     return sha256_file(f)[:16] if f.is_file() else None
 
 
-def plan_candidates(cfg: ProjectConfig, candidates: list[str] | None, finetuned: dict[str, Path]) -> list[str]:
+def plan_candidates(
+    cfg: ProjectConfig, candidates: list[str] | None, finetuned: dict[str, Path]
+) -> list[str]:
     """The ordered candidate names this evaluation runs."""
     asked = list(candidates if candidates is not None else cfg.eval.candidates)
     ext_names = [e.name for e in cfg.eval.external]
-    known = set(BASELINES) | {"knn", "finetuned", "finetuned+rag", "external"} | set(ext_names) | set(finetuned)
+    known = (
+        set(BASELINES)
+        | {"knn", "finetuned", "finetuned+rag", "external"}
+        | set(ext_names)
+        | set(finetuned)
+    )
     for name in asked:
         base = name.removesuffix(CONSTRAINED)
         if base not in known and not base.endswith("+rag"):
-            raise UserError(f"eval.candidates: unknown candidate {name!r} (known: {', '.join(sorted(known))})")
+            raise UserError(
+                f"eval.candidates: unknown candidate {name!r} (known: {', '.join(sorted(known))})"
+            )
     plan: list[str] = []
     for name in asked:
         if name.endswith(CONSTRAINED):
@@ -290,7 +345,12 @@ def plan_candidates(cfg: ProjectConfig, candidates: list[str] | None, finetuned:
             plan.append(name)
     # Training runs passed explicitly are evaluated even when "finetuned" is not listed.
     plan += [n for n in finetuned if n not in plan]
-    if cfg.task.type == "labels" and "rag" in plan and "knn" not in plan and "train" in cfg.eval.rag.sources:
+    if (
+        cfg.task.type == "labels"
+        and "rag" in plan
+        and "knn" not in plan
+        and "train" in cfg.eval.rag.sources
+    ):
         plan.insert(plan.index("rag") + 1, "knn")
     explicit: list[str] = []
     for n in asked:
@@ -304,11 +364,17 @@ def plan_candidates(cfg: ProjectConfig, candidates: list[str] | None, finetuned:
             local = set(BASELINES) | set(finetuned) | {f"{n}+rag" for n in finetuned}
             for n in explicit:
                 if n.removesuffix(CONSTRAINED) not in local:
-                    raise UserError(f"candidate {n!r}: constrained mode needs a local model candidate "
-                                    f"({', '.join(sorted(local))})")
+                    raise UserError(
+                        f"candidate {n!r}: constrained mode needs a local model candidate "
+                        f"({', '.join(sorted(local))})"
+                    )
             plan += explicit
         elif cfg.eval.constrained:
-            local = [n for n in plan if n in BASELINES or n in finetuned or n.removesuffix("+rag") in finetuned]
+            local = [
+                n
+                for n in plan
+                if n in BASELINES or n in finetuned or n.removesuffix("+rag") in finetuned
+            ]
             plan += [f"{n}{CONSTRAINED}" for n in local]
     return plan
 
@@ -334,8 +400,13 @@ def evaluate(
     path = paths[split]
     if not path.is_file():
         raise UserError(f"{path}: split file not found; run `tunewise data split`")
-    meta: dict[str, Any] = {"tunewise": tw_version, "split_path": str(path), "model": cfg.model.base,
-                            "candidates": plan, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    meta: dict[str, Any] = {
+        "tunewise": tw_version,
+        "split_path": str(path),
+        "model": cfg.model.base,
+        "candidates": plan,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
     if split == "test":
         meta.update(_guard_test(path, final=final, purpose=f"eval: {', '.join(plan)}"))
     items = load_examples(path)
@@ -350,34 +421,59 @@ def evaluate(
     h.notes += prompt_mod.prompt_notes(cfg, spec.labels if spec else None)
     asked = candidates if candidates is not None else cfg.eval.candidates
     if any(c in ("finetuned", "finetuned+rag") for c in asked) and not finetuned:
-        h.notes.append("finetuned: no training run given (pass --finetuned RUN); evaluated the other candidates")
+        h.notes.append(
+            "finetuned: no training run given (pass --finetuned RUN); evaluated the other candidates"
+        )
 
     results: dict[str, CandidateResult] = {}
-    prompts: dict[str, tuple[list[Messages], str | None, Any, dict[str, Any], list[dict] | None]] = {}
+    prompts: dict[
+        str, tuple[list[Messages], str | None, Any, dict[str, Any], list[dict] | None]
+    ] = {}
     try:
         for name in plan:
             t0 = time.perf_counter()
             base = name.removesuffix(CONSTRAINED)
             if name.endswith(CONSTRAINED):
-                if base not in prompts:  # e.g. prompt+constrained asked without free prompt generation
+                if (
+                    base not in prompts
+                ):  # e.g. prompt+constrained asked without free prompt generation
                     prompts[base] = _messages_for(h, base, finetuned)
                 msgs, adapter, eng, pmeta, _ = prompts[base]
                 outs, cmeta, per_item = h.constrained(name, eng, msgs, adapter)
                 res = h.result(name, "constrained", outs, {**pmeta, **cmeta, "of": base}, per_item)
             elif name == "knn":
-                knn = rag_mod.KnnClassifier(train, k=10, label_of=lambda t: spec.key(spec.extract(t)) if spec else t)
-                res = h.result(name, "knn", knn.predict(items), {"k": knn.k, "embedding": knn.embedder.model_id})
+                knn = rag_mod.KnnClassifier(
+                    train, k=10, label_of=lambda t: spec.key(spec.extract(t)) if spec else t
+                )
+                res = h.result(
+                    name,
+                    "knn",
+                    knn.predict(items),
+                    {"k": knn.k, "embedding": knn.embedder.model_id},
+                )
             elif name in ext_map(cfg):
                 client = h.external(ext_map(cfg)[name])
                 outs = h.generate(name, client, h.prompt_messages(), None)
                 ext = ext_map(cfg)[name]
-                res = h.result(name, "external", outs, {"base_url": ext.base_url, "model": ext.model,
-                                                        "prompt_version": prompt_mod.prompt_hash(cfg)})
+                res = h.result(
+                    name,
+                    "external",
+                    outs,
+                    {
+                        "base_url": ext.base_url,
+                        "model": ext.model,
+                        "prompt_version": prompt_mod.prompt_hash(cfg),
+                    },
+                )
             else:
-                prompts[name] = msgs, adapter, eng, pmeta, per_item = _messages_for(h, name, finetuned)
+                prompts[name] = msgs, adapter, eng, pmeta, per_item = _messages_for(
+                    h, name, finetuned
+                )
                 outs = h.generate(name, eng, msgs, adapter)
                 kind = "finetuned" if adapter or pmeta.get("full_checkpoint") else name
-                res = h.result(name, kind, outs, {**pmeta, "max_new_tokens": h.max_new_tokens(eng)}, per_item)
+                res = h.result(
+                    name, kind, outs, {**pmeta, "max_new_tokens": h.max_new_tokens(eng)}, per_item
+                )
             res.meta["seconds"] = round(time.perf_counter() - t0, 2)
             res.meta.update(h.cache_delta())
             results[name] = res
@@ -386,16 +482,27 @@ def evaluate(
     finally:
         h.close()
 
-    run = EvalRun(project=cfg.name, split=split, split_hash=sha256_file(path), primary_metric=cfg.eval.primary_metric,
-                  item_ids=h.ids, candidates=[results[n] for n in plan if n in results],
-                  meta={**meta, "notes": h.notes, "n_items": len(items), "limit": limit})
-    out_dir = Path(out_dir) if out_dir is not None else cfg.work_dir / ("eval" if split == "val" else f"eval-{split}")
+    run = EvalRun(
+        project=cfg.name,
+        split=split,
+        split_hash=sha256_file(path),
+        primary_metric=cfg.eval.primary_metric,
+        item_ids=h.ids,
+        candidates=[results[n] for n in plan if n in results],
+        meta={**meta, "notes": h.notes, "n_items": len(items), "limit": limit},
+    )
+    out_dir = (
+        Path(out_dir)
+        if out_dir is not None
+        else cfg.work_dir / ("eval" if split == "val" else f"eval-{split}")
+    )
     run.save(out_dir / "eval.json")
     return run
 
 
-def _messages_for(h: _Harness, name: str, finetuned: dict[str, Path]) -> tuple[
-        list[Messages], str | None, Any, dict[str, Any], list[dict[str, Any]] | None]:
+def _messages_for(
+    h: _Harness, name: str, finetuned: dict[str, Path]
+) -> tuple[list[Messages], str | None, Any, dict[str, Any], list[dict[str, Any]] | None]:
     """(prompts, adapter, engine, meta, per-item meta) of a local candidate."""
     eng, adapter, emeta = _local_engine(h, name, finetuned)
     per_item = None
@@ -412,7 +519,9 @@ def ext_map(cfg: ProjectConfig) -> dict[str, ExternalConfig]:
     return {e.name: e for e in cfg.eval.external}
 
 
-def _local_engine(h: _Harness, name: str, finetuned: dict[str, Path]) -> tuple[Any, str | None, dict[str, Any]]:
+def _local_engine(
+    h: _Harness, name: str, finetuned: dict[str, Path]
+) -> tuple[Any, str | None, dict[str, Any]]:
     """(engine, adapter name, meta) for a base-model or fine-tuned candidate."""
     run_name = name.removesuffix("+rag")
     if run_name not in finetuned:
@@ -429,9 +538,18 @@ def _local_engine(h: _Harness, name: str, finetuned: dict[str, Path]) -> tuple[A
         if run_name not in h._full:
             h._full[run_name] = h._new_engine(run_dir / "model")
         eng = h._full[run_name]
-        return eng, None, {"run_dir": str(run_dir), "full_checkpoint": True,
-                           "model_hash": getattr(getattr(eng, "ref", None), "weight_hash", None)}
-    raise UserError(f"{run_dir}: not a training run (no adapter_config.json and no model/config.json)")
+        return (
+            eng,
+            None,
+            {
+                "run_dir": str(run_dir),
+                "full_checkpoint": True,
+                "model_hash": getattr(getattr(eng, "ref", None), "weight_hash", None),
+            },
+        )
+    raise UserError(
+        f"{run_dir}: not a training run (no adapter_config.json and no model/config.json)"
+    )
 
 
 def _judge_all(h: _Harness, results: list[CandidateResult]) -> None:
@@ -444,12 +562,19 @@ def _judge_all(h: _Harness, results: list[CandidateResult]) -> None:
         backend = h._new_engine(jm)
     else:
         backend = h.engine()
-        h.notes.append("judge: eval.judge_model not set, the base model judges itself (weak; set a stronger judge)")
+        h.notes.append(
+            "judge: eval.judge_model not set, the base model judges itself (weak; set a stronger judge)"
+        )
     judge = LLMJudge(backend)
     for res in results:
-        scores, replies = judge.score_many(h.items, [it.output for it in res.items], progress=h.progress)
+        scores, replies = judge.score_many(
+            h.items, [it.output for it in res.items], progress=h.progress
+        )
         for it, s, r in zip(res.items, scores, replies, strict=True):
             it.scores["judge"] = s
             it.meta["judge_reply"] = r
-        res.meta["judge"] = {"model": jm or cfg.model.base, "version": judge.version,
-                             "parse_failures": sum(1 for s in scores if math.isnan(s))}
+        res.meta["judge"] = {
+            "model": jm or cfg.model.base,
+            "version": judge.version,
+            "parse_failures": sum(1 for s in scores if math.isnan(s)),
+        }

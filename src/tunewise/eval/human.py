@@ -90,7 +90,9 @@ class RatingStore:
 
     def rated(self, a: str, b: str, rater: str) -> set[str]:
         with self._tx() as c:
-            rows = c.execute("SELECT item_id FROM ratings WHERE a=? AND b=? AND rater=?", (a, b, rater))
+            rows = c.execute(
+                "SELECT item_id FROM ratings WHERE a=? AND b=? AND rater=?", (a, b, rater)
+            )
             return {r[0] for r in rows}
 
     def rows(self, a: str, b: str) -> list[dict[str, Any]]:
@@ -99,7 +101,10 @@ class RatingStore:
                 "SELECT item_id, rater, left_is, choice, created_at FROM ratings WHERE a=? AND b=? ORDER BY created_at",
                 (a, b),
             )
-            return [dict(zip(("item_id", "rater", "left_is", "choice", "created_at"), r, strict=True)) for r in cur]
+            return [
+                dict(zip(("item_id", "rater", "left_is", "choice", "created_at"), r, strict=True))
+                for r in cur
+            ]
 
     def pairs(self) -> list[tuple[str, str]]:
         with self._tx() as c:
@@ -127,10 +132,17 @@ def summarize(store: RatingStore, a: str, b: str) -> dict[str, Any]:
     lo, hi = wilson(wins_a + ties / 2, n)
     decisive = wins_a + wins_b
     return {
-        "a": a, "b": b, "n": n, "wins_a": wins_a, "wins_b": wins_b, "ties": ties, "skips": skips,
+        "a": a,
+        "b": b,
+        "n": n,
+        "wins_a": wins_a,
+        "wins_b": wins_b,
+        "ties": ties,
+        "skips": skips,
         "raters": len({r["rater"] for r in rows}),
         "win_rate_a": (wins_a + ties / 2) / n if n else math.nan,
-        "ci_low": lo, "ci_high": hi,
+        "ci_low": lo,
+        "ci_high": hi,
         "p_value": float(sps.binomtest(wins_a, decisive, 0.5).pvalue) if decisive else 1.0,
     }
 
@@ -156,13 +168,24 @@ class _Item:
 class RatingSession:
     """The blinded queue of items for one pair of candidates and one rater."""
 
-    def __init__(self, run: EvalRun, a: str, b: str, store: RatingStore, *, seed: int = 0, rater: str = "local") -> None:
+    def __init__(
+        self,
+        run: EvalRun,
+        a: str,
+        b: str,
+        store: RatingStore,
+        *,
+        seed: int = 0,
+        rater: str = "local",
+    ) -> None:
         from tunewise.eval.report import item_prompt, item_reference
 
         names = [c.name for c in run.candidates]
         for name in (a, b):
             if name not in names:
-                raise UserError(f"candidate {name!r} is not in eval.json (have: {', '.join(names)})")
+                raise UserError(
+                    f"candidate {name!r} is not in eval.json (have: {', '.join(names)})"
+                )
         if a == b:
             raise UserError("--a and --b must be two different candidates")
         self.a, self.b, self.store, self.seed, self.rater = a, b, store, seed, rater
@@ -172,7 +195,13 @@ class RatingSession:
         for item_id in run.item_ids:
             if item_id in ca and item_id in cb:
                 it = ca[item_id]
-                self.items[item_id] = _Item(item_id, item_prompt(it, run), item_reference(it, run), it.output, cb[item_id].output)
+                self.items[item_id] = _Item(
+                    item_id,
+                    item_prompt(it, run),
+                    item_reference(it, run),
+                    it.output,
+                    cb[item_id].output,
+                )
         if not self.items:
             raise UserError(f"{a} and {b} share no items to rate")
         self.order = list(self.items)
@@ -183,7 +212,10 @@ class RatingSession:
         return "a" if random.Random(f"{self.seed}:{item_id}").random() < 0.5 else "b"
 
     def progress(self) -> dict[str, int]:
-        return {"rated": len(self.store.rated(self.a, self.b, self.rater) & set(self.items)), "total": len(self.items)}
+        return {
+            "rated": len(self.store.rated(self.a, self.b, self.rater) & set(self.items)),
+            "total": len(self.items),
+        }
 
     def next(self) -> dict[str, Any]:
         done = self.store.rated(self.a, self.b, self.rater)
@@ -192,8 +224,12 @@ class RatingSession:
                 it = self.items[item_id]
                 left_a = self.left_is(item_id) == "a"
                 return {
-                    "done": False, "item_id": item_id, "prompt": it.prompt, "reference": it.reference,
-                    "left": it.out_a if left_a else it.out_b, "right": it.out_b if left_a else it.out_a,
+                    "done": False,
+                    "item_id": item_id,
+                    "prompt": it.prompt,
+                    "reference": it.reference,
+                    "left": it.out_a if left_a else it.out_b,
+                    "right": it.out_b if left_a else it.out_a,
                     "progress": self.progress(),
                 }
         return {"done": True, "progress": self.progress()}
@@ -244,13 +280,22 @@ def create_app(session: RatingSession):
     @app.get("/api/summary")
     def summary() -> dict[str, Any]:
         s = session.summary()
-        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in s.items()}
+        return {
+            k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in s.items()
+        }
 
     return app
 
 
-def open_session(eval_dir: str | Path, a: str, b: str, *, seed: int = 0, rater: str = "local",
-                 db: str | Path | None = None) -> RatingSession:
+def open_session(
+    eval_dir: str | Path,
+    a: str,
+    b: str,
+    *,
+    seed: int = 0,
+    rater: str = "local",
+    db: str | Path | None = None,
+) -> RatingSession:
     eval_dir = Path(eval_dir)
     eval_json = eval_dir / "eval.json"
     if not eval_json.is_file():
@@ -259,7 +304,9 @@ def open_session(eval_dir: str | Path, a: str, b: str, *, seed: int = 0, rater: 
     return RatingSession(run, a, b, RatingStore(db or ratings_db(eval_dir)), seed=seed, rater=rater)
 
 
-def serve(eval_dir: str | Path, a: str, b: str, *, port: int = 8765, seed: int = 0, rater: str = "local") -> None:
+def serve(
+    eval_dir: str | Path, a: str, b: str, *, port: int = 8765, seed: int = 0, rater: str = "local"
+) -> None:
     """Serve the rating page on 127.0.0.1 only: ratings are local, nothing is exposed."""
     import uvicorn
 

@@ -66,7 +66,9 @@ def _split_lookup(split_path: str, split_hash: str) -> dict[str, tuple[str, str]
         if split_hash and sha256_file(split_path) != split_hash:
             return {}
         examples = load_examples(split_path)
-        return {i: (ex.user_text, ex.target) for i, ex in zip(item_ids(examples), examples, strict=True)}
+        return {
+            i: (ex.user_text, ex.target) for i, ex in zip(item_ids(examples), examples, strict=True)
+        }
     except (UserError, ImportError, OSError, ValueError):
         return {}
 
@@ -79,7 +81,9 @@ def item_prompt(item: ItemResult, run: EvalRun | None = None) -> str:
             return meta[key]
     msgs = meta.get("messages")
     if isinstance(msgs, list):
-        users = [m.get("content", "") for m in msgs if isinstance(m, dict) and m.get("role") == "user"]
+        users = [
+            m.get("content", "") for m in msgs if isinstance(m, dict) and m.get("role") == "user"
+        ]
         if users:
             return str(users[-1])
     if run is not None:
@@ -154,7 +158,9 @@ def _colors(names: Sequence[str], baselines: Sequence[str]) -> dict[str, str]:
 
 
 # ----------------------------------------------------------------------------- figures
-def _metrics_figure(comp: Comparison, names: list[str], metrics: list[str], colors: dict[str, str]) -> str:
+def _metrics_figure(
+    comp: Comparison, names: list[str], metrics: list[str], colors: dict[str, str]
+) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -172,14 +178,24 @@ def _metrics_figure(comp: Comparison, names: list[str], metrics: list[str], colo
             # A BCa interval need not contain its estimate; matplotlib refuses negative error bars.
             lo.append(max(0.0, v - e.ci_low) if e and math.isfinite(e.ci_low) else 0.0)
             hi.append(max(0.0, e.ci_high - v) if e and math.isfinite(e.ci_high) else 0.0)
-        ax.bar(x + (k - (len(names) - 1) / 2) * width, vals, width * 0.92, yerr=[lo, hi],
-               capsize=3, color=colors[name], label=name, error_kw={"elinewidth": 1, "ecolor": "#1f2933"})
+        ax.bar(
+            x + (k - (len(names) - 1) / 2) * width,
+            vals,
+            width * 0.92,
+            yerr=[lo, hi],
+            capsize=3,
+            color=colors[name],
+            label=name,
+            error_kw={"elinewidth": 1, "ecolor": "#1f2933"},
+        )
     ax.set_xticks(x, metrics)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("score (95% CI)")
     ax.grid(axis="y", alpha=0.3)
     ax.spines[["top", "right"]].set_visible(False)
-    ax.legend(ncols=min(len(names), 6), loc="upper center", bbox_to_anchor=(0.5, -0.12), frameon=False)
+    ax.legend(
+        ncols=min(len(names), 6), loc="upper center", bbox_to_anchor=(0.5, -0.12), frameon=False
+    )
     return _png(fig)
 
 
@@ -190,7 +206,11 @@ def _confusion_figure(items: list[ItemResult], name: str) -> tuple[str, str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    pairs = [(it.gold, it.predicted if it.predicted is not None else "(unparsed)") for it in items if it.gold is not None]
+    pairs = [
+        (it.gold, it.predicted if it.predicted is not None else "(unparsed)")
+        for it in items
+        if it.gold is not None
+    ]
     gold_counts: dict[str, int] = {}
     for g, _ in pairs:
         gold_counts[g] = gold_counts.get(g, 0) + 1
@@ -221,8 +241,15 @@ def _confusion_figure(items: list[ItemResult], name: str) -> tuple[str, str]:
         for i in range(len(classes)):
             for j in range(len(cols)):
                 if mat[i, j]:
-                    ax.text(j, i, int(mat[i, j]), ha="center", va="center", fontsize=8,
-                            color="white" if norm[i, j] > 0.6 else "#1f2933")
+                    ax.text(
+                        j,
+                        i,
+                        int(mat[i, j]),
+                        ha="center",
+                        va="center",
+                        fontsize=8,
+                        color="white" if norm[i, j] > 0.6 else "#1f2933",
+                    )
     fig.colorbar(im, ax=ax, fraction=0.04)
     return _png(fig), note
 
@@ -242,13 +269,18 @@ def _load_train_run(path: Path) -> tuple[TrainRunInfo, list[dict[str, Any]]]:
     try:
         raw = json.loads(run_json.read_text())
     except FileNotFoundError:
-        raise UserError(f"{run_json}: not found (expected a training run directory with run.json)") from None
+        raise UserError(
+            f"{run_json}: not found (expected a training run directory with run.json)"
+        ) from None
     except ValueError as exc:
         raise UserError(f"{run_json}: invalid JSON: {exc}") from None
     rows = [r for r in raw.get("metrics", []) if isinstance(r, dict) and "step" in r]
     info = TrainRunInfo(
-        name=run_json.parent.name, method=str(raw.get("method", "?")), status=str(raw.get("status", "?")),
-        stop_reason=str(raw.get("stop_reason") or ""), best_val_loss=raw.get("best_val_loss"),
+        name=run_json.parent.name,
+        method=str(raw.get("method", "?")),
+        status=str(raw.get("status", "?")),
+        stop_reason=str(raw.get("stop_reason") or ""),
+        best_val_loss=raw.get("best_val_loss"),
         steps=max((int(r["step"]) for r in rows), default=0),
     )
     return info, rows
@@ -267,22 +299,45 @@ def _loss_figure(runs: list[tuple[TrainRunInfo, list[dict[str, Any]]]]) -> str |
     for k, (info, rows) in enumerate(runs):
         color = palette[k % len(palette)]
         for key, style, label in (("train_loss", "-", "train"), ("val_loss", "--", "val")):
-            pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
+            pts = [
+                (r["step"], r[key])
+                for r in rows
+                if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])
+            ]
             if pts:
                 xs, ys = zip(*pts, strict=True)
-                ax.plot(xs, ys, style, color=color, marker="o" if key == "val_loss" else None,
-                        markersize=3, label=f"{info.name} {label}", linewidth=1.5)
+                ax.plot(
+                    xs,
+                    ys,
+                    style,
+                    color=color,
+                    marker="o" if key == "val_loss" else None,
+                    markersize=3,
+                    label=f"{info.name} {label}",
+                    linewidth=1.5,
+                )
     # Repetition of sampled generations (from TRAIN's overfitting check) on its own axis: falling
     # validation loss with rising repetition is the overfitting signature the article warns of.
     rep_ax = None
     for k, (info, rows) in enumerate(runs):
-        pts = [(r["step"], r["repetition"]) for r in rows
-               if isinstance(r.get("repetition"), (int, float)) and math.isfinite(r["repetition"])]
+        pts = [
+            (r["step"], r["repetition"])
+            for r in rows
+            if isinstance(r.get("repetition"), (int, float)) and math.isfinite(r["repetition"])
+        ]
         if pts:
             rep_ax = rep_ax or ax.twinx()
             xs, ys = zip(*pts, strict=True)
-            rep_ax.plot(xs, ys, ":", color=palette[k % len(palette)], marker="x", markersize=4,
-                        label=f"{info.name} repetition", linewidth=1)
+            rep_ax.plot(
+                xs,
+                ys,
+                ":",
+                color=palette[k % len(palette)],
+                marker="x",
+                markersize=4,
+                label=f"{info.name} repetition",
+                linewidth=1,
+            )
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss")
     ax.grid(alpha=0.3)
@@ -342,8 +397,12 @@ def _worst(run: EvalRun, name: str, primary: str, k: int = WORST_K) -> list[dict
         return math.inf if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
 
     def key(it: ItemResult) -> tuple[float, float, float]:
-        others_ok = sum(score(by_id[c][it.item_id], primary) for c in by_id if it.item_id in by_id[c]
-                        if math.isfinite(score(by_id[c][it.item_id], primary)))
+        others_ok = sum(
+            score(by_id[c][it.item_id], primary)
+            for c in by_id
+            if it.item_id in by_id[c]
+            if math.isfinite(score(by_id[c][it.item_id], primary))
+        )
         return (score(it, primary), -others_ok, score(it, "judge"))
 
     items = sorted(run.candidate(name).items, key=key)[:k]
@@ -353,19 +412,25 @@ def _worst(run: EvalRun, name: str, primary: str, k: int = WORST_K) -> list[dict
         if v is not None and not (isinstance(v, float) and math.isnan(v)) and v >= 1.0:
             break  # nothing left that went wrong
         prompt = item_prompt(it, run)
-        out.append({
-            "item_id": it.item_id,
-            "prompt": prompt[:_TRUNC] + ("…" if len(prompt) > _TRUNC else ""),
-            "output": it.output[:_TRUNC] + ("…" if len(it.output) > _TRUNC else ""),
-            "reference": item_reference(it, run)[:_TRUNC],
-            "gold": it.gold, "predicted": it.predicted,
-            "scores": ", ".join(f"{m}={_fmt(s, 2)}" for m, s in sorted(it.scores.items()) if s is not None),
-        })
+        out.append(
+            {
+                "item_id": it.item_id,
+                "prompt": prompt[:_TRUNC] + ("…" if len(prompt) > _TRUNC else ""),
+                "output": it.output[:_TRUNC] + ("…" if len(it.output) > _TRUNC else ""),
+                "reference": item_reference(it, run)[:_TRUNC],
+                "gold": it.gold,
+                "predicted": it.predicted,
+                "scores": ", ".join(
+                    f"{m}={_fmt(s, 2)}" for m, s in sorted(it.scores.items()) if s is not None
+                ),
+            }
+        )
     return out
 
 
-def _verdicts(eval_dir: Path, comp: Comparison, run: EvalRun, gate_cfg: GateConfig, *,
-              use_saved: bool = True) -> tuple[list[Verdict], bool]:
+def _verdicts(
+    eval_dir: Path, comp: Comparison, run: EvalRun, gate_cfg: GateConfig, *, use_saved: bool = True
+) -> tuple[list[Verdict], bool]:
     # verdict.json is the decision of record; the ladder also leaves one verdict-<candidate>.json
     # per fine-tune, and the reader wants to see why the others lost too.
     files = [eval_dir / "verdict.json", *sorted(eval_dir.glob("verdict-*.json"))]
@@ -422,42 +487,85 @@ def build_context(eval_dir: Path, train_runs: Sequence[Path] = ()) -> dict[str, 
     order = [*baselines, *(c.name for c in run.candidates), *comp.metrics]
     names = list(dict.fromkeys(n for n in order if n in comp.metrics))
     primary = comp.primary_metric
-    metrics = sorted({m for per in comp.metrics.values() for m in per},
-                     key=lambda m: (m != primary, m == "format_compliance", m))
+    metrics = sorted(
+        {m for per in comp.metrics.values() for m in per},
+        key=lambda m: (m != primary, m == "format_compliance", m),
+    )
     colors = _colors(names, baselines)
     best = max(
-        (n for n in names if primary in comp.metrics[n] and math.isfinite(comp.metrics[n][primary].value)),
-        key=lambda n: comp.metrics[n][primary].value, default=None,
+        (
+            n
+            for n in names
+            if primary in comp.metrics[n] and math.isfinite(comp.metrics[n][primary].value)
+        ),
+        key=lambda n: comp.metrics[n][primary].value,
+        default=None,
     )
     table = [
-        {"name": n, "is_baseline": n in baselines, "color": colors[n], "cells": [
-            {"value": _fmt(e.value), "ci": f"{_fmt(e.ci_low)}–{_fmt(e.ci_high)}", "n": e.n,
-             "best": False} if (e := comp.metrics[n].get(m)) else None for m in metrics]}
+        {
+            "name": n,
+            "is_baseline": n in baselines,
+            "color": colors[n],
+            "cells": [
+                {
+                    "value": _fmt(e.value),
+                    "ci": f"{_fmt(e.ci_low)}–{_fmt(e.ci_high)}",
+                    "n": e.n,
+                    "best": False,
+                }
+                if (e := comp.metrics[n].get(m))
+                else None
+                for m in metrics
+            ],
+        }
         for n in names
     ]
     for j, m in enumerate(metrics):  # bold the best value per metric
-        vals = [(comp.metrics[n][m].value, i) for i, n in enumerate(names)
-                if m in comp.metrics[n] and math.isfinite(comp.metrics[n][m].value)]
+        vals = [
+            (comp.metrics[n][m].value, i)
+            for i, n in enumerate(names)
+            if m in comp.metrics[n] and math.isfinite(comp.metrics[n][m].value)
+        ]
         if vals:
             top = max(v for v, _ in vals)
             for v, i in vals:
                 if v == top:
                     table[i]["cells"][j]["best"] = True
-    pairs = [{
-        "candidate": p.candidate, "baseline": p.baseline, "metric": p.metric, "primary": p.metric == primary,
-        "cand": _fmt(p.candidate_value), "base": _fmt(p.baseline_value), "diff": _sfmt(p.diff),
-        "ci": f"{_sfmt(p.ci_low)} … {_sfmt(p.ci_high)}", "p": _pfmt(p.p_value),
-        "significant": math.isfinite(p.p_value) and p.p_value < comp.meta.get("alpha", 0.05),
-        "test": p.test, "n": p.n, "mdd": _fmt(p.min_detectable_diff),
-        # flag what the user can act on: a difference was seen but this set cannot confirm it
-        "underpowered": p.underpowered and p.diff != 0 and not p.p_value < comp.meta.get("alpha", 0.05),
-    } for p in sorted(comp.pairs, key=lambda p: (p.metric != primary, p.candidate, p.metric))]
+    pairs = [
+        {
+            "candidate": p.candidate,
+            "baseline": p.baseline,
+            "metric": p.metric,
+            "primary": p.metric == primary,
+            "cand": _fmt(p.candidate_value),
+            "base": _fmt(p.baseline_value),
+            "diff": _sfmt(p.diff),
+            "ci": f"{_sfmt(p.ci_low)} … {_sfmt(p.ci_high)}",
+            "p": _pfmt(p.p_value),
+            "significant": math.isfinite(p.p_value) and p.p_value < comp.meta.get("alpha", 0.05),
+            "test": p.test,
+            "n": p.n,
+            "mdd": _fmt(p.min_detectable_diff),
+            # flag what the user can act on: a difference was seen but this set cannot confirm it
+            "underpowered": p.underpowered
+            and p.diff != 0
+            and not p.p_value < comp.meta.get("alpha", 0.05),
+        }
+        for p in sorted(comp.pairs, key=lambda p: (p.metric != primary, p.candidate, p.metric))
+    ]
     power_warnings = [
         f"{p.candidate} vs {p.baseline}: observed {p.metric} difference {_sfmt(p.diff)} (p={_pfmt(p.p_value)}) "
         f"is below what {p.n} items can detect ({_fmt(p.min_detectable_diff)} at 80% power)"
-        + (f"; about {w['items_needed']} items would be needed" if (w := _needed(comp, p)) and w.get("items_needed") else "")
+        + (
+            f"; about {w['items_needed']} items would be needed"
+            if (w := _needed(comp, p)) and w.get("items_needed")
+            else ""
+        )
         for p in comp.pairs
-        if p.metric == primary and p.underpowered and not (p.p_value < comp.meta.get("alpha", 0.05)) and p.diff != 0
+        if p.metric == primary
+        and p.underpowered
+        and not (p.p_value < comp.meta.get("alpha", 0.05))
+        and p.diff != 0
     ]
     cm_png, cm_note = (None, "")
     if best is not None and any(it.gold is not None for it in run.candidate(best).items):
@@ -467,18 +575,37 @@ def build_context(eval_dir: Path, train_runs: Sequence[Path] = ()) -> dict[str, 
     nan_counts = comp.meta.get("nan_counts", {})
     return {
         "title": f"tunewise report: {run.project}",
-        "project": run.project, "split": run.split, "split_hash": run.split_hash[:12],
-        "n_items": len(run.item_ids), "primary": primary, "names": names, "baselines": baselines,
-        "metrics": metrics, "table": table, "pairs": pairs,
-        "pairs_primary": [p for p in pairs if p["primary"]], "pairs_other": [p for p in pairs if not p["primary"]], "power_warnings": power_warnings,
-        "verdicts": verdicts, "provisional": provisional, "gate": gate_cfg.model_dump(),
+        "project": run.project,
+        "split": run.split,
+        "split_hash": run.split_hash[:12],
+        "n_items": len(run.item_ids),
+        "primary": primary,
+        "names": names,
+        "baselines": baselines,
+        "metrics": metrics,
+        "table": table,
+        "pairs": pairs,
+        "pairs_primary": [p for p in pairs if p["primary"]],
+        "pairs_other": [p for p in pairs if not p["primary"]],
+        "power_warnings": power_warnings,
+        "verdicts": verdicts,
+        "provisional": provisional,
+        "gate": gate_cfg.model_dump(),
         "alpha": comp.meta.get("alpha", gate_cfg.alpha),
-        "ci_method": comp.meta.get("ci_method", "bca"), "n_boot": comp.meta.get("n_boot"),
+        "ci_method": comp.meta.get("ci_method", "bca"),
+        "n_boot": comp.meta.get("n_boot"),
         "missing_baselines": comp.meta.get("missing_baselines", []),
-        "nan_notes": [f"{c}: {m} unparsed on {k} item(s)" for c, per in nan_counts.items() for m, k in per.items()],
+        "nan_notes": [
+            f"{c}: {m} unparsed on {k} item(s)"
+            for c, per in nan_counts.items()
+            for m, k in per.items()
+        ],
         "metrics_png": _metrics_figure(comp, names, metrics, colors) if metrics else None,
-        "best": best, "cm_png": cm_png, "cm_note": cm_note,
-        "train_runs": [info for info, _ in loaded], "loss_png": _loss_figure(loaded) if loaded else None,
+        "best": best,
+        "cm_png": cm_png,
+        "cm_note": cm_note,
+        "train_runs": [info for info, _ in loaded],
+        "loss_png": _loss_figure(loaded) if loaded else None,
         "curve": [{"n": n, "value": _fmt(v)} for n, v in curve],
         "curve_png": _curve_figure(curve, primary) if len(curve) > 1 else None,
         "worst": {n: _worst(run, n, primary) for n in names},
@@ -498,15 +625,22 @@ def _needed(comp: Comparison, p) -> dict[str, Any] | None:
 def render_html(ctx: dict[str, Any]) -> str:
     import jinja2
 
-    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    template = resources.files("tunewise").joinpath("assets/report.html.j2").read_text(encoding="utf-8")
+    env = jinja2.Environment(
+        autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True
+    )
+    template = (
+        resources.files("tunewise").joinpath("assets/report.html.j2").read_text(encoding="utf-8")
+    )
     return env.from_string(template).render(**ctx)
 
 
 def _md_table(header: Sequence[Any], rows: Sequence[Sequence[Any]]) -> list[str]:
     """A Markdown table's lines; cells must already be escaped."""
-    return ["| " + " | ".join(str(h) for h in header) + " |", "|" + "---|" * len(header),
-            *("| " + " | ".join(str(c) for c in row) + " |" for row in rows)]
+    return [
+        "| " + " | ".join(str(h) for h in header) + " |",
+        "|" + "---|" * len(header),
+        *("| " + " | ".join(str(c) for c in row) + " |" for row in rows),
+    ]
 
 
 def render_markdown(ctx: dict[str, Any]) -> str:
@@ -514,7 +648,10 @@ def render_markdown(ctx: dict[str, Any]) -> str:
     out = [f"# {e(ctx['title'])}", ""]
     for v in ctx["verdicts"]:
         mark = "✅" if v.ship else "⛔"
-        out.append(f"**{mark} {e(v.summary)}**" + (" _(provisional: no verdict.json)_" if ctx["provisional"] else ""))
+        out.append(
+            f"**{mark} {e(v.summary)}**"
+            + (" _(provisional: no verdict.json)_" if ctx["provisional"] else "")
+        )
         out.append("")
         for r in v.reasons:
             out.append(f"- {'✔' if r.passed else '✘'} {e(r.reason)}")
@@ -523,50 +660,121 @@ def render_markdown(ctx: dict[str, Any]) -> str:
         out.append("")
     if not ctx["verdicts"]:
         out += ["No gate verdict (no candidate besides the baselines).", ""]
-    out.append(f"Split `{e(ctx['split'])}` ({ctx['n_items']} items, hash {e(ctx['split_hash'])}); "
-               f"primary metric **{e(ctx['primary'])}**; 95% {e(ctx['ci_method'])} bootstrap CIs "
-               f"({ctx['n_boot']} resamples).")
+    out.append(
+        f"Split `{e(ctx['split'])}` ({ctx['n_items']} items, hash {e(ctx['split_hash'])}); "
+        f"primary metric **{e(ctx['primary'])}**; 95% {e(ctx['ci_method'])} bootstrap CIs "
+        f"({ctx['n_boot']} resamples)."
+    )
     out.append("")
     for w in ctx["power_warnings"]:
         out.append(f"> ⚠ {e(w)}")
     if ctx["power_warnings"]:
         out.append("")
     out += ["## Candidates × metrics", ""]
-    out += _md_table(["candidate", *(e(m) for m in ctx["metrics"])], [
-        [e(row["name"]) + (" (baseline)" if row["is_baseline"] else ""),
-         *("–" if c is None else (f"**{c['value']}**" if c["best"] else c["value"]) + f" [{c['ci']}]"
-           for c in row["cells"])]
-        for row in ctx["table"]])
+    out += _md_table(
+        ["candidate", *(e(m) for m in ctx["metrics"])],
+        [
+            [
+                e(row["name"]) + (" (baseline)" if row["is_baseline"] else ""),
+                *(
+                    "–"
+                    if c is None
+                    else (f"**{c['value']}**" if c["best"] else c["value"]) + f" [{c['ci']}]"
+                    for c in row["cells"]
+                ),
+            ]
+            for row in ctx["table"]
+        ],
+    )
     out.append("")
     for note in ctx["nan_notes"]:
         out.append(f"- judge parse failures: {e(note)}")
     if ctx["nan_notes"]:
         out.append("")
     out += ["## Paired tests", ""]
-    out += _md_table(["candidate", "baseline", "metric", "cand", "base", "diff", "95% CI", "p", "test", "n", "MDD"], [
-        [e(p["candidate"]), e(p["baseline"]), e(p["metric"]), p["cand"], p["base"], p["diff"], p["ci"], p["p"],
-         p["test"], p["n"], f"{p['mdd']}{' ⚠' if p['underpowered'] else ''}"]
-        for p in ctx["pairs"]])
-    out += ["", "MDD: minimum detectable difference at 80% power; ⚠ = observed difference below it.", ""]
+    out += _md_table(
+        [
+            "candidate",
+            "baseline",
+            "metric",
+            "cand",
+            "base",
+            "diff",
+            "95% CI",
+            "p",
+            "test",
+            "n",
+            "MDD",
+        ],
+        [
+            [
+                e(p["candidate"]),
+                e(p["baseline"]),
+                e(p["metric"]),
+                p["cand"],
+                p["base"],
+                p["diff"],
+                p["ci"],
+                p["p"],
+                p["test"],
+                p["n"],
+                f"{p['mdd']}{' ⚠' if p['underpowered'] else ''}",
+            ]
+            for p in ctx["pairs"]
+        ],
+    )
+    out += [
+        "",
+        "MDD: minimum detectable difference at 80% power; ⚠ = observed difference below it.",
+        "",
+    ]
     if ctx["ratings"]:
         out += ["## Human side-by-side ratings", ""]
-        out += _md_table(["A", "B", "A wins", "B wins", "ties", "win rate A", "95% CI"], [
-            [e(r["a"]), e(r["b"]), r["wins_a"], r["wins_b"], r["ties"], _fmt(r["win_rate_a"]),
-             f"{_fmt(r['ci_low'])}–{_fmt(r['ci_high'])}"]
-            for r in ctx["ratings"]])
+        out += _md_table(
+            ["A", "B", "A wins", "B wins", "ties", "win rate A", "95% CI"],
+            [
+                [
+                    e(r["a"]),
+                    e(r["b"]),
+                    r["wins_a"],
+                    r["wins_b"],
+                    r["ties"],
+                    _fmt(r["win_rate_a"]),
+                    f"{_fmt(r['ci_low'])}–{_fmt(r['ci_high'])}",
+                ]
+                for r in ctx["ratings"]
+            ],
+        )
         out.append("")
     if ctx["train_runs"]:
         out += ["## Training runs", ""]
-        out += _md_table(["run", "method", "status", "steps", "best val loss", "stop reason"], [
-            [e(t.name), e(t.method), e(t.status), t.steps, _fmt(t.best_val_loss, 4), e(t.stop_reason)]
-            for t in ctx["train_runs"]])
+        out += _md_table(
+            ["run", "method", "status", "steps", "best val loss", "stop reason"],
+            [
+                [
+                    e(t.name),
+                    e(t.method),
+                    e(t.status),
+                    t.steps,
+                    _fmt(t.best_val_loss, 4),
+                    e(t.stop_reason),
+                ]
+                for t in ctx["train_runs"]
+            ],
+        )
         out.append("")
     if ctx["curve"]:
         out += ["## Learning curve", ""]
-        out += _md_table(["training examples", f"{e(ctx['primary'])} on {e(ctx['split'])}"],
-                         [[pt["n"], pt["value"]] for pt in ctx["curve"]])
-        out += ["", "Reading it: still rising at the right end means more examples of the same kind should help; "
-                "flat means improve the data or the prompt instead.", ""]
+        out += _md_table(
+            ["training examples", f"{e(ctx['primary'])} on {e(ctx['split'])}"],
+            [[pt["n"], pt["value"]] for pt in ctx["curve"]],
+        )
+        out += [
+            "",
+            "Reading it: still rising at the right end means more examples of the same kind should help; "
+            "flat means improve the data or the prompt instead.",
+            "",
+        ]
     out += ["## Worst examples", ""]
     for name, rows in ctx["worst"].items():
         out.append(f"### {e(name)}")
@@ -574,9 +782,19 @@ def render_markdown(ctx: dict[str, Any]) -> str:
         if not rows:
             out += ["No failures on the primary metric.", ""]
             continue
-        out += _md_table(["item", "prompt", "output", "expected", "scores"], [
-            [e(r["item_id"]), e(r["prompt"], 200), e(r["output"], 200), e(r["reference"], 120), e(r["scores"])]
-            for r in rows])
+        out += _md_table(
+            ["item", "prompt", "output", "expected", "scores"],
+            [
+                [
+                    e(r["item_id"]),
+                    e(r["prompt"], 200),
+                    e(r["output"], 200),
+                    e(r["reference"], 120),
+                    e(r["scores"]),
+                ]
+                for r in rows
+            ],
+        )
         out.append("")
     out.append(f"_Generated {ctx['generated']} by tunewise. The HTML report has the figures._")
     return "\n".join(out) + "\n"

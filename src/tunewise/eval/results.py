@@ -66,7 +66,9 @@ class EvalRun:
         raw = json.loads(Path(path).read_text())
         cands = [
             CandidateResult(
-                name=c["name"], kind=c["kind"], meta=c.get("meta", {}),
+                name=c["name"],
+                kind=c["kind"],
+                meta=c.get("meta", {}),
                 items=[ItemResult(**i) for i in c["items"]],
             )
             for c in raw.pop("candidates")

@@ -108,7 +108,9 @@ class _Table:
         # invented label as a class of its own (sklearn's default, the union with predictions) adds
         # a zero per invented label, and a bootstrap resample that drops those singletons scores
         # higher than the sample itself: the replicates sit above the estimate and the CI misses it.
-        self.classes = sorted({lab for name in self.gold for lab in self.gold[name] if lab is not None})
+        self.classes = sorted(
+            {lab for name in self.gold for lab in self.gold[name] if lab is not None}
+        )
 
     def kind(self, metric: str) -> str:
         if metric == MACRO_F1:
@@ -193,7 +195,9 @@ class _Bootstrap:
             with np.errstate(invalid="ignore", divide="ignore"):
                 mean_boot.append((W @ X) / (W @ M))  # (b, S)
             for j, ind in enumerate(self._f1):
-                f1_boot[j].append(self._macro_f1(*(np.asarray((x.T @ W.T).T) for x in ind)))  # (b, K) each
+                f1_boot[j].append(
+                    self._macro_f1(*(np.asarray((x.T @ W.T).T) for x in ind))
+                )  # (b, K) each
         mb = np.concatenate(mean_boot, axis=0) if mean_boot else np.zeros((0, X.shape[1]))
         S, C = X.sum(axis=0), M.sum(axis=0)
         for kind, j in self._keys:
@@ -328,7 +332,9 @@ def compare(
     if 1 / (n_boot + 1) >= alpha / 5:
         # A bootstrap p-value cannot go below 1/(n_boot+1): too few resamples and nothing can
         # ever be significant at this alpha.
-        raise UserError(f"n_boot={n_boot} is too few for alpha={alpha:g}: use at least {math.ceil(5 / alpha)}")
+        raise UserError(
+            f"n_boot={n_boot} is too few for alpha={alpha:g}: use at least {math.ceil(5 / alpha)}"
+        )
     table = _Table(run)
     n = len(table.item_ids)
     present = [b for b in baselines if b in table.names]
@@ -365,7 +371,9 @@ def compare(
     estimates: dict[str, dict[str, MetricEstimate]] = {name: {} for name in table.names}
     nan_counts: dict[str, dict[str, int]] = {}
     for (name, m), key in est_keys.items():
-        lo, hi = bootstrap_ci(boot.theta[key], boot.boot[key], boot.jack[key], confidence=level, method=ci_method)
+        lo, hi = bootstrap_ci(
+            boot.theta[key], boot.boot[key], boot.jack[key], confidence=level, method=ci_method
+        )
         if m == MACRO_F1:
             gold, _ = table.encoded_labels(name)
             n_used = int(np.sum(gold >= 0))
@@ -396,7 +404,9 @@ def compare(
         lo, hi = bootstrap_ci(theta, reps, jack, confidence=level, method=ci_method)
         if kinds[m] == "binary":
             joint = ~np.isnan(diff)  # type: ignore[arg-type]
-            p, wins, losses = mcnemar_exact(table.scores[m][cand][joint], table.scores[m][base][joint])
+            p, wins, losses = mcnemar_exact(
+                table.scores[m][cand][joint], table.scores[m][base][joint]
+            )
             mdd = mcnemar_min_detectable(n_pair, wins + losses, alpha)
             needed = _items_needed_mcnemar(theta, (wins + losses) / max(n_pair, 1), z)
             test = "mcnemar-exact"
@@ -404,19 +414,33 @@ def compare(
             p = bootstrap_p(theta, reps)
             se = float(np.nanstd(reps, ddof=1)) if np.isfinite(reps).sum() > 1 else math.nan
             mdd = z * se if math.isfinite(se) else math.nan
-            needed = math.ceil(n_pair * (mdd / theta) ** 2) if theta and math.isfinite(mdd) else None
+            needed = (
+                math.ceil(n_pair * (mdd / theta) ** 2) if theta and math.isfinite(mdd) else None
+            )
             test = "paired-bootstrap"
         mdd_out = float(mdd) if math.isfinite(mdd) else None
         underpowered = mdd_out is None or abs(theta) < mdd_out
         pairs.append(
             PairedTest(
-                candidate=cand, baseline=base, metric=m, candidate_value=cv, baseline_value=bv,
-                diff=theta, ci_low=lo, ci_high=hi, p_value=p, test=test, n=n_pair,
-                min_detectable_diff=mdd_out, underpowered=underpowered,
+                candidate=cand,
+                baseline=base,
+                metric=m,
+                candidate_value=cv,
+                baseline_value=bv,
+                diff=theta,
+                ci_low=lo,
+                ci_high=hi,
+                p_value=p,
+                test=test,
+                n=n_pair,
+                min_detectable_diff=mdd_out,
+                underpowered=underpowered,
             )
         )
         if underpowered:
-            power_notes.append({"candidate": cand, "baseline": base, "metric": m, "items_needed": needed})
+            power_notes.append(
+                {"candidate": cand, "baseline": base, "metric": m, "items_needed": needed}
+            )
 
     meta: dict[str, Any] = {
         "project": run.project,
@@ -437,7 +461,9 @@ def compare(
         "underpowered": power_notes,
         # What each retrieval rung retrieved from: the gate's advice differs for documents
         # (facts) and labelled examples (nearest neighbours).
-        "retrieval_sources": {c.name: c.meta["sources"] for c in run.candidates if c.meta.get("sources")},
+        "retrieval_sources": {
+            c.name: c.meta["sources"] for c in run.candidates if c.meta.get("sources")
+        },
     }
     return Comparison(primary_metric=run.primary_metric, metrics=estimates, pairs=pairs, meta=meta)
 
@@ -483,7 +509,12 @@ def comparison_to_dict(comp: Comparison) -> dict[str, Any]:
 def comparison_from_dict(raw: dict[str, Any]) -> Comparison:
     metrics = {
         cand: {
-            m: MetricEstimate(value=_num(e["value"]), ci_low=_num(e["ci_low"]), ci_high=_num(e["ci_high"]), n=int(e["n"]))
+            m: MetricEstimate(
+                value=_num(e["value"]),
+                ci_low=_num(e["ci_low"]),
+                ci_high=_num(e["ci_high"]),
+                n=int(e["n"]),
+            )
             for m, e in per.items()
         }
         for cand, per in raw["metrics"].items()
@@ -494,7 +525,9 @@ def comparison_from_dict(raw: dict[str, Any]) -> Comparison:
         for key in ("candidate_value", "baseline_value", "diff", "ci_low", "ci_high", "p_value"):
             p[key] = _num(p.get(key))
         pairs.append(PairedTest(**p))
-    return Comparison(primary_metric=raw["primary_metric"], metrics=metrics, pairs=pairs, meta=raw.get("meta", {}))
+    return Comparison(
+        primary_metric=raw["primary_metric"], metrics=metrics, pairs=pairs, meta=raw.get("meta", {})
+    )
 
 
 def save_comparison(comp: Comparison, path: str | Path) -> None:

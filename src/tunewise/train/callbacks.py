@@ -131,7 +131,9 @@ def history_from_log(log_history: Sequence[dict[str, Any]]) -> list[EvalPoint]:
     for e in log_history:
         if "eval_loss" in e and math.isfinite(e["eval_loss"]):
             r = reps.get(e["step"], {})
-            points.append(EvalPoint(e["step"], float(e["eval_loss"]), r.get(REP_KEY), r.get(DISTINCT_KEY)))
+            points.append(
+                EvalPoint(e["step"], float(e["eval_loss"]), r.get(REP_KEY), r.get(DISTINCT_KEY))
+            )
     return points
 
 
@@ -139,7 +141,12 @@ def history_from_log(log_history: Sequence[dict[str, Any]]) -> list[EvalPoint]:
 
 
 def generate_greedy(
-    model: Any, tokenizer: Any, prompts: Sequence[list[dict[str, str]]], *, max_new_tokens: int, batch_size: int = 8
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[list[dict[str, str]]],
+    *,
+    max_new_tokens: int,
+    batch_size: int = 8,
 ) -> list[str]:
     """Greedy completions of chat prompts, rendered with the same template as training."""
     import torch
@@ -156,7 +163,9 @@ def generate_greedy(
                 tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
                 for p in prompts[start : start + batch_size]
             ]
-            enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+            enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(
+                device
+            )
             with torch.no_grad():
                 gen = model.generate(
                     **enc,
@@ -196,10 +205,19 @@ class ValidationMonitor(TrainerCallback):
         self.decision = Decision(False)
         self.last_samples: list[str] = []
 
-    def on_evaluate(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
-                    metrics: dict[str, float] | None = None, model: Any = None, **kwargs: Any) -> None:
+    def on_evaluate(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        metrics: dict[str, float] | None = None,
+        model: Any = None,
+        **kwargs: Any,
+    ) -> None:
         if self.prompts and model is not None:
-            texts = generate_greedy(model, self.tokenizer, self.prompts, max_new_tokens=self.max_new_tokens)
+            texts = generate_greedy(
+                model, self.tokenizer, self.prompts, max_new_tokens=self.max_new_tokens
+            )
             self.last_samples = texts
             scores = repetition_scores(texts)
             state.log_history.append(
@@ -214,7 +232,9 @@ class ValidationMonitor(TrainerCallback):
                 metrics["eval_repetition"] = scores["repetition"]
                 metrics["eval_distinct2"] = scores["distinct2"]
         self.decision = decide(
-            history_from_log(state.log_history), patience=self.patience, repetition_threshold=self.threshold
+            history_from_log(state.log_history),
+            patience=self.patience,
+            repetition_threshold=self.threshold,
         )
         if self.decision.stop:
             control.should_training_stop = True
@@ -236,13 +256,20 @@ class RichProgress(TrainerCallback):
         self._loss: float | None = None
         self._val: float | None = None
 
-    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
         if not state.is_world_process_zero:
             return
         from tunewise.progress import Bar
 
-        self.progress = Bar("train", state.max_steps, console=self.console, transient=False,
-                            completed=state.global_step).__enter__()
+        self.progress = Bar(
+            "train",
+            state.max_steps,
+            console=self.console,
+            transient=False,
+            completed=state.global_step,
+        ).__enter__()
         self._t0 = time.time()
         self._tokens0 = int(state.num_input_tokens_seen or 0)
 
@@ -257,12 +284,20 @@ class RichProgress(TrainerCallback):
         parts.append(f"{tps:,.0f} tok/s")
         return "  ".join(parts)
 
-    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
         if self.progress is not None:
             self.progress.update(completed=state.global_step, stats=self._stats(state))
 
-    def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
-               logs: dict[str, Any] | None = None, **kw: Any) -> None:
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, Any] | None = None,
+        **kw: Any,
+    ) -> None:
         if self.progress is None or not logs:
             return
         if "loss" in logs:
@@ -271,7 +306,9 @@ class RichProgress(TrainerCallback):
             self._val = float(logs["eval_loss"])
         self.progress.update(stats=self._stats(state))
 
-    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
+    def on_train_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
         if self.progress is not None:
             self.progress.update(completed=state.global_step, stats=self._stats(state))
             self.progress.__exit__(None, None, None)
@@ -284,12 +321,23 @@ class JsonlLogger(TrainerCallback):
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
 
-    def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
-               logs: dict[str, Any] | None = None, **kw: Any) -> None:
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, Any] | None = None,
+        **kw: Any,
+    ) -> None:
         if not state.is_world_process_zero or not logs:
             return
-        row = {"time": round(time.time(), 3), "step": state.global_step, "epoch": state.epoch,
-               "tokens_seen": int(state.num_input_tokens_seen or 0), **logs}
+        row = {
+            "time": round(time.time(), 3),
+            "step": state.global_step,
+            "epoch": state.epoch,
+            "tokens_seen": int(state.num_input_tokens_seen or 0),
+            **logs,
+        }
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(row, default=float) + "\n")

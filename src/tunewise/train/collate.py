@@ -64,7 +64,9 @@ class OverlongReport:
         longest = max(n for _, _, n in self.overlong)
         first = ", ".join(f"{s}:{line} ({n} tokens)" for s, line, n in self.overlong[:3])
         more = f" and {len(self.overlong) - 3} more" if len(self.overlong) > 3 else ""
-        what = {"drop": f"dropped {self.dropped}", "truncate": f"truncated {self.truncated}"}.get(self.policy, "")
+        what = {"drop": f"dropped {self.dropped}", "truncate": f"truncated {self.truncated}"}.get(
+            self.policy, ""
+        )
         if self.policy == "truncate" and self.dropped:
             what += f", dropped {self.dropped} with no answer token left"
         return (
@@ -85,7 +87,9 @@ class OverlongReport:
 
 
 def _render(tokenizer: Any, messages: list[dict[str, str]], *, generation_prompt: bool) -> str:
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+    return tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=generation_prompt
+    )
 
 
 def segments(
@@ -219,7 +223,9 @@ class ChatCollator:
         if self.pad_to_multiple_of:
             longest = int(math.ceil(longest / self.pad_to_multiple_of) * self.pad_to_multiple_of)
         batch = len(features)
-        input_ids = torch.full((batch, longest), self.pad_token_id, dtype=torch.long)  # (batch, seq)
+        input_ids = torch.full(
+            (batch, longest), self.pad_token_id, dtype=torch.long
+        )  # (batch, seq)
         labels = torch.full((batch, longest), IGNORE_INDEX, dtype=torch.long)
         attention = torch.zeros((batch, longest), dtype=torch.long)
         for row, f in enumerate(features):
@@ -239,8 +245,15 @@ class LengthGroupedSampler(Sampler[int]):
     not see lengths in a monotone order.
     """
 
-    def __init__(self, lengths: Sequence[int], batch_size: int, *, seed: int = 0, group: int = 50,
-                 by_length: bool = True) -> None:
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        batch_size: int,
+        *,
+        seed: int = 0,
+        group: int = 50,
+        by_length: bool = True,
+    ) -> None:
         self.lengths = list(lengths)
         self.batch_size = max(1, batch_size)
         self.seed = seed
@@ -264,7 +277,9 @@ class LengthGroupedSampler(Sampler[int]):
         batches: list[list[int]] = []
         for start in range(0, len(idx), mega):
             chunk = sorted(idx[start : start + mega], key=lambda i: -self.lengths[i])
-            batches.extend(chunk[b : b + self.batch_size] for b in range(0, len(chunk), self.batch_size))
+            batches.extend(
+                chunk[b : b + self.batch_size] for b in range(0, len(chunk), self.batch_size)
+            )
         rng.shuffle(batches)
         # The longest batch goes first so an out-of-memory error shows up at step 1, not hours in.
         longest = max(range(len(batches)), key=lambda b: max(self.lengths[i] for i in batches[b]))

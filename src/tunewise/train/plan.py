@@ -42,36 +42,96 @@ GIB = 1024**3
 # Dimensions of well-known checkpoints, so `tunewise plan --model meta-llama/Llama-2-7b-hf` works
 # offline (config.json values as published on the Hub).
 KNOWN_CONFIGS: dict[str, dict[str, Any]] = {
-    "meta-llama/Llama-2-7b-hf": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-                                     num_attention_heads=32, num_key_value_heads=32, vocab_size=32000,
-                                     tie_word_embeddings=False),
-    "meta-llama/Llama-2-13b-hf": dict(hidden_size=5120, intermediate_size=13824, num_hidden_layers=40,
-                                      num_attention_heads=40, num_key_value_heads=40, vocab_size=32000,
-                                      tie_word_embeddings=False),
-    "meta-llama/Llama-2-70b-hf": dict(hidden_size=8192, intermediate_size=28672, num_hidden_layers=80,
-                                      num_attention_heads=64, num_key_value_heads=8, vocab_size=32000,
-                                      tie_word_embeddings=False),
-    "meta-llama/Meta-Llama-3-8B": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-                                       num_attention_heads=32, num_key_value_heads=8, vocab_size=128256,
-                                       tie_word_embeddings=False),
-    "meta-llama/Llama-3.2-1B": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
-                                    num_attention_heads=32, num_key_value_heads=8, vocab_size=128256,
-                                    tie_word_embeddings=True),
-    "meta-llama/Llama-3.2-3B": dict(hidden_size=3072, intermediate_size=8192, num_hidden_layers=28,
-                                    num_attention_heads=24, num_key_value_heads=8, vocab_size=128256,
-                                    tie_word_embeddings=True),
-    "mistralai/Mistral-7B-v0.1": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-                                      num_attention_heads=32, num_key_value_heads=8, vocab_size=32000,
-                                      tie_word_embeddings=False),
-    "Qwen/Qwen2.5-7B": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
-                            num_attention_heads=28, num_key_value_heads=4, vocab_size=152064,
-                            tie_word_embeddings=False),
-    "HuggingFaceTB/SmolLM2-135M-Instruct": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                                                num_attention_heads=9, num_key_value_heads=3, vocab_size=49152,
-                                                tie_word_embeddings=True),
-    "HuggingFaceTB/SmolLM2-1.7B-Instruct": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=24,
-                                                num_attention_heads=32, num_key_value_heads=32, vocab_size=49152,
-                                                tie_word_embeddings=True),
+    "meta-llama/Llama-2-7b-hf": dict(
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        vocab_size=32000,
+        tie_word_embeddings=False,
+    ),
+    "meta-llama/Llama-2-13b-hf": dict(
+        hidden_size=5120,
+        intermediate_size=13824,
+        num_hidden_layers=40,
+        num_attention_heads=40,
+        num_key_value_heads=40,
+        vocab_size=32000,
+        tie_word_embeddings=False,
+    ),
+    "meta-llama/Llama-2-70b-hf": dict(
+        hidden_size=8192,
+        intermediate_size=28672,
+        num_hidden_layers=80,
+        num_attention_heads=64,
+        num_key_value_heads=8,
+        vocab_size=32000,
+        tie_word_embeddings=False,
+    ),
+    "meta-llama/Meta-Llama-3-8B": dict(
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        vocab_size=128256,
+        tie_word_embeddings=False,
+    ),
+    "meta-llama/Llama-3.2-1B": dict(
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        vocab_size=128256,
+        tie_word_embeddings=True,
+    ),
+    "meta-llama/Llama-3.2-3B": dict(
+        hidden_size=3072,
+        intermediate_size=8192,
+        num_hidden_layers=28,
+        num_attention_heads=24,
+        num_key_value_heads=8,
+        vocab_size=128256,
+        tie_word_embeddings=True,
+    ),
+    "mistralai/Mistral-7B-v0.1": dict(
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        vocab_size=32000,
+        tie_word_embeddings=False,
+    ),
+    "Qwen/Qwen2.5-7B": dict(
+        hidden_size=3584,
+        intermediate_size=18944,
+        num_hidden_layers=28,
+        num_attention_heads=28,
+        num_key_value_heads=4,
+        vocab_size=152064,
+        tie_word_embeddings=False,
+    ),
+    "HuggingFaceTB/SmolLM2-135M-Instruct": dict(
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        vocab_size=49152,
+        tie_word_embeddings=True,
+    ),
+    "HuggingFaceTB/SmolLM2-1.7B-Instruct": dict(
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=24,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        vocab_size=49152,
+        tie_word_embeddings=True,
+    ),
 }
 # Aliases: the instruct/chat variants share the base model's dimensions.
 _ALIASES = {
@@ -222,16 +282,35 @@ def _dims_from_config(name: str, source: str, cfg: dict[str, Any]) -> ModelDims:
     heads = cfg.get("num_attention_heads") or cfg.get("n_head")
     vocab = cfg.get("vocab_size")
     if not (h and layers and heads and vocab):
-        raise UserError(f"{source}: config.json lacks hidden_size/num_hidden_layers/num_attention_heads/vocab_size")
-    gated = cfg.get("model_type", "llama") not in {"gpt2", "gpt_neox", "gptj", "opt", "bloom", "falcon", "phi"}
+        raise UserError(
+            f"{source}: config.json lacks hidden_size/num_hidden_layers/num_attention_heads/vocab_size"
+        )
+    gated = cfg.get("model_type", "llama") not in {
+        "gpt2",
+        "gpt_neox",
+        "gptj",
+        "opt",
+        "bloom",
+        "falcon",
+        "phi",
+    }
     inter = cfg.get("intermediate_size") or cfg.get("n_inner") or cfg.get("ffn_dim") or 4 * h
     kv = cfg.get("num_key_value_heads") or heads
     head_dim = cfg.get("head_dim") or h // heads
     tie = bool(cfg.get("tie_word_embeddings", not gated))
-    return ModelDims(name=name, source=source, hidden_size=int(h), intermediate_size=int(inter),
-                     num_hidden_layers=int(layers), num_attention_heads=int(heads),
-                     num_key_value_heads=int(kv), vocab_size=int(vocab), tie_word_embeddings=tie,
-                     head_dim=int(head_dim), gated_mlp=gated)
+    return ModelDims(
+        name=name,
+        source=source,
+        hidden_size=int(h),
+        intermediate_size=int(inter),
+        num_hidden_layers=int(layers),
+        num_attention_heads=int(heads),
+        num_key_value_heads=int(kv),
+        vocab_size=int(vocab),
+        tie_word_embeddings=tie,
+        head_dim=int(head_dim),
+        gated_mlp=gated,
+    )
 
 
 def _known(name: str) -> str | None:
@@ -270,7 +349,9 @@ def model_dims(model: str | Path) -> ModelDims:
             from huggingface_hub import hf_hub_download
 
             cfg_file = hf_hub_download(name, "config.json")
-            return _dims_from_config(name, f"hub ({name}/config.json)", json.loads(Path(cfg_file).read_text()))
+            return _dims_from_config(
+                name, f"hub ({name}/config.json)", json.loads(Path(cfg_file).read_text())
+            )
         except Exception as exc:  # offline, gated or missing: the user needs one line
             known = ", ".join(sorted(KNOWN_CONFIGS))
             raise UserError(
@@ -298,16 +379,22 @@ def _hub_reachable() -> bool:
 
 def lora_params(dims: ModelDims, r: int, target_modules: str | list[str] = "all-linear") -> int:
     """Trainable parameters of a LoRA adapter: ``r * (in + out)`` per targeted linear."""
-    names = LORA_PRESETS[target_modules] if isinstance(target_modules, str) else tuple(target_modules)
+    names = (
+        LORA_PRESETS[target_modules] if isinstance(target_modules, str) else tuple(target_modules)
+    )
     shapes = dims.linears()
     unknown = [n for n in names if n not in shapes and n != "gate_proj"]
     if unknown:
-        raise UserError(f"target_modules: unknown module(s) {', '.join(unknown)} (known: {', '.join(shapes)})")
+        raise UserError(
+            f"target_modules: unknown module(s) {', '.join(unknown)} (known: {', '.join(shapes)})"
+        )
     per_layer = sum(r * (shapes[n][0] + shapes[n][1]) for n in names if n in shapes)
     return per_layer * dims.num_hidden_layers
 
 
-def _activation_elems_per_token_layer(dims: ModelDims, method: str, targets: tuple[str, ...], dropout: bool) -> float:
+def _activation_elems_per_token_layer(
+    dims: ModelDims, method: str, targets: tuple[str, ...], dropout: bool
+) -> float:
     h, i, kv = dims.hidden_size, dims.intermediate_size, dims.kv_dim
     mlp = ACT_I * i if dims.gated_mlp else (ACT_I - 1) * i
     elems = ACT_H * h + mlp + ACT_KV * kv
@@ -345,7 +432,9 @@ def plan(
     if seq_len < 1 or batch < 1 or lora_r < 1:
         raise UserError("--seq-len, --batch and --r must be positive")
     if answer_tokens is not None and not 1 <= answer_tokens <= seq_len:
-        raise UserError(f"--answer-tokens {answer_tokens}: must be between 1 and --seq-len ({seq_len})")
+        raise UserError(
+            f"--answer-tokens {answer_tokens}: must be between 1 and --seq-len ({seq_len})"
+        )
     dims = model_dims(model)
     n = dims.n_params
     weight_bytes = 4.0 if device == "cpu" else 2.0
@@ -364,7 +453,9 @@ def plan(
             parts["weights"] = 2.0 * n
             parts["gradients"] = 2.0 * n
             parts["optimizer"] = 12.0 * n
-            notes.append("full: 16-bit mixed-precision AdamW, 16 bytes/param (2 weights + 2 grads + 4 fp32 master + 8 moments)")
+            notes.append(
+                "full: 16-bit mixed-precision AdamW, 16 bytes/param (2 weights + 2 grads + 4 fp32 master + 8 moments)"
+            )
         else:
             parts["weights"] = 4.0 * n
             parts["gradients"] = 4.0 * n
@@ -373,31 +464,47 @@ def plan(
     else:
         n_trainable = lora_params(dims, lora_r, target_modules)
         if method == "qlora":
-            parts["weights"] = NF4_BYTES_PER_PARAM * dims.linear_params + weight_bytes * dims.other_params
-            notes.append("qlora: linears in NF4 with double quantization (~4.13 bits), embeddings/head/norms unquantized")
+            parts["weights"] = (
+                NF4_BYTES_PER_PARAM * dims.linear_params + weight_bytes * dims.other_params
+            )
+            notes.append(
+                "qlora: linears in NF4 with double quantization (~4.13 bits), embeddings/head/norms unquantized"
+            )
         else:
             parts["weights"] = weight_bytes * n
         # PEFT keeps adapters in fp32 even on a 16-bit base (autocast_adapter_dtype)
         parts["lora_adapter"] = 4.0 * n_trainable
         parts["gradients"] = 4.0 * n_trainable
         parts["optimizer"] = 8.0 * n_trainable
-        notes.append(f"{method}: adapter r={lora_r} on {','.join(targets)}, fp32 adapter + grads + AdamW moments (16 bytes/param)")
+        notes.append(
+            f"{method}: adapter r={lora_r} on {','.join(targets)}, fp32 adapter + grads + AdamW moments (16 bytes/param)"
+        )
 
-    per_layer = _activation_elems_per_token_layer(dims, method, targets, lora_dropout > 0) * act_bytes * tokens
+    per_layer = (
+        _activation_elems_per_token_layer(dims, method, targets, lora_dropout > 0)
+        * act_bytes
+        * tokens
+    )
     if grad_checkpointing:
         # each layer keeps its input; backward recomputes one layer at a time
-        parts["activations"] = dims.num_hidden_layers * dims.hidden_size * act_bytes * tokens + per_layer
+        parts["activations"] = (
+            dims.num_hidden_layers * dims.hidden_size * act_bytes * tokens + per_layer
+        )
         notes.append("gradient checkpointing: layer inputs kept, one layer recomputed at a time")
     else:
         parts["activations"] = dims.num_hidden_layers * per_layer
     logit_positions = batch * answer_tokens if answer_tokens is not None else tokens
     parts["logits"] = LOGIT_BYTES[device] * logit_positions * dims.vocab_size
     if answer_tokens is not None:
-        notes.append(f"logits at the {answer_tokens} labelled positions per example only (tunewise's loss)")
+        notes.append(
+            f"logits at the {answer_tokens} labelled positions per example only (tunewise's loss)"
+        )
     if device == "cpu":
         parts["activations"] *= CPU_ACTIVATION_FACTOR
         parts["logits"] *= CPU_ACTIVATION_FACTOR
-    notes.append(f"activations for batch {batch} x seq_len {seq_len} = {tokens} tokens, SDPA attention (no seq^2 term)")
+    notes.append(
+        f"activations for batch {batch} x seq_len {seq_len} = {tokens} tokens, SDPA attention (no seq^2 term)"
+    )
 
     if device == "gpu":
         subtotal = sum(parts.values())
@@ -411,8 +518,14 @@ def plan(
     fits = []
     if device == "gpu":
         for label, gib in GPUS:
-            fits.append({"gpu": label, "memory_gib": gib, "fits": total <= gib * GIB,
-                         "headroom_gib": round(gib - total / GIB, 2)})
+            fits.append(
+                {
+                    "gpu": label,
+                    "memory_gib": gib,
+                    "fits": total <= gib * GIB,
+                    "headroom_gib": round(gib - total / GIB, 2),
+                }
+            )
     return MemoryPlan(
         model=dims.name,
         source=dims.source,
@@ -421,7 +534,9 @@ def plan(
         seq_len=seq_len,
         batch=batch,
         lora_r=None if method == "full" else lora_r,
-        target_modules=None if method == "full" else (target_modules if isinstance(target_modules, str) else ",".join(target_modules)),
+        target_modules=None
+        if method == "full"
+        else (target_modules if isinstance(target_modules, str) else ",".join(target_modules)),
         grad_checkpointing=grad_checkpointing,
         n_params=n,
         n_trainable=n_trainable,

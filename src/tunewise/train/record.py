@@ -33,6 +33,7 @@ def versions() -> dict[str, str]:
             out[pkg] = md.version(pkg)
     return out
 
+
 def read_run(run_dir: Path) -> dict[str, Any] | None:
     p = Path(run_dir) / "run.json"
     if not p.is_file():
@@ -41,7 +42,6 @@ def read_run(run_dir: Path) -> dict[str, Any] | None:
         return json.loads(p.read_text())
     except (OSError, ValueError):
         raise UserError(f"{p}: unreadable run.json") from None
-
 
 
 class RunRecorder:
@@ -56,13 +56,23 @@ class RunRecorder:
             "method": prep.method,
             "config": dump_project(prep.cfg),
             "project_root": str(prep.cfg.root),
-            "base_model": {"name": prep.ref.name, "path": str(prep.ref.path), "weight_hash": prep.ref.weight_hash},
-            "data": {"train": str(prep.train_path), "val": str(prep.val_path) if prep.val_path else None},
+            "base_model": {
+                "name": prep.ref.name,
+                "path": str(prep.ref.path),
+                "weight_hash": prep.ref.weight_hash,
+            },
+            "data": {
+                "train": str(prep.train_path),
+                "val": str(prep.val_path) if prep.val_path else None,
+            },
             "data_hashes": {
                 "train": sha256_file(prep.train_path),
                 "val": sha256_file(prep.val_path) if prep.val_path else None,
             },
-            "examples": {"train": len(prep.train_ds), "val": len(prep.val_ds) if prep.val_ds else 0},
+            "examples": {
+                "train": len(prep.train_ds),
+                "val": len(prep.val_ds) if prep.val_ds else 0,
+            },
             "train_tokens_per_epoch": prep.train_ds.n_tokens,
             "overlong": {k: v.to_dict() for k, v in prep.reports.items()},
             "versions": versions(),
@@ -89,7 +99,9 @@ class RunRecorder:
             self.record["wall_time_s"] = round(self._wall0 + time.time() - self._t0, 2)
             atomic_write_json(self.path, self.record)
 
-    def add_eval(self, step: int, epoch: float | None, metrics: dict[str, float], train_loss: float | None) -> None:
+    def add_eval(
+        self, step: int, epoch: float | None, metrics: dict[str, float], train_loss: float | None
+    ) -> None:
         row = {
             "step": step,
             "epoch": round(epoch or 0.0, 4),
@@ -116,12 +128,21 @@ def recorder_callback(recorder: RunRecorder, best: BestKeeper | None, tb_writer:
         def __init__(self) -> None:
             self.last_loss: float | None = None
 
-        def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kw: Any) -> None:
+        def on_log(
+            self, args: Any, state: Any, control: Any, logs: dict | None = None, **kw: Any
+        ) -> None:
             if logs and "loss" in logs:
                 self.last_loss = float(logs["loss"])
 
-        def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict | None = None,
-                        model: Any = None, **kw: Any) -> None:
+        def on_evaluate(
+            self,
+            args: Any,
+            state: Any,
+            control: Any,
+            metrics: dict | None = None,
+            model: Any = None,
+            **kw: Any,
+        ) -> None:
             if metrics is None:
                 return
             if best is not None and model is not None:
@@ -129,9 +150,18 @@ def recorder_callback(recorder: RunRecorder, best: BestKeeper | None, tb_writer:
             if state.is_world_process_zero:
                 recorder.add_eval(state.global_step, state.epoch, metrics, self.last_loss)
                 # The Trainer logs eval metrics before the monitor adds repetition; log those here.
-                extra = {k: float(v) for k, v in metrics.items() if k in ("eval_repetition", "eval_distinct2")}
+                extra = {
+                    k: float(v)
+                    for k, v in metrics.items()
+                    if k in ("eval_repetition", "eval_distinct2")
+                }
                 if extra:
-                    row = {"time": round(time.time(), 3), "step": state.global_step, "epoch": state.epoch, **extra}
+                    row = {
+                        "time": round(time.time(), 3),
+                        "step": state.global_step,
+                        "epoch": state.epoch,
+                        **extra,
+                    }
                     with open(recorder.prep.run_dir / "logs.jsonl", "a", encoding="utf-8") as fh:
                         fh.write(json.dumps(row) + "\n")
                     if tb_writer is not None:
@@ -154,7 +184,11 @@ class BestKeeper:
         if loss is None or loss >= self.loss:
             return
         self.step, self.loss = step, loss
-        self.weights = {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
+        self.weights = {
+            n: p.detach().to("cpu", copy=True)
+            for n, p in model.named_parameters()
+            if p.requires_grad
+        }
 
     def restore(self, model: Any) -> None:
         import torch

@@ -121,7 +121,11 @@ def epoch_warning(cfg: ProjectConfig, n_train: int, world_size: int = 1) -> str 
         what = f"train.epochs={epochs:g}"
     if 1 <= epochs <= 3:
         return None
-    why = "too few passes rarely learns the format" if epochs < 1 else "more passes tend to memorise the data"
+    why = (
+        "too few passes rarely learns the format"
+        if epochs < 1
+        else "more passes tend to memorise the data"
+    )
     return f"{what}, outside the advised 1-3: {why}"
 
 
@@ -142,8 +146,14 @@ def _setup(
     splits = cfg.work_dir / "splits"
     train_path = (Path(train_path) if train_path else splits / "train.jsonl").resolve()
     if not train_path.is_file():
-        raise UserError(f"{train_path}: training split not found; run `tunewise data split` first or pass a file")
-    if val_path is None and (splits / "val.jsonl").is_file() and train_path == (splits / "train.jsonl").resolve():
+        raise UserError(
+            f"{train_path}: training split not found; run `tunewise data split` first or pass a file"
+        )
+    if (
+        val_path is None
+        and (splits / "val.jsonl").is_file()
+        and train_path == (splits / "train.jsonl").resolve()
+    ):
         val_path = splits / "val.jsonl"
     val_path = Path(val_path).resolve() if val_path else None
     if val_path is not None and not val_path.is_file():
@@ -155,14 +165,23 @@ def _setup(
     if resume:
         if previous is None:
             raise UserError(f"{run_dir}: nothing to resume (no run.json)")
-        hashes = {"train": sha256_file(train_path), "val": sha256_file(val_path) if val_path else None}
+        hashes = {
+            "train": sha256_file(train_path),
+            "val": sha256_file(val_path) if val_path else None,
+        }
         if previous.get("data_hashes") != hashes:
-            raise UserError(f"{run_dir}: the training data changed since this run started; start a new run")
+            raise UserError(
+                f"{run_dir}: the training data changed since this run started; start a new run"
+            )
         resume_from = last_checkpoint(run_dir)
         if resume_from is None:
-            console.print(f"[yellow]warning:[/] {run_dir}: no checkpoint yet, restarting from step 0")
+            console.print(
+                f"[yellow]warning:[/] {run_dir}: no checkpoint yet, restarting from step 0"
+            )
     elif previous is not None:
-        raise UserError(f"{run_dir}: a run already exists here; use --resume {run_dir} or another --run-dir")
+        raise UserError(
+            f"{run_dir}: a run already exists here; use --resume {run_dir} or another --run-dir"
+        )
 
     warnings: list[str] = []
     ref = models.resolve(cfg.model.base)
@@ -172,29 +191,52 @@ def _setup(
     # The project's system prompt replaces the data's: the evaluator and the server use it too.
     system = cfg.task.system_prompt
     train_items, reports["train"] = encode_all(
-        tokenizer, [e.with_system(system) for e in load_examples(train_path)], max_len=cfg.data.max_len,
-        overlong=t.overlong, train_on=t.train_on,
+        tokenizer,
+        [e.with_system(system) for e in load_examples(train_path)],
+        max_len=cfg.data.max_len,
+        overlong=t.overlong,
+        train_on=t.train_on,
     )
-    val_examples: list[Example] = [e.with_system(system) for e in load_examples(val_path)] if val_path else []
+    val_examples: list[Example] = (
+        [e.with_system(system) for e in load_examples(val_path)] if val_path else []
+    )
     val_ds = None
     if val_examples:
         val_items, reports["val"] = encode_all(
-            tokenizer, val_examples, max_len=cfg.data.max_len, overlong=t.overlong, train_on=t.train_on
+            tokenizer,
+            val_examples,
+            max_len=cfg.data.max_len,
+            overlong=t.overlong,
+            train_on=t.train_on,
         )
         val_ds = EncodedDataset(val_items) if val_items else None
     for split, rep in reports.items():
         if rep.overlong:
             warnings.append(f"{split}: {rep.summary()}")
     if not train_items:
-        raise UserError(f"{train_path}: no training example left after the overlong policy ({reports['train'].summary()})")
+        raise UserError(
+            f"{train_path}: no training example left after the overlong policy ({reports['train'].summary()})"
+        )
     if w := epoch_warning(cfg, len(train_items), int(os.environ.get("WORLD_SIZE", "1"))):
         warnings.append(w)
     if val_ds is None:
-        warnings.append("no validation split: no validation loss, early stopping or overfitting check")
+        warnings.append(
+            "no validation split: no validation loss, early stopping or overfitting check"
+        )
     return Prepared(
-        cfg=cfg, method=method, run_dir=run_dir, train_path=train_path, val_path=val_path, ref=ref,
-        tokenizer=tokenizer, train_ds=EncodedDataset(train_items), val_ds=val_ds, val_examples=val_examples,
-        reports=reports, warnings=warnings, resume_from=resume_from,
+        cfg=cfg,
+        method=method,
+        run_dir=run_dir,
+        train_path=train_path,
+        val_path=val_path,
+        ref=ref,
+        tokenizer=tokenizer,
+        train_ds=EncodedDataset(train_items),
+        val_ds=val_ds,
+        val_examples=val_examples,
+        reports=reports,
+        warnings=warnings,
+        resume_from=resume_from,
     )
 
 
@@ -205,7 +247,11 @@ def lora_config(cfg: ProjectConfig) -> Any:
     from peft import LoraConfig
 
     t = cfg.train
-    targets = TARGET_PRESETS.get(t.target_modules, t.target_modules) if isinstance(t.target_modules, str) else t.target_modules
+    targets = (
+        TARGET_PRESETS.get(t.target_modules, t.target_modules)
+        if isinstance(t.target_modules, str)
+        else t.target_modules
+    )
     return LoraConfig(
         r=t.lora_r,
         lora_alpha=t.resolved_alpha,
@@ -223,7 +269,10 @@ def build_model(cfg: ProjectConfig, ref: models.ModelRef, method: str) -> Any:
     cuda = torch.cuda.is_available()
     dtype = "bfloat16" if cuda and torch.cuda.is_bf16_supported() and method != "full" else None
     model = models.load_model(
-        ref, quantize_4bit=method == "qlora", dtype=dtype, trust_remote_code=cfg.model.trust_remote_code
+        ref,
+        quantize_4bit=method == "qlora",
+        dtype=dtype,
+        trust_remote_code=cfg.model.trust_remote_code,
     )
     if method == "full":
         return model
@@ -249,14 +298,24 @@ def _make_trainer_class() -> type:
         _tw_staging: str | None = None
         _tw_sparse: bool | None = None  # model takes logits_to_keep; decided on the first batch
 
-        def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
-                         num_items_in_batch: Any = None) -> Any:
+        def compute_loss(
+            self,
+            model: Any,
+            inputs: dict[str, Any],
+            return_outputs: bool = False,
+            num_items_in_batch: Any = None,
+        ) -> Any:
             if self._tw_sparse is None:
                 self._tw_sparse = supports_sparse_logits(model)
             # nn.DataParallel (several GPUs without a launcher) would split the 1-D position index
             # across replicas along with the batch.
-            if (not self._tw_sparse or "labels" not in inputs or self.label_smoother is not None
-                    or self.compute_loss_func is not None or self.args.n_gpu > 1):
+            if (
+                not self._tw_sparse
+                or "labels" not in inputs
+                or self.label_smoother is not None
+                or self.compute_loss_func is not None
+                or self.args.n_gpu > 1
+            ):
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             # Same reduction rules as Trainer.compute_loss: normalised by the token count of the
             # whole accumulated batch when the model takes loss kwargs, which tells the Trainer
@@ -340,7 +399,9 @@ def training_args(cfg: ProjectConfig, run_dir: Path, *, has_val: bool) -> Any:
 
     t = cfg.train
     cuda = torch.cuda.is_available()
-    sched = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[t.scheduler]
+    sched = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[
+        t.scheduler
+    ]
     return TrainingArguments(
         output_dir=str(run_dir / "checkpoints"),
         per_device_train_batch_size=t.batch_size,
@@ -370,7 +431,9 @@ def training_args(cfg: ProjectConfig, run_dir: Path, *, has_val: bool) -> Any:
         train_sampling_strategy="group_by_length" if t.group_by_length else "random",
         activation_checkpointing=t.gradient_checkpointing,  # transformers 5's name for it
         # Non-reentrant checkpointing needs no input that requires grad, so frozen-base LoRA works.
-        activation_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
+        activation_checkpointing_kwargs={"use_reentrant": False}
+        if t.gradient_checkpointing
+        else None,
         ddp_find_unused_parameters=False if cfg.train.method != "full" else None,
         save_only_model=False,
         dataloader_num_workers=0,
@@ -378,8 +441,11 @@ def training_args(cfg: ProjectConfig, run_dir: Path, *, has_val: bool) -> Any:
         # Several processes without CUDA: accelerate's MULTI_CPU mode (DDP over gloo) needs the
         # CPU flag, or each process would train alone on its own copy.
         # Trainer refuses bf16 without CUDA unless told it runs on the CPU on purpose.
-        use_cpu=not cuda and (int(os.environ.get("WORLD_SIZE", "1")) > 1
-                              or (use_bf16(t.precision) and t.method != "qlora")),
+        use_cpu=not cuda
+        and (
+            int(os.environ.get("WORLD_SIZE", "1")) > 1
+            or (use_bf16(t.precision) and t.method != "qlora")
+        ),
     )
 
 
@@ -438,10 +504,19 @@ def train(
             # Finished (or stopped by a rule): re-running from the last checkpoint would overwrite
             # the saved weights, e.g. the restored best of an early stop.
             if main:
-                console.print(f"nothing to resume: {run_dir} already {previous['status']} ({previous.get('stop_reason')})")
+                console.print(
+                    f"nothing to resume: {run_dir} already {previous['status']} ({previous.get('stop_reason')})"
+                )
             return previous
-    prep = _setup(cfg, run_dir=run_dir, method=method, train_path=train_path, val_path=val_path,
-                  resume=resume, console=console)
+    prep = _setup(
+        cfg,
+        run_dir=run_dir,
+        method=method,
+        train_path=train_path,
+        val_path=val_path,
+        resume=resume,
+        console=console,
+    )
     cfg = prep.cfg
     if main:
         prep.run_dir.mkdir(parents=True, exist_ok=True)
@@ -461,13 +536,20 @@ def train(
         callbacks.append(TensorBoardCallback(tb_writer=tb_writer))
     monitor = None
     if prep.val_ds is not None:
-        sharded = os.environ.get("ACCELERATE_USE_FSDP") == "true" or os.environ.get("ACCELERATE_USE_DEEPSPEED") == "true"
+        sharded = (
+            os.environ.get("ACCELERATE_USE_FSDP") == "true"
+            or os.environ.get("ACCELERATE_USE_DEEPSPEED") == "true"
+        )
         n = 0 if sharded else cfg.train.overfit_sample
         # A fixed, seeded sample of validation prompts: the same prompts at every evaluation.
         import random
 
-        sample = random.Random(cfg.train.seed).sample(prep.val_examples, min(n, len(prep.val_examples)))
-        longest = max((len(prep.tokenizer(e.target)["input_ids"]) for e in prep.val_examples), default=32)
+        sample = random.Random(cfg.train.seed).sample(
+            prep.val_examples, min(n, len(prep.val_examples))
+        )
+        longest = max(
+            (len(prep.tokenizer(e.target)["input_ids"]) for e in prep.val_examples), default=32
+        )
         monitor = ValidationMonitor(
             prep.tokenizer,
             [e.prompt_messages for e in sample],
@@ -489,7 +571,9 @@ def train(
         args=training_args(cfg, prep.run_dir, has_val=prep.val_ds is not None),
         train_dataset=prep.train_ds,
         eval_dataset=prep.val_ds,
-        data_collator=ChatCollator(pad_token_id=prep.tokenizer.pad_token_id, pad_to_multiple_of=None),
+        data_collator=ChatCollator(
+            pad_token_id=prep.tokenizer.pad_token_id, pad_to_multiple_of=None
+        ),
         processing_class=prep.tokenizer,
         callbacks=callbacks,
     )
@@ -503,9 +587,13 @@ def train(
     if prep.resume_from is not None:
         from transformers import TrainerState
 
-        tokens0 = TrainerState.load_from_json(str(prep.resume_from / "trainer_state.json")).num_input_tokens_seen
+        tokens0 = TrainerState.load_from_json(
+            str(prep.resume_from / "trainer_state.json")
+        ).num_input_tokens_seen
     try:
-        result = trainer.train(resume_from_checkpoint=str(prep.resume_from) if prep.resume_from else None)
+        result = trainer.train(
+            resume_from_checkpoint=str(prep.resume_from) if prep.resume_from else None
+        )
     except KeyboardInterrupt:
         recorder.record["status"] = "stopped"
         recorder.record["stop_reason"] = "interrupted (Ctrl-C); resume with --resume"
@@ -517,14 +605,20 @@ def train(
         recorder.record["status"] = "stopped"
         recorder.record["stop_reason"] = decision.reason
         recorder.record["stop_kind"] = decision.kind
-        if decision.kind == "early_stopping" and best is not None and best.step not in (None, trainer.state.global_step):
+        if (
+            decision.kind == "early_stopping"
+            and best is not None
+            and best.step not in (None, trainer.state.global_step)
+        ):
             # After a resume the in-memory copy only covers evaluations since the restart; restore
             # it only when it is the run's best, never a "best since resume".
             if best.step == recorder.record.get("best_step"):
                 best.restore(trainer.model)
                 recorder.record["restored_best_step"] = best.step
                 if main:
-                    console.print(f"restored the weights of step {best.step} (best validation loss {best.loss:.4f})")
+                    console.print(
+                        f"restored the weights of step {best.step} (best validation loss {best.loss:.4f})"
+                    )
             else:
                 recorder.record["warnings"].append(
                     f"the best step ({recorder.record.get('best_step')}) predates the resume; the final weights are "
@@ -532,12 +626,16 @@ def train(
                 )
     else:
         recorder.record["status"] = "completed"
-        recorder.record["stop_reason"] = "max_steps reached" if cfg.train.max_steps else "all epochs done"
+        recorder.record["stop_reason"] = (
+            "max_steps reached" if cfg.train.max_steps else "all epochs done"
+        )
     recorder.record["global_step"] = trainer.state.global_step
     recorder.record["world_size"] = trainer.args.world_size
     import torch.distributed as dist
 
-    recorder.record["distributed_backend"] = dist.get_backend() if dist.is_available() and dist.is_initialized() else None
+    recorder.record["distributed_backend"] = (
+        dist.get_backend() if dist.is_available() and dist.is_initialized() else None
+    )
     recorder.record["train_loss"] = float(result.training_loss)
     tokens = int(trainer.state.num_input_tokens_seen or 0) - int(tokens0 or 0)
     recorder.record["tokens_trained"] = int(trainer.state.num_input_tokens_seen or 0)
@@ -545,5 +643,7 @@ def train(
     recorder.record["files"] = _save_final(trainer, prep)
     recorder.write()
     if main:
-        console.print(f"[green]{recorder.record['status']}[/]: {prep.run_dir} ({recorder.record['stop_reason']})")
+        console.print(
+            f"[green]{recorder.record['status']}[/]: {prep.run_dir} ({recorder.record['stop_reason']})"
+        )
     return dict(recorder.record)
