@@ -1,0 +1,137 @@
+"""One owner for the training run directory format.
+
+A run directory is what ``tunewise train`` writes and every later stage reads::
+
+    RUN/run.json                      status, method, resolved config, base model + weight hash, ...
+    RUN/adapter_config.json           LoRA/QLoRA: the PEFT adapter ...
+    RUN/adapter_model.safetensors     ... and its weights
+    RUN/model/config.json             full fine-tune: a complete HF checkpoint
+    RUN/checkpoint-*/                 Trainer checkpoints (resume)
+
+Everything that asks "is this LoRA or full?", "which base model?", "where are the weights?" or
+"what did the record say?" asks a :class:`RunDir`, so the format has one reader and one writer.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from tunewise.errors import UserError
+from tunewise.fsio import atomic_write_json
+
+RUN_FILE = "run.json"
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+FULL_MODEL_DIR = "model"
+
+RunKind = Literal["lora", "full"]
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """A training run directory (it need not exist yet: ``write`` creates the record)."""
+
+    path: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+
+    # -- files ------------------------------------------------------------------------------
+    @property
+    def run_json(self) -> Path:
+        return self.path / RUN_FILE
+
+    @property
+    def adapter_config(self) -> Path:
+        return self.path / ADAPTER_CONFIG
+
+    @property
+    def adapter_weights(self) -> Path:
+        return self.path / ADAPTER_WEIGHTS
+
+    @property
+    def model_dir(self) -> Path:
+        """A full fine-tune's checkpoint directory."""
+        return self.path / FULL_MODEL_DIR
+
+    def has_record(self) -> bool:
+        return self.run_json.is_file()
+
+    # -- kind -------------------------------------------------------------------------------
+    @property
+    def kind(self) -> RunKind | None:
+        """``lora`` (QLoRA too: an adapter), ``full``, or None when neither output is there."""
+        if self.adapter_config.is_file():
+            return "lora"
+        if (self.model_dir / "config.json").is_file():
+            return "full"
+        return None
+
+    def require_kind(self) -> RunKind:
+        kind = self.kind
+        if kind is None:
+            raise UserError(
+                f"{self.path}: not a training run "
+                f"(no {ADAPTER_CONFIG} and no {FULL_MODEL_DIR}/config.json)"
+            )
+        return kind
+
+    @property
+    def weights_dir(self) -> Path:
+        """The directory to hand to PEFT (LoRA) or transformers (full)."""
+        return self.model_dir if self.require_kind() == "full" else self.path
+
+    # -- record -----------------------------------------------------------------------------
+    def read(self) -> dict[str, Any] | None:
+        """run.json's content, None when there is none; a damaged file is a UserError."""
+        if not self.run_json.is_file():
+            return None
+        try:
+            data = json.loads(self.run_json.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{self.run_json}:{exc.lineno}: invalid JSON: {exc.msg}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UserError(f"{self.run_json}: unreadable run.json: {exc}") from None
+        if not isinstance(data, dict):
+            raise UserError(f"{self.run_json}: expected a JSON object")
+        return data
+
+    def record(self) -> dict[str, Any]:
+        """run.json's content; a missing record is a UserError."""
+        data = self.read()
+        if data is None:
+            raise UserError(f"{self.path}: not a training run (no {RUN_FILE})")
+        return data
+
+    def write(self, record: dict[str, Any]) -> None:
+        """Replace run.json atomically (callers decide which process writes)."""
+        atomic_write_json(self.run_json, record)
+
+    def base_model(self) -> dict[str, Any]:
+        """``{"name", "path", "weight_hash"}`` of the base model the run trained on ({} if unknown)."""
+        data = self.read() or {}
+        base = data.get("base_model")
+        return base if isinstance(base, dict) else {}
+
+    def base_hash(self) -> str | None:
+        value = self.base_model().get("weight_hash")
+        return str(value) if value else None
+
+    def base_reference(self) -> str | None:
+        """What :func:`tunewise.models.resolve` accepts for the base: its path, else its name."""
+        base = self.base_model()
+        value = base.get("path") or base.get("name")
+        return str(value) if value else None
+
+    def method(self) -> str | None:
+        data = self.read() or {}
+        value = data.get("method")
+        return str(value) if value else None
+
+    def status(self) -> str | None:
+        data = self.read() or {}
+        value = data.get("status")
+        return str(value) if value else None
