@@ -452,7 +452,8 @@ def _train_or_resume(
     val_path: Path | None = None,
 ) -> None:
     """Train into ``run_dir``, resuming from its last checkpoint when an earlier attempt left one."""
-    from tunewise.train.trainer import last_checkpoint, train
+    from tunewise.train.record import last_checkpoint
+    from tunewise.train.trainer import train
 
     resume = (run_dir / "run.json").is_file() and last_checkpoint(run_dir) is not None
     if resume:
