@@ -7,6 +7,7 @@
   rank 0 had just written and stop with "a run already exists here".
 * :class:`RunRecorder` keeps ``RUN/run.json`` current (main process only; every process keeps
   the same record in memory, so decisions taken from it agree across processes).
+* :func:`save_final` swaps the adapter (or the full model) into the run directory at the end.
 
 Reads and writes of run.json go through :class:`tunewise.rundir.RunDir`.
 """
@@ -17,6 +18,7 @@ import contextlib
 import json
 import os
 import platform
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -29,7 +31,7 @@ from rich.console import Console
 
 from tunewise.config import ProjectConfig, dump_project
 from tunewise.errors import UserError
-from tunewise.fsio import sha256_file
+from tunewise.fsio import replace_dir, sha256_file
 from tunewise.rundir import RunDir
 
 if TYPE_CHECKING:
@@ -350,6 +352,56 @@ def data_hashes(train_path: Path, val_path: Path | None) -> dict[str, str | None
         "train": sha256_file(train_path),
         "val": sha256_file(val_path) if val_path else None,
     }
+
+
+# --- the final files -----------------------------------------------------------------------------
+
+
+def fsync_dir(path: str) -> None:
+    """fsync a directory, so that the renames into it survive a crash (best effort)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_final(trainer: Any, prep: Prepared) -> list[str]:
+    """Write the adapter (RUN/) or the full model (RUN/model/) atomically; returns file names."""
+    run_dir = prep.run_dir
+    tmp = run_dir / ".final-tmp"
+    if trainer.is_world_process_zero():
+        shutil.rmtree(tmp, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+    trainer.save_model(str(tmp))  # collective under FSDP/DeepSpeed: every process calls it
+    trainer.accelerator.wait_for_everyone()
+    written: list[str] = []
+    if trainer.is_world_process_zero():
+        prep.tokenizer.save_pretrained(tmp)
+        # training_args.bin is a pickle; the run's settings already live in run.json.
+        (tmp / "training_args.bin").unlink(missing_ok=True)
+        if prep.method == "full":
+            target = run_dir / "model"
+            replace_dir(tmp, target)
+            written = ["model/"]
+            for f in target.iterdir():  # tokenizer files also at the root, like the adapter layout
+                if f.name.startswith(("tokenizer", "special_tokens", "chat_template")):
+                    shutil.copy2(f, run_dir / f.name)
+        else:
+            for f in sorted(tmp.iterdir()):
+                os.replace(f, run_dir / f.name)
+                written.append(f.name)
+            shutil.rmtree(tmp, ignore_errors=True)
+        fsync_dir(str(run_dir))
+    return written
+
+
+# --- callbacks -----------------------------------------------------------------------------------
 
 
 def recorder_callback(recorder: RunRecorder, best: BestKeeper | None, tb_writer: Any = None) -> Any:

@@ -57,9 +57,11 @@ from tunewise.train.record import (
     RunStart,
     claim_run_dir,
     finished_record,
+    fsync_dir,
     is_main_process,
     join_process_group,
     main_decides,
+    save_final,
 )
 
 TARGET_PRESETS: dict[str, list[str] | str] = {
@@ -323,7 +325,7 @@ def _make_trainer_class() -> type:
             self.accelerator.wait_for_everyone()
             if self.args.should_save:
                 replace_dir(os.path.join(staging, name), os.path.join(final_root, name))
-                _fsync_dir(final_root)
+                fsync_dir(final_root)
                 from transformers.trainer_utils import sort_checkpoints
 
                 for old in sort_checkpoints(final_root)[:-CHECKPOINTS_KEPT]:
@@ -331,19 +333,6 @@ def _make_trainer_class() -> type:
             self.accelerator.wait_for_everyone()
 
     return TunewiseTrainer
-
-
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def use_bf16(precision: str) -> bool:
@@ -442,9 +431,6 @@ def build(prep: Prepared, console: Console, *, progress: bool = True) -> Built:
     set_seed(cfg.train.seed)
     model = build_model(cfg, prep.ref, prep.method)
     recorder = RunRecorder(prep)
-    if is_main_process():
-        prep.run_dir.mkdir(parents=True, exist_ok=True)
-    recorder.write()
     monitor = validation_monitor(prep, console)
     best = BestKeeper() if prep.val_ds is not None else None
     trainer = _make_trainer_class()(
@@ -460,7 +446,36 @@ def build(prep: Prepared, console: Console, *, progress: bool = True) -> Built:
     )
     for cb in (ProgressCallback, PrinterCallback):
         trainer.remove_callback(cb)
+    if w := _sharding_warning(trainer.accelerator.distributed_type.value):
+        recorder.warn(w)
+        if is_main_process():
+            console.print(f"[yellow]warning:[/] {w}")
+    if is_main_process():
+        prep.run_dir.mkdir(parents=True, exist_ok=True)
+    recorder.write()
     return Built(prep, trainer, recorder, monitor, best)
+
+
+def _sharding_warning(distributed_type: str) -> str | None:
+    """The launcher asked for FSDP or DeepSpeed, but accelerate set up something else.
+
+    accelerate 1.15 turns ``--use_fsdp`` into FSDP only on GPU-like devices; on CPU processes
+    it runs DDP over gloo (``MULTI_CPU``) without a word, every process holding the whole model.
+    """
+    asked = [
+        kind
+        for kind, env in (
+            ("FSDP", "ACCELERATE_USE_FSDP"),
+            ("DEEPSPEED", "ACCELERATE_USE_DEEPSPEED"),
+        )
+        if os.environ.get(env, "").lower() == "true"
+    ]
+    if not asked or distributed_type in asked:
+        return None
+    return (
+        f"{asked[0]} was asked for, but accelerate runs {distributed_type} here: "
+        "the weights are not sharded (accelerate shards on GPUs only)"
+    )
 
 
 # --- fit ------------------------------------------------------------------------------------------
@@ -523,36 +538,6 @@ def _record_stop(built: Built, console: Console) -> None:
         )
 
 
-def _save_final(trainer: Any, prep: Prepared) -> list[str]:
-    """Write the adapter (RUN/) or the full model (RUN/model/) atomically; returns file names."""
-    run_dir = prep.run_dir
-    tmp = run_dir / ".final-tmp"
-    if trainer.is_world_process_zero():
-        shutil.rmtree(tmp, ignore_errors=True)
-    trainer.accelerator.wait_for_everyone()
-    trainer.save_model(str(tmp))  # collective under FSDP/DeepSpeed: every process calls it
-    trainer.accelerator.wait_for_everyone()
-    written: list[str] = []
-    if trainer.is_world_process_zero():
-        prep.tokenizer.save_pretrained(tmp)
-        # training_args.bin is a pickle; the run's settings already live in run.json.
-        (tmp / "training_args.bin").unlink(missing_ok=True)
-        if prep.method == "full":
-            target = run_dir / "model"
-            replace_dir(tmp, target)
-            written = ["model/"]
-            for f in target.iterdir():  # tokenizer files also at the root, like the adapter layout
-                if f.name.startswith(("tokenizer", "special_tokens", "chat_template")):
-                    shutil.copy2(f, run_dir / f.name)
-        else:
-            for f in sorted(tmp.iterdir()):
-                os.replace(f, run_dir / f.name)
-                written.append(f.name)
-            shutil.rmtree(tmp, ignore_errors=True)
-        _fsync_dir(str(run_dir))
-    return written
-
-
 def finish(built: Built, fitted: Fitted, console: Console) -> dict[str, Any]:
     """Apply the stop rule's outcome, save the weights, close run.json; returns its content."""
     import torch.distributed as dist
@@ -568,7 +553,7 @@ def finish(built: Built, fitted: Fitted, console: Console) -> dict[str, Any]:
         tokens_seen=tokens,
         tokens_this_session=tokens - fitted.tokens_before,
         seconds=fitted.seconds,
-        files=_save_final(trainer, built.prep),
+        files=save_final(trainer, built.prep),
     )
     if is_main_process():
         console.print(
