@@ -176,7 +176,21 @@ class _Plan:
     baselines: list[str]  # the rungs among eval.candidates
     extra: list[str]  # other non-fine-tuned candidates (knn, ...)
     gate_bases: list[str]  # what the gate holds the fine-tune to
-    runs: dict[str, Path]  # fine-tuned candidate name -> run directory (filled as stages are made)
+    runs: dict[str, Path]  # fine-tuned candidate -> run directory (filled in by run_ladder)
+
+    @classmethod
+    def of(cls, cfg: ProjectConfig, con: Console, quiet: bool) -> _Plan:
+        baselines = [c for c in cfg.eval.candidates if c in RUNGS]
+        return cls(
+            cfg,
+            con,
+            quiet,
+            baselines=baselines,
+            extra=[c for c in cfg.eval.candidates if c not in RUNGS and c != "finetuned"],
+            # The gate may hold the fine-tune to more than the rungs (e.g. knn): test those too.
+            gate_bases=list(dict.fromkeys(baselines + cfg.gate.baselines)),
+            runs={},
+        )
 
     @property
     def work(self) -> Path:
@@ -206,17 +220,7 @@ def run_ladder(
         raise UserError(f"{cfg.data.train}: training data not found")
     ladder = Ladder(cfg, console=console, quiet=quiet)
     full_cfg = dump_project(cfg)
-    baselines = [c for c in cfg.eval.candidates if c in RUNGS]
-    plan = _Plan(
-        cfg,
-        ladder.console,
-        quiet,
-        baselines=baselines,
-        extra=[c for c in cfg.eval.candidates if c not in RUNGS and c != "finetuned"],
-        # The gate may hold the fine-tune to more than the rungs (e.g. knn): test those too.
-        gate_bases=list(dict.fromkeys(baselines + cfg.gate.baselines)),
-        runs={},
-    )
+    plan = _Plan.of(cfg, ladder.console, quiet)
     check_inputs = {
         "train": train_hash,
         "model": cfg.model.base,
@@ -244,7 +248,10 @@ def run_ladder(
     )
     # The fine-tuned candidates' names in the evaluation: "finetuned", or one per method.
     names = {m: f"finetuned-{m}" if len(methods) > 1 else "finetuned" for m in methods}
-    trains = [_train_stage(plan, full_cfg, m, names[m], split) for m in methods]
+    trains = []
+    for m in methods:
+        stage, plan.runs[names[m]] = _train_stage(plan, full_cfg, m, split)
+        trains.append(stage)
     evaluate = Stage("evaluate", eval_inputs, lambda up: _evaluate(plan), after=(split, *trains))
     gate = Stage(
         "compare-gate",
@@ -323,9 +330,9 @@ def _evaluate_baselines(plan: _Plan) -> Outputs:
 
 
 def _train_stage(
-    plan: _Plan, full_cfg: dict[str, Any], method: str, candidate: str, split: Stage
-) -> Stage:
-    """Training for one method; an interrupted run resumes from its last checkpoint."""
+    plan: _Plan, full_cfg: dict[str, Any], method: str, split: Stage
+) -> tuple[Stage, Path]:
+    """Training for one method, and its run directory; an interrupted run resumes."""
     inputs = {
         "train": full_cfg["train"] | {"method": method},
         "model": full_cfg["model"],
@@ -334,13 +341,12 @@ def _train_stage(
     # One directory per training key: a changed config trains afresh beside the old run, and an
     # interrupted run with the same key resumes from its last checkpoint.
     run_dir = plan.work / "runs" / f"{method}-{sha256_json(inputs | {'split': split.key})[:10]}"
-    plan.runs[candidate] = run_dir
 
     def train_it(upstream: dict[Stage, Outputs]) -> Outputs:
         _train_or_resume(plan.cfg, run_dir, method, plan.con, quiet=plan.quiet)
         return {"run": str(RunDir(run_dir).run_json)}
 
-    return Stage(f"train-{method}", inputs, train_it, after=(split,))
+    return Stage(f"train-{method}", inputs, train_it, after=(split,)), run_dir
 
 
 def _evaluate(plan: _Plan) -> Outputs:
