@@ -134,7 +134,27 @@ def test_split_refuses_to_replace_a_folder_with_other_files(tmp_path: Path) -> N
     assert listing(tmp_path) == ["data.jsonl"]
 
 
-# --------------------------------------------------------------------------- inputs that are not files
+def test_split_refuses_a_source_inside_the_folder_it_replaces(tmp_path: Path) -> None:
+    out = tmp_path / "splits"
+    data = jsonl(tmp_path, good_lines())
+    assert runner.invoke(app, ["data", "split", str(data), "--out", str(out)]).exit_code == 0
+    again = runner.invoke(app, ["data", "split", str(out / "train.jsonl"), "--out", str(out)])
+    assert_one_line_error(again, "train.jsonl", "inside --out")
+    assert len((out / "train.jsonl").read_text().splitlines()) == 24
+
+
+def test_split_through_a_symlinked_folder_replaces_its_target(tmp_path: Path) -> None:
+    data = jsonl(tmp_path, good_lines())
+    real = tmp_path / "real"
+    real.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    result = runner.invoke(app, ["data", "split", str(data), "--out", str(link)])
+    assert result.exit_code == 0, result.output
+    assert link.is_symlink() and (real / "manifest.json").is_file()
+
+
+# ----------------------------------------------------------------------- inputs that are not files
 
 
 @pytest.mark.timeout(60)

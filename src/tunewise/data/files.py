@@ -38,6 +38,7 @@ ERRORS = ("strict", "replace", "ignore")  # what --errors accepts; none can prod
 _SURROGATE = re.compile("[\ud800-\udfff]")
 # A lone surrogate can only come from a \uXXXX escape: text decoded from UTF-8 never holds one.
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+_PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}")
 _KINDS = (
     (stat.S_ISDIR, "is a directory, not a file"),
     (stat.S_ISFIFO, "is a FIFO (named pipe), not a regular file; save the data to a file first"),
@@ -135,11 +136,18 @@ def _check_value(value: Any) -> None:
             _check_string(node, where)
         elif isinstance(node, dict):
             for key, child in node.items():
-                at = f"{where}.{key}" if where else str(key)
+                at = _field(where, key)
                 _check_string(key, at)
                 stack.append((child, depth + 1, at))
         elif isinstance(node, list):
             stack.extend((child, depth + 1, f"{where}[{i}]") for i, child in enumerate(node))
+
+
+def _field(where: str, key: str) -> str:
+    """``where.key``, or ``where["key"]`` (JSON-escaped, so ASCII on one line) for an odd key."""
+    if _PLAIN_KEY.fullmatch(key):
+        return f"{where}.{key}" if where else key
+    return f"{where}[{json.dumps(key)}]"
 
 
 def _check_string(text: str, where: str) -> None:

@@ -81,7 +81,7 @@ class Example:
 
 
 def _short(value: Any, limit: int = 60) -> str:
-    """``repr(value)`` cut to one short piece: a message quotes a bad value, not a megabyte of it."""
+    """``repr(value)``, cut short: a message quotes a bad value, not a megabyte of it."""
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 

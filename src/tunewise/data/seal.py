@@ -139,7 +139,7 @@ def sealing(staged: str | Path, final: str | Path, project: str | None = None) -
 
 
 def seal(path: str | Path, project: str | None = None) -> str:
-    """Record ``path`` as a sealed test split; returns its content hash. Sealing twice is a no-op."""
+    """Record ``path`` as a sealed test split; returns its content hash. Sealing twice: no-op."""
     with sealing(path, path, project) as digest:
         return digest
 

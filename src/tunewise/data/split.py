@@ -206,8 +206,12 @@ def split_file(
 
     path = Path(path)
     out_dir = Path(out_dir)
+    if out_dir.is_symlink():  # swap the folder it points to, not the link
+        out_dir = out_dir.resolve()
     check_fractions(val, test)
     check_output_dir(out_dir, SPLIT_FILES)
+    if out_dir.resolve() in path.resolve().parents:
+        raise UserError(f"{path}: is inside --out {out_dir}, which a split replaces whole")
     examples = load_examples(path)
     parts, info = split_examples(
         examples, val=val, test=test, seed=seed, output_pattern=output_pattern
