@@ -131,7 +131,8 @@ def _check_value(value: Any) -> None:
     while stack:
         node, depth, where = stack.pop()
         if depth > MAX_DEPTH:
-            raise JSONProblem(f"JSON nested more than {MAX_DEPTH} levels deep", field=where)
+            short = where if len(where) <= 60 else where[:57] + "..."
+            raise JSONProblem(f"JSON nested more than {MAX_DEPTH} levels deep", field=short)
         if isinstance(node, str):
             _check_string(node, where)
         elif isinstance(node, dict):

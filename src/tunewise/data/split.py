@@ -202,8 +202,6 @@ def split_file(
     whole. Then the split is built beside ``out_dir`` and swapped in; see the module docstring.
     Returns the manifest.
     """
-    from tunewise.data import seal as sealing
-
     path = Path(path)
     out_dir = Path(out_dir)
     if out_dir.is_symlink():  # swap the folder it points to, not the link
@@ -216,40 +214,62 @@ def split_file(
     parts, info = split_examples(
         examples, val=val, test=test, seed=seed, output_pattern=output_pattern
     )
-    source = {"path": str(path.resolve()), "sha256": sha256_file(path), "examples": len(examples)}
+    info["source"] = {
+        "path": str(path.resolve()),
+        "sha256": sha256_file(path),
+        "examples": len(examples),
+    }
+    info["params"] = {"val": val, "test": test, "seed": seed}
     try:
         with staging_dir(out_dir) as stage:
-            files: dict[str, dict[str, Any]] = {}
-            for s in SPLITS:
-                target = stage / f"{s}.jsonl"
-                atomic_write_jsonl(target, (ex.to_json() for ex in parts[s]))
-                files[s] = {"path": target.name, "sha256": sha256_file(target), **info["counts"][s]}
-            manifest = {
-                "source": source,
-                "params": {"val": val, "test": test, "seed": seed},
-                "format": info["format"],
-                "stratified": info["stratified"],
-                "near_duplicate_clusters": info["near_duplicate_clusters"],
-                "near_duplicate_threshold": info["near_duplicate_threshold"],
-                "splits": files,
-                "counts": {s: files[s]["examples"] for s in SPLITS},
-                "sealed_test": sealing.content_hash(stage / "test.jsonl")[0]
-                if parts["test"]
-                else None,
-            }
-            atomic_write_json(stage / "manifest.json", manifest)
-            if not parts["test"]:
-                replace_dir(stage, out_dir)
-                return manifest
-            try:
-                with sealing.sealing(
-                    stage / "test.jsonl", out_dir / "test.jsonl", project or path.stem
-                ):
-                    replace_dir(stage, out_dir)
-            except UserError:
-                if not stage.exists():  # swapped in, then the seal failed to commit: take it out
-                    shutil.rmtree(out_dir, ignore_errors=True)
-                raise
+            manifest = _write_split(stage, parts, info)
+            _swap_in(stage, out_dir, seal_as=(project or path.stem) if parts["test"] else None)
     except OSError as exc:
         raise UserError(f"{out_dir}: cannot write the split: {exc.strerror or exc}") from None
     return manifest
+
+
+def _write_split(
+    stage: Path, parts: dict[str, list[Example]], info: dict[str, Any]
+) -> dict[str, Any]:
+    """The three split files and ``manifest.json`` in ``stage``; returns the manifest."""
+    from tunewise.data.seal import content_hash
+
+    files: dict[str, dict[str, Any]] = {}
+    for s in SPLITS:
+        target = stage / f"{s}.jsonl"
+        atomic_write_jsonl(target, (ex.to_json() for ex in parts[s]))
+        files[s] = {"path": target.name, "sha256": sha256_file(target), **info["counts"][s]}
+    manifest = {
+        "source": info["source"],
+        "params": info["params"],
+        "format": info["format"],
+        "stratified": info["stratified"],
+        "near_duplicate_clusters": info["near_duplicate_clusters"],
+        "near_duplicate_threshold": info["near_duplicate_threshold"],
+        "splits": files,
+        "counts": {s: files[s]["examples"] for s in SPLITS},
+        "sealed_test": content_hash(stage / "test.jsonl")[0] if parts["test"] else None,
+    }
+    atomic_write_json(stage / "manifest.json", manifest)
+    return manifest
+
+
+def _swap_in(stage: Path, out_dir: Path, seal_as: str | None) -> None:
+    """Move the finished ``stage`` to ``out_dir``, sealing its test file for project ``seal_as``.
+
+    The seal is written before the move and committed after it (:func:`seal.sealing`), so an
+    unwritable home stops everything before the move, and a failed move records no seal.
+    """
+    from tunewise.data import seal as sealing
+
+    if seal_as is None:
+        replace_dir(stage, out_dir)
+        return
+    try:
+        with sealing.sealing(stage / "test.jsonl", out_dir / "test.jsonl", seal_as):
+            replace_dir(stage, out_dir)
+    except UserError:
+        if not stage.exists():  # moved, and then the seal failed to commit: take the split out
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
