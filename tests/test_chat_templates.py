@@ -389,3 +389,17 @@ def test_same_template_with_a_different_eos_changes_nothing_but_eos(family_dirs)
     ea, eb = encode(a, ex), encode(b, ex)
     assert [a.decode(r) for r in _label_runs(ea)] == [b.decode(r) for r in _label_runs(eb)]
     assert (a.eos_token, b.eos_token) == ("<|eot_id|>", "<|end_of_text|>")
+
+
+@pytest.mark.parametrize("name", ["gemma2", "phi3", "llama3_1-eos-end_of_text"])
+def test_training_time_samples_stop_on_the_end_of_turn_token(family_dirs, name):
+    # The overfitting detector scores greedy samples for repetition; text generated past the
+    # end of turn (the EOS comes later, or never, for these families) would be scored too.
+    from transformers import AutoModelForCausalLM
+
+    from tunewise.train.callbacks import generate_greedy
+
+    path = family_dirs(name)
+    tok = _tokenizer(family_dirs, name)
+    model = AutoModelForCausalLM.from_pretrained(path)
+    assert generate_greedy(model, tok, [[TURNS[0]], [TURNS[0]]], max_new_tokens=5) == [REPLY] * 2
