@@ -32,7 +32,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tunewise import decoding
+from tunewise import chat, decoding
 from tunewise.decoding import Row, first_stop, stop_overlap
 from tunewise.errors import UserError
 from tunewise.fsio import sha256_file, sha256_text
@@ -156,6 +156,12 @@ class Engine:
         )
         if self.tokenizer.eos_token_id is not None:
             eos.add(self.tokenizer.eos_token_id)
+        # The template's end-of-turn token stops generation even when the checkpoint's EOS is
+        # another token (Llama 3.0 shipped EOS <|end_of_text|> while turns end in <|eot_id|>).
+        self.end_of_turn = self._find_end_of_turn()
+        eot_id = chat.end_of_turn_id(self.tokenizer, self.end_of_turn)
+        if eot_id is not None:
+            eos.add(eot_id)
         self.eos_ids: frozenset[int] = frozenset(int(e) for e in eos)
         self.pad_id = int(
             self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(eos)
@@ -168,7 +174,6 @@ class Engine:
         self.model_key = (
             ref.weight_hash + (":nf4" if quantize_4bit else "") + (f":{dtype}" if dtype else "")
         )
-        self.end_of_turn = self._find_end_of_turn()
         self._torch = torch
 
     # ------------------------------------------------------------------ construction helpers
@@ -188,18 +193,9 @@ class Engine:
         return self._peft if self._peft is not None else self._base
 
     def _find_end_of_turn(self) -> str:
-        # The text a chat template closes an assistant turn with (ChatML: "<|im_end|>"), found by
-        # rendering a turn with a marker answer; used to score "label + end of turn".
-        marker = "TUNEWISEMARKER"
-        try:
-            full = self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": "x"}, {"role": "assistant", "content": marker}],
-                tokenize=False,
-            )
-            tail = full[full.rindex(marker) + len(marker) :].rstrip()
-        except Exception:  # a template that rejects a lone turn: fall back to EOS
-            tail = ""
-        return tail or (self.tokenizer.eos_token or "")
+        # The text a chat template closes an assistant turn with (ChatML: "<|im_end|>"); used to
+        # stop generation and to score "label + end of turn".
+        return chat.end_of_turn(self.tokenizer)
 
     # ------------------------------------------------------------------ adapters
     def load_adapter(self, name: str, path: Path, *, base_hash: str | None = None) -> None:
@@ -369,9 +365,7 @@ class Engine:
                 or not isinstance(m.get("content"), str)
             ):
                 raise UserError(f"messages[{i}]: expected {{'role': str, 'content': str}}")
-        return self.tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=True
-        )
+        return chat.render(self.tokenizer, messages, generation_prompt=True)
 
     def encode(self, texts: list[str]) -> list[list[int]]:
         with self._tok_lock:
