@@ -245,13 +245,8 @@ def test_score_continuations_matches_full_forward(engine: Engine, adapters) -> N
         for label, score in zip(labels, got, strict=True):
             cont = engine.encode([label + (engine.end_of_turn if eot else "")])[0]
             ids = torch.tensor([prompt + cont])
-            with torch.inference_mode():
-                engine._lock.acquire()
-                try:
-                    engine._activate(adapter)
-                    logits = engine.model(input_ids=ids).logits[0].float()
-                finally:
-                    engine._lock.release()
+            with torch.inference_mode(), engine.pool.activated(adapter) as model:
+                logits = model(input_ids=ids).logits[0].float()
             lp = torch.log_softmax(logits, -1)
             want = sum(float(lp[len(prompt) - 1 + k, t]) for k, t in enumerate(cont))
             assert score == pytest.approx(want, abs=1e-3)
