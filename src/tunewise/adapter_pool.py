@@ -2,8 +2,10 @@
 
 An :class:`AdapterPool` owns the adapters of one base model: the registered ones (name -> files,
 reloadable at any time), the resident ones (at most ``max_loaded``, least recently used out), the
-pins of generations in flight (a pinned adapter is never evicted), and the PEFT wrapper they live
-in. The base model itself is adapter ``None``: adapters disabled.
+pins of generations in flight, and the PEFT wrapper they live in. A pinned adapter is never
+evicted: when every resident adapter is pinned, a new one is loaded over the bound, and the pool
+shrinks back to it as the pins are released. The base model itself is adapter ``None``: adapters
+disabled.
 
 Everything above is guarded by one private lock, taken by each public method. A model call holds
 it too, through :meth:`AdapterPool.activated`, because PEFT's "active adapter" is global state of
@@ -179,6 +181,15 @@ class AdapterPool:
         self._pins[name] -= 1
         if not self._pins[name]:
             del self._pins[name]
+            self._trim_locked(room=0)  # pins may have held the pool over its bound
+
+    def _trim_locked(self, *, room: int) -> None:
+        """Evict least recently used, unpinned adapters until ``room`` more fit the bound."""
+        while len(self._loaded) > self.max_loaded - room:
+            victim = next((a for a in self._loaded.values() if not self._pins.get(a.name)), None)
+            if victim is None:  # everything resident is in use right now: exceed the bound briefly
+                return
+            self._evict_locked(victim)
 
     def _drop_locked(self, name: str) -> None:
         entry = self._registered.pop(name)
@@ -195,11 +206,7 @@ class AdapterPool:
         if entry.name in self._loaded:
             self._loaded.move_to_end(entry.name)
             return
-        while len(self._loaded) >= self.max_loaded:
-            victim = next((a for a in self._loaded.values() if not self._pins.get(a.name)), None)
-            if victim is None:  # everything resident is in use right now: exceed the bound briefly
-                break
-            self._evict_locked(victim)
+        self._trim_locked(room=1)
         try:
             if self._peft is None:
                 from peft import PeftModel
