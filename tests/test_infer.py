@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -406,24 +407,17 @@ def test_pool_under_concurrency_never_evicts_an_adapter_in_use(tiny_ref, adapter
         evict(entry)
 
     pool._evict_locked = checked_evict  # type: ignore[method-assign]
-    got: dict = {}
-    errors: list[BaseException] = []
     barrier = threading.Barrier(len(jobs))
 
-    def work(ad):
-        try:
-            barrier.wait()
-            got[ad] = [[r.text for r in eng.generate(jobs[ad])] for _ in range(2)]
-            got[ad].append("".join(_drain(eng.stream(jobs[ad][0]))[0]))
-        except BaseException as exc:  # surfaced below
-            errors.append(exc)
+    def work(ad) -> list:
+        barrier.wait()  # all four start together
+        texts: list = [[r.text for r in eng.generate(jobs[ad])] for _ in range(2)]
+        return [*texts, "".join(_drain(eng.stream(jobs[ad][0]))[0])]
 
-    threads = [threading.Thread(target=work, args=(ad,)) for ad in jobs]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=300)
-    assert not errors and not bad
+    with ThreadPoolExecutor(len(jobs)) as threads:  # .result() re-raises a thread's exception
+        futures = {ad: threads.submit(work, ad) for ad in jobs}
+        got = {ad: f.result(timeout=300) for ad, f in futures.items()}
+    assert not bad
     assert got == {ad: [w, w, w[0]] for ad, w in want.items()}
     assert not pool._pins and len(pool.loaded()) <= 1
 

@@ -133,6 +133,15 @@ def test_model_forms_route_to_the_right_weights(world):
     assert answer(chat(url, "direct")) != answer(chat(url, "alpha"))  # different random adapters
 
 
+def sse_lines(url: str, body: dict) -> tuple[httpx.Headers, list[str]]:
+    """The response headers and non-empty lines of a streamed chat completion (status 200)."""
+    with httpx.stream(
+        "POST", f"{url}/v1/chat/completions", json=body, headers=AUTH, timeout=60
+    ) as r:
+        assert r.status_code == 200
+        return r.headers, [ln for ln in r.iter_lines() if ln]
+
+
 def test_streaming_sse_matches_non_streaming(world):
     url = world["url"]
     expected = answer(chat(url, "alpha", content="stream me"))
@@ -142,12 +151,8 @@ def test_streaming_sse_matches_non_streaming(world):
         "max_tokens": 3,
         "stream": True,
     }
-    with httpx.stream(
-        "POST", f"{url}/v1/chat/completions", json=body, headers=AUTH, timeout=60
-    ) as r:
-        assert r.status_code == 200
-        assert r.headers["content-type"].startswith("text/event-stream")
-        lines = [ln for ln in r.iter_lines() if ln]
+    headers, lines = sse_lines(url, body)
+    assert headers["content-type"].startswith("text/event-stream")
     assert all(ln.startswith("data: ") for ln in lines)
     assert lines[-1] == "data: [DONE]"
     chunks = [json.loads(ln[6:]) for ln in lines[:-1]]
@@ -356,11 +361,7 @@ def _sse_stream(url: str, model: str, **extra) -> tuple[str, str | None]:
         "stream": True,
         **extra,
     }
-    with httpx.stream(
-        "POST", f"{url}/v1/chat/completions", json=body, headers=AUTH, timeout=60
-    ) as r:
-        assert r.status_code == 200
-        lines = [ln for ln in r.iter_lines() if ln]
+    lines = sse_lines(url, body)[1]
     assert lines[-1] == "data: [DONE]"
     chunks = [json.loads(ln[6:]) for ln in lines[:-1]]
     assert all(c["choices"][0]["finish_reason"] is None for c in chunks[:-1])

@@ -152,12 +152,17 @@ class Usage(BaseModel):
     total_tokens: int
 
 
-class ChatCompletion(BaseModel):
+class _Completion(BaseModel):
+    """The fields a completion and each of its stream chunks share."""
+
     id: str
-    object: Literal["chat.completion"] = "chat.completion"
     created: int = Field(default_factory=lambda: int(time.time()))
     model: str
     system_fingerprint: str
+
+
+class ChatCompletion(_Completion):
+    object: Literal["chat.completion"] = "chat.completion"
     choices: list[Choice]
     usage: Usage
 
@@ -182,12 +187,8 @@ class StreamChoice(BaseModel):
     finish_reason: str | None = None
 
 
-class ChatCompletionChunk(BaseModel):
-    id: str
+class ChatCompletionChunk(_Completion):
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
-    created: int = Field(default_factory=lambda: int(time.time()))
-    model: str
-    system_fingerprint: str
     choices: list[StreamChoice]
 
 
