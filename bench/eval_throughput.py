@@ -18,6 +18,10 @@ import random
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tunewise.infer import Engine, GenResult
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "examples" / "ticket-triage" / "data" / "tickets.jsonl"
@@ -89,7 +93,9 @@ def _items(args: argparse.Namespace):
     return None
 
 
-def one_at_a_time(engine, msgs_list, mnt: int, report: bool = False) -> list[list[int]]:
+def one_at_a_time(
+    engine: Engine, msgs_list: list[list[dict[str, str]]], mnt: int, report: bool = False
+) -> list[list[int]]:
     """Generated token ids per prompt, through transformers' own ``generate``: the reference."""
     import torch
 
@@ -116,7 +122,7 @@ def _timed(fn):
     return out, time.perf_counter() - t0, time.process_time() - c0
 
 
-def _mismatches(engine, batched, single) -> int:
+def _mismatches(engine: Engine, batched: list[GenResult], single: list[list[int]]) -> int:
     n = 0
     for i, (res, gen) in enumerate(zip(batched, single, strict=True)):
         want_ids = gen[:-1] if gen and gen[-1] in engine.eos_ids else gen

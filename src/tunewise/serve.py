@@ -98,7 +98,9 @@ class ServerState:
 # --------------------------------------------------------------------------- dependencies
 
 
-def server_state(request: Request) -> ServerState:
+# The dependencies are coroutines although they do no I/O: FastAPI would run plain functions in
+# its thread pool, a hop per dependency per request.
+async def server_state(request: Request) -> ServerState:
     return request.app.state.server
 
 
@@ -106,7 +108,7 @@ State = Annotated[ServerState, Depends(server_state)]
 _bearer = HTTPBearer(auto_error=False)  # we answer 401 ourselves, in OpenAI's error shape
 
 
-def require_api_key(
+async def require_api_key(
     state: State,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
