@@ -29,7 +29,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tunewise import decoding
+from tunewise import chat, decoding
 from tunewise.adapter_pool import AdapterPool
 from tunewise.backend import (
     GenRequest,
@@ -112,7 +112,8 @@ class Engine:
         self.pool = AdapterPool(base, ref, max_loaded=max_loaded_adapters)
         self._device = next(base.parameters()).device
         self._tok_lock = threading.Lock()  # fast tokenizers are not safe to call from two threads
-        self.eos_ids: frozenset[int] = _eos_ids(base, self.tokenizer)
+        self.end_of_turn = self._find_end_of_turn()
+        self.eos_ids: frozenset[int] = _eos_ids(base, self.tokenizer, self.end_of_turn)
         pad = self.tokenizer.pad_token_id
         self.pad_id = int(pad if pad is not None else min(self.eos_ids))
         self.context_length = int(getattr(base.config, "max_position_embeddings", 0) or 2048)
@@ -123,7 +124,6 @@ class Engine:
         self.model_key = (
             ref.weight_hash + (":nf4" if quantize_4bit else "") + (f":{dtype}" if dtype else "")
         )
-        self.end_of_turn = self._find_end_of_turn()
         self._torch = torch
 
     # ------------------------------------------------------------------ construction helpers
@@ -147,18 +147,9 @@ class Engine:
         return self.pool.max_loaded
 
     def _find_end_of_turn(self) -> str:
-        # The text a chat template closes an assistant turn with (ChatML: "<|im_end|>"), found by
-        # rendering a turn with a marker answer; used to score "label + end of turn".
-        marker = "TUNEWISEMARKER"
-        try:
-            full = self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": "x"}, {"role": "assistant", "content": marker}],
-                tokenize=False,
-            )
-            tail = full[full.rindex(marker) + len(marker) :].rstrip()
-        except Exception:  # a template that rejects a lone turn: fall back to EOS
-            tail = ""
-        return tail or (self.tokenizer.eos_token or "")
+        # The text a chat template closes an assistant turn with (ChatML: "<|im_end|>"); used to
+        # stop generation and to score "label + end of turn".
+        return chat.end_of_turn(self.tokenizer)
 
     # ------------------------------------------------------------------ adapters (see AdapterPool)
     def load_adapter(self, name: str, path: Path, *, base_hash: str | None = None) -> None:
@@ -196,9 +187,7 @@ class Engine:
                 or not isinstance(m.get("content"), str)
             ):
                 raise UserError(f"messages[{i}]: expected {{'role': str, 'content': str}}")
-        return self.tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=True
-        )
+        return chat.render(self.tokenizer, messages, generation_prompt=True)
 
     def encode(self, texts: list[str]) -> list[list[int]]:
         with self._tok_lock:
@@ -410,12 +399,18 @@ class Engine:
         return GenCache.key(self.model_key, self.adapter_hash(adapter), prompt, params)
 
 
-def _eos_ids(base: Any, tokenizer: Any) -> frozenset[int]:
-    """Every token that ends a turn: the generation config's EOS ids and the tokenizer's."""
+def _eos_ids(base: Any, tokenizer: Any, end_of_turn: str) -> frozenset[int]:
+    """Every token that ends a turn: the generation config's EOS ids, the tokenizer's, and the
+    chat template's end-of-turn token."""
     gen_eos = base.generation_config.eos_token_id
     eos = set(gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else [])
     if tokenizer.eos_token_id is not None:
         eos.add(tokenizer.eos_token_id)
+    # The template's end-of-turn token stops generation even when the checkpoint's EOS is
+    # another token (Llama 3.0 shipped EOS <|end_of_text|> while turns end in <|eot_id|>).
+    eot_id = chat.end_of_turn_id(tokenizer, end_of_turn)
+    if eot_id is not None:
+        eos.add(eot_id)
     return frozenset(int(e) for e in eos)
 
 
