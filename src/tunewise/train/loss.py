@@ -51,21 +51,26 @@ def answer_loss(
     ``num_items_in_batch`` when the Trainer passes it (exact under gradient accumulation), else
     the mean over labelled tokens.
     """
-    import torch
-    import torch.nn.functional as F
-
     labels = inputs["labels"]
     idx = labelled_positions(labels)
     model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
     outputs = model(**model_inputs, logits_to_keep=idx)
-    logits = outputs.logits  # (batch, len(idx), vocab)
-    targets = labels[:, idx + 1]  # (batch, len(idx))
+    # outputs.logits: (batch, len(idx), vocab); labels[:, idx + 1]: (batch, len(idx))
+    return reduce_loss(outputs.logits, labels[:, idx + 1], num_items_in_batch), outputs
+
+
+def reduce_loss(logits: Any, targets: Any, num_items_in_batch: Any = None) -> Any:
+    """Cross-entropy of ``logits`` (batch, n, vocab) against ``targets`` (batch, n), reduced the way
+    transformers' ``ForCausalLMLoss`` reduces it (see :func:`answer_loss`)."""
+    import torch
+    import torch.nn.functional as F
+
     total = F.cross_entropy(
         logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE, reduction="sum"
     )
     if num_items_in_batch is not None:
         if torch.is_tensor(num_items_in_batch):
             num_items_in_batch = num_items_in_batch.to(total.device)
-        return total / num_items_in_batch, outputs
+        return total / num_items_in_batch
     count = (targets != IGNORE).sum().clamp(min=1)
-    return total / count, outputs
+    return total / count
