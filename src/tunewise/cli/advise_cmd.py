@@ -77,7 +77,8 @@ def plan_cmd(
     shared = f" (shared prefix {p.shared_prefix})" if p.shared_prefix else ""
     console.print(
         f"[bold]{p.model}[/] ({p.n_params / 1e9:.2f}B params, {trainable}) - {p.method} on {p.device}, "
-        f"batch {p.batch} x seq {p.seq_len}{shared}, grad checkpointing {'on' if p.grad_checkpointing else 'off'}"
+        f"batch {p.batch} x seq {p.seq_len}{shared}, "
+        f"grad checkpointing {'on' if p.grad_checkpointing else 'off'}"
     )
     console.print(f"[dim]dimensions from {p.source}[/]")
     table = Table(show_header=True)
