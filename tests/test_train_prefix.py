@@ -158,6 +158,13 @@ def test_rows_sharing_no_prefix_fall_back_to_the_plain_path(tiny_model_dir, tok)
     assert shared.stats["plain_batches"] == 1 and shared.stats["prefix_batches"] == 0
 
 
+def test_a_batch_without_labels_shares_nothing(tok):
+    inputs = collate(tok, [chat(u, a) for u, a in TICKETS[:2]])
+    assert shared_prefix_length(inputs) > MIN_PREFIX_TOKENS
+    inputs["labels"][:] = -100
+    assert shared_prefix_length(inputs) == 0  # the plain path keeps a graph for backward
+
+
 def test_gradient_accumulation_normaliser_is_passed_through(tiny_model_dir, tok):
     model = tiny(tiny_model_dir, "lora")
     inputs = collate(tok, [chat(u, a) for u, a in TICKETS[:3]])

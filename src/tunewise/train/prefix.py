@@ -144,9 +144,9 @@ def shared_prefix_length(inputs: dict[str, Any]) -> int:
     shortest = int(mask.sum(dim=1).min()) if mask is not None else ids.shape[1]
     n = min(n, shortest - 1)
     labelled = (labels != IGNORE).any(dim=0).nonzero()
-    if labelled.numel():
-        n = min(n, int(labelled[0, 0]) - 1)
-    return max(n, 0)
+    if labelled.numel() == 0:  # nothing to learn: the plain path keeps a graph for backward
+        return 0
+    return max(min(n, int(labelled[0, 0]) - 1), 0)
 
 
 def shared_prefix_loss(
@@ -386,9 +386,9 @@ def resolve(
     """The run's decision: ``off``; or ``auto``, on when the data shares a prefix that pays and the
     model and launcher allow it (a combination that cannot work turns it off with a warning)."""
     if mode == "off":
-        return SharedPrefix(False, "train.shared_prefix=off")
+        return SharedPrefix(False, "off (train.shared_prefix: off)")
     if batch_size < 2:
-        return SharedPrefix(False, "batch_size 1: no other row to share a prefix with")
+        return SharedPrefix(False, "off: batch_size 1, no other row to share a prefix with")
     sharded = (
         os.environ.get("ACCELERATE_USE_FSDP") == "true"
         or os.environ.get("ACCELERATE_USE_DEEPSPEED") == "true"
@@ -407,13 +407,13 @@ def resolve(
     if layout.saved_fraction < MIN_SAVED_FRACTION or layout.main_prefix < MIN_PREFIX_TOKENS:
         return SharedPrefix(
             False,
-            f"auto: off, the shared prefix ({layout.main_prefix} tokens) would save only {saved}",
+            f"off (auto): the shared prefix ({layout.main_prefix} tokens) would save only {saved}",
             layout=layout,
         )
     shared_by = sum(layout.sizes)
     return SharedPrefix(
         True,
-        f"auto: on, a {layout.main_prefix}-token prefix shared by {shared_by} of {len(items)} "
+        f"on (auto): a {layout.main_prefix}-token prefix shared by {shared_by} of {len(items)} "
         f"examples: ~{saved} at batch size {batch_size}",
         layout=layout,
     )

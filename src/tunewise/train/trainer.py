@@ -388,8 +388,11 @@ def _shared_prefix(
     recorder.record["shared_prefix"] = shared.stats  # the same dict: counts as training goes
     if shared.warning:
         recorder.record["warnings"].append(shared.warning)
-        if _is_main():
+    if _is_main():
+        if shared.warning:
             console.print(f"[yellow]warning:[/] {shared.warning}")
+        else:
+            console.print(f"[dim]shared prefix: {shared.reason}[/]")
     return shared
 
 
