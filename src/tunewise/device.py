@@ -352,14 +352,17 @@ def stored_dtype(model_dir: Path) -> str | None:
 def where_is(model: Any) -> dict[str, Any]:
     """Where a loaded model actually is: its parameters' devices and floating dtypes, counted.
 
-    Under 4-bit the quantized weights are uint8; the floating dtype reported is the one most
-    parameters (by element count) have among the floating ones.
+    Under 4-bit the packed NF4 weights are counted apart (``nf4_elements``); the dtype reported
+    is the one most floating-point parameters (by element count) have.
     """
     devices: dict[str, int] = {}
     dtypes: dict[str, int] = {}
+    nf4 = 0
     for p in model.parameters():
         devices[str(p.device)] = devices.get(str(p.device), 0) + p.numel()
-        if p.is_floating_point():
+        if type(p).__name__ == "Params4bit":  # bitsandbytes' packed NF4 weights
+            nf4 += p.numel()
+        elif p.is_floating_point():
             name = str(p.dtype).removeprefix("torch.")
             dtypes[name] = dtypes.get(name, 0) + p.numel()
     return {
@@ -367,4 +370,5 @@ def where_is(model: Any) -> dict[str, Any]:
         "dtype": max(dtypes, key=dtypes.__getitem__) if dtypes else None,
         "devices": devices,
         "dtypes": dtypes,
+        "nf4_elements": nf4,  # packed: two 4-bit weights per uint8 element
     }
