@@ -391,6 +391,14 @@ def training_args(cfg: ProjectConfig, run_dir: Path, *, has_val: bool) -> Any:
     sched = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[
         t.scheduler
     ]
+    # transformers renamed gradient_checkpointing to activation_checkpointing after 5.17 (the
+    # version GPU images still carry); use the new name wherever it exists.
+    fields = TrainingArguments.__dataclass_fields__
+    ckpt = (
+        "activation_checkpointing"
+        if "activation_checkpointing" in fields
+        else "gradient_checkpointing"
+    )
     return TrainingArguments(
         output_dir=str(run_dir / "checkpoints"),
         per_device_train_batch_size=t.batch_size,
@@ -419,11 +427,11 @@ def training_args(cfg: ProjectConfig, run_dir: Path, *, has_val: bool) -> Any:
         remove_unused_columns=False,
         label_names=["labels"],  # a PeftModel hides the signature the Trainer would infer it from
         train_sampling_strategy="group_by_length" if t.group_by_length else "random",
-        activation_checkpointing=t.gradient_checkpointing,  # transformers 5's name for it
         # Non-reentrant checkpointing needs no input that requires grad, so frozen-base LoRA works.
-        activation_checkpointing_kwargs={"use_reentrant": False}
-        if t.gradient_checkpointing
-        else None,
+        **{
+            ckpt: t.gradient_checkpointing,
+            f"{ckpt}_kwargs": {"use_reentrant": False} if t.gradient_checkpointing else None,
+        },
         ddp_find_unused_parameters=False if cfg.train.method != "full" else None,
         save_only_model=False,
         dataloader_num_workers=0,
