@@ -1,4 +1,4 @@
-"""bench/gpu_check.py runs in CI on the CPU (``--device cpu --tiny``), so the GPU check cannot rot."""
+"""bench/gpu_check.py runs in CI on the CPU (--device cpu --tiny), so the GPU check cannot rot."""
 
 from __future__ import annotations
 
