@@ -14,16 +14,14 @@ individual tests must reject.
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import asdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from tunewise.config import GateConfig
 from tunewise.errors import UserError
 from tunewise.eval.results import BaselineReason, Comparison, PairedTest, Verdict
-from tunewise.fsio import atomic_write_json
 
 FORMAT_GUARD = "format_compliance"
 DEFAULT_FORMAT_TOLERANCE = 0.02
@@ -246,31 +244,13 @@ def gate_config_from_meta(meta: dict[str, Any]) -> GateConfig:
 
 
 # ----------------------------------------------------------------------------- persistence
-def verdict_to_dict(verdict: Verdict, gate_cfg: GateConfig | None = None) -> dict[str, Any]:
-    out = asdict(verdict)
-    if gate_cfg is not None:
-        out["gate"] = gate_cfg.model_dump(mode="json")
-    return out
-
-
+# The file format lives with the dataclass (eval/results.py); the gate adds its settings.
 def save_verdict(verdict: Verdict, path: str | Path, gate_cfg: GateConfig | None = None) -> None:
-    atomic_write_json(path, verdict_to_dict(verdict, gate_cfg))
+    """Write verdict.json, with the gate settings that produced it when given."""
+    if gate_cfg is not None:
+        verdict = replace(verdict, gate=gate_cfg.model_dump(mode="json"))
+    verdict.save(path)
 
 
 def load_verdict(path: str | Path) -> Verdict:
-    path = Path(path)
-    try:
-        raw = json.loads(path.read_text())
-        return Verdict(
-            candidate=raw["candidate"],
-            ship=bool(raw["ship"]),
-            reasons=[BaselineReason(**r) for r in raw["reasons"]],
-            guard_failures=list(raw["guard_failures"]),
-            summary=raw["summary"],
-        )
-    except FileNotFoundError:
-        raise UserError(
-            f"{path}: not found (run `tunewise gate {path.parent} --candidate NAME`)"
-        ) from None
-    except (ValueError, KeyError, TypeError) as exc:
-        raise UserError(f"{path}: not a valid verdict file: {exc}") from None
+    return Verdict.load(path)
