@@ -356,3 +356,21 @@ def test_rerun_eval_makes_saved_comparison_and_verdict_stale(eval_dir):
         "qlora",
     }
     assert (eval_dir / "verdict.json").is_file()  # the user's file is left alone
+
+
+@pytest.mark.parametrize(
+    ("module", "other"),
+    [
+        ("tunewise.eval.report", "tunewise.eval.human"),
+        ("tunewise.eval.human", "tunewise.eval.report"),
+    ],
+)
+def test_report_and_rating_app_do_not_import_each_other(module, other):
+    """The item helpers live in eval/items.py: importing one side never loads the other."""
+    import subprocess
+    import sys
+
+    loaded = f"print({other!r} in sys.modules, 'tunewise.eval.items' in sys.modules)"
+    code = f"import sys, {module}; {loaded}"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "True"]

@@ -7,12 +7,16 @@ function and one ``app.command(...)`` line.
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
 
 from tunewise.models import DEFAULT_MODEL
 from tunewise.progress import make_console
+
+if TYPE_CHECKING:
+    from tunewise.train.plan import MemoryPlan
 
 console = make_console()
 
@@ -49,7 +53,7 @@ def plan_cmd(
     ids such as meta-llama/Llama-2-7b-hf), so it works offline and for models you have not
     downloaded.
     """
-    from tunewise.train.plan import GIB, min_gpus_zero3, plan
+    from tunewise.train.plan import plan
 
     p = plan(
         model,
@@ -65,6 +69,12 @@ def plan_cmd(
     if as_json:
         typer.echo(json.dumps(p.to_json(), indent=2))
         return
+    _print_plan(p)
+
+
+def _print_plan(p: MemoryPlan) -> None:
+    """The plan as a table of parts, then which GPUs fit and what to try when none does."""
+    from tunewise.train.plan import GIB, min_gpus_zero3
 
     trainable = f"{p.n_trainable / 1e6:,.1f}M trainable ({100 * p.n_trainable / p.n_params:.2f}%)"
     console.print(
