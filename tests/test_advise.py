@@ -74,7 +74,7 @@ def test_rag_not_chosen_when_finetune_beats_it_but_gate_refused():
 
 
 def test_fewshot_is_not_enough_when_the_fine_tune_clearly_beats_it():
-    # the fine-tune beats few-shot but ties RAG: RAG is the cheapest rung nothing above clearly beats
+    # the fine-tune beats few-shot but ties RAG: RAG is the cheapest rung nothing above beats
     a = recommend(
         facts(
             {"prompt": 0.0, "fewshot": 0.79, "rag": 0.82, "finetuned": 0.85},

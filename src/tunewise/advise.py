@@ -185,9 +185,10 @@ def recommend(f: Facts, cost: CostInputs | None = None) -> Advice:
         best_other = _best(others, m)
         assert best_other is not None
         advice.reasons.append(
-            f"{top_extra} scores {pm} {_fmt(m[top_extra])}, above every rung of the ladder (best: {best_other} "
-            f"{_fmt(m[best_other])}), but it is not a gate baseline, so nothing was required to beat it. "
-            f"Add it to gate.baselines to hold the fine-tune to it, or consider shipping it instead."
+            f"{top_extra} scores {pm} {_fmt(m[top_extra])}, above every rung of the ladder (best: "
+            f"{best_other} {_fmt(m[best_other])}), but it is not a gate baseline, so nothing was "
+            "required to beat it. Add it to gate.baselines to hold the fine-tune to it, or "
+            "consider shipping it instead."
         )
     if f.underpowered:
         advice.reasons.append(
@@ -345,9 +346,10 @@ def _curve_advice(f: Facts, m: dict[str, float]) -> str | None:
     )
     if last >= target:
         return (
-            f"The learning curve ({curve}) is still rising ({per_doubling}): the fine-tune already scores "
-            f"above {rival} + margin ({_fmt(target)}), and more examples should widen the gap. What it "
-            "lacks is evidence, not data: add validation items so the difference can be confirmed."
+            f"The learning curve ({curve}) is still rising ({per_doubling}): the fine-tune already "
+            f"scores above {rival} + margin ({_fmt(target)}), and more examples should widen the "
+            "gap. What it lacks is evidence, not data: add validation items so the difference can "
+            "be confirmed."
         )
     needed = extrapolate(f.learning_curve, target)
     return (

@@ -70,7 +70,8 @@ def _judge_baseline(pair: PairedTest, alpha: float, delta: float) -> BaselineRea
         return BaselineReason(
             pair.baseline,
             True,
-            f"beats {pair.baseline}: {numbers}; p < {alpha:g} and margin {_s(diff)} >= delta {delta:g}{note}",
+            f"beats {pair.baseline}: {numbers}; p < {alpha:g} and margin {_s(diff)} >= delta "
+            f"{delta:g}{note}",
         )
     problems = []
     if not better:
@@ -101,7 +102,8 @@ def decide(comparison: Comparison, candidate: str, gate_cfg: GateConfig) -> Verd
         )
     if candidate in gate_cfg.baselines:
         raise UserError(
-            f"{candidate!r} is one of the gate's baselines; gate a fine-tuned candidate against them"
+            f"{candidate!r} is one of the gate's baselines; gate a fine-tuned candidate against "
+            "them"
         )
     if not gate_cfg.baselines:
         raise UserError("gate.baselines is empty: the gate needs at least one baseline to beat")
@@ -116,8 +118,8 @@ def decide(comparison: Comparison, candidate: str, gate_cfg: GateConfig) -> Verd
                 BaselineReason(
                     base,
                     False,
-                    f"{base}: missing from the evaluation; every configured baseline must be evaluated "
-                    f"(add it to eval.candidates, or remove it from gate.baselines)",
+                    f"{base}: missing from the evaluation; every configured baseline must be "
+                    "evaluated (add it to eval.candidates, or remove it from gate.baselines)",
                 )
             )
             continue
@@ -181,7 +183,8 @@ def _guards(comparison: Comparison, candidate: str, gate_cfg: GateConfig) -> lis
         best = base_values[best_base]
         if metric not in cand_metrics or not math.isfinite(cand_metrics[metric].value):
             failures.append(
-                f"{metric}: not measured for {candidate} (baselines have it; best {best_base} {_f(best)})"
+                f"{metric}: not measured for {candidate} (baselines have it; best {best_base} "
+                f"{_f(best)})"
             )
             continue
         value = cand_metrics[metric].value
@@ -214,9 +217,10 @@ def _rag_hint(comparison: Comparison, candidate: str, primary: str, alpha: float
             )  # unknown (older results): as before
             if "docs" not in sources:
                 return (
-                    f"{pair.baseline} is significantly better ({_s(-pair.diff)}) retrieving labelled training "
-                    "examples only: similar examples carry the answer, so a nearest-neighbour rung (knn) or "
-                    "similarity-chosen few-shot may be enough; this is not evidence of a knowledge task"
+                    f"{pair.baseline} is significantly better ({_s(-pair.diff)}) retrieving "
+                    "labelled training examples only: similar examples carry the answer, so a "
+                    "nearest-neighbour rung (knn) or similarity-chosen few-shot may be enough; "
+                    "this is not evidence of a knowledge task"
                 )
             both = (
                 " (it also retrieved training examples, which may be what helped)"
@@ -224,8 +228,9 @@ def _rag_hint(comparison: Comparison, candidate: str, primary: str, alpha: float
                 else ""
             )
             return (
-                f"{pair.baseline} is significantly better ({_s(-pair.diff)}): this looks like a knowledge "
-                f"task{both}; fine-tuning teaches behaviour (format, tone, labels), RAG supplies facts"
+                f"{pair.baseline} is significantly better ({_s(-pair.diff)}): this looks like a "
+                f"knowledge task{both}; fine-tuning teaches behaviour (format, tone, labels), RAG "
+                "supplies facts"
             )
     return ""
 

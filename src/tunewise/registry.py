@@ -517,7 +517,7 @@ class Registry:
         force: bool = False,
         reason: str | None = None,
     ) -> dict[str, Any]:
-        """Point ``name@alias`` at ``version``; refuses a version the gate did not pass unless forced."""
+        """Point ``name@alias`` at ``version``; refuses one the gate did not pass unless forced."""
         validate_name(name)
         validate_name(alias, "alias")
         if force and not (reason and reason.strip()):
@@ -576,7 +576,8 @@ class Registry:
         with self._tx() as db:
             stack: list[int] = []
             for ev in db.execute(
-                "SELECT action, to_version FROM alias_events WHERE name = ? AND alias = ? ORDER BY id",
+                "SELECT action, to_version FROM alias_events WHERE name = ? AND alias = ? ORDER "
+                "BY id",
                 (name, alias),
             ):
                 if ev["action"] == "promote":

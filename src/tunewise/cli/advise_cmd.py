@@ -43,7 +43,8 @@ def plan_cmd(
     answer_tokens: int = typer.Option(
         None,
         "--answer-tokens",
-        help="labelled (answer) tokens per example: tunewise computes logits only there (default: every position)",
+        help="labelled (answer) tokens per example: tunewise computes logits only there "
+        "(default: every position)",
     ),
     as_json: bool = typer.Option(False, "--json", help="print the plan as JSON"),
 ) -> None:
@@ -78,8 +79,9 @@ def _print_plan(p: MemoryPlan) -> None:
 
     trainable = f"{p.n_trainable / 1e6:,.1f}M trainable ({100 * p.n_trainable / p.n_params:.2f}%)"
     console.print(
-        f"[bold]{p.model}[/] ({p.n_params / 1e9:.2f}B params, {trainable}) - {p.method} on {p.device}, "
-        f"batch {p.batch} x seq {p.seq_len}, grad checkpointing {'on' if p.grad_checkpointing else 'off'}"
+        f"[bold]{p.model}[/] ({p.n_params / 1e9:.2f}B params, {trainable}) - {p.method} on "
+        f"{p.device}, batch {p.batch} x seq {p.seq_len}, grad checkpointing "
+        f"{'on' if p.grad_checkpointing else 'off'}"
     )
     console.print(f"[dim]dimensions from {p.source}[/]")
     table = Table(show_header=True)
@@ -105,7 +107,8 @@ def _print_plan(p: MemoryPlan) -> None:
         )
     elif p.fits and not p.grad_checkpointing and not p.fits[0]["fits"]:
         console.print(
-            "  [dim]--grad-checkpointing trades ~30% more compute for most of the activation memory[/]"
+            "  [dim]--grad-checkpointing trades ~30% more compute for most of the activation "
+            "memory[/]"
         )
     for note in p.assumptions:
         console.print(f"  [dim]- {note}[/]")

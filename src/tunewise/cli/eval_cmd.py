@@ -30,7 +30,7 @@ def _parse_runs(values: list[str]) -> dict[str, Path]:
 
 
 def render_table(run: EvalRun) -> Table:
-    """Candidates x metrics: mean per metric, NaN-aware (the count of unparseable judge replies shown)."""
+    """Candidates x metrics: mean per metric, NaN-aware (unparseable judge replies counted)."""
     metrics = list(dict.fromkeys(m for c in run.candidates for m in c.metrics()))
     order = ["accuracy", "format_compliance", "exact_match", "json_valid", "schema_valid", "judge"]
     metrics.sort(key=lambda m: (order.index(m) if m in order else len(order), m))
@@ -64,8 +64,8 @@ def register(app: typer.Typer) -> None:
         candidates: Annotated[
             str | None,
             typer.Option(
-                help="comma-separated: prompt,fewshot,rag,knn,finetuned,finetuned+rag,external names, "
-                "X+constrained (default: eval.candidates)"
+                help="comma-separated: prompt,fewshot,rag,knn,finetuned,finetuned+rag,"
+                "external names, X+constrained (default: eval.candidates)"
             ),
         ] = None,
         finetuned: Annotated[
@@ -94,7 +94,10 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Evaluate every candidate on the same items and print a candidates x metrics table.
 
-        Baselines (prompt, few-shot, RAG), the kNN reference, fine-tuned runs, external endpoints and constrained label mode all answer the same items; generations are cached, so a rerun is free. Follow with `tunewise report` for confidence intervals, paired tests and the gate.
+        Baselines (prompt, few-shot, RAG), the kNN reference, fine-tuned runs, external
+        endpoints and constrained label mode all answer the same items; generations are cached,
+        so a rerun is free. Follow with `tunewise report` for confidence intervals, paired tests
+        and the gate.
         """
         from tunewise.config import load_project
         from tunewise.eval.harness import default_out_dir, evaluate

@@ -148,7 +148,10 @@ def rollback(
     alias: str = typer.Option("production", "--alias"),
     reason: str = typer.Option(None, "--reason", help="Why (recorded in the history)."),
 ) -> None:
-    """Move NAME@ALIAS back to the version it pointed to before (servers: POST /admin/adapters/refresh)."""
+    """Move NAME@ALIAS back to the version it pointed to before.
+
+    Running servers pick the change up on POST /admin/adapters/refresh.
+    """
     from tunewise.registry import Registry
 
     res = Registry().rollback(name, alias=alias, reason=reason)

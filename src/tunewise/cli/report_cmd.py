@@ -1,4 +1,4 @@
-"""``tunewise compare | gate | report | rate``: statistics, the ship gate, reports, human ratings."""
+"""``tunewise compare | gate | report | rate``: statistics, the ship gate, reports, ratings."""
 
 from __future__ import annotations
 
@@ -207,7 +207,8 @@ def rate_cmd(
     session = human.open_session(eval_dir, a, b, seed=seed, rater=rater)
     p = session.progress()
     console.print(
-        f"rating {escape(a)} vs {escape(b)}: {p['rated']}/{p['total']} done; ratings in {session.store.path}"
+        f"rating {escape(a)} vs {escape(b)}: {p['rated']}/{p['total']} done; ratings in "
+        f"{session.store.path}"
     )
     console.print(f"open [bold]http://127.0.0.1:{port}/[/]  (Ctrl-C to stop)")
     import uvicorn
@@ -216,7 +217,8 @@ def rate_cmd(
     s = session.summary()
     if s["n"]:
         console.print(
-            f"{escape(a)} win rate {s['win_rate_a']:.3f} [{s['ci_low']:.3f}, {s['ci_high']:.3f}] over {s['n']} ratings"
+            f"{escape(a)} win rate {s['win_rate_a']:.3f} [{s['ci_low']:.3f}, {s['ci_high']:.3f}] "
+            f"over {s['n']} ratings"
         )
 
 

@@ -85,8 +85,9 @@ def _guard_test(path: Path, *, final: bool, purpose: str) -> dict[str, Any]:
     info: dict[str, Any] = {"final": True, "final_use": prior + 1}
     if prior > 0:
         msg = (
-            f"The sealed test split {path} has been evaluated {prior} time(s) before. This number is NO "
-            "LONGER an unbiased estimate: choices made after seeing earlier test results leak into it."
+            f"The sealed test split {path} has been evaluated {prior} time(s) before. This number "
+            "is NO LONGER an unbiased estimate: choices made after seeing earlier test results "
+            "leak into it."
         )
         console.print(Panel(msg, title="WARNING: repeated final evaluation", style="bold red"))
         info["warning"] = msg
@@ -160,7 +161,8 @@ class _Harness:
         if self.cfg.eval.max_new_tokens != "auto":
             return int(self.cfg.eval.max_new_tokens)
         if self._mnt is None:
-            # From the reference answers of train only: the evaluated items' answers are not ours to see.
+            # From the reference answers of train only: the evaluated items' answers are not ours
+            # to see.
             answers = [ex.target for ex in self.train]
             if hasattr(engine, "max_new_tokens_for"):
                 self._mnt = int(engine.max_new_tokens_for(answers))
@@ -210,7 +212,7 @@ class _Harness:
                 h.rank = r
             msgs.append(rag_mod.build_messages(self.cfg.task.system_prompt, hs, ex))
             per_item.append({"citations": [h.passage.source for h in hs]})
-        # What was actually retrieved from (sources: docs requested without data.docs is train only):
+        # What was actually retrieved from (docs requested without data.docs is train only):
         # the gate and the advisor call a RAG win a knowledge task only when documents were there.
         used = [src for src in rc.sources if src != "docs" or self.cfg.data.docs is not None]
         meta = {
@@ -411,7 +413,8 @@ def evaluate(
     asked = candidates if candidates is not None else cfg.eval.candidates
     if any(c in ("finetuned", "finetuned+rag") for c in asked) and not finetuned:
         h.notes.append(
-            "finetuned: no training run given (pass --finetuned RUN); evaluated the other candidates"
+            "finetuned: no training run given (pass --finetuned RUN); evaluated the other "
+            "candidates"
         )
     try:
         results = _run_candidates(h, plan, finetuned)
@@ -540,7 +543,8 @@ def _judge_all(h: _Harness, results: list[CandidateResult]) -> None:
     else:
         backend = h.engine()
         h.notes.append(
-            "judge: eval.judge_model not set, the base model judges itself (weak; set a stronger judge)"
+            "judge: eval.judge_model not set, the base model judges itself (weak; set a stronger "
+            "judge)"
         )
     judge = LLMJudge(backend)
     for res in results:

@@ -99,7 +99,8 @@ class RatingStore:
     def rows(self, a: str, b: str) -> list[dict[str, Any]]:
         with self._tx() as c:
             cur = c.execute(
-                "SELECT item_id, rater, left_is, choice, created_at FROM ratings WHERE a=? AND b=? ORDER BY created_at",
+                "SELECT item_id, rater, left_is, choice, created_at FROM ratings WHERE a=? AND "
+                "b=? ORDER BY created_at",
                 (a, b),
             )
             return [

@@ -167,7 +167,8 @@ class _Bootstrap:
         has_gold = gold[:, None] >= 0
         g = (gold[:, None] == k) & has_gold  # (n, K)
         p = (pred[:, None] == k) & has_gold  # an item without gold is not evaluated
-        # One nonzero per row at most: sparse, so a block of replicates costs O(b * n), not O(b * n * K).
+        # One nonzero per row at most: sparse, so a block of replicates costs O(b * n), not
+        # O(b * n * K).
         self._f1.append(tuple(sparse.csr_matrix(x.astype(float)) for x in (g & p, p & ~g, g & ~p)))
         self._keys.append(("f1", len(self._f1) - 1))
         return len(self._keys) - 1
