@@ -66,6 +66,10 @@ def _fmt(x: float | None, digits: int = 3) -> str:
     return "–" if x is None or not math.isfinite(x) else f"{x:.{digits}f}"
 
 
+def _interval(low: float | None, high: float | None) -> str:
+    return f"{_fmt(low)}–{_fmt(high)}"
+
+
 def _sfmt(x: float | None) -> str:
     return "–" if x is None or not math.isfinite(x) else f"{x:+.3f}"
 
@@ -501,7 +505,7 @@ def _metric_rows(
             "cells": [
                 {
                     "value": _fmt(e.value),
-                    "ci": f"{_fmt(e.ci_low)}–{_fmt(e.ci_high)}",
+                    "ci": _interval(e.ci_low, e.ci_high),
                     "n": e.n,
                     "best": False,
                 }
@@ -685,109 +689,68 @@ def _md_metrics(ctx: dict[str, Any]) -> list[str]:
     return out
 
 
+def _md_section(title: str, header: list[str], rows: list[list[Any]], *notes: str) -> list[str]:
+    """A ``## title`` section: one table (cells already escaped), then its notes."""
+    out = [f"## {title}", "", *_md_table(header, rows), ""]
+    for note in notes:
+        out += [note, ""]
+    return out
+
+
 def _md_pairs(ctx: dict[str, Any]) -> list[str]:
     e = md_escape
-    out = ["## Paired tests", ""]
-    out += _md_table(
+    header = ["candidate", "baseline", "metric", "cand", "base", "diff", "95% CI", "p", "test", "n"]
+    rows = [
         [
-            "candidate",
-            "baseline",
-            "metric",
-            "cand",
-            "base",
-            "diff",
-            "95% CI",
-            "p",
-            "test",
-            "n",
-            "MDD",
-        ],
-        [
-            [
-                e(p["candidate"]),
-                e(p["baseline"]),
-                e(p["metric"]),
-                p["cand"],
-                p["base"],
-                p["diff"],
-                p["ci"],
-                p["p"],
-                p["test"],
-                p["n"],
-                f"{p['mdd']}{' ⚠' if p['underpowered'] else ''}",
-            ]
-            for p in ctx["pairs"]
-        ],
-    )
-    return [
-        *out,
-        "",
-        "MDD: minimum detectable difference at 80% power; ⚠ = observed difference below it.",
-        "",
+            *(e(p[k]) for k in ("candidate", "baseline", "metric")),
+            *(p[k] for k in ("cand", "base", "diff", "ci", "p", "test", "n")),
+            f"{p['mdd']}{' ⚠' if p['underpowered'] else ''}",
+        ]
+        for p in ctx["pairs"]
     ]
+    return _md_section(
+        "Paired tests",
+        [*header, "MDD"],
+        rows,
+        "MDD: minimum detectable difference at 80% power; ⚠ = observed difference below it.",
+    )
 
 
 def _md_ratings(ctx: dict[str, Any]) -> list[str]:
     if not ctx["ratings"]:
         return []
     e = md_escape
-    out = ["## Human side-by-side ratings", ""]
-    out += _md_table(
-        ["A", "B", "A wins", "B wins", "ties", "win rate A", "95% CI"],
-        [
-            [
-                e(r["a"]),
-                e(r["b"]),
-                r["wins_a"],
-                r["wins_b"],
-                r["ties"],
-                _fmt(r["win_rate_a"]),
-                f"{_fmt(r['ci_low'])}–{_fmt(r['ci_high'])}",
-            ]
-            for r in ctx["ratings"]
-        ],
-    )
-    return [*out, ""]
+    rows = []
+    for r in ctx["ratings"]:
+        win, ci = _fmt(r["win_rate_a"]), _interval(r["ci_low"], r["ci_high"])
+        rows.append([e(r["a"]), e(r["b"]), r["wins_a"], r["wins_b"], r["ties"], win, ci])
+    header = ["A", "B", "A wins", "B wins", "ties", "win rate A", "95% CI"]
+    return _md_section("Human side-by-side ratings", header, rows)
 
 
 def _md_training(ctx: dict[str, Any]) -> list[str]:
     if not ctx["train_runs"]:
         return []
     e = md_escape
-    out = ["## Training runs", ""]
-    out += _md_table(
-        ["run", "method", "status", "steps", "best val loss", "stop reason"],
-        [
-            [
-                e(t.name),
-                e(t.method),
-                e(t.status),
-                t.steps,
-                _fmt(t.best_val_loss, 4),
-                e(t.stop_reason),
-            ]
-            for t in ctx["train_runs"]
-        ],
-    )
-    return [*out, ""]
+    rows = [
+        [e(t.name), e(t.method), e(t.status), t.steps, _fmt(t.best_val_loss, 4), e(t.stop_reason)]
+        for t in ctx["train_runs"]
+    ]
+    header = ["run", "method", "status", "steps", "best val loss", "stop reason"]
+    return _md_section("Training runs", header, rows)
 
 
 def _md_curve(ctx: dict[str, Any]) -> list[str]:
     if not ctx["curve"]:
         return []
     e = md_escape
-    out = ["## Learning curve", ""]
-    out += _md_table(
+    return _md_section(
+        "Learning curve",
         ["training examples", f"{e(ctx['primary'])} on {e(ctx['split'])}"],
         [[pt["n"], pt["value"]] for pt in ctx["curve"]],
-    )
-    return [
-        *out,
-        "",
         "Reading it: still rising at the right end means more examples of the same kind should "
         "help; flat means improve the data or the prompt instead.",
-        "",
-    ]
+    )
 
 
 def _md_worst(ctx: dict[str, Any]) -> list[str]:

@@ -17,7 +17,7 @@ import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from tunewise.errors import UserError
 from tunewise.fsio import atomic_write_json
@@ -27,6 +27,7 @@ COMPARISON_FILE = "comparison.json"
 VERDICT_FILE = "verdict.json"
 
 _T = TypeVar("_T")
+_A = TypeVar("_A", bound="_JsonFile")
 
 
 def _load(path: str | Path, parse: Callable[[Any], _T], what: str, missing: str) -> _T:
@@ -38,6 +39,32 @@ def _load(path: str | Path, parse: Callable[[Any], _T], what: str, missing: str)
         raise UserError(f"{path}: not found ({missing})") from None
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise UserError(f"{path}: not a valid {what} file: {exc}") from None
+
+
+class _JsonFile:
+    """Save and load for an artefact kept as one JSON file; subclasses say what it is."""
+
+    WHAT: ClassVar[str]  # "evaluation", "comparison", ...: named in error messages
+
+    @staticmethod
+    def missing_hint(path: Path) -> str:
+        """What to run when the file is not there."""
+        raise NotImplementedError
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls: type[_A], raw: dict[str, Any]) -> _A:
+        raise NotImplementedError
+
+    def save(self, path: str | Path) -> None:
+        atomic_write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls: type[_A], path: str | Path) -> _A:
+        path = Path(path)
+        return _load(path, cls.from_dict, cls.WHAT, cls.missing_hint(path))
 
 
 def _clean(obj: Any) -> Any:
@@ -107,7 +134,9 @@ class CandidateResult:
 
 
 @dataclass
-class EvalRun:
+class EvalRun(_JsonFile):
+    WHAT: ClassVar[str] = "evaluation"
+
     project: str
     split: str  # "val" or "test"
     split_hash: str
@@ -132,8 +161,9 @@ class EvalRun:
             means={c.name: c.means() for c in self.candidates},
         )
 
-    def save(self, path: str | Path) -> None:
-        atomic_write_json(path, asdict(self))
+    @staticmethod
+    def missing_hint(path: Path) -> str:
+        return "run `tunewise eval` to create it"
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> EvalRun:
@@ -148,10 +178,6 @@ class EvalRun:
             for c in raw.pop("candidates")
         ]
         return cls(candidates=cands, **raw)
-
-    @classmethod
-    def load(cls, path: str | Path) -> EvalRun:
-        return _load(path, cls.from_dict, "evaluation", "run `tunewise eval` to create it")
 
 
 @dataclass
@@ -214,7 +240,9 @@ _FLOAT_FIELDS = ("candidate_value", "baseline_value", "diff", "ci_low", "ci_high
 
 
 @dataclass
-class Comparison:
+class Comparison(_JsonFile):
+    WHAT: ClassVar[str] = "comparison"
+
     primary_metric: str
     metrics: dict[str, dict[str, MetricEstimate]]  # candidate -> metric -> estimate
     pairs: list[PairedTest]
@@ -267,15 +295,9 @@ class Comparison:
             meta=raw.get("meta", {}),
         )
 
-    def save(self, path: str | Path) -> None:
-        atomic_write_json(path, self.to_dict())
-
-    @classmethod
-    def load(cls, path: str | Path) -> Comparison:
-        path = Path(path)
-        return _load(
-            path, cls.from_dict, "comparison", f"run `tunewise compare {path.parent}` first"
-        )
+    @staticmethod
+    def missing_hint(path: Path) -> str:
+        return f"run `tunewise compare {path.parent}` first"
 
 
 # ----------------------------------------------------------------------------- verdict
@@ -287,7 +309,9 @@ class BaselineReason:
 
 
 @dataclass
-class Verdict:
+class Verdict(_JsonFile):
+    WHAT: ClassVar[str] = "verdict"
+
     candidate: str
     ship: bool
     reasons: list[BaselineReason]
@@ -315,15 +339,6 @@ class Verdict:
             gate=gate if isinstance(gate, dict) else None,
         )
 
-    def save(self, path: str | Path) -> None:
-        atomic_write_json(path, self.to_dict())
-
-    @classmethod
-    def load(cls, path: str | Path) -> Verdict:
-        path = Path(path)
-        return _load(
-            path,
-            cls.from_dict,
-            "verdict",
-            f"run `tunewise gate {path.parent} --candidate NAME`",
-        )
+    @staticmethod
+    def missing_hint(path: Path) -> str:
+        return f"run `tunewise gate {path.parent} --candidate NAME`"
