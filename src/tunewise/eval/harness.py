@@ -462,6 +462,7 @@ def _run_candidates(
 def _run_candidate(
     h: _Harness, name: str, finetuned: dict[str, Path], prompts: dict[str, _Prepared]
 ) -> CandidateResult:
+    """One candidate's answers to every item, graded."""
     cfg, spec = h.cfg, h.grader.spec
     base = name.removesuffix(CONSTRAINED)
     if name.endswith(CONSTRAINED):
