@@ -119,7 +119,7 @@ def test_learning_curve_is_shown_when_the_ladder_wrote_one(eval_dir):
 
 
 def test_bar_chart_survives_an_interval_that_excludes_its_estimate():
-    from tunewise.eval.report import _metrics_figure
+    from tunewise.eval.figures import metrics_figure
     from tunewise.eval.results import Comparison, MetricEstimate
 
     comp = Comparison(
@@ -130,7 +130,7 @@ def test_bar_chart_survives_an_interval_that_excludes_its_estimate():
             "fewshot": {"macro_f1": MetricEstimate(value=0.383, ci_low=0.369, ci_high=0.370, n=150)}
         },
     )
-    assert _metrics_figure(comp, ["fewshot"], ["macro_f1"], {"fewshot": "#2563eb"}).startswith(
+    assert metrics_figure(comp, ["fewshot"], ["macro_f1"], {"fewshot": "#2563eb"}).startswith(
         "data:image/png"
     )
 
