@@ -19,6 +19,8 @@ from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from tunewise import chat
+
 REP_KEY = "tw_repetition"  # log_history keys written by the monitor
 DISTINCT_KEY = "tw_distinct2"
 
@@ -156,11 +158,17 @@ def generate_greedy(
     tokenizer.padding_side = "left"  # decoder-only models continue from the right edge
     model.eval()
     out: list[str] = []
+    # Stop at the template's end of turn too: Gemma and Phi end a turn before their EOS, and
+    # text generated past it would be scored as repetition.
+    stop = [tokenizer.eos_token_id]
+    eot_id = chat.end_of_turn_id(tokenizer, chat.end_of_turn(tokenizer))
+    if eot_id is not None and eot_id not in stop:
+        stop.append(eot_id)
     try:
         device = next(model.parameters()).device
         for start in range(0, len(prompts), batch_size):
             texts = [
-                tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
+                chat.render(tokenizer, p, generation_prompt=True)
                 for p in prompts[start : start + batch_size]
             ]
             enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(
@@ -172,7 +180,7 @@ def generate_greedy(
                     max_new_tokens=max_new_tokens,
                     do_sample=False,
                     pad_token_id=tokenizer.pad_token_id,
-                    eos_token_id=tokenizer.eos_token_id,
+                    eos_token_id=stop,
                 )
             new = gen[:, enc["input_ids"].shape[1] :]  # (batch, new_tokens)
             out.extend(tokenizer.batch_decode(new, skip_special_tokens=True))

@@ -23,6 +23,7 @@ from typing import Any, Literal
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from tunewise import chat
 from tunewise.data.schema import Example
 from tunewise.errors import DataError, UserError
 
@@ -87,9 +88,7 @@ class OverlongReport:
 
 
 def _render(tokenizer: Any, messages: list[dict[str, str]], *, generation_prompt: bool) -> str:
-    return tokenizer.apply_chat_template(
-        messages, tokenize=False, add_generation_prompt=generation_prompt
-    )
+    return chat.render(tokenizer, messages, generation_prompt=generation_prompt)
 
 
 def segments(
@@ -100,14 +99,17 @@ def segments(
     Concatenating the texts gives the template's rendering of ``messages`` up to the end of the
     last answer's end-of-turn token.
     """
-    eot = tokenizer.eos_token or ""
+    eot = chat.end_of_turn(tokenizer)  # not EOS: Phi-3 ends a turn with <|end|>, EOS is later
     assistant_idx = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
     if not assistant_idx:
         raise UserError("an example has no assistant turn")
     labelled = set(assistant_idx if train_on == "all" else assistant_idx[-1:])
     out: list[tuple[str, bool]] = []
     done = ""  # text already emitted, always a prefix of every later rendering
-    for i in assistant_idx:
+    # train_on=last renders only the last turn: its prompt is then one piece, tokenized exactly
+    # as inference tokenizes it, and a template that rewrites history (Qwen3 drops past
+    # reasoning) still trains.
+    for i in sorted(labelled):
         prompt = _render(tokenizer, messages[:i], generation_prompt=True)
         full = _render(tokenizer, messages[: i + 1], generation_prompt=False)
         if not prompt.startswith(done) or not full.startswith(prompt):
@@ -155,7 +157,12 @@ def encode_all(
     report = OverlongReport(max_len=max_len, policy=overlong, total=len(examples))
     out: list[Encoded] = []
     for ex in examples:
-        enc = encode(tokenizer, ex, train_on)
+        try:
+            enc = encode(tokenizer, ex, train_on)
+        except DataError:
+            raise
+        except UserError as exc:  # the template refused this example: say which one
+            raise DataError(ex.source, ex.line or None, "messages", str(exc)) from None
         n = len(enc.input_ids)
         if n <= max_len:
             out.append(enc)

@@ -17,8 +17,8 @@ from typing import Any
 IGNORE = -100
 
 
-def supports_sparse_logits(model: Any) -> bool:
-    """Whether the (unwrapped) model's forward accepts ``logits_to_keep``."""
+def forward_params(model: Any) -> set[str]:
+    """Parameter names of the (unwrapped) model's own forward, below DDP/FSDP and PEFT."""
     inner = model
     # DDP/FSDP wrappers expose .module; a PeftModel exposes .get_base_model().
     while hasattr(inner, "module"):
@@ -26,9 +26,14 @@ def supports_sparse_logits(model: Any) -> bool:
     if hasattr(inner, "get_base_model"):
         inner = inner.get_base_model()
     try:
-        return "logits_to_keep" in inspect.signature(inner.forward).parameters
+        return set(inspect.signature(inner.forward).parameters)
     except (TypeError, ValueError):
-        return False
+        return set()
+
+
+def supports_sparse_logits(model: Any) -> bool:
+    """Whether the (unwrapped) model's forward accepts ``logits_to_keep``."""
+    return "logits_to_keep" in forward_params(model)
 
 
 def labelled_positions(labels: Any) -> Any:

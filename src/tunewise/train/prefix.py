@@ -38,7 +38,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from tunewise.train.loss import IGNORE, answer_loss, labelled_positions, reduce_loss
+from tunewise.train.loss import (
+    IGNORE,
+    answer_loss,
+    forward_params,
+    labelled_positions,
+    reduce_loss,
+)
 
 if TYPE_CHECKING:
     from tunewise.train.collate import Encoded
@@ -168,6 +174,8 @@ def shared_prefix_loss(
         mask = torch.ones_like(ids)
     p = prefix_len
     device = ids.device
+    # transformers 5 renamed past_key_values to cache (5.24 takes both, 5.17 the old name only)
+    cache_kw = "cache" if "cache" in forward_params(model) else "past_key_values"
     n_layers = _decoder_config(model).num_hidden_layers
     capture = Cache(layers=[capture_cls() for _ in range(n_layers)])
     idx = labelled_positions(labels)  # every one >= p: shared_prefix_length cut p before them
@@ -178,7 +186,7 @@ def shared_prefix_loss(
             input_ids=ids[:1, :p],
             attention_mask=mask[:1, :p],
             position_ids=torch.arange(p, device=device)[None, :],
-            cache=capture,
+            **{cache_kw: capture},
             use_cache=False,
             logits_to_keep=torch.zeros(0, dtype=torch.long, device=device),
         )
@@ -189,7 +197,7 @@ def shared_prefix_loss(
             input_ids=ids[:, p:],  # (batch, seq - p)
             attention_mask=mask,  # (batch, seq): prefix plus suffix
             position_ids=torch.arange(p, length, device=device)[None, :],
-            cache=shared,
+            **{cache_kw: shared},
             use_cache=False,
             logits_to_keep=idx - p,
         )
@@ -345,6 +353,11 @@ def checkpointing_problem(model: Any) -> str | None:
     if not on:
         return None
     layers = [m for m in on if isinstance(m, GradientCheckpointingLayer)]
+    if not hasattr(GradientCheckpointingLayer, "_can_checkpoint_with_cache"):
+        return (
+            "train.shared_prefix off: this transformers version drops the cache from every "
+            "checkpointed layer (newer versions let a read-only cache through)"
+        )
     if not layers:
         return (
             "train.shared_prefix off: this model checkpoints its layers in its own loop, which "
