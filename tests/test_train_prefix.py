@@ -195,6 +195,21 @@ def test_reentrant_checkpointing_turns_the_feature_off_with_a_warning(tiny_model
     assert "use_reentrant=True" in shared.stats["reason"]
 
 
+def test_checkpointing_that_drops_every_cache_turns_the_feature_off(
+    tiny_model_dir, tok, monkeypatch
+):
+    """Older transformers drop the cache from every checkpointed layer (no opt-out flag)."""
+    import tunewise.train.prefix as prefix
+
+    monkeypatch.setattr(prefix, "_checkpointing_can_keep_a_cache", lambda: False)
+    model = tiny(tiny_model_dir, "lora", checkpointing=True)
+    inputs = collate(tok, [chat(u, a) for u, a in TICKETS[:2]])
+    shared = SharedPrefix(True, "test")
+    with pytest.warns(UserWarning, match="drops the cache"):
+        shared.loss(model, inputs, None)
+    assert not shared.enabled and shared.stats["plain_batches"] == 1
+
+
 # --- which rows share a prefix, and the decision -----------------------------------------------
 
 

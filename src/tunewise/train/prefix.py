@@ -345,6 +345,13 @@ class SharedPrefix:
         return shared_prefix_loss(model, inputs, n, num_items_in_batch)
 
 
+def _checkpointing_can_keep_a_cache() -> bool:
+    """Whether this transformers lets a layer keep its cache under checkpointing (opt-in flag)."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    return hasattr(GradientCheckpointingLayer, "_can_checkpoint_with_cache")
+
+
 def checkpointing_problem(model: Any) -> str | None:
     """Why ``model``'s gradient checkpointing cannot carry a shared prefix (None: it can)."""
     from transformers.modeling_layers import GradientCheckpointingLayer
@@ -353,7 +360,7 @@ def checkpointing_problem(model: Any) -> str | None:
     if not on:
         return None
     layers = [m for m in on if isinstance(m, GradientCheckpointingLayer)]
-    if not hasattr(GradientCheckpointingLayer, "_can_checkpoint_with_cache"):
+    if not _checkpointing_can_keep_a_cache():
         return (
             "train.shared_prefix off: this transformers version drops the cache from every "
             "checkpointed layer (newer versions let a read-only cache through)"
