@@ -60,8 +60,17 @@ def launch_env(tmp_path: Path) -> dict[str, str]:
 
 
 def test_accelerate_launch_two_cpu_processes(tmp_path, tiny_model_dir):
+    # A system prompt long enough for train.shared_prefix (auto) to run it once per batch: the
+    # prefix pass goes through DDP's inner module, the suffix pass through DDP.
+    system = "Classify the support ticket into billing, shipping or account. " * 4
     project = make_project(
-        tmp_path, tiny_model_dir, max_steps=4, eval_every=2, save_every=2, overfit_sample=1
+        tmp_path,
+        tiny_model_dir,
+        system_prompt=system,
+        max_steps=4,
+        eval_every=2,
+        save_every=2,
+        overfit_sample=1,
     )
     run = tmp_path / "run"
     env = launch_env(tmp_path)
@@ -76,6 +85,8 @@ def test_accelerate_launch_two_cpu_processes(tmp_path, tiny_model_dir):
     # two processes consume two batches of 4 per optimizer step: 4 steps cover 32 of 40 examples
     assert any("covers 0.8 epochs" in w for w in rec["warnings"]), rec["warnings"]
     assert rec["tokens_trained"] > 0
+    # each process ran 4 batches, every one with its prefix once (run.json is rank 0's count)
+    assert rec["shared_prefix"]["enabled"] and rec["shared_prefix"]["prefix_batches"] == 4
 
     import torch
     from peft import PeftModel
@@ -133,7 +144,7 @@ def _claim_in_process(rank: int, port: int, project: str, run_dir: str, late_s: 
 
     cfg = load_project(project)
     run = RunDir(run_dir)
-    record.join_process_group()
+    record.join_process_group(cfg)
     if rank == 1:
 
         def must_not_read(self: RunDir) -> None:

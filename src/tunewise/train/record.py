@@ -74,23 +74,46 @@ def last_checkpoint(run_dir: Path) -> Path | None:
     return Path(last) if last else None
 
 
-def join_process_group() -> None:
+def join_process_group(cfg: ProjectConfig) -> None:
     """Under a launcher, join the process group now; without one, do nothing.
 
     The Trainer would create the group only when its arguments are built, after setup; the
     run-directory decision needs a barrier before that. accelerate's state is shared: when
-    ``TrainingArguments`` sets it up again it finds the group initialised and keeps it. The
-    settings are the ones ``training_args`` gives for several processes: ``use_cpu`` exactly
-    when there is no CUDA, and the Trainer's DDP timeout.
+    ``TrainingArguments`` sets it up again it finds the group initialised and keeps it, so the
+    settings must be the ones ``training_args`` gives for several processes: ``use_cpu``
+    exactly when the device policy places training on the CPU, and the Trainer's DDP timeout.
     """
     if _world_size() <= 1:
         return
-    import torch
     from accelerate import PartialState
     from transformers import TrainingArguments
 
-    timeout = timedelta(seconds=TrainingArguments.ddp_timeout)
-    PartialState(cpu=not torch.cuda.is_available(), timeout=timeout)
+    from tunewise import device
+
+    cpu = device.for_project(cfg, "train").kind == "cpu"
+    PartialState(cpu=cpu, timeout=timedelta(seconds=TrainingArguments.ddp_timeout))
+
+
+def sharding_warning(distributed_type: str) -> str | None:
+    """The launcher asked for FSDP or DeepSpeed, but accelerate set up something else.
+
+    accelerate 1.15 turns ``--use_fsdp`` into FSDP only on GPU-like devices; on CPU processes
+    it runs DDP over gloo (``MULTI_CPU``) without a word, every process holding the whole model.
+    """
+    asked = [
+        kind
+        for kind, env in (
+            ("FSDP", "ACCELERATE_USE_FSDP"),
+            ("DEEPSPEED", "ACCELERATE_USE_DEEPSPEED"),
+        )
+        if os.environ.get(env, "").lower() == "true"
+    ]
+    if not asked or distributed_type in asked:
+        return None
+    return (
+        f"{asked[0]} was asked for, but accelerate runs {distributed_type} here: "
+        "the weights are not sharded (accelerate shards on GPUs only)"
+    )
 
 
 def finished_record(run: RunDir) -> dict[str, Any] | None:
@@ -300,6 +323,14 @@ class RunRecorder:
             best = min(vals, key=lambda m: m["val_loss"])
             self.record["best_val_loss"], self.record["best_step"] = best["val_loss"], best["step"]
         self.write()
+
+    def set_placement(self, placement: dict[str, Any]) -> None:
+        """Where the weights live and in which dtype (``tunewise.device``'s decision)."""
+        self.record["placement"] = placement
+
+    def track_shared_prefix(self, stats: dict[str, Any]) -> None:
+        """The shared-prefix counters: the same dict, so run.json follows them as they grow."""
+        self.record["shared_prefix"] = stats
 
     def interrupted(self) -> None:
         """Ctrl-C: recorded at once, since the exception ends the process."""
