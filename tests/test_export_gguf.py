@@ -1,15 +1,15 @@
 """GGUF export: the file transformers' GGUF loader reads back is the merged model.
 
 Tolerances. An f16 export stores every matrix rounded to float16 (relative error at most 2^-11)
-and the rest in float32, and the loader de-quantizes to float32. So the loaded model must equal
-the merged model *with its matrices rounded to f16* up to float32 summation noise (1e-5), which
-proves names, Q/K permutation, norms and tied embeddings are all right; against the unrounded
-merged model the logits may move by the rounding alone, bounded here by 1% of the largest logit
-(the real 135M model moves by 0.1%). Quantized exports (q8_0, q4_0) are judged as users judge
-them: the same greedy answers to the demo's prompts.
-
-The tiny model is first taught four demo answers with a LoRA, so its greedy answers are decisive
-(as a fine-tune's are), not coin flips between near-equal random logits.
+and the rest in float32; the loader de-quantizes to float32. So the loaded model must equal the
+merged model *with its matrices rounded to f16* up to float32 summation noise (1e-5): that proves
+names, Q/K permutation, norms and tied embeddings right. Against the unrounded merged model the
+logits move by the rounding alone, bounded here by 1% of the largest logit (the real 135M model
+moves by 0.1%). A q8_0 / q4_0 export must likewise equal the merged model with its matrices put
+through the same quantization (the ``gguf`` package's reference code, as llama.cpp's). Whether a
+quantized model still *answers* alike is a property of the model, not of the file format: the slow
+test checks it on the real model, taught demo answers so that its answers are decisive, as a
+fine-tune's are (a random tiny model's are near-ties).
 """
 
 from __future__ import annotations
@@ -22,10 +22,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from _ship_helpers import make_run
 from tunewise.cli import app
 from tunewise.errors import UserError
 from tunewise.export import export_merged
-from tunewise.export_gguf import export_gguf, permute_rows, write_gguf
+from tunewise.export_gguf import export_gguf, greedy_answers, load_gguf, permute_rows, write_gguf
 from tunewise.modelfile import ChatPieces, build_modelfile, go_template, measure
 from tunewise.registry import Registry
 
@@ -49,7 +50,7 @@ def demo_items(n: int) -> list[tuple[list[dict[str, str]], str]]:
     return items
 
 
-def _teach(model, tok, items, steps: int = 120) -> None:
+def _teach(model, tok, items, steps: int = 120, lr: float = 1e-2) -> None:
     """Fit the LoRA to the items' answers (loss on answer tokens only)."""
     import torch
 
@@ -63,7 +64,7 @@ def _teach(model, tok, items, steps: int = 120) -> None:
     ids = torch.tensor([r[0] + [tok.pad_token_id] * (width - len(r[0])) for r in rows])
     labels = torch.tensor([r[1] + [-100] * (width - len(r[1])) for r in rows])
     mask = torch.tensor([[1] * len(r[0]) + [0] * (width - len(r[0])) for r in rows])
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
     model.train()
     for _ in range(steps):
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
@@ -76,65 +77,27 @@ def _teach(model, tok, items, steps: int = 120) -> None:
 
 
 @pytest.fixture(scope="module")
-def taught_run(tiny_model_dir, tmp_path_factory) -> Path:
-    """A run directory whose LoRA makes the tiny Llama answer four demo tickets correctly."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from tunewise.models import resolve
-
-    torch.manual_seed(0)
-    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=targets))
-    _teach(peft_model, tok, demo_items(4))
-    run = tmp_path_factory.mktemp("gguf-run")
-    peft_model.save_pretrained(run)
-    tok.save_pretrained(run)
-    record = {
-        "status": "completed",
-        "method": "lora",
-        "config": {"name": "triage", "task": {"system_prompt": SYSTEM}},
-        "base_model": {
-            "name": str(tiny_model_dir),
-            "path": str(tiny_model_dir),
-            "weight_hash": resolve(str(tiny_model_dir)).weight_hash,
-        },
-        "data_hashes": {},
-        "metrics": [],
-    }
+def adapter_run(tiny_model_dir, tmp_path_factory) -> Path:
+    """A LoRA run on the tiny Llama that changes q/k (so the permutation matters) and the MLP."""
+    targets = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    run = make_run(
+        tiny_model_dir,
+        tmp_path_factory.mktemp("gguf-run") / "run",
+        r=8,
+        target_modules=targets,
+        name="triage",
+    )
+    record = json.loads((run / "run.json").read_text())
+    record["config"]["task"] = {"system_prompt": SYSTEM}
     (run / "run.json").write_text(json.dumps(record))
     return run
 
 
 @pytest.fixture
-def registered(taught_run) -> Registry:
+def registered(adapter_run) -> Registry:
     reg = Registry()
-    reg.add(taught_run, name="triage")
+    reg.add(adapter_run, name="triage")
     return reg
-
-
-def _load_gguf(path: Path):
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name).eval()
-
-
-def _greedy(model, tok, items, max_new_tokens: int = 14) -> list[str]:
-    import torch
-
-    out = []
-    for msgs, _ in items:
-        prompt = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
-        ids = tok(prompt, return_tensors="pt").input_ids
-        with torch.no_grad():
-            gen = model.generate(
-                ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id
-            )
-        out.append(tok.decode(gen[0, ids.shape[1] :], skip_special_tokens=True))
-    return out
 
 
 def test_qk_permutation_is_the_one_transformers_gguf_loader_undoes():
@@ -157,7 +120,10 @@ def test_f16_export_is_the_merged_model_rounded_to_f16(registered, tmp_path):
     out = tmp_path / "gguf" / "triage.gguf"
     res = export_gguf("triage:1", out, registry=registered)
     assert res["arch"] == "llama" and res["pre_tokenizer"] == "smollm"
-    assert res["tensor_types"] == {"F16": 15, "F32": 9}  # 7 matrices x 2 layers + embedding
+    assert res["tensor_types"] == {
+        "F16": 15,
+        "F32": 5,
+    }  # 7 matrices x 2 layers + embedding; 2 norms x 2 + final norm
     reader = gguf.GGUFReader(out)
     assert reader.fields["tokenizer.ggml.model"].contents() == "gpt2"
 
@@ -169,7 +135,7 @@ def test_f16_export_is_the_merged_model_rounded_to_f16(registered, tmp_path):
         for p in rounded.parameters():
             if p.ndim == 2:
                 p.copy_(p.half().float())
-    loaded = _load_gguf(out)
+    loaded = load_gguf(out)
 
     tok = AutoTokenizer.from_pretrained(merged_dir)
     gtok = AutoTokenizer.from_pretrained(out.parent, gguf_file=out.name)
@@ -188,24 +154,34 @@ def test_f16_export_is_the_merged_model_rounded_to_f16(registered, tmp_path):
 
 
 @pytest.mark.parametrize("quant", ["q8_0", "q4_0"])
-def test_quantized_export_gives_the_merged_models_greedy_answers(registered, tmp_path, quant):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def test_quantized_export_is_the_merged_model_quantized(registered, tmp_path, quant):
+    import gguf
+    import torch
+    from transformers import AutoModelForCausalLM
 
     out = tmp_path / f"triage-{quant}.gguf"
     res = export_gguf("triage:1", out, quant=quant, registry=registered)
+    q8, q4 = gguf.GGMLQuantizationType.Q8_0, gguf.GGMLQuantizationType.Q4_0
     if quant == "q8_0":
-        assert res["tensor_types"] == {"Q8_0": 15, "F32": 9}
+        assert res["tensor_types"] == {"Q8_0": 15, "F32": 5}
     else:  # blocks in Q4_0, the tied embedding/output matrix kept in Q8_0
-        assert res["tensor_types"] == {"Q4_0": 14, "Q8_0": 1, "F32": 9}
+        assert res["tensor_types"] == {"Q4_0": 14, "Q8_0": 1, "F32": 5}
+    assert out.stat().st_size == res["bytes"]
     merged_dir = tmp_path / "merged"
     export_merged("triage:1", merged_dir, registry=registered)
-    tok = AutoTokenizer.from_pretrained(merged_dir)
-    items = demo_items(4)
-    want = _greedy(AutoModelForCausalLM.from_pretrained(merged_dir).eval(), tok, items)
-    assert want == [
-        answer for _, answer in items
-    ]  # decisive answers: the comparison means something
-    assert _greedy(_load_gguf(out), tok, items) == want
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir).eval()
+    expected = AutoModelForCausalLM.from_pretrained(merged_dir).eval()
+    with torch.no_grad():  # blocks run along rows, so the Q/K row permutation commutes with this
+        for name, p in expected.named_parameters():
+            if p.ndim == 2:
+                qtype = q8 if quant == "q8_0" or "embed_tokens" in name else q4
+                w = gguf.quants.quantize(p.numpy(), qtype)
+                p.copy_(torch.from_numpy(gguf.quants.dequantize(w, qtype)))
+    ids = torch.tensor([[1, 504, 3458, 314, 253, 1345, 30, 2, 198, 1]])
+    with torch.no_grad():
+        want, quantized, got = merged(ids).logits, expected(ids).logits, load_gguf(out)(ids).logits
+    torch.testing.assert_close(got, quantized, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(want, quantized, atol=1e-4)  # the quantization is real
 
 
 def test_modelfile_restates_the_chat_template_for_ollama(registered, tmp_path):
@@ -311,21 +287,27 @@ def _tiny_dir(tiny_model_dir: Path, tmp_path: Path, config_cls, **extra) -> Path
         eos_token_id=tok.eos_token_id,
         **extra,
     )
-    out = tmp_path / config_cls.model_type
+    out = tmp_path / f"tiny-{config_cls.model_type}"
     AutoModelForCausalLM.from_config(config).save_pretrained(out)
     tok.save_pretrained(out)
     return out
 
 
 @pytest.mark.parametrize("family", ["mistral", "qwen2"])
-def test_mistral_and_qwen2_shapes_round_trip(tiny_model_dir, tmp_path, family):
+def test_mistral_and_qwen2_shapes_round_trip(tiny_model_dir, tmp_path, family, monkeypatch):
     import torch
     from transformers import AutoModelForCausalLM, MistralConfig, Qwen2Config
+
+    from tunewise import export_gguf as module
 
     if family == "mistral":
         model_dir = _tiny_dir(tiny_model_dir, tmp_path, MistralConfig, sliding_window=None)
     else:
         model_dir = _tiny_dir(tiny_model_dir, tmp_path, Qwen2Config, tie_word_embeddings=True)
+        # transformers loads SmolLM2's vocabulary with Qwen2's own tokenizer class here, whose
+        # ids match no tokenizer llama.cpp knows (the export rightly refuses it); this test is
+        # about Qwen2's tensors and hyperparameters, so it names the pre-tokenizer itself.
+        monkeypatch.setattr(module, "pre_tokenizer", lambda tok: "qwen2")
     src = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     if family == "qwen2":  # Qwen2's q/k/v biases start at zero; make them matter
         with torch.no_grad():
@@ -342,7 +324,7 @@ def test_mistral_and_qwen2_shapes_round_trip(tiny_model_dir, tmp_path, family):
     ids = torch.tensor([[1, 504, 3458, 314, 253, 1345, 30]])
     with torch.no_grad():
         want = src(ids).logits
-        got = _load_gguf(summary.path)(ids).logits
+        got = load_gguf(summary.path)(ids).logits
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
@@ -364,6 +346,8 @@ def test_unsupported_models_are_refused_with_what_is_missing(tiny_model_dir, tmp
     shutil.copytree(tiny_model_dir, scaled)
     cfg = json.loads((scaled / "config.json").read_text())
     cfg["rope_parameters"] = {"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0}
+    cfg["rope_parameters"] |= {"low_freq_factor": 1.0, "high_freq_factor": 4.0}
+    cfg["rope_parameters"]["original_max_position_embeddings"] = 8192
     (scaled / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(UserError, match=r"RoPE scaling.*llama3"):
         write_gguf(scaled, tmp_path / "s.gguf")
@@ -382,3 +366,46 @@ def test_unsupported_models_are_refused_with_what_is_missing(tiny_model_dir, tmp
     (unigram / "tokenizer.json").write_text(json.dumps(tok))
     with pytest.raises(UserError, match=r"Unigram.*byte-level BPE"):
         write_gguf(unigram, tmp_path / "u.gguf")
+
+
+@pytest.mark.slow
+def test_real_model_gguf_exports_answer_like_the_merged_model(real_model, tmp_path):
+    """The embedded SmolLM2-135M, briefly taught three demo answers (as a fine-tune would be):
+    every quantization, read back by transformers, gives the merged model's greedy answers."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(0)
+    tok = AutoTokenizer.from_pretrained(real_model.path)
+    model = AutoModelForCausalLM.from_pretrained(real_model.path)
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=targets))
+    items = demo_items(3)
+    _teach(peft_model, tok, items, steps=40, lr=1e-3)
+    run = tmp_path / "run"
+    peft_model.save_pretrained(run)
+    tok.save_pretrained(run)
+    base = {"name": real_model.name, "path": str(real_model.path)}
+    record = {"status": "completed", "method": "lora", "config": {"name": "real"}}
+    record["base_model"] = {**base, "weight_hash": real_model.weight_hash}
+    (run / "run.json").write_text(json.dumps(record))
+    reg = Registry()
+    reg.add(run, name="real")
+
+    prompts = [msgs for msgs, _ in items]
+    merged_dir = tmp_path / "merged"
+    export_merged("real:1", merged_dir, registry=reg)
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir).eval()
+    want = greedy_answers(merged, tok, prompts, max_new_tokens=14)
+    assert want == [answer for _, answer in items]
+    sizes = {}
+    for quant in ("f16", "q8_0", "q4_0"):
+        res = export_gguf("real:1", tmp_path / quant / "real.gguf", quant=quant, registry=reg)
+        assert res["pre_tokenizer"] == "smollm" and res["arch"] == "llama"
+        sizes[quant] = res["bytes"]
+        got = greedy_answers(load_gguf(res["out"]), tok, prompts, max_new_tokens=14)
+        assert got == want, quant
+    # 134.5M parameters: ~2 bytes each in f16, ~1.06 in Q8_0, Q4_0 (with a Q8_0 embedding) less
+    assert 255 < sizes["f16"] / 2**20 < 262 and 135 < sizes["q8_0"] / 2**20 < 140
+    assert sizes["q4_0"] < 0.7 * sizes["q8_0"]

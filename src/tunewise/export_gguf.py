@@ -330,6 +330,7 @@ def write_gguf(
     model_dir, out = Path(model_dir), Path(out)
     config = _config(model_dir)
     _, spec = arch_spec(config)
+    _rope_theta(config)  # refuse RoPE scaling before any work
     _check_byte_level_bpe(model_dir)
     ref = models.ModelRef(name or model_dir.name, model_dir, "", "local")
     tokenizer = models.load_tokenizer(ref)  # refuses a model without a chat template
@@ -407,3 +408,58 @@ def export_gguf(
         "pre_tokenizer": summary.pre_tokenizer,
         "warnings": summary.warnings + notes,
     }
+
+
+def load_gguf(path: str | Path) -> Any:
+    """The model in a GGUF file, through transformers' GGUF loader (weights de-quantized)."""
+    from transformers import AutoModelForCausalLM
+
+    path = Path(path)
+    return AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name).eval()
+
+
+def greedy_answers(
+    model: Any,
+    tokenizer: Any,
+    conversations: list[list[dict[str, str]]],
+    *,
+    max_new_tokens: int = 24,
+    batch_size: int = 16,
+) -> list[str]:
+    """Greedy answers to ``conversations``, batched by tunewise's decode loop (same tokens as
+    one-at-a-time ``model.generate``): the check that a quantized export still answers alike."""
+    import inspect
+
+    import torch
+
+    from tunewise.decoding import Row, greedy_decode
+
+    params = inspect.signature(model.forward).parameters
+    cache_kw = "cache" if "cache" in params else "past_key_values"  # renamed in transformers 5
+
+    def forward(ids, mask, positions, kv, last_only=True):  # see tunewise.decoding
+        kwargs = {cache_kw: kv, "use_cache": True}
+        if last_only and "logits_to_keep" in params:
+            kwargs["logits_to_keep"] = 1  # the LM head over the vocabulary is costly: one row
+        with torch.inference_mode():
+            out = model(input_ids=ids, attention_mask=mask, position_ids=positions, **kwargs)
+        return out.logits[:, -1, :] if last_only else out.logits
+
+    answers = []
+    for start in range(0, len(conversations), batch_size):
+        rows = []
+        for msgs in conversations[start : start + batch_size]:
+            prompt = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+            ids = tokenizer(prompt, add_special_tokens=False).input_ids
+            rows.append(Row(prompt=ids, max_new=max_new_tokens, stops=[]))
+        for _ in greedy_decode(
+            forward,
+            model.config,
+            rows,
+            eos_ids=frozenset({tokenizer.eos_token_id}),
+            pad_id=tokenizer.pad_token_id,
+            decode=tokenizer.decode,
+        ):
+            pass
+        answers += [tokenizer.decode(r.gen, skip_special_tokens=True) for r in rows]
+    return answers
