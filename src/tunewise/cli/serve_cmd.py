@@ -11,7 +11,7 @@ from tunewise.progress import make_console
 
 console = make_console()
 export_app = typer.Typer(
-    help="Export registry versions: merged weights, or a vLLM multi-LoRA layout.",
+    help="Export registry versions: merged weights, GGUF for llama.cpp/Ollama, or a vLLM layout.",
     no_args_is_help=True,
 )
 
@@ -90,6 +90,26 @@ def export_merged_cmd(
     res = export_merged(spec, out, force=force)
     console.print(
         f"wrote merged [bold]{res['spec']}[/] to {res['out']} (weights {res['weight_hash'][:12]}…)"
+    )
+
+
+@export_app.command("gguf")
+def export_gguf_cmd(
+    spec: str = typer.Argument(..., help="NAME:VERSION (or NAME@ALIAS)."),
+    out: Path = typer.Argument(..., help="Output file (.gguf); a Modelfile is written beside it."),
+    quant: str = typer.Option("f16", "--quant", help="f16 | q8_0 | q4_0"),
+    force: bool = typer.Option(False, "--force", help="Replace OUT and its Modelfile."),
+) -> None:
+    """Merge the adapter into its base; write GGUF (llama.cpp) and an Ollama Modelfile."""
+    from tunewise.export_gguf import export_gguf
+
+    res = export_gguf(spec, out, quant=quant, force=force)
+    for w in res["warnings"]:
+        console.print(f"[yellow]note:[/] {w}")
+    mib = res["bytes"] / 2**20
+    console.print(
+        f"wrote [bold]{res['spec']}[/] as {res['arch']} {res['quant']} GGUF to {res['out']} "
+        f"({mib:.1f} MiB) and {res['modelfile']}"
     )
 
 
