@@ -55,8 +55,19 @@ class SplitConfig(_Section):
 
 class DataConfig(_Section):
     train: Path = Field(..., description="chat JSONL: one {'messages': [...]} per line")
+    val: Path | None = Field(
+        None,
+        description="your own validation file (chat JSONL); when set, train is not re-split for it",
+    )
+    test: Path | None = Field(
+        None,
+        description="your own test file (chat JSONL), sealed like a test split tunewise makes; "
+        "when set, train is not re-split for it",
+    )
     docs: Path | None = Field(None, description="folder of .md/.txt documents for the RAG rung")
-    split: SplitConfig = SplitConfig()
+    split: SplitConfig = Field(
+        SplitConfig(), description="fractions carved from train for val/test files not given"
+    )
     max_len: int = Field(
         512,
         ge=16,
@@ -209,8 +220,10 @@ class ProjectConfig(_Section):
         root = self.root
         if not self.data.train.is_absolute():
             self.data.train = root / self.data.train
-        if self.data.docs is not None and not self.data.docs.is_absolute():
-            self.data.docs = root / self.data.docs
+        for name in ("val", "test", "docs"):
+            given = getattr(self.data, name)
+            if given is not None and not given.is_absolute():
+                setattr(self.data, name, root / given)
         return self
 
     @property
