@@ -193,6 +193,23 @@ class GateConfig(_Section):
     )
 
 
+class MlflowConfig(_Section):
+    uri: str | None = Field(
+        None,
+        description="MLflow tracking URI: http://host:5000, or sqlite:///mlflow.db (relative to "
+        "this file); the environment variable TUNEWISE_MLFLOW_URI overrides it",
+    )
+    experiment: str | None = Field(None, description="experiment name (default: the project name)")
+
+
+class TrackingConfig(_Section):
+    mlflow: MlflowConfig = Field(
+        MlflowConfig(),
+        description="optional (pip install 'tunewise[mlflow]'): training runs, the ladder's "
+        "results and registry aliases mirrored to MLflow",
+    )
+
+
 class ProjectConfig(_Section):
     name: str
     task: TaskConfig = TaskConfig()
@@ -201,6 +218,7 @@ class ProjectConfig(_Section):
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     gate: GateConfig = GateConfig()
+    tracking: TrackingConfig = TrackingConfig()
     root: Path = Field(Path("."), exclude=True, description="folder of project.yaml (set on load)")
 
     @field_validator("name")
@@ -224,6 +242,11 @@ class ProjectConfig(_Section):
             given = getattr(self.data, name)
             if given is not None and not given.is_absolute():
                 setattr(self.data, name, root / given)
+        uri = self.tracking.mlflow.uri
+        if uri and uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+            # SQLAlchemy reads sqlite:///x.db relative to the working directory; a project's
+            # paths are relative to its own folder.
+            self.tracking.mlflow.uri = "sqlite:///" + str(root / uri.removeprefix("sqlite:///"))
         return self
 
     @property

@@ -1,0 +1,279 @@
+"""MLflow tracking against a real store: a real ``mlflow server`` (sqlite backend) on loopback.
+
+The server is started once for this module on a free port. If it does not answer within
+:data:`SERVER_WAIT_S` (it takes 10-70 s here, most of it creating the database tables), the
+tests use the same sqlite store directly, which is the other real backend tunewise supports;
+they skip only when mlflow is not installed (CI installs it: ``pip install -e '.[dev,mlflow]'``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+pytest.importorskip("mlflow", reason="mlflow is not installed: pip install 'tunewise[mlflow]'")
+
+from mlflow import MlflowClient
+
+from _evalfakes import make_run as make_eval_run
+from _ship_helpers import make_run
+from tunewise import tracking
+from tunewise.cli import app
+from tunewise.config import load_project
+from tunewise.errors import UserError
+from tunewise.fsio import sha256_file
+from tunewise.registry import Registry
+
+SERVER_WAIT_S = 240
+runner = CliRunner()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _healthy(url: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(url + "/health", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def mlflow_uri(tmp_path_factory: pytest.TempPathFactory):
+    """A real tracking URI: an ``mlflow server`` on 127.0.0.1, else its sqlite store directly."""
+    root = tmp_path_factory.mktemp("mlflow")
+    db = f"sqlite:///{root / 'mlflow.db'}"
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = open(root / "server.log", "wb")  # noqa: SIM115 - open for the server's lifetime
+    server = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "mlflow", "server", "--backend-store-uri", db),
+            *("--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1"),
+            *("--port", str(port), "--workers", "1"),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"},
+    )
+    deadline = time.time() + SERVER_WAIT_S
+    while time.time() < deadline and server.poll() is None and not _healthy(url):
+        time.sleep(1)
+    try:
+        if _healthy(url):
+            yield url
+        else:
+            warnings.warn(
+                f"mlflow server did not start in {SERVER_WAIT_S}s; using {db} directly",
+                stacklevel=1,
+            )
+            yield db
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+
+
+@pytest.fixture
+def client(mlflow_uri: str) -> MlflowClient:
+    return MlflowClient(tracking_uri=mlflow_uri, registry_uri=mlflow_uri)
+
+
+def _experiment_runs(client: MlflowClient, experiment: str, kind: str) -> list:
+    exp = client.get_experiment_by_name(experiment)
+    assert exp is not None, f"no experiment {experiment!r}"
+    return client.search_runs([exp.experiment_id], filter_string=f"tags.`tunewise.kind` = '{kind}'")
+
+
+# ------------------------------------------------------------------------------ configuration
+
+
+def test_target_from_config_and_environment(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv(tracking.ENV_URI, raising=False)
+    (tmp_path / "t.jsonl").write_text("")
+    raw = {"name": "proj", "data": {"train": "t.jsonl"}}
+    (tmp_path / "project.yaml").write_text(yaml.safe_dump(raw))
+    assert tracking.target_of(load_project(tmp_path)) is None
+    raw["tracking"] = {"mlflow": {"uri": "sqlite:///runs/mlflow.db"}}
+    (tmp_path / "project.yaml").write_text(yaml.safe_dump(raw))
+    cfg = load_project(tmp_path)
+    # A relative sqlite path is relative to project.yaml's folder, like every other path.
+    assert tracking.target_of(cfg) == tracking.Target(
+        f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}", "proj"
+    )
+    monkeypatch.setenv(tracking.ENV_URI, "http://127.0.0.1:1")
+    assert tracking.target_of(cfg) == tracking.Target("http://127.0.0.1:1", "proj")
+    dumped = {"name": "n", "tracking": {"mlflow": {"uri": None, "experiment": "e"}}}
+    assert tracking.target_of(dumped) == tracking.Target("http://127.0.0.1:1", "e")
+
+
+def test_unreachable_server_is_one_clear_error() -> None:
+    started = time.time()
+    with pytest.raises(UserError, match=r"MLflow tracking server http://127\.0\.0\.1:\d+ is not"):
+        tracking.Tracker(tracking.Target(f"http://127.0.0.1:{_free_port()}", "x"))
+    assert time.time() - started < 15  # not MLflow's minutes of retries
+
+
+def test_ladder_metrics_flattening() -> None:
+    comp = {
+        "metrics": {"rag+constrained": {"accuracy": {"value": 0.5, "ci_low": 0.4, "ci_high": 0.6}}},
+        "pairs": [
+            {"candidate": "ft", "baseline": "rag", "metric": "accuracy", "diff": 0.1}
+            | {"ci_low": 0.01, "ci_high": 0.2, "p_value": 0.03}
+        ],
+    }
+    assert tracking.ladder_metrics(comp) == {
+        "rag_constrained/accuracy": 0.5,
+        "rag_constrained/accuracy/ci_low": 0.4,
+        "rag_constrained/accuracy/ci_high": 0.6,
+        "ft_vs_rag/accuracy/diff": 0.1,
+        "ft_vs_rag/accuracy/ci_low": 0.01,
+        "ft_vs_rag/accuracy/ci_high": 0.2,
+        "ft_vs_rag/accuracy/p_value": 0.03,
+    }
+
+
+# ------------------------------------------------------------------------------ the ladder
+
+
+def _gate_dir(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """An eval directory with comparison.json and one verdict, as the ladder's gate writes."""
+    from tunewise.config import GateConfig
+    from tunewise.eval import stats
+    from tunewise.gate import decide, save_verdict
+
+    eval_dir = tmp_path / "eval"
+    eval_dir.mkdir()
+    run = make_eval_run({"prompt": 0.4, "fewshot": 0.5, "rag": 0.55, "finetuned": 0.9}, n=120)
+    run.save(eval_dir / "eval.json")
+    comp = stats.compare(run, baselines=["prompt", "fewshot", "rag"], n_boot=300)
+    stats.save_comparison(comp, eval_dir / "comparison.json")
+    gate = GateConfig()
+    verdict = decide(comp, "finetuned", gate)
+    save_verdict(verdict, eval_dir / "verdict-finetuned.json", gate)
+    save_verdict(verdict, eval_dir / "verdict.json", gate)
+    (eval_dir / "report.md").write_text("# report\n")
+    return eval_dir, {"finetuned": str(eval_dir / "verdict-finetuned.json")}
+
+
+def test_ladder_logs_metrics_with_cis_verdict_and_report(mlflow_uri, client, tmp_path) -> None:
+    (tmp_path / "t.jsonl").write_text("")
+    raw = {"name": "ladder-proj", "data": {"train": "t.jsonl"}}
+    raw["tracking"] = {"mlflow": {"uri": mlflow_uri, "experiment": "ladder-exp"}}
+    (tmp_path / "project.yaml").write_text(yaml.safe_dump(raw))
+    cfg = load_project(tmp_path)
+    eval_dir, verdicts = _gate_dir(tmp_path)
+    run_id = tracking.log_ladder(
+        cfg,
+        eval_dir,
+        verdicts=verdicts,
+        ship="finetuned",
+        report_files=[eval_dir / "report.md"],
+        train_runs={},
+    )
+    run = client.get_run(run_id)
+    comp = json.loads((eval_dir / "comparison.json").read_text())
+    est = comp["metrics"]["finetuned"]["accuracy"]
+    m = run.data.metrics
+    assert m["finetuned/accuracy"] == pytest.approx(est["value"])
+    assert m["finetuned/accuracy/ci_low"] == pytest.approx(est["ci_low"])
+    assert m["finetuned/accuracy/ci_high"] == pytest.approx(est["ci_high"])
+    assert m["prompt/accuracy"] == pytest.approx(comp["metrics"]["prompt"]["accuracy"]["value"])
+    pair = next(p for p in comp["pairs"] if (p["candidate"], p["baseline"]) == ("finetuned", "rag"))
+    assert m["finetuned_vs_rag/accuracy/p_value"] == pytest.approx(pair["p_value"])
+    verdict = json.loads((eval_dir / "verdict.json").read_text())
+    assert run.data.tags["tunewise.verdict"] == "ship"
+    assert run.data.tags["tunewise.verdict.finetuned"] == verdict["summary"]
+    assert run.data.params["primary_metric"] == "accuracy"
+    assert run.data.params["n_items"] == "120"
+    assert run.info.status == "FINISHED"
+    names = {
+        a.path
+        for folder in ("gate", "report", "eval")
+        for a in client.list_artifacts(run_id, folder)
+    }
+    assert {"gate/comparison.json", "gate/verdict.json", "report/report.md"} <= names
+    assert "eval/eval.json" in names
+
+
+# ------------------------------------------------------------------------------ the registry
+
+
+def _versions_by_tag(client: MlflowClient, name: str) -> dict[str, object]:
+    return {
+        mv.tags["tunewise.version"]: mv for mv in client.search_model_versions(f"name = '{name}'")
+    }
+
+
+def test_registry_promote_and_rollback_mirror_versions_and_aliases(
+    mlflow_uri, client, tiny_model_dir, tmp_path, monkeypatch
+) -> None:
+    monkeypatch.setenv(tracking.ENV_URI, mlflow_uri)
+    reg = Registry()
+    for seed in (1, 2):
+        run_dir = make_run(tiny_model_dir, tmp_path / f"run{seed}", seed=seed, name="mirror-bot")
+        reg.add(run_dir, name="mirror-bot")
+    ok = runner.invoke(app, ["registry", "promote", "mirror-bot:1", "--force", "--reason", "t"])
+    assert ok.exit_code == 0, ok.output
+    assert "MLflow" in ok.output
+    mirrored = _versions_by_tag(client, "mirror-bot")
+    assert set(mirrored) == {"1", "2"}  # every version, in order
+    v1 = reg.get("mirror-bot", 1)
+    mv1 = mirrored["1"]
+    assert mv1.tags["tunewise.base_weight_hash"] == v1.base_weight_hash
+    assert mv1.tags["tunewise.base_model"] == v1.base_model
+    assert client.get_model_version_by_alias("mirror-bot", "production").version == mv1.version
+
+    # Adapter only, byte for byte: the files MLflow holds are the registry's files.
+    got = Path(client.download_artifacts(mv1.run_id, "adapter", str(tmp_path / "dl")))
+    assert {p.name for p in got.iterdir()} == set(v1.files)
+    for rel, digest in v1.files.items():
+        assert sha256_file(got / rel) == digest
+    assert not any(p.name == "model.safetensors" for p in got.iterdir())  # no base weights
+
+    ok = runner.invoke(app, ["registry", "promote", "mirror-bot:2", "--force", "--reason", "t"])
+    assert ok.exit_code == 0, ok.output
+    prod = client.get_model_version_by_alias("mirror-bot", "production")
+    assert prod.tags["tunewise.version"] == "2"
+    ok = runner.invoke(app, ["registry", "rollback", "mirror-bot"])
+    assert ok.exit_code == 0, ok.output
+    prod = client.get_model_version_by_alias("mirror-bot", "production")
+    assert prod.tags["tunewise.version"] == "1"
+    assert len(_versions_by_tag(client, "mirror-bot")) == 2  # nothing registered twice
+
+
+def test_registry_without_tracking_touches_no_mlflow(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.delenv(tracking.ENV_URI, raising=False)
+    reg = Registry()
+    reg.add(make_run(tiny_model_dir, tmp_path / "r", name="quiet-bot"), name="quiet-bot")
+    assert tracking.mirror_registry(reg, "quiet-bot") is None
+    ok = runner.invoke(app, ["registry", "promote", "quiet-bot:1", "--force", "--reason", "t"])
+    assert ok.exit_code == 0 and "MLflow" not in ok.output
+
+
+def test_registry_mirror_failure_keeps_the_local_promotion(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv(tracking.ENV_URI, f"http://127.0.0.1:{_free_port()}")
+    reg = Registry()
+    reg.add(make_run(tiny_model_dir, tmp_path / "r", name="down-bot"), name="down-bot")
+    res = runner.invoke(app, ["registry", "promote", "down-bot:1", "--force", "--reason", "t"])
+    assert res.exit_code == 1
+    assert "promoted locally" in res.output and "not reachable" in res.output
+    assert reg.aliases() == {"down-bot@production": 1}
