@@ -277,3 +277,59 @@ def test_registry_mirror_failure_keeps_the_local_promotion(tiny_model_dir, tmp_p
     assert res.exit_code == 1
     assert "promoted locally" in res.output and "not reachable" in res.output
     assert reg.aliases() == {"down-bot@production": 1}
+
+
+# ------------------------------------------------------------------------------ training
+
+
+def test_training_run_logs_params_metrics_per_step_and_adapter(
+    mlflow_uri, client, tiny_model_dir, tmp_path, monkeypatch
+) -> None:
+    from _train_helpers import make_project
+    from tunewise.train.trainer import train
+
+    monkeypatch.setenv(tracking.ENV_URI, mlflow_uri)
+    cfg = load_project(make_project(tmp_path, tiny_model_dir, max_steps=4, eval_every=2))
+    run_dir = tmp_path / "run"
+    record = train(cfg, run_dir=run_dir, progress=False)
+    saved = json.loads((run_dir / "run.json").read_text())
+    assert saved["mlflow"]["uri"] == mlflow_uri and saved["mlflow"]["experiment"] == "tiny"
+    run = client.get_run(saved["mlflow"]["run_id"])
+    assert run.info.status == "FINISHED" and run.info.run_name == "run"
+    p = run.data.params
+    assert p["method"] == "lora" and p["train.lora_r"] == "16" and p["train.max_steps"] == "4"
+    assert p["model.weight_hash"] == record["base_model"]["weight_hash"]
+    assert p["data.train_sha256"] == record["data_hashes"]["train"]
+    # A metric per logged step, the same values as logs.jsonl.
+    logs = [json.loads(ln) for ln in (run_dir / "logs.jsonl").read_text().splitlines()]
+    eval_loss = {r["step"]: r["eval_loss"] for r in logs if "eval_loss" in r}
+    history = client.get_metric_history(run.info.run_id, "eval_loss")
+    assert {m.step: m.value for m in history} == pytest.approx(eval_loss)
+    assert sorted(eval_loss) == [2, 4]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "eval_repetition")] == [2, 4]
+    assert client.get_metric_history(run.info.run_id, "loss")
+    assert run.data.metrics["best_val_loss"] == pytest.approx(record["best_val_loss"])
+    assert run.data.tags["tunewise.status"] == "completed"
+    got = Path(client.download_artifacts(run.info.run_id, "", str(tmp_path / "dl")))
+    assert sha256_file(got / "adapter" / "adapter_model.safetensors") == sha256_file(
+        run_dir / "adapter_model.safetensors"
+    )
+    assert (got / "run.json").is_file() and (got / "logs.jsonl").is_file()
+
+
+def test_a_resumed_training_continues_its_mlflow_run(mlflow_uri, client, tmp_path) -> None:
+    (tmp_path / "t.jsonl").write_text("")
+    raw = {"name": "resume-proj", "data": {"train": "t.jsonl"}}
+    raw["tracking"] = {"mlflow": {"uri": mlflow_uri}}
+    (tmp_path / "project.yaml").write_text(yaml.safe_dump(raw))
+    cfg = load_project(tmp_path)
+    record = {"method": "lora", "config": {"train": {"lr": 1e-4}}}
+    first = tracking.training_tracker(cfg, None)
+    info = first.start(tmp_path / "run", record)
+    first.tracker.log_metrics(info["run_id"], {"loss": 2.0}, step=1)
+    again = tracking.training_tracker(cfg, {"mlflow": info})
+    assert again.start(tmp_path / "run", record)["run_id"] == info["run_id"]
+    other = {"mlflow": {**info, "uri": "http://elsewhere:5000"}}  # another server: a new run
+    fresh = tracking.training_tracker(cfg, other).start(tmp_path / "r", record)
+    assert fresh["run_id"] != info["run_id"]
+    assert client.get_run(info["run_id"]).data.params["train.lr"] == "0.0001"

@@ -25,7 +25,7 @@ from typing import Any
 
 from rich.console import Console
 
-from tunewise import models
+from tunewise import models, tracking
 from tunewise.config import ProjectConfig
 from tunewise.data.schema import Example, load_examples
 from tunewise.errors import UserError
@@ -524,7 +524,11 @@ def train(
             console.print(f"[yellow]warning:[/] {w}")
     set_seed(cfg.train.seed)
     model = build_model(cfg, prep.ref, prep.method)
+    # MLflow (optional): a resumed run continues the MLflow run its run.json names.
+    tracker = tracking.training_tracker(cfg, read_run(prep.run_dir) if prep.resume_from else None)
     recorder = RunRecorder(prep)
+    if tracker is not None:
+        recorder.record["mlflow"] = tracker.start(prep.run_dir, recorder.record)
     recorder.write()
 
     callbacks: list[Any] = [JsonlLogger(prep.run_dir / "logs.jsonl")]
@@ -562,6 +566,8 @@ def train(
         callbacks.append(monitor)
     best = BestKeeper() if prep.val_ds is not None else None
     callbacks.append(recorder_callback(recorder, best, tb_writer))
+    if tracker is not None:  # after the monitor, whose repetition scores it logs
+        callbacks.append(tracker)
     if progress and main:
         callbacks.append(RichProgress(console))
 
@@ -598,6 +604,8 @@ def train(
         recorder.record["status"] = "stopped"
         recorder.record["stop_reason"] = "interrupted (Ctrl-C); resume with --resume"
         recorder.write()
+        if tracker is not None:
+            tracker.finish(prep.run_dir, recorder.record, status="KILLED")
         raise
     elapsed = time.time() - t0
     decision = monitor.decision if monitor else None
@@ -642,6 +650,8 @@ def train(
     recorder.record["tokens_per_s"] = round(tokens / elapsed, 2) if elapsed > 0 else None
     recorder.record["files"] = _save_final(trainer, prep)
     recorder.write()
+    if tracker is not None:
+        tracker.finish(prep.run_dir, recorder.record)
     if main:
         console.print(
             f"[green]{recorder.record['status']}[/]: {prep.run_dir} ({recorder.record['stop_reason']})"
