@@ -133,14 +133,22 @@ def test_unreachable_server_is_one_clear_error() -> None:
 
 
 def test_ladder_metrics_flattening() -> None:
-    comp = {
-        "metrics": {"rag+constrained": {"accuracy": {"value": 0.5, "ci_low": 0.4, "ci_high": 0.6}}},
-        "pairs": [
-            {"candidate": "ft", "baseline": "rag", "metric": "accuracy", "diff": 0.1}
-            | {"ci_low": 0.01, "ci_high": 0.2, "p_value": 0.03}
-        ],
-    }
+    from tunewise.eval.results import Comparison
+
+    est = {"value": 0.5, "ci_low": 0.4, "ci_high": 0.6, "n": 10}
+    pair = {"candidate": "ft", "baseline": "rag", "metric": "accuracy", "diff": 0.1}
+    pair |= {"ci_low": 0.01, "ci_high": 0.2, "p_value": 0.03, "test": "mcnemar-exact", "n": 10}
+    pair |= {"candidate_value": 0.6, "baseline_value": 0.5}
+    nan = {"value": 1.0, "ci_low": None, "ci_high": None, "n": 1}  # no interval on one item
+    comp = Comparison.from_dict(
+        {
+            "primary_metric": "accuracy",
+            "metrics": {"rag+constrained": {"accuracy": est}, "x": {"judge": nan}},
+            "pairs": [pair],
+        }
+    )
     assert tracking.ladder_metrics(comp) == {
+        "x/judge": 1.0,
         "rag_constrained/accuracy": 0.5,
         "rag_constrained/accuracy/ci_low": 0.4,
         "rag_constrained/accuracy/ci_high": 0.6,
@@ -333,3 +341,53 @@ def test_a_resumed_training_continues_its_mlflow_run(mlflow_uri, client, tmp_pat
     fresh = tracking.training_tracker(cfg, other).start(tmp_path / "r", record)
     assert fresh["run_id"] != info["run_id"]
     assert client.get_run(info["run_id"]).data.params["train.lr"] == "0.0001"
+
+
+# ------------------------------------------------------------------------------ the whole ladder
+
+
+def test_ladder_with_own_splits_logs_to_mlflow_once(mlflow_uri, client, tiny_model_dir, tmp_path):
+    """Own val/test files and MLflow together, through `run_ladder` (the tiny-model ladder)."""
+    from test_workflow import make_project as make_ladder_project
+    from test_workflow import write_cfg
+    from tunewise.data import seal
+    from tunewise.workflow import run_ladder
+
+    root = make_ladder_project(tmp_path / "proj")
+    rows = (root / "data.jsonl").read_text().splitlines(keepends=True)
+    (root / "train.jsonl").write_text("".join(rows[:48]))
+    (root / "val.jsonl").write_text("".join(rows[48:60]))
+    (root / "test.jsonl").write_text("".join(rows[60:]) + rows[0])  # one exact leak
+    path = write_cfg(root, tiny_model_dir)
+    raw = yaml.safe_load(path.read_text())
+    raw["data"].update({"train": "train.jsonl", "val": "val.jsonl", "test": "test.jsonl"})
+    raw["tracking"] = {"mlflow": {"uri": mlflow_uri, "experiment": "ladder-e2e"}}
+    path.write_text(yaml.safe_dump(raw))
+    cfg = load_project(path)
+
+    result = run_ladder(cfg, quiet=True)
+    assert [s.name for s in result.stages][-1] == "mlflow"
+    splits = cfg.work_dir / "splits"
+    assert (splits / "val.jsonl").read_bytes() == (root / "val.jsonl").read_bytes()
+    manifest = json.loads((splits / "manifest.json").read_text())
+    assert manifest["given"] == ["val", "test"]
+    assert manifest["leakage"]["test_vs_train"]["exact"] == 1
+    assert (cfg.work_dir / "check-val.json").is_file()
+    assert (cfg.work_dir / "check-test.json").is_file()
+    assert seal.is_sealed(root / "test.jsonl")
+
+    (ladder_run,) = _experiment_runs(client, "ladder-e2e", "ladder")
+    verdict = json.loads((cfg.work_dir / "eval" / "verdict.json").read_text())
+    shipped = "ship" if verdict["ship"] else "dont_ship"
+    assert ladder_run.data.tags["tunewise.verdict"] == shipped
+    assert "finetuned/accuracy/ci_low" in ladder_run.data.metrics
+    (train_run,) = _experiment_runs(client, "ladder-e2e", "train")
+    assert train_run.data.tags["tunewise.gate"] == shipped
+    assert ladder_run.data.tags["tunewise.train_runs"] == train_run.info.run_id
+    mirrored = _versions_by_tag(client, "tiny-ladder")
+    assert set(mirrored) == {"1"}
+    assert mirrored["1"].tags["tunewise.ship"] == str(verdict["ship"]).lower()
+
+    again = run_ladder(load_project(path), quiet=True)
+    assert again.all_cached
+    assert len(_experiment_runs(client, "ladder-e2e", "ladder")) == 1  # nothing logged twice

@@ -47,6 +47,7 @@ from tunewise.errors import UserError
 
 if TYPE_CHECKING:
     from tunewise.config import ProjectConfig
+    from tunewise.eval.results import Comparison
     from tunewise.registry import Registry, Version
 
 ENV_URI = "TUNEWISE_MLFLOW_URI"
@@ -355,25 +356,22 @@ def training_params(record: dict[str, Any]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------ the ladder
 
 
-def ladder_metrics(comparison: dict[str, Any]) -> dict[str, float]:
+def ladder_metrics(comparison: Comparison) -> dict[str, float]:
     """Every candidate's metrics with CI bounds, and each fine-tune's paired differences.
 
     Keys: ``<candidate>/<metric>`` (the point estimate), ``.../ci_low``, ``.../ci_high``;
     ``<candidate>_vs_<baseline>/<metric>/diff`` with its ``ci_low``, ``ci_high`` and ``p_value``.
+    NaN bounds (a metric with too few items for an interval) are left out.
     """
     out: dict[str, float] = {}
-    for cand, metrics in (comparison.get("metrics") or {}).items():
+    for cand, metrics in comparison.metrics.items():
         for metric, est in metrics.items():
             base = f"{cand}/{metric}"
-            for field, suffix in (("value", ""), ("ci_low", "/ci_low"), ("ci_high", "/ci_high")):
-                if isinstance(est.get(field), int | float):
-                    out[base + suffix] = float(est[field])
-    for p in comparison.get("pairs") or []:
-        base = f"{p['candidate']}_vs_{p['baseline']}/{p['metric']}"
-        for field in ("diff", "ci_low", "ci_high", "p_value"):
-            if isinstance(p.get(field), int | float):
-                out[f"{base}/{field}"] = float(p[field])
-    return {metric_key(k): v for k, v in out.items()}
+            out |= {base: est.value, f"{base}/ci_low": est.ci_low, f"{base}/ci_high": est.ci_high}
+    for p in comparison.pairs:
+        base = f"{p.candidate}_vs_{p.baseline}/{p.metric}"
+        out |= {f"{base}/{k}": getattr(p, k) for k in ("diff", "ci_low", "ci_high", "p_value")}
+    return {metric_key(k): float(v) for k, v in out.items() if v is not None and v == v}
 
 
 def log_ladder(
@@ -390,14 +388,14 @@ def log_ladder(
     ``verdicts`` maps each fine-tuned candidate to its verdict file, ``train_runs`` to its run
     directory (whose ``run.json`` names its MLflow training run, if it was tracked here).
     """
-    import json
+    from tunewise.eval.results import COMPARISON_FILE, EVAL_FILE, VERDICT_FILE, Comparison, Verdict
 
     target = target_of(cfg)
     if target is None:
         return None
     tracker = Tracker(target)
-    comparison = json.loads((eval_dir / "comparison.json").read_text())
-    decided = {c: json.loads(Path(p).read_text()) for c, p in verdicts.items()}
+    comparison = Comparison.load(eval_dir / COMPARISON_FILE)
+    decided = {c: Verdict.load(p) for c, p in verdicts.items()}
     trained = {c: _mlflow_run_of(d, target.uri) for c, d in train_runs.items()}
     tags = {
         "tunewise.kind": "ladder",
@@ -408,34 +406,60 @@ def log_ladder(
         "tunewise.train_runs": ",".join(r for r in trained.values() if r),
     }
     for cand, v in decided.items():
-        tags[f"tunewise.verdict.{metric_key(cand)}"] = v.get("summary", "")
+        tags[f"tunewise.verdict.{metric_key(cand)}"] = v.summary
     run_id = tracker.start_run(f"ladder {cfg.name}", tags)
-    meta = comparison.get("meta") or {}
+    meta = comparison.meta
     tracker.log_params(
         run_id,
         {
-            "primary_metric": comparison.get("primary_metric"),
+            "primary_metric": comparison.primary_metric,
             "gate": cfg.gate.model_dump(mode="json"),
             **{k: meta.get(k) for k in ("split", "n_items", "confidence", "ci_method")},
         },
     )
     tracker.log_metrics(run_id, ladder_metrics(comparison))
-    files = [eval_dir / "comparison.json", eval_dir / "verdict.json", *map(Path, verdicts.values())]
+    files = [eval_dir / COMPARISON_FILE, eval_dir / VERDICT_FILE, *map(Path, verdicts.values())]
     tracker.log_files(run_id, files, "gate")
-    tracker.log_files(run_id, [eval_dir / "eval.json"], "eval")
+    tracker.log_files(run_id, [eval_dir / EVAL_FILE], "eval")
     tracker.log_files(run_id, report_files, "report")
     tracker.end_run(run_id)
     for cand, train_id in trained.items():
         if train_id:  # the verdict on the training run itself, where people look first
-            verdict = decided.get(cand) or {}
+            shipped = cand in decided and decided[cand].ship
             tracker.set_tags(
                 train_id,
                 {
-                    "tunewise.gate": "ship" if verdict.get("ship") else "dont_ship",
+                    "tunewise.gate": "ship" if shipped else "dont_ship",
                     "tunewise.ladder_run": run_id,
                 },
             )
     return run_id
+
+
+def ladder_stage(
+    cfg: ProjectConfig,
+    eval_dir: Path,
+    *,
+    gate: dict[str, Any],
+    report: dict[str, Any],
+    runs: dict[str, Path],
+) -> dict[str, Any]:
+    """The ladder's ``mlflow`` stage: the ladder run, then the registry mirror of its name.
+
+    ``gate`` and ``report`` are the outputs of the ladder's stages of those names.
+    """
+    from tunewise.registry import Registry
+
+    run_id = log_ladder(
+        cfg,
+        eval_dir,
+        verdicts=gate["verdicts"],
+        ship=gate.get("ship"),
+        report_files=[Path(report[k]) for k in ("html", "md") if report.get(k)],
+        train_runs=runs,
+    )
+    mirrored = mirror_registry(Registry(), cfg.name, target_of(cfg)) if runs else None
+    return {"run_id": run_id, "registry": mirrored}
 
 
 def _mlflow_run_of(run_dir: Path, uri: str) -> str | None:
@@ -449,17 +473,18 @@ def _mlflow_run_of(run_dir: Path, uri: str) -> str | None:
 # ------------------------------------------------------------------------------ the registry
 
 
-def mirror_registry(registry: Registry, name: str) -> str | None:
+def mirror_registry(registry: Registry, name: str, target: Target | None = None) -> str | None:
     """Make MLflow's registered model ``name`` show tunewise's versions and aliases of ``name``.
 
     Every tunewise version missing there is added, in order (adapter files only: the base model
     is referenced by name, path and weight hash in tags); then every alias is pointed at the
     MLflow version of the same tunewise version. Idempotent: running it again after a failure
     finishes the job. Returns a one-line summary, or None when tracking is not configured for
-    this name (``TUNEWISE_MLFLOW_URI``, else the tracking section of its latest version's config).
+    this name: ``target``, else ``TUNEWISE_MLFLOW_URI``, else the tracking section of its latest
+    version's config.
     """
     versions = registry.versions(name)
-    target = target_of(versions[-1].config)
+    target = target or target_of(versions[-1].config)
     if target is None:
         return None
     tracker = Tracker(target)
@@ -521,7 +546,7 @@ def _mirror_version(tracker: Tracker, registry: Registry, v: Version) -> str:
             shutil.copyfile(resolved.path / rel, dst)
         tracker.client.log_artifacts(run_id, str(adapter), "adapter")
     tracker.end_run(run_id)
-    summary = (v.verdict or {}).get("summary") or ""
+    summary = v.verdict.summary if v.verdict is not None else ""
     mv = tracker.client.create_model_version(
         v.name,
         f"runs:/{run_id}/adapter",

@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
-from tunewise import __version__
+from tunewise import __version__, tracking
 from tunewise.config import ProjectConfig, dump_project
 from tunewise.errors import UserError
 from tunewise.fsio import atomic_write_json, sha256_file, sha256_json
@@ -118,6 +119,12 @@ class Ladder:
         return outputs
 
 
+def _data_files(cfg: ProjectConfig) -> dict[str, Path]:
+    """``train``, and ``val`` / ``test`` when the project names its own files."""
+    given = {"val": cfg.data.val, "test": cfg.data.test}
+    return {"train": cfg.data.train, **{k: v for k, v in given.items() if v is not None}}
+
+
 def _file_hash(path: Path | None) -> str | None:
     if path is None:
         return None
@@ -138,7 +145,7 @@ def run_ladder(
 ) -> LadderResult:
     """Run the whole ladder for a project; see the module docstring for caching rules."""
     from tunewise.data.checks import check_file
-    from tunewise.data.split import split_file
+    from tunewise.data.split import split_project
 
     methods = methods or [cfg.train.method]
     for m in methods:
@@ -149,33 +156,39 @@ def run_ladder(
     work = ladder.work
     full_cfg = dump_project(cfg)
     total = 7 + len(methods) + int(final) + int(learning_curve)
+    total += int(tracking.target_of(cfg) is not None)
     idx = iter(range(1, total + 1))
     train_hash = _file_hash(cfg.data.train)
     if train_hash is None:
         raise UserError(f"{cfg.data.train}: training data not found")
 
-    # 1. data check: errors stop the ladder, warnings are shown and recorded.
+    # 1. data check (train, and your own val/test files): errors stop the ladder, warnings are
+    # shown and recorded.
     def do_check() -> dict[str, Any]:
-        report = check_file(
-            cfg.data.train,
-            model=cfg.model.base,
-            max_len=cfg.data.max_len,
-            output_pattern=cfg.task.output_pattern,
-        )
-        out = work / "check.json"
-        atomic_write_json(out, report.to_json())
-        if report.errors:
-            first = report.errors[0]
-            raise UserError(
-                f"{first} ({len(report.errors)} error(s); run `tunewise data check {cfg.data.train}`)"
+        outputs: dict[str, Any] = {}
+        for name, path in _data_files(cfg).items():
+            report = check_file(
+                path,
+                model=cfg.model.base,
+                max_len=cfg.data.max_len,
+                output_pattern=cfg.task.output_pattern,
             )
-        con.print(f"{len(report.warnings)} warning(s); details in {out}")
-        return {"report": str(out)}
+            out = work / ("check.json" if name == "train" else f"check-{name}.json")
+            atomic_write_json(out, report.to_json())
+            if report.errors:
+                first = report.errors[0]
+                raise UserError(
+                    f"{first} ({len(report.errors)} error(s); run `tunewise data check {path}`)"
+                )
+            con.print(f"{name}: {len(report.warnings)} warning(s); details in {out}")
+            outputs["report" if name == "train" else f"report_{name}"] = str(out)
+        return outputs
 
     ladder.stage(
         "check",
         {
             "train": train_hash,
+            **{k: _file_hash(v) for k, v in _data_files(cfg).items() if k != "train"},
             "model": cfg.model.base,
             "max_len": cfg.data.max_len,
             "pattern": cfg.task.output_pattern,
@@ -189,15 +202,9 @@ def run_ladder(
     splits = work / "splits"
 
     def do_split() -> dict[str, Any]:
-        manifest = split_file(
-            cfg.data.train,
-            splits,
-            val=cfg.data.split.val,
-            test=cfg.data.split.test,
-            seed=cfg.data.split.seed,
-            project=cfg.name,
-            output_pattern=cfg.task.output_pattern,
-        )
+        manifest = split_project(cfg, splits)  # data.val / data.test are used as given
+        for w in manifest.get("warnings", []):  # leakage and label gaps of your own files
+            con.print(f"[yellow]{w['kind']}[/]: {escape(w['message'])}", soft_wrap=True)
         return {"manifest": str(splits / "manifest.json"), "counts": manifest.get("counts", {})}
 
     ladder.stage(
@@ -346,7 +353,7 @@ def run_ladder(
         html, md = render(eval_dir, train_runs=list(runs.values()))
         return {"html": str(html), "md": str(md)}
 
-    ladder.stage(
+    report_out = ladder.stage(
         "report",
         {
             "gate": ladder.keys["compare-gate"],
@@ -357,6 +364,19 @@ def run_ladder(
         total,
         next(idx),
     )
+
+    # 8b. MLflow (optional): the ladder's results, then the registry's versions and aliases.
+    target = tracking.target_of(cfg)
+    if target is not None:
+        ladder.stage(
+            "mlflow",
+            {"report": ladder.keys["report"], "target": [target.uri, target.experiment]},
+            lambda: tracking.ladder_stage(
+                cfg, eval_dir, gate=gate_out, report=report_out, runs=runs
+            ),
+            total,
+            next(idx),
+        )
 
     # 9. the one sealed test evaluation, only when asked.
     if final:
