@@ -106,25 +106,6 @@ def _experiment_runs(client: MlflowClient, experiment: str, kind: str) -> list:
 # ------------------------------------------------------------------------------ configuration
 
 
-def test_target_from_config_and_environment(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.delenv(tracking.ENV_URI, raising=False)
-    (tmp_path / "t.jsonl").write_text("")
-    raw = {"name": "proj", "data": {"train": "t.jsonl"}}
-    (tmp_path / "project.yaml").write_text(yaml.safe_dump(raw))
-    assert tracking.target_of(load_project(tmp_path)) is None
-    raw["tracking"] = {"mlflow": {"uri": "sqlite:///runs/mlflow.db"}}
-    (tmp_path / "project.yaml").write_text(yaml.safe_dump(raw))
-    cfg = load_project(tmp_path)
-    # A relative sqlite path is relative to project.yaml's folder, like every other path.
-    assert tracking.target_of(cfg) == tracking.Target(
-        f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}", "proj"
-    )
-    monkeypatch.setenv(tracking.ENV_URI, "http://127.0.0.1:1")
-    assert tracking.target_of(cfg) == tracking.Target("http://127.0.0.1:1", "proj")
-    dumped = {"name": "n", "tracking": {"mlflow": {"uri": None, "experiment": "e"}}}
-    assert tracking.target_of(dumped) == tracking.Target("http://127.0.0.1:1", "e")
-
-
 def test_unreachable_server_is_one_clear_error() -> None:
     started = time.time()
     with pytest.raises(UserError, match=r"MLflow tracking server http://127\.0\.0\.1:\d+ is not"):
