@@ -29,8 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
-from tunewise import __version__
+from tunewise import __version__, tracking
 from tunewise.config import ProjectConfig, dump_project
 from tunewise.errors import UserError
 from tunewise.fsio import atomic_write_json, sha256_file, sha256_json
@@ -223,6 +224,7 @@ def run_ladder(
     plan = _Plan.of(cfg, ladder.console, quiet)
     check_inputs = {
         "train": train_hash,
+        **{k: _file_hash(v) for k, v in _data_files(cfg).items() if k != "train"},
         "model": cfg.model.base,
         "max_len": cfg.data.max_len,
         "pattern": cfg.task.output_pattern,
@@ -267,6 +269,20 @@ def run_ladder(
     # The one sealed test evaluation, only when asked.
     test = [Stage("final-test", {}, lambda up: _final_test(plan, up[gate]), after=(gate,))]
     stages = [check, split, baseline_eval, *trains, evaluate, gate, *curve, registry, report]
+    # MLflow (optional): the ladder's results, after the report.
+    target = tracking.target_of(cfg)
+    if target is not None:
+        mlflow_inputs = {"target": [target.uri, target.experiment]}
+        stages.append(
+            Stage(
+                "mlflow",
+                mlflow_inputs,
+                lambda up: tracking.ladder_stage(
+                    cfg, plan.eval_dir, gate=up[gate], report=up[report], runs=plan.runs
+                ),
+                after=(report,),
+            )
+        )
     outputs = ladder.run(stages + (test if final else []))
     return _result(ladder, plan, outputs[gate])
 
@@ -274,43 +290,46 @@ def run_ladder(
 # --- what each stage does -------------------------------------------------------------------------
 
 
+def _data_files(cfg: ProjectConfig) -> dict[str, Path]:
+    """``train``, and ``val`` / ``test`` when the project names its own files."""
+    given = {"val": cfg.data.val, "test": cfg.data.test}
+    return {"train": cfg.data.train, **{k: v for k, v in given.items() if v is not None}}
+
+
 def _check(plan: _Plan) -> Outputs:
-    """Data check: errors stop the ladder, warnings are shown and recorded."""
+    """Data check (train, and your own val/test files): errors stop the ladder, warnings are
+    shown and recorded."""
     from tunewise.data.checks import check_file
 
     cfg = plan.cfg
-    report = check_file(
-        cfg.data.train,
-        model=cfg.model.base,
-        max_len=cfg.data.max_len,
-        output_pattern=cfg.task.output_pattern,
-    )
-    out = plan.work / "check.json"
-    atomic_write_json(out, report.to_json())
-    if report.errors:
-        first = report.errors[0]
-        raise UserError(
-            f"{first} ({len(report.errors)} error(s); run `tunewise data check {cfg.data.train}`)"
+    outputs: Outputs = {}
+    for name, path in _data_files(cfg).items():
+        report = check_file(
+            path,
+            model=cfg.model.base,
+            max_len=cfg.data.max_len,
+            output_pattern=cfg.task.output_pattern,
         )
-    plan.con.print(f"{len(report.warnings)} warning(s); details in {out}")
-    return {"report": str(out)}
+        out = plan.work / ("check.json" if name == "train" else f"check-{name}.json")
+        atomic_write_json(out, report.to_json())
+        if report.errors:
+            first = report.errors[0]
+            raise UserError(
+                f"{first} ({len(report.errors)} error(s); run `tunewise data check {path}`)"
+            )
+        plan.con.print(f"{name}: {len(report.warnings)} warning(s); details in {out}")
+        outputs["report" if name == "train" else f"report_{name}"] = str(out)
+    return outputs
 
 
 def _split(plan: _Plan) -> Outputs:
     """Train / validation / test, with the test split sealed."""
-    from tunewise.data.split import split_file
+    from tunewise.data.split import split_project
 
-    cfg = plan.cfg
     splits = plan.work / "splits"
-    manifest = split_file(
-        cfg.data.train,
-        splits,
-        val=cfg.data.split.val,
-        test=cfg.data.split.test,
-        seed=cfg.data.split.seed,
-        project=cfg.name,
-        output_pattern=cfg.task.output_pattern,
-    )
+    manifest = split_project(plan.cfg, splits)  # data.val / data.test are used as given
+    for w in manifest.get("warnings", []):  # leakage and label gaps of your own files
+        plan.con.print(f"[yellow]{w['kind']}[/]: {escape(w['message'])}", soft_wrap=True)
     return {"manifest": str(splits / "manifest.json"), "counts": manifest.get("counts", {})}
 
 
@@ -441,23 +460,17 @@ def _compare_and_gate(
     cfg: ProjectConfig, eval_dir: Path, finetuned: list[str], baselines: list[str]
 ) -> dict[str, Any]:
     """comparison.json (with the pairs between rungs, for the advisor); a verdict per fine-tune."""
+    from tunewise.advise import comparison_pairs
     from tunewise.eval.results import EvalRun
-    from tunewise.eval.stats import compare, save_comparison
+    from tunewise.eval.stats import compare
     from tunewise.gate import decide, save_verdict
 
     run = EvalRun.load(eval_dir / "eval.json")
-    comp = compare(run, baselines=baselines, alpha=cfg.gate.alpha)
-    # The advisor also needs each rung against the ones below it (few-shot vs prompt, RAG vs both).
-    seen = {(p.candidate, p.baseline, p.metric) for p in comp.pairs}
-    for lower in RUNGS[:-1]:  # every rung that has one above it
-        if lower not in baselines:
-            continue
-        for p in compare(run, baselines=[lower], alpha=cfg.gate.alpha).pairs:
-            if (p.candidate, p.baseline, p.metric) not in seen:
-                comp.pairs.append(p)
-                seen.add((p.candidate, p.baseline, p.metric))
+    # The gate's pairs, and each rung against the ones below it for the advisor: one bootstrap.
+    pairs = comparison_pairs([c.name for c in run.candidates], baselines)
+    comp = compare(run, baselines=baselines, pairs=pairs, alpha=cfg.gate.alpha)
     comp.meta.update({"alpha": cfg.gate.alpha, "delta": cfg.gate.delta})
-    save_comparison(comp, eval_dir / "comparison.json")
+    comp.save(eval_dir / "comparison.json")
     verdicts: dict[str, str] = {}
     passing: list[tuple[float, str]] = []
     best: tuple[float, str] | None = None

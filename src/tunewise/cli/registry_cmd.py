@@ -135,11 +135,13 @@ def promote(
     from tunewise.registry import Registry
 
     name, version = _split_version(spec)
-    res = Registry().promote(name, version, alias=alias, force=force, reason=reason)
+    reg = Registry()
+    res = reg.promote(name, version, alias=alias, force=force, reason=reason)
     if not res["changed"]:
         console.print(f"{name}@{alias} already points at version {version}")
     else:
         console.print(f"{name}@{alias}: {res['from_version'] or '-'} → [bold]{version}[/]")
+    _mirror(reg, name, "promoted")
 
 
 @registry_app.command("rollback")
@@ -154,10 +156,29 @@ def rollback(
     """
     from tunewise.registry import Registry
 
-    res = Registry().rollback(name, alias=alias, reason=reason)
+    reg = Registry()
+    res = reg.rollback(name, alias=alias, reason=reason)
     console.print(
         f"{name}@{alias}: {res['from_version']} → [bold]{res['to_version']}[/] (rolled back)"
     )
+    _mirror(reg, name, "rolled back")
+
+
+def _mirror(reg: object, name: str, done: str) -> None:
+    """Mirror NAME's versions and aliases to MLflow when tracking is configured.
+
+    The local change is already committed; a failed mirror exits 1 and says so. Running the same
+    command again retries it (the mirror is idempotent).
+    """
+    from tunewise.tracking import mirror_registry
+
+    try:
+        line = mirror_registry(reg, name)  # type: ignore[arg-type]
+    except UserError as err:
+        console.print(f"[red]{done} locally[/], but the MLflow mirror failed: {err}")
+        raise typer.Exit(1) from None
+    if line:
+        console.print(line)
 
 
 def register(app: typer.Typer) -> None:

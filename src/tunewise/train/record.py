@@ -328,6 +328,10 @@ class RunRecorder:
         """Where the weights live and in which dtype (``tunewise.device``'s decision)."""
         self.record["placement"] = placement
 
+    def set_tracking(self, mlflow: dict[str, str]) -> None:
+        """The MLflow run this training run reports to (a resume continues it)."""
+        self.record["mlflow"] = mlflow
+
     def track_shared_prefix(self, stats: dict[str, Any]) -> None:
         """The shared-prefix counters: the same dict, so run.json follows them as they grow."""
         self.record["shared_prefix"] = stats

@@ -36,7 +36,7 @@ from typing import Any
 
 from rich.console import Console
 
-from tunewise import models
+from tunewise import models, tracking
 from tunewise.config import ProjectConfig
 from tunewise.data.schema import Example, load_examples
 from tunewise.errors import UserError
@@ -449,6 +449,7 @@ class Built:
     recorder: RunRecorder
     monitor: ValidationMonitor | None
     best: BestKeeper | None  # the weights at the best validation loss (no validation: None)
+    tracker: Any = None  # the MLflow callback when tracking is configured
 
 
 def build(prep: Prepared, console: Console, *, progress: bool = True) -> Built:
@@ -464,10 +465,19 @@ def build(prep: Prepared, console: Console, *, progress: bool = True) -> Built:
             console.print(f"[yellow]warning:[/] {w}")
     set_seed(cfg.train.seed)
     model = build_model(cfg, prep.ref, prep.method)
+    # MLflow (optional): a resumed run continues the MLflow run its run.json names.
+    tracker = tracking.training_tracker(
+        cfg, RunDir(prep.run_dir).read() if prep.resume_from else None
+    )
     recorder = RunRecorder(prep)
+    if tracker is not None:
+        recorder.set_tracking(tracker.start(prep.run_dir, recorder.record))
     recorder.set_placement(device.for_project(cfg, "train").to_dict())
     monitor = validation_monitor(prep, console)
     best = BestKeeper() if prep.val_ds is not None else None
+    callbacks = run_callbacks(prep, recorder, monitor, best, console, progress=progress)
+    if tracker is not None:  # after the monitor, whose repetition scores it logs
+        callbacks.append(tracker)
     trainer = _make_trainer_class()(
         model=model,
         args=training_args(cfg, prep.run_dir, has_val=prep.val_ds is not None),
@@ -477,7 +487,7 @@ def build(prep: Prepared, console: Console, *, progress: bool = True) -> Built:
             pad_token_id=prep.tokenizer.pad_token_id, pad_to_multiple_of=None
         ),
         processing_class=prep.tokenizer,
-        callbacks=run_callbacks(prep, recorder, monitor, best, console, progress=progress),
+        callbacks=callbacks,
     )
     for cb in (ProgressCallback, PrinterCallback):
         trainer.remove_callback(cb)
@@ -489,7 +499,7 @@ def build(prep: Prepared, console: Console, *, progress: bool = True) -> Built:
     if is_main_process():
         prep.run_dir.mkdir(parents=True, exist_ok=True)
     recorder.write()
-    return Built(prep, trainer, recorder, monitor, best)
+    return Built(prep, trainer, recorder, monitor, best, tracker)
 
 
 # --- fit ------------------------------------------------------------------------------------------
@@ -518,6 +528,8 @@ def fit(built: Built) -> Fitted:
         )
     except KeyboardInterrupt:
         built.recorder.interrupted()
+        if built.tracker is not None:
+            built.tracker.finish(built.prep.run_dir, built.recorder.record, status="KILLED")
         raise
     return Fitted(result, time.time() - t0, tokens0)
 
@@ -569,6 +581,8 @@ def finish(built: Built, fitted: Fitted, console: Console) -> dict[str, Any]:
         seconds=fitted.seconds,
         files=save_final(trainer, built.prep),
     )
+    if built.tracker is not None:
+        built.tracker.finish(built.prep.run_dir, record)
     if is_main_process():
         console.print(
             f"[green]{record['status']}[/]: {built.prep.run_dir} ({record['stop_reason']})"
