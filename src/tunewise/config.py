@@ -69,6 +69,12 @@ class ModelConfig(_Section):
         "smollm2-135m-instruct", description="built-in name, local HF directory or hub id"
     )
     trust_remote_code: bool = False
+    allow_special_tokens_in_content: bool = Field(
+        False,
+        description="treat control tokens written inside messages (such as '<|im_end|>') as "
+        "control tokens in training and evaluation; by default they are plain text, so data "
+        "cannot open or close turns",
+    )
 
 
 LoraTarget = Literal["all-linear", "qv", "attn", "mlp"]
