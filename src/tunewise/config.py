@@ -69,12 +69,31 @@ class ModelConfig(_Section):
         "smollm2-135m-instruct", description="built-in name, local HF directory or hub id"
     )
     trust_remote_code: bool = False
+    device: str = Field(
+        "auto",
+        description="where the model runs: auto (a CUDA GPU, cuda:LOCAL_RANK under accelerate; "
+        "else Apple mps; else the CPU), cpu, cuda, cuda:N or mps",
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto",
+        description="number format of the weights. auto: bf16 on a GPU that has it (fp16 on older "
+        "GPUs), fp32 on the CPU; full fine-tuning keeps fp32 weights under 16-bit autocast",
+    )
     allow_special_tokens_in_content: bool = Field(
         False,
         description="treat control tokens written inside messages (such as '<|im_end|>') as "
         "control tokens in training and evaluation; by default they are plain text, so data "
         "cannot open or close turns",
     )
+
+    @field_validator("device")
+    @classmethod
+    def _device_is_known(cls, v: str) -> str:
+        from tunewise.device import DEVICE_HELP, DEVICE_PATTERN
+
+        if not DEVICE_PATTERN.fullmatch(v):
+            raise ValueError(f"expected {DEVICE_HELP}, got {v!r}")
+        return v
 
 
 LoraTarget = Literal["all-linear", "qv", "attn", "mlp"]
@@ -110,6 +129,13 @@ class TrainConfig(_Section):
     )
     overfit_repetition_threshold: float = Field(0.3, gt=0, le=1)
     group_by_length: bool = True
+    shared_prefix: Literal["auto", "off"] = Field(
+        "auto",
+        description="run the prefix every row of a batch shares (the system prompt) once per "
+        "batch, not once per row: same loss and gradients, fewer tokens through the model. auto: "
+        "on when it saves at least 10% of an epoch's tokens; rows are batched by prefix. LoRA "
+        "dropout draws one mask for the shared prefix (docs/training.md)",
+    )
     gradient_checkpointing: bool = Field(
         False,
         description="recompute activations in the backward pass: ~30% slower, far less activation memory; "
@@ -122,6 +148,12 @@ class TrainConfig(_Section):
         "and reads higher than fp32's, so it is opt-in",
     )
     seed: int = 0
+
+    @field_validator("shared_prefix", mode="before")
+    @classmethod
+    def _bare_off(cls, v: Any) -> Any:
+        # YAML 1.1 reads a bare `off` as false (and `on` as true, which stays an error).
+        return "off" if v is False else v
 
     @property
     def resolved_lr(self) -> float:

@@ -68,6 +68,12 @@ def serve_command(
     threads: int = typer.Option(
         None, "--threads", help="torch CPU threads (default: torch's choice)."
     ),
+    device: str = typer.Option(
+        "auto",
+        "--device",
+        help="auto (a CUDA GPU, else mps, else the CPU) | cpu | cuda | cuda:N | mps. "
+        "GPU weights are bf16 (fp16 without bf16), CPU weights fp32.",
+    ),
 ) -> None:
     """Serve the base model and registry adapters with an OpenAI-compatible API."""
     from tunewise.serve import LOOPBACK_HOSTS, check_admin_options, serve
@@ -96,6 +102,7 @@ def serve_command(
         batch_window_ms=batch_window_ms,
         quantize_4bit=qlora,
         threads=threads,
+        device=device,
     )
 
 
