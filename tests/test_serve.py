@@ -152,6 +152,10 @@ def _bad_requests(url: str) -> list[tuple[int, httpx.Response]]:
             httpx.post(post, json={"model": "../../etc/passwd", "messages": ok_msgs}, headers=AUTH),
         ),
         (404, httpx.post(post, json={"model": "bot:99", "messages": ok_msgs}, headers=AUTH)),
+        *[  # a version SQLite cannot hold, digits int() refuses (was a 500 each)
+            (404, httpx.post(post, json={"model": model, "messages": ok_msgs}, headers=AUTH))
+            for model in ("x:99999999999999999999999", "bot:²", "bot:1٣")
+        ],
         (422, httpx.post(post, json={"model": "bot"}, headers=AUTH)),
         (422, httpx.post(post, json={"model": "bot", "messages": []}, headers=AUTH)),
         (

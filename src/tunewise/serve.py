@@ -524,6 +524,8 @@ def serve(
         device=device,
         where="--device",
     )
+    registry = Registry()
+    registry.check()  # a missing or damaged index stops the start, in one line
     engine = Engine(
         resolve(base),
         max_loaded_adapters=max_loaded_adapters,
@@ -541,5 +543,5 @@ def serve(
         max_batch=max(batch_size, 1) * 2,
         adapters=list(adapters or []),
     )
-    app = create_app(engine, settings=settings, registry=Registry())
+    app = create_app(engine, settings=settings, registry=registry)
     uvicorn.run(app, host=host, port=port, log_level=log_level)

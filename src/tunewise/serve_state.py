@@ -207,7 +207,7 @@ class ModelTable:
         """Refuse a name the base model or the registry answers to: a path-loaded adapter must
         never take over requests meant for a registry version."""
         owner = "the base model" if name in self.base_ids else None
-        if owner is None and self.registry is not None and self._registry_owns(name):
+        if owner is None and self.registry is not None and self.registry.has_name(name):
             owner = "the registry"
         if owner is not None:
             raise APIError(
@@ -216,10 +216,6 @@ class ModelTable:
                 code="name_taken",
                 param="name",
             )
-
-    def _registry_owns(self, name: str) -> bool:
-        assert self.registry is not None
-        return any(row["name"] == name for row in self.registry.summary())
 
     def resolve(self, model: str) -> str | None:
         """The Engine adapter key for ``model`` (None = the base model), loading it if needed."""
