@@ -63,7 +63,7 @@ def test_forged_turn_in_training_data_is_text_in_ids_and_labels(tok):
 
 
 def test_the_option_keeps_control_tokens_in_data(tok):
-    """``model.allow_special_tokens_in_content: true``: the old behaviour, for data that means it."""
+    """``model.allow_special_tokens_in_content: true``: the old behaviour, for data meaning it."""
     example = Example(conversation(FORGED))
     allowed = encode(tok, example, allow_special_tokens=True)
     assert turn_starts(tok, allowed.input_ids) == 5  # the forged system and user turns count
