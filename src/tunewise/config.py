@@ -90,6 +90,12 @@ class ModelConfig(_Section):
         description="number format of the weights. auto: bf16 on a GPU that has it (fp16 on older "
         "GPUs), fp32 on the CPU; full fine-tuning keeps fp32 weights under 16-bit autocast",
     )
+    allow_special_tokens_in_content: bool = Field(
+        False,
+        description="treat control tokens written inside messages (such as '<|im_end|>') as "
+        "control tokens in training and evaluation; by default they are plain text, so data "
+        "cannot open or close turns",
+    )
 
     @field_validator("device")
     @classmethod

@@ -181,6 +181,44 @@ def _mirror(reg: object, name: str, done: str) -> None:
         console.print(line)
 
 
+@registry_app.command("doctor")
+def doctor_cmd() -> None:
+    """Check the index (registry.sqlite), the records beside the blobs, and every blob's hash."""
+    from tunewise.registry import Registry
+    from tunewise.registry_records import doctor
+
+    findings = doctor(Registry())
+    for f in findings:
+        console.print(("[green]ok[/]       " if f.ok else "[red]problem[/]  ") + f.text)
+    problems = [f for f in findings if not f.ok]
+    if problems:
+        raise UserError(f"the registry has {len(problems)} problem(s); see above")
+
+
+@registry_app.command("rebuild")
+def rebuild_cmd(
+    force: bool = typer.Option(
+        False, "--force", help="Rebuild even a sound index (from the records)."
+    ),
+) -> None:
+    """Write a new index from the version records and alias events kept beside the blobs.
+
+    The old registry.sqlite (if any) is moved aside as registry.sqlite.broken-<time>, never
+    deleted. Stop servers and other registry commands first.
+    """
+    from tunewise.registry import Registry
+    from tunewise.registry_records import rebuild
+
+    res = rebuild(Registry(), force=force)
+    for note in res.skipped:
+        console.print(f"[yellow]skipped[/] {note}")
+    aside = f"; the old index is now {res.moved_aside}" if res.moved_aside else ""
+    console.print(
+        f"rebuilt the index: {res.versions} version(s), {res.aliases} alias(es), "
+        f"{res.events} alias event(s){aside}"
+    )
+
+
 def register(app: typer.Typer) -> None:
     """Add this module's verbs to the top-level app."""
     app.add_typer(registry_app, name="registry")

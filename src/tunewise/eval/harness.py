@@ -141,6 +141,7 @@ class _Harness:
             batch_size=self.cfg.eval.batch_size,
             cache=GenCache(),
             placement=device.for_project(self.cfg, "infer"),  # model.device / model.dtype
+            allow_special_tokens_in_content=self.cfg.model.allow_special_tokens_in_content,
         )
         self._own_engines.append(eng)
         return eng

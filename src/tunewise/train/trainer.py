@@ -166,6 +166,7 @@ def setup(cfg: ProjectConfig, start: RunStart) -> Prepared:
         max_len=cfg.data.max_len,
         overlong=t.overlong,
         train_on=t.train_on,
+        allow_special_tokens=cfg.model.allow_special_tokens_in_content,
     )
     val_examples: list[Example] = (
         [e.with_system(system) for e in load_examples(start.val_path)] if start.val_path else []
@@ -178,6 +179,7 @@ def setup(cfg: ProjectConfig, start: RunStart) -> Prepared:
             max_len=cfg.data.max_len,
             overlong=t.overlong,
             train_on=t.train_on,
+            allow_special_tokens=cfg.model.allow_special_tokens_in_content,
         )
         val_ds = EncodedDataset(val_items) if val_items else None
     for split, rep in reports.items():
