@@ -269,22 +269,23 @@ def run_ladder(
     # The one sealed test evaluation, only when asked.
     test = [Stage("final-test", {}, lambda up: _final_test(plan, up[gate]), after=(gate,))]
     stages = [check, split, baseline_eval, *trains, evaluate, gate, *curve, registry, report]
-    # MLflow (optional): the ladder's results, after the report.
-    target = tracking.target_of(cfg)
-    if target is not None:
-        mlflow_inputs = {"target": [target.uri, target.experiment]}
-        stages.append(
-            Stage(
-                "mlflow",
-                mlflow_inputs,
-                lambda up: tracking.ladder_stage(
-                    cfg, plan.eval_dir, gate=up[gate], report=up[report], runs=plan.runs
-                ),
-                after=(report,),
-            )
-        )
+    stages += _mlflow_stage(plan, gate, report)
     outputs = ladder.run(stages + (test if final else []))
     return _result(ladder, plan, outputs[gate])
+
+
+def _mlflow_stage(plan: _Plan, gate: Stage, report: Stage) -> list[Stage]:
+    """MLflow (optional): the ladder's results and the registry mirror, after the report."""
+    target = tracking.target_of(plan.cfg)
+    if target is None:
+        return []
+
+    def log(up: dict[Stage, Outputs]) -> Outputs:
+        return tracking.ladder_stage(
+            plan.cfg, plan.eval_dir, gate=up[gate], report=up[report], runs=plan.runs
+        )
+
+    return [Stage("mlflow", {"target": [target.uri, target.experiment]}, log, after=(report,))]
 
 
 # --- what each stage does -------------------------------------------------------------------------
