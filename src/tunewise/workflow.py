@@ -451,7 +451,9 @@ def _result(ladder: Ladder, plan: _Plan, gate_out: Outputs) -> LadderResult:
     shipped = gate_out.get("ship")
     verdict_file = gate_out["verdicts"].get(shipped) if shipped else gate_out.get("best_verdict")
     if verdict_file:
-        ladder.result.verdict = json.loads(Path(verdict_file).read_text())
+        from tunewise.eval.results import Verdict
+
+        ladder.result.verdict = Verdict.load(verdict_file).to_dict()
     if ladder.result.all_cached:
         plan.con.print("[bold]Nothing to do:[/] every stage is up to date.")
     return ladder.result
@@ -462,7 +464,7 @@ def _compare_and_gate(
 ) -> dict[str, Any]:
     """comparison.json (with the pairs between rungs, for the advisor); a verdict per fine-tune."""
     from tunewise.advise import comparison_pairs
-    from tunewise.eval.results import EvalRun
+    from tunewise.eval.results import EvalRun, Verdict
     from tunewise.eval.stats import compare
     from tunewise.gate import decide, save_verdict
 
@@ -491,7 +493,7 @@ def _compare_and_gate(
     chosen = ship or (best[1] if best else None)
     if chosen:
         # verdict.json is the decision of record: the shipped candidate, else the best that failed.
-        atomic_write_json(eval_dir / "verdict.json", json.loads(Path(verdicts[chosen]).read_text()))
+        Verdict.load(verdicts[chosen]).save(eval_dir / "verdict.json")
     return {
         "comparison": str(eval_dir / "comparison.json"),
         "verdicts": verdicts,
