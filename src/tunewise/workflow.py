@@ -269,22 +269,23 @@ def run_ladder(
     # The one sealed test evaluation, only when asked.
     test = [Stage("final-test", {}, lambda up: _final_test(plan, up[gate]), after=(gate,))]
     stages = [check, split, baseline_eval, *trains, evaluate, gate, *curve, registry, report]
-    # MLflow (optional): the ladder's results, after the report.
-    target = tracking.target_of(cfg)
-    if target is not None:
-        mlflow_inputs = {"target": [target.uri, target.experiment]}
-        stages.append(
-            Stage(
-                "mlflow",
-                mlflow_inputs,
-                lambda up: tracking.ladder_stage(
-                    cfg, plan.eval_dir, gate=up[gate], report=up[report], runs=plan.runs
-                ),
-                after=(report,),
-            )
-        )
+    stages += _mlflow_stage(plan, gate, report)
     outputs = ladder.run(stages + (test if final else []))
     return _result(ladder, plan, outputs[gate])
+
+
+def _mlflow_stage(plan: _Plan, gate: Stage, report: Stage) -> list[Stage]:
+    """MLflow (optional): the ladder's results and the registry mirror, after the report."""
+    target = tracking.target_of(plan.cfg)
+    if target is None:
+        return []
+
+    def log(up: dict[Stage, Outputs]) -> Outputs:
+        return tracking.ladder_stage(
+            plan.cfg, plan.eval_dir, gate=up[gate], report=up[report], runs=plan.runs
+        )
+
+    return [Stage("mlflow", {"target": [target.uri, target.experiment]}, log, after=(report,))]
 
 
 # --- what each stage does -------------------------------------------------------------------------
@@ -450,7 +451,9 @@ def _result(ladder: Ladder, plan: _Plan, gate_out: Outputs) -> LadderResult:
     shipped = gate_out.get("ship")
     verdict_file = gate_out["verdicts"].get(shipped) if shipped else gate_out.get("best_verdict")
     if verdict_file:
-        ladder.result.verdict = json.loads(Path(verdict_file).read_text())
+        from tunewise.eval.results import Verdict
+
+        ladder.result.verdict = Verdict.load(verdict_file).to_dict()
     if ladder.result.all_cached:
         plan.con.print("[bold]Nothing to do:[/] every stage is up to date.")
     return ladder.result
@@ -461,7 +464,7 @@ def _compare_and_gate(
 ) -> dict[str, Any]:
     """comparison.json (with the pairs between rungs, for the advisor); a verdict per fine-tune."""
     from tunewise.advise import comparison_pairs
-    from tunewise.eval.results import EvalRun
+    from tunewise.eval.results import EvalRun, Verdict
     from tunewise.eval.stats import compare
     from tunewise.gate import decide, save_verdict
 
@@ -490,7 +493,7 @@ def _compare_and_gate(
     chosen = ship or (best[1] if best else None)
     if chosen:
         # verdict.json is the decision of record: the shipped candidate, else the best that failed.
-        atomic_write_json(eval_dir / "verdict.json", json.loads(Path(verdicts[chosen]).read_text()))
+        Verdict.load(verdicts[chosen]).save(eval_dir / "verdict.json")
     return {
         "comparison": str(eval_dir / "comparison.json"),
         "verdicts": verdicts,
