@@ -101,7 +101,8 @@ def _cost_notes(
 
     if model in models.EMBEDDED and not (paths.models_dir() / model / models.MARKER).is_file():
         return [
-            f"token lengths not measured ({model} is not converted yet): `tunewise data check` measures them"
+            f"token lengths not measured ({model} is not converted yet): "
+            "`tunewise data check` measures them"
         ]
     try:
         tok = models.load_tokenizer(models.resolve(model, allow_download=False))
@@ -156,16 +157,19 @@ def propose(
             f"{fmt.coverage:.0%} of outputs match"
         )
         notes.append(
-            "graders: format compliance, label accuracy/macro-F1, exact match; primary metric: accuracy"
+            "graders: format compliance, label accuracy/macro-F1, exact match; "
+            "primary metric: accuracy"
         )
     elif fmt.kind == "json":
         task = {"type": "json", "json_schema": _json_schema(fmt, targets)}
         ev = {"graders": ["json", "exact"], "primary_metric": "exact_match"}
         notes.append(
-            f"task type: json; objects with keys {', '.join(fmt.fields)}; schema inferred from the data"
+            f"task type: json; objects with keys {', '.join(fmt.fields)}; "
+            "schema inferred from the data"
         )
         notes.append(
-            "graders: JSON validity and schema conformance, exact match; primary metric: exact_match"
+            "graders: JSON validity and schema conformance, exact match; "
+            "primary metric: exact_match"
         )
     else:
         task = {"type": "text"}

@@ -294,7 +294,8 @@ def _dims_from_config(name: str, source: str, cfg: dict[str, Any]) -> ModelDims:
     vocab = cfg.get("vocab_size")
     if not (h and layers and heads and vocab):
         raise UserError(
-            f"{source}: config.json lacks hidden_size/num_hidden_layers/num_attention_heads/vocab_size"
+            f"{source}: config.json lacks "
+            "hidden_size/num_hidden_layers/num_attention_heads/vocab_size"
         )
     gated = cfg.get("model_type", "llama") not in {
         "gpt2",
@@ -371,7 +372,8 @@ def model_dims(model: str | Path) -> ModelDims:
             ) from None
     known = ", ".join(sorted(KNOWN_CONFIGS))
     raise UserError(
-        f"model '{name}': not a local checkpoint dir, built-in name, or hub id known offline ({known})"
+        f"model '{name}': not a local checkpoint dir, built-in name, "
+        f"or hub id known offline ({known})"
     )
 
 
