@@ -36,6 +36,7 @@ def make_run(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from tunewise.models import resolve
+    from tunewise.rundir import RunDir
 
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(base_dir)
@@ -81,24 +82,16 @@ def make_run(
         "versions": {},
         "metrics": [],
     }
-    (run_dir / "run.json").write_text(json.dumps(run))
+    RunDir(run_dir).write(run)
     (run_dir / "logs.jsonl").write_text("{}\n")
     return run_dir
 
 
 def write_verdict(path: Path, ship: bool) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(
-        json.dumps(
-            {
-                "candidate": "finetuned",
-                "ship": ship,
-                "reasons": [],
-                "guard_failures": [],
-                "summary": "beats every baseline" if ship else "not better than RAG",
-            }
-        )
-    )
+    from tunewise.eval.results import Verdict
+
+    summary = "beats every baseline" if ship else "not better than RAG"
+    Verdict("finetuned", ship, reasons=[], guard_failures=[], summary=summary).save(path)
     return path
 
 

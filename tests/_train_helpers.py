@@ -30,9 +30,18 @@ def example(i: int, rng: random.Random) -> dict:
 
 
 def make_project(
-    root: Path, model_dir: Path | str, *, n_train: int = 40, n_val: int = 8, **train: object
+    root: Path,
+    model_dir: Path | str,
+    *,
+    n_train: int = 40,
+    n_val: int = 8,
+    system_prompt: str | None = None,
+    **train: object,
 ) -> Path:
-    """project.yaml plus splits in ``root/.tunewise/splits`` (where the ladder puts them)."""
+    """project.yaml plus splits in ``root/.tunewise/splits`` (where the ladder puts them).
+
+    ``system_prompt`` sets task.system_prompt (replacing the data's short one in every example).
+    """
     rng = random.Random(0)
     splits = root / ".tunewise" / "splits"
     splits.mkdir(parents=True, exist_ok=True)
@@ -54,6 +63,8 @@ def make_project(
             **train,
         },
     }
+    if system_prompt is not None:
+        cfg["task"] = {"system_prompt": system_prompt}
     path = root / "project.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -69,7 +80,8 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def losses_by_step(logs: list[dict]) -> dict[int, float]:
-    """Training loss per logged step; a step logged twice (before a kill and after resume) keeps the last."""
+    """Training loss per logged step; a step logged twice (before a kill and after resume) keeps
+    the last."""
     return {r["step"]: r["loss"] for r in logs if "loss" in r}
 
 

@@ -55,8 +55,19 @@ class SplitConfig(_Section):
 
 class DataConfig(_Section):
     train: Path = Field(..., description="chat JSONL: one {'messages': [...]} per line")
+    val: Path | None = Field(
+        None,
+        description="your own validation file (chat JSONL); when set, train is not re-split for it",
+    )
+    test: Path | None = Field(
+        None,
+        description="your own test file (chat JSONL), sealed like a test split tunewise makes; "
+        "when set, train is not re-split for it",
+    )
     docs: Path | None = Field(None, description="folder of .md/.txt documents for the RAG rung")
-    split: SplitConfig = SplitConfig()
+    split: SplitConfig = Field(
+        SplitConfig(), description="fractions carved from train for val/test files not given"
+    )
     max_len: int = Field(
         512,
         ge=16,
@@ -69,6 +80,31 @@ class ModelConfig(_Section):
         "smollm2-135m-instruct", description="built-in name, local HF directory or hub id"
     )
     trust_remote_code: bool = False
+    device: str = Field(
+        "auto",
+        description="where the model runs: auto (a CUDA GPU, cuda:LOCAL_RANK under accelerate; "
+        "else Apple mps; else the CPU), cpu, cuda, cuda:N or mps",
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto",
+        description="number format of the weights. auto: bf16 on a GPU that has it (fp16 on older "
+        "GPUs), fp32 on the CPU; full fine-tuning keeps fp32 weights under 16-bit autocast",
+    )
+    allow_special_tokens_in_content: bool = Field(
+        False,
+        description="treat control tokens written inside messages (such as '<|im_end|>') as "
+        "control tokens in training and evaluation; by default they are plain text, so data "
+        "cannot open or close turns",
+    )
+
+    @field_validator("device")
+    @classmethod
+    def _device_is_known(cls, v: str) -> str:
+        from tunewise.device import DEVICE_HELP, DEVICE_PATTERN
+
+        if not DEVICE_PATTERN.fullmatch(v):
+            raise ValueError(f"expected {DEVICE_HELP}, got {v!r}")
+        return v
 
 
 LoraTarget = Literal["all-linear", "qv", "attn", "mlp"]
@@ -104,6 +140,13 @@ class TrainConfig(_Section):
     )
     overfit_repetition_threshold: float = Field(0.3, gt=0, le=1)
     group_by_length: bool = True
+    shared_prefix: Literal["auto", "off"] = Field(
+        "auto",
+        description="run the prefix every row of a batch shares (the system prompt) once per "
+        "batch, not once per row: same loss and gradients, fewer tokens through the model. auto: "
+        "on when it saves at least 10% of an epoch's tokens; rows are batched by prefix. LoRA "
+        "dropout draws one mask for the shared prefix (docs/training.md)",
+    )
     gradient_checkpointing: bool = Field(
         False,
         description="recompute activations in the backward pass: ~30% slower, far less activation memory; "
@@ -116,6 +159,12 @@ class TrainConfig(_Section):
         "and reads higher than fp32's, so it is opt-in",
     )
     seed: int = 0
+
+    @field_validator("shared_prefix", mode="before")
+    @classmethod
+    def _bare_off(cls, v: Any) -> Any:
+        # YAML 1.1 reads a bare `off` as false (and `on` as true, which stays an error).
+        return "off" if v is False else v
 
     @property
     def resolved_lr(self) -> float:
@@ -182,6 +231,23 @@ class GateConfig(_Section):
     )
 
 
+class MlflowConfig(_Section):
+    uri: str | None = Field(
+        None,
+        description="MLflow tracking URI: http://host:5000, or sqlite:///mlflow.db (relative to "
+        "this file); the environment variable TUNEWISE_MLFLOW_URI overrides it",
+    )
+    experiment: str | None = Field(None, description="experiment name (default: the project name)")
+
+
+class TrackingConfig(_Section):
+    mlflow: MlflowConfig = Field(
+        MlflowConfig(),
+        description="optional (pip install 'tunewise[mlflow]'): training runs, the ladder's "
+        "results and registry aliases mirrored to MLflow",
+    )
+
+
 class ProjectConfig(_Section):
     name: str
     task: TaskConfig = TaskConfig()
@@ -190,6 +256,7 @@ class ProjectConfig(_Section):
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     gate: GateConfig = GateConfig()
+    tracking: TrackingConfig = TrackingConfig()
     root: Path = Field(Path("."), exclude=True, description="folder of project.yaml (set on load)")
 
     @field_validator("name")
@@ -209,8 +276,15 @@ class ProjectConfig(_Section):
         root = self.root
         if not self.data.train.is_absolute():
             self.data.train = root / self.data.train
-        if self.data.docs is not None and not self.data.docs.is_absolute():
-            self.data.docs = root / self.data.docs
+        for name in ("val", "test", "docs"):
+            given = getattr(self.data, name)
+            if given is not None and not given.is_absolute():
+                setattr(self.data, name, root / given)
+        uri = self.tracking.mlflow.uri
+        if uri and uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+            # SQLAlchemy reads sqlite:///x.db relative to the working directory; a project's
+            # paths are relative to its own folder.
+            self.tracking.mlflow.uri = "sqlite:///" + str(root / uri.removeprefix("sqlite:///"))
         return self
 
     @property

@@ -22,6 +22,7 @@ from typing import Any
 from tunewise.errors import UserError
 from tunewise.fsio import atomic_write_json, atomic_write_text, replace_dir
 from tunewise.registry import Registry, Version
+from tunewise.rundir import RunDir
 
 # vllm/config/lora.py: MaxLoRARanks = Literal[1, 8, 16, 32, 64, 128, 256, 320, 512]
 VLLM_MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -87,8 +88,15 @@ def export_merged(
         else:
             from peft import PeftModel
 
+            from tunewise import device
+
             ref = _base_ref(v)
-            base = models.load_model(ref)
+            # The policy merges on the CPU in the checkpoint's own dtype (a bf16 base merges to a
+            # bf16 model of the same size).
+            placement = device.choose(
+                device.detect(), purpose="export", stored_dtype=device.stored_dtype(ref.path)
+            )
+            base = models.load_model(ref, placement=placement)
             merged = PeftModel.from_pretrained(base, str(v.weights_dir)).merge_and_unload()
             merged.save_pretrained(tmp, safe_serialization=True)
             tok_src = (
@@ -149,7 +157,7 @@ def check_vllm_adapter(v: Version) -> tuple[int, list[str]]:
             "(`vllm serve DIR`) or export merged"
         ]
     assert v.path is not None
-    cfg = json.loads((v.path / "adapter_config.json").read_text())
+    cfg = json.loads(RunDir(v.path).adapter_config.read_text())
     problems = []
     if cfg.get("peft_type", "LORA") != "LORA":
         problems.append(f"{v.spec}: peft_type {cfg.get('peft_type')} is not LoRA")
@@ -195,36 +203,11 @@ def plan_vllm(
         raise UserError("name at least one registry model (NAME, NAME:VERSION or NAME@ALIAS)")
     reg = registry or Registry()
     versions = [reg.resolve(s) for s in specs]
-    problems: list[str] = []
-    ranks = []
-    for v in versions:
-        rank, probs = check_vllm_adapter(v)
-        ranks.append(rank)
-        problems += probs
-    hashes = {v.base_weight_hash for v in versions}
-    if len(hashes) > 1:
-        detail = ", ".join(f"{v.spec}={v.base_weight_hash[:12]}…" for v in versions)
-        problems.append(
-            f"adapters were trained on different base models ({detail}); "
-            "one vLLM server serves LoRAs of one base"
-        )
     served = [
         v.name if sum(w.name == v.name for w in versions) == 1 else f"{v.name}-v{v.version}"
         for v in versions
     ]
-    if len(set(served)) != len(served):
-        problems.append(f"two entries would be served under the same name: {served}")
-    need = max(ranks) if ranks else 0
-    fitting = [r for r in VLLM_MAX_LORA_RANKS if r >= need]
-    if max_lora_rank is None:
-        max_lora_rank = fitting[0] if fitting else VLLM_MAX_LORA_RANKS[-1]
-    elif max_lora_rank not in VLLM_MAX_LORA_RANKS:
-        problems.append(
-            f"--max-lora-rank {max_lora_rank} is not one of vLLM's values "
-            f"{list(VLLM_MAX_LORA_RANKS)}"
-        )
-    elif max_lora_rank < need:
-        problems.append(f"--max-lora-rank {max_lora_rank} is below the largest adapter rank {need}")
+    max_lora_rank, problems = _vllm_problems(versions, served, max_lora_rank)
     if problems:
         raise UserError("; ".join(problems))
 
@@ -269,6 +252,39 @@ def plan_vllm(
     return plan, versions
 
 
+def _vllm_problems(
+    versions: list[Version], served: list[str], max_lora_rank: int | None
+) -> tuple[int, list[str]]:
+    """The ``--max-lora-rank`` to use, and everything vLLM would refuse at start-up."""
+    problems: list[str] = []
+    ranks = []
+    for v in versions:
+        rank, probs = check_vllm_adapter(v)
+        ranks.append(rank)
+        problems += probs
+    hashes = {v.base_weight_hash for v in versions}
+    if len(hashes) > 1:
+        detail = ", ".join(f"{v.spec}={v.base_weight_hash[:12]}…" for v in versions)
+        problems.append(
+            f"adapters were trained on different base models ({detail}); "
+            "one vLLM server serves LoRAs of one base"
+        )
+    if len(set(served)) != len(served):
+        problems.append(f"two entries would be served under the same name: {served}")
+    need = max(ranks) if ranks else 0
+    fitting = [r for r in VLLM_MAX_LORA_RANKS if r >= need]
+    if max_lora_rank is None:
+        max_lora_rank = fitting[0] if fitting else VLLM_MAX_LORA_RANKS[-1]
+    elif max_lora_rank not in VLLM_MAX_LORA_RANKS:
+        problems.append(
+            f"--max-lora-rank {max_lora_rank} is not one of vLLM's values "
+            f"{list(VLLM_MAX_LORA_RANKS)}"
+        )
+    elif max_lora_rank < need:
+        problems.append(f"--max-lora-rank {max_lora_rank} is below the largest adapter rank {need}")
+    return max_lora_rank, problems
+
+
 def export_vllm(
     specs: list[str],
     out: str | Path,
@@ -288,8 +304,9 @@ def export_vllm(
             dst = tmp / "adapters" / name
             dst.mkdir(parents=True)
             assert v.path is not None
-            for f in ("adapter_config.json", "adapter_model.safetensors"):
-                shutil.copyfile(v.path / f, dst / f)
+            adapter = RunDir(v.path)
+            for f in (adapter.adapter_config, adapter.adapter_weights):
+                shutil.copyfile(f, dst / f.name)
         atomic_write_text(
             tmp / "serve.sh",
             "#!/bin/sh\n# generated by tunewise export vllm\nexec " + plan.shell + "\n",

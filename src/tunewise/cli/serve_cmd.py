@@ -28,13 +28,32 @@ def serve_command(
         None,
         "--adapters",
         "--adapter",
-        help="Preload: registry spec (name, name@alias, name:version) or name=PATH; repeat or comma-separate.",
+        help="Preload: registry spec (name, name@alias, name:version) or name=PATH; "
+        "repeat or comma-separate.",
     ),
     api_key: str = typer.Option(
         None,
         "--api-key",
         envvar="TUNEWISE_API_KEY",
         help="Require 'Authorization: Bearer KEY' (or set TUNEWISE_API_KEY).",
+    ),
+    admin_key: str = typer.Option(
+        None,
+        "--admin-key",
+        envvar="TUNEWISE_ADMIN_KEY",
+        help="Open /admin to 'Authorization: Bearer ADMIN_KEY' (or set TUNEWISE_ADMIN_KEY); "
+        "must differ from --api-key. Without it /admin is off.",
+    ),
+    allow_admin: bool = typer.Option(
+        False,
+        "--allow-admin",
+        help="Open /admin without a key to loopback clients (loopback --host only).",
+    ),
+    adapter_roots: list[Path] = typer.Option(
+        None,
+        "--adapter-root",
+        help="A folder admin 'load' may read adapter runs from (repeatable; default: none, "
+        "so loading by path is off).",
     ),
     max_loaded_adapters: int = typer.Option(
         8, "--max-loaded-adapters", help="LRU bound on resident adapters."
@@ -49,12 +68,25 @@ def serve_command(
     threads: int = typer.Option(
         None, "--threads", help="torch CPU threads (default: torch's choice)."
     ),
+    device: str = typer.Option(
+        "auto",
+        "--device",
+        help="auto (a CUDA GPU, else mps, else the CPU) | cpu | cuda | cuda:N | mps. "
+        "GPU weights are bf16 (fp16 without bf16), CPU weights fp32.",
+    ),
 ) -> None:
     """Serve the base model and registry adapters with an OpenAI-compatible API."""
-    from tunewise.serve import serve
+    from tunewise.serve import LOOPBACK_HOSTS, check_admin_options, serve
 
     specs = [s.strip() for a in adapters or [] for s in a.split(",") if s.strip()]
-    if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+    roots = check_admin_options(  # before the model loads: a mistake costs a second
+        host=host,
+        api_key=api_key,
+        admin_key=admin_key,
+        allow_admin=allow_admin,
+        roots=adapter_roots or [],
+    )
+    if host not in LOOPBACK_HOSTS and not api_key:
         console.print("[yellow]warning:[/] listening beyond loopback without --api-key")
     serve(
         base,
@@ -62,11 +94,15 @@ def serve_command(
         port=port,
         adapters=specs,
         api_key=api_key,
+        admin_key=admin_key,
+        allow_admin=allow_admin,
+        adapter_roots=roots,
         max_loaded_adapters=max_loaded_adapters,
         batch_size=batch_size,
         batch_window_ms=batch_window_ms,
         quantize_4bit=qlora,
         threads=threads,
+        device=device,
     )
 
 

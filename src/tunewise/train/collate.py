@@ -23,6 +23,7 @@ from typing import Any, Literal
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from tunewise import chat
 from tunewise.data.schema import Example
 from tunewise.errors import DataError, UserError
 
@@ -86,30 +87,44 @@ class OverlongReport:
         }
 
 
-def _render(tokenizer: Any, messages: list[dict[str, str]], *, generation_prompt: bool) -> str:
-    return tokenizer.apply_chat_template(
-        messages, tokenize=False, add_generation_prompt=generation_prompt
+def _render(
+    tokenizer: Any, messages: list[dict[str, str]], *, generation_prompt: bool, allow: bool
+) -> str:
+    return chat.render(
+        tokenizer, messages, generation_prompt=generation_prompt, allow_special_tokens=allow
     )
 
 
 def segments(
-    tokenizer: Any, messages: list[dict[str, str]], train_on: Literal["all", "last"] = "all"
+    tokenizer: Any,
+    messages: list[dict[str, str]],
+    train_on: Literal["all", "last"] = "all",
+    *,
+    allow_special_tokens: bool = False,
 ) -> list[tuple[str, bool]]:
     """Split the rendered conversation into ``(text, is_label)`` pieces, in order.
 
     Concatenating the texts gives the template's rendering of ``messages`` up to the end of the
-    last answer's end-of-turn token.
+    last answer's end-of-turn token. Control tokens inside contents come out marked as text
+    (:func:`tunewise.chat.render`) unless ``allow_special_tokens``.
     """
-    eot = tokenizer.eos_token or ""
+    eot = chat.end_of_turn(tokenizer)  # not EOS: Phi-3 ends a turn with <|end|>, EOS is later
     assistant_idx = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
     if not assistant_idx:
         raise UserError("an example has no assistant turn")
     labelled = set(assistant_idx if train_on == "all" else assistant_idx[-1:])
     out: list[tuple[str, bool]] = []
     done = ""  # text already emitted, always a prefix of every later rendering
-    for i in assistant_idx:
-        prompt = _render(tokenizer, messages[:i], generation_prompt=True)
-        full = _render(tokenizer, messages[: i + 1], generation_prompt=False)
+    # train_on=last renders only the last turn: its prompt is then one piece, tokenized exactly
+    # as inference tokenizes it, and a template that rewrites history (Qwen3 drops past
+    # reasoning) still trains.
+    for i in sorted(labelled):
+        prompt = _render(
+            tokenizer, messages[:i], generation_prompt=True, allow=allow_special_tokens
+        )
+        full = _render(
+            tokenizer, messages[: i + 1], generation_prompt=False, allow=allow_special_tokens
+        )
         if not prompt.startswith(done) or not full.startswith(prompt):
             # A template that rewrites earlier turns (e.g. drops past reasoning) cannot be
             # trained turn by turn with a prompt identical to inference; refuse, never guess.
@@ -117,7 +132,8 @@ def segments(
                 "the chat template does not render conversations incrementally "
                 "(a prefix changes when a turn is appended); use train.train_on=last"
                 if train_on == "all"
-                else "the chat template does not render the generation prompt as a prefix of the answer"
+                else "the chat template does not render the generation prompt as a prefix of the "
+                "answer"
             )
         answer = full[len(prompt) :]
         cut = answer.rfind(eot) if eot else -1
@@ -128,7 +144,13 @@ def segments(
     return [(t, lab) for t, lab in out if t]
 
 
-def encode(tokenizer: Any, example: Example, train_on: Literal["all", "last"] = "all") -> Encoded:
+def encode(
+    tokenizer: Any,
+    example: Example,
+    train_on: Literal["all", "last"] = "all",
+    *,
+    allow_special_tokens: bool = False,
+) -> Encoded:
     """Token ids and position-masked labels for one conversation.
 
     Each piece is tokenized on its own, so the prompt of the last turn tokenizes exactly as
@@ -136,8 +158,11 @@ def encode(tokenizer: Any, example: Example, train_on: Literal["all", "last"] = 
     """
     ids: list[int] = []
     labels: list[int] = []
-    for text, is_label in segments(tokenizer, example.messages, train_on):
-        piece = tokenizer(text, add_special_tokens=False)["input_ids"]
+    pieces = segments(
+        tokenizer, example.messages, train_on, allow_special_tokens=allow_special_tokens
+    )
+    encoded = chat.encode(tokenizer, [text for text, _ in pieces])
+    for (_text, is_label), piece in zip(pieces, encoded, strict=True):
         ids.extend(piece)
         labels.extend(piece if is_label else [IGNORE_INDEX] * len(piece))
     return Encoded(ids, labels, line=example.line, source=example.source)
@@ -150,12 +175,18 @@ def encode_all(
     max_len: int,
     overlong: Literal["drop", "truncate", "error"] = "drop",
     train_on: Literal["all", "last"] = "all",
+    allow_special_tokens: bool = False,
 ) -> tuple[list[Encoded], OverlongReport]:
     """Encode every example and apply the overlong policy; the report says what was done."""
     report = OverlongReport(max_len=max_len, policy=overlong, total=len(examples))
     out: list[Encoded] = []
     for ex in examples:
-        enc = encode(tokenizer, ex, train_on)
+        try:
+            enc = encode(tokenizer, ex, train_on, allow_special_tokens=allow_special_tokens)
+        except DataError:
+            raise
+        except UserError as exc:  # the template refused this example: say which one
+            raise DataError(ex.source, ex.line or None, "messages", str(exc)) from None
         n = len(enc.input_ids)
         if n <= max_len:
             out.append(enc)
@@ -180,7 +211,8 @@ def encode_all(
             source,
             line or None,
             "messages",
-            f"{n} tokens exceed data.max_len={max_len}{more}; raise data.max_len or set train.overlong=drop|truncate",
+            f"{n} tokens exceed data.max_len={max_len}{more}; raise data.max_len or set "
+            "train.overlong=drop|truncate",
         )
     return out, report
 
@@ -239,10 +271,16 @@ class ChatCollator:
 class LengthGroupedSampler(Sampler[int]):
     """Shuffle, then sort within mega-batches of ``group`` batches so a batch holds similar lengths.
 
+    With ``groups`` (a prefix group id per example, -1 for none: :mod:`tunewise.train.prefix`),
+    batches are formed inside each group, so a batch's rows share their group's prefix and, sorted
+    by length within it, have suffixes of similar length; each group's last incomplete batch
+    joins a pool of leftovers that is batched the same way.
+
     The order is a pure function of ``(seed, epoch)``: a resumed run replays exactly the order of
     an uninterrupted one (the Trainer calls :meth:`set_epoch` at every epoch), independent of
     whatever consumed the global RNG before. Batches are shuffled after grouping so training does
-    not see lengths in a monotone order.
+    not see lengths in a monotone order. The DataLoader cuts the index stream into batches of
+    ``batch_size``: the one incomplete batch goes last so every batch before it stays as formed.
     """
 
     def __init__(
@@ -253,12 +291,16 @@ class LengthGroupedSampler(Sampler[int]):
         seed: int = 0,
         group: int = 50,
         by_length: bool = True,
+        groups: Sequence[int] | None = None,
     ) -> None:
         self.lengths = list(lengths)
         self.batch_size = max(1, batch_size)
         self.seed = seed
         self.group = group
         self.by_length = by_length
+        self.groups = list(groups) if groups is not None else None
+        if self.groups is not None and len(self.groups) != len(self.lengths):
+            raise ValueError("groups: one group id per example")
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -267,21 +309,46 @@ class LengthGroupedSampler(Sampler[int]):
     def __len__(self) -> int:
         return len(self.lengths)
 
+    def _pools(self, idx: list[int]) -> list[list[int]]:
+        """``idx`` split into lists whose batches never mix prefix groups (the last: leftovers)."""
+        if self.groups is None:
+            return [idx]
+        by_group: dict[int, list[int]] = {}
+        for i in idx:
+            by_group.setdefault(self.groups[i], []).append(i)
+        rest = by_group.pop(-1, [])
+        pools = []
+        for members in by_group.values():
+            cut = len(members) - len(members) % self.batch_size
+            pools.append(members[:cut])
+            rest += members[cut:]
+        return [*pools, rest]
+
+    def _batches(self, pool: list[int]) -> list[list[int]]:
+        bs = self.batch_size
+        if not self.by_length:
+            return [pool[b : b + bs] for b in range(0, len(pool), bs)]
+        mega = bs * self.group
+        out: list[list[int]] = []
+        for start in range(0, len(pool), mega):
+            chunk = sorted(pool[start : start + mega], key=lambda i: -self.lengths[i])
+            out.extend(chunk[b : b + bs] for b in range(0, len(chunk), bs))
+        return out
+
     def __iter__(self) -> Iterator[int]:
         rng = random.Random(self.seed * 100_003 + self.epoch)
         idx = list(range(len(self.lengths)))
         rng.shuffle(idx)
-        if not self.by_length:
+        if not self.by_length and self.groups is None:
             return iter(idx)
-        mega = self.batch_size * self.group
-        batches: list[list[int]] = []
-        for start in range(0, len(idx), mega):
-            chunk = sorted(idx[start : start + mega], key=lambda i: -self.lengths[i])
-            batches.extend(
-                chunk[b : b + self.batch_size] for b in range(0, len(chunk), self.batch_size)
-            )
-        rng.shuffle(batches)
-        # The longest batch goes first so an out-of-memory error shows up at step 1, not hours in.
-        longest = max(range(len(batches)), key=lambda b: max(self.lengths[i] for i in batches[b]))
-        batches.insert(0, batches.pop(longest))
-        return iter([i for b in batches for i in b])
+        batches = [b for pool in self._pools(idx) for b in self._batches(pool) if b]
+        full = [b for b in batches if len(b) == self.batch_size]
+        partial = [b for b in batches if len(b) < self.batch_size]
+        rng.shuffle(full)
+        if full and self.by_length:
+            # The longest batch goes first so an out-of-memory error shows up at step 1, not
+            # hours in.
+            longest = max(range(len(full)), key=lambda b: max(self.lengths[i] for i in full[b]))
+            full.insert(0, full.pop(longest))
+        # At most one short batch: every pool but the leftovers holds whole batches.
+        return iter([i for b in [*full, *partial] for i in b])
