@@ -232,13 +232,15 @@ def test_constrained_joint_and_field_by_field() -> None:
     scorer = LabelScorer(["feature", "low"])
     out, _ = fbf.choose(scorer, msgs)
     assert fbf.mode == "field-by-field" and out == "Category: feature\nPriority: low"
-    # The first step is scored up to the literal that follows the field, so "bill" can't beat "billing".
+    # The first step is scored up to the literal that
+    # follows the field, so "bill" can't beat "billing".
     assert scorer.calls[0][0] == "Category: billing\nPriority: " and len(scorer.calls) == 2
     assert spec.complies(out)
 
 
 class PriorScorer:
-    """A model that loves the label "yes" whatever the input, and only slightly prefers the right one."""
+    """A model that loves the label "yes" whatever the input, and only slightly prefers the right
+    one."""
 
     def __init__(self) -> None:
         self.prompts: list[str] = []

@@ -51,8 +51,9 @@ def _render_check(report) -> None:  # report: CheckReport
     if tok:
         table.add_row(
             "tokens",
-            f"min {tok['min']}  mean {tok['mean']}  p50 {tok['p50']}  p95 {tok['p95']}  "
-            f"max {tok['max']}  (model {tok.get('model') or '-'})",
+            f"min {tok['min']}  mean {tok['mean']}  p50 {tok['p50']}  p95 {tok['p95']}  max "
+            f"{tok['max']}  "
+            f"(model {tok.get('model') or '-'})",
         )
         table.add_row(f"over max_len {tok['max_len']}", str(tok["over_max_len"]))
     console.print(table)

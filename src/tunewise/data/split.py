@@ -198,7 +198,8 @@ def split_file(
     project: str | None = None,
     output_pattern: str | None = None,
 ) -> dict[str, Any]:
-    """Split ``path`` into ``out_dir/{train,val,test}.jsonl`` + ``manifest.json``; seal the test.
+    """Split ``path`` into ``out_dir/{train,val,test}.jsonl`` + ``manifest.json``; seal the test
+    file.
 
     Everything is checked first: a file with any error is refused (a ``DataError`` naming the
     first ``file:line``), and so is an ``out_dir`` that holds other files, since it is replaced

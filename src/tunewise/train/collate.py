@@ -132,7 +132,8 @@ def segments(
                 "the chat template does not render conversations incrementally "
                 "(a prefix changes when a turn is appended); use train.train_on=last"
                 if train_on == "all"
-                else "the chat template does not render the generation prompt as a prefix of the answer"
+                else "the chat template does not render the generation prompt as a prefix of the "
+                "answer"
             )
         answer = full[len(prompt) :]
         cut = answer.rfind(eot) if eot else -1
@@ -210,7 +211,8 @@ def encode_all(
             source,
             line or None,
             "messages",
-            f"{n} tokens exceed data.max_len={max_len}{more}; raise data.max_len or set train.overlong=drop|truncate",
+            f"{n} tokens exceed data.max_len={max_len}{more}; raise data.max_len or set "
+            "train.overlong=drop|truncate",
         )
     return out, report
 
