@@ -285,7 +285,8 @@ def _mlflow_stage(plan: _Plan, gate: Stage, report: Stage) -> list[Stage]:
             plan.cfg, plan.eval_dir, gate=up[gate], report=up[report], runs=plan.runs
         )
 
-    return [Stage("mlflow", {"target": [target.uri, target.experiment]}, log, after=(report,))]
+    inputs = {"target": [target.uri, target.experiment]}
+    return [Stage("mlflow", inputs, log, after=(gate, report))]  # `log` reads both
 
 
 # --- what each stage does -------------------------------------------------------------------------
