@@ -44,9 +44,10 @@ from tunewise.data.split import (
     label_counts,
     split_examples,
     swap_in,
+    write_manifest,
 )
 from tunewise.errors import UserError
-from tunewise.fsio import atomic_write_json, atomic_write_jsonl, sha256_file, staging_dir
+from tunewise.fsio import atomic_write_jsonl, sha256_file, staging_dir
 
 GIVEN = ("val", "test")
 LINES_KEPT = 50  # matching line pairs kept per leakage finding (the counts are complete)
@@ -293,7 +294,6 @@ def _write(
     stage: Path, parts: dict[str, list[Example]], copies: dict[str, Path], info: dict[str, Any]
 ) -> dict[str, Any]:
     """The three files (given ones copied byte for byte) and ``manifest.json`` in ``stage``."""
-    from tunewise.data.seal import content_hash
 
     fmt: OutputFormat = info["format"]
     files: dict[str, dict[str, Any]] = {}
@@ -329,9 +329,5 @@ def _write(
         },
         "warnings": info["warnings"],
         "checks": info["checks"],
-        "splits": files,
-        "counts": {s: files[s]["examples"] for s in SPLITS},
-        "sealed_test": content_hash(stage / "test.jsonl")[0] if parts["test"] else None,
     }
-    atomic_write_json(stage / "manifest.json", manifest)
-    return manifest
+    return write_manifest(stage, manifest, files, has_test=bool(parts["test"]))

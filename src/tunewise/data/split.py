@@ -237,7 +237,6 @@ def _write_split(
     stage: Path, parts: dict[str, list[Example]], info: dict[str, Any]
 ) -> dict[str, Any]:
     """The three split files and ``manifest.json`` in ``stage``; returns the manifest."""
-    from tunewise.data.seal import content_hash
 
     files: dict[str, dict[str, Any]] = {}
     for s in SPLITS:
@@ -251,9 +250,21 @@ def _write_split(
         "stratified": info["stratified"],
         "near_duplicate_clusters": info["near_duplicate_clusters"],
         "near_duplicate_threshold": info["near_duplicate_threshold"],
+    }
+    return write_manifest(stage, manifest, files, has_test=bool(parts["test"]))
+
+
+def write_manifest(
+    stage: Path, fields: dict[str, Any], files: dict[str, Any], *, has_test: bool
+) -> dict[str, Any]:
+    """manifest.json in ``stage``: ``fields``, then the split files, counts and the test's seal."""
+    from tunewise.data.seal import content_hash
+
+    manifest = {
+        **fields,
         "splits": files,
         "counts": {s: files[s]["examples"] for s in SPLITS},
-        "sealed_test": content_hash(stage / "test.jsonl")[0] if parts["test"] else None,
+        "sealed_test": content_hash(stage / "test.jsonl")[0] if has_test else None,
     }
     atomic_write_json(stage / "manifest.json", manifest)
     return manifest
