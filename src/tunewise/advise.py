@@ -13,6 +13,10 @@ Branches:
 3. the fine-tune clearly beats all three rungs but the gate refused it (a further gate baseline
    such as kNN, or a guard) -> undecided, with what would decide it.
 
+Whichever branch: when a classifier without an LLM (``knn``, ``tfidf``, ``probe``) scores above
+every LLM candidate by the margin, the headline says so ("a classifier without an LLM scores X;
+consider it"): it may make the whole ladder unnecessary.
+
 Alongside: "not enough data yet" when a learning curve (25/50/100% of train) is still rising, with
 a log-linear extrapolation of the examples needed; an "evaluation set too small" note when a
 difference was underpowered; and a cost comparison with the break-even volume.
@@ -30,6 +34,8 @@ from tunewise.errors import UserError
 from tunewise.learning_curve import CURVE_FILE, load_curve
 
 BASELINES = ("prompt", "fewshot", "rag")
+# Candidates that answer without a language model: the kNN vote and the scikit-learn classifiers.
+NO_LLM = ("knn", "tfidf", "probe")
 # Cheaper to train and serve first: a tie goes to the cheaper method.
 METHOD_COST_ORDER = ("qlora", "lora", "full")
 
@@ -50,6 +56,8 @@ class Facts:
     )  # (train examples, metric)
     delta: float = 0.02
     rag_sources: list[str] = field(default_factory=lambda: ["docs"])  # what the rag rung retrieved
+    no_llm: tuple[str, ...] = NO_LLM  # candidates that are classifiers without a language model
+    gate_baselines: list[str] = field(default_factory=lambda: list(BASELINES))
 
 
 @dataclass
@@ -182,6 +190,11 @@ def recommend(f: Facts, cost: CostInputs | None = None) -> Advice:
         and not _of_finetune(c, f)
         and not math.isnan(m[c])
     ]
+    plain = _no_llm_winner(f)
+    if plain is not None:
+        advice.headline += f" But {plain[0]}"
+        advice.reasons.append(plain[1])
+        extras = [c for c in extras if c not in f.no_llm]  # said once, above
     top_extra = _best(extras, m)
     others = [c for c in m if c not in extras and not math.isnan(m[c])]
     if top_extra is not None and others and m[top_extra] >= max(m[c] for c in others) + f.delta:
@@ -203,6 +216,30 @@ def recommend(f: Facts, cost: CostInputs | None = None) -> Advice:
     if cost is not None:
         advice.cost = cost_estimate(cost)
     return advice
+
+
+def _no_llm_winner(f: Facts) -> tuple[str, str] | None:
+    """(headline addition, reason) when a classifier without an LLM leads every LLM candidate
+    (the rungs, the fine-tunes, constrained and external ones) by at least the gate's margin."""
+    m, pm = f.metrics, f.primary_metric
+    plain = [c for c in m if c in f.no_llm and not math.isnan(m[c])]
+    llm = [c for c in m if c not in f.no_llm and not math.isnan(m[c])]
+    best_plain, best_llm = _best(plain, m), _best(llm, m)
+    if best_plain is None or best_llm is None or m[best_plain] < m[best_llm] + f.delta:
+        return None
+    value = _fmt(m[best_plain])
+    head = f"a classifier without an LLM scores {pm} {value} ({best_plain}); consider it."
+    reason = (
+        f"{best_plain} scores {pm} {value}, above every LLM candidate (best: {best_llm} "
+        f"{_fmt(m[best_llm])}): a classifier without an LLM scores {value}; consider it. It "
+        "trains in seconds on train alone and serves on a CPU without generation."
+    )
+    if best_plain not in f.gate_baselines:
+        reason += (
+            " It is not a gate baseline, so nothing was required to beat it: add it to "
+            "gate.baselines to hold a fine-tune to it."
+        )
+    return head, reason
 
 
 def _ladder_rung(f: Facts, finetuned: list[str]) -> Advice:
@@ -382,11 +419,14 @@ def facts_from_dir(eval_dir: Path) -> Facts:
         if p.metric == pm and p.underpowered
     ]
     methods: dict[str, str] = {}
+    no_llm = NO_LLM
     eval_json = eval_dir / "eval.json"
     if eval_json.is_file():
-        for c in json.loads(eval_json.read_text())["candidates"]:
+        cands = json.loads(eval_json.read_text())["candidates"]
+        for c in cands:
             if c["kind"] == "finetuned":
                 methods[c["name"]] = c.get("meta", {}).get("method", "lora")
+        no_llm = tuple(c["name"] for c in cands if c["kind"] in ("knn", "classical"))
     ship, shipped, summary = False, None, ""
     verdict_path = eval_dir / "verdict.json"
     if verdict_path.is_file():
@@ -397,6 +437,7 @@ def facts_from_dir(eval_dir: Path) -> Facts:
     if lc_path.is_file():
         curve = load_curve(lc_path)
     rag_sources = list(meta.get("retrieval_sources", {}).get("rag", ["docs"]))
+    gate_baselines = list(meta.get("baselines", BASELINES))
     return Facts(
         primary_metric=pm,
         metrics=metrics,
@@ -409,4 +450,6 @@ def facts_from_dir(eval_dir: Path) -> Facts:
         learning_curve=curve,
         delta=delta,
         rag_sources=rag_sources,
+        no_llm=no_llm,
+        gate_baselines=gate_baselines,
     )

@@ -160,6 +160,10 @@ class EvalConfig(_Section):
     constrained: bool = Field(
         True, description="also score labels by log-likelihood (labels tasks)"
     )
+    classical: bool = Field(
+        True,
+        description="also run tfidf and probe: scikit-learn classifiers, no LLM (labels tasks)",
+    )
     max_new_tokens: int | Literal["auto"] = "auto"
     batch_size: int = Field(16, ge=1)
     limit: int | None = Field(
