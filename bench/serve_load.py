@@ -430,7 +430,7 @@ def serve_and_load(args, n_adapters: int, work: Path) -> dict:
     return load
 
 
-def main() -> int:
+def _args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--base", default="smollm2-135m-instruct")
     ap.add_argument("--requests", type=int, default=160)
@@ -449,13 +449,34 @@ def main() -> int:
         "--server-threads",
         type=int,
         default=1,
-        help="torch threads in the server (1 avoids oversubscription on a shared CPU; 0 = torch default)",
+        help="torch threads in the server "
+        "(1 avoids oversubscription on a shared CPU; 0 = torch default)",
     )
     ap.add_argument("--json", type=Path, help="also write the figures here")
     args = ap.parse_args()
     if args.serve_adapters < 4:
         ap.error("--serve-adapters must be at least 4")
+    return args
 
+
+def _load_figures(args: argparse.Namespace, ref, runs: list[Path], work: Path) -> dict:
+    """The HTTP load test, and the same requests straight into one Engine for reference."""
+    load = serve_and_load(args, len(runs), work)
+    n_ref = min(64, args.requests)
+    print(f"reference: {n_ref} requests straight into Engine.generate (no HTTP) ...", flush=True)
+    direct = direct_reference(args, ref, runs, n_ref)
+    return {
+        "load": load,
+        "direct_engine": direct,
+        "server_vs_direct_same_concurrency": round(
+            load["ok_per_s"] / direct["batches_of_clients_ok_per_s"], 3
+        ),
+        "server_vs_direct_one_big_batch": round(load["ok_per_s"] / direct["one_call_ok_per_s"], 3),
+    }
+
+
+def main() -> int:
+    args = _args()
     from tunewise.export import export_merged
     from tunewise.models import resolve
     from tunewise.registry import Registry
@@ -478,21 +499,7 @@ def main() -> int:
         "load_average_at_start": round(os.getloadavg()[0], 1),
     }
     if not args.skip_load:
-        figures["load"] = serve_and_load(args, n_adapters, work)
-    if not args.skip_load:
-        n_ref = min(64, args.requests)
-        print(
-            f"reference: {n_ref} requests straight into Engine.generate (no HTTP) ...", flush=True
-        )
-        figures["direct_engine"] = direct_reference(args, ref, runs, n_ref)
-        ref_tp = figures["direct_engine"]
-        figures["server_vs_direct_same_concurrency"] = round(
-            figures["load"]["ok_per_s"] / ref_tp["batches_of_clients_ok_per_s"], 3
-        )
-        figures["server_vs_direct_one_big_batch"] = round(
-            figures["load"]["ok_per_s"] / ref_tp["one_call_ok_per_s"], 3
-        )
-
+        figures.update(_load_figures(args, ref, runs, work))
     if not args.skip_memory:
         print(f"memory: one base + {args.k} adapters vs {args.k} merged copies ...", flush=True)
         merged = export_merged(f"{runs[0].name}:1", work / "merged")["out"]

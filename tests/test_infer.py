@@ -1,9 +1,10 @@
-"""Engine: batched greedy generation equals one-at-a-time generate, adapters, stops, scores, cache."""
+"""Engine: batched greedy generation equals one-at-a-time generate; adapters, stops, scores."""
 
 from __future__ import annotations
 
 import json
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from tunewise.errors import UserError
 from tunewise.infer import (
     Engine,
     GenRequest,
+    GenResult,
     PromptTooLongError,
     engine_for_run,
     max_new_tokens_for,
@@ -99,7 +101,7 @@ def adapters(lively_dir: Path, tiny_ref, tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("adapters")
     return {
         n: _make_adapter(lively_dir, root / n, seed, tiny_ref.weight_hash)
-        for n, seed in (("a", 1), ("b", 2))
+        for n, seed in (("a", 1), ("b", 2), ("c", 3))
     }
 
 
@@ -245,13 +247,8 @@ def test_score_continuations_matches_full_forward(engine: Engine, adapters) -> N
         for label, score in zip(labels, got, strict=True):
             cont = engine.encode([label + (engine.end_of_turn if eot else "")])[0]
             ids = torch.tensor([prompt + cont])
-            with torch.inference_mode():
-                engine._lock.acquire()
-                try:
-                    engine._activate(adapter)
-                    logits = engine.model(input_ids=ids).logits[0].float()
-                finally:
-                    engine._lock.release()
+            with torch.inference_mode(), engine.pool.activated(adapter) as model:
+                logits = model(input_ids=ids).logits[0].float()
             lp = torch.log_softmax(logits, -1)
             want = sum(float(lp[len(prompt) - 1 + k, t]) for k, t in enumerate(cont))
             assert score == pytest.approx(want, abs=1e-3)
@@ -329,6 +326,100 @@ def test_engine_for_run(engine: Engine, adapters, lively_dir: Path, tmp_path: Pa
     assert name2 is None and eng2 is not engine and eng2.ref.path == (full / "model").resolve()
     with pytest.raises(UserError):
         engine_for_run(tmp_path / "nothing")
+
+
+def _drain(stream) -> tuple[list[str], GenResult]:
+    """The deltas of ``Engine.stream`` and its return value."""
+    deltas = []
+    while True:
+        try:
+            deltas.append(next(stream))
+        except StopIteration as stop:
+            return deltas, stop.value
+
+
+def test_stream_returns_the_same_result_as_generate(engine: Engine) -> None:
+    free = engine.generate([GenRequest(messages=_msgs(QUESTIONS[1]), max_new_tokens=12)])[0]
+    assert free.finish_reason == "length" and len(free.text) > 6
+    stopped = GenRequest(messages=_msgs(QUESTIONS[1]), max_new_tokens=12, stop=[free.text[3:6]])
+    for req, reason in (
+        (GenRequest(messages=_msgs(QUESTIONS[1]), max_new_tokens=12), "length"),
+        (stopped, "stop"),
+    ):
+        deltas, result = _drain(engine.stream(req))
+        assert result == engine.generate([req])[0]
+        assert result.finish_reason == reason and "".join(deltas) == result.text
+    assert _drain(engine.stream(stopped))[1].completion_tokens < free.completion_tokens
+
+
+def test_one_context_check_for_generate_stream_and_score(engine: Engine, monkeypatch) -> None:
+    msgs = _msgs(QUESTIONS[0])
+    n = engine.prompt_tokens(msgs)
+    monkeypatch.setattr(engine, "context_length", n + 2)
+    fits, over = (GenRequest(messages=msgs, max_new_tokens=k) for k in (2, 3))
+    assert engine.generate([fits])[0].completion_tokens <= 2
+    assert _drain(engine.stream(fits))[1].completion_tokens <= 2
+    with pytest.raises(PromptTooLongError, match=rf"request 1: prompt of {n} tokens \+ max_new"):
+        engine.generate([fits, over])
+    with pytest.raises(PromptTooLongError, match=f"exceeds the context of {n + 2} tokens"):
+        _drain(engine.stream(over))
+    two, three = "ab", "a b c"  # label token counts, without the end-of-turn marker
+    assert [len(engine.encode([t])[0]) for t in (two, three)] == [1, 3]
+    assert len(engine.score_continuations(msgs, [two], end_of_turn=False)) == 1
+    with pytest.raises(PromptTooLongError, match="label tokens 3"):
+        engine.score_continuations(msgs, [two, three], end_of_turn=False)
+
+
+def test_pool_pins_outlive_the_bound_and_shrink_back(tiny_ref, adapters) -> None:
+    eng = Engine(tiny_ref, batch_size=4, max_loaded_adapters=1)
+    pool = eng.pool
+    eng.load_adapter("a", adapters["a"])
+    with pool.pinned("a"):
+        eng.load_adapter("b", adapters["b"])  # a is in use: b goes over the bound, a stays
+        assert pool.loaded() == ["a", "b"]
+        with pytest.raises(UserError, match="unknown adapter 'zz'"), pool.pinned("zz"):
+            pass
+    assert pool.loaded() == ["b"]  # back within the bound once the pin is gone: LRU a left
+    req_a = GenRequest(messages=_msgs(QUESTIONS[0]), adapter="a", max_new_tokens=4)
+    eng.generate([req_a])
+    assert pool.loaded() == ["a"] and set(pool.names()) == {"a", "b"}
+    assert pool.sha256("a") != pool.sha256("b") and pool.sha256(None) == ""
+
+
+def test_pool_under_concurrency_never_evicts_an_adapter_in_use(tiny_ref, adapters) -> None:
+    """Four threads, three adapters and the base, room for one adapter: every answer equals the
+    one-thread answer, no adapter is evicted while pinned, and the bound holds at the end."""
+    eng = Engine(tiny_ref, batch_size=2, max_loaded_adapters=1)
+    pool = eng.pool
+    for name in ("a", "b", "c"):
+        eng.load_adapter(name, adapters[name])
+    jobs = {
+        ad: [GenRequest(messages=_msgs(q), adapter=ad, max_new_tokens=4) for q in QUESTIONS[:3]]
+        for ad in ("a", "b", "c", None)
+    }
+    want = {ad: [r.text for r in eng.generate(reqs)] for ad, reqs in jobs.items()}
+    evict = pool._evict_locked
+    bad: list[str] = []
+
+    def checked_evict(entry):
+        if pool._pins.get(entry.name):
+            bad.append(f"evicted {entry.name} while pinned")
+        evict(entry)
+
+    pool._evict_locked = checked_evict  # type: ignore[method-assign]
+    barrier = threading.Barrier(len(jobs))
+
+    def work(ad) -> list:
+        barrier.wait()  # all four start together
+        texts: list = [[r.text for r in eng.generate(jobs[ad])] for _ in range(2)]
+        return [*texts, "".join(_drain(eng.stream(jobs[ad][0]))[0])]
+
+    with ThreadPoolExecutor(len(jobs)) as threads:  # .result() re-raises a thread's exception
+        futures = {ad: threads.submit(work, ad) for ad in jobs}
+        got = {ad: f.result(timeout=300) for ad, f in futures.items()}
+    assert not bad
+    assert got == {ad: [w, w, w[0]] for ad, w in want.items()}
+    assert not pool._pins and len(pool.loaded()) <= 1
 
 
 @pytest.mark.slow

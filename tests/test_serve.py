@@ -1,4 +1,4 @@
-"""The OpenAI-compatible server, against a real uvicorn on a free loopback port (always shut down)."""
+"""The OpenAI-compatible server, against a real uvicorn on a free loopback port (shut down)."""
 
 from __future__ import annotations
 
@@ -133,6 +133,15 @@ def test_model_forms_route_to_the_right_weights(world):
     assert answer(chat(url, "direct")) != answer(chat(url, "alpha"))  # different random adapters
 
 
+def sse_lines(url: str, body: dict) -> tuple[httpx.Headers, list[str]]:
+    """The response headers and non-empty lines of a streamed chat completion (status 200)."""
+    with httpx.stream(
+        "POST", f"{url}/v1/chat/completions", json=body, headers=AUTH, timeout=60
+    ) as r:
+        assert r.status_code == 200
+        return r.headers, [ln for ln in r.iter_lines() if ln]
+
+
 def test_streaming_sse_matches_non_streaming(world):
     url = world["url"]
     expected = answer(chat(url, "alpha", content="stream me"))
@@ -142,12 +151,8 @@ def test_streaming_sse_matches_non_streaming(world):
         "max_tokens": 3,
         "stream": True,
     }
-    with httpx.stream(
-        "POST", f"{url}/v1/chat/completions", json=body, headers=AUTH, timeout=60
-    ) as r:
-        assert r.status_code == 200
-        assert r.headers["content-type"].startswith("text/event-stream")
-        lines = [ln for ln in r.iter_lines() if ln]
+    headers, lines = sse_lines(url, body)
+    assert headers["content-type"].startswith("text/event-stream")
     assert all(ln.startswith("data: ") for ln in lines)
     assert lines[-1] == "data: [DONE]"
     chunks = [json.loads(ln[6:]) for ln in lines[:-1]]
@@ -345,6 +350,126 @@ def test_micro_batcher_makes_one_generate_call_for_mixed_adapters():
         batcher.close()
     assert outs == ["out-a", "out-b", "out-a", "out-None"]
     assert eng.calls == [["a", "b", "a", None]]
+
+
+def _sse_stream(url: str, model: str, **extra) -> tuple[str, str | None]:
+    """(text, finish_reason) of a streamed chat completion."""
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": "stream me"}],
+        "max_tokens": 6,
+        "stream": True,
+        **extra,
+    }
+    lines = sse_lines(url, body)[1]
+    assert lines[-1] == "data: [DONE]"
+    chunks = [json.loads(ln[6:]) for ln in lines[:-1]]
+    assert all(c["choices"][0]["finish_reason"] is None for c in chunks[:-1])
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
+    return text, chunks[-1]["choices"][0]["finish_reason"]
+
+
+def test_sse_finish_reason_is_the_generations_own(world):
+    """'length' when max_tokens ran out, 'stop' when a stop string ended it; both as the
+    non-streaming answer says."""
+    url = world["url"]
+    full = chat(url, "alpha", content="stream me", max_tokens=6).json()["choices"][0]
+    assert full["finish_reason"] == "length"
+    assert _sse_stream(url, "alpha") == (full["message"]["content"], "length")
+    stop = full["message"]["content"][2:5]
+    stopped = chat(url, "alpha", content="stream me", max_tokens=6, stop=[stop])
+    cut = stopped.json()["choices"][0]
+    assert cut["finish_reason"] == "stop" and len(cut["message"]["content"]) < 3
+    assert _sse_stream(url, "alpha", stop=[stop]) == (cut["message"]["content"], "stop")
+
+
+def test_sse_takes_finish_reason_and_errors_from_the_stream_itself():
+    """The finish chunk repeats the stream's GenResult: no recount of tokens (this fake has no
+    tokenizer, and 2 deltas for max_tokens 2 would have been guessed 'length'). An exception in
+    the stream is matched by its type."""
+    from tunewise.backend import GenRequest, GenResult, PromptTooLongError
+    from tunewise.serve import _sse
+    from tunewise.serve_schemas import ChatCompletionChunk
+
+    class FakeEngine:
+        def __init__(self, finish: str | Exception) -> None:
+            self.finish = finish
+
+        def stream(self, gen):
+            yield "Hel"
+            yield "lo"
+            if isinstance(self.finish, Exception):
+                raise self.finish
+            return GenResult("Hello", 3, 2, self.finish)
+
+    async def events(engine) -> list[dict]:
+        head = ChatCompletionChunk(id="c1", model="m", system_fingerprint="f", choices=[])
+        gen = GenRequest(messages=[], max_new_tokens=2)
+        lines = [b.decode() async for b in _sse(engine, gen, head)]
+        assert lines[-1] == "data: [DONE]\n\n"
+        return [json.loads(ln[6:]) for ln in lines[:-1]]
+
+    for reason in ("stop", "length"):
+        chunks = asyncio.run(events(FakeEngine(reason)))
+        assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == "Hello"
+        assert chunks[-1]["choices"][0] == {"index": 0, "delta": {}, "finish_reason": reason}
+        assert {c["id"] for c in chunks} == {"c1"}
+    too_long = asyncio.run(events(FakeEngine(PromptTooLongError("prompt of 9 tokens ..."))))
+    assert too_long[-1]["error"]["code"] == "context_length_exceeded"
+    bug = asyncio.run(events(FakeEngine(RuntimeError("boom"))))
+    assert bug[-1]["error"]["type"] == "server_error"
+
+
+def test_streamed_prompt_over_the_context_is_413_before_the_stream(world):
+    body = {
+        "model": "bot",
+        "messages": [{"role": "user", "content": "word " * 3000}],
+        "stream": True,
+    }
+    r = httpx.post(f"{world['url']}/v1/chat/completions", json=body, headers=AUTH, timeout=30)
+    assert r.status_code == 413 and r.json()["error"]["code"] == "context_length_exceeded"
+    assert "exceeds the context of" in r.json()["error"]["message"]
+
+
+def test_every_route_but_health_requires_the_key(world):
+    """The API-key dependency guards every route of the server's two routers but /health,
+    including any route added to them later."""
+    from fastapi.routing import APIRoute
+
+    from tunewise.serve import protected, public
+
+    url = world["url"]
+    routes = sorted(
+        (method, route.path)
+        for route in [*public.routes, *protected.routes]
+        if isinstance(route, APIRoute)
+        for method in route.methods
+    )
+    assert ("GET", "/health") in routes and ("POST", "/v1/chat/completions") in routes
+    assert len(routes) == 7
+    refused = [{}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {KEY}"}]
+    for method, path in routes:
+        for headers in refused:
+            r = httpx.request(method, url + path, headers=headers, json={}, timeout=30)
+            if path == "/health":
+                assert r.status_code == 200
+                continue
+            assert r.status_code == 401, (method, path, headers)
+            assert r.json()["error"]["code"] == "invalid_api_key"
+            assert r.headers["www-authenticate"] == "Bearer"
+        # with the key the request gets past the check (an empty body is then a 422, not a 401)
+        r = httpx.request(method, url + path, headers=AUTH, json={}, timeout=60)
+        assert r.status_code in (200, 422), (method, path, r.text)
+
+
+def test_admin_unload_goes_through_the_table(world):
+    url, engine = world["url"], world["engine"]
+    assert answer(chat(url, "gamma"))
+    r = httpx.post(f"{url}/admin/adapters/unload", json={"model": "gamma"}, headers=AUTH)
+    assert r.status_code == 200 and r.json()["unloaded"] == "gamma:1"
+    listing = httpx.get(f"{url}/admin/adapters", headers=AUTH).json()
+    assert "gamma" not in listing["resolved"] and "gamma:1" not in engine.adapters()
+    assert answer(chat(url, "gamma"))  # resolved and loaded again on the next request
 
 
 def test_rollback_during_traffic_switches_answers_without_failures(world):

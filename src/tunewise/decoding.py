@@ -63,7 +63,7 @@ def stop_overlap(text: str, stop: str) -> int:
 def new_cache(
     config: Any, prefix: list[tuple[torch.Tensor, torch.Tensor]] | None = None, rows: int = 1
 ) -> Any:
-    """An empty DynamicCache, or one holding ``prefix`` (per-layer keys, values) for ``rows`` rows."""
+    """An empty DynamicCache, or one holding ``prefix`` (per-layer keys, values) for ``rows``."""
     from transformers import DynamicCache
 
     if prefix is None:
@@ -93,7 +93,7 @@ def _common_prefix(prompts: list[list[int]]) -> int:
 def prefill(
     forward: Forward, config: Any, prompts: list[list[int]], pad_id: int
 ) -> tuple[torch.Tensor, Any, torch.Tensor, torch.Tensor]:
-    """Run the prompts: (last logits (b, vocab), cache, attention mask (b, kv), last position (b,))."""
+    """Run the prompts: (last logits (b, vocab), cache, attention mask (b, kv), last pos (b,))."""
     import torch
 
     b = len(prompts)

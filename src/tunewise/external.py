@@ -1,12 +1,12 @@
 """The ``external`` candidate: any OpenAI-compatible chat endpoint (a frontier model, vLLM, ...).
 
-:class:`ExternalClient` has the Engine's ``generate(list[GenRequest]) -> list[GenResult]``, so
-the evaluation harness treats an endpoint like a local model. Requests run concurrently (a small
+:class:`ExternalClient` is a :class:`tunewise.backend.Backend`, like the local Engine, so the
+evaluation harness treats an endpoint like a local model. Requests run concurrently (a small
 thread pool), greedy (``temperature: 0``), with timeouts; 429 and 5xx answers and dropped
 connections are retried with exponential backoff (honouring ``Retry-After``); 401/403/404 and
 other 4xx answers become one-line :class:`UserError` messages, since retrying cannot fix them.
-Results are cached like local ones (key: endpoint URL + model name, prompt, decoding parameters),
-so rerunning an evaluation does not pay the provider twice.
+Results are cached like local ones (:func:`tunewise.backend.cached_generate`; key: endpoint URL
+and model name, the JSON messages, decoding parameters), so a rerun does not pay the provider twice.
 """
 
 from __future__ import annotations
@@ -15,14 +15,16 @@ import json
 import os
 import random
 import time
+from collections.abc import Generator
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from tunewise.backend import GenRequest, GenResult, Messages, cached_generate
 from tunewise.decoding import first_stop
 from tunewise.errors import UserError
-from tunewise.infer import GenRequest, GenResult
 
 if TYPE_CHECKING:
     from tunewise.cache import GenCache
@@ -51,7 +53,8 @@ class ExternalClient:
     ) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise UserError(
-                f"external '{name or model}': base_url must start with http:// or https://, got {base_url!r}"
+                f"external '{name or model}': base_url must start with http:// or https://, "
+                f"got {base_url!r}"
             )
         self.base_url = base_url.rstrip("/")
         self.model = model
@@ -67,7 +70,8 @@ class ExternalClient:
             key = os.environ.get(api_key_env)
             if not key:
                 raise UserError(
-                    f"external '{self.name}': environment variable {api_key_env} (the API key) is not set"
+                    f"external '{self.name}': environment variable {api_key_env} "
+                    "(the API key) is not set"
                 )
             headers["Authorization"] = f"Bearer {key}"
         self._http = httpx.Client(
@@ -91,45 +95,44 @@ class ExternalClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # ------------------------------------------------------------------ the Engine interface
+    # ------------------------------------------------------------------ the Backend interface
     def generate(self, requests: list[GenRequest], *, progress: bool = False) -> list[GenResult]:
         """Greedy completions in request order; cached when a cache is given."""
-        from tunewise.infer import _progress
+        return cached_generate(
+            requests,
+            [_prompt_text(r) for r in requests],
+            partial(self._complete_misses, requests),
+            model_key=self.model_key,
+            cache=self.cache,
+            progress=progress,
+            label=f"querying {self.name}",
+        )
 
-        results: list[GenResult | None] = [None] * len(requests)
-        keys: list[str] = []
-        if self.cache is not None:
-            from tunewise.cache import GenCache
-
-            keys = [GenCache.key(self.model_key, "", _prompt_text(r), _params(r)) for r in requests]
-            for i, hit in self.cache.get_many(keys).items():
-                results[i] = GenResult(**hit, cached=True)
-        todo = [i for i, r in enumerate(results) if r is None]
-        with (
-            _progress(progress, len(todo), f"querying {self.name}") as advance,
-            ThreadPoolExecutor(self.concurrency) as pool,
-        ):
+    def _complete_misses(
+        self, requests: list[GenRequest], todo: list[int]
+    ) -> Generator[dict[int, GenResult], None, None]:
+        """Requests ``todo``, ``concurrency`` at a time; each result is yielded in request order."""
+        with ThreadPoolExecutor(self.concurrency) as pool:
             futures = {i: pool.submit(self._complete, requests[i]) for i in todo}
             try:
                 for i, fut in futures.items():
-                    results[i] = fut.result()
-                    if self.cache is not None:
-                        r = results[i]
-                        assert r is not None
-                        self.cache.put_many({keys[i]: _as_dict(r)})
-                    advance(1)
-            except BaseException:
+                    yield {i: fut.result()}
+            except BaseException:  # a failure, or the caller stopped: send nothing more
                 for fut in futures.values():
                     fut.cancel()
                 raise
-        return [r for r in results if r is not None]
 
     def score_continuations(
-        self, messages: Any, continuations: list[str], adapter: str | None = None
+        self,
+        messages: Messages,
+        continuations: list[str],
+        adapter: str | None = None,
+        *,
+        end_of_turn: bool = True,
     ) -> list[float]:
         raise UserError(
-            f"external '{self.name}': constrained label scoring needs token log-probabilities of a local model; "
-            "use free generation for external candidates"
+            f"external '{self.name}': constrained label scoring needs token log-probabilities of "
+            "a local model; use free generation for external candidates"
         )
 
     # ------------------------------------------------------------------ one request
@@ -211,7 +214,10 @@ class ExternalClient:
             )
             return f"external '{self.name}': {url} refused the API key (HTTP {code}: {msg}); {hint}"
         if code == 404:
-            return f"external '{self.name}': {url} not found or unknown model '{self.model}' (HTTP 404: {msg}); check base_url and model"
+            return (
+                f"external '{self.name}': {url} not found or unknown model '{self.model}' "
+                f"(HTTP 404: {msg}); check base_url and model"
+            )
         return f"external '{self.name}': {url} rejected the request (HTTP {code}: {msg})"
 
 
@@ -232,16 +238,3 @@ def _error_message(resp: httpx.Response) -> str:
 
 def _prompt_text(req: GenRequest) -> str:
     return json.dumps(req.messages, sort_keys=True, ensure_ascii=False)
-
-
-def _params(req: GenRequest) -> dict[str, Any]:
-    return {"decoding": "greedy", "max_new_tokens": int(req.max_new_tokens), "stop": list(req.stop)}
-
-
-def _as_dict(r: GenResult) -> dict[str, Any]:
-    return {
-        "text": r.text,
-        "prompt_tokens": r.prompt_tokens,
-        "completion_tokens": r.completion_tokens,
-        "finish_reason": r.finish_reason,
-    }

@@ -61,6 +61,50 @@ def replace_dir(src: str | Path, dst: str | Path) -> None:
     os.replace(src, dst)
 
 
+@contextlib.contextmanager
+def created_parents(path: str | Path) -> Iterator[None]:
+    """Create the missing parent folders of ``path``; if the block fails, remove them again.
+
+    With it a failed write leaves the tree as it was, not with new empty folders.
+    """
+    missing = []
+    parent = Path(os.path.abspath(path)).parent
+    while not parent.exists() and parent != parent.parent:
+        missing.append(parent)
+        parent = parent.parent
+    created: list[Path] = []
+    try:
+        for folder in reversed(missing):
+            folder.mkdir()
+            created.append(folder)
+        yield
+    except BaseException:
+        for folder in reversed(created):
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+
+
+@contextlib.contextmanager
+def staging_dir(target: str | Path) -> Iterator[Path]:
+    """A new, empty folder beside ``target`` to build it in, then move it with :func:`replace_dir`.
+
+    On a failure inside the block the folder and its contents are removed (with any parent folders
+    this made), so nothing half-built is left. Beside ``target`` means on the same file system,
+    where the final rename is atomic. Its mode is that of ``target`` when it exists, else 0755
+    (``mkdtemp`` makes 0700).
+    """
+    target = Path(target)
+    with created_parents(target):
+        stage = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+        try:
+            os.chmod(stage, target.stat().st_mode & 0o777 if target.is_dir() else 0o755)
+            yield stage
+        except BaseException:
+            shutil.rmtree(stage, ignore_errors=True)
+            raise
+
+
 def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
 

@@ -1,10 +1,12 @@
 """Batched greedy generation with one base model and many LoRA adapters.
 
-One :class:`Engine` holds one base model in memory. LoRA adapters are loaded onto it by name
-(PEFT ``load_adapter``), at most ``max_loaded_adapters`` at a time (least recently used ones are
-dropped from memory and reloaded from disk on their next request). The base model itself is always
-available as adapter ``None`` (adapters disabled). A full fine-tune is a different base model: give
-it its own Engine (:meth:`Engine.from_run`).
+One :class:`Engine` holds one base model in memory and answers :class:`GenRequest` lists (it is a
+:class:`tunewise.backend.Backend`). LoRA adapters are loaded onto it by name; their residency
+(at most ``max_loaded_adapters`` in memory, least recently used ones dropped and reloaded from disk
+on their next request, never one a generation is using) belongs to its
+:class:`tunewise.adapter_pool.AdapterPool`. The base model itself is always available as adapter
+``None`` (adapters disabled). A full fine-tune is a different base model: give it its own Engine
+(:meth:`Engine.from_run`).
 
 Generation is greedy and batched: requests are grouped per adapter, sorted by prompt length to limit
 padding, and run ``batch_size`` at a time with left padding and a KV cache. Prompts that share a
@@ -13,67 +15,50 @@ share its keys and values. A row that reaches EOS, a stop string or its ``max_ne
 the batch, so finished rows stop costing compute. The output of a batch equals what one-at-a-time
 ``model.generate`` gives on the same prompt (``bench/eval_throughput.py`` checks it).
 
-Every model call takes ``self._lock`` for one forward step, so a server may call the engine from
+Every model call holds the adapter pool for one forward step, so a server may call the engine from
 several threads: their steps interleave, which also keeps a long stream from blocking short calls.
 """
 
 from __future__ import annotations
 
 import inspect
-import json
 import math
 import threading
-import warnings
-from collections import OrderedDict
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Generator, Iterator, Sequence
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tunewise import chat, decoding
+from tunewise.adapter_pool import AdapterPool
+from tunewise.backend import (
+    GenRequest,
+    GenResult,
+    Messages,
+    PromptTooLongError,
+    cached_generate,
+    check_context,
+)
 from tunewise.decoding import Row, first_stop, stop_overlap
 from tunewise.errors import UserError
-from tunewise.fsio import sha256_file, sha256_text
 from tunewise.models import ModelRef
+from tunewise.rundir import RunDir
 
 if TYPE_CHECKING:
     import torch
 
     from tunewise.cache import GenCache
 
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-ADAPTER_CONFIG = "adapter_config.json"
-
-
-class PromptTooLongError(UserError):
-    """The prompt plus ``max_new_tokens`` does not fit the model's context window."""
-
-
-@dataclass
-class GenRequest:
-    messages: list[dict[str, str]]  # chat messages WITHOUT the answer
-    adapter: str | None = None  # None -> the base model
-    max_new_tokens: int = 64
-    stop: list[str] = field(default_factory=list)
-
-
-@dataclass
-class GenResult:
-    text: str
-    prompt_tokens: int
-    completion_tokens: int
-    finish_reason: str  # "stop" | "length"
-    cached: bool = False
-
-
-@dataclass
-class _Adapter:
-    name: str
-    path: Path
-    sha256: str  # of adapter_model.safetensors: part of the cache key
-    slot: str  # PEFT adapter name (module-dict key: no dots, no '@' or ':')
+# GenRequest, GenResult and PromptTooLongError live in tunewise.backend; most callers know them
+# as part of the engine's interface and import them from here.
+__all__ = [
+    "Engine",
+    "GenRequest",
+    "GenResult",
+    "PromptTooLongError",
+    "engine_for_run",
+    "max_new_tokens_for",
+]
 
 
 def max_new_tokens_for(
@@ -92,22 +77,8 @@ def max_new_tokens_for(
     return int(min(cap, longest + max(margin, math.ceil(0.1 * longest)) + 1))
 
 
-def adapter_base_hash(path: Path) -> str | None:
-    """The base model weight hash recorded in ``path/run.json`` (a tunewise training run), if any."""
-    run = path / "run.json"
-    if not run.is_file():
-        return None
-    try:
-        data = json.loads(run.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(f"{run}: unreadable run.json: {exc}") from None
-    base = data.get("base_model") or {}
-    value = base.get("weight_hash") if isinstance(base, dict) else None
-    return str(value) if value else None
-
-
 class Engine:
-    """One base model, several LoRA adapters, batched greedy generation. See the module docstring."""
+    """One base model, many LoRA adapters, batched greedy generation (see the module docstring)."""
 
     def __init__(
         self,
@@ -130,7 +101,6 @@ class Engine:
         self.ref = ref
         self.quantize_4bit = quantize_4bit
         self.batch_size = batch_size
-        self.max_loaded_adapters = max_loaded_adapters
         self.cache = cache
         self.tokenizer = load_tokenizer(ref, trust_remote_code=trust_remote_code)
         hf_logging.disable_progress_bar()
@@ -139,33 +109,13 @@ class Engine:
         )
         base.eval()
         self._base = base
-        self._peft: Any = None  # PeftModel wrapping _base once the first adapter is loaded
+        self.pool = AdapterPool(base, ref, max_loaded=max_loaded_adapters)
         self._device = next(base.parameters()).device
-        self._lock = threading.Lock()  # one forward step at a time
         self._tok_lock = threading.Lock()  # fast tokenizers are not safe to call from two threads
-        self._registered: dict[str, _Adapter] = {}
-        self._loaded: OrderedDict[str, _Adapter] = OrderedDict()  # LRU order, most recent last
-        self._pins: dict[str, int] = {}
-        self._slots = 0
-        self._active: str | None = None  # slot active in the PEFT model; None = adapters disabled
-        self._adapters_enabled = True
-
-        gen_eos = base.generation_config.eos_token_id
-        eos = set(
-            gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else []
-        )
-        if self.tokenizer.eos_token_id is not None:
-            eos.add(self.tokenizer.eos_token_id)
-        # The template's end-of-turn token stops generation even when the checkpoint's EOS is
-        # another token (Llama 3.0 shipped EOS <|end_of_text|> while turns end in <|eot_id|>).
         self.end_of_turn = self._find_end_of_turn()
-        eot_id = chat.end_of_turn_id(self.tokenizer, self.end_of_turn)
-        if eot_id is not None:
-            eos.add(eot_id)
-        self.eos_ids: frozenset[int] = frozenset(int(e) for e in eos)
-        self.pad_id = int(
-            self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(eos)
-        )
+        self.eos_ids: frozenset[int] = _eos_ids(base, self.tokenizer, self.end_of_turn)
+        pad = self.tokenizer.pad_token_id
+        self.pad_id = int(pad if pad is not None else min(self.eos_ids))
         self.context_length = int(getattr(base.config, "max_position_embeddings", 0) or 2048)
         params = inspect.signature(base.forward).parameters
         # transformers 5.x renamed past_key_values -> cache; accept both so other archs work.
@@ -182,179 +132,51 @@ class Engine:
         """An Engine on a full fine-tune's own checkpoint (``RUN/model/``)."""
         from tunewise.models import resolve
 
-        model_dir = Path(run_dir) / "model"
-        if not (model_dir / "config.json").is_file():
+        run = RunDir(run_dir)
+        if run.kind != "full":
             raise UserError(f"{run_dir}: not a full fine-tune run (no model/config.json)")
-        return cls(resolve(str(model_dir)), **kwargs)
+        return cls(resolve(str(run.model_dir)), **kwargs)
 
     @property
     def model(self) -> Any:
         """The module that runs: the PEFT wrapper once adapters exist, else the base model."""
-        return self._peft if self._peft is not None else self._base
+        return self.pool.model
+
+    @property
+    def max_loaded_adapters(self) -> int:
+        return self.pool.max_loaded
 
     def _find_end_of_turn(self) -> str:
         # The text a chat template closes an assistant turn with (ChatML: "<|im_end|>"); used to
         # stop generation and to score "label + end of turn".
         return chat.end_of_turn(self.tokenizer)
 
-    # ------------------------------------------------------------------ adapters
+    # ------------------------------------------------------------------ adapters (see AdapterPool)
     def load_adapter(self, name: str, path: Path, *, base_hash: str | None = None) -> None:
-        """Load the PEFT adapter in ``path`` under ``name`` (replacing a different one of that name).
+        """Load the PEFT adapter in ``path`` as ``name`` (replacing a different one of that name).
 
         Refuses (UserError) an adapter whose training run recorded a different base model weight
         hash: ``base_hash`` when given (the registry knows it), else ``path/run.json``.
         """
-        path = Path(path)
-        if not (path / ADAPTER_CONFIG).is_file():
-            raise UserError(f"{path}: not a LoRA adapter directory (no {ADAPTER_CONFIG})")
-        weights = path / ADAPTER_WEIGHTS
-        if not weights.is_file():
-            raise UserError(f"{path}: no {ADAPTER_WEIGHTS} (only safetensors adapters are loaded)")
-        expected = base_hash or adapter_base_hash(path)
-        if expected is None:
-            warnings.warn(
-                f"{path}: no run.json with a base weight hash; cannot verify the base model",
-                stacklevel=2,
-            )
-        elif expected != self.ref.weight_hash:
-            raise UserError(
-                f"adapter '{name}' ({path}) was trained on base {expected[:12]}, but the loaded base "
-                f"'{self.ref.name}' is {self.ref.weight_hash[:12]}: refusing to mix them"
-            )
-        digest = sha256_file(weights)
-        with self._lock:
-            old = self._registered.get(name)
-            if old is not None and old.sha256 == digest and old.path == path:
-                self._touch(old)
-                return
-            if old is not None:
-                self._drop(name)
-            self._slots += 1
-            entry = _Adapter(name=name, path=path, sha256=digest, slot=f"tw{self._slots}")
-            self._registered[name] = entry
-            try:
-                self._ensure_loaded(entry)
-            except Exception:
-                self._registered.pop(name, None)
-                raise
+        self.pool.register(name, path, base_hash=base_hash)
 
     def unload_adapter(self, name: str) -> None:
         """Forget an adapter entirely (memory and registration)."""
-        with self._lock:
-            if name not in self._registered:
-                raise UserError(f"unknown adapter '{name}'")
-            self._drop(name)
+        self.pool.unregister(name)
 
     def adapters(self) -> list[str]:
         """Names of every registered adapter (loaded now or reloadable on demand)."""
-        return list(self._registered)
+        return self.pool.names()
 
     def loaded_adapters(self) -> list[str]:
         """Adapters resident in memory, least recently used first."""
-        return list(self._loaded)
+        return self.pool.loaded()
 
     def adapter_hash(self, name: str | None) -> str:
-        if name is None:
-            return ""
-        return self._get(name).sha256
-
-    def _get(self, name: str) -> _Adapter:
-        entry = self._registered.get(name)
-        if entry is None:
-            raise UserError(
-                f"unknown adapter '{name}'; loaded: {', '.join(self._registered) or 'none'}"
-            )
-        return entry
-
-    def _touch(self, entry: _Adapter) -> None:
-        if entry.name in self._loaded:
-            self._loaded.move_to_end(entry.name)
-
-    def _drop(self, name: str) -> None:
-        # caller holds self._lock
-        entry = self._registered.pop(name)
-        if name in self._loaded:
-            self._evict(entry)
-
-    def _evict(self, entry: _Adapter) -> None:
-        del self._loaded[entry.name]
-        if self._active == entry.slot:
-            self._active = None
-        self._peft.delete_adapter(entry.slot)
-
-    def _ensure_loaded(self, entry: _Adapter) -> None:
-        # caller holds self._lock
-        if entry.name in self._loaded:
-            self._loaded.move_to_end(entry.name)
-            return
-        while len(self._loaded) >= self.max_loaded_adapters:
-            victim = next((a for a in self._loaded.values() if not self._pins.get(a.name)), None)
-            if victim is None:  # everything resident is in use right now: exceed the bound briefly
-                break
-            self._evict(victim)
-        try:
-            if self._peft is None:
-                from peft import PeftModel
-
-                self._peft = PeftModel.from_pretrained(
-                    self._base, str(entry.path), adapter_name=entry.slot
-                )
-                self._peft.eval()
-            else:
-                self._peft.load_adapter(str(entry.path), adapter_name=entry.slot)
-        except (ValueError, KeyError, RuntimeError, OSError) as exc:
-            raise UserError(
-                f"adapter '{entry.name}' ({entry.path}) does not fit base '{self.ref.name}': {exc}"
-            ) from exc
-        self._active = None  # PEFT may have switched the active adapter while loading
-        self._loaded[entry.name] = entry
-
-    @contextmanager
-    def _pinned(self, name: str | None) -> Iterator[None]:
-        """Keep ``name`` resident (LRU never evicts it) while a generation uses it."""
-        if name is None:
-            yield
-            return
-        with self._lock:
-            entry = self._get(name)
-            self._pins[name] = self._pins.get(name, 0) + 1
-            try:
-                self._ensure_loaded(entry)
-            except BaseException:
-                self._pins[name] -= 1
-                raise
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._pins[name] -= 1
-                if not self._pins[name]:
-                    del self._pins[name]
-
-    def _activate(self, name: str | None) -> None:
-        # caller holds self._lock
-        if self._peft is None:
-            if name is not None:
-                raise UserError(f"unknown adapter '{name}'")
-            return
-        if name is None:
-            if self._adapters_enabled:
-                self._peft.base_model.disable_adapter_layers()
-                self._adapters_enabled = False
-            return
-        entry = self._registered.get(name)
-        if entry is None:
-            raise UserError(f"adapter '{name}' was unloaded while in use")
-        self._ensure_loaded(entry)
-        if self._active != entry.slot:
-            self._peft.set_adapter(entry.slot, inference_mode=True)
-            self._active = entry.slot
-        if not self._adapters_enabled:
-            self._peft.base_model.enable_adapter_layers()
-            self._adapters_enabled = True
+        return self.pool.sha256(name)
 
     # ------------------------------------------------------------------ prompts
-    def render(self, messages: list[dict[str, str]]) -> str:
+    def render(self, messages: Messages) -> str:
         """The prompt text: the chat template with the generation prompt appended."""
         if not isinstance(messages, list) or not messages:
             raise UserError("messages must be a non-empty list of {role, content}")
@@ -377,8 +199,8 @@ class Engine:
         with self._tok_lock:
             return self.tokenizer.decode(ids, skip_special_tokens=True)
 
-    def prompt_tokens(self, messages: list[dict[str, str]]) -> int:
-        """How many tokens the rendered prompt takes (the server checks this against the context)."""
+    def prompt_tokens(self, messages: Messages) -> int:
+        """How many tokens the rendered prompt takes (the server checks it against the context)."""
         return len(self.encode([self.render(messages)])[0])
 
     def max_new_tokens_for(self, answers: Sequence[str], *, margin: int = 8) -> int:
@@ -388,13 +210,6 @@ class Engine:
         )
 
     # ------------------------------------------------------------------ generation
-    def _params(self, req: GenRequest) -> dict[str, Any]:
-        return {
-            "decoding": "greedy",
-            "max_new_tokens": int(req.max_new_tokens),
-            "stop": list(req.stop),
-        }
-
     def generate(self, requests: list[GenRequest], *, progress: bool = False) -> list[GenResult]:
         """Greedy completions for ``requests``, in request order (see the module docstring)."""
         if not requests:
@@ -403,73 +218,66 @@ class Engine:
             if r.max_new_tokens < 1:
                 raise UserError(f"request {i}: max_new_tokens must be at least 1")
             if r.adapter is not None:
-                self._get(r.adapter)
+                self.pool.get(r.adapter)
         prompts = [self.render(r.messages) for r in requests]
-        results: list[GenResult | None] = [None] * len(requests)
-        keys: list[str] = []
-        if self.cache is not None:
-            from tunewise.cache import GenCache
+        return cached_generate(
+            requests,
+            prompts,
+            partial(self._generate_misses, requests, prompts),
+            model_key=self.model_key,
+            cache=self.cache,
+            adapter_hash=self.adapter_hash,
+            progress=progress,
+        )
 
-            keys = [
-                GenCache.key(self.model_key, self.adapter_hash(r.adapter), p, self._params(r))
-                for r, p in zip(requests, prompts, strict=True)
+    def _generate_misses(
+        self, requests: list[GenRequest], prompts: list[str], todo: list[int]
+    ) -> Generator[dict[int, GenResult], None, None]:
+        """Run requests ``todo`` in batches, yielding each batch's results as it finishes."""
+        ids = self.encode([prompts[i] for i in todo])
+        rows = {
+            i: Row(prompt=t, max_new=requests[i].max_new_tokens, stops=list(requests[i].stop))
+            for i, t in zip(todo, ids, strict=True)
+        }
+        for i, row in rows.items():  # all of them before any runs: fail fast, not half-way
+            check_context(len(row.prompt), row.max_new, self.context_length, where=f"request {i}: ")
+        for adapter, idx in self._batches(requests, rows):
+            batch_rows = [rows[i] for i in idx]
+            with self.pool.pinned(adapter):
+                for _ in self._decode(adapter, batch_rows, track_text=False):
+                    pass
+            yield {i: self._result(row) for i, row in zip(idx, batch_rows, strict=True)}
+
+    def _batches(
+        self, requests: list[GenRequest], rows: dict[int, Row]
+    ) -> list[tuple[str | None, list[int]]]:
+        """``(adapter, positions)`` batches of at most ``batch_size`` rows of one adapter each."""
+        groups: dict[str | None, list[int]] = {}
+        for i in rows:
+            groups.setdefault(requests[i].adapter, []).append(i)
+        batches: list[tuple[str | None, list[int]]] = []
+        for adapter, idx in groups.items():
+            # Longest first: the slowest batch starts while the progress bar is honest, and
+            # neighbours in length share a batch so padding stays small.
+            idx.sort(key=lambda i: (-len(rows[i].prompt), -rows[i].max_new))
+            batches += [
+                (adapter, idx[s : s + self.batch_size]) for s in range(0, len(idx), self.batch_size)
             ]
-            for i, hit in self.cache.get_many(keys).items():
-                results[i] = GenResult(**hit, cached=True)
-        todo = [i for i, r in enumerate(results) if r is None]
-        if todo:
-            ids = self.encode([prompts[i] for i in todo])
-            rows = {
-                i: Row(prompt=t, max_new=requests[i].max_new_tokens, stops=list(requests[i].stop))
-                for i, t in zip(todo, ids, strict=True)
-            }
-            for i, row in rows.items():
-                if len(row.prompt) + row.max_new > self.context_length:
-                    raise PromptTooLongError(
-                        f"request {i}: prompt of {len(row.prompt)} tokens + max_new_tokens {row.max_new} "
-                        f"exceeds the context of {self.context_length} tokens"
-                    )
-            groups: dict[str | None, list[int]] = {}
-            for i in todo:
-                groups.setdefault(requests[i].adapter, []).append(i)
-            batches: list[tuple[str | None, list[int]]] = []
-            for adapter, idx in groups.items():
-                # Longest first: the slowest batch starts while the progress bar is honest, and
-                # neighbours in length share a batch so padding stays small.
-                idx.sort(key=lambda i: (-len(rows[i].prompt), -rows[i].max_new))
-                batches += [
-                    (adapter, idx[s : s + self.batch_size])
-                    for s in range(0, len(idx), self.batch_size)
-                ]
-            with _progress(progress, len(todo), "generating") as advance:
-                for adapter, idx in batches:
-                    batch_rows = [rows[i] for i in idx]
-                    with self._pinned(adapter):
-                        for _ in self._decode(adapter, batch_rows, track_text=False):
-                            pass
-                    fresh = {}
-                    for i, row in zip(idx, batch_rows, strict=True):
-                        results[i] = self._result(row)
-                        if keys:
-                            fresh[keys[i]] = _as_dict(results[i])
-                    if fresh and self.cache is not None:
-                        self.cache.put_many(fresh)
-                    advance(len(idx))
-        return [r for r in results if r is not None]
+        return batches
 
-    def stream(self, request: GenRequest) -> Iterator[str]:
-        """Text deltas of one greedy completion, for SSE. Stop strings are never emitted."""
+    def stream(self, request: GenRequest) -> Generator[str, None, GenResult]:
+        """Text deltas of one greedy completion, for SSE. Stop strings are never emitted.
+
+        The generator's return value (``StopIteration.value``) is the whole :class:`GenResult`,
+        so a caller knows the ``finish_reason`` and token counts without recounting the text.
+        """
         if request.max_new_tokens < 1:
             raise UserError("max_new_tokens must be at least 1")
         ids = self.encode([self.render(request.messages)])[0]
-        if len(ids) + request.max_new_tokens > self.context_length:
-            raise PromptTooLongError(
-                f"prompt of {len(ids)} tokens + max_new_tokens {request.max_new_tokens} exceeds the "
-                f"context of {self.context_length} tokens"
-            )
+        check_context(len(ids), request.max_new_tokens, self.context_length)
         row = Row(prompt=ids, max_new=request.max_new_tokens, stops=list(request.stop))
         sent = 0
-        with self._pinned(request.adapter):
+        with self.pool.pinned(request.adapter):
             for _ in self._decode(request.adapter, [row], track_text=True):
                 if row.finish is not None:
                     break
@@ -482,9 +290,10 @@ class Engine:
                 if end > sent:
                     yield visible[sent:end]
                     sent = end
-        final = self._result(row).text
-        if len(final) > sent:
-            yield final[sent:]
+        result = self._result(row)
+        if len(result.text) > sent:
+            yield result.text[sent:]
+        return result
 
     def _result(self, row: Row) -> GenResult:
         gen = row.gen[:-1] if row.gen and row.gen[-1] in self.eos_ids else row.gen
@@ -509,13 +318,12 @@ class Engine:
         kv: Any,
         last_only: bool = True,
     ) -> torch.Tensor:
-        """One model call with ``adapter`` active, under the lock (see :mod:`tunewise.decoding`)."""
+        """One model call with ``adapter`` on, holding the pool (see :mod:`tunewise.decoding`)."""
         kwargs: dict[str, Any] = {self._cache_kw: kv, "use_cache": True}
         if last_only and self._logits_to_keep:
             kwargs["logits_to_keep"] = 1  # the LM head over the vocabulary is costly: one row
-        with self._lock, self._torch.inference_mode():
-            self._activate(adapter)
-            out = self.model(
+        with self.pool.activated(adapter) as model, self._torch.inference_mode():
+            out = model(
                 input_ids=input_ids.to(self._device),
                 attention_mask=attention_mask.to(self._device),
                 position_ids=position_ids.to(self._device),
@@ -537,7 +345,7 @@ class Engine:
     # ------------------------------------------------------------------ constrained labels
     def score_continuations(
         self,
-        messages: list[dict[str, str]],
+        messages: Messages,
         continuations: list[str],
         adapter: str | None = None,
         *,
@@ -552,31 +360,21 @@ class Engine:
         if not continuations:
             return []
         if adapter is not None:
-            self._get(adapter)
+            self.pool.get(adapter)
         prompt = self.render(messages)
-        key = None
-        if self.cache is not None:
-            from tunewise.cache import GenCache
-
-            params = {
-                "kind": "logprob",
-                "continuations": list(continuations),
-                "eot": self.end_of_turn if end_of_turn else "",
-            }
-            key = GenCache.key(self.model_key, self.adapter_hash(adapter), prompt, params)
+        suffix = self.end_of_turn if end_of_turn else ""
+        key = self._score_key(prompt, continuations, suffix, adapter)
+        if key is not None and self.cache is not None:
             hit = self.cache.get_scores(key)
             if hit is not None:
                 return hit
         prompt_ids = self.encode([prompt])[0]
-        suffix = self.end_of_turn if end_of_turn else ""
         cont_ids = self.encode([c + suffix for c in continuations])
         if any(not c for c in cont_ids):
             raise UserError("score_continuations: an empty continuation has no tokens to score")
-        if len(prompt_ids) + max(len(c) for c in cont_ids) > self.context_length:
-            raise PromptTooLongError(
-                f"prompt of {len(prompt_ids)} tokens + a label exceeds the context"
-            )
-        with self._pinned(adapter):
+        longest = max(len(c) for c in cont_ids)
+        check_context(len(prompt_ids), longest, self.context_length, new_label="label tokens")
+        with self.pool.pinned(adapter):
             scores = decoding.score_continuations(
                 partial(self._forward, adapter),
                 self._base.config,
@@ -589,6 +387,32 @@ class Engine:
             self.cache.put_scores(key, scores)
         return scores
 
+    def _score_key(
+        self, prompt: str, continuations: list[str], suffix: str, adapter: str | None
+    ) -> str | None:
+        """The cache key of a scoring call (None without a cache)."""
+        if self.cache is None:
+            return None
+        from tunewise.cache import GenCache
+
+        params = {"kind": "logprob", "continuations": list(continuations), "eot": suffix}
+        return GenCache.key(self.model_key, self.adapter_hash(adapter), prompt, params)
+
+
+def _eos_ids(base: Any, tokenizer: Any, end_of_turn: str) -> frozenset[int]:
+    """Every token that ends a turn: the generation config's EOS ids, the tokenizer's, and the
+    chat template's end-of-turn token."""
+    gen_eos = base.generation_config.eos_token_id
+    eos = set(gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else [])
+    if tokenizer.eos_token_id is not None:
+        eos.add(tokenizer.eos_token_id)
+    # The template's end-of-turn token stops generation even when the checkpoint's EOS is
+    # another token (Llama 3.0 shipped EOS <|end_of_text|> while turns end in <|eot_id|>).
+    eot_id = chat.end_of_turn_id(tokenizer, end_of_turn)
+    if eot_id is not None:
+        eos.add(eot_id)
+    return frozenset(int(e) for e in eos)
+
 
 def engine_for_run(
     run_dir: Path, engine: Engine | None = None, *, name: str | None = None, **kwargs: Any
@@ -598,46 +422,16 @@ def engine_for_run(
     A LoRA/QLoRA run is loaded as an adapter on ``engine`` (or on a new engine for the run's base);
     a full fine-tune gets an Engine of its own. Returns ``(engine, adapter_name_or_None)``.
     """
-    run_dir = Path(run_dir)
-    if (run_dir / ADAPTER_CONFIG).is_file():
+    run = RunDir(run_dir)
+    kind = run.kind
+    if kind == "lora":
         if engine is None:
             from tunewise.models import resolve
 
-            run = (
-                json.loads((run_dir / "run.json").read_text())
-                if (run_dir / "run.json").is_file()
-                else {}
-            )
-            base = (run.get("base_model") or {}).get("path") or (run.get("base_model") or {}).get(
-                "name"
-            )
-            engine = Engine(resolve(base), **kwargs)
-        adapter = name or run_dir.name
-        engine.load_adapter(adapter, run_dir)
+            engine = Engine(resolve(run.base_reference()), **kwargs)
+        adapter = name or run.path.name
+        engine.load_adapter(adapter, run.path)
         return engine, adapter
-    if (run_dir / "model" / "config.json").is_file():
-        return Engine.from_run(run_dir, **kwargs), None
+    if kind == "full":
+        return Engine.from_run(run.path, **kwargs), None
     raise UserError(f"{run_dir}: neither a LoRA adapter nor a full fine-tune run directory")
-
-
-def _as_dict(r: GenResult | None) -> dict[str, Any]:
-    assert r is not None
-    return {
-        "text": r.text,
-        "prompt_tokens": r.prompt_tokens,
-        "completion_tokens": r.completion_tokens,
-        "finish_reason": r.finish_reason,
-    }
-
-
-@contextmanager
-def _progress(enabled: bool, total: int, label: str) -> Iterator[Any]:
-    from tunewise.progress import Bar
-
-    with Bar(label, total, enabled=enabled) as bar:
-        yield bar.advance
-
-
-def text_hash(text: str) -> str:
-    """The prompt hash used in cache keys (sha256 of the rendered prompt text)."""
-    return sha256_text(text)

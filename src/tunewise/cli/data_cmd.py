@@ -194,6 +194,14 @@ def convert_cmd(
         help="keep at most N examples of each label (the first N in file order)",
     ),
     delimiter: str = typer.Option(",", "--delimiter", help="csv delimiter"),
+    encoding: str = typer.Option(
+        "utf-8", "--encoding", help="encoding of SRC, e.g. cp1252 or latin-1 (default: utf-8)"
+    ),
+    errors: str = typer.Option(
+        "strict",
+        "--errors",
+        help="undecodable bytes: strict (stop, naming the line), replace (U+FFFD) or ignore",
+    ),
 ) -> None:
     """Convert CSV, JSON text/label pairs (CLINC150), Alpaca or ShareGPT into chat JSONL."""
     from tunewise.data.convert import convert
@@ -214,6 +222,8 @@ def convert_cmd(
         labels=_list(labels),
         per_label=per_label,
         delimiter=delimiter,
+        encoding=encoding,
+        errors=errors,
     )
     n_labels = f", {len(result['labels'])} label(s)" if result["labels"] else ""
     console.print(

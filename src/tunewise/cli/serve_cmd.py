@@ -28,7 +28,8 @@ def serve_command(
         None,
         "--adapters",
         "--adapter",
-        help="Preload: registry spec (name, name@alias, name:version) or name=PATH; repeat or comma-separate.",
+        help="Preload: registry spec (name, name@alias, name:version) or name=PATH; "
+        "repeat or comma-separate.",
     ),
     api_key: str = typer.Option(
         None,

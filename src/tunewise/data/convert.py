@@ -19,15 +19,18 @@ from __future__ import annotations
 
 import csv
 import difflib
+import io
 import json
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
+from tunewise.data import files
+from tunewise.data.files import JSONProblem
 from tunewise.data.schema import Problem, validate_record
 from tunewise.errors import DataError, UserError
-from tunewise.fsio import atomic_write_jsonl
+from tunewise.fsio import atomic_write_jsonl, created_parents
 
 Source = Literal["csv", "json-pairs", "alpaca", "sharegpt"]
 SOURCES: tuple[str, ...] = ("csv", "json-pairs", "alpaca", "sharegpt")
@@ -58,49 +61,83 @@ def _fill(template: str, values: dict[str, Any], where: str, path: Path, opt: st
         raise UserError(
             f"{path}: {where}: {opt} uses {{{exc.args[0]}}} but the columns are: {cols}"
         ) from None
-    except (ValueError, IndexError) as exc:
+    except (ValueError, IndexError, AttributeError, TypeError) as exc:
         raise UserError(f"{opt} {template!r}: {exc}") from None
 
 
-def _read_json_or_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
+def _load_json(path: Path, text: str, where: str | None = None, line: int | None = None) -> Any:
+    """One JSON document of ``path`` (the whole file, or one JSONL line when ``line`` is set)."""
+    try:
+        return files.loads(text)
+    except JSONProblem as exc:
+        at = line if line is not None else exc.line
+        field = ".".join(x for x in (where, exc.field) if x).replace(".[", "[")
+        raise DataError(str(path), at, field or "(file)", exc.message) from None
+
+
+def _read_json_or_jsonl(path: Path, encoding: str, errors: str) -> Iterator[tuple[str, Any]]:
     """Records of a JSON list or a JSONL file, each with its location."""
-    text = path.read_text(encoding="utf-8")
+    text = files.read_text(path, encoding, errors)
     if text.lstrip().startswith("["):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise DataError(str(path), exc.lineno, "(file)", f"not valid JSON: {exc.msg}") from None
+        data = _load_json(path, text)
         for i, rec in enumerate(data):
             yield f"[{i}]", rec
         return
-    for lineno, raw in enumerate(text.splitlines(), start=1):
-        if not raw.strip():
-            continue
+    # Split on newlines only: str.splitlines() also breaks at U+2028 and friends, which JSON
+    # strings may hold raw.
+    for lineno, raw in enumerate(text.split("\n"), start=1):
+        if raw.strip():
+            yield f"line {lineno}", _load_json(path, raw, line=lineno)
+
+
+def _csv_reader(text: str, delimiter: str) -> csv.DictReader:
+    # The csv module takes a quote or a line break as the delimiter and then reads nonsense.
+    if len(delimiter) != 1 or delimiter in '"\r\n':
+        raise UserError(f"--delimiter {delimiter!r}: must be one character, not a quote or newline")
+    return csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
+
+
+def _csv_records(path: Path, reader: csv.DictReader) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Each row with the line it starts on; a ``csv.Error`` names that line."""
+    rows = iter(reader)
+    while True:
+        start = reader.line_num + 1
         try:
-            yield f"line {lineno}", json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise DataError(
-                str(path), lineno, "(line)", f"not valid JSON: {exc.msg} at column {exc.colno}"
-            ) from None
+            row = next(rows)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            hint = ""
+            if "field larger than field limit" in str(exc):
+                hint = " (a field that long usually means a quote left open)"
+            raise DataError(str(path), start, "(csv)", f"{exc}{hint}") from None
+        yield reader.line_num, row
 
 
 def _csv_rows(
-    path: Path, text_col: str, label_col: str, template: str, answer_template: str, delimiter: str
+    path: Path,
+    text_col: str,
+    label_col: str,
+    template: str,
+    answer_template: str,
+    delimiter: str,
+    text: str,
 ) -> Iterator[Row]:
-    with open(path, encoding="utf-8-sig", newline="") as fh:
-        reader = csv.DictReader(fh, delimiter=delimiter)
+    reader = _csv_reader(text, delimiter)
+    try:
         header = reader.fieldnames or []
-        for col, opt in ((text_col, "--text-col"), (label_col, "--label-col")):
-            if col not in header:
-                raise DataError(
-                    str(path), 1, col, f"no such column for {opt} (columns: {', '.join(header)})"
-                )
-        for row in reader:
-            where = f"line {reader.line_num}"
-            values = {k: (v or "").strip() for k, v in row.items() if k is not None}
-            values["text"] = values.get(text_col, "")
-            values["label"] = values.get(label_col, "")
-            yield _templated(values, where, path, template, answer_template)
+    except csv.Error as exc:
+        raise DataError(str(path), 1, "(csv)", str(exc)) from None
+    for col, opt in ((text_col, "--text-col"), (label_col, "--label-col")):
+        if col not in header:
+            raise DataError(
+                str(path), 1, col, f"no such column for {opt} (columns: {', '.join(header)})"
+            )
+    for line, row in _csv_records(path, reader):
+        values = {k: (v or "").strip() for k, v in row.items() if k is not None}
+        values["text"] = values.get(text_col, "")
+        values["label"] = values.get(label_col, "")
+        yield _templated(values, f"line {line}", path, template, answer_template)
 
 
 def _templated(
@@ -117,12 +154,9 @@ def _templated(
 
 
 def _pair_rows(
-    path: Path, keys: list[str] | None, template: str, answer_template: str
+    path: Path, keys: list[str] | None, template: str, answer_template: str, text: str
 ) -> Iterator[Row]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DataError(str(path), exc.lineno, "(file)", f"not valid JSON: {exc.msg}") from None
+    data = _load_json(path, text)
     if isinstance(data, list):
         if keys:
             raise UserError(f"{path}: --keys given but the file is a plain list of pairs")
@@ -157,8 +191,8 @@ def _pair_rows(
             yield _templated(values, where, path, template, answer_template)
 
 
-def _alpaca_rows(path: Path) -> Iterator[Row]:
-    for where, rec in _read_json_or_jsonl(path):
+def _alpaca_rows(path: Path, encoding: str, errors: str) -> Iterator[Row]:
+    for where, rec in _read_json_or_jsonl(path, encoding, errors):
         if not isinstance(rec, dict) or "instruction" not in rec or "output" not in rec:
             raise DataError(
                 str(path), None, where, "expected an object with 'instruction' and 'output'"
@@ -176,8 +210,8 @@ def _alpaca_rows(path: Path) -> Iterator[Row]:
         yield where, None, msgs
 
 
-def _sharegpt_rows(path: Path) -> Iterator[Row]:
-    for where, rec in _read_json_or_jsonl(path):
+def _sharegpt_rows(path: Path, encoding: str, errors: str) -> Iterator[Row]:
+    for where, rec in _read_json_or_jsonl(path, encoding, errors):
         turns = rec.get("conversations") if isinstance(rec, dict) else None
         if not isinstance(turns, list):
             raise DataError(
@@ -206,52 +240,45 @@ def _sharegpt_rows(path: Path) -> Iterator[Row]:
         yield where, None, msgs
 
 
-def convert(
-    src: str | Path,
-    out: str | Path,
-    *,
-    source: Source,
-    system: str | None = None,
-    text_col: str = "text",
-    label_col: str = "label",
-    template: str = "{text}",
-    answer_template: str = "{label}",
-    keys: list[str] | None = None,
-    labels: list[str] | None = None,
-    per_label: int | None = None,
-    delimiter: str = ",",
-) -> dict[str, Any]:
-    """Convert ``src`` into chat JSONL at ``out`` (atomically); returns counts.
-
-    ``labels`` keeps only examples with those labels (csv and json-pairs); a label that never
-    occurs is an error, since it is almost always a typo. ``per_label`` keeps at most that many
-    examples of each label, the first ones in file order (a smaller, balanced start for a slow
-    machine; deterministic, so a rerun writes the same file).
-    """
-    src, out = Path(src), Path(out)
-    if not src.is_file():
-        raise UserError(f"{src}: file not found")
-    if source == "csv":
-        rows: Iterator[Row] = _csv_rows(
-            src, text_col, label_col, template, answer_template, delimiter
-        )
-    elif source == "json-pairs":
-        rows = _pair_rows(src, keys, template, answer_template)
-    elif source == "alpaca":
-        rows = _alpaca_rows(src)
-    elif source == "sharegpt":
-        rows = _sharegpt_rows(src)
-    else:
+def _source_rows(
+    src: Path,
+    source: str,
+    opts: dict[str, Any],
+    encoding: str,
+    errors: str,
+) -> Iterator[Row]:
+    """The produced records of ``src`` read as ``source``."""
+    if source not in SOURCES:
         raise UserError(f"--from {source!r}: use one of {', '.join(SOURCES)}")
-    for flag, value in (("--labels", labels), ("--per-label", per_label)):
-        if value and source not in ("csv", "json-pairs"):
-            raise UserError(
-                f"{flag} only applies to labelled sources (csv, json-pairs), not {source}"
-            )
-    if per_label is not None and per_label < 1:
-        raise UserError(f"--per-label {per_label}: must be at least 1")
+    if source == "csv":
+        _csv_reader("", opts["delimiter"])  # a bad --delimiter is named before the file is read
+    text = files.read_text(src, encoding, errors)
+    if source == "csv":
+        return _csv_rows(
+            src,
+            opts["text_col"],
+            opts["label_col"],
+            opts["template"],
+            opts["answer_template"],
+            opts["delimiter"],
+            text,
+        )
+    if source == "json-pairs":
+        return _pair_rows(src, opts["keys"], opts["template"], opts["answer_template"], text)
+    del text  # alpaca and sharegpt may be JSONL: they read the file again, line by line
+    if source == "alpaca":
+        return _alpaca_rows(src, encoding, errors)
+    return _sharegpt_rows(src, encoding, errors)
 
-    keep = set(labels or [])
+
+def _collect(
+    src: Path,
+    rows: Iterator[Row],
+    system: str | None,
+    keep: set[str],
+    per_label: int | None,
+) -> tuple[list[dict[str, Any]], Counter[str]]:
+    """Validated records (a ``DataError`` names the first bad one) and the count kept per label."""
     records: list[dict[str, Any]] = []
     problems: list[Problem] = []
     seen: Counter[str] = Counter()
@@ -282,11 +309,74 @@ def convert(
         first = problems[0]
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise DataError(first.path, first.line or None, first.field, first.message + more)
+    return records, kept
+
+
+def convert(
+    src: str | Path,
+    out: str | Path,
+    *,
+    source: Source,
+    system: str | None = None,
+    text_col: str = "text",
+    label_col: str = "label",
+    template: str = "{text}",
+    answer_template: str = "{label}",
+    keys: list[str] | None = None,
+    labels: list[str] | None = None,
+    per_label: int | None = None,
+    delimiter: str = ",",
+    encoding: str = "utf-8",
+    errors: str = "strict",
+) -> dict[str, Any]:
+    """Convert ``src`` into chat JSONL at ``out`` (atomically); returns counts.
+
+    ``labels`` keeps only examples with those labels (csv and json-pairs); a label that never
+    occurs is an error, since it is almost always a typo. ``per_label`` keeps at most that many
+    examples of each label, the first ones in file order (a smaller, balanced start for a slow
+    machine; deterministic, so a rerun writes the same file).
+
+    ``src`` is decoded with ``encoding`` (a byte-order mark is dropped); ``errors`` is
+    ``strict`` (an undecodable byte is an error naming its line and offset), ``replace`` or
+    ``ignore``. ``out`` may not be ``src`` (symlinks and hard links included) or a directory.
+    Everything is read and checked before ``out`` is written, in one atomic rename.
+    """
+    src, out = Path(src), Path(out)
+    files.require_file(src)
+    files.check_output_file(out, src)
+    for value, option in (
+        (system, "--system"),
+        (template, "--template"),
+        (answer_template, "--answer-template"),
+    ):
+        files.check_cli_text(value, option)
+    for flag, value in (("--labels", labels), ("--per-label", per_label)):
+        if value and source not in ("csv", "json-pairs"):
+            raise UserError(
+                f"{flag} only applies to labelled sources (csv, json-pairs), not {source}"
+            )
+    if per_label is not None and per_label < 1:
+        raise UserError(f"--per-label {per_label}: must be at least 1")
+    opts = {
+        "text_col": text_col,
+        "label_col": label_col,
+        "template": template,
+        "answer_template": answer_template,
+        "keys": keys,
+        "delimiter": delimiter,
+    }
+    rows = _source_rows(src, source, opts, encoding, errors)
+    keep = set(labels or [])
+    records, kept = _collect(src, rows, system, keep, per_label)
     if not records:
         raise UserError(
             f"{src}: nothing to write (no records{' with the chosen labels' if keep else ''})"
         )
-    atomic_write_jsonl(out, records)
+    try:
+        with created_parents(out):  # a failed write leaves no empty folders behind either
+            atomic_write_jsonl(out, records)
+    except OSError as exc:
+        raise UserError(f"{out}: cannot write: {exc.strerror or exc}") from None
     return {
         "source": str(src),
         "out": str(out),

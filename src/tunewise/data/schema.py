@@ -7,12 +7,12 @@ problems (a user fixing a 10k-line file wants the whole list, not one error per 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
+from tunewise.data.files import JSONProblem, loads, require_file
 from tunewise.errors import DataError
 from tunewise.fsio import sha256_json
 
@@ -80,6 +80,12 @@ class Example:
         return row
 
 
+def _short(value: Any, limit: int = 60) -> str:
+    """``repr(value)``, cut short: a message quotes a bad value, not a megabyte of it."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def validate_record(obj: Any, path: str, line: int) -> list[Problem]:
     """Every structural problem in one parsed line."""
     out: list[Problem] = []
@@ -111,7 +117,9 @@ def validate_record(obj: Any, path: str, line: int) -> list[Problem]:
             continue
         role = m.get("role")
         if role not in ROLES:
-            bad(f"{where}.role", f"unknown role {role!r} (expected one of {', '.join(ROLES)})")
+            bad(
+                f"{where}.role", f"unknown role {_short(role)} (expected one of {', '.join(ROLES)})"
+            )
         content = m.get("content")
         if not isinstance(content, str):
             bad(f"{where}.content", f"expected a string, got {type(content).__name__}")
@@ -119,53 +127,56 @@ def validate_record(obj: Any, path: str, line: int) -> list[Problem]:
             bad(f"{where}.content", "empty")
         if role == "system" and i != 0:
             bad(f"{where}.role", "system message must be the first message")
-        if role is not None and role == prev_role:
+        if role in ROLES and role == prev_role:
             bad(f"{where}.role", f"two consecutive '{role}' turns")
         roles.append(role)
         prev_role = role
     if "assistant" not in roles:
         bad("messages", "no assistant turn")
     elif roles[-1] != "assistant":
-        bad(f"messages[{len(msgs) - 1}].role", f"last turn must be 'assistant', got {roles[-1]!r}")
+        last = f"messages[{len(msgs) - 1}].role"
+        bad(last, f"last turn must be 'assistant', got {_short(roles[-1])}")
     return out
 
 
 def iter_lines(path: Path) -> Iterator[tuple[int, str]]:
+    require_file(path)  # a directory or a FIFO is named as such, and a FIFO is never opened
+    try:
+        with open(path, "rb") as fh:
+            yield from _decoded_lines(path, fh)
+    except OSError as exc:
+        raise DataError(str(path), None, "(file)", f"cannot read: {exc.strerror}") from None
+
+
+def _decoded_lines(path: Path, fh: IO[bytes]) -> Iterator[tuple[int, str]]:
     # Decoded line by line so that a file saved in another encoding gets a file:line message
     # instead of a traceback; a UTF-8 byte-order mark (Excel, Notepad) is tolerated.
-    with open(path, "rb") as fh:
-        for lineno, data in enumerate(fh, start=1):
-            try:
-                raw = data.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise DataError(
-                    str(path),
-                    lineno,
-                    "(line)",
-                    f"not valid UTF-8 (byte {exc.start + 1}); save the file as UTF-8",
-                ) from None
-            if lineno == 1:
-                raw = raw.lstrip("\ufeff")
-            if raw.strip():
-                yield lineno, raw
+    for lineno, data in enumerate(fh, start=1):
+        try:
+            raw = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise DataError(
+                str(path),
+                lineno,
+                "(line)",
+                f"not valid UTF-8 (byte {exc.start + 1}); save the file as UTF-8",
+            ) from None
+        if lineno == 1:
+            raw = raw.lstrip("\ufeff")
+        if raw.strip():
+            yield lineno, raw
 
 
 def parse_jsonl(path: str | Path) -> tuple[list[Example], list[Problem]]:
     """All valid examples and all problems in ``path``."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(str(path), None, "(file)", "not found")
     examples: list[Example] = []
     problems: list[Problem] = []
     for lineno, raw in iter_lines(path):
         try:
-            obj = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            problems.append(
-                Problem(
-                    str(path), lineno, "(line)", f"not valid JSON: {exc.msg} at column {exc.colno}"
-                )
-            )
+            obj = loads(raw)
+        except JSONProblem as exc:
+            problems.append(Problem(str(path), lineno, exc.field or "(line)", exc.message))
             continue
         found = validate_record(obj, str(path), lineno)
         if found:

@@ -9,18 +9,24 @@ A file is identified by the hash of its *content*, not its path or bytes: the so
 non-empty lines, each stripped. Copying, renaming, reordering lines or changing line endings does
 not unseal it. Records live in SQLite (WAL mode, so several processes can read and write) at
 ``paths.seals_db()``.
+
+Reading the records works on a read-only ``$TUNEWISE_HOME`` (the database is opened read-only);
+writing them there is a one-line error, never a traceback.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import sqlite3
 import time
+from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 from tunewise import paths
+from tunewise.data.files import require_file
 from tunewise.errors import SealedSplitError, UserError
 
 _SCHEMA = """
@@ -45,6 +51,7 @@ CREATE INDEX IF NOT EXISTS final_uses_hash ON final_uses(content_hash);
 def content_hash(path: str | Path) -> tuple[str, int]:
     """sha256 over the sorted, stripped, non-empty lines of ``path``, and their count."""
     try:
+        require_file(Path(path))
         with open(path, "rb") as fh:
             lines = sorted(ln.strip() for ln in fh if ln.strip())
     except FileNotFoundError:
@@ -56,27 +63,92 @@ def content_hash(path: str | Path) -> tuple[str, int]:
     return h.hexdigest(), len(lines)
 
 
+def _unwritable(err: Exception) -> UserError:
+    return UserError(
+        f"cannot record the seal in {paths.seals_db()} ({err}); TUNEWISE_HOME must be writable "
+        "to seal a test split or record a final use"
+    )
+
+
 def _connect() -> sqlite3.Connection:
-    conn = sqlite3.connect(paths.seals_db(), timeout=30)
-    conn.row_factory = sqlite3.Row
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.executescript(_SCHEMA)
+    """A connection that may write (creating the database and its tables on first use)."""
+    try:
+        conn = sqlite3.connect(paths.seals_db(), timeout=30)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.executescript(_SCHEMA)
+    except (sqlite3.Error, OSError) as err:
+        raise _unwritable(err) from None
     return conn
 
 
-def seal(path: str | Path, project: str | None = None) -> str:
-    """Record ``path`` as a sealed test split; returns its content hash. Sealing twice is a no-op."""
-    digest, n = content_hash(path)
-    with closing(_connect()) as conn, conn:
+def _connect_read() -> sqlite3.Connection | None:
+    """A read-only connection, or None when nothing was ever sealed here."""
+    db = paths.seals_db()
+    if not db.exists():
+        return None
+    uri = db.resolve().as_uri()
+    try:
+        conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=30)
+        conn.execute("SELECT 1 FROM seals LIMIT 1")
+    except sqlite3.OperationalError:
+        # In WAL mode even a reader needs a -shm file beside the database; on a read-only
+        # folder it cannot be made, and then nobody can be writing either: read it as it is.
+        try:
+            conn = sqlite3.connect(f"{uri}?immutable=1", uri=True)
+            conn.execute("SELECT 1 FROM seals LIMIT 1")
+        except sqlite3.Error as err:
+            raise UserError(f"{db}: cannot read the seal records: {err}") from None
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+@contextlib.contextmanager
+def sealing(staged: str | Path, final: str | Path, project: str | None = None) -> Iterator[str]:
+    """Seal the content of ``staged``, to be found at ``final``; yields the content hash.
+
+    The record is written when the block starts (so an unwritable home fails before the block
+    runs) and committed only when the block, which moves the file to ``final``, succeeds: a
+    failure either way leaves neither a sealed record without its file nor a file without its
+    seal. Sealing content that is already sealed changes nothing.
+    """
+    digest, n = content_hash(staged)
+    conn = _connect()
+    try:
+        conn.execute("BEGIN IMMEDIATE")
         conn.execute(
-            "INSERT OR IGNORE INTO seals(content_hash, path, project, n_examples, sealed_at) VALUES (?, ?, ?, ?, ?)",
-            (digest, str(Path(path).resolve()), project, n, time.time()),
+            "INSERT OR IGNORE INTO seals(content_hash, path, project, n_examples, sealed_at) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (digest, str(Path(final).resolve()), project, n, time.time()),
         )
-    return digest
+    except sqlite3.Error as err:
+        conn.close()
+        raise _unwritable(err) from None
+    try:
+        yield digest
+    except BaseException:
+        conn.rollback()
+        conn.close()
+        raise
+    try:
+        conn.commit()
+    except sqlite3.Error as err:
+        raise _unwritable(err) from None
+    finally:
+        conn.close()
+
+
+def seal(path: str | Path, project: str | None = None) -> str:
+    """Record ``path`` as a sealed test split; returns its content hash. Sealing twice: no-op."""
+    with sealing(path, path, project) as digest:
+        return digest
 
 
 def _seal_row(digest: str) -> sqlite3.Row | None:
-    with closing(_connect()) as conn:
+    conn = _connect_read()
+    if conn is None:
+        return None
+    with closing(conn):
         return conn.execute("SELECT * FROM seals WHERE content_hash = ?", (digest,)).fetchone()
 
 
@@ -102,21 +174,27 @@ def guard(path: str | Path, *, final: bool, purpose: str) -> int:
             f"only. Use the validation split while tuning, or pass --final for the final run "
             f"(every final use is recorded)"
         )
-    with closing(_connect()) as conn, conn:
-        before = conn.execute(
-            "SELECT COUNT(*) FROM final_uses WHERE content_hash = ?", (digest,)
-        ).fetchone()[0]
-        conn.execute(
-            "INSERT INTO final_uses(content_hash, path, purpose, used_at) VALUES (?, ?, ?, ?)",
-            (digest, str(Path(path).resolve()), purpose, time.time()),
-        )
+    try:
+        with closing(_connect()) as conn, conn:
+            before = conn.execute(
+                "SELECT COUNT(*) FROM final_uses WHERE content_hash = ?", (digest,)
+            ).fetchone()[0]
+            conn.execute(
+                "INSERT INTO final_uses(content_hash, path, purpose, used_at) VALUES (?, ?, ?, ?)",
+                (digest, str(Path(path).resolve()), purpose, time.time()),
+            )
+    except sqlite3.Error as err:
+        raise _unwritable(err) from None
     return int(before)
 
 
 def final_uses(path: str | Path) -> list[dict[str, Any]]:
     """Every recorded final use of ``path``'s content, oldest first."""
     digest, _ = content_hash(path)
-    with closing(_connect()) as conn:
+    conn = _connect_read()
+    if conn is None:
+        return []
+    with closing(conn):
         rows = conn.execute(
             "SELECT path, purpose, used_at FROM final_uses WHERE content_hash = ? ORDER BY id",
             (digest,),
@@ -126,9 +204,12 @@ def final_uses(path: str | Path) -> list[dict[str, Any]]:
 
 def seals() -> list[dict[str, Any]]:
     """Every sealed file with its number of final uses, newest first."""
-    with closing(_connect()) as conn:
+    conn = _connect_read()
+    if conn is None:
+        return []
+    with closing(conn):
         rows = conn.execute(
-            "SELECT s.*, (SELECT COUNT(*) FROM final_uses f WHERE f.content_hash = s.content_hash) AS final_uses "
-            "FROM seals s ORDER BY sealed_at DESC"
+            "SELECT s.*, (SELECT COUNT(*) FROM final_uses f WHERE f.content_hash = s.content_hash)"
+            " AS final_uses FROM seals s ORDER BY sealed_at DESC"
         ).fetchall()
     return [dict(r) for r in rows]

@@ -8,24 +8,37 @@
   remainder so the totals are right too.
 * **Deterministic**: same file, fractions and seed give byte-identical files. Examples keep their
   original order inside each split.
-* **Atomic**: every file is written to a temp file and renamed; ``manifest.json`` (hashes, counts
-  per split and per label) is written last, and ``test.jsonl`` is sealed (:mod:`tunewise.data.seal`).
+* **All or nothing**: the four files (``manifest.json`` holds hashes, counts per split and per
+  label) are built in a staging folder beside the output folder, which is then swapped in whole,
+  while the seal of ``test.jsonl`` (:mod:`tunewise.data.seal`) is committed only if the swap
+  succeeds. A bad file, a bad flag, a read-only home or output, a full disk: one error line, and
+  neither a half-written split nor an unsealed test file is left.
 """
 
 from __future__ import annotations
 
+import math
 import random
+import shutil
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
 from tunewise.data.dedup import THRESHOLD, near_duplicate_clusters
+from tunewise.data.files import check_output_dir
 from tunewise.data.formats import infer_labels
 from tunewise.data.schema import Example, load_examples
 from tunewise.errors import UserError
-from tunewise.fsio import atomic_write_json, atomic_write_jsonl, sha256_file
+from tunewise.fsio import (
+    atomic_write_json,
+    atomic_write_jsonl,
+    replace_dir,
+    sha256_file,
+    staging_dir,
+)
 
 SPLITS = ("train", "val", "test")
+SPLIT_FILES = {*(f"{s}.jsonl" for s in SPLITS), "manifest.json"}
 NO_LABEL = "(no label)"
 
 
@@ -127,6 +140,14 @@ def _label_counts(
     return {f: dict(sorted(c.items())) for f, c in counts.items()}
 
 
+def check_fractions(val: float, test: float) -> None:
+    # Written so that NaN fails too: every comparison with NaN is false.
+    if not (math.isfinite(val) and math.isfinite(test) and val >= 0 and test >= 0):
+        raise UserError(f"--val {val} --test {test}: each must be a number >= 0")
+    if not val + test < 1:
+        raise UserError(f"--val {val} --test {test}: each must be >= 0 and together below 1")
+
+
 def split_examples(
     examples: list[Example],
     *,
@@ -137,8 +158,7 @@ def split_examples(
     threshold: float = THRESHOLD,
 ) -> tuple[dict[str, list[Example]], dict[str, Any]]:
     """The three splits in memory and the manifest fields that describe them (no I/O)."""
-    if val < 0 or test < 0 or val + test >= 1:
-        raise UserError(f"--val {val} --test {test}: each must be >= 0 and together below 1")
+    check_fractions(val, test)
     if not examples:
         raise UserError("no examples to split")
     fmt, labels = infer_labels([ex.target for ex in examples], output_pattern)
@@ -177,37 +197,79 @@ def split_file(
 ) -> dict[str, Any]:
     """Split ``path`` into ``out_dir/{train,val,test}.jsonl`` + ``manifest.json``; seal the test file.
 
-    A file with any error is refused before anything is written (a ``DataError`` naming the first
-    ``file:line``). Returns the manifest.
+    Everything is checked first: a file with any error is refused (a ``DataError`` naming the
+    first ``file:line``), and so is an ``out_dir`` that holds other files, since it is replaced
+    whole. Then the split is built beside ``out_dir`` and swapped in; see the module docstring.
+    Returns the manifest.
     """
-    from tunewise.data import seal as sealing
-
     path = Path(path)
     out_dir = Path(out_dir)
+    if out_dir.is_symlink():  # swap the folder it points to, not the link
+        out_dir = out_dir.resolve()
+    check_fractions(val, test)
+    check_output_dir(out_dir, SPLIT_FILES)
+    if out_dir.resolve() in path.resolve().parents:
+        raise UserError(f"{path}: is inside --out {out_dir}, which a split replaces whole")
     examples = load_examples(path)
     parts, info = split_examples(
         examples, val=val, test=test, seed=seed, output_pattern=output_pattern
     )
+    info["source"] = {
+        "path": str(path.resolve()),
+        "sha256": sha256_file(path),
+        "examples": len(examples),
+    }
+    info["params"] = {"val": val, "test": test, "seed": seed}
+    try:
+        with staging_dir(out_dir) as stage:
+            manifest = _write_split(stage, parts, info)
+            _swap_in(stage, out_dir, seal_as=(project or path.stem) if parts["test"] else None)
+    except OSError as exc:
+        raise UserError(f"{out_dir}: cannot write the split: {exc.strerror or exc}") from None
+    return manifest
+
+
+def _write_split(
+    stage: Path, parts: dict[str, list[Example]], info: dict[str, Any]
+) -> dict[str, Any]:
+    """The three split files and ``manifest.json`` in ``stage``; returns the manifest."""
+    from tunewise.data.seal import content_hash
+
     files: dict[str, dict[str, Any]] = {}
     for s in SPLITS:
-        target = out_dir / f"{s}.jsonl"
+        target = stage / f"{s}.jsonl"
         atomic_write_jsonl(target, (ex.to_json() for ex in parts[s]))
         files[s] = {"path": target.name, "sha256": sha256_file(target), **info["counts"][s]}
-    sealed = sealing.seal(out_dir / "test.jsonl", project or path.stem) if parts["test"] else None
     manifest = {
-        "source": {
-            "path": str(path.resolve()),
-            "sha256": sha256_file(path),
-            "examples": len(examples),
-        },
-        "params": {"val": val, "test": test, "seed": seed},
+        "source": info["source"],
+        "params": info["params"],
         "format": info["format"],
         "stratified": info["stratified"],
         "near_duplicate_clusters": info["near_duplicate_clusters"],
         "near_duplicate_threshold": info["near_duplicate_threshold"],
         "splits": files,
         "counts": {s: files[s]["examples"] for s in SPLITS},
-        "sealed_test": sealed,
+        "sealed_test": content_hash(stage / "test.jsonl")[0] if parts["test"] else None,
     }
-    atomic_write_json(out_dir / "manifest.json", manifest)
+    atomic_write_json(stage / "manifest.json", manifest)
     return manifest
+
+
+def _swap_in(stage: Path, out_dir: Path, seal_as: str | None) -> None:
+    """Move the finished ``stage`` to ``out_dir``, sealing its test file for project ``seal_as``.
+
+    The seal is written before the move and committed after it (:func:`seal.sealing`), so an
+    unwritable home stops everything before the move, and a failed move records no seal.
+    """
+    from tunewise.data import seal as sealing
+
+    if seal_as is None:
+        replace_dir(stage, out_dir)
+        return
+    try:
+        with sealing.sealing(stage / "test.jsonl", out_dir / "test.jsonl", seal_as):
+            replace_dir(stage, out_dir)
+    except UserError:
+        if not stage.exists():  # moved, and then the seal failed to commit: take the split out
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
