@@ -110,6 +110,16 @@ def cost_estimate(c: CostInputs) -> CostEstimate:
     )
 
 
+def cost_per_1000(c: CostInputs) -> tuple[float, float]:
+    """(self-hosted, API) USD per 1,000 requests, from the same model as :func:`cost_estimate`:
+    the GPU's daily cost spread over the day's requests, and the API's tokens at its price."""
+    est = cost_estimate(c)
+    if c.requests_per_day <= 0:
+        raise UserError("cost: requests per day must be positive")
+    self_hosted = est.gpu_cost_per_day / c.requests_per_day * 1000
+    return self_hosted, est.api_cost_per_day / c.requests_per_day * 1000
+
+
 def extrapolate(curve: list[tuple[int, float]], target: float) -> int | None:
     """Examples needed to reach ``target``, from a least-squares fit metric = a + b*ln(n).
 

@@ -174,7 +174,35 @@ class EvalConfig(_Section):
     )
 
 
+class CostConfig(_Section):
+    """The advisor's cost model, for the cost per 1,000 requests a non-inferiority verdict states."""
+
+    requests_per_day: float = Field(..., gt=0)
+    tokens_per_request: float = Field(..., gt=0, description="input + output tokens")
+    api_price_per_mtok: float = Field(
+        ..., gt=0, description="USD per million tokens of the API reference (blended)"
+    )
+    gpu_price_per_hour: float = Field(..., gt=0, description="USD per hour of the serving GPU")
+    gpu_hours_per_day: float = Field(24.0, gt=0, le=24)
+
+
 class GateConfig(_Section):
+    mode: Literal["superiority", "non_inferiority"] = Field(
+        "superiority",
+        description="superiority: beat every baseline; non_inferiority: also be not worse than "
+        "gate.reference by more than gate.margin (the cheaper-model case)",
+    )
+    reference: str | None = Field(
+        None,
+        description="non_inferiority: the candidate not to fall behind, e.g. an eval.external "
+        "name (a frontier API)",
+    )
+    margin: float = Field(
+        0.02, ge=0, lt=1, description="non_inferiority: the largest drop that is 'not worse'"
+    )
+    cost: CostConfig | None = Field(
+        None, description="cost model for the cost per 1,000 requests in the verdict"
+    )
     alpha: float = Field(0.05, gt=0, lt=1)
     delta: float = Field(
         0.02, ge=0, description="minimum margin on the primary metric over every baseline"
@@ -184,6 +212,12 @@ class GateConfig(_Section):
         default_factory=lambda: {"format_compliance": 0.02},
         description="metric -> tolerated drop versus the best baseline; format compliance is always a guard",
     )
+
+    @model_validator(mode="after")
+    def _reference_for_non_inferiority(self) -> GateConfig:
+        if self.mode == "non_inferiority" and not self.reference:
+            raise ValueError("gate.mode non_inferiority needs gate.reference (a candidate name)")
+        return self
 
 
 class ProjectConfig(_Section):

@@ -94,7 +94,14 @@ def _judge_baseline(pair: PairedTest, alpha: float, delta: float) -> BaselineRea
 
 
 def decide(comparison: Comparison, candidate: str, gate_cfg: GateConfig) -> Verdict:
-    """Ship or not, with one reason per configured baseline and every failed guard."""
+    """Ship or not, with one reason per configured baseline and every failed guard.
+
+    ``gate.mode: non_inferiority`` is decided by :func:`tunewise.decisions.decide_non_inferiority`.
+    """
+    if gate_cfg.mode == "non_inferiority":
+        from tunewise.decisions import decide_non_inferiority
+
+        return decide_non_inferiority(comparison, candidate, gate_cfg)
     metrics = comparison.metrics
     primary = comparison.primary_metric
     if candidate not in metrics:
@@ -136,7 +143,7 @@ def decide(comparison: Comparison, candidate: str, gate_cfg: GateConfig) -> Verd
             continue
         reasons.append(_judge_baseline(pair, alpha, delta))
 
-    guard_failures = _guards(comparison, candidate, gate_cfg)
+    guard_failures = failed_guards(comparison, candidate, gate_cfg)
     beaten = [r.baseline for r in reasons if r.passed]
     ship = len(beaten) == len(reasons) and not guard_failures
     if ship:
@@ -164,7 +171,8 @@ def decide(comparison: Comparison, candidate: str, gate_cfg: GateConfig) -> Verd
     )
 
 
-def _guards(comparison: Comparison, candidate: str, gate_cfg: GateConfig) -> list[str]:
+def failed_guards(comparison: Comparison, candidate: str, gate_cfg: GateConfig) -> list[str]:
+    """Every guard metric that dropped beyond its tolerance against the best baseline."""
     guards = dict(gate_cfg.guards)
     guards.setdefault(FORMAT_GUARD, DEFAULT_FORMAT_TOLERANCE)
     cand_metrics = comparison.metrics[candidate]

@@ -105,11 +105,40 @@ class PairedTest:
 
 
 @dataclass
+class MarginTest:
+    """One-sided paired test of H0: candidate - reference <= -margin (see eval/margin.py)."""
+
+    candidate: str
+    reference: str
+    metric: str
+    margin: float
+    alpha: float
+    candidate_value: float
+    reference_value: float
+    diff: float
+    lower_bound: float  # one-sided (1 - alpha) confidence bound on the difference
+    p_value: float  # one-sided; < alpha means "not worse by the margin"
+    test: str  # "tango-score-cc" | "paired-t"
+    n: int
+    wins: int | None = None  # 0/1 metrics: items only the candidate got right
+    losses: int | None = None  # ... and only the reference got right
+    reference_kind: str | None = None  # "external" (priced per token), "finetuned", ...
+
+
+@dataclass
 class Comparison:
     primary_metric: str
     metrics: dict[str, dict[str, MetricEstimate]]  # candidate -> metric -> estimate
     pairs: list[PairedTest]
     meta: dict[str, Any] = field(default_factory=dict)
+    # non-inferiority and regression tests, against gate.reference or the production version
+    margin_tests: list[MarginTest] = field(default_factory=list)
+
+    def margin_test(self, candidate: str, reference: str) -> MarginTest | None:
+        for t in self.margin_tests:
+            if (t.candidate, t.reference) == (candidate, reference):
+                return t
+        return None
 
     def pair(self, candidate: str, baseline: str, metric: str) -> PairedTest | None:
         for p in self.pairs:

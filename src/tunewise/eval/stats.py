@@ -37,7 +37,7 @@ from scipy import sparse
 from scipy import stats as sps
 
 from tunewise.errors import UserError
-from tunewise.eval.results import Comparison, EvalRun, MetricEstimate, PairedTest
+from tunewise.eval.results import Comparison, EvalRun, MarginTest, MetricEstimate, PairedTest
 from tunewise.fsio import atomic_write_json
 
 CONFIDENCE = 0.95
@@ -525,8 +525,18 @@ def comparison_from_dict(raw: dict[str, Any]) -> Comparison:
         for key in ("candidate_value", "baseline_value", "diff", "ci_low", "ci_high", "p_value"):
             p[key] = _num(p.get(key))
         pairs.append(PairedTest(**p))
+    margin_tests = []
+    for t in raw.get("margin_tests", []):
+        t = dict(t)
+        for key in ("candidate_value", "reference_value", "diff", "lower_bound", "p_value"):
+            t[key] = _num(t.get(key))
+        margin_tests.append(MarginTest(**t))
     return Comparison(
-        primary_metric=raw["primary_metric"], metrics=metrics, pairs=pairs, meta=raw.get("meta", {})
+        primary_metric=raw["primary_metric"],
+        metrics=metrics,
+        pairs=pairs,
+        meta=raw.get("meta", {}),
+        margin_tests=margin_tests,
     )
 
 
