@@ -86,8 +86,16 @@ def make_run(
     return run_dir
 
 
-def write_verdict(path: Path, ship: bool) -> Path:
+def write_verdict(
+    path: Path, ship: bool, champion: str | None = None, champion_passed: bool = True
+) -> Path:
+    """A gate verdict; ``champion`` ("bot:1"): its recorded comparison against that version."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    record = {
+        "version": champion,
+        "passed": champion_passed,
+        "reason": "not worse than production" if champion_passed else "worse than production",
+    }
     path.write_text(
         json.dumps(
             {
@@ -96,6 +104,7 @@ def write_verdict(path: Path, ship: bool) -> Path:
                 "reasons": [],
                 "guard_failures": [],
                 "summary": "beats every baseline" if ship else "not better than RAG",
+                "champion": record if champion else None,
             }
         )
     )
@@ -115,6 +124,7 @@ def concurrent_worker(
     got = []
     for _ in range(n):
         v = reg.add(run_dir, name="shared", verdict=verdict)
-        reg.promote("shared", v.version)
+        # forced: two racing processes cannot know which version production points at
+        reg.promote("shared", v.version, force=True, reason="concurrency test")
         got.append(v.version)
     Path(out).write_text(json.dumps(got))

@@ -154,7 +154,6 @@ def test_text_tasks_never_get_classical_references(tmp_path: Path) -> None:
 
 def test_a_classical_reference_can_be_a_gate_baseline(tmp_path: Path) -> None:
     from test_harness import FakeEngine, write_project
-
     from tunewise.config import GateConfig
     from tunewise.eval.harness import evaluate
     from tunewise.eval.stats import compare

@@ -203,6 +203,13 @@ class GateConfig(_Section):
     cost: CostConfig | None = Field(
         None, description="cost model for the cost per 1,000 requests in the verdict"
     )
+    regression_margin: float = Field(
+        0.01,
+        ge=0,
+        lt=1,
+        description="a new version may trail the production version by at most this much "
+        "(one-sided paired test on the same items)",
+    )
     alpha: float = Field(0.05, gt=0, lt=1)
     delta: float = Field(
         0.02, ge=0, description="minimum margin on the primary metric over every baseline"

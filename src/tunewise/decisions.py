@@ -146,9 +146,7 @@ def decide_non_inferiority(comparison: Comparison, candidate: str, gate_cfg: Gat
     reasons = [ni]
     guards_cfg = gate_cfg.model_copy(update={"baselines": [*gate_cfg.baselines, reference]})
     if gate_cfg.baselines:
-        sup = gate.decide(
-            comparison, candidate, gate_cfg.model_copy(update={"mode": "superiority"})
-        )
+        sup = gate.superiority(comparison, candidate, gate_cfg)
         reasons += sup.reasons
     guard_failures = gate.failed_guards(comparison, candidate, guards_cfg)
     ship = all(r.passed for r in reasons) and not guard_failures
@@ -179,4 +177,67 @@ def decide_non_inferiority(comparison: Comparison, candidate: str, gate_cfg: Gat
         reasons=reasons,
         guard_failures=guard_failures,
         summary=summary,
+    )
+
+
+# ----------------------------------------------------------------------------- champion/challenger
+CHAMPION = "production"  # the candidate name of the production version inside an evaluation
+
+
+def regression_reason(
+    comparison: Comparison, candidate: str, gate_cfg: GateConfig
+) -> BaselineReason | None:
+    """The regression check against the production version, when the project has one.
+
+    ``comparison.meta["champion"]`` (``{"candidate": "production", "version": "name:3"}``) says a
+    production version exists; it is written by whoever evaluated it. A new version must then be
+    shown not worse than it by more than ``gate.regression_margin``: the same one-sided paired test
+    as non-inferiority, on the same items. Production existing but not evaluated is a failure, not
+    a pass: "no evidence of a regression" is not evidence of no regression.
+    """
+    champ = comparison.meta.get("champion")
+    if not champ:
+        return None
+    name = str(champ.get("candidate") or CHAMPION)
+    label = f"{name} ({champ.get('version', 'version unknown')})"
+    if candidate == name:
+        raise UserError(f"{candidate!r} is the production version; gate a new version against it")
+    test = comparison.margin_test(candidate, name)
+    if test is None:
+        return BaselineReason(
+            label,
+            False,
+            f"{label}: the production version was not evaluated on these items; a new version "
+            "must be shown not worse than it (rerun `tunewise run` or `tunewise gate`)",
+        )
+    return margin_reason(test, candidate, label, gate_cfg.regression_margin, gate_cfg.alpha)
+
+
+def with_champion(verdict: Verdict, comparison: Comparison, gate_cfg: GateConfig) -> Verdict:
+    """The verdict, also requiring non-inferiority to the production version when there is one.
+
+    A further test at ``alpha`` that must pass: the intersection-union argument still bounds the
+    false-ship rate at ``alpha``.
+    """
+    reason = regression_reason(comparison, verdict.candidate, gate_cfg)
+    if reason is None:
+        return verdict
+    version = comparison.meta["champion"].get("version")
+    champion = {"version": version, "passed": reason.passed, "reason": reason.reason}
+    summary = verdict.summary
+    if not reason.passed:
+        lost = f"not shown within {gate_cfg.regression_margin:g} of {reason.baseline}"
+        if verdict.ship:
+            summary = f"DON'T SHIP {verdict.candidate}: {lost} (it clears everything else)"
+        else:
+            summary = f"{summary}; {lost}"
+    else:
+        summary = f"{summary}; not worse than {reason.baseline}"
+    return Verdict(
+        candidate=verdict.candidate,
+        ship=verdict.ship and reason.passed,
+        reasons=[*verdict.reasons, reason],
+        guard_failures=verdict.guard_failures,
+        summary=summary,
+        champion=champion,
     )

@@ -94,14 +94,20 @@ def _judge_baseline(pair: PairedTest, alpha: float, delta: float) -> BaselineRea
 
 
 def decide(comparison: Comparison, candidate: str, gate_cfg: GateConfig) -> Verdict:
-    """Ship or not, with one reason per configured baseline and every failed guard.
+    """Ship or not: :func:`superiority`, or non-inferiority to ``gate.reference`` when
+    ``gate.mode`` says so (:mod:`tunewise.decisions`); either way also not worse than the
+    production version when the comparison carries one (champion/challenger)."""
+    from tunewise import decisions
 
-    ``gate.mode: non_inferiority`` is decided by :func:`tunewise.decisions.decide_non_inferiority`.
-    """
     if gate_cfg.mode == "non_inferiority":
-        from tunewise.decisions import decide_non_inferiority
+        verdict = decisions.decide_non_inferiority(comparison, candidate, gate_cfg)
+    else:
+        verdict = superiority(comparison, candidate, gate_cfg)
+    return decisions.with_champion(verdict, comparison, gate_cfg)
 
-        return decide_non_inferiority(comparison, candidate, gate_cfg)
+
+def superiority(comparison: Comparison, candidate: str, gate_cfg: GateConfig) -> Verdict:
+    """Beat every baseline: one reason per configured baseline and every failed guard."""
     metrics = comparison.metrics
     primary = comparison.primary_metric
     if candidate not in metrics:
@@ -275,6 +281,7 @@ def load_verdict(path: str | Path) -> Verdict:
             reasons=[BaselineReason(**r) for r in raw["reasons"]],
             guard_failures=list(raw["guard_failures"]),
             summary=raw["summary"],
+            champion=raw.get("champion"),
         )
     except FileNotFoundError:
         raise UserError(

@@ -161,3 +161,6 @@ class Verdict:
     reasons: list[BaselineReason]
     guard_failures: list[str]
     summary: str
+    # the regression check against the production version ({"version": "name:3", "passed": ...,
+    # "reason": ...}); None when the project had no production version. `registry promote` reads it.
+    champion: dict[str, Any] | None = None
