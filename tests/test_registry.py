@@ -267,15 +267,16 @@ def test_full_finetune_run_is_versioned_with_its_model_folder(run_dir, tiny_mode
 
 
 def test_promote_to_production_needs_a_passed_comparison_with_the_current_one(
-    run_dir, ship, tmp_path
+    run_dir, ship, tmp_path, tiny_model_dir
 ):
     reg = Registry()
+    other = make_run(tiny_model_dir, tmp_path / "other-run", seed=2)  # different weights
     reg.add(run_dir, verdict=ship)
     reg.promote("bot", 1)  # nothing in production yet: the gate verdict is enough
-    reg.add(run_dir, verdict=ship)  # 2: a ship verdict, but no champion comparison recorded
-    reg.add(run_dir, verdict=write_verdict(tmp_path / "3.json", True, "bot:1", False))
-    reg.add(run_dir, verdict=write_verdict(tmp_path / "4.json", True, "bot:7"))
-    reg.add(run_dir, verdict=write_verdict(tmp_path / "5.json", True, "bot:1"))
+    reg.add(other, verdict=ship)  # 2: a ship verdict, but no champion comparison recorded
+    reg.add(other, verdict=write_verdict(tmp_path / "3.json", True, "bot:1", False))
+    reg.add(other, verdict=write_verdict(tmp_path / "4.json", True, "bot:7"))
+    reg.add(other, verdict=write_verdict(tmp_path / "5.json", True, "bot:1"))
     with pytest.raises(UserError, match="no recorded comparison against the production version"):
         reg.promote("bot", 2)
     with pytest.raises(UserError, match=r"failed the comparison .* bot:1: worse than production"):
@@ -285,11 +286,13 @@ def test_promote_to_production_needs_a_passed_comparison_with_the_current_one(
     assert reg.lookup("bot@production").version == 1  # every refusal left production alone
     reg.promote("bot", 2, alias="staging")  # other aliases are not gated on production
     assert reg.promote("bot", 5)["to_version"] == 5
-    # 3 was compared with bot:1, but production is bot:5 now; forcing records why
+    # the same weights registered again are the same model, not a challenger
+    assert reg.promote("bot", 2)["to_version"] == 2
+    # going back to bot:1's weights: its verdict predates bot:2; forcing records why
     with pytest.raises(UserError, match="--reason"):
-        reg.promote("bot", 3, force=True)
-    reg.promote("bot", 3, force=True, reason="v5 broke a customer")
+        reg.promote("bot", 1, force=True)
+    r = CliRunner().invoke(app, ["registry", "promote", "bot:1"])
+    assert r.exit_code == 2 and "production version bot:2" in r.output
+    reg.promote("bot", 1, force=True, reason="bot:2 broke a customer")
     last = reg.history("bot", "production")[-1]
-    assert (last["to_version"], last["forced"], last["reason"]) == (3, 1, "v5 broke a customer")
-    r = CliRunner().invoke(app, ["registry", "promote", "bot:2"])
-    assert r.exit_code == 2 and "production version bot:3" in r.output
+    assert (last["to_version"], last["forced"], last["reason"]) == (1, 1, "bot:2 broke a customer")

@@ -511,7 +511,7 @@ class Registry:
             ).fetchone()
             current = None if row is None else int(row[0])
             if alias == DEFAULT_ALIAS and current is not None and current != version and not force:
-                problem = _champion_problem(v, current)
+                problem = _champion_problem(v, self.get(name, current))
                 if problem:  # raised inside the transaction: nothing is written
                     raise UserError(
                         f'{v.spec}: {problem}; promote anyway with --force --reason "..."'
@@ -640,9 +640,14 @@ class Registry:
         return target
 
 
-def _champion_problem(v: Version, current: int) -> str | None:
-    """Why ``v`` may not replace production version ``current``, or None."""
-    want = f"{v.name}:{current}"
+def _champion_problem(v: Version, current: Version) -> str | None:
+    """Why ``v`` may not replace the ``current`` production version, or None."""
+    want = current.spec
+    weights = {k: h for k, h in v.files.items() if k.endswith(".safetensors")}
+    if weights and weights == {
+        k: h for k, h in current.files.items() if k.endswith(".safetensors")
+    }:
+        return None  # the same weights registered again: not a challenger, the same model
     champ = (v.verdict or {}).get("champion")
     if not isinstance(champ, dict):
         return (
