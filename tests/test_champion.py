@@ -107,3 +107,17 @@ def test_non_inferiority_mode_also_checks_production_and_the_record_round_trips(
     assert v.ship and [r.baseline for r in v.reasons] == ["api", "production (bot:3)"]
     save_verdict(v, tmp_path / "verdict.json", cfg)
     assert load_verdict(tmp_path / "verdict.json").champion == v.champion
+
+
+def test_side_by_side_lists_the_items_that_flipped() -> None:
+    from tunewise.eval.flips import side_by_side
+
+    run = _run({CHAMPION: [1, 1, 0, 0, 1, 1], "new": [1, 0, 1, 1, 1, 1]})
+    run.candidate("new").items[5].scores["accuracy"] = float("nan")
+    view = side_by_side(run, "new", CHAMPION, "accuracy")
+    assert (view["n"], view["unchanged"], view["unscored"]) == (5, 2, 1)
+    assert [r["item_id"] for r in view["gained"]] == ["q2", "q3"]
+    assert [r["item_id"] for r in view["lost"]] == ["q1"]
+    assert view["lost"][0]["champion_output"] == "1" and view["lost"][0]["challenger_output"] == "0"
+    assert view["champion_value"] == pytest.approx(4 / 6) and view["challenger_value"] == 0.8
+    assert len(side_by_side(run, "new", CHAMPION, "accuracy", limit=1)["gained"]) == 1

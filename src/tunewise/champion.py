@@ -81,3 +81,67 @@ def attach_margin_tests(
         tests += margin_tests(run, candidates, gate_cfg.reference, gate_cfg.margin, alpha)
     comp.margin_tests = tests
     return comp
+
+
+def ensure_champion(
+    run: EvalRun, eval_dir: Path, candidate: str, project: Path | None, *, progress: bool = True
+) -> tuple[EvalRun, str | None, str | None]:
+    """(run, production version spec, note) for ``tunewise gate``: evaluate the production version
+    on the same items when eval.json lacks it, and save eval.json with it.
+
+    The spec is None when there is no production version or when ``candidate`` is that very
+    version's training run. A note says why the version could not be evaluated (no project file
+    to build its prompts from, or the sealed test split); the gate then refuses, because "not
+    evaluated" is not "no regression".
+    """
+    version = production_version(run.project)
+    if version is None:
+        return run, None, None
+    names = {c.name: c for c in run.candidates}
+    gated = names.get(candidate)
+    gated_dir = (gated.meta.get("run_dir") if gated else None) or ""
+    if gated_dir and str(Path(gated_dir).resolve()) == version.source_run:
+        return run, None, None  # gating the production version's own run: not a challenger
+    have = names.get(CHAMPION)
+    if have is not None and have.meta.get("run_dir") == str(version.path):
+        return run, version.spec, None
+    if project is None:
+        return (
+            run,
+            version.spec,
+            (
+                f"{version.spec} is in production but eval.json does not hold it: pass --project "
+                "so tunewise gate can evaluate it on the same items"
+            ),
+        )
+    if run.split == "test":
+        return (
+            run,
+            version.spec,
+            (
+                f"{version.spec} is in production, and evaluating it on the sealed test split would "
+                "spend the split again: compare on validation"
+            ),
+        )
+    from tunewise.config import load_project
+    from tunewise.eval.harness import evaluate
+
+    cfg = load_project(project)
+    cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"constrained": False})})
+    sub = evaluate(
+        cfg,
+        split=run.split,
+        candidates=[],
+        finetuned={CHAMPION: Path(version.path)},
+        out_dir=eval_dir / "champion",
+        limit=run.meta.get("limit"),
+        progress=progress,
+    )
+    if sub.item_ids != run.item_ids:
+        raise UserError(
+            f"{eval_dir / 'eval.json'}: its items differ from the project's {run.split} split now "
+            "(data re-split since?): rerun `tunewise eval` so both versions see the same items"
+        )
+    run.candidates = [c for c in run.candidates if c.name != CHAMPION] + [sub.candidate(CHAMPION)]
+    run.save(eval_dir / "eval.json")
+    return run, version.spec, None

@@ -219,6 +219,9 @@ def run_ladder(
     # The gate may hold the fine-tune to more than the three rungs (e.g. knn): test against those too.
     gate_bases = list(dict.fromkeys(baselines + cfg.gate.baselines))
     extra = [c for c in cfg.eval.candidates if c not in BASELINE_CANDIDATES and c != "finetuned"]
+    reference = cfg.gate.reference if cfg.gate.mode == "non_inferiority" else None
+    if reference and reference not in baselines + extra:
+        extra.append(reference)  # non-inferiority is tested against it on the same items
 
     # 3. baselines on validation: the cheap rungs, measured before any training.
     def do_baselines() -> dict[str, Any]:
@@ -252,9 +255,16 @@ def run_ladder(
         ladder.stage(f"train-{method}", train_inputs, do_train, total, next(idx))
         runs[f"finetuned-{method}" if len(methods) > 1 else "finetuned"] = run_dir
 
-    # 5. every candidate on the same validation items (baselines come back from the cache).
+    # 5. every candidate on the same validation items (baselines come back from the cache), and
+    # the production version when the project has one: a new version must not regress from it.
     eval_dir = work / "eval"
     train_keys = [ladder.keys[f"train-{m}"] for m in methods]
+    from tunewise.champion import champion_runs, production_version, weights_hash
+
+    champ_version = production_version(cfg.name)
+    champ = champion_runs(champ_version, runs)
+    champ_spec = champ_version.spec if champ and champ_version else None
+    champ_key = {"champion": [champ_spec, weights_hash(champ_version.files)]} if champ_spec else {}
 
     def do_eval() -> dict[str, Any]:
         from tunewise.eval.harness import evaluate
@@ -265,17 +275,18 @@ def run_ladder(
             cfg,
             split="val",
             candidates=baselines + extra,
-            finetuned=runs,
+            finetuned=runs | champ,
             out_dir=eval_dir,
             progress=not quiet,
         )
         return {"eval": str(eval_dir / "eval.json")}
 
-    ladder.stage("evaluate", eval_inputs | {"train": train_keys}, do_eval, total, next(idx))
+    eval_key = eval_inputs | {"train": train_keys} | champ_key
+    ladder.stage("evaluate", eval_key, do_eval, total, next(idx))
 
     # 6. statistics and the gate, for every fine-tuned candidate; the best passing one ships.
     def do_gate() -> dict[str, Any]:
-        return _compare_and_gate(cfg, eval_dir, list(runs), gate_bases)
+        return _compare_and_gate(cfg, eval_dir, list(runs), gate_bases, champ_spec)
 
     gate_out = ladder.stage(
         "compare-gate",
@@ -393,9 +404,15 @@ def run_ladder(
 
 
 def _compare_and_gate(
-    cfg: ProjectConfig, eval_dir: Path, finetuned: list[str], baselines: list[str]
+    cfg: ProjectConfig,
+    eval_dir: Path,
+    finetuned: list[str],
+    baselines: list[str],
+    champion: str | None = None,
 ) -> dict[str, Any]:
-    """comparison.json (with the pairs between rungs, for the advisor) and one verdict per fine-tune."""
+    """comparison.json (with the pairs between rungs, for the advisor, and the margin tests against
+    the production version ``champion`` and ``gate.reference``) and one verdict per fine-tune."""
+    from tunewise.champion import attach_margin_tests
     from tunewise.eval.results import EvalRun
     from tunewise.eval.stats import compare, save_comparison
     from tunewise.gate import decide, save_verdict
@@ -412,6 +429,7 @@ def _compare_and_gate(
                 comp.pairs.append(p)
                 seen.add((p.candidate, p.baseline, p.metric))
     comp.meta.update({"alpha": cfg.gate.alpha, "delta": cfg.gate.delta})
+    attach_margin_tests(comp, run, cfg.gate, finetuned, champion)
     save_comparison(comp, eval_dir / "comparison.json")
     verdicts: dict[str, str] = {}
     passing: list[tuple[float, str]] = []

@@ -143,11 +143,16 @@ def gate_cmd(
     project: Path | None = _PROJECT,
 ) -> None:
     """Ship or not: exit 0 = ship, 1 = don't ship, 2 = error. Writes verdict.json."""
+    from tunewise.champion import attach_margin_tests, ensure_champion
     from tunewise.eval import stats
     from tunewise.gate import decide, save_verdict
 
     run = _load_run(eval_dir)
     cfg = _gate_cfg(run, project, alpha, delta, baselines)
+    # champion/challenger: the production version on the same items (evaluated here if need be)
+    run, champion, note = ensure_champion(run, eval_dir, candidate, project)
+    if note:
+        console.print(f"[yellow]{escape(note)}[/]")
     comp_path = eval_dir / "comparison.json"
     comp = stats.load_comparison(comp_path) if comp_path.is_file() else None
     names = {c.name for c in run.candidates}
@@ -158,7 +163,8 @@ def gate_cmd(
         or any(b in names and b not in comp.meta.get("baselines", []) for b in cfg.baselines)
     ):
         comp = stats.compare(run, baselines=cfg.baselines, alpha=cfg.alpha)
-        stats.save_comparison(comp, comp_path)
+    attach_margin_tests(comp, run, cfg, [candidate], champion)
+    stats.save_comparison(comp, comp_path)
     verdict = decide(comp, candidate, cfg)
     save_verdict(verdict, eval_dir / "verdict.json", cfg)
     lines = [

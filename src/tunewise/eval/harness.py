@@ -39,6 +39,7 @@ from tunewise.baselines import prompt as prompt_mod
 from tunewise.baselines import rag as rag_mod
 from tunewise.config import ExternalConfig, ProjectConfig
 from tunewise.data.schema import Example, load_examples
+from tunewise.decisions import CHAMPION
 from tunewise.errors import UserError
 from tunewise.eval.graders import Grader, LLMJudge
 from tunewise.eval.results import CandidateResult, EvalRun, ItemResult
@@ -481,6 +482,8 @@ def evaluate(
                 )
                 outs = h.generate(name, eng, msgs, adapter)
                 kind = "finetuned" if adapter or pmeta.get("full_checkpoint") else name
+                if name == CHAMPION:  # the production version, evaluated for the regression check
+                    kind = "champion"
                 res = h.result(
                     name, kind, outs, {**pmeta, "max_new_tokens": h.max_new_tokens(eng)}, per_item
                 )

@@ -567,6 +567,7 @@ def build_context(eval_dir: Path, train_runs: Sequence[Path] = ()) -> dict[str, 
         and not (p.p_value < comp.meta.get("alpha", 0.05))
         and p.diff != 0
     ]
+    champion = _champion_views(run, verdicts, primary)
     cm_png, cm_note = (None, "")
     if best is not None and any(it.gold is not None for it in run.candidate(best).items):
         cm_png, cm_note = _confusion_figure(run.candidate(best).items, best)
@@ -610,8 +611,35 @@ def build_context(eval_dir: Path, train_runs: Sequence[Path] = ()) -> dict[str, 
         "curve_png": _curve_figure(curve, primary) if len(curve) > 1 else None,
         "worst": {n: _worst(run, n, primary) for n in names},
         "ratings": _load_ratings(eval_dir),
+        "champion": champion,
         "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
+
+
+def _champion_views(run: EvalRun, verdicts: list[Verdict], primary: str) -> list[dict[str, Any]]:
+    """Champion vs challenger side by side, for each gated candidate, when production was run."""
+    from tunewise.decisions import CHAMPION
+    from tunewise.eval.flips import side_by_side
+
+    names = {c.name for c in run.candidates}
+    if CHAMPION not in names:
+        return []
+    views = []
+    for v in verdicts:
+        if v.candidate == CHAMPION or v.candidate not in names:
+            continue
+        view = side_by_side(run, v.candidate, CHAMPION, primary)
+        view["version"] = (v.champion or {}).get("version", "")
+        view["passed"] = (v.champion or {}).get("passed")
+        view["reason"] = (v.champion or {}).get("reason", "")
+        for row in (*view["gained"], *view["lost"]):
+            for key in ("challenger_output", "champion_output"):
+                text = row[key]
+                row[key] = text if len(text) <= 200 else text[:200] + "…"
+        view["challenger_value"] = _fmt(view["challenger_value"])
+        view["champion_value"] = _fmt(view["champion_value"])
+        views.append(view)
+    return views
 
 
 def _needed(comp: Comparison, p) -> dict[str, Any] | None:
@@ -746,6 +774,8 @@ def render_markdown(ctx: dict[str, Any]) -> str:
             ],
         )
         out.append("")
+    for view in ctx["champion"]:
+        out += _champion_markdown(view)
     if ctx["train_runs"]:
         out += ["## Training runs", ""]
         out += _md_table(
@@ -798,6 +828,36 @@ def render_markdown(ctx: dict[str, Any]) -> str:
         out.append("")
     out.append(f"_Generated {ctx['generated']} by tunewise. The HTML report has the figures._")
     return "\n".join(out) + "\n"
+
+
+def _champion_markdown(view: dict[str, Any]) -> list[str]:
+    e = md_escape
+    head = f"## Champion vs challenger: {e(view['challenger'])} vs production"
+    out = [head + (f" ({e(view['version'])})" if view["version"] else ""), ""]
+    if view["reason"]:
+        out += [f"{'✔' if view['passed'] else '✘'} {e(view['reason'])}", ""]
+    out += _md_table(
+        ["", e(view["challenger"]), "production"],
+        [[e(view["metric"]), view["challenger_value"], view["champion_value"]]],
+    )
+    out += [
+        "",
+        f"{view['n']} items: {view['unchanged']} unchanged, {view['n_gained']} gained, "
+        f"{view['n_lost']} lost" + (f", {view['unscored']} unscored" if view["unscored"] else ""),
+        "",
+    ]
+    for label, rows in (("Lost (production was right)", view["lost"]), ("Gained", view["gained"])):
+        if rows:
+            out += [f"### {label}", ""]
+            out += _md_table(
+                ["item", e(view["challenger"]), "production"],
+                [
+                    [e(r["item_id"]), e(r["challenger_output"]), e(r["champion_output"])]
+                    for r in rows
+                ],
+            )
+            out.append("")
+    return out
 
 
 def render(eval_dir: str | Path, train_runs: Sequence[str | Path] = ()) -> tuple[Path, Path]:
