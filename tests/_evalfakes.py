@@ -104,10 +104,10 @@ def launch_chromium(playwright):
 
 
 def write_train_run(path, steps: int = 60) -> None:
-    import json
     import math
 
-    path.mkdir(parents=True, exist_ok=True)
+    from tunewise.rundir import RunDir
+
     rows = []
     for s in range(1, steps + 1):
         row = {"step": s, "epoch": s / 30, "train_loss": 2.4 * math.exp(-s / 25) + 0.5}
@@ -115,15 +115,13 @@ def write_train_run(path, steps: int = 60) -> None:
             row["val_loss"] = 2.3 * math.exp(-s / 30) + 0.7
             row["repetition"] = 0.05 + 0.004 * s
         rows.append(row)
-    (path / "run.json").write_text(
-        json.dumps(
-            {
-                "status": "completed",
-                "method": "lora",
-                "metrics": rows,
-                "best_val_loss": 0.7123,
-                "stop_reason": "max_steps",
-                "wall_time_s": 12.0,
-            }
-        )
+    RunDir(path).write(
+        {
+            "status": "completed",
+            "method": "lora",
+            "metrics": rows,
+            "best_val_loss": 0.7123,
+            "stop_reason": "max_steps",
+            "wall_time_s": 12.0,
+        }
     )

@@ -36,6 +36,7 @@ def make_run(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from tunewise.models import resolve
+    from tunewise.rundir import RunDir
 
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(base_dir)
@@ -81,7 +82,7 @@ def make_run(
         "versions": {},
         "metrics": [],
     }
-    (run_dir / "run.json").write_text(json.dumps(run))
+    RunDir(run_dir).write(run)
     (run_dir / "logs.jsonl").write_text("{}\n")
     return run_dir
 
@@ -90,24 +91,16 @@ def write_verdict(
     path: Path, ship: bool, champion: str | None = None, champion_passed: bool = True
 ) -> Path:
     """A gate verdict; ``champion`` ("bot:1"): its recorded comparison against that version."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    record = {
-        "version": champion,
-        "passed": champion_passed,
-        "reason": "not worse than production" if champion_passed else "worse than production",
-    }
-    path.write_text(
-        json.dumps(
-            {
-                "candidate": "finetuned",
-                "ship": ship,
-                "reasons": [],
-                "guard_failures": [],
-                "summary": "beats every baseline" if ship else "not better than RAG",
-                "champion": record if champion else None,
-            }
-        )
-    )
+    from tunewise.eval.results import Verdict
+
+    summary = "beats every baseline" if ship else "not better than RAG"
+    record = None
+    if champion:
+        why = "not worse than production" if champion_passed else "worse than production"
+        record = {"version": champion, "passed": champion_passed, "reason": why}
+    Verdict(
+        "finetuned", ship, reasons=[], guard_failures=[], summary=summary, champion=record
+    ).save(path)
     return path
 
 

@@ -74,7 +74,7 @@ def test_rag_not_chosen_when_finetune_beats_it_but_gate_refused():
 
 
 def test_fewshot_is_not_enough_when_the_fine_tune_clearly_beats_it():
-    # the fine-tune beats few-shot but ties RAG: RAG is the cheapest rung nothing above clearly beats
+    # the fine-tune beats few-shot but ties RAG: RAG is the cheapest rung nothing above beats
     a = recommend(
         facts(
             {"prompt": 0.0, "fewshot": 0.79, "rag": 0.82, "finetuned": 0.85},
@@ -279,7 +279,8 @@ def test_facts_from_dir_says_how_many_items_would_tell(tmp_path):
 
 
 def test_a_classifier_without_an_llm_that_leads_is_said_plainly():
-    # The demo tickets: TF-IDF + logistic regression 0.92, kNN 0.786, few-shot 0.543, fine-tune 0.471.
+    # The demo tickets: TF-IDF + logistic regression 0.92, kNN 0.786, few-shot 0.543, fine-tune
+    # 0.471.
     m = {
         "prompt": 0.0,
         "fewshot": 0.543,
@@ -335,3 +336,17 @@ def test_facts_from_dir_reads_which_candidates_need_no_llm(tmp_path):
     assert f.no_llm == ("tfidf",) and f.gate_baselines == ["prompt", "fewshot", "tfidf"]
     a = recommend(f)
     assert "a classifier without an LLM scores accuracy" in a.headline
+
+
+def test_comparison_pairs_add_each_rung_against_the_rungs_below_it():
+    from tunewise.advise import comparison_pairs
+
+    names = ["prompt", "fewshot", "rag", "knn", "lora"]
+    pairs = comparison_pairs(names, ["prompt", "fewshot", "rag"])
+    gate = [(c, b) for c in ("knn", "lora") for b in ("prompt", "fewshot", "rag")]
+    assert pairs[: len(gate)] == gate  # the gate's pairs first, in the gate's order
+    assert {("fewshot", "prompt"), ("rag", "prompt"), ("rag", "fewshot")} <= set(pairs)
+    assert len(pairs) == len(set(pairs))
+    assert not any(c == b for c, b in pairs)
+    # a rung that is not a gate baseline is not paired against: the gate did not ask for it
+    assert all(b != "prompt" for _, b in comparison_pairs(names, ["fewshot", "rag"]))

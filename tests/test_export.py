@@ -13,6 +13,7 @@ from tunewise.cli import app
 from tunewise.errors import UserError
 from tunewise.export import export_merged, export_vllm, plan_vllm
 from tunewise.registry import Registry
+from tunewise.rundir import RunDir
 
 
 @pytest.fixture(scope="module")
@@ -39,9 +40,10 @@ def runs(tiny_model_dir, tmp_path_factory) -> dict[str, Path]:
         "dora": make_run(tiny_model_dir, tmp / "dora", seed=4, extra_config={"use_dora": True}),
         "foreign": make_run(tiny_model_dir, tmp / "foreign", seed=5),
     }
-    meta = json.loads((out["foreign"] / "run.json").read_text())
+    foreign = RunDir(out["foreign"])
+    meta = foreign.record()
     meta["base_model"]["weight_hash"] = "f" * 64
-    (out["foreign"] / "run.json").write_text(json.dumps(meta))
+    foreign.write(meta)
     return out
 
 

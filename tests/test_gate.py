@@ -327,3 +327,18 @@ def test_cli_gate_reads_project_gate_section(eval_dir, tmp_path):
 def test_cli_gate_without_eval_json_is_exit_2(tmp_path):
     res = _cli(["gate", str(tmp_path), "--candidate", "lora"])
     assert res.exit_code == 2 and "eval.json: not found" in res.output
+
+
+def test_verdict_file_records_the_gate_settings_that_produced_it(tmp_path):
+    import json
+
+    run = make_run({"prompt": 0.45, "fewshot": 0.5, "rag": 0.55, "lora": 0.85}, n=120)
+    v = decide(stats.compare(run, baselines=BASES, n_boot=300), "lora", CFG)
+    save_verdict(v, tmp_path / "with.json", CFG)
+    back = load_verdict(tmp_path / "with.json")
+    assert back == v and back.gate == CFG.model_dump(mode="json")
+    save_verdict(v, tmp_path / "without.json")
+    assert "gate" not in json.loads((tmp_path / "without.json").read_text())
+    assert load_verdict(tmp_path / "without.json").gate is None
+    with pytest.raises(UserError, match="not found"):
+        load_verdict(tmp_path / "missing.json")

@@ -64,7 +64,9 @@ def write_project(root: Path, n_per: int = 5, **eval_cfg) -> Path:
         "task": {
             "type": "labels",
             "output_pattern": PATTERN,
-            "system_prompt": "Triage the ticket. Categories: billing, bug, feature. Priority: low, medium, high.",
+            "system_prompt": (
+                "Triage the ticket. Categories: billing, bug, feature. Priority: low, medium, high."
+            ),
         },
         "eval": {"candidates": ["prompt", "fewshot", "rag"], "fewshot": {"k": 2}, **eval_cfg},
     }
@@ -381,7 +383,7 @@ def test_cli_eval_prints_table(tmp_path: Path, tiny_model_dir: Path) -> None:
 def test_external_candidate_against_a_loopback_stub(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An OpenAI-compatible endpoint (a stub on 127.0.0.1) is one more candidate on the same items."""
+    """An OpenAI-compatible endpoint (a stub on 127.0.0.1) is one more candidate on the items."""
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 

@@ -22,7 +22,6 @@ from tunewise.eval.results import (
     MetricEstimate,
     PairedTest,
 )
-from tunewise.eval.stats import comparison_from_dict, comparison_to_dict
 from tunewise.gate import decide
 
 ALPHA = 0.05
@@ -289,5 +288,5 @@ def test_non_inferiority_direct_call_and_round_trip() -> None:
     cfg = GateConfig.model_validate(NI.model_dump() | {"cost": cost})
     v = decide_non_inferiority(comp, "ft", cfg)
     assert "vs api $240.00 (self-hosted)" in v.summary  # a registry version costs what ft costs
-    back = comparison_from_dict(comparison_to_dict(comp))
+    back = Comparison.from_dict(comp.to_dict())
     assert back.margin_test("ft", "api") == comp.margin_tests[0]

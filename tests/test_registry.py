@@ -19,6 +19,7 @@ from _ship_helpers import concurrent_worker, make_run, write_verdict
 from tunewise.cli import app
 from tunewise.errors import UserError
 from tunewise.registry import CRASH_ENV, CorruptedFileError, Registry, parse_spec, validate_name
+from tunewise.rundir import RunDir
 
 
 @pytest.fixture(scope="module")
@@ -162,12 +163,12 @@ def test_pickle_weights_are_refused(run_dir, copy_tree):
 
 def test_running_run_and_missing_hash_are_refused(run_dir, copy_tree):
     run = copy_tree(run_dir, "running")
-    meta = json.loads((run / "run.json").read_text())
-    (run / "run.json").write_text(json.dumps({**meta, "status": "running"}))
+    meta = RunDir(run).record()
+    RunDir(run).write({**meta, "status": "running"})
     with pytest.raises(UserError, match="still running"):
         Registry().add(run)
     meta["base_model"].pop("weight_hash")
-    (run / "run.json").write_text(json.dumps(meta))
+    RunDir(run).write(meta)
     with pytest.raises(UserError, match="weight_hash"):
         Registry().add(run)
 
@@ -296,3 +297,49 @@ def test_promote_to_production_needs_a_passed_comparison_with_the_current_one(
     reg.promote("bot", 1, force=True, reason="bot:2 broke a customer")
     last = reg.history("bot", "production")[-1]
     assert (last["to_version"], last["forced"], last["reason"]) == (1, 1, "bot:2 broke a customer")
+
+
+def test_add_with_eval_dir_keeps_the_typed_comparison_summary_and_verdict(run_dir, tmp_path):
+    from _evalfakes import make_run as make_eval_run
+    from tunewise.config import GateConfig
+    from tunewise.eval import stats
+    from tunewise.eval.results import Comparison, Verdict
+    from tunewise.gate import decide, save_verdict
+
+    ed = tmp_path / "eval"
+    ev = make_eval_run({"prompt": 0.5, "lora": 0.8}, n=40, judge_nan={"lora": 0.25})
+    ev.save(ed / "eval.json")
+    comp = stats.compare(ev, baselines=["prompt"], n_boot=200)
+    comp.save(ed / "comparison.json")
+    cfg = GateConfig(baselines=["prompt"])
+    save_verdict(decide(comp, "lora", cfg), ed / "verdict.json", cfg)
+
+    v = Registry().add(run_dir, eval_dir=ed)
+    assert v.ship is True and isinstance(v.verdict, Verdict) and v.verdict.candidate == "lora"
+    assert v.verdict.gate is not None and v.verdict.gate["baselines"] == ["prompt"]
+    assert isinstance(v.eval.comparison, Comparison)
+    assert v.eval.comparison.pairs == Comparison.load(ed / "comparison.json").pairs
+    # the means skip unparsed judge replies (NaN) instead of averaging them in
+    judged = [it.scores["judge"] for it in ev.candidate("lora").items]
+    scored = [x for x in judged if x == x]
+    assert len(scored) < len(judged)
+    means = v.eval.summary.means["lora"]
+    assert means["judge"] == pytest.approx(sum(scored) / len(scored))
+    assert v.eval.summary.n_items == 40 and v.eval.summary.primary_metric == "accuracy"
+    # what `registry show --json` prints is plain JSON again (NaN as null, no dataclasses)
+    shown = json.loads(CliRunner().invoke(app, ["registry", "show", v.spec, "--json"]).output)
+    assert shown["eval"]["summary"]["means"]["lora"]["judge"] == pytest.approx(means["judge"])
+    assert shown["verdict"]["gate"]["baselines"] == ["prompt"]
+
+
+def test_damaged_eval_files_are_user_errors_naming_the_file(run_dir, tmp_path):
+    ed = tmp_path / "eval"
+    ed.mkdir()
+    (ed / "comparison.json").write_text('{"metrics": {}}')
+    with pytest.raises(UserError, match=r"comparison\.json: not a valid comparison file"):
+        Registry().add(run_dir, eval_dir=ed)
+    (ed / "comparison.json").unlink()
+    (ed / "verdict.json").write_text('{"candidate": "x"}')
+    with pytest.raises(UserError, match=r"verdict\.json: not a valid verdict file"):
+        Registry().add(run_dir, eval_dir=ed)
+    assert Registry().summary() == []  # nothing was registered

@@ -119,7 +119,7 @@ def test_learning_curve_is_shown_when_the_ladder_wrote_one(eval_dir):
 
 
 def test_bar_chart_survives_an_interval_that_excludes_its_estimate():
-    from tunewise.eval.report import _metrics_figure
+    from tunewise.eval.figures import metrics_figure
     from tunewise.eval.results import Comparison, MetricEstimate
 
     comp = Comparison(
@@ -130,7 +130,7 @@ def test_bar_chart_survives_an_interval_that_excludes_its_estimate():
             "fewshot": {"macro_f1": MetricEstimate(value=0.383, ci_low=0.369, ci_high=0.370, n=150)}
         },
     )
-    assert _metrics_figure(comp, ["fewshot"], ["macro_f1"], {"fewshot": "#2563eb"}).startswith(
+    assert metrics_figure(comp, ["fewshot"], ["macro_f1"], {"fewshot": "#2563eb"}).startswith(
         "data:image/png"
     )
 
@@ -356,3 +356,21 @@ def test_rerun_eval_makes_saved_comparison_and_verdict_stale(eval_dir):
         "qlora",
     }
     assert (eval_dir / "verdict.json").is_file()  # the user's file is left alone
+
+
+@pytest.mark.parametrize(
+    ("module", "other"),
+    [
+        ("tunewise.eval.report", "tunewise.eval.human"),
+        ("tunewise.eval.human", "tunewise.eval.report"),
+    ],
+)
+def test_report_and_rating_app_do_not_import_each_other(module, other):
+    """The item helpers live in eval/items.py: importing one side never loads the other."""
+    import subprocess
+    import sys
+
+    loaded = f"print({other!r} in sys.modules, 'tunewise.eval.items' in sys.modules)"
+    code = f"import sys, {module}; {loaded}"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "True"]

@@ -258,3 +258,54 @@ def test_macro_f1_of_a_resample_averages_its_gold_classes_only():
     assert np.isnan(
         stats._Bootstrap._macro_f1(np.zeros((1, 2)), np.ones((1, 2)), np.zeros((1, 2)))[0]
     )
+
+
+def test_explicit_pairs_share_one_bootstrap_and_match_separate_runs():
+    """Asking for more pairs in one call gives each pair exactly what a call of its own gives."""
+    run = make_run(
+        {"prompt": 0.5, "fewshot": 0.56, "rag": 0.62, "knn": 0.6, "lora": 0.8},
+        n=150,
+        judge_nan={"lora": 0.1},
+    )
+    names = [c.name for c in run.candidates]
+    gate = stats.default_pairs(names, BASES)
+    assert gate == [("knn", b) for b in BASES] + [("lora", b) for b in BASES]
+    extra = [("fewshot", "prompt"), ("rag", "prompt"), ("rag", "fewshot")]
+    both = stats.compare(run, baselines=BASES, pairs=gate + extra, n_boot=400)
+    alone = stats.compare(run, baselines=BASES, n_boot=400)
+    rungs = stats.compare(run, baselines=["prompt", "fewshot"], pairs=extra, n_boot=400)
+    assert both.pairs == alone.pairs + rungs.pairs  # same numbers, to the last bit
+    assert both.metrics == alone.metrics
+    assert both.meta["baselines"] == BASES and both.meta["missing_baselines"] == []
+    # one note per underpowered pair, the extra pairs included
+    flagged = {(p.candidate, p.baseline, p.metric) for p in both.pairs if p.underpowered}
+    noted = {(w["candidate"], w["baseline"], w["metric"]) for w in both.meta["underpowered"]}
+    assert noted == flagged
+
+
+def test_explicit_pairs_skip_absent_baselines_and_refuse_unknown_candidates():
+    run = make_run({"prompt": 0.5, "lora": 0.7}, n=60)
+    comp = stats.compare(
+        run, baselines=["prompt", "rag"], pairs=[("lora", "rag"), ("lora", "prompt")], n_boot=200
+    )
+    assert {(p.candidate, p.baseline) for p in comp.pairs} == {("lora", "prompt")}
+    assert comp.meta["missing_baselines"] == ["rag"]
+    with pytest.raises(UserError, match="qlora not in the evaluation"):
+        stats.compare(run, baselines=["prompt"], pairs=[("qlora", "prompt")], n_boot=200)
+
+
+def test_eval_json_loader_and_means(tmp_path):
+    run = make_run({"prompt": 0.5, "lora": 0.8}, n=30, judge_nan={"lora": 0.3}, seed=5)
+    lora = run.candidate("lora")
+    judged = [it.scores["judge"] for it in lora.items]
+    mean, unparsed = lora.mean("judge")
+    assert unparsed == sum(1 for x in judged if math.isnan(x)) > 0
+    assert mean == pytest.approx(np.nanmean(judged))
+    assert lora.means()["judge"] == mean and set(lora.means()) == set(lora.metrics())
+    summary = run.summary()
+    assert summary.means["lora"] == lora.means() and summary.n_items == 30
+    with pytest.raises(UserError, match=r"eval\.json: not found \(run `tunewise eval`"):
+        EvalRun.load(tmp_path / "eval.json")
+    (tmp_path / "eval.json").write_text('{"project": "p"}')
+    with pytest.raises(UserError, match=r"eval\.json: not a valid evaluation file"):
+        EvalRun.load(tmp_path / "eval.json")

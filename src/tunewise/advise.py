@@ -24,8 +24,8 @@ difference was underpowered; and a cost comparison with the break-even volume.
 
 from __future__ import annotations
 
-import json
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,8 +33,8 @@ from typing import Any
 from tunewise.decisions import CHAMPION
 from tunewise.errors import UserError
 from tunewise.learning_curve import CURVE_FILE, load_curve
+from tunewise.rungs import RUNGS
 
-BASELINES = ("prompt", "fewshot", "rag")
 # Candidates that answer without a language model: the kNN vote and the scikit-learn classifiers.
 NO_LLM = ("knn", "tfidf", "probe")
 # Cheaper to train and serve first: a tie goes to the cheaper method.
@@ -58,7 +58,7 @@ class Facts:
     delta: float = 0.02
     rag_sources: list[str] = field(default_factory=lambda: ["docs"])  # what the rag rung retrieved
     no_llm: tuple[str, ...] = NO_LLM  # candidates that are classifiers without a language model
-    gate_baselines: list[str] = field(default_factory=lambda: list(BASELINES))
+    gate_baselines: list[str] = field(default_factory=lambda: list(RUNGS))
 
 
 @dataclass
@@ -158,14 +158,14 @@ def recommend(f: Facts, cost: CostInputs | None = None) -> Advice:
     m = f.metrics
     pm = f.primary_metric
     reasons: list[str] = []
-    finetuned = [c for c in m if c not in BASELINES and c in f.methods]
+    finetuned = [c for c in m if c not in RUNGS and c in f.methods]
 
     if f.ship and f.shipped_candidate:
         cand = f.shipped_candidate
         method = f.methods.get(cand)
         reasons.append(
             f"{cand} ({method}) scores {pm} {_fmt(m[cand])}, clearly above every baseline: "
-            + ", ".join(f"{b} {_fmt(m[b])}" for b in BASELINES if b in m)
+            + ", ".join(f"{b} {_fmt(m[b])}" for b in RUNGS if b in m)
             + "."
         )
         ties = [c for c in finetuned if c != cand and abs(m[c] - m[cand]) < f.delta]
@@ -196,7 +196,7 @@ def recommend(f: Facts, cost: CostInputs | None = None) -> Advice:
     extras = [
         c
         for c in m
-        if c not in BASELINES
+        if c not in RUNGS
         and c != CHAMPION  # the production version: judged by the regression check, not here
         and c not in f.methods
         and not _of_finetune(c, f)
@@ -213,9 +213,10 @@ def recommend(f: Facts, cost: CostInputs | None = None) -> Advice:
         best_other = _best(others, m)
         assert best_other is not None
         advice.reasons.append(
-            f"{top_extra} scores {pm} {_fmt(m[top_extra])}, above every rung of the ladder (best: {best_other} "
-            f"{_fmt(m[best_other])}), but it is not a gate baseline, so nothing was required to beat it. "
-            f"Add it to gate.baselines to hold the fine-tune to it, or consider shipping it instead."
+            f"{top_extra} scores {pm} {_fmt(m[top_extra])}, above every rung of the ladder (best: "
+            f"{best_other} {_fmt(m[best_other])}), but it is not a gate baseline, so nothing was "
+            "required to beat it. Add it to gate.baselines to hold the fine-tune to it, or "
+            "consider shipping it instead."
         )
     if f.underpowered:
         advice.reasons.append(
@@ -260,8 +261,8 @@ def _ladder_rung(f: Facts, finetuned: list[str]) -> Advice:
     When the fine-tune clearly beats all three rungs and the gate still refused it (a further gate
     baseline such as kNN, or a guard), the answer is "undecided", with what would decide it.
     """
-    m, pm, better = f.metrics, f.primary_metric, f.clearly_better
-    rungs = [b for b in BASELINES if b in m]
+    m, better = f.metrics, f.clearly_better
+    rungs = [b for b in RUNGS if b in m]
     refused = f"Do not ship the fine-tune: {f.verdict_summary or 'it did not clear the gate.'}"
     if not rungs:
         return Advice(
@@ -277,39 +278,45 @@ def _ladder_rung(f: Facts, finetuned: list[str]) -> Advice:
             chosen = rung
             break
     if chosen is None:
-        cand = _best([c for c in finetuned if better.get((c, rungs[-1]), False)], m)
-        assert cand is not None  # only a fine-tune can clearly beat the top rung
-        beaten = [r for r in rungs if better.get((cand, r), False)]
-        reasons = [
-            f"{cand} ({f.methods[cand]}) scores {pm} {_fmt(m[cand])}, clearly above "
-            + ", ".join(f"{r} {_fmt(m[r])}" for r in beaten)
-            + ".",
-            refused,
-        ]
-        # rivals the comparison tested the fine-tune against (gate baselines beyond the three rungs)
-        rivals = [
-            c
-            for c in m
-            if c not in BASELINES
-            and c not in f.methods
-            and not _of_finetune(c, f)
-            and (cand, c) in better
-            and not better[(cand, c)]
-        ]
-        for rival in sorted(rivals, key=lambda c: -m[c]):
+        return _held_back(f, finetuned, rungs, refused)
+    reasons = [_rung_headline(f, chosen, rungs, finetuned)]
+    if chosen == "rag":
+        reasons.append(_RAG_DOCS if "docs" in f.rag_sources else _RAG_EXAMPLES)
+    if finetuned:
+        best_ft = _best(finetuned, m)
+        assert best_ft is not None
+        if not better.get((best_ft, chosen), False):
             reasons.append(
-                f"{rival} ({_fmt(m[rival])}) is not clearly beaten and needs no fine-tune: add "
-                f"validation items to tell the two apart, or serve {rival} if it is cheaper."
+                f"The best fine-tune ({best_ft}, {_fmt(m[best_ft])}) does not clearly beat "
+                f"{_name(chosen)}."
             )
-        names = [{"prompt": "prompt", "fewshot": "few-shot", "rag": "RAG"}[r] for r in beaten]
-        return Advice(
-            "undecided",
-            f.methods[cand],
-            f"Undecided: {cand} clearly beats {', '.join(names)}, but the gate held it back.",
-            reasons,
-        )
+        reasons.append(refused)
+    headline = {
+        "prompt": "The prompt is enough.",
+        "fewshot": "Few-shot prompting is enough.",
+        "rag": "Use RAG: retrieval carries this task.",
+    }[chosen]
+    return Advice(chosen, None, headline, reasons)
+
+
+_RAG_DOCS = (
+    "The answers depend on facts in the documents or examples; fine-tuning teaches "
+    "behaviour (format, tone, labels) and does not reliably add facts. Keep the "
+    "knowledge in the index, where it can be updated without retraining."
+)
+_RAG_EXAMPLES = (
+    "RAG here retrieves labelled training examples, not documents: the nearest "
+    "examples carry the answer. That is not a knowledge task; it says that "
+    "similar examples in the prompt (or a kNN over them) do the job, and more "
+    "labelled examples make the index better without retraining."
+)
+
+
+def _rung_headline(f: Facts, chosen: str, rungs: list[str], finetuned: list[str]) -> str:
+    """The chosen rung's score, the rungs below it it clearly beats, and what does not beat it."""
+    m, better = f.metrics, f.clearly_better
     lower = [r for r in rungs[: rungs.index(chosen)] if better.get((chosen, r), False)]
-    head = f"{_name(chosen)} scores {pm} {_fmt(m[chosen])}"
+    head = f"{_name(chosen)} scores {f.primary_metric} {_fmt(m[chosen])}"
     head += (
         f", clearly above {' and '.join(f'{_name(r)} ({_fmt(m[r])})' for r in lower)}"
         if lower
@@ -321,35 +328,43 @@ def _ladder_rung(f: Facts, finetuned: list[str]) -> Advice:
         if above
         else "."
     )
-    reasons = [head[0].upper() + head[1:]]
-    if chosen == "rag":
-        if "docs" in f.rag_sources:
-            reasons.append(
-                "The answers depend on facts in the documents or examples; fine-tuning teaches "
-                "behaviour (format, tone, labels) and does not reliably add facts. Keep the "
-                "knowledge in the index, where it can be updated without retraining."
-            )
-        else:
-            reasons.append(
-                "RAG here retrieves labelled training examples, not documents: the nearest "
-                "examples carry the answer. That is not a knowledge task; it says that "
-                "similar examples in the prompt (or a kNN over them) do the job, and more "
-                "labelled examples make the index better without retraining."
-            )
-    if finetuned:
-        best_ft = _best(finetuned, m)
-        assert best_ft is not None
-        if not better.get((best_ft, chosen), False):
-            reasons.append(
-                f"The best fine-tune ({best_ft}, {_fmt(m[best_ft])}) does not clearly beat {_name(chosen)}."
-            )
-        reasons.append(refused)
-    headline = {
-        "prompt": "The prompt is enough.",
-        "fewshot": "Few-shot prompting is enough.",
-        "rag": "Use RAG: retrieval carries this task.",
-    }[chosen]
-    return Advice(chosen, None, headline, reasons)
+    return head[0].upper() + head[1:]
+
+
+def _held_back(f: Facts, finetuned: list[str], rungs: list[str], refused: str) -> Advice:
+    """A fine-tune clearly beats the top rung, yet the gate refused it: undecided, and why."""
+    m, better = f.metrics, f.clearly_better
+    cand = _best([c for c in finetuned if better.get((c, rungs[-1]), False)], m)
+    assert cand is not None  # only a fine-tune can clearly beat the top rung
+    beaten = [r for r in rungs if better.get((cand, r), False)]
+    reasons = [
+        f"{cand} ({f.methods[cand]}) scores {f.primary_metric} {_fmt(m[cand])}, clearly above "
+        + ", ".join(f"{r} {_fmt(m[r])}" for r in beaten)
+        + ".",
+        refused,
+    ]
+    # rivals the comparison tested the fine-tune against (gate baselines beyond the three rungs)
+    rivals = [
+        c
+        for c in m
+        if c not in RUNGS
+        and c not in f.methods
+        and not _of_finetune(c, f)
+        and (cand, c) in better
+        and not better[(cand, c)]
+    ]
+    for rival in sorted(rivals, key=lambda c: -m[c]):
+        reasons.append(
+            f"{rival} ({_fmt(m[rival])}) is not clearly beaten and needs no fine-tune: add "
+            f"validation items to tell the two apart, or serve {rival} if it is cheaper."
+        )
+    names = [{"prompt": "prompt", "fewshot": "few-shot", "rag": "RAG"}[r] for r in beaten]
+    return Advice(
+        "undecided",
+        f.methods[cand],
+        f"Undecided: {cand} clearly beats {', '.join(names)}, but the gate held it back.",
+        reasons,
+    )
 
 
 def _of_finetune(name: str, f: Facts) -> bool:
@@ -383,9 +398,10 @@ def _curve_advice(f: Facts, m: dict[str, float]) -> str | None:
     )
     if last >= target:
         return (
-            f"The learning curve ({curve}) is still rising ({per_doubling}): the fine-tune already scores "
-            f"above {rival} + margin ({_fmt(target)}), and more examples should widen the gap. What it "
-            "lacks is evidence, not data: add validation items so the difference can be confirmed."
+            f"The learning curve ({curve}) is still rising ({per_doubling}): the fine-tune already "
+            f"scores above {rival} + margin ({_fmt(target)}), and more examples should widen the "
+            "gap. What it lacks is evidence, not data: add validation items so the difference can "
+            "be confirmed."
         )
     needed = extrapolate(f.learning_curve, target)
     return (
@@ -397,71 +413,77 @@ def _curve_advice(f: Facts, m: dict[str, float]) -> str | None:
 
 def facts_from_dir(eval_dir: Path) -> Facts:
     """Read ``comparison.json``, ``verdict.json`` and ``eval.json`` of a ladder's evaluation."""
-    from tunewise.eval.results import Comparison, PairedTest
+    from tunewise.eval.results import (
+        COMPARISON_FILE,
+        EVAL_FILE,
+        VERDICT_FILE,
+        Comparison,
+        EvalRun,
+        Verdict,
+    )
 
-    comp_path = eval_dir / "comparison.json"
+    comp_path = eval_dir / COMPARISON_FILE
     if not comp_path.is_file():
         raise UserError(
             f"{eval_dir}: no comparison.json; run `tunewise run` or `tunewise compare` first"
         )
-    raw = json.loads(comp_path.read_text())
-    pairs = [PairedTest(**p) for p in raw["pairs"]]
-    comp = Comparison(
-        primary_metric=raw["primary_metric"], metrics={}, pairs=pairs, meta=raw.get("meta", {})
-    )
+    comp = Comparison.load(comp_path)
     pm = comp.primary_metric
-    metrics = {c: v[pm]["value"] for c, v in raw["metrics"].items() if pm in v}
-    meta = raw.get("meta", {})
-    alpha = float(meta.get("alpha", 0.05))
-    delta = float(meta.get("delta", 0.02))
-    clearly = {
-        (p.candidate, p.baseline): p.p_value < alpha and p.diff >= delta
-        for p in pairs
-        if p.metric == pm
-    }
-    needed = {
-        (w["candidate"], w["baseline"]): w.get("items_needed")
-        for w in raw.get("meta", {}).get("underpowered", [])
-        if w.get("metric") == pm
-    }
-    underpowered = [
-        f"{p.candidate} vs {p.baseline}"
-        + (f" (about {n} items would tell)" if (n := needed.get((p.candidate, p.baseline))) else "")
-        for p in pairs
-        if p.metric == pm and p.underpowered
-    ]
+    alpha = float(comp.meta.get("alpha", 0.05))
+    delta = float(comp.meta.get("delta", 0.02))
+    primary_pairs = [p for p in comp.pairs if p.metric == pm]
     methods: dict[str, str] = {}
     no_llm = NO_LLM
-    eval_json = eval_dir / "eval.json"
-    if eval_json.is_file():
-        cands = json.loads(eval_json.read_text())["candidates"]
+    if (eval_dir / EVAL_FILE).is_file():
+        cands = EvalRun.load(eval_dir / EVAL_FILE).candidates
         for c in cands:
-            if c["kind"] == "finetuned":
-                methods[c["name"]] = c.get("meta", {}).get("method", "lora")
-        no_llm = tuple(c["name"] for c in cands if c["kind"] in ("knn", "classical"))
-    ship, shipped, summary = False, None, ""
-    verdict_path = eval_dir / "verdict.json"
-    if verdict_path.is_file():
-        v = json.loads(verdict_path.read_text())
-        ship, shipped, summary = bool(v["ship"]), v["candidate"], v.get("summary", "")
+            if c.kind == "finetuned":
+                methods[c.name] = c.meta.get("method", "lora")
+        no_llm = tuple(c.name for c in cands if c.kind in ("knn", "classical"))
+    verdict = None
+    if (eval_dir / VERDICT_FILE).is_file():
+        verdict = Verdict.load(eval_dir / VERDICT_FILE)
     curve: list[tuple[int, float]] = []
-    lc_path = eval_dir / CURVE_FILE
-    if lc_path.is_file():
-        curve = load_curve(lc_path)
-    rag_sources = list(meta.get("retrieval_sources", {}).get("rag", ["docs"]))
-    gate_baselines = list(meta.get("baselines", BASELINES))
+    if (eval_dir / CURVE_FILE).is_file():
+        curve = load_curve(eval_dir / CURVE_FILE)
     return Facts(
         primary_metric=pm,
-        metrics=metrics,
-        clearly_better=clearly,
+        metrics={c: per[pm].value for c, per in comp.metrics.items() if pm in per},
+        clearly_better={
+            (p.candidate, p.baseline): p.p_value < alpha and p.diff >= delta for p in primary_pairs
+        },
         methods=methods,
-        ship=ship,
-        shipped_candidate=shipped,
-        verdict_summary=summary,
-        underpowered=underpowered,
+        ship=verdict.ship if verdict else False,
+        shipped_candidate=verdict.candidate if verdict else None,
+        verdict_summary=verdict.summary if verdict else "",
+        underpowered=[
+            f"{p.candidate} vs {p.baseline}"
+            + (f" (about {n} items would tell)" if (n := comp.items_needed(p)) else "")
+            for p in primary_pairs
+            if p.underpowered
+        ],
         learning_curve=curve,
         delta=delta,
-        rag_sources=rag_sources,
+        rag_sources=list(comp.meta.get("retrieval_sources", {}).get("rag", ["docs"])),
         no_llm=no_llm,
-        gate_baselines=gate_baselines,
+        gate_baselines=list(comp.meta.get("baselines", RUNGS)),
     )
+
+
+def comparison_pairs(
+    candidates: Sequence[str], gate_baselines: Sequence[str]
+) -> list[tuple[str, str]]:
+    """The (candidate, baseline) pairs a ladder's comparison tests, for the gate and for advice.
+
+    The gate's pairs first (every other candidate against each gate baseline), then every
+    candidate against each rung below the top one (few-shot vs the prompt, RAG vs both, ...):
+    :func:`recommend` reads those to find the cheapest rung that nothing above it clearly beats.
+    A lower rung is paired only when it is a gate baseline, so the two stay one decision.
+    """
+    from tunewise.eval.stats import default_pairs
+
+    pairs = default_pairs(candidates, gate_baselines)
+    for lower in RUNGS[:-1]:
+        if lower in gate_baselines and lower in candidates:
+            pairs += [(c, lower) for c in candidates if c != lower]
+    return list(dict.fromkeys(pairs))

@@ -119,8 +119,8 @@ def ensure_champion(
             run,
             version.spec,
             (
-                f"{version.spec} is in production, and evaluating it on the sealed test split would "
-                "spend the split again: compare on validation"
+                f"{version.spec} is in production, and evaluating it on the sealed test split "
+                "would spend the split again: compare on validation"
             ),
         )
     from tunewise.config import load_project

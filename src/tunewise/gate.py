@@ -14,16 +14,14 @@ individual tests must reject.
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import asdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from tunewise.config import GateConfig
 from tunewise.errors import UserError
 from tunewise.eval.results import BaselineReason, Comparison, PairedTest, Verdict
-from tunewise.fsio import atomic_write_json
 
 FORMAT_GUARD = "format_compliance"
 DEFAULT_FORMAT_TOLERANCE = 0.02
@@ -72,7 +70,8 @@ def _judge_baseline(pair: PairedTest, alpha: float, delta: float) -> BaselineRea
         return BaselineReason(
             pair.baseline,
             True,
-            f"beats {pair.baseline}: {numbers}; p < {alpha:g} and margin {_s(diff)} >= delta {delta:g}{note}",
+            f"beats {pair.baseline}: {numbers}; p < {alpha:g} and margin {_s(diff)} >= delta "
+            f"{delta:g}{note}",
         )
     problems = []
     if not better:
@@ -116,7 +115,8 @@ def superiority(comparison: Comparison, candidate: str, gate_cfg: GateConfig) ->
         )
     if candidate in gate_cfg.baselines:
         raise UserError(
-            f"{candidate!r} is one of the gate's baselines; gate a fine-tuned candidate against them"
+            f"{candidate!r} is one of the gate's baselines; gate a fine-tuned candidate against "
+            "them"
         )
     if not gate_cfg.baselines:
         raise UserError("gate.baselines is empty: the gate needs at least one baseline to beat")
@@ -131,8 +131,8 @@ def superiority(comparison: Comparison, candidate: str, gate_cfg: GateConfig) ->
                 BaselineReason(
                     base,
                     False,
-                    f"{base}: missing from the evaluation; every configured baseline must be evaluated "
-                    f"(add it to eval.candidates, or remove it from gate.baselines)",
+                    f"{base}: missing from the evaluation; every configured baseline must be "
+                    "evaluated (add it to eval.candidates, or remove it from gate.baselines)",
                 )
             )
             continue
@@ -197,7 +197,8 @@ def failed_guards(comparison: Comparison, candidate: str, gate_cfg: GateConfig) 
         best = base_values[best_base]
         if metric not in cand_metrics or not math.isfinite(cand_metrics[metric].value):
             failures.append(
-                f"{metric}: not measured for {candidate} (baselines have it; best {best_base} {_f(best)})"
+                f"{metric}: not measured for {candidate} (baselines have it; best {best_base} "
+                f"{_f(best)})"
             )
             continue
         value = cand_metrics[metric].value
@@ -230,9 +231,10 @@ def _rag_hint(comparison: Comparison, candidate: str, primary: str, alpha: float
             )  # unknown (older results): as before
             if "docs" not in sources:
                 return (
-                    f"{pair.baseline} is significantly better ({_s(-pair.diff)}) retrieving labelled training "
-                    "examples only: similar examples carry the answer, so a nearest-neighbour rung (knn) or "
-                    "similarity-chosen few-shot may be enough; this is not evidence of a knowledge task"
+                    f"{pair.baseline} is significantly better ({_s(-pair.diff)}) retrieving "
+                    "labelled training examples only: similar examples carry the answer, so a "
+                    "nearest-neighbour rung (knn) or similarity-chosen few-shot may be enough; "
+                    "this is not evidence of a knowledge task"
                 )
             both = (
                 " (it also retrieved training examples, which may be what helped)"
@@ -240,8 +242,9 @@ def _rag_hint(comparison: Comparison, candidate: str, primary: str, alpha: float
                 else ""
             )
             return (
-                f"{pair.baseline} is significantly better ({_s(-pair.diff)}): this looks like a knowledge "
-                f"task{both}; fine-tuning teaches behaviour (format, tone, labels), RAG supplies facts"
+                f"{pair.baseline} is significantly better ({_s(-pair.diff)}): this looks like a "
+                f"knowledge task{both}; fine-tuning teaches behaviour (format, tone, labels), RAG "
+                "supplies facts"
             )
     return ""
 
@@ -260,32 +263,13 @@ def gate_config_from_meta(meta: dict[str, Any]) -> GateConfig:
 
 
 # ----------------------------------------------------------------------------- persistence
-def verdict_to_dict(verdict: Verdict, gate_cfg: GateConfig | None = None) -> dict[str, Any]:
-    out = asdict(verdict)
-    if gate_cfg is not None:
-        out["gate"] = gate_cfg.model_dump(mode="json")
-    return out
-
-
+# The file format lives with the dataclass (eval/results.py); the gate adds its settings.
 def save_verdict(verdict: Verdict, path: str | Path, gate_cfg: GateConfig | None = None) -> None:
-    atomic_write_json(path, verdict_to_dict(verdict, gate_cfg))
+    """Write verdict.json, with the gate settings that produced it when given."""
+    if gate_cfg is not None:
+        verdict = replace(verdict, gate=gate_cfg.model_dump(mode="json"))
+    verdict.save(path)
 
 
 def load_verdict(path: str | Path) -> Verdict:
-    path = Path(path)
-    try:
-        raw = json.loads(path.read_text())
-        return Verdict(
-            candidate=raw["candidate"],
-            ship=bool(raw["ship"]),
-            reasons=[BaselineReason(**r) for r in raw["reasons"]],
-            guard_failures=list(raw["guard_failures"]),
-            summary=raw["summary"],
-            champion=raw.get("champion"),
-        )
-    except FileNotFoundError:
-        raise UserError(
-            f"{path}: not found (run `tunewise gate {path.parent} --candidate NAME`)"
-        ) from None
-    except (ValueError, KeyError, TypeError) as exc:
-        raise UserError(f"{path}: not a valid verdict file: {exc}") from None
+    return Verdict.load(path)

@@ -32,13 +32,23 @@ import sqlite3
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from tunewise import paths
 from tunewise.errors import UserError
+from tunewise.eval.results import (
+    COMPARISON_FILE,
+    EVAL_FILE,
+    VERDICT_FILE,
+    Comparison,
+    EvalRun,
+    EvalSummary,
+    Verdict,
+)
 from tunewise.fsio import sha256_file
+from tunewise.rundir import RunDir
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 ALIAS_RE = NAME_RE
@@ -93,6 +103,32 @@ class CorruptedFileError(UserError):
 
 
 @dataclass
+class EvalRecord:
+    """What a version keeps of the evaluation that judged it (all optional but the folder)."""
+
+    eval_dir: str
+    comparison: Comparison | None = None
+    summary: EvalSummary | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"eval_dir": self.eval_dir}
+        if self.comparison is not None:
+            out["comparison"] = self.comparison.to_dict()
+        if self.summary is not None:
+            out["summary"] = self.summary.to_dict()
+        return out
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> EvalRecord:
+        comparison, summary = raw.get("comparison"), raw.get("summary")
+        return cls(
+            eval_dir=str(raw["eval_dir"]),
+            comparison=None if comparison is None else Comparison.from_dict(comparison),
+            summary=None if summary is None else EvalSummary.from_dict(summary),
+        )
+
+
+@dataclass
 class Version:
     """One immutable registry version. ``path`` is set (verified files) once resolved for use."""
 
@@ -106,8 +142,8 @@ class Version:
     base_weight_hash: str
     data_hashes: dict[str, Any]
     config: dict[str, Any]
-    eval: dict[str, Any] | None
-    verdict: dict[str, Any] | None
+    eval: EvalRecord | None
+    verdict: Verdict | None
     ship: bool | None
     files: dict[str, str]  # relative path -> sha256
     aliases: list[str] = field(default_factory=list)
@@ -121,10 +157,13 @@ class Version:
     def weights_dir(self) -> Path:
         """Directory to hand to PEFT (LoRA) or transformers (full)."""
         assert self.path is not None, "resolve the version first"
-        return self.path / "model" if self.kind == "full" else self.path
+        # a version's files keep their run names, so its folder is laid out as a run directory
+        return RunDir(self.path).model_dir if self.kind == "full" else self.path
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["eval"] = self.eval.to_dict() if self.eval is not None else None
+        d["verdict"] = self.verdict.to_dict() if self.verdict is not None else None
         d["path"] = str(self.path) if self.path else None
         return d
 
@@ -168,14 +207,9 @@ def _crash_point(point: str) -> None:
 
 def _collect_run_files(run_dir: Path) -> tuple[str, dict[str, Path]]:
     """The files of a run that belong to a version, and the run kind."""
-    if (run_dir / "adapter_config.json").is_file():
-        kind, roots = "lora", [run_dir]
-    elif (run_dir / "model" / "config.json").is_file():
-        kind, roots = "full", [run_dir, run_dir / "model"]
-    else:
-        raise UserError(
-            f"{run_dir}: not a training run (no adapter_config.json and no model/config.json)"
-        )
+    run = RunDir(run_dir)
+    kind = run.require_kind()
+    roots = [run_dir] if kind == "lora" else [run_dir, run.model_dir]
     files: dict[str, Path] = {}
     for root in roots:
         for f in sorted(root.iterdir()):
@@ -288,23 +322,20 @@ class Registry:
         run_dir = Path(run_dir)
         if not run_dir.is_dir():
             raise UserError(f"{run_dir}: no such run directory")
-        run_json = run_dir / "run.json"
-        if not run_json.is_file():
+        rd = RunDir(run_dir)
+        if not rd.has_record():
             raise UserError(f"{run_dir}: no run.json (register runs made by `tunewise train`)")
-        try:
-            run = json.loads(run_json.read_text())
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{run_json}:{exc.lineno}: invalid JSON: {exc.msg}") from exc
-        if run.get("status") == "running":
+        run = rd.record()
+        if rd.status() == "running":
             raise UserError(f"{run_dir}: the run is still running; wait for it to finish")
-        base = run.get("base_model") or {}
-        if not base.get("weight_hash"):
-            raise UserError(f"{run_json}: base_model.weight_hash: missing")
+        base = rd.base_model()
+        if not rd.base_hash():
+            raise UserError(f"{rd.run_json}: base_model.weight_hash: missing")
         config = run.get("config") or {}
         name = validate_name(name or config.get("name") or run_dir.name)
 
         verdict_obj, eval_obj = _read_eval(verdict, eval_dir)
-        ship = None if verdict_obj is None else bool(verdict_obj.get("ship"))
+        ship = None if verdict_obj is None else verdict_obj.ship
 
         kind, files = _collect_run_files(run_dir)
         hashes = {rel: self._put_blob(src) for rel, src in files.items()}
@@ -330,8 +361,8 @@ class Registry:
                     base["weight_hash"],
                     json.dumps(run.get("data_hashes") or {}),
                     json.dumps(config),
-                    None if eval_obj is None else json.dumps(eval_obj),
-                    None if verdict_obj is None else json.dumps(verdict_obj),
+                    None if eval_obj is None else json.dumps(eval_obj.to_dict()),
+                    None if verdict_obj is None else json.dumps(verdict_obj.to_dict()),
                     None if ship is None else int(ship),
                     json.dumps(hashes, sort_keys=True),
                 ),
@@ -360,8 +391,8 @@ class Registry:
             base_weight_hash=row["base_weight_hash"],
             data_hashes=json.loads(row["data_hashes"]),
             config=json.loads(row["config"]),
-            eval=json.loads(row["eval"]) if row["eval"] else None,
-            verdict=json.loads(row["verdict"]) if row["verdict"] else None,
+            eval=EvalRecord.from_dict(json.loads(row["eval"])) if row["eval"] else None,
+            verdict=Verdict.from_dict(json.loads(row["verdict"])) if row["verdict"] else None,
             ship=None if row["ship"] is None else bool(row["ship"]),
             files=json.loads(row["files"]),
             aliases=aliases,
@@ -486,7 +517,7 @@ class Registry:
         force: bool = False,
         reason: str | None = None,
     ) -> dict[str, Any]:
-        """Point ``name@alias`` at ``version``; refuses a version the gate did not pass unless forced.
+        """Point ``name@alias`` at ``version``; refuses one the gate did not pass unless forced.
 
         Moving ``production`` from one version to another also needs the new version's verdict to
         record a passed comparison against the version production points at now (champion /
@@ -499,7 +530,7 @@ class Registry:
             raise UserError('--force needs --reason "..." (it is recorded in the history)')
         v = self.get(name, version)
         if v.ship is not True and not force:
-            why = (v.verdict or {}).get("summary") or "no gate verdict was recorded"
+            why = (v.verdict.summary if v.verdict else "") or "no gate verdict was recorded"
             said = "no verdict" if v.ship is None else "do not ship"
             raise UserError(
                 f"{v.spec}: the gate said {said} ({why}); "
@@ -557,7 +588,8 @@ class Registry:
         with self._tx() as db:
             stack: list[int] = []
             for ev in db.execute(
-                "SELECT action, to_version FROM alias_events WHERE name = ? AND alias = ? ORDER BY id",
+                "SELECT action, to_version FROM alias_events WHERE name = ? AND alias = ? ORDER "
+                "BY id",
                 (name, alias),
             ):
                 if ev["action"] == "promote":
@@ -648,7 +680,7 @@ def _champion_problem(v: Version, current: Version) -> str | None:
         k: h for k, h in current.files.items() if k.endswith(".safetensors")
     }:
         return None  # the same weights registered again: not a challenger, the same model
-    champ = (v.verdict or {}).get("champion")
+    champ = v.verdict.champion if v.verdict is not None else None
     if not isinstance(champ, dict):
         return (
             f"no recorded comparison against the production version {want} (evaluate this "
@@ -667,50 +699,20 @@ def _champion_problem(v: Version, current: Version) -> str | None:
     return None
 
 
-def _read_json(path: Path, what: str) -> dict[str, Any]:
-    if not path.is_file():
-        raise UserError(f"{path}: no such {what} file")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from exc
-
-
 def _read_eval(
     verdict: str | Path | None, eval_dir: str | Path | None
-) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-    """The gate verdict and a compact eval summary (metrics with CIs, paired tests)."""
-    verdict_obj = None
-    eval_obj: dict[str, Any] | None = None
+) -> tuple[Verdict | None, EvalRecord | None]:
+    """The gate verdict and a compact eval summary (metrics with CIs, paired tests, means)."""
+    record = None
     if eval_dir is not None:
         ed = Path(eval_dir)
         if not ed.is_dir():
             raise UserError(f"{ed}: no such eval directory")
-        if verdict is None and (ed / "verdict.json").is_file():
-            verdict = ed / "verdict.json"
-        eval_obj = {"eval_dir": str(ed.resolve())}
-        if (ed / "comparison.json").is_file():
-            eval_obj["comparison"] = _read_json(ed / "comparison.json", "comparison")
-        if (ed / "eval.json").is_file():
-            run = _read_json(ed / "eval.json", "eval")
-            means: dict[str, dict[str, float]] = {}
-            for cand in run.get("candidates", []):
-                sums: dict[str, list[float]] = {}
-                for item in cand.get("items", []):
-                    for metric, value in (item.get("scores") or {}).items():
-                        if isinstance(value, (int, float)) and value == value:  # drop NaN
-                            sums.setdefault(metric, []).append(float(value))
-                means[cand["name"]] = {m: sum(v) / len(v) for m, v in sums.items() if v}
-            eval_obj["summary"] = {
-                "project": run.get("project"),
-                "split": run.get("split"),
-                "split_hash": run.get("split_hash"),
-                "primary_metric": run.get("primary_metric"),
-                "n_items": len(run.get("item_ids", [])),
-                "means": means,
-            }
-    if verdict is not None:
-        verdict_obj = _read_json(Path(verdict), "verdict")
-        if "ship" not in verdict_obj:
-            raise UserError(f"{verdict}: ship: missing (expected a gate verdict.json)")
-    return verdict_obj, eval_obj
+        if verdict is None and (ed / VERDICT_FILE).is_file():
+            verdict = ed / VERDICT_FILE
+        record = EvalRecord(eval_dir=str(ed.resolve()))
+        if (ed / COMPARISON_FILE).is_file():
+            record.comparison = Comparison.load(ed / COMPARISON_FILE)
+        if (ed / EVAL_FILE).is_file():
+            record.summary = EvalRun.load(ed / EVAL_FILE).summary()
+    return (None if verdict is None else Verdict.load(verdict)), record

@@ -7,12 +7,16 @@ function and one ``app.command(...)`` line.
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
 
 from tunewise.models import DEFAULT_MODEL
 from tunewise.progress import make_console
+
+if TYPE_CHECKING:
+    from tunewise.train.plan import MemoryPlan
 
 console = make_console()
 
@@ -39,7 +43,8 @@ def plan_cmd(
     answer_tokens: int = typer.Option(
         None,
         "--answer-tokens",
-        help="labelled (answer) tokens per example: tunewise computes logits only there (default: every position)",
+        help="labelled (answer) tokens per example: tunewise computes logits only there "
+        "(default: every position)",
     ),
     as_json: bool = typer.Option(False, "--json", help="print the plan as JSON"),
 ) -> None:
@@ -49,7 +54,7 @@ def plan_cmd(
     ids such as meta-llama/Llama-2-7b-hf), so it works offline and for models you have not
     downloaded.
     """
-    from tunewise.train.plan import GIB, min_gpus_zero3, plan
+    from tunewise.train.plan import plan
 
     p = plan(
         model,
@@ -65,11 +70,18 @@ def plan_cmd(
     if as_json:
         typer.echo(json.dumps(p.to_json(), indent=2))
         return
+    _print_plan(p)
+
+
+def _print_plan(p: MemoryPlan) -> None:
+    """The plan as a table of parts, then which GPUs fit and what to try when none does."""
+    from tunewise.train.plan import GIB, min_gpus_zero3
 
     trainable = f"{p.n_trainable / 1e6:,.1f}M trainable ({100 * p.n_trainable / p.n_params:.2f}%)"
     console.print(
-        f"[bold]{p.model}[/] ({p.n_params / 1e9:.2f}B params, {trainable}) - {p.method} on {p.device}, "
-        f"batch {p.batch} x seq {p.seq_len}, grad checkpointing {'on' if p.grad_checkpointing else 'off'}"
+        f"[bold]{p.model}[/] ({p.n_params / 1e9:.2f}B params, {trainable}) - {p.method} on "
+        f"{p.device}, batch {p.batch} x seq {p.seq_len}, grad checkpointing "
+        f"{'on' if p.grad_checkpointing else 'off'}"
     )
     console.print(f"[dim]dimensions from {p.source}[/]")
     table = Table(show_header=True)
@@ -95,7 +107,8 @@ def plan_cmd(
         )
     elif p.fits and not p.grad_checkpointing and not p.fits[0]["fits"]:
         console.print(
-            "  [dim]--grad-checkpointing trades ~30% more compute for most of the activation memory[/]"
+            "  [dim]--grad-checkpointing trades ~30% more compute for most of the activation "
+            "memory[/]"
         )
     for note in p.assumptions:
         console.print(f"  [dim]- {note}[/]")

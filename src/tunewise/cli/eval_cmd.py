@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -31,11 +30,8 @@ def _parse_runs(values: list[str]) -> dict[str, Path]:
 
 
 def render_table(run: EvalRun) -> Table:
-    """Candidates x metrics: mean per metric, NaN-aware (the count of unparseable judge replies shown)."""
-    metrics: list[str] = []
-    for c in run.candidates:
-        for it in c.items:
-            metrics += [m for m in it.scores if m not in metrics]
+    """Candidates x metrics: mean per metric, NaN-aware (unparseable judge replies counted)."""
+    metrics = list(dict.fromkeys(m for c in run.candidates for m in c.metrics()))
     order = ["accuracy", "format_compliance", "exact_match", "json_valid", "schema_valid", "judge"]
     metrics.sort(key=lambda m: (order.index(m) if m in order else len(order), m))
     table = Table(
@@ -50,16 +46,11 @@ def render_table(run: EvalRun) -> Table:
     for c in run.candidates:
         cells = []
         for m in metrics:
-            vals = [it.scores.get(m) for it in c.items]
-            vals = [v for v in vals if v is not None]
-            ok = [v for v in vals if not math.isnan(v)]
-            if not ok:
+            mean, unparsed = c.mean(m)
+            if mean is None:
                 cells.append("-")
-                continue
-            cell = f"{sum(ok) / len(ok):.3f}"
-            if len(ok) < len(vals):
-                cell += f" ({len(vals) - len(ok)} NaN)"
-            cells.append(cell)
+            else:
+                cells.append(f"{mean:.3f}" + (f" ({unparsed} NaN)" if unparsed else ""))
         table.add_row(c.name, c.kind, *cells, f"{c.meta.get('seconds', 0):.1f}")
     return table
 
@@ -73,8 +64,8 @@ def register(app: typer.Typer) -> None:
         candidates: Annotated[
             str | None,
             typer.Option(
-                help="comma-separated: prompt,fewshot,rag,knn,finetuned,finetuned+rag,external names, "
-                "X+constrained (default: eval.candidates)"
+                help="comma-separated: prompt,fewshot,rag,knn,finetuned,finetuned+rag,"
+                "external names, X+constrained (default: eval.candidates)"
             ),
         ] = None,
         finetuned: Annotated[
@@ -103,10 +94,14 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Evaluate every candidate on the same items and print a candidates x metrics table.
 
-        Baselines (prompt, few-shot, RAG), the kNN reference, fine-tuned runs, external endpoints and constrained label mode all answer the same items; generations are cached, so a rerun is free. Follow with `tunewise report` for confidence intervals, paired tests and the gate.
+        Baselines (prompt, few-shot, RAG), the kNN reference, fine-tuned runs, external
+        endpoints and constrained label mode all answer the same items; generations are cached,
+        so a rerun is free. Follow with `tunewise report` for confidence intervals, paired tests
+        and the gate.
         """
         from tunewise.config import load_project
-        from tunewise.eval.harness import evaluate
+        from tunewise.eval.harness import default_out_dir, evaluate
+        from tunewise.eval.results import EVAL_FILE
 
         cfg = load_project(project, set_)
         names = [c.strip() for c in candidates.split(",") if c.strip()] if candidates else None
@@ -126,9 +121,5 @@ def register(app: typer.Typer) -> None:
             console.print(f"[yellow]note:[/] {note}")
         if run.meta.get("warning"):
             console.print(f"[bold red]{run.meta['warning']}[/]")
-        where = (
-            out
-            if out is not None
-            else cfg.work_dir / ("eval" if split == "val" else f"eval-{split}")
-        )
-        console.print(f"saved {where / 'eval.json'}")
+        where = out if out is not None else default_out_dir(cfg, split)
+        console.print(f"saved {where / EVAL_FILE}")

@@ -89,9 +89,9 @@ def show(
     console.print(f"created     {_when(v.created_at)} from {v.source_run}")
     console.print(f"base model  {v.base_model}  weight hash {v.base_weight_hash[:16]}…")
     console.print(f"data hashes {json.dumps(v.data_hashes)}")
-    console.print(f"gate        {gate}" + (f": {v.verdict.get('summary')}" if v.verdict else ""))
-    if v.eval and v.eval.get("summary"):
-        for cand, metrics in v.eval["summary"].get("means", {}).items():
+    console.print(f"gate        {gate}" + (f": {v.verdict.summary}" if v.verdict else ""))
+    if v.eval and v.eval.summary:
+        for cand, metrics in v.eval.summary.means.items():
             vals = ", ".join(f"{m}={x:.3f}" for m, x in sorted(metrics.items()))
             console.print(f"  eval {cand}: {vals}")
     table = Table("file", "sha256", "ok")
@@ -148,7 +148,10 @@ def rollback(
     alias: str = typer.Option("production", "--alias"),
     reason: str = typer.Option(None, "--reason", help="Why (recorded in the history)."),
 ) -> None:
-    """Move NAME@ALIAS back to the version it pointed to before (servers: POST /admin/adapters/refresh)."""
+    """Move NAME@ALIAS back to the version it pointed to before.
+
+    Running servers pick the change up on POST /admin/adapters/refresh.
+    """
     from tunewise.registry import Registry
 
     res = Registry().rollback(name, alias=alias, reason=reason)

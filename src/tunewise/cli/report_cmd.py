@@ -1,9 +1,10 @@
-"""``tunewise compare | gate | report | rate``: statistics, the ship gate, reports, human ratings."""
+"""``tunewise compare | gate | report | rate``: statistics, the ship gate, reports, ratings."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.markup import escape
@@ -14,6 +15,9 @@ from tunewise.config import GateConfig
 from tunewise.errors import UserError
 from tunewise.progress import make_console
 
+if TYPE_CHECKING:
+    from tunewise.eval.results import Comparison, EvalRun
+
 console = make_console()
 
 _EVAL_DIR = typer.Argument(..., help="evaluation directory (holds eval.json)", file_okay=False)
@@ -23,20 +27,18 @@ _BASELINES = typer.Option(
 )
 
 
-def _load_run(eval_dir: Path):
-    from tunewise.eval.results import EvalRun
+def _load_run(eval_dir: Path) -> EvalRun:
+    from tunewise.eval.results import EVAL_FILE, EvalRun
 
-    path = eval_dir / "eval.json"
-    if not path.is_file():
-        raise UserError(f"{path}: not found (run `tunewise eval` to create it)")
-    try:
-        return EvalRun.load(path)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise UserError(f"{path}: not a valid evaluation file: {exc}") from None
+    return EvalRun.load(eval_dir / EVAL_FILE)
 
 
 def _gate_cfg(
-    run, project: Path | None, alpha: float | None, delta: float | None, baselines: list[str] | None
+    run: EvalRun,
+    project: Path | None,
+    alpha: float | None,
+    delta: float | None,
+    baselines: list[str] | None,
 ) -> GateConfig:
     from tunewise.config import load_project
     from tunewise.gate import gate_config_from_meta
@@ -70,6 +72,7 @@ def compare_cmd(
 ) -> None:
     """CIs for every metric and paired tests against every baseline; writes comparison.json."""
     from tunewise.eval import stats
+    from tunewise.eval.results import COMPARISON_FILE
 
     if ci not in ("bca", "percentile"):
         raise UserError(f"--ci must be bca or percentile, got {ci!r}")
@@ -79,13 +82,13 @@ def compare_cmd(
         comp = stats.compare(
             run, baselines=cfg.baselines, alpha=cfg.alpha, n_boot=n_boot, seed=seed, ci_method=ci
         )  # type: ignore[arg-type]
-    out = eval_dir / "comparison.json"
-    stats.save_comparison(comp, out)
+    out = eval_dir / COMPARISON_FILE
+    comp.save(out)
     _print_comparison(comp)
     console.print(f"wrote {out}")
 
 
-def _print_comparison(comp) -> None:
+def _print_comparison(comp: Comparison) -> None:
     metrics = sorted(
         {m for per in comp.metrics.values() for m in per},
         key=lambda m: (m != comp.primary_metric, m),
@@ -145,6 +148,7 @@ def gate_cmd(
     """Ship or not: exit 0 = ship, 1 = don't ship, 2 = error. Writes verdict.json."""
     from tunewise.champion import attach_margin_tests, ensure_champion
     from tunewise.eval import stats
+    from tunewise.eval.results import COMPARISON_FILE, VERDICT_FILE, Comparison
     from tunewise.gate import decide, save_verdict
 
     run = _load_run(eval_dir)
@@ -153,8 +157,8 @@ def gate_cmd(
     run, champion, note = ensure_champion(run, eval_dir, candidate, project)
     if note:
         console.print(f"[yellow]{escape(note)}[/]")
-    comp_path = eval_dir / "comparison.json"
-    comp = stats.load_comparison(comp_path) if comp_path.is_file() else None
+    comp_path = eval_dir / COMPARISON_FILE
+    comp = Comparison.load(comp_path) if comp_path.is_file() else None
     names = {c.name for c in run.candidates}
     # A comparison made with other baselines lacks the pairs this gate needs: redo it (about 1 s).
     if (
@@ -164,9 +168,9 @@ def gate_cmd(
     ):
         comp = stats.compare(run, baselines=cfg.baselines, alpha=cfg.alpha)
     attach_margin_tests(comp, run, cfg, [candidate], champion)
-    stats.save_comparison(comp, comp_path)
+    comp.save(comp_path)
     verdict = decide(comp, candidate, cfg)
-    save_verdict(verdict, eval_dir / "verdict.json", cfg)
+    save_verdict(verdict, eval_dir / VERDICT_FILE, cfg)
     lines = [
         f"[{'green' if r.passed else 'red'}]{'✔' if r.passed else '✘'}[/] {escape(r.reason)}"
         for r in verdict.reasons
@@ -209,7 +213,8 @@ def rate_cmd(
     session = human.open_session(eval_dir, a, b, seed=seed, rater=rater)
     p = session.progress()
     console.print(
-        f"rating {escape(a)} vs {escape(b)}: {p['rated']}/{p['total']} done; ratings in {session.store.path}"
+        f"rating {escape(a)} vs {escape(b)}: {p['rated']}/{p['total']} done; ratings in "
+        f"{session.store.path}"
     )
     console.print(f"open [bold]http://127.0.0.1:{port}/[/]  (Ctrl-C to stop)")
     import uvicorn
@@ -218,7 +223,8 @@ def rate_cmd(
     s = session.summary()
     if s["n"]:
         console.print(
-            f"{escape(a)} win rate {s['win_rate_a']:.3f} [{s['ci_low']:.3f}, {s['ci_high']:.3f}] over {s['n']} ratings"
+            f"{escape(a)} win rate {s['win_rate_a']:.3f} [{s['ci_low']:.3f}, {s['ci_high']:.3f}] "
+            f"over {s['n']} ratings"
         )
 
 

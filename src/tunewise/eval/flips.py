@@ -8,9 +8,10 @@ report shows both columns and every item that flipped (a pure function of the ev
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
-from tunewise.eval.results import EvalRun
+from tunewise.eval.results import EvalRun, Verdict
 
 MAX_SHOWN = 20  # items listed per direction; the counts are always complete
 
@@ -72,3 +73,32 @@ def side_by_side(
         "gained": gained[:limit],
         "lost": lost[:limit],
     }
+
+
+def champion_views(
+    run: EvalRun, verdicts: Sequence[Verdict], metric: str, width: int = 200
+) -> list[dict[str, Any]]:
+    """:func:`side_by_side` of each gated candidate against the production version, with its
+    recorded regression check; empty when the evaluation did not include production."""
+    from tunewise.decisions import CHAMPION
+
+    names = {c.name for c in run.candidates}
+    if CHAMPION not in names:
+        return []
+    views = []
+    for v in verdicts:
+        if v.candidate == CHAMPION or v.candidate not in names:
+            continue
+        view = side_by_side(run, v.candidate, CHAMPION, metric)
+        record = v.champion or {}
+        view.update(
+            version=record.get("version", ""),
+            passed=record.get("passed"),
+            reason=record.get("reason", ""),
+        )
+        for row in (*view["gained"], *view["lost"]):
+            for key in ("challenger_output", "champion_output"):
+                text = row[key]
+                row[key] = text if len(text) <= width else text[:width] + "…"
+        views.append(view)
+    return views

@@ -55,7 +55,7 @@ class LabelSpec:
 
     @classmethod
     def from_config(cls, cfg: ProjectConfig, train: Sequence[Example] = ()) -> LabelSpec:
-        """From ``task.output_pattern`` and ``task.labels`` (labels inferred from train when absent)."""
+        """From ``task.output_pattern`` and ``task.labels`` (inferred from train when absent)."""
         pattern = compile_pattern(cfg.task.output_pattern)
         fields = (
             list(pattern.groupindex)
@@ -67,8 +67,8 @@ class LabelSpec:
             unknown = [f for f in cfg.task.labels if f not in fields]
             if unknown and fields != [SINGLE_FIELD]:
                 raise UserError(
-                    f"task.labels: field {unknown[0]!r} is not a named group of task.output_pattern "
-                    f"(groups: {', '.join(fields)})"
+                    f"task.labels: field {unknown[0]!r} is not a named group of "
+                    f"task.output_pattern (groups: {', '.join(fields)})"
                 )
             spec.labels = {f: list(v) for f, v in cfg.task.labels.items()}
             if (
@@ -285,12 +285,14 @@ class Generates(Protocol):
     def generate(self, requests: list[Any], *, progress: bool = False) -> list[Any]: ...
 
 
-RUBRIC = """\
-5: correct and complete; says what the reference says (wording may differ); follows the required format.
-4: correct, with a minor omission or a small format slip.
-3: partly correct: the main point is right but something important is missing or wrong.
-2: mostly wrong, but related to the request.
-1: wrong, irrelevant, empty or harmful."""
+RUBRIC = (
+    "5: correct and complete; says what the reference says (wording may differ); follows the "
+    "required format.\n"
+    "4: correct, with a minor omission or a small format slip.\n"
+    "3: partly correct: the main point is right but something important is missing or wrong.\n"
+    "2: mostly wrong, but related to the request.\n"
+    "1: wrong, irrelevant, empty or harmful."
+)
 
 JUDGE_TEMPLATE = """\
 You are grading an assistant's answer. Use this rubric:
@@ -413,7 +415,7 @@ class LLMJudge:
 
 
 class PairwiseJudge:
-    """Which of two answers is better; each pair is judged in both orders to cancel position bias."""
+    """Which of two answers is better; each pair is judged in both orders against position bias."""
 
     def __init__(
         self,
@@ -440,7 +442,7 @@ class PairwiseJudge:
         *,
         progress: bool = False,
     ) -> list[float]:
-        """Per item: 1.0 A wins, 0.0 B wins, 0.5 tie (or the two orders disagree); NaN unparseable."""
+        """Per item: 1.0 A wins, 0.0 B wins, 0.5 tie (or the orders disagree); NaN unparseable."""
         prompts: list[str] = []
         for ex, x, y in zip(examples, a, b, strict=True):
             req, ref = _request_text(ex.prompt_messages), ex.target

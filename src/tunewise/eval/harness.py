@@ -42,12 +42,14 @@ from tunewise.data.schema import Example, load_examples
 from tunewise.decisions import CHAMPION
 from tunewise.errors import UserError
 from tunewise.eval.graders import Grader, LLMJudge
-from tunewise.eval.results import CandidateResult, EvalRun, ItemResult
+from tunewise.eval.items import item_ids
+from tunewise.eval.results import EVAL_FILE, CandidateResult, EvalRun, ItemResult
 from tunewise.fsio import sha256_file
 from tunewise.progress import Bar, make_console
+from tunewise.rundir import RunDir
+from tunewise.rungs import CONSTRAINED_SUFFIX as CONSTRAINED
+from tunewise.rungs import RUNGS
 
-BASELINES = ("prompt", "fewshot", "rag")
-CONSTRAINED = "+constrained"
 console = make_console(stderr=True)
 
 Messages = list[dict[str, str]]
@@ -88,24 +90,13 @@ def _guard_test(path: Path, *, final: bool, purpose: str) -> dict[str, Any]:
     info: dict[str, Any] = {"final": True, "final_use": prior + 1}
     if prior > 0:
         msg = (
-            f"The sealed test split {path} has been evaluated {prior} time(s) before. This number is NO "
-            "LONGER an unbiased estimate: choices made after seeing earlier test results leak into it."
+            f"The sealed test split {path} has been evaluated {prior} time(s) before. This number "
+            "is NO LONGER an unbiased estimate: choices made after seeing earlier test results "
+            "leak into it."
         )
         console.print(Panel(msg, title="WARNING: repeated final evaluation", style="bold red"))
         info["warning"] = msg
     return info
-
-
-def item_ids(items: list[Example]) -> list[str]:
-    """Content ids, suffixed when the split holds the same conversation twice."""
-    seen: dict[str, int] = {}
-    out = []
-    for ex in items:
-        uid = ex.uid
-        n = seen.get(uid, 0)
-        seen[uid] = n + 1
-        out.append(uid if n == 0 else f"{uid}-{n}")
-    return out
 
 
 def auto_max_new_tokens(targets: list[str], tokenizer: Any | None) -> int:
@@ -175,7 +166,8 @@ class _Harness:
         if self.cfg.eval.max_new_tokens != "auto":
             return int(self.cfg.eval.max_new_tokens)
         if self._mnt is None:
-            # From the reference answers of train only: the evaluated items' answers are not ours to see.
+            # From the reference answers of train only: the evaluated items' answers are not ours
+            # to see.
             answers = [ex.target for ex in self.train]
             if hasattr(engine, "max_new_tokens_for"):
                 self._mnt = int(engine.max_new_tokens_for(answers))
@@ -225,7 +217,7 @@ class _Harness:
                 h.rank = r
             msgs.append(rag_mod.build_messages(self.cfg.task.system_prompt, hs, ex))
             per_item.append({"citations": [h.passage.source for h in hs]})
-        # What was actually retrieved from (sources: docs requested without data.docs is train only):
+        # What was actually retrieved from (docs requested without data.docs is train only):
         # the gate and the advisor call a RAG win a knowledge task only when documents were there.
         used = [src for src in rc.sources if src != "docs" or self.cfg.data.docs is not None]
         meta = {
@@ -313,8 +305,8 @@ def _bar(enabled: bool, label: str, total: int) -> Iterator[Callable[[], None]]:
         yield bar.advance
 
 
-def _adapter_hash(run_dir: Path) -> str | None:
-    f = run_dir / "adapter_model.safetensors"
+def _adapter_hash(run: RunDir) -> str | None:
+    f = run.adapter_weights
     return sha256_file(f)[:16] if f.is_file() else None
 
 
@@ -325,7 +317,7 @@ def plan_candidates(
     asked = list(candidates if candidates is not None else cfg.eval.candidates)
     ext_names = [e.name for e in cfg.eval.external]
     known = (
-        set(BASELINES)
+        set(RUNGS)
         | {"knn", *classical.CLASSICAL, "finetuned", "finetuned+rag", "external"}
         | set(ext_names)
         | set(finetuned)
@@ -357,9 +349,9 @@ def plan_candidates(
         and "train" in cfg.eval.rag.sources
     ):
         plan.insert(plan.index("rag") + 1, "knn")
-    if cfg.task.type == "labels" and cfg.eval.classical and any(r in plan for r in BASELINES):
+    if cfg.task.type == "labels" and cfg.eval.classical and any(r in plan for r in RUNGS):
         # The cheapest honest bar on a label task: a classifier without an LLM, next to the rungs.
-        at = 1 + max(plan.index(r) for r in (*BASELINES, "knn") if r in plan)
+        at = 1 + max(plan.index(r) for r in (*RUNGS, "knn") if r in plan)
         plan[at:at] = [c for c in classical.CLASSICAL if c not in plan]
     explicit: list[str] = []
     for n in asked:
@@ -370,7 +362,7 @@ def plan_candidates(
             explicit.append(n)
     if cfg.task.type == "labels":
         if explicit:
-            local = set(BASELINES) | set(finetuned) | {f"{n}+rag" for n in finetuned}
+            local = set(RUNGS) | set(finetuned) | {f"{n}+rag" for n in finetuned}
             for n in explicit:
                 if n.removesuffix(CONSTRAINED) not in local:
                     raise UserError(
@@ -382,7 +374,7 @@ def plan_candidates(
             local = [
                 n
                 for n in plan
-                if n in BASELINES or n in finetuned or n.removesuffix("+rag") in finetuned
+                if n in RUNGS or n in finetuned or n.removesuffix("+rag") in finetuned
             ]
             plan += [f"{n}{CONSTRAINED}" for n in local]
     return plan
@@ -424,77 +416,21 @@ def evaluate(
         items = items[:limit]
     if not items:
         raise UserError(f"{path}: no items to evaluate")
-    train = load_examples(paths["train"])
-    h = _Harness(cfg, items, train, engine=engine, progress=progress)
+    h = _Harness(cfg, items, load_examples(paths["train"]), engine=engine, progress=progress)
     spec = h.grader.spec
     h.notes += prompt_mod.prompt_notes(cfg, spec.labels if spec else None)
     asked = candidates if candidates is not None else cfg.eval.candidates
     if any(c in ("finetuned", "finetuned+rag") for c in asked) and not finetuned:
         h.notes.append(
-            "finetuned: no training run given (pass --finetuned RUN); evaluated the other candidates"
+            "finetuned: no training run given (pass --finetuned RUN); evaluated the other "
+            "candidates"
         )
-
-    results: dict[str, CandidateResult] = {}
-    prompts: dict[
-        str, tuple[list[Messages], str | None, Any, dict[str, Any], list[dict] | None]
-    ] = {}
     try:
-        for name in plan:
-            t0 = time.perf_counter()
-            base = name.removesuffix(CONSTRAINED)
-            if name.endswith(CONSTRAINED):
-                if (
-                    base not in prompts
-                ):  # e.g. prompt+constrained asked without free prompt generation
-                    prompts[base] = _messages_for(h, base, finetuned)
-                msgs, adapter, eng, pmeta, _ = prompts[base]
-                outs, cmeta, per_item = h.constrained(name, eng, msgs, adapter)
-                res = h.result(name, "constrained", outs, {**pmeta, **cmeta, "of": base}, per_item)
-            elif name == "knn":
-                knn = rag_mod.KnnClassifier(
-                    train, k=10, label_of=lambda t: spec.key(spec.extract(t)) if spec else t
-                )
-                res = h.result(
-                    name,
-                    "knn",
-                    knn.predict(items),
-                    {"k": knn.k, "embedding": knn.embedder.model_id},
-                )
-            elif name in classical.CLASSICAL:
-                res = _classical_result(h, name)
-            elif name in ext_map(cfg):
-                client = h.external(ext_map(cfg)[name])
-                outs = h.generate(name, client, h.prompt_messages(), None)
-                ext = ext_map(cfg)[name]
-                res = h.result(
-                    name,
-                    "external",
-                    outs,
-                    {
-                        "base_url": ext.base_url,
-                        "model": ext.model,
-                        "prompt_version": prompt_mod.prompt_hash(cfg),
-                    },
-                )
-            else:
-                prompts[name] = msgs, adapter, eng, pmeta, per_item = _messages_for(
-                    h, name, finetuned
-                )
-                outs = h.generate(name, eng, msgs, adapter)
-                kind = "finetuned" if adapter or pmeta.get("full_checkpoint") else name
-                if name == CHAMPION:  # the production version, evaluated for the regression check
-                    kind = "champion"
-                res = h.result(
-                    name, kind, outs, {**pmeta, "max_new_tokens": h.max_new_tokens(eng)}, per_item
-                )
-            res.meta["seconds"] = round(time.perf_counter() - t0, 2)
-            res.meta.update(h.cache_delta())
-            results[name] = res
+        results = _run_candidates(h, plan, finetuned)
         if "judge" in cfg.eval.graders:
             _judge_all(h, list(results.values()))
     finally:
         h.close()
-
     run = EvalRun(
         project=cfg.name,
         split=split,
@@ -504,18 +440,73 @@ def evaluate(
         candidates=[results[n] for n in plan if n in results],
         meta={**meta, "notes": h.notes, "n_items": len(items), "limit": limit},
     )
-    out_dir = (
-        Path(out_dir)
-        if out_dir is not None
-        else cfg.work_dir / ("eval" if split == "val" else f"eval-{split}")
-    )
-    run.save(out_dir / "eval.json")
+    run.save(Path(out_dir if out_dir is not None else default_out_dir(cfg, split)) / EVAL_FILE)
     return run
 
 
-def _messages_for(
-    h: _Harness, name: str, finetuned: dict[str, Path]
-) -> tuple[list[Messages], str | None, Any, dict[str, Any], list[dict[str, Any]] | None]:
+def default_out_dir(cfg: ProjectConfig, split: str) -> Path:
+    """Where an evaluation of ``split`` goes unless told: ``.tunewise/eval`` or ``eval-test``."""
+    return cfg.work_dir / ("eval" if split == "val" else f"eval-{split}")
+
+
+# (prompts, adapter, engine, meta, per-item meta) of a local candidate
+_Prepared = tuple[list[Messages], str | None, Any, dict[str, Any], list[dict[str, Any]] | None]
+
+
+def _run_candidates(
+    h: _Harness, plan: list[str], finetuned: dict[str, Path]
+) -> dict[str, CandidateResult]:
+    """Every planned candidate's result, timed, with the cache hits it made."""
+    results: dict[str, CandidateResult] = {}
+    prompts: dict[str, _Prepared] = {}  # the free-generation prompts, reused by +constrained
+    for name in plan:
+        t0 = time.perf_counter()
+        res = _run_candidate(h, name, finetuned, prompts)
+        res.meta["seconds"] = round(time.perf_counter() - t0, 2)
+        res.meta.update(h.cache_delta())
+        results[name] = res
+    return results
+
+
+def _run_candidate(
+    h: _Harness, name: str, finetuned: dict[str, Path], prompts: dict[str, _Prepared]
+) -> CandidateResult:
+    """One candidate's answers to every item, graded."""
+    cfg, spec = h.cfg, h.grader.spec
+    base = name.removesuffix(CONSTRAINED)
+    if name.endswith(CONSTRAINED):
+        if base not in prompts:  # e.g. prompt+constrained asked without free prompt generation
+            prompts[base] = _messages_for(h, base, finetuned)
+        msgs, adapter, eng, pmeta, _ = prompts[base]
+        outs, cmeta, per_item = h.constrained(name, eng, msgs, adapter)
+        return h.result(name, "constrained", outs, {**pmeta, **cmeta, "of": base}, per_item)
+    if name == "knn":
+        knn = rag_mod.KnnClassifier(
+            h.train, k=10, label_of=lambda t: spec.key(spec.extract(t)) if spec else t
+        )
+        knn_meta = {"k": knn.k, "embedding": knn.embedder.model_id}
+        return h.result(name, "knn", knn.predict(h.items), knn_meta)
+    if name in classical.CLASSICAL:
+        return _classical_result(h, name)
+    if name in ext_map(cfg):
+        ext = ext_map(cfg)[name]
+        outs = h.generate(name, h.external(ext), h.prompt_messages(), None)
+        ext_meta = {
+            "base_url": ext.base_url,
+            "model": ext.model,
+            "prompt_version": prompt_mod.prompt_hash(cfg),
+        }
+        return h.result(name, "external", outs, ext_meta)
+    prompts[name] = msgs, adapter, eng, pmeta, per_item = _messages_for(h, name, finetuned)
+    outs = h.generate(name, eng, msgs, adapter)
+    kind = "finetuned" if adapter or pmeta.get("full_checkpoint") else name
+    if name == CHAMPION:  # the production version, evaluated for the regression check
+        kind = "champion"
+    meta = {**pmeta, "max_new_tokens": h.max_new_tokens(eng)}
+    return h.result(name, kind, outs, meta, per_item)
+
+
+def _messages_for(h: _Harness, name: str, finetuned: dict[str, Path]) -> _Prepared:
     """(prompts, adapter, engine, meta, per-item meta) of a local candidate."""
     eng, adapter, emeta = _local_engine(h, name, finetuned)
     per_item = None
@@ -556,28 +547,18 @@ def _local_engine(
         eng = h.engine()
         ref = getattr(eng, "ref", None)
         return eng, None, {"model_hash": getattr(ref, "weight_hash", None)}
-    run_dir = finetuned[run_name]
-    if (run_dir / "adapter_config.json").is_file():
+    run = RunDir(finetuned[run_name])
+    meta: dict[str, Any] = {"run_dir": str(run.path)}
+    if run.require_kind() == "lora":  # an adapter on the shared base engine
         eng = h.engine()
         if run_name not in eng.adapters():
-            eng.load_adapter(run_name, run_dir)  # refuses an adapter trained on another base
-        return eng, run_name, {"run_dir": str(run_dir), "adapter_hash": _adapter_hash(run_dir)}
-    if (run_dir / "model" / "config.json").is_file():
-        if run_name not in h._full:
-            h._full[run_name] = h._new_engine(run_dir / "model")
-        eng = h._full[run_name]
-        return (
-            eng,
-            None,
-            {
-                "run_dir": str(run_dir),
-                "full_checkpoint": True,
-                "model_hash": getattr(getattr(eng, "ref", None), "weight_hash", None),
-            },
-        )
-    raise UserError(
-        f"{run_dir}: not a training run (no adapter_config.json and no model/config.json)"
-    )
+            eng.load_adapter(run_name, run.path)  # refuses an adapter trained on another base
+        return eng, run_name, {**meta, "adapter_hash": _adapter_hash(run)}
+    if run_name not in h._full:  # a full checkpoint: an engine of its own
+        h._full[run_name] = h._new_engine(run.model_dir)
+    eng = h._full[run_name]
+    model_hash = getattr(getattr(eng, "ref", None), "weight_hash", None)
+    return eng, None, {**meta, "full_checkpoint": True, "model_hash": model_hash}
 
 
 def _judge_all(h: _Harness, results: list[CandidateResult]) -> None:
@@ -591,7 +572,8 @@ def _judge_all(h: _Harness, results: list[CandidateResult]) -> None:
     else:
         backend = h.engine()
         h.notes.append(
-            "judge: eval.judge_model not set, the base model judges itself (weak; set a stronger judge)"
+            "judge: eval.judge_model not set, the base model judges itself (weak; set a stronger "
+            "judge)"
         )
     judge = LLMJudge(backend)
     for res in results:

@@ -31,7 +31,8 @@ from scipy import stats as sps
 
 from tunewise import paths
 from tunewise.errors import UserError
-from tunewise.eval.results import EvalRun
+from tunewise.eval.items import item_prompt, item_reference
+from tunewise.eval.results import EVAL_FILE, EvalRun
 from tunewise.fsio import sha256_text
 
 DB_NAME = "ratings.sqlite"
@@ -98,7 +99,8 @@ class RatingStore:
     def rows(self, a: str, b: str) -> list[dict[str, Any]]:
         with self._tx() as c:
             cur = c.execute(
-                "SELECT item_id, rater, left_is, choice, created_at FROM ratings WHERE a=? AND b=? ORDER BY created_at",
+                "SELECT item_id, rater, left_is, choice, created_at FROM ratings WHERE a=? AND "
+                "b=? ORDER BY created_at",
                 (a, b),
             )
             return [
@@ -178,8 +180,6 @@ class RatingSession:
         seed: int = 0,
         rater: str = "local",
     ) -> None:
-        from tunewise.eval.report import item_prompt, item_reference
-
         names = [c.name for c in run.candidates]
         for name in (a, b):
             if name not in names:
@@ -297,10 +297,7 @@ def open_session(
     db: str | Path | None = None,
 ) -> RatingSession:
     eval_dir = Path(eval_dir)
-    eval_json = eval_dir / "eval.json"
-    if not eval_json.is_file():
-        raise UserError(f"{eval_json}: not found (run `tunewise eval` first)")
-    run = EvalRun.load(eval_json)
+    run = EvalRun.load(eval_dir / EVAL_FILE)
     return RatingSession(run, a, b, RatingStore(db or ratings_db(eval_dir)), seed=seed, rater=rater)
 
 

@@ -13,10 +13,6 @@ each training run's ``run.json`` for loss curves.
 
 from __future__ import annotations
 
-import base64
-import functools
-import io
-import json
 import math
 import re
 from collections.abc import Sequence
@@ -26,88 +22,30 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from tunewise.config import GateConfig
 from tunewise.errors import UserError
-from tunewise.eval import stats
-from tunewise.eval.results import Comparison, EvalRun, ItemResult, Verdict
+from tunewise.eval import figures, stats
+from tunewise.eval.items import item_prompt, item_reference
+from tunewise.eval.items import split_lookup as split_lookup  # re-exported for the CLI
+from tunewise.eval.results import (
+    COMPARISON_FILE,
+    EVAL_FILE,
+    VERDICT_FILE,
+    Comparison,
+    EvalRun,
+    ItemResult,
+    PairedTest,
+    Verdict,
+)
 from tunewise.fsio import atomic_write_text
-from tunewise.gate import decide, gate_config_from_meta, load_verdict
+from tunewise.gate import decide, gate_config_from_meta
+from tunewise.rundir import RunDir
 
 WORST_K = 5
-MAX_CM_CLASSES = 25
 _TRUNC = 600
 
 
 # ----------------------------------------------------------------------------- helpers
-def split_lookup(run: EvalRun) -> dict[str, tuple[str, str]]:
-    """item_id -> (last user turn, reference answer), read back from the evaluated split file.
-
-    The harness records the split's path and ids items by content, so the report and the rating
-    page can show prompts without eval.json carrying them. If the file is gone or changed
-    (its hash no longer matches), there is simply nothing to show.
-    """
-    split_path = run.meta.get("split_path")
-    if not isinstance(split_path, str):
-        return {}
-    return _split_lookup(split_path, run.split_hash)
-
-
-@functools.lru_cache(maxsize=4)
-def _split_lookup(split_path: str, split_hash: str) -> dict[str, tuple[str, str]]:
-    if not Path(split_path).is_file():
-        return {}
-    try:
-        from tunewise.data.schema import load_examples
-        from tunewise.eval.harness import item_ids
-        from tunewise.fsio import sha256_file
-
-        if split_hash and sha256_file(split_path) != split_hash:
-            return {}
-        examples = load_examples(split_path)
-        return {
-            i: (ex.user_text, ex.target) for i, ex in zip(item_ids(examples), examples, strict=True)
-        }
-    except (UserError, ImportError, OSError, ValueError):
-        return {}
-
-
-def item_prompt(item: ItemResult, run: EvalRun | None = None) -> str:
-    """The user-visible prompt of an item, wherever the harness put it."""
-    meta = item.meta or {}
-    for key in ("prompt", "input", "question"):
-        if isinstance(meta.get(key), str):
-            return meta[key]
-    msgs = meta.get("messages")
-    if isinstance(msgs, list):
-        users = [
-            m.get("content", "") for m in msgs if isinstance(m, dict) and m.get("role") == "user"
-        ]
-        if users:
-            return str(users[-1])
-    if run is not None:
-        prompts = run.meta.get("prompts")
-        if isinstance(prompts, dict) and isinstance(prompts.get(item.item_id), str):
-            return prompts[item.item_id]
-        found = split_lookup(run).get(item.item_id)
-        if found:
-            return found[0]
-    return ""
-
-
-def item_reference(item: ItemResult, run: EvalRun | None = None) -> str:
-    meta = item.meta or {}
-    for key in ("reference", "target", "expected"):
-        if isinstance(meta.get(key), str):
-            return meta[key]
-    if run is not None:
-        found = split_lookup(run).get(item.item_id)
-        if found:
-            return found[1]
-    return item.gold or ""
-
-
 def md_escape(text: Any, limit: int | None = None) -> str:
     """Text safe inside a Markdown table cell: no raw HTML, no table or emphasis syntax."""
     s = str(text)
@@ -123,6 +61,10 @@ def _fmt(x: float | None, digits: int = 3) -> str:
     return "–" if x is None or not math.isfinite(x) else f"{x:.{digits}f}"
 
 
+def _interval(low: float | None, high: float | None) -> str:
+    return f"{_fmt(low)}–{_fmt(high)}"
+
+
 def _sfmt(x: float | None) -> str:
     return "–" if x is None or not math.isfinite(x) else f"{x:+.3f}"
 
@@ -131,127 +73,6 @@ def _pfmt(p: float | None) -> str:
     if p is None or not math.isfinite(p):
         return "–"
     return "<0.001" if p < 0.001 else f"{p:.3f}"
-
-
-def _png(fig) -> str:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", facecolor="white")
-    plt.close(fig)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def _colors(names: Sequence[str], baselines: Sequence[str]) -> dict[str, str]:
-    # Baselines in muted tones, the candidates under test in strong ones: the eye finds them.
-    muted = ["#9aa5b1", "#7b8794", "#616e7c", "#52606d", "#3e4c59"]
-    strong = ["#2563eb", "#ea580c", "#16a34a", "#9333ea", "#db2777", "#0891b2"]
-    out, i, j = {}, 0, 0
-    for name in names:
-        if name in baselines:
-            out[name] = muted[i % len(muted)]
-            i += 1
-        else:
-            out[name] = strong[j % len(strong)]
-            j += 1
-    return out
-
-
-# ----------------------------------------------------------------------------- figures
-def _metrics_figure(
-    comp: Comparison, names: list[str], metrics: list[str], colors: dict[str, str]
-) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(metrics) + 2), 3.6))
-    width = 0.8 / max(1, len(names))
-    x = np.arange(len(metrics))
-    for k, name in enumerate(names):
-        vals, lo, hi = [], [], []
-        for m in metrics:
-            e = comp.metrics[name].get(m)
-            v = e.value if e and math.isfinite(e.value) else np.nan
-            vals.append(v)
-            # A BCa interval need not contain its estimate; matplotlib refuses negative error bars.
-            lo.append(max(0.0, v - e.ci_low) if e and math.isfinite(e.ci_low) else 0.0)
-            hi.append(max(0.0, e.ci_high - v) if e and math.isfinite(e.ci_high) else 0.0)
-        ax.bar(
-            x + (k - (len(names) - 1) / 2) * width,
-            vals,
-            width * 0.92,
-            yerr=[lo, hi],
-            capsize=3,
-            color=colors[name],
-            label=name,
-            error_kw={"elinewidth": 1, "ecolor": "#1f2933"},
-        )
-    ax.set_xticks(x, metrics)
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel("score (95% CI)")
-    ax.grid(axis="y", alpha=0.3)
-    ax.spines[["top", "right"]].set_visible(False)
-    ax.legend(
-        ncols=min(len(names), 6), loc="upper center", bbox_to_anchor=(0.5, -0.12), frameon=False
-    )
-    return _png(fig)
-
-
-def _confusion_figure(items: list[ItemResult], name: str) -> tuple[str, str]:
-    """Confusion matrix (rows = gold, normalised per row); the most frequent classes when many."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    pairs = [
-        (it.gold, it.predicted if it.predicted is not None else "(unparsed)")
-        for it in items
-        if it.gold is not None
-    ]
-    gold_counts: dict[str, int] = {}
-    for g, _ in pairs:
-        gold_counts[g] = gold_counts.get(g, 0) + 1
-    classes = sorted(gold_counts, key=lambda c: (-gold_counts[c], c))
-    note = ""
-    if len(classes) > MAX_CM_CLASSES:
-        note = f"the {MAX_CM_CLASSES} most frequent of {len(classes)} gold classes; other predictions pooled"
-        classes = classes[:MAX_CM_CLASSES]
-    classes = sorted(classes)
-    cols = [*classes]
-    if any(p not in classes for _, p in pairs):
-        cols.append("(other)")
-    ci = {c: i for i, c in enumerate(classes)}
-    mat = np.zeros((len(classes), len(cols)))
-    for g, p in pairs:
-        if g in ci:
-            mat[ci[g], ci.get(p, len(cols) - 1)] += 1
-    norm = mat / np.maximum(mat.sum(axis=1, keepdims=True), 1)
-    size = min(11.0, 2.5 + 0.38 * len(cols))
-    fig, ax = plt.subplots(figsize=(size + 1, size * len(classes) / len(cols) + 0.5))
-    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1, aspect="auto")
-    ax.set_xticks(range(len(cols)), cols, rotation=60, ha="right", fontsize=8)
-    ax.set_yticks(range(len(classes)), classes, fontsize=8)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("gold")
-    ax.set_title(f"{name}: confusion matrix (row-normalised)", fontsize=10)
-    if len(cols) <= 12:
-        for i in range(len(classes)):
-            for j in range(len(cols)):
-                if mat[i, j]:
-                    ax.text(
-                        j,
-                        i,
-                        int(mat[i, j]),
-                        ha="center",
-                        va="center",
-                        fontsize=8,
-                        color="white" if norm[i, j] > 0.6 else "#1f2933",
-                    )
-    fig.colorbar(im, ax=ax, fraction=0.04)
-    return _png(fig), note
 
 
 @dataclass
@@ -265,18 +86,15 @@ class TrainRunInfo:
 
 
 def _load_train_run(path: Path) -> tuple[TrainRunInfo, list[dict[str, Any]]]:
-    run_json = path / "run.json" if path.is_dir() else path
-    try:
-        raw = json.loads(run_json.read_text())
-    except FileNotFoundError:
-        raise UserError(
-            f"{run_json}: not found (expected a training run directory with run.json)"
-        ) from None
-    except ValueError as exc:
-        raise UserError(f"{run_json}: invalid JSON: {exc}") from None
+    """A training run's summary and logged rows (``path``: the run directory or its run.json)."""
+    rd = RunDir(path if path.is_dir() else path.parent)
+    given = rd.run_json if path.is_dir() else path
+    raw = rd.read() if given == rd.run_json else None
+    if raw is None:
+        raise UserError(f"{given}: not found (expected a training run directory with run.json)")
     rows = [r for r in raw.get("metrics", []) if isinstance(r, dict) and "step" in r]
     info = TrainRunInfo(
-        name=run_json.parent.name,
+        name=rd.path.name,
         method=str(raw.get("method", "?")),
         status=str(raw.get("status", "?")),
         stop_reason=str(raw.get("stop_reason") or ""),
@@ -284,94 +102,6 @@ def _load_train_run(path: Path) -> tuple[TrainRunInfo, list[dict[str, Any]]]:
         steps=max((int(r["step"]) for r in rows), default=0),
     )
     return info, rows
-
-
-def _loss_figure(runs: list[tuple[TrainRunInfo, list[dict[str, Any]]]]) -> str | None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    if not any(rows for _, rows in runs):
-        return None
-    fig, ax = plt.subplots(figsize=(7.5, 3.6))
-    palette = ["#2563eb", "#ea580c", "#16a34a", "#9333ea", "#db2777"]
-    for k, (info, rows) in enumerate(runs):
-        color = palette[k % len(palette)]
-        for key, style, label in (("train_loss", "-", "train"), ("val_loss", "--", "val")):
-            pts = [
-                (r["step"], r[key])
-                for r in rows
-                if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])
-            ]
-            if pts:
-                xs, ys = zip(*pts, strict=True)
-                ax.plot(
-                    xs,
-                    ys,
-                    style,
-                    color=color,
-                    marker="o" if key == "val_loss" else None,
-                    markersize=3,
-                    label=f"{info.name} {label}",
-                    linewidth=1.5,
-                )
-    # Repetition of sampled generations (from TRAIN's overfitting check) on its own axis: falling
-    # validation loss with rising repetition is the overfitting signature the article warns of.
-    rep_ax = None
-    for k, (info, rows) in enumerate(runs):
-        pts = [
-            (r["step"], r["repetition"])
-            for r in rows
-            if isinstance(r.get("repetition"), (int, float)) and math.isfinite(r["repetition"])
-        ]
-        if pts:
-            rep_ax = rep_ax or ax.twinx()
-            xs, ys = zip(*pts, strict=True)
-            rep_ax.plot(
-                xs,
-                ys,
-                ":",
-                color=palette[k % len(palette)],
-                marker="x",
-                markersize=4,
-                label=f"{info.name} repetition",
-                linewidth=1,
-            )
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss")
-    ax.grid(alpha=0.3)
-    ax.spines[["top"]].set_visible(False)
-    handles, labels = ax.get_legend_handles_labels()
-    if rep_ax is not None:
-        rep_ax.set_ylabel("repetition (generations)")
-        rep_ax.set_ylim(0, 1)
-        rep_ax.spines[["top"]].set_visible(False)
-        h2, l2 = rep_ax.get_legend_handles_labels()
-        handles, labels = handles + h2, labels + l2
-    else:
-        ax.spines[["right"]].set_visible(False)
-    ax.legend(handles, labels, frameon=False, fontsize=8)
-    return _png(fig)
-
-
-def _curve_figure(points: list[tuple[int, float]], metric: str) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 3.2))
-    xs, ys = zip(*points, strict=True)
-    ax.plot(xs, ys, "o-", color="#2563eb", linewidth=1.5)
-    ax.set_xscale("log")  # the advisor extrapolates metric ~ a + b ln(n): a line here
-    ax.set_xticks(list(xs), [str(x) for x in xs])
-    ax.minorticks_off()
-    ax.set_xlabel("training examples (log scale)")
-    ax.set_ylabel(metric)
-    ax.grid(alpha=0.3)
-    ax.spines[["top", "right"]].set_visible(False)
-    return _png(fig)
 
 
 def _load_curve(eval_dir: Path) -> list[tuple[int, float]]:
@@ -433,11 +163,11 @@ def _verdicts(
 ) -> tuple[list[Verdict], bool]:
     # verdict.json is the decision of record; the ladder also leaves one verdict-<candidate>.json
     # per fine-tune, and the reader wants to see why the others lost too.
-    files = [eval_dir / "verdict.json", *sorted(eval_dir.glob("verdict-*.json"))]
+    files = [eval_dir / VERDICT_FILE, *sorted(eval_dir.glob("verdict-*.json"))]
     found: dict[str, Verdict] = {}
     for f in files if use_saved else []:
         if f.is_file():
-            v = load_verdict(f)
+            v = Verdict.load(f)
             found.setdefault(v.candidate, v)
     if found:
         return list(found.values()), False
@@ -462,25 +192,12 @@ def _load_ratings(eval_dir: Path) -> list[dict[str, Any]]:
 
 
 def build_context(eval_dir: Path, train_runs: Sequence[Path] = ()) -> dict[str, Any]:
+    """Everything the HTML and Markdown templates show, from EVAL_DIR and the training runs."""
     eval_dir = Path(eval_dir)
-    eval_json = eval_dir / "eval.json"
-    if not eval_json.is_file():
-        raise UserError(f"{eval_json}: not found (run `tunewise eval` to create it)")
-    try:
-        run = EvalRun.load(eval_json)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise UserError(f"{eval_json}: not a valid evaluation file: {exc}") from None
-    gate_cfg = gate_config_from_meta(run.meta)
-    comp_path = eval_dir / "comparison.json"
-    comp = stats.load_comparison(comp_path) if comp_path.is_file() else None
-    stale = comp is None or stats.is_stale(comp, run)
-    if stale:
-        comp = stats.compare(run, baselines=gate_cfg.baselines, alpha=gate_cfg.alpha)
-        stats.save_comparison(comp, comp_path)
+    run, comp, gate_cfg, stale = _load_inputs(eval_dir)
     # Saved verdicts drawn from an older evaluation are not shown (nor deleted: they are the
     # user's files); the report gates afresh and says it is provisional.
     verdicts, provisional = _verdicts(eval_dir, comp, run, gate_cfg, use_saved=not stale)
-
     # Baselines first in their configured order, then the candidates in evaluation order
     # (comparison.json's keys come back sorted).
     baselines = [b for b in comp.meta.get("baselines", gate_cfg.baselines) if b in comp.metrics]
@@ -491,88 +208,13 @@ def build_context(eval_dir: Path, train_runs: Sequence[Path] = ()) -> dict[str, 
         {m for per in comp.metrics.values() for m in per},
         key=lambda m: (m != primary, m == "format_compliance", m),
     )
-    colors = _colors(names, baselines)
+    colors = figures.colors(names, baselines)
     best = max(
-        (
-            n
-            for n in names
-            if primary in comp.metrics[n] and math.isfinite(comp.metrics[n][primary].value)
-        ),
-        key=lambda n: comp.metrics[n][primary].value,
+        (n for n in names if math.isfinite(_value(comp, n, primary))),
+        key=lambda n: _value(comp, n, primary),
         default=None,
     )
-    table = [
-        {
-            "name": n,
-            "is_baseline": n in baselines,
-            "color": colors[n],
-            "cells": [
-                {
-                    "value": _fmt(e.value),
-                    "ci": f"{_fmt(e.ci_low)}–{_fmt(e.ci_high)}",
-                    "n": e.n,
-                    "best": False,
-                }
-                if (e := comp.metrics[n].get(m))
-                else None
-                for m in metrics
-            ],
-        }
-        for n in names
-    ]
-    for j, m in enumerate(metrics):  # bold the best value per metric
-        vals = [
-            (comp.metrics[n][m].value, i)
-            for i, n in enumerate(names)
-            if m in comp.metrics[n] and math.isfinite(comp.metrics[n][m].value)
-        ]
-        if vals:
-            top = max(v for v, _ in vals)
-            for v, i in vals:
-                if v == top:
-                    table[i]["cells"][j]["best"] = True
-    pairs = [
-        {
-            "candidate": p.candidate,
-            "baseline": p.baseline,
-            "metric": p.metric,
-            "primary": p.metric == primary,
-            "cand": _fmt(p.candidate_value),
-            "base": _fmt(p.baseline_value),
-            "diff": _sfmt(p.diff),
-            "ci": f"{_sfmt(p.ci_low)} … {_sfmt(p.ci_high)}",
-            "p": _pfmt(p.p_value),
-            "significant": math.isfinite(p.p_value) and p.p_value < comp.meta.get("alpha", 0.05),
-            "test": p.test,
-            "n": p.n,
-            "mdd": _fmt(p.min_detectable_diff),
-            # flag what the user can act on: a difference was seen but this set cannot confirm it
-            "underpowered": p.underpowered
-            and p.diff != 0
-            and not p.p_value < comp.meta.get("alpha", 0.05),
-        }
-        for p in sorted(comp.pairs, key=lambda p: (p.metric != primary, p.candidate, p.metric))
-    ]
-    power_warnings = [
-        f"{p.candidate} vs {p.baseline}: observed {p.metric} difference {_sfmt(p.diff)} (p={_pfmt(p.p_value)}) "
-        f"is below what {p.n} items can detect ({_fmt(p.min_detectable_diff)} at 80% power)"
-        + (
-            f"; about {w['items_needed']} items would be needed"
-            if (w := _needed(comp, p)) and w.get("items_needed")
-            else ""
-        )
-        for p in comp.pairs
-        if p.metric == primary
-        and p.underpowered
-        and not (p.p_value < comp.meta.get("alpha", 0.05))
-        and p.diff != 0
-    ]
-    champion = _champion_views(run, verdicts, primary)
-    cm_png, cm_note = (None, "")
-    if best is not None and any(it.gold is not None for it in run.candidate(best).items):
-        cm_png, cm_note = _confusion_figure(run.candidate(best).items, best)
-    loaded = [_load_train_run(Path(p)) for p in train_runs]
-    curve = _load_curve(eval_dir)
+    pairs = _pair_rows(comp)
     nan_counts = comp.meta.get("nan_counts", {})
     return {
         "title": f"tunewise report: {run.project}",
@@ -584,11 +226,11 @@ def build_context(eval_dir: Path, train_runs: Sequence[Path] = ()) -> dict[str, 
         "names": names,
         "baselines": baselines,
         "metrics": metrics,
-        "table": table,
+        "table": _metric_rows(comp, names, metrics, baselines, colors),
         "pairs": pairs,
         "pairs_primary": [p for p in pairs if p["primary"]],
         "pairs_other": [p for p in pairs if not p["primary"]],
-        "power_warnings": power_warnings,
+        "power_warnings": _power_warnings(comp),
         "verdicts": verdicts,
         "provisional": provisional,
         "gate": gate_cfg.model_dump(),
@@ -601,52 +243,149 @@ def build_context(eval_dir: Path, train_runs: Sequence[Path] = ()) -> dict[str, 
             for c, per in nan_counts.items()
             for m, k in per.items()
         ],
-        "metrics_png": _metrics_figure(comp, names, metrics, colors) if metrics else None,
+        "metrics_png": figures.metrics_figure(comp, names, metrics, colors) if metrics else None,
         "best": best,
-        "cm_png": cm_png,
-        "cm_note": cm_note,
-        "train_runs": [info for info, _ in loaded],
-        "loss_png": _loss_figure(loaded) if loaded else None,
-        "curve": [{"n": n, "value": _fmt(v)} for n, v in curve],
-        "curve_png": _curve_figure(curve, primary) if len(curve) > 1 else None,
+        **_confusion(run, best),
+        **_training(eval_dir, [Path(p) for p in train_runs], primary),
         "worst": {n: _worst(run, n, primary) for n in names},
         "ratings": _load_ratings(eval_dir),
-        "champion": champion,
+        "champion": _champion(run, verdicts, primary),
         "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
 
 
-def _champion_views(run: EvalRun, verdicts: list[Verdict], primary: str) -> list[dict[str, Any]]:
-    """Champion vs challenger side by side, for each gated candidate, when production was run."""
-    from tunewise.decisions import CHAMPION
-    from tunewise.eval.flips import side_by_side
+def _champion(run: EvalRun, verdicts: list[Verdict], primary: str) -> list[dict[str, Any]]:
+    from tunewise.eval.flips import champion_views
 
-    names = {c.name for c in run.candidates}
-    if CHAMPION not in names:
-        return []
-    views = []
-    for v in verdicts:
-        if v.candidate == CHAMPION or v.candidate not in names:
-            continue
-        view = side_by_side(run, v.candidate, CHAMPION, primary)
-        view["version"] = (v.champion or {}).get("version", "")
-        view["passed"] = (v.champion or {}).get("passed")
-        view["reason"] = (v.champion or {}).get("reason", "")
-        for row in (*view["gained"], *view["lost"]):
-            for key in ("challenger_output", "champion_output"):
-                text = row[key]
-                row[key] = text if len(text) <= 200 else text[:200] + "…"
-        view["challenger_value"] = _fmt(view["challenger_value"])
-        view["champion_value"] = _fmt(view["champion_value"])
-        views.append(view)
+    views = champion_views(run, verdicts, primary)
+    for view in views:
+        for key in ("challenger_value", "champion_value"):
+            view[key] = _fmt(view[key])
     return views
 
 
-def _needed(comp: Comparison, p) -> dict[str, Any] | None:
-    for w in comp.meta.get("underpowered", []):
-        if (w["candidate"], w["baseline"], w["metric"]) == (p.candidate, p.baseline, p.metric):
-            return w
-    return None
+def _load_inputs(eval_dir: Path) -> tuple[EvalRun, Comparison, GateConfig, bool]:
+    """eval.json, its comparison (computed and saved when missing or stale), the gate settings."""
+    run = EvalRun.load(eval_dir / EVAL_FILE)
+    gate_cfg = gate_config_from_meta(run.meta)
+    comp_path = eval_dir / COMPARISON_FILE
+    comp = Comparison.load(comp_path) if comp_path.is_file() else None
+    if comp is None or stats.is_stale(comp, run):
+        comp = stats.compare(run, baselines=gate_cfg.baselines, alpha=gate_cfg.alpha)
+        comp.save(comp_path)
+        return run, comp, gate_cfg, True
+    return run, comp, gate_cfg, False
+
+
+def _value(comp: Comparison, name: str, metric: str) -> float:
+    """The estimate of ``metric`` for ``name``; NaN when it was not measured."""
+    e = comp.metrics[name].get(metric)
+    return e.value if e is not None else math.nan
+
+
+def _metric_rows(
+    comp: Comparison,
+    names: list[str],
+    metrics: list[str],
+    baselines: list[str],
+    colors: dict[str, str],
+) -> list[dict[str, Any]]:
+    """One row per candidate, one cell per metric; the best value of each metric marked."""
+    table = [
+        {
+            "name": n,
+            "is_baseline": n in baselines,
+            "color": colors[n],
+            "cells": [
+                {
+                    "value": _fmt(e.value),
+                    "ci": _interval(e.ci_low, e.ci_high),
+                    "n": e.n,
+                    "best": False,
+                }
+                if (e := comp.metrics[n].get(m))
+                else None
+                for m in metrics
+            ],
+        }
+        for n in names
+    ]
+    for j, m in enumerate(metrics):  # bold the best value per metric
+        vals = [(_value(comp, n, m), i) for i, n in enumerate(names)]
+        vals = [(v, i) for v, i in vals if math.isfinite(v)]
+        if vals:
+            top = max(v for v, _ in vals)
+            for v, i in vals:
+                if v == top:
+                    table[i]["cells"][j]["best"] = True
+    return table
+
+
+def _significant(comp: Comparison, p: PairedTest) -> bool:
+    return math.isfinite(p.p_value) and p.p_value < comp.meta.get("alpha", 0.05)
+
+
+def _pair_rows(comp: Comparison) -> list[dict[str, Any]]:
+    """The paired tests, primary metric first, formatted for the tables."""
+    primary = comp.primary_metric
+    return [
+        {
+            "candidate": p.candidate,
+            "baseline": p.baseline,
+            "metric": p.metric,
+            "primary": p.metric == primary,
+            "cand": _fmt(p.candidate_value),
+            "base": _fmt(p.baseline_value),
+            "diff": _sfmt(p.diff),
+            "ci": f"{_sfmt(p.ci_low)} … {_sfmt(p.ci_high)}",
+            "p": _pfmt(p.p_value),
+            "significant": _significant(comp, p),
+            "test": p.test,
+            "n": p.n,
+            "mdd": _fmt(p.min_detectable_diff),
+            # flag what the user can act on: a difference was seen but this set cannot confirm it
+            "underpowered": p.underpowered and p.diff != 0 and not _significant(comp, p),
+        }
+        for p in sorted(comp.pairs, key=lambda p: (p.metric != primary, p.candidate, p.metric))
+    ]
+
+
+def _power_warnings(comp: Comparison) -> list[str]:
+    """Primary-metric differences seen but too small for this many items to confirm."""
+    out = []
+    for p in comp.pairs:
+        if p.metric != comp.primary_metric or not p.underpowered or p.diff == 0:
+            continue
+        if _significant(comp, p):
+            continue
+        needed = comp.items_needed(p)
+        out.append(
+            f"{p.candidate} vs {p.baseline}: observed {p.metric} difference {_sfmt(p.diff)} "
+            f"(p={_pfmt(p.p_value)}) is below what {p.n} items can detect "
+            f"({_fmt(p.min_detectable_diff)} at 80% power)"
+            + (f"; about {needed} items would be needed" if needed else "")
+        )
+    return out
+
+
+def _confusion(run: EvalRun, best: str | None) -> dict[str, Any]:
+    """The best candidate's confusion matrix, when its items carry labels."""
+    if best is None or not any(it.gold is not None for it in run.candidate(best).items):
+        return {"cm_png": None, "cm_note": ""}
+    png, note = figures.confusion_figure(run.candidate(best).items, best)
+    return {"cm_png": png, "cm_note": note}
+
+
+def _training(eval_dir: Path, train_runs: list[Path], primary: str) -> dict[str, Any]:
+    """Loss curves of the training runs and the learning curve, when there are any."""
+    loaded = [_load_train_run(p) for p in train_runs]
+    curve = _load_curve(eval_dir)
+    return {
+        "train_runs": [info for info, _ in loaded],
+        "loss_png": figures.loss_figure([(i.name, rows) for i, rows in loaded]) if loaded else None,
+        "curve": [{"n": n, "value": _fmt(v)} for n, v in curve],
+        "curve_png": figures.curve_figure(curve, primary) if len(curve) > 1 else None,
+    }
 
 
 # ----------------------------------------------------------------------------- output
@@ -672,8 +411,26 @@ def _md_table(header: Sequence[Any], rows: Sequence[Sequence[Any]]) -> list[str]
 
 
 def render_markdown(ctx: dict[str, Any]) -> str:
+    """The report as Markdown: the same sections as the HTML, without the figures."""
+    out = [f"# {md_escape(ctx['title'])}", ""]
+    for section in (
+        _md_verdicts,
+        _md_metrics,
+        _md_pairs,
+        _md_ratings,
+        _md_champion,
+        _md_training,
+        _md_curve,
+        _md_worst,
+    ):
+        out += section(ctx)
+    out.append(f"_Generated {ctx['generated']} by tunewise. The HTML report has the figures._")
+    return "\n".join(out) + "\n"
+
+
+def _md_verdicts(ctx: dict[str, Any]) -> list[str]:
     e = md_escape
-    out = [f"# {e(ctx['title'])}", ""]
+    out = []
     for v in ctx["verdicts"]:
         mark = "✅" if v.ship else "⛔"
         out.append(
@@ -698,7 +455,12 @@ def render_markdown(ctx: dict[str, Any]) -> str:
         out.append(f"> ⚠ {e(w)}")
     if ctx["power_warnings"]:
         out.append("")
-    out += ["## Candidates × metrics", ""]
+    return out
+
+
+def _md_metrics(ctx: dict[str, Any]) -> list[str]:
+    e = md_escape
+    out = ["## Candidates × metrics", ""]
     out += _md_table(
         ["candidate", *(e(m) for m in ctx["metrics"])],
         [
@@ -719,96 +481,102 @@ def render_markdown(ctx: dict[str, Any]) -> str:
         out.append(f"- judge parse failures: {e(note)}")
     if ctx["nan_notes"]:
         out.append("")
-    out += ["## Paired tests", ""]
-    out += _md_table(
+    return out
+
+
+def _md_section(title: str, header: list[str], rows: list[list[Any]], *notes: str) -> list[str]:
+    """A ``## title`` section: one table (cells already escaped), then its notes."""
+    out = [f"## {title}", "", *_md_table(header, rows), ""]
+    for note in notes:
+        out += [note, ""]
+    return out
+
+
+def _md_pairs(ctx: dict[str, Any]) -> list[str]:
+    e = md_escape
+    header = ["candidate", "baseline", "metric", "cand", "base", "diff", "95% CI", "p", "test", "n"]
+    rows = [
         [
-            "candidate",
-            "baseline",
-            "metric",
-            "cand",
-            "base",
-            "diff",
-            "95% CI",
-            "p",
-            "test",
-            "n",
-            "MDD",
-        ],
-        [
-            [
-                e(p["candidate"]),
-                e(p["baseline"]),
-                e(p["metric"]),
-                p["cand"],
-                p["base"],
-                p["diff"],
-                p["ci"],
-                p["p"],
-                p["test"],
-                p["n"],
-                f"{p['mdd']}{' ⚠' if p['underpowered'] else ''}",
-            ]
-            for p in ctx["pairs"]
-        ],
-    )
-    out += [
-        "",
-        "MDD: minimum detectable difference at 80% power; ⚠ = observed difference below it.",
-        "",
-    ]
-    if ctx["ratings"]:
-        out += ["## Human side-by-side ratings", ""]
-        out += _md_table(
-            ["A", "B", "A wins", "B wins", "ties", "win rate A", "95% CI"],
-            [
-                [
-                    e(r["a"]),
-                    e(r["b"]),
-                    r["wins_a"],
-                    r["wins_b"],
-                    r["ties"],
-                    _fmt(r["win_rate_a"]),
-                    f"{_fmt(r['ci_low'])}–{_fmt(r['ci_high'])}",
-                ]
-                for r in ctx["ratings"]
-            ],
-        )
-        out.append("")
-    for view in ctx["champion"]:
-        out += _champion_markdown(view)
-    if ctx["train_runs"]:
-        out += ["## Training runs", ""]
-        out += _md_table(
-            ["run", "method", "status", "steps", "best val loss", "stop reason"],
-            [
-                [
-                    e(t.name),
-                    e(t.method),
-                    e(t.status),
-                    t.steps,
-                    _fmt(t.best_val_loss, 4),
-                    e(t.stop_reason),
-                ]
-                for t in ctx["train_runs"]
-            ],
-        )
-        out.append("")
-    if ctx["curve"]:
-        out += ["## Learning curve", ""]
-        out += _md_table(
-            ["training examples", f"{e(ctx['primary'])} on {e(ctx['split'])}"],
-            [[pt["n"], pt["value"]] for pt in ctx["curve"]],
-        )
-        out += [
-            "",
-            "Reading it: still rising at the right end means more examples of the same kind should help; "
-            "flat means improve the data or the prompt instead.",
-            "",
+            *(e(p[k]) for k in ("candidate", "baseline", "metric")),
+            *(p[k] for k in ("cand", "base", "diff", "ci", "p", "test", "n")),
+            f"{p['mdd']}{' ⚠' if p['underpowered'] else ''}",
         ]
-    out += ["## Worst examples", ""]
+        for p in ctx["pairs"]
+    ]
+    return _md_section(
+        "Paired tests",
+        [*header, "MDD"],
+        rows,
+        "MDD: minimum detectable difference at 80% power; ⚠ = observed difference below it.",
+    )
+
+
+def _md_ratings(ctx: dict[str, Any]) -> list[str]:
+    if not ctx["ratings"]:
+        return []
+    e = md_escape
+    rows = []
+    for r in ctx["ratings"]:
+        win, ci = _fmt(r["win_rate_a"]), _interval(r["ci_low"], r["ci_high"])
+        rows.append([e(r["a"]), e(r["b"]), r["wins_a"], r["wins_b"], r["ties"], win, ci])
+    header = ["A", "B", "A wins", "B wins", "ties", "win rate A", "95% CI"]
+    return _md_section("Human side-by-side ratings", header, rows)
+
+
+def _md_champion(ctx: dict[str, Any]) -> list[str]:
+    e, out = md_escape, []
+    for c in ctx["champion"]:
+        version = f" ({e(c['version'])})" if c["version"] else ""
+        mark = ("✔ " if c["passed"] else "✘ ") + e(c["reason"]) if c["reason"] else ""
+        counts = (
+            f"{c['n']} items: {c['unchanged']} unchanged, {c['n_gained']} gained, "
+            f"{c['n_lost']} lost" + (f", {c['unscored']} unscored" if c["unscored"] else "")
+        )
+        out += _md_section(
+            f"Champion vs challenger: {e(c['challenger'])} vs production{version}",
+            ["", e(c["challenger"]), "production"],
+            [[e(c["metric"]), c["challenger_value"], c["champion_value"]]],
+            *[note for note in (mark, counts) if note],
+        )
+        for label, rows in (("Lost (production was right)", c["lost"]), ("Gained", c["gained"])):
+            if rows:
+                keys = ("item_id", "challenger_output", "champion_output")
+                cells = [[e(r[k]) for k in keys] for r in rows]
+                header = ["item", e(c["challenger"]), "production"]
+                out += [f"### {label}", "", *_md_table(header, cells), ""]
+    return out
+
+
+def _md_training(ctx: dict[str, Any]) -> list[str]:
+    if not ctx["train_runs"]:
+        return []
+    e = md_escape
+    rows = [
+        [e(t.name), e(t.method), e(t.status), t.steps, _fmt(t.best_val_loss, 4), e(t.stop_reason)]
+        for t in ctx["train_runs"]
+    ]
+    header = ["run", "method", "status", "steps", "best val loss", "stop reason"]
+    return _md_section("Training runs", header, rows)
+
+
+def _md_curve(ctx: dict[str, Any]) -> list[str]:
+    if not ctx["curve"]:
+        return []
+    e = md_escape
+    return _md_section(
+        "Learning curve",
+        ["training examples", f"{e(ctx['primary'])} on {e(ctx['split'])}"],
+        [[pt["n"], pt["value"]] for pt in ctx["curve"]],
+        "Reading it: still rising at the right end means more examples of the same kind should "
+        "help; flat means improve the data or the prompt instead.",
+    )
+
+
+def _md_worst(ctx: dict[str, Any]) -> list[str]:
+    e = md_escape
+    out = ["## Worst examples", ""]
     for name, rows in ctx["worst"].items():
-        out.append(f"### {e(name)}")
-        out.append("")
+        out += [f"### {e(name)}", ""]
         if not rows:
             out += ["No failures on the primary metric.", ""]
             continue
@@ -826,37 +594,6 @@ def render_markdown(ctx: dict[str, Any]) -> str:
             ],
         )
         out.append("")
-    out.append(f"_Generated {ctx['generated']} by tunewise. The HTML report has the figures._")
-    return "\n".join(out) + "\n"
-
-
-def _champion_markdown(view: dict[str, Any]) -> list[str]:
-    e = md_escape
-    head = f"## Champion vs challenger: {e(view['challenger'])} vs production"
-    out = [head + (f" ({e(view['version'])})" if view["version"] else ""), ""]
-    if view["reason"]:
-        out += [f"{'✔' if view['passed'] else '✘'} {e(view['reason'])}", ""]
-    out += _md_table(
-        ["", e(view["challenger"]), "production"],
-        [[e(view["metric"]), view["challenger_value"], view["champion_value"]]],
-    )
-    out += [
-        "",
-        f"{view['n']} items: {view['unchanged']} unchanged, {view['n_gained']} gained, "
-        f"{view['n_lost']} lost" + (f", {view['unscored']} unscored" if view["unscored"] else ""),
-        "",
-    ]
-    for label, rows in (("Lost (production was right)", view["lost"]), ("Gained", view["gained"])):
-        if rows:
-            out += [f"### {label}", ""]
-            out += _md_table(
-                ["item", e(view["challenger"]), "production"],
-                [
-                    [e(r["item_id"]), e(r["challenger_output"]), e(r["champion_output"])]
-                    for r in rows
-                ],
-            )
-            out.append("")
     return out
 
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -37,8 +37,7 @@ from scipy import sparse
 from scipy import stats as sps
 
 from tunewise.errors import UserError
-from tunewise.eval.results import Comparison, EvalRun, MarginTest, MetricEstimate, PairedTest
-from tunewise.fsio import atomic_write_json
+from tunewise.eval.results import Comparison, EvalRun, MetricEstimate, PairedTest
 
 CONFIDENCE = 0.95
 POWER = 0.80
@@ -168,7 +167,8 @@ class _Bootstrap:
         has_gold = gold[:, None] >= 0
         g = (gold[:, None] == k) & has_gold  # (n, K)
         p = (pred[:, None] == k) & has_gold  # an item without gold is not evaluated
-        # One nonzero per row at most: sparse, so a block of replicates costs O(b * n), not O(b * n * K).
+        # One nonzero per row at most: sparse, so a block of replicates costs O(b * n), not
+        # O(b * n * K).
         self._f1.append(tuple(sparse.csr_matrix(x.astype(float)) for x in (g & p, p & ~g, g & ~p)))
         self._keys.append(("f1", len(self._f1) - 1))
         return len(self._keys) - 1
@@ -311,20 +311,74 @@ def mcnemar_min_detectable(n: int, discordant: int, alpha: float, power: float =
 
 
 # ----------------------------------------------------------------------------- compare
+Pair = tuple[str, str]  # (candidate, baseline): the candidate minus the baseline, item by item
+
+
+def default_pairs(candidates: Sequence[str], baselines: Sequence[str]) -> list[Pair]:
+    """Every candidate that is not a baseline against every baseline present (the gate's tests)."""
+    present = [b for b in baselines if b in candidates]
+    return [(c, b) for c in candidates if c not in baselines for b in present]
+
+
 def compare(
     run: EvalRun,
     *,
     baselines: Sequence[str],
+    pairs: Sequence[Pair] | None = None,
     alpha: float = 0.05,
     n_boot: int = 2000,
     seed: int = 0,
     ci_method: CiMethod = "bca",
 ) -> Comparison:
-    """CIs for every candidate and metric; paired tests of each candidate against each baseline.
+    """CIs for every candidate and metric, and a paired test per (candidate, baseline) pair.
 
-    Baselines absent from the run are listed in ``meta["missing_baselines"]`` (the gate turns
-    that into "don't ship"). A candidate missing items is a :class:`UserError`.
+    ``pairs`` defaults to :func:`default_pairs`. Every statistic is evaluated on one shared set
+    of resampling weights drawn from ``seed``, so extra pairs (rung against rung) cost one more
+    column in one bootstrap, and a pair's numbers do not depend on which other pairs were asked
+    for. Pairs whose baseline was not evaluated are skipped; baselines absent from the run are
+    listed in ``meta["missing_baselines"]`` (the gate turns that into "don't ship"). A candidate
+    missing items is a :class:`UserError`.
     """
+    _check_settings(alpha, n_boot)
+    table = _Table(run)
+    todo = _resolve_pairs(table.names, baselines, pairs)
+    cmp = _Comparer(table, alpha, ci_method)
+    specs = cmp.register_pairs(todo)
+    cmp.boot.run(n_boot, seed)
+    estimates, nan_counts = cmp.estimates()
+    tested = [cmp.paired_test(spec, estimates) for spec in specs]
+    meta: dict[str, Any] = {
+        "project": run.project,
+        "split": run.split,
+        "split_hash": run.split_hash,
+        "n_items": len(table.item_ids),
+        "candidates": table.names,
+        "baselines": list(baselines),
+        "missing_baselines": [b for b in baselines if b not in table.names],
+        "alpha": alpha,
+        "confidence": CONFIDENCE,
+        "power": POWER,
+        "n_boot": n_boot,
+        "seed": seed,
+        "ci_method": ci_method,
+        "metric_kinds": cmp.kinds,
+        "nan_counts": nan_counts,
+        "underpowered": [note for _, note in tested if note is not None],
+        # What each retrieval rung retrieved from: the gate's advice differs for documents
+        # (facts) and labelled examples (nearest neighbours).
+        "retrieval_sources": {
+            c.name: c.meta["sources"] for c in run.candidates if c.meta.get("sources")
+        },
+    }
+    return Comparison(
+        primary_metric=run.primary_metric,
+        metrics=estimates,
+        pairs=[test for test, _ in tested],
+        meta=meta,
+    )
+
+
+def _check_settings(alpha: float, n_boot: int) -> None:
     if not 0 < alpha < 1:
         raise UserError(f"alpha must be in (0, 1), got {alpha}")
     if n_boot < 100:
@@ -335,79 +389,111 @@ def compare(
         raise UserError(
             f"n_boot={n_boot} is too few for alpha={alpha:g}: use at least {math.ceil(5 / alpha)}"
         )
-    table = _Table(run)
-    n = len(table.item_ids)
-    present = [b for b in baselines if b in table.names]
-    missing = [b for b in baselines if b not in table.names]
-    others = [c for c in table.names if c not in baselines]
-    metrics = sorted(table.scores)
-    kinds = {m: table.kind(m) for m in metrics}
 
-    boot = _Bootstrap(n)
-    est_keys: dict[tuple[str, str], int] = {}
-    for m in metrics:
-        for name, arr in table.scores[m].items():
-            est_keys[(name, m)] = boot.add_mean(arr)
-    if table.classes:
-        kinds[MACRO_F1] = "derived"
-        for name in table.gold:
-            gold, pred = table.encoded_labels(name)
-            est_keys[(name, MACRO_F1)] = boot.add_macro_f1(gold, pred, len(table.classes))
-    # Paired differences on the items both sides scored (NaN in either drops the pair).
-    pair_specs: list[tuple[str, str, str, int | None, np.ndarray | None]] = []
-    for cand in others:
-        for base in present:
-            for m in [*metrics, MACRO_F1]:
-                if (cand, m) not in est_keys or (base, m) not in est_keys:
-                    continue
-                if m == MACRO_F1:
-                    pair_specs.append((cand, base, m, None, None))
-                else:
-                    diff = table.scores[m][cand] - table.scores[m][base]
-                    pair_specs.append((cand, base, m, boot.add_mean(diff), diff))
-    boot.run(n_boot, seed)
 
-    level = CONFIDENCE
-    estimates: dict[str, dict[str, MetricEstimate]] = {name: {} for name in table.names}
-    nan_counts: dict[str, dict[str, int]] = {}
-    for (name, m), key in est_keys.items():
-        lo, hi = bootstrap_ci(
-            boot.theta[key], boot.boot[key], boot.jack[key], confidence=level, method=ci_method
+def _resolve_pairs(
+    names: list[str], baselines: Sequence[str], pairs: Sequence[Pair] | None
+) -> list[Pair]:
+    if pairs is None:
+        return default_pairs(names, baselines)
+    unknown = sorted({c for c, _ in pairs if c not in names})
+    if unknown:
+        raise UserError(
+            f"compare: {', '.join(unknown)} not in the evaluation (have: {', '.join(names)})"
         )
-        if m == MACRO_F1:
-            gold, _ = table.encoded_labels(name)
-            n_used = int(np.sum(gold >= 0))
-        else:
-            n_used = int(np.sum(~np.isnan(table.scores[m][name])))
-            if n_used < n:
-                nan_counts.setdefault(name, {})[m] = n - n_used
-        estimates[name][m] = MetricEstimate(value=boot.theta[key], ci_low=lo, ci_high=hi, n=n_used)
+    return list(dict.fromkeys((c, b) for c, b in pairs if b in names and c != b))
 
-    pairs: list[PairedTest] = []
-    power_notes: list[dict[str, Any]] = []
-    z = _z_total(alpha)
-    for cand, base, m, key, diff in pair_specs:
-        if m == MACRO_F1:
-            kc, kb = est_keys[(cand, m)], est_keys[(base, m)]
-            theta = boot.theta[kc] - boot.theta[kb]
-            reps = boot.boot[kc] - boot.boot[kb]
-            jack = boot.jack[kc] - boot.jack[kb]
-            cv, bv = boot.theta[kc], boot.theta[kb]
-            n_pair = estimates[cand][m].n
-        else:
-            assert key is not None and diff is not None
-            theta, reps, jack = boot.theta[key], boot.boot[key], boot.jack[key]
-            joint = ~np.isnan(diff)
-            n_pair = int(joint.sum())
-            cv = float(np.mean(table.scores[m][cand][joint])) if n_pair else math.nan
-            bv = float(np.mean(table.scores[m][base][joint])) if n_pair else math.nan
-        lo, hi = bootstrap_ci(theta, reps, jack, confidence=level, method=ci_method)
-        if kinds[m] == "binary":
-            joint = ~np.isnan(diff)  # type: ignore[arg-type]
-            p, wins, losses = mcnemar_exact(
-                table.scores[m][cand][joint], table.scores[m][base][joint]
-            )
-            mdd = mcnemar_min_detectable(n_pair, wins + losses, alpha)
+
+@dataclass
+class _PairSpec:
+    candidate: str
+    baseline: str
+    metric: str
+    key: int | None  # the bootstrap statistic of the per-item difference (None: macro-F1)
+    diff: np.ndarray | None  # (n,) per-item difference, NaN where either side is unscored
+
+
+class _Comparer:
+    """One bootstrap over a score table: the estimates first, then the paired differences."""
+
+    def __init__(self, table: _Table, alpha: float, ci_method: CiMethod) -> None:
+        self.table, self.alpha, self.ci_method = table, alpha, ci_method
+        self.boot = _Bootstrap(len(table.item_ids))
+        self.kinds = {m: table.kind(m) for m in sorted(table.scores)}
+        self.keys: dict[tuple[str, str], int] = {}  # (candidate, metric) -> statistic
+        for m in sorted(table.scores):
+            for name, arr in table.scores[m].items():
+                self.keys[(name, m)] = self.boot.add_mean(arr)
+        if table.classes:
+            self.kinds[MACRO_F1] = "derived"
+            for name in table.gold:
+                gold, pred = table.encoded_labels(name)
+                self.keys[(name, MACRO_F1)] = self.boot.add_macro_f1(gold, pred, len(table.classes))
+
+    def register_pairs(self, pairs: list[Pair]) -> list[_PairSpec]:
+        """Paired differences on the items both sides scored (NaN in either drops the item)."""
+        specs = []
+        for cand, base in pairs:
+            for m in [*sorted(self.table.scores), MACRO_F1]:
+                if (cand, m) not in self.keys or (base, m) not in self.keys:
+                    continue
+                if m == MACRO_F1:  # not a mean of per-item values: the difference of two F1s
+                    specs.append(_PairSpec(cand, base, m, None, None))
+                else:
+                    diff = self.table.scores[m][cand] - self.table.scores[m][base]
+                    specs.append(_PairSpec(cand, base, m, self.boot.add_mean(diff), diff))
+        return specs
+
+    def _ci(self, theta: float, reps: np.ndarray, jack: np.ndarray) -> tuple[float, float]:
+        return bootstrap_ci(theta, reps, jack, confidence=CONFIDENCE, method=self.ci_method)
+
+    def estimates(self) -> tuple[dict[str, dict[str, MetricEstimate]], dict[str, dict[str, int]]]:
+        """Every candidate's estimate per metric, and how many items each left unscored."""
+        table, boot, n = self.table, self.boot, len(self.table.item_ids)
+        estimates: dict[str, dict[str, MetricEstimate]] = {name: {} for name in table.names}
+        nan_counts: dict[str, dict[str, int]] = {}
+        for (name, m), key in self.keys.items():
+            lo, hi = self._ci(boot.theta[key], boot.boot[key], boot.jack[key])
+            if m == MACRO_F1:
+                gold, _ = table.encoded_labels(name)
+                n_used = int(np.sum(gold >= 0))
+            else:
+                n_used = int(np.sum(~np.isnan(table.scores[m][name])))
+                if n_used < n:
+                    nan_counts.setdefault(name, {})[m] = n - n_used
+            estimates[name][m] = MetricEstimate(boot.theta[key], lo, hi, n_used)
+        return estimates, nan_counts
+
+    def _difference(
+        self, s: _PairSpec, estimates: dict[str, dict[str, MetricEstimate]]
+    ) -> tuple[float, np.ndarray, np.ndarray, float, float, int]:
+        """(diff, its replicates, its jackknife, candidate value, baseline value, items)."""
+        boot, scores = self.boot, self.table.scores
+        if s.key is None:
+            kc, kb = self.keys[(s.candidate, s.metric)], self.keys[(s.baseline, s.metric)]
+            theta, cv, bv = boot.theta[kc] - boot.theta[kb], boot.theta[kc], boot.theta[kb]
+            reps, jack = boot.boot[kc] - boot.boot[kb], boot.jack[kc] - boot.jack[kb]
+            return theta, reps, jack, cv, bv, estimates[s.candidate][s.metric].n
+        assert s.diff is not None
+        joint = ~np.isnan(s.diff)
+        n_pair = int(joint.sum())
+        cv = float(np.mean(scores[s.metric][s.candidate][joint])) if n_pair else math.nan
+        bv = float(np.mean(scores[s.metric][s.baseline][joint])) if n_pair else math.nan
+        return boot.theta[s.key], boot.boot[s.key], boot.jack[s.key], cv, bv, n_pair
+
+    def paired_test(
+        self, s: _PairSpec, estimates: dict[str, dict[str, MetricEstimate]]
+    ) -> tuple[PairedTest, dict[str, Any] | None]:
+        """The test of one pair, and its power note when the difference is below the MDD."""
+        theta, reps, jack, cv, bv, n_pair = self._difference(s, estimates)
+        lo, hi = self._ci(theta, reps, jack)
+        z = _z_total(self.alpha)
+        if self.kinds[s.metric] == "binary":
+            assert s.diff is not None
+            joint = ~np.isnan(s.diff)
+            scores = self.table.scores[s.metric]
+            p, wins, losses = mcnemar_exact(scores[s.candidate][joint], scores[s.baseline][joint])
+            mdd = mcnemar_min_detectable(n_pair, wins + losses, self.alpha)
             needed = _items_needed_mcnemar(theta, (wins + losses) / max(n_pair, 1), z)
             test = "mcnemar-exact"
         else:
@@ -420,52 +506,30 @@ def compare(
             test = "paired-bootstrap"
         mdd_out = float(mdd) if math.isfinite(mdd) else None
         underpowered = mdd_out is None or abs(theta) < mdd_out
-        pairs.append(
-            PairedTest(
-                candidate=cand,
-                baseline=base,
-                metric=m,
-                candidate_value=cv,
-                baseline_value=bv,
-                diff=theta,
-                ci_low=lo,
-                ci_high=hi,
-                p_value=p,
-                test=test,
-                n=n_pair,
-                min_detectable_diff=mdd_out,
-                underpowered=underpowered,
-            )
+        pair = PairedTest(
+            candidate=s.candidate,
+            baseline=s.baseline,
+            metric=s.metric,
+            candidate_value=cv,
+            baseline_value=bv,
+            diff=theta,
+            ci_low=lo,
+            ci_high=hi,
+            p_value=p,
+            test=test,
+            n=n_pair,
+            min_detectable_diff=mdd_out,
+            underpowered=underpowered,
         )
+        note = None
         if underpowered:
-            power_notes.append(
-                {"candidate": cand, "baseline": base, "metric": m, "items_needed": needed}
-            )
-
-    meta: dict[str, Any] = {
-        "project": run.project,
-        "split": run.split,
-        "split_hash": run.split_hash,
-        "n_items": n,
-        "candidates": table.names,
-        "baselines": list(baselines),
-        "missing_baselines": missing,
-        "alpha": alpha,
-        "confidence": level,
-        "power": POWER,
-        "n_boot": n_boot,
-        "seed": seed,
-        "ci_method": ci_method,
-        "metric_kinds": kinds,
-        "nan_counts": nan_counts,
-        "underpowered": power_notes,
-        # What each retrieval rung retrieved from: the gate's advice differs for documents
-        # (facts) and labelled examples (nearest neighbours).
-        "retrieval_sources": {
-            c.name: c.meta["sources"] for c in run.candidates if c.meta.get("sources")
-        },
-    }
-    return Comparison(primary_metric=run.primary_metric, metrics=estimates, pairs=pairs, meta=meta)
+            note = {
+                "candidate": s.candidate,
+                "baseline": s.baseline,
+                "metric": s.metric,
+                "items_needed": needed,
+            }
+        return pair, note
 
 
 def _items_needed_mcnemar(diff: float, psi: float, z: float) -> int | None:
@@ -487,71 +551,10 @@ def is_stale(comp: Comparison, run: EvalRun) -> bool:
 
 
 # ----------------------------------------------------------------------------- persistence
-def _clean(obj: Any) -> Any:
-    # JSON has no NaN; browsers and jq reject it. null means "not defined".
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    return obj
-
-
-def _num(x: Any) -> float:
-    return math.nan if x is None else float(x)
-
-
-def comparison_to_dict(comp: Comparison) -> dict[str, Any]:
-    return _clean(asdict(comp))
-
-
-def comparison_from_dict(raw: dict[str, Any]) -> Comparison:
-    metrics = {
-        cand: {
-            m: MetricEstimate(
-                value=_num(e["value"]),
-                ci_low=_num(e["ci_low"]),
-                ci_high=_num(e["ci_high"]),
-                n=int(e["n"]),
-            )
-            for m, e in per.items()
-        }
-        for cand, per in raw["metrics"].items()
-    }
-    pairs = []
-    for p in raw["pairs"]:
-        p = dict(p)
-        for key in ("candidate_value", "baseline_value", "diff", "ci_low", "ci_high", "p_value"):
-            p[key] = _num(p.get(key))
-        pairs.append(PairedTest(**p))
-    margin_tests = []
-    for t in raw.get("margin_tests", []):
-        t = dict(t)
-        for key in ("candidate_value", "reference_value", "diff", "lower_bound", "p_value"):
-            t[key] = _num(t.get(key))
-        margin_tests.append(MarginTest(**t))
-    return Comparison(
-        primary_metric=raw["primary_metric"],
-        metrics=metrics,
-        pairs=pairs,
-        meta=raw.get("meta", {}),
-        margin_tests=margin_tests,
-    )
-
-
+# The file format lives with the dataclass (eval/results.py); these names stay for callers.
 def save_comparison(comp: Comparison, path: str | Path) -> None:
-    atomic_write_json(path, comparison_to_dict(comp))
+    comp.save(path)
 
 
 def load_comparison(path: str | Path) -> Comparison:
-    import json
-
-    path = Path(path)
-    try:
-        raw = json.loads(path.read_text())
-        return comparison_from_dict(raw)
-    except FileNotFoundError:
-        raise UserError(f"{path}: not found (run `tunewise compare {path.parent}` first)") from None
-    except (ValueError, KeyError, TypeError) as exc:
-        raise UserError(f"{path}: not a valid comparison file: {exc}") from None
+    return Comparison.load(path)
