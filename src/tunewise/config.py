@@ -210,6 +210,13 @@ class GateConfig(_Section):
         description="a new version may trail the production version by at most this much "
         "(one-sided paired test on the same items)",
     )
+    min_judge_kappa: float = Field(
+        0.4,
+        ge=-1,
+        le=1,
+        description="refuse a judge-scored primary metric when the judge's Cohen's kappa with "
+        "human ratings (where they exist) is below this",
+    )
     alpha: float = Field(0.05, gt=0, lt=1)
     delta: float = Field(
         0.02, ge=0, description="minimum margin on the primary metric over every baseline"

@@ -22,6 +22,7 @@ Nothing here reads or writes a file; the margin tests are computed from the eval
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 from tunewise.config import CostConfig, GateConfig
 from tunewise.errors import UserError
@@ -240,4 +241,72 @@ def with_champion(verdict: Verdict, comparison: Comparison, gate_cfg: GateConfig
         guard_failures=verdict.guard_failures,
         summary=summary,
         champion=champion,
+    )
+
+
+# ----------------------------------------------------------------------------- judge calibration
+JUDGE_METRIC = "judge"
+
+
+def judge_reason(comparison: Comparison, gate_cfg: GateConfig) -> BaselineReason | None:
+    """Refuse a judge-scored primary metric whose measured agreement with people is too low.
+
+    ``comparison.meta["judge_agreement"]`` lists the rated pairs (see
+    :func:`tunewise.eval.calibration.agreement_from_eval`). With none, nothing is measured and the
+    gate does not pretend otherwise: it says so and decides on the numbers alone. With some, the
+    lowest kappa must reach ``gate.min_judge_kappa``: a metric the judge scores is only as good
+    as the judge, and one rated pair where it disagrees with people is enough to doubt it.
+    """
+    if comparison.primary_metric != JUDGE_METRIC:
+        return None
+    rated = [
+        a
+        for a in comparison.meta.get("judge_agreement", [])
+        if a.get("kappa") is not None and math.isfinite(a["kappa"])
+    ]
+    threshold = gate_cfg.min_judge_kappa
+    if not rated:
+        return BaselineReason(
+            "judge calibration",
+            True,
+            "judge calibration: no human ratings of these candidates, so the judge's agreement "
+            "with people is unmeasured (rate a pair with `tunewise rate` to measure it)",
+        )
+    worst = min(rated, key=lambda a: a["kappa"])
+    numbers = (
+        f"Cohen's kappa {worst['kappa']:.2f} (95% CI {_f(worst.get('ci_low'))}.."
+        f"{_f(worst.get('ci_high'))}), raw agreement {_f(worst.get('raw_agreement'))}, "
+        f"{worst.get('n')} ratings of {worst.get('a')} vs {worst.get('b')}"
+    )
+    if worst["kappa"] >= threshold:
+        return BaselineReason(
+            "judge calibration",
+            True,
+            f"the judge agrees with people: {numbers}; >= gate.min_judge_kappa {threshold:g}",
+        )
+    return BaselineReason(
+        "judge calibration",
+        False,
+        f"the primary metric is scored by an LLM judge that agrees too little with people: "
+        f"{numbers}; below gate.min_judge_kappa {threshold:g}",
+    )
+
+
+def with_judge_check(verdict: Verdict, comparison: Comparison, gate_cfg: GateConfig) -> Verdict:
+    """The verdict, refused when the judge scoring its primary metric fails calibration."""
+    reason = judge_reason(comparison, gate_cfg)
+    if reason is None:
+        return verdict
+    summary = verdict.summary
+    if not reason.passed:
+        what = "its judge-scored metric is not trusted (kappa below gate.min_judge_kappa)"
+        if verdict.ship:
+            summary = f"DON'T SHIP {verdict.candidate}: {what}"
+        else:
+            summary = f"{summary}; {what}"
+    return replace(
+        verdict,
+        ship=verdict.ship and reason.passed,
+        reasons=[*verdict.reasons, reason],
+        summary=summary,
     )

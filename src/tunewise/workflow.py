@@ -413,6 +413,7 @@ def _compare_and_gate(
     """comparison.json (with the pairs between rungs, for the advisor, and the margin tests against
     the production version ``champion`` and ``gate.reference``) and one verdict per fine-tune."""
     from tunewise.champion import attach_margin_tests
+    from tunewise.eval.calibration import attach_judge_agreement
     from tunewise.eval.results import EvalRun
     from tunewise.eval.stats import compare, save_comparison
     from tunewise.gate import decide, save_verdict
@@ -430,6 +431,7 @@ def _compare_and_gate(
                 seen.add((p.candidate, p.baseline, p.metric))
     comp.meta.update({"alpha": cfg.gate.alpha, "delta": cfg.gate.delta})
     attach_margin_tests(comp, run, cfg.gate, finetuned, champion)
+    attach_judge_agreement(comp, run, eval_dir)
     save_comparison(comp, eval_dir / "comparison.json")
     verdicts: dict[str, str] = {}
     passing: list[tuple[float, str]] = []

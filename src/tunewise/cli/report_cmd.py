@@ -148,6 +148,7 @@ def gate_cmd(
     """Ship or not: exit 0 = ship, 1 = don't ship, 2 = error. Writes verdict.json."""
     from tunewise.champion import attach_margin_tests, ensure_champion
     from tunewise.eval import stats
+    from tunewise.eval.calibration import attach_judge_agreement
     from tunewise.eval.results import COMPARISON_FILE, VERDICT_FILE, Comparison
     from tunewise.gate import decide, save_verdict
 
@@ -168,6 +169,7 @@ def gate_cmd(
     ):
         comp = stats.compare(run, baselines=cfg.baselines, alpha=cfg.alpha)
     attach_margin_tests(comp, run, cfg, [candidate], champion)
+    attach_judge_agreement(comp, run, eval_dir)
     comp.save(comp_path)
     verdict = decide(comp, candidate, cfg)
     save_verdict(verdict, eval_dir / VERDICT_FILE, cfg)
@@ -228,9 +230,38 @@ def rate_cmd(
         )
 
 
+def calibrate_cmd(
+    eval_dir: Path = _EVAL_DIR,
+    project: Path = typer.Option(..., "--project", "-p", help="project.yaml (names the judge)"),
+) -> None:
+    """Check the LLM judge against people: for every pair rated with `tunewise rate`, Cohen's
+    kappa (bootstrap CI) and raw agreement, and the share of pairwise verdicts that flip when the
+    two answers swap places. Writes judge_calibration.json; the report shows it."""
+    from tunewise.config import load_project
+    from tunewise.eval import calibration, human
+    from tunewise.fsio import atomic_write_json
+
+    run = _load_run(eval_dir)
+    db = human.ratings_db(eval_dir)
+    if not db.is_file():
+        raise UserError(f"{eval_dir}: no human ratings yet (run `tunewise rate {eval_dir}` first)")
+    backend, name = calibration.judge_backend(load_project(project))
+    result = calibration.run_calibration(run, db, backend, judge_name=name, progress=True)
+    atomic_write_json(eval_dir / calibration.CALIBRATION_FILE, result)
+    for p in result["pairs"]:
+        bias, rubric = p["position_bias"], p["rubric_agreement"] or {}
+        kappa = rubric.get("kappa", p["pairwise_agreement"]["kappa"])
+        console.print(
+            f"{escape(p['a'])} vs {escape(p['b'])}: kappa {kappa:.2f}, verdicts that flip when "
+            f"swapped {bias['flip_share']:.0%} of {bias['n']}"
+        )
+    console.print(f"wrote {eval_dir / calibration.CALIBRATION_FILE}")
+
+
 def register(app: typer.Typer) -> None:
     """Add this module's verbs to the top-level app."""
     app.command("compare")(compare_cmd)
     app.command("gate")(gate_cmd)
     app.command("report")(report_cmd)
     app.command("rate")(rate_cmd)
+    app.command("calibrate")(calibrate_cmd)

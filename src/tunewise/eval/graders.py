@@ -434,6 +434,25 @@ class PairwiseJudge:
     def version(self) -> str:
         return sha256_text("pairwise\0" + self.template)[:12]
 
+    def verdicts_both_orders(
+        self,
+        examples: Sequence[Example],
+        a: Sequence[str],
+        b: Sequence[str],
+        *,
+        progress: bool = False,
+    ) -> tuple[list[str | None], list[str | None]]:
+        """The raw winners ("a" = the answer shown first) with A first, then with B first; None
+        where a reply did not parse. For the position-bias check (eval/calibration.py)."""
+        prompts: list[str] = []
+        for ex, x, y in zip(examples, a, b, strict=True):
+            req, ref = _request_text(ex.prompt_messages), ex.target
+            prompts.append(self.template.format(request=req, reference=ref, a=x, b=y))
+            prompts.append(self.template.format(request=req, reference=ref, a=y, b=x))
+        requests = _requests(prompts, self.max_new_tokens, self.adapter)
+        replies = [r.text for r in self.backend.generate(requests, progress=progress)]
+        return [parse_winner(r) for r in replies[0::2]], [parse_winner(r) for r in replies[1::2]]
+
     def compare_many(
         self,
         examples: Sequence[Example],

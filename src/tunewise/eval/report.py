@@ -13,6 +13,7 @@ each training run's ``run.json`` for loss curves.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Sequence
@@ -182,13 +183,29 @@ def _verdicts(
     return out, True
 
 
-def _load_ratings(eval_dir: Path) -> list[dict[str, Any]]:
-    from tunewise.eval import human
+def _load_ratings(eval_dir: Path, run: EvalRun) -> list[dict[str, Any]]:
+    """Human ratings per pair, with the judge's agreement with them where it was measured."""
+    from tunewise.eval import calibration, human
 
     db = eval_dir / human.DB_NAME
     if not db.is_file():
         return []
-    return [s for s in human.summaries(db) if s["n"] > 0]
+    out = [s for s in human.summaries(db) if s["n"] > 0]
+    found = {(x["a"], x["b"]): x for x in calibration.agreement_from_eval(run, db)}
+    path = eval_dir / calibration.CALIBRATION_FILE
+    saved = json.loads(path.read_text()) if path.is_file() else {"pairs": []}
+    bias = {(p["a"], p["b"]): p["position_bias"] for p in saved.get("pairs", [])}
+    for s in out:
+        k = found.get((s["a"], s["b"]))
+        s["judge"] = (
+            f"kappa {_fmt(k['kappa'], 2)} [{_interval(k['ci_low'], k['ci_high'])}], "
+            f"agreement {_fmt(k['raw_agreement'], 2)}"
+            if k
+            else "–"
+        )
+        b = bias.get((s["a"], s["b"]))
+        s["flips"] = f"{_fmt(b['flip_share'], 2)} of {b['n']}" if b else "–"
+    return out
 
 
 def build_context(eval_dir: Path, train_runs: Sequence[Path] = ()) -> dict[str, Any]:
@@ -248,7 +265,7 @@ def build_context(eval_dir: Path, train_runs: Sequence[Path] = ()) -> dict[str, 
         **_confusion(run, best),
         **_training(eval_dir, [Path(p) for p in train_runs], primary),
         "worst": {n: _worst(run, n, primary) for n in names},
-        "ratings": _load_ratings(eval_dir),
+        "ratings": _load_ratings(eval_dir, run),
         "champion": _champion(run, verdicts, primary),
         "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
@@ -520,6 +537,9 @@ def _md_ratings(ctx: dict[str, Any]) -> list[str]:
         win, ci = _fmt(r["win_rate_a"]), _interval(r["ci_low"], r["ci_high"])
         rows.append([e(r["a"]), e(r["b"]), r["wins_a"], r["wins_b"], r["ties"], win, ci])
     header = ["A", "B", "A wins", "B wins", "ties", "win rate A", "95% CI"]
+    for row, r in zip(rows, ctx["ratings"], strict=True):
+        row += [r["judge"], r["flips"]]
+    header += ["judge vs people", "judge flips when swapped"]
     return _md_section("Human side-by-side ratings", header, rows)
 
 
