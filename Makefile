@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BROWSER_STAMP := $(VENV)/.browser
 
-.PHONY: setup demo test test-fast lint bench clean
+.PHONY: setup demo test test-fast lint bench clean gpu-check gpu-check-prep
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -40,6 +40,37 @@ test-fast: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench examples
+
+# --- GPU check (bench/gpu_check.py): real model shapes on one GPU, JSON out ------------------
+# `make gpu-check-prep` (here, with network) writes what a GPU machine without network lacks:
+# the embedded tokenizer, and wheels of tunewise's own pydantic/fastapi stack for Python 3.12.
+# `make gpu-check` (there) uses the machine's own python3 with torch/transformers/peft/accelerate,
+# installs those wheels only if pydantic or fastapi is missing, and runs the check (sized for
+# < 8 min on one H200; not yet run on one). With the device tool: carry [".whl", "bench/out/gpu-check"] and run
+# `make gpu-check GPU_CHECK_OUT=$$OUT/gpu-check.json`.
+GPU_PY ?= python3
+GPU_CHECK_DIR := bench/out/gpu-check
+GPU_CHECK_OUT ?= $(GPU_CHECK_DIR)/gpu-check.json
+GPU_CHECK_ARGS ?=
+GPU_SITE := /tmp/tunewise-gpu-site
+GPU_TOKENIZER := $(wildcard $(GPU_CHECK_DIR)/tokenizer/tokenizer_config.json)
+GPU_WHEELS := pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 \
+	typing-inspection==0.4.5 typing-extensions==4.16.0 fastapi==0.165.0 starlette==1.10.0 \
+	opentelemetry-api==1.45.2
+
+gpu-check-prep: $(STAMP)
+	$(BIN)/python bench/gpu_check.py --export-tokenizer $(GPU_CHECK_DIR)/tokenizer
+	$(BIN)/python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+		--implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+		--platform manylinux2014_x86_64 -d .whl $(GPU_WHEELS)
+
+gpu-check:
+	@if ! $(GPU_PY) -c "import pydantic, fastapi" 2>/dev/null && ls .whl/*.whl >/dev/null 2>&1; \
+	then $(GPU_PY) -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+		--target $(GPU_SITE) .whl/*.whl; fi
+	PYTHONPATH=$(GPU_SITE):src PYTHONUNBUFFERED=1 $(GPU_PY) bench/gpu_check.py --out $(GPU_CHECK_OUT) \
+		$(if $(GPU_TOKENIZER),--tokenizer $(GPU_CHECK_DIR)/tokenizer) \
+		$(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

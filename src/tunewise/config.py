@@ -69,6 +69,25 @@ class ModelConfig(_Section):
         "smollm2-135m-instruct", description="built-in name, local HF directory or hub id"
     )
     trust_remote_code: bool = False
+    device: str = Field(
+        "auto",
+        description="where the model runs: auto (a CUDA GPU, cuda:LOCAL_RANK under accelerate; "
+        "else Apple mps; else the CPU), cpu, cuda, cuda:N or mps",
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto",
+        description="number format of the weights. auto: bf16 on a GPU that has it (fp16 on older "
+        "GPUs), fp32 on the CPU; full fine-tuning keeps fp32 weights under 16-bit autocast",
+    )
+
+    @field_validator("device")
+    @classmethod
+    def _device_is_known(cls, v: str) -> str:
+        from tunewise.device import DEVICE_HELP, DEVICE_PATTERN
+
+        if not DEVICE_PATTERN.fullmatch(v):
+            raise ValueError(f"expected {DEVICE_HELP}, got {v!r}")
+        return v
 
 
 LoraTarget = Literal["all-linear", "qv", "attn", "mlp"]

@@ -88,8 +88,15 @@ def export_merged(
         else:
             from peft import PeftModel
 
+            from tunewise import device
+
             ref = _base_ref(v)
-            base = models.load_model(ref)
+            # The policy merges on the CPU in the checkpoint's own dtype (a bf16 base merges to a
+            # bf16 model of the same size).
+            placement = device.choose(
+                device.detect(), purpose="export", stored_dtype=device.stored_dtype(ref.path)
+            )
+            base = models.load_model(ref, placement=placement)
             merged = PeftModel.from_pretrained(base, str(v.weights_dir)).merge_and_unload()
             merged.save_pretrained(tmp, safe_serialization=True)
             tok_src = (

@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     import torch
 
     from tunewise.cache import GenCache
+    from tunewise.device import Placement
 
 # GenRequest, GenResult and PromptTooLongError live in tunewise.backend; most callers know them
 # as part of the engine's interface and import them from here.
@@ -90,23 +91,30 @@ class Engine:
         cache: GenCache | None = None,
         dtype: str | None = None,
         trust_remote_code: bool = False,
+        placement: Placement | None = None,
     ) -> None:
         import torch
         from transformers.utils import logging as hf_logging
 
+        from tunewise import device
         from tunewise.models import load_model, load_tokenizer
 
         if batch_size < 1 or max_loaded_adapters < 1:
             raise UserError("batch_size and max_loaded_adapters must be at least 1")
         self.ref = ref
-        self.quantize_4bit = quantize_4bit
         self.batch_size = batch_size
         self.cache = cache
         self.tokenizer = load_tokenizer(ref, trust_remote_code=trust_remote_code)
         hf_logging.disable_progress_bar()
-        base = load_model(
-            ref, quantize_4bit=quantize_4bit, dtype=dtype, trust_remote_code=trust_remote_code
-        )
+        # Device, dtype, 4-bit and attention from the one policy (tunewise.device): a GPU gets
+        # the weights in bf16/fp16; ``dtype`` and ``quantize_4bit`` are requests to that policy.
+        if placement is None:
+            placement = device.choose(
+                device.detect(), purpose="infer", quantize_4bit=quantize_4bit, dtype=dtype or "auto"
+            )
+        self.placement = placement
+        self.quantize_4bit = quantize_4bit = placement.quantize_4bit
+        base = load_model(ref, placement=placement, trust_remote_code=trust_remote_code)
         base.eval()
         self._base = base
         self.pool = AdapterPool(base, ref, max_loaded=max_loaded_adapters)
@@ -121,8 +129,12 @@ class Engine:
         # transformers 5.x renamed past_key_values -> cache; accept both so other archs work.
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
         self._logits_to_keep = "logits_to_keep" in params
+        # fp32 keys stay as they were before the policy existed, so old caches keep their hits.
+        dtype = placement.compute_dtype if quantize_4bit else placement.dtype
         self.model_key = (
-            ref.weight_hash + (":nf4" if quantize_4bit else "") + (f":{dtype}" if dtype else "")
+            ref.weight_hash
+            + (":nf4" if quantize_4bit else "")
+            + (f":{dtype}" if dtype != "float32" else "")
         )
         self._torch = torch
 

@@ -320,35 +320,52 @@ def load_model(
     dtype: str | None = None,
     trust_remote_code: bool = False,
     device_map: Any = None,
+    compute_dtype: str = "bfloat16",
+    attn_implementation: str | None = None,
+    placement: Any = None,
 ):
     """Load the causal LM for a method.
 
-    ``quantize_4bit`` gives the QLoRA base: NF4 with double quantization and a bf16 compute dtype
-    through ``BitsAndBytesConfig`` (``from_pretrained(load_in_4bit=True)`` is gone in
-    transformers 5).
+    ``placement`` (a :class:`tunewise.device.Placement`) sets device, dtype, 4-bit and attention
+    at once and overrides the single keywords; without it they keep their old meaning.
+    ``quantize_4bit`` gives the QLoRA base: NF4 with double quantization and a ``compute_dtype``
+    (bf16 unless the GPU lacks it) through ``BitsAndBytesConfig``
+    (``from_pretrained(load_in_4bit=True)`` is gone in transformers 5).
     """
     import torch
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
+    if placement is not None:
+        kw = placement.load_kwargs()
+        quantize_4bit, dtype, device_map = kw["quantize_4bit"], kw["dtype"], kw["device_map"]
+        compute_dtype, attn_implementation = kw["compute_dtype"], kw["attn_implementation"]
     kwargs: dict[str, Any] = {"use_safetensors": True, "trust_remote_code": trust_remote_code}
     if quantize_4bit:
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.bfloat16,
+            bnb_4bit_compute_dtype=getattr(torch, compute_dtype),
         )
     if dtype is not None:
         kwargs["dtype"] = getattr(torch, dtype)
     if device_map is not None:
         kwargs["device_map"] = device_map
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
     from transformers.utils import logging as hf_logging
 
     # A sub-second "Loading weights" bar in the middle of a ladder's output is noise.
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
-        model = AutoModelForCausalLM.from_pretrained(ref.path, **kwargs)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(ref.path, **kwargs)
+        except ValueError as exc:
+            # flash-attn is installed but this architecture has no flash-attention path: SDPA.
+            if kwargs.pop("attn_implementation", None) is None or "flash" not in str(exc).lower():
+                raise
+            model = AutoModelForCausalLM.from_pretrained(ref.path, **kwargs)
     finally:
         if bars:
             hf_logging.enable_progress_bar()

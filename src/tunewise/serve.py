@@ -401,6 +401,7 @@ def serve(
     quantize_4bit: bool = False,
     threads: int | None = None,
     log_level: str = "info",
+    device: str = "auto",
 ) -> None:
     """Load the base model and run the server until interrupted."""
     import torch
@@ -409,16 +410,26 @@ def serve(
     if threads:
         # On a shared or small CPU, fewer intra-op threads avoid oversubscription stalls.
         torch.set_num_threads(threads)
+    from tunewise import device as device_policy
     from tunewise.infer import Engine
     from tunewise.models import resolve
     from tunewise.registry import Registry
 
+    placement = device_policy.choose(
+        device_policy.detect(),
+        purpose="infer",
+        quantize_4bit=quantize_4bit,
+        device=device,
+        where="--device",
+    )
     engine = Engine(
         resolve(base),
-        quantize_4bit=quantize_4bit,
         max_loaded_adapters=max_loaded_adapters,
         batch_size=batch_size,
+        placement=placement,
     )
+    quant = " (linears in NF4)" if placement.quantize_4bit else ""
+    print(f"base {engine.ref.name} on {placement.device} in {placement.dtype}{quant}", flush=True)
     settings = ServeSettings(
         api_key=api_key or None,
         batch_window_ms=batch_window_ms,

@@ -50,6 +50,12 @@ def serve_command(
     threads: int = typer.Option(
         None, "--threads", help="torch CPU threads (default: torch's choice)."
     ),
+    device: str = typer.Option(
+        "auto",
+        "--device",
+        help="auto (a CUDA GPU, else mps, else the CPU) | cpu | cuda | cuda:N | mps. "
+        "GPU weights are bf16 (fp16 without bf16), CPU weights fp32.",
+    ),
 ) -> None:
     """Serve the base model and registry adapters with an OpenAI-compatible API."""
     from tunewise.serve import serve
@@ -68,6 +74,7 @@ def serve_command(
         batch_window_ms=batch_window_ms,
         quantize_4bit=qlora,
         threads=threads,
+        device=device,
     )
 
 

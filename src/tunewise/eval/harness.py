@@ -145,11 +145,16 @@ class _Harness:
         return self._engine
 
     def _new_engine(self, model: str | Path) -> Any:
-        from tunewise import models
+        from tunewise import device, models
         from tunewise.cache import GenCache
         from tunewise.infer import Engine
 
-        eng = Engine(models.resolve(model), batch_size=self.cfg.eval.batch_size, cache=GenCache())
+        eng = Engine(
+            models.resolve(model),
+            batch_size=self.cfg.eval.batch_size,
+            cache=GenCache(),
+            placement=device.for_project(self.cfg, "infer"),  # model.device / model.dtype
+        )
         self._own_engines.append(eng)
         return eng
 

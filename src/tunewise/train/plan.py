@@ -3,12 +3,14 @@
 The estimate is a sum of parts, each a closed formula in the model's dimensions (read from
 ``config.json``, never from the weights, so a 70B plan costs nothing):
 
-* **weights**: bytes per parameter by method and device: 16-bit on GPU for LoRA and full, NF4 with
+* **weights**: bytes per parameter by method and device (:mod:`tunewise.device`'s policy): 16-bit
+  on GPU for LoRA, fp32 for full (under autocast), NF4 with
   double quantization (~4.13 bits) for the linear layers under QLoRA, fp32 on the CPU;
 * **LoRA adapter**: ``r * (in + out)`` per targeted linear, kept in fp32 (PEFT upcasts adapters);
-* **gradients** and **optimizer state**: only for trainable parameters. Full fine-tuning on GPU
-  uses the 16-byte "mixed-precision Adam" budget (16-bit weights and grads, fp32 master copy,
-  fp32 Adam moments); LoRA pays 4 + 4 + 8 bytes per adapter parameter;
+* **gradients** and **optimizer state**: only for trainable parameters. Full fine-tuning keeps
+  fp32 weights, grads and AdamW moments (under bf16 autocast on a GPU, :mod:`tunewise.device`):
+  16 bytes per parameter, the budget of "mixed-precision Adam"; LoRA pays 4 + 4 + 8 bytes per
+  adapter parameter;
 * **activations**: elements saved for backward per token and layer (calibrated against measured
   peak RSS of the 135M model on this project's CPU, see ``docs/plan.md``), times tokens
   (``batch * seq_len``) and layers; with gradient checkpointing only each layer's input is kept,
@@ -437,8 +439,14 @@ def plan(
         )
     dims = model_dims(model)
     n = dims.n_params
-    weight_bytes = 4.0 if device == "cpu" else 2.0
-    act_bytes = 4.0 if device == "cpu" else 2.0
+    # Byte sizes from the policy training itself follows (tunewise.device), for a typical bf16
+    # GPU or a CPU: 16-bit frozen weights for LoRA on a GPU, fp32 weights under autocast for full.
+    from tunewise import device as device_policy
+
+    caps = device_policy.TYPICAL_GPU if device == "gpu" else device_policy.TYPICAL_CPU
+    placement = device_policy.choose(caps, purpose="train", method=method)
+    weight_bytes = float(device_policy.DTYPE_BYTES[placement.dtype])
+    act_bytes = 2.0 if placement.autocast else weight_bytes
     tokens = seq_len * batch
     parts: dict[str, float] = {}
     notes: list[str] = []
@@ -448,19 +456,15 @@ def plan(
     )
     if method == "full":
         n_trainable = n
-        if device == "gpu":
-            # mixed-precision Adam: 16-bit weights and grads, fp32 master weights and two moments
-            parts["weights"] = 2.0 * n
-            parts["gradients"] = 2.0 * n
-            parts["optimizer"] = 12.0 * n
-            notes.append(
-                "full: 16-bit mixed-precision AdamW, 16 bytes/param (2 weights + 2 grads + 4 fp32 master + 8 moments)"
-            )
-        else:
-            parts["weights"] = 4.0 * n
-            parts["gradients"] = 4.0 * n
-            parts["optimizer"] = 8.0 * n
-            notes.append("full on CPU: fp32 AdamW, 16 bytes/param")
+        # AdamW keeps its two moments in the weights' dtype; the Trainer keeps no extra copy.
+        parts["weights"] = weight_bytes * n
+        parts["gradients"] = weight_bytes * n
+        parts["optimizer"] = 2 * weight_bytes * n
+        mixed = f" under {placement.autocast} autocast" if placement.autocast else ""
+        notes.append(
+            f"full: {placement.dtype} weights, grads and AdamW moments{mixed}, "
+            f"{4 * weight_bytes:g} bytes/param"
+        )
     else:
         n_trainable = lora_params(dims, lora_r, target_modules)
         if method == "qlora":

@@ -266,13 +266,13 @@ def build_model(cfg: ProjectConfig, ref: models.ModelRef, method: str) -> Any:
     """The model for a method: full (every weight trains), LoRA, or LoRA on a 4-bit NF4 base."""
     import torch
 
-    cuda = torch.cuda.is_available()
-    dtype = "bfloat16" if cuda and torch.cuda.is_bf16_supported() and method != "full" else None
+    from tunewise import device
+
+    # Device, dtype, 4-bit and attention from the one policy (tunewise.device).
+    placement = device.for_project(cfg, "train", method=method)
+    cuda = placement.kind == "cuda"
     model = models.load_model(
-        ref,
-        quantize_4bit=method == "qlora",
-        dtype=dtype,
-        trust_remote_code=cfg.model.trust_remote_code,
+        ref, placement=placement, trust_remote_code=cfg.model.trust_remote_code
     )
     if method == "full":
         return model
@@ -379,29 +379,26 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def use_bf16(precision: str) -> bool:
-    """bf16 autocast when asked, or (``auto``) on a CUDA GPU that supports it.
-
-    On a CPU, bf16 is opt-in: with native AVX512-BF16 it trained 1.4-1.8x faster here, but the
-    validation loss it reports comes from bf16 logits and read higher than fp32 on the same
-    weights, and tunewise compares losses across runs.
-    """
-    import torch
-
-    if precision != "auto":
-        return precision == "bf16"
-    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-
-
 def training_args(cfg: ProjectConfig, run_dir: Path, *, has_val: bool) -> Any:
-    import torch
     from transformers import TrainingArguments
 
+    from tunewise import device
+
     t = cfg.train
-    cuda = torch.cuda.is_available()
+    placement = device.for_project(cfg, "train")
+    cuda = placement.kind == "cuda"
+    caps = device.detect()
     sched = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[
         t.scheduler
     ]
+    # transformers renamed gradient_checkpointing to activation_checkpointing after 5.17 (the
+    # version GPU images still carry); use the new name wherever it exists.
+    fields = TrainingArguments.__dataclass_fields__
+    ckpt = (
+        "activation_checkpointing"
+        if "activation_checkpointing" in fields
+        else "gradient_checkpointing"
+    )
     return TrainingArguments(
         output_dir=str(run_dir / "checkpoints"),
         per_device_train_batch_size=t.batch_size,
@@ -425,26 +422,30 @@ def training_args(cfg: ProjectConfig, run_dir: Path, *, has_val: bool) -> Any:
         data_seed=t.seed,
         include_num_input_tokens_seen="non_padding",
         # QLoRA on a CPU keeps its own bf16 compute dtype inside the 4-bit layers, without autocast.
-        bf16=use_bf16(t.precision) and (cuda or t.method != "qlora"),
+        bf16=placement.autocast == "bf16",
+        fp16=placement.autocast == "fp16",
         remove_unused_columns=False,
         label_names=["labels"],  # a PeftModel hides the signature the Trainer would infer it from
         train_sampling_strategy="group_by_length" if t.group_by_length else "random",
-        activation_checkpointing=t.gradient_checkpointing,  # transformers 5's name for it
         # Non-reentrant checkpointing needs no input that requires grad, so frozen-base LoRA works.
-        activation_checkpointing_kwargs={"use_reentrant": False}
-        if t.gradient_checkpointing
-        else None,
+        **{
+            ckpt: t.gradient_checkpointing,
+            f"{ckpt}_kwargs": {"use_reentrant": False} if t.gradient_checkpointing else None,
+        },
         ddp_find_unused_parameters=False if cfg.train.method != "full" else None,
         save_only_model=False,
         dataloader_num_workers=0,
         dataloader_pin_memory=cuda,
         # Several processes without CUDA: accelerate's MULTI_CPU mode (DDP over gloo) needs the
         # CPU flag, or each process would train alone on its own copy.
-        # Trainer refuses bf16 without CUDA unless told it runs on the CPU on purpose.
-        use_cpu=not cuda
+        # Trainer refuses bf16 without CUDA unless told it runs on the CPU on purpose, and would
+        # take a GPU (or mps) that model.device=cpu turned down.
+        use_cpu=placement.kind == "cpu"
         and (
             int(os.environ.get("WORLD_SIZE", "1")) > 1
-            or (use_bf16(t.precision) and t.method != "qlora")
+            or placement.autocast is not None
+            or caps.cuda
+            or caps.mps
         ),
     )
 
@@ -525,6 +526,9 @@ def train(
     set_seed(cfg.train.seed)
     model = build_model(cfg, prep.ref, prep.method)
     recorder = RunRecorder(prep)
+    from tunewise import device
+
+    recorder.record["placement"] = device.for_project(cfg, "train").to_dict()
     recorder.write()
 
     callbacks: list[Any] = [JsonlLogger(prep.run_dir / "logs.jsonl")]
