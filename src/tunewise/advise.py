@@ -437,7 +437,7 @@ def facts_from_dir(eval_dir: Path) -> Facts:
     if (eval_dir / EVAL_FILE).is_file():
         cands = EvalRun.load(eval_dir / EVAL_FILE).candidates
         for c in cands:
-            if c.kind == "finetuned":
+            if c.kind in ("finetuned", "pooled"):  # pooled: the mean over training seeds
                 methods[c.name] = c.meta.get("method", "lora")
         no_llm = tuple(c.name for c in cands if c.kind in ("knn", "classical"))
     verdict = None

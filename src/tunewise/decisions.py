@@ -310,3 +310,61 @@ def with_judge_check(verdict: Verdict, comparison: Comparison, gate_cfg: GateCon
         reasons=[*verdict.reasons, reason],
         summary=summary,
     )
+
+
+# ----------------------------------------------------------------------------- seed variance
+def with_seeds(verdict: Verdict, comparison: Comparison, gate_cfg: GateConfig) -> Verdict:
+    """The pooled verdict of a group of seeds, also requiring the worst seed to clear every
+    baseline (:mod:`tunewise.seeds`).
+
+    ``comparison.meta["seed_groups"]`` maps the pooled candidate to its seed candidates. The worst
+    seed is the one with the lowest primary metric; it gets the same superiority test as the pooled
+    candidate, against the same baselines. Both claims must hold, so the false-ship rate stays at
+    ``alpha`` (intersection-union). A single seed, or a candidate that is not a group, is left
+    as it is.
+    """
+    from tunewise import gate
+    from tunewise.seeds import seed_spread
+
+    members = comparison.meta.get("seed_groups", {}).get(verdict.candidate)
+    if not members or len(members) < 2:
+        return verdict
+    primary = comparison.primary_metric
+    spread = seed_spread(comparison, members, primary)
+    values = ", ".join(f"{m} {_f(v)}" for m, v in spread["values"].items())
+    head = (
+        f"{len(members)} seeds: {primary} {values} (range {_f(spread['min'])}..{_f(spread['max'])}"
+        f", sd {_f(spread['sd'])})"
+    )
+    worst = spread["worst"]
+    if worst is None:
+        reason = BaselineReason("worst seed", False, f"{head}; no seed has a usable score")
+    elif not gate_cfg.baselines:
+        reason = BaselineReason("worst seed", True, f"{head}; no baselines to clear")
+    else:
+        w = gate.superiority(comparison, worst, gate_cfg)
+        lost = [r.baseline for r in w.reasons if not r.passed]
+        if w.ship:
+            text = f"{head}; the worst seed ({worst}) also beats {', '.join(gate_cfg.baselines)}"
+        else:
+            what = f"does not clearly beat {', '.join(lost)}" if lost else "regresses a guard"
+            text = f"{head}; the worst seed ({worst}) {what}: " + "; ".join(
+                r.reason for r in w.reasons if not r.passed
+            )
+        reason = BaselineReason("worst seed", w.ship, text)
+    summary = verdict.summary
+    if verdict.ship and not reason.passed:
+        summary = (
+            f"DON'T SHIP {verdict.candidate}: the pooled test over {len(members)} seeds passes, "
+            f"but the worst seed ({worst}) does not clear every baseline"
+        )
+    elif verdict.ship:
+        summary += f" (pooled over {len(members)} seeds, and the worst seed too)"
+    else:
+        summary += f" (pooled over {len(members)} seeds)"
+    return replace(
+        verdict,
+        ship=verdict.ship and reason.passed,
+        reasons=[*verdict.reasons, reason],
+        summary=summary,
+    )

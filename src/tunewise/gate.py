@@ -95,14 +95,16 @@ def _judge_baseline(pair: PairedTest, alpha: float, delta: float) -> BaselineRea
 def decide(comparison: Comparison, candidate: str, gate_cfg: GateConfig) -> Verdict:
     """Ship or not: :func:`superiority`, or non-inferiority to ``gate.reference`` when
     ``gate.mode`` says so (:mod:`tunewise.decisions`); either way also not worse than the
-    production version when the comparison carries one (champion/challenger), and refused when a
-    judge-scored primary metric comes from a judge that agrees too little with people."""
+    production version when the comparison carries one (champion/challenger); for a group of
+    training seeds, the worst seed must clear the baselines too; and refused when a judge-scored
+    primary metric comes from a judge that agrees too little with people."""
     from tunewise import decisions
 
     if gate_cfg.mode == "non_inferiority":
         verdict = decisions.decide_non_inferiority(comparison, candidate, gate_cfg)
     else:
         verdict = superiority(comparison, candidate, gate_cfg)
+    verdict = decisions.with_seeds(verdict, comparison, gate_cfg)
     verdict = decisions.with_champion(verdict, comparison, gate_cfg)
     return decisions.with_judge_check(verdict, comparison, gate_cfg)
 

@@ -29,6 +29,7 @@ from tunewise.config import ProjectConfig, dump_project
 from tunewise.errors import UserError
 from tunewise.fsio import atomic_write_json, sha256_file, sha256_json
 from tunewise.learning_curve import CURVE_FILE, FRACTIONS
+from tunewise.seeds import seed_name
 
 BASELINE_CANDIDATES = ["prompt", "fewshot", "rag"]
 
@@ -135,12 +136,15 @@ def run_ladder(
     learning_curve: bool = False,
     console: Console | None = None,
     quiet: bool = False,
+    seeds: int = 1,
 ) -> LadderResult:
     """Run the whole ladder for a project; see the module docstring for caching rules."""
     from tunewise.data.checks import check_file
     from tunewise.data.split import split_file
 
     methods = methods or [cfg.train.method]
+    if seeds < 1:
+        raise UserError(f"--seeds {seeds}: expected 1 or more training seeds")
     for m in methods:
         if m not in ("lora", "qlora", "full"):
             raise UserError(f"--methods: unknown method {m!r} (expected lora, qlora or full)")
@@ -148,7 +152,7 @@ def run_ladder(
     con = ladder.console
     work = ladder.work
     full_cfg = dump_project(cfg)
-    total = 7 + len(methods) + int(final) + int(learning_curve)
+    total = 7 + len(methods) * seeds + int(final) + int(learning_curve)
     idx = iter(range(1, total + 1))
     train_hash = _file_hash(cfg.data.train)
     if train_hash is None:
@@ -235,30 +239,43 @@ def run_ladder(
         "baselines", eval_inputs | {"candidates": baselines + extra}, do_baselines, total, next(idx)
     )
 
-    # 4. training, once per method; an interrupted run resumes from its last checkpoint.
+    # 4. training, once per method (and per seed with --seeds N); an interrupted run resumes
+    # from its last checkpoint.
     runs: dict[str, Path] = {}
+    groups: dict[str, list[str]] = {}  # pooled candidate -> its seeds' candidates (--seeds N)
+    train_stages: list[str] = []
     for method in methods:
-        train_inputs = {
-            "split": ladder.keys["split"],
-            "train": full_cfg["train"] | {"method": method},
-            "model": full_cfg["model"],
-            "task": full_cfg["task"],
-        }
-        # One directory per training key: a changed config trains afresh beside the old run,
-        # and an interrupted run with the same key resumes from its last checkpoint.
-        run_dir = work / "runs" / f"{method}-{sha256_json(train_inputs)[:10]}"
+        group = f"finetuned-{method}" if len(methods) > 1 else "finetuned"
+        for k in range(seeds):
+            seed = cfg.train.seed + k
+            seed_cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"seed": seed})})
+            train_inputs = {
+                "split": ladder.keys["split"],
+                "train": full_cfg["train"] | {"method": method, "seed": seed},
+                "model": full_cfg["model"],
+                "task": full_cfg["task"],
+            }
+            # One directory per training key: a changed config trains afresh beside the old run,
+            # and an interrupted run with the same key resumes from its last checkpoint.
+            run_dir = work / "runs" / f"{method}-{sha256_json(train_inputs)[:10]}"
 
-        def do_train(method: str = method, run_dir: Path = run_dir) -> dict[str, Any]:
-            _train_or_resume(cfg, run_dir, method, con, quiet=quiet)
-            return {"run": str(run_dir / "run.json")}
+            def do_train(
+                method: str = method, run_dir: Path = run_dir, seed_cfg: ProjectConfig = seed_cfg
+            ) -> dict[str, Any]:
+                _train_or_resume(seed_cfg, run_dir, method, con, quiet=quiet)
+                return {"run": str(run_dir / "run.json")}
 
-        ladder.stage(f"train-{method}", train_inputs, do_train, total, next(idx))
-        runs[f"finetuned-{method}" if len(methods) > 1 else "finetuned"] = run_dir
+            stage = f"train-{method}" if seeds == 1 else f"train-{method}-seed{seed}"
+            ladder.stage(stage, train_inputs, do_train, total, next(idx))
+            train_stages.append(stage)
+            runs[group if seeds == 1 else seed_name(group, k)] = run_dir
+        if seeds > 1:
+            groups[group] = [seed_name(group, k) for k in range(seeds)]
 
     # 5. every candidate on the same validation items (baselines come back from the cache), and
     # the production version when the project has one: a new version must not regress from it.
     eval_dir = work / "eval"
-    train_keys = [ladder.keys[f"train-{m}"] for m in methods]
+    train_keys = [ladder.keys[stage] for stage in train_stages]
     from tunewise.champion import champion_runs, production_version, weights_hash
 
     champ_version = production_version(cfg.name)
@@ -279,6 +296,7 @@ def run_ladder(
             out_dir=eval_dir,
             progress=not quiet,
         )
+        _pool_seed_groups(eval_dir, groups)
         return {"eval": str(eval_dir / "eval.json")}
 
     eval_key = eval_inputs | {"train": train_keys} | champ_key
@@ -286,7 +304,8 @@ def run_ladder(
 
     # 6. statistics and the gate, for every fine-tuned candidate; the best passing one ships.
     def do_gate() -> dict[str, Any]:
-        return _compare_and_gate(cfg, eval_dir, list(runs), gate_bases, champ_spec)
+        gated = [*groups, *(r for r in runs if not any(r in m for m in groups.values()))]
+        return _compare_and_gate(cfg, eval_dir, gated, gate_bases, champ_spec)
 
     gate_out = ladder.stage(
         "compare-gate",
@@ -333,7 +352,12 @@ def run_ladder(
 
         reg = Registry()
         added: dict[str, Any] = {}
-        for cand, run_dir in runs.items():
+        # a group of seeds is registered as its first seed's run (the configured train.seed),
+        # under the group's verdict: the gate held the worst seed to the same bar
+        registered = {g: runs[m[0]] for g, m in groups.items()} | {
+            r: d for r, d in runs.items() if not any(r in m for m in groups.values())
+        }
+        for cand, run_dir in registered.items():
             version = reg.add(
                 run_dir, name=cfg.name, verdict=Path(gate_out["verdicts"][cand]), eval_dir=eval_dir
             )
@@ -376,7 +400,9 @@ def run_ladder(
             from tunewise.eval.harness import evaluate
 
             out = work / "eval-test"
-            chosen = {k: v for k, v in runs.items() if k == gate_out.get("ship")} or runs
+            shipped = gate_out.get("ship")
+            members = groups.get(shipped, [shipped])
+            chosen = {k: v for k, v in runs.items() if k in members} or runs
             evaluate(
                 cfg,
                 split="test",
@@ -386,7 +412,9 @@ def run_ladder(
                 out_dir=out,
                 progress=not quiet,
             )
-            test_gate = _compare_and_gate(cfg, out, list(chosen), gate_bases)
+            _pool_seed_groups(out, {g: m for g, m in groups.items() if set(m) <= set(chosen)})
+            gated = [g for g, m in groups.items() if set(m) <= set(chosen)] or list(chosen)
+            test_gate = _compare_and_gate(cfg, out, gated, gate_bases)
             return {"eval": str(out / "eval.json"), "ship": test_gate.get("ship")}
 
         ladder.stage(
@@ -401,6 +429,20 @@ def run_ladder(
     if ladder.result.all_cached:
         con.print("[bold]Nothing to do:[/] every stage is up to date.")
     return ladder.result
+
+
+def _pool_seed_groups(eval_dir: Path, groups: dict[str, list[str]]) -> None:
+    """Add each group's pooled candidate to eval.json and record the groups (--seeds N)."""
+    if not groups:
+        return
+    from tunewise.eval.results import EvalRun
+    from tunewise.seeds import pool_seeds
+
+    run = EvalRun.load(eval_dir / "eval.json")
+    run.candidates = [c for c in run.candidates if c.name not in groups]
+    run.candidates += [pool_seeds(run, g, m) for g, m in groups.items()]
+    run.meta["seed_groups"] = groups
+    run.save(eval_dir / "eval.json")
 
 
 def _compare_and_gate(
@@ -431,6 +473,7 @@ def _compare_and_gate(
                 seen.add((p.candidate, p.baseline, p.metric))
     comp.meta.update({"alpha": cfg.gate.alpha, "delta": cfg.gate.delta})
     attach_margin_tests(comp, run, cfg.gate, finetuned, champion)
+    comp.meta["seed_groups"] = run.meta.get("seed_groups", {})
     attach_judge_agreement(comp, run, eval_dir)
     save_comparison(comp, eval_dir / "comparison.json")
     verdicts: dict[str, str] = {}

@@ -170,6 +170,7 @@ def gate_cmd(
         comp = stats.compare(run, baselines=cfg.baselines, alpha=cfg.alpha)
     attach_margin_tests(comp, run, cfg, [candidate], champion)
     attach_judge_agreement(comp, run, eval_dir)
+    comp.meta["seed_groups"] = run.meta.get("seed_groups", {})  # tunewise run --seeds N
     comp.save(comp_path)
     verdict = decide(comp, candidate, cfg)
     save_verdict(verdict, eval_dir / VERDICT_FILE, cfg)
