@@ -1,15 +1,18 @@
 """Shared pieces of the training benchmarks (train_throughput.py, clinc_learning.py).
 
-CLINC150 -> chat JSONL, the one validation-loss function every run is scored with, batched greedy
-generation, and a peak-RSS helper. Kept apart from the library on purpose: the benchmarks judge
-the library, so they do not reuse its collator or its engine to score it.
+CLINC150 -> chat JSONL, the one validation-loss function every run is scored with (also as a
+curve during training, :class:`ValCurve`), batched greedy generation, the CPU's flags, and a
+peak-RSS helper. Kept apart from the library on purpose: the benchmarks judge the library, so
+they do not reuse its collator or its engine to score it.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
 import resource
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +21,51 @@ REPO = Path(__file__).resolve().parent.parent
 CLINC = REPO.parent / "shared" / "datasets" / "clinc150" / "data_full.json"
 DEMO = REPO / "examples" / "ticket-triage" / "data" / "tickets.jsonl"
 IGNORE = -100
+
+
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16")
+# Settings that cap what torch, oneDNN and MKL use, e.g. to run an AVX2 measurement on a newer CPU.
+ISA_ENV = (
+    "ATEN_CPU_CAPABILITY",
+    "ONEDNN_MAX_CPU_ISA",
+    "MKL_ENABLE_INSTRUCTIONS",
+    "OMP_NUM_THREADS",
+)
+
+
+def cpu_report() -> dict[str, Any]:
+    """What the bench ran on: the CPU's vector flags, what torch dispatches to, the ISA caps."""
+    import torch
+
+    flags: set[str] = set()
+    model = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+            elif line.startswith("model name") and model == "?":
+                model = line.split(":", 1)[1].strip()
+    except OSError:  # not Linux: torch's own view below still says what it dispatches to
+        pass
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "flags": {f: f in flags for f in CPU_FLAGS},
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "torch_threads": torch.get_num_threads(),
+        "env": {k: os.environ[k] for k in ISA_ENV if k in os.environ},
+        "load_avg": os.getloadavg()[0],
+    }
+
+
+def cpu_line(report: dict[str, Any]) -> str:
+    flags = " ".join(f"{f}={'yes' if on else 'no'}" for f, on in report["flags"].items())
+    env = " ".join(f"{k}={v}" for k, v in report["env"].items()) or "no ISA caps set"
+    return (
+        f"CPU: {report['cpu']} ({report['cores']} cores); {flags}; torch dispatches to "
+        f"{report['torch_cpu_capability']} with {report['torch_threads']} threads; {env}; "
+        f"load average {report['load_avg']:.1f}"
+    )
 
 
 def peak_rss_bytes() -> int:
@@ -131,6 +179,64 @@ def answer_loss(
             total += float(loss)
             count += int((labels[:, 1:] != IGNORE).sum())
     return total / max(count, 1)
+
+
+def val_curve(tokenizer: Any, rows: Sequence[dict[str, Any]], every: int) -> Any:
+    """A ``TrainerCallback`` that records validation loss (:func:`answer_loss`) every ``every``
+    optimizer steps against training seconds, in ``.points`` as (seconds, step, loss); the
+    evaluations' own time is kept out of the clock (``.paused``). One class for every trainer of
+    a bench (plain ``Trainer``, TRL's, tunewise's), so all are measured by the same code."""
+    from transformers import TrainerCallback
+
+    class ValCurve(TrainerCallback):
+        def __init__(self) -> None:
+            self.points: list[tuple[float, int, float]] = []
+            self.paused = 0.0
+            self.t0 = time.perf_counter()
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            self.t0, self.paused = time.perf_counter(), 0.0
+            self._measure(kw["model"], 0)
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            if state.global_step % every == 0 or state.global_step >= state.max_steps:
+                self._measure(kw["model"], state.global_step)
+
+        def _measure(self, model: Any, step: int) -> None:
+            start = time.perf_counter()
+            elapsed = start - self.t0 - self.paused
+            training = model.training
+            loss = answer_loss(model, tokenizer, rows)
+            model.train(training)
+            self.points.append((elapsed, step, loss))
+            self.paused += time.perf_counter() - start
+
+    return ValCurve()
+
+
+def time_to_loss(curve: Sequence[Sequence[float]], target: float) -> float | None:
+    """Training seconds until the curve first reaches ``target`` (linear between points)."""
+    prev: tuple[float, float] | None = None
+    for t, _step, loss in curve:
+        if loss <= target:
+            if prev is None or prev[1] <= loss:
+                return t
+            t0, l0 = prev
+            return t0 + (t - t0) * (l0 - target) / (l0 - loss)
+        prev = (t, loss)
+    return None
+
+
+def speedup_at_equal_loss(
+    ref: Sequence[Sequence[float]], new: Sequence[Sequence[float]]
+) -> tuple[float, float] | None:
+    """(t_ref / t_new, target): how much sooner ``new`` reaches the worse of the two final
+    validation losses (both curves reach it by their end)."""
+    target = max(ref[-1][2], new[-1][2])
+    t_ref, t_new = time_to_loss(ref, target), time_to_loss(new, target)
+    if not t_ref or not t_new:
+        return None
+    return t_ref / t_new, target
 
 
 def greedy_answers(

@@ -30,9 +30,18 @@ def example(i: int, rng: random.Random) -> dict:
 
 
 def make_project(
-    root: Path, model_dir: Path | str, *, n_train: int = 40, n_val: int = 8, **train: object
+    root: Path,
+    model_dir: Path | str,
+    *,
+    n_train: int = 40,
+    n_val: int = 8,
+    system_prompt: str | None = None,
+    **train: object,
 ) -> Path:
-    """project.yaml plus splits in ``root/.tunewise/splits`` (where the ladder puts them)."""
+    """project.yaml plus splits in ``root/.tunewise/splits`` (where the ladder puts them).
+
+    ``system_prompt`` sets task.system_prompt (replacing the data's short one in every example).
+    """
     rng = random.Random(0)
     splits = root / ".tunewise" / "splits"
     splits.mkdir(parents=True, exist_ok=True)
@@ -54,6 +63,8 @@ def make_project(
             **train,
         },
     }
+    if system_prompt is not None:
+        cfg["task"] = {"system_prompt": system_prompt}
     path = root / "project.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path

@@ -107,3 +107,48 @@ def test_init_multiline_prompt_reads_as_a_block_and_cost_is_estimated(tmp_path, 
     # The model is local (real_model), so init measures tokens: the system prompt's share is named.
     assert any("tokens per example" in n and "system prompt is" in n for n in notes), notes
     assert any(n.startswith("training cost:") and "min of LoRA" in n for n in notes), notes
+
+
+def test_cost_estimate_counts_a_shared_prefix_once_per_batch(tmp_path, real_model):
+    """The demo's shape: a long system prompt every example starts with runs once per batch of 8
+    (train.shared_prefix: auto), so the epoch's computed tokens drop by that prefix 7 times in 8."""
+    import re
+
+    from tunewise import models
+    from tunewise.data.schema import load_examples
+    from tunewise.init import _shared_prefix_tokens
+
+    system = "Triage the support ticket. " + " ".join(f"Rule {i}: be precise." for i in range(20))
+    write(tmp_path / "t.jsonl", [["billing", "bug"][i % 2] for i in range(80)], system=system)
+    from tunewise.init import init_project
+
+    _, notes = init_project(tmp_path / "t.jsonl")
+    note = next(n for n in notes if "tokens per example" in n)
+    assert "run once per batch of 8 (train.shared_prefix: auto)" in note, note
+    computed, plain = (
+        int(x) for x in re.search(r"computes (\d+)k tokens, not (\d+)k", note).groups()
+    )
+    tok = models.load_tokenizer(models.resolve(models.DEFAULT_MODEL, allow_download=False))
+    prefix = _shared_prefix_tokens(tok, load_examples(tmp_path / "t.jsonl"), system)
+    assert prefix > len(tok(system)["input_ids"])  # the system turn and the user turn's opening
+    n_train = round(80 * 0.6)  # 20% validation, 20% sealed test below 300 examples
+    assert abs(plain - computed - prefix * (n_train - n_train // 8) / 1000) <= 1
+    cost = next(n for n in notes if n.startswith("training cost:"))
+    assert f"{computed}k tokens computed per epoch" in cost
+
+
+def test_cost_estimate_pays_the_prefix_per_row_when_sharing_would_not_pay(tmp_path, real_model):
+    long_user = " ".join(f"word{i}" for i in range(400))
+    with open(tmp_path / "t.jsonl", "w") as fh:
+        for i in range(30):
+            msgs = [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": f"{i} {long_user}"},
+                {"role": "assistant", "content": ["yes", "no"][i % 2]},
+            ]
+            fh.write(json.dumps({"messages": msgs}) + "\n")
+    from tunewise.init import init_project
+
+    _, notes = init_project(tmp_path / "t.jsonl")
+    note = next(n for n in notes if "tokens per example" in n)
+    assert "is paid on every training example" in note and "once per batch" not in note

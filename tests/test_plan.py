@@ -71,6 +71,34 @@ def test_answer_tokens_shrink_only_the_logits_term() -> None:
         plan(LLAMA2_7B, seq_len=512, answer_tokens=600)
 
 
+def test_shared_prefix_is_counted_once_per_batch() -> None:
+    """The demo's shape: 134 of ~199 tokens are the system prompt, batch 8."""
+    demo = "smollm2-135m-instruct"
+    plain = plan(demo, seq_len=200, batch=8, device="cpu", answer_tokens=8)
+    shared = plan(demo, seq_len=200, batch=8, device="cpu", answer_tokens=8, shared_prefix=134)
+    assert shared.shared_prefix == 134 and plain.shared_prefix == 0
+    # 134 + 8 x 66 = 662 tokens through the model instead of 1600, plus each row's attention
+    # reading the prefix's keys and values: between the token ratio and a little above it
+    ratio = shared.parts["activations"] / plain.parts["activations"]
+    assert 662 / 1600 < ratio < 662 / 1600 + 0.05
+    assert shared.parts["logits"] == plain.parts["logits"]  # answers only, either way
+    assert shared.parts["weights"] == plain.parts["weights"]
+    assert any("134 tokens run once per batch" in n for n in shared.assumptions)
+    # a batch of one has no other row to share with
+    one = plan(demo, seq_len=200, batch=1, device="cpu", shared_prefix=134)
+    assert one.shared_prefix == 0
+    assert one.total_bytes == plan(demo, seq_len=200, batch=1, device="cpu").total_bytes
+    # without answer_tokens the logits cover every position the suffix pass runs
+    full = plan(demo, seq_len=200, batch=8, device="cpu", shared_prefix=134)
+    assert full.parts["logits"] == pytest.approx(plain_logits(demo) * 8 * 66 / 1600, rel=1e-6)
+    with pytest.raises(UserError, match="--shared-prefix 200: must be at least 0 and below"):
+        plan(demo, seq_len=200, shared_prefix=200)
+
+
+def plain_logits(model: str) -> float:
+    return plan(model, seq_len=200, batch=8, device="cpu").parts["logits"]
+
+
 def test_local_dir_counts_match_the_loaded_model(tiny_model_dir) -> None:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -118,6 +146,13 @@ def test_cli_plan_json_and_table() -> None:
     data = json.loads(res.output)
     assert data["method"] == "qlora" and data["n_trainable"] == 39_976_960
     assert 4.2 < data["total_gib"] < 7.8
+    res = runner.invoke(app, ["plan", "--model", LLAMA2_7B, "--shared-prefix", "128", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["shared_prefix"] == 0  # batch 1: nothing to share
+    res = runner.invoke(
+        app, ["plan", "--model", LLAMA2_7B, "--batch", "8", "--shared-prefix", "128"]
+    )
+    assert res.exit_code == 0 and "shared prefix 128" in res.output, res.output
     res = runner.invoke(app, ["plan", "--model", LLAMA2_7B, "--method", "full"])
     assert res.exit_code == 0, res.output
     assert "does not fit" in res.output and "ZeRO-3" in res.output

@@ -23,8 +23,17 @@ def test_accelerate_launch_two_cpu_processes(tmp_path, tiny_model_dir):
     accelerate = shutil.which("accelerate", path=str(Path(PYTHON).parent))
     if accelerate is None:
         pytest.skip("accelerate CLI not installed beside the interpreter")
+    # A system prompt long enough for train.shared_prefix (auto) to run it once per batch: the
+    # prefix pass goes through DDP's inner module, the suffix pass through DDP.
+    system = "Classify the support ticket into billing, shipping or account. " * 4
     project = make_project(
-        tmp_path, tiny_model_dir, max_steps=4, eval_every=2, save_every=2, overfit_sample=1
+        tmp_path,
+        tiny_model_dir,
+        system_prompt=system,
+        max_steps=4,
+        eval_every=2,
+        save_every=2,
+        overfit_sample=1,
     )
     run = tmp_path / "run"
     env = subprocess_env()
@@ -63,6 +72,8 @@ def test_accelerate_launch_two_cpu_processes(tmp_path, tiny_model_dir):
     # two processes consume two batches of 4 per optimizer step: 4 steps cover 32 of 40 examples
     assert any("covers 0.8 epochs" in w for w in rec["warnings"]), rec["warnings"]
     assert rec["tokens_trained"] > 0
+    # each process ran 4 batches, every one with its prefix once (run.json is rank 0's count)
+    assert rec["shared_prefix"]["enabled"] and rec["shared_prefix"]["prefix_batches"] == 4
 
     import torch
     from peft import PeftModel

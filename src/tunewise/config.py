@@ -123,6 +123,13 @@ class TrainConfig(_Section):
     )
     overfit_repetition_threshold: float = Field(0.3, gt=0, le=1)
     group_by_length: bool = True
+    shared_prefix: Literal["auto", "off"] = Field(
+        "auto",
+        description="run the prefix every row of a batch shares (the system prompt) once per "
+        "batch, not once per row: same loss and gradients, fewer tokens through the model. auto: "
+        "on when it saves at least 10% of an epoch's tokens; rows are batched by prefix. LoRA "
+        "dropout draws one mask for the shared prefix (docs/training.md)",
+    )
     gradient_checkpointing: bool = Field(
         False,
         description="recompute activations in the backward pass: ~30% slower, far less activation memory; "
@@ -135,6 +142,12 @@ class TrainConfig(_Section):
         "and reads higher than fp32's, so it is opt-in",
     )
     seed: int = 0
+
+    @field_validator("shared_prefix", mode="before")
+    @classmethod
+    def _bare_off(cls, v: Any) -> Any:
+        # YAML 1.1 reads a bare `off` as false (and `on` as true, which stays an error).
+        return "off" if v is False else v
 
     @property
     def resolved_lr(self) -> float:

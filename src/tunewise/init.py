@@ -62,8 +62,27 @@ def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
 
 _Dumper.add_representer(str, _str)
 
-# LoRA on the 135M default model, measured on 2 idle CPU cores; a GPU is far faster.
+# LoRA on the 135M default model, measured on 2 idle CPU cores; a GPU is far faster. Tokens the
+# model computes: a prefix shared by a batch (train.shared_prefix) counts once per batch.
 CPU_TOKENS_PER_S = 250
+PREFIX_SAMPLE = 64  # examples whose common token prefix estimates the one training shares
+
+
+def _shared_prefix_tokens(tok: Any, examples: list[Any], system_prompt: str) -> int:
+    """Tokens every training example starts with, as the chat template renders them with the
+    project's system prompt (a spread sample; training measures each batch's own)."""
+    step = max(1, len(examples) // PREFIX_SAMPLE)
+    ids = [
+        tok(
+            tok.apply_chat_template(e.with_system(system_prompt).messages, tokenize=False),
+            add_special_tokens=False,
+        )["input_ids"]
+        for e in examples[::step][:PREFIX_SAMPLE]
+    ]
+    limit, first, n = min(len(x) for x in ids) - 1, ids[0], 0
+    while n < limit and all(x[n] == first[n] for x in ids):
+        n += 1
+    return n
 
 
 def _cost_notes(
@@ -71,10 +90,14 @@ def _cost_notes(
 ) -> list[str]:
     """Tokens per example (and the system prompt's share) and a CPU time estimate for training.
 
-    Only when the model is already local: init must stay instant and never download or convert.
+    The estimate counts what the model computes: with ``train.shared_prefix: auto`` (the
+    default) a prefix every example shares runs once per batch. Only when the model is already
+    local: init must stay instant and never download or convert.
     """
     from tunewise import models, paths
+    from tunewise.config import TrainConfig
     from tunewise.data.checks import token_lengths
+    from tunewise.train.prefix import MIN_PREFIX_TOKENS, MIN_SAVED_FRACTION
 
     if model in models.EMBEDDED and not (paths.models_dir() / model / models.MARKER).is_file():
         return [
@@ -86,18 +109,32 @@ def _cost_notes(
         sys_tokens = (
             len(tok(system_prompt, add_special_tokens=False)["input_ids"]) if system_prompt else 0
         )
+        prefix = _shared_prefix_tokens(tok, examples, system_prompt)
     except Exception as err:  # an estimate is a courtesy; never fail init over it
         return [f"token lengths not measured: {err}"]
     mean = sum(lengths) / len(lengths)
-    per_epoch = mean * len(examples) * train_frac
-    minutes = per_epoch * epochs / CPU_TOKENS_PER_S / 60
+    n_train = max(1, round(len(examples) * train_frac))
+    per_epoch = mean * n_train
+    batch = TrainConfig().batch_size
+    saved = prefix * (n_train - -(-n_train // batch))  # all but one row per batch skip it
+    sharing = prefix >= MIN_PREFIX_TOKENS and saved >= MIN_SAVED_FRACTION * per_epoch
+    computed = per_epoch - saved if sharing else per_epoch
+    minutes = computed * epochs / CPU_TOKENS_PER_S / 60
     notes = [
         f"{mean:.0f} tokens per example on average (longest {max(lengths)}); the system prompt is "
-        f"{sys_tokens} of them and is paid on every training example"
+        f"{sys_tokens} of them"
+        + (
+            f"; the {prefix} tokens every example starts with run once per batch of {batch} "
+            f"(train.shared_prefix: auto), so an epoch computes {computed / 1000:.0f}k tokens, "
+            f"not {per_epoch / 1000:.0f}k"
+            if sharing
+            else " and is paid on every training example"
+        )
     ]
     note = (
-        f"training cost: {per_epoch / 1000:.0f}k tokens per epoch x {epochs:g} epoch(s): ~{minutes:.0f} min of "
-        f"LoRA on 2 CPU cores (~{CPU_TOKENS_PER_S} tokens/s), minutes on a GPU"
+        f"training cost: {computed / 1000:.0f}k tokens computed per epoch x {epochs:g} "
+        f"epoch(s): ~{minutes:.0f} min of LoRA on 2 CPU cores (~{CPU_TOKENS_PER_S} tokens/s), "
+        "minutes on a GPU"
     )
     if minutes > 15:
         note += "; on a CPU, set train.max_steps or fewer epochs to try the ladder first"

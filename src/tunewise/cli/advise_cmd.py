@@ -46,6 +46,12 @@ def plan_cmd(
         help="labelled (answer) tokens per example: tunewise computes logits only there "
         "(default: every position)",
     ),
+    shared_prefix: int = typer.Option(
+        0,
+        "--shared-prefix",
+        help="tokens every example starts with (the system prompt): train.shared_prefix runs "
+        "them once per batch, not once per row (default 0: none)",
+    ),
     as_json: bool = typer.Option(False, "--json", help="print the plan as JSON"),
 ) -> None:
     """Estimate training memory (weights, gradients, optimizer, activations) and which GPUs fit.
@@ -66,6 +72,7 @@ def plan_cmd(
         grad_checkpointing=grad_checkpointing,
         device=device,  # type: ignore[arg-type]
         answer_tokens=answer_tokens,
+        shared_prefix=shared_prefix,
     )
     if as_json:
         typer.echo(json.dumps(p.to_json(), indent=2))
@@ -78,9 +85,10 @@ def _print_plan(p: MemoryPlan) -> None:
     from tunewise.train.plan import GIB, min_gpus_zero3
 
     trainable = f"{p.n_trainable / 1e6:,.1f}M trainable ({100 * p.n_trainable / p.n_params:.2f}%)"
+    shared = f" (shared prefix {p.shared_prefix})" if p.shared_prefix else ""
     console.print(
         f"[bold]{p.model}[/] ({p.n_params / 1e9:.2f}B params, {trainable}) - {p.method} on "
-        f"{p.device}, batch {p.batch} x seq {p.seq_len}, grad checkpointing "
+        f"{p.device}, batch {p.batch} x seq {p.seq_len}{shared}, grad checkpointing "
         f"{'on' if p.grad_checkpointing else 'off'}"
     )
     console.print(f"[dim]dimensions from {p.source}[/]")

@@ -246,10 +246,16 @@ class ChatCollator:
 class LengthGroupedSampler(Sampler[int]):
     """Shuffle, then sort within mega-batches of ``group`` batches so a batch holds similar lengths.
 
+    With ``groups`` (a prefix group id per example, -1 for none: :mod:`tunewise.train.prefix`),
+    batches are formed inside each group, so a batch's rows share their group's prefix and, sorted
+    by length within it, have suffixes of similar length; each group's last incomplete batch
+    joins a pool of leftovers that is batched the same way.
+
     The order is a pure function of ``(seed, epoch)``: a resumed run replays exactly the order of
     an uninterrupted one (the Trainer calls :meth:`set_epoch` at every epoch), independent of
     whatever consumed the global RNG before. Batches are shuffled after grouping so training does
-    not see lengths in a monotone order.
+    not see lengths in a monotone order. The DataLoader cuts the index stream into batches of
+    ``batch_size``: the one incomplete batch goes last so every batch before it stays as formed.
     """
 
     def __init__(
@@ -260,12 +266,16 @@ class LengthGroupedSampler(Sampler[int]):
         seed: int = 0,
         group: int = 50,
         by_length: bool = True,
+        groups: Sequence[int] | None = None,
     ) -> None:
         self.lengths = list(lengths)
         self.batch_size = max(1, batch_size)
         self.seed = seed
         self.group = group
         self.by_length = by_length
+        self.groups = list(groups) if groups is not None else None
+        if self.groups is not None and len(self.groups) != len(self.lengths):
+            raise ValueError("groups: one group id per example")
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -274,21 +284,46 @@ class LengthGroupedSampler(Sampler[int]):
     def __len__(self) -> int:
         return len(self.lengths)
 
+    def _pools(self, idx: list[int]) -> list[list[int]]:
+        """``idx`` split into lists whose batches never mix prefix groups (the last: leftovers)."""
+        if self.groups is None:
+            return [idx]
+        by_group: dict[int, list[int]] = {}
+        for i in idx:
+            by_group.setdefault(self.groups[i], []).append(i)
+        rest = by_group.pop(-1, [])
+        pools = []
+        for members in by_group.values():
+            cut = len(members) - len(members) % self.batch_size
+            pools.append(members[:cut])
+            rest += members[cut:]
+        return [*pools, rest]
+
+    def _batches(self, pool: list[int]) -> list[list[int]]:
+        bs = self.batch_size
+        if not self.by_length:
+            return [pool[b : b + bs] for b in range(0, len(pool), bs)]
+        mega = bs * self.group
+        out: list[list[int]] = []
+        for start in range(0, len(pool), mega):
+            chunk = sorted(pool[start : start + mega], key=lambda i: -self.lengths[i])
+            out.extend(chunk[b : b + bs] for b in range(0, len(chunk), bs))
+        return out
+
     def __iter__(self) -> Iterator[int]:
         rng = random.Random(self.seed * 100_003 + self.epoch)
         idx = list(range(len(self.lengths)))
         rng.shuffle(idx)
-        if not self.by_length:
+        if not self.by_length and self.groups is None:
             return iter(idx)
-        mega = self.batch_size * self.group
-        batches: list[list[int]] = []
-        for start in range(0, len(idx), mega):
-            chunk = sorted(idx[start : start + mega], key=lambda i: -self.lengths[i])
-            batches.extend(
-                chunk[b : b + self.batch_size] for b in range(0, len(chunk), self.batch_size)
-            )
-        rng.shuffle(batches)
-        # The longest batch goes first so an out-of-memory error shows up at step 1, not hours in.
-        longest = max(range(len(batches)), key=lambda b: max(self.lengths[i] for i in batches[b]))
-        batches.insert(0, batches.pop(longest))
-        return iter([i for b in batches for i in b])
+        batches = [b for pool in self._pools(idx) for b in self._batches(pool) if b]
+        full = [b for b in batches if len(b) == self.batch_size]
+        partial = [b for b in batches if len(b) < self.batch_size]
+        rng.shuffle(full)
+        if full and self.by_length:
+            # The longest batch goes first so an out-of-memory error shows up at step 1, not
+            # hours in.
+            longest = max(range(len(full)), key=lambda b: max(self.lengths[i] for i in full[b]))
+            full.insert(0, full.pop(longest))
+        # At most one short batch: every pool but the leftovers holds whole batches.
+        return iter([i for b in [*full, *partial] for i in b])

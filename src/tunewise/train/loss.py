@@ -17,8 +17,8 @@ from typing import Any
 IGNORE = -100
 
 
-def supports_sparse_logits(model: Any) -> bool:
-    """Whether the (unwrapped) model's forward accepts ``logits_to_keep``."""
+def forward_params(model: Any) -> set[str]:
+    """Parameter names of the (unwrapped) model's own forward, below DDP/FSDP and PEFT."""
     inner = model
     # DDP/FSDP wrappers expose .module; a PeftModel exposes .get_base_model().
     while hasattr(inner, "module"):
@@ -26,9 +26,14 @@ def supports_sparse_logits(model: Any) -> bool:
     if hasattr(inner, "get_base_model"):
         inner = inner.get_base_model()
     try:
-        return "logits_to_keep" in inspect.signature(inner.forward).parameters
+        return set(inspect.signature(inner.forward).parameters)
     except (TypeError, ValueError):
-        return False
+        return set()
+
+
+def supports_sparse_logits(model: Any) -> bool:
+    """Whether the (unwrapped) model's forward accepts ``logits_to_keep``."""
+    return "logits_to_keep" in forward_params(model)
 
 
 def labelled_positions(labels: Any) -> Any:
@@ -51,21 +56,26 @@ def answer_loss(
     ``num_items_in_batch`` when the Trainer passes it (exact under gradient accumulation), else
     the mean over labelled tokens.
     """
-    import torch
-    import torch.nn.functional as F
-
     labels = inputs["labels"]
     idx = labelled_positions(labels)
     model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
     outputs = model(**model_inputs, logits_to_keep=idx)
-    logits = outputs.logits  # (batch, len(idx), vocab)
-    targets = labels[:, idx + 1]  # (batch, len(idx))
+    # outputs.logits: (batch, len(idx), vocab); labels[:, idx + 1]: (batch, len(idx))
+    return reduce_loss(outputs.logits, labels[:, idx + 1], num_items_in_batch), outputs
+
+
+def reduce_loss(logits: Any, targets: Any, num_items_in_batch: Any = None) -> Any:
+    """Cross-entropy of ``logits`` (batch, n, vocab) against ``targets`` (batch, n), reduced the way
+    transformers' ``ForCausalLMLoss`` reduces it (see :func:`answer_loss`)."""
+    import torch
+    import torch.nn.functional as F
+
     total = F.cross_entropy(
         logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE, reduction="sum"
     )
     if num_items_in_batch is not None:
         if torch.is_tensor(num_items_in_batch):
             num_items_in_batch = num_items_in_batch.to(total.device)
-        return total / num_items_in_batch, outputs
+        return total / num_items_in_batch
     count = (targets != IGNORE).sum().clamp(min=1)
-    return total / count, outputs
+    return total / count

@@ -14,7 +14,9 @@ The estimate is a sum of parts, each a closed formula in the model's dimensions 
 * **activations**: elements saved for backward per token and layer (calibrated against measured
   peak RSS of the 135M model on this project's CPU, see ``docs/plan.md``), times tokens
   (``batch * seq_len``) and layers; with gradient checkpointing only each layer's input is kept,
-  plus one layer recomputed at a time;
+  plus one layer recomputed at a time. With a shared prefix of ``P`` tokens
+  (``train.shared_prefix``) a batch runs ``P + batch * (seq_len - P)`` tokens, plus each row's
+  attention keeping the prefix's keys and values;
 * **logits**: ``tokens * vocab`` in a few copies (the 16/32-bit logits, the fp32 log-softmax and
   its gradient): for small models with big vocabularies this is the largest activation;
 * **overhead**: the CUDA context and allocator slack on GPU; the Python/torch/transformers
@@ -169,6 +171,9 @@ LORA_PRESETS: dict[str, tuple[str, ...]] = {
 # product 4i) and calibrated against measured peak RSS on this project's CPU: 25.4k fp32
 # elements per token per layer for SmolLM2-135M with LoRA r=16 on all linears.
 ACT_H, ACT_I, ACT_KV = 21.0, 4.0, 3.0
+# A shared prefix runs once per batch, but every row's attention still reads its keys and values:
+# the concatenated keys/values (2 kv) and their expansion to the query heads (2 q) per row.
+ACT_PREFIX_KV, ACT_PREFIX_Q = 2.0, 2.0
 # LoRA with dropout saves the dropped-out input of every adapted linear (+ its mask).
 LORA_ACT_PER_INPUT = 1.25
 # Copies of tokens*vocab in the loss: measured ~2.7 fp32 copies on CPU (logits, log-softmax,
@@ -258,6 +263,7 @@ class MemoryPlan:
     lora_r: int | None
     target_modules: str | None
     grad_checkpointing: bool
+    shared_prefix: int  # tokens of the prefix run once per batch (0: none)
     n_params: int
     n_trainable: int
     parts: dict[str, int]
@@ -418,6 +424,7 @@ def plan(
     grad_checkpointing: bool = False,
     device: Device = "gpu",
     answer_tokens: int | None = None,
+    shared_prefix: int = 0,
 ) -> MemoryPlan:
     """Estimate peak training memory for ``model`` (see the module docstring for the formulas).
 
@@ -426,6 +433,8 @@ def plan(
     ``answer_tokens``: labelled tokens per example. tunewise computes logits only where there are
     labels, so the logits term shrinks from ``seq_len`` to this many positions per example; None
     plans for logits at every position (what trainers that compute the full loss need).
+    ``shared_prefix``: tokens every example of a batch starts with (the system prompt), which
+    ``train.shared_prefix`` runs once per batch instead of once per row.
     """
     if method not in ("lora", "qlora", "full"):
         raise UserError(f"--method {method!r}: expected lora, qlora or full")
@@ -437,6 +446,10 @@ def plan(
         raise UserError(
             f"--answer-tokens {answer_tokens}: must be between 1 and --seq-len ({seq_len})"
         )
+    if not 0 <= shared_prefix < seq_len:
+        raise UserError(
+            f"--shared-prefix {shared_prefix}: must be at least 0 and below --seq-len ({seq_len})"
+        )
     dims = model_dims(model)
     n = dims.n_params
     # Byte sizes from the policy training itself follows (tunewise.device), for a typical bf16
@@ -447,7 +460,10 @@ def plan(
     placement = device_policy.choose(caps, purpose="train", method=method)
     weight_bytes = float(device_policy.DTYPE_BYTES[placement.dtype])
     act_bytes = 2.0 if placement.autocast else weight_bytes
-    tokens = seq_len * batch
+    # Tokens the model runs per batch: a shared prefix once, each row's own tokens per row (a
+    # batch of one has nothing to share and runs the plain path).
+    shared = shared_prefix if batch > 1 else 0
+    tokens = shared + batch * (seq_len - shared)
     parts: dict[str, float] = {}
     notes: list[str] = []
 
@@ -489,6 +505,10 @@ def plan(
         * act_bytes
         * tokens
     )
+    if shared:
+        per_layer += (
+            (ACT_PREFIX_KV * dims.kv_dim + ACT_PREFIX_Q * dims.q_dim) * act_bytes * batch * shared
+        )
     if grad_checkpointing:
         # each layer keeps its input; backward recomputes one layer at a time
         parts["activations"] = (
@@ -497,7 +517,8 @@ def plan(
         notes.append("gradient checkpointing: layer inputs kept, one layer recomputed at a time")
     else:
         parts["activations"] = dims.num_hidden_layers * per_layer
-    logit_positions = batch * answer_tokens if answer_tokens is not None else tokens
+    # the prefix pass computes no logits
+    logit_positions = batch * answer_tokens if answer_tokens is not None else tokens - shared
     parts["logits"] = LOGIT_BYTES[device] * logit_positions * dims.vocab_size
     if answer_tokens is not None:
         notes.append(
@@ -506,9 +527,17 @@ def plan(
     if device == "cpu":
         parts["activations"] *= CPU_ACTIVATION_FACTOR
         parts["logits"] *= CPU_ACTIVATION_FACTOR
-    notes.append(
-        f"activations for batch {batch} x seq_len {seq_len} = {tokens} tokens, SDPA attention (no seq^2 term)"
-    )
+    if shared:
+        notes.append(
+            f"shared prefix: {shared} tokens run once per batch, so activations are for "
+            f"{shared} + {batch} x {seq_len - shared} = {tokens} tokens (not "
+            f"{batch * seq_len}), SDPA attention (no seq^2 term)"
+        )
+    else:
+        notes.append(
+            f"activations for batch {batch} x seq_len {seq_len} = {tokens} tokens, "
+            "SDPA attention (no seq^2 term)"
+        )
 
     if device == "gpu":
         subtotal = sum(parts.values())
@@ -542,6 +571,7 @@ def plan(
         if method == "full"
         else (target_modules if isinstance(target_modules, str) else ",".join(target_modules)),
         grad_checkpointing=grad_checkpointing,
+        shared_prefix=shared,
         n_params=n,
         n_trainable=n_trainable,
         parts={k: int(v) for k, v in parts.items()},

@@ -43,6 +43,8 @@ from tunewise.train.collate import (
     encode_all,
 )
 from tunewise.train.loss import answer_loss, supports_sparse_logits
+from tunewise.train.prefix import SharedPrefix
+from tunewise.train.prefix import resolve as resolve_shared_prefix
 from tunewise.train.record import BestKeeper, RunRecorder, read_run, recorder_callback
 
 TARGET_PRESETS: dict[str, list[str] | str] = {
@@ -281,7 +283,12 @@ def build_model(cfg: ProjectConfig, ref: models.ModelRef, method: str) -> Any:
     if method == "qlora":
         # Casts the few unquantized weights (norms, embeddings) to fp32 for stable training and
         # freezes the base; gradient checkpointing pays off on GPUs only.
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cuda)
+        # Non-reentrant, like train.gradient_checkpointing: a shared prefix needs it.
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=cuda,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
     torch.manual_seed(cfg.train.seed)  # LoRA A matrices start random: same seed, same start
     try:
         return get_peft_model(model, lora_config(cfg))
@@ -297,6 +304,7 @@ def _make_trainer_class() -> type:
 
         _tw_staging: str | None = None
         _tw_sparse: bool | None = None  # model takes logits_to_keep; decided on the first batch
+        _tw_prefix: SharedPrefix | None = None  # train.shared_prefix, resolved for this run
 
         def compute_loss(
             self,
@@ -321,7 +329,10 @@ def _make_trainer_class() -> type:
             # whole accumulated batch when the model takes loss kwargs, which tells the Trainer
             # not to divide by the accumulation steps again.
             n_items = num_items_in_batch if self.model_accepts_loss_kwargs else None
-            loss, outputs = answer_loss(model, inputs, n_items)
+            if self._tw_prefix is not None:
+                loss, outputs = self._tw_prefix.loss(model, inputs, n_items)
+            else:
+                loss, outputs = answer_loss(model, inputs, n_items)
             if self.args.average_tokens_across_devices and n_items is not None:
                 loss = loss * self.accelerator.num_processes  # n_items was summed over processes
             return (loss, outputs) if return_outputs else loss
@@ -333,6 +344,7 @@ def _make_trainer_class() -> type:
                 self.args.per_device_train_batch_size,
                 seed=self.args.seed,
                 by_length=self.args.train_sampling_strategy == "group_by_length",
+                groups=self._tw_prefix.groups if self._tw_prefix is not None else None,
             )
 
         def _get_output_dir(self, trial: Any) -> str:
@@ -364,6 +376,24 @@ def _make_trainer_class() -> type:
             self.accelerator.wait_for_everyone()
 
     return TunewiseTrainer
+
+
+def _shared_prefix(
+    cfg: ProjectConfig, prep: Prepared, model: Any, recorder: RunRecorder, console: Console
+) -> SharedPrefix:
+    """train.shared_prefix resolved for this data and model; run.json follows its counts."""
+    shared = resolve_shared_prefix(
+        cfg.train.shared_prefix, prep.train_ds.items, cfg.train.batch_size, model
+    )
+    recorder.record["shared_prefix"] = shared.stats  # the same dict: counts as training goes
+    if shared.warning:
+        recorder.record["warnings"].append(shared.warning)
+    if _is_main():
+        if shared.warning:
+            console.print(f"[yellow]warning:[/] {shared.warning}")
+        else:
+            console.print(f"[dim]shared prefix: {shared.reason}[/]")
+    return shared
 
 
 def _fsync_dir(path: str) -> None:
@@ -585,6 +615,7 @@ def train(
 
     for cb in (ProgressCallback, PrinterCallback):
         trainer.remove_callback(cb)
+    trainer._tw_prefix = _shared_prefix(cfg, prep, model, recorder, console)
 
     t0 = time.time()
     tokens0 = 0
