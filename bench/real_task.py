@@ -82,7 +82,8 @@ def clinc_project(
         "task": {
             "type": "labels",
             "labels": {"intent": intents},
-            "system_prompt": "You classify requests to a voice assistant. Reply with exactly one intent name "
+            "system_prompt": "You classify requests to a voice assistant. Reply with exactly one "
+            "intent name "
             "from this list and nothing else: " + ", ".join(intents) + ".",
         },
         "eval": {
@@ -192,7 +193,8 @@ def markdown(results: list[dict], model: str) -> str:
         for name, r in res["rows"].items():
             label = "knn (reference, no LLM)" if name == "knn" else name
             lines.append(
-                f"| {label} | {r['accuracy']} | {r['macro_f1']} | {r['format']} | {r['s_per_item']:.2f} |"
+                f"| {label} | {r['accuracy']} | {r['macro_f1']} | {r['format']} | "
+                f"{r['s_per_item']:.2f} |"
             )
         if "knn_all" in res:
             acc, n = res["knn_all"]

@@ -1,6 +1,7 @@
 """Speed and calibration of ``tunewise.eval.stats.compare``.
 
-    .venv/bin/python bench/stats_bootstrap.py [--n 3000] [--classes 150] [--n-boot 2000] [--sims 300]
+    .venv/bin/python bench/stats_bootstrap.py [--n 3000] [--classes 150] [--n-boot 2000] \\
+        [--sims 300]
 
 Speed: a synthetic eval with 6 candidates (3 baselines), ``--n`` items, ``--classes`` labels and
 three binary metrics, through ``compare`` (shared resampling weights, matrix products, sparse
@@ -113,7 +114,8 @@ def speed(n: int, k: int, n_boot: int) -> float:
         )
     ratio = ref_time / ours
     print(
-        f"compare(): {n} items x {len(NAMES)} candidates x 4 metrics ({k} classes), {n_boot} resamples, "
+        f"compare(): {n} items x {len(NAMES)} candidates x 4 metrics ({k} classes), {n_boot} "
+        "resamples, "
         f"{len(comp.pairs)} paired tests: {ours:.2f} s"
     )
     print(
@@ -167,7 +169,8 @@ def calibration(sims: int) -> None:
             ships += decide(comp, "lora", GateConfig(baselines=["prompt"], delta=0.0)).ship
         print(
             f"n={n:4d}, {sims} sims: 95% CI coverage bca {covered['bca'] / sims:.3f}, percentile "
-            f"{covered['percentile'] / sims:.3f}; equal candidates: McNemar rejects {rejects / sims:.3f}, "
+            f"{covered['percentile'] / sims:.3f}; equal candidates: McNemar rejects "
+            f"{rejects / sims:.3f}, "
             f"gate ships {ships / sims:.3f} (alpha 0.05)"
         )
 

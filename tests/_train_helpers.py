@@ -80,7 +80,8 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def losses_by_step(logs: list[dict]) -> dict[int, float]:
-    """Training loss per logged step; a step logged twice (before a kill and after resume) keeps the last."""
+    """Training loss per logged step; a step logged twice (before a kill and after resume) keeps
+    the last."""
     return {r["step"]: r["loss"] for r in logs if "loss" in r}
 
 

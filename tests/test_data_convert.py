@@ -1,4 +1,5 @@
-"""``tunewise data convert``: CSV, JSON pairs, Alpaca, ShareGPT -> chat JSONL; CLINC150 end to end."""
+"""``tunewise data convert``: CSV, JSON pairs, Alpaca, ShareGPT -> chat JSONL; CLINC150 end to
+end."""
 
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ def read(path: Path) -> list[dict]:
 def test_csv_with_templates_and_system_prompt(tmp_path: Path) -> None:
     src = tmp_path / "tickets.csv"
     src.write_text(
-        'body,cat,channel\n"My card, it was charged twice",billing,email\nCannot log in,login,chat\n'
+        'body,cat,channel\n"My card, it was charged twice",billing,email\nCannot log '
+        "in,login,chat\n"
     )
     out = tmp_path / "out.jsonl"
     result = runner.invoke(

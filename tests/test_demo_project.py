@@ -87,7 +87,8 @@ def test_tickets_are_varied_and_distinct(rows: list[dict]) -> None:
     tags = Counter(t for r in rows for t in r["tags"])
     assert tags["multi_issue"] >= 30 and tags["sloppy"] >= 30
     assert tags["escalated_repeat"] + tags["escalated_legal"] >= 10
-    # no class is one template: every (category, priority) with 10+ tickets has 10+ distinct openings
+    # no class is one template: every (category, priority)
+    # with 10+ tickets has 10+ distinct openings
     by_label: dict[str, set[str]] = {}
     for r, t in zip(rows, texts, strict=True):
         by_label.setdefault(r["messages"][2]["content"], set()).add(" ".join(t.lower().split()[:4]))

@@ -232,13 +232,15 @@ def test_constrained_joint_and_field_by_field() -> None:
     scorer = LabelScorer(["feature", "low"])
     out, _ = fbf.choose(scorer, msgs)
     assert fbf.mode == "field-by-field" and out == "Category: feature\nPriority: low"
-    # The first step is scored up to the literal that follows the field, so "bill" can't beat "billing".
+    # The first step is scored up to the literal that
+    # follows the field, so "bill" can't beat "billing".
     assert scorer.calls[0][0] == "Category: billing\nPriority: " and len(scorer.calls) == 2
     assert spec.complies(out)
 
 
 class PriorScorer:
-    """A model that loves the label "yes" whatever the input, and only slightly prefers the right one."""
+    """A model that loves the label "yes" whatever the input, and only slightly prefers the right
+    one."""
 
     def __init__(self) -> None:
         self.prompts: list[str] = []
@@ -278,7 +280,8 @@ def test_constrained_needs_a_matching_reference() -> None:
 def test_json_answers_are_graded_per_field_and_per_slot() -> None:
     from tunewise.eval.graders import json_scores
 
-    gold = '{"intent": "PlayMusic", "slots": {"artist": "Adele", "service": "Deezer", "x": ["a", "b"]}}'
+    gold = '{"intent": "PlayMusic", "slots": {"artist": "Adele", "service": "Deezer", '
+    gold += '"x": ["a", "b"]}}'
     half = '{"intent": "PlayMusic", "slots": {"artist": "adele ", "service": "Spotify", "x": "a"}}'
     s = json_scores(half, gold, None)
     assert s["accuracy"] == 0.0 and s["accuracy_intent"] == 1.0 and s["accuracy_slots"] == 0.0

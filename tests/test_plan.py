@@ -204,6 +204,7 @@ def test_cpu_plan_matches_measured_peak_rss(real_model) -> None:
     ).total_bytes
     ratio = predicted / measured
     print(
-        f"planner {predicted / GIB:.2f} GiB vs measured peak RSS {measured / GIB:.2f} GiB (ratio {ratio:.2f})"
+        f"planner {predicted / GIB:.2f} GiB vs measured peak RSS {measured / GIB:.2f} GiB (ratio "
+        f"{ratio:.2f})"
     )
     assert abs(ratio - 1) <= RSS_TOLERANCE, (predicted, measured)

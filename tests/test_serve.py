@@ -8,41 +8,18 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Iterator
 
 import httpx
 import pytest
-import uvicorn
 
+from _serve_helpers import running
 from _ship_helpers import make_run, write_verdict
 from tunewise.registry import Registry
 from tunewise.serve import MicroBatcher, ServeSettings, create_app
 
 KEY = "s3cret-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
-
-
-@contextlib.contextmanager
-def running(app) -> Iterator[str]:
-    """Run ``app`` under uvicorn on a free 127.0.0.1 port in a thread; always shut it down."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        deadline = time.time() + 30
-        while not server.started:
-            assert thread.is_alive() and time.time() < deadline, "server did not start"
-            time.sleep(0.02)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        sock.close()
-        assert not thread.is_alive(), "server did not shut down"
+ADMIN = {"Authorization": "Bearer admin-key"}  # the client key never opens /admin
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +63,7 @@ def world(tiny_model_dir, tokens, tmp_path_factory):
     direct = make_run(tiny_model_dir, tmp / "direct", seed=7)
     settings = ServeSettings(
         api_key=KEY,
+        admin_key="admin-key",
         batch_window_ms=30,
         max_tokens_limit=64,
         max_body_bytes=200_000,
@@ -175,6 +153,10 @@ def _bad_requests(url: str) -> list[tuple[int, httpx.Response]]:
             httpx.post(post, json={"model": "../../etc/passwd", "messages": ok_msgs}, headers=AUTH),
         ),
         (404, httpx.post(post, json={"model": "bot:99", "messages": ok_msgs}, headers=AUTH)),
+        *[  # a version SQLite cannot hold, digits int() refuses (was a 500 each)
+            (404, httpx.post(post, json={"model": model, "messages": ok_msgs}, headers=AUTH))
+            for model in ("x:99999999999999999999999", "bot:²", "bot:1٣")
+        ],
         (422, httpx.post(post, json={"model": "bot"}, headers=AUTH)),
         (422, httpx.post(post, json={"model": "bot", "messages": []}, headers=AUTH)),
         (
@@ -291,19 +273,19 @@ def test_lazy_lru_loading_and_admin_endpoints(world):
     assert len(engine.loaded_adapters()) <= 2  # LRU bound holds with more adapters in use
     assert {"alpha:1", "beta:1", "gamma:1"} <= set(engine.adapters())
     assert answer(chat(url, "alpha")) == outs["alpha"]  # evicted one reloads transparently
-    r = httpx.post(f"{url}/admin/adapters/unload", json={"model": "beta"}, headers=AUTH)
+    r = httpx.post(f"{url}/admin/adapters/unload", json={"model": "beta"}, headers=ADMIN)
     assert r.status_code == 200 and "beta:1" not in engine.adapters()
-    r = httpx.post(f"{url}/admin/adapters/unload", json={"model": "beta"}, headers=AUTH)
+    r = httpx.post(f"{url}/admin/adapters/unload", json={"model": "beta"}, headers=ADMIN)
     assert r.status_code == 404
-    r = httpx.post(f"{url}/admin/adapters/load", json={"model": "beta"}, headers=AUTH)
+    r = httpx.post(f"{url}/admin/adapters/load", json={"model": "beta"}, headers=ADMIN)
     assert r.status_code == 200 and r.json()["loaded"] == "beta:1"
     assert answer(chat(url, "beta")) == outs["beta"]
-    r = httpx.post(f"{url}/admin/adapters/load", json={"bogus": 1}, headers=AUTH)
+    r = httpx.post(f"{url}/admin/adapters/load", json={"bogus": 1}, headers=ADMIN)
     assert r.status_code == 422
     r = httpx.post(
-        f"{url}/admin/adapters/load", json={"name": "x", "path": "/nonexistent"}, headers=AUTH
+        f"{url}/admin/adapters/load", json={"name": "x", "path": "/nonexistent"}, headers=ADMIN
     )
-    assert r.status_code == 422
+    assert r.status_code == 403  # no --adapter-root: loading by path is off
 
 
 def test_concurrent_requests_for_different_adapters_share_a_batch(world):
@@ -323,7 +305,7 @@ def test_concurrent_requests_for_different_adapters_share_a_batch(world):
         t.join(timeout=120)
     assert len(results) == len(models)
     assert all(results[i].split() == ["yes"] * 3 for i in (1, 3, 5))
-    batches = httpx.get(f"{url}/admin/adapters", headers=AUTH).json()["recent_batches"]
+    batches = httpx.get(f"{url}/admin/adapters", headers=ADMIN).json()["recent_batches"]
     assert max(b["size"] for b in batches) > 1
 
 
@@ -432,43 +414,48 @@ def test_streamed_prompt_over_the_context_is_413_before_the_stream(world):
     assert "exceeds the context of" in r.json()["error"]["message"]
 
 
-def test_every_route_but_health_requires_the_key(world):
-    """The API-key dependency guards every route of the server's two routers but /health,
-    including any route added to them later."""
+def test_every_route_but_health_requires_a_key(world):
+    """The API-key dependency guards every /v1 route and the admin-key dependency every /admin
+    route, including any route added to those routers later; only /health is open."""
     from fastapi.routing import APIRoute
 
-    from tunewise.serve import protected, public
+    from tunewise.serve import admin, protected, public
 
     url = world["url"]
     routes = sorted(
         (method, route.path)
-        for route in [*public.routes, *protected.routes]
+        for route in [*public.routes, *protected.routes, *admin.routes]
         if isinstance(route, APIRoute)
         for method in route.methods
     )
     assert ("GET", "/health") in routes and ("POST", "/v1/chat/completions") in routes
     assert len(routes) == 7
+    assert all(r.path.startswith("/admin/") for r in admin.routes)
+    assert not any(r.path.startswith("/admin") for r in [*public.routes, *protected.routes])
     refused = [{}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {KEY}"}]
     for method, path in routes:
-        for headers in refused:
+        is_admin = path.startswith("/admin/")
+        for headers in [*refused, AUTH] if is_admin else refused:
             r = httpx.request(method, url + path, headers=headers, json={}, timeout=30)
             if path == "/health":
                 assert r.status_code == 200
                 continue
             assert r.status_code == 401, (method, path, headers)
-            assert r.json()["error"]["code"] == "invalid_api_key"
+            expected = "invalid_admin_key" if is_admin else "invalid_api_key"
+            assert r.json()["error"]["code"] == expected
             assert r.headers["www-authenticate"] == "Bearer"
         # with the key the request gets past the check (an empty body is then a 422, not a 401)
-        r = httpx.request(method, url + path, headers=AUTH, json={}, timeout=60)
+        key = ADMIN if is_admin else AUTH
+        r = httpx.request(method, url + path, headers=key, json={}, timeout=60)
         assert r.status_code in (200, 422), (method, path, r.text)
 
 
 def test_admin_unload_goes_through_the_table(world):
     url, engine = world["url"], world["engine"]
     assert answer(chat(url, "gamma"))
-    r = httpx.post(f"{url}/admin/adapters/unload", json={"model": "gamma"}, headers=AUTH)
+    r = httpx.post(f"{url}/admin/adapters/unload", json={"model": "gamma"}, headers=ADMIN)
     assert r.status_code == 200 and r.json()["unloaded"] == "gamma:1"
-    listing = httpx.get(f"{url}/admin/adapters", headers=AUTH).json()
+    listing = httpx.get(f"{url}/admin/adapters", headers=ADMIN).json()
     assert "gamma" not in listing["resolved"] and "gamma:1" not in engine.adapters()
     assert answer(chat(url, "gamma"))  # resolved and loaded again on the next request
 
@@ -495,7 +482,7 @@ def test_rollback_during_traffic_switches_answers_without_failures(world):
         while sum(1 for e in log if e[3] == "no") < 5:
             time.sleep(0.05)
         reg.rollback("bot", reason="bad answers")
-        r = httpx.post(f"{url}/admin/adapters/refresh", headers=AUTH, timeout=60)
+        r = httpx.post(f"{url}/admin/adapters/refresh", headers=ADMIN, timeout=60)
         assert r.status_code == 200
         assert r.json()["changed"]["bot@production"] == {"from": "bot:2", "to": "bot:1"}
         switched_at = time.monotonic()

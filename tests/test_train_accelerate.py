@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import socket
@@ -19,31 +20,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_accelerate_launch_two_cpu_processes(tmp_path, tiny_model_dir):
+def _accelerate() -> str:
     accelerate = shutil.which("accelerate", path=str(Path(PYTHON).parent))
     if accelerate is None:
         pytest.skip("accelerate CLI not installed beside the interpreter")
-    # A system prompt long enough for train.shared_prefix (auto) to run it once per batch: the
-    # prefix pass goes through DDP's inner module, the suffix pass through DDP.
-    system = "Classify the support ticket into billing, shipping or account. " * 4
-    project = make_project(
-        tmp_path,
-        tiny_model_dir,
-        system_prompt=system,
-        max_steps=4,
-        eval_every=2,
-        save_every=2,
-        overfit_sample=1,
-    )
-    run = tmp_path / "run"
-    env = subprocess_env()
-    env["ACCELERATE_CONFIG_FILE"] = str(tmp_path / "none.yaml")  # ignore any user default config
-    cmd = [
+    return accelerate
+
+
+def launch_cmd(*train_args: str, launcher: tuple[str, ...] = ("--multi_gpu",)) -> list[str]:
+    """``accelerate launch`` of ``tunewise train`` on 2 CPU processes (a free port each time)."""
+    return [
         # In accelerate 1.15 `--cpu` selects the single-process launcher; the multi-process
         # (torchrun) launcher is `--multi_gpu`, which on a host without GPUs runs DDP over gloo.
-        accelerate,
+        _accelerate(),
         "launch",
-        "--multi_gpu",
+        *launcher,
         "--num_processes",
         "2",
         "--num_machines",
@@ -57,11 +48,33 @@ def test_accelerate_launch_two_cpu_processes(tmp_path, tiny_model_dir):
         "-m",
         "tunewise",
         "train",
-        str(project),
-        "--run-dir",
-        str(run),
+        *train_args,
         "--no-progress",
     ]
+
+
+def launch_env(tmp_path: Path) -> dict[str, str]:
+    env = subprocess_env()
+    env["ACCELERATE_CONFIG_FILE"] = str(tmp_path / "none.yaml")  # ignore any user default config
+    return env
+
+
+def test_accelerate_launch_two_cpu_processes(tmp_path, tiny_model_dir):
+    # A system prompt long enough for train.shared_prefix (auto) to run it once per batch: the
+    # prefix pass goes through DDP's inner module, the suffix pass through DDP.
+    system = "Classify the support ticket into billing, shipping or account. " * 4
+    project = make_project(
+        tmp_path,
+        tiny_model_dir,
+        system_prompt=system,
+        max_steps=4,
+        eval_every=2,
+        save_every=2,
+        overfit_sample=1,
+    )
+    run = tmp_path / "run"
+    env = launch_env(tmp_path)
+    cmd = launch_cmd(str(project), "--run-dir", str(run))
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-4000:]
 
@@ -104,3 +117,209 @@ def test_shipped_accelerate_configs_parse(name, kind):
             cfg.deepspeed_config["zero_stage"] == 3
             and cfg.deepspeed_config["zero3_save_16bit_model"]
         )
+
+
+# --- the start-up race: only the main process looks at the run directory ------------------------
+
+
+def _claim_in_process(rank: int, port: int, project: str, run_dir: str, late_s: float, out) -> None:
+    """One of two gloo processes doing what ``train`` does first (runs in a spawned process)."""
+    import os
+    import time
+
+    os.environ.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE="2",
+        LOCAL_WORLD_SIZE="2",
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
+    import torch.distributed as dist
+
+    from tunewise.config import load_project
+    from tunewise.errors import UserError
+    from tunewise.rundir import RunDir
+    from tunewise.train import record
+
+    cfg = load_project(project)
+    run = RunDir(run_dir)
+    record.join_process_group(cfg)
+    if rank == 1:
+
+        def must_not_read(self: RunDir) -> None:
+            raise AssertionError("rank 1 read run.json")
+
+        RunDir.read = must_not_read  # type: ignore[method-assign]
+        time.sleep(late_s)  # arrive after the main process wrote run.json (the race before)
+    try:
+        start = record.main_decides(
+            lambda: record.claim_run_dir(cfg, run, train_path=None, val_path=None, resume=False)
+        )
+        if rank == 0:
+            run.write({"status": "running"})  # what build() does right after
+        out.put((rank, "ok", str(start.train_path)))
+    except UserError as exc:
+        out.put((rank, "error", str(exc)))
+    except BaseException as exc:  # reported to the test, which fails on it
+        out.put((rank, "crash", repr(exc)))
+    finally:
+        dist.destroy_process_group()
+
+
+def _claim_twice(tmp_path: Path, project: Path, run: Path) -> dict[int, tuple[str, str]]:
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    port = _free_port()
+    procs = [
+        ctx.Process(target=_claim_in_process, args=(r, port, str(project), str(run), 0.5, out))
+        for r in (0, 1)
+    ]
+    for p in procs:
+        p.start()
+    results = {}
+    for _ in procs:
+        rank, kind, detail = out.get(timeout=240)
+        results[rank] = (kind, detail)
+    for p in procs:
+        p.join(timeout=60)
+    return results
+
+
+def test_only_the_main_process_checks_the_run_directory(tmp_path):
+    # No model is loaded: the run directory is decided before anything else happens.
+    project = make_project(tmp_path, "unused-model")
+    run = tmp_path / "run"
+    results = _claim_twice(tmp_path, project, run)
+    train_split = str((tmp_path / ".tunewise" / "splits" / "train.jsonl").resolve())
+    # rank 1 arrived after run.json existed, never read it, and got rank 0's decision
+    assert results == {0: ("ok", train_split), 1: ("ok", train_split)}
+    assert json.loads((run / "run.json").read_text()) == {"status": "running"}
+
+    # A real conflict is reported by every process (none waits forever for the others).
+    results = _claim_twice(tmp_path, project, run)
+    assert results[0][0] == results[1][0] == "error"
+    assert results[0][1] == results[1][1] and "a run already exists here" in results[0][1]
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL the launcher and every process under it, as a crashed machine would.
+
+    torchrun starts each worker in a session of its own, so killing the launcher's process group
+    would leave the workers training on (and finishing the run behind the test's back).
+    """
+    import psutil
+
+    root = psutil.Process(pid)
+    procs = [root, *root.children(recursive=True)]
+    for p in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    psutil.wait_procs(procs, timeout=60)
+
+
+def test_two_process_run_resumes_from_its_checkpoint(tmp_path, tiny_model_dir):
+    import time
+
+    max_steps = 12
+    project = make_project(
+        tmp_path,
+        tiny_model_dir,
+        max_steps=max_steps,
+        eval_every=2,
+        save_every=2,
+        overfit_sample=0,
+        early_stopping_patience=100,
+    )
+    run = tmp_path / "run"
+    env = launch_env(tmp_path)
+    proc = subprocess.Popen(
+        launch_cmd(str(project), "--run-dir", str(run)),
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.time() + 600
+        while not (run / "checkpoints" / "checkpoint-2").is_dir():
+            assert proc.poll() is None, "training ended before it could be killed"
+            assert time.time() < deadline
+            time.sleep(0.02)
+        _kill_tree(proc.pid)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            _kill_tree(proc.pid)
+    at_kill = json.loads((run / "run.json").read_text())
+    assert at_kill["status"] == "running"  # it really died mid-run
+
+    result = subprocess.run(
+        launch_cmd("--resume", str(run)),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    rec = json.loads((run / "run.json").read_text())
+    assert rec["status"] == "completed" and rec["global_step"] == max_steps
+    assert rec["world_size"] == 2
+    resumed_at = int(Path(rec["resumed_from"][0]).name.split("-")[1])
+    assert 2 <= resumed_at < max_steps  # continued from a checkpoint, not from step 0
+    # one evaluation per step, before and after the kill
+    assert [m["step"] for m in rec["metrics"]] == list(range(2, max_steps + 1, 2))
+    from safetensors.torch import load_file
+
+    assert load_file(run / "adapter_model.safetensors")
+
+
+def test_fsdp_asked_for_on_cpu_runs_ddp_says_so_and_saves_a_loadable_adapter(
+    tmp_path, tiny_model_dir
+):
+    # accelerate 1.15 makes `--use_fsdp` FSDP only on GPU-like devices; with CPU processes it
+    # sets up MULTI_CPU (DDP over gloo). torch itself can shard on CPU (fully_shard over gloo
+    # works); accelerate's state never asks it to. What can be tested here: the run completes,
+    # says that nothing was sharded, and leaves an adapter PEFT loads.
+    project = make_project(
+        tmp_path, tiny_model_dir, max_steps=4, eval_every=2, save_every=2, overfit_sample=0
+    )
+    run = tmp_path / "run"
+    fsdp = (
+        "--use_fsdp",
+        "--fsdp_version",
+        "2",
+        "--fsdp_auto_wrap_policy",
+        "TRANSFORMER_BASED_WRAP",
+        "--fsdp_transformer_layer_cls_to_wrap",
+        "LlamaDecoderLayer",
+        "--fsdp_state_dict_type",
+        "FULL_STATE_DICT",
+    )
+    result = subprocess.run(
+        launch_cmd(str(project), "--run-dir", str(run), launcher=fsdp),
+        env=launch_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    rec = json.loads((run / "run.json").read_text())
+    assert rec["status"] == "completed" and rec["world_size"] == 2
+    assert any("FSDP was asked for, but accelerate runs MULTI_CPU" in w for w in rec["warnings"]), (
+        rec["warnings"]
+    )
+
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    ids = torch.tensor([[1, 5, 9, 2]])
+    before = base(ids).logits
+    tuned = PeftModel.from_pretrained(base, run)
+    assert not torch.allclose(before, tuned(ids).logits)

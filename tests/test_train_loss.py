@@ -28,7 +28,8 @@ def tiny_llama():
 
 
 def batch():
-    """Three right-padded rows whose answers sit at different positions; one row's answer spans two turns."""
+    """Three right-padded rows whose answers sit at different positions; one row's answer spans
+    two turns."""
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(3, 97, (3, 12), generator=g)
     mask = torch.ones_like(ids)

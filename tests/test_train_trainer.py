@@ -176,23 +176,18 @@ def test_cli_errors_are_one_line_exit_2(tmp_path, tiny_model_dir):
 
 def test_training_uses_the_project_system_prompt_not_the_datas(tmp_path, tiny_model_dir):
     """Train on exactly the prompt every candidate is evaluated and served with."""
-    from rich.console import Console
-
-    from _train_helpers import make_project
-    from tunewise.config import load_project
-    from tunewise.train.trainer import _setup
+    from tunewise.rundir import RunDir
+    from tunewise.train.record import claim_run_dir
+    from tunewise.train.trainer import setup, with_method
 
     path = make_project(tmp_path, tiny_model_dir)
-    cfg = load_project(path, ["task.system_prompt=Route the ticket to a team."])
-    prep = _setup(
-        cfg,
-        run_dir=tmp_path / "run",
-        method="lora",
-        train_path=None,
-        val_path=None,
-        resume=False,
-        console=Console(quiet=True),
+    cfg = with_method(
+        load_project(path, ["task.system_prompt=Route the ticket to a team."]), "lora"
     )
+    start = claim_run_dir(
+        cfg, RunDir(tmp_path / "run"), train_path=None, val_path=None, resume=False
+    )
+    prep = setup(cfg, start)
     text = prep.tokenizer.decode(prep.train_ds[0]["input_ids"])
     assert "Route the ticket to a team." in text
     assert "Classify the ticket." not in text  # the data's own system turn is replaced

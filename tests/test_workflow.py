@@ -1,4 +1,5 @@
-"""The ladder end to end on a tiny model: caching by content hash, partial reruns, Ctrl-C, curve, final."""
+"""The ladder end to end on a tiny model: caching by content hash, partial reruns, Ctrl-C, curve,
+final."""
 
 from __future__ import annotations
 
@@ -27,7 +28,10 @@ def make_project(root, n=72):
         for i in range(n):
             cat = CATS[i % 3]
             words = rng.sample(WORDS[cat], 3)
-            text = f"ticket {i}: my {words[0]} and {words[1]} problem, also {words[2]} (ref {rng.randint(1000, 9999)})"
+            text = (
+                f"ticket {i}: my {words[0]} and {words[1]} problem, also {words[2]} (ref "
+                f"{rng.randint(1000, 9999)})"
+            )
             msgs = [
                 {"role": "system", "content": "Classify the ticket."},
                 {"role": "user", "content": text},

@@ -197,7 +197,8 @@ latest date above is a lost or late parcel (medium).
         """
 You get a shipping confirmation e-mail with a tracking link as soon as the order leaves the
 warehouse. The same link is under **Orders** in your account, which lists every past order. The
-carrier depends on the destination: UPS or USPS in the US, Canada Post in Canada, Royal Mail or DPD in
+carrier depends on the destination: UPS or USPS in the US, Canada Post in Canada, Royal Mail or """
+        """DPD in
 the UK, DHL in the EU and Australia Post in Australia and New Zealand.
 
 Tracking can take up to 24 hours to show the first scan. If the link does not open, copy the
@@ -268,7 +269,8 @@ Plan questions are billing, low priority.
         "Billing cycle and invoices",
         """
 Subscriptions renew on the same day each month (or year) as the first payment; the date is under
-**Account > Subscription**. Every payment produces a PDF invoice in **Account > Invoices**, which keeps
+**Account > Subscription**. Every payment produces a PDF invoice in """
+        """**Account > Invoices**, which keeps
 seven years of history.
 
 To show a company name, address or VAT number on invoices, add them under **Billing details**
@@ -314,7 +316,8 @@ Card statements show us as HEARTHLY*SUBSCR (subscriptions) or HEARTHLY STORE (ha
         "Cancelling or changing your subscription",
         """
 Cancel under **Account > Subscription > Cancel**. The plan stays active until the end of the period
-already paid, and you get a confirmation e-mail; keep it. Turning off auto-renew has the same effect.
+already paid, and you get a confirmation e-mail; keep it. """
+        """Turning off auto-renew has the same effect.
 
 Upgrades take effect immediately and are charged pro rata. Downgrades take effect at the next
 renewal. Switching from monthly to yearly billing credits the unused part of the month.

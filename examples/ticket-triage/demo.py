@@ -42,7 +42,8 @@ def tunewise(*args: str) -> int:
 
 
 def base_model_answer(project: Path) -> None:
-    """Greedy answer of the base model to one ticket, with the project's prompt: the starting point."""
+    """Greedy answer of the base model to one ticket, with the project's prompt: the starting
+    point."""
     import json
 
     import torch
@@ -94,7 +95,8 @@ def base_model_answer(project: Path) -> None:
     pattern = cfg.task.output_pattern
     ok_format = bool(pattern and re.fullmatch(pattern, answer))
     console.print(
-        f"format {'[green]matches' if ok_format else '[red]does not match'}[/] the project's output pattern; "
+        f"format {'[green]matches' if ok_format else '[red]does not match'}[/] the project's "
+        "output pattern; "
         f"answer {'[green]correct' if answer == expected else '[red]not correct'}[/]. "
         "The baselines and the fine-tune are measured against this starting point."
     )

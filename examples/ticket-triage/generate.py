@@ -49,7 +49,8 @@ PRIORITY_MIX: dict[str, dict[str, int]] = {
     "refund": {"high": 14, "medium": 65, "low": 38},
 }
 RANK = {"low": 0, "medium": 1, "high": 2}
-# Share of high tickets that come from an escalated medium situation rather than a natively high one.
+# Share of high tickets that come from an escalated
+# medium situation rather than a natively high one.
 ESCALATED_SHARE = {"billing": 0.15, "account": 0.15, "bug": 0.1, "shipping": 0.5, "refund": 0.5}
 
 SYSTEM_PROMPT = (
@@ -334,7 +335,8 @@ def fill_slot(key: str, rng: random.Random) -> str:
 
 
 class Slots(dict):
-    """Fills ``{key}`` lazily and keeps the value for the rest of the ticket (one order number each)."""
+    """Fills ``{key}`` lazily and keeps the value for the rest of the ticket (one order number
+    each)."""
 
     def __init__(self, rng: random.Random) -> None:
         super().__init__()
@@ -399,7 +401,8 @@ def signature(rng: random.Random, slots: Slots) -> str:
             [
                 name,
                 name.split()[0],
-                f"{name}\n{rng.choice(['Office Manager', 'Owner', 'IT', 'Facilities'])}, {slots['biz']}",
+                f"{name}\n{rng.choice(['Office Manager', 'Owner', 'IT', 'Facilities'])}, "
+                f"{slots['biz']}",
                 "Sent from my iPhone",
                 f"-- {name.split()[0]}",
                 f"{name[0]}.",
@@ -458,7 +461,8 @@ def compose(
     body.append(core)
     n_details = {"normal": rng.choice([0, 0, 1]), "verbose": rng.choice([1, 2])}[style]
     for detail in rng.sample(scn.details, min(n_details, len(scn.details))):
-        # a detail restating a value the ticket already gave ("Order HL-1 ... Order HL-1.") reads as a bot
+        # a detail restating a value the ticket already gave
+        # ("Order HL-1 ... Order HL-1.") reads as a bot
         if not any(key in slots for key in re.findall(r"{(\w+)}", detail)):
             body.append(paraphrase(render(detail, slots), rng))
     if escalate is not None:
@@ -475,7 +479,8 @@ def compose(
         sec = paraphrase(render(rng.choice(secondary.core), slots), rng)
         intro = rng.choice(SECONDARY_INTROS)
         if RANK[secondary.priority] < RANK[priority] and rng.random() < 0.35:
-            # the less urgent issue first: the reader must weigh them (equal urgency: first one wins)
+            # the less urgent issue first: the reader must
+            # weigh them (equal urgency: first one wins)
             at = body.index(core)
             lead = rng.choice(
                 [
@@ -538,7 +543,8 @@ def jaccard(a: set[str], b: set[str]) -> float:
 
 
 def pick_scenario(rng: random.Random, pool: list[sc.Scenario]) -> sc.Scenario:
-    # Weight by phrasing count so a situation with two phrasings is not drawn as often as one with six.
+    # Weight by phrasing count so a situation with two
+    # phrasings is not drawn as often as one with six.
     return rng.choices(pool, weights=[len(s.core) for s in pool])[0]
 
 

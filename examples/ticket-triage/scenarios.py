@@ -37,8 +37,10 @@ SCENARIOS: list[Scenario] = [
         "billing",
         "high",
         [
-            "I was charged twice for my {plan} subscription this month, {amount} two times on the same day.",
-            "My card shows two identical charges of {amount} from Hearthly on {date}. I only have one account.",
+            "I was charged twice for my {plan} subscription this month, {amount} two times on "
+            "the same day.",
+            "My card shows two identical charges of {amount} from Hearthly on {date}. I only "
+            "have one account.",
             "you billed me double for {plan}. two payments of {amount}, please reverse one",
             "Looking at my bank statement I see {amount} taken twice for the same {plan} renewal.",
             "There are duplicate charges on my credit card (ending {last4}) for the {plan} plan.",
@@ -61,9 +63,11 @@ SCENARIOS: list[Scenario] = [
         "billing",
         "high",
         [
-            "There's a charge of {amount} from Hearthly on my card that I never authorised. I don't even have a {plan} plan.",
+            "There's a charge of {amount} from Hearthly on my card that I never authorised. I "
+            "don't even have a {plan} plan.",
             "Someone upgraded my account to {plan} and I was charged {amount}. It wasn't me.",
-            "I see a Hearthly charge for {amount} on {date} and I cancelled my account last year. I did not agree to this.",
+            "I see a Hearthly charge for {amount} on {date} and I cancelled my account last "
+            "year. I did not agree to this.",
             "Unknown charge from HEARTHLY*SUBSCR for {amount}. I don't recognise it at all.",
         ],
         [
@@ -81,7 +85,8 @@ SCENARIOS: list[Scenario] = [
             "I cancelled my {plan} subscription on {date} and you still took {amount} today.",
             "Cancelled weeks ago, got a confirmation email, and was charged {amount} again anyway.",
             "why am i still being charged?? i cancelled {plan} in the app last month",
-            "You charged my card {amount} for another year of {plan} even though I turned off auto-renew.",
+            "You charged my card {amount} for another year of {plan} even though I turned off "
+            "auto-renew.",
         ],
         [
             "I have the cancellation confirmation email.",
@@ -95,9 +100,12 @@ SCENARIOS: list[Scenario] = [
         "billing",
         "high",
         [
-            "Our Business account was suspended for a failed payment and now none of our {n} sites can see their cameras.",
-            "The card on our Business plan expired, the account got locked and the staff at {biz} can't view any footage.",
-            "Payment failed on our company account and you shut off recording for all our locations. We already updated the card.",
+            "Our Business account was suspended for a failed payment and now none of our {n} "
+            "sites can see their cameras.",
+            "The card on our Business plan expired, the account got locked and the staff at "
+            "{biz} can't view any footage.",
+            "Payment failed on our company account and you shut off recording for all our "
+            "locations. We already updated the card.",
         ],
         [
             "We're a {biz_kind} and we need the cameras for insurance.",
@@ -118,8 +126,10 @@ SCENARIOS: list[Scenario] = [
             "My payment for {plan} keeps failing even though the card is valid.",
             "I got an email saying my payment of {amount} failed. I've tried two different cards.",
             "card declined when renewing my subscription, not sure why, the bank says it's fine",
-            "I can't update my payment method, the form just says 'payment could not be processed'.",
-            "The app keeps asking me to fix my billing info but my card ending {last4} works everywhere else.",
+            "I can't update my payment method, the form just says "
+            "'payment could not be processed'.",
+            "The app keeps asking me to fix my billing info but my card ending {last4} works "
+            "everywhere else.",
         ],
         [
             "I don't want to lose my video history.",
@@ -137,7 +147,8 @@ SCENARIOS: list[Scenario] = [
             "My invoice this month is higher than usual and I didn't change anything.",
             "The price went up without any notice? I was billed {amount} for {plan}.",
             "You charged me sales tax, but I'm in {region} and I added my VAT number.",
-            "I returned the camera weeks ago but you're still charging me for the Plus subscription.",
+            "I returned the camera weeks ago but you're still charging me for the Plus "
+            "subscription.",
         ],
         [
             "Can you explain the difference?",
@@ -168,9 +179,11 @@ SCENARIOS: list[Scenario] = [
         "billing",
         "medium",
         [
-            "I forgot to cancel my trial and got charged {amount} for {plan}. Can I get that back? I haven't used it.",
+            "I forgot to cancel my trial and got charged {amount} for {plan}. Can I get that "
+            "back? I haven't used it.",
             "I cancelled {plan} today, a day after it renewed. Could you refund this month?",
-            "Accidentally bought the yearly Pro plan instead of monthly. Can you refund it and switch me?",
+            "Accidentally bought the yearly Pro plan instead of monthly. Can you refund it and "
+            "switch me?",
         ],
         [
             "I haven't used any of the paid features.",
@@ -196,7 +209,8 @@ SCENARIOS: list[Scenario] = [
         "billing",
         "low",
         [
-            "Could you send me a copy of my invoices for the last year? I need them for my accountant.",
+            "Could you send me a copy of my invoices for the last year? I need them for my "
+            "accountant.",
             "The invoice shows my old address. Can you update it? I'm not in a hurry.",
             "Where can I download invoices for our Business plan?",
             "Can I get an invoice with my company name and VAT number on it?",
@@ -241,9 +255,12 @@ SCENARIOS: list[Scenario] = [
         "account",
         "high",
         [
-            "I think my account has been hacked. I got a login alert from {city} and my password no longer works.",
-            "Someone changed the email on my Hearthly account and I'm locked out. They can see my cameras.",
-            "There's a device I don't recognise logged into my account and someone has been watching my {room} camera.",
+            "I think my account has been hacked. I got a login alert from {city} and my password "
+            "no longer works.",
+            "Someone changed the email on my Hearthly account and I'm locked out. They can see "
+            "my cameras.",
+            "There's a device I don't recognise logged into my account and someone has been "
+            "watching my {room} camera.",
             "My account password was changed and I didn't do it. Please lock the account now.",
             "got an email that my 2FA was turned off. that wasn't me!!",
         ],
@@ -259,9 +276,12 @@ SCENARIOS: list[Scenario] = [
         "account",
         "high",
         [
-            "Our admin account is locked after too many attempts and no one at {biz} can manage the cameras.",
-            "The only admin on our Business account left the company and we can't get in. We need access to footage for the police.",
-            "All our staff logins stopped working after the SSO change and we can't view any of the store cameras.",
+            "Our admin account is locked after too many attempts and no one at {biz} can manage "
+            "the cameras.",
+            "The only admin on our Business account left the company and we can't get in. We "
+            "need access to footage for the police.",
+            "All our staff logins stopped working after the SSO change and we can't view any of "
+            "the store cameras.",
         ],
         ["We have {n} locations.", "The police need the footage by tomorrow."],
         ["Locked out - business", "Admin access"],
@@ -271,7 +291,8 @@ SCENARIOS: list[Scenario] = [
         "account",
         "medium",
         [
-            "I got a new phone and lost my authenticator app, so I can't pass 2FA. How do I reset it?",
+            "I got a new phone and lost my authenticator app, so I can't pass 2FA. How do I "
+            "reset it?",
             "I don't have my recovery codes and the 2FA codes aren't accepted anymore.",
             "lost my phone, now i can't log in because of two factor. help",
             "My authenticator shows codes but the app says 'invalid code' every time.",
@@ -307,7 +328,8 @@ SCENARIOS: list[Scenario] = [
         "account",
         "medium",
         [
-            "My account says 'temporarily locked' after I typed the wrong password a few times. It's been a day.",
+            "My account says 'temporarily locked' after I typed the wrong password a few times. "
+            "It's been a day.",
             "I'm locked out of the app after too many login attempts, how long does this last?",
         ],
         ["I know the right password now."],
@@ -319,7 +341,8 @@ SCENARIOS: list[Scenario] = [
         "account",
         "medium",
         [
-            "I'm trying to change my account email to {email} but the verification link gives an error.",
+            "I'm trying to change my account email to {email} but the verification link gives an "
+            "error.",
             "I can't change my email because I no longer have access to the old one.",
         ],
         ["My old address was with a company I left."],
@@ -342,9 +365,12 @@ SCENARIOS: list[Scenario] = [
         "account",
         "high",
         [
-            "I asked you to delete my data {days} days ago under GDPR and nobody replied. I will report this to the data protection authority.",
-            "Second request: erase all footage of me recorded by my ex-partner's Hearthly account. My lawyer is in copy.",
-            "You have not answered my subject access request within the legal deadline. Please respond immediately.",
+            "I asked you to delete my data {days} days ago under GDPR and nobody replied. I will "
+            "report this to the data protection authority.",
+            "Second request: erase all footage of me recorded by my ex-partner's Hearthly "
+            "account. My lawyer is in copy.",
+            "You have not answered my subject access request within the legal deadline. Please "
+            "respond immediately.",
         ],
         [],
         ["Formal GDPR complaint", "Legal: data erasure", "Subject access request - overdue"],
@@ -376,9 +402,12 @@ SCENARIOS: list[Scenario] = [
         "bug",
         "high",
         [
-            "None of my cameras are loading, the app just says 'service unavailable'. Is Hearthly down?",
-            "The whole app is down for us, every device shows offline and the web dashboard gives {code}.",
-            "Nothing is recording since {time}. All {n} cameras show 'no connection' but the internet is fine.",
+            "None of my cameras are loading, the app just says 'service unavailable'. Is "
+            "Hearthly down?",
+            "The whole app is down for us, every device shows offline and the web dashboard "
+            "gives {code}.",
+            "Nothing is recording since {time}. All {n} cameras show 'no connection' but the "
+            "internet is fine.",
             "the website and the app both won't load, is there an outage??",
             "Our Business dashboard has been down for two hours and we can't monitor any location.",
             "Nobody in our family can log in, the login page shows {code} for all of us.",
@@ -396,9 +425,12 @@ SCENARIOS: list[Scenario] = [
         "bug",
         "high",
         [
-            "My Hearth Thermostat won't stop heating, it's at {temp} degrees and climbing and the app won't change it.",
-            "The thermostat is stuck on heat and the house is getting dangerously hot. My baby is asleep upstairs.",
-            "The heating turned off overnight and won't come back on. It's freezing and I have an elderly mother here.",
+            "My Hearth Thermostat won't stop heating, it's at {temp} degrees and climbing and "
+            "the app won't change it.",
+            "The thermostat is stuck on heat and the house is getting dangerously hot. My baby "
+            "is asleep upstairs.",
+            "The heating turned off overnight and won't come back on. It's freezing and I have "
+            "an elderly mother here.",
             "The thermostat screen is hot to the touch and there's a burning smell.",
         ],
         [
@@ -413,9 +445,12 @@ SCENARIOS: list[Scenario] = [
         "bug",
         "high",
         [
-            "All my recorded clips from the last month have disappeared from the app. I need them for an insurance claim.",
-            "Video history is gone. I pay for Pro, and the footage of the break-in on {date} is missing.",
-            "Someone broke into my garage on {date} and the recording for that night is blank, even though the camera was online.",
+            "All my recorded clips from the last month have disappeared from the app. I need "
+            "them for an insurance claim.",
+            "Video history is gone. I pay for Pro, and the footage of the break-in on {date} is "
+            "missing.",
+            "Someone broke into my garage on {date} and the recording for that night is blank, "
+            "even though the camera was online.",
         ],
         ["The police asked for the video.", "I'm on the {plan} plan."],
         ["Recordings missing", "Lost footage", "Break-in footage gone"],
@@ -425,8 +460,10 @@ SCENARIOS: list[Scenario] = [
         "bug",
         "high",
         [
-            "The doorbell stopped working after the firmware update and now no one can see who's at the door. I live alone and use it for safety.",
-            "Every camera in our shop went offline after last night's update. We're open in an hour.",
+            "The doorbell stopped working after the firmware update and now no one can see who's "
+            "at the door. I live alone and use it for safety.",
+            "Every camera in our shop went offline after last night's update. We're open in an "
+            "hour.",
         ],
         ["Factory reset didn't help."],
         ["Update broke everything"],
@@ -517,7 +554,8 @@ SCENARIOS: list[Scenario] = [
             "Small thing: the {screen} screen has a typo, it says 'Notifcations'.",
             "In dark mode some of the text in the settings is black on dark grey and hard to read.",
             "The battery icon shows 0% for my doorbell but it's wired, so no battery.",
-            "The temperature on the thermostat is shown in Fahrenheit on the widget even though I chose Celsius.",
+            "The temperature on the thermostat is shown in Fahrenheit on the widget even though "
+            "I chose Celsius.",
             "The clip timestamps are an hour off since the clocks changed.",
             "The app icon looks blurry on my home screen since the update.",
             "The 'last seen' time for the hub says '-1 minutes ago', ha.",
@@ -539,7 +577,8 @@ SCENARIOS: list[Scenario] = [
             "Any plans to support {feature}? Would really use it.",
             "Feature request: {feature}.",
             "I love the cameras but I really miss {feature}. Competitors have it.",
-            "Not sure if this is a bug or just not possible, but I can't find {feature}. Please add it if it doesn't exist.",
+            "Not sure if this is a bug or just not possible, but I can't find {feature}. Please "
+            "add it if it doesn't exist.",
             "Suggestion: {feature}. That would make the app so much better.",
             "is {feature} on the roadmap?",
             "Would you consider {feature}? My whole family would use it.",
@@ -557,11 +596,16 @@ SCENARIOS: list[Scenario] = [
         "feature_request",
         "medium",
         [
-            "We're on the Business plan and need {feature} before our contract renews next month, otherwise we'll have to switch providers.",
-            "Our renewal decision depends on {feature}. Is it coming this quarter? We have {n} sites.",
-            "Before we sign for another year, we need to know if {feature} will ship. It's a requirement from our IT team.",
-            "{biz} here: our procurement team will only renew the Business plan if you add {feature}. Can you give us a date?",
-            "Business customer with {n} sites. Without {feature} we can't roll Hearthly out to the rest of the company.",
+            "We're on the Business plan and need {feature} before our contract renews next "
+            "month, otherwise we'll have to switch providers.",
+            "Our renewal decision depends on {feature}. Is it coming this quarter? We have {n} "
+            "sites.",
+            "Before we sign for another year, we need to know if {feature} will ship. It's a "
+            "requirement from our IT team.",
+            "{biz} here: our procurement team will only renew the Business plan if you add "
+            "{feature}. Can you give us a date?",
+            "Business customer with {n} sites. Without {feature} we can't roll Hearthly out to "
+            "the rest of the company.",
         ],
         ["Our account manager said to write here.", "Our company is {biz}."],
         ["Business feature request", "Renewal - feature needed"],
@@ -572,7 +616,8 @@ SCENARIOS: list[Scenario] = [
         "shipping",
         "medium",
         [
-            "My order {order} was supposed to arrive {days} days ago and tracking hasn't updated since.",
+            "My order {order} was supposed to arrive {days} days ago and tracking hasn't updated "
+            "since.",
             "Tracking says delivered but there's no package anywhere. Order {order}.",
             "Where is my order? It's been {days} business days.",
             "{carrier} says the parcel was returned to sender, I never got a delivery attempt.",
@@ -591,9 +636,12 @@ SCENARIOS: list[Scenario] = [
         "shipping",
         "medium",
         [
-            "The box arrived crushed and the {product} inside is cracked. Can you send a replacement?",
-            "My {product} arrived with a broken mount, looks like it was dropped in transit. I'd like a new one.",
-            "The parcel was wet and torn when {carrier} delivered it and the {product} won't turn on. Please replace it.",
+            "The box arrived crushed and the {product} inside is cracked. Can you send a "
+            "replacement?",
+            "My {product} arrived with a broken mount, looks like it was dropped in transit. I'd "
+            "like a new one.",
+            "The parcel was wet and torn when {carrier} delivered it and the {product} won't "
+            "turn on. Please replace it.",
         ],
         ["I took photos of the box.", "Order {order}."],
         ["Damaged in delivery", "Arrived broken"],
@@ -629,10 +677,14 @@ SCENARIOS: list[Scenario] = [
         "shipping",
         "high",
         [
-            "I received someone else's order with their name, address and phone number on the invoice. This is a privacy problem.",
-            "A parcel was delivered to me with another customer's name and home address, and a camera already linked to their account.",
-            "Your courier reversed into my car while delivering order {order} and drove off. I want this handled by someone senior.",
-            "Order {order} contained a used camera with someone's SD card still inside, full of their videos.",
+            "I received someone else's order with their name, address and phone number on the "
+            "invoice. This is a privacy problem.",
+            "A parcel was delivered to me with another customer's name and home address, and a "
+            "camera already linked to their account.",
+            "Your courier reversed into my car while delivering order {order} and drove off. I "
+            "want this handled by someone senior.",
+            "Order {order} contained a used camera with someone's SD card still inside, full of "
+            "their videos.",
         ],
         ["I don't want to keep their details."],
         ["Received someone else's order", "Privacy issue with delivery"],
@@ -673,7 +725,8 @@ SCENARIOS: list[Scenario] = [
         "refund",
         "medium",
         [
-            "I'd like to return the {product} I bought {days} days ago, it doesn't fit my door frame.",
+            "I'd like to return the {product} I bought {days} days ago, it doesn't fit my door "
+            "frame.",
             "How do I return order {order}? The {product} isn't compatible with my heating system.",
             "I want to send back the {product} and get my money back, it's unopened.",
             "please start a return for my {product}, changed my mind",
@@ -688,7 +741,8 @@ SCENARIOS: list[Scenario] = [
         "medium",
         [
             "I returned my {product} {days} days ago and still haven't received the refund.",
-            "The return was delivered to your warehouse on {date} but my refund of {hw_amount} hasn't come through.",
+            "The return was delivered to your warehouse on {date} but my refund of {hw_amount} "
+            "hasn't come through.",
             "where's my refund? sent the item back weeks ago",
             "You refunded {hw_amount} but the order total was higher. Where's the rest?",
         ],
@@ -714,7 +768,8 @@ SCENARIOS: list[Scenario] = [
         "medium",
         [
             "The {product} arrived damaged and I just want my money back, not a replacement.",
-            "My {product} stopped working after a week. I don't want another one, please refund me.",
+            "My {product} stopped working after a week. "
+            "I don't want another one, please refund me.",
         ],
         ["Order {order}.", "I've already bought a different brand."],
         ["Refund for broken item", "money back"],
@@ -725,9 +780,12 @@ SCENARIOS: list[Scenario] = [
         "refund",
         "high",
         [
-            "The battery in my {product} swelled up and cracked the case. I want a full refund, this is a fire hazard.",
-            "The power adapter that came with my {product} melted and scorched the outlet. I want a refund and an explanation.",
-            "The {product} sparked when I plugged it in. I am returning it and I want my money back today, not store credit.",
+            "The battery in my {product} swelled up and cracked the case. I want a full refund, "
+            "this is a fire hazard.",
+            "The power adapter that came with my {product} melted and scorched the outlet. I "
+            "want a refund and an explanation.",
+            "The {product} sparked when I plugged it in. I am returning it and I want my money "
+            "back today, not store credit.",
         ],
         ["I have photos.", "I unplugged everything."],
         ["Safety issue - refund", "Melted adapter"],
@@ -745,7 +803,8 @@ SCENARIOS: list[Scenario] = [
             "Is the 30 day return window counted from the order date or the delivery date?",
             "Do you refund the original shipping cost if I return something?",
             "can i exchange a white doorbell for a black one?",
-            "If I bought a {product} on sale and the price drops further, do you refund the difference?",
+            "If I bought a {product} on sale and the price drops further, do you refund the "
+            "difference?",
         ],
         ["Just checking before I order.", "It was a gift."],
         ["Return policy question", "Returns"],

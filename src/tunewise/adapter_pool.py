@@ -32,6 +32,10 @@ if TYPE_CHECKING:
     from tunewise.models import ModelRef
 
 
+class CorruptedAdapterError(UserError):
+    """An adapter whose weights file is not a readable safetensors file (the server says 503)."""
+
+
 @dataclass(frozen=True)
 class Adapter:
     name: str
@@ -123,6 +127,7 @@ class AdapterPool:
             raise UserError(f"{path}: not a LoRA adapter directory (no {ADAPTER_CONFIG})")
         if not run.adapter_weights.is_file():
             raise UserError(f"{path}: no {ADAPTER_WEIGHTS} (only safetensors adapters are loaded)")
+        _check_safetensors(run.adapter_weights)
         expected = base_hash or run.base_hash()
         if expected is None:
             warnings.warn(
@@ -207,6 +212,8 @@ class AdapterPool:
             self._loaded.move_to_end(entry.name)
             return
         self._trim_locked(room=1)
+        from safetensors import SafetensorError
+
         try:
             if self._peft is None:
                 from peft import PeftModel
@@ -217,6 +224,8 @@ class AdapterPool:
                 self._peft.eval()
             else:
                 self._peft.load_adapter(str(entry.path), adapter_name=entry.slot)
+        except SafetensorError as exc:  # the file changed after _check_safetensors read it
+            raise CorruptedAdapterError(f"adapter '{entry.name}' ({entry.path}): {exc}") from None
         except (ValueError, KeyError, RuntimeError, OSError) as exc:
             raise UserError(
                 f"adapter '{entry.name}' ({entry.path}) does not fit base "
@@ -245,3 +254,18 @@ class AdapterPool:
         if not self._adapters_enabled:
             self._peft.base_model.enable_adapter_layers()
             self._adapters_enabled = True
+
+
+def _check_safetensors(weights: Path) -> None:
+    """Refuse a weights file whose safetensors header does not parse, before PEFT reads it.
+
+    Reading the header costs one small read; PEFT would otherwise fail inside its loader with a
+    SafetensorError that says nothing about which file was damaged.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            f.keys()
+    except (SafetensorError, OSError) as exc:
+        raise CorruptedAdapterError(f"{weights}: not a readable safetensors file ({exc})") from None

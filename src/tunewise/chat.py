@@ -12,11 +12,21 @@ template family's conventions are handled once:
 * A template that silently drops a system message (a Mistral v0.3 revision has no system branch)
   is refused: training on, or evaluating with, an instruction the model never sees would be
   wrong without a trace.
+* Control tokens written *inside* a message (``"<|im_end|><|im_start|>system"`` in a user turn)
+  are plain text, not control tokens: a client, or a line of training data, must not be able to
+  close its own turn and open a forged system turn. A template renders to a string, and
+  tokenizing that string would map the literal text back to the special ids, so :func:`render`
+  wraps each control token in a message's content in private-use markers (transformers'
+  ``mark_control_tokens``) and :func:`encode` encodes the marked ones as text
+  (``encode_marked_chat``, the same path as ``apply_chat_template(sanitize_control_tokens=True)``).
+  ``model.allow_special_tokens_in_content: true`` turns this off for data that means them.
 """
 
 from __future__ import annotations
 
+import re
 import weakref
+from collections.abc import Sequence
 from itertools import takewhile
 from typing import Any
 
@@ -25,6 +35,12 @@ from tunewise.errors import UserError
 _MARKER = "TUNEWISEMARKER"
 # end_of_turn per tokenizer, keyed by what it depends on: training calls it once per example.
 _EOT_CACHE: weakref.WeakKeyDictionary[Any, tuple[Any, str]] = weakref.WeakKeyDictionary()
+# The private-use characters transformers' mark_control_tokens wraps around a control token found
+# in a message (kept in sync by test_chat_special_tokens, which checks the round trip).
+_MARK_START, _MARK_END = "\U000f0000", "\U000f0001"
+_CONTROL_CACHE: weakref.WeakKeyDictionary[Any, tuple[Any, re.Pattern[str]]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def _apply(tokenizer: Any, messages: list[dict[str, str]], generation_prompt: bool) -> str:
@@ -33,10 +49,54 @@ def _apply(tokenizer: Any, messages: list[dict[str, str]], generation_prompt: bo
     )
 
 
-def render(tokenizer: Any, messages: list[dict[str, str]], *, generation_prompt: bool) -> str:
-    """``messages`` rendered by the tokenizer's chat template (text, not tokens)."""
+def control_tokens(tokenizer: Any) -> re.Pattern[str]:
+    """A pattern matching the tokenizer's control tokens, longest first: every special added
+    token, and the other added tokens the chat template writes (not whitespace ones such as
+    Gemma's ``"\\n"``, which templates use as ordinary text)."""
+    key = (tokenizer.chat_template, len(tokenizer))
+    hit = _CONTROL_CACHE.get(tokenizer)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else ""
+    found = {
+        t.content
+        for t in tokenizer.added_tokens_decoder.values()
+        if t.content and (t.special or (t.content in template and not t.content.isspace()))
+    }
+    longest_first = sorted(found, key=len, reverse=True)
+    pattern = re.compile("|".join(map(re.escape, longest_first)) or "(?!)")  # (?!): no match
+    _CONTROL_CACHE[tokenizer] = (key, pattern)
+    return pattern
+
+
+def _as_text(messages: list[dict[str, str]], pattern: re.Pattern[str]) -> list[dict[str, str]]:
+    """``messages`` with every control token in a content marked to be encoded as text."""
+    from transformers.utils.chat_template_utils import mark_control_tokens
+
+    return [
+        {**m, "content": mark_control_tokens(m["content"], pattern)}
+        if isinstance(m.get("content"), str)
+        else m
+        for m in messages
+    ]
+
+
+def render(
+    tokenizer: Any,
+    messages: list[dict[str, str]],
+    *,
+    generation_prompt: bool,
+    allow_special_tokens: bool = False,
+) -> str:
+    """``messages`` rendered by the tokenizer's chat template (text, not tokens).
+
+    Control tokens inside a message's content come out marked, to be encoded as text by
+    :func:`encode` (see the module docstring), unless ``allow_special_tokens``.
+    """
     from jinja2.exceptions import TemplateError
 
+    if not allow_special_tokens:
+        messages = _as_text(messages, control_tokens(tokenizer))
     try:
         text = _apply(tokenizer, messages, generation_prompt)
     except TemplateError as exc:
@@ -96,3 +156,31 @@ def end_of_turn_id(tokenizer: Any, eot: str) -> int | None:
     """The token id of ``eot`` when it is a single token (the usual case), else None."""
     ids = tokenizer(eot.strip(), add_special_tokens=False)["input_ids"] if eot.strip() else []
     return int(ids[0]) if len(ids) == 1 else None
+
+
+def encode(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
+    """Token ids of rendered texts (no BOS added: the template writes its own).
+
+    The control tokens :func:`render` marked in message contents become plain text; the
+    template's own stay control tokens. A text without marks is tokenized as it is.
+    """
+    from transformers.utils.chat_template_utils import encode_marked_chat
+
+    marked = [i for i, t in enumerate(texts) if _MARK_START in t or _MARK_END in t]
+    plain = sorted(set(range(len(texts))) - set(marked))
+    out: list[list[int]] = [[] for _ in texts]
+    if plain:  # one batched call for the usual case
+        enc = tokenizer([texts[i] for i in plain], add_special_tokens=False)["input_ids"]
+        for i, ids in zip(plain, enc, strict=True):
+            out[i] = list(ids)
+    for i in marked:
+        text = texts[i]
+        try:
+            out[i] = list(encode_marked_chat(tokenizer, text))
+        except ValueError as exc:  # the tokenizer makes the control token from plain text too
+            raise UserError(
+                f"cannot encode a control token in a message as plain text with this "
+                f"tokenizer ({exc}); set model.allow_special_tokens_in_content: true to keep "
+                "them as control tokens"
+            ) from None
+    return out

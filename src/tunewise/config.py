@@ -55,8 +55,19 @@ class SplitConfig(_Section):
 
 class DataConfig(_Section):
     train: Path = Field(..., description="chat JSONL: one {'messages': [...]} per line")
+    val: Path | None = Field(
+        None,
+        description="your own validation file (chat JSONL); when set, train is not re-split for it",
+    )
+    test: Path | None = Field(
+        None,
+        description="your own test file (chat JSONL), sealed like a test split tunewise makes; "
+        "when set, train is not re-split for it",
+    )
     docs: Path | None = Field(None, description="folder of .md/.txt documents for the RAG rung")
-    split: SplitConfig = SplitConfig()
+    split: SplitConfig = Field(
+        SplitConfig(), description="fractions carved from train for val/test files not given"
+    )
     max_len: int = Field(
         512,
         ge=16,
@@ -78,6 +89,12 @@ class ModelConfig(_Section):
         "auto",
         description="number format of the weights. auto: bf16 on a GPU that has it (fp16 on older "
         "GPUs), fp32 on the CPU; full fine-tuning keeps fp32 weights under 16-bit autocast",
+    )
+    allow_special_tokens_in_content: bool = Field(
+        False,
+        description="treat control tokens written inside messages (such as '<|im_end|>') as "
+        "control tokens in training and evaluation; by default they are plain text, so data "
+        "cannot open or close turns",
     )
 
     @field_validator("device")
@@ -207,7 +224,7 @@ class EvalConfig(_Section):
 
 
 class CostConfig(_Section):
-    """The advisor's cost model, for the cost per 1,000 requests a non-inferiority verdict states."""
+    """The advisor's cost model, for the cost per 1,000 requests of a non-inferiority verdict."""
 
     requests_per_day: float = Field(..., gt=0)
     tokens_per_request: float = Field(..., gt=0, description="input + output tokens")
@@ -266,6 +283,23 @@ class GateConfig(_Section):
         return self
 
 
+class MlflowConfig(_Section):
+    uri: str | None = Field(
+        None,
+        description="MLflow tracking URI: http://host:5000, or sqlite:///mlflow.db (relative to "
+        "this file); the environment variable TUNEWISE_MLFLOW_URI overrides it",
+    )
+    experiment: str | None = Field(None, description="experiment name (default: the project name)")
+
+
+class TrackingConfig(_Section):
+    mlflow: MlflowConfig = Field(
+        MlflowConfig(),
+        description="optional (pip install 'tunewise[mlflow]'): training runs, the ladder's "
+        "results and registry aliases mirrored to MLflow",
+    )
+
+
 class ProjectConfig(_Section):
     name: str
     task: TaskConfig = TaskConfig()
@@ -274,6 +308,7 @@ class ProjectConfig(_Section):
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     gate: GateConfig = GateConfig()
+    tracking: TrackingConfig = TrackingConfig()
     root: Path = Field(Path("."), exclude=True, description="folder of project.yaml (set on load)")
 
     @field_validator("name")
@@ -293,8 +328,15 @@ class ProjectConfig(_Section):
         root = self.root
         if not self.data.train.is_absolute():
             self.data.train = root / self.data.train
-        if self.data.docs is not None and not self.data.docs.is_absolute():
-            self.data.docs = root / self.data.docs
+        for name in ("val", "test", "docs"):
+            given = getattr(self.data, name)
+            if given is not None and not given.is_absolute():
+                setattr(self.data, name, root / given)
+        uri = self.tracking.mlflow.uri
+        if uri and uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+            # SQLAlchemy reads sqlite:///x.db relative to the working directory; a project's
+            # paths are relative to its own folder.
+            self.tracking.mlflow.uri = "sqlite:///" + str(root / uri.removeprefix("sqlite:///"))
         return self
 
     @property

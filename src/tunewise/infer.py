@@ -92,6 +92,7 @@ class Engine:
         dtype: str | None = None,
         trust_remote_code: bool = False,
         placement: Placement | None = None,
+        allow_special_tokens_in_content: bool = False,
     ) -> None:
         import torch
         from transformers.utils import logging as hf_logging
@@ -104,6 +105,8 @@ class Engine:
         self.ref = ref
         self.batch_size = batch_size
         self.cache = cache
+        # False: a control token typed inside a message is text (see tunewise.chat)
+        self.allow_special_tokens_in_content = allow_special_tokens_in_content
         self.tokenizer = load_tokenizer(ref, trust_remote_code=trust_remote_code)
         hf_logging.disable_progress_bar()
         # Device, dtype, 4-bit and attention from the one policy (tunewise.device): a GPU gets
@@ -199,13 +202,17 @@ class Engine:
                 or not isinstance(m.get("content"), str)
             ):
                 raise UserError(f"messages[{i}]: expected {{'role': str, 'content': str}}")
-        return chat.render(self.tokenizer, messages, generation_prompt=True)
+        return chat.render(
+            self.tokenizer,
+            messages,
+            generation_prompt=True,
+            allow_special_tokens=self.allow_special_tokens_in_content,
+        )
 
     def encode(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of rendered prompts (or plain continuations); see :func:`chat.encode`."""
         with self._tok_lock:
-            return [
-                list(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]
-            ]
+            return chat.encode(self.tokenizer, texts)
 
     def decode(self, ids: list[int]) -> str:
         with self._tok_lock:

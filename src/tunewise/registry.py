@@ -2,8 +2,9 @@
 
 Layout under ``paths.registry_dir()``::
 
-    registry.sqlite                 versions, aliases, alias_events (SQLite, WAL)
+    registry.sqlite                 the index: versions, aliases, alias_events (SQLite, WAL)
     blobs/sha256/<hash>             content-addressed files (safetensors, json, chat templates)
+    records/<name>/...              every version and alias move again, as JSON beside the blobs
     versions/<name>/<version>/      a materialised copy of one version, laid out as PEFT expects
 
 Why this shape:
@@ -19,6 +20,14 @@ Why this shape:
   (``CorruptedFileError``) and never served.
 * Names are checked against a small safe charset, so nothing a user types can escape the registry
   folder (``../``, absolute paths, NUL bytes are all refused).
+* The index is never the only copy of a fact: each version and alias move is also written as a
+  record (:mod:`tunewise.registry_records`) in the same transaction. A missing, empty or damaged
+  index (:mod:`tunewise.registry_index`) is reported as such, never read as an empty registry,
+  and ``tunewise registry rebuild`` restores it from the records.
+* Only writers create anything. Readers open the index read-only, so listing, showing and
+  serving work on a read-only ``TUNEWISE_HOME`` (a version is then materialised in a private
+  temporary folder). The first write of a process removes the ``.incoming.*`` files that killed
+  writers left behind.
 """
 
 from __future__ import annotations
@@ -27,13 +36,11 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import sqlite3
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from tunewise import paths
@@ -47,7 +54,20 @@ from tunewise.eval.results import (
     EvalSummary,
     Verdict,
 )
-from tunewise.fsio import sha256_file
+from tunewise.registry_blobs import CRASH_ENV as CRASH_ENV  # re-exported: tests, callers
+from tunewise.registry_blobs import BlobStore, crash_point
+from tunewise.registry_blobs import CorruptedFileError as CorruptedFileError
+from tunewise.registry_index import (
+    INDEX_FILE,
+    broken,
+    classify,
+    connect_ro,
+    connect_rw,
+    create_schema,
+    empty_index,
+    problem,
+)
+from tunewise.registry_records import RECORDS_DIR, Records, backfill, version_record
 from tunewise.rundir import RunDir
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -56,50 +76,6 @@ DEFAULT_ALIAS = "production"
 # Files copied from a run: weights in safetensors, configs and tokenizer files. Never pickles.
 ALLOWED_SUFFIXES = {".safetensors", ".json", ".jinja", ".txt", ".model"}
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".ckpt"}
-# Test hook: make `add` exit abruptly at a named point to prove crash safety.
-CRASH_ENV = "TUNEWISE_REGISTRY_CRASH_AT"
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS versions (
-    name TEXT NOT NULL,
-    version INTEGER NOT NULL,
-    created_at REAL NOT NULL,
-    kind TEXT NOT NULL,
-    source_run TEXT NOT NULL,
-    base_model TEXT,
-    base_path TEXT,
-    base_weight_hash TEXT NOT NULL,
-    data_hashes TEXT NOT NULL,
-    config TEXT NOT NULL,
-    eval TEXT,
-    verdict TEXT,
-    ship INTEGER,
-    files TEXT NOT NULL,
-    PRIMARY KEY (name, version)
-);
-CREATE TABLE IF NOT EXISTS aliases (
-    name TEXT NOT NULL,
-    alias TEXT NOT NULL,
-    version INTEGER NOT NULL,
-    updated_at REAL NOT NULL,
-    PRIMARY KEY (name, alias)
-);
-CREATE TABLE IF NOT EXISTS alias_events (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    name TEXT NOT NULL,
-    alias TEXT NOT NULL,
-    action TEXT NOT NULL,
-    from_version INTEGER,
-    to_version INTEGER NOT NULL,
-    at REAL NOT NULL,
-    forced INTEGER NOT NULL DEFAULT 0,
-    reason TEXT
-);
-"""
-
-
-class CorruptedFileError(UserError):
-    """A registry file whose content no longer matches its recorded hash."""
 
 
 @dataclass
@@ -178,13 +154,6 @@ def validate_name(name: str, what: str = "name") -> str:
     return name
 
 
-def _safe_relpath(rel: str) -> str:
-    p = PurePosixPath(rel)
-    if "\x00" in rel or p.is_absolute() or any(part in ("", ".", "..") for part in p.parts):
-        raise UserError(f"refusing unsafe file path {rel!r} in registry entry")
-    return str(p)
-
-
 def parse_spec(spec: str) -> tuple[str, int | None, str | None]:
     """``name`` | ``name:VERSION`` | ``name@ALIAS`` -> (name, version, alias)."""
     if not isinstance(spec, str) or not spec:
@@ -194,15 +163,12 @@ def parse_spec(spec: str) -> tuple[str, int | None, str | None]:
         return validate_name(name), None, validate_name(alias, "alias")
     if ":" in spec:
         name, ver = spec.rsplit(":", 1)
-        if not ver.isdigit():
-            raise UserError(f"invalid version in {spec!r}: expected NAME:INTEGER")
+        # ASCII digits only (str.isdigit also takes '²' and '٣', which int() refuses), and few
+        # enough for SQLite's 64-bit integers
+        if not re.fullmatch(r"[0-9]{1,9}", ver):
+            raise UserError(f"invalid version in {spec!r}: expected NAME:INTEGER (1-9 digits)")
         return validate_name(name), int(ver), None
     return validate_name(spec), None, None
-
-
-def _crash_point(point: str) -> None:
-    if os.environ.get(CRASH_ENV) == point:
-        os._exit(17)
 
 
 def _collect_run_files(run_dir: Path) -> tuple[str, dict[str, Path]]:
@@ -229,33 +195,65 @@ class Registry:
     """The registry under ``root`` (default ``paths.registry_dir()``)."""
 
     def __init__(self, root: Path | None = None, *, busy_timeout_s: float = 60.0) -> None:
-        self.root = Path(root) if root is not None else paths.registry_dir()
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.blob_dir = self.root / "blobs" / "sha256"
-        self.blob_dir.mkdir(parents=True, exist_ok=True)
-        self.versions_dir = self.root / "versions"
-        self.db_path = self.root / "registry.sqlite"
+        self.root = Path(root) if root is not None else _default_root()
+        self.blobs = BlobStore(self.root)
+        self.blob_dir = self.blobs.blob_dir
+        self.versions_dir = self.blobs.versions_dir
+        self.db_path = self.root / INDEX_FILE
+        self.records = Records(self.root / RECORDS_DIR)
         self.busy_timeout_s = busy_timeout_s
-        with self._tx() as db:
-            for stmt in SCHEMA.strip().split(";"):
-                if stmt.strip():
-                    db.execute(stmt)
+        self._writer_ready = False
+        # Checked once per instance: a long-lived reader (the server) is told at start.
+        self._problem = problem(self.db_path, has_data=self.has_data())
 
     # -- database ---------------------------------------------------------------------------
 
-    def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.db_path, timeout=self.busy_timeout_s, isolation_level=None)
-        db.row_factory = sqlite3.Row
-        db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
-        # journal_mode needs a lock; the busy timeout above lets concurrent openers wait for it.
-        db.execute("PRAGMA journal_mode = WAL")
-        db.execute("PRAGMA synchronous = FULL")
-        return db
+    def has_data(self) -> bool:
+        """Whether records or blobs exist: an absent index would then forget something."""
+        return self.blobs.exist() or self.records.exist()
+
+    def recheck(self) -> None:
+        """Look at the index again (after ``rebuild`` replaced it)."""
+        self._problem = problem(self.db_path, has_data=self.has_data())
+
+    def check(self) -> None:
+        """Raise the one-line error of a missing, empty or damaged index (see registry_index)."""
+        if self._problem is not None:
+            raise broken(self.db_path, self._problem)
+
+    def require_writable(self) -> None:
+        """Create the folders a writer needs; a read-only home is one line, not a traceback."""
+        try:
+            for folder in (self.root, self.blob_dir, self.records.root):
+                folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"{self.root}: cannot write the registry: {exc.strerror}") from None
+        if not os.access(self.root, os.W_OK):
+            raise UserError(
+                f"{self.root}: the registry folder is read-only; adding, promoting and rolling "
+                "back need a writable TUNEWISE_HOME (reading works as it is)"
+            )
+
+    def _open_writer(self) -> None:
+        """Once per instance, before the first write: the checks, the schema, the cleanup."""
+        if self._writer_ready:
+            return
+        self.check()
+        self.require_writable()
+        self._writer_ready = True  # _tx below must not come back here
+        with self._tx() as db:
+            create_schema(db)
+            backfill(db, self.records)
+        self.blobs.clean_incoming()
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         """A write transaction that takes the lock up front (no upgrade deadlocks)."""
-        db = self._connect()
+        self._open_writer()
+        try:
+            db = connect_rw(self.db_path, self.busy_timeout_s)
+        except sqlite3.DatabaseError as exc:
+            raise classify(self.db_path, exc) from None
         try:
             db.execute("BEGIN IMMEDIATE")
             try:
@@ -264,49 +262,54 @@ class Registry:
                 db.execute("ROLLBACK")
                 raise
             db.execute("COMMIT")
+        except sqlite3.DatabaseError as exc:
+            raise classify(self.db_path, exc) from None
         finally:
             db.close()
 
     @contextlib.contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
-        db = self._connect()
+        """A read-only connection (an empty index when nothing was ever written)."""
+        self.check()
+        fresh = not self.db_path.exists() or self.db_path.stat().st_size == 0
+        try:
+            db = empty_index() if fresh else connect_ro(self.db_path, self.busy_timeout_s)
+        except sqlite3.DatabaseError as exc:
+            raise classify(self.db_path, exc) from None
         try:
             yield db
+        except sqlite3.DatabaseError as exc:
+            raise classify(self.db_path, exc) from None
         finally:
             db.close()
 
-    # -- blobs ------------------------------------------------------------------------------
+    def backfill(self) -> int:
+        """Write the records the index has and the records folder lacks (see registry_records)."""
+        self.require_writable()
+        with self._read() as db:
+            return backfill(db, self.records)
+
+    def index_rows(self) -> tuple[list[dict[str, Any]], set[tuple[str, int]]]:
+        """Every version row, and every alias event's (name, id): what ``doctor`` compares."""
+        with self._read() as db:
+            rows = [dict(r) for r in db.execute("SELECT * FROM versions")]
+            events = {(r["name"], r["id"]) for r in db.execute("SELECT name, id FROM alias_events")}
+        return rows, events
+
+    def has_name(self, name: str) -> bool:
+        """Whether any version of ``name`` is registered."""
+        with self._read() as db:
+            row = db.execute("SELECT 1 FROM versions WHERE name = ? LIMIT 1", (name,)).fetchone()
+        return row is not None
+
+    # -- files ------------------------------------------------------------------------------
 
     def blob_path(self, digest: str) -> Path:
-        if not re.fullmatch(r"[0-9a-f]{64}", digest):
-            raise UserError(f"invalid blob hash {digest!r}")
-        return self.blob_dir / digest
+        return self.blobs.path(digest)
 
-    def _put_blob(self, src: Path) -> str:
-        """Copy ``src`` into the blob store atomically; return its sha256."""
-        fd, tmp = tempfile.mkstemp(prefix=".incoming.", dir=self.blob_dir)
-        try:
-            import hashlib
-
-            h = hashlib.sha256()
-            with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
-                while block := inp.read(1 << 20):
-                    h.update(block)
-                    out.write(block)
-                out.flush()
-                os.fsync(out.fileno())
-            digest = h.hexdigest()
-            target = self.blob_path(digest)
-            if target.exists() and sha256_file(target) == digest:
-                os.unlink(tmp)
-            else:
-                os.chmod(tmp, 0o444)
-                os.replace(tmp, target)
-            return digest
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+    def verify(self, v: Version) -> list[str]:
+        """Relative paths whose blob is missing or no longer matches its hash."""
+        return self.blobs.verify(v)
 
     # -- add --------------------------------------------------------------------------------
 
@@ -338,8 +341,9 @@ class Registry:
         ship = None if verdict_obj is None else verdict_obj.ship
 
         kind, files = _collect_run_files(run_dir)
-        hashes = {rel: self._put_blob(src) for rel, src in files.items()}
-        _crash_point("after_blobs")
+        self._open_writer()
+        hashes = {rel: self.blobs.put(src) for rel, src in files.items()}
+        crash_point("after_blobs")
 
         with self._tx() as db:
             row = db.execute(
@@ -367,12 +371,26 @@ class Registry:
                     json.dumps(hashes, sort_keys=True),
                 ),
             )
-            _crash_point("before_commit")
+            self.records.write_version(
+                version_record(
+                    db.execute(
+                        "SELECT * FROM versions WHERE name = ? AND version = ?", (name, version)
+                    ).fetchone()
+                )
+            )
+            crash_point("before_commit")
         return self.get(name, version)
 
     # -- queries ----------------------------------------------------------------------------
 
     def _row_to_version(self, db: sqlite3.Connection, row: sqlite3.Row) -> Version:
+        try:
+            return self._decode_row(db, row)
+        except (ValueError, TypeError, KeyError) as exc:  # a damaged cell the page check missed
+            where = f"row {row['name']}:{row['version']} unreadable: {exc}"
+            raise broken(self.db_path, f"corrupted ({where})") from None
+
+    def _decode_row(self, db: sqlite3.Connection, row: sqlite3.Row) -> Version:
         aliases = [
             r["alias"]
             for r in db.execute(
@@ -449,7 +467,7 @@ class Registry:
     def resolve(self, spec: str) -> Version:
         """Like :meth:`lookup`, and materialise the files with every hash verified."""
         v = self.lookup(spec)
-        v.path = self._materialise(v)
+        v.path = self.blobs.materialise(v)
         return v
 
     def versions(self, name: str) -> list[Version]:
@@ -567,6 +585,7 @@ class Registry:
                 " forced, reason) VALUES (?, ?, 'promote', ?, ?, ?, ?, ?)",
                 (name, alias, current, version, now, int(force), reason),
             )
+            self._record_last_event(db)
         return {
             "name": name,
             "alias": alias,
@@ -609,6 +628,7 @@ class Registry:
                 " forced, reason) VALUES (?, ?, 'rollback', ?, ?, ?, 0, ?)",
                 (name, alias, current, target, now, reason),
             )
+            self._record_last_event(db)
         return {
             "name": name,
             "alias": alias,
@@ -617,59 +637,17 @@ class Registry:
             "changed": True,
         }
 
-    # -- files ------------------------------------------------------------------------------
+    def _record_last_event(self, db: sqlite3.Connection) -> None:
+        """Write the alias event just inserted in ``db``'s transaction as a record."""
+        row = db.execute("SELECT * FROM alias_events WHERE id = last_insert_rowid()").fetchone()
+        self.records.write_event(dict(row))
 
-    def verify(self, v: Version) -> list[str]:
-        """Relative paths whose blob is missing or no longer matches its hash."""
-        bad = []
-        for rel, digest in v.files.items():
-            blob = self.blob_path(digest)
-            if not blob.is_file() or sha256_file(blob) != digest:
-                bad.append(rel)
-        return bad
 
-    def _dir_ok(self, target: Path, v: Version) -> bool:
-        return target.is_dir() and all(
-            (target / _safe_relpath(rel)).is_file() and sha256_file(target / rel) == digest
-            for rel, digest in v.files.items()
-        )
-
-    def _materialise(self, v: Version) -> Path:
-        """A directory with the version's files under their run names, every hash checked."""
-        target = self.versions_dir / validate_name(v.name) / str(int(v.version))
-        if self._dir_ok(target, v):
-            return target
-        bad = self.verify(v)
-        if bad:
-            raise CorruptedFileError(
-                f"{v.spec}: corrupted or missing file(s) {', '.join(sorted(bad))} "
-                "(hash mismatch with the registry record); refusing to use this version"
-            )
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{v.version}.", dir=target.parent))
-        try:
-            for rel, digest in v.files.items():
-                dst = tmp / _safe_relpath(rel)
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                # A copy, not a hardlink: a later write to the served copy cannot reach the blob.
-                shutil.copyfile(self.blob_path(digest), dst)
-                if sha256_file(dst) != digest:
-                    raise CorruptedFileError(f"{v.spec}: {rel}: changed while being copied")
-            try:
-                os.replace(tmp, target)  # fails when another process materialised it first
-            except OSError:
-                if self._dir_ok(target, v):
-                    shutil.rmtree(tmp, ignore_errors=True)
-                    return target
-                # a damaged copy: move it aside (never delete a folder under a reader's feet)
-                aside = Path(tempfile.mkdtemp(prefix=f".{v.version}.stale.", dir=target.parent))
-                os.replace(target, aside / "old")
-                os.replace(tmp, target)
-                shutil.rmtree(aside, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return target
+def _default_root() -> Path:
+    try:
+        return paths.registry_dir()
+    except OSError:  # a read-only home without a registry folder: readers find it empty
+        return paths.home() / "registry"
 
 
 def _champion_problem(v: Version, current: Version) -> str | None:

@@ -111,7 +111,7 @@ class RunDir:
         atomic_write_json(self.run_json, record)
 
     def base_model(self) -> dict[str, Any]:
-        """``{"name", "path", "weight_hash"}`` of the base model the run trained on ({} if unknown)."""
+        """``{"name", "path", "weight_hash"}`` of the run's base model ({} if unknown)."""
         data = self.read() or {}
         base = data.get("base_model")
         return base if isinstance(base, dict) else {}

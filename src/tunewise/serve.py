@@ -28,11 +28,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import ipaddress
 import json
 import logging
 import threading
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
@@ -44,6 +45,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from tunewise.adapter_pool import CorruptedAdapterError
 from tunewise.backend import GenRequest, GenResult, PromptTooLongError, check_context
 from tunewise.errors import UserError
 from tunewise.serve_schemas import (
@@ -61,7 +63,7 @@ from tunewise.serve_schemas import (
     StreamChoice,
     UnloadResult,
 )
-from tunewise.serve_state import MicroBatcher, ModelTable
+from tunewise.serve_state import MicroBatcher, ModelTable, admin_adapter_dir
 
 if TYPE_CHECKING:
     from tunewise.infer import Engine
@@ -74,9 +76,15 @@ log = logging.getLogger("tunewise.serve")
 Body = TypeVar("Body", bound=BaseModel)
 
 
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
 @dataclass
 class ServeSettings:
-    api_key: str | None = None
+    api_key: str | None = None  # opens /v1 (clients); never /admin
+    admin_key: str | None = None  # opens /admin; without it /admin is off ...
+    allow_admin: bool = False  # ... unless this is set: open /admin to loopback clients, no key
+    adapter_roots: list[Path] = field(default_factory=list)  # where admin `load` may read paths
     batch_window_ms: float = 5.0
     max_batch: int = 32
     max_tokens_default: int = 256
@@ -124,6 +132,43 @@ async def require_api_key(
             type="authentication_error",
             code="invalid_api_key",
         )
+
+
+def _is_loopback(host: str | None) -> bool:
+    try:
+        return host is not None and ipaddress.ip_address(host).is_loopback
+    except ValueError:  # not an address (a test client's name, a unix socket)
+        return False
+
+
+async def require_admin(
+    state: State,
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    """``/admin`` needs the admin key; without one it is off, unless ``allow_admin`` opened it to
+    loopback clients. The client key never opens it (a client must not load or unload adapters).
+    """
+    settings = state.settings
+    if settings.admin_key:
+        token = credentials.credentials.strip() if credentials is not None else ""
+        if not hmac.compare_digest(token.encode(), settings.admin_key.encode()):
+            raise APIError(
+                401,
+                "invalid or missing admin key (Authorization: Bearer ADMIN_KEY)",
+                type="authentication_error",
+                code="invalid_admin_key",
+            )
+        return
+    if settings.allow_admin and _is_loopback(request.client.host if request.client else None):
+        return
+    raise APIError(
+        403,
+        "admin routes are off: start the server with --admin-key KEY "
+        "(or --allow-admin on a loopback host)",
+        type="permission_error",
+        code="admin_disabled",
+    )
 
 
 async def _read_json(request: Request, limit: int) -> Any:
@@ -176,6 +221,7 @@ AdminBody = Annotated[AdminModel, Depends(json_body(AdminModel))]
 
 public = APIRouter()
 protected = APIRouter(dependencies=[Depends(require_api_key)])
+admin = APIRouter(dependencies=[Depends(require_admin)])
 
 
 @public.get("/health")
@@ -209,12 +255,12 @@ async def chat(state: State, req: ChatBody) -> Response:
     except PromptTooLongError:
         raise  # the app's handler answers 413
     except UserError as exc:
-        raise APIError(409, str(exc), code="adapter_unavailable", param="model") from None
+        raise _refused(exc, code="adapter_unavailable") from None
     body = ChatCompletion.of(result, cid=cid, model=req.model, fingerprint=fingerprint)
     return JSONResponse(body.model_dump(), headers=headers)
 
 
-@protected.get("/admin/adapters")
+@admin.get("/admin/adapters")
 async def admin_list(state: State) -> AdapterStatus:
     return AdapterStatus(
         registered=state.engine.adapters(),
@@ -224,11 +270,16 @@ async def admin_list(state: State) -> AdapterStatus:
     )
 
 
-@protected.post("/admin/adapters/load")
+@admin.post("/admin/adapters/load")
 async def admin_load(state: State, body: AdminBody) -> LoadResult:
     if body.name and body.path:
+        folder = await run_in_threadpool(admin_adapter_dir, body.path, state.settings.adapter_roots)
         try:
-            key = await run_in_threadpool(state.table.add_direct, body.name, Path(body.path))
+            key = await run_in_threadpool(state.table.add_direct, body.name, folder)
+        except APIError:
+            raise
+        except CorruptedAdapterError as exc:
+            raise _refused(exc) from None
         except UserError as exc:
             raise APIError(422, str(exc), param="path") from None
     elif body.model:
@@ -238,7 +289,7 @@ async def admin_load(state: State, body: AdminBody) -> LoadResult:
     return LoadResult(loaded=key, registered=state.engine.adapters())
 
 
-@protected.post("/admin/adapters/unload")
+@admin.post("/admin/adapters/unload")
 async def admin_unload(state: State, body: AdminBody) -> UnloadResult:
     target = body.model or body.name
     if not target:
@@ -247,7 +298,7 @@ async def admin_unload(state: State, body: AdminBody) -> UnloadResult:
     return UnloadResult(unloaded=key, registered=state.engine.adapters())
 
 
-@protected.post("/admin/adapters/refresh")
+@admin.post("/admin/adapters/refresh")
 async def admin_refresh(state: State) -> RefreshResult:
     return await run_in_threadpool(state.table.refresh)
 
@@ -261,7 +312,15 @@ async def _resolve_model(table: ModelTable, model: str) -> str | None:
     except APIError:
         raise
     except UserError as exc:  # e.g. the Engine refused the adapter
-        raise APIError(409, str(exc), code="adapter_refused", param="model") from None
+        raise _refused(exc) from None
+
+
+def _refused(exc: UserError, code: str = "adapter_refused") -> APIError:
+    """The answer when the Engine will not load or run an adapter: 503 when its files are
+    damaged (nothing the client can fix), else 409."""
+    if isinstance(exc, CorruptedAdapterError):
+        return APIError(503, str(exc), type="server_error", code="corrupted_adapter")
+    return APIError(409, str(exc), code=code, param="model")
 
 
 async def _gen_request(state: ServerState, req: ChatRequest) -> GenRequest:
@@ -327,11 +386,12 @@ async def _sse(engine: Engine, gen: GenRequest, head: ChatCompletionChunk) -> As
                 result: GenResult = value
                 yield chunk({}, result.finish_reason)
             else:
-                err = (
-                    _too_long(value)
-                    if isinstance(value, PromptTooLongError)
-                    else APIError(500, str(value), type="server_error")
-                )
+                if isinstance(value, PromptTooLongError):
+                    err = _too_long(value)
+                elif isinstance(value, UserError):
+                    err = _refused(value, code="adapter_unavailable")
+                else:
+                    err = APIError(500, str(value), type="server_error")
                 yield f"data: {json.dumps(err.body())}\n\n".encode()
             break
         yield b"data: [DONE]\n\n"
@@ -369,6 +429,9 @@ def create_app(
 ) -> FastAPI:
     """The FastAPI app over ``engine`` (an :class:`tunewise.infer.Engine`)."""
     settings = settings or ServeSettings()
+    settings.adapter_roots = check_admin_options(
+        api_key=settings.api_key, admin_key=settings.admin_key, roots=settings.adapter_roots
+    )
     table = ModelTable(engine, registry)
     table.preload(settings.adapters)
     batcher = MicroBatcher(engine, settings.batch_window_ms / 1000, settings.max_batch)
@@ -385,7 +448,36 @@ def create_app(
     _install_error_handlers(app)
     app.include_router(public)
     app.include_router(protected)
+    app.include_router(admin)
     return app
+
+
+def check_admin_options(
+    *,
+    host: str = "127.0.0.1",
+    api_key: str | None = None,
+    admin_key: str | None = None,
+    allow_admin: bool = False,
+    roots: Sequence[str | Path] = (),
+) -> list[Path]:
+    """Refuse admin settings that would open ``/admin`` to clients; the adapter roots, resolved.
+
+    Checked before the model loads, so a mistake costs a second, not a model load.
+    """
+    if admin_key and api_key and hmac.compare_digest(admin_key.encode(), api_key.encode()):
+        raise UserError("--admin-key must differ from --api-key: a client key must not open /admin")
+    if allow_admin and host not in LOOPBACK_HOSTS:
+        raise UserError(
+            f"--allow-admin opens /admin without a key, so only on a loopback host, not {host!r}; "
+            "use --admin-key KEY (or TUNEWISE_ADMIN_KEY) instead"
+        )
+    resolved = []
+    for root in roots:
+        real = Path(root).expanduser().resolve()
+        if not real.is_dir():
+            raise UserError(f"--adapter-root {root}: no such directory")
+        resolved.append(real)
+    return resolved
 
 
 def serve(
@@ -395,6 +487,9 @@ def serve(
     port: int = 8000,
     adapters: list[str] | None = None,
     api_key: str | None = None,
+    admin_key: str | None = None,
+    allow_admin: bool = False,
+    adapter_roots: Sequence[str | Path] = (),
     max_loaded_adapters: int = 8,
     batch_size: int = 16,
     batch_window_ms: float = 5.0,
@@ -404,6 +499,13 @@ def serve(
     device: str = "auto",
 ) -> None:
     """Load the base model and run the server until interrupted."""
+    roots = check_admin_options(
+        host=host,
+        api_key=api_key,
+        admin_key=admin_key,
+        allow_admin=allow_admin,
+        roots=adapter_roots,
+    )
     import torch
     import uvicorn
 
@@ -422,6 +524,8 @@ def serve(
         device=device,
         where="--device",
     )
+    registry = Registry()
+    registry.check()  # a missing or damaged index stops the start, in one line
     engine = Engine(
         resolve(base),
         max_loaded_adapters=max_loaded_adapters,
@@ -432,9 +536,12 @@ def serve(
     print(f"base {engine.ref.name} on {placement.device} in {placement.dtype}{quant}", flush=True)
     settings = ServeSettings(
         api_key=api_key or None,
+        admin_key=admin_key or None,
+        allow_admin=allow_admin,
+        adapter_roots=roots,
         batch_window_ms=batch_window_ms,
         max_batch=max(batch_size, 1) * 2,
         adapters=list(adapters or []),
     )
-    app = create_app(engine, settings=settings, registry=Registry())
+    app = create_app(engine, settings=settings, registry=registry)
     uvicorn.run(app, host=host, port=port, log_level=log_level)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from tunewise.backend import Backend, GenRequest, GenResult, Messages
 from tunewise.errors import UserError
+from tunewise.rundir import RunDir
 from tunewise.serve_schemas import APIError, RefreshResult
 
 if TYPE_CHECKING:
@@ -118,6 +119,55 @@ def _not_found(model: str, why: str = "") -> APIError:
     return APIError(404, f"model {model!r} not found{why}", code="model_not_found", param="model")
 
 
+def admin_adapter_dir(raw: str, roots: Sequence[Path]) -> Path:
+    """The real folder behind an admin ``load`` path, refused unless it lies under an adapter root
+    (symlinks resolved, the files PEFT reads included) and holds a training run's record and
+    safetensors weights.
+
+    Containment is checked before existence, so the answer says nothing about files outside the
+    roots.
+    """
+    if not roots:
+        raise APIError(
+            403,
+            "loading adapters by path is off: start the server with --adapter-root DIR",
+            type="permission_error",
+            code="path_loading_disabled",
+            param="path",
+        )
+    outside = APIError(
+        403,
+        f"path {raw!r} is outside the adapter roots (--adapter-root)",
+        type="permission_error",
+        code="outside_adapter_roots",
+        param="path",
+    )
+    try:
+        real = Path(raw).resolve()
+    except (OSError, RuntimeError, ValueError):  # a NUL byte, a symlink loop
+        raise outside from None
+    if not _under(real, roots):
+        raise outside
+    if not real.is_dir():
+        raise APIError(422, f"path {raw!r}: no such directory", code="not_a_run", param="path")
+    run = RunDir(real)
+    for need in (run.run_json, run.adapter_config, run.adapter_weights):
+        if not need.exists():
+            raise APIError(
+                422,
+                f"{real}: no {need.name}: only training runs with safetensors weights are loaded",
+                code="not_a_run",
+                param="path",
+            )
+        if not _under(need.resolve(), roots):
+            raise outside
+    return real
+
+
+def _under(path: Path, roots: Sequence[Path]) -> bool:
+    return any(path.is_relative_to(root) for root in roots)
+
+
 class ModelTable:
     """Maps request ``model`` strings to Engine adapter names, loading registry versions lazily."""
 
@@ -148,9 +198,24 @@ class ModelTable:
 
         validate_name(name, "adapter name")
         with self._lock:
+            self._check_name_free_locked(name)
             self.engine.load_adapter(name, Path(path))
             self.direct[name] = Path(path)
         return name
+
+    def _check_name_free_locked(self, name: str) -> None:
+        """Refuse a name the base model or the registry answers to: a path-loaded adapter must
+        never take over requests meant for a registry version."""
+        owner = "the base model" if name in self.base_ids else None
+        if owner is None and self.registry is not None and self.registry.has_name(name):
+            owner = "the registry"
+        if owner is not None:
+            raise APIError(
+                409,
+                f"name {name!r} belongs to {owner}; load this adapter under another name",
+                code="name_taken",
+                param="name",
+            )
 
     def resolve(self, model: str) -> str | None:
         """The Engine adapter key for ``model`` (None = the base model), loading it if needed."""
@@ -179,6 +244,8 @@ class ModelTable:
                 after[spec] = self.resolve(spec)
             except APIError as exc:
                 after[spec] = f"error: {exc.message}"
+            except UserError as exc:  # the Engine refused the version the alias now names
+                after[spec] = f"error: {exc}"
         changed = {s: {"from": before[s], "to": after[s]} for s in after if after[s] != before[s]}
         return RefreshResult(changed=changed, resolved=after)
 
@@ -212,12 +279,15 @@ class ModelTable:
         return messages
 
     def listing(self) -> list[str]:
-        ids = [self.engine.ref.name, *self.direct]
+        """Every model id a client may ask for, each once (a registry name that arrived after a
+        path-loaded adapter of that name is still one id)."""
+        with self._lock:
+            ids = [self.engine.ref.name, *self.direct]
         if self.registry is not None:
             for row in self.registry.summary():
                 ids.append(row["name"])
                 ids += [f"{row['name']}@{a}" for a in row["aliases"]]
-        return ids
+        return list(dict.fromkeys(ids))
 
     def _load_from_registry_locked(self, model: str) -> str:
         if self.registry is None:

@@ -1,4 +1,4 @@
-"""The ladder: check -> split -> baselines -> train -> evaluate -> compare -> gate -> registry -> report.
+"""The ladder: check, split, baselines, train, evaluate, compare, gate, registry, report.
 
 Each stage is a function of files on disk. Its *key* is a hash of exactly the inputs that can
 change its output (the config sections it reads, the content hashes of its input files, and the
@@ -10,6 +10,11 @@ key and outputs of every finished stage, written atomically after each one, so:
   stages downstream of it, while check, split and the baselines stay cached;
 * Ctrl-C in any stage leaves every earlier stage recorded and reusable; an interrupted training
   run resumes from its last checkpoint on the next run.
+
+:func:`run_ladder` writes the ladder as a list of :class:`Stage` rows (name, inputs, run, the
+stages it reads from) and :meth:`Ladder.run` walks it in order: the list owns the numbering
+shown to the user, and each stage's key is derived from its row. It is a straight line, not a
+scheduler: a stage may only read from stages listed before it.
 """
 
 from __future__ import annotations
@@ -17,21 +22,51 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
-from tunewise import __version__
+from tunewise import __version__, tracking
 from tunewise.config import ProjectConfig, dump_project
 from tunewise.errors import UserError
 from tunewise.fsio import atomic_write_json, sha256_file, sha256_json
 from tunewise.learning_curve import CURVE_FILE, FRACTIONS
+from tunewise.rundir import RunDir
+from tunewise.rungs import RUNGS
 from tunewise.seeds import seed_name
 
-BASELINE_CANDIDATES = ["prompt", "fewshot", "rag"]
+METHODS = ("lora", "qlora", "full")
+
+Outputs = dict[str, Any]  # what a stage returns: JSON values; absolute paths are checked on reuse
+
+
+@dataclass(eq=False)  # compared and hashed by identity: a stage is a row of one ladder
+class Stage:
+    """One row of the ladder.
+
+    ``inputs`` are what the stage depends on besides earlier stages (config sections, content
+    hashes); ``after`` are the earlier stages it reads from, whose keys join its own; ``run``
+    gets their outputs (``upstream[stage]``) and returns its own.
+    """
+
+    name: str
+    inputs: dict[str, Any]
+    run: Callable[[dict[Stage, Outputs]], Outputs]
+    after: tuple[Stage, ...] = ()
+
+    @cached_property
+    def depends(self) -> dict[str, Any]:
+        """Everything the key covers: the inputs plus the upstream stages' keys, by name."""
+        return self.inputs | {s.name: s.key for s in self.after}
+
+    @cached_property
+    def key(self) -> str:
+        return sha256_json({"stage": self.name, "inputs": self.depends, "tunewise": __version__})
 
 
 @dataclass
@@ -67,7 +102,6 @@ class Ladder:
         self.console = console or Console(stderr=False, quiet=quiet)
         self.state: dict[str, Any] = self._load_state()
         self.result = LadderResult(work_dir=self.work)
-        self.keys: dict[str, str] = {}
 
     def _load_state(self) -> dict[str, Any]:
         try:
@@ -75,38 +109,44 @@ class Ladder:
         except (OSError, json.JSONDecodeError):
             return {}
 
-    def stage(
-        self,
-        name: str,
-        inputs: dict[str, Any],
-        fn: Callable[[], dict[str, Any]],
-        total: int,
-        index: int,
-    ) -> dict[str, Any]:
-        key = sha256_json({"stage": name, "inputs": inputs, "tunewise": __version__})
-        self.keys[name] = key
-        prev = self.state.get(name)
-        label = f"[{index}/{total}] {name}"
-        if prev and prev.get("key") == key and all(Path(p).exists() for p in prev.get("paths", [])):
+    def run(self, stages: Sequence[Stage]) -> dict[Stage, Outputs]:
+        """Every stage in order, numbered ``[i/n]``; returns each stage's outputs."""
+        done: dict[Stage, Outputs] = {}
+        for index, stage in enumerate(stages, start=1):
+            missing = [s.name for s in stage.after if s not in done]
+            if missing:  # a mistake in the table, not the user's
+                raise ValueError(f"stage {stage.name} reads from {missing}, not run before it")
+            label = f"[{index}/{len(stages)}] {stage.name}"
+            done[stage] = self._stage(stage, label, {s: done[s] for s in stage.after})
+        return done
+
+    def _stage(self, stage: Stage, label: str, upstream: dict[Stage, Outputs]) -> Outputs:
+        prev = self.state.get(stage.name)
+        if (
+            prev
+            and prev.get("key") == stage.key
+            and all(Path(p).exists() for p in prev.get("paths", []))
+        ):
             self.console.print(f"[dim]✓ {label}: unchanged, cached[/]")
-            self.result.stages.append(StageResult(name, "cached", 0.0, prev["outputs"]))
+            self.result.stages.append(StageResult(stage.name, "cached", 0.0, prev["outputs"]))
             return prev["outputs"]
         self.console.rule(f"[bold]{label}")
         started = time.time()
         try:
-            outputs = fn()
+            outputs = stage.run(upstream)
         except KeyboardInterrupt:
             # Without this the user sees a bare exit and cannot tell what was kept.
             kept = [s.name for s in self.result.stages]
             self.console.print(
                 f"\n[yellow]interrupted in {label}[/]; finished stages are kept"
-                f"{' (' + ', '.join(kept) + ')' if kept else ''}: run the same command again to resume"
+                f"{' (' + ', '.join(kept) + ')' if kept else ''}: "
+                "run the same command again to resume"
             )
             raise
         seconds = time.time() - started
         paths = [v for v in outputs.values() if isinstance(v, str) and v.startswith("/")]
-        self.state[name] = {
-            "key": key,
+        self.state[stage.name] = {
+            "key": stage.key,
             "outputs": outputs,
             "paths": paths,
             "seconds": round(seconds, 2),
@@ -115,7 +155,7 @@ class Ladder:
         # Recorded only after the stage finished: Ctrl-C inside it leaves the old record alone.
         atomic_write_json(self.state_path, self.state)
         self.console.print(f"[green]✓ {label}[/] in {seconds:.1f}s")
-        self.result.stages.append(StageResult(name, "ran", seconds, outputs))
+        self.result.stages.append(StageResult(stage.name, "ran", seconds, outputs))
         return outputs
 
 
@@ -128,6 +168,47 @@ def _file_hash(path: Path | None) -> str | None:
     return sha256_file(path) if path.is_file() else None
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """What the stages of one ladder share: config, work directory, candidates, runs."""
+
+    cfg: ProjectConfig
+    con: Console
+    quiet: bool
+    baselines: list[str]  # the rungs among eval.candidates
+    extra: list[str]  # other non-fine-tuned candidates (knn, ...)
+    gate_bases: list[str]  # what the gate holds the fine-tune to
+    runs: dict[str, Path]  # fine-tuned candidate -> run directory (filled in by run_ladder)
+    groups: dict[str, list[str]] = field(default_factory=dict)  # --seeds N: pooled -> seeds
+    champion: dict[str, Path] = field(default_factory=dict)  # the production version, if any
+
+    @classmethod
+    def of(cls, cfg: ProjectConfig, con: Console, quiet: bool) -> _Plan:
+        baselines = [c for c in cfg.eval.candidates if c in RUNGS]
+        extra = [c for c in cfg.eval.candidates if c not in RUNGS and c != "finetuned"]
+        reference = cfg.gate.reference if cfg.gate.mode == "non_inferiority" else None
+        if reference and reference not in baselines + extra:
+            extra.append(reference)  # non-inferiority is tested against it on the same items
+        return cls(
+            cfg,
+            con,
+            quiet,
+            baselines=baselines,
+            extra=extra,
+            # The gate may hold the fine-tune to more than the rungs (e.g. knn): test those too.
+            gate_bases=list(dict.fromkeys(baselines + cfg.gate.baselines)),
+            runs={},
+        )
+
+    @property
+    def work(self) -> Path:
+        return self.cfg.work_dir
+
+    @property
+    def eval_dir(self) -> Path:
+        return self.work / "eval"
+
+
 def run_ladder(
     cfg: ProjectConfig,
     *,
@@ -138,297 +219,221 @@ def run_ladder(
     quiet: bool = False,
     seeds: int = 1,
 ) -> LadderResult:
-    """Run the whole ladder for a project; see the module docstring for caching rules."""
-    from tunewise.data.checks import check_file
-    from tunewise.data.split import split_file
+    """Run the whole ladder for a project; see the module docstring for caching rules.
 
+    ``seeds`` > 1 trains each method with that many seeds and gates them as a group
+    (:mod:`tunewise.seeds`).
+    """
     methods = methods or [cfg.train.method]
     if seeds < 1:
         raise UserError(f"--seeds {seeds}: expected 1 or more training seeds")
     for m in methods:
-        if m not in ("lora", "qlora", "full"):
+        if m not in METHODS:
             raise UserError(f"--methods: unknown method {m!r} (expected lora, qlora or full)")
-    ladder = Ladder(cfg, console=console, quiet=quiet)
-    con = ladder.console
-    work = ladder.work
-    full_cfg = dump_project(cfg)
-    total = 7 + len(methods) * seeds + int(final) + int(learning_curve)
-    idx = iter(range(1, total + 1))
     train_hash = _file_hash(cfg.data.train)
     if train_hash is None:
         raise UserError(f"{cfg.data.train}: training data not found")
-
-    # 1. data check: errors stop the ladder, warnings are shown and recorded.
-    def do_check() -> dict[str, Any]:
-        report = check_file(
-            cfg.data.train,
-            model=cfg.model.base,
-            max_len=cfg.data.max_len,
-            output_pattern=cfg.task.output_pattern,
-        )
-        out = work / "check.json"
-        atomic_write_json(out, report.to_json())
-        if report.errors:
-            first = report.errors[0]
-            raise UserError(
-                f"{first} ({len(report.errors)} error(s); run `tunewise data check {cfg.data.train}`)"
-            )
-        con.print(f"{len(report.warnings)} warning(s); details in {out}")
-        return {"report": str(out)}
-
-    ladder.stage(
-        "check",
-        {
-            "train": train_hash,
-            "model": cfg.model.base,
-            "max_len": cfg.data.max_len,
-            "pattern": cfg.task.output_pattern,
-        },
-        do_check,
-        total,
-        next(idx),
-    )
-
-    # 2. split, with the test split sealed.
-    splits = work / "splits"
-
-    def do_split() -> dict[str, Any]:
-        manifest = split_file(
-            cfg.data.train,
-            splits,
-            val=cfg.data.split.val,
-            test=cfg.data.split.test,
-            seed=cfg.data.split.seed,
-            project=cfg.name,
-            output_pattern=cfg.task.output_pattern,
-        )
-        return {"manifest": str(splits / "manifest.json"), "counts": manifest.get("counts", {})}
-
-    ladder.stage(
+    ladder = Ladder(cfg, console=console, quiet=quiet)
+    full_cfg = dump_project(cfg)
+    plan = _Plan.of(cfg, ladder.console, quiet)
+    check_inputs = {
+        "train": train_hash,
+        **{k: _file_hash(v) for k, v in _data_files(cfg).items() if k != "train"},
+        "model": cfg.model.base,
+        "max_len": cfg.data.max_len,
+        "pattern": cfg.task.output_pattern,
+    }
+    check = Stage("check", check_inputs, lambda up: _check(plan))
+    split = Stage(
         "split",
-        {"check": ladder.keys["check"], "split": full_cfg["data"]["split"], "project": cfg.name},
-        do_split,
-        total,
-        next(idx),
+        {"split": full_cfg["data"]["split"], "project": cfg.name},
+        lambda up: _split(plan),
+        after=(check,),
     )
-
     eval_inputs = {
-        "split": ladder.keys["split"],
         "task": full_cfg["task"],
         "model": full_cfg["model"],
         "eval": {k: v for k, v in full_cfg["eval"].items() if k != "candidates"},
         "docs": _file_hash(cfg.data.docs),
     }
-    baselines = [c for c in cfg.eval.candidates if c in BASELINE_CANDIDATES]
-    # The gate may hold the fine-tune to more than the three rungs (e.g. knn): test against those too.
-    gate_bases = list(dict.fromkeys(baselines + cfg.gate.baselines))
-    extra = [c for c in cfg.eval.candidates if c not in BASELINE_CANDIDATES and c != "finetuned"]
-    reference = cfg.gate.reference if cfg.gate.mode == "non_inferiority" else None
-    if reference and reference not in baselines + extra:
-        extra.append(reference)  # non-inferiority is tested against it on the same items
-
-    # 3. baselines on validation: the cheap rungs, measured before any training.
-    def do_baselines() -> dict[str, Any]:
-        from tunewise.eval.harness import evaluate
-
-        out = work / "eval-baselines"
-        evaluate(cfg, split="val", candidates=baselines + extra, out_dir=out, progress=not quiet)
-        return {"eval": str(out / "eval.json")}
-
-    ladder.stage(
-        "baselines", eval_inputs | {"candidates": baselines + extra}, do_baselines, total, next(idx)
+    baseline_eval = Stage(
+        "baselines",
+        eval_inputs | {"candidates": plan.baselines + plan.extra},
+        lambda up: _evaluate_baselines(plan),
+        after=(split,),
     )
-
-    # 4. training, once per method (and per seed with --seeds N); an interrupted run resumes
-    # from its last checkpoint.
-    runs: dict[str, Path] = {}
-    groups: dict[str, list[str]] = {}  # pooled candidate -> its seeds' candidates (--seeds N)
-    train_stages: list[str] = []
-    for method in methods:
-        group = f"finetuned-{method}" if len(methods) > 1 else "finetuned"
+    # The fine-tuned candidates' names in the evaluation: "finetuned", or one per method.
+    names = {m: f"finetuned-{m}" if len(methods) > 1 else "finetuned" for m in methods}
+    trains = []
+    for m in methods:
         for k in range(seeds):
-            seed = cfg.train.seed + k
-            seed_cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"seed": seed})})
-            train_inputs = {
-                "split": ladder.keys["split"],
-                "train": full_cfg["train"] | {"method": method, "seed": seed},
-                "model": full_cfg["model"],
-                "task": full_cfg["task"],
-            }
-            # One directory per training key: a changed config trains afresh beside the old run,
-            # and an interrupted run with the same key resumes from its last checkpoint.
-            run_dir = work / "runs" / f"{method}-{sha256_json(train_inputs)[:10]}"
-
-            def do_train(
-                method: str = method, run_dir: Path = run_dir, seed_cfg: ProjectConfig = seed_cfg
-            ) -> dict[str, Any]:
-                _train_or_resume(seed_cfg, run_dir, method, con, quiet=quiet)
-                return {"run": str(run_dir / "run.json")}
-
-            stage = f"train-{method}" if seeds == 1 else f"train-{method}-seed{seed}"
-            ladder.stage(stage, train_inputs, do_train, total, next(idx))
-            train_stages.append(stage)
-            runs[group if seeds == 1 else seed_name(group, k)] = run_dir
+            stage, run_dir = _train_stage(plan, full_cfg, m, split, k if seeds > 1 else None)
+            plan.runs[names[m] if seeds == 1 else seed_name(names[m], k)] = run_dir
+            trains.append(stage)
         if seeds > 1:
-            groups[group] = [seed_name(group, k) for k in range(seeds)]
+            plan.groups[names[m]] = [seed_name(names[m], k) for k in range(seeds)]
+    # The production version, when the project has one: a new version must not regress from it.
+    champion_inputs, champion_spec = _find_champion(plan)
+    evaluate = Stage(
+        "evaluate",
+        eval_inputs | champion_inputs,
+        lambda up: _evaluate(plan),
+        after=(split, *trains),
+    )
+    gate = Stage(
+        "compare-gate",
+        {"gate": full_cfg["gate"]},
+        lambda up: _compare_and_gate(
+            cfg, plan.eval_dir, _gated(plan), plan.gate_bases, champion_spec
+        ),
+        after=(evaluate,),
+    )
+    # Opt-in: the first method again on 25% and 50% of train.
+    first = methods[0]
+    curve = [_curve_stage(plan, trains[0], first, names[first], evaluate)] if learning_curve else []
+    registry = Stage("registry", {}, lambda up: _register(plan, up[gate]), after=(gate,))
+    report = Stage("report", {}, lambda up: _report(plan), after=(gate, registry, *curve))
+    # The one sealed test evaluation, only when asked.
+    test = [Stage("final-test", {}, lambda up: _final_test(plan, up[gate]), after=(gate,))]
+    stages = [check, split, baseline_eval, *trains, evaluate, gate, *curve, registry, report]
+    stages += _mlflow_stage(plan, gate, report)
+    outputs = ladder.run(stages + (test if final else []))
+    return _result(ladder, plan, outputs[gate])
 
-    # 5. every candidate on the same validation items (baselines come back from the cache), and
-    # the production version when the project has one: a new version must not regress from it.
-    eval_dir = work / "eval"
-    train_keys = [ladder.keys[stage] for stage in train_stages]
+
+def _mlflow_stage(plan: _Plan, gate: Stage, report: Stage) -> list[Stage]:
+    """MLflow (optional): the ladder's results and the registry mirror, after the report."""
+    target = tracking.target_of(plan.cfg)
+    if target is None:
+        return []
+
+    def log(up: dict[Stage, Outputs]) -> Outputs:
+        return tracking.ladder_stage(
+            plan.cfg, plan.eval_dir, gate=up[gate], report=up[report], runs=plan.runs
+        )
+
+    return [Stage("mlflow", {"target": [target.uri, target.experiment]}, log, after=(report,))]
+
+
+# --- what each stage does -------------------------------------------------------------------------
+
+
+def _data_files(cfg: ProjectConfig) -> dict[str, Path]:
+    """``train``, and ``val`` / ``test`` when the project names its own files."""
+    given = {"val": cfg.data.val, "test": cfg.data.test}
+    return {"train": cfg.data.train, **{k: v for k, v in given.items() if v is not None}}
+
+
+def _check(plan: _Plan) -> Outputs:
+    """Data check (train, and your own val/test files): errors stop the ladder, warnings are
+    shown and recorded."""
+    from tunewise.data.checks import check_file
+
+    cfg = plan.cfg
+    outputs: Outputs = {}
+    for name, path in _data_files(cfg).items():
+        report = check_file(
+            path,
+            model=cfg.model.base,
+            max_len=cfg.data.max_len,
+            output_pattern=cfg.task.output_pattern,
+        )
+        out = plan.work / ("check.json" if name == "train" else f"check-{name}.json")
+        atomic_write_json(out, report.to_json())
+        if report.errors:
+            first = report.errors[0]
+            raise UserError(
+                f"{first} ({len(report.errors)} error(s); run `tunewise data check {path}`)"
+            )
+        plan.con.print(f"{name}: {len(report.warnings)} warning(s); details in {out}")
+        outputs["report" if name == "train" else f"report_{name}"] = str(out)
+    return outputs
+
+
+def _split(plan: _Plan) -> Outputs:
+    """Train / validation / test, with the test split sealed."""
+    from tunewise.data.split import split_project
+
+    splits = plan.work / "splits"
+    manifest = split_project(plan.cfg, splits)  # data.val / data.test are used as given
+    for w in manifest.get("warnings", []):  # leakage and label gaps of your own files
+        plan.con.print(f"[yellow]{w['kind']}[/]: {escape(w['message'])}", soft_wrap=True)
+    return {"manifest": str(splits / "manifest.json"), "counts": manifest.get("counts", {})}
+
+
+def _evaluate_baselines(plan: _Plan) -> Outputs:
+    """The cheap rungs on validation, measured before any training."""
+    from tunewise.eval.harness import evaluate
+
+    out = plan.work / "eval-baselines"
+    evaluate(
+        plan.cfg,
+        split="val",
+        candidates=plan.baselines + plan.extra,
+        out_dir=out,
+        progress=not plan.quiet,
+    )
+    return {"eval": str(out / "eval.json")}
+
+
+def _train_stage(
+    plan: _Plan, full_cfg: dict[str, Any], method: str, split: Stage, k: int | None = None
+) -> tuple[Stage, Path]:
+    """Training for one method (the k-th extra seed with --seeds), and its run directory; an
+    interrupted run resumes."""
+    seed = plan.cfg.train.seed + (k or 0)
+    cfg = plan.cfg.model_copy(update={"train": plan.cfg.train.model_copy(update={"seed": seed})})
+    inputs = {
+        "train": full_cfg["train"] | {"method": method, "seed": seed},
+        "model": full_cfg["model"],
+        "task": full_cfg["task"],
+    }
+    # One directory per training key: a changed config trains afresh beside the old run, and an
+    # interrupted run with the same key resumes from its last checkpoint.
+    run_dir = plan.work / "runs" / f"{method}-{sha256_json(inputs | {'split': split.key})[:10]}"
+
+    def train_it(upstream: dict[Stage, Outputs]) -> Outputs:
+        _train_or_resume(cfg, run_dir, method, plan.con, quiet=plan.quiet)
+        return {"run": str(RunDir(run_dir).run_json)}
+
+    name = f"train-{method}" if k is None else f"train-{method}-seed{seed}"
+    return Stage(name, inputs, train_it, after=(split,)), run_dir
+
+
+def _find_champion(plan: _Plan) -> tuple[dict[str, Any], str | None]:
+    """Record the production version to evaluate (unless it is one of these runs): the inputs it
+    adds to the evaluation's key, and its registry spec ("name:3")."""
     from tunewise.champion import champion_runs, production_version, weights_hash
 
-    champ_version = production_version(cfg.name)
-    champ = champion_runs(champ_version, runs)
-    champ_spec = champ_version.spec if champ and champ_version else None
-    champ_key = {"champion": [champ_spec, weights_hash(champ_version.files)]} if champ_spec else {}
+    version = production_version(plan.cfg.name)
+    plan.champion.update(champion_runs(version, plan.runs))
+    if not plan.champion or version is None:
+        return {}, None
+    return {"champion": [version.spec, weights_hash(version.files)]}, version.spec
 
-    def do_eval() -> dict[str, Any]:
-        from tunewise.eval.harness import evaluate
 
-        # A curve measured against an older evaluation would mislead the advisor.
-        (eval_dir / CURVE_FILE).unlink(missing_ok=True)
-        evaluate(
-            cfg,
-            split="val",
-            candidates=baselines + extra,
-            finetuned=runs | champ,
-            out_dir=eval_dir,
-            progress=not quiet,
-        )
-        _pool_seed_groups(eval_dir, groups)
-        return {"eval": str(eval_dir / "eval.json")}
+def _gated(plan: _Plan) -> list[str]:
+    """The candidates the gate decides on: each group of seeds as one, and every other run."""
+    seeded = {m for members in plan.groups.values() for m in members}
+    return [*plan.groups, *(r for r in plan.runs if r not in seeded)]
 
-    eval_key = eval_inputs | {"train": train_keys} | champ_key
-    ladder.stage("evaluate", eval_key, do_eval, total, next(idx))
 
-    # 6. statistics and the gate, for every fine-tuned candidate; the best passing one ships.
-    def do_gate() -> dict[str, Any]:
-        gated = [*groups, *(r for r in runs if not any(r in m for m in groups.values()))]
-        return _compare_and_gate(cfg, eval_dir, gated, gate_bases, champ_spec)
+def _evaluate(plan: _Plan) -> Outputs:
+    """Every candidate on the same validation items (the baselines come back from the cache)."""
+    from tunewise.eval.harness import evaluate
 
-    gate_out = ladder.stage(
-        "compare-gate",
-        {"evaluate": ladder.keys["evaluate"], "gate": full_cfg["gate"]},
-        do_gate,
-        total,
-        next(idx),
+    # A curve measured against an older evaluation would mislead the advisor.
+    (plan.eval_dir / CURVE_FILE).unlink(missing_ok=True)
+    evaluate(
+        plan.cfg,
+        split="val",
+        candidates=plan.baselines + plan.extra,
+        finetuned=plan.runs | plan.champion,
+        out_dir=plan.eval_dir,
+        progress=not plan.quiet,
     )
-
-    # 6b. the learning curve (opt-in): the first method again on 25% and 50% of train.
-    curve_key = None
-    if learning_curve:
-        method = methods[0]
-        full_name = f"finetuned-{method}" if len(methods) > 1 else "finetuned"
-
-        def do_curve(method: str = method) -> dict[str, Any]:
-            return _learning_curve(
-                cfg,
-                work,
-                method,
-                full_name,
-                eval_dir,
-                con,
-                quiet=quiet,
-                train_key=ladder.keys[f"train-{method}"],
-            )
-
-        ladder.stage(
-            "learning-curve",
-            {
-                "evaluate": ladder.keys["evaluate"],
-                "train": ladder.keys[f"train-{method}"],
-                "fractions": list(FRACTIONS),
-            },
-            do_curve,
-            total,
-            next(idx),
-        )
-        curve_key = ladder.keys["learning-curve"]
-
-    # 7. registry: every trained run is versioned; a "ship" verdict promotes it to production.
-    def do_registry() -> dict[str, Any]:
-        from tunewise.registry import Registry
-
-        reg = Registry()
-        added: dict[str, Any] = {}
-        # a group of seeds is registered as its first seed's run (the configured train.seed),
-        # under the group's verdict: the gate held the worst seed to the same bar
-        registered = {g: runs[m[0]] for g, m in groups.items()} | {
-            r: d for r, d in runs.items() if not any(r in m for m in groups.values())
-        }
-        for cand, run_dir in registered.items():
-            version = reg.add(
-                run_dir, name=cfg.name, verdict=Path(gate_out["verdicts"][cand]), eval_dir=eval_dir
-            )
-            added[cand] = f"{version.name}:{version.version}"
-        shipped = gate_out.get("ship")
-        promoted = None
-        if shipped:
-            name, version = added[shipped].split(":")
-            reg.promote(name, int(version), alias="production")
-            promoted = added[shipped]
-        record = work / "registry.json"
-        atomic_write_json(record, {"versions": added, "promoted": promoted})
-        return {"record": str(record), "versions": added, "promoted": promoted}
-
-    ladder.stage("registry", {"gate": ladder.keys["compare-gate"]}, do_registry, total, next(idx))
-
-    # 8. report.
-    def do_report() -> dict[str, Any]:
-        from tunewise.eval.report import render
-
-        html, md = render(eval_dir, train_runs=list(runs.values()))
-        return {"html": str(html), "md": str(md)}
-
-    ladder.stage(
-        "report",
-        {
-            "gate": ladder.keys["compare-gate"],
-            "registry": ladder.keys["registry"],
-            "curve": curve_key,
-        },
-        do_report,
-        total,
-        next(idx),
-    )
-
-    # 9. the one sealed test evaluation, only when asked.
-    if final:
-
-        def do_final() -> dict[str, Any]:
-            from tunewise.eval.harness import evaluate
-
-            out = work / "eval-test"
-            shipped = gate_out.get("ship")
-            members = groups.get(shipped, [shipped])
-            chosen = {k: v for k, v in runs.items() if k in members} or runs
-            evaluate(
-                cfg,
-                split="test",
-                candidates=gate_bases,
-                finetuned=chosen,
-                final=True,
-                out_dir=out,
-                progress=not quiet,
-            )
-            _pool_seed_groups(out, {g: m for g, m in groups.items() if set(m) <= set(chosen)})
-            gated = [g for g, m in groups.items() if set(m) <= set(chosen)] or list(chosen)
-            test_gate = _compare_and_gate(cfg, out, gated, gate_bases)
-            return {"eval": str(out / "eval.json"), "ship": test_gate.get("ship")}
-
-        ladder.stage(
-            "final-test", {"gate": ladder.keys["compare-gate"]}, do_final, total, next(idx)
-        )
-
-    ladder.result.eval_dir = eval_dir
-    shipped = gate_out.get("ship")
-    verdict_file = gate_out["verdicts"].get(shipped) if shipped else gate_out.get("best_verdict")
-    if verdict_file:
-        ladder.result.verdict = json.loads(Path(verdict_file).read_text())
-    if ladder.result.all_cached:
-        con.print("[bold]Nothing to do:[/] every stage is up to date.")
-    return ladder.result
+    _pool_seed_groups(plan.eval_dir, plan.groups)
+    return {"eval": str(plan.eval_dir / "eval.json")}
 
 
 def _pool_seed_groups(eval_dir: Path, groups: dict[str, list[str]]) -> None:
@@ -445,6 +450,89 @@ def _pool_seed_groups(eval_dir: Path, groups: dict[str, list[str]]) -> None:
     run.save(eval_dir / "eval.json")
 
 
+def _curve_stage(plan: _Plan, train: Stage, method: str, full_name: str, evaluate: Stage) -> Stage:
+    """The learning curve: ``method`` retrained on subsets of train, beside the full run."""
+
+    def measure(upstream: dict[Stage, Outputs]) -> Outputs:
+        return _learning_curve(plan, method, full_name, train_key=train.key)
+
+    return Stage("learning-curve", {"fractions": list(FRACTIONS)}, measure, after=(evaluate, train))
+
+
+def _register(plan: _Plan, gate_out: Outputs) -> Outputs:
+    """Every trained run is versioned; a "ship" verdict promotes it to production."""
+    from tunewise.registry import Registry
+
+    reg = Registry()
+    added: dict[str, Any] = {}
+    # A group of seeds is registered once, as its first seed's run (the configured train.seed),
+    # under the group's verdict: the gate held its worst seed to the same bar.
+    registered = {g: plan.runs[m[0]] for g, m in plan.groups.items()}
+    registered |= {r: plan.runs[r] for r in _gated(plan) if r not in plan.groups}
+    for cand, run_dir in registered.items():
+        version = reg.add(
+            run_dir,
+            name=plan.cfg.name,
+            verdict=Path(gate_out["verdicts"][cand]),
+            eval_dir=plan.eval_dir,
+        )
+        added[cand] = f"{version.name}:{version.version}"
+    shipped = gate_out.get("ship")
+    promoted = None
+    if shipped:
+        name, version = added[shipped].split(":")
+        reg.promote(name, int(version), alias="production")
+        promoted = added[shipped]
+    record = plan.work / "registry.json"
+    atomic_write_json(record, {"versions": added, "promoted": promoted})
+    return {"record": str(record), "versions": added, "promoted": promoted}
+
+
+def _report(plan: _Plan) -> Outputs:
+    from tunewise.eval.report import render
+
+    html, md = render(plan.eval_dir, train_runs=list(plan.runs.values()))
+    return {"html": str(html), "md": str(md)}
+
+
+def _final_test(plan: _Plan, gate_out: Outputs) -> Outputs:
+    """The sealed test split, once: the shipped fine-tune (else every one) and the baselines."""
+    from tunewise.eval.harness import evaluate
+
+    out = plan.work / "eval-test"
+    shipped = gate_out.get("ship")
+    members = plan.groups.get(shipped, [shipped])
+    chosen = {k: v for k, v in plan.runs.items() if k in members} or plan.runs
+    groups = {g: m for g, m in plan.groups.items() if set(m) <= set(chosen)}
+    evaluate(
+        plan.cfg,
+        split="test",
+        candidates=plan.gate_bases,
+        finetuned=chosen,
+        final=True,
+        out_dir=out,
+        progress=not plan.quiet,
+    )
+    _pool_seed_groups(out, groups)
+    seeded = {m for members in groups.values() for m in members}
+    gated = [*groups, *(c for c in chosen if c not in seeded)]
+    test_gate = _compare_and_gate(plan.cfg, out, gated, plan.gate_bases)
+    return {"eval": str(out / "eval.json"), "ship": test_gate.get("ship")}
+
+
+def _result(ladder: Ladder, plan: _Plan, gate_out: Outputs) -> LadderResult:
+    ladder.result.eval_dir = plan.eval_dir
+    shipped = gate_out.get("ship")
+    verdict_file = gate_out["verdicts"].get(shipped) if shipped else gate_out.get("best_verdict")
+    if verdict_file:
+        from tunewise.eval.results import Verdict
+
+        ladder.result.verdict = Verdict.load(verdict_file).to_dict()
+    if ladder.result.all_cached:
+        plan.con.print("[bold]Nothing to do:[/] every stage is up to date.")
+    return ladder.result
+
+
 def _compare_and_gate(
     cfg: ProjectConfig,
     eval_dir: Path,
@@ -452,30 +540,25 @@ def _compare_and_gate(
     baselines: list[str],
     champion: str | None = None,
 ) -> dict[str, Any]:
-    """comparison.json (with the pairs between rungs, for the advisor, and the margin tests against
-    the production version ``champion`` and ``gate.reference``) and one verdict per fine-tune."""
+    """comparison.json (with the pairs between rungs, for the advisor; the margin tests against
+    the production version ``champion`` and ``gate.reference``; the judge's agreement with people
+    and the seed groups) and a verdict per fine-tune."""
+    from tunewise.advise import comparison_pairs
     from tunewise.champion import attach_margin_tests
     from tunewise.eval.calibration import attach_judge_agreement
-    from tunewise.eval.results import EvalRun
-    from tunewise.eval.stats import compare, save_comparison
+    from tunewise.eval.results import EvalRun, Verdict
+    from tunewise.eval.stats import compare
     from tunewise.gate import decide, save_verdict
 
     run = EvalRun.load(eval_dir / "eval.json")
-    comp = compare(run, baselines=baselines, alpha=cfg.gate.alpha)
-    # The advisor also needs each rung against the ones below it (few-shot vs prompt, RAG vs both).
-    seen = {(p.candidate, p.baseline, p.metric) for p in comp.pairs}
-    for lower in ("prompt", "fewshot"):
-        if lower not in baselines:
-            continue
-        for p in compare(run, baselines=[lower], alpha=cfg.gate.alpha).pairs:
-            if (p.candidate, p.baseline, p.metric) not in seen:
-                comp.pairs.append(p)
-                seen.add((p.candidate, p.baseline, p.metric))
+    # The gate's pairs, and each rung against the ones below it for the advisor: one bootstrap.
+    pairs = comparison_pairs([c.name for c in run.candidates], baselines)
+    comp = compare(run, baselines=baselines, pairs=pairs, alpha=cfg.gate.alpha)
     comp.meta.update({"alpha": cfg.gate.alpha, "delta": cfg.gate.delta})
     attach_margin_tests(comp, run, cfg.gate, finetuned, champion)
-    comp.meta["seed_groups"] = run.meta.get("seed_groups", {})
     attach_judge_agreement(comp, run, eval_dir)
-    save_comparison(comp, eval_dir / "comparison.json")
+    comp.meta["seed_groups"] = run.meta.get("seed_groups", {})
+    comp.save(eval_dir / "comparison.json")
     verdicts: dict[str, str] = {}
     passing: list[tuple[float, str]] = []
     best: tuple[float, str] | None = None
@@ -494,8 +577,8 @@ def _compare_and_gate(
     ship = max(passing)[1] if passing else None
     chosen = ship or (best[1] if best else None)
     if chosen:
-        # verdict.json is the decision of record: the shipped candidate, or the best one that failed.
-        atomic_write_json(eval_dir / "verdict.json", json.loads(Path(verdicts[chosen]).read_text()))
+        # verdict.json is the decision of record: the shipped candidate, else the best that failed.
+        Verdict.load(verdicts[chosen]).save(eval_dir / "verdict.json")
     return {
         "comparison": str(eval_dir / "comparison.json"),
         "verdicts": verdicts,
@@ -514,10 +597,11 @@ def _train_or_resume(
     train_path: Path | None = None,
     val_path: Path | None = None,
 ) -> None:
-    """Train into ``run_dir``, resuming from its last checkpoint when an earlier attempt left one."""
-    from tunewise.train.trainer import last_checkpoint, train
+    """Train into ``run_dir``; resume from its last checkpoint when an earlier attempt left one."""
+    from tunewise.train.record import last_checkpoint
+    from tunewise.train.trainer import train
 
-    resume = (run_dir / "run.json").is_file() and last_checkpoint(run_dir) is not None
+    resume = RunDir(run_dir).has_record() and last_checkpoint(run_dir) is not None
     if resume:
         con.print(f"resuming {method} from its last checkpoint in {run_dir}")
     elif run_dir.exists():
@@ -533,31 +617,23 @@ def _train_or_resume(
     )
 
 
-def _learning_curve(
-    cfg: ProjectConfig,
-    work: Path,
-    method: str,
-    full_name: str,
-    eval_dir: Path,
-    con: Console,
-    *,
-    quiet: bool,
-    train_key: str,
-) -> dict[str, Any]:
-    """Train ``method`` on nested 25%/50% subsets, evaluate them on val, write the curve."""
-    from tunewise.data.schema import load_examples
-    from tunewise.eval.harness import evaluate
-    from tunewise.eval.results import EvalRun
-    from tunewise.eval.stats import compare
-    from tunewise.learning_curve import save_curve, stratified_order, subset_sizes, write_subset
+def _train_subsets(
+    plan: _Plan, method: str, full_name: str, train_key: str
+) -> tuple[dict[str, Path], dict[str, int], int]:
+    """``method`` trained on nested, label-stratified subsets of train (25%, 50%).
 
-    splits = work / "splits"
-    train_path, val_path = splits / "train.jsonl", splits / "val.jsonl"
+    Returns the runs by candidate name (``finetuned@N``), their sizes, and the size of train.
+    """
+    from tunewise.data.schema import load_examples
+    from tunewise.learning_curve import stratified_order, subset_sizes, write_subset
+
+    cfg = plan.cfg
+    train_path = plan.work / "splits" / "train.jsonl"
     examples = load_examples(train_path)
     order = stratified_order(
         examples, seed=cfg.data.split.seed, output_pattern=cfg.task.output_pattern
     )
-    lc = work / "learning-curve"
+    lc = plan.work / "learning-curve"
     key = train_key[:10]  # the full run's key: split, train config, model and task
     runs: dict[str, Path] = {}
     sizes: dict[str, int] = {}
@@ -570,18 +646,35 @@ def _learning_curve(
             sub_cfg = cfg.model_copy(
                 update={"train": cfg.train.model_copy(update={"max_steps": steps})}
             )
-        con.print(f"learning curve: {method} on {n} of {len(examples)} training examples")
+        plan.con.print(f"learning curve: {method} on {n} of {len(examples)} training examples")
         _train_or_resume(
-            sub_cfg, run_dir, method, con, quiet=quiet, train_path=subset, val_path=val_path
+            sub_cfg,
+            run_dir,
+            method,
+            plan.con,
+            quiet=plan.quiet,
+            train_path=subset,
+            val_path=plan.work / "splits" / "val.jsonl",
         )
         runs[f"{full_name}@{n}"] = run_dir
         sizes[f"{full_name}@{n}"] = n
-    full = EvalRun.load(eval_dir / "eval.json")
+    return runs, sizes, len(examples)
+
+
+def _learning_curve(plan: _Plan, method: str, full_name: str, train_key: str) -> Outputs:
+    """Train ``method`` on nested 25%/50% subsets, evaluate them on val, write the curve."""
+    from tunewise.eval.harness import evaluate
+    from tunewise.eval.results import EvalRun
+    from tunewise.eval.stats import compare
+    from tunewise.learning_curve import save_curve
+
+    cfg = plan.cfg
+    runs, sizes, n_train = _train_subsets(plan, method, full_name, train_key)
+    full = EvalRun.load(plan.eval_dir / "eval.json")
     pm = full.primary_metric
-    alone = replace(
-        full, candidates=[full.candidate(full_name)]
-    )  # its CI only, not every candidate's
-    points = [(len(examples), _metric(compare(alone, baselines=[]), full_name, pm))]
+    # The full run's point is the ladder's own fine-tune; its CI only, not every candidate's.
+    alone = replace(full, candidates=[full.candidate(full_name)])
+    points = [(n_train, _metric(compare(alone, baselines=[]), full_name, pm))]
     if runs:
         # free generation only: the curve is read on the primary metric of the generated answers
         gen_cfg = cfg.model_copy(
@@ -592,25 +685,21 @@ def _learning_curve(
             split="val",
             candidates=[],
             finetuned=runs,
-            out_dir=lc / "eval",
-            progress=not quiet,
+            out_dir=plan.work / "learning-curve" / "eval",
+            progress=not plan.quiet,
         )
         comp = compare(sub, baselines=[])
         points += [(sizes[name], _metric(comp, name, pm)) for name in runs]
-    out = eval_dir / CURVE_FILE
-    save_curve(
-        out,
-        points,
-        {
-            "metric": pm,
-            "method": method,
-            "split": "val",
-            "runs": {str(sizes[k]): str(v) for k, v in runs.items()},
-        },
-    )
-    con.print(
-        "learning curve (" + pm + "): " + ", ".join(f"{n}: {v:.3f}" for n, v in sorted(points))
-    )
+    out = plan.eval_dir / CURVE_FILE
+    meta = {
+        "metric": pm,
+        "method": method,
+        "split": "val",
+        "runs": {str(sizes[k]): str(v) for k, v in runs.items()},
+    }
+    save_curve(out, points, meta)
+    shown = ", ".join(f"{n}: {v:.3f}" for n, v in sorted(points))
+    plan.con.print(f"learning curve ({pm}): {shown}")
     return {"curve": str(out), "points": sorted(points)}
 
 

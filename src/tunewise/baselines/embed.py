@@ -41,7 +41,8 @@ def default_model_dir() -> Path:
 
 @lru_cache(maxsize=4)
 def _load(model_dir: str):
-    # Imported lazily: sentence-transformers pulls torch, which CLI verbs like `--help` must not pay for.
+    # Imported lazily: sentence-transformers pulls torch,
+    # which CLI verbs like `--help` must not pay for.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from sentence_transformers import SentenceTransformer
 

@@ -14,7 +14,8 @@ from tunewise.fsio import sha256_text
 
 
 def base_messages(example: Example, system_prompt: str = "") -> list[dict[str, str]]:
-    """The item's prompt turns with ``system_prompt`` as the system turn (kept from data when empty)."""
+    """The item's prompt turns with ``system_prompt`` as the system turn (kept from data when
+    empty)."""
     return [dict(m) for m in example.with_system(system_prompt).prompt_messages]
 
 
@@ -34,13 +35,15 @@ def prompt_notes(cfg: ProjectConfig, labels: dict[str, list[str]] | None) -> lis
     sp = cfg.task.system_prompt
     if not sp:
         notes.append(
-            "task.system_prompt is empty: the prompt baseline runs with the model's default system prompt"
+            "task.system_prompt is empty: the prompt baseline runs with the model's default "
+            "system prompt"
         )
     elif cfg.task.type == "labels" and labels:
         missing = [v for vals in labels.values() for v in vals if v.lower() not in sp.lower()]
         if missing:
             notes.append(
-                f"task.system_prompt does not name {len(missing)} allowed label(s) (e.g. {missing[0]!r}): "
+                f"task.system_prompt does not name {len(missing)} allowed label(s) (e.g. "
+                f"{missing[0]!r}): "
                 "the zero-shot baseline cannot guess them; list them for a fair baseline"
             )
     return notes

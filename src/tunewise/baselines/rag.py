@@ -77,7 +77,8 @@ def chunk_text(text: str, max_chars: int = 800) -> list[str]:
 
 
 def load_docs(folder: Path, *, root: Path | None = None, max_chars: int = 800) -> list[Passage]:
-    """Every ``.md``/``.txt`` file under ``folder``, chunked; sources are paths relative to ``root``."""
+    """Every ``.md``/``.txt`` file under ``folder``, chunked; sources are paths relative to
+    ``root``."""
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"{folder}: data.docs folder not found")

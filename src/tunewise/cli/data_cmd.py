@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from tunewise.errors import UserError
 from tunewise.progress import make_console
 
 data_app = typer.Typer(help="Check, split and convert chat JSONL data.", no_args_is_help=True)
@@ -50,7 +51,8 @@ def _render_check(report) -> None:  # report: CheckReport
     if tok:
         table.add_row(
             "tokens",
-            f"min {tok['min']}  mean {tok['mean']}  p50 {tok['p50']}  p95 {tok['p95']}  max {tok['max']}  "
+            f"min {tok['min']}  mean {tok['mean']}  p50 {tok['p50']}  p95 {tok['p95']}  max "
+            f"{tok['max']}  "
             f"(model {tok.get('model') or '-'})",
         )
         table.add_row(f"over max_len {tok['max_len']}", str(tok["over_max_len"]))
@@ -130,41 +132,90 @@ def check_cmd(
 def split_cmd(
     file: Path = typer.Argument(..., help="chat JSONL file"),
     out: Path = typer.Option(
-        None, "--out", help="output folder (default: FILE's folder / <stem>-splits)"
+        None,
+        "--out",
+        help="output folder, replaced whole (default: FILE's folder / <stem>-splits)",
     ),
-    val: float = typer.Option(0.1, "--val", help="fraction for validation"),
-    test: float = typer.Option(0.1, "--test", help="fraction for the sealed test split"),
+    val: float = typer.Option(None, "--val", help="fraction for validation (default 0.1)"),
+    test: float = typer.Option(
+        None, "--test", help="fraction for the sealed test split (default 0.1)"
+    ),
+    val_file: Path = typer.Option(
+        None, "--val-file", help="your own validation file, used as given (not carved from FILE)"
+    ),
+    test_file: Path = typer.Option(
+        None, "--test-file", help="your own test file, used as given and sealed"
+    ),
     seed: int = typer.Option(0, "--seed", help="random seed (same seed, same files)"),
     project: str = typer.Option(None, "--project", help="project name recorded with the seal"),
     pattern: str = typer.Option(
         None, "--pattern", help="output regex with named groups (default: inferred)"
     ),
 ) -> None:
-    """Split into train/val/test, stratified by label, near-duplicates kept together; seal the test file."""
+    """Split into train/val/test (stratified, near-duplicates together) and seal the test file.
+
+    With --val-file/--test-file your own files are used as given: they are checked, compared with
+    FILE for exact and near-duplicate leakage and unseen labels (warnings with counts), and the
+    test file is sealed; a split without its own file is carved from FILE.
+    """
     from tunewise.data.split import split_file
 
+    for flag, frac, given in (("--val", val, val_file), ("--test", test, test_file)):
+        if frac is not None and given is not None:
+            raise UserError(f"{flag} and {flag}-file: give a fraction or a file, not both")
+    fractions = {"val": 0.1 if val is None else val, "test": 0.1 if test is None else test}
     out_dir = out or file.parent / f"{file.stem}-splits"
     with status_console.status("splitting ..."):
-        manifest = split_file(
-            file, out_dir, val=val, test=test, seed=seed, project=project, output_pattern=pattern
-        )
-    table = Table(title=f"splits in {out_dir}")
-    for col in ("split", "examples", "sha256"):
+        if val_file is None and test_file is None:
+            manifest = split_file(
+                file, out_dir, **fractions, seed=seed, project=project, output_pattern=pattern
+            )
+        else:
+            from tunewise.data.own_splits import split_with_files
+
+            manifest = split_with_files(
+                file,
+                out_dir,
+                val_file=val_file,
+                test_file=test_file,
+                **fractions,
+                seed=seed,
+                project=project,
+                output_pattern=pattern,
+            )
+    _render_split(manifest, out_dir)
+
+
+def _render_split(manifest: dict, out_dir: Path) -> None:
+    table = Table(title=f"splits in {escape(str(out_dir))}")
+    for col in ("split", "examples", "sha256", "from"):
         table.add_column(col)
+    given = manifest.get("given", [])
     for name, info in manifest["splits"].items():
-        table.add_row(name, str(info["examples"]), info["sha256"][:12])
+        origin = "your file" if name in given else "FILE" if name == "train" else "carved"
+        table.add_row(name, str(info["examples"]), info["sha256"][:12], origin)
     console.print(table)
-    strat = (
-        "stratified by " + ", ".join(manifest["format"]["label_fields"])
-        if manifest["stratified"]
-        else "not stratified (no labels)"
-    )
-    console.print(
-        f"{strat}; {manifest['near_duplicate_clusters']} near-duplicate cluster(s) kept whole"
-    )
+    if manifest["stratified"]:
+        strat = "stratified by " + ", ".join(manifest["format"]["label_fields"])
+    else:
+        strat = "not stratified (" + ("files given" if given else "no labels") + ")"
+    clusters = manifest["near_duplicate_clusters"]
+    kept = f"; {clusters} near-duplicate cluster(s) kept whole" if clusters is not None else ""
+    console.print(strat + kept)
+    for w in manifest.get("warnings", []):
+        console.print(f"[yellow]{w['kind']}[/]: {escape(w['message'])}", soft_wrap=True)
+    for name, found in manifest.get("checks", {}).items():
+        if found:
+            kinds = ", ".join(sorted({w["kind"] for w in found}))
+            console.print(
+                f"[yellow]{name} file[/]: {len(found)} warning(s) ({kinds}); "
+                f"run `tunewise data check {escape(manifest['sources'][name]['path'])}`",
+                soft_wrap=True,
+            )
     if manifest["sealed_test"]:
         console.print(
-            "[bold]test.jsonl is sealed[/]: evaluating on it needs --final, and every final use is recorded"
+            "[bold]test.jsonl is sealed[/]: evaluating on it needs --final, "
+            "and every final use is recorded"
         )
 
 

@@ -39,7 +39,8 @@ def pull_cmd(
     with console.status(f"preparing {name} ..."):
         ref = models.pull(name)
     console.print(
-        f"[green]ready[/] {ref.name} at {ref.path} (weights sha256 {ref.weight_hash[:12]}, {time.time() - started:.1f}s)"
+        f"[green]ready[/] {ref.name} at {ref.path} (weights sha256 {ref.weight_hash[:12]}, "
+        f"{time.time() - started:.1f}s)"
     )
 
 

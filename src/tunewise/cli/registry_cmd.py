@@ -135,11 +135,13 @@ def promote(
     from tunewise.registry import Registry
 
     name, version = _split_version(spec)
-    res = Registry().promote(name, version, alias=alias, force=force, reason=reason)
+    reg = Registry()
+    res = reg.promote(name, version, alias=alias, force=force, reason=reason)
     if not res["changed"]:
         console.print(f"{name}@{alias} already points at version {version}")
     else:
         console.print(f"{name}@{alias}: {res['from_version'] or '-'} → [bold]{version}[/]")
+    _mirror(reg, name, "promoted")
 
 
 @registry_app.command("rollback")
@@ -154,9 +156,66 @@ def rollback(
     """
     from tunewise.registry import Registry
 
-    res = Registry().rollback(name, alias=alias, reason=reason)
+    reg = Registry()
+    res = reg.rollback(name, alias=alias, reason=reason)
     console.print(
         f"{name}@{alias}: {res['from_version']} → [bold]{res['to_version']}[/] (rolled back)"
+    )
+    _mirror(reg, name, "rolled back")
+
+
+def _mirror(reg: object, name: str, done: str) -> None:
+    """Mirror NAME's versions and aliases to MLflow when tracking is configured.
+
+    The local change is already committed; a failed mirror exits 1 and says so. Running the same
+    command again retries it (the mirror is idempotent).
+    """
+    from tunewise.tracking import mirror_registry
+
+    try:
+        line = mirror_registry(reg, name)  # type: ignore[arg-type]
+    except UserError as err:
+        console.print(f"[red]{done} locally[/], but the MLflow mirror failed: {err}")
+        raise typer.Exit(1) from None
+    if line:
+        console.print(line)
+
+
+@registry_app.command("doctor")
+def doctor_cmd() -> None:
+    """Check the index (registry.sqlite), the records beside the blobs, and every blob's hash."""
+    from tunewise.registry import Registry
+    from tunewise.registry_records import doctor
+
+    findings = doctor(Registry())
+    for f in findings:
+        console.print(("[green]ok[/]       " if f.ok else "[red]problem[/]  ") + f.text)
+    problems = [f for f in findings if not f.ok]
+    if problems:
+        raise UserError(f"the registry has {len(problems)} problem(s); see above")
+
+
+@registry_app.command("rebuild")
+def rebuild_cmd(
+    force: bool = typer.Option(
+        False, "--force", help="Rebuild even a sound index (from the records)."
+    ),
+) -> None:
+    """Write a new index from the version records and alias events kept beside the blobs.
+
+    The old registry.sqlite (if any) is moved aside as registry.sqlite.broken-<time>, never
+    deleted. Stop servers and other registry commands first.
+    """
+    from tunewise.registry import Registry
+    from tunewise.registry_records import rebuild
+
+    res = rebuild(Registry(), force=force)
+    for note in res.skipped:
+        console.print(f"[yellow]skipped[/] {note}")
+    aside = f"; the old index is now {res.moved_aside}" if res.moved_aside else ""
+    console.print(
+        f"rebuilt the index: {res.versions} version(s), {res.aliases} alias(es), "
+        f"{res.events} alias event(s){aside}"
     )
 
 

@@ -11,7 +11,7 @@ from tunewise.progress import make_console
 
 console = make_console()
 export_app = typer.Typer(
-    help="Export registry versions: merged weights, or a vLLM multi-LoRA layout.",
+    help="Export registry versions: merged weights, GGUF for llama.cpp/Ollama, or a vLLM layout.",
     no_args_is_help=True,
 )
 
@@ -37,6 +37,24 @@ def serve_command(
         envvar="TUNEWISE_API_KEY",
         help="Require 'Authorization: Bearer KEY' (or set TUNEWISE_API_KEY).",
     ),
+    admin_key: str = typer.Option(
+        None,
+        "--admin-key",
+        envvar="TUNEWISE_ADMIN_KEY",
+        help="Open /admin to 'Authorization: Bearer ADMIN_KEY' (or set TUNEWISE_ADMIN_KEY); "
+        "must differ from --api-key. Without it /admin is off.",
+    ),
+    allow_admin: bool = typer.Option(
+        False,
+        "--allow-admin",
+        help="Open /admin without a key to loopback clients (loopback --host only).",
+    ),
+    adapter_roots: list[Path] = typer.Option(
+        None,
+        "--adapter-root",
+        help="A folder admin 'load' may read adapter runs from (repeatable; default: none, "
+        "so loading by path is off).",
+    ),
     max_loaded_adapters: int = typer.Option(
         8, "--max-loaded-adapters", help="LRU bound on resident adapters."
     ),
@@ -58,10 +76,17 @@ def serve_command(
     ),
 ) -> None:
     """Serve the base model and registry adapters with an OpenAI-compatible API."""
-    from tunewise.serve import serve
+    from tunewise.serve import LOOPBACK_HOSTS, check_admin_options, serve
 
     specs = [s.strip() for a in adapters or [] for s in a.split(",") if s.strip()]
-    if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+    roots = check_admin_options(  # before the model loads: a mistake costs a second
+        host=host,
+        api_key=api_key,
+        admin_key=admin_key,
+        allow_admin=allow_admin,
+        roots=adapter_roots or [],
+    )
+    if host not in LOOPBACK_HOSTS and not api_key:
         console.print("[yellow]warning:[/] listening beyond loopback without --api-key")
     serve(
         base,
@@ -69,6 +94,9 @@ def serve_command(
         port=port,
         adapters=specs,
         api_key=api_key,
+        admin_key=admin_key,
+        allow_admin=allow_admin,
+        adapter_roots=roots,
         max_loaded_adapters=max_loaded_adapters,
         batch_size=batch_size,
         batch_window_ms=batch_window_ms,
@@ -90,6 +118,26 @@ def export_merged_cmd(
     res = export_merged(spec, out, force=force)
     console.print(
         f"wrote merged [bold]{res['spec']}[/] to {res['out']} (weights {res['weight_hash'][:12]}…)"
+    )
+
+
+@export_app.command("gguf")
+def export_gguf_cmd(
+    spec: str = typer.Argument(..., help="NAME:VERSION (or NAME@ALIAS)."),
+    out: Path = typer.Argument(..., help="Output file (.gguf); a Modelfile is written beside it."),
+    quant: str = typer.Option("f16", "--quant", help="f16 | q8_0 | q4_0"),
+    force: bool = typer.Option(False, "--force", help="Replace OUT and its Modelfile."),
+) -> None:
+    """Merge the adapter into its base; write GGUF (llama.cpp) and an Ollama Modelfile."""
+    from tunewise.export_gguf import export_gguf
+
+    res = export_gguf(spec, out, quant=quant, force=force)
+    for w in res["warnings"]:
+        console.print(f"[yellow]note:[/] {w}")
+    mib = res["bytes"] / 2**20
+    console.print(
+        f"wrote [bold]{res['spec']}[/] as {res['arch']} {res['quant']} GGUF to {res['out']} "
+        f"({mib:.1f} MiB) and {res['modelfile']}"
     )
 
 

@@ -23,7 +23,10 @@ def run_cmd(
     learning_curve: bool = typer.Option(
         False,
         "--learning-curve",
-        help="also train on 25% and 50% of train and evaluate each: would more data help? (~75% more training time)",
+        help=(
+            "also train on 25% and 50% of train and evaluate each: would more data help? "
+            "(~75% more training time)"
+        ),
     ),
     set_: list[str] = typer.Option(
         [], "--set", help="override a config value, e.g. train.epochs=1"
@@ -35,7 +38,8 @@ def run_cmd(
         "time); the gate needs the pooled seeds and the worst seed to clear every baseline",
     ),
 ) -> None:
-    """Run the whole ladder: check, split, baselines, train, evaluate, compare, gate, registry, report."""
+    """Run the whole ladder: check, split, baselines, train, evaluate, compare, gate, registry,
+    report."""
     from tunewise.config import load_project
     from tunewise.workflow import run_ladder
 
@@ -55,43 +59,37 @@ def run_cmd(
 
 def show_summary(eval_dir: Path) -> None:
     """The comparison table, the verdict and the advice, read back from the eval directory."""
+    from tunewise.eval.results import Comparison, Verdict
+
     comp_path = eval_dir / "comparison.json"
     if not comp_path.is_file():
         return
-    comp = json.loads(comp_path.read_text())
-    pm = comp["primary_metric"]
+    comp = Comparison.load(comp_path)
+    pm = comp.primary_metric
     metric_names: list[str] = []
-    for per in comp["metrics"].values():
-        for name in per:
-            if name not in metric_names:
-                metric_names.append(name)
+    for per in comp.metrics.values():
+        metric_names += [name for name in per if name not in metric_names]
     metric_names.sort(key=lambda n: (n != pm, n))
     table = Table(title=f"validation results (primary: {pm}, 95% CI)")
     table.add_column("candidate")
     for name in metric_names:
         table.add_column(name, justify="right")
-    for cand, per in comp["metrics"].items():
+    for cand, per in comp.metrics.items():
         cells = []
         for name in metric_names:
             e = per.get(name)
-            cells.append(
-                "-" if e is None else f"{e['value']:.3f} [{e['ci_low']:.2f}, {e['ci_high']:.2f}]"
-            )
+            cells.append("-" if e is None else f"{e.value:.3f} [{e.ci_low:.2f}, {e.ci_high:.2f}]")
         table.add_row(cand, *cells)
     console.print(table)
     show_example(eval_dir)
     verdict_path = eval_dir / "verdict.json"
     if verdict_path.is_file():
-        v = json.loads(verdict_path.read_text())
-        lines = [
-            f"{'✓' if r['passed'] else '✗'} vs {r['baseline']}: {r['reason']}" for r in v["reasons"]
-        ]
-        lines += [f"✗ guard: {g}" for g in v.get("guard_failures", [])]
-        style = "green" if v["ship"] else "red"
-        title = f"SHIP {v['candidate']}" if v["ship"] else f"DON'T SHIP {v['candidate']}"
-        console.print(
-            Panel("\n".join(lines) or v.get("summary", ""), title=title, border_style=style)
-        )
+        v = Verdict.load(verdict_path)
+        lines = [f"{'✓' if r.passed else '✗'} vs {r.baseline}: {r.reason}" for r in v.reasons]
+        lines += [f"✗ guard: {g}" for g in v.guard_failures]
+        style = "green" if v.ship else "red"
+        title = f"SHIP {v.candidate}" if v.ship else f"DON'T SHIP {v.candidate}"
+        console.print(Panel("\n".join(lines) or v.summary, title=title, border_style=style))
     from tunewise.advise import facts_from_dir, recommend
 
     advice = recommend(facts_from_dir(eval_dir))
@@ -162,7 +160,8 @@ def advise_cmd(
     if any(v is not None for v in given):
         if any(v is None for v in given):
             raise UserError(
-                "cost: give all of --requests-per-day, --tokens-per-request, --api-price, --gpu-price"
+                "cost: give all of --requests-per-day, --tokens-per-request, --api-price, "
+                "--gpu-price"
             )
         cost = CostInputs(requests_per_day, tokens_per_request, api_price, gpu_price, gpu_hours)
     advice = recommend(facts_from_dir(eval_dir), cost=cost)
@@ -175,8 +174,10 @@ def advise_cmd(
     if advice.cost:
         c = advice.cost
         body.append(
-            f"• Cost: frontier API ${c.api_cost_per_day:,.2f}/day vs self-hosted ${c.gpu_cost_per_day:,.2f}/day; "
-            f"break-even at {c.break_even_requests_per_day:,.0f} requests/day ({c.cheaper} is cheaper at your volume)."
+            f"• Cost: frontier API ${c.api_cost_per_day:,.2f}/day vs self-hosted "
+            f"${c.gpu_cost_per_day:,.2f}/day; break-even at "
+            f"{c.break_even_requests_per_day:,.0f} requests/day "
+            f"({c.cheaper} is cheaper at your volume)."
         )
     console.print(Panel("\n".join(body), title="tunewise advise", border_style="cyan"))
 

@@ -107,7 +107,8 @@ def _duplicates(examples: list[Example], lines: list[int]) -> list[Finding]:
         out.append(
             Finding(
                 "exact_duplicate",
-                f"{extra} exact duplicate example(s) in {len(exact)} group(s); they add weight, not information",
+                f"{extra} exact duplicate example(s) in {len(exact)} group(s); they add weight, "
+                "not information",
                 sorted(lines[i] for g in exact for i in g[1:]),
                 {"groups": [[lines[i] for i in g] for g in exact]},
             )
@@ -119,7 +120,8 @@ def _duplicates(examples: list[Example], lines: list[int]) -> list[Finding]:
         out.append(
             Finding(
                 "near_duplicate",
-                f"{sum(map(len, near))} examples in {len(near)} near-duplicate cluster(s) of inputs; "
+                f"{sum(map(len, near))} examples in {len(near)} near-duplicate cluster(s) of "
+                "inputs; "
                 "`data split` keeps each cluster in one split",
                 sorted(lines[i] for g in near for i in g),
                 {"clusters": [[lines[i] for i in g] for g in near]},
@@ -169,7 +171,8 @@ def _format_findings(
         out.append(
             Finding(
                 "format",
-                f"{len(outliers)} of {len(examples)} outputs break the dominant format {fmt.pattern!r}",
+                f"{len(outliers)} of {len(examples)} outputs break the dominant format "
+                f"{fmt.pattern!r}",
                 [lines[i] for i in outliers],
                 {
                     "pattern": fmt.pattern,
@@ -271,7 +274,8 @@ def _load_tokenizer(model: str | None) -> tuple[Any, str]:
 
 @functools.lru_cache(maxsize=4)
 def _cached_tokenizer(path: str, weight_hash: str) -> Any:
-    # A workflow checks several files with one model; loading the tokenizer is most of a small check.
+    # A workflow checks several files with one model;
+    # loading the tokenizer is most of a small check.
     from tunewise import models
 
     return models.load_tokenizer(
@@ -303,7 +307,8 @@ def _length_findings(
         out.append(
             Finding(
                 "too_long",
-                f"{len(long)} example(s) longer than max_len={max_len} tokens would be truncated (longest {ordered[-1]})",
+                f"{len(long)} example(s) longer than max_len={max_len} tokens would be truncated "
+                f"(longest {ordered[-1]})",
                 [lines[i] for i in long],
                 {"lengths": {str(lines[i]): lengths[i] for i in long[:50]}},
             )
@@ -377,7 +382,8 @@ def _pii_findings(examples: list[Example], lines: list[int]) -> list[Finding]:
             out.append(
                 Finding(
                     f"pii_{kind}",
-                    f"{len(found)} {names[kind]} found; remove or mask personal data before training",
+                    f"{len(found)} {names[kind]} found; remove or mask personal data before "
+                    "training",
                     sorted({ln for ln, _ in found}),
                     {"samples": [{"line": ln, "value": _mask(v)} for ln, v in found[:10]]},
                 )

@@ -49,7 +49,8 @@ SHAREGPT_ROLES = {
     "observation": "tool",
 }
 
-# One produced record: where it came from ("line 12" or "train[12]"), its label (or None) and messages.
+# One produced record: where it came from ("line 12"
+# or "train[12]"), its label (or None) and messages.
 Row = tuple[str, str | None, list[dict[str, str]]]
 
 

@@ -1,8 +1,8 @@
 """Near-duplicate clusters with MinHash + LSH, in near-linear time.
 
 Texts are normalised (lower case, word characters only) and shingled into words and word pairs.
-MinHash signatures of all texts are computed at once with numpy (blocks of 8k shingles instead of one
-Python call per text), and split into LSH bands with the (bands, rows) that
+MinHash signatures of all texts are computed at once with numpy (blocks of 8k shingles instead of
+one Python call per text), and split into LSH bands with the (bands, rows) that
 datasketch's :class:`~datasketch.MinHashLSH` chooses for the threshold; texts sharing a band
 bucket are candidates. Each candidate pair is confirmed by the signatures' Jaccard estimate, and
 confirmed pairs are merged with union-find, so a cluster is every text reachable through

@@ -22,7 +22,7 @@ import random
 import shutil
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tunewise.data.dedup import THRESHOLD, near_duplicate_clusters
 from tunewise.data.files import check_output_dir
@@ -36,6 +36,9 @@ from tunewise.fsio import (
     sha256_file,
     staging_dir,
 )
+
+if TYPE_CHECKING:
+    from tunewise.config import ProjectConfig
 
 SPLITS = ("train", "val", "test")
 SPLIT_FILES = {*(f"{s}.jsonl" for s in SPLITS), "manifest.json"}
@@ -129,7 +132,7 @@ def assign(
     return out
 
 
-def _label_counts(
+def label_counts(
     labels: list[dict[str, str] | None], idx: list[int], fields: list[str]
 ) -> dict[str, dict[str, int]]:
     counts: dict[str, Counter[str]] = {f: Counter() for f in fields}
@@ -178,7 +181,7 @@ def split_examples(
         "near_duplicate_clusters": n_clusters,
         "near_duplicate_threshold": threshold,
         "counts": {
-            s: {"examples": len(idx[s]), "labels": _label_counts(labels, idx[s], fmt.label_fields)}
+            s: {"examples": len(idx[s]), "labels": label_counts(labels, idx[s], fmt.label_fields)}
             for s in SPLITS
         },
     }
@@ -195,7 +198,8 @@ def split_file(
     project: str | None = None,
     output_pattern: str | None = None,
 ) -> dict[str, Any]:
-    """Split ``path`` into ``out_dir/{train,val,test}.jsonl`` + ``manifest.json``; seal the test file.
+    """Split ``path`` into ``out_dir/{train,val,test}.jsonl`` + ``manifest.json``; seal the test
+    file.
 
     Everything is checked first: a file with any error is refused (a ``DataError`` naming the
     first ``file:line``), and so is an ``out_dir`` that holds other files, since it is replaced
@@ -223,7 +227,7 @@ def split_file(
     try:
         with staging_dir(out_dir) as stage:
             manifest = _write_split(stage, parts, info)
-            _swap_in(stage, out_dir, seal_as=(project or path.stem) if parts["test"] else None)
+            swap_in(stage, out_dir, seal_as=(project or path.stem) if parts["test"] else None)
     except OSError as exc:
         raise UserError(f"{out_dir}: cannot write the split: {exc.strerror or exc}") from None
     return manifest
@@ -255,7 +259,7 @@ def _write_split(
     return manifest
 
 
-def _swap_in(stage: Path, out_dir: Path, seal_as: str | None) -> None:
+def swap_in(stage: Path, out_dir: Path, seal_as: str | None) -> None:
     """Move the finished ``stage`` to ``out_dir``, sealing its test file for project ``seal_as``.
 
     The seal is written before the move and committed after it (:func:`seal.sealing`), so an
@@ -273,3 +277,24 @@ def _swap_in(stage: Path, out_dir: Path, seal_as: str | None) -> None:
         if not stage.exists():  # moved, and then the seal failed to commit: take the split out
             shutil.rmtree(out_dir, ignore_errors=True)
         raise
+
+
+def split_project(cfg: ProjectConfig, out_dir: str | Path) -> dict[str, Any]:
+    """The project's splits in ``out_dir``: ``data.val``/``data.test`` as given, the rest carved.
+
+    Without either file this is :func:`split_file` on ``data.train`` with ``data.split``'s
+    fractions; with them, :func:`tunewise.data.own_splits.split_with_files`.
+    """
+    data, fractions = cfg.data, cfg.data.split
+    common = {
+        "val": fractions.val,
+        "test": fractions.test,
+        "seed": fractions.seed,
+        "project": cfg.name,
+        "output_pattern": cfg.task.output_pattern,
+    }
+    if data.val is None and data.test is None:
+        return split_file(data.train, out_dir, **common)
+    from tunewise.data.own_splits import split_with_files
+
+    return split_with_files(data.train, out_dir, val_file=data.val, test_file=data.test, **common)

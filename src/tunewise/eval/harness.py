@@ -65,21 +65,13 @@ def split_paths(cfg: ProjectConfig) -> dict[str, Path]:
     paths = {s: splits / f"{s}.jsonl" for s in ("train", "val", "test")}
     if not paths["train"].is_file():
         try:
-            from tunewise.data.split import split_file
+            from tunewise.data.split import split_project
         except ImportError:  # pragma: no cover - the data toolkit ships with tunewise
             raise UserError(f"{splits}: no splits yet; run `tunewise data split`") from None
         console.print(
             f"[dim]no splits in {splits}: splitting {cfg.data.train} (test split sealed)[/]"
         )
-        split_file(
-            cfg.data.train,
-            splits,
-            val=cfg.data.split.val,
-            test=cfg.data.split.test,
-            seed=cfg.data.split.seed,
-            project=cfg.name,
-            output_pattern=cfg.task.output_pattern,
-        )
+        split_project(cfg, splits)  # data.val / data.test, when given, are used as they are
     return paths
 
 
@@ -154,6 +146,7 @@ class _Harness:
             batch_size=self.cfg.eval.batch_size,
             cache=GenCache(),
             placement=device.for_project(self.cfg, "infer"),  # model.device / model.dtype
+            allow_special_tokens_in_content=self.cfg.model.allow_special_tokens_in_content,
         )
         self._own_engines.append(eng)
         return eng

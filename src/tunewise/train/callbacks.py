@@ -1,5 +1,7 @@
 """Trainer callbacks: validation monitor (early stopping + overfitting detector), progress, logs.
 
+:func:`run_callbacks` is the list a training run gets.
+
 The stop decision is a pure function of the evaluation history (:func:`decide`) so it can be
 tested on synthetic sequences, and the history is rebuilt from ``TrainerState.log_history`` at
 every evaluation, which the Trainer checkpoints: a resumed run decides exactly as an
@@ -11,15 +13,20 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from tunewise import chat
+
+if TYPE_CHECKING:
+    from tunewise.train.record import BestKeeper, RunRecorder
+    from tunewise.train.trainer import Prepared
 
 REP_KEY = "tw_repetition"  # log_history keys written by the monitor
 DISTINCT_KEY = "tw_distinct2"
@@ -41,7 +48,7 @@ def repeated_ngram_rate(text: str, n: int = 3) -> float:
 
 
 def distinct_n(text: str, n: int = 2) -> float:
-    """Unique word n-grams over all n-grams (1 = every n-gram is new; texts too short count as 1)."""
+    """Unique word n-grams over all n-grams (1 = every n-gram is new; too short a text counts 1)."""
     grams = _ngrams(text.split(), n)
     if not grams:
         return 1.0
@@ -120,7 +127,8 @@ def decide(
         return Decision(
             True,
             "early_stopping",
-            f"early stopping at step {cur.step}: validation loss has not improved for {since} evaluations "
+            f"early stopping at step {cur.step}: validation loss has not improved for {since} "
+            "evaluations "
             f"(best {best.val_loss:.4f} at step {best.step}, now {cur.val_loss:.4f})",
         )
     return Decision(False)
@@ -250,7 +258,7 @@ class ValidationMonitor(TrainerCallback):
                 self.console.print(f"[yellow]warning:[/] {self.decision.reason}; stopping")
 
 
-# --- progress and logs -----------------------------------------------------------------------------
+# --- progress and logs ---------------------------------------------------------------------------
 
 
 class RichProgress(TrainerCallback):
@@ -351,3 +359,62 @@ class JsonlLogger(TrainerCallback):
             fh.write(json.dumps(row, default=float) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
+
+
+# --- the callbacks of a run ----------------------------------------------------------------------
+
+
+def validation_monitor(prep: Prepared, console: Any) -> ValidationMonitor | None:
+    """The monitor for a run with a validation split (None without one)."""
+    if prep.val_ds is None:
+        return None
+    cfg = prep.cfg
+    # FSDP/DeepSpeed shard the weights: generating the overfitting sample would need them whole.
+    sharded = (
+        os.environ.get("ACCELERATE_USE_FSDP") == "true"
+        or os.environ.get("ACCELERATE_USE_DEEPSPEED") == "true"
+    )
+    n = 0 if sharded else cfg.train.overfit_sample
+    # A fixed, seeded sample of validation prompts: the same prompts at every evaluation.
+    sample = random.Random(cfg.train.seed).sample(prep.val_examples, min(n, len(prep.val_examples)))
+    longest = max(
+        (len(prep.tokenizer(e.target)["input_ids"]) for e in prep.val_examples), default=32
+    )
+    return ValidationMonitor(
+        prep.tokenizer,
+        [e.prompt_messages for e in sample],
+        patience=cfg.train.early_stopping_patience,
+        repetition_threshold=cfg.train.overfit_repetition_threshold,
+        # room to show runaway repetition, bounded so evaluation stays cheap
+        max_new_tokens=min(256, max(32, 2 * longest)),
+        console=console,
+    )
+
+
+def run_callbacks(
+    prep: Prepared,
+    recorder: RunRecorder,
+    monitor: ValidationMonitor | None,
+    best: BestKeeper | None,
+    console: Any,
+    *,
+    progress: bool,
+) -> list[Any]:
+    """Logs, TensorBoard (main process), the validation monitor, run.json, the progress bar."""
+    from transformers.integrations import TensorBoardCallback
+
+    from tunewise.train.record import is_main_process, recorder_callback
+
+    callbacks: list[Any] = [JsonlLogger(prep.run_dir / "logs.jsonl")]
+    tb_writer = None
+    if is_main_process():
+        from torch.utils.tensorboard import SummaryWriter
+
+        tb_writer = SummaryWriter(log_dir=str(prep.run_dir / "tb"))
+        callbacks.append(TensorBoardCallback(tb_writer=tb_writer))
+    if monitor is not None:
+        callbacks.append(monitor)
+    callbacks.append(recorder_callback(recorder, best, tb_writer))
+    if progress and is_main_process():
+        callbacks.append(RichProgress(console))
+    return callbacks

@@ -87,17 +87,26 @@ class OverlongReport:
         }
 
 
-def _render(tokenizer: Any, messages: list[dict[str, str]], *, generation_prompt: bool) -> str:
-    return chat.render(tokenizer, messages, generation_prompt=generation_prompt)
+def _render(
+    tokenizer: Any, messages: list[dict[str, str]], *, generation_prompt: bool, allow: bool
+) -> str:
+    return chat.render(
+        tokenizer, messages, generation_prompt=generation_prompt, allow_special_tokens=allow
+    )
 
 
 def segments(
-    tokenizer: Any, messages: list[dict[str, str]], train_on: Literal["all", "last"] = "all"
+    tokenizer: Any,
+    messages: list[dict[str, str]],
+    train_on: Literal["all", "last"] = "all",
+    *,
+    allow_special_tokens: bool = False,
 ) -> list[tuple[str, bool]]:
     """Split the rendered conversation into ``(text, is_label)`` pieces, in order.
 
     Concatenating the texts gives the template's rendering of ``messages`` up to the end of the
-    last answer's end-of-turn token.
+    last answer's end-of-turn token. Control tokens inside contents come out marked as text
+    (:func:`tunewise.chat.render`) unless ``allow_special_tokens``.
     """
     eot = chat.end_of_turn(tokenizer)  # not EOS: Phi-3 ends a turn with <|end|>, EOS is later
     assistant_idx = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
@@ -110,8 +119,12 @@ def segments(
     # as inference tokenizes it, and a template that rewrites history (Qwen3 drops past
     # reasoning) still trains.
     for i in sorted(labelled):
-        prompt = _render(tokenizer, messages[:i], generation_prompt=True)
-        full = _render(tokenizer, messages[: i + 1], generation_prompt=False)
+        prompt = _render(
+            tokenizer, messages[:i], generation_prompt=True, allow=allow_special_tokens
+        )
+        full = _render(
+            tokenizer, messages[: i + 1], generation_prompt=False, allow=allow_special_tokens
+        )
         if not prompt.startswith(done) or not full.startswith(prompt):
             # A template that rewrites earlier turns (e.g. drops past reasoning) cannot be
             # trained turn by turn with a prompt identical to inference; refuse, never guess.
@@ -119,7 +132,8 @@ def segments(
                 "the chat template does not render conversations incrementally "
                 "(a prefix changes when a turn is appended); use train.train_on=last"
                 if train_on == "all"
-                else "the chat template does not render the generation prompt as a prefix of the answer"
+                else "the chat template does not render the generation prompt as a prefix of the "
+                "answer"
             )
         answer = full[len(prompt) :]
         cut = answer.rfind(eot) if eot else -1
@@ -130,7 +144,13 @@ def segments(
     return [(t, lab) for t, lab in out if t]
 
 
-def encode(tokenizer: Any, example: Example, train_on: Literal["all", "last"] = "all") -> Encoded:
+def encode(
+    tokenizer: Any,
+    example: Example,
+    train_on: Literal["all", "last"] = "all",
+    *,
+    allow_special_tokens: bool = False,
+) -> Encoded:
     """Token ids and position-masked labels for one conversation.
 
     Each piece is tokenized on its own, so the prompt of the last turn tokenizes exactly as
@@ -138,8 +158,11 @@ def encode(tokenizer: Any, example: Example, train_on: Literal["all", "last"] = 
     """
     ids: list[int] = []
     labels: list[int] = []
-    for text, is_label in segments(tokenizer, example.messages, train_on):
-        piece = tokenizer(text, add_special_tokens=False)["input_ids"]
+    pieces = segments(
+        tokenizer, example.messages, train_on, allow_special_tokens=allow_special_tokens
+    )
+    encoded = chat.encode(tokenizer, [text for text, _ in pieces])
+    for (_text, is_label), piece in zip(pieces, encoded, strict=True):
         ids.extend(piece)
         labels.extend(piece if is_label else [IGNORE_INDEX] * len(piece))
     return Encoded(ids, labels, line=example.line, source=example.source)
@@ -152,13 +175,14 @@ def encode_all(
     max_len: int,
     overlong: Literal["drop", "truncate", "error"] = "drop",
     train_on: Literal["all", "last"] = "all",
+    allow_special_tokens: bool = False,
 ) -> tuple[list[Encoded], OverlongReport]:
     """Encode every example and apply the overlong policy; the report says what was done."""
     report = OverlongReport(max_len=max_len, policy=overlong, total=len(examples))
     out: list[Encoded] = []
     for ex in examples:
         try:
-            enc = encode(tokenizer, ex, train_on)
+            enc = encode(tokenizer, ex, train_on, allow_special_tokens=allow_special_tokens)
         except DataError:
             raise
         except UserError as exc:  # the template refused this example: say which one
@@ -187,7 +211,8 @@ def encode_all(
             source,
             line or None,
             "messages",
-            f"{n} tokens exceed data.max_len={max_len}{more}; raise data.max_len or set train.overlong=drop|truncate",
+            f"{n} tokens exceed data.max_len={max_len}{more}; raise data.max_len or set "
+            "train.overlong=drop|truncate",
         )
     return out, report
 

@@ -1,4 +1,16 @@
-"""The run record: ``RUN/run.json`` kept current during training, and the best-weights keeper."""
+"""The run directory during training: who claims it, the run record, the best-weights keeper.
+
+* Start: a new run needs a directory without run.json, a resumed one its run.json, the same
+  data and (usually) a checkpoint. Under a launcher (``accelerate launch``, several processes)
+  only the main process looks: :func:`claim_run_dir` runs there through :func:`main_decides`,
+  and the other processes wait for its answer. Before this, rank 1 could find the run.json
+  rank 0 had just written and stop with "a run already exists here".
+* :class:`RunRecorder` keeps ``RUN/run.json`` current (main process only; every process keeps
+  the same record in memory, so decisions taken from it agree across processes).
+* :func:`save_final` swaps the adapter (or the full model) into the run directory at the end.
+
+Reads and writes of run.json go through :class:`tunewise.rundir.RunDir`.
+"""
 
 from __future__ import annotations
 
@@ -6,21 +18,36 @@ import contextlib
 import json
 import os
 import platform
+import shutil
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from tunewise.config import dump_project
+from rich.console import Console
+
+from tunewise.config import ProjectConfig, dump_project
 from tunewise.errors import UserError
-from tunewise.fsio import atomic_write_json, sha256_file
+from tunewise.fsio import replace_dir, sha256_file
+from tunewise.rundir import RunDir
 
 if TYPE_CHECKING:
     from tunewise.train.trainer import Prepared
 
 
-def _is_main() -> bool:
+T = TypeVar("T")
+
+
+def is_main_process() -> bool:
+    """The process that writes shared files; before the Trainer exists, the launcher's RANK."""
     return int(os.environ.get("RANK", "0")) == 0
+
+
+def _world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def versions() -> dict[str, str]:
@@ -34,23 +61,192 @@ def versions() -> dict[str, str]:
     return out
 
 
-def read_run(run_dir: Path) -> dict[str, Any] | None:
-    p = Path(run_dir) / "run.json"
-    if not p.is_file():
+# --- start: the process group and the run directory ----------------------------------------------
+
+
+def last_checkpoint(run_dir: Path) -> Path | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    ckpt_root = Path(run_dir) / "checkpoints"
+    if not ckpt_root.is_dir():
         return None
-    try:
-        return json.loads(p.read_text())
-    except (OSError, ValueError):
-        raise UserError(f"{p}: unreadable run.json") from None
+    last = get_last_checkpoint(str(ckpt_root))
+    return Path(last) if last else None
+
+
+def join_process_group(cfg: ProjectConfig) -> None:
+    """Under a launcher, join the process group now; without one, do nothing.
+
+    The Trainer would create the group only when its arguments are built, after setup; the
+    run-directory decision needs a barrier before that. accelerate's state is shared: when
+    ``TrainingArguments`` sets it up again it finds the group initialised and keeps it, so the
+    settings must be the ones ``training_args`` gives for several processes: ``use_cpu``
+    exactly when the device policy places training on the CPU, and the Trainer's DDP timeout.
+    """
+    if _world_size() <= 1:
+        return
+    from accelerate import PartialState
+    from transformers import TrainingArguments
+
+    from tunewise import device
+
+    cpu = device.for_project(cfg, "train").kind == "cpu"
+    PartialState(cpu=cpu, timeout=timedelta(seconds=TrainingArguments.ddp_timeout))
+
+
+def sharding_warning(distributed_type: str) -> str | None:
+    """The launcher asked for FSDP or DeepSpeed, but accelerate set up something else.
+
+    accelerate 1.15 turns ``--use_fsdp`` into FSDP only on GPU-like devices; on CPU processes
+    it runs DDP over gloo (``MULTI_CPU``) without a word, every process holding the whole model.
+    """
+    asked = [
+        kind
+        for kind, env in (
+            ("FSDP", "ACCELERATE_USE_FSDP"),
+            ("DEEPSPEED", "ACCELERATE_USE_DEEPSPEED"),
+        )
+        if os.environ.get(env, "").lower() == "true"
+    ]
+    if not asked or distributed_type in asked:
+        return None
+    return (
+        f"{asked[0]} was asked for, but accelerate runs {distributed_type} here: "
+        "the weights are not sharded (accelerate shards on GPUs only)"
+    )
+
+
+def finished_record(run: RunDir) -> dict[str, Any] | None:
+    """The record of a run that already ended (completed, or stopped by a rule), else None.
+
+    Re-running such a run from its last checkpoint would overwrite the saved weights, e.g. the
+    restored best of an early stop, so ``--resume`` leaves it alone.
+    """
+    previous = run.read()
+    if previous and (previous.get("status") == "completed" or previous.get("stop_kind")):
+        return previous
+    return None
+
+
+@dataclass(frozen=True)
+class RunStart:
+    """The main process's decision about the run directory, shared with every process."""
+
+    run_dir: Path
+    train_path: Path
+    val_path: Path | None
+    resume_from: Path | None = None  # the checkpoint to continue from; None: step 0
+    previous: dict[str, Any] | None = None  # run.json of the run being resumed
+
+
+def data_paths(
+    cfg: ProjectConfig, train_path: Path | None, val_path: Path | None
+) -> tuple[Path, Path | None]:
+    """The training and validation files: the ones given, else the project's splits."""
+    splits = cfg.work_dir / "splits"
+    train_path = (Path(train_path) if train_path else splits / "train.jsonl").resolve()
+    if not train_path.is_file():
+        raise UserError(
+            f"{train_path}: training split not found; run `tunewise data split` first "
+            "or pass a file"
+        )
+    if (
+        val_path is None
+        and (splits / "val.jsonl").is_file()
+        and train_path == (splits / "train.jsonl").resolve()
+    ):
+        val_path = splits / "val.jsonl"
+    val_path = Path(val_path).resolve() if val_path else None
+    if val_path is not None and not val_path.is_file():
+        raise UserError(f"{val_path}: validation split not found")
+    return train_path, val_path
+
+
+def claim_run_dir(
+    cfg: ProjectConfig,
+    run: RunDir,
+    *,
+    train_path: Path | None,
+    val_path: Path | None,
+    resume: bool,
+    console: Console | None = None,
+) -> RunStart:
+    """Check the run directory against what was asked (main process only, see the docstring).
+
+    A new run needs a directory without run.json; a resumed one needs run.json and the data it
+    started with. The directory itself is created when run.json is first written
+    (:func:`tunewise.train.trainer.build`), so
+    a user error found in between leaves nothing behind.
+    """
+    train_path, val_path = data_paths(cfg, train_path, val_path)
+    previous = run.read()
+    if not resume:
+        if previous is not None:
+            raise UserError(
+                f"{run.path}: a run already exists here; use --resume {run.path} "
+                "or another --run-dir"
+            )
+        return RunStart(run.path, train_path, val_path)
+    if previous is None:
+        raise UserError(f"{run.path}: nothing to resume (no run.json)")
+    if previous.get("data_hashes") != data_hashes(train_path, val_path):
+        raise UserError(
+            f"{run.path}: the training data changed since this run started; start a new run"
+        )
+    resume_from = last_checkpoint(run.path)
+    if resume_from is None and console is not None:
+        console.print(f"[yellow]warning:[/] {run.path}: no checkpoint yet, restarting from step 0")
+    return RunStart(run.path, train_path, val_path, resume_from, previous)
+
+
+def main_decides(decide: Callable[[], T]) -> T:
+    """``decide()`` on the main process only; every other process waits here for its answer.
+
+    Under a launcher, decisions about the run directory (does a run exist, is there a checkpoint
+    to resume) must be taken once: a process that looked for itself could find the run.json the
+    main process had just written and refuse to start. The broadcast is the barrier: the other
+    processes block in it until the main process has decided. A
+    :class:`UserError` on the main process is raised on every process, so none waits forever.
+    Needs the process group to exist already (:func:`join_process_group`).
+    """
+    if _world_size() <= 1:
+        return decide()
+    from accelerate import PartialState
+    from accelerate.utils import broadcast_object_list
+
+    box: list[Any] = [None]
+    if PartialState().is_main_process:
+        box[0] = {"error": "the main process failed while preparing the run; see its output"}
+        try:
+            box[0] = {"value": decide()}
+        except UserError as exc:
+            box[0] = {"error": str(exc)}
+            raise
+        finally:
+            broadcast_object_list(box, from_process=0)
+        return box[0]["value"]
+    broadcast_object_list(box, from_process=0)
+    if "error" in box[0]:
+        raise UserError(box[0]["error"])
+    return box[0]["value"]
+
+
+# --- the record ----------------------------------------------------------------------------------
 
 
 class RunRecorder:
-    """Keeps run.json current: written at start, after each evaluation, and at the end."""
+    """Keeps run.json current: written at start, after each evaluation, and at the end.
+
+    The phases of :func:`tunewise.train.trainer.train` say what happened through its methods
+    (:meth:`add_eval`, :meth:`interrupted`, :meth:`stopped`, :meth:`completed`, :meth:`finished`);
+    only the main process writes the file (through :class:`RunDir`).
+    """
 
     def __init__(self, prep: Prepared) -> None:
         self.prep = prep
-        self.path = prep.run_dir / "run.json"
-        previous = read_run(prep.run_dir) if prep.resume_from is not None else None
+        self.run = RunDir(prep.run_dir)
+        # Handed over by the main process (RunStart): no other process reads run.json.
+        previous = prep.previous if prep.resume_from is not None else None
         self.record: dict[str, Any] = {
             "status": "running",
             "method": prep.method,
@@ -65,10 +261,7 @@ class RunRecorder:
                 "train": str(prep.train_path),
                 "val": str(prep.val_path) if prep.val_path else None,
             },
-            "data_hashes": {
-                "train": sha256_file(prep.train_path),
-                "val": sha256_file(prep.val_path) if prep.val_path else None,
-            },
+            "data_hashes": data_hashes(prep.train_path, prep.val_path),
             "examples": {
                 "train": len(prep.train_ds),
                 "val": len(prep.val_ds) if prep.val_ds else 0,
@@ -94,10 +287,22 @@ class RunRecorder:
         self._wall0 = float(self.record["wall_time_s"])
         self._t0 = time.time()
 
+    @property
+    def status(self) -> str:
+        return str(self.record["status"])
+
+    @property
+    def stop_reason(self) -> str | None:
+        return self.record.get("stop_reason")
+
+    @property
+    def best_step(self) -> int | None:
+        return self.record.get("best_step")
+
     def write(self) -> None:
-        if _is_main():
+        if is_main_process():
             self.record["wall_time_s"] = round(self._wall0 + time.time() - self._t0, 2)
-            atomic_write_json(self.path, self.record)
+            self.run.write(self.record)
 
     def add_eval(
         self, step: int, epoch: float | None, metrics: dict[str, float], train_loss: float | None
@@ -119,9 +324,123 @@ class RunRecorder:
             self.record["best_val_loss"], self.record["best_step"] = best["val_loss"], best["step"]
         self.write()
 
+    def set_placement(self, placement: dict[str, Any]) -> None:
+        """Where the weights live and in which dtype (``tunewise.device``'s decision)."""
+        self.record["placement"] = placement
+
+    def set_tracking(self, mlflow: dict[str, str]) -> None:
+        """The MLflow run this training run reports to (a resume continues it)."""
+        self.record["mlflow"] = mlflow
+
+    def track_shared_prefix(self, stats: dict[str, Any]) -> None:
+        """The shared-prefix counters: the same dict, so run.json follows them as they grow."""
+        self.record["shared_prefix"] = stats
+
+    def interrupted(self) -> None:
+        """Ctrl-C: recorded at once, since the exception ends the process."""
+        self.record["status"] = "stopped"
+        self.record["stop_reason"] = "interrupted (Ctrl-C); resume with --resume"
+        self.write()
+
+    def stopped(self, kind: str, reason: str) -> None:
+        """A stop rule (early stopping, overfitting) ended the run."""
+        self.record.update(status="stopped", stop_reason=reason, stop_kind=kind)
+
+    def restored_best(self, step: int) -> None:
+        self.record["restored_best_step"] = step
+
+    def warn(self, message: str) -> None:
+        self.record["warnings"].append(message)
+
+    def completed(self, reason: str) -> None:
+        self.record.update(status="completed", stop_reason=reason)
+
+    def finished(
+        self,
+        *,
+        global_step: int,
+        world_size: int,
+        backend: str | None,
+        train_loss: float,
+        tokens_seen: int,
+        tokens_this_session: int,
+        seconds: float,
+        files: list[str],
+    ) -> dict[str, Any]:
+        """The end of the run (whatever its status): figures, saved files; writes run.json."""
+        self.record.update(
+            global_step=global_step,
+            world_size=world_size,
+            distributed_backend=backend,
+            train_loss=train_loss,
+            tokens_trained=tokens_seen,
+            tokens_per_s=round(tokens_this_session / seconds, 2) if seconds > 0 else None,
+            files=files,
+        )
+        self.write()
+        return dict(self.record)
+
+
+def data_hashes(train_path: Path, val_path: Path | None) -> dict[str, str | None]:
+    """Content hashes of the data a run trains on (a resume refuses changed data)."""
+    return {
+        "train": sha256_file(train_path),
+        "val": sha256_file(val_path) if val_path else None,
+    }
+
+
+# --- the final files -----------------------------------------------------------------------------
+
+
+def fsync_dir(path: str) -> None:
+    """fsync a directory, so that the renames into it survive a crash (best effort)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_final(trainer: Any, prep: Prepared) -> list[str]:
+    """Write the adapter (RUN/) or the full model (RUN/model/) atomically; returns file names."""
+    run_dir = prep.run_dir
+    tmp = run_dir / ".final-tmp"
+    if trainer.is_world_process_zero():
+        shutil.rmtree(tmp, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+    trainer.save_model(str(tmp))  # collective under FSDP/DeepSpeed: every process calls it
+    trainer.accelerator.wait_for_everyone()
+    written: list[str] = []
+    if trainer.is_world_process_zero():
+        prep.tokenizer.save_pretrained(tmp)
+        # training_args.bin is a pickle; the run's settings already live in run.json.
+        (tmp / "training_args.bin").unlink(missing_ok=True)
+        if prep.method == "full":
+            target = run_dir / "model"
+            replace_dir(tmp, target)
+            written = ["model/"]
+            for f in target.iterdir():  # tokenizer files also at the root, like the adapter layout
+                if f.name.startswith(("tokenizer", "special_tokens", "chat_template")):
+                    shutil.copy2(f, run_dir / f.name)
+        else:
+            for f in sorted(tmp.iterdir()):
+                os.replace(f, run_dir / f.name)
+                written.append(f.name)
+            shutil.rmtree(tmp, ignore_errors=True)
+        fsync_dir(str(run_dir))
+    return written
+
+
+# --- callbacks -----------------------------------------------------------------------------------
+
 
 def recorder_callback(recorder: RunRecorder, best: BestKeeper | None, tb_writer: Any = None) -> Any:
-    """Feeds run.json (and the repetition scores to logs.jsonl and TensorBoard) at each evaluation."""
+    """Feeds run.json (and repetition scores to logs.jsonl and TensorBoard) at each evaluation."""
     from transformers import TrainerCallback
 
     class _Cb(TrainerCallback):
@@ -147,8 +466,10 @@ def recorder_callback(recorder: RunRecorder, best: BestKeeper | None, tb_writer:
                 return
             if best is not None and model is not None:
                 best.offer(state.global_step, metrics.get("eval_loss"), model)
+            # Every process keeps the record (the metrics are the same on all of them), so the
+            # restore decision at the end agrees; only the main process writes it.
+            recorder.add_eval(state.global_step, state.epoch, metrics, self.last_loss)
             if state.is_world_process_zero:
-                recorder.add_eval(state.global_step, state.epoch, metrics, self.last_loss)
                 # The Trainer logs eval metrics before the monitor adds repetition; log those here.
                 extra = {
                     k: float(v)

@@ -4,8 +4,19 @@ QLoRA is LoRA on a 4-bit NF4 base (``models.load_model(quantize_4bit=True)``), n
 code path. ``accelerate launch -m tunewise train ...`` scales the same code to several processes
 (DDP, FSDP, DeepSpeed): the Trainer picks the launcher's settings up from the environment.
 
-Shape (after litgpt): :func:`train` validates and prepares (``_setup``), builds the model and the
-Trainer (``_build``), runs it (``fit``), then writes the run directory. Layout of ``RUN/``:
+Shape (after litgpt): :func:`train` runs one function per phase, in order.
+
+* start: :func:`~tunewise.train.record.join_process_group` (under a launcher the process group
+  exists from here on), then :func:`~tunewise.train.record.claim_run_dir` on the main process
+  only, which checks the run directory and finds the checkpoint to resume; the other processes
+  wait for its answer (:func:`~tunewise.train.record.main_decides`) and never read run.json.
+* :func:`setup`: load the tokenizer and encode the data -> :class:`Prepared`.
+* :func:`build`: the model, the callbacks and the Trainer; the first run.json -> :class:`Built`.
+* :func:`fit`: run the Trainer, resuming from the checkpoint -> :class:`Fitted`.
+* :func:`finish`: apply the stop rule's outcome (restore the best weights), save the adapter or
+  the model, and close run.json. :class:`~tunewise.train.record.RunRecorder` owns the record.
+
+Layout of ``RUN/`` (read back through :class:`tunewise.rundir.RunDir`):
 
 * LoRA/QLoRA: ``adapter_config.json`` + ``adapter_model.safetensors`` + tokenizer files at the
   root (``PeftModel.from_pretrained(base, RUN)`` works); full: ``model/``;
@@ -25,16 +36,13 @@ from typing import Any
 
 from rich.console import Console
 
-from tunewise import models
+from tunewise import models, tracking
 from tunewise.config import ProjectConfig
 from tunewise.data.schema import Example, load_examples
 from tunewise.errors import UserError
-from tunewise.fsio import replace_dir, sha256_file
-from tunewise.train.callbacks import (
-    JsonlLogger,
-    RichProgress,
-    ValidationMonitor,
-)
+from tunewise.fsio import replace_dir
+from tunewise.rundir import RunDir
+from tunewise.train.callbacks import ValidationMonitor, run_callbacks, validation_monitor
 from tunewise.train.collate import (
     ChatCollator,
     EncodedDataset,
@@ -45,7 +53,19 @@ from tunewise.train.collate import (
 from tunewise.train.loss import answer_loss, supports_sparse_logits
 from tunewise.train.prefix import SharedPrefix
 from tunewise.train.prefix import resolve as resolve_shared_prefix
-from tunewise.train.record import BestKeeper, RunRecorder, read_run, recorder_callback
+from tunewise.train.record import (
+    BestKeeper,
+    RunRecorder,
+    RunStart,
+    claim_run_dir,
+    finished_record,
+    fsync_dir,
+    is_main_process,
+    join_process_group,
+    main_decides,
+    save_final,
+    sharding_warning,
+)
 
 TARGET_PRESETS: dict[str, list[str] | str] = {
     "all-linear": "all-linear",  # every linear projection except the output head (peft's rule)
@@ -54,6 +74,7 @@ TARGET_PRESETS: dict[str, list[str] | str] = {
     "mlp": ["gate_proj", "up_proj", "down_proj"],
 }
 CHECKPOINTS_KEPT = 2  # the newest checkpoints kept on disk; resume needs only the last
+METHODS = ("lora", "qlora", "full")
 
 
 def _console() -> Console:
@@ -62,9 +83,32 @@ def _console() -> Console:
     return make_console(stderr=True)
 
 
-def _is_main() -> bool:
-    # Before the Trainer exists, the launcher's RANK tells us who writes shared files.
-    return int(os.environ.get("RANK", "0")) == 0
+def _world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+# --- start ----------------------------------------------------------------------------------------
+
+
+def default_run_dir(cfg: ProjectConfig, method: str) -> Path:
+    return cfg.work_dir / "runs" / f"{method}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def load_run_config(run_dir: Path) -> tuple[ProjectConfig, dict[str, Any]]:
+    """The resolved project config a run was started with (for ``--resume``)."""
+    rec = RunDir(run_dir).record()
+    raw = dict(rec["config"])
+    raw["root"] = rec.get("project_root", ".")
+    cfg = ProjectConfig.model_validate(raw)
+    return cfg, rec
+
+
+def with_method(cfg: ProjectConfig, method: str | None) -> ProjectConfig:
+    """``cfg`` with ``train.method`` set to the method asked for (checked)."""
+    method = method or cfg.train.method
+    if method not in METHODS:
+        raise UserError(f"unknown method {method!r}: use lora, qlora or full")
+    return cfg.model_copy(update={"train": cfg.train.model_copy(update={"method": method})})
 
 
 # --- setup ----------------------------------------------------------------------------------------
@@ -85,31 +129,7 @@ class Prepared:
     reports: dict[str, OverlongReport]
     warnings: list[str] = field(default_factory=list)
     resume_from: Path | None = None
-
-
-def default_run_dir(cfg: ProjectConfig, method: str) -> Path:
-    return cfg.work_dir / "runs" / f"{method}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
-def last_checkpoint(run_dir: Path) -> Path | None:
-    from transformers.trainer_utils import get_last_checkpoint
-
-    ckpt_root = Path(run_dir) / "checkpoints"
-    if not ckpt_root.is_dir():
-        return None
-    last = get_last_checkpoint(str(ckpt_root))
-    return Path(last) if last else None
-
-
-def load_run_config(run_dir: Path) -> tuple[ProjectConfig, dict[str, Any]]:
-    """The resolved project config a run was started with (for ``--resume``)."""
-    rec = read_run(run_dir)
-    if rec is None:
-        raise UserError(f"{run_dir}: not a training run (no run.json)")
-    raw = dict(rec["config"])
-    raw["root"] = rec.get("project_root", ".")
-    cfg = ProjectConfig.model_validate(raw)
-    return cfg, rec
+    previous: dict[str, Any] | None = None  # run.json of the run being resumed
 
 
 def epoch_warning(cfg: ProjectConfig, n_train: int, world_size: int = 1) -> str | None:
@@ -131,60 +151,8 @@ def epoch_warning(cfg: ProjectConfig, n_train: int, world_size: int = 1) -> str 
     return f"{what}, outside the advised 1-3: {why}"
 
 
-def _setup(
-    cfg: ProjectConfig,
-    *,
-    run_dir: Path,
-    method: str | None,
-    train_path: Path | None,
-    val_path: Path | None,
-    resume: bool,
-    console: Console,
-) -> Prepared:
-    method = method or cfg.train.method
-    if method not in ("lora", "qlora", "full"):
-        raise UserError(f"unknown method {method!r}: use lora, qlora or full")
-    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"method": method})})
-    splits = cfg.work_dir / "splits"
-    train_path = (Path(train_path) if train_path else splits / "train.jsonl").resolve()
-    if not train_path.is_file():
-        raise UserError(
-            f"{train_path}: training split not found; run `tunewise data split` first or pass a file"
-        )
-    if (
-        val_path is None
-        and (splits / "val.jsonl").is_file()
-        and train_path == (splits / "train.jsonl").resolve()
-    ):
-        val_path = splits / "val.jsonl"
-    val_path = Path(val_path).resolve() if val_path else None
-    if val_path is not None and not val_path.is_file():
-        raise UserError(f"{val_path}: validation split not found")
-
-    run_dir = Path(run_dir)
-    resume_from: Path | None = None
-    previous = read_run(run_dir)
-    if resume:
-        if previous is None:
-            raise UserError(f"{run_dir}: nothing to resume (no run.json)")
-        hashes = {
-            "train": sha256_file(train_path),
-            "val": sha256_file(val_path) if val_path else None,
-        }
-        if previous.get("data_hashes") != hashes:
-            raise UserError(
-                f"{run_dir}: the training data changed since this run started; start a new run"
-            )
-        resume_from = last_checkpoint(run_dir)
-        if resume_from is None:
-            console.print(
-                f"[yellow]warning:[/] {run_dir}: no checkpoint yet, restarting from step 0"
-            )
-    elif previous is not None:
-        raise UserError(
-            f"{run_dir}: a run already exists here; use --resume {run_dir} or another --run-dir"
-        )
-
+def setup(cfg: ProjectConfig, start: RunStart) -> Prepared:
+    """Load the tokenizer and encode the data (every process; nothing is written)."""
     warnings: list[str] = []
     ref = models.resolve(cfg.model.base)
     tokenizer = models.load_tokenizer(ref, trust_remote_code=cfg.model.trust_remote_code)
@@ -194,13 +162,14 @@ def _setup(
     system = cfg.task.system_prompt
     train_items, reports["train"] = encode_all(
         tokenizer,
-        [e.with_system(system) for e in load_examples(train_path)],
+        [e.with_system(system) for e in load_examples(start.train_path)],
         max_len=cfg.data.max_len,
         overlong=t.overlong,
         train_on=t.train_on,
+        allow_special_tokens=cfg.model.allow_special_tokens_in_content,
     )
     val_examples: list[Example] = (
-        [e.with_system(system) for e in load_examples(val_path)] if val_path else []
+        [e.with_system(system) for e in load_examples(start.val_path)] if start.val_path else []
     )
     val_ds = None
     if val_examples:
@@ -210,6 +179,7 @@ def _setup(
             max_len=cfg.data.max_len,
             overlong=t.overlong,
             train_on=t.train_on,
+            allow_special_tokens=cfg.model.allow_special_tokens_in_content,
         )
         val_ds = EncodedDataset(val_items) if val_items else None
     for split, rep in reports.items():
@@ -217,9 +187,10 @@ def _setup(
             warnings.append(f"{split}: {rep.summary()}")
     if not train_items:
         raise UserError(
-            f"{train_path}: no training example left after the overlong policy ({reports['train'].summary()})"
+            f"{start.train_path}: no training example left after the overlong policy "
+            f"({reports['train'].summary()})"
         )
-    if w := epoch_warning(cfg, len(train_items), int(os.environ.get("WORLD_SIZE", "1"))):
+    if w := epoch_warning(cfg, len(train_items), _world_size()):
         warnings.append(w)
     if val_ds is None:
         warnings.append(
@@ -227,10 +198,10 @@ def _setup(
         )
     return Prepared(
         cfg=cfg,
-        method=method,
-        run_dir=run_dir,
-        train_path=train_path,
-        val_path=val_path,
+        method=cfg.train.method,
+        run_dir=start.run_dir,
+        train_path=start.train_path,
+        val_path=start.val_path,
         ref=ref,
         tokenizer=tokenizer,
         train_ds=EncodedDataset(train_items),
@@ -238,7 +209,8 @@ def _setup(
         val_examples=val_examples,
         reports=reports,
         warnings=warnings,
-        resume_from=resume_from,
+        resume_from=start.resume_from,
+        previous=start.previous,
     )
 
 
@@ -368,7 +340,7 @@ def _make_trainer_class() -> type:
             self.accelerator.wait_for_everyone()
             if self.args.should_save:
                 replace_dir(os.path.join(staging, name), os.path.join(final_root, name))
-                _fsync_dir(final_root)
+                fsync_dir(final_root)
                 from transformers.trainer_utils import sort_checkpoints
 
                 for old in sort_checkpoints(final_root)[:-CHECKPOINTS_KEPT]:
@@ -385,28 +357,15 @@ def _shared_prefix(
     shared = resolve_shared_prefix(
         cfg.train.shared_prefix, prep.train_ds.items, cfg.train.batch_size, model
     )
-    recorder.record["shared_prefix"] = shared.stats  # the same dict: counts as training goes
+    recorder.track_shared_prefix(shared.stats)
     if shared.warning:
-        recorder.record["warnings"].append(shared.warning)
-    if _is_main():
+        recorder.warn(shared.warning)
+    if is_main_process():
         if shared.warning:
             console.print(f"[yellow]warning:[/] {shared.warning}")
         else:
             console.print(f"[dim]shared prefix: {shared.reason}[/]")
     return shared
-
-
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def training_args(cfg: ProjectConfig, run_dir: Path, *, has_val: bool) -> Any:
@@ -480,37 +439,160 @@ def training_args(cfg: ProjectConfig, run_dir: Path, *, has_val: bool) -> Any:
     )
 
 
-# --- fit and save --------------------------------------------------------------------------------
+# --- build ----------------------------------------------------------------------------------------
 
 
-def _save_final(trainer: Any, prep: Prepared) -> list[str]:
-    """Write the adapter (RUN/) or the full model (RUN/model/) atomically; returns the file names."""
-    run_dir = prep.run_dir
-    tmp = run_dir / ".final-tmp"
-    if trainer.is_world_process_zero():
-        shutil.rmtree(tmp, ignore_errors=True)
-    trainer.accelerator.wait_for_everyone()
-    trainer.save_model(str(tmp))  # collective under FSDP/DeepSpeed: every process calls it
-    trainer.accelerator.wait_for_everyone()
-    written: list[str] = []
-    if trainer.is_world_process_zero():
-        prep.tokenizer.save_pretrained(tmp)
-        # training_args.bin is a pickle; the run's settings already live in run.json.
-        (tmp / "training_args.bin").unlink(missing_ok=True)
-        if prep.method == "full":
-            target = run_dir / "model"
-            replace_dir(tmp, target)
-            written = ["model/"]
-            for f in target.iterdir():  # tokenizer files also at the root, like the adapter layout
-                if f.name.startswith(("tokenizer", "special_tokens", "chat_template")):
-                    shutil.copy2(f, run_dir / f.name)
-        else:
-            for f in sorted(tmp.iterdir()):
-                os.replace(f, run_dir / f.name)
-                written.append(f.name)
-            shutil.rmtree(tmp, ignore_errors=True)
-        _fsync_dir(str(run_dir))
-    return written
+@dataclass
+class Built:
+    """Everything :func:`fit` and :func:`finish` work on."""
+
+    prep: Prepared
+    trainer: Any
+    recorder: RunRecorder
+    monitor: ValidationMonitor | None
+    best: BestKeeper | None  # the weights at the best validation loss (no validation: None)
+    tracker: Any = None  # the MLflow callback when tracking is configured
+
+
+def build(prep: Prepared, console: Console, *, progress: bool = True) -> Built:
+    """The model, the callbacks and the Trainer; the main process writes the first run.json."""
+    from transformers import set_seed
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    from tunewise import device
+
+    cfg = prep.cfg
+    if is_main_process():
+        for w in prep.warnings:
+            console.print(f"[yellow]warning:[/] {w}")
+    set_seed(cfg.train.seed)
+    model = build_model(cfg, prep.ref, prep.method)
+    # MLflow (optional): a resumed run continues the MLflow run its run.json names.
+    tracker = tracking.training_tracker(
+        cfg, RunDir(prep.run_dir).read() if prep.resume_from else None
+    )
+    recorder = RunRecorder(prep)
+    if tracker is not None:
+        recorder.set_tracking(tracker.start(prep.run_dir, recorder.record))
+    recorder.set_placement(device.for_project(cfg, "train").to_dict())
+    monitor = validation_monitor(prep, console)
+    best = BestKeeper() if prep.val_ds is not None else None
+    callbacks = run_callbacks(prep, recorder, monitor, best, console, progress=progress)
+    if tracker is not None:  # after the monitor, whose repetition scores it logs
+        callbacks.append(tracker)
+    trainer = _make_trainer_class()(
+        model=model,
+        args=training_args(cfg, prep.run_dir, has_val=prep.val_ds is not None),
+        train_dataset=prep.train_ds,
+        eval_dataset=prep.val_ds,
+        data_collator=ChatCollator(
+            pad_token_id=prep.tokenizer.pad_token_id, pad_to_multiple_of=None
+        ),
+        processing_class=prep.tokenizer,
+        callbacks=callbacks,
+    )
+    for cb in (ProgressCallback, PrinterCallback):
+        trainer.remove_callback(cb)
+    trainer._tw_prefix = _shared_prefix(cfg, prep, model, recorder, console)
+    if w := sharding_warning(trainer.accelerator.distributed_type.value):
+        recorder.warn(w)
+        if is_main_process():
+            console.print(f"[yellow]warning:[/] {w}")
+    if is_main_process():
+        prep.run_dir.mkdir(parents=True, exist_ok=True)
+    recorder.write()
+    return Built(prep, trainer, recorder, monitor, best, tracker)
+
+
+# --- fit ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Fitted:
+    result: Any  # the Trainer's TrainOutput
+    seconds: float  # this session's training time
+    tokens_before: int  # tokens seen before this session (a resume starts from its checkpoint's)
+
+
+def fit(built: Built) -> Fitted:
+    """Run the Trainer (from the checkpoint when resuming); Ctrl-C is recorded, then re-raised."""
+    resume_from = built.prep.resume_from
+    t0 = time.time()
+    tokens0 = 0
+    if resume_from is not None:
+        from transformers import TrainerState
+
+        state = TrainerState.load_from_json(str(resume_from / "trainer_state.json"))
+        tokens0 = int(state.num_input_tokens_seen or 0)
+    try:
+        result = built.trainer.train(
+            resume_from_checkpoint=str(resume_from) if resume_from else None
+        )
+    except KeyboardInterrupt:
+        built.recorder.interrupted()
+        if built.tracker is not None:
+            built.tracker.finish(built.prep.run_dir, built.recorder.record, status="KILLED")
+        raise
+    return Fitted(result, time.time() - t0, tokens0)
+
+
+# --- finish ---------------------------------------------------------------------------------------
+
+
+def _record_stop(built: Built, console: Console) -> None:
+    """Completed, or stopped by a rule; after early stopping, the best weights come back."""
+    decision = built.monitor.decision if built.monitor else None
+    recorder, best = built.recorder, built.best
+    if decision is None or not decision.stop:
+        max_steps = built.prep.cfg.train.max_steps
+        recorder.completed("max_steps reached" if max_steps else "all epochs done")
+        return
+    recorder.stopped(str(decision.kind), str(decision.reason))
+    step = built.trainer.state.global_step
+    if decision.kind != "early_stopping" or best is None or best.step in (None, step):
+        return
+    # After a resume the in-memory copy only covers evaluations since the restart; restore it
+    # only when it is the run's best, never a "best since resume".
+    if best.step == recorder.best_step:
+        best.restore(built.trainer.model)
+        recorder.restored_best(best.step)
+        if is_main_process():
+            loss = f"best validation loss {best.loss:.4f}"
+            console.print(f"restored the weights of step {best.step} ({loss})")
+    else:
+        recorder.warn(
+            f"the best step ({recorder.best_step}) predates the resume; the final weights are "
+            f"those of step {step}"
+        )
+
+
+def finish(built: Built, fitted: Fitted, console: Console) -> dict[str, Any]:
+    """Apply the stop rule's outcome, save the weights, close run.json; returns its content."""
+    import torch.distributed as dist
+
+    _record_stop(built, console)
+    trainer = built.trainer
+    tokens = int(trainer.state.num_input_tokens_seen or 0)
+    record = built.recorder.finished(
+        global_step=trainer.state.global_step,
+        world_size=trainer.args.world_size,
+        backend=dist.get_backend() if dist.is_available() and dist.is_initialized() else None,
+        train_loss=float(fitted.result.training_loss),
+        tokens_seen=tokens,
+        tokens_this_session=tokens - fitted.tokens_before,
+        seconds=fitted.seconds,
+        files=save_final(trainer, built.prep),
+    )
+    if built.tracker is not None:
+        built.tracker.finish(built.prep.run_dir, record)
+    if is_main_process():
+        console.print(
+            f"[green]{record['status']}[/]: {built.prep.run_dir} ({record['stop_reason']})"
+        )
+    return record
+
+
+# --- the whole run --------------------------------------------------------------------------------
 
 
 def train(
@@ -524,161 +606,23 @@ def train(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Train ``cfg``'s model on its splits (or the given files); returns run.json's content."""
-    from transformers import set_seed
-    from transformers.integrations import TensorBoardCallback
-
     console = _console()
-    main = _is_main()
+    cfg = with_method(cfg, method)
+    join_process_group(cfg)
+    run = RunDir(run_dir)
     if resume:
-        previous = read_run(Path(run_dir))
-        if previous and (previous.get("status") == "completed" or previous.get("stop_kind")):
-            # Finished (or stopped by a rule): re-running from the last checkpoint would overwrite
-            # the saved weights, e.g. the restored best of an early stop.
-            if main:
+        done = main_decides(lambda: finished_record(run))
+        if done is not None:
+            if is_main_process():
                 console.print(
-                    f"nothing to resume: {run_dir} already {previous['status']} ({previous.get('stop_reason')})"
+                    f"nothing to resume: {run.path} already {done['status']} "
+                    f"({done.get('stop_reason')})"
                 )
-            return previous
-    prep = _setup(
-        cfg,
-        run_dir=run_dir,
-        method=method,
-        train_path=train_path,
-        val_path=val_path,
-        resume=resume,
-        console=console,
+            return done
+    start = main_decides(
+        lambda: claim_run_dir(
+            cfg, run, train_path=train_path, val_path=val_path, resume=resume, console=console
+        )
     )
-    cfg = prep.cfg
-    if main:
-        prep.run_dir.mkdir(parents=True, exist_ok=True)
-        for w in prep.warnings:
-            console.print(f"[yellow]warning:[/] {w}")
-    set_seed(cfg.train.seed)
-    model = build_model(cfg, prep.ref, prep.method)
-    recorder = RunRecorder(prep)
-    from tunewise import device
-
-    recorder.record["placement"] = device.for_project(cfg, "train").to_dict()
-    recorder.write()
-
-    callbacks: list[Any] = [JsonlLogger(prep.run_dir / "logs.jsonl")]
-    tb_writer = None
-    if main:
-        from torch.utils.tensorboard import SummaryWriter
-
-        tb_writer = SummaryWriter(log_dir=str(prep.run_dir / "tb"))
-        callbacks.append(TensorBoardCallback(tb_writer=tb_writer))
-    monitor = None
-    if prep.val_ds is not None:
-        sharded = (
-            os.environ.get("ACCELERATE_USE_FSDP") == "true"
-            or os.environ.get("ACCELERATE_USE_DEEPSPEED") == "true"
-        )
-        n = 0 if sharded else cfg.train.overfit_sample
-        # A fixed, seeded sample of validation prompts: the same prompts at every evaluation.
-        import random
-
-        sample = random.Random(cfg.train.seed).sample(
-            prep.val_examples, min(n, len(prep.val_examples))
-        )
-        longest = max(
-            (len(prep.tokenizer(e.target)["input_ids"]) for e in prep.val_examples), default=32
-        )
-        monitor = ValidationMonitor(
-            prep.tokenizer,
-            [e.prompt_messages for e in sample],
-            patience=cfg.train.early_stopping_patience,
-            repetition_threshold=cfg.train.overfit_repetition_threshold,
-            # room to show runaway repetition, bounded so evaluation stays cheap
-            max_new_tokens=min(256, max(32, 2 * longest)),
-            console=console,
-        )
-        callbacks.append(monitor)
-    best = BestKeeper() if prep.val_ds is not None else None
-    callbacks.append(recorder_callback(recorder, best, tb_writer))
-    if progress and main:
-        callbacks.append(RichProgress(console))
-
-    trainer_cls = _make_trainer_class()
-    trainer = trainer_cls(
-        model=model,
-        args=training_args(cfg, prep.run_dir, has_val=prep.val_ds is not None),
-        train_dataset=prep.train_ds,
-        eval_dataset=prep.val_ds,
-        data_collator=ChatCollator(
-            pad_token_id=prep.tokenizer.pad_token_id, pad_to_multiple_of=None
-        ),
-        processing_class=prep.tokenizer,
-        callbacks=callbacks,
-    )
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
-
-    for cb in (ProgressCallback, PrinterCallback):
-        trainer.remove_callback(cb)
-    trainer._tw_prefix = _shared_prefix(cfg, prep, model, recorder, console)
-
-    t0 = time.time()
-    tokens0 = 0
-    if prep.resume_from is not None:
-        from transformers import TrainerState
-
-        tokens0 = TrainerState.load_from_json(
-            str(prep.resume_from / "trainer_state.json")
-        ).num_input_tokens_seen
-    try:
-        result = trainer.train(
-            resume_from_checkpoint=str(prep.resume_from) if prep.resume_from else None
-        )
-    except KeyboardInterrupt:
-        recorder.record["status"] = "stopped"
-        recorder.record["stop_reason"] = "interrupted (Ctrl-C); resume with --resume"
-        recorder.write()
-        raise
-    elapsed = time.time() - t0
-    decision = monitor.decision if monitor else None
-    if decision is not None and decision.stop:
-        recorder.record["status"] = "stopped"
-        recorder.record["stop_reason"] = decision.reason
-        recorder.record["stop_kind"] = decision.kind
-        if (
-            decision.kind == "early_stopping"
-            and best is not None
-            and best.step not in (None, trainer.state.global_step)
-        ):
-            # After a resume the in-memory copy only covers evaluations since the restart; restore
-            # it only when it is the run's best, never a "best since resume".
-            if best.step == recorder.record.get("best_step"):
-                best.restore(trainer.model)
-                recorder.record["restored_best_step"] = best.step
-                if main:
-                    console.print(
-                        f"restored the weights of step {best.step} (best validation loss {best.loss:.4f})"
-                    )
-            else:
-                recorder.record["warnings"].append(
-                    f"the best step ({recorder.record.get('best_step')}) predates the resume; the final weights are "
-                    f"those of step {trainer.state.global_step}"
-                )
-    else:
-        recorder.record["status"] = "completed"
-        recorder.record["stop_reason"] = (
-            "max_steps reached" if cfg.train.max_steps else "all epochs done"
-        )
-    recorder.record["global_step"] = trainer.state.global_step
-    recorder.record["world_size"] = trainer.args.world_size
-    import torch.distributed as dist
-
-    recorder.record["distributed_backend"] = (
-        dist.get_backend() if dist.is_available() and dist.is_initialized() else None
-    )
-    recorder.record["train_loss"] = float(result.training_loss)
-    tokens = int(trainer.state.num_input_tokens_seen or 0) - int(tokens0 or 0)
-    recorder.record["tokens_trained"] = int(trainer.state.num_input_tokens_seen or 0)
-    recorder.record["tokens_per_s"] = round(tokens / elapsed, 2) if elapsed > 0 else None
-    recorder.record["files"] = _save_final(trainer, prep)
-    recorder.write()
-    if main:
-        console.print(
-            f"[green]{recorder.record['status']}[/]: {prep.run_dir} ({recorder.record['stop_reason']})"
-        )
-    return dict(recorder.record)
+    built = build(setup(cfg, start), console, progress=progress)
+    return finish(built, fit(built), console)
