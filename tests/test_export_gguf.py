@@ -4,12 +4,12 @@ Tolerances. An f16 export stores every matrix rounded to float16 (relative error
 and the rest in float32; the loader de-quantizes to float32. So the loaded model must equal the
 merged model *with its matrices rounded to f16* up to float32 summation noise (1e-5): that proves
 names, Q/K permutation, norms and tied embeddings right. Against the unrounded merged model the
-logits move by the rounding alone, bounded here by 1% of the largest logit (the real 135M model
-moves by 0.1%). A q8_0 / q4_0 export must likewise equal the merged model with its matrices put
-through the same quantization (the ``gguf`` package's reference code, as llama.cpp's). Whether a
-quantized model still *answers* alike is a property of the model, not of the file format: the slow
-test checks it on the real model, taught demo answers so that its answers are decisive, as a
-fine-tune's are (a random tiny model's are near-ties).
+logits move by the rounding alone, bounded here by 1% of the largest logit (the embedded 135M
+base model moves by 0.1%). A q8_0 / q4_0 export must likewise equal the merged model with its
+matrices put through the same quantization (the ``gguf`` package's reference code, as
+llama.cpp's). Whether a quantized model still *answers* alike is a property of the model, not of
+the file format: the slow test checks it on the real model, taught demo answers so that its
+answers are decisive, as a fine-tune's are (a random tiny model's are near-ties).
 """
 
 from __future__ import annotations

@@ -422,6 +422,22 @@ def test_pool_under_concurrency_never_evicts_an_adapter_in_use(tiny_ref, adapter
     assert not pool._pins and len(pool.loaded()) <= 1
 
 
+def test_base_step_right_after_evicting_the_last_resident_adapter(tiny_ref, adapters) -> None:
+    """Room for one adapter: loading b evicts a, the only resident one, and PEFT's wrapper kept
+    naming a's deleted slot as active; a base step next (no adapter switch in between) looked
+    that name up and raised KeyError. The base answer must equal the plain base model's, also
+    once every adapter is unloaded."""
+    reqs = [GenRequest(messages=_msgs(q), max_new_tokens=4) for q in QUESTIONS[:2]]
+    plain = [r.text for r in Engine(tiny_ref, batch_size=2).generate(reqs)]
+    eng = Engine(tiny_ref, batch_size=2, max_loaded_adapters=1)
+    eng.load_adapter("a", adapters["a"])
+    eng.load_adapter("b", adapters["b"])  # evicts a before b is loaded: no adapter resident
+    assert eng.loaded_adapters() == ["b"]
+    assert [r.text for r in eng.generate(reqs)] == plain
+    eng.unload_adapter("b")  # nothing resident at all now
+    assert [r.text for r in eng.generate(reqs)] == plain
+
+
 @pytest.mark.slow
 def test_real_model_batched_equals_generate_and_scores(real_model) -> None:
     eng = Engine(real_model, batch_size=4)

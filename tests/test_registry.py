@@ -173,6 +173,28 @@ def test_running_run_and_missing_hash_are_refused(run_dir, copy_tree):
         Registry().add(run)
 
 
+def test_interrupted_run_says_how_to_resume(run_dir, copy_tree):
+    import socket
+    import subprocess
+    import sys
+
+    from tunewise.rundir import process_identity
+
+    run = copy_tree(run_dir, "killed")
+    meta = RunDir(run).record()
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()  # exited and reaped: its pid is gone, as after kill -9
+    dead = {"pid": proc.pid, "host": socket.gethostname(), "started": 0.0}
+    RunDir(run).write({**meta, "status": "running", "process": dead})
+    with pytest.raises(UserError, match="interrupted") as err:
+        Registry().add(run)
+    assert f"tunewise train --resume {run}" in str(err.value)
+    assert "wait for it to finish" not in str(err.value)
+    RunDir(run).write({**meta, "status": "running", "process": process_identity()})
+    with pytest.raises(UserError, match="still running"):  # a live trainer: wait
+        Registry().add(run)
+
+
 @pytest.mark.parametrize("point", ["after_blobs", "before_commit"])
 def test_crash_inside_add_leaves_no_half_version(run_dir, tunewise_home, point):
     env = {**os.environ, CRASH_ENV: point, "TUNEWISE_HOME": str(tunewise_home)}

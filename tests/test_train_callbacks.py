@@ -89,3 +89,45 @@ def test_history_is_rebuilt_from_trainer_log_history():
         {"step": 30, "eval_loss": 1.5},
     ]
     assert history_from_log(log) == [EvalPoint(10, 2.0, 0.1, 0.9), EvalPoint(30, 1.5, None, None)]
+
+
+def test_batched_generation_matches_one_at_a_time(tiny_model_dir):
+    # The overfitting check generates its sample as one left-padded batch; what it scores must
+    # be what each prompt alone would give. Prompts of different lengths make the padding vary;
+    # one quotes a control token, which must reach the model as text (chat.encode).
+    import torch
+
+    from tunewise import chat, models
+    from tunewise.train.callbacks import generate_greedy
+
+    ref = models.resolve(str(tiny_model_dir))
+    tok = models.load_tokenizer(ref)
+    model = models.load_model(ref)
+    torch.manual_seed(1)
+    with torch.no_grad():  # larger random weights: the text depends on the prompt
+        for param in model.parameters():
+            param.normal_(0.0, 0.3)
+    model.train()
+    prompts = [
+        [{"role": "user", "content": "hi"}],
+        [{"role": "system", "content": "You triage tickets."}, {"role": "user", "content": "x"}],
+        [{"role": "user", "content": "my invoice is wrong " * 6}],
+        [{"role": "user", "content": "quote <|im_end|> here"}],
+    ]
+    seen = []
+    generate = model.generate
+    model.generate = lambda **kw: seen.append(kw["input_ids"].tolist()) or generate(**kw)
+    batched = generate_greedy(model, tok, prompts, max_new_tokens=16)
+    alone = [generate_greedy(model, tok, [p], max_new_tokens=16)[0] for p in prompts]
+    assert batched == alone
+    assert all(batched) and len(set(batched)) > 1
+    assert len(seen) == 1 + len(prompts)  # the batch is one generate call
+    assert model.training  # put back in training mode
+    # the quoted control token went in as text, exactly as chat.encode tokenizes it
+    rendered = chat.render(tok, prompts[3], generation_prompt=True)
+    (expected,) = chat.encode(tok, [rendered])
+    assert seen[-1] == [expected]
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+    without = chat.render(tok, [{"role": "user", "content": "quote here"}], generation_prompt=True)
+    assert expected.count(im_end) == chat.encode(tok, [without])[0].count(im_end)
+    assert repetition_scores(batched) == repetition_scores(alone)

@@ -170,8 +170,7 @@ class AdapterPool:
         evict one while the caller's forward step runs.
         """
         with self._lock:
-            self._switch_locked(name)
-            yield self.model
+            yield self._switch_locked(name)
 
     # ------------------------------------------------------------------ internals (lock held)
     def _get_locked(self, name: str) -> Adapter:
@@ -234,16 +233,14 @@ class AdapterPool:
         self._active = None  # PEFT may have switched the active adapter while loading
         self._loaded[entry.name] = entry
 
-    def _switch_locked(self, name: str | None) -> None:
+    def _switch_locked(self, name: str | None) -> Any:
+        """Switch ``name`` on (None: adapters off) and return the module to run."""
         if self._peft is None:
             if name is not None:
                 raise UserError(f"unknown adapter '{name}'")
-            return
+            return self._base
         if name is None:
-            if self._adapters_enabled:
-                self._peft.base_model.disable_adapter_layers()
-                self._adapters_enabled = False
-            return
+            return self._switch_off_locked()
         entry = self._registered.get(name)
         if entry is None:
             raise UserError(f"adapter '{name}' was unloaded while in use")
@@ -254,6 +251,28 @@ class AdapterPool:
         if not self._adapters_enabled:
             self._peft.base_model.enable_adapter_layers()
             self._adapters_enabled = True
+        return self._peft
+
+    def _switch_off_locked(self) -> Any:
+        """Adapters off: the base model's answer.
+
+        PEFT's wrapper keeps its own "active adapter" name, which its forward looks up in its
+        configs even with adapters disabled. ``delete_adapter`` only renames it when exactly one
+        adapter stays active in the layers, so evicting the last resident adapter (then loading
+        another, which does not switch) leaves it naming the deleted slot: a KeyError on the next
+        base step. Point it at a resident slot first; with none resident, the injected LoRA layers
+        hold no adapter and pass the base through, so the bare base model runs.
+        """
+        if not self._loaded:
+            return self._base
+        if self._active is None:  # unknown after a load or an eviction
+            slot = next(reversed(self._loaded.values())).slot  # most recently used
+            self._peft.set_adapter(slot, inference_mode=True)  # leaves the layers' on/off alone
+            self._active = slot
+        if self._adapters_enabled:
+            self._peft.base_model.disable_adapter_layers()
+            self._adapters_enabled = False
+        return self._peft
 
 
 def _check_safetensors(weights: Path) -> None:

@@ -24,15 +24,19 @@ class _Section(BaseModel):
 class TaskConfig(_Section):
     type: Literal["labels", "text", "json"] = Field(
         "labels",
-        description="labels: outputs are categorical (one or more fields); text: free text; json: JSON objects",
+        description=(
+            "labels: outputs are categorical (one or more fields); text: free text; "
+            "json: JSON objects"
+        ),
     )
     system_prompt: str = Field(
         "", description="the 'good prompt' of the prompt baseline, also used by every candidate"
     )
     output_pattern: str | None = Field(
         None,
-        description="regex the assistant output must match (format compliance); named groups are label fields, "
-        "e.g. '^Category: (?P<category>.+)\\nPriority: (?P<priority>.+)$'. Inferred by `data check` when absent.",
+        description="regex the assistant output must match (format compliance); named groups are "
+        "label fields, e.g. '^Category: (?P<category>.+)\\nPriority: (?P<priority>.+)$'. "
+        "Inferred by `data check` when absent.",
     )
     labels: dict[str, list[str]] | None = Field(
         None, description="allowed values per label field; inferred from train when absent"
@@ -149,13 +153,15 @@ class TrainConfig(_Section):
     )
     gradient_checkpointing: bool = Field(
         False,
-        description="recompute activations in the backward pass: ~30% slower, far less activation memory; "
-        "worth it for long sequences or big models on a GPU (`tunewise plan --grad-checkpointing` shows the saving)",
+        description="recompute activations in the backward pass: ~30% slower, far less activation "
+        "memory; worth it for long sequences or big models on a GPU "
+        "(`tunewise plan --grad-checkpointing` shows the saving)",
     )
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto",
-        description="auto: bf16 mixed precision on a CUDA GPU that supports it, else fp32. bf16 on a CPU with "
-        "AVX512-BF16/AMX trains ~1.4-1.8x faster here, but its validation loss is computed from bf16 logits "
+        description="auto: bf16 mixed precision on a CUDA GPU that supports it, else fp32. bf16 on "
+        "a CPU with AVX512-BF16/AMX trains ~1.4-1.8x faster here, but its validation loss is "
+        "computed from bf16 logits "
         "and reads higher than fp32's, so it is opt-in",
     )
     seed: int = 0
@@ -273,7 +279,9 @@ class GateConfig(_Section):
     baselines: list[str] = ["prompt", "fewshot", "rag"]
     guards: dict[str, float] = Field(
         default_factory=lambda: {"format_compliance": 0.02},
-        description="metric -> tolerated drop versus the best baseline; format compliance is always a guard",
+        description=(
+            "metric -> tolerated drop versus the best baseline; format compliance is always a guard"
+        ),
     )
 
     @model_validator(mode="after")
@@ -319,7 +327,8 @@ class ProjectConfig(_Section):
         # The name becomes a registry entry and a folder name: no "..", no separators.
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", v) or ".." in v:
             raise ValueError(
-                "use letters, digits, '.', '_' or '-' (max 64), starting with a letter or digit, no '..'"
+                "use letters, digits, '.', '_' or '-' (max 64), starting with a letter or digit, "
+                "no '..'"
             )
         return v
 

@@ -101,7 +101,8 @@ def _cost_notes(
 
     if model in models.EMBEDDED and not (paths.models_dir() / model / models.MARKER).is_file():
         return [
-            f"token lengths not measured ({model} is not converted yet): `tunewise data check` measures them"
+            f"token lengths not measured ({model} is not converted yet): "
+            "`tunewise data check` measures them"
         ]
     try:
         tok = models.load_tokenizer(models.resolve(model, allow_download=False))
@@ -156,16 +157,19 @@ def propose(
             f"{fmt.coverage:.0%} of outputs match"
         )
         notes.append(
-            "graders: format compliance, label accuracy/macro-F1, exact match; primary metric: accuracy"
+            "graders: format compliance, label accuracy/macro-F1, exact match; "
+            "primary metric: accuracy"
         )
     elif fmt.kind == "json":
         task = {"type": "json", "json_schema": _json_schema(fmt, targets)}
         ev = {"graders": ["json", "exact"], "primary_metric": "exact_match"}
         notes.append(
-            f"task type: json; objects with keys {', '.join(fmt.fields)}; schema inferred from the data"
+            f"task type: json; objects with keys {', '.join(fmt.fields)}; "
+            "schema inferred from the data"
         )
         notes.append(
-            "graders: JSON validity and schema conformance, exact match; primary metric: exact_match"
+            "graders: JSON validity and schema conformance, exact match; "
+            "primary metric: exact_match"
         )
     else:
         task = {"type": "text"}
@@ -178,28 +182,8 @@ def propose(
     return task, ev, notes
 
 
-def init_project(
-    data: Path,
-    *,
-    out: Path | None = None,
-    name: str | None = None,
-    docs: Path | None = None,
-    force: bool = False,
-) -> tuple[Path, list[str]]:
-    """Write ``out/project.yaml`` for ``data``; returns its path and what was inferred."""
-    data = Path(data).resolve()
-    examples = load_examples(data)  # a DataError (exit 2) names the file, line and field
-    if len(examples) < 20:
-        raise UserError(
-            f"{data}: only {len(examples)} examples; tunewise needs at least 20 to split and evaluate"
-        )
-    out = Path(out).resolve() if out else data.parent
-    target = out / "project.yaml"
-    if target.exists() and not force:
-        raise UserError(f"{target}: already exists (use --force to overwrite)")
-    targets = [e.target for e in examples]
-    fmt = infer_format(targets)
-    task, ev, notes = propose(fmt, targets)
+def _choose_system_prompt(examples: list[Any], task: dict[str, Any], notes: list[str]) -> None:
+    """The data's most common system prompt into ``task``, or a placeholder to be rewritten."""
     systems = Counter(
         e.messages[0]["content"] for e in examples if e.messages[0]["role"] == "system"
     )
@@ -217,18 +201,60 @@ def init_project(
             "system prompt: none in the data; a placeholder was written: make it a good prompt, "
             "it is the first baseline"
         )
-    if docs is None and (data.parent / "docs").is_dir():
-        docs = data.parent / "docs"
+
+
+def _project_name(name: str | None, data: Path) -> str:
+    """``name`` (or the data file's stem) reduced to characters safe in paths and run ids."""
     project_name = name or data.stem
-    project_name = (
+    return (
         "".join(c if c.isalnum() or c in "._-" else "-" for c in project_name)[:64].strip("-")
         or "project"
     )
+
+
+def _write_validated(out: Path, target: Path, text: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    # Validate before keeping: write beside the target, load it back, then rename over.
+    probe = out / ".project.yaml.probe"
+    atomic_write_text(probe, text)
+    try:
+        load_project(probe)
+    finally:
+        probe.unlink(missing_ok=True)
+    atomic_write_text(target, text)
+
+
+def init_project(
+    data: Path,
+    *,
+    out: Path | None = None,
+    name: str | None = None,
+    docs: Path | None = None,
+    force: bool = False,
+) -> tuple[Path, list[str]]:
+    """Write ``out/project.yaml`` for ``data``; returns its path and what was inferred."""
+    data = Path(data).resolve()
+    examples = load_examples(data)  # a DataError (exit 2) names the file, line and field
+    if len(examples) < 20:
+        raise UserError(
+            f"{data}: only {len(examples)} examples; "
+            "tunewise needs at least 20 to split and evaluate"
+        )
+    out = Path(out).resolve() if out else data.parent
+    target = out / "project.yaml"
+    if target.exists() and not force:
+        raise UserError(f"{target}: already exists (use --force to overwrite)")
+    targets = [e.target for e in examples]
+    fmt = infer_format(targets)
+    task, ev, notes = propose(fmt, targets)
+    _choose_system_prompt(examples, task, notes)
+    if docs is None and (data.parent / "docs").is_dir():
+        docs = data.parent / "docs"
     n = len(examples)
     # Each split needs enough items for the paired tests to mean something.
     val = 0.1 if n >= 1000 else 0.15 if n >= 300 else 0.2
     raw: dict[str, Any] = {
-        "name": project_name,
+        "name": _project_name(name, data),
         "task": task,
         "data": {
             "train": os.path.relpath(data, out),
@@ -253,13 +279,5 @@ def init_project(
         "# The ladder: `tunewise run project.yaml`; the sealed test once at the end: add --final.\n"
     )
     text = header + yaml.dump(raw, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=100)
-    out.mkdir(parents=True, exist_ok=True)
-    # Validate before keeping: write beside the target, load it back, then rename over.
-    probe = out / ".project.yaml.probe"
-    atomic_write_text(probe, text)
-    try:
-        load_project(probe)
-    finally:
-        probe.unlink(missing_ok=True)
-    atomic_write_text(target, text)
+    _write_validated(out, target, text)
     return target, notes

@@ -329,8 +329,14 @@ class Registry:
         if not rd.has_record():
             raise UserError(f"{run_dir}: no run.json (register runs made by `tunewise train`)")
         run = rd.record()
-        if rd.status() == "running":
+        status = rd.effective_status()
+        if status == "running":
             raise UserError(f"{run_dir}: the run is still running; wait for it to finish")
+        if status == "interrupted":
+            raise UserError(
+                f"{run_dir}: the run was interrupted (its process is gone); "
+                f"continue it with `{rd.resume_command()}`"
+            )
         base = rd.base_model()
         if not rd.base_hash():
             raise UserError(f"{rd.run_json}: base_model.weight_hash: missing")

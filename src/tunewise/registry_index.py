@@ -20,6 +20,7 @@ create; there the file is opened as immutable, which is what it is to this proce
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 from pathlib import Path
 
@@ -130,7 +131,12 @@ def problem(db_path: Path, *, has_data: bool) -> str | None:
     if db_path.stat().st_size == 0:
         return "empty (0 bytes)" if has_data else None
     try:
-        with contextlib.closing(connect_ro(db_path, timeout_s=5.0)) as db:
+        # A read-only connection cannot create WAL's -shm file and then falls back to an
+        # immutable read, which ignores other processes' locks and can see a half-written page
+        # while a writer commits: check through a normal connection wherever we may write.
+        writable = os.access(db_path.parent, os.W_OK) and os.access(db_path, os.W_OK)
+        connect = connect_rw if writable else connect_ro
+        with contextlib.closing(connect(db_path, timeout_s=5.0)) as db:
             check = db.execute("PRAGMA quick_check").fetchall()
             names = {r[0] for r in db.execute("SELECT name FROM sqlite_master")}
     except sqlite3.DatabaseError as exc:

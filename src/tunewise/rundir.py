@@ -15,9 +15,12 @@ Everything that asks "is this LoRA or full?", "which base model?", "where are th
 from __future__ import annotations
 
 import json
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+
+import psutil
 
 from tunewise.errors import UserError
 from tunewise.fsio import atomic_write_json
@@ -135,3 +138,50 @@ class RunDir:
         data = self.read() or {}
         value = data.get("status")
         return str(value) if value else None
+
+    def effective_status(self) -> str | None:
+        """The recorded status, except a ``running`` run whose process is gone: ``interrupted``.
+
+        run.json says ``running`` until the trainer writes its end, so a ``kill -9`` (or a lost
+        machine) leaves it saying so forever. The record carries the trainer's pid, host and the
+        process's start time; on the same host a pid that no longer exists, or now belongs to a
+        younger process (pid reuse), means the run was interrupted. On another host we cannot
+        tell, so it stays ``running``.
+        """
+        data = self.read() or {}
+        value = data.get("status")
+        status = str(value) if value else None
+        if status == "running" and _process_gone(data.get("process")):
+            return "interrupted"
+        return status
+
+    def resume_command(self) -> str:
+        """The command that continues this run from its last checkpoint."""
+        return f"tunewise train --resume {self.path}"
+
+
+def process_identity() -> dict[str, Any]:
+    """What run.json records about the training process, for :meth:`RunDir.effective_status`."""
+    me = psutil.Process()
+    return {"pid": me.pid, "host": socket.gethostname(), "started": me.create_time()}
+
+
+def _process_gone(process: Any) -> bool:
+    """True when ``process`` (a :func:`process_identity` record) was on this host and is gone."""
+    if not isinstance(process, dict) or process.get("host") != socket.gethostname():
+        return False
+    pid = process.get("pid")
+    if not isinstance(pid, int) or isinstance(pid, bool):
+        return False
+    try:
+        proc = psutil.Process(pid)
+        started = proc.create_time()
+        if proc.status() == psutil.STATUS_ZOMBIE:  # killed, not yet reaped by its parent
+            return True
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.Error:  # e.g. access denied: it exists
+        return False
+    recorded = process.get("started")
+    # A pid reused by a process that started after ours is not our run.
+    return isinstance(recorded, (int, float)) and started > recorded + 1.0

@@ -239,6 +239,66 @@ def training_tracker(cfg: ProjectConfig, previous: dict[str, Any] | None = None)
     return _tracker_class()(Tracker(target), cfg, previous)
 
 
+# The callback's work, as plain functions of the callback (``cb``): the class itself is built
+# lazily by _tracker_class, and keeping its methods one line each keeps that factory short.
+
+
+def _start_run(cb: Any, run_dir: Path, record: dict[str, Any]) -> dict[str, str]:
+    tags = {
+        "tunewise.kind": "train",
+        "tunewise.project": cb.cfg.name,
+        "tunewise.run_dir": str(run_dir),
+        "tunewise.method": str(record.get("method")),
+    }
+    cb.run_id = cb.tracker.start_run(run_dir.name, tags, cb.resume_id)
+    if cb.run_id != cb.resume_id:
+        cb.tracker.log_params(cb.run_id, training_params(record))
+    return {
+        "uri": cb.tracker.target.uri,
+        "experiment": cb.tracker.target.experiment,
+        "run_id": cb.run_id,
+    }
+
+
+def _call_safely(cb: Any, what: str, fn: Any, *args: Any) -> None:
+    if cb.run_id is None or cb.failed:
+        return
+    try:
+        fn(*args)
+    except Exception as exc:  # tracking must never cost a training run
+        cb.failed = f"MLflow {what} failed ({exc}); tracking stopped for this run"
+        from tunewise.progress import make_console
+
+        make_console(stderr=True).print(f"[yellow]warning:[/] {cb.failed}")
+
+
+def _detector_metrics(metrics: dict | None) -> dict[str, Any]:
+    # The overfitting detector adds these after the Trainer has logged the evaluation.
+    return {k: v for k, v in (metrics or {}).items() if k in ("eval_repetition", "eval_distinct2")}
+
+
+def _finish_run(cb: Any, run_dir: Path, record: dict[str, Any], status: str) -> None:
+    files = [run_dir / "run.json", run_dir / "logs.jsonl"]
+    adapter = [run_dir / f for f in record.get("files") or [] if not f.endswith("/")]
+    tags = {
+        "tunewise.status": record.get("status"),
+        "tunewise.stop_reason": record.get("stop_reason"),
+    }
+    if any(f.endswith("/") for f in record.get("files") or []):
+        tags["tunewise.weights"] = "not logged (full fine-tune: see the registry)"
+    summary = {
+        k: record[k]
+        for k in ("best_val_loss", "train_loss", "tokens_per_s", "wall_time_s")
+        if isinstance(record.get(k), int | float)
+    }
+    step = int(record.get("global_step") or 0)
+    _call_safely(cb, "final metrics", cb.tracker.log_metrics, cb.run_id, summary, step)
+    _call_safely(cb, "tags", cb.tracker.set_tags, cb.run_id, tags)
+    _call_safely(cb, "artefacts", cb.tracker.log_files, cb.run_id, files)
+    _call_safely(cb, "adapter upload", cb.tracker.log_files, cb.run_id, adapter, "adapter")
+    _call_safely(cb, "end", cb.tracker.end_run, cb.run_id, status)
+
+
 def _tracker_class() -> type:
     # Built on first use, so importing this module does not import transformers.
     from transformers import TrainerCallback
@@ -259,80 +319,29 @@ def _tracker_class() -> type:
 
         def start(self, run_dir: Path, record: dict[str, Any]) -> dict[str, str]:
             """Create (or reattach to) the MLflow run; returns what ``run.json`` keeps of it."""
-            tags = {
-                "tunewise.kind": "train",
-                "tunewise.project": self.cfg.name,
-                "tunewise.run_dir": str(run_dir),
-                "tunewise.method": str(record.get("method")),
-            }
-            self.run_id = self.tracker.start_run(run_dir.name, tags, self.resume_id)
-            if self.run_id != self.resume_id:
-                self.tracker.log_params(self.run_id, training_params(record))
-            return {
-                "uri": self.tracker.target.uri,
-                "experiment": self.tracker.target.experiment,
-                "run_id": self.run_id,
-            }
+            return _start_run(self, run_dir, record)
 
         def _safely(self, what: str, fn: Any, *args: Any) -> None:
-            if self.run_id is None or self.failed:
-                return
-            try:
-                fn(*args)
-            except Exception as exc:  # tracking must never cost a training run
-                self.failed = f"MLflow {what} failed ({exc}); tracking stopped for this run"
-                from tunewise.progress import make_console
-
-                make_console(stderr=True).print(f"[yellow]warning:[/] {self.failed}")
+            _call_safely(self, what, fn, *args)
 
         def on_log(
             self, args: Any, state: Any, control: Any, logs: dict | None = None, **kw: Any
         ) -> None:
             if logs and state.is_world_process_zero:
-                metrics = _numeric(logs)
-                self._safely(
-                    "logging", self.tracker.log_metrics, self.run_id, metrics, state.global_step
-                )
+                metrics, step = _numeric(logs), state.global_step
+                self._safely("logging", self.tracker.log_metrics, self.run_id, metrics, step)
 
         def on_evaluate(
             self, args: Any, state: Any, control: Any, metrics: dict | None = None, **kw: Any
         ) -> None:
-            # The overfitting detector adds these after the Trainer has logged the evaluation.
-            extra = {
-                k: v
-                for k, v in (metrics or {}).items()
-                if k in ("eval_repetition", "eval_distinct2")
-            }
+            extra = _detector_metrics(metrics)
             if extra and state.is_world_process_zero:
-                self._safely(
-                    "logging",
-                    self.tracker.log_metrics,
-                    self.run_id,
-                    _numeric(extra),
-                    state.global_step,
-                )
+                extra, step = _numeric(extra), state.global_step
+                self._safely("logging", self.tracker.log_metrics, self.run_id, extra, step)
 
         def finish(self, run_dir: Path, record: dict[str, Any], status: str = "FINISHED") -> None:
             """Artefacts (record, logs, adapter files) and the final status."""
-            files = [run_dir / "run.json", run_dir / "logs.jsonl"]
-            adapter = [run_dir / f for f in record.get("files") or [] if not f.endswith("/")]
-            tags = {
-                "tunewise.status": record.get("status"),
-                "tunewise.stop_reason": record.get("stop_reason"),
-            }
-            if any(f.endswith("/") for f in record.get("files") or []):
-                tags["tunewise.weights"] = "not logged (full fine-tune: see the registry)"
-            summary = {
-                k: record[k]
-                for k in ("best_val_loss", "train_loss", "tokens_per_s", "wall_time_s")
-                if isinstance(record.get(k), int | float)
-            }
-            step = int(record.get("global_step") or 0)
-            self._safely("final metrics", self.tracker.log_metrics, self.run_id, summary, step)
-            self._safely("tags", self.tracker.set_tags, self.run_id, tags)
-            self._safely("artefacts", self.tracker.log_files, self.run_id, files)
-            self._safely("adapter upload", self.tracker.log_files, self.run_id, adapter, "adapter")
-            self._safely("end", self.tracker.end_run, self.run_id, status)
+            _finish_run(self, run_dir, record, status)
 
     return TrainingTracker
 

@@ -312,7 +312,8 @@ def _mlflow_stage(plan: _Plan, gate: Stage, report: Stage) -> list[Stage]:
             plan.cfg, plan.eval_dir, gate=up[gate], report=up[report], runs=plan.runs
         )
 
-    return [Stage("mlflow", {"target": [target.uri, target.experiment]}, log, after=(report,))]
+    inputs = {"target": [target.uri, target.experiment]}
+    return [Stage("mlflow", inputs, log, after=(gate, report))]  # `log` reads both
 
 
 # --- what each stage does -------------------------------------------------------------------------
@@ -601,9 +602,15 @@ def _train_or_resume(
     from tunewise.train.record import last_checkpoint
     from tunewise.train.trainer import train
 
-    resume = RunDir(run_dir).has_record() and last_checkpoint(run_dir) is not None
+    rd = RunDir(run_dir)
+    status = rd.effective_status()
+    resume = rd.has_record() and last_checkpoint(run_dir) is not None
     if resume:
-        con.print(f"resuming {method} from its last checkpoint in {run_dir}")
+        why = "interrupted run" if status == "interrupted" else "earlier attempt"
+        con.print(
+            f"resuming {method} ({why}) from its last checkpoint in {run_dir} "
+            f"(as `{rd.resume_command()}` would)"
+        )
     elif run_dir.exists():
         shutil.rmtree(run_dir)  # a start that died before its first checkpoint
     train(

@@ -86,6 +86,14 @@ class TrainRunInfo:
     steps: int
 
 
+def _status_text(rd: RunDir) -> str:
+    """The run's status; an interrupted run says how to continue it."""
+    status = rd.effective_status() or "?"
+    if status == "interrupted":
+        return f"interrupted (resume: {rd.resume_command()})"
+    return status
+
+
 def _load_train_run(path: Path) -> tuple[TrainRunInfo, list[dict[str, Any]]]:
     """A training run's summary and logged rows (``path``: the run directory or its run.json)."""
     rd = RunDir(path if path.is_dir() else path.parent)
@@ -97,7 +105,7 @@ def _load_train_run(path: Path) -> tuple[TrainRunInfo, list[dict[str, Any]]]:
     info = TrainRunInfo(
         name=rd.path.name,
         method=str(raw.get("method", "?")),
-        status=str(raw.get("status", "?")),
+        status=_status_text(rd),
         stop_reason=str(raw.get("stop_reason") or ""),
         best_val_loss=raw.get("best_val_loss"),
         steps=max((int(r["step"]) for r in rows), default=0),

@@ -156,47 +156,59 @@ def generate_greedy(
     prompts: Sequence[list[dict[str, str]]],
     *,
     max_new_tokens: int,
-    batch_size: int = 8,
+    batch_size: int = 32,
 ) -> list[str]:
-    """Greedy completions of chat prompts, rendered with the same template as training."""
+    """Greedy completions of chat prompts, rendered with the same template as training.
+
+    The overfitting check's prompts (``train.overfit_sample``, 4-8 of them) go through
+    ``generate`` as one left-padded batch with the KV cache on; each row stops at EOS or the
+    template's end of turn. Batching gives the same text as one prompt at a time (tested).
+    """
     import torch
 
-    was_training = model.training
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"  # decoder-only models continue from the right edge
-    model.eval()
-    out: list[str] = []
     # Stop at the template's end of turn too: Gemma and Phi end a turn before their EOS, and
     # text generated past it would be scored as repetition.
     stop = [tokenizer.eos_token_id]
     eot_id = chat.end_of_turn_id(tokenizer, chat.end_of_turn(tokenizer))
     if eot_id is not None and eot_id not in stop:
         stop.append(eot_id)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop[0]
+    # chat.encode: control tokens quoted in a message stay text, as in training.
+    encoded = chat.encode(
+        tokenizer, [chat.render(tokenizer, p, generation_prompt=True) for p in prompts]
+    )
+    was_training = model.training
+    model.eval()
+    out: list[str] = []
     try:
         device = next(model.parameters()).device
-        for start in range(0, len(prompts), batch_size):
-            texts = [
-                chat.render(tokenizer, p, generation_prompt=True)
-                for p in prompts[start : start + batch_size]
-            ]
-            enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(
-                device
-            )
+        for start in range(0, len(encoded), batch_size):
+            chunk = encoded[start : start + batch_size]
+            width = max(len(ids) for ids in chunk)
+            # Left padding: decoder-only models continue from the right edge.
+            input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in chunk])
+            mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in chunk])
             with torch.no_grad():
                 gen = model.generate(
-                    **enc,
+                    input_ids=input_ids.to(device),
+                    attention_mask=mask.to(device),
                     max_new_tokens=max_new_tokens,
                     do_sample=False,
-                    pad_token_id=tokenizer.pad_token_id,
+                    use_cache=True,  # training may have turned it off in the config
+                    pad_token_id=pad,
                     eos_token_id=stop,
                 )
-            new = gen[:, enc["input_ids"].shape[1] :]  # (batch, new_tokens)
-            out.extend(tokenizer.batch_decode(new, skip_special_tokens=True))
+            out.extend(_decode_until_stop(tokenizer, gen[:, width:].tolist(), set(stop)))
     finally:
-        tokenizer.padding_side = side
         if was_training:
             model.train()
     return out
+
+
+def _decode_until_stop(tokenizer: Any, rows: list[list[int]], stop: set[int]) -> list[str]:
+    """Each row's text up to its first stop token (rows that finished early are padded)."""
+    cut = [next((row[:i] for i, t in enumerate(row) if t in stop), row) for row in rows]
+    return tokenizer.batch_decode(cut, skip_special_tokens=True)
 
 
 class ValidationMonitor(TrainerCallback):

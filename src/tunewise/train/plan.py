@@ -34,10 +34,13 @@ import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from tunewise import paths
 from tunewise.errors import UserError
+
+if TYPE_CHECKING:
+    from tunewise.device import Placement
 
 Method = Literal["lora", "qlora", "full"]
 Device = Literal["gpu", "cpu"]
@@ -291,7 +294,8 @@ def _dims_from_config(name: str, source: str, cfg: dict[str, Any]) -> ModelDims:
     vocab = cfg.get("vocab_size")
     if not (h and layers and heads and vocab):
         raise UserError(
-            f"{source}: config.json lacks hidden_size/num_hidden_layers/num_attention_heads/vocab_size"
+            f"{source}: config.json lacks "
+            "hidden_size/num_hidden_layers/num_attention_heads/vocab_size"
         )
     gated = cfg.get("model_type", "llama") not in {
         "gpt2",
@@ -368,7 +372,8 @@ def model_dims(model: str | Path) -> ModelDims:
             ) from None
     known = ", ".join(sorted(KNOWN_CONFIGS))
     raise UserError(
-        f"model '{name}': not a local checkpoint dir, built-in name, or hub id known offline ({known})"
+        f"model '{name}': not a local checkpoint dir, built-in name, "
+        f"or hub id known offline ({known})"
     )
 
 
@@ -412,6 +417,170 @@ def _activation_elems_per_token_layer(
     return elems
 
 
+def _check_plan_args(
+    method: str,
+    device: str,
+    seq_len: int,
+    batch: int,
+    lora_r: int,
+    answer_tokens: int | None,
+    shared_prefix: int,
+) -> None:
+    if method not in ("lora", "qlora", "full"):
+        raise UserError(f"--method {method!r}: expected lora, qlora or full")
+    if device not in ("gpu", "cpu"):
+        raise UserError(f"--device {device!r}: expected gpu or cpu")
+    if seq_len < 1 or batch < 1 or lora_r < 1:
+        raise UserError("--seq-len, --batch and --r must be positive")
+    if answer_tokens is not None and not 1 <= answer_tokens <= seq_len:
+        raise UserError(
+            f"--answer-tokens {answer_tokens}: must be between 1 and --seq-len ({seq_len})"
+        )
+    if not 0 <= shared_prefix < seq_len:
+        raise UserError(
+            f"--shared-prefix {shared_prefix}: must be at least 0 and below --seq-len ({seq_len})"
+        )
+
+
+def _state_parts(
+    dims: ModelDims,
+    method: str,
+    placement: Placement,
+    weight_bytes: float,
+    lora_r: int,
+    target_modules: str | list[str],
+    targets: tuple[str, ...],
+    parts: dict[str, float],
+    notes: list[str],
+) -> int:
+    """Weights, adapter, gradients and optimizer state into ``parts``; returns trainable params."""
+    n = dims.n_params
+    if method == "full":
+        # AdamW keeps its two moments in the weights' dtype; the Trainer keeps no extra copy.
+        parts["weights"] = weight_bytes * n
+        parts["gradients"] = weight_bytes * n
+        parts["optimizer"] = 2 * weight_bytes * n
+        mixed = f" under {placement.autocast} autocast" if placement.autocast else ""
+        notes.append(
+            f"full: {placement.dtype} weights, grads and AdamW moments{mixed}, "
+            f"{4 * weight_bytes:g} bytes/param"
+        )
+        return n
+    n_trainable = lora_params(dims, lora_r, target_modules)
+    if method == "qlora":
+        parts["weights"] = (
+            NF4_BYTES_PER_PARAM * dims.linear_params + weight_bytes * dims.other_params
+        )
+        notes.append(
+            "qlora: linears in NF4 with double quantization (~4.13 bits), "
+            "embeddings/head/norms unquantized"
+        )
+    else:
+        parts["weights"] = weight_bytes * n
+    # PEFT keeps adapters in fp32 even on a 16-bit base (autocast_adapter_dtype)
+    parts["lora_adapter"] = 4.0 * n_trainable
+    parts["gradients"] = 4.0 * n_trainable
+    parts["optimizer"] = 8.0 * n_trainable
+    notes.append(
+        f"{method}: adapter r={lora_r} on {','.join(targets)}, "
+        "fp32 adapter + grads + AdamW moments (16 bytes/param)"
+    )
+    return n_trainable
+
+
+def _activation_bytes(
+    dims: ModelDims,
+    method: str,
+    targets: tuple[str, ...],
+    dropout: bool,
+    act_bytes: float,
+    tokens: int,
+    batch: int,
+    shared: int,
+    grad_checkpointing: bool,
+    notes: list[str],
+) -> float:
+    """Activations kept for backward over ``tokens`` (before the CPU allocator factor)."""
+    per_layer = (
+        _activation_elems_per_token_layer(dims, method, targets, dropout) * act_bytes * tokens
+    )
+    if shared:
+        per_layer += (
+            (ACT_PREFIX_KV * dims.kv_dim + ACT_PREFIX_Q * dims.q_dim) * act_bytes * batch * shared
+        )
+    if grad_checkpointing:
+        # each layer keeps its input; backward recomputes one layer at a time
+        notes.append("gradient checkpointing: layer inputs kept, one layer recomputed at a time")
+        return dims.num_hidden_layers * dims.hidden_size * act_bytes * tokens + per_layer
+    return dims.num_hidden_layers * per_layer
+
+
+def _train_placement(device: str, method: str) -> tuple[Placement, float, float]:
+    """The placement training would choose, its weight bytes and its activation bytes."""
+    # Byte sizes from the policy training itself follows (tunewise.device), for a typical bf16
+    # GPU or a CPU: 16-bit frozen weights for LoRA on a GPU, fp32 weights under autocast for full.
+    from tunewise import device as device_policy
+
+    caps = device_policy.TYPICAL_GPU if device == "gpu" else device_policy.TYPICAL_CPU
+    placement = device_policy.choose(caps, purpose="train", method=method)
+    weight_bytes = float(device_policy.DTYPE_BYTES[placement.dtype])
+    act_bytes = 2.0 if placement.autocast else weight_bytes
+    return placement, weight_bytes, act_bytes
+
+
+def _logit_bytes(
+    dims: ModelDims,
+    device: str,
+    batch: int,
+    tokens: int,
+    shared: int,
+    answer_tokens: int | None,
+    notes: list[str],
+) -> float:
+    # the prefix pass computes no logits
+    logit_positions = batch * answer_tokens if answer_tokens is not None else tokens - shared
+    if answer_tokens is not None:
+        notes.append(
+            f"logits at the {answer_tokens} labelled positions per example only (tunewise's loss)"
+        )
+    return LOGIT_BYTES[device] * logit_positions * dims.vocab_size
+
+
+def _tokens_note(shared: int, batch: int, seq_len: int, tokens: int) -> str:
+    if shared:
+        return (
+            f"shared prefix: {shared} tokens run once per batch, so activations are for "
+            f"{shared} + {batch} x {seq_len - shared} = {tokens} tokens (not "
+            f"{batch * seq_len}), SDPA attention (no seq^2 term)"
+        )
+    return (
+        f"activations for batch {batch} x seq_len {seq_len} = {tokens} tokens, "
+        "SDPA attention (no seq^2 term)"
+    )
+
+
+def _add_overhead(parts: dict[str, float], device: str, notes: list[str]) -> None:
+    if device == "gpu":
+        subtotal = sum(parts.values())
+        parts["overhead"] = CUDA_CONTEXT_BYTES + ALLOCATOR_SLACK * subtotal
+        notes.append("overhead: CUDA context 0.5 GiB + 5% allocator slack")
+    else:
+        parts["overhead"] = CPU_RUNTIME_BYTES
+        notes.append("overhead: Python/torch/transformers runtime, 0.6 GiB resident")
+
+
+def _gpu_fits(total: int) -> list[dict[str, Any]]:
+    return [
+        {
+            "gpu": label,
+            "memory_gib": gib,
+            "fits": total <= gib * GIB,
+            "headroom_gib": round(gib - total / GIB, 2),
+        }
+        for label, gib in GPUS
+    ]
+
+
 def plan(
     model: str | Path,
     *,
@@ -436,30 +605,9 @@ def plan(
     ``shared_prefix``: tokens every example of a batch starts with (the system prompt), which
     ``train.shared_prefix`` runs once per batch instead of once per row.
     """
-    if method not in ("lora", "qlora", "full"):
-        raise UserError(f"--method {method!r}: expected lora, qlora or full")
-    if device not in ("gpu", "cpu"):
-        raise UserError(f"--device {device!r}: expected gpu or cpu")
-    if seq_len < 1 or batch < 1 or lora_r < 1:
-        raise UserError("--seq-len, --batch and --r must be positive")
-    if answer_tokens is not None and not 1 <= answer_tokens <= seq_len:
-        raise UserError(
-            f"--answer-tokens {answer_tokens}: must be between 1 and --seq-len ({seq_len})"
-        )
-    if not 0 <= shared_prefix < seq_len:
-        raise UserError(
-            f"--shared-prefix {shared_prefix}: must be at least 0 and below --seq-len ({seq_len})"
-        )
+    _check_plan_args(method, device, seq_len, batch, lora_r, answer_tokens, shared_prefix)
     dims = model_dims(model)
-    n = dims.n_params
-    # Byte sizes from the policy training itself follows (tunewise.device), for a typical bf16
-    # GPU or a CPU: 16-bit frozen weights for LoRA on a GPU, fp32 weights under autocast for full.
-    from tunewise import device as device_policy
-
-    caps = device_policy.TYPICAL_GPU if device == "gpu" else device_policy.TYPICAL_CPU
-    placement = device_policy.choose(caps, purpose="train", method=method)
-    weight_bytes = float(device_policy.DTYPE_BYTES[placement.dtype])
-    act_bytes = 2.0 if placement.autocast else weight_bytes
+    placement, weight_bytes, act_bytes = _train_placement(device, method)
     # Tokens the model runs per batch: a shared prefix once, each row's own tokens per row (a
     # batch of one has nothing to share and runs the plain path).
     shared = shared_prefix if batch > 1 else 0
@@ -470,95 +618,29 @@ def plan(
     targets: tuple[str, ...] = (
         LORA_PRESETS[target_modules] if isinstance(target_modules, str) else tuple(target_modules)
     )
-    if method == "full":
-        n_trainable = n
-        # AdamW keeps its two moments in the weights' dtype; the Trainer keeps no extra copy.
-        parts["weights"] = weight_bytes * n
-        parts["gradients"] = weight_bytes * n
-        parts["optimizer"] = 2 * weight_bytes * n
-        mixed = f" under {placement.autocast} autocast" if placement.autocast else ""
-        notes.append(
-            f"full: {placement.dtype} weights, grads and AdamW moments{mixed}, "
-            f"{4 * weight_bytes:g} bytes/param"
-        )
-    else:
-        n_trainable = lora_params(dims, lora_r, target_modules)
-        if method == "qlora":
-            parts["weights"] = (
-                NF4_BYTES_PER_PARAM * dims.linear_params + weight_bytes * dims.other_params
-            )
-            notes.append(
-                "qlora: linears in NF4 with double quantization (~4.13 bits), embeddings/head/norms unquantized"
-            )
-        else:
-            parts["weights"] = weight_bytes * n
-        # PEFT keeps adapters in fp32 even on a 16-bit base (autocast_adapter_dtype)
-        parts["lora_adapter"] = 4.0 * n_trainable
-        parts["gradients"] = 4.0 * n_trainable
-        parts["optimizer"] = 8.0 * n_trainable
-        notes.append(
-            f"{method}: adapter r={lora_r} on {','.join(targets)}, fp32 adapter + grads + AdamW moments (16 bytes/param)"
-        )
-
-    per_layer = (
-        _activation_elems_per_token_layer(dims, method, targets, lora_dropout > 0)
-        * act_bytes
-        * tokens
+    n_trainable = _state_parts(
+        dims, method, placement, weight_bytes, lora_r, target_modules, targets, parts, notes
     )
-    if shared:
-        per_layer += (
-            (ACT_PREFIX_KV * dims.kv_dim + ACT_PREFIX_Q * dims.q_dim) * act_bytes * batch * shared
-        )
-    if grad_checkpointing:
-        # each layer keeps its input; backward recomputes one layer at a time
-        parts["activations"] = (
-            dims.num_hidden_layers * dims.hidden_size * act_bytes * tokens + per_layer
-        )
-        notes.append("gradient checkpointing: layer inputs kept, one layer recomputed at a time")
-    else:
-        parts["activations"] = dims.num_hidden_layers * per_layer
-    # the prefix pass computes no logits
-    logit_positions = batch * answer_tokens if answer_tokens is not None else tokens - shared
-    parts["logits"] = LOGIT_BYTES[device] * logit_positions * dims.vocab_size
-    if answer_tokens is not None:
-        notes.append(
-            f"logits at the {answer_tokens} labelled positions per example only (tunewise's loss)"
-        )
+    parts["activations"] = _activation_bytes(
+        dims,
+        method,
+        targets,
+        lora_dropout > 0,
+        act_bytes,
+        tokens,
+        batch,
+        shared,
+        grad_checkpointing,
+        notes,
+    )
+    parts["logits"] = _logit_bytes(dims, device, batch, tokens, shared, answer_tokens, notes)
     if device == "cpu":
         parts["activations"] *= CPU_ACTIVATION_FACTOR
         parts["logits"] *= CPU_ACTIVATION_FACTOR
-    if shared:
-        notes.append(
-            f"shared prefix: {shared} tokens run once per batch, so activations are for "
-            f"{shared} + {batch} x {seq_len - shared} = {tokens} tokens (not "
-            f"{batch * seq_len}), SDPA attention (no seq^2 term)"
-        )
-    else:
-        notes.append(
-            f"activations for batch {batch} x seq_len {seq_len} = {tokens} tokens, "
-            "SDPA attention (no seq^2 term)"
-        )
-
-    if device == "gpu":
-        subtotal = sum(parts.values())
-        parts["overhead"] = CUDA_CONTEXT_BYTES + ALLOCATOR_SLACK * subtotal
-        notes.append("overhead: CUDA context 0.5 GiB + 5% allocator slack")
-    else:
-        parts["overhead"] = CPU_RUNTIME_BYTES
-        notes.append("overhead: Python/torch/transformers runtime, 0.6 GiB resident")
+    notes.append(_tokens_note(shared, batch, seq_len, tokens))
+    _add_overhead(parts, device, notes)
 
     total = int(sum(parts.values()))
-    fits = []
-    if device == "gpu":
-        for label, gib in GPUS:
-            fits.append(
-                {
-                    "gpu": label,
-                    "memory_gib": gib,
-                    "fits": total <= gib * GIB,
-                    "headroom_gib": round(gib - total / GIB, 2),
-                }
-            )
     return MemoryPlan(
         model=dims.name,
         source=dims.source,
@@ -572,11 +654,11 @@ def plan(
         else (target_modules if isinstance(target_modules, str) else ",".join(target_modules)),
         grad_checkpointing=grad_checkpointing,
         shared_prefix=shared,
-        n_params=n,
+        n_params=dims.n_params,
         n_trainable=n_trainable,
         parts={k: int(v) for k, v in parts.items()},
         total_bytes=total,
-        fits=fits,
+        fits=_gpu_fits(total) if device == "gpu" else [],
         assumptions=notes,
     )
 

@@ -32,7 +32,7 @@ from rich.console import Console
 from tunewise.config import ProjectConfig, dump_project
 from tunewise.errors import UserError
 from tunewise.fsio import replace_dir, sha256_file
-from tunewise.rundir import RunDir
+from tunewise.rundir import RunDir, process_identity
 
 if TYPE_CHECKING:
     from tunewise.train.trainer import Prepared
@@ -271,6 +271,7 @@ class RunRecorder:
             "versions": versions(),
             "world_size": int(os.environ.get("WORLD_SIZE", "1")),
             "command": sys.argv,
+            "process": process_identity(),
             "warnings": prep.warnings,
             "metrics": [],
             "best_val_loss": None,
