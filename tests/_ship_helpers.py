@@ -87,11 +87,20 @@ def make_run(
     return run_dir
 
 
-def write_verdict(path: Path, ship: bool) -> Path:
+def write_verdict(
+    path: Path, ship: bool, champion: str | None = None, champion_passed: bool = True
+) -> Path:
+    """A gate verdict; ``champion`` ("bot:1"): its recorded comparison against that version."""
     from tunewise.eval.results import Verdict
 
     summary = "beats every baseline" if ship else "not better than RAG"
-    Verdict("finetuned", ship, reasons=[], guard_failures=[], summary=summary).save(path)
+    record = None
+    if champion:
+        why = "not worse than production" if champion_passed else "worse than production"
+        record = {"version": champion, "passed": champion_passed, "reason": why}
+    Verdict(
+        "finetuned", ship, reasons=[], guard_failures=[], summary=summary, champion=record
+    ).save(path)
     return path
 
 
@@ -108,6 +117,7 @@ def concurrent_worker(
     got = []
     for _ in range(n):
         v = reg.add(run_dir, name="shared", verdict=verdict)
-        reg.promote("shared", v.version)
+        # forced: two racing processes cannot know which version production points at
+        reg.promote("shared", v.version, force=True, reason="concurrency test")
         got.append(v.version)
     Path(out).write_text(json.dumps(got))

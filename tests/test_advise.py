@@ -278,6 +278,66 @@ def test_facts_from_dir_says_how_many_items_would_tell(tmp_path):
     )
 
 
+def test_a_classifier_without_an_llm_that_leads_is_said_plainly():
+    # The demo tickets: TF-IDF + logistic regression 0.92, kNN 0.786, few-shot 0.543, fine-tune
+    # 0.471.
+    m = {
+        "prompt": 0.0,
+        "fewshot": 0.543,
+        "rag": 0.357,
+        "knn": 0.786,
+        "tfidf": 0.92,
+        "probe": 0.70,
+        "prompt+constrained": 0.129,
+        "finetuned": 0.471,
+    }
+    a = recommend(facts(m, better=[("fewshot", "prompt")], methods={"finetuned": "lora"}))
+    assert a.recommendation == "fewshot"  # the ladder's answer stands ...
+    assert a.headline == (
+        "Few-shot prompting is enough. But a classifier without an LLM scores accuracy 0.920 "
+        "(tfidf); consider it."
+    )  # ... and the headline says plainly that no LLM is needed
+    plain = [r for r in a.reasons if "without an LLM" in r]
+    assert len(plain) == 1 and plain[0].startswith("tfidf scores accuracy 0.920")
+    assert "best: fewshot 0.543" in plain[0] and "add it to gate.baselines" in plain[0]
+    assert not any(r.startswith("knn scores") for r in a.reasons)  # one classifier message
+
+
+def test_no_llm_classifier_message_needs_the_margin_and_knows_gate_baselines():
+    base = {"prompt": 0.5, "fewshot": 0.80, "finetuned": 0.85}
+    tied = recommend(facts({**base, "tfidf": 0.86}, methods={"finetuned": "lora"}, delta=0.02))
+    assert "without an LLM" not in tied.headline  # 0.86 < 0.85 + 0.02
+    a = recommend(
+        facts(
+            {**base, "tfidf": 0.90, "probe": float("nan")},
+            methods={"finetuned": "lora"},
+            gate_baselines=["prompt", "fewshot", "tfidf"],
+        )
+    )
+    assert "scores accuracy 0.900 (tfidf)" in a.headline
+    plain = next(r for r in a.reasons if "without an LLM" in r)
+    assert "gate.baselines" not in plain  # it already is one
+    # an external model is an LLM candidate: a stronger one silences the message
+    b = recommend(facts({**base, "tfidf": 0.90, "gpt-x": 0.95}, methods={"finetuned": "lora"}))
+    assert "without an LLM" not in b.headline
+
+
+def test_facts_from_dir_reads_which_candidates_need_no_llm(tmp_path):
+    from _evalfakes import make_run
+    from tunewise.advise import facts_from_dir
+    from tunewise.eval import stats
+
+    run = make_run({"prompt": 0.3, "fewshot": 0.4, "rag": 0.4, "tfidf": 0.9}, n=80, seed=2)
+    run.candidate("tfidf").kind = "classical"
+    run.save(tmp_path / "eval.json")
+    comp = stats.compare(run, baselines=["prompt", "fewshot", "tfidf"], n_boot=500)
+    stats.save_comparison(comp, tmp_path / "comparison.json")
+    f = facts_from_dir(tmp_path)
+    assert f.no_llm == ("tfidf",) and f.gate_baselines == ["prompt", "fewshot", "tfidf"]
+    a = recommend(f)
+    assert "a classifier without an LLM scores accuracy" in a.headline
+
+
 def test_comparison_pairs_add_each_rung_against_the_rungs_below_it():
     from tunewise.advise import comparison_pairs
 

@@ -275,3 +275,33 @@ def test_constrained_needs_a_matching_reference() -> None:
     )
     with pytest.raises(UserError, match="no reference answer"):
         ConstrainedLabeler(spec, ["nothing like the format"])
+
+
+def test_json_answers_are_graded_per_field_and_per_slot() -> None:
+    from tunewise.eval.graders import json_scores
+
+    gold = '{"intent": "PlayMusic", "slots": {"artist": "Adele", "service": "Deezer", '
+    gold += '"x": ["a", "b"]}}'
+    half = '{"intent": "PlayMusic", "slots": {"artist": "adele ", "service": "Spotify", "x": "a"}}'
+    s = json_scores(half, gold, None)
+    assert s["accuracy"] == 0.0 and s["accuracy_intent"] == 1.0 and s["accuracy_slots"] == 0.0
+    # gold pairs: artist, service, x=a, x=b (4); predicted: artist (case/space folded), service, x=a
+    assert s["slots_precision"] == pytest.approx(2 / 3) and s["slots_recall"] == 0.5
+    assert s["slots_f1"] == pytest.approx(2 * 2 / 7)
+    same = json_scores(gold, gold, None)
+    assert same["accuracy"] == 1.0 and same["slots_f1"] == 1.0
+    empty = json_scores(
+        '{"intent": "GetWeather", "slots": {}}', '{"intent": "GetWeather", "slots": {}}', None
+    )
+    assert (empty["slots_precision"], empty["slots_recall"], empty["slots_f1"]) == (1.0, 1.0, 1.0)
+    missed = json_scores('{"intent": "GetWeather", "slots": {}}', gold, None)
+    assert (missed["slots_precision"], missed["slots_recall"], missed["slots_f1"]) == (
+        1.0,
+        0.0,
+        0.0,
+    )
+    broken = json_scores("intent: PlayMusic", gold, None)
+    assert broken["json_valid"] == 0.0 and broken["accuracy_intent"] == 0.0
+    assert (broken["slots_precision"], broken["slots_f1"]) == (0.0, 0.0)
+    flat = json_scores('{"a": 1}', '{"a": 1}', None)
+    assert set(flat) == {"json_valid", "accuracy"}  # one field: no per-field keys

@@ -129,12 +129,16 @@ def test_plan_candidates(tmp_path: Path) -> None:
         "fewshot",
         "rag",
         "knn",
+        "tfidf",
+        "probe",
         "prompt+constrained",
         "fewshot+constrained",
         "rag+constrained",
     ]
     assert plan_candidates(cfg, ["prompt", "finetuned+rag", "prompt+constrained"], runs) == [
         "prompt",
+        "tfidf",
+        "probe",
         "finetuned+rag",
         "finetuned",
         "prompt+constrained",
@@ -144,6 +148,8 @@ def test_plan_candidates(tmp_path: Path) -> None:
         cfg, ["prompt", "finetuned", "finetuned+constrained", "fewshot+constrained"], two
     ) == [
         "prompt",
+        "tfidf",
+        "probe",
         "finetuned-lora",
         "finetuned-full",
         "finetuned-lora+constrained",
@@ -166,6 +172,8 @@ def test_every_candidate_on_the_same_items(tmp_path: Path) -> None:
         "fewshot",
         "rag",
         "knn",
+        "tfidf",
+        "probe",
         "prompt+constrained",
         "fewshot+constrained",
         "rag+constrained",
@@ -254,7 +262,7 @@ def test_sealed_test_split_needs_final_and_warns_on_reuse(tmp_path: Path) -> Non
 
 
 def test_finetuned_adapter_and_limit(tmp_path: Path) -> None:
-    cfg = load_project(write_project(tmp_path, constrained=False))
+    cfg = load_project(write_project(tmp_path, constrained=False, classical=False))
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "adapter_config.json").write_text("{}")
@@ -317,6 +325,7 @@ def test_real_engine_end_to_end_and_cached_rerun(tmp_path: Path, tiny_model_dir:
     raw = yaml.safe_load(path.read_text())
     raw["model"] = {"base": str(tiny_model_dir)}
     raw["eval"]["candidates"] = ["prompt", "prompt+constrained"]
+    raw["eval"]["classical"] = False
     raw["eval"]["max_new_tokens"] = 6
     path.write_text(yaml.safe_dump(raw))
     cfg = load_project(path)

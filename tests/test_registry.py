@@ -79,17 +79,18 @@ def test_promote_refuses_without_ship_unless_forced_with_reason(run_dir, ship, n
         reg.promote("bot", 2)
     with pytest.raises(UserError, match="--reason"):
         reg.promote("bot", 1, force=True)
-    reg.promote("bot", 3)
+    reg.promote("bot", 3)  # the first production version: nothing to compare against
     reg.promote("bot", 1, force=True, reason="hotfix for the demo")
     assert reg.lookup("bot@production").version == 1
     last = reg.history("bot")[-1]
     assert (last["forced"], last["reason"], last["from_version"]) == (1, "hotfix for the demo", 3)
 
 
-def test_rollback_walks_back_through_promotions(run_dir, ship):
+def test_rollback_walks_back_through_promotions(run_dir, ship, tmp_path):
     reg = Registry()
-    for _ in range(3):
-        reg.add(run_dir, verdict=ship)
+    reg.add(run_dir, verdict=ship)
+    for v in (1, 2):  # each later version was compared with the one in production before it
+        reg.add(run_dir, verdict=write_verdict(tmp_path / f"v{v + 1}.json", True, f"bot:{v}"))
     with pytest.raises(UserError, match="no previous version"):
         reg.rollback("bot")
     for v in (1, 2, 3):
@@ -286,6 +287,38 @@ def test_full_finetune_run_is_versioned_with_its_model_folder(run_dir, tiny_mode
     assert (served.weights_dir / "model.safetensors").read_bytes() == (
         tiny_model_dir / "model.safetensors"
     ).read_bytes()
+
+
+def test_promote_to_production_needs_a_passed_comparison_with_the_current_one(
+    run_dir, ship, tmp_path, tiny_model_dir
+):
+    reg = Registry()
+    other = make_run(tiny_model_dir, tmp_path / "other-run", seed=2)  # different weights
+    reg.add(run_dir, verdict=ship)
+    reg.promote("bot", 1)  # nothing in production yet: the gate verdict is enough
+    reg.add(other, verdict=ship)  # 2: a ship verdict, but no champion comparison recorded
+    reg.add(other, verdict=write_verdict(tmp_path / "3.json", True, "bot:1", False))
+    reg.add(other, verdict=write_verdict(tmp_path / "4.json", True, "bot:7"))
+    reg.add(other, verdict=write_verdict(tmp_path / "5.json", True, "bot:1"))
+    with pytest.raises(UserError, match="no recorded comparison against the production version"):
+        reg.promote("bot", 2)
+    with pytest.raises(UserError, match=r"failed the comparison .* bot:1: worse than production"):
+        reg.promote("bot", 3)
+    with pytest.raises(UserError, match="against bot:7, not the current production version bot:1"):
+        reg.promote("bot", 4)
+    assert reg.lookup("bot@production").version == 1  # every refusal left production alone
+    reg.promote("bot", 2, alias="staging")  # other aliases are not gated on production
+    assert reg.promote("bot", 5)["to_version"] == 5
+    # the same weights registered again are the same model, not a challenger
+    assert reg.promote("bot", 2)["to_version"] == 2
+    # going back to bot:1's weights: its verdict predates bot:2; forcing records why
+    with pytest.raises(UserError, match="--reason"):
+        reg.promote("bot", 1, force=True)
+    r = CliRunner().invoke(app, ["registry", "promote", "bot:1"])
+    assert r.exit_code == 2 and "production version bot:2" in r.output
+    reg.promote("bot", 1, force=True, reason="bot:2 broke a customer")
+    last = reg.history("bot", "production")[-1]
+    assert (last["to_version"], last["forced"], last["reason"]) == (1, 1, "bot:2 broke a customer")
 
 
 def test_add_with_eval_dir_keeps_the_typed_comparison_summary_and_verdict(run_dir, tmp_path):

@@ -44,7 +44,8 @@ def world(tiny_model_dir, tokens, tmp_path_factory):
     ship = write_verdict(tmp / "verdict.json", True)
     yes, no = tokens
     reg.add(make_run(tiny_model_dir, tmp / "r1", favour_token=yes), name="bot", verdict=ship)
-    reg.add(make_run(tiny_model_dir, tmp / "r2", favour_token=no), name="bot", verdict=ship)
+    ship2 = write_verdict(tmp / "verdict2.json", True, champion="bot:1")
+    reg.add(make_run(tiny_model_dir, tmp / "r2", favour_token=no), name="bot", verdict=ship2)
     reg.promote("bot", 1)
     reg.promote("bot", 2)
     for i, n in enumerate(("alpha", "beta", "gamma")):

@@ -13,6 +13,10 @@ Branches:
 3. the fine-tune clearly beats all three rungs but the gate refused it (a further gate baseline
    such as kNN, or a guard) -> undecided, with what would decide it.
 
+Whichever branch: when a classifier without an LLM (``knn``, ``tfidf``, ``probe``) scores above
+every LLM candidate by the margin, the headline says so ("a classifier without an LLM scores X;
+consider it"): it may make the whole ladder unnecessary.
+
 Alongside: "not enough data yet" when a learning curve (25/50/100% of train) is still rising, with
 a log-linear extrapolation of the examples needed; an "evaluation set too small" note when a
 difference was underpowered; and a cost comparison with the break-even volume.
@@ -26,10 +30,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tunewise.decisions import CHAMPION
 from tunewise.errors import UserError
 from tunewise.learning_curve import CURVE_FILE, load_curve
 from tunewise.rungs import RUNGS
 
+# Candidates that answer without a language model: the kNN vote and the scikit-learn classifiers.
+NO_LLM = ("knn", "tfidf", "probe")
 # Cheaper to train and serve first: a tie goes to the cheaper method.
 METHOD_COST_ORDER = ("qlora", "lora", "full")
 
@@ -50,6 +57,8 @@ class Facts:
     )  # (train examples, metric)
     delta: float = 0.02
     rag_sources: list[str] = field(default_factory=lambda: ["docs"])  # what the rag rung retrieved
+    no_llm: tuple[str, ...] = NO_LLM  # candidates that are classifiers without a language model
+    gate_baselines: list[str] = field(default_factory=lambda: list(RUNGS))
 
 
 @dataclass
@@ -100,6 +109,16 @@ def cost_estimate(c: CostInputs) -> CostEstimate:
         break_even_requests_per_day=break_even,
         cheaper="self-hosted" if gpu < api else "api",
     )
+
+
+def cost_per_1000(c: CostInputs) -> tuple[float, float]:
+    """(self-hosted, API) USD per 1,000 requests, from the same model as :func:`cost_estimate`:
+    the GPU's daily cost spread over the day's requests, and the API's tokens at its price."""
+    est = cost_estimate(c)
+    if c.requests_per_day <= 0:
+        raise UserError("cost: requests per day must be positive")
+    self_hosted = est.gpu_cost_per_day / c.requests_per_day * 1000
+    return self_hosted, est.api_cost_per_day / c.requests_per_day * 1000
 
 
 def extrapolate(curve: list[tuple[int, float]], target: float) -> int | None:
@@ -177,8 +196,17 @@ def recommend(f: Facts, cost: CostInputs | None = None) -> Advice:
     extras = [
         c
         for c in m
-        if c not in RUNGS and c not in f.methods and not _of_finetune(c, f) and not math.isnan(m[c])
+        if c not in RUNGS
+        and c != CHAMPION  # the production version: judged by the regression check, not here
+        and c not in f.methods
+        and not _of_finetune(c, f)
+        and not math.isnan(m[c])
     ]
+    plain = _no_llm_winner(f)
+    if plain is not None:
+        advice.headline += f" But {plain[0]}"
+        advice.reasons.append(plain[1])
+        extras = [c for c in extras if c not in f.no_llm]  # said once, above
     top_extra = _best(extras, m)
     others = [c for c in m if c not in extras and not math.isnan(m[c])]
     if top_extra is not None and others and m[top_extra] >= max(m[c] for c in others) + f.delta:
@@ -201,6 +229,30 @@ def recommend(f: Facts, cost: CostInputs | None = None) -> Advice:
     if cost is not None:
         advice.cost = cost_estimate(cost)
     return advice
+
+
+def _no_llm_winner(f: Facts) -> tuple[str, str] | None:
+    """(headline addition, reason) when a classifier without an LLM leads every LLM candidate
+    (the rungs, the fine-tunes, constrained and external ones) by at least the gate's margin."""
+    m, pm = f.metrics, f.primary_metric
+    plain = [c for c in m if c in f.no_llm and not math.isnan(m[c])]
+    llm = [c for c in m if c not in f.no_llm and not math.isnan(m[c])]
+    best_plain, best_llm = _best(plain, m), _best(llm, m)
+    if best_plain is None or best_llm is None or m[best_plain] < m[best_llm] + f.delta:
+        return None
+    value = _fmt(m[best_plain])
+    head = f"a classifier without an LLM scores {pm} {value} ({best_plain}); consider it."
+    reason = (
+        f"{best_plain} scores {pm} {value}, above every LLM candidate (best: {best_llm} "
+        f"{_fmt(m[best_llm])}): a classifier without an LLM scores {value}; consider it. It "
+        "trains in seconds on train alone and serves on a CPU without generation."
+    )
+    if best_plain not in f.gate_baselines:
+        reason += (
+            " It is not a gate baseline, so nothing was required to beat it: add it to "
+            "gate.baselines to hold a fine-tune to it."
+        )
+    return head, reason
 
 
 def _ladder_rung(f: Facts, finetuned: list[str]) -> Advice:
@@ -381,10 +433,13 @@ def facts_from_dir(eval_dir: Path) -> Facts:
     delta = float(comp.meta.get("delta", 0.02))
     primary_pairs = [p for p in comp.pairs if p.metric == pm]
     methods: dict[str, str] = {}
+    no_llm = NO_LLM
     if (eval_dir / EVAL_FILE).is_file():
-        for c in EvalRun.load(eval_dir / EVAL_FILE).candidates:
-            if c.kind == "finetuned":
+        cands = EvalRun.load(eval_dir / EVAL_FILE).candidates
+        for c in cands:
+            if c.kind in ("finetuned", "pooled"):  # pooled: the mean over training seeds
                 methods[c.name] = c.meta.get("method", "lora")
+        no_llm = tuple(c.name for c in cands if c.kind in ("knn", "classical"))
     verdict = None
     if (eval_dir / VERDICT_FILE).is_file():
         verdict = Verdict.load(eval_dir / VERDICT_FILE)
@@ -410,6 +465,8 @@ def facts_from_dir(eval_dir: Path) -> Facts:
         learning_curve=curve,
         delta=delta,
         rag_sources=list(comp.meta.get("retrieval_sources", {}).get("rag", ["docs"])),
+        no_llm=no_llm,
+        gate_baselines=list(comp.meta.get("baselines", RUNGS)),
     )
 
 

@@ -215,6 +215,10 @@ class EvalConfig(_Section):
     constrained: bool = Field(
         True, description="also score labels by log-likelihood (labels tasks)"
     )
+    classical: bool = Field(
+        True,
+        description="also run tfidf and probe: scikit-learn classifiers, no LLM (labels tasks)",
+    )
     max_new_tokens: int | Literal["auto"] = "auto"
     batch_size: int = Field(16, ge=1)
     limit: int | None = Field(
@@ -225,7 +229,49 @@ class EvalConfig(_Section):
     )
 
 
+class CostConfig(_Section):
+    """The advisor's cost model, for the cost per 1,000 requests of a non-inferiority verdict."""
+
+    requests_per_day: float = Field(..., gt=0)
+    tokens_per_request: float = Field(..., gt=0, description="input + output tokens")
+    api_price_per_mtok: float = Field(
+        ..., gt=0, description="USD per million tokens of the API reference (blended)"
+    )
+    gpu_price_per_hour: float = Field(..., gt=0, description="USD per hour of the serving GPU")
+    gpu_hours_per_day: float = Field(24.0, gt=0, le=24)
+
+
 class GateConfig(_Section):
+    mode: Literal["superiority", "non_inferiority"] = Field(
+        "superiority",
+        description="superiority: beat every baseline; non_inferiority: also be not worse than "
+        "gate.reference by more than gate.margin (the cheaper-model case)",
+    )
+    reference: str | None = Field(
+        None,
+        description="non_inferiority: the candidate not to fall behind, e.g. an eval.external "
+        "name (a frontier API)",
+    )
+    margin: float = Field(
+        0.02, ge=0, lt=1, description="non_inferiority: the largest drop that is 'not worse'"
+    )
+    cost: CostConfig | None = Field(
+        None, description="cost model for the cost per 1,000 requests in the verdict"
+    )
+    regression_margin: float = Field(
+        0.01,
+        ge=0,
+        lt=1,
+        description="a new version may trail the production version by at most this much "
+        "(one-sided paired test on the same items)",
+    )
+    min_judge_kappa: float = Field(
+        0.4,
+        ge=-1,
+        le=1,
+        description="refuse a judge-scored primary metric when the judge's Cohen's kappa with "
+        "human ratings (where they exist) is below this",
+    )
     alpha: float = Field(0.05, gt=0, lt=1)
     delta: float = Field(
         0.02, ge=0, description="minimum margin on the primary metric over every baseline"
@@ -237,6 +283,12 @@ class GateConfig(_Section):
             "metric -> tolerated drop versus the best baseline; format compliance is always a guard"
         ),
     )
+
+    @model_validator(mode="after")
+    def _reference_for_non_inferiority(self) -> GateConfig:
+        if self.mode == "non_inferiority" and not self.reference:
+            raise ValueError("gate.mode non_inferiority needs gate.reference (a candidate name)")
+        return self
 
 
 class MlflowConfig(_Section):

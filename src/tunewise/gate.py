@@ -93,7 +93,24 @@ def _judge_baseline(pair: PairedTest, alpha: float, delta: float) -> BaselineRea
 
 
 def decide(comparison: Comparison, candidate: str, gate_cfg: GateConfig) -> Verdict:
-    """Ship or not, with one reason per configured baseline and every failed guard."""
+    """Ship or not: :func:`superiority`, or non-inferiority to ``gate.reference`` when
+    ``gate.mode`` says so (:mod:`tunewise.decisions`); either way also not worse than the
+    production version when the comparison carries one (champion/challenger); for a group of
+    training seeds, the worst seed must clear the baselines too; and refused when a judge-scored
+    primary metric comes from a judge that agrees too little with people."""
+    from tunewise import decisions
+
+    if gate_cfg.mode == "non_inferiority":
+        verdict = decisions.decide_non_inferiority(comparison, candidate, gate_cfg)
+    else:
+        verdict = superiority(comparison, candidate, gate_cfg)
+    verdict = decisions.with_seeds(verdict, comparison, gate_cfg)
+    verdict = decisions.with_champion(verdict, comparison, gate_cfg)
+    return decisions.with_judge_check(verdict, comparison, gate_cfg)
+
+
+def superiority(comparison: Comparison, candidate: str, gate_cfg: GateConfig) -> Verdict:
+    """Beat every baseline: one reason per configured baseline and every failed guard."""
     metrics = comparison.metrics
     primary = comparison.primary_metric
     if candidate not in metrics:
@@ -136,7 +153,7 @@ def decide(comparison: Comparison, candidate: str, gate_cfg: GateConfig) -> Verd
             continue
         reasons.append(_judge_baseline(pair, alpha, delta))
 
-    guard_failures = _guards(comparison, candidate, gate_cfg)
+    guard_failures = failed_guards(comparison, candidate, gate_cfg)
     beaten = [r.baseline for r in reasons if r.passed]
     ship = len(beaten) == len(reasons) and not guard_failures
     if ship:
@@ -164,7 +181,8 @@ def decide(comparison: Comparison, candidate: str, gate_cfg: GateConfig) -> Verd
     )
 
 
-def _guards(comparison: Comparison, candidate: str, gate_cfg: GateConfig) -> list[str]:
+def failed_guards(comparison: Comparison, candidate: str, gate_cfg: GateConfig) -> list[str]:
+    """Every guard metric that dropped beyond its tolerance against the best baseline."""
     guards = dict(gate_cfg.guards)
     guards.setdefault(FORMAT_GUARD, DEFAULT_FORMAT_TOLERANCE)
     cand_metrics = comparison.metrics[candidate]

@@ -541,7 +541,13 @@ class Registry:
         force: bool = False,
         reason: str | None = None,
     ) -> dict[str, Any]:
-        """Point ``name@alias`` at ``version``; refuses one the gate did not pass unless forced."""
+        """Point ``name@alias`` at ``version``; refuses one the gate did not pass unless forced.
+
+        Moving ``production`` from one version to another also needs the new version's verdict to
+        record a passed comparison against the version production points at now (champion /
+        challenger, see :func:`tunewise.decisions.regression_reason`): a verdict made before that
+        version was in production says nothing about regressing from it.
+        """
         validate_name(name)
         validate_name(alias, "alias")
         if force and not (reason and reason.strip()):
@@ -559,6 +565,12 @@ class Registry:
                 "SELECT version FROM aliases WHERE name = ? AND alias = ?", (name, alias)
             ).fetchone()
             current = None if row is None else int(row[0])
+            if alias == DEFAULT_ALIAS and current is not None and current != version and not force:
+                problem = _champion_problem(v, self.get(name, current))
+                if problem:  # raised inside the transaction: nothing is written
+                    raise UserError(
+                        f'{v.spec}: {problem}; promote anyway with --force --reason "..."'
+                    )
             if current == version:
                 return {
                     "name": name,
@@ -642,6 +654,33 @@ def _default_root() -> Path:
         return paths.registry_dir()
     except OSError:  # a read-only home without a registry folder: readers find it empty
         return paths.home() / "registry"
+
+
+def _champion_problem(v: Version, current: Version) -> str | None:
+    """Why ``v`` may not replace the ``current`` production version, or None."""
+    want = current.spec
+    weights = {k: h for k, h in v.files.items() if k.endswith(".safetensors")}
+    if weights and weights == {
+        k: h for k, h in current.files.items() if k.endswith(".safetensors")
+    }:
+        return None  # the same weights registered again: not a challenger, the same model
+    champ = v.verdict.champion if v.verdict is not None else None
+    if not isinstance(champ, dict):
+        return (
+            f"no recorded comparison against the production version {want} (evaluate this "
+            "version with `tunewise run` or `tunewise gate` while it is in production, then "
+            "`registry add --verdict`)"
+        )
+    if champ.get("version") != want:
+        return (
+            f"its recorded comparison is against {champ.get('version')}, not the current "
+            f"production version {want}"
+        )
+    if not champ.get("passed"):
+        return (
+            f"it failed the comparison against the production version {want}: {champ.get('reason')}"
+        )
+    return None
 
 
 def _read_eval(

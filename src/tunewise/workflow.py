@@ -38,6 +38,7 @@ from tunewise.fsio import atomic_write_json, sha256_file, sha256_json
 from tunewise.learning_curve import CURVE_FILE, FRACTIONS
 from tunewise.rundir import RunDir
 from tunewise.rungs import RUNGS
+from tunewise.seeds import seed_name
 
 METHODS = ("lora", "qlora", "full")
 
@@ -178,16 +179,22 @@ class _Plan:
     extra: list[str]  # other non-fine-tuned candidates (knn, ...)
     gate_bases: list[str]  # what the gate holds the fine-tune to
     runs: dict[str, Path]  # fine-tuned candidate -> run directory (filled in by run_ladder)
+    groups: dict[str, list[str]] = field(default_factory=dict)  # --seeds N: pooled -> seeds
+    champion: dict[str, Path] = field(default_factory=dict)  # the production version, if any
 
     @classmethod
     def of(cls, cfg: ProjectConfig, con: Console, quiet: bool) -> _Plan:
         baselines = [c for c in cfg.eval.candidates if c in RUNGS]
+        extra = [c for c in cfg.eval.candidates if c not in RUNGS and c != "finetuned"]
+        reference = cfg.gate.reference if cfg.gate.mode == "non_inferiority" else None
+        if reference and reference not in baselines + extra:
+            extra.append(reference)  # non-inferiority is tested against it on the same items
         return cls(
             cfg,
             con,
             quiet,
             baselines=baselines,
-            extra=[c for c in cfg.eval.candidates if c not in RUNGS and c != "finetuned"],
+            extra=extra,
             # The gate may hold the fine-tune to more than the rungs (e.g. knn): test those too.
             gate_bases=list(dict.fromkeys(baselines + cfg.gate.baselines)),
             runs={},
@@ -210,9 +217,16 @@ def run_ladder(
     learning_curve: bool = False,
     console: Console | None = None,
     quiet: bool = False,
+    seeds: int = 1,
 ) -> LadderResult:
-    """Run the whole ladder for a project; see the module docstring for caching rules."""
+    """Run the whole ladder for a project; see the module docstring for caching rules.
+
+    ``seeds`` > 1 trains each method with that many seeds and gates them as a group
+    (:mod:`tunewise.seeds`).
+    """
     methods = methods or [cfg.train.method]
+    if seeds < 1:
+        raise UserError(f"--seeds {seeds}: expected 1 or more training seeds")
     for m in methods:
         if m not in METHODS:
             raise UserError(f"--methods: unknown method {m!r} (expected lora, qlora or full)")
@@ -252,13 +266,26 @@ def run_ladder(
     names = {m: f"finetuned-{m}" if len(methods) > 1 else "finetuned" for m in methods}
     trains = []
     for m in methods:
-        stage, plan.runs[names[m]] = _train_stage(plan, full_cfg, m, split)
-        trains.append(stage)
-    evaluate = Stage("evaluate", eval_inputs, lambda up: _evaluate(plan), after=(split, *trains))
+        for k in range(seeds):
+            stage, run_dir = _train_stage(plan, full_cfg, m, split, k if seeds > 1 else None)
+            plan.runs[names[m] if seeds == 1 else seed_name(names[m], k)] = run_dir
+            trains.append(stage)
+        if seeds > 1:
+            plan.groups[names[m]] = [seed_name(names[m], k) for k in range(seeds)]
+    # The production version, when the project has one: a new version must not regress from it.
+    champion_inputs, champion_spec = _find_champion(plan)
+    evaluate = Stage(
+        "evaluate",
+        eval_inputs | champion_inputs,
+        lambda up: _evaluate(plan),
+        after=(split, *trains),
+    )
     gate = Stage(
         "compare-gate",
         {"gate": full_cfg["gate"]},
-        lambda up: _compare_and_gate(cfg, plan.eval_dir, list(plan.runs), plan.gate_bases),
+        lambda up: _compare_and_gate(
+            cfg, plan.eval_dir, _gated(plan), plan.gate_bases, champion_spec
+        ),
         after=(evaluate,),
     )
     # Opt-in: the first method again on 25% and 50% of train.
@@ -351,11 +378,14 @@ def _evaluate_baselines(plan: _Plan) -> Outputs:
 
 
 def _train_stage(
-    plan: _Plan, full_cfg: dict[str, Any], method: str, split: Stage
+    plan: _Plan, full_cfg: dict[str, Any], method: str, split: Stage, k: int | None = None
 ) -> tuple[Stage, Path]:
-    """Training for one method, and its run directory; an interrupted run resumes."""
+    """Training for one method (the k-th extra seed with --seeds), and its run directory; an
+    interrupted run resumes."""
+    seed = plan.cfg.train.seed + (k or 0)
+    cfg = plan.cfg.model_copy(update={"train": plan.cfg.train.model_copy(update={"seed": seed})})
     inputs = {
-        "train": full_cfg["train"] | {"method": method},
+        "train": full_cfg["train"] | {"method": method, "seed": seed},
         "model": full_cfg["model"],
         "task": full_cfg["task"],
     }
@@ -364,10 +394,29 @@ def _train_stage(
     run_dir = plan.work / "runs" / f"{method}-{sha256_json(inputs | {'split': split.key})[:10]}"
 
     def train_it(upstream: dict[Stage, Outputs]) -> Outputs:
-        _train_or_resume(plan.cfg, run_dir, method, plan.con, quiet=plan.quiet)
+        _train_or_resume(cfg, run_dir, method, plan.con, quiet=plan.quiet)
         return {"run": str(RunDir(run_dir).run_json)}
 
-    return Stage(f"train-{method}", inputs, train_it, after=(split,)), run_dir
+    name = f"train-{method}" if k is None else f"train-{method}-seed{seed}"
+    return Stage(name, inputs, train_it, after=(split,)), run_dir
+
+
+def _find_champion(plan: _Plan) -> tuple[dict[str, Any], str | None]:
+    """Record the production version to evaluate (unless it is one of these runs): the inputs it
+    adds to the evaluation's key, and its registry spec ("name:3")."""
+    from tunewise.champion import champion_runs, production_version, weights_hash
+
+    version = production_version(plan.cfg.name)
+    plan.champion.update(champion_runs(version, plan.runs))
+    if not plan.champion or version is None:
+        return {}, None
+    return {"champion": [version.spec, weights_hash(version.files)]}, version.spec
+
+
+def _gated(plan: _Plan) -> list[str]:
+    """The candidates the gate decides on: each group of seeds as one, and every other run."""
+    seeded = {m for members in plan.groups.values() for m in members}
+    return [*plan.groups, *(r for r in plan.runs if r not in seeded)]
 
 
 def _evaluate(plan: _Plan) -> Outputs:
@@ -380,11 +429,26 @@ def _evaluate(plan: _Plan) -> Outputs:
         plan.cfg,
         split="val",
         candidates=plan.baselines + plan.extra,
-        finetuned=plan.runs,
+        finetuned=plan.runs | plan.champion,
         out_dir=plan.eval_dir,
         progress=not plan.quiet,
     )
+    _pool_seed_groups(plan.eval_dir, plan.groups)
     return {"eval": str(plan.eval_dir / "eval.json")}
+
+
+def _pool_seed_groups(eval_dir: Path, groups: dict[str, list[str]]) -> None:
+    """Add each group's pooled candidate to eval.json and record the groups (--seeds N)."""
+    if not groups:
+        return
+    from tunewise.eval.results import EvalRun
+    from tunewise.seeds import pool_seeds
+
+    run = EvalRun.load(eval_dir / "eval.json")
+    run.candidates = [c for c in run.candidates if c.name not in groups]
+    run.candidates += [pool_seeds(run, g, m) for g, m in groups.items()]
+    run.meta["seed_groups"] = groups
+    run.save(eval_dir / "eval.json")
 
 
 def _curve_stage(plan: _Plan, train: Stage, method: str, full_name: str, evaluate: Stage) -> Stage:
@@ -402,7 +466,11 @@ def _register(plan: _Plan, gate_out: Outputs) -> Outputs:
 
     reg = Registry()
     added: dict[str, Any] = {}
-    for cand, run_dir in plan.runs.items():
+    # A group of seeds is registered once, as its first seed's run (the configured train.seed),
+    # under the group's verdict: the gate held its worst seed to the same bar.
+    registered = {g: plan.runs[m[0]] for g, m in plan.groups.items()}
+    registered |= {r: plan.runs[r] for r in _gated(plan) if r not in plan.groups}
+    for cand, run_dir in registered.items():
         version = reg.add(
             run_dir,
             name=plan.cfg.name,
@@ -433,7 +501,10 @@ def _final_test(plan: _Plan, gate_out: Outputs) -> Outputs:
     from tunewise.eval.harness import evaluate
 
     out = plan.work / "eval-test"
-    chosen = {k: v for k, v in plan.runs.items() if k == gate_out.get("ship")} or plan.runs
+    shipped = gate_out.get("ship")
+    members = plan.groups.get(shipped, [shipped])
+    chosen = {k: v for k, v in plan.runs.items() if k in members} or plan.runs
+    groups = {g: m for g, m in plan.groups.items() if set(m) <= set(chosen)}
     evaluate(
         plan.cfg,
         split="test",
@@ -443,7 +514,10 @@ def _final_test(plan: _Plan, gate_out: Outputs) -> Outputs:
         out_dir=out,
         progress=not plan.quiet,
     )
-    test_gate = _compare_and_gate(plan.cfg, out, list(chosen), plan.gate_bases)
+    _pool_seed_groups(out, groups)
+    seeded = {m for members in groups.values() for m in members}
+    gated = [*groups, *(c for c in chosen if c not in seeded)]
+    test_gate = _compare_and_gate(plan.cfg, out, gated, plan.gate_bases)
     return {"eval": str(out / "eval.json"), "ship": test_gate.get("ship")}
 
 
@@ -461,10 +535,18 @@ def _result(ladder: Ladder, plan: _Plan, gate_out: Outputs) -> LadderResult:
 
 
 def _compare_and_gate(
-    cfg: ProjectConfig, eval_dir: Path, finetuned: list[str], baselines: list[str]
+    cfg: ProjectConfig,
+    eval_dir: Path,
+    finetuned: list[str],
+    baselines: list[str],
+    champion: str | None = None,
 ) -> dict[str, Any]:
-    """comparison.json (with the pairs between rungs, for the advisor); a verdict per fine-tune."""
+    """comparison.json (with the pairs between rungs, for the advisor; the margin tests against
+    the production version ``champion`` and ``gate.reference``; the judge's agreement with people
+    and the seed groups) and a verdict per fine-tune."""
     from tunewise.advise import comparison_pairs
+    from tunewise.champion import attach_margin_tests
+    from tunewise.eval.calibration import attach_judge_agreement
     from tunewise.eval.results import EvalRun, Verdict
     from tunewise.eval.stats import compare
     from tunewise.gate import decide, save_verdict
@@ -474,6 +556,9 @@ def _compare_and_gate(
     pairs = comparison_pairs([c.name for c in run.candidates], baselines)
     comp = compare(run, baselines=baselines, pairs=pairs, alpha=cfg.gate.alpha)
     comp.meta.update({"alpha": cfg.gate.alpha, "delta": cfg.gate.delta})
+    attach_margin_tests(comp, run, cfg.gate, finetuned, champion)
+    attach_judge_agreement(comp, run, eval_dir)
+    comp.meta["seed_groups"] = run.meta.get("seed_groups", {})
     comp.save(eval_dir / "comparison.json")
     verdicts: dict[str, str] = {}
     passing: list[tuple[float, str]] = []

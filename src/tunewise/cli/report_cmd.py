@@ -146,12 +146,18 @@ def gate_cmd(
     project: Path | None = _PROJECT,
 ) -> None:
     """Ship or not: exit 0 = ship, 1 = don't ship, 2 = error. Writes verdict.json."""
+    from tunewise.champion import attach_margin_tests, ensure_champion
     from tunewise.eval import stats
+    from tunewise.eval.calibration import attach_judge_agreement
     from tunewise.eval.results import COMPARISON_FILE, VERDICT_FILE, Comparison
     from tunewise.gate import decide, save_verdict
 
     run = _load_run(eval_dir)
     cfg = _gate_cfg(run, project, alpha, delta, baselines)
+    # champion/challenger: the production version on the same items (evaluated here if need be)
+    run, champion, note = ensure_champion(run, eval_dir, candidate, project)
+    if note:
+        console.print(f"[yellow]{escape(note)}[/]")
     comp_path = eval_dir / COMPARISON_FILE
     comp = Comparison.load(comp_path) if comp_path.is_file() else None
     names = {c.name for c in run.candidates}
@@ -162,7 +168,10 @@ def gate_cmd(
         or any(b in names and b not in comp.meta.get("baselines", []) for b in cfg.baselines)
     ):
         comp = stats.compare(run, baselines=cfg.baselines, alpha=cfg.alpha)
-        comp.save(comp_path)
+    attach_margin_tests(comp, run, cfg, [candidate], champion)
+    attach_judge_agreement(comp, run, eval_dir)
+    comp.meta["seed_groups"] = run.meta.get("seed_groups", {})  # tunewise run --seeds N
+    comp.save(comp_path)
     verdict = decide(comp, candidate, cfg)
     save_verdict(verdict, eval_dir / VERDICT_FILE, cfg)
     lines = [
@@ -222,9 +231,38 @@ def rate_cmd(
         )
 
 
+def calibrate_cmd(
+    eval_dir: Path = _EVAL_DIR,
+    project: Path = typer.Option(..., "--project", "-p", help="project.yaml (names the judge)"),
+) -> None:
+    """Check the LLM judge against people: for every pair rated with `tunewise rate`, Cohen's
+    kappa (bootstrap CI) and raw agreement, and the share of pairwise verdicts that flip when the
+    two answers swap places. Writes judge_calibration.json; the report shows it."""
+    from tunewise.config import load_project
+    from tunewise.eval import calibration, human
+    from tunewise.fsio import atomic_write_json
+
+    run = _load_run(eval_dir)
+    db = human.ratings_db(eval_dir)
+    if not db.is_file():
+        raise UserError(f"{eval_dir}: no human ratings yet (run `tunewise rate {eval_dir}` first)")
+    backend, name = calibration.judge_backend(load_project(project))
+    result = calibration.run_calibration(run, db, backend, judge_name=name, progress=True)
+    atomic_write_json(eval_dir / calibration.CALIBRATION_FILE, result)
+    for p in result["pairs"]:
+        bias, rubric = p["position_bias"], p["rubric_agreement"] or {}
+        kappa = rubric.get("kappa", p["pairwise_agreement"]["kappa"])
+        console.print(
+            f"{escape(p['a'])} vs {escape(p['b'])}: kappa {kappa:.2f}, verdicts that flip when "
+            f"swapped {bias['flip_share']:.0%} of {bias['n']}"
+        )
+    console.print(f"wrote {eval_dir / calibration.CALIBRATION_FILE}")
+
+
 def register(app: typer.Typer) -> None:
     """Add this module's verbs to the top-level app."""
     app.command("compare")(compare_cmd)
     app.command("gate")(gate_cmd)
     app.command("report")(report_cmd)
     app.command("rate")(rate_cmd)
+    app.command("calibrate")(calibrate_cmd)

@@ -31,6 +31,12 @@ def run_cmd(
     set_: list[str] = typer.Option(
         [], "--set", help="override a config value, e.g. train.epochs=1"
     ),
+    seeds: int = typer.Option(
+        1,
+        "--seeds",
+        help="train each fine-tune with N seeds (N times the training and fine-tune evaluation "
+        "time); the gate needs the pooled seeds and the worst seed to clear every baseline",
+    ),
 ) -> None:
     """Run the whole ladder: check, split, baselines, train, evaluate, compare, gate, registry,
     report."""
@@ -40,7 +46,12 @@ def run_cmd(
     cfg = load_project(project, set_)
     method_list = [m.strip() for m in methods.split(",")] if methods else None
     result = run_ladder(
-        cfg, methods=method_list, final=final, learning_curve=learning_curve, console=console
+        cfg,
+        methods=method_list,
+        final=final,
+        learning_curve=learning_curve,
+        console=console,
+        seeds=seeds,
     )
     if result.eval_dir is not None:
         show_summary(result.eval_dir)

@@ -2,7 +2,9 @@
 
 Score keys are metric names (see :class:`tunewise.eval.results.ItemResult`): ``accuracy``,
 ``exact_match``, ``format_compliance``, ``json_valid``, ``schema_valid``, ``judge`` and per-field
-``accuracy_<field>``. A project picks its graders in ``eval.graders``.
+``accuracy_<field>`` (label fields, or the top-level keys of a JSON answer); for a JSON answer
+whose reference holds a flat object under a key (``slots``), ``<key>_precision``, ``_recall`` and
+``_f1`` over its (name, value) pairs. A project picks its graders in ``eval.graders``.
 
 Labels come out of the output through the project's ``task.output_pattern``: its named groups are
 the label fields (``(?P<category>...)``). Without a pattern the whole answer is the label. Values
@@ -20,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -211,7 +214,43 @@ def json_scores(output: str, target: str, schema: dict[str, Any] | None) -> dict
         scores["schema_valid"] = float(ok and validator_cls(schema).is_valid(value))
     gold_ok, gold = parse_json(target)
     scores["accuracy"] = float(ok and gold_ok and value == gold)
+    if gold_ok and isinstance(gold, dict):
+        got = value if ok and isinstance(value, dict) else None
+        for key, want in gold.items():
+            if len(gold) > 1:  # per-field accuracy: which part of the object was wrong
+                scores[f"accuracy_{key}"] = float(got is not None and got.get(key) == want)
+            if isinstance(want, dict):  # e.g. slots: precision/recall/F1 over (name, value) pairs
+                have = got.get(key) if got is not None else None
+                scores.update(_pair_scores(key, want, have if isinstance(have, dict) else None))
     return scores
+
+
+def _pairs(obj: dict[str, Any]) -> Counter[tuple[str, str]]:
+    """(name, value) pairs of a flat object; a list value gives one pair per element."""
+    out: Counter[tuple[str, str]] = Counter()
+    for name, vals in obj.items():
+        for v in vals if isinstance(vals, list) else [vals]:
+            out[(str(name), _fold(v if isinstance(v, str) else json.dumps(v)))] += 1
+    return out
+
+
+def _pair_scores(key: str, want: dict[str, Any], have: dict[str, Any] | None) -> dict[str, float]:
+    """``<key>_precision``, ``_recall`` and ``_f1`` of one item's predicted pairs.
+
+    Values compare after whitespace and case folding. No prediction claimed means no false
+    positive (precision 1), no gold pair means nothing to miss (recall 1); an answer that is not a
+    JSON object with this field scores 0 on all three, so a broken answer never looks precise.
+    """
+    if have is None:
+        return {f"{key}_precision": 0.0, f"{key}_recall": 0.0, f"{key}_f1": 0.0}
+    gold, pred = _pairs(want), _pairs(have)
+    tp = sum((gold & pred).values())
+    n_gold, n_pred = sum(gold.values()), sum(pred.values())
+    return {
+        f"{key}_precision": tp / n_pred if n_pred else 1.0,
+        f"{key}_recall": tp / n_gold if n_gold else 1.0,
+        f"{key}_f1": 2 * tp / (n_gold + n_pred) if n_gold + n_pred else 1.0,
+    }
 
 
 def check_schema(schema: dict[str, Any]) -> None:
@@ -433,6 +472,25 @@ class PairwiseJudge:
     @property
     def version(self) -> str:
         return sha256_text("pairwise\0" + self.template)[:12]
+
+    def verdicts_both_orders(
+        self,
+        examples: Sequence[Example],
+        a: Sequence[str],
+        b: Sequence[str],
+        *,
+        progress: bool = False,
+    ) -> tuple[list[str | None], list[str | None]]:
+        """The raw winners ("a" = the answer shown first) with A first, then with B first; None
+        where a reply did not parse. For the position-bias check (eval/calibration.py)."""
+        prompts: list[str] = []
+        for ex, x, y in zip(examples, a, b, strict=True):
+            req, ref = _request_text(ex.prompt_messages), ex.target
+            prompts.append(self.template.format(request=req, reference=ref, a=x, b=y))
+            prompts.append(self.template.format(request=req, reference=ref, a=y, b=x))
+        requests = _requests(prompts, self.max_new_tokens, self.adapter)
+        replies = [r.text for r in self.backend.generate(requests, progress=progress)]
+        return [parse_winner(r) for r in replies[0::2]], [parse_winner(r) for r in replies[1::2]]
 
     def compare_many(
         self,

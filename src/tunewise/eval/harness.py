@@ -7,6 +7,9 @@ Candidates (names as in ``eval.candidates``):
 * ``rag``: plus the top-k retrieved passages (docs and/or train examples) with citations;
 * ``knn``: the embedding-kNN classifier over train examples, no LLM at all (labels tasks; added
   beside ``rag`` as its honest reference score);
+* ``tfidf`` and ``probe``: logistic regressions on TF-IDF features and on the same embeddings,
+  fitted on train only, one per label field (labels tasks; added beside the rungs while
+  ``eval.classical`` is on; see :mod:`tunewise.baselines.classical`);
 * ``finetuned`` (one per training run given in ``finetuned``): a LoRA/QLoRA adapter on the shared
   base model, or a full checkpoint on its own engine; ``finetuned+rag`` adds retrieval to it;
 * every ``eval.external`` endpoint, by its name;
@@ -30,11 +33,13 @@ from typing import Any
 from rich.panel import Panel
 
 from tunewise import __version__ as tw_version
+from tunewise.baselines import classical
 from tunewise.baselines import fewshot as fewshot_mod
 from tunewise.baselines import prompt as prompt_mod
 from tunewise.baselines import rag as rag_mod
 from tunewise.config import ExternalConfig, ProjectConfig
 from tunewise.data.schema import Example, load_examples
+from tunewise.decisions import CHAMPION
 from tunewise.errors import UserError
 from tunewise.eval.graders import Grader, LLMJudge
 from tunewise.eval.items import item_ids
@@ -311,7 +316,7 @@ def plan_candidates(
     ext_names = [e.name for e in cfg.eval.external]
     known = (
         set(RUNGS)
-        | {"knn", "finetuned", "finetuned+rag", "external"}
+        | {"knn", *classical.CLASSICAL, "finetuned", "finetuned+rag", "external"}
         | set(ext_names)
         | set(finetuned)
     )
@@ -342,6 +347,10 @@ def plan_candidates(
         and "train" in cfg.eval.rag.sources
     ):
         plan.insert(plan.index("rag") + 1, "knn")
+    if cfg.task.type == "labels" and cfg.eval.classical and any(r in plan for r in RUNGS):
+        # The cheapest honest bar on a label task: a classifier without an LLM, next to the rungs.
+        at = 1 + max(plan.index(r) for r in (*RUNGS, "knn") if r in plan)
+        plan[at:at] = [c for c in classical.CLASSICAL if c not in plan]
     explicit: list[str] = []
     for n in asked:
         if n in (f"finetuned{CONSTRAINED}", f"finetuned+rag{CONSTRAINED}"):  # one per training run
@@ -475,6 +484,8 @@ def _run_candidate(
         )
         knn_meta = {"k": knn.k, "embedding": knn.embedder.model_id}
         return h.result(name, "knn", knn.predict(h.items), knn_meta)
+    if name in classical.CLASSICAL:
+        return _classical_result(h, name)
     if name in ext_map(cfg):
         ext = ext_map(cfg)[name]
         outs = h.generate(name, h.external(ext), h.prompt_messages(), None)
@@ -487,6 +498,8 @@ def _run_candidate(
     prompts[name] = msgs, adapter, eng, pmeta, per_item = _messages_for(h, name, finetuned)
     outs = h.generate(name, eng, msgs, adapter)
     kind = "finetuned" if adapter or pmeta.get("full_checkpoint") else name
+    if name == CHAMPION:  # the production version, evaluated for the regression check
+        kind = "champion"
     meta = {**pmeta, "max_new_tokens": h.max_new_tokens(eng)}
     return h.result(name, kind, outs, meta, per_item)
 
@@ -502,6 +515,21 @@ def _messages_for(h: _Harness, name: str, finetuned: dict[str, Path]) -> _Prepar
     else:  # prompt, and fine-tuned runs: the same zero-shot conversation
         msgs, pmeta = h.prompt_messages(), {"prompt_version": prompt_mod.prompt_hash(h.cfg)}
     return msgs, adapter, eng, {**pmeta, **emeta}, per_item
+
+
+def _classical_result(h: _Harness, name: str) -> CandidateResult:
+    """A scikit-learn reference fitted on train only, graded like a model's answers."""
+    spec = h.grader.spec
+    if spec is None or h.cfg.task.type != "labels":
+        raise UserError(f"candidate {name!r}: a classical classifier needs a labels task")
+    if name == "tfidf":
+        clf = classical.tfidf_classifier(spec, h.train)
+        meta = {"features": "tf-idf word 1-2 + char 2-5 grams", "C": classical.TFIDF_C}
+    else:
+        embedder = rag_mod.default_embedder()
+        clf = classical.probe_classifier(spec, h.train, embedder.encode)
+        meta = {"embedding": embedder.model_id, "C": classical.PROBE_C}
+    return h.result(name, "classical", clf.predict(h.items), {**clf.describe(), **meta})
 
 
 def ext_map(cfg: ProjectConfig) -> dict[str, ExternalConfig]:

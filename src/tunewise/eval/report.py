@@ -13,6 +13,7 @@ each training run's ``run.json`` for loss curves.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Sequence
@@ -190,13 +191,29 @@ def _verdicts(
     return out, True
 
 
-def _load_ratings(eval_dir: Path) -> list[dict[str, Any]]:
-    from tunewise.eval import human
+def _load_ratings(eval_dir: Path, run: EvalRun) -> list[dict[str, Any]]:
+    """Human ratings per pair, with the judge's agreement with them where it was measured."""
+    from tunewise.eval import calibration, human
 
     db = eval_dir / human.DB_NAME
     if not db.is_file():
         return []
-    return [s for s in human.summaries(db) if s["n"] > 0]
+    out = [s for s in human.summaries(db) if s["n"] > 0]
+    found = {(x["a"], x["b"]): x for x in calibration.agreement_from_eval(run, db)}
+    path = eval_dir / calibration.CALIBRATION_FILE
+    saved = json.loads(path.read_text()) if path.is_file() else {"pairs": []}
+    bias = {(p["a"], p["b"]): p["position_bias"] for p in saved.get("pairs", [])}
+    for s in out:
+        k = found.get((s["a"], s["b"]))
+        s["judge"] = (
+            f"kappa {_fmt(k['kappa'], 2)} [{_interval(k['ci_low'], k['ci_high'])}], "
+            f"agreement {_fmt(k['raw_agreement'], 2)}"
+            if k
+            else "–"
+        )
+        b = bias.get((s["a"], s["b"]))
+        s["flips"] = f"{_fmt(b['flip_share'], 2)} of {b['n']}" if b else "–"
+    return out
 
 
 def build_context(eval_dir: Path, train_runs: Sequence[Path] = ()) -> dict[str, Any]:
@@ -256,9 +273,20 @@ def build_context(eval_dir: Path, train_runs: Sequence[Path] = ()) -> dict[str, 
         **_confusion(run, best),
         **_training(eval_dir, [Path(p) for p in train_runs], primary),
         "worst": {n: _worst(run, n, primary) for n in names},
-        "ratings": _load_ratings(eval_dir),
+        "ratings": _load_ratings(eval_dir, run),
+        "champion": _champion(run, verdicts, primary),
         "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
+
+
+def _champion(run: EvalRun, verdicts: list[Verdict], primary: str) -> list[dict[str, Any]]:
+    from tunewise.eval.flips import champion_views
+
+    views = champion_views(run, verdicts, primary)
+    for view in views:
+        for key in ("challenger_value", "champion_value"):
+            view[key] = _fmt(view[key])
+    return views
 
 
 def _load_inputs(eval_dir: Path) -> tuple[EvalRun, Comparison, GateConfig, bool]:
@@ -415,6 +443,7 @@ def render_markdown(ctx: dict[str, Any]) -> str:
         _md_metrics,
         _md_pairs,
         _md_ratings,
+        _md_champion,
         _md_training,
         _md_curve,
         _md_worst,
@@ -516,7 +545,34 @@ def _md_ratings(ctx: dict[str, Any]) -> list[str]:
         win, ci = _fmt(r["win_rate_a"]), _interval(r["ci_low"], r["ci_high"])
         rows.append([e(r["a"]), e(r["b"]), r["wins_a"], r["wins_b"], r["ties"], win, ci])
     header = ["A", "B", "A wins", "B wins", "ties", "win rate A", "95% CI"]
+    for row, r in zip(rows, ctx["ratings"], strict=True):
+        row += [r["judge"], r["flips"]]
+    header += ["judge vs people", "judge flips when swapped"]
     return _md_section("Human side-by-side ratings", header, rows)
+
+
+def _md_champion(ctx: dict[str, Any]) -> list[str]:
+    e, out = md_escape, []
+    for c in ctx["champion"]:
+        version = f" ({e(c['version'])})" if c["version"] else ""
+        mark = ("✔ " if c["passed"] else "✘ ") + e(c["reason"]) if c["reason"] else ""
+        counts = (
+            f"{c['n']} items: {c['unchanged']} unchanged, {c['n_gained']} gained, "
+            f"{c['n_lost']} lost" + (f", {c['unscored']} unscored" if c["unscored"] else "")
+        )
+        out += _md_section(
+            f"Champion vs challenger: {e(c['challenger'])} vs production{version}",
+            ["", e(c["challenger"]), "production"],
+            [[e(c["metric"]), c["challenger_value"], c["champion_value"]]],
+            *[note for note in (mark, counts) if note],
+        )
+        for label, rows in (("Lost (production was right)", c["lost"]), ("Gained", c["gained"])):
+            if rows:
+                keys = ("item_id", "challenger_output", "champion_output")
+                cells = [[e(r[k]) for k in keys] for r in rows]
+                header = ["item", e(c["challenger"]), "production"]
+                out += [f"### {label}", "", *_md_table(header, cells), ""]
+    return out
 
 
 def _md_training(ctx: dict[str, Any]) -> list[str]:

@@ -240,6 +240,31 @@ _FLOAT_FIELDS = ("candidate_value", "baseline_value", "diff", "ci_low", "ci_high
 
 
 @dataclass
+class MarginTest:
+    """One-sided paired test of H0: candidate - reference <= -margin (see eval/margin.py)."""
+
+    candidate: str
+    reference: str
+    metric: str
+    margin: float
+    alpha: float
+    candidate_value: float
+    reference_value: float
+    diff: float
+    lower_bound: float  # one-sided (1 - alpha) confidence bound on the difference
+    p_value: float  # one-sided; < alpha means "not worse by the margin"
+    test: str  # "tango-score-cc" | "paired-t"
+    n: int
+    wins: int | None = None  # 0/1 metrics: items only the candidate got right
+    losses: int | None = None  # ... and only the reference got right
+    reference_kind: str | None = None  # "external" (priced per token), "finetuned", ...
+
+
+# MarginTest fields that may be NaN (saved as null)
+_MARGIN_FLOATS = ("candidate_value", "reference_value", "diff", "lower_bound", "p_value")
+
+
+@dataclass
 class Comparison(_JsonFile):
     WHAT: ClassVar[str] = "comparison"
 
@@ -247,6 +272,14 @@ class Comparison(_JsonFile):
     metrics: dict[str, dict[str, MetricEstimate]]  # candidate -> metric -> estimate
     pairs: list[PairedTest]
     meta: dict[str, Any] = field(default_factory=dict)
+    # non-inferiority and regression tests, against gate.reference or the production version
+    margin_tests: list[MarginTest] = field(default_factory=list)
+
+    def margin_test(self, candidate: str, reference: str) -> MarginTest | None:
+        for t in self.margin_tests:
+            if (t.candidate, t.reference) == (candidate, reference):
+                return t
+        return None
 
     def pair(self, candidate: str, baseline: str, metric: str) -> PairedTest | None:
         for p in self.pairs:
@@ -288,11 +321,18 @@ class Comparison(_JsonFile):
             for key in _FLOAT_FIELDS:
                 p[key] = _num(p.get(key))
             pairs.append(PairedTest(**p))
+        margin_tests = []
+        for t in raw.get("margin_tests", []):
+            t = dict(t)
+            for key in _MARGIN_FLOATS:
+                t[key] = _num(t.get(key))
+            margin_tests.append(MarginTest(**t))
         return cls(
             primary_metric=raw["primary_metric"],
             metrics=metrics,
             pairs=pairs,
             meta=raw.get("meta", {}),
+            margin_tests=margin_tests,
         )
 
     @staticmethod
@@ -317,14 +357,18 @@ class Verdict(_JsonFile):
     reasons: list[BaselineReason]
     guard_failures: list[str]
     summary: str
+    # The regression check against the production version ({"version": "name:3", "passed": ...,
+    # "reason": ...}); None when the project had no production version. `registry promote` reads it.
+    champion: dict[str, Any] | None = None
     # The gate settings that produced it, as saved beside it (None when not recorded). Not part
     # of the decision, so two verdicts that decide the same compare equal.
     gate: dict[str, Any] | None = field(default=None, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        if out["gate"] is None:
-            del out["gate"]
+        for key in ("champion", "gate"):
+            if out[key] is None:
+                del out[key]
         return out
 
     @classmethod
@@ -336,6 +380,7 @@ class Verdict(_JsonFile):
             reasons=[BaselineReason(**r) for r in raw["reasons"]],
             guard_failures=list(raw["guard_failures"]),
             summary=raw["summary"],
+            champion=raw.get("champion") if isinstance(raw.get("champion"), dict) else None,
             gate=gate if isinstance(gate, dict) else None,
         )
 
