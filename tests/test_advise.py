@@ -350,3 +350,83 @@ def test_comparison_pairs_add_each_rung_against_the_rungs_below_it():
     assert not any(c == b for c, b in pairs)
     # a rung that is not a gate baseline is not paired against: the gate did not ask for it
     assert all(b != "prompt" for _, b in comparison_pairs(names, ["fewshot", "rag"]))
+
+
+# issue #17: the banking walk-through, kNN added to gate.baselines, the fine-tune refused
+BANKING = {
+    "prompt": 0.0,
+    "fewshot": 0.866,
+    "rag": 0.852,
+    "knn": 0.899,
+    "prompt+constrained": 0.40,
+    "fewshot+constrained": 0.885,  # within the margin of knn: no "classifier without an LLM"
+    "finetuned": 0.624,
+}
+BANKING_BETTER = [(c, "prompt") for c in ("fewshot", "rag", "finetuned")] + [
+    ("fewshot", "finetuned")
+]
+
+
+@pytest.mark.parametrize("knn_is_gate_baseline", [True, False])
+def test_a_leading_knn_is_described_by_what_the_gate_was_configured_with(knn_is_gate_baseline):
+    bases = ["prompt", "fewshot", "rag"] + (["knn"] if knn_is_gate_baseline else [])
+    a = recommend(
+        facts(
+            BANKING,
+            better=BANKING_BETTER,
+            methods={"finetuned": "lora"},
+            shipped_candidate="finetuned",
+            verdict_summary="DON'T SHIP finetuned: does not clearly beat prompt, fewshot, rag",
+            gate_baselines=bases,
+        )
+    )
+    knn = [r for r in a.reasons if r.startswith("knn scores accuracy 0.899")]
+    assert len(knn) == 1
+    if knn_is_gate_baseline:
+        assert "not a gate baseline" not in knn[0] and "Add it to gate.baselines" not in knn[0]
+        assert "it is in gate.baselines, so the gate held the fine-tune to it" in knn[0]
+    else:
+        assert "it is not a gate baseline" in knn[0] and "Add it to gate.baselines" in knn[0]
+    # the refusal is said once, not "Do not ship the fine-tune: DON'T SHIP finetuned: ..."
+    refusal = [r for r in a.reasons if "not ship" in r.lower()]
+    assert refusal == ["Do not ship finetuned: does not clearly beat prompt, fewshot, rag"]
+
+
+def test_the_ship_branch_lists_every_configured_gate_baseline():
+    a = recommend(
+        facts(
+            {"prompt": 0.3, "fewshot": 0.4, "rag": 0.5, "knn": 0.6, "lora": 0.8},
+            methods={"lora": "lora"},
+            ship=True,
+            shipped_candidate="lora",
+            gate_baselines=["fewshot", "knn"],
+        )
+    )
+    assert (
+        a.headline == "Fine-tune with lora: it clearly beats every gate baseline (few-shot, knn)."
+    )
+    assert "every gate baseline: fewshot 0.400, knn 0.600." in a.reasons[0]
+    assert "rag 0.500" not in a.reasons[0]  # not a gate baseline here
+
+
+def test_facts_from_dir_reads_the_configured_gate_baselines(tmp_path):
+    from _evalfakes import make_run
+    from tunewise.advise import facts_from_dir
+    from tunewise.config import GateConfig
+    from tunewise.eval import stats
+    from tunewise.gate import decide, save_verdict
+
+    run = make_run({"prompt": 0.3, "fewshot": 0.6, "rag": 0.6, "knn": 0.9, "ft": 0.5}, n=80)
+    run.candidate("ft").kind = "finetuned"
+    run.save(tmp_path / "eval.json")
+    # the ladder tests every rung listed in eval.candidates, and holds the gate to its own list
+    comp = stats.compare(run, baselines=["prompt", "fewshot", "rag", "knn"], n_boot=200)
+    comp.meta["gate_baselines"] = ["fewshot", "knn"]
+    stats.save_comparison(comp, tmp_path / "comparison.json")
+    assert facts_from_dir(tmp_path).gate_baselines == ["fewshot", "knn"]
+    gate = GateConfig(baselines=["knn"])  # the verdict's own record wins
+    save_verdict(decide(comp, "ft", gate), tmp_path / "verdict.json", gate)
+    f = facts_from_dir(tmp_path)
+    assert f.gate_baselines == ["knn"]
+    knn = [r for r in recommend(f).reasons + [recommend(f).headline] if "knn" in r]
+    assert knn and not any("not a gate baseline" in r for r in knn)

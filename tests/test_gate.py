@@ -134,6 +134,31 @@ def test_significantly_worse_is_said_so_with_rag_hint():
     assert "knowledge task" in v.summary  # the article's rule: RAG is for facts
 
 
+def test_headline_names_the_strongest_baseline_not_the_first_significant_one():
+    # issue #17: the headline singled out "rag is significantly better (+0.228)" while few-shot
+    # and kNN beat the fine-tune by more
+    bases = ["prompt", "rag", "fewshot", "knn"]
+    comp = comparison(
+        {
+            "prompt": (0.6, 1e-9),
+            "rag": (-0.05, 1e-6),
+            "fewshot": (-0.08, 1e-7),
+            "knn": (-0.1, 1e-8),
+        }
+    )
+    comp.meta["retrieval_sources"] = {"rag": ["train"]}
+    v = decide(comp, "lora", GateConfig(baselines=bases))
+    assert not v.ship
+    assert "the strongest baseline, knn (0.900), leads by +0.100 (p=1e-08)" in v.summary
+    assert "(+0.050)" not in v.summary  # no single rung's number is singled out
+    assert "not evidence of a knowledge task" in v.summary  # the hint itself stays
+    # a lead that is not significant says so, and names the largest significant gap
+    comp = comparison({"prompt": (-0.05, 0.01), "fewshot": (-0.06, 0.2)})
+    v = decide(comp, "lora", GateConfig(baselines=["prompt", "fewshot"]))
+    assert "fewshot (0.860), leads by +0.060 (not significant)" in v.summary
+    assert "the largest significant gap is prompt's (+0.050, p=0.010)" in v.summary
+
+
 @pytest.mark.parametrize(
     ("sources", "says", "never"),
     [

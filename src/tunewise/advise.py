@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tunewise.config import GateConfig
 from tunewise.decisions import CHAMPION
 from tunewise.errors import UserError
 from tunewise.learning_curve import CURVE_FILE, load_curve
@@ -58,7 +59,8 @@ class Facts:
     delta: float = 0.02
     rag_sources: list[str] = field(default_factory=lambda: ["docs"])  # what the rag rung retrieved
     no_llm: tuple[str, ...] = NO_LLM  # candidates that are classifiers without a language model
-    gate_baselines: list[str] = field(default_factory=lambda: list(RUNGS))
+    # the configured gate.baselines: what the gate held a fine-tune to
+    gate_baselines: list[str] = field(default_factory=lambda: list(GateConfig().baselines))
 
 
 @dataclass
@@ -163,9 +165,10 @@ def recommend(f: Facts, cost: CostInputs | None = None) -> Advice:
     if f.ship and f.shipped_candidate:
         cand = f.shipped_candidate
         method = f.methods.get(cand)
+        held_to = [b for b in f.gate_baselines if b in m]
         reasons.append(
-            f"{cand} ({method}) scores {pm} {_fmt(m[cand])}, clearly above every baseline: "
-            + ", ".join(f"{b} {_fmt(m[b])}" for b in RUNGS if b in m)
+            f"{cand} ({method}) scores {pm} {_fmt(m[cand])}, clearly above every gate baseline: "
+            + ", ".join(f"{b} {_fmt(m[b])}" for b in held_to)
             + "."
         )
         ties = [c for c in finetuned if c != cand and abs(m[c] - m[cand]) < f.delta]
@@ -184,15 +187,16 @@ def recommend(f: Facts, cost: CostInputs | None = None) -> Advice:
         advice = Advice(
             "finetune",
             method,
-            f"Fine-tune with {method}: it clearly beats all three baselines.",
+            f"Fine-tune with {method}: it clearly beats every gate baseline "
+            f"({', '.join(_name(b, short=True) for b in held_to)}).",
             reasons + ([f.verdict_summary] if f.verdict_summary else []),
         )
     else:
         advice = _ladder_rung(f, finetuned)
 
-    # Rungs outside the article's ladder (the kNN label vote over train examples, external models)
-    # are not gate baselines, so the branches above ignore them; say so when one leads, because a
-    # label task that an embedding lookup solves may need no generation at all.
+    # Candidates outside the article's ladder (the kNN label vote over train examples, external
+    # models, constrained variants): the branches above rank the rungs only, so say so when one
+    # leads, because a label task that an embedding lookup solves may need no generation at all.
     extras = [
         c
         for c in m
@@ -210,14 +214,7 @@ def recommend(f: Facts, cost: CostInputs | None = None) -> Advice:
     top_extra = _best(extras, m)
     others = [c for c in m if c not in extras and not math.isnan(m[c])]
     if top_extra is not None and others and m[top_extra] >= max(m[c] for c in others) + f.delta:
-        best_other = _best(others, m)
-        assert best_other is not None
-        advice.reasons.append(
-            f"{top_extra} scores {pm} {_fmt(m[top_extra])}, above every rung of the ladder (best: "
-            f"{best_other} {_fmt(m[best_other])}), but it is not a gate baseline, so nothing was "
-            "required to beat it. Add it to gate.baselines to hold the fine-tune to it, or "
-            "consider shipping it instead."
-        )
+        advice.reasons.append(_leading_extra(f, top_extra, others))
     if f.underpowered:
         advice.reasons.append(
             "The evaluation set is too small to detect the observed difference for: "
@@ -229,6 +226,31 @@ def recommend(f: Facts, cost: CostInputs | None = None) -> Advice:
     if cost is not None:
         advice.cost = cost_estimate(cost)
     return advice
+
+
+def _leading_extra(f: Facts, lead: str, others: list[str]) -> str:
+    """A candidate outside the ladder's rungs that leads every rung and fine-tune by the margin:
+    whether the gate held the fine-tune to it (it is one of the configured gate baselines) or not.
+    """
+    m = f.metrics
+    best_other = _best(others, m)
+    assert best_other is not None
+    head = (
+        f"{lead} scores {f.primary_metric} {_fmt(m[lead])}, above every rung of the ladder "
+        f"(best: {best_other} {_fmt(m[best_other])})"
+    )
+    if lead not in f.gate_baselines:
+        return (
+            head + ", but it is not a gate baseline, so nothing was required to beat it. Add it "
+            "to gate.baselines to hold the fine-tune to it, or consider shipping it instead."
+        )
+    # it leads every fine-tune by the margin, so none of them can have cleared the gate
+    held = (
+        "; it is in gate.baselines, so the gate held the fine-tune to it, and no fine-tune beats it"
+        if any(c in f.methods for c in m)
+        else "; it is in gate.baselines, so a fine-tune will be held to it"
+    )
+    return head + held + ". It needs no fine-tune: consider shipping it instead."
 
 
 def _no_llm_winner(f: Facts) -> tuple[str, str] | None:
@@ -263,7 +285,7 @@ def _ladder_rung(f: Facts, finetuned: list[str]) -> Advice:
     """
     m, better = f.metrics, f.clearly_better
     rungs = [b for b in RUNGS if b in m]
-    refused = f"Do not ship the fine-tune: {f.verdict_summary or 'it did not clear the gate.'}"
+    refused = _refusal(f)
     if not rungs:
         return Advice(
             "undecided",
@@ -297,6 +319,14 @@ def _ladder_rung(f: Facts, finetuned: list[str]) -> Advice:
         "rag": "Use RAG: retrieval carries this task.",
     }[chosen]
     return Advice(chosen, None, headline, reasons)
+
+
+def _refusal(f: Facts) -> str:
+    """Why no fine-tune ships, from the verdict's summary without its own "DON'T SHIP x:" label
+    (the line already says so)."""
+    cand = f.shipped_candidate or "the fine-tune"
+    why = f.verdict_summary.removeprefix(f"DON'T SHIP {cand}:").strip()
+    return f"Do not ship {cand}: {why or 'it did not clear the gate.'}"
 
 
 _RAG_DOCS = (
@@ -372,7 +402,9 @@ def _of_finetune(name: str, f: Facts) -> bool:
     return any(name.startswith(ft + "+") for ft in f.methods)
 
 
-def _name(rung: str) -> str:
+def _name(rung: str, short: bool = False) -> str:
+    if short:
+        return {"fewshot": "few-shot", "rag": "RAG"}.get(rung, rung)
     return {"prompt": "the prompt alone", "fewshot": "few-shot", "rag": "RAG"}.get(rung, rung)
 
 
@@ -466,8 +498,19 @@ def facts_from_dir(eval_dir: Path) -> Facts:
         delta=delta,
         rag_sources=list(comp.meta.get("retrieval_sources", {}).get("rag", ["docs"])),
         no_llm=no_llm,
-        gate_baselines=list(comp.meta.get("baselines", RUNGS)),
+        gate_baselines=_gate_baselines(comp.meta, verdict),
     )
+
+
+def _gate_baselines(comp_meta: dict[str, Any], verdict: Any) -> list[str]:
+    """The baselines the gate was configured with: as saved beside the verdict, else as the
+    ladder recorded them in comparison.json, else the baselines the comparison tested."""
+    if verdict is not None and isinstance(verdict.gate, dict) and "baselines" in verdict.gate:
+        return list(verdict.gate["baselines"])
+    for key in ("gate_baselines", "baselines"):
+        if key in comp_meta:
+            return list(comp_meta[key])
+    return list(GateConfig().baselines)
 
 
 def comparison_pairs(

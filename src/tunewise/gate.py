@@ -168,7 +168,8 @@ def superiority(comparison: Comparison, candidate: str, gate_cfg: GateConfig) ->
             parts.append(f"does not clearly beat {', '.join(lost)} on {primary}")
         if guard_failures:
             parts.append(f"{len(guard_failures)} guard(s) regressed")
-        summary = f"DON'T SHIP {candidate}: " + "; ".join(parts)
+        lead = _strongest_lead(comparison, candidate, gate_cfg.baselines, alpha)
+        summary = f"DON'T SHIP {candidate}: " + "; ".join(parts + ([lead] if lead else []))
         hint = _rag_hint(comparison, candidate, primary, alpha)
         if hint:
             summary += f". {hint}"
@@ -215,6 +216,41 @@ def failed_guards(comparison: Comparison, candidate: str, gate_cfg: GateConfig) 
     return failures
 
 
+def _strongest_lead(
+    comparison: Comparison, candidate: str, baselines: list[str], alpha: float
+) -> str:
+    """The strongest baseline and the largest significant gap, for the headline.
+
+    Whichever baseline came first in the list says little; the reader needs to know what beats
+    the fine-tune by the most, and by how much. Empty when no baseline is ahead of it.
+    """
+    primary = comparison.primary_metric
+    ahead = [
+        pair
+        for base in baselines
+        if (pair := comparison.pair(candidate, base, primary)) is not None
+        and math.isfinite(pair.diff)
+        and pair.diff < 0
+    ]
+    if not ahead:
+        return ""
+    strongest = min(ahead, key=lambda p: p.diff)  # same items: the largest gap is the top score
+    significant = [p for p in ahead if math.isfinite(p.p_value) and p.p_value < alpha]
+    text = (
+        f"the strongest baseline, {strongest.baseline} ({_f(strongest.baseline_value)}), leads by "
+        f"{_s(-strongest.diff)}"
+    )
+    if strongest in significant:
+        return text + f" (p={_p(strongest.p_value)})"
+    if not significant:
+        return text + " (not significant)"
+    widest = min(significant, key=lambda p: p.diff)
+    return (
+        text + f" (not significant); the largest significant gap is {widest.baseline}'s "
+        f"({_s(-widest.diff)}, p={_p(widest.p_value)})"
+    )
+
+
 def _rag_hint(comparison: Comparison, candidate: str, primary: str, alpha: float) -> str:
     """The article's rule of thumb, when the numbers show it: RAG winning means a facts task.
 
@@ -235,8 +271,8 @@ def _rag_hint(comparison: Comparison, candidate: str, primary: str, alpha: float
             )  # unknown (older results): as before
             if "docs" not in sources:
                 return (
-                    f"{pair.baseline} is significantly better ({_s(-pair.diff)}) retrieving "
-                    "labelled training examples only: similar examples carry the answer, so a "
+                    f"{pair.baseline} is significantly better, retrieving labelled "
+                    "training examples only: similar examples carry the answer, so a "
                     "nearest-neighbour rung (knn) or similarity-chosen few-shot may be enough; "
                     "this is not evidence of a knowledge task"
                 )
@@ -246,7 +282,7 @@ def _rag_hint(comparison: Comparison, candidate: str, primary: str, alpha: float
                 else ""
             )
             return (
-                f"{pair.baseline} is significantly better ({_s(-pair.diff)}): this looks like a "
+                f"{pair.baseline} is significantly better: this looks like a "
                 f"knowledge task{both}; fine-tuning teaches behaviour (format, tone, labels), RAG "
                 "supplies facts"
             )
