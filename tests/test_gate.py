@@ -367,3 +367,21 @@ def test_verdict_file_records_the_gate_settings_that_produced_it(tmp_path):
     assert load_verdict(tmp_path / "without.json").gate is None
     with pytest.raises(UserError, match="not found"):
         load_verdict(tmp_path / "missing.json")
+
+
+def test_verdict_lines_do_not_repeat_the_baseline():
+    from tunewise.cli.workflow_cmd import gate_line
+    from tunewise.eval.results import BaselineReason
+
+    v = decide(
+        comparison({"prompt": (0.2, 1e-6), "fewshot": (0.0, 1.0), "rag": (0.1, 1e-3)}), "lora", CFG
+    )
+    lines = [gate_line(r) for r in v.reasons]
+    assert lines[0].startswith("✓ beats prompt: accuracy") and lines[1].startswith("✗ does not")
+    assert not any(" vs prompt: beats prompt" in line for line in lines)
+    # a reason that does not name its baseline gets it in front
+    judge = BaselineReason("judge calibration", True, "the judge agrees with people: kappa 0.8")
+    assert gate_line(judge) == "✓ judge calibration: the judge agrees with people: kappa 0.8"
+    # "prompt" inside "prompt+constrained" is not the baseline's name
+    pc = BaselineReason("prompt", False, "prompt+constrained leads")
+    assert gate_line(pc) == "✗ prompt: prompt+constrained leads"

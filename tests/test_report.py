@@ -374,3 +374,26 @@ def test_report_and_rating_app_do_not_import_each_other(module, other):
     code = f"import sys, {module}; {loaded}"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "True"]
+
+
+def test_report_covers_the_sealed_test_split_when_given(eval_dir, tmp_path):
+    """After --final the report shows the test split in its own, clearly marked section."""
+    test_dir = tmp_path / "eval-test"
+    test_dir.mkdir()
+    run = make_run({"prompt": 0.5, "fewshot": 0.6, "rag": 0.62, "lora-r8": 0.97}, n=60, seed=4)
+    run.split = "test"
+    run.meta.update({"final": True, "final_use": 1})
+    for i, c in enumerate(run.candidates):
+        c.meta["seconds"] = 10.0 * (i + 1)
+    run.save(test_dir / "eval.json")
+    html_path, md_path = render(eval_dir)
+    assert "SEALED TEST" not in html_path.read_text()  # validation only, unless given
+    html_path, md_path = render(eval_dir, test_dir=test_dir)
+    html, md = html_path.read_text(), md_path.read_text()
+    for text in (html, md):
+        assert "SEALED TEST SPLIT" in text and "used once" in text
+        assert "final use #1" in text
+        assert "total 100.0 s" in text  # what was run on test, and its evaluation time
+    section = md.split("## SEALED TEST SPLIT")[1].split("\n## ")[0]
+    assert "lora-r8" in section and "prompt (baseline)" in section
+    assert "on test: SHIP lora-r8" in section or "on test: DON'T SHIP lora-r8" in section

@@ -139,7 +139,10 @@ def test_ctrl_c_keeps_finished_stages(project, monkeypatch):
     assert "interrupted in [4/" in said and "(check, split, baselines)" in said
     assert "run the same command again to resume" in said
     state = json.loads((load_project(project).work_dir / "ladder.json").read_text())
-    assert set(state) == {"check", "split", "baselines"}
+    assert set(state) == {"check", "split", "baselines", "train-lora"}
+    # the interrupted stage keeps only the attempt's time: nothing of it is reused
+    assert "key" not in state["train-lora"]
+    assert [a["how"] for a in state["train-lora"]["attempts"]] == ["interrupted"]
     monkeypatch.undo()
     resumed = run_ladder(load_project(project), quiet=True)
     s = statuses(resumed)
@@ -168,8 +171,8 @@ def test_learning_curve_and_one_final_test_evaluation(project):
         "compare-gate",
         "learning-curve",
         "registry",
-        "report",
         "final-test",
+        "report",
     ]
     work = cfg.work_dir
     n_train = len((work / "splits" / "train.jsonl").read_text().splitlines())
@@ -210,3 +213,55 @@ def test_learning_curve_and_one_final_test_evaluation(project):
     again = run_ladder(load_project(project), learning_curve=True, final=True, quiet=True)
     assert set(statuses(again).values()) == {"cached"}
     assert len(final_uses(work / "splits" / "test.jsonl")) == 1
+
+
+def test_final_scores_exactly_the_listed_candidates_and_shows_the_sealed_test(project):
+    """--final: the sealed test scores what eval.candidates lists, as validation does (issue #16:
+    a constrained variant not listed was scored on test); the summary prints the test table and
+    verdict beside validation's; the report, rendered after the final stage, covers both."""
+    from typer.testing import CliRunner
+
+    from tunewise.cli import app
+
+    raw = yaml.safe_load(project.read_text())
+    raw["eval"]["candidates"] = ["prompt", "fewshot", "finetuned", "prompt+constrained"]
+    raw["eval"]["classical"] = False  # keep the test small
+    raw["gate"] = {"baselines": ["prompt", "fewshot"]}
+    project.write_text(yaml.safe_dump(raw))
+    r = CliRunner().invoke(app, ["run", str(project), "--final"])
+    assert r.exit_code == 0, r.output
+    work = load_project(project).work_dir
+    # the report is rendered after the final stage
+    assert r.output.index("] final-test in ") < r.output.index("] report in ")
+    state = json.loads((work / "ladder.json").read_text())
+    assert not any("attempts" in record for record in state.values())
+
+    def names(d):
+        return [c["name"] for c in json.loads((work / d / "eval.json").read_text())["candidates"]]
+
+    assert names("eval-test") == names("eval")  # every split, the same candidates
+    assert "prompt+constrained" in names("eval-test")
+    assert not any(
+        n in names("eval-test") for n in ("fewshot+constrained", "finetuned+constrained")
+    )
+
+    out = r.output
+    assert "validation results" in out and "SEALED TEST results" in out
+    test_verdict = json.loads((work / "eval-test" / "verdict.json").read_text())
+    shown = "SHIP finetuned" if test_verdict["ship"] else "DON'T SHIP finetuned"
+    assert f"sealed test: {shown}" in out
+    assert "used once" in out  # the one-use warning
+    assert "✓ vs " not in out and "✗ vs " not in out  # "✓ vs prompt: beats prompt" said twice
+    assert "tiny-ladder: val item" in out  # the example panel is titled by the project
+    for report in ("report.html", "report.md"):
+        text = (work / "eval" / report).read_text()
+        assert "SEALED TEST SPLIT" in text and "used once" in text
+        assert "prompt+constrained" in text
+
+    # A rerun without --final keeps the sealed results (from the cache) and spends nothing.
+    from tunewise.data.seal import final_uses
+
+    again = run_ladder(load_project(project), quiet=True)
+    assert statuses(again)["final-test"] == "cached" and again.test_dir == work / "eval-test"
+    assert len(final_uses(work / "splits" / "test.jsonl")) == 1
+    assert "SEALED TEST SPLIT" in (work / "eval" / "report.md").read_text()

@@ -8,8 +8,10 @@ key and outputs of every finished stage, written atomically after each one, so:
 * a rerun after success finds every key unchanged and does nothing (and says so);
 * a change to the training config changes the training key, which changes the keys of the
   stages downstream of it, while check, split and the baselines stay cached;
-* Ctrl-C in any stage leaves every earlier stage recorded and reusable; an interrupted training
-  run resumes from its last checkpoint on the next run.
+* Ctrl-C (or SIGTERM, see :mod:`tunewise.interrupt`) in any stage leaves every earlier stage
+  recorded and reusable; an interrupted training run resumes from its last checkpoint on the next
+  run. The unfinished attempt's wall time is recorded beside the stage, so the run that finishes
+  it (often fast: the generation cache holds the attempt's answers) does not hide the cost.
 
 :func:`run_ladder` writes the ladder as a list of :class:`Stage` rows (name, inputs, run, the
 stages it reads from) and :meth:`Ladder.run` walks it in order: the list owns the numbering
@@ -35,6 +37,7 @@ from tunewise import __version__, tracking
 from tunewise.config import ProjectConfig, dump_project
 from tunewise.errors import UserError
 from tunewise.fsio import atomic_write_json, sha256_file, sha256_json
+from tunewise.interrupt import Terminated, sigterm_as_interrupt
 from tunewise.learning_curve import CURVE_FILE, FRACTIONS
 from tunewise.rundir import RunDir
 from tunewise.rungs import RUNGS
@@ -83,6 +86,7 @@ class LadderResult:
     stages: list[StageResult] = field(default_factory=list)
     verdict: dict[str, Any] | None = None
     eval_dir: Path | None = None
+    test_dir: Path | None = None  # the sealed test evaluation, after --final
 
     @property
     def all_cached(self) -> bool:
@@ -110,23 +114,32 @@ class Ladder:
             return {}
 
     def run(self, stages: Sequence[Stage]) -> dict[Stage, Outputs]:
-        """Every stage in order, numbered ``[i/n]``; returns each stage's outputs."""
+        """Every stage in order, numbered ``[i/n]``; returns each stage's outputs.
+
+        SIGTERM (how a background job is stopped) is handled like Ctrl-C.
+        """
         done: dict[Stage, Outputs] = {}
-        for index, stage in enumerate(stages, start=1):
-            missing = [s.name for s in stage.after if s not in done]
-            if missing:  # a mistake in the table, not the user's
-                raise ValueError(f"stage {stage.name} reads from {missing}, not run before it")
-            label = f"[{index}/{len(stages)}] {stage.name}"
-            done[stage] = self._stage(stage, label, {s: done[s] for s in stage.after})
+        with sigterm_as_interrupt():
+            for index, stage in enumerate(stages, start=1):
+                missing = [s.name for s in stage.after if s not in done]
+                if missing:  # a mistake in the table, not the user's
+                    raise ValueError(f"stage {stage.name} reads from {missing}, not run before it")
+                label = f"[{index}/{len(stages)}] {stage.name}"
+                done[stage] = self._stage(stage, label, {s: done[s] for s in stage.after})
         return done
 
-    def _stage(self, stage: Stage, label: str, upstream: dict[Stage, Outputs]) -> Outputs:
+    def reusable(self, stage: Stage) -> bool:
+        """Whether ``stage`` would come back from the cache: same key, its files still there."""
         prev = self.state.get(stage.name)
-        if (
+        return bool(
             prev
             and prev.get("key") == stage.key
             and all(Path(p).exists() for p in prev.get("paths", []))
-        ):
+        )
+
+    def _stage(self, stage: Stage, label: str, upstream: dict[Stage, Outputs]) -> Outputs:
+        prev = self.state.get(stage.name) or {}
+        if self.reusable(stage):
             self.console.print(f"[dim]✓ {label}: unchanged, cached[/]")
             self.result.stages.append(StageResult(stage.name, "cached", 0.0, prev["outputs"]))
             return prev["outputs"]
@@ -134,29 +147,61 @@ class Ladder:
         started = time.time()
         try:
             outputs = stage.run(upstream)
-        except KeyboardInterrupt:
-            # Without this the user sees a bare exit and cannot tell what was kept.
-            kept = [s.name for s in self.result.stages]
-            self.console.print(
-                f"\n[yellow]interrupted in {label}[/]; finished stages are kept"
-                f"{' (' + ', '.join(kept) + ')' if kept else ''}: "
-                "run the same command again to resume"
-            )
+        except BaseException as exc:
+            self._record_attempt(stage, exc, time.time() - started)
+            if isinstance(exc, KeyboardInterrupt):
+                # Without this the user sees a bare exit and cannot tell what was kept.
+                kept = [s.name for s in self.result.stages]
+                how = " (SIGTERM)" if isinstance(exc, Terminated) else ""
+                self.console.print(
+                    f"\n[yellow]interrupted{how} in {label}[/]; finished stages are kept"
+                    f"{' (' + ', '.join(kept) + ')' if kept else ''}: "
+                    "run the same command again to resume"
+                )
             raise
         seconds = time.time() - started
         paths = [v for v in outputs.values() if isinstance(v, str) and v.startswith("/")]
-        self.state[stage.name] = {
+        record: dict[str, Any] = {
             "key": stage.key,
             "outputs": outputs,
             "paths": paths,
-            "seconds": round(seconds, 2),
+            "seconds": round(seconds, 2),  # this run's wall time
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
-        # Recorded only after the stage finished: Ctrl-C inside it leaves the old record alone.
+        # Work an interrupted attempt did (generations in the cache, training checkpoints) makes
+        # this run fast; the time that work took is kept beside it.
+        attempts = [a for a in prev.get("attempts", []) if a.get("key") == stage.key]
+        if attempts:
+            total = seconds + sum(float(a["seconds"]) for a in attempts)
+            record |= {"attempts": attempts, "total_seconds": round(total, 2)}
+        self.state[stage.name] = record
+        # Recorded only after the stage finished: Ctrl-C inside it leaves the old outputs alone.
         atomic_write_json(self.state_path, self.state)
-        self.console.print(f"[green]✓ {label}[/] in {seconds:.1f}s")
+        spent = (
+            f" ({total:.1f}s with {len(attempts)} earlier attempt(s) of this stage)"
+            if attempts
+            else ""
+        )
+        self.console.print(f"[green]✓ {label}[/] in {seconds:.1f}s{spent}")
         self.result.stages.append(StageResult(stage.name, "ran", seconds, outputs))
         return outputs
+
+    def _record_attempt(self, stage: Stage, exc: BaseException, seconds: float) -> None:
+        """Keep the wall time of an attempt that did not finish (interrupted, terminated, failed)
+        beside the stage's record, without touching its outputs: the run that finishes the stage
+        adds it to its own time."""
+        how = (
+            "terminated"
+            if isinstance(exc, Terminated)
+            else "interrupted"
+            if isinstance(exc, KeyboardInterrupt)
+            else "failed"
+        )
+        record = self.state.setdefault(stage.name, {})
+        earlier = [a for a in record.get("attempts", []) if a.get("key") == stage.key]
+        attempt = {"key": stage.key, "how": how, "seconds": round(seconds, 2)}
+        record["attempts"] = [*earlier, attempt | {"at": time.strftime("%Y-%m-%dT%H:%M:%S")}]
+        atomic_write_json(self.state_path, self.state)
 
 
 def _file_hash(path: Path | None) -> str | None:
@@ -199,6 +244,12 @@ class _Plan:
             gate_bases=list(dict.fromkeys(baselines + cfg.gate.baselines)),
             runs={},
         )
+
+    @property
+    def listed(self) -> list[str]:
+        """What eval.candidates lists besides the fine-tunes: every split evaluates exactly these
+        (with the split's fine-tunes), so validation and the sealed test score the same rungs."""
+        return self.baselines + self.extra
 
     @property
     def work(self) -> Path:
@@ -258,7 +309,7 @@ def run_ladder(
     }
     baseline_eval = Stage(
         "baselines",
-        eval_inputs | {"candidates": plan.baselines + plan.extra},
+        eval_inputs | {"candidates": plan.listed},
         lambda up: _evaluate_baselines(plan),
         after=(split,),
     )
@@ -276,7 +327,7 @@ def run_ladder(
     champion_inputs, champion_spec = _find_champion(plan)
     evaluate = Stage(
         "evaluate",
-        eval_inputs | champion_inputs,
+        eval_inputs | champion_inputs | {"candidates": plan.listed},
         lambda up: _evaluate(plan),
         after=(split, *trains),
     )
@@ -292,13 +343,26 @@ def run_ladder(
     first = methods[0]
     curve = [_curve_stage(plan, trains[0], first, names[first], evaluate)] if learning_curve else []
     registry = Stage("registry", {}, lambda up: _register(plan, up[gate]), after=(gate,))
-    report = Stage("report", {}, lambda up: _report(plan), after=(gate, registry, *curve))
-    # The one sealed test evaluation, only when asked.
-    test = [Stage("final-test", {}, lambda up: _final_test(plan, up[gate]), after=(gate,))]
-    stages = [check, split, baseline_eval, *trains, evaluate, gate, *curve, registry, report]
-    stages += _mlflow_stage(plan, gate, report)
-    outputs = ladder.run(stages + (test if final else []))
-    return _result(ladder, plan, outputs[gate])
+    # The one sealed test evaluation: when asked, or when an earlier --final left it up to date
+    # (then it comes back from the cache, and the test split is not spent again).
+    test = Stage(
+        "final-test",
+        {"candidates": plan.listed},
+        lambda up: _final_test(plan, up[gate]),
+        after=(gate,),
+    )
+    sealed = [test] if final or ladder.reusable(test) else []
+    # The report comes last, so that it covers the sealed test split as well as validation.
+    report = Stage(
+        "report",
+        {},
+        lambda up: _report(plan, up.get(test)),
+        after=(gate, registry, *curve, *sealed),
+    )
+    stages = [check, split, baseline_eval, *trains, evaluate, gate, *curve, registry, *sealed]
+    stages += [report, *_mlflow_stage(plan, gate, report)]
+    outputs = ladder.run(stages)
+    return _result(ladder, plan, outputs[gate], outputs.get(test))
 
 
 def _mlflow_stage(plan: _Plan, gate: Stage, report: Stage) -> list[Stage]:
@@ -370,7 +434,7 @@ def _evaluate_baselines(plan: _Plan) -> Outputs:
     evaluate(
         plan.cfg,
         split="val",
-        candidates=plan.baselines + plan.extra,
+        candidates=plan.listed,
         out_dir=out,
         progress=not plan.quiet,
     )
@@ -428,7 +492,7 @@ def _evaluate(plan: _Plan) -> Outputs:
     evaluate(
         plan.cfg,
         split="val",
-        candidates=plan.baselines + plan.extra,
+        candidates=plan.listed,
         finetuned=plan.runs | plan.champion,
         out_dir=plan.eval_dir,
         progress=not plan.quiet,
@@ -489,15 +553,19 @@ def _register(plan: _Plan, gate_out: Outputs) -> Outputs:
     return {"record": str(record), "versions": added, "promoted": promoted}
 
 
-def _report(plan: _Plan) -> Outputs:
+def _report(plan: _Plan, test_out: Outputs | None) -> Outputs:
+    """The report on validation; with the sealed test split beside it after ``--final``."""
     from tunewise.eval.report import render
 
-    html, md = render(plan.eval_dir, train_runs=list(plan.runs.values()))
+    test_dir = Path(test_out["eval"]).parent if test_out else None
+    html, md = render(plan.eval_dir, train_runs=list(plan.runs.values()), test_dir=test_dir)
     return {"html": str(html), "md": str(md)}
 
 
 def _final_test(plan: _Plan, gate_out: Outputs) -> Outputs:
-    """The sealed test split, once: the shipped fine-tune (else every one) and the baselines."""
+    """The sealed test split, once: the shipped fine-tune (else every one) and exactly the
+    candidates eval.candidates lists, as on validation (no constrained variant it does not list).
+    """
     from tunewise.eval.harness import evaluate
 
     out = plan.work / "eval-test"
@@ -508,7 +576,7 @@ def _final_test(plan: _Plan, gate_out: Outputs) -> Outputs:
     evaluate(
         plan.cfg,
         split="test",
-        candidates=plan.gate_bases,
+        candidates=plan.listed,
         finetuned=chosen,
         final=True,
         out_dir=out,
@@ -521,8 +589,12 @@ def _final_test(plan: _Plan, gate_out: Outputs) -> Outputs:
     return {"eval": str(out / "eval.json"), "ship": test_gate.get("ship")}
 
 
-def _result(ladder: Ladder, plan: _Plan, gate_out: Outputs) -> LadderResult:
+def _result(
+    ladder: Ladder, plan: _Plan, gate_out: Outputs, test_out: Outputs | None
+) -> LadderResult:
     ladder.result.eval_dir = plan.eval_dir
+    if test_out:
+        ladder.result.test_dir = Path(test_out["eval"]).parent
     shipped = gate_out.get("ship")
     verdict_file = gate_out["verdicts"].get(shipped) if shipped else gate_out.get("best_verdict")
     if verdict_file:
@@ -555,7 +627,11 @@ def _compare_and_gate(
     # The gate's pairs, and each rung against the ones below it for the advisor: one bootstrap.
     pairs = comparison_pairs([c.name for c in run.candidates], baselines)
     comp = compare(run, baselines=baselines, pairs=pairs, alpha=cfg.gate.alpha)
-    comp.meta.update({"alpha": cfg.gate.alpha, "delta": cfg.gate.delta})
+    # gate_baselines: what the gate holds a fine-tune to (the advisor reads it), a subset of the
+    # baselines the comparison tested
+    comp.meta.update(
+        {"alpha": cfg.gate.alpha, "delta": cfg.gate.delta, "gate_baselines": cfg.gate.baselines}
+    )
     attach_margin_tests(comp, run, cfg.gate, finetuned, champion)
     attach_judge_agreement(comp, run, eval_dir)
     comp.meta["seed_groups"] = run.meta.get("seed_groups", {})

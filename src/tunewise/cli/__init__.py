@@ -16,6 +16,7 @@ import typer
 from typer.core import TyperGroup
 
 from tunewise.errors import UserError
+from tunewise.interrupt import SIGTERM_EXIT_CODE, Terminated
 
 
 class _Group(TyperGroup):
@@ -25,6 +26,10 @@ class _Group(TyperGroup):
         except UserError as err:
             click.echo(f"error: {err}", err=True)
             sys.exit(err.exit_code)
+        except Terminated:
+            # SIGTERM, handled like Ctrl-C where a command knows how (the ladder says what was
+            # kept); the exit status says which signal stopped it, as the shell's would.
+            sys.exit(SIGTERM_EXIT_CODE)
 
 
 # bitsandbytes warns on import that an optional CPU kernel package is missing; it falls back to its

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
+from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
 from tunewise.progress import make_console
+
+if TYPE_CHECKING:
+    from tunewise.eval.results import BaselineReason, Comparison
 
 console = make_console()
 
@@ -54,42 +60,23 @@ def run_cmd(
         seeds=seeds,
     )
     if result.eval_dir is not None:
-        show_summary(result.eval_dir)
+        show_summary(result.eval_dir, test_dir=result.test_dir)
 
 
-def show_summary(eval_dir: Path) -> None:
-    """The comparison table, the verdict and the advice, read back from the eval directory."""
-    from tunewise.eval.results import Comparison, Verdict
+def show_summary(eval_dir: Path, test_dir: Path | None = None) -> None:
+    """The comparison table, the verdict and the advice, read back from the eval directory; with
+    ``test_dir`` (after ``--final``), the sealed test split's table and verdict beside them."""
+    from tunewise.eval.results import Comparison
 
     comp_path = eval_dir / "comparison.json"
     if not comp_path.is_file():
         return
     comp = Comparison.load(comp_path)
-    pm = comp.primary_metric
-    metric_names: list[str] = []
-    for per in comp.metrics.values():
-        metric_names += [name for name in per if name not in metric_names]
-    metric_names.sort(key=lambda n: (n != pm, n))
-    table = Table(title=f"validation results (primary: {pm}, 95% CI)")
-    table.add_column("candidate")
-    for name in metric_names:
-        table.add_column(name, justify="right")
-    for cand, per in comp.metrics.items():
-        cells = []
-        for name in metric_names:
-            e = per.get(name)
-            cells.append("-" if e is None else f"{e.value:.3f} [{e.ci_low:.2f}, {e.ci_high:.2f}]")
-        table.add_row(cand, *cells)
-    console.print(table)
+    console.print(_metrics_table(comp, f"validation results (primary: {comp.primary_metric}"))
     show_example(eval_dir)
-    verdict_path = eval_dir / "verdict.json"
-    if verdict_path.is_file():
-        v = Verdict.load(verdict_path)
-        lines = [f"{'✓' if r.passed else '✗'} vs {r.baseline}: {r.reason}" for r in v.reasons]
-        lines += [f"✗ guard: {g}" for g in v.guard_failures]
-        style = "green" if v.ship else "red"
-        title = f"SHIP {v.candidate}" if v.ship else f"DON'T SHIP {v.candidate}"
-        console.print(Panel("\n".join(lines) or v.summary, title=title, border_style=style))
+    _show_verdict(eval_dir, "")
+    if test_dir is not None and (test_dir / "comparison.json").is_file():
+        _show_sealed(test_dir)
     from tunewise.advise import facts_from_dir, recommend
 
     advice = recommend(facts_from_dir(eval_dir))
@@ -99,13 +86,71 @@ def show_summary(eval_dir: Path) -> None:
                 [advice.headline, *advice.reasons]
                 + ([advice.more_data] if advice.more_data else [])
             ),
-            title="advice",
+            title="advice (from validation)" if test_dir is not None else "advice",
             border_style="cyan",
         )
     )
     for name in ("report.html", "report.md"):
         if (eval_dir / name).is_file():
             console.print(f"report: {eval_dir / name}")
+
+
+def _metrics_table(comp: Comparison, title: str) -> Table:
+    """One row per candidate, one column per metric: value [95% CI]."""
+    pm = comp.primary_metric
+    metric_names: list[str] = []
+    for per in comp.metrics.values():
+        metric_names += [name for name in per if name not in metric_names]
+    metric_names.sort(key=lambda n: (n != pm, n))
+    table = Table(title=f"{title}, 95% CI)")
+    table.add_column("candidate")
+    for name in metric_names:
+        table.add_column(name, justify="right")
+    for cand, per in comp.metrics.items():
+        cells = []
+        for name in metric_names:
+            e = per.get(name)
+            cells.append("-" if e is None else f"{e.value:.3f} [{e.ci_low:.2f}, {e.ci_high:.2f}]")
+        table.add_row(cand, *cells)
+    return table
+
+
+def gate_line(r: BaselineReason) -> str:
+    """One line of the verdict: the reason names its baseline already ("beats prompt: ..."); only
+    a reason that does not gets the baseline's name in front."""
+    mark = "✓" if r.passed else "✗"
+    named = re.search(rf"(?<![\w+-]){re.escape(r.baseline)}(?![\w+-])", r.reason)
+    return f"{mark} {r.reason}" if named else f"{mark} {r.baseline}: {r.reason}"
+
+
+def _show_verdict(eval_dir: Path, where: str) -> None:
+    from tunewise.eval.results import Verdict
+
+    verdict_path = eval_dir / "verdict.json"
+    if not verdict_path.is_file():
+        return
+    v = Verdict.load(verdict_path)
+    lines = [gate_line(r) for r in v.reasons]
+    lines += [f"✗ guard: {g}" for g in v.guard_failures]
+    style = "green" if v.ship else "red"
+    title = f"SHIP {v.candidate}" if v.ship else f"DON'T SHIP {v.candidate}"
+    console.print(Panel("\n".join(lines) or v.summary, title=where + title, border_style=style))
+
+
+def _show_sealed(test_dir: Path) -> None:
+    """The sealed test split's table and verdict, marked as the one use it is."""
+    from tunewise.eval.report_sealed import ONE_USE
+    from tunewise.eval.results import Comparison, EvalRun
+
+    comp = Comparison.load(test_dir / "comparison.json")
+    run = EvalRun.load(test_dir / "eval.json")
+    use = run.meta.get("final_use")
+    title = f"SEALED TEST results ({len(run.item_ids)} items{f', use #{use}' if use else ''}"
+    console.print(_metrics_table(comp, f"{title}; primary: {comp.primary_metric}"))
+    _show_verdict(test_dir, "sealed test: ")
+    console.print(f"[yellow]⚠ {ONE_USE}[/]")
+    if run.meta.get("warning"):
+        console.print(f"[bold red]⚠ {run.meta['warning']}[/]")
 
 
 def show_example(eval_dir: Path) -> None:
@@ -133,7 +178,9 @@ def show_example(eval_dir: Path) -> None:
             ok = item.scores.get(run.primary_metric)
             mark = "" if ok is None else ("[green]✓[/]" if ok >= 1 else "[red]✗[/]")
             table.add_row(cand.name, item.output.strip()[:200] or "(empty)", mark)
-    console.print(Panel(question.strip()[:600], title="ticket", title_align="left"))
+    # titled by the project, whatever its data is (not "ticket", the demo's word)
+    title = f"{run.project}: {run.split} item {item_id}"
+    console.print(Panel(escape(question.strip()[:600]), title=escape(title), title_align="left"))
     console.print(table)
 
 

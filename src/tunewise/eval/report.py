@@ -216,8 +216,13 @@ def _load_ratings(eval_dir: Path, run: EvalRun) -> list[dict[str, Any]]:
     return out
 
 
-def build_context(eval_dir: Path, train_runs: Sequence[Path] = ()) -> dict[str, Any]:
-    """Everything the HTML and Markdown templates show, from EVAL_DIR and the training runs."""
+def build_context(
+    eval_dir: Path, train_runs: Sequence[Path] = (), test_dir: Path | None = None
+) -> dict[str, Any]:
+    """Everything the HTML and Markdown templates show, from EVAL_DIR and the training runs;
+    with ``test_dir``, the sealed test evaluation in a section of its own."""
+    from tunewise.eval.report_sealed import sealed_context
+
     eval_dir = Path(eval_dir)
     run, comp, gate_cfg, stale = _load_inputs(eval_dir)
     # Saved verdicts drawn from an older evaluation are not shown (nor deleted: they are the
@@ -275,6 +280,7 @@ def build_context(eval_dir: Path, train_runs: Sequence[Path] = ()) -> dict[str, 
         "worst": {n: _worst(run, n, primary) for n in names},
         "ratings": _load_ratings(eval_dir, run),
         "champion": _champion(run, verdicts, primary),
+        "sealed": sealed_context(Path(test_dir)) if test_dir is not None else None,
         "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
 
@@ -437,10 +443,13 @@ def _md_table(header: Sequence[Any], rows: Sequence[Sequence[Any]]) -> list[str]
 
 def render_markdown(ctx: dict[str, Any]) -> str:
     """The report as Markdown: the same sections as the HTML, without the figures."""
+    from tunewise.eval.report_sealed import md_sealed
+
     out = [f"# {md_escape(ctx['title'])}", ""]
     for section in (
         _md_verdicts,
         _md_metrics,
+        md_sealed,
         _md_pairs,
         _md_ratings,
         _md_champion,
@@ -625,10 +634,14 @@ def _md_worst(ctx: dict[str, Any]) -> list[str]:
     return out
 
 
-def render(eval_dir: str | Path, train_runs: Sequence[str | Path] = ()) -> tuple[Path, Path]:
-    """Write ``EVAL_DIR/report.html`` (self-contained) and ``EVAL_DIR/report.md``."""
+def render(
+    eval_dir: str | Path, train_runs: Sequence[str | Path] = (), test_dir: str | Path | None = None
+) -> tuple[Path, Path]:
+    """Write ``EVAL_DIR/report.html`` (self-contained) and ``EVAL_DIR/report.md``; with
+    ``test_dir`` (the sealed test evaluation), both cover it too."""
     eval_dir = Path(eval_dir)
-    ctx = build_context(eval_dir, [Path(p) for p in train_runs])
+    sealed = Path(test_dir) if test_dir is not None else None
+    ctx = build_context(eval_dir, [Path(p) for p in train_runs], sealed)
     html_path, md_path = eval_dir / "report.html", eval_dir / "report.md"
     atomic_write_text(html_path, render_html(ctx))
     atomic_write_text(md_path, render_markdown(ctx))

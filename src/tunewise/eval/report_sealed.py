@@ -1,0 +1,97 @@
+"""The sealed test split's part of the report, beside the validation results.
+
+``tunewise run --final`` evaluates the sealed test split once, after the gate has decided on
+validation. The report shows it in a section of its own, clearly marked: the split, its hash, which
+use of the split this was, the candidates' scores with their intervals, the gate's verdict on it
+and the evaluation time of every candidate that was actually run. The one-use warning says why
+these numbers must not feed back into any choice.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tunewise.eval.results import EVAL_FILE
+
+ONE_USE = (
+    "The sealed test split is used once, after every choice was made on validation: these "
+    "numbers are the final, unbiased estimate. Changing the prompt, the data or the training "
+    "because of them makes them optimistic; every use is recorded."
+)
+
+
+def sealed_context(test_dir: Path) -> dict[str, Any] | None:
+    """What the report shows of the sealed test evaluation in ``test_dir``; None when absent."""
+    from tunewise.eval import figures
+    from tunewise.eval.report import _fmt, _load_inputs, _metric_rows, _pair_rows, _verdicts
+
+    if not (test_dir / EVAL_FILE).is_file():
+        return None
+    run, comp, gate_cfg, stale = _load_inputs(test_dir)
+    verdicts, provisional = _verdicts(test_dir, comp, run, gate_cfg, use_saved=not stale)
+    baselines = [b for b in comp.meta.get("baselines", gate_cfg.baselines) if b in comp.metrics]
+    order = [*baselines, *(c.name for c in run.candidates), *comp.metrics]
+    names = list(dict.fromkeys(n for n in order if n in comp.metrics))
+    primary = comp.primary_metric
+    metrics = sorted(
+        {m for per in comp.metrics.values() for m in per},
+        key=lambda m: (m != primary, m == "format_compliance", m),
+    )
+    colors = figures.colors(names, baselines)
+    seconds = {c.name: float(c.meta.get("seconds", 0.0)) for c in run.candidates}
+    return {
+        "dir": str(test_dir),
+        "split": run.split,
+        "split_hash": run.split_hash[:12],
+        "n_items": len(run.item_ids),
+        "final_use": run.meta.get("final_use"),
+        "repeated": run.meta.get("warning"),  # set when the split had been evaluated before
+        "one_use": ONE_USE,
+        "metrics": metrics,
+        "table": _metric_rows(comp, names, metrics, baselines, colors),
+        "pairs_primary": [p for p in _pair_rows(comp) if p["primary"]],
+        "verdicts": verdicts,
+        "provisional": provisional,
+        # what was run on the test split, and what it cost: one row per evaluated candidate
+        "seconds": [(name, _fmt(s, 1)) for name, s in seconds.items()],
+        "total_seconds": _fmt(sum(seconds.values()), 1),
+    }
+
+
+def md_sealed(ctx: dict[str, Any]) -> list[str]:
+    """The sealed test section of report.md (empty without one)."""
+    from tunewise.eval.report import _md_table, md_escape
+
+    s = ctx.get("sealed")
+    if not s:
+        return []
+    e = md_escape
+    use = f", final use #{s['final_use']}" if s["final_use"] else ""
+    out = [
+        "## SEALED TEST SPLIT (one use)",
+        "",
+        f"> ⚠ {e(s['one_use'])}",
+        "",
+        f"Split `{e(s['split'])}` ({s['n_items']} items, hash {e(s['split_hash'])}{use}).",
+        "",
+    ]
+    if s["repeated"]:
+        out += [f"> ⚠ {e(s['repeated'])}", ""]
+    for v in s["verdicts"]:
+        out += [f"**{'✅' if v.ship else '⛔'} on test: {e(v.summary)}**", ""]
+        out += [f"- {'✔' if r.passed else '✘'} {e(r.reason)}" for r in v.reasons]
+        out += [f"- ✘ guard {e(g)}" for g in v.guard_failures] + [""]
+    out += _md_table(
+        ["candidate", *(e(m) for m in s["metrics"])],
+        [
+            [
+                e(row["name"]) + (" (baseline)" if row["is_baseline"] else ""),
+                *("–" if c is None else f"{c['value']} [{c['ci']}]" for c in row["cells"]),
+            ]
+            for row in s["table"]
+        ],
+    )
+    times = ", ".join(f"{e(name)} {sec} s" for name, sec in s["seconds"])
+    out += ["", f"Evaluated on test: {times} (total {s['total_seconds']} s).", ""]
+    return out
