@@ -428,5 +428,6 @@ def test_facts_from_dir_reads_the_configured_gate_baselines(tmp_path):
     save_verdict(decide(comp, "ft", gate), tmp_path / "verdict.json", gate)
     f = facts_from_dir(tmp_path)
     assert f.gate_baselines == ["knn"]
-    knn = [r for r in recommend(f).reasons + [recommend(f).headline] if "knn" in r]
+    advice = recommend(f)
+    knn = [r for r in [*advice.reasons, advice.headline] if "knn" in r]
     assert knn and not any("not a gate baseline" in r for r in knn)
