@@ -384,7 +384,8 @@ def test_report_covers_the_sealed_test_split_when_given(eval_dir, tmp_path):
     run.split = "test"
     run.meta.update({"final": True, "final_use": 1})
     for i, c in enumerate(run.candidates):
-        c.meta["seconds"] = 10.0 * (i + 1)
+        c.meta.update({"seconds": 10.0 * (i + 1), "cache_hits": 0, "cache_misses": 60})
+    run.candidate("prompt").meta.update({"cache_hits": 60, "cache_misses": 0})
     run.save(test_dir / "eval.json")
     html_path, md_path = render(eval_dir)
     assert "SEALED TEST" not in html_path.read_text()  # validation only, unless given
@@ -393,7 +394,21 @@ def test_report_covers_the_sealed_test_split_when_given(eval_dir, tmp_path):
     for text in (html, md):
         assert "SEALED TEST SPLIT" in text and "used once" in text
         assert "final use #1" in text
-        assert "total 100.0 s" in text  # what was run on test, and its evaluation time
+        # what was run on test, and what evaluating it took
+        assert "total 100.0 s for 4 candidates" in text
+        assert "prompt 10.0 s (answers from the cache), fewshot 20.0 s," in text
+        assert "Evaluation time on val: prompt 0.0 s" in text  # validation's line too
+    # `tunewise report --test DIR` does the same by hand; a folder without eval.json is exit 2
+    from typer.testing import CliRunner
+
+    from tunewise.cli import app
+
+    md_path.unlink()
+    res = CliRunner().invoke(app, ["report", str(eval_dir), "--test", str(test_dir)])
+    assert res.exit_code == 0, res.output
+    assert "SEALED TEST SPLIT" in md_path.read_text()
+    res = CliRunner().invoke(app, ["report", str(eval_dir), "--test", str(tmp_path)])
+    assert res.exit_code == 2 and "no eval.json there" in res.output
     section = md.split("## SEALED TEST SPLIT")[1].split("\n## ")[0]
     assert "lora-r8" in section and "prompt (baseline)" in section
     assert "on test: SHIP lora-r8" in section or "on test: DON'T SHIP lora-r8" in section

@@ -193,12 +193,21 @@ def report_cmd(
     train_runs: list[Path] | None = typer.Option(
         None, "--train-run", help="training run dir with run.json (repeatable)"
     ),
+    test_dir: Path | None = typer.Option(
+        None,
+        "--test",
+        help="the sealed test evaluation (e.g. .tunewise/eval-test), shown in its own section",
+        file_okay=False,
+    ),
 ) -> None:
     """Write report.html (self-contained) and report.md into EVAL_DIR."""
     from tunewise.eval.report import render
+    from tunewise.eval.results import EVAL_FILE
 
+    if test_dir is not None and not (test_dir / EVAL_FILE).is_file():
+        raise UserError(f"--test {test_dir}: no {EVAL_FILE} there (run `tunewise run --final`)")
     with console.status("rendering report ..."):
-        html, md = render(eval_dir, train_runs or [])
+        html, md = render(eval_dir, train_runs or [], test_dir=test_dir)
     console.print(f"wrote {html}\nwrote {md}")
 
 

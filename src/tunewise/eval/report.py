@@ -221,7 +221,7 @@ def build_context(
 ) -> dict[str, Any]:
     """Everything the HTML and Markdown templates show, from EVAL_DIR and the training runs;
     with ``test_dir``, the sealed test evaluation in a section of its own."""
-    from tunewise.eval.report_sealed import sealed_context
+    from tunewise.eval.report_sealed import eval_time, sealed_context
 
     eval_dir = Path(eval_dir)
     run, comp, gate_cfg, stale = _load_inputs(eval_dir)
@@ -281,6 +281,7 @@ def build_context(
         "ratings": _load_ratings(eval_dir, run),
         "champion": _champion(run, verdicts, primary),
         "sealed": sealed_context(Path(test_dir)) if test_dir is not None else None,
+        "eval_time": eval_time(run),
         "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
 
@@ -510,7 +511,7 @@ def _md_metrics(ctx: dict[str, Any]) -> list[str]:
             for row in ctx["table"]
         ],
     )
-    out.append("")
+    out += ["", f"Evaluation time on {e(ctx['split'])}: {e(ctx['eval_time'])}.", ""]
     for note in ctx["nan_notes"]:
         out.append(f"- judge parse failures: {e(note)}")
     if ctx["nan_notes"]:

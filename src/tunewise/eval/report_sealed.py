@@ -1,4 +1,5 @@
-"""The sealed test split's part of the report, beside the validation results.
+"""The sealed test split's part of the report, beside the validation results; and what each
+evaluation took (:func:`eval_time`), for both splits.
 
 ``tunewise run --final`` evaluates the sealed test split once, after the gate has decided on
 validation. The report shows it in a section of its own, clearly marked: the split, its hash, which
@@ -12,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tunewise.eval.results import EVAL_FILE
+from tunewise.eval.results import EVAL_FILE, EvalRun
 
 ONE_USE = (
     "The sealed test split is used once, after every choice was made on validation: these "
@@ -24,7 +25,7 @@ ONE_USE = (
 def sealed_context(test_dir: Path) -> dict[str, Any] | None:
     """What the report shows of the sealed test evaluation in ``test_dir``; None when absent."""
     from tunewise.eval import figures
-    from tunewise.eval.report import _fmt, _load_inputs, _metric_rows, _pair_rows, _verdicts
+    from tunewise.eval.report import _load_inputs, _metric_rows, _pair_rows, _verdicts
 
     if not (test_dir / EVAL_FILE).is_file():
         return None
@@ -39,7 +40,6 @@ def sealed_context(test_dir: Path) -> dict[str, Any] | None:
         key=lambda m: (m != primary, m == "format_compliance", m),
     )
     colors = figures.colors(names, baselines)
-    seconds = {c.name: float(c.meta.get("seconds", 0.0)) for c in run.candidates}
     return {
         "dir": str(test_dir),
         "split": run.split,
@@ -53,10 +53,21 @@ def sealed_context(test_dir: Path) -> dict[str, Any] | None:
         "pairs_primary": [p for p in _pair_rows(comp) if p["primary"]],
         "verdicts": verdicts,
         "provisional": provisional,
-        # what was run on the test split, and what it cost: one row per evaluated candidate
-        "seconds": [(name, _fmt(s, 1)) for name, s in seconds.items()],
-        "total_seconds": _fmt(sum(seconds.values()), 1),
+        "eval_time": eval_time(run),
     }
+
+
+def eval_time(run: EvalRun) -> str:
+    """What evaluating each candidate that was run took, from ``eval.json``: every candidate in
+    it, none that was only configured. A candidate whose answers all came from the generation
+    cache says so, since its time is not what computing them cost."""
+    parts, total = [], 0.0
+    for c in run.candidates:
+        seconds = float(c.meta.get("seconds", 0.0))
+        total += seconds
+        cached = c.meta.get("cache_misses") == 0 and c.meta.get("cache_hits", 0) > 0
+        parts.append(f"{c.name} {seconds:.1f} s" + (" (answers from the cache)" if cached else ""))
+    return f"{', '.join(parts)}; total {total:.1f} s for {len(run.candidates)} candidates"
 
 
 def md_sealed(ctx: dict[str, Any]) -> list[str]:
@@ -92,6 +103,5 @@ def md_sealed(ctx: dict[str, Any]) -> list[str]:
             for row in s["table"]
         ],
     )
-    times = ", ".join(f"{e(name)} {sec} s" for name, sec in s["seconds"])
-    out += ["", f"Evaluated on test: {times} (total {s['total_seconds']} s).", ""]
+    out += ["", f"Evaluation time on test: {e(s['eval_time'])}.", ""]
     return out
