@@ -247,6 +247,7 @@ def test_final_scores_exactly_the_listed_candidates_and_shows_the_sealed_test(pr
 
     out = r.output
     assert "validation results" in out and "SEALED TEST results" in out
+    assert "accuracy on validation" in out and "accuracy on test" in out  # side by side
     test_verdict = json.loads((work / "eval-test" / "verdict.json").read_text())
     shown = "SHIP finetuned" if test_verdict["ship"] else "DON'T SHIP finetuned"
     assert f"sealed test: {shown}" in out

@@ -15,7 +15,7 @@ from rich.table import Table
 from tunewise.progress import make_console
 
 if TYPE_CHECKING:
-    from tunewise.eval.results import BaselineReason, Comparison
+    from tunewise.eval.results import BaselineReason, Comparison, MetricEstimate
 
 console = make_console()
 
@@ -76,7 +76,7 @@ def show_summary(eval_dir: Path, test_dir: Path | None = None) -> None:
     show_example(eval_dir)
     _show_verdict(eval_dir, "")
     if test_dir is not None and (test_dir / "comparison.json").is_file():
-        _show_sealed(test_dir)
+        _show_sealed(test_dir, comp)
     from tunewise.advise import facts_from_dir, recommend
 
     advice = recommend(facts_from_dir(eval_dir))
@@ -95,8 +95,9 @@ def show_summary(eval_dir: Path, test_dir: Path | None = None) -> None:
             console.print(f"report: {eval_dir / name}")
 
 
-def _metrics_table(comp: Comparison, title: str) -> Table:
-    """One row per candidate, one column per metric: value [95% CI]."""
+def _metrics_table(comp: Comparison, title: str, beside: Comparison | None = None) -> Table:
+    """One row per candidate, one column per metric: value [95% CI]; with ``beside`` (the
+    validation comparison), its primary metric in a first column, for reading the two together."""
     pm = comp.primary_metric
     metric_names: list[str] = []
     for per in comp.metrics.values():
@@ -104,15 +105,21 @@ def _metrics_table(comp: Comparison, title: str) -> Table:
     metric_names.sort(key=lambda n: (n != pm, n))
     table = Table(title=f"{title}, 95% CI)")
     table.add_column("candidate")
+    if beside is not None:
+        table.add_column(f"{pm} on validation", justify="right", style="dim")
     for name in metric_names:
-        table.add_column(name, justify="right")
+        shown = f"{name} on test" if beside is not None and name == pm else name
+        table.add_column(shown, justify="right")
     for cand, per in comp.metrics.items():
-        cells = []
-        for name in metric_names:
-            e = per.get(name)
-            cells.append("-" if e is None else f"{e.value:.3f} [{e.ci_low:.2f}, {e.ci_high:.2f}]")
+        cells = [_cell(per.get(name)) for name in metric_names]
+        if beside is not None:
+            cells.insert(0, _cell(beside.metrics.get(cand, {}).get(pm)))
         table.add_row(cand, *cells)
     return table
+
+
+def _cell(e: MetricEstimate | None) -> str:
+    return "-" if e is None else f"{e.value:.3f} [{e.ci_low:.2f}, {e.ci_high:.2f}]"
 
 
 def gate_line(r: BaselineReason) -> str:
@@ -137,8 +144,9 @@ def _show_verdict(eval_dir: Path, where: str) -> None:
     console.print(Panel("\n".join(lines) or v.summary, title=where + title, border_style=style))
 
 
-def _show_sealed(test_dir: Path) -> None:
-    """The sealed test split's table and verdict, marked as the one use it is."""
+def _show_sealed(test_dir: Path, val: Comparison) -> None:
+    """The sealed test split's table (validation's primary metric beside it) and verdict, marked
+    as the one use it is."""
     from tunewise.eval.report_sealed import ONE_USE
     from tunewise.eval.results import Comparison, EvalRun
 
@@ -146,7 +154,7 @@ def _show_sealed(test_dir: Path) -> None:
     run = EvalRun.load(test_dir / "eval.json")
     use = run.meta.get("final_use")
     title = f"SEALED TEST results ({len(run.item_ids)} items{f', use #{use}' if use else ''}"
-    console.print(_metrics_table(comp, f"{title}; primary: {comp.primary_metric}"))
+    console.print(_metrics_table(comp, f"{title}; primary: {comp.primary_metric}", beside=val))
     _show_verdict(test_dir, "sealed test: ")
     console.print(f"[yellow]⚠ {ONE_USE}[/]")
     if run.meta.get("warning"):
