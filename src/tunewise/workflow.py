@@ -21,6 +21,7 @@ scheduler: a stage may only read from stages listed before it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import time
@@ -201,7 +202,10 @@ class Ladder:
         earlier = [a for a in record.get("attempts", []) if a.get("key") == stage.key]
         attempt = {"key": stage.key, "how": how, "seconds": round(seconds, 2)}
         record["attempts"] = [*earlier, attempt | {"at": time.strftime("%Y-%m-%dT%H:%M:%S")}]
-        atomic_write_json(self.state_path, self.state)
+        # The exception being handled matters more than this record: a failed write (disk full)
+        # must not replace it.
+        with contextlib.suppress(OSError):
+            atomic_write_json(self.state_path, self.state)
 
 
 def _file_hash(path: Path | None) -> str | None:
