@@ -262,16 +262,20 @@ def run_ladder(
         lambda up: _evaluate_baselines(plan),
         after=(split,),
     )
-    # The fine-tuned candidates' names in the evaluation: "finetuned", or one per method.
-    names = {m: f"finetuned-{m}" if len(methods) > 1 else "finetuned" for m in methods}
+    # The fine-tuned candidates' names: "finetuned", or one per method, "+fewshot" per variant.
+    variants = cfg.train.variants or [cfg.train.context]
+    names = _candidate_names(methods, variants)
     trains = []
     for m in methods:
-        for k in range(seeds):
-            stage, run_dir = _train_stage(plan, full_cfg, m, split, k if seeds > 1 else None)
-            plan.runs[names[m] if seeds == 1 else seed_name(names[m], k)] = run_dir
-            trains.append(stage)
-        if seeds > 1:
-            plan.groups[names[m]] = [seed_name(names[m], k) for k in range(seeds)]
+        for v in variants:
+            name = names[m, v]
+            for k in range(seeds):
+                seed = k if seeds > 1 else None
+                stage, run_dir = _train_stage(plan, full_cfg, m, split, seed, context=v)
+                plan.runs[name if seeds == 1 else seed_name(name, k)] = run_dir
+                trains.append(stage)
+            if seeds > 1:
+                plan.groups[name] = [seed_name(name, k) for k in range(seeds)]
     # The production version, when the project has one: a new version must not regress from it.
     champion_inputs, champion_spec = _find_champion(plan)
     evaluate = Stage(
@@ -288,8 +292,8 @@ def run_ladder(
         ),
         after=(evaluate,),
     )
-    # Opt-in: the first method again on 25% and 50% of train.
-    first = methods[0]
+    # Opt-in: the first method (its first context variant) again on 25% and 50% of train.
+    first = methods[0], variants[0]
     curve = [_curve_stage(plan, trains[0], first, names[first], evaluate)] if learning_curve else []
     registry = Stage("registry", {}, lambda up: _register(plan, up[gate]), after=(gate,))
     report = Stage("report", {}, lambda up: _report(plan), after=(gate, registry, *curve))
@@ -377,27 +381,69 @@ def _evaluate_baselines(plan: _Plan) -> Outputs:
     return {"eval": str(out / "eval.json")}
 
 
+def _candidate_names(methods: list[str], variants: list[str]) -> dict[tuple[str, str], str]:
+    """Candidate name per (method, context variant): ``finetuned`` (one method, no context),
+    ``finetuned-lora`` (several methods), ``finetuned+fewshot`` (trained with that context)."""
+    out = {}
+    for m in methods:
+        for v in variants:
+            base = f"finetuned-{m}" if len(methods) > 1 else "finetuned"
+            out[m, v] = base if v == "none" else f"{base}+{v}"
+    return out
+
+
+def _train_inputs(full_cfg: dict[str, Any], context: str) -> dict[str, Any]:
+    """The config a training run depends on. Without context the RAFT keys are left out, so a
+    project that does not use them keeps its cached runs; with it, the retrieval settings and the
+    documents it retrieves from are part of the run (they shape every training prompt)."""
+    train = {k: v for k, v in full_cfg["train"].items() if k != "variants"}
+    train["context"] = context
+    if context == "none":
+        train.pop("context")
+        if not train.get("context_distractor_share"):
+            train.pop("context_distractor_share", None)
+        return {"train": train}
+    docs = full_cfg["data"].get("docs")
+    retrieval = {
+        "retrieval": full_cfg["eval"][context],
+        "split_seed": full_cfg["data"]["split"]["seed"],
+        "docs": _file_hash(Path(docs)) if context == "rag" and docs else None,
+    }
+    return {"train": train, "context": retrieval}
+
+
 def _train_stage(
-    plan: _Plan, full_cfg: dict[str, Any], method: str, split: Stage, k: int | None = None
+    plan: _Plan,
+    full_cfg: dict[str, Any],
+    method: str,
+    split: Stage,
+    k: int | None = None,
+    *,
+    context: str = "none",
 ) -> tuple[Stage, Path]:
-    """Training for one method (the k-th extra seed with --seeds), and its run directory; an
-    interrupted run resumes."""
+    """Training for one method and context variant (the k-th extra seed with --seeds), and its
+    run directory; an interrupted run resumes."""
     seed = plan.cfg.train.seed + (k or 0)
-    cfg = plan.cfg.model_copy(update={"train": plan.cfg.train.model_copy(update={"seed": seed})})
+    train_cfg = plan.cfg.train.model_copy(update={"seed": seed, "context": context})
+    cfg = plan.cfg.model_copy(update={"train": train_cfg})
+    given = _train_inputs(full_cfg, context)
     inputs = {
-        "train": full_cfg["train"] | {"method": method, "seed": seed},
+        **given,
+        "train": given["train"] | {"method": method, "seed": seed},
         "model": full_cfg["model"],
         "task": full_cfg["task"],
     }
     # One directory per training key: a changed config trains afresh beside the old run, and an
     # interrupted run with the same key resumes from its last checkpoint.
-    run_dir = plan.work / "runs" / f"{method}-{sha256_json(inputs | {'split': split.key})[:10]}"
+    kind = method if context == "none" else f"{method}-{context}"
+    run_dir = plan.work / "runs" / f"{kind}-{sha256_json(inputs | {'split': split.key})[:10]}"
 
     def train_it(upstream: dict[Stage, Outputs]) -> Outputs:
         _train_or_resume(cfg, run_dir, method, plan.con, quiet=plan.quiet)
         return {"run": str(RunDir(run_dir).run_json)}
 
-    name = f"train-{method}" if k is None else f"train-{method}-seed{seed}"
+    name = f"train-{method}" + ("" if context == "none" else f"+{context}")
+    name += "" if k is None else f"-seed{seed}"
     return Stage(name, inputs, train_it, after=(split,)), run_dir
 
 
@@ -451,11 +497,15 @@ def _pool_seed_groups(eval_dir: Path, groups: dict[str, list[str]]) -> None:
     run.save(eval_dir / "eval.json")
 
 
-def _curve_stage(plan: _Plan, train: Stage, method: str, full_name: str, evaluate: Stage) -> Stage:
-    """The learning curve: ``method`` retrained on subsets of train, beside the full run."""
+def _curve_stage(
+    plan: _Plan, train: Stage, first: tuple[str, str], full_name: str, evaluate: Stage
+) -> Stage:
+    """The learning curve: ``first`` (method, context variant) retrained on subsets of train,
+    beside the full run."""
+    method, context = first
 
     def measure(upstream: dict[Stage, Outputs]) -> Outputs:
-        return _learning_curve(plan, method, full_name, train_key=train.key)
+        return _learning_curve(plan, method, full_name, train_key=train.key, context=context)
 
     return Stage("learning-curve", {"fractions": list(FRACTIONS)}, measure, after=(evaluate, train))
 
@@ -625,7 +675,7 @@ def _train_or_resume(
 
 
 def _train_subsets(
-    plan: _Plan, method: str, full_name: str, train_key: str
+    plan: _Plan, method: str, full_name: str, train_key: str, context: str = "none"
 ) -> tuple[dict[str, Path], dict[str, int], int]:
     """``method`` trained on nested, label-stratified subsets of train (25%, 50%).
 
@@ -634,7 +684,9 @@ def _train_subsets(
     from tunewise.data.schema import load_examples
     from tunewise.learning_curve import stratified_order, subset_sizes, write_subset
 
-    cfg = plan.cfg
+    cfg = plan.cfg.model_copy(
+        update={"train": plan.cfg.train.model_copy(update={"context": context})}
+    )
     train_path = plan.work / "splits" / "train.jsonl"
     examples = load_examples(train_path)
     order = stratified_order(
@@ -668,7 +720,9 @@ def _train_subsets(
     return runs, sizes, len(examples)
 
 
-def _learning_curve(plan: _Plan, method: str, full_name: str, train_key: str) -> Outputs:
+def _learning_curve(
+    plan: _Plan, method: str, full_name: str, train_key: str, context: str = "none"
+) -> Outputs:
     """Train ``method`` on nested 25%/50% subsets, evaluate them on val, write the curve."""
     from tunewise.eval.harness import evaluate
     from tunewise.eval.results import EvalRun
@@ -676,7 +730,7 @@ def _learning_curve(plan: _Plan, method: str, full_name: str, train_key: str) ->
     from tunewise.learning_curve import save_curve
 
     cfg = plan.cfg
-    runs, sizes, n_train = _train_subsets(plan, method, full_name, train_key)
+    runs, sizes, n_train = _train_subsets(plan, method, full_name, train_key, context)
     full = EvalRun.load(plan.eval_dir / "eval.json")
     pm = full.primary_metric
     # The full run's point is the ladder's own fine-tune; its CI only, not every candidate's.
