@@ -118,6 +118,15 @@ class ContextBuilder:
             )
         return self._index
 
+    def warm(self) -> ContextBuilder:
+        """Build the selector or index now (the server's first request should not pay it, and
+        concurrent requests must not build it twice)."""
+        if self.spec.mode == "fewshot":
+            self.selector()
+        else:
+            self.index()
+        return self
+
     def _rag_hits(self, queries: Sequence[Example], depth: int) -> list[list[rag_mod.Hit]]:
         """Hits per query, best first, with any passage made from the query itself dropped."""
         hits = self.index().search_many([q.user_text for q in queries], depth)

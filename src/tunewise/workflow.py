@@ -604,6 +604,7 @@ def _compare_and_gate(
     run = EvalRun.load(eval_dir / "eval.json")
     # The gate's pairs, and each rung against the ones below it for the advisor: one bootstrap.
     pairs = comparison_pairs([c.name for c in run.candidates], baselines)
+    pairs += _variant_pairs([c.name for c in run.candidates])
     comp = compare(run, baselines=baselines, pairs=pairs, alpha=cfg.gate.alpha)
     comp.meta.update({"alpha": cfg.gate.alpha, "delta": cfg.gate.delta})
     attach_margin_tests(comp, run, cfg.gate, finetuned, champion)
@@ -636,6 +637,18 @@ def _compare_and_gate(
         "ship": ship,
         "best_verdict": verdicts.get(chosen) if chosen else None,
     }
+
+
+def _variant_pairs(names: list[str]) -> list[tuple[str, str]]:
+    """Each context-trained fine-tune against the same fine-tune without context
+    (``finetuned+fewshot`` vs ``finetuned``): what training with the context bought."""
+    out = []
+    for name in names:
+        for mode in ("fewshot", "rag"):
+            plain = name.removesuffix(f"+{mode}")
+            if plain != name and plain in names and plain.startswith("finetuned"):
+                out.append((name, plain))
+    return out
 
 
 def _train_or_resume(
