@@ -306,3 +306,61 @@ def test_ladder_trains_plain_and_context_variants_and_compares_them(tmp_path, ti
     # Adding the variant kept the plain run's key: a rerun with variants [none] is all cached.
     again = run_ladder(load_project(path, ["train.variants=[none]"]), quiet=True)
     assert {s.name: s.status for s in again.stages}["train-lora"] == "cached"
+
+
+# --- the advisor ----------------------------------------------------------------------------------
+
+# The banking run: every rung that shows examples beats the plain fine-tune.
+BANKING = {"prompt": 0.0, "fewshot": 0.866, "rag": 0.852, "knn": 0.899, "finetuned": 0.624}
+
+
+def _facts(metrics, *, contexts=None, better=None, rag_sources=("train",)):
+    from tunewise.advise import Facts
+
+    methods = {c: "lora" for c in metrics if c.startswith("finetuned")}
+    return Facts(
+        primary_metric="accuracy",
+        metrics=metrics,
+        clearly_better=better or {},
+        methods=methods,
+        rag_sources=list(rag_sources),
+        contexts=contexts or {},
+    )
+
+
+def test_advisor_points_a_losing_plain_fine_tune_to_the_context_trained_variant():
+    from tunewise.advise import recommend
+
+    advice = recommend(_facts(BANKING))
+    note = next(r for r in advice.reasons if "trails the rungs that show" in r)
+    assert "finetuned, accuracy 0.624" in note
+    assert "few-shot 0.866" in note and "RAG 0.852" in note
+    assert "train.variants: [none, fewshot]" in note  # the better of the two rungs
+    # RAG over documents only does not show examples: few-shot alone is named.
+    docs_only = recommend(_facts(BANKING, rag_sources=("docs",)))
+    note = next(r for r in docs_only.reasons if "trails the rungs" in r)
+    assert "RAG" not in note.split("(")[2]
+
+
+def test_advisor_reports_the_measured_context_variant_against_plain():
+    from tunewise.advise import recommend
+
+    metrics = {**BANKING, "finetuned+fewshot": 0.93}
+    advice = recommend(
+        _facts(
+            metrics,
+            contexts={"finetuned+fewshot": "fewshot"},
+            better={("finetuned+fewshot", "finetuned"): True},
+        )
+    )
+    note = next(r for r in advice.reasons if "trails the rungs" in r)
+    assert "context-trained finetuned+fewshot" in note
+    assert "scores 0.930, clearly above the plain fine-tune's 0.624" in note
+    assert "train.variants" not in note
+
+
+def test_advisor_says_nothing_when_the_plain_fine_tune_keeps_up():
+    from tunewise.advise import recommend
+
+    advice = recommend(_facts({**BANKING, "finetuned": 0.86}))
+    assert not any("trails the rungs" in r for r in advice.reasons)
