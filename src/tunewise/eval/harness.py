@@ -316,8 +316,14 @@ def plan_candidates(
             continue
         if name == "finetuned":
             plan += [n for n in finetuned if n not in plan]
-        elif name == "finetuned+rag":  # a context-trained run already carries its context
-            plan += [f"{n}+rag" for n in finetuned if not _context_trained(finetuned[n])]
+        elif name == "finetuned+rag":
+            # A context-trained run already carries its context; and a run trained with rag
+            # context named "finetuned+rag" is that run, not "finetuned" with a RAG prompt.
+            plan += [
+                f"{n}+rag"
+                for n in finetuned
+                if not _context_trained(finetuned[n]) and f"{n}+rag" not in finetuned
+            ]
         elif name == "external":
             plan += ext_names
         elif name not in plan:
