@@ -20,6 +20,7 @@ from tunewise.config import load_project
 from tunewise.context import (
     CONTEXT_FILE,
     ContextBuilder,
+    ContextSpec,
     is_distractor_row,
     training_examples,
 )
@@ -364,3 +365,22 @@ def test_advisor_says_nothing_when_the_plain_fine_tune_keeps_up():
 
     advice = recommend(_facts({**BANKING, "finetuned": 0.86}))
     assert not any("trails the rungs" in r for r in advice.reasons)
+
+
+def test_vllm_export_warns_that_a_context_trained_adapter_needs_its_context(
+    tmp_path, tiny_model_dir
+):
+    from _ship_helpers import make_run
+    from tunewise.export import plan_vllm
+    from tunewise.registry import Registry
+
+    plain = make_run(tiny_model_dir, tmp_path / "plain", seed=1)
+    ctx = make_run(tiny_model_dir, tmp_path / "ctx", seed=2)
+    pool = [Example([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "a"}])]
+    ContextBuilder(ContextSpec("fewshot", "Classify.", 2), pool).save(ctx / CONTEXT_FILE)
+    reg = Registry()
+    reg.add(plain, name="plain")
+    reg.add(ctx, name="ctx")
+    plan, _ = plan_vllm(["plain", "ctx"], registry=reg)
+    about = [w for w in plan.warnings if "retrieved context" in w]
+    assert len(about) == 1 and about[0].startswith("ctx (ctx:1)")
