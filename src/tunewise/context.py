@@ -105,7 +105,7 @@ class ContextBuilder:
             s = self.spec
             self._selector = fewshot_mod.FewShotSelector(
                 self.train, k=s.k, selection=s.selection, seed=s.seed, embedder=self._embedder
-            )  # type: ignore[arg-type]
+            )
         return self._selector
 
     def index(self) -> rag_mod.RagIndex:
@@ -180,7 +180,7 @@ class ContextBuilder:
                 selection=s.selection,
                 seed=s.seed,
                 embedder=self._embedder,
-            )  # type: ignore[arg-type]
+            )
             out = []
             for q, ranked in zip(queries, deep.select_many(list(queries)), strict=True):
                 shots = [ex for ex in ranked if ex.target != q.target][: s.k]
@@ -277,3 +277,51 @@ def training_examples(
         out.append(Example([*msgs, dict(ex.messages[-1])], ex.line, ex.source, ex.meta))
         starts.append(own_turns_start(msgs, ex, builder.spec.system_prompt))
     return out, starts
+
+
+# --- the ladder's context variants (train.variants) ----------------------------------------------
+
+
+def candidate_names(methods: Sequence[str], variants: Sequence[str]) -> dict[tuple[str, str], str]:
+    """Candidate name per (method, context variant): ``finetuned`` (one method, no context),
+    ``finetuned-lora`` (several methods), ``finetuned+fewshot`` (trained with that context)."""
+    out = {}
+    for m in methods:
+        for v in variants:
+            base = f"finetuned-{m}" if len(methods) > 1 else "finetuned"
+            out[m, v] = base if v == "none" else f"{base}+{v}"
+    return out
+
+
+def training_key_inputs(
+    full_cfg: dict[str, Any], context: str, *, docs_hash: str | None = None
+) -> dict[str, Any]:
+    """The config a training run with ``context`` depends on (its ladder key). Without context
+    the RAFT keys are left out, so a project that does not use them keeps its cached runs; with
+    it, the retrieval settings and the documents (``docs_hash``, rag) are part of the run: they
+    shape every training prompt."""
+    train = {k: v for k, v in full_cfg["train"].items() if k != "variants"}
+    train["context"] = context
+    if context == "none":
+        train.pop("context")
+        if not train.get("context_distractor_share"):
+            train.pop("context_distractor_share", None)
+        return {"train": train}
+    retrieval = {
+        "retrieval": full_cfg["eval"][context],
+        "split_seed": full_cfg["data"]["split"]["seed"],
+        "docs": docs_hash if context == "rag" else None,
+    }
+    return {"train": train, "context": retrieval}
+
+
+def variant_pairs(names: Sequence[str]) -> list[tuple[str, str]]:
+    """Each context-trained fine-tune against the same fine-tune without context
+    (``finetuned+fewshot`` vs ``finetuned``): what training with the context bought."""
+    out = []
+    for name in names:
+        for mode in ("fewshot", "rag"):
+            plain = name.removesuffix(f"+{mode}")
+            if plain != name and plain in names and plain.startswith("finetuned"):
+                out.append((name, plain))
+    return out

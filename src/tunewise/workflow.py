@@ -33,6 +33,7 @@ from rich.markup import escape
 
 from tunewise import __version__, tracking
 from tunewise.config import ProjectConfig, dump_project
+from tunewise.context import candidate_names, training_key_inputs, variant_pairs
 from tunewise.errors import UserError
 from tunewise.fsio import atomic_write_json, sha256_file, sha256_json
 from tunewise.learning_curve import CURVE_FILE, FRACTIONS
@@ -264,7 +265,7 @@ def run_ladder(
     )
     # The fine-tuned candidates' names: "finetuned", or one per method, "+fewshot" per variant.
     variants = cfg.train.variants or [cfg.train.context]
-    names = _candidate_names(methods, variants)
+    names = candidate_names(methods, variants)
     trains = []
     for m in methods:
         for v in variants:
@@ -381,37 +382,6 @@ def _evaluate_baselines(plan: _Plan) -> Outputs:
     return {"eval": str(out / "eval.json")}
 
 
-def _candidate_names(methods: list[str], variants: list[str]) -> dict[tuple[str, str], str]:
-    """Candidate name per (method, context variant): ``finetuned`` (one method, no context),
-    ``finetuned-lora`` (several methods), ``finetuned+fewshot`` (trained with that context)."""
-    out = {}
-    for m in methods:
-        for v in variants:
-            base = f"finetuned-{m}" if len(methods) > 1 else "finetuned"
-            out[m, v] = base if v == "none" else f"{base}+{v}"
-    return out
-
-
-def _train_inputs(full_cfg: dict[str, Any], context: str) -> dict[str, Any]:
-    """The config a training run depends on. Without context the RAFT keys are left out, so a
-    project that does not use them keeps its cached runs; with it, the retrieval settings and the
-    documents it retrieves from are part of the run (they shape every training prompt)."""
-    train = {k: v for k, v in full_cfg["train"].items() if k != "variants"}
-    train["context"] = context
-    if context == "none":
-        train.pop("context")
-        if not train.get("context_distractor_share"):
-            train.pop("context_distractor_share", None)
-        return {"train": train}
-    docs = full_cfg["data"].get("docs")
-    retrieval = {
-        "retrieval": full_cfg["eval"][context],
-        "split_seed": full_cfg["data"]["split"]["seed"],
-        "docs": _file_hash(Path(docs)) if context == "rag" and docs else None,
-    }
-    return {"train": train, "context": retrieval}
-
-
 def _train_stage(
     plan: _Plan,
     full_cfg: dict[str, Any],
@@ -426,7 +396,8 @@ def _train_stage(
     seed = plan.cfg.train.seed + (k or 0)
     train_cfg = plan.cfg.train.model_copy(update={"seed": seed, "context": context})
     cfg = plan.cfg.model_copy(update={"train": train_cfg})
-    given = _train_inputs(full_cfg, context)
+    docs = _file_hash(cfg.data.docs) if context == "rag" else None
+    given = training_key_inputs(full_cfg, context, docs_hash=docs)
     inputs = {
         **given,
         "train": given["train"] | {"method": method, "seed": seed},
@@ -604,7 +575,7 @@ def _compare_and_gate(
     run = EvalRun.load(eval_dir / "eval.json")
     # The gate's pairs, and each rung against the ones below it for the advisor: one bootstrap.
     pairs = comparison_pairs([c.name for c in run.candidates], baselines)
-    pairs += _variant_pairs([c.name for c in run.candidates])
+    pairs += variant_pairs([c.name for c in run.candidates])
     comp = compare(run, baselines=baselines, pairs=pairs, alpha=cfg.gate.alpha)
     comp.meta.update({"alpha": cfg.gate.alpha, "delta": cfg.gate.delta})
     attach_margin_tests(comp, run, cfg.gate, finetuned, champion)
@@ -637,18 +608,6 @@ def _compare_and_gate(
         "ship": ship,
         "best_verdict": verdicts.get(chosen) if chosen else None,
     }
-
-
-def _variant_pairs(names: list[str]) -> list[tuple[str, str]]:
-    """Each context-trained fine-tune against the same fine-tune without context
-    (``finetuned+fewshot`` vs ``finetuned``): what training with the context bought."""
-    out = []
-    for name in names:
-        for mode in ("fewshot", "rag"):
-            plain = name.removesuffix(f"+{mode}")
-            if plain != name and plain in names and plain.startswith("finetuned"):
-                out.append((name, plain))
-    return out
 
 
 def _train_or_resume(
