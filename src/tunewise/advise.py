@@ -61,6 +61,8 @@ class Facts:
     no_llm: tuple[str, ...] = NO_LLM  # candidates that are classifiers without a language model
     # the configured gate.baselines: what the gate held a fine-tune to
     gate_baselines: list[str] = field(default_factory=lambda: list(GateConfig().baselines))
+    # fine-tuned candidate -> the retrieved context it was trained with (train.context)
+    contexts: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -215,6 +217,8 @@ def recommend(f: Facts, cost: CostInputs | None = None) -> Advice:
     others = [c for c in m if c not in extras and not math.isnan(m[c])]
     if top_extra is not None and others and m[top_extra] >= max(m[c] for c in others) + f.delta:
         advice.reasons.append(_leading_extra(f, top_extra, others))
+    if (note := _context_advice(f)) is not None:
+        advice.reasons.append(note)
     if f.underpowered:
         advice.reasons.append(
             "The evaluation set is too small to detect the observed difference for: "
@@ -397,6 +401,46 @@ def _held_back(f: Facts, finetuned: list[str], rungs: list[str], refused: str) -
     )
 
 
+CONTEXT_SUFFIXES = ("+fewshot", "+rag")  # a fine-tune whose prompts carry retrieved examples
+
+
+def _context_advice(f: Facts) -> str | None:
+    """When the plain fine-tune (no examples in its prompt) trails the rungs that show examples:
+    say so, and point to the context-trained variant (train.context), with its numbers if it
+    ran. Retrieval-augmented fine-tuning trains on the prompts those rungs win with."""
+    m, pm = f.metrics, f.primary_metric
+    shows = [r for r in ("fewshot", "rag") if r in m and (r != "rag" or "train" in f.rag_sources)]
+    with_ctx = [
+        c for c in f.methods if c in m and (c in f.contexts or c.endswith(CONTEXT_SUFFIXES))
+    ]
+    plain = _best([c for c in f.methods if c not in with_ctx], m)
+    if plain is None or not shows:
+        return None
+    ahead = [r for r in shows if m[r] >= m[plain] + f.delta]
+    if not ahead:
+        return None
+    rungs = ", ".join(f"{_name(r)} {_fmt(m[r])}" for r in ahead)
+    note = (
+        f"The plain fine-tune ({plain}, {pm} {_fmt(m[plain])}) trails the rungs that show the "
+        f"model labelled examples ({rungs}): it never sees examples in its prompt."
+    )
+    trained = [c for c in with_ctx if c in f.contexts]
+    best = _best(trained, m)
+    if best is not None:
+        verdict = "clearly above" if f.clearly_better.get((best, plain), False) else "against"
+        return note + (
+            f" The context-trained {best} (trained on prompts with the same retrieved "
+            f"{f.contexts[best]} context) scores {_fmt(m[best])}, {verdict} the plain "
+            f"fine-tune's {_fmt(m[plain])}."
+        )
+    mode = max(ahead, key=lambda r: m[r])
+    return note + (
+        f" Train it on the prompts that win: train.variants: [none, {mode}] trains "
+        f"finetuned+{mode} (retrieval-augmented fine-tuning, train.context: {mode}) beside it and "
+        "compares both with every rung on the same items."
+    )
+
+
 def _of_finetune(name: str, f: Facts) -> bool:
     """A candidate derived from a fine-tune (``finetuned+constrained``, ``finetuned+rag``)."""
     return any(name.startswith(ft + "+") for ft in f.methods)
@@ -465,12 +509,15 @@ def facts_from_dir(eval_dir: Path) -> Facts:
     delta = float(comp.meta.get("delta", 0.02))
     primary_pairs = [p for p in comp.pairs if p.metric == pm]
     methods: dict[str, str] = {}
+    contexts: dict[str, str] = {}
     no_llm = NO_LLM
     if (eval_dir / EVAL_FILE).is_file():
         cands = EvalRun.load(eval_dir / EVAL_FILE).candidates
         for c in cands:
             if c.kind in ("finetuned", "pooled"):  # pooled: the mean over training seeds
                 methods[c.name] = c.meta.get("method", "lora")
+                if c.meta.get("context"):
+                    contexts[c.name] = str(c.meta["context"])
         no_llm = tuple(c.name for c in cands if c.kind in ("knn", "classical"))
     verdict = None
     if (eval_dir / VERDICT_FILE).is_file():
@@ -499,6 +546,7 @@ def facts_from_dir(eval_dir: Path) -> Facts:
         rag_sources=list(comp.meta.get("retrieval_sources", {}).get("rag", ["docs"])),
         no_llm=no_llm,
         gate_baselines=_gate_baselines(comp.meta, verdict),
+        contexts=contexts,
     )
 
 

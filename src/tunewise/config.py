@@ -164,7 +164,33 @@ class TrainConfig(_Section):
         "computed from bf16 logits "
         "and reads higher than fp32's, so it is opt-in",
     )
+    context: Literal["none", "fewshot", "rag"] = Field(
+        "none",
+        description="retrieval-augmented fine-tuning (RAFT): train on prompts that carry the "
+        "context the fewshot or rag rung shows (eval.fewshot / eval.rag settings, the example "
+        "itself never retrieved); the run is evaluated and served with that same context",
+    )
+    context_distractor_share: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="train.context: share of examples trained with distractor-only context (no "
+        "retrieved example carries their answer), so the model learns when not to copy one",
+    )
+    variants: list[Literal["none", "fewshot", "rag"]] | None = Field(
+        None,
+        description="the ladder trains one run per context variant and method, e.g. "
+        "[none, fewshot]: plain LoRA and finetuned+fewshot, compared on the same items "
+        "(default: [train.context])",
+    )
     seed: int = 0
+
+    @field_validator("variants")
+    @classmethod
+    def _variants_once(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and (not v or len(set(v)) != len(v)):
+            raise ValueError("list each context variant once, at least one")
+        return v
 
     @field_validator("shared_prefix", mode="before")
     @classmethod

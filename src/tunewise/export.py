@@ -238,6 +238,16 @@ def plan_vllm(
             f"base is a local folder ({base}); copy it to the serving machine or "
             "pass the hub id of the same weights"
         )
+    from tunewise.context import CONTEXT_FILE
+
+    for v, name in zip(versions, served, strict=True):
+        if CONTEXT_FILE in v.files:  # train.context: the prompt carries retrieved examples
+            warnings.append(
+                f"{name} ({v.spec}) was trained with retrieved context (train.context): vLLM "
+                "serves the adapter only, so build each prompt as tunewise does "
+                f"(tunewise.context.ContextBuilder.load on its {CONTEXT_FILE}) or answer "
+                "through `tunewise serve`, which does"
+            )
     plan = VllmPlan(
         base=str(base),
         base_weight_hash=versions[0].base_weight_hash,

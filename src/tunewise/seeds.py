@@ -60,8 +60,9 @@ def pool_seeds(run: EvalRun, group: str, members: Sequence[str]) -> CandidateRes
             )
         )
     meta = {"seeds": list(members), "group": group}
-    if "method" in cands[0].meta:
-        meta["method"] = cands[0].meta["method"]
+    for key in ("method", "context"):  # context: train.context, for the advisor
+        if key in cands[0].meta:
+            meta[key] = cands[0].meta[key]
     return CandidateResult(name=group, kind="pooled", items=items, meta=meta)
 
 

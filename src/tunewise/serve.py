@@ -330,6 +330,9 @@ async def _gen_request(state: ServerState, req: ChatRequest) -> GenRequest:
     stops = req.stops()
     adapter = await _resolve_model(state.table, req.model)
     messages = state.table.with_system_prompt(adapter, [m.plain() for m in req.messages])
+    # A context-trained adapter (train.context) gets the retrieved context it was evaluated with.
+    if adapter is not None and adapter in state.table.contexts:  # no thread hop for the rest
+        messages = await run_in_threadpool(state.table.with_context, adapter, messages)
     try:
         n_prompt = await run_in_threadpool(engine.prompt_tokens, messages)
     except Exception as exc:  # a chat template may reject a conversation shape

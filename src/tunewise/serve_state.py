@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tunewise.backend import Backend, GenRequest, GenResult, Messages
+from tunewise.context import CONTEXT_FILE, ContextBuilder, load_run_context
+from tunewise.data.schema import Example
 from tunewise.errors import UserError
 from tunewise.rundir import RunDir
 from tunewise.serve_schemas import APIError, RefreshResult
@@ -179,6 +181,9 @@ class ModelTable:
         self.resolved: dict[str, str] = {}  # model string -> engine adapter key (alias snapshot)
         # adapter key -> the project system prompt it was trained with (from the registry record)
         self.system_prompts: dict[str, str] = {}
+        # adapter key -> the retrieved context it was trained with (train.context), versioned
+        # with it: the registry copies the run's context.json beside the adapter
+        self.contexts: dict[str, ContextBuilder] = {}
         self._lock = threading.Lock()
 
     def preload(self, specs: Sequence[str]) -> None:
@@ -197,10 +202,14 @@ class ModelTable:
         from tunewise.registry import validate_name
 
         validate_name(name, "adapter name")
+        context = load_run_context(Path(path))
         with self._lock:
             self._check_name_free_locked(name)
             self.engine.load_adapter(name, Path(path))
             self.direct[name] = Path(path)
+            self.contexts.pop(name, None)  # a name reused for another folder
+            if context is not None:
+                self.contexts[name] = context.warm()
         return name
 
     def _check_name_free_locked(self, name: str) -> None:
@@ -259,6 +268,7 @@ class ModelTable:
             self.engine.unload_adapter(key)
             self.resolved = {m: k for m, k in self.resolved.items() if k != key}
             self.direct.pop(key, None)
+            self.contexts.pop(key, None)
         return key
 
     def resolutions(self) -> dict[str, str]:
@@ -277,6 +287,23 @@ class ModelTable:
         if trained_with and messages[0]["role"] != "system":
             return [{"role": "system", "content": trained_with}, *messages]
         return messages
+
+    def with_context(self, adapter: str | None, messages: Messages) -> Messages:
+        """``messages`` with the retrieved context ``adapter`` was trained with, built by the
+        evaluator's own code (:mod:`tunewise.context`) from the same pool and settings.
+
+        The request is the query: its turns are the conversation so far, its last user turn the
+        text retrieval looks at. An adapter trained without context gets ``messages`` unchanged.
+        """
+        with self._lock:
+            context = self.contexts.get(adapter) if adapter else None
+        if context is None:
+            return messages
+        # An empty answer turn closes the query like an evaluated item's reference answer does;
+        # the prompt is everything before it.
+        query = Example(messages=[*messages, {"role": "assistant", "content": ""}])
+        prompts, _, _ = context.prompts([query])
+        return prompts[0]
 
     def listing(self) -> list[str]:
         """Every model id a client may ask for, each once (a registry name that arrived after a
@@ -304,6 +331,9 @@ class ModelTable:
         prompt = ((v.config or {}).get("task") or {}).get("system_prompt")
         if prompt:
             self.system_prompts[key] = prompt
+        if CONTEXT_FILE in v.files and key not in self.contexts:
+            files = v if v.path is not None else self._verified(key)
+            self.contexts[key] = ContextBuilder.load(files.weights_dir / CONTEXT_FILE).warm()
         self.resolved[model] = key
         return key
 

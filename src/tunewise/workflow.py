@@ -36,6 +36,7 @@ from rich.markup import escape
 
 from tunewise import __version__, tracking
 from tunewise.config import ProjectConfig, dump_project
+from tunewise.context import candidate_names, training_key_inputs, variant_pairs
 from tunewise.errors import UserError
 from tunewise.fsio import atomic_write_json, sha256_file, sha256_json
 from tunewise.interrupt import Terminated, sigterm_as_interrupt
@@ -317,16 +318,20 @@ def run_ladder(
         lambda up: _evaluate_baselines(plan),
         after=(split,),
     )
-    # The fine-tuned candidates' names in the evaluation: "finetuned", or one per method.
-    names = {m: f"finetuned-{m}" if len(methods) > 1 else "finetuned" for m in methods}
+    # The fine-tuned candidates' names: "finetuned", or one per method, "+fewshot" per variant.
+    variants = cfg.train.variants or [cfg.train.context]
+    names = candidate_names(methods, variants)
     trains = []
     for m in methods:
-        for k in range(seeds):
-            stage, run_dir = _train_stage(plan, full_cfg, m, split, k if seeds > 1 else None)
-            plan.runs[names[m] if seeds == 1 else seed_name(names[m], k)] = run_dir
-            trains.append(stage)
-        if seeds > 1:
-            plan.groups[names[m]] = [seed_name(names[m], k) for k in range(seeds)]
+        for v in variants:
+            name = names[m, v]
+            for k in range(seeds):
+                seed = k if seeds > 1 else None
+                stage, run_dir = _train_stage(plan, full_cfg, m, split, seed, context=v)
+                plan.runs[name if seeds == 1 else seed_name(name, k)] = run_dir
+                trains.append(stage)
+            if seeds > 1:
+                plan.groups[name] = [seed_name(name, k) for k in range(seeds)]
     # The production version, when the project has one: a new version must not regress from it.
     champion_inputs, champion_spec = _find_champion(plan)
     evaluate = Stage(
@@ -343,8 +348,8 @@ def run_ladder(
         ),
         after=(evaluate,),
     )
-    # Opt-in: the first method again on 25% and 50% of train.
-    first = methods[0]
+    # Opt-in: the first method (its first context variant) again on 25% and 50% of train.
+    first = methods[0], variants[0]
     curve = [_curve_stage(plan, trains[0], first, names[first], evaluate)] if learning_curve else []
     registry = Stage("registry", {}, lambda up: _register(plan, up[gate]), after=(gate,))
     # The one sealed test evaluation: when asked, or when an earlier --final left it up to date
@@ -446,26 +451,38 @@ def _evaluate_baselines(plan: _Plan) -> Outputs:
 
 
 def _train_stage(
-    plan: _Plan, full_cfg: dict[str, Any], method: str, split: Stage, k: int | None = None
+    plan: _Plan,
+    full_cfg: dict[str, Any],
+    method: str,
+    split: Stage,
+    k: int | None = None,
+    *,
+    context: str = "none",
 ) -> tuple[Stage, Path]:
-    """Training for one method (the k-th extra seed with --seeds), and its run directory; an
-    interrupted run resumes."""
+    """Training for one method and context variant (the k-th extra seed with --seeds), and its
+    run directory; an interrupted run resumes."""
     seed = plan.cfg.train.seed + (k or 0)
-    cfg = plan.cfg.model_copy(update={"train": plan.cfg.train.model_copy(update={"seed": seed})})
+    train_cfg = plan.cfg.train.model_copy(update={"seed": seed, "context": context})
+    cfg = plan.cfg.model_copy(update={"train": train_cfg})
+    docs = _file_hash(cfg.data.docs) if context == "rag" else None
+    given = training_key_inputs(full_cfg, context, docs_hash=docs)
     inputs = {
-        "train": full_cfg["train"] | {"method": method, "seed": seed},
+        **given,
+        "train": given["train"] | {"method": method, "seed": seed},
         "model": full_cfg["model"],
         "task": full_cfg["task"],
     }
     # One directory per training key: a changed config trains afresh beside the old run, and an
     # interrupted run with the same key resumes from its last checkpoint.
-    run_dir = plan.work / "runs" / f"{method}-{sha256_json(inputs | {'split': split.key})[:10]}"
+    kind = method if context == "none" else f"{method}-{context}"
+    run_dir = plan.work / "runs" / f"{kind}-{sha256_json(inputs | {'split': split.key})[:10]}"
 
     def train_it(upstream: dict[Stage, Outputs]) -> Outputs:
         _train_or_resume(cfg, run_dir, method, plan.con, quiet=plan.quiet)
         return {"run": str(RunDir(run_dir).run_json)}
 
-    name = f"train-{method}" if k is None else f"train-{method}-seed{seed}"
+    name = f"train-{method}" + ("" if context == "none" else f"+{context}")
+    name += "" if k is None else f"-seed{seed}"
     return Stage(name, inputs, train_it, after=(split,)), run_dir
 
 
@@ -519,11 +536,15 @@ def _pool_seed_groups(eval_dir: Path, groups: dict[str, list[str]]) -> None:
     run.save(eval_dir / "eval.json")
 
 
-def _curve_stage(plan: _Plan, train: Stage, method: str, full_name: str, evaluate: Stage) -> Stage:
-    """The learning curve: ``method`` retrained on subsets of train, beside the full run."""
+def _curve_stage(
+    plan: _Plan, train: Stage, first: tuple[str, str], full_name: str, evaluate: Stage
+) -> Stage:
+    """The learning curve: ``first`` (method, context variant) retrained on subsets of train,
+    beside the full run."""
+    method, context = first
 
     def measure(upstream: dict[Stage, Outputs]) -> Outputs:
-        return _learning_curve(plan, method, full_name, train_key=train.key)
+        return _learning_curve(plan, method, full_name, train_key=train.key, context=context)
 
     return Stage("learning-curve", {"fractions": list(FRACTIONS)}, measure, after=(evaluate, train))
 
@@ -630,6 +651,7 @@ def _compare_and_gate(
     run = EvalRun.load(eval_dir / "eval.json")
     # The gate's pairs, and each rung against the ones below it for the advisor: one bootstrap.
     pairs = comparison_pairs([c.name for c in run.candidates], baselines)
+    pairs += variant_pairs([c.name for c in run.candidates])
     comp = compare(run, baselines=baselines, pairs=pairs, alpha=cfg.gate.alpha)
     # gate_baselines: what the gate holds a fine-tune to (the advisor reads it), a subset of the
     # baselines the comparison tested
@@ -705,7 +727,7 @@ def _train_or_resume(
 
 
 def _train_subsets(
-    plan: _Plan, method: str, full_name: str, train_key: str
+    plan: _Plan, method: str, full_name: str, train_key: str, context: str = "none"
 ) -> tuple[dict[str, Path], dict[str, int], int]:
     """``method`` trained on nested, label-stratified subsets of train (25%, 50%).
 
@@ -714,7 +736,9 @@ def _train_subsets(
     from tunewise.data.schema import load_examples
     from tunewise.learning_curve import stratified_order, subset_sizes, write_subset
 
-    cfg = plan.cfg
+    cfg = plan.cfg.model_copy(
+        update={"train": plan.cfg.train.model_copy(update={"context": context})}
+    )
     train_path = plan.work / "splits" / "train.jsonl"
     examples = load_examples(train_path)
     order = stratified_order(
@@ -748,7 +772,9 @@ def _train_subsets(
     return runs, sizes, len(examples)
 
 
-def _learning_curve(plan: _Plan, method: str, full_name: str, train_key: str) -> Outputs:
+def _learning_curve(
+    plan: _Plan, method: str, full_name: str, train_key: str, context: str = "none"
+) -> Outputs:
     """Train ``method`` on nested 25%/50% subsets, evaluate them on val, write the curve."""
     from tunewise.eval.harness import evaluate
     from tunewise.eval.results import EvalRun
@@ -756,7 +782,7 @@ def _learning_curve(plan: _Plan, method: str, full_name: str, train_key: str) ->
     from tunewise.learning_curve import save_curve
 
     cfg = plan.cfg
-    runs, sizes, n_train = _train_subsets(plan, method, full_name, train_key)
+    runs, sizes, n_train = _train_subsets(plan, method, full_name, train_key, context)
     full = EvalRun.load(plan.eval_dir / "eval.json")
     pm = full.primary_metric
     # The full run's point is the ladder's own fine-tune; its CI only, not every candidate's.

@@ -11,7 +11,9 @@ Candidates (names as in ``eval.candidates``):
   fitted on train only, one per label field (labels tasks; added beside the rungs while
   ``eval.classical`` is on; see :mod:`tunewise.baselines.classical`);
 * ``finetuned`` (one per training run given in ``finetuned``): a LoRA/QLoRA adapter on the shared
-  base model, or a full checkpoint on its own engine; ``finetuned+rag`` adds retrieval to it;
+  base model, or a full checkpoint on its own engine; ``finetuned+rag`` adds retrieval to it; a
+  run trained with ``train.context`` (``finetuned+fewshot``) is always given the context it was
+  trained with, built by :mod:`tunewise.context` from the run's own ``context.json``;
 * every ``eval.external`` endpoint, by its name;
 * ``<candidate>+constrained`` (labels tasks): the same prompt, with the answer chosen among the
   allowed labels by log-likelihood instead of generated freely.
@@ -34,10 +36,10 @@ from rich.panel import Panel
 
 from tunewise import __version__ as tw_version
 from tunewise.baselines import classical
-from tunewise.baselines import fewshot as fewshot_mod
 from tunewise.baselines import prompt as prompt_mod
 from tunewise.baselines import rag as rag_mod
 from tunewise.config import ExternalConfig, ProjectConfig
+from tunewise.context import CONTEXT_FILE, ContextBuilder, load_run_context
 from tunewise.data.schema import Example, load_examples
 from tunewise.decisions import CHAMPION
 from tunewise.errors import UserError
@@ -125,7 +127,8 @@ class _Harness:
         self.grader = Grader(cfg, train)
         self.notes: list[str] = []
         self._mnt: int | None = None
-        self._rag: rag_mod.RagIndex | None = None
+        self._builders: dict[str, ContextBuilder] = {}  # fewshot / rag prompt builders
+        self._run_contexts: dict[str, ContextBuilder | None] = {}  # by run name
         self._full: dict[str, Any] = {}  # engines of full fine-tuned checkpoints, by run name
         self.ids = item_ids(items)
         self._cache_seen = (0, 0)
@@ -178,54 +181,35 @@ class _Harness:
         return [prompt_mod.build_messages(self.cfg, ex) for ex in self.items]
 
     def fewshot_messages(self) -> tuple[list[Messages], dict[str, Any]]:
-        fc = self.cfg.eval.fewshot
-        sel = fewshot_mod.FewShotSelector(
-            self.train, k=fc.k, selection=fc.selection, seed=self.cfg.data.split.seed
-        )
-        shots = sel.select_many(self.items)
-        msgs = [
-            fewshot_mod.build_messages(self.cfg.task.system_prompt, s, ex)
-            for s, ex in zip(shots, self.items, strict=True)
-        ]
-        return msgs, {"k": sel.k, "selection": fc.selection, "prompt_version": sel.version()}
+        msgs, meta, _ = self.context_builder("fewshot").prompts(self.items)
+        return msgs, meta
+
+    def context_builder(self, mode: str) -> ContextBuilder:
+        """The ``fewshot`` or ``rag`` rung's prompt builder over train (built once)."""
+        if mode not in self._builders:
+            rc = self.cfg.eval.rag
+            if mode == "rag" and "docs" in rc.sources and self.cfg.data.docs is None:
+                self.notes.append("rag: data.docs is not set, retrieving from train examples only")
+            self._builders[mode] = ContextBuilder.from_config(self.cfg, mode, self.train)
+        return self._builders[mode]
 
     def rag_index(self) -> rag_mod.RagIndex:
-        if self._rag is None:
-            rc = self.cfg.eval.rag
-            passages: list[rag_mod.Passage] = []
-            if "docs" in rc.sources and self.cfg.data.docs is not None:
-                passages += rag_mod.load_docs(self.cfg.data.docs, root=self.cfg.root)
-            elif "docs" in rc.sources:
-                self.notes.append("rag: data.docs is not set, retrieving from train examples only")
-            if "train" in rc.sources:
-                passages += rag_mod.example_passages(self.train)
-            self._rag = rag_mod.RagIndex(passages, hybrid=rc.hybrid)
-        return self._rag
+        return self.context_builder("rag").index()
 
     def rag_messages(self) -> tuple[list[Messages], dict[str, Any], list[dict[str, Any]]]:
-        rc = self.cfg.eval.rag
-        index = self.rag_index()
-        # A train passage that IS the item would leak its answer; only possible when evaluating on
-        # train, but cheap to rule out: retrieve one extra and drop self-hits.
-        hits = index.search_many([ex.user_text for ex in self.items], rc.k + 1)
-        msgs, per_item = [], []
-        for ex, hs in zip(self.items, hits, strict=True):
-            hs = [h for h in hs if h.passage.meta.get("uid") != ex.uid][: rc.k]
-            for r, h in enumerate(hs, start=1):
-                h.rank = r
-            msgs.append(rag_mod.build_messages(self.cfg.task.system_prompt, hs, ex))
-            per_item.append({"citations": [h.passage.source for h in hs]})
-        # What was actually retrieved from (docs requested without data.docs is train only):
-        # the gate and the advisor call a RAG win a knowledge task only when documents were there.
-        used = [src for src in rc.sources if src != "docs" or self.cfg.data.docs is not None]
-        meta = {
-            "k": rc.k,
-            "hybrid": rc.hybrid,
-            "sources": used,
-            "passages": len(index.passages),
-            "prompt_version": rag_mod.rag_version(rc.k, rc.hybrid, index),
-        }
+        # The gate and the advisor call a RAG win a knowledge task only when documents were
+        # there: meta["sources"] says what was actually retrieved from.
+        msgs, meta, per_item = self.context_builder("rag").prompts(self.items)
+        assert per_item is not None
         return msgs, meta, per_item
+
+    def run_context(self, name: str, finetuned: dict[str, Path]) -> ContextBuilder | None:
+        """The context builder a fine-tuned run was trained with (its ``context.json``)."""
+        if name not in finetuned:
+            return None
+        if name not in self._run_contexts:
+            self._run_contexts[name] = load_run_context(finetuned[name])
+        return self._run_contexts[name]
 
     # -- running -------------------------------------------------------------------------------
     def generate(
@@ -333,7 +317,13 @@ def plan_candidates(
         if name == "finetuned":
             plan += [n for n in finetuned if n not in plan]
         elif name == "finetuned+rag":
-            plan += [f"{n}+rag" for n in finetuned]
+            # A context-trained run already carries its context; and a run trained with rag
+            # context named "finetuned+rag" is that run, not "finetuned" with a RAG prompt.
+            plan += [
+                f"{n}+rag"
+                for n in finetuned
+                if not _context_trained(finetuned[n]) and f"{n}+rag" not in finetuned
+            ]
         elif name == "external":
             plan += ext_names
         elif name not in plan:
@@ -376,6 +366,10 @@ def plan_candidates(
             ]
             plan += [f"{n}{CONSTRAINED}" for n in local]
     return plan
+
+
+def _context_trained(run_dir: Path) -> bool:
+    return (Path(run_dir) / CONTEXT_FILE).is_file()
 
 
 def evaluate(
@@ -508,7 +502,11 @@ def _messages_for(h: _Harness, name: str, finetuned: dict[str, Path]) -> _Prepar
     """(prompts, adapter, engine, meta, per-item meta) of a local candidate."""
     eng, adapter, emeta = _local_engine(h, name, finetuned)
     per_item = None
-    if name == "fewshot":
+    trained_with = h.run_context(name, finetuned)
+    if trained_with is not None:  # a context-trained run: the context it was trained with
+        msgs, pmeta, per_item = trained_with.prompts(h.items)
+        pmeta = {**pmeta, "context": trained_with.spec.mode}
+    elif name == "fewshot":
         msgs, pmeta = h.fewshot_messages()
     elif name == "rag" or name.endswith("+rag"):
         msgs, pmeta, per_item = h.rag_messages()
@@ -540,7 +538,8 @@ def _local_engine(
     h: _Harness, name: str, finetuned: dict[str, Path]
 ) -> tuple[Any, str | None, dict[str, Any]]:
     """(engine, adapter name, meta) for a base-model or fine-tuned candidate."""
-    run_name = name.removesuffix("+rag")
+    # A run's own name first: a context-trained run may be called "finetuned+rag".
+    run_name = name if name in finetuned else name.removesuffix("+rag")
     if run_name not in finetuned:
         eng = h.engine()
         ref = getattr(eng, "ref", None)

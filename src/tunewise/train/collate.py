@@ -101,15 +101,21 @@ def segments(
     train_on: Literal["all", "last"] = "all",
     *,
     allow_special_tokens: bool = False,
+    label_from: int = 0,
 ) -> list[tuple[str, bool]]:
     """Split the rendered conversation into ``(text, is_label)`` pieces, in order.
+
+    Assistant turns before message ``label_from`` are never labels: they are retrieved context
+    (few-shot answers of other examples, :mod:`tunewise.context`), part of the prompt.
 
     Concatenating the texts gives the template's rendering of ``messages`` up to the end of the
     last answer's end-of-turn token. Control tokens inside contents come out marked as text
     (:func:`tunewise.chat.render`) unless ``allow_special_tokens``.
     """
     eot = chat.end_of_turn(tokenizer)  # not EOS: Phi-3 ends a turn with <|end|>, EOS is later
-    assistant_idx = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+    assistant_idx = [
+        i for i, m in enumerate(messages) if m["role"] == "assistant" and i >= label_from
+    ]
     if not assistant_idx:
         raise UserError("an example has no assistant turn")
     labelled = set(assistant_idx if train_on == "all" else assistant_idx[-1:])
@@ -150,6 +156,7 @@ def encode(
     train_on: Literal["all", "last"] = "all",
     *,
     allow_special_tokens: bool = False,
+    label_from: int = 0,
 ) -> Encoded:
     """Token ids and position-masked labels for one conversation.
 
@@ -159,7 +166,11 @@ def encode(
     ids: list[int] = []
     labels: list[int] = []
     pieces = segments(
-        tokenizer, example.messages, train_on, allow_special_tokens=allow_special_tokens
+        tokenizer,
+        example.messages,
+        train_on,
+        allow_special_tokens=allow_special_tokens,
+        label_from=label_from,
     )
     encoded = chat.encode(tokenizer, [text for text, _ in pieces])
     for (_text, is_label), piece in zip(pieces, encoded, strict=True):
@@ -176,13 +187,24 @@ def encode_all(
     overlong: Literal["drop", "truncate", "error"] = "drop",
     train_on: Literal["all", "last"] = "all",
     allow_special_tokens: bool = False,
+    label_from: Sequence[int] | None = None,
 ) -> tuple[list[Encoded], OverlongReport]:
-    """Encode every example and apply the overlong policy; the report says what was done."""
+    """Encode every example and apply the overlong policy; the report says what was done.
+
+    ``label_from``: per example, the first message that may be a label (see :func:`segments`).
+    """
     report = OverlongReport(max_len=max_len, policy=overlong, total=len(examples))
     out: list[Encoded] = []
-    for ex in examples:
+    starts = list(label_from) if label_from is not None else [0] * len(examples)
+    for ex, start in zip(examples, starts, strict=True):
         try:
-            enc = encode(tokenizer, ex, train_on, allow_special_tokens=allow_special_tokens)
+            enc = encode(
+                tokenizer,
+                ex,
+                train_on,
+                allow_special_tokens=allow_special_tokens,
+                label_from=start,
+            )
         except DataError:
             raise
         except UserError as exc:  # the template refused this example: say which one

@@ -38,6 +38,7 @@ from rich.console import Console
 
 from tunewise import models, tracking
 from tunewise.config import ProjectConfig
+from tunewise.context import CONTEXT_FILE, ContextBuilder, training_examples
 from tunewise.data.schema import Example, load_examples
 from tunewise.errors import UserError
 from tunewise.fsio import replace_dir
@@ -130,6 +131,7 @@ class Prepared:
     warnings: list[str] = field(default_factory=list)
     resume_from: Path | None = None
     previous: dict[str, Any] | None = None  # run.json of the run being resumed
+    context: ContextBuilder | None = None  # train.context: the retrieval the run trains with
 
 
 def epoch_warning(cfg: ProjectConfig, n_train: int, world_size: int = 1) -> str | None:
@@ -158,18 +160,15 @@ def setup(cfg: ProjectConfig, start: RunStart) -> Prepared:
     tokenizer = models.load_tokenizer(ref, trust_remote_code=cfg.model.trust_remote_code)
     reports: dict[str, OverlongReport] = {}
     t = cfg.train
-    # The project's system prompt replaces the data's: the evaluator and the server use it too.
-    system = cfg.task.system_prompt
+    train_examples, train_starts, val_examples, val_starts, context = _conversations(cfg, start)
     train_items, reports["train"] = encode_all(
         tokenizer,
-        [e.with_system(system) for e in load_examples(start.train_path)],
+        train_examples,
         max_len=cfg.data.max_len,
         overlong=t.overlong,
         train_on=t.train_on,
         allow_special_tokens=cfg.model.allow_special_tokens_in_content,
-    )
-    val_examples: list[Example] = (
-        [e.with_system(system) for e in load_examples(start.val_path)] if start.val_path else []
+        label_from=train_starts,
     )
     val_ds = None
     if val_examples:
@@ -180,6 +179,7 @@ def setup(cfg: ProjectConfig, start: RunStart) -> Prepared:
             overlong=t.overlong,
             train_on=t.train_on,
             allow_special_tokens=cfg.model.allow_special_tokens_in_content,
+            label_from=val_starts,
         )
         val_ds = EncodedDataset(val_items) if val_items else None
     for split, rep in reports.items():
@@ -211,7 +211,34 @@ def setup(cfg: ProjectConfig, start: RunStart) -> Prepared:
         warnings=warnings,
         resume_from=start.resume_from,
         previous=start.previous,
+        context=context,
     )
+
+
+def _conversations(
+    cfg: ProjectConfig, start: RunStart
+) -> tuple[list[Example], list[int] | None, list[Example], list[int] | None, ContextBuilder | None]:
+    """(train conversations, their first labelled message, the same for val, the context).
+
+    The project's system prompt replaces the data's: the evaluator and the server use it too.
+    With ``train.context``, each conversation is the evaluator's prompt for the example, context
+    retrieved from the train examples by :mod:`tunewise.context` (itself excluded), plus its
+    answer; validation items retrieve from the same pool, as the evaluator's do.
+    """
+    t, system = cfg.train, cfg.task.system_prompt
+    train_raw = load_examples(start.train_path)
+    val_raw = load_examples(start.val_path) if start.val_path else []
+    if t.context == "none":
+        own = [e.with_system(system) for e in train_raw]
+        return own, None, [e.with_system(system) for e in val_raw], None, None
+    # Queries keep their data content: a query's uid must equal its pool entry's to be excluded.
+    context = ContextBuilder.from_config(cfg, t.context, train_raw)
+    share = t.context_distractor_share
+    train_ex, train_starts = training_examples(
+        context, train_raw, distractor_share=share, seed=t.seed
+    )
+    val_ex, val_starts = training_examples(context, val_raw, distractor_share=0.0, seed=t.seed)
+    return train_ex, train_starts, val_ex, val_starts, context
 
 
 # --- build --------------------------------------------------------------------------------------
@@ -500,6 +527,8 @@ def build(prep: Prepared, console: Console, *, progress: bool = True) -> Built:
             console.print(f"[yellow]warning:[/] {w}")
     if is_main_process():
         prep.run_dir.mkdir(parents=True, exist_ok=True)
+        if prep.context is not None:  # evaluation and serving retrieve from this same pool
+            prep.context.save(prep.run_dir / CONTEXT_FILE)
     recorder.write()
     return Built(prep, trainer, recorder, monitor, best, tracker)
 
