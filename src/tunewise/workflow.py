@@ -96,8 +96,7 @@ class Ladder:
         self, cfg: ProjectConfig, console: Console | None = None, quiet: bool = False
     ) -> None:
         self.cfg = cfg
-        self.work = cfg.work_dir
-        self.work.mkdir(parents=True, exist_ok=True)
+        self.work = cfg.work_dir  # created by the first stage that runs (a dry run writes none)
         self.state_path = self.work / "ladder.json"
         self.console = console or Console(stderr=False, quiet=quiet)
         self.state: dict[str, Any] = self._load_state()
@@ -120,16 +119,22 @@ class Ladder:
             done[stage] = self._stage(stage, label, {s: done[s] for s in stage.after})
         return done
 
-    def _stage(self, stage: Stage, label: str, upstream: dict[Stage, Outputs]) -> Outputs:
+    def is_cached(self, stage: Stage) -> bool:
+        """The stage's key is unchanged and the files it made are still there."""
         prev = self.state.get(stage.name)
-        if (
+        return bool(
             prev
             and prev.get("key") == stage.key
             and all(Path(p).exists() for p in prev.get("paths", []))
-        ):
+        )
+
+    def _stage(self, stage: Stage, label: str, upstream: dict[Stage, Outputs]) -> Outputs:
+        prev = self.state.get(stage.name)
+        if prev and self.is_cached(stage):
             self.console.print(f"[dim]✓ {label}: unchanged, cached[/]")
             self.result.stages.append(StageResult(stage.name, "cached", 0.0, prev["outputs"]))
             return prev["outputs"]
+        self.work.mkdir(parents=True, exist_ok=True)
         self.console.rule(f"[bold]{label}")
         started = time.time()
         try:
@@ -218,11 +223,13 @@ def run_ladder(
     console: Console | None = None,
     quiet: bool = False,
     seeds: int = 1,
+    dry_run: bool = False,
 ) -> LadderResult:
     """Run the whole ladder for a project; see the module docstring for caching rules.
 
     ``seeds`` > 1 trains each method with that many seeds and gates them as a group
-    (:mod:`tunewise.seeds`).
+    (:mod:`tunewise.seeds`). ``dry_run`` prints the stages and their estimated cost
+    (:mod:`tunewise.dryrun`) and runs and writes nothing.
     """
     methods = methods or [cfg.train.method]
     if seeds < 1:
@@ -297,6 +304,13 @@ def run_ladder(
     test = [Stage("final-test", {}, lambda up: _final_test(plan, up[gate]), after=(gate,))]
     stages = [check, split, baseline_eval, *trains, evaluate, gate, *curve, registry, report]
     stages += _mlflow_stage(plan, gate, report)
+    if dry_run:
+        from tunewise.dryrun import show_plan
+
+        planned = stages + (test if final else [])
+        cached = [ladder.is_cached(s) for s in planned]
+        show_plan(cfg, planned, cached, ladder.console, finetunes=len(trains))
+        return ladder.result
     outputs = ladder.run(stages + (test if final else []))
     return _result(ladder, plan, outputs[gate])
 

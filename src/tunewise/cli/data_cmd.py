@@ -109,8 +109,10 @@ def check_cmd(
 
     Exit code 0 when clean, 2 on errors, 1 on warnings with --strict.
     """
+    from tunewise import models
     from tunewise.data.checks import check_file
 
+    models.ensure_converted(model)  # before the spinner: one progress display at a time
     with status_console.status("checking ...") as st:
         report = check_file(
             file,
