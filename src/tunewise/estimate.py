@@ -255,7 +255,7 @@ def workload_of(
             "rag": prompt + cfg.eval.rag.k * turn,
         },
         max_new_tokens=int(mnt) if mnt != "auto" else max(8, math.ceil(longest * 1.5) + 4),
-        label_combinations=_combinations(cfg),
+        label_combinations=_combinations(cfg, examples),
         label_tokens=answer_tokens + 1,  # the end-of-turn marker is scored too
         example_tokens=example_tokens,
         train_tokens_per_epoch=per_epoch,
@@ -282,12 +282,17 @@ def shared_prefix_tokens(tok: Any, examples: list[Any], system_prompt: str) -> i
     return n
 
 
-def _combinations(cfg: ProjectConfig) -> int:
+def _combinations(cfg: ProjectConfig, examples: Sequence[Any]) -> int:
     """Answers constrained scoring rates per item: every combination when few, else field by
     field (see :mod:`tunewise.eval.constrained`); 0 when it does not run."""
-    if cfg.task.type != "labels" or not cfg.eval.constrained or not cfg.task.labels:
+    from tunewise.eval.graders import LabelSpec
+
+    if cfg.task.type != "labels" or not cfg.eval.constrained:
         return 0
-    sizes = [len(v) for v in cfg.task.labels.values()]
+    spec = LabelSpec.from_config(cfg, examples)  # task.labels, else the labels train holds
+    sizes = [len(v) for v in spec.labels.values() if v]
+    if not sizes:
+        return 0
     joint = math.prod(sizes)
     return joint if joint <= 64 else sum(sizes)
 

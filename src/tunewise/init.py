@@ -19,7 +19,6 @@ from tunewise.config import ProjectConfig, load_project
 from tunewise.data.formats import OutputFormat, infer_format
 from tunewise.data.schema import load_examples
 from tunewise.errors import UserError
-from tunewise.estimate import shared_prefix_tokens as estimate_shared_prefix_tokens
 from tunewise.fsio import atomic_write_text
 
 
@@ -98,10 +97,6 @@ class CostEstimate:
 
     notes: list[str]
     constrained_s: float | None = None
-
-
-# Kept importable from here: tests and callers measured the shared prefix through init.
-_shared_prefix_tokens = estimate_shared_prefix_tokens
 
 
 def _cost_notes(cfg: ProjectConfig, examples: list[Any]) -> CostEstimate:
