@@ -39,6 +39,7 @@ CALIBRATION_TOKENS = 64
 CALIBRATION_ROWS = 4  # decoding batch (eval.batch_size when smaller)
 TRAIN_ROWS = 1
 DECODE_STEPS = 3
+REPEATS = 2
 PREFIX_SAMPLE = 64  # examples whose common token prefix estimates the one training shares
 
 
@@ -69,6 +70,7 @@ class Workload:
     label_combinations: int  # 0 when no constrained scoring (not a labels task, or off)
     label_tokens: float  # mean tokens of one rendered answer (with end of turn)
     example_tokens: float  # mean tokens of a whole training example
+    longest_example: int  # tokens of the longest one in the measured sample
     train_tokens_per_epoch: float  # what the model computes (a shared prefix counted once/batch)
     prefix_tokens: int  # tokens every example starts with (0 when not measured)
     steps: int  # optimizer steps
@@ -258,6 +260,7 @@ def workload_of(
         label_combinations=_combinations(cfg, examples),
         label_tokens=answer_tokens + 1,  # the end-of-turn marker is scored too
         example_tokens=example_tokens,
+        longest_example=max(total),
         train_tokens_per_epoch=per_epoch,
         prefix_tokens=prefix_tokens,
         steps=steps,
@@ -316,12 +319,11 @@ def calibrate(
     ref: Any, text: str, *, placement: Any = None, lora_r: int = 16, eval_batch: int = 8
 ) -> Speed:
     """Measure :class:`Speed` on this machine with a few passes over ``text`` (one rendered
-    training example, repeated): seconds for a 135M model on a CPU, under its current load."""
+    training example, repeated): seconds for a 135M model on a CPU. Each figure is the best of
+    :data:`REPEATS` timings, as ``timeit`` does: a neighbour's burst of work should not set it."""
     import torch
-    from peft import LoraConfig, get_peft_model
 
     from tunewise import models
-    from tunewise.decoding import new_cache
 
     tok = models.load_tokenizer(ref)
     model = models.load_model(ref, placement=placement)
@@ -329,30 +331,9 @@ def calibrate(
     ids = tok(text or "calibration", add_special_tokens=False)["input_ids"][:CALIBRATION_TOKENS]
     rows = min(eval_batch, CALIBRATION_ROWS)
     batch = torch.tensor([ids] * rows, device=device)  # (rows, seq), no padding
-    model.eval()
-    # transformers 5 renamed the cache argument; ask the way the Engine does
-    params = inspect.signature(model.forward).parameters
-    cache_kw = "cache" if "cache" in params else "past_key_values"
-    with torch.inference_mode():
-        model(input_ids=batch[:1, :8])  # warm-up: first-call allocations
-        kv = new_cache(model.config)  # filled in place, as in the Engine's decoding
-        t0 = time.perf_counter()
-        out = model(input_ids=batch, use_cache=True, **{cache_kw: kv})
-        prefill_s = time.perf_counter() - t0
-        nxt = out.logits[:, -1:].argmax(-1)  # (rows, 1)
-        t0 = time.perf_counter()
-        for _ in range(DECODE_STEPS):  # greedy steps on the cache
-            nxt = model(input_ids=nxt, use_cache=True, **{cache_kw: kv}).logits.argmax(-1)
-        decode_s = (time.perf_counter() - t0) / DECODE_STEPS
-    lora = get_peft_model(
-        model, LoraConfig(r=lora_r, lora_alpha=2 * lora_r, target_modules="all-linear")
-    )
-    lora.train()
+    prefill_s, decode_s = _time_inference(model, batch)
     train_rows = batch[:TRAIN_ROWS]
-    lora(input_ids=train_rows[:1, :8], labels=train_rows[:1, :8]).loss.backward()  # warm-up
-    t0 = time.perf_counter()
-    lora(input_ids=train_rows, labels=train_rows).loss.backward()
-    train_s = time.perf_counter() - t0
+    train_s = _time_training(model, train_rows, lora_r)
     return Speed(
         train_tps=train_rows.numel() / train_s,
         prefill_tps=batch.numel() / prefill_s,
@@ -360,6 +341,49 @@ def calibrate(
         decode_batch=rows,
         source=f"measured now on {device}",
     )
+
+
+def _time_inference(model: Any, batch: Any) -> tuple[float, float]:
+    """(seconds of one prefill of ``batch`` (rows, seq), seconds of one greedy step after it)."""
+    import torch
+
+    from tunewise.decoding import new_cache
+
+    model.eval()
+    # transformers 5 renamed the cache argument; ask the way the Engine does
+    params = inspect.signature(model.forward).parameters
+    cache_kw = "cache" if "cache" in params else "past_key_values"
+    prefill, steps = [], []
+    with torch.inference_mode():
+        model(input_ids=batch[:1, :8])  # warm-up: first-call allocations
+        for _ in range(REPEATS):
+            kv = new_cache(model.config)  # filled in place, as in the Engine's decoding
+            t0 = time.perf_counter()
+            out = model(input_ids=batch, use_cache=True, **{cache_kw: kv})
+            prefill.append(time.perf_counter() - t0)
+        nxt = out.logits[:, -1:].argmax(-1)  # (rows, 1)
+        for _ in range(DECODE_STEPS):  # greedy steps on the cache
+            t0 = time.perf_counter()
+            nxt = model(input_ids=nxt, use_cache=True, **{cache_kw: kv}).logits.argmax(-1)
+            steps.append(time.perf_counter() - t0)
+    return min(prefill), min(steps)
+
+
+def _time_training(model: Any, rows: Any, lora_r: int) -> float:
+    """Seconds of one LoRA forward + backward over ``rows`` (rows, seq)."""
+    from peft import LoraConfig, get_peft_model
+
+    lora = get_peft_model(
+        model, LoraConfig(r=lora_r, lora_alpha=2 * lora_r, target_modules="all-linear")
+    )
+    lora.train()
+    lora(input_ids=rows[:1, :8], labels=rows[:1, :8]).loss.backward()  # warm-up
+    times = []
+    for _ in range(REPEATS):
+        t0 = time.perf_counter()
+        lora(input_ids=rows, labels=rows).loss.backward()
+        times.append(time.perf_counter() - t0)
+    return min(times)
 
 
 def _speed_key(model_hash: str, device: str) -> str:

@@ -139,7 +139,8 @@ def _cost_notes(cfg: ProjectConfig, examples: list[Any]) -> CostEstimate:
     sharing = prefix >= MIN_PREFIX_TOKENS and plain - work.train_tokens_per_epoch > 0
     sharing = sharing and plain - work.train_tokens_per_epoch >= MIN_SAVED_FRACTION * plain
     notes = [
-        f"{work.example_tokens:.0f} tokens per example on average; the system prompt is "
+        f"{work.example_tokens:.0f} tokens per example on average (longest "
+        f"{work.longest_example}); the system prompt is "
         f"{sys_tokens} of them"
         + (
             f"; the {prefix} tokens every example starts with run once per batch of {batch} "
