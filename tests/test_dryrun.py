@@ -83,7 +83,7 @@ def test_dry_run_uses_the_recorded_speed_and_marks_cached_stages(
     path = make_project(tmp_path / "proj", tiny_model_dir)
     cfg = load_project(path)
     ref = models.resolve(str(tiny_model_dir))
-    speed = estimate.Speed(100.0, 1000.0, 0.01, 4, "x")
+    speed = estimate.Speed(100.0, 1000.0, 0.01, 4, "x", score_tps=800.0)
     placement = device.for_project(cfg, "infer")
     estimate.save_speed(paths.home(), ref.weight_hash, placement.device, speed)
 

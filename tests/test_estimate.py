@@ -75,7 +75,18 @@ def test_each_part_has_its_own_line_and_follows_the_speed(tmp_path):
     # Few-shot and RAG prompts carry k earlier turns: they cost more than the bare prompt.
     assert work.prompt_tokens["fewshot"] > work.prompt_tokens["prompt"]
     gen = 20 * work.prompt_tokens["prompt"] / 500 + math.ceil(20 / 4) * work.max_new_tokens * 0.1
+    assert work.prefix_tokens == 0  # no tokenizer here: nothing shared is counted
     assert lines["evaluate the fine-tune"].seconds == pytest.approx(gen)
+
+
+def test_a_shared_prompt_prefix_is_paid_once_per_batch(tmp_path):
+    work, lines = lines_for(project(tmp_path))
+    shared = replace(work, prefix_tokens=10)
+    cfg = load_project(tmp_path / "project.yaml")
+    fewer = {ln.stage: ln for ln in estimate.estimate(cfg, shared, SPEED)}
+    saved = 10 * (20 - math.ceil(20 / 4)) / SPEED.prefill_tps  # 20 items, batches of 4
+    got = lines["evaluate the fine-tune"].seconds - fewer["evaluate the fine-tune"].seconds
+    assert got == pytest.approx(saved)
 
 
 def test_constrained_off_has_no_scoring_line(tmp_path):
@@ -114,5 +125,5 @@ def test_calibrate_measures_this_machine(tiny_model_dir):
     speed = estimate.calibrate(ref, "hello there, " * 40, lora_r=4, eval_batch=16)
     for value in (speed.train_tps, speed.prefill_tps, speed.decode_step_s):
         assert math.isfinite(value) and value > 0
-    assert speed.decode_batch == estimate.CALIBRATION_ROWS
+    assert speed.decode_batch == 16 and speed.score_tps > 0  # eval_batch=16 rows decode
     assert speed.source == "measured now on cpu"

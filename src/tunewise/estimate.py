@@ -36,10 +36,14 @@ SPEED_FILE = "speed.json"
 # A few seconds on 2 CPU cores: rows x tokens big enough for the matmuls to run at their usual
 # rate, small enough that init stays quick on a loaded machine.
 CALIBRATION_TOKENS = 64
-CALIBRATION_ROWS = 4  # decoding batch (eval.batch_size when smaller)
+CALIBRATION_ROWS = 4  # prefill and scoring rows
+MAX_DECODE_ROWS = 16  # decoding is measured at eval.batch_size rows, up to this
+DECODE_PROMPT_TOKENS = 16
 TRAIN_ROWS = 1
 DECODE_STEPS = 3
 REPEATS = 2
+SCORED_ANSWERS = 16  # a constrained-scoring call of this many answers ...
+ANSWER_TOKENS = 6  # ... of this many tokens each (a label and the end of turn)
 PREFIX_SAMPLE = 64  # examples whose common token prefix estimates the one training shares
 
 
@@ -48,10 +52,11 @@ class Speed:
     """How fast this machine runs one model (see the module docstring)."""
 
     train_tps: float  # training tokens/s, LoRA forward + backward
-    prefill_tps: float  # prompt tokens/s without gradients (prefill, label scoring, val loss)
+    prefill_tps: float  # prompt tokens/s without gradients (prefill, validation loss)
     decode_step_s: float  # seconds per greedy step of a batch of ``decode_batch`` rows
     decode_batch: int
-    source: str  # said beside every estimate: "measured now (...)", "last training run", ...
+    source: str  # said beside every estimate: "measured now on cpu", "calibrated ...", ...
+    score_tps: float = 0.0  # constrained scoring: (prompt + padded answers) tokens/s; 0: prefill
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -68,7 +73,7 @@ class Workload:
     prompt_tokens: dict[str, float]  # rung -> mean prompt tokens per item
     max_new_tokens: int
     label_combinations: int  # 0 when no constrained scoring (not a labels task, or off)
-    label_tokens: float  # mean tokens of one rendered answer (with end of turn)
+    label_tokens: float  # tokens of one scored answer: the longest (answers are padded to it)
     example_tokens: float  # mean tokens of a whole training example
     longest_example: int  # tokens of the longest one in the measured sample
     train_tokens_per_epoch: float  # what the model computes (a shared prefix counted once/batch)
@@ -101,16 +106,19 @@ def human_time(seconds: float) -> str:
 # --- the estimate ---------------------------------------------------------------------------------
 
 
-def _generation_s(speed: Speed, prompt_tokens: float, items: int, max_new: int) -> float:
-    """Items of greedy generation: each prompt once, then up to ``max_new`` batched steps."""
+def _generation_s(speed: Speed, w: Workload, prompt_tokens: float, items: int) -> float:
+    """Items of greedy generation: each prompt once (the prefix every prompt shares once per
+    batch, as :func:`tunewise.decoding.prefill` runs it), then up to ``max_new_tokens`` steps."""
     batches = math.ceil(items / max(1, speed.decode_batch))
-    return items * prompt_tokens / speed.prefill_tps + batches * max_new * speed.decode_step_s
+    shared = min(w.prefix_tokens, prompt_tokens - 1)
+    prompts = items * (prompt_tokens - shared) + batches * shared
+    return prompts / speed.prefill_tps + batches * w.max_new_tokens * speed.decode_step_s
 
 
 def _scoring_s(speed: Speed, w: Workload, prompt_tokens: float, items: int) -> float:
     """Constrained scoring: each prompt once, then every allowed answer on the shared prompt."""
     per_item = prompt_tokens + w.label_combinations * w.label_tokens
-    return items * per_item / speed.prefill_tps
+    return items * per_item / (speed.score_tps or speed.prefill_tps)
 
 
 def _local(names: Sequence[str]) -> list[str]:
@@ -127,7 +135,7 @@ def estimate(
     others = [c for c in cfg.eval.candidates if c not in RUNGS and c != "finetuned"]
     mnt = w.max_new_tokens
     lines: list[CostLine] = []
-    gen = {r: _generation_s(speed, w.prompt_tokens[r], w.n_val, mnt) for r in baselines}
+    gen = {r: _generation_s(speed, w, w.prompt_tokens[r], w.n_val) for r in baselines}
     no_llm = [c for c in others if c in ("knn", "tfidf", "probe")]
     parts = ", ".join(f"{r} {human_time(s)}" for r, s in gen.items())
     lines.append(
@@ -168,12 +176,12 @@ def estimate(
             f"{human_time(val_loss_s)} of it" + (f"; {finetunes} runs" if finetunes > 1 else ""),
         )
     )
-    tuned_gen = finetunes * _generation_s(speed, w.prompt_tokens["prompt"], w.n_val, mnt)
+    tuned_gen = finetunes * _generation_s(speed, w, w.prompt_tokens["prompt"], w.n_val)
     lines.append(CostLine("evaluate the fine-tune", tuned_gen, f"{w.n_val} validation items"))
     gate = list(dict.fromkeys(baselines + cfg.gate.baselines))
     test_s = sum(
-        _generation_s(speed, w.prompt_tokens[r], w.n_test, mnt) for r in _local(gate)
-    ) + _generation_s(speed, w.prompt_tokens["prompt"], w.n_test, mnt)
+        _generation_s(speed, w, w.prompt_tokens[r], w.n_test) for r in _local(gate)
+    ) + _generation_s(speed, w, w.prompt_tokens["prompt"], w.n_test)
     if w.label_combinations:
         test_s += sum(
             _scoring_s(speed, w, w.prompt_tokens[r], w.n_test) for r in _local(gate)
@@ -258,7 +266,7 @@ def workload_of(
         },
         max_new_tokens=int(mnt) if mnt != "auto" else max(8, math.ceil(longest * 1.5) + 4),
         label_combinations=_combinations(cfg, examples),
-        label_tokens=answer_tokens + 1,  # the end-of-turn marker is scored too
+        label_tokens=longest + 1,  # the end-of-turn marker is scored too
         example_tokens=example_tokens,
         longest_example=max(total),
         train_tokens_per_epoch=per_epoch,
@@ -329,9 +337,14 @@ def calibrate(
     model = models.load_model(ref, placement=placement)
     device = next(model.parameters()).device
     ids = tok(text or "calibration", add_special_tokens=False)["input_ids"][:CALIBRATION_TOKENS]
-    rows = min(eval_batch, CALIBRATION_ROWS)
-    batch = torch.tensor([ids] * rows, device=device)  # (rows, seq), no padding
-    prefill_s, decode_s = _time_inference(model, batch)
+    batch = torch.tensor([ids] * CALIBRATION_ROWS, device=device)  # (rows, seq), no padding
+    # Decoding runs eval.batch_size rows per step, and a step's cost grows slower than its rows:
+    # measured at that width, on short prompts so that the prefill before it stays cheap.
+    rows = min(eval_batch, MAX_DECODE_ROWS)
+    short = torch.tensor([ids[:DECODE_PROMPT_TOKENS]] * rows, device=device)
+    prefill_s, _ = _time_inference(model, batch, steps=0)
+    _, decode_s = _time_inference(model, short, steps=DECODE_STEPS)
+    score_s = _time_scoring(model, ids, tok.pad_token_id)
     train_rows = batch[:TRAIN_ROWS]
     train_s = _time_training(model, train_rows, lora_r)
     return Speed(
@@ -340,11 +353,41 @@ def calibrate(
         decode_step_s=max(1e-4, decode_s),
         decode_batch=rows,
         source=f"measured now on {device}",
+        score_tps=(len(ids) + SCORED_ANSWERS * ANSWER_TOKENS) / score_s,
     )
 
 
-def _time_inference(model: Any, batch: Any) -> tuple[float, float]:
-    """(seconds of one prefill of ``batch`` (rows, seq), seconds of one greedy step after it)."""
+def _time_scoring(model: Any, prompt: list[int], pad_id: int) -> float:
+    """Seconds of one constrained-scoring call: the prompt, then :data:`SCORED_ANSWERS` answers of
+    :data:`ANSWER_TOKENS` on its shared cache (what :func:`tunewise.decoding.score_continuations`
+    does for every item)."""
+    import torch
+
+    from tunewise.decoding import score_continuations
+
+    params = inspect.signature(model.forward).parameters
+    cache_kw = "cache" if "cache" in params else "past_key_values"
+
+    def forward(ids: Any, mask: Any, pos: Any, kv: Any, last_only: bool = True) -> Any:
+        out = model(
+            input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **{cache_kw: kv}
+        )
+        return out.logits[:, -1, :] if last_only else out.logits
+
+    answers = [prompt[i : i + ANSWER_TOKENS] for i in range(SCORED_ANSWERS)]
+    answers = [a if len(a) == ANSWER_TOKENS else [pad_id] * ANSWER_TOKENS for a in answers]
+    times = []
+    with torch.inference_mode():
+        for _ in range(REPEATS):
+            t0 = time.perf_counter()
+            score_continuations(forward, model.config, prompt, answers, pad_id=pad_id, chunk=16)
+            times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def _time_inference(model: Any, batch: Any, steps: int) -> tuple[float, float]:
+    """(seconds of one prefill of ``batch`` (rows, seq), seconds of one greedy step after it;
+    0 when ``steps`` is 0)."""
     import torch
 
     from tunewise.decoding import new_cache
@@ -353,7 +396,8 @@ def _time_inference(model: Any, batch: Any) -> tuple[float, float]:
     # transformers 5 renamed the cache argument; ask the way the Engine does
     params = inspect.signature(model.forward).parameters
     cache_kw = "cache" if "cache" in params else "past_key_values"
-    prefill, steps = [], []
+    prefill: list[float] = []
+    times: list[float] = []
     with torch.inference_mode():
         model(input_ids=batch[:1, :8])  # warm-up: first-call allocations
         for _ in range(REPEATS):
@@ -362,11 +406,11 @@ def _time_inference(model: Any, batch: Any) -> tuple[float, float]:
             out = model(input_ids=batch, use_cache=True, **{cache_kw: kv})
             prefill.append(time.perf_counter() - t0)
         nxt = out.logits[:, -1:].argmax(-1)  # (rows, 1)
-        for _ in range(DECODE_STEPS):  # greedy steps on the cache
+        for _ in range(steps):  # greedy steps on the cache
             t0 = time.perf_counter()
             nxt = model(input_ids=nxt, use_cache=True, **{cache_kw: kv}).logits.argmax(-1)
-            steps.append(time.perf_counter() - t0)
-    return min(prefill), min(steps)
+            times.append(time.perf_counter() - t0)
+    return min(prefill), min(times, default=0.0)
 
 
 def _time_training(model: Any, rows: Any, lora_r: int) -> float:
@@ -418,6 +462,7 @@ def recorded_speed(home: Path, model_hash: str, device: str, work_dir: Path) -> 
         prefill_tps=float(rec["prefill_tps"]),
         decode_step_s=float(rec["decode_step_s"]),
         decode_batch=int(rec["decode_batch"]),
+        score_tps=float(rec.get("score_tps", 0.0)),
         source=f"calibrated {rec.get('measured_at', '')} on {device}".replace("  ", " "),
     )
     measured = _last_training_tps(work_dir, model_hash)
@@ -429,6 +474,7 @@ def recorded_speed(home: Path, model_hash: str, device: str, work_dir: Path) -> 
         prefill_tps=speed.prefill_tps,
         decode_step_s=speed.decode_step_s,
         decode_batch=speed.decode_batch,
+        score_tps=speed.score_tps,
         source=f"{speed.source}; training speed from {run}",
     )
 
