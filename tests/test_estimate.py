@@ -122,8 +122,9 @@ def test_calibrate_measures_this_machine(tiny_model_dir):
     from tunewise import models
 
     ref = models.resolve(str(tiny_model_dir))
-    speed = estimate.calibrate(ref, "hello there, " * 40, lora_r=4, eval_batch=16)
+    speed = estimate.calibrate(ref, "hello there, " * 40, eval_batch=16)
     for value in (speed.train_tps, speed.prefill_tps, speed.decode_step_s):
         assert math.isfinite(value) and value > 0
     assert speed.decode_batch == 16 and speed.score_tps > 0  # eval_batch=16 rows decode
     assert speed.source == "measured now on cpu"
+    assert speed.train_tps == pytest.approx(speed.prefill_tps / estimate.TRAIN_COST_RATIO)

@@ -195,7 +195,7 @@ def test_init_writes_constrained_with_its_cost_and_prices_every_part(tmp_path, m
         "evaluate the fine-tune",
         "final test (--final, once)",
     ], notes
-    assert any("speed on this machine (test speed): training 200 tokens/s" in n for n in notes)
+    assert any("speed on this machine (test speed): prompts 1000 tokens/s" in n for n in notes)
     # The figures follow the measured speed, not a constant: half the training speed, more
     # training time (and the baselines, which do not train, stay as they were).
     monkeypatch.setattr(estimate, "calibrate", lambda *a, **k: replace(FAKE_SPEED, train_tps=100.0))

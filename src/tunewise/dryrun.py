@@ -113,7 +113,6 @@ def _price(cfg: ProjectConfig, finetunes: int) -> tuple[list[CostLine], Speed | 
             ref,
             text,
             placement=placement,
-            lora_r=cfg.train.lora_r,
             eval_batch=cfg.eval.batch_size,
         )
     return estimate.estimate(cfg, work, speed, finetunes=finetunes), speed, ""

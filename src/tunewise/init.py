@@ -126,7 +126,6 @@ def _cost_notes(cfg: ProjectConfig, examples: list[Any]) -> CostEstimate:
             ref,
             text,
             placement=placement,
-            lora_r=cfg.train.lora_r,
             eval_batch=cfg.eval.batch_size,
         )
         estimate.save_speed(paths.home(), ref.weight_hash, placement.device, speed)
@@ -149,9 +148,11 @@ def _cost_notes(cfg: ProjectConfig, examples: list[Any]) -> CostEstimate:
             if sharing
             else " and is paid on every training example"
         ),
-        f"speed on this machine ({speed.source}): training {speed.train_tps:.0f} tokens/s, "
-        f"prompts {speed.prefill_tps:.0f} tokens/s, {speed.decode_step_s:.2f} s per decoding "
-        f"step of {speed.decode_batch}; the model is in {ref.path}",
+        f"speed on this machine ({speed.source}): prompts {speed.prefill_tps:.0f} tokens/s, "
+        f"{speed.decode_step_s:.2f} s per decoding step of {speed.decode_batch} rows, label "
+        f"scoring {speed.score_tps:.0f} tokens/s; training ~{speed.train_tps:.0f} tokens/s "
+        f"(prompt speed / {estimate.TRAIN_COST_RATIO:g} until a training run here measures it); "
+        f"the model is in {ref.path}",
     ]
     lines = estimate.estimate(cfg, work, speed)
     notes += [f"cost: {line.render()}" for line in lines]
