@@ -348,7 +348,7 @@ def calibrate(ref: Any, text: str, *, placement: Any = None, eval_batch: int = 8
     rows = min(eval_batch, MAX_DECODE_ROWS)
     short = torch.tensor([ids[:DECODE_PROMPT_TOKENS]] * rows, device=device)
     prefill_s, _ = _time_inference(model, batch, steps=0)
-    _, decode_s = _time_inference(model, short, steps=DECODE_STEPS)
+    _, decode_s = _time_inference(model, short, steps=DECODE_STEPS, repeats=1)
     score_s = _time_scoring(model, ids, tok.pad_token_id)
     prefill_tps = batch.numel() / prefill_s
     return Speed(
@@ -389,7 +389,9 @@ def _time_scoring(model: Any, prompt: list[int], pad_id: int) -> float:
     return min(times)
 
 
-def _time_inference(model: Any, batch: Any, steps: int) -> tuple[float, float]:
+def _time_inference(
+    model: Any, batch: Any, steps: int, repeats: int = REPEATS
+) -> tuple[float, float]:
     """(seconds of one prefill of ``batch`` (rows, seq), seconds of one greedy step after it;
     0 when ``steps`` is 0)."""
     import torch
@@ -404,7 +406,7 @@ def _time_inference(model: Any, batch: Any, steps: int) -> tuple[float, float]:
     times: list[float] = []
     with torch.inference_mode():
         model(input_ids=batch[:1, :8])  # warm-up: first-call allocations
-        for _ in range(REPEATS):
+        for _ in range(repeats):
             kv = new_cache(model.config)  # filled in place, as in the Engine's decoding
             t0 = time.perf_counter()
             out = model(input_ids=batch, use_cache=True, **{cache_kw: kv})
