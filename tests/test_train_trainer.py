@@ -40,6 +40,10 @@ def test_lora_run_writes_the_contracted_layout(tmp_path, tiny_model_dir):
     assert saved["config"]["train"]["lr"] is None and saved["config"]["train"]["lora_r"] == 16
     assert [m["step"] for m in saved["metrics"]] == [4, 8]
     assert all(m["val_loss"] is not None and m["repetition"] is not None for m in saved["metrics"])
+    # the cost of each evaluation is on record, and the total check time is the rows' sum
+    assert all(m["overfit_check_s"] > 0 and m["val_loss_s"] > 0 for m in saved["metrics"])
+    total = sum(m["overfit_check_s"] for m in saved["metrics"])
+    assert saved["overfit_check_s"] == round(total, 2) < saved["wall_time_s"]
     assert any("outside the advised 1-3" in w for w in saved["warnings"])
     assert saved["tokens_per_s"] > 0
     logs = read_jsonl(run / "logs.jsonl")

@@ -102,6 +102,9 @@ def _render(rec: dict) -> None:
     )
     table.add_row("tokens/s", str(rec.get("tokens_per_s")))
     table.add_row("wall time", f"{rec.get('wall_time_s')} s")
+    check, wall = rec.get("overfit_check_s"), rec.get("wall_time_s")
+    if check and wall:
+        table.add_row("overfitting check", f"{check} s ({100 * check / wall:.1f}% of wall time)")
     console.print(table)
 
 

@@ -315,10 +315,17 @@ class RunRecorder:
             "val_loss": metrics.get("eval_loss"),
             "repetition": metrics.get("eval_repetition"),
             "distinct2": metrics.get("eval_distinct2"),
+            # seconds spent on the validation loss and on the overfitting check's generations
+            "val_loss_s": _rounded(metrics.get("eval_runtime")),
+            "overfit_check_s": _rounded(metrics.get("eval_overfit_check_s")),
         }
         # A resumed run re-evaluates nothing before its checkpoint, but a kill after an eval and
         # before the next checkpoint replays that eval: keep one row per step.
         self.record["metrics"] = [m for m in self.record["metrics"] if m["step"] < step] + [row]
+        # Derived from the rows, so a replayed evaluation after a resume is not counted twice.
+        self.record["overfit_check_s"] = round(
+            sum(m.get("overfit_check_s") or 0.0 for m in self.record["metrics"]), 2
+        )
         vals = [m for m in self.record["metrics"] if m["val_loss"] is not None]
         if vals:
             best = min(vals, key=lambda m: m["val_loss"])
@@ -380,6 +387,10 @@ class RunRecorder:
         )
         self.write()
         return dict(self.record)
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(float(value), 3)
 
 
 def data_hashes(train_path: Path, val_path: Path | None) -> dict[str, str | None]:
