@@ -134,3 +134,29 @@ def test_models_origin_names_the_setting_in_force(monkeypatch):
     assert paths.models_origin() == "$TUNEWISE_HOME/models"
     monkeypatch.delenv("TUNEWISE_HOME")
     assert "set TUNEWISE_HOME or TUNEWISE_MODELS to move it" in paths.models_origin()
+
+
+def test_models_pull_converts_with_the_one_display_and_says_where(fake_conversion):
+    result = CliRunner().invoke(app, ["models", "pull"])
+    assert result.exit_code == 0, result.output
+    target = fake_conversion / models.DEFAULT_MODEL
+    assert f"converting {models.DEFAULT_MODEL} (once, about 25 s) into {target}" in result.output
+    assert f"ready {models.DEFAULT_MODEL} at {target}" in result.output
+    assert "preparing" not in result.output  # no spinner on top of the conversion's own display
+
+
+def test_conversion_names_a_copy_already_converted_in_the_default_home(
+    tmp_path, fake_conversion, monkeypatch, capsys
+):
+    """Two settings of TUNEWISE_HOME each converting (and holding) the model is what confused the
+    user in #17: the second conversion names the first copy and how to share it."""
+    from tunewise import paths
+
+    default = tmp_path / "default-home"
+    copy = default / "models" / models.DEFAULT_MODEL
+    copy.mkdir(parents=True)
+    (copy / models.MARKER).write_text(json.dumps({"weight_hash": "x"}))
+    monkeypatch.setattr(paths, "default_home", lambda: default)
+    models.pull(models.DEFAULT_MODEL)
+    err = capsys.readouterr().err
+    assert f"a converted copy is already in {copy}: TUNEWISE_MODELS={copy.parent}" in err
