@@ -50,6 +50,7 @@ TRAIN_COST_RATIO = 3.5
 SCORED_ANSWERS = 16  # a constrained-scoring call of this many answers ...
 ANSWER_TOKENS = 6  # ... of this many tokens each (a label and the end of turn)
 PREFIX_SAMPLE = 64  # examples whose common token prefix estimates the one training shares
+SAMPLE = 2000  # examples whose tokens are counted (a spread sample beyond that)
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,7 @@ class Workload:
     label_combinations: int  # 0 when no constrained scoring (not a labels task, or off)
     label_tokens: float  # tokens of one scored answer: the longest (answers are padded to it)
     example_tokens: float  # mean tokens of a whole training example
-    longest_example: int  # tokens of the longest one in the measured sample
+    longest_example: int  # tokens of the longest one (of the counted sample)
     train_tokens_per_epoch: float  # what the model computes (a shared prefix counted once/batch)
     prefix_tokens: int  # tokens every example starts with (0 when not measured)
     steps: int  # optimizer steps
@@ -230,7 +231,7 @@ def workload_of(
     training batch (:mod:`tunewise.train.prefix`), and counted so."""
     from tunewise.train.prefix import MIN_PREFIX_TOKENS, MIN_SAVED_FRACTION
 
-    sample = list(examples[:: max(1, len(examples) // 200)])
+    sample = list(examples[:: max(1, len(examples) // SAMPLE)])
     count = _counter(tokenizer)
     total = [
         count(_render(tokenizer, e.with_system(cfg.task.system_prompt).messages)) for e in sample

@@ -107,7 +107,6 @@ def _cost_notes(cfg: ProjectConfig, examples: list[Any]) -> CostEstimate:
     here beats asking for a rerun); a hub model is never downloaded by init.
     """
     from tunewise import device, estimate, models, paths
-    from tunewise.train.prefix import MIN_PREFIX_TOKENS, MIN_SAVED_FRACTION
 
     try:
         ref = models.resolve(cfg.model.base, allow_download=False)
@@ -135,8 +134,7 @@ def _cost_notes(cfg: ProjectConfig, examples: list[Any]) -> CostEstimate:
         return CostEstimate([f"cost not estimated: {type(err).__name__}: {err}"])
     batch = cfg.train.batch_size
     plain = work.example_tokens * work.n_train
-    sharing = prefix >= MIN_PREFIX_TOKENS and plain - work.train_tokens_per_epoch > 0
-    sharing = sharing and plain - work.train_tokens_per_epoch >= MIN_SAVED_FRACTION * plain
+    sharing = work.train_tokens_per_epoch < plain  # the workload counts the prefix when it pays
     notes = [
         f"{work.example_tokens:.0f} tokens per example on average (longest "
         f"{work.longest_example}); the system prompt is "
