@@ -94,6 +94,27 @@ def tiny_model_dir(real_model, tmp_path_factory: pytest.TempPathFactory) -> Path
 
 
 @pytest.fixture
+def fake_conversion(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_model_dir: Path) -> Path:
+    """An empty models folder in which the embedded model "converts" from the tiny checkpoint
+    instead of the 25 s GGUF de-quantization: the display, the place and the marker are real."""
+    from tunewise import models
+
+    models_dir = tmp_path / "fresh-models"
+    monkeypatch.setenv("TUNEWISE_MODELS", str(models_dir))
+
+    def dequantize(pkg: Path, spec, bar_console):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        return (
+            AutoTokenizer.from_pretrained(tiny_model_dir),
+            AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+        )
+
+    monkeypatch.setattr(models, "_dequantize", dequantize)
+    return models_dir
+
+
+@pytest.fixture
 def clinc_path() -> Path:
     if not CLINC.is_file():
         pytest.skip(f"CLINC150 not found at {CLINC} (it lives in ../shared beside the repo)")

@@ -270,3 +270,37 @@ def test_clinc150_convert_check_split(clinc_path: Path, tmp_path: Path) -> None:
             text = row["messages"][1]["content"].lower().strip()
             assert owner.setdefault(text, s) == s
     assert Counter(owner.values())["test"] > 2000
+
+
+def test_per_label_names_labels_short_of_the_cap_and_prints_the_counts(tmp_path: Path) -> None:
+    """CLINC with --per-label 50 wrote 991 rows, not 1000, without saying which label was thin."""
+    src = tmp_path / "pairs.json"
+    pairs = [[f"a {i}", "alpha"] for i in range(3)] + [[f"b {i}", "beta"] for i in range(1)]
+    pairs += [[f"c {i}", "gamma"] for i in range(5)]
+    src.write_text(json.dumps(pairs))
+    out = tmp_path / "out.jsonl"
+    result = convert(src, out, source="json-pairs", per_label=3)
+    assert result["examples"] == 7
+    assert result["short_labels"] == {"beta": 1}
+    res = runner.invoke(
+        app, ["data", "convert", str(src), str(out), "--from", "json-pairs", "--per-label", "3"]
+    )
+    assert res.exit_code == 0, res.output
+    assert "1 label(s) have fewer than 3 rows: beta (1)" in res.output
+    assert "examples per label" in res.output
+    cells = [ln.split("│")[1:3] for ln in res.output.splitlines() if ln.count("│") == 3]
+    rows = {label.strip(): n.strip() for label, n in cells}
+    assert rows == {"alpha": "3", "beta": "1 (< 3)", "gamma": "3"}
+
+
+def test_labels_prints_the_per_label_table_and_a_plain_run_does_not(tmp_path: Path) -> None:
+    src = write_pairs(tmp_path)
+    out = tmp_path / "out.jsonl"
+    args = ["data", "convert", str(src), str(out), "--from", "json-pairs"]
+    res = runner.invoke(app, [*args, "--labels", "book_flight,balance"])
+    assert res.exit_code == 0, res.output
+    assert "examples per label" in res.output
+    assert any("book_flight" in ln and "2" in ln for ln in res.output.splitlines())
+    assert "fewer than" not in res.output
+    plain = runner.invoke(app, args)
+    assert plain.exit_code == 0 and "examples per label" not in plain.output

@@ -86,3 +86,77 @@ def test_atomic_write_is_world_readable_and_leaves_no_temp_on_error(tmp_path):
         raise RuntimeError("crash")
     assert target.read_text() == "hello"  # the old file survives
     assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]  # no temp file left
+
+
+def test_gguf_tensor_loop_shows_one_tunewise_bar_not_raw_tqdm():
+    """transformers walks the GGUF tensors under its own tqdm; conversion swaps in our display."""
+    import io
+
+    from rich.console import Console
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    original = gguf_utils.tqdm
+    out = io.StringIO()
+    with models._gguf_progress(Console(file=out, width=120)):
+        assert list(gguf_utils.tqdm(range(5), desc="Converting and de-quantizing")) == list(
+            range(5)
+        )
+    assert gguf_utils.tqdm is original  # restored
+    assert "de-quantizing GGUF tensors: 5/5" in out.getvalue()
+    assert "it/s" not in out.getvalue()
+
+
+def test_data_check_converts_into_the_home_once_and_says_where(tmp_path, fake_conversion):
+    """#17: `data check` converted the model silently (with raw tqdm bars) into a home the user
+    did not know about; it now says where, and a second command finds it there."""
+    data = tmp_path / "d.jsonl"
+    rows = [
+        {"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a"}]}
+        for i in range(3)
+    ]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    target = fake_conversion / models.DEFAULT_MODEL
+    first = CliRunner().invoke(app, ["data", "check", str(data)])
+    assert first.exit_code in (0, 1), first.output
+    assert f"converting {models.DEFAULT_MODEL} (once, about 25 s) into {target}" in first.output
+    assert f"{models.DEFAULT_MODEL} ready in {target}" in first.output
+    assert "($TUNEWISE_MODELS)" in first.output
+    assert (target / models.MARKER).is_file()
+    again = CliRunner().invoke(app, ["data", "check", str(data)])
+    assert "converting" not in again.output
+
+
+def test_models_origin_names_the_setting_in_force(monkeypatch):
+    from tunewise import paths
+
+    assert paths.models_origin() == "$TUNEWISE_MODELS"  # the test fixtures set it
+    monkeypatch.delenv("TUNEWISE_MODELS")
+    assert paths.models_origin() == "$TUNEWISE_HOME/models"
+    monkeypatch.delenv("TUNEWISE_HOME")
+    assert "set TUNEWISE_HOME or TUNEWISE_MODELS to move it" in paths.models_origin()
+
+
+def test_models_pull_converts_with_the_one_display_and_says_where(fake_conversion):
+    result = CliRunner().invoke(app, ["models", "pull"])
+    assert result.exit_code == 0, result.output
+    target = fake_conversion / models.DEFAULT_MODEL
+    assert f"converting {models.DEFAULT_MODEL} (once, about 25 s) into {target}" in result.output
+    assert f"ready {models.DEFAULT_MODEL} at {target}" in result.output
+    assert "preparing" not in result.output  # no spinner on top of the conversion's own display
+
+
+def test_conversion_names_a_copy_already_converted_in_the_default_home(
+    tmp_path, fake_conversion, monkeypatch, capsys
+):
+    """Two settings of TUNEWISE_HOME each converting (and holding) the model is what confused the
+    user in #17: the second conversion names the first copy and how to share it."""
+    from tunewise import paths
+
+    default = tmp_path / "default-home"
+    copy = default / "models" / models.DEFAULT_MODEL
+    copy.mkdir(parents=True)
+    (copy / models.MARKER).write_text(json.dumps({"weight_hash": "x"}))
+    monkeypatch.setattr(paths, "default_home", lambda: default)
+    models.pull(models.DEFAULT_MODEL)
+    err = capsys.readouterr().err
+    assert f"a converted copy is already in {copy}: TUNEWISE_MODELS={copy.parent}" in err

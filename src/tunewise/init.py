@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from tunewise.config import load_project
+from tunewise.config import ProjectConfig, load_project
 from tunewise.data.formats import OutputFormat, infer_format
 from tunewise.data.schema import load_examples
 from tunewise.errors import UserError
@@ -62,84 +63,107 @@ def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
 
 _Dumper.add_representer(str, _str)
 
-# LoRA on the 135M default model, measured on 2 idle CPU cores; a GPU is far faster. Tokens the
-# model computes: a prefix shared by a batch (train.shared_prefix) counts once per batch.
-CPU_TOKENS_PER_S = 250
-PREFIX_SAMPLE = 64  # examples whose common token prefix estimates the one training shares
+TARGET_STEPS = 300  # optimizer steps that trained CLINC's 20 intents well (docs/walkthrough-clinc)
+BATCH_CHOICES = (8, 4)  # largest first: fewer, fuller steps when the data allows; 4 at least
 
 
-def _shared_prefix_tokens(tok: Any, examples: list[Any], system_prompt: str) -> int:
-    """Tokens every training example starts with, as the chat template renders them with the
-    project's system prompt (a spread sample; training measures each batch's own)."""
-    step = max(1, len(examples) // PREFIX_SAMPLE)
-    ids = [
-        tok(
-            tok.apply_chat_template(e.with_system(system_prompt).messages, tokenize=False),
-            add_special_tokens=False,
-        )["input_ids"]
-        for e in examples[::step][:PREFIX_SAMPLE]
-    ]
-    limit, first, n = min(len(x) for x in ids) - 1, ids[0], 0
-    while n < limit and all(x[n] == first[n] for x in ids):
-        n += 1
-    return n
+def choose_batch(n_train: int, epochs: float) -> tuple[int, str]:
+    """The largest batch of :data:`BATCH_CHOICES` whose epochs give ~300 optimizer steps, and why.
+
+    Below batch 4 each step sees too few examples to be worth its noise, so a small train set
+    keeps batch 4 and is told that it cannot reach the steps (and what would)."""
+    from tunewise.estimate import optimizer_steps
+
+    for batch in BATCH_CHOICES:
+        steps = optimizer_steps(n_train, batch, 1, epochs)
+        if steps >= TARGET_STEPS:
+            return batch, (
+                f"batch size {batch}: {epochs:g} epoch(s) of {n_train} training examples give "
+                f"{steps} optimizer steps (at least ~{TARGET_STEPS})"
+            )
+    batch = BATCH_CHOICES[-1]
+    steps = optimizer_steps(n_train, batch, 1, epochs)
+    return batch, (
+        f"batch size {batch}: {epochs:g} epoch(s) of {n_train} training examples give only "
+        f"{steps} optimizer steps, fewer than ~{TARGET_STEPS}, because train is small (a batch "
+        f"under {batch} adds noise, not learning); more examples, or train.epochs up to 3, add "
+        "steps"
+    )
 
 
-def _cost_notes(
-    examples: list[Any], model: str, system_prompt: str, epochs: float, train_frac: float
-) -> list[str]:
-    """Tokens per example (and the system prompt's share) and a CPU time estimate for training.
+@dataclass
+class CostEstimate:
+    """What init learned about cost: notes for the user and the constrained scoring's share."""
 
-    The estimate counts what the model computes: with ``train.shared_prefix: auto`` (the
-    default) a prefix every example shares runs once per batch. Only when the model is already
-    local: init must stay instant and never download or convert.
+    notes: list[str]
+    constrained_s: float | None = None
+
+
+def _cost_notes(cfg: ProjectConfig, examples: list[Any]) -> CostEstimate:
+    """Tokens per example (and the system prompt's share), then one cost line per part of the
+    ladder at this machine's measured speed (:mod:`tunewise.estimate`).
+
+    An embedded model is converted first if it is not yet (it is needed anyway, and converting
+    here beats asking for a rerun); a hub model is never downloaded by init.
     """
-    from tunewise import models, paths
-    from tunewise.config import TrainConfig
-    from tunewise.data.checks import token_lengths
-    from tunewise.train.prefix import MIN_PREFIX_TOKENS, MIN_SAVED_FRACTION
+    from tunewise import device, estimate, models, paths
 
-    if model in models.EMBEDDED and not (paths.models_dir() / model / models.MARKER).is_file():
-        return [
-            f"token lengths not measured ({model} is not converted yet): "
-            "`tunewise data check` measures them"
-        ]
     try:
-        tok = models.load_tokenizer(models.resolve(model, allow_download=False))
-        lengths = token_lengths(tok, [e.messages for e in examples])
+        ref = models.resolve(cfg.model.base, allow_download=False)
+        tok = models.load_tokenizer(ref)
+        system_prompt = cfg.task.system_prompt
         sys_tokens = (
             len(tok(system_prompt, add_special_tokens=False)["input_ids"]) if system_prompt else 0
         )
-        prefix = _shared_prefix_tokens(tok, examples, system_prompt)
+        work = estimate.workload_of(cfg, examples, tok)
+        prefix = work.prefix_tokens
+        placement = device.for_project(cfg, "infer")
+        text = tok.apply_chat_template(
+            examples[0].with_system(system_prompt).messages, tokenize=False
+        )
+        speed = estimate.calibrate(
+            ref,
+            text,
+            placement=placement,
+            eval_batch=cfg.eval.batch_size,
+        )
+        estimate.save_speed(paths.home(), ref.weight_hash, placement.device, speed)
+    except UserError as err:
+        return CostEstimate([f"cost not estimated: {err}"])
     except Exception as err:  # an estimate is a courtesy; never fail init over it
-        return [f"token lengths not measured: {err}"]
-    mean = sum(lengths) / len(lengths)
-    n_train = max(1, round(len(examples) * train_frac))
-    per_epoch = mean * n_train
-    batch = TrainConfig().batch_size
-    saved = prefix * (n_train - -(-n_train // batch))  # all but one row per batch skip it
-    sharing = prefix >= MIN_PREFIX_TOKENS and saved >= MIN_SAVED_FRACTION * per_epoch
-    computed = per_epoch - saved if sharing else per_epoch
-    minutes = computed * epochs / CPU_TOKENS_PER_S / 60
+        return CostEstimate([f"cost not estimated: {type(err).__name__}: {err}"])
+    batch = cfg.train.batch_size
+    plain = work.example_tokens * work.n_train
+    sharing = work.train_tokens_per_epoch < plain  # the workload counts the prefix when it pays
     notes = [
-        f"{mean:.0f} tokens per example on average (longest {max(lengths)}); the system prompt is "
+        f"{work.example_tokens:.0f} tokens per example on average (longest "
+        f"{work.longest_example}); the system prompt is "
         f"{sys_tokens} of them"
         + (
             f"; the {prefix} tokens every example starts with run once per batch of {batch} "
-            f"(train.shared_prefix: auto), so an epoch computes {computed / 1000:.0f}k tokens, "
-            f"not {per_epoch / 1000:.0f}k"
+            f"(train.shared_prefix: auto), so an epoch computes "
+            f"{work.train_tokens_per_epoch / 1000:.0f}k tokens, not {plain / 1000:.0f}k"
             if sharing
             else " and is paid on every training example"
-        )
+        ),
+        f"speed on this machine ({speed.source}): prompts {speed.prefill_tps:.0f} tokens/s, "
+        f"{speed.decode_step_s:.2f} s per decoding step of {speed.decode_batch} rows, label "
+        f"scoring {speed.score_tps:.0f} tokens/s; training ~{speed.train_tps:.0f} tokens/s "
+        f"(prompt speed / {estimate.TRAIN_COST_RATIO:g} until a training run here measures it); "
+        f"the model is in {ref.path}",
     ]
-    note = (
-        f"training cost: {computed / 1000:.0f}k tokens computed per epoch x {epochs:g} "
-        f"epoch(s): ~{minutes:.0f} min of LoRA on 2 CPU cores (~{CPU_TOKENS_PER_S} tokens/s), "
-        "minutes on a GPU"
+    lines = estimate.estimate(cfg, work, speed)
+    notes += [f"cost: {line.render()}" for line in lines]
+    before_final = sum(line.seconds for line in lines if not line.stage.startswith("final"))
+    notes.append(
+        f"cost: the ladder without --final {estimate.human_time(before_final)}; "
+        "`tunewise run --dry-run` prices it again, stage by stage"
     )
-    if minutes > 15:
-        note += "; on a CPU, set train.max_steps or fewer epochs to try the ladder first"
-    return [*notes, note]
+    training = next(line for line in lines if line.stage == "training")
+    if training.seconds > 15 * 60 and placement.device == "cpu":
+        notes.append("on a CPU, set train.max_steps or fewer epochs to try the ladder first")
+    constrained = next((ln for ln in lines if ln.stage == "constrained scoring"), None)
+    return CostEstimate(notes, constrained.seconds if constrained else None)
 
 
 def propose(
@@ -212,16 +236,16 @@ def _project_name(name: str | None, data: Path) -> str:
     )
 
 
-def _write_validated(out: Path, target: Path, text: str) -> None:
+def _validated(out: Path, text: str) -> ProjectConfig:
+    """The config ``text`` describes, loaded back from a probe file beside the target (so that
+    relative paths resolve as they will): nothing is kept unless it loads."""
     out.mkdir(parents=True, exist_ok=True)
-    # Validate before keeping: write beside the target, load it back, then rename over.
     probe = out / ".project.yaml.probe"
     atomic_write_text(probe, text)
     try:
-        load_project(probe)
+        return load_project(probe)
     finally:
         probe.unlink(missing_ok=True)
-    atomic_write_text(target, text)
 
 
 def init_project(
@@ -253,6 +277,8 @@ def init_project(
     n = len(examples)
     # Each split needs enough items for the paired tests to mean something.
     val = 0.1 if n >= 1000 else 0.15 if n >= 300 else 0.2
+    epochs = 2 if n < 2000 else 1
+    batch, batch_note = choose_batch(n - 2 * round(n * val), epochs)
     raw: dict[str, Any] = {
         "name": _project_name(name, data),
         "task": task,
@@ -262,22 +288,38 @@ def init_project(
             "split": {"val": val, "test": val, "seed": 0},
         },
         "model": {"base": "smollm2-135m-instruct"},
-        "train": {"method": "lora", "epochs": 2 if n < 2000 else 1},
+        "train": {"method": "lora", "epochs": epochs, "batch_size": batch},
         "eval": {**ev, "candidates": ["prompt", "fewshot", "rag", "finetuned"]},
         "gate": {"alpha": 0.05, "delta": 0.02},
     }
+    if task["type"] == "labels":  # on by default, and costly: written out so it can be seen
+        raw["eval"]["constrained"] = True
     if not docs:
         raw["eval"]["rag"] = {"sources": ["train"]}
         notes.append("RAG rung: no docs folder, so it retrieves labelled train examples (kNN)")
     notes.append(f"{n} examples; validation and sealed test get {val:.0%} each")
-    notes += _cost_notes(
-        examples, raw["model"]["base"], task["system_prompt"], raw["train"]["epochs"], 1 - 2 * val
-    )
+    notes.append(batch_note)
     header = (
         "# tunewise project, scaffolded by `tunewise init` from the data. Edit freely.\n"
         "# Every field and its default is documented in tunewise/config.py and the README.\n"
         "# The ladder: `tunewise run project.yaml`; the sealed test once at the end: add --final.\n"
+        "# What each stage will cost here, without running it: `tunewise run --dry-run`.\n"
     )
     text = header + yaml.dump(raw, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=100)
-    _write_validated(out, target, text)
+    cfg = _validated(out, text)
+    cost = _cost_notes(cfg, examples)
+    notes += cost.notes
+    atomic_write_text(target, _comment_constrained(text, cost.constrained_s))
     return target, notes
+
+
+def _comment_constrained(text: str, seconds: float | None) -> str:
+    """``eval.constrained`` with a comment on what it costs (measured when init could)."""
+    from tunewise.estimate import human_time
+
+    price = f"{human_time(seconds)} on this machine" if seconds is not None else "costly on a CPU"
+    comment = (
+        f"  # every allowed label scored by log-likelihood for each local candidate: {price}; "
+        "false: free generation only"
+    )
+    return text.replace("\n  constrained: true\n", f"\n  constrained: true{comment}\n", 1)

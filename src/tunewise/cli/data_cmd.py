@@ -109,8 +109,10 @@ def check_cmd(
 
     Exit code 0 when clean, 2 on errors, 1 on warnings with --strict.
     """
+    from tunewise import models
     from tunewise.data.checks import check_file
 
+    models.ensure_converted(model)  # before the spinner: one progress display at a time
     with status_console.status("checking ...") as st:
         report = check_file(
             file,
@@ -280,6 +282,26 @@ def convert_cmd(
     console.print(
         f"[green]wrote[/] {result['examples']} example(s){n_labels} to {escape(str(out))}"
     )
+    if result["labels"] and (per_label is not None or labels):
+        _render_label_counts(result["labels"], per_label)
+    short = result["short_labels"]
+    if short:
+        thin = ", ".join(f"{escape(k)} ({v})" for k, v in short.items())
+        console.print(
+            f"[yellow]{len(short)} label(s) have fewer than {per_label} rows[/]: {thin}",
+            soft_wrap=True,
+        )
+
+
+def _render_label_counts(counts: dict[str, int], per_label: int | None) -> None:
+    """Examples written per label; with --per-label, the ones short of the cap are marked."""
+    table = Table(title="examples per label")
+    table.add_column("label")
+    table.add_column("examples", justify="right")
+    for label, n in counts.items():
+        short = per_label is not None and n < per_label
+        table.add_row(escape(label), f"[yellow]{n} (< {per_label})[/]" if short else str(n))
+    console.print(table)
 
 
 @data_app.command("seals")

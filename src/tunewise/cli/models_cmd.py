@@ -36,8 +36,11 @@ def pull_cmd(
 ) -> None:
     """Make a model available locally (convert the embedded GGUF once, or download a hub id)."""
     started = time.time()
-    with console.status(f"preparing {name} ..."):
+    if name in models.EMBEDDED:  # the conversion shows its own progress and says where
         ref = models.pull(name)
+    else:
+        with console.status(f"preparing {name} ..."):
+            ref = models.pull(name)
     console.print(
         f"[green]ready[/] {ref.name} at {ref.path} (weights sha256 {ref.weight_hash[:12]}, "
         f"{time.time() - started:.1f}s)"

@@ -43,6 +43,12 @@ def run_cmd(
         help="train each fine-tune with N seeds (N times the training and fine-tune evaluation "
         "time); the gate needs the pooled seeds and the worst seed to clear every baseline",
     ),
+    dry_run: bool = typer.Option(
+        False,
+        "--dry-run",
+        help="print the stages, which are cached and what each will cost on this machine; "
+        "run and write nothing",
+    ),
 ) -> None:
     """Run the whole ladder: check, split, baselines, train, evaluate, compare, gate, registry,
     report."""
@@ -58,8 +64,9 @@ def run_cmd(
         learning_curve=learning_curve,
         console=console,
         seeds=seeds,
+        dry_run=dry_run,
     )
-    if result.eval_dir is not None:
+    if result.eval_dir is not None and not dry_run:
         show_summary(result.eval_dir, test_dir=result.test_dir)
 
 

@@ -335,7 +335,8 @@ def convert(
     ``labels`` keeps only examples with those labels (csv and json-pairs); a label that never
     occurs is an error, since it is almost always a typo. ``per_label`` keeps at most that many
     examples of each label, the first ones in file order (a smaller, balanced start for a slow
-    machine; deterministic, so a rerun writes the same file).
+    machine; deterministic, so a rerun writes the same file). The result's ``short_labels``
+    names every kept label with fewer than ``per_label`` rows, with its count.
 
     ``src`` is decoded with ``encoding`` (a byte-order mark is dropped); ``errors`` is
     ``strict`` (an undecodable byte is an error naming its line and offset), ``replace`` or
@@ -378,10 +379,14 @@ def convert(
             atomic_write_jsonl(out, records)
     except OSError as exc:
         raise UserError(f"{out}: cannot write: {exc.strerror or exc}") from None
+    # Labels with fewer rows than the cap: the total falls short of N x labels, and the user
+    # must be told which label is thin rather than count the output.
+    short = {k: v for k, v in sorted(kept.items()) if per_label is not None and v < per_label}
     return {
         "source": str(src),
         "out": str(out),
         "from": source,
         "examples": len(records),
         "labels": dict(sorted(kept.items())) if kept else None,
+        "short_labels": short,
     }

@@ -1,0 +1,130 @@
+"""The cost estimate: measured speed x the project's work, one line per part of the ladder."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from tunewise import estimate
+from tunewise.config import load_project
+from tunewise.data.schema import load_examples
+
+SPEED = estimate.Speed(
+    train_tps=100.0, prefill_tps=500.0, decode_step_s=0.1, decode_batch=4, source="test"
+)
+PARTS = [
+    "baselines",
+    "constrained scoring",
+    "training",
+    "evaluate the fine-tune",
+    "final test (--final, once)",
+]
+
+
+def project(tmp_path: Path, n: int = 100, labels: int = 5, **eval_cfg) -> Path:
+    names = [f"intent_{j}" for j in range(labels)]
+    with open(tmp_path / "d.jsonl", "w") as fh:
+        for i in range(n):
+            msgs = [
+                {"role": "system", "content": "Reply with one intent."},
+                {"role": "user", "content": f"request number {i} about {names[i % labels]}"},
+                {"role": "assistant", "content": names[i % labels]},
+            ]
+            fh.write(json.dumps({"messages": msgs}) + "\n")
+    (tmp_path / "project.yaml").write_text(
+        json.dumps(
+            {
+                "name": "est",
+                "task": {"type": "labels", "system_prompt": "Reply with one intent."},
+                "data": {"train": "d.jsonl", "split": {"val": 0.2, "test": 0.2}},
+                "train": {"epochs": 2, "batch_size": 4, "eval_every": 10},
+                "eval": {"fewshot": {"k": 2}, "rag": {"k": 2, "sources": ["train"]}, **eval_cfg},
+            }
+        )
+    )
+    return tmp_path / "project.yaml"
+
+
+def lines_for(path: Path, speed: estimate.Speed = SPEED, tokenizer=None):
+    cfg = load_project(path)
+    work = estimate.workload_of(cfg, load_examples(cfg.data.train), tokenizer)
+    return work, {ln.stage: ln for ln in estimate.estimate(cfg, work, speed)}
+
+
+def test_each_part_has_its_own_line_and_follows_the_speed(tmp_path):
+    work, lines = lines_for(project(tmp_path))
+    assert list(lines) == PARTS
+    assert work.n_train == 60 and work.n_val == 20 and work.n_test == 20
+    assert work.steps == 30 and work.label_combinations == 5
+    # Training is tokens / training speed, plus the validation-loss passes at prompt speed.
+    val_loss = 3 * 20 * work.example_tokens / SPEED.prefill_tps
+    expected = work.train_tokens_per_epoch * 2 / SPEED.train_tps + val_loss
+    assert lines["training"].seconds == pytest.approx(expected)
+    # Constrained scoring: every item's prompt once plus 5 answers, for 3 rungs and the fine-tune.
+    per_item = {r: work.prompt_tokens[r] + 5 * work.label_tokens for r in work.prompt_tokens}
+    scored = 20 * (sum(per_item.values()) + per_item["prompt"]) / SPEED.prefill_tps
+    assert lines["constrained scoring"].seconds == pytest.approx(scored)
+    # Half the speed, twice the time: the estimate is the measurement, not a constant.
+    _, slow = lines_for(project(tmp_path), replace(SPEED, train_tps=50.0, prefill_tps=250.0))
+    assert slow["training"].seconds == pytest.approx(2 * lines["training"].seconds)
+    assert slow["constrained scoring"].seconds == pytest.approx(2 * scored)
+    # Few-shot and RAG prompts carry k earlier turns: they cost more than the bare prompt.
+    assert work.prompt_tokens["fewshot"] > work.prompt_tokens["prompt"]
+    gen = 20 * work.prompt_tokens["prompt"] / 500 + math.ceil(20 / 4) * work.max_new_tokens * 0.1
+    assert work.prefix_tokens == 0  # no tokenizer here: nothing shared is counted
+    assert lines["evaluate the fine-tune"].seconds == pytest.approx(gen)
+
+
+def test_a_shared_prompt_prefix_is_paid_once_per_batch(tmp_path):
+    work, lines = lines_for(project(tmp_path))
+    shared = replace(work, prefix_tokens=10)
+    cfg = load_project(tmp_path / "project.yaml")
+    fewer = {ln.stage: ln for ln in estimate.estimate(cfg, shared, SPEED)}
+    saved = 10 * (20 - math.ceil(20 / 4)) / SPEED.prefill_tps  # 20 items, batches of 4
+    got = lines["evaluate the fine-tune"].seconds - fewer["evaluate the fine-tune"].seconds
+    assert got == pytest.approx(saved)
+
+
+def test_constrained_off_has_no_scoring_line(tmp_path):
+    _, lines = lines_for(project(tmp_path, constrained=False))
+    assert "constrained scoring" not in lines
+    assert list(lines) == [p for p in PARTS if p != "constrained scoring"]
+
+
+def test_many_labels_are_scored_one_field_at_a_time_cost_wise(tmp_path):
+    work, _ = lines_for(project(tmp_path, n=200, labels=80))
+    assert work.label_combinations == 80  # one field: every value once
+
+
+def test_recorded_speed_takes_training_from_the_projects_last_run(tmp_path):
+    home, work_dir = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    assert estimate.recorded_speed(home, "h" * 64, "cpu", work_dir) is None
+    estimate.save_speed(home, "h" * 64, "cpu", SPEED)
+    got = estimate.recorded_speed(home, "h" * 64, "cpu", work_dir)
+    assert got is not None and got.train_tps == 100.0 and got.source.startswith("calibrated")
+    assert estimate.recorded_speed(home, "h" * 64, "cuda:0", work_dir) is None  # per device
+    run = work_dir / "runs" / "lora-abc"
+    run.mkdir(parents=True)
+    (run / "run.json").write_text(
+        json.dumps({"tokens_per_s": 42.5, "base_model": {"weight_hash": "h" * 64}})
+    )
+    got = estimate.recorded_speed(home, "h" * 64, "cpu", work_dir)
+    assert got.train_tps == 42.5 and "training speed from run lora-abc" in got.source
+    assert got.prefill_tps == SPEED.prefill_tps
+
+
+def test_calibrate_measures_this_machine(tiny_model_dir):
+    from tunewise import models
+
+    ref = models.resolve(str(tiny_model_dir))
+    speed = estimate.calibrate(ref, "hello there, " * 40, eval_batch=16)
+    for value in (speed.train_tps, speed.prefill_tps, speed.decode_step_s):
+        assert math.isfinite(value) and value > 0
+    assert speed.decode_batch == 16 and speed.score_tps > 0  # eval_batch=16 rows decode
+    assert speed.source == "measured now on cpu"
+    assert speed.train_tps == pytest.approx(speed.prefill_tps / estimate.TRAIN_COST_RATIO)
