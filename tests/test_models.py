@@ -1,5 +1,4 @@
 import json
-import time
 
 import pytest
 from typer.testing import CliRunner
@@ -9,23 +8,31 @@ from tunewise.cli import app
 from tunewise.errors import UserError
 
 
-def test_embedded_model_converts_once_and_reloads_fast(real_model):
+def test_embedded_model_converts_once_and_later_loads_reuse_it(real_model, monkeypatch):
     assert real_model.source == "embedded"
     assert (real_model.path / "model.safetensors").is_file()
     assert (real_model.path / "chat_template.jinja").is_file() or "chat_template" in (
         real_model.path / "tokenizer_config.json"
     ).read_text()
     assert len(real_model.weight_hash) == 64
-    started = time.perf_counter()
+
+    # Issue 2 asked that later loads be fast. What makes them fast is that they neither convert
+    # the GGUF again nor rehash 500 MB of weights: assert those, not a wall-clock time (machines
+    # are noisy; speed figures belong in bench/).
+    def no_conversion(*args, **kwargs):
+        raise AssertionError("a later load converted the model again")
+
+    def no_rehash(*args, **kwargs):
+        raise AssertionError("a later load hashed the weights again")
+
+    monkeypatch.setattr(models, "_convert_embedded", no_conversion)
+    monkeypatch.setattr(models, "weights_hash", no_rehash)
     ref = models.resolve(models.DEFAULT_MODEL)
     tok = models.load_tokenizer(ref)
     model = models.load_model(ref)
-    elapsed = time.perf_counter() - started
     assert ref.weight_hash == real_model.weight_hash
     assert model.config.num_hidden_layers == 30
     assert tok.eos_token == "<|im_end|>"
-    # issue 2: later loads take under 2 s (generous margin for a loaded CI machine)
-    assert elapsed < 4.0, elapsed
 
 
 def test_local_checkpoint_dir_resolves_and_hash_is_cached(tiny_model_dir):
