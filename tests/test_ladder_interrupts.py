@@ -17,7 +17,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from tunewise.workflow import Ladder, Stage
+from tunewise.stages import Ladder, Stage
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -26,7 +26,7 @@ import sys, time
 from pathlib import Path
 from types import SimpleNamespace
 from rich.console import Console
-from tunewise.workflow import Ladder, Stage
+from tunewise.stages import Ladder, Stage
 
 work = Path(sys.argv[1])
 

@@ -13,200 +13,34 @@ key and outputs of every finished stage, written atomically after each one, so:
   run. The unfinished attempt's wall time is recorded beside the stage, so the run that finishes
   it (often fast: the generation cache holds the attempt's answers) does not hide the cost.
 
-:func:`run_ladder` writes the ladder as a list of :class:`Stage` rows (name, inputs, run, the
-stages it reads from) and :meth:`Ladder.run` walks it in order: the list owns the numbering
-shown to the user, and each stage's key is derived from its row. It is a straight line, not a
-scheduler: a stage may only read from stages listed before it.
+:func:`run_ladder` writes the ladder as a list of :class:`~tunewise.stages.Stage` rows (name,
+inputs, run, the stages it reads from) and :meth:`~tunewise.stages.Ladder.run` walks it in
+order: the list owns the numbering shown to the user, and each stage's key is derived from its
+row. It is a straight line, not a scheduler: a stage may only read from stages listed before it.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import shutil
-import time
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
 
-from tunewise import __version__, tracking
+from tunewise import tracking
 from tunewise.config import ProjectConfig, dump_project
 from tunewise.context import candidate_names, training_key_inputs, variant_pairs
 from tunewise.errors import UserError
 from tunewise.fsio import atomic_write_json, sha256_file, sha256_json
-from tunewise.interrupt import Terminated, sigterm_as_interrupt
 from tunewise.learning_curve import CURVE_FILE, FRACTIONS
 from tunewise.rundir import RunDir
 from tunewise.rungs import RUNGS
 from tunewise.seeds import seed_name
+from tunewise.stages import Ladder, LadderResult, Outputs, Stage
 
 METHODS = ("lora", "qlora", "full")
-
-Outputs = dict[str, Any]  # what a stage returns: JSON values; absolute paths are checked on reuse
-
-
-@dataclass(eq=False)  # compared and hashed by identity: a stage is a row of one ladder
-class Stage:
-    """One row of the ladder.
-
-    ``inputs`` are what the stage depends on besides earlier stages (config sections, content
-    hashes); ``after`` are the earlier stages it reads from, whose keys join its own; ``run``
-    gets their outputs (``upstream[stage]``) and returns its own.
-    """
-
-    name: str
-    inputs: dict[str, Any]
-    run: Callable[[dict[Stage, Outputs]], Outputs]
-    after: tuple[Stage, ...] = ()
-
-    @cached_property
-    def depends(self) -> dict[str, Any]:
-        """Everything the key covers: the inputs plus the upstream stages' keys, by name."""
-        return self.inputs | {s.name: s.key for s in self.after}
-
-    @cached_property
-    def key(self) -> str:
-        return sha256_json({"stage": self.name, "inputs": self.depends, "tunewise": __version__})
-
-
-@dataclass
-class StageResult:
-    name: str
-    status: str  # "ran" | "cached" | "skipped"
-    seconds: float
-    outputs: dict[str, Any]
-
-
-@dataclass
-class LadderResult:
-    work_dir: Path
-    stages: list[StageResult] = field(default_factory=list)
-    verdict: dict[str, Any] | None = None
-    eval_dir: Path | None = None
-    test_dir: Path | None = None  # the sealed test evaluation, after --final
-
-    @property
-    def all_cached(self) -> bool:
-        return all(s.status != "ran" for s in self.stages)
-
-
-class Ladder:
-    """Runs stages in order, skipping those whose key is unchanged."""
-
-    def __init__(
-        self, cfg: ProjectConfig, console: Console | None = None, quiet: bool = False
-    ) -> None:
-        self.cfg = cfg
-        self.work = cfg.work_dir  # created by the first stage that runs (a dry run writes none)
-        self.state_path = self.work / "ladder.json"
-        self.console = console or Console(stderr=False, quiet=quiet)
-        self.state: dict[str, Any] = self._load_state()
-        self.result = LadderResult(work_dir=self.work)
-
-    def _load_state(self) -> dict[str, Any]:
-        try:
-            return json.loads(self.state_path.read_text())
-        except (OSError, json.JSONDecodeError):
-            return {}
-
-    def run(self, stages: Sequence[Stage]) -> dict[Stage, Outputs]:
-        """Every stage in order, numbered ``[i/n]``; returns each stage's outputs.
-
-        SIGTERM (how a background job is stopped) is handled like Ctrl-C.
-        """
-        done: dict[Stage, Outputs] = {}
-        with sigterm_as_interrupt():
-            for index, stage in enumerate(stages, start=1):
-                missing = [s.name for s in stage.after if s not in done]
-                if missing:  # a mistake in the table, not the user's
-                    raise ValueError(f"stage {stage.name} reads from {missing}, not run before it")
-                label = f"[{index}/{len(stages)}] {stage.name}"
-                done[stage] = self._stage(stage, label, {s: done[s] for s in stage.after})
-        return done
-
-    def reusable(self, stage: Stage) -> bool:
-        """Whether ``stage`` would come back from the cache: same key, its files still there."""
-        prev = self.state.get(stage.name)
-        return bool(
-            prev
-            and prev.get("key") == stage.key
-            and all(Path(p).exists() for p in prev.get("paths", []))
-        )
-
-    def _stage(self, stage: Stage, label: str, upstream: dict[Stage, Outputs]) -> Outputs:
-        prev = self.state.get(stage.name) or {}
-        if self.reusable(stage):
-            self.console.print(f"[dim]✓ {label}: unchanged, cached[/]")
-            self.result.stages.append(StageResult(stage.name, "cached", 0.0, prev["outputs"]))
-            return prev["outputs"]
-        self.work.mkdir(parents=True, exist_ok=True)
-        self.console.rule(f"[bold]{label}")
-        started = time.time()
-        try:
-            outputs = stage.run(upstream)
-        except BaseException as exc:
-            self._record_attempt(stage, exc, time.time() - started)
-            if isinstance(exc, KeyboardInterrupt):
-                # Without this the user sees a bare exit and cannot tell what was kept.
-                kept = [s.name for s in self.result.stages]
-                how = " (SIGTERM)" if isinstance(exc, Terminated) else ""
-                self.console.print(
-                    f"\n[yellow]interrupted{how} in {label}[/]; finished stages are kept"
-                    f"{' (' + ', '.join(kept) + ')' if kept else ''}: "
-                    "run the same command again to resume"
-                )
-            raise
-        seconds = time.time() - started
-        paths = [v for v in outputs.values() if isinstance(v, str) and v.startswith("/")]
-        record: dict[str, Any] = {
-            "key": stage.key,
-            "outputs": outputs,
-            "paths": paths,
-            "seconds": round(seconds, 2),  # this run's wall time
-            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        }
-        # Work an interrupted attempt did (generations in the cache, training checkpoints) makes
-        # this run fast; the time that work took is kept beside it.
-        attempts = [a for a in prev.get("attempts", []) if a.get("key") == stage.key]
-        if attempts:
-            total = seconds + sum(float(a["seconds"]) for a in attempts)
-            record |= {"attempts": attempts, "total_seconds": round(total, 2)}
-        self.state[stage.name] = record
-        # Recorded only after the stage finished: Ctrl-C inside it leaves the old outputs alone.
-        atomic_write_json(self.state_path, self.state)
-        spent = (
-            f" ({total:.1f}s with {len(attempts)} earlier attempt(s) of this stage)"
-            if attempts
-            else ""
-        )
-        self.console.print(f"[green]✓ {label}[/] in {seconds:.1f}s{spent}")
-        self.result.stages.append(StageResult(stage.name, "ran", seconds, outputs))
-        return outputs
-
-    def _record_attempt(self, stage: Stage, exc: BaseException, seconds: float) -> None:
-        """Keep the wall time of an attempt that did not finish (interrupted, terminated, failed)
-        beside the stage's record, without touching its outputs: the run that finishes the stage
-        adds it to its own time."""
-        how = (
-            "terminated"
-            if isinstance(exc, Terminated)
-            else "interrupted"
-            if isinstance(exc, KeyboardInterrupt)
-            else "failed"
-        )
-        record = self.state.setdefault(stage.name, {})
-        earlier = [a for a in record.get("attempts", []) if a.get("key") == stage.key]
-        attempt = {"key": stage.key, "how": how, "seconds": round(seconds, 2)}
-        record["attempts"] = [*earlier, attempt | {"at": time.strftime("%Y-%m-%dT%H:%M:%S")}]
-        # The exception being handled matters more than this record: a failed write (disk full)
-        # must not replace it.
-        with contextlib.suppress(OSError):
-            atomic_write_json(self.state_path, self.state)
 
 
 def _file_hash(path: Path | None) -> str | None:
@@ -282,32 +116,14 @@ def run_ladder(
     (:mod:`tunewise.seeds`). ``dry_run`` prints the stages and their estimated cost
     (:mod:`tunewise.dryrun`) and runs and writes nothing.
     """
-    methods = methods or [cfg.train.method]
-    if seeds < 1:
-        raise UserError(f"--seeds {seeds}: expected 1 or more training seeds")
-    for m in methods:
-        if m not in METHODS:
-            raise UserError(f"--methods: unknown method {m!r} (expected lora, qlora or full)")
+    methods = _checked_methods(methods or [cfg.train.method], seeds)
     train_hash = _file_hash(cfg.data.train)
     if train_hash is None:
         raise UserError(f"{cfg.data.train}: training data not found")
     ladder = Ladder(cfg, console=console, quiet=quiet)
     full_cfg = dump_project(cfg)
     plan = _Plan.of(cfg, ladder.console, quiet)
-    check_inputs = {
-        "train": train_hash,
-        **{k: _file_hash(v) for k, v in _data_files(cfg).items() if k != "train"},
-        "model": cfg.model.base,
-        "max_len": cfg.data.max_len,
-        "pattern": cfg.task.output_pattern,
-    }
-    check = Stage("check", check_inputs, lambda up: _check(plan))
-    split = Stage(
-        "split",
-        {"split": full_cfg["data"]["split"], "project": cfg.name},
-        lambda up: _split(plan),
-        after=(check,),
-    )
+    check, split = _check_and_split(plan, full_cfg, train_hash)
     eval_inputs = {
         "task": full_cfg["task"],
         "model": full_cfg["model"],
@@ -320,20 +136,8 @@ def run_ladder(
         lambda up: _evaluate_baselines(plan),
         after=(split,),
     )
-    # The fine-tuned candidates' names: "finetuned", or one per method, "+fewshot" per variant.
     variants = cfg.train.variants or [cfg.train.context]
-    names = candidate_names(methods, variants)
-    trains = []
-    for m in methods:
-        for v in variants:
-            name = names[m, v]
-            for k in range(seeds):
-                seed = k if seeds > 1 else None
-                stage, run_dir = _train_stage(plan, full_cfg, m, split, seed, context=v)
-                plan.runs[name if seeds == 1 else seed_name(name, k)] = run_dir
-                trains.append(stage)
-            if seeds > 1:
-                plan.groups[name] = [seed_name(name, k) for k in range(seeds)]
+    trains, names = _train_stages(plan, full_cfg, split, methods, variants, seeds)
     # The production version, when the project has one: a new version must not regress from it.
     champion_inputs, champion_spec = _find_champion(plan)
     evaluate = Stage(
@@ -342,14 +146,7 @@ def run_ladder(
         lambda up: _evaluate(plan),
         after=(split, *trains),
     )
-    gate = Stage(
-        "compare-gate",
-        {"gate": full_cfg["gate"]},
-        lambda up: _compare_and_gate(
-            cfg, plan.eval_dir, _gated(plan), plan.gate_bases, champion_spec
-        ),
-        after=(evaluate,),
-    )
+    gate = _gate_stage(plan, full_cfg, evaluate, champion_spec)
     # Opt-in: the first method (its first context variant) again on 25% and 50% of train.
     first = methods[0], variants[0]
     curve = [_curve_stage(plan, trains[0], first, names[first], evaluate)] if learning_curve else []
@@ -373,13 +170,89 @@ def run_ladder(
     stages = [check, split, baseline_eval, *trains, evaluate, gate, *curve, registry, *sealed]
     stages += [report, *_mlflow_stage(plan, gate, report)]
     if dry_run:
-        from tunewise.dryrun import show_plan
-
-        cached = [ladder.reusable(s) for s in stages]
-        show_plan(cfg, stages, cached, ladder.console, finetunes=len(trains))
-        return ladder.result
+        return _dry_run(ladder, stages, finetunes=len(trains))
     outputs = ladder.run(stages)
     return _result(ladder, plan, outputs[gate], outputs.get(test))
+
+
+def _check_and_split(plan: _Plan, full_cfg: dict[str, Any], train_hash: str) -> tuple[Stage, Stage]:
+    """The first two rows: the data check (keyed by every data file's content) and the split."""
+    cfg = plan.cfg
+    check_inputs = {
+        "train": train_hash,
+        **{k: _file_hash(v) for k, v in _data_files(cfg).items() if k != "train"},
+        "model": cfg.model.base,
+        "max_len": cfg.data.max_len,
+        "pattern": cfg.task.output_pattern,
+    }
+    check = Stage("check", check_inputs, lambda up: _check(plan))
+    split = Stage(
+        "split",
+        {"split": full_cfg["data"]["split"], "project": cfg.name},
+        lambda up: _split(plan),
+        after=(check,),
+    )
+    return check, split
+
+
+def _gate_stage(
+    plan: _Plan, full_cfg: dict[str, Any], evaluate: Stage, champion_spec: str | None
+) -> Stage:
+    """Compare every candidate on the evaluated items and apply the gate (and the champion)."""
+    return Stage(
+        "compare-gate",
+        {"gate": full_cfg["gate"]},
+        lambda up: _compare_and_gate(
+            plan.cfg, plan.eval_dir, _gated(plan), plan.gate_bases, champion_spec
+        ),
+        after=(evaluate,),
+    )
+
+
+def _dry_run(ladder: Ladder, stages: list[Stage], *, finetunes: int) -> LadderResult:
+    """``--dry-run``: the stage plan with what is cached and what the rest will cost; runs and
+    writes nothing."""
+    from tunewise.dryrun import show_plan
+
+    cached = [ladder.reusable(s) for s in stages]
+    show_plan(ladder.cfg, stages, cached, ladder.console, finetunes=finetunes)
+    return ladder.result
+
+
+def _checked_methods(methods: list[str], seeds: int) -> list[str]:
+    """``--methods`` and ``--seeds`` as given, or a one-line error naming the flag."""
+    if seeds < 1:
+        raise UserError(f"--seeds {seeds}: expected 1 or more training seeds")
+    for m in methods:
+        if m not in METHODS:
+            raise UserError(f"--methods: unknown method {m!r} (expected lora, qlora or full)")
+    return methods
+
+
+def _train_stages(
+    plan: _Plan,
+    full_cfg: dict[str, Any],
+    split: Stage,
+    methods: list[str],
+    variants: list[str],
+    seeds: int,
+) -> tuple[list[Stage], dict[tuple[str, str], str]]:
+    """One training row per method, context variant and seed; fills ``plan.runs`` (and
+    ``plan.groups`` with several seeds). Returns the rows and each (method, variant)'s name."""
+    # The fine-tuned candidates' names: "finetuned", or one per method, "+fewshot" per variant.
+    names = candidate_names(methods, variants)
+    trains = []
+    for m in methods:
+        for v in variants:
+            name = names[m, v]
+            for k in range(seeds):
+                seed = k if seeds > 1 else None
+                stage, run_dir = _train_stage(plan, full_cfg, m, split, seed, context=v)
+                plan.runs[name if seeds == 1 else seed_name(name, k)] = run_dir
+                trains.append(stage)
+            if seeds > 1:
+                plan.groups[name] = [seed_name(name, k) for k in range(seeds)]
+    return trains, names
 
 
 def _mlflow_stage(plan: _Plan, gate: Stage, report: Stage) -> list[Stage]:
