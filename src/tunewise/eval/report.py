@@ -228,16 +228,8 @@ def build_context(
     # Saved verdicts drawn from an older evaluation are not shown (nor deleted: they are the
     # user's files); the report gates afresh and says it is provisional.
     verdicts, provisional = _verdicts(eval_dir, comp, run, gate_cfg, use_saved=not stale)
-    # Baselines first in their configured order, then the candidates in evaluation order
-    # (comparison.json's keys come back sorted).
-    baselines = [b for b in comp.meta.get("baselines", gate_cfg.baselines) if b in comp.metrics]
-    order = [*baselines, *(c.name for c in run.candidates), *comp.metrics]
-    names = list(dict.fromkeys(n for n in order if n in comp.metrics))
+    baselines, names, metrics = shown_order(comp, run, gate_cfg)
     primary = comp.primary_metric
-    metrics = sorted(
-        {m for per in comp.metrics.values() for m in per},
-        key=lambda m: (m != primary, m == "format_compliance", m),
-    )
     colors = figures.colors(names, baselines)
     best = max(
         (n for n in names if math.isfinite(_value(comp, n, primary))),
@@ -294,6 +286,23 @@ def _champion(run: EvalRun, verdicts: list[Verdict], primary: str) -> list[dict[
         for key in ("challenger_value", "champion_value"):
             view[key] = _fmt(view[key])
     return views
+
+
+def shown_order(
+    comp: Comparison, run: EvalRun, gate_cfg: GateConfig
+) -> tuple[list[str], list[str], list[str]]:
+    """The baselines, every candidate and every metric, in the order a report shows them:
+    baselines first in their configured order, then the candidates in evaluation order
+    (comparison.json's keys come back sorted); the primary metric first, format compliance last.
+    """
+    baselines = [b for b in comp.meta.get("baselines", gate_cfg.baselines) if b in comp.metrics]
+    order = [*baselines, *(c.name for c in run.candidates), *comp.metrics]
+    names = list(dict.fromkeys(n for n in order if n in comp.metrics))
+    metrics = sorted(
+        {m for per in comp.metrics.values() for m in per},
+        key=lambda m: (m != comp.primary_metric, m == "format_compliance", m),
+    )
+    return baselines, names, metrics
 
 
 def _load_inputs(eval_dir: Path) -> tuple[EvalRun, Comparison, GateConfig, bool]:

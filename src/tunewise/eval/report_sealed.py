@@ -25,20 +25,19 @@ ONE_USE = (
 def sealed_context(test_dir: Path) -> dict[str, Any] | None:
     """What the report shows of the sealed test evaluation in ``test_dir``; None when absent."""
     from tunewise.eval import figures
-    from tunewise.eval.report import _load_inputs, _metric_rows, _pair_rows, _verdicts
+    from tunewise.eval.report import (
+        _load_inputs,
+        _metric_rows,
+        _pair_rows,
+        _verdicts,
+        shown_order,
+    )
 
     if not (test_dir / EVAL_FILE).is_file():
         return None
     run, comp, gate_cfg, stale = _load_inputs(test_dir)
     verdicts, provisional = _verdicts(test_dir, comp, run, gate_cfg, use_saved=not stale)
-    baselines = [b for b in comp.meta.get("baselines", gate_cfg.baselines) if b in comp.metrics]
-    order = [*baselines, *(c.name for c in run.candidates), *comp.metrics]
-    names = list(dict.fromkeys(n for n in order if n in comp.metrics))
-    primary = comp.primary_metric
-    metrics = sorted(
-        {m for per in comp.metrics.values() for m in per},
-        key=lambda m: (m != primary, m == "format_compliance", m),
-    )
+    baselines, names, metrics = shown_order(comp, run, gate_cfg)
     colors = figures.colors(names, baselines)
     return {
         "dir": str(test_dir),
