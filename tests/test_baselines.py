@@ -99,6 +99,20 @@ def test_fewshot_random_is_seeded() -> None:
     assert any(x != a for x in c)
 
 
+def test_fewshot_random_is_seeded_by_the_prompt_turns_not_the_whole_conversation() -> None:
+    """A served request has the query's turns, but another system turn and no answer: it must
+    draw the shots the evaluated item drew. The item itself is still never one of its shots."""
+    sel = fewshot.FewShotSelector(TRAIN, k=3, selection="random", seed=0)
+    item = ex("Refund my order", "billing", system="the data's own system turn")
+    served = ex("Refund my order", "", system="the trained system prompt")
+    assert item.uid != served.uid
+    assert sel.select(served) == sel.select(item)
+    assert [sel.select(ex(f"query {i}", "bug")) for i in range(8)] != [sel.select(item)] * 8
+    for own in TRAIN:  # a train item as the query: excluded, k others drawn
+        shots = sel.select(own)
+        assert own not in shots and len(shots) == 3
+
+
 def test_chunking_and_doc_sources(tmp_path: Path) -> None:
     docs = tmp_path / "docs"
     docs.mkdir()

@@ -30,14 +30,21 @@ from tunewise.train.collate import IGNORE_INDEX, encode
 MODES = ["fewshot", "rag"]
 
 
-def project(tmp_path: Path, model_dir, mode: str = "fewshot", **train) -> Path:
+def project(
+    tmp_path: Path, model_dir, mode: str = "fewshot", *, selection: str = "similar", **train
+) -> Path:
     """The tiny ticket project, with docs for rag, a long enough max_len, and a duplicate row."""
     path = make_project(tmp_path, model_dir, system_prompt="Classify the ticket.", **train)
     raw = yaml.safe_load(path.read_text())
     raw["data"]["max_len"] = 1024
     raw["data"]["docs"] = "docs"
     raw["train"]["context"] = mode
-    raw["eval"] = {"fewshot": {"k": 3}, "rag": {"k": 3}, "constrained": False, "classical": False}
+    raw["eval"] = {
+        "fewshot": {"k": 3, "selection": selection},
+        "rag": {"k": 3},
+        "constrained": False,
+        "classical": False,
+    }
     raw["task"]["type"] = "labels"
     (tmp_path / "docs").mkdir(exist_ok=True)
     (tmp_path / "docs" / "billing.md").write_text("# Billing\nInvoices and charges are billing.\n")
@@ -223,9 +230,12 @@ class SpyEngine:
         return getattr(self._engine, name)
 
 
-def test_served_answer_equals_the_evaluated_one(tmp_path, tiny_model_dir):
+@pytest.mark.parametrize("selection", ["similar", "random"])
+def test_served_answer_equals_the_evaluated_one(tmp_path, tiny_model_dir, selection):
     """A tiny context-trained run end to end: train, evaluate, register, serve; the server builds
-    the same context from the registry's copy and answers exactly what the evaluation scored."""
+    the same context from the registry's copy and answers exactly what the evaluation scored.
+    With random shots too: they are drawn from the query's own turns, which a request has (not
+    from its uid, which covers the data's system turn and the reference answer)."""
     import httpx
 
     from _serve_helpers import running
@@ -236,7 +246,8 @@ def test_served_answer_equals_the_evaluated_one(tmp_path, tiny_model_dir):
     from tunewise.serve import ServeSettings, create_app
     from tunewise.train.trainer import train as train_run
 
-    cfg = load_project(project(tmp_path, tiny_model_dir, "fewshot", max_steps=2, eval_every=2))
+    path = project(tmp_path, tiny_model_dir, selection=selection, max_steps=2, eval_every=2)
+    cfg = load_project(path)
     run = tmp_path / "runs" / "ctx"
     record = train_run(cfg, run_dir=run, progress=False)
     assert record["status"] == "completed" and (run / CONTEXT_FILE).is_file()
@@ -267,6 +278,32 @@ def test_served_answer_equals_the_evaluated_one(tmp_path, tiny_model_dir):
     assert all(len(p) > 3 for p in evaluated_prompts)  # system, three shots' turns, the query
     meta = json.loads((run / CONTEXT_FILE).read_text())
     assert meta["spec"]["mode"] == "fewshot" and len(meta["train"]) == len(splits(cfg)[0])
+    assert meta["spec"]["selection"] == selection
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_served_requests_leave_no_embedding_files(tmp_path, tiny_model_dir, tunewise_home, mode):
+    """The server's requests are encoded without the on-disk cache (a file per distinct request
+    would fill a live server's disk with every user's text as a vector); the pool stays cached."""
+    from types import SimpleNamespace
+
+    from tunewise.serve_state import ModelTable
+
+    cfg = load_project(project(tmp_path, tiny_model_dir, mode))
+    train, val = splits(cfg)
+    table = ModelTable(SimpleNamespace(ref=SimpleNamespace(name="tiny")), registry=None)
+    table.contexts["ctx"] = ContextBuilder.from_config(cfg, mode, train).warm()
+    cache = tunewise_home / "embeddings"
+    pool_files = sorted(cache.glob("*.npy"))
+    assert pool_files  # the pool's vectors are cached
+    for i in range(6):
+        msgs = [{"role": "user", "content": f"request {i}: my invoice was charged twice"}]
+        prompt = table.with_context("ctx", msgs)
+        assert len(prompt) > 2  # the context was built
+    assert sorted(cache.glob("*.npy")) == pool_files
+    # The evaluator (and the trainer) still cache their queries.
+    ContextBuilder.from_config(cfg, mode, train).prompts(val)
+    assert len(list(cache.glob("*.npy"))) > len(pool_files)
 
 
 def test_ladder_trains_plain_and_context_variants_and_compares_them(tmp_path, tiny_model_dir):
@@ -281,7 +318,9 @@ def test_ladder_trains_plain_and_context_variants_and_compares_them(tmp_path, ti
     path = write_cfg(root, tiny_model_dir, variants=["none", "fewshot"])
     raw = yaml.safe_load(path.read_text())
     raw["data"]["max_len"] = 512
-    raw["eval"].update(candidates=["prompt", "fewshot", "finetuned"], classical=False)
+    # finetuned+fewshot listed, as docs/eval.md names it: skipped before training, then evaluated
+    candidates = ["prompt", "fewshot", "finetuned", "finetuned+fewshot"]
+    raw["eval"].update(candidates=candidates, classical=False)
     raw["eval"]["constrained"] = False
     raw["gate"] = {"baselines": ["prompt", "fewshot"]}
     path.write_text(yaml.safe_dump(raw))
@@ -305,8 +344,64 @@ def test_ladder_trains_plain_and_context_variants_and_compares_them(tmp_path, ti
     assert (cfg.work_dir / "runs" / runs[1] / CONTEXT_FILE).is_file()
     assert not (cfg.work_dir / "runs" / runs[0] / CONTEXT_FILE).exists()
     # Adding the variant kept the plain run's key: a rerun with variants [none] is all cached.
-    again = run_ladder(load_project(path, ["train.variants=[none]"]), quiet=True)
+    plain_only = ["train.variants=[none]", "eval.candidates=[prompt,fewshot,finetuned]"]
+    again = run_ladder(load_project(path, plain_only), quiet=True)
     assert {s.name: s.status for s in again.stages}["train-lora"] == "cached"
+
+
+def test_listing_the_context_variant_without_training_it_is_one_clear_error(
+    tmp_path, tiny_model_dir
+):
+    from test_workflow import make_project as ladder_project
+    from test_workflow import write_cfg
+    from tunewise.errors import UserError
+    from tunewise.workflow import run_ladder
+
+    root = ladder_project(tmp_path / "proj", n=24)
+    path = write_cfg(root, tiny_model_dir)
+    raw = yaml.safe_load(path.read_text())
+    raw["eval"]["candidates"] = ["prompt", "finetuned", "finetuned+fewshot"]
+    path.write_text(yaml.safe_dump(raw))
+    want = r"'finetuned\+fewshot'.* set train\.variants: \[none, fewshot\]$"
+    with pytest.raises(UserError, match=want):
+        run_ladder(load_project(path), quiet=True, dry_run=True)
+    # trained (as the only variant, or beside plain LoRA), the listing is accepted
+    for trained in ("train.context=fewshot", "train.variants=[none,fewshot]"):
+        run_ladder(load_project(path, [trained]), quiet=True, dry_run=True)
+
+
+def test_finetuned_fewshot_names_the_context_trained_runs_and_nothing_before_them(
+    tmp_path, tiny_model_dir
+):
+    from tunewise.eval.harness import plan_candidates
+
+    cfg = load_project(project(tmp_path, tiny_model_dir))
+    listed = ["prompt", "finetuned+fewshot", "finetuned+fewshot+constrained"]
+    assert plan_candidates(cfg, listed, {}) == ["prompt"]  # the baselines stage: no runs yet
+    runs = {"finetuned-lora": tmp_path, "finetuned-lora+fewshot": tmp_path}
+    assert plan_candidates(cfg, listed, runs) == [
+        "prompt",
+        "finetuned-lora+fewshot",
+        "finetuned-lora",
+        "finetuned-lora+fewshot+constrained",
+    ]
+
+
+def test_distractor_share_is_no_part_of_the_plain_runs_training_key(tmp_path, tiny_model_dir):
+    from tunewise.config import dump_project
+    from tunewise.context import training_key_inputs
+
+    def key(context: str, share: float, selection: str = "similar") -> dict:
+        path = project(tmp_path, tiny_model_dir, selection=selection)
+        overrides = [f"train.context_distractor_share={share}"]
+        return training_key_inputs(dump_project(load_project(path, overrides)), context)
+
+    assert key("none", 0.3) == key("none", 0.0)
+    assert "context_distractor_share" not in key("none", 0.3)["train"]
+    assert key("fewshot", 0.3) != key("fewshot", 0.0)  # it shapes the context-trained rows
+    # Random shots are now drawn from the prompt turns: runs trained on the old draw retrain.
+    assert key("fewshot", 0.0, "random")["context"]["random_seed"] == "prompt-turns"
+    assert "random_seed" not in key("fewshot", 0.0)["context"]
 
 
 # --- the advisor ----------------------------------------------------------------------------------

@@ -12,7 +12,9 @@ with it. All three build that context here, with the same code and settings:
   candidates, of a context-trained run's training examples and of the server's requests.
 
 A query never retrieves itself: a pool example with the query's content id (``Example.uid``) is
-skipped, which is what keeps a training example's own answer out of its prompt.
+skipped, which is what keeps a training example's own answer out of its prompt. Random few-shot
+selection is seeded by the query's own prompt turns instead (``fewshot.random_seed_key``): the uid
+covers the answer, which a server request does not have.
 
 A context-trained run keeps its builder in ``RUN/context.json`` (the spec and the pool, no
 vectors: embeddings are recomputed, and cached on disk by content). The registry copies that file
@@ -53,7 +55,9 @@ class ContextSpec:
     system_prompt: str
     k: int
     selection: str = "similar"  # fewshot: "similar" | "random"
-    seed: int = 0  # fewshot: seeds the random selection (data.split.seed, as the rung uses)
+    # fewshot: seeds the random selection (data.split.seed, as the rung uses), with each query's
+    # own prompt turns, which the evaluator, the trainer and a server request all have
+    seed: int = 0
     hybrid: bool = True  # rag: dense retrieval fused with BM25
     sources: tuple[str, ...] = ()  # rag: what is retrieved from ("docs", "train")
 
@@ -127,9 +131,11 @@ class ContextBuilder:
             self.index()
         return self
 
-    def _rag_hits(self, queries: Sequence[Example], depth: int) -> list[list[rag_mod.Hit]]:
+    def _rag_hits(
+        self, queries: Sequence[Example], depth: int, *, cache: bool = True
+    ) -> list[list[rag_mod.Hit]]:
         """Hits per query, best first, with any passage made from the query itself dropped."""
-        hits = self.index().search_many([q.user_text for q in queries], depth)
+        hits = self.index().search_many([q.user_text for q in queries], depth, cache=cache)
         return [
             [h for h in hs if h.passage.meta.get("uid") != q.uid]
             for q, hs in zip(queries, hits, strict=True)
@@ -137,13 +143,16 @@ class ContextBuilder:
 
     # -- prompts -----------------------------------------------------------------------------
     def prompts(
-        self, queries: Sequence[Example]
+        self, queries: Sequence[Example], *, cache_queries: bool = True
     ) -> tuple[list[Messages], dict[str, Any], list[dict[str, Any]] | None]:
-        """(prompt per query, meta, per-query meta): the evaluator's, trainer's and server's."""
+        """(prompt per query, meta, per-query meta): the evaluator's, trainer's and server's.
+
+        ``cache_queries=False`` (the server) keeps the queries' embeddings off the disk cache:
+        a live server would write a file per distinct request. The pool's stay cached."""
         s = self.spec
         if s.mode == "fewshot":
             sel = self.selector()
-            shots = sel.select_many(list(queries))
+            shots = sel.select_many(list(queries), cache=cache_queries)
             msgs = [
                 fewshot_mod.build_messages(s.system_prompt, sh, q)
                 for sh, q in zip(shots, queries, strict=True)
@@ -151,7 +160,7 @@ class ContextBuilder:
             meta = {"k": sel.k, "selection": s.selection, "prompt_version": sel.version()}
             return msgs, meta, None
         # A train passage that IS the query would leak its answer: retrieve one extra, drop it.
-        hits = [hs[: s.k] for hs in self._rag_hits(queries, s.k + 1)]
+        hits = [hs[: s.k] for hs in self._rag_hits(queries, s.k + 1, cache=cache_queries)]
         msgs, per_item = [], []
         for q, hs in zip(queries, hits, strict=True):
             for r, h in enumerate(hs, start=1):
@@ -303,16 +312,32 @@ def training_key_inputs(
     train = {k: v for k, v in full_cfg["train"].items() if k != "variants"}
     train["context"] = context
     if context == "none":
+        # no context, no distractor rows: the share shapes only context-trained runs
         train.pop("context")
-        if not train.get("context_distractor_share"):
-            train.pop("context_distractor_share", None)
+        train.pop("context_distractor_share", None)
         return {"train": train}
     retrieval = {
         "retrieval": full_cfg["eval"][context],
         "split_seed": full_cfg["data"]["split"]["seed"],
         "docs": docs_hash if context == "rag" else None,
     }
+    if context == "fewshot" and retrieval["retrieval"].get("selection") == "random":
+        # Random shots are seeded by the query's prompt turns (they were seeded by its uid,
+        # which serving could not reproduce): a run trained on the old shots trains again.
+        retrieval["random_seed"] = "prompt-turns"
     return {"train": train, "context": retrieval}
+
+
+def check_listed_variants(candidates: Sequence[str], variants: Sequence[str]) -> None:
+    """``eval.candidates`` may list ``finetuned+fewshot``: the ladder evaluates the runs it trains
+    with few-shot context under that name. Listing it while no such run is trained is refused in
+    one line, rather than silently evaluating nothing under that name."""
+    for name in candidates:
+        if name.removesuffix("+constrained") == "finetuned+fewshot" and "fewshot" not in variants:
+            raise UserError(
+                f"eval.candidates lists {name!r}, but the ladder trains no run with few-shot "
+                f"context (train.variants: {list(variants)}): set train.variants: [none, fewshot]"
+            )
 
 
 def variant_pairs(names: Sequence[str]) -> list[tuple[str, str]]:

@@ -302,7 +302,9 @@ class ModelTable:
         # An empty answer turn closes the query like an evaluated item's reference answer does;
         # the prompt is everything before it.
         query = Example(messages=[*messages, {"role": "assistant", "content": ""}])
-        prompts, _, _ = context.prompts([query])
+        # Requests are encoded without the disk cache: a file per distinct request would fill
+        # the disk and keep every user's text as a vector. The pool's vectors stay cached.
+        prompts, _, _ = context.prompts([query], cache_queries=False)
         return prompts[0]
 
     def listing(self) -> list[str]:

@@ -31,7 +31,12 @@ from rich.markup import escape
 
 from tunewise import tracking
 from tunewise.config import ProjectConfig, dump_project
-from tunewise.context import candidate_names, training_key_inputs, variant_pairs
+from tunewise.context import (
+    candidate_names,
+    check_listed_variants,
+    training_key_inputs,
+    variant_pairs,
+)
 from tunewise.errors import UserError
 from tunewise.fsio import atomic_write_json, sha256_file, sha256_json
 from tunewise.learning_curve import CURVE_FILE, FRACTIONS
@@ -69,7 +74,9 @@ class _Plan:
     @classmethod
     def of(cls, cfg: ProjectConfig, con: Console, quiet: bool) -> _Plan:
         baselines = [c for c in cfg.eval.candidates if c in RUNGS]
-        extra = [c for c in cfg.eval.candidates if c not in RUNGS and c != "finetuned"]
+        # fine-tuned names are the runs the ladder trains, evaluated once they exist
+        ft = ("finetuned", "finetuned+fewshot")
+        extra = [c for c in cfg.eval.candidates if c not in RUNGS and c not in ft]
         reference = cfg.gate.reference if cfg.gate.mode == "non_inferiority" else None
         if reference and reference not in baselines + extra:
             extra.append(reference)  # non-inferiority is tested against it on the same items
@@ -137,6 +144,7 @@ def run_ladder(
         after=(split,),
     )
     variants = cfg.train.variants or [cfg.train.context]
+    check_listed_variants(cfg.eval.candidates, variants)
     trains, names = _train_stages(plan, full_cfg, split, methods, variants, seeds)
     # The production version, when the project has one: a new version must not regress from it.
     champion_inputs, champion_spec = _find_champion(plan)

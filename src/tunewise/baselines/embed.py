@@ -71,11 +71,15 @@ class Embedder:
         key = sha256_json({"model": self.model_id, "texts": texts})
         return paths.home() / "embeddings" / f"{key[:32]}.npy"
 
-    def encode(self, texts: list[str], *, progress: bool = False) -> np.ndarray:
-        """``(len(texts), dim)`` float32, unit-norm rows."""
+    def encode(
+        self, texts: list[str], *, progress: bool = False, cache: bool | None = None
+    ) -> np.ndarray:
+        """``(len(texts), dim)`` float32, unit-norm rows. ``cache=False`` neither reads nor writes
+        the on-disk cache (a server's requests: one file per request would fill the disk and keep
+        every user's text as a vector); None follows the embedder's setting."""
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        path = self.cache_path(texts) if self.cache else None
+        path = self.cache_path(texts) if (self.cache if cache is None else cache) else None
         if path is not None and path.is_file():
             # allow_pickle=False: the cache is plain float32, never an object array.
             vecs = np.load(path, allow_pickle=False)

@@ -1,8 +1,9 @@
 """The ``fewshot`` rung: k labelled training examples shown before the query.
 
 The shots come from the train split only (never from the items being evaluated) and are chosen
-either at random (seeded per item, so a rerun picks the same shots and hits the generation cache)
-or by embedding similarity of their last user turn to the query's. They are rendered as
+either at random (seeded per item by its own prompt turns, so a rerun picks the same shots and hits
+the generation cache, and a server that only has those turns picks the same shots too) or by
+embedding similarity of their last user turn to the query's. They are rendered as
 alternating user/assistant turns after the system prompt, the format a chat model imitates best.
 """
 
@@ -17,12 +18,19 @@ import numpy as np
 from tunewise.baselines.embed import Embedder, default_embedder
 from tunewise.baselines.prompt import base_messages
 from tunewise.data.schema import Example
-from tunewise.fsio import sha256_text
+from tunewise.fsio import sha256_json, sha256_text
 
 
 def _shot_turns(shot: Example) -> list[dict[str, str]]:
     # A shot is its non-system turns: a multi-turn shot stays multi-turn, the answer stays last.
     return [dict(m) for m in shot.messages if m["role"] != "system"]
+
+
+def random_seed_key(query: Example) -> str:
+    """What seeds a query's random shots: its own prompt turns, without the system turn and the
+    answer. A server request has exactly these (under the trained system prompt, with no answer),
+    while ``uid`` hashes the whole conversation and so differs between evaluation and serving."""
+    return sha256_json([m for m in query.prompt_messages if m["role"] != "system"])[:16]
 
 
 class FewShotSelector:
@@ -53,8 +61,9 @@ class FewShotSelector:
         if self.k == 0:
             return []
         if self.selection == "random":
-            # Seeded by the query's content: stable across runs and independent of item order.
-            rng = random.Random(f"{self.seed}:{query.uid}")
+            # Seeded by the query's own turns: stable across runs, independent of item order, and
+            # the same for the evaluated item and the served request. The uid only excludes it.
+            rng = random.Random(f"{self.seed}:{random_seed_key(query)}")
             pool = [i for i, u in enumerate(self._uids) if u != query.uid]
             return [self.train[i] for i in rng.sample(pool, min(self.k, len(pool)))]
         assert self._vecs is not None and self._embedder is not None
@@ -71,15 +80,19 @@ class FewShotSelector:
                 break
         return out
 
-    def select_many(self, queries: Sequence[Example]) -> list[list[Example]]:
-        """Shots for many queries, embedding all queries in one batch."""
+    def select_many(self, queries: Sequence[Example], *, cache: bool = True) -> list[list[Example]]:
+        """Shots for many queries, embedding all queries in one batch (``cache=False``: their
+        vectors are not kept on disk, as for a server's requests)."""
         if self.selection == "similar" and self._embedder is not None and queries:
-            qv = self._embedder.encode([q.user_text for q in queries])
+            texts = [q.user_text for q in queries]
+            qv = self._embedder.encode(texts, cache=cache)
             return [self.select(q, qv[i]) for i, q in enumerate(queries)]
         return [self.select(q) for q in queries]
 
     def version(self) -> str:
-        return sha256_text(f"fewshot:v1:k={self.k}:{self.selection}:seed={self.seed}")[:12]
+        # v2 for random: its shots are seeded by the prompt turns (v1 seeded them by the uid).
+        tag = "v2" if self.selection == "random" else "v1"
+        return sha256_text(f"fewshot:{tag}:k={self.k}:{self.selection}:seed={self.seed}")[:12]
 
 
 def build_messages(

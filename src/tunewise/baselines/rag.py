@@ -143,6 +143,7 @@ class RagIndex:
         self.passages = list(passages)
         self.embedder = embedder or (None if embed_fn else default_embedder())
         self._embed = embed_fn or self.embedder.encode  # type: ignore[union-attr]
+        self._own_embed_fn = embed_fn is not None
         self.hybrid = hybrid
         self.content_hash = sha256_json([[p.source, p.text] for p in self.passages])[:16]
         vecs = self._embed([p.text for p in self.passages])  # cached on disk by content hash
@@ -170,14 +171,18 @@ class RagIndex:
         return out
 
     def search_many(
-        self, queries: list[str], k: int, *, qvecs: np.ndarray | None = None
+        self, queries: list[str], k: int, *, qvecs: np.ndarray | None = None, cache: bool = True
     ) -> list[list[Hit]]:
-        """Top-``k`` passages per query, best first."""
+        """Top-``k`` passages per query, best first (``cache=False``: the queries' vectors are not
+        kept on disk, as for a server's requests; the passages' are)."""
         if not queries:
             return []
         k = min(k, len(self.passages))
         depth = min(len(self.passages), max(k * 4, 20))  # fuse over a deeper pool than we keep
-        if qvecs is None:
+        # (an embed_fn given instead of an embedder has no disk cache to skip)
+        if qvecs is None and not cache and self.embedder is not None and not self._own_embed_fn:
+            qvecs = self.embedder.encode(queries, cache=False)
+        elif qvecs is None:
             qvecs = self._embed(queries)
         sims, ids = self._dense(qvecs, depth)
         lexical = self._lexical(queries, depth) if self._bm25 is not None else None

@@ -292,6 +292,10 @@ def _adapter_hash(run: RunDir) -> str | None:
     return sha256_file(f)[:16] if f.is_file() else None
 
 
+# Candidate names that stand for the training runs given (none given: nothing to evaluate).
+FINETUNED_GROUPS = ("finetuned", "finetuned+rag", "finetuned+fewshot")
+
+
 def plan_candidates(
     cfg: ProjectConfig, candidates: list[str] | None, finetuned: dict[str, Path]
 ) -> list[str]:
@@ -300,7 +304,7 @@ def plan_candidates(
     ext_names = [e.name for e in cfg.eval.external]
     known = (
         set(RUNGS)
-        | {"knn", *classical.CLASSICAL, "finetuned", "finetuned+rag", "external"}
+        | {"knn", *classical.CLASSICAL, *FINETUNED_GROUPS, "external"}
         | set(ext_names)
         | set(finetuned)
     )
@@ -316,6 +320,9 @@ def plan_candidates(
             continue
         if name == "finetuned":
             plan += [n for n in finetuned if n not in plan]
+        elif name == "finetuned+fewshot":
+            # the runs trained with few-shot context (none before the ladder has trained them)
+            plan += [n for n in finetuned if n.endswith("+fewshot") and n not in plan]
         elif name == "finetuned+rag":
             # A context-trained run already carries its context; and a run trained with rag
             # context named "finetuned+rag" is that run, not "finetuned" with a RAG prompt.
@@ -346,6 +353,12 @@ def plan_candidates(
         if n in (f"finetuned{CONSTRAINED}", f"finetuned+rag{CONSTRAINED}"):  # one per training run
             suffix = n.removeprefix("finetuned")
             explicit += [f"{run}{suffix}" for run in finetuned if f"{run}{suffix}" not in explicit]
+        elif n == f"finetuned+fewshot{CONSTRAINED}":
+            explicit += [
+                f"{run}{CONSTRAINED}"
+                for run in finetuned
+                if run.endswith("+fewshot") and f"{run}{CONSTRAINED}" not in explicit
+            ]
         elif n.endswith(CONSTRAINED) and n not in explicit:
             explicit.append(n)
     if cfg.task.type == "labels":
@@ -412,7 +425,7 @@ def evaluate(
     spec = h.grader.spec
     h.notes += prompt_mod.prompt_notes(cfg, spec.labels if spec else None)
     asked = candidates if candidates is not None else cfg.eval.candidates
-    if any(c in ("finetuned", "finetuned+rag") for c in asked) and not finetuned:
+    if any(c in FINETUNED_GROUPS for c in asked) and not finetuned:
         h.notes.append(
             "finetuned: no training run given (pass --finetuned RUN); evaluated the other "
             "candidates"
