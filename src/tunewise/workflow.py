@@ -170,7 +170,7 @@ def run_ladder(
     stages = [check, split, baseline_eval, *trains, evaluate, gate, *curve, registry, *sealed]
     stages += [report, *_mlflow_stage(plan, gate, report)]
     if dry_run:
-        return _dry_run(ladder, stages, finetunes=len(trains))
+        return _dry_run(ladder, stages, finetunes=len(trains), champion=champion_spec)
     outputs = ladder.run(stages)
     return _result(ladder, plan, outputs[gate], outputs.get(test))
 
@@ -209,13 +209,18 @@ def _gate_stage(
     )
 
 
-def _dry_run(ladder: Ladder, stages: list[Stage], *, finetunes: int) -> LadderResult:
+def _dry_run(
+    ladder: Ladder, stages: list[Stage], *, finetunes: int, champion: str | None
+) -> LadderResult:
     """``--dry-run``: the stage plan with what is cached and what the rest will cost; runs and
     writes nothing."""
     from tunewise.dryrun import show_plan
 
     cached = [ladder.reusable(s) for s in stages]
-    show_plan(ladder.cfg, stages, cached, ladder.console, finetunes=finetunes)
+    notes = (
+        [f"champion: {champion} (production) is evaluated beside the new runs"] if champion else []
+    )
+    show_plan(ladder.cfg, stages, cached, ladder.console, finetunes=finetunes, notes=notes)
     return ladder.result
 
 
