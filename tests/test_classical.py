@@ -99,14 +99,20 @@ def test_single_field_labels_are_whole_answers() -> None:
     assert clf.predict([train[0], train[1]]) == ["billing", "bug"]
 
 
-def test_a_train_answer_that_does_not_parse_names_its_line() -> None:
+def test_a_train_answer_that_does_not_parse_is_skipped_and_named() -> None:
     bad = Example(
         messages=[{"role": "user", "content": "x"}, {"role": "assistant", "content": "billing"}],
         line=7,
         source="/p/train.jsonl",
     )
-    with pytest.raises(UserError, match=r"/p/train.jsonl:7: .*task.output_pattern"):
-        classical.tfidf_classifier(SPEC, [*TRAIN, bad])
+    # One answer off the pattern (the data check only warns) must not stop a default reference.
+    clf = classical.tfidf_classifier(SPEC, [*TRAIN, bad])
+    described = clf.describe()
+    assert described["skipped_train_answers"] == 1
+    assert described["first_skipped"] == "/p/train.jsonl:7"
+    assert described["train_examples"] == len(TRAIN)
+    with pytest.raises(UserError, match=r"/p/train.jsonl:7: tfidf: no train answer matches"):
+        classical.tfidf_classifier(SPEC, [bad])
     with pytest.raises(UserError, match="needs labelled train examples"):
         classical.tfidf_classifier(SPEC, [])
 

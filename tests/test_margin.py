@@ -166,6 +166,18 @@ def test_margin_test_reads_the_run_and_refuses_what_it_cannot_test() -> None:
     assert tj.test == "paired-t" and tj.n == 2  # the unscored item drops out of the pair
 
 
+def test_paired_differences_with_no_spread_show_nothing() -> None:
+    """Two items with identical judge scores on both sides: a paired t test has no variance to
+    work with, and zero sample spread is not proof of non-inferiority."""
+    diff, lower, p = mg.continuous_margin(np.array([0.0, 0.0]), 0.01, ALPHA)
+    assert diff == 0.0 and math.isnan(lower) and math.isnan(p)
+    judge = _run({"ft": np.array([0.5, 0.75]), "api": np.array([0.5, 0.75])}, metric="judge")
+    t = mg.margin_test(judge, "ft", "api", "judge", 0.01, ALPHA)
+    v = decide(_comp([t]), "ft", NI.model_copy(update={"margin": 0.01}))
+    assert not v.ship
+    assert "every paired difference is +0.000" in v.reasons[0].reason, v.reasons[0].reason
+
+
 # ----------------------------------------------------------------------------- the decision
 def _mt(
     diff: float, lower: float, p: float, n: int = 200, kind: str = "external", **kw

@@ -73,6 +73,13 @@ def margin_reason(
         f"margin {margin:g}, {_test_name(test)} p={_p(test.p_value)}, n={test.n})"
     )
     if test.n == 0 or not (math.isfinite(test.lower_bound) and math.isfinite(test.p_value)):
+        if test.n >= 2 and math.isfinite(test.diff):
+            return BaselineReason(
+                reference,
+                False,
+                f"{reference}: every paired difference is {_s(test.diff)}: with no spread the "
+                f"paired test cannot bound it, so it is not shown: {numbers}",
+            )
         return BaselineReason(reference, False, f"{reference}: no usable score: {numbers}")
     if abs(test.margin - margin) > _EPS or abs(test.alpha - alpha) > _EPS:
         return BaselineReason(

@@ -40,19 +40,26 @@ MAX_ITER = 2000
 Featurize = Callable[[Sequence[str]], Any]  # texts -> (n, d) matrix, dense or sparse
 
 
-def train_fields(spec: LabelSpec, train: Sequence[Example]) -> list[dict[str, str]]:
-    """The canonical label fields of every train answer; an answer that does not parse is an
-    error naming its line (the classifiers cannot learn from it)."""
-    out = []
+def train_fields(
+    spec: LabelSpec, train: Sequence[Example]
+) -> tuple[list[Example], list[dict[str, str]], list[Example]]:
+    """The train examples whose answers parse, their canonical label fields, and those that do
+    not parse. The data check only warns about an answer off ``task.output_pattern`` (and kNN
+    tolerates it), so a reference that is on by default skips such rows rather than stop the
+    ladder; the classifier's description says how many it skipped and names the first."""
+    usable, fields, skipped = [], [], []
     for ex in train:
         got = spec.extract(ex.target)
         if got is None:
-            where = f"{ex.source}:{ex.line}: " if ex.source else ""
-            raise UserError(
-                f"{where}train answer does not match task.output_pattern: {ex.target[:80]!r}"
-            )
-        out.append(spec.canonical(got))
-    return out
+            skipped.append(ex)
+            continue
+        usable.append(ex)
+        fields.append(spec.canonical(got))
+    return usable, fields, skipped
+
+
+def _where(ex: Example) -> str:
+    return f"{ex.source}:{ex.line}" if ex.source else f"line {ex.line}"
 
 
 class AnswerRenderer:
@@ -107,7 +114,14 @@ class FieldClassifier:
             raise UserError(f"{name}: the classifier needs labelled train examples")
         self.name = name
         self.spec = spec
-        fields = train_fields(spec, train)
+        train, fields, skipped = train_fields(spec, train)
+        if not train:
+            raise UserError(
+                f"{_where(skipped[0])}: {name}: no train answer matches task.output_pattern "
+                f"(first: {skipped[0].target[:80]!r})"
+            )
+        self.skipped = len(skipped)
+        self.first_skipped = _where(skipped[0]) if skipped else None
         self.renderer = AnswerRenderer(spec, train, fields)
         texts = [ex.user_text for ex in train]
         self.featurize = featurize_fit(texts)
@@ -142,6 +156,9 @@ class FieldClassifier:
             "fields": list(self.spec.fields),
             "train_examples": self.n_train,
             "constant_fields": sorted(self.constant),
+            # train answers off task.output_pattern, left out of the fit (the first one named)
+            "skipped_train_answers": self.skipped,
+            "first_skipped": self.first_skipped,
         }
 
 

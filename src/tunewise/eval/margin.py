@@ -98,8 +98,9 @@ def continuous_margin(diffs: np.ndarray, margin: float, alpha: float) -> tuple[f
     mean = float(diffs.mean())
     se = float(diffs.std(ddof=1)) / math.sqrt(n)
     if se == 0:
-        above = mean > -margin
-        return mean, mean, 0.0 if above else 1.0
+        # Every item moved by the same amount. A sample with no spread says nothing about the
+        # population's (two tied judge scores are not proof of anything): no bound, no p.
+        return mean, math.nan, math.nan
     t = (mean + margin) / se
     lower = mean - float(sps.t.isf(alpha, n - 1)) * se
     return mean, lower, float(sps.t.sf(t, n - 1))
