@@ -132,6 +132,21 @@ def test_gate_accepts_a_calibrated_judge_and_says_when_it_is_unmeasured() -> Non
     assert acc.ship and len(acc.reasons) == 1
 
 
+def test_kappa_undefined_by_one_category_is_not_called_missing_ratings() -> None:
+    # people and judge both always said "a": perfect agreement, kappa undefined (NaN)
+    from tunewise.eval.calibration import agreement
+
+    rows = [(f"q{i}", "a", "a") for i in range(12)]
+    measured = agreement(rows, n_boot=50)
+    assert math.isnan(measured["kappa"]) and measured["raw_agreement"] == 1.0
+    v = decide(_comp([{"a": "lora", "b": "prompt", **measured}]), "lora", GATE)
+    last = v.reasons[-1].reason
+    assert v.ship and v.reasons[-1].passed  # the decision is unchanged: not refused
+    assert "no human ratings" not in last and "unmeasured" not in last
+    assert "could not be measured: all 12 ratings of lora vs prompt" in last
+    assert "fall in one category" in last and "raw agreement 1.000" in last
+
+
 @dataclass
 class _Reply:
     text: str

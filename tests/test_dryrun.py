@@ -110,3 +110,39 @@ def test_dry_run_uses_the_recorded_speed_and_marks_cached_stages(
     check_row = next(ln for ln in result.output.splitlines() if "│ check " in ln)
     assert "cached" in check_row and "would run" not in check_row
     assert result.output.count("would run") == 7
+
+
+def registry_snapshot(root: Path) -> dict[str, float]:
+    return {str(p): p.stat().st_mtime_ns for p in [root, *root.rglob("*")]}
+
+
+def test_dry_run_writes_nothing_into_an_empty_home(tmp_path, tiny_model_dir, tunewise_home):
+    path = make_project(tmp_path / "proj", tiny_model_dir)
+    tunewise_home.mkdir()
+    result = CliRunner().invoke(app, ["run", str(path), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert list(tunewise_home.iterdir()) == []  # no registry folder, no index
+
+
+def test_dry_run_reads_the_production_version_without_touching_the_registry(
+    tmp_path, tiny_model_dir, no_stage_may_run
+):
+    from _ship_helpers import make_run, write_verdict
+    from tunewise.registry import Registry
+
+    path = make_project(tmp_path / "proj", tiny_model_dir)
+    reg = Registry()
+    run = make_run(tiny_model_dir, tmp_path / "v1", seed=1, name="dry")
+    v1 = reg.add(run, name="dry", verdict=write_verdict(tmp_path / "v1.json", True))
+    reg.promote("dry", 1)
+    # a damaged weights blob: resolving the version would hash it and refuse
+    weights = next(d for rel, d in v1.files.items() if rel.endswith(".safetensors"))
+    blob = reg.blob_path(weights)
+    blob.chmod(0o644)
+    blob.write_bytes(b"damaged")
+    before = registry_snapshot(reg.root)
+    result = CliRunner().invoke(app, ["run", str(path), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "champion: dry:1 (production) is evaluated beside the new runs" in result.output
+    assert registry_snapshot(reg.root) == before  # no -wal/-shm, no materialised version
+    assert not (reg.versions_dir / "dry").exists()

@@ -99,6 +99,19 @@ def test_human_ratings_feed_the_report(eval_dir):
     assert "| lora | prompt | 7 | 3 | 0 | 0.700 |" in md
 
 
+def test_a_damaged_judge_calibration_file_is_one_line_naming_it(eval_dir):
+    from tunewise.errors import UserError
+
+    session = human.open_session(eval_dir, "lora", "prompt")
+    session.rate(session.order[0], "left")
+    session.store.close()
+    bad = eval_dir / "judge_calibration.json"
+    for text in ('{"pairs": [', '{"pairs": [{"a": "lora"}]}'):  # cut short; a field missing
+        bad.write_text(text)
+        with pytest.raises(UserError, match=r"judge_calibration\.json: unreadable judge calib"):
+            render(eval_dir)
+
+
 def test_learning_curve_is_shown_when_the_ladder_wrote_one(eval_dir):
     from tunewise.learning_curve import save_curve
 

@@ -266,3 +266,49 @@ def test_final_scores_exactly_the_listed_candidates_and_shows_the_sealed_test(pr
     assert statuses(again)["final-test"] == "cached" and again.test_dir == work / "eval-test"
     assert len(final_uses(work / "splits" / "test.jsonl")) == 1
     assert "SEALED TEST SPLIT" in (work / "eval" / "report.md").read_text()
+
+
+def _easy_gate_project(project, tiny_model_dir):
+    """The ladder's project with a gate the tiny model passes: not worse than the base prompt,
+    or than production, by more than 0.5 (everything ties near zero)."""
+    raw = yaml.safe_load(project.read_text())
+    raw["eval"] = {"candidates": ["prompt", "finetuned"], "constrained": False, "max_new_tokens": 4}
+    raw["gate"] = {
+        "mode": "non_inferiority",
+        "reference": "prompt",
+        "margin": 0.5,
+        "regression_margin": 0.5,
+        "baselines": [],
+        "guards": {"format_compliance": 0.99},
+    }
+    project.write_text(yaml.safe_dump(raw))
+    return project
+
+
+def test_rerun_after_the_challenger_shipped_is_a_no_op(project, tiny_model_dir, tmp_path):
+    from _ship_helpers import make_run, write_verdict
+    from tunewise.registry import Registry
+
+    _easy_gate_project(project, tiny_model_dir)
+    reg = Registry()
+    v1_run = make_run(tiny_model_dir, tmp_path / "v1", seed=1, name="tiny-ladder")
+    reg.add(v1_run, name="tiny-ladder", verdict=write_verdict(tmp_path / "v1.json", True))
+    reg.promote("tiny-ladder", 1)
+
+    first = run_ladder(load_project(project), quiet=True)
+    assert set(statuses(first).values()) == {"ran"}
+    assert first.verdict["ship"] and first.verdict["champion"]["version"] == "tiny-ladder:1"
+    versions = reg.versions("tiny-ladder")
+    assert [v.version for v in versions] == [1, 2] and "production" in versions[1].aliases
+
+    # production is now the ladder's own run: the same command changes nothing
+    again = run_ladder(load_project(project), quiet=True)
+    assert set(statuses(again).values()) == {"cached"}, statuses(again)
+    assert [v.version for v in reg.versions("tiny-ladder")] == [1, 2]
+
+    # the registry stage run again (its record gone) finds the version it added, adds none
+    (load_project(project).work_dir / "registry.json").unlink()
+    third = run_ladder(load_project(project), quiet=True)
+    assert statuses(third)["registry"] == "ran"
+    assert [v.version for v in reg.versions("tiny-ladder")] == [1, 2]
+    assert reg.lookup("tiny-ladder@production").version == 2

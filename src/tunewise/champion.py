@@ -3,9 +3,11 @@ tests that the pure rules in :mod:`tunewise.decisions` read off the comparison.
 
 The flow, for ``tunewise run`` and ``tunewise gate``:
 
-1. :func:`production_version`: the version the project's ``production`` alias points at, if any;
+1. :func:`production_version` (``tunewise gate``) or :func:`ladder_champion` (``tunewise run``):
+   the version the project's ``production`` alias points at, if any;
 2. the harness evaluates it on the same items as the new runs, as the candidate ``production``
-   (:data:`tunewise.decisions.CHAMPION`), unless it *is* one of them (same weights);
+   (:data:`tunewise.decisions.CHAMPION`), unless it was registered from one of them (then the
+   ladder keeps the version that run was compared against when it shipped);
 3. :func:`attach_margin_tests`: after ``compare``, the one-sided tests of every new candidate
    against the production version (``gate.regression_margin``) and against ``gate.reference``
    (``gate.margin``, non-inferiority mode), and ``meta["champion"]`` naming the version;
@@ -14,6 +16,7 @@ The flow, for ``tunewise run`` and ``tunewise gate``:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -44,18 +47,59 @@ def weights_hash(files: dict[str, str]) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(files.items()) if k.endswith(".safetensors"))
 
 
-def champion_runs(version: Any | None, new_runs: dict[str, Path]) -> dict[str, Path]:
-    """``{"production": its folder}`` to evaluate beside ``new_runs``, or nothing.
+def ladder_champion(project_name: str, new_runs: dict[str, Path], registry: Any) -> Any | None:
+    """The version the ladder evaluates beside ``new_runs`` as the champion: its metadata, not
+    materialised (a dry run only reads it); None when there is none.
 
-    Nothing when there is no production version, or when it was registered from one of the new
-    runs' own folders (the ladder re-run after it shipped): a model is not a regression of itself.
+    That is the production version, unless it was registered from one of ``new_runs`` (the ladder
+    re-run after its own run shipped). Then it is the version that run was compared against when
+    it shipped (its verdict's champion), so the evaluation's key stays what it was and the rerun
+    is a no-op; none when it was compared against none, or against another of these runs.
     """
-    if version is None or version.path is None:
-        return {}
+    from tunewise.registry import DEFAULT_ALIAS
+
+    try:
+        aliases = {s["name"]: s["aliases"] for s in registry.summary()}
+    except UserError:
+        return None
+    if DEFAULT_ALIAS not in aliases.get(project_name, {}):
+        return None
+    production = registry.lookup(f"{project_name}@{DEFAULT_ALIAS}")
     sources = {str(Path(p).resolve()) for p in new_runs.values()}
-    if version.source_run in sources:
-        return {}
-    return {CHAMPION: Path(version.path)}
+    if production.source_run not in sources:
+        return production
+    judged = production.verdict.champion if production.verdict is not None else None
+    spec = judged.get("version") if isinstance(judged, dict) else None
+    if not spec:
+        return None
+    try:
+        earlier = registry.lookup(spec)
+    except UserError:  # not in this registry (a verdict recorded elsewhere)
+        return None
+    return None if earlier.source_run in sources else earlier
+
+
+def registered_as(registry: Any, name: str, run_dir: Path, verdict: Path) -> Any | None:
+    """The version of ``name`` already registered from ``run_dir`` with the weights it holds now
+    and the same verdict, or None: registering it again would add a duplicate version."""
+    from tunewise.eval.results import Verdict
+    from tunewise.fsio import sha256_file
+    from tunewise.registry import _collect_run_files
+
+    if not registry.has_name(name):
+        return None
+    source = str(Path(run_dir).resolve())
+    mine = [v for v in registry.versions(name) if v.source_run == source]
+    if not mine:
+        return None
+    _, files = _collect_run_files(Path(run_dir))
+    weights = weights_hash({k: sha256_file(p) for k, p in files.items()})
+    said = json.dumps(Verdict.load(verdict).to_dict(), sort_keys=True)
+    for v in reversed(mine):  # the latest first
+        same_verdict = v.verdict is not None and json.dumps(v.verdict.to_dict(), sort_keys=True)
+        if weights_hash(v.files) == weights and same_verdict == said:
+            return v
+    return None
 
 
 def attach_margin_tests(

@@ -272,6 +272,20 @@ def judge_reason(comparison: Comparison, gate_cfg: GateConfig) -> BaselineReason
         if a.get("kappa") is not None and math.isfinite(a["kappa"])
     ]
     threshold = gate_cfg.min_judge_kappa
+    # Kappa is undefined (NaN) when people and judge always pick the same single category: chance
+    # agreement is then 1. That is not "no ratings", and the reason must not say so.
+    measured = comparison.meta.get("judge_agreement", [])
+    one_category = [a for a in measured if (a.get("n") or 0) > 0]
+    if not rated and one_category:
+        a = one_category[0]
+        return BaselineReason(
+            "judge calibration",
+            True,
+            f"judge calibration: agreement with people could not be measured: all {a['n']} "
+            f"ratings of {a.get('a')} vs {a.get('b')} (people's and the judge's) fall in one "
+            f"category, so Cohen's kappa is undefined (raw agreement "
+            f"{_f(a.get('raw_agreement'))}); rate items where the answers differ to measure it",
+        )
     if not rated:
         return BaselineReason(
             "judge calibration",

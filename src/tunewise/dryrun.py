@@ -30,8 +30,9 @@ def show_plan(
     console: Console,
     *,
     finetunes: int,
+    notes: Sequence[str] = (),
 ) -> None:
-    """Print the stage plan with an estimate per stage to run, and the total."""
+    """Print the stage plan with an estimate per stage to run, the total, and ``notes``."""
     lines, speed, why = _price(cfg, finetunes)
     per_stage = _by_stage(lines, finetunes)
     table = Table(title=f"tunewise run --dry-run: {cfg.name}")
@@ -58,6 +59,8 @@ def show_plan(
         console.print(f"total of the stages to run: {human_time(total)}", highlight=False)
     else:
         console.print(f"no time estimate: {why}", highlight=False, soft_wrap=True)
+    for note in notes:
+        console.print(note, highlight=False, soft_wrap=True)
     console.print("dry run: nothing was run or written", highlight=False)
 
 

@@ -38,7 +38,10 @@ def models_origin() -> str:
     return "the default home; set TUNEWISE_HOME or TUNEWISE_MODELS to move it"
 
 
-def registry_dir() -> Path:
+def registry_dir(create: bool = True) -> Path:
+    """The registry folder; ``create=False`` only names it (a dry run must write nothing)."""
+    if not create:
+        return Path(os.environ.get("TUNEWISE_HOME", default_home())).expanduser() / "registry"
     root = home() / "registry"
     root.mkdir(parents=True, exist_ok=True)
     return root

@@ -63,6 +63,7 @@ from tunewise.registry_index import (
     classify,
     connect_ro,
     connect_rw,
+    connect_snapshot,
     create_schema,
     empty_index,
     problem,
@@ -194,7 +195,11 @@ def _collect_run_files(run_dir: Path) -> tuple[str, dict[str, Path]]:
 class Registry:
     """The registry under ``root`` (default ``paths.registry_dir()``)."""
 
-    def __init__(self, root: Path | None = None, *, busy_timeout_s: float = 60.0) -> None:
+    def __init__(
+        self, root: Path | None = None, *, busy_timeout_s: float = 60.0, snapshot: bool = False
+    ) -> None:
+        # snapshot: read through connect_snapshot and never write (``tunewise run --dry-run``)
+        self.snapshot = snapshot
         self.root = Path(root) if root is not None else _default_root()
         self.blobs = BlobStore(self.root)
         self.blob_dir = self.blobs.blob_dir
@@ -204,7 +209,7 @@ class Registry:
         self.busy_timeout_s = busy_timeout_s
         self._writer_ready = False
         # Checked once per instance: a long-lived reader (the server) is told at start.
-        self._problem = problem(self.db_path, has_data=self.has_data())
+        self._problem = None if snapshot else problem(self.db_path, has_data=self.has_data())
 
     # -- database ---------------------------------------------------------------------------
 
@@ -238,6 +243,8 @@ class Registry:
         """Once per instance, before the first write: the checks, the schema, the cleanup."""
         if self._writer_ready:
             return
+        if self.snapshot:
+            raise RuntimeError(f"{self.root}: a snapshot of the registry is read-only")
         self.check()
         self.require_writable()
         self._writer_ready = True  # _tx below must not come back here
@@ -273,7 +280,12 @@ class Registry:
         self.check()
         fresh = not self.db_path.exists() or self.db_path.stat().st_size == 0
         try:
-            db = empty_index() if fresh else connect_ro(self.db_path, self.busy_timeout_s)
+            if fresh:
+                db = empty_index()
+            elif self.snapshot:
+                db = connect_snapshot(self.db_path)
+            else:
+                db = connect_ro(self.db_path, self.busy_timeout_s)
         except sqlite3.DatabaseError as exc:
             raise classify(self.db_path, exc) from None
         try:

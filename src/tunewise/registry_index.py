@@ -112,6 +112,15 @@ def connect_ro(db_path: Path, timeout_s: float) -> sqlite3.Connection:
     return db
 
 
+def connect_snapshot(db_path: Path) -> sqlite3.Connection:
+    """A read that writes nothing at all (no ``-wal``/``-shm`` files, no locks), for a dry run:
+    it sees what the last writer committed and checkpointed, which is all a plan needs."""
+    uri = db_path.resolve().as_uri()
+    db = sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, isolation_level=None)
+    db.row_factory = sqlite3.Row
+    return db
+
+
 def empty_index() -> sqlite3.Connection:
     """An in-memory index with no rows: what a reader sees of a registry never written to."""
     db = sqlite3.connect(":memory:", isolation_level=None)

@@ -147,7 +147,7 @@ def run_ladder(
     check_listed_variants(cfg.eval.candidates, variants)
     trains, names = _train_stages(plan, full_cfg, split, methods, variants, seeds)
     # The production version, when the project has one: a new version must not regress from it.
-    champion_inputs, champion_spec = _find_champion(plan)
+    champion_inputs, champion_spec = _find_champion(plan, dry_run=dry_run)
     evaluate = Stage(
         "evaluate",
         eval_inputs | champion_inputs | {"candidates": plan.listed},
@@ -178,7 +178,7 @@ def run_ladder(
     stages = [check, split, baseline_eval, *trains, evaluate, gate, *curve, registry, *sealed]
     stages += [report, *_mlflow_stage(plan, gate, report)]
     if dry_run:
-        return _dry_run(ladder, stages, finetunes=len(trains))
+        return _dry_run(ladder, stages, finetunes=len(trains), champion=champion_spec)
     outputs = ladder.run(stages)
     return _result(ladder, plan, outputs[gate], outputs.get(test))
 
@@ -217,13 +217,18 @@ def _gate_stage(
     )
 
 
-def _dry_run(ladder: Ladder, stages: list[Stage], *, finetunes: int) -> LadderResult:
+def _dry_run(
+    ladder: Ladder, stages: list[Stage], *, finetunes: int, champion: str | None
+) -> LadderResult:
     """``--dry-run``: the stage plan with what is cached and what the rest will cost; runs and
     writes nothing."""
     from tunewise.dryrun import show_plan
 
     cached = [ladder.reusable(s) for s in stages]
-    show_plan(ladder.cfg, stages, cached, ladder.console, finetunes=finetunes)
+    notes = (
+        [f"champion: {champion} (production) is evaluated beside the new runs"] if champion else []
+    )
+    show_plan(ladder.cfg, stages, cached, ladder.console, finetunes=finetunes, notes=notes)
     return ladder.result
 
 
@@ -375,15 +380,27 @@ def _train_stage(
     return Stage(name, inputs, train_it, after=(split,)), run_dir
 
 
-def _find_champion(plan: _Plan) -> tuple[dict[str, Any], str | None]:
-    """Record the production version to evaluate (unless it is one of these runs): the inputs it
-    adds to the evaluation's key, and its registry spec ("name:3")."""
-    from tunewise.champion import champion_runs, production_version, weights_hash
+def _find_champion(plan: _Plan, *, dry_run: bool) -> tuple[dict[str, Any], str | None]:
+    """Record the champion to evaluate (:func:`tunewise.champion.ladder_champion`): the inputs it
+    adds to the evaluation's key, and its registry spec ("name:3"). A dry run only reads the
+    registry's index (no folder created, no file materialised or hashed)."""
+    from tunewise import paths
+    from tunewise.champion import ladder_champion, weights_hash
+    from tunewise.decisions import CHAMPION
+    from tunewise.registry import Registry
 
-    version = production_version(plan.cfg.name)
-    plan.champion.update(champion_runs(version, plan.runs))
-    if not plan.champion or version is None:
+    if dry_run:
+        root = paths.registry_dir(create=False)
+        if not root.is_dir():
+            return {}, None
+        reg = Registry(root, snapshot=True)
+    else:
+        reg = Registry()
+    version = ladder_champion(plan.cfg.name, plan.runs, reg)
+    if version is None:
         return {}, None
+    if not dry_run:
+        plan.champion[CHAMPION] = Path(reg.resolve(version.spec).path)
     return {"champion": [version.spec, weights_hash(version.files)]}, version.spec
 
 
@@ -439,7 +456,8 @@ def _curve_stage(
 
 
 def _register(plan: _Plan, gate_out: Outputs) -> Outputs:
-    """Every trained run is versioned; a "ship" verdict promotes it to production."""
+    """Every trained run is versioned once; a "ship" verdict promotes it to production."""
+    from tunewise.champion import registered_as
     from tunewise.registry import Registry
 
     reg = Registry()
@@ -449,11 +467,10 @@ def _register(plan: _Plan, gate_out: Outputs) -> Outputs:
     registered = {g: plan.runs[m[0]] for g, m in plan.groups.items()}
     registered |= {r: plan.runs[r] for r in _gated(plan) if r not in plan.groups}
     for cand, run_dir in registered.items():
-        version = reg.add(
-            run_dir,
-            name=plan.cfg.name,
-            verdict=Path(gate_out["verdicts"][cand]),
-            eval_dir=plan.eval_dir,
+        verdict = Path(gate_out["verdicts"][cand])
+        # The same weights under the same verdict are the same version (a rerun of this stage).
+        version = registered_as(reg, plan.cfg.name, run_dir, verdict) or reg.add(
+            run_dir, name=plan.cfg.name, verdict=verdict, eval_dir=plan.eval_dir
         )
         added[cand] = f"{version.name}:{version.version}"
     shipped = gate_out.get("ship")

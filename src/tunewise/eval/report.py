@@ -200,9 +200,7 @@ def _load_ratings(eval_dir: Path, run: EvalRun) -> list[dict[str, Any]]:
         return []
     out = [s for s in human.summaries(db) if s["n"] > 0]
     found = {(x["a"], x["b"]): x for x in calibration.agreement_from_eval(run, db)}
-    path = eval_dir / calibration.CALIBRATION_FILE
-    saved = json.loads(path.read_text()) if path.is_file() else {"pairs": []}
-    bias = {(p["a"], p["b"]): p["position_bias"] for p in saved.get("pairs", [])}
+    bias = _position_bias(eval_dir / calibration.CALIBRATION_FILE)
     for s in out:
         k = found.get((s["a"], s["b"]))
         s["judge"] = (
@@ -214,6 +212,21 @@ def _load_ratings(eval_dir: Path, run: EvalRun) -> list[dict[str, Any]]:
         b = bias.get((s["a"], s["b"]))
         s["flips"] = f"{_fmt(b['flip_share'], 2)} of {b['n']}" if b else "–"
     return out
+
+
+def _position_bias(path: Path) -> dict[tuple[str, str], dict[str, Any]]:
+    """Each calibrated pair's position bias from judge_calibration.json (none when absent); a
+    damaged file is one line naming it, not a traceback."""
+    if not path.is_file():
+        return {}
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        return {(p["a"], p["b"]): dict(p["position_bias"]) for p in saved.get("pairs", [])}
+    except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise UserError(
+            f"{path}: unreadable judge calibration ({type(exc).__name__}: {exc}); "
+            "run `tunewise calibrate` again or delete the file"
+        ) from None
 
 
 def build_context(
