@@ -337,6 +337,13 @@ def plan_candidates(
             plan.append(name)
     # Training runs passed explicitly are evaluated even when "finetuned" is not listed.
     plan += [n for n in finetuned if n not in plan]
+    _add_references(cfg, plan)
+    return plan + _constrained_variants(cfg, asked, plan, finetuned)
+
+
+def _add_references(cfg: ProjectConfig, plan: list[str]) -> None:
+    """On a labels task, the references without an LLM beside the rungs (in place): kNN after
+    a RAG rung that retrieves train examples, and the classical classifiers."""
     if (
         cfg.task.type == "labels"
         and "rag" in plan
@@ -348,6 +355,14 @@ def plan_candidates(
         # The cheapest honest bar on a label task: a classifier without an LLM, next to the rungs.
         at = 1 + max(plan.index(r) for r in (*RUNGS, "knn") if r in plan)
         plan[at:at] = [c for c in classical.CLASSICAL if c not in plan]
+
+
+def _constrained_variants(
+    cfg: ProjectConfig, asked: list[str], plan: list[str], finetuned: dict[str, Path]
+) -> list[str]:
+    """The constrained (label-scoring) candidates: those listed, one per training run for the
+    ``finetuned...`` names; or, with none listed and ``eval.constrained`` on, one per local
+    candidate of ``plan``."""
     explicit: list[str] = []
     for n in asked:
         if n in (f"finetuned{CONSTRAINED}", f"finetuned+rag{CONSTRAINED}"):  # one per training run
@@ -370,15 +385,15 @@ def plan_candidates(
                         f"candidate {n!r}: constrained mode needs a local model candidate "
                         f"({', '.join(sorted(local))})"
                     )
-            plan += explicit
+            return explicit
         elif cfg.eval.constrained:
             local = [
                 n
                 for n in plan
                 if n in RUNGS or n in finetuned or n.removesuffix("+rag") in finetuned
             ]
-            plan += [f"{n}{CONSTRAINED}" for n in local]
-    return plan
+            return [f"{n}{CONSTRAINED}" for n in local]
+    return []
 
 
 def _context_trained(run_dir: Path) -> bool:
