@@ -48,7 +48,7 @@ import _trainbench as tb
 
 RUNS = {
     "a": "seed recipe (Trainer, pad 512)",
-    "b": "TRL SFTTrainer defaults",
+    "b": "TRL SFTTrainer defaults (fp32 where bf16 is emulated)",
     "c": "tunewise, shared_prefix=off (today's path)",
     "s": "tunewise, shared prefix (default)",
     "d": "tunewise, train.precision=bf16",
@@ -156,7 +156,15 @@ def run_trl(a: argparse.Namespace, rows: list[dict], out: Path) -> Any:
     # fix its error message gives); bf16 autocast and gradient checkpointing stay TRL's defaults.
     import torch
 
-    extra = {} if torch.cuda.is_available() else {"use_cpu": True}
+    extra: dict[str, Any] = {} if torch.cuda.is_available() else {"use_cpu": True}
+    if not torch.cuda.is_available() and torch.backends.cpu.get_cpu_capability() in (
+        "DEFAULT",
+        "NO AVX",
+        "AVX2",
+    ):
+        # Without AVX512-BF16/AMX, bf16 autocast is emulated and slower than fp32: the reference
+        # is held at its fastest setting on the machine at hand, so TRL runs fp32 there.
+        extra["bf16"] = False
     trainer = SFTTrainer(
         model=a.model,
         args=_training_args(SFTConfig, out, a, **extra),
