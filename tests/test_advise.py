@@ -431,3 +431,34 @@ def test_facts_from_dir_reads_the_configured_gate_baselines(tmp_path):
     advice = recommend(f)
     knn = [r for r in [*advice.reasons, advice.headline] if "knn" in r]
     assert knn and not any("not a gate baseline" in r for r in knn)
+
+
+def test_advice_that_quotes_config_in_brackets_is_printed_as_text(tmp_path, monkeypatch):
+    """The demo printed "train.variants:  trains ..." : rich took "[none, fewshot]" for markup
+    and dropped it. Advice is data, not markup, in `tunewise run` and `tunewise advise`."""
+    from rich.console import Console
+    from typer.testing import CliRunner
+
+    from _evalfakes import make_run
+    from tunewise import advise
+    from tunewise.cli import app, workflow_cmd
+    from tunewise.eval import stats
+
+    run = make_run({"prompt": 0.5, "fewshot": 0.55, "rag": 0.5, "lora": 0.6}, n=60, seed=1)
+    comp = stats.compare(run, baselines=["prompt", "fewshot", "rag"], n_boot=200)
+    stats.save_comparison(comp, tmp_path / "comparison.json")
+    quoted = "set train.variants: [none, fewshot] and [bold]rerun"
+    real = advise.recommend
+
+    def with_quote(facts, cost=None):
+        advice = real(facts, cost=cost)
+        advice.reasons.append(quoted)
+        return advice
+
+    monkeypatch.setattr(advise, "recommend", with_quote)
+    console = Console(record=True, width=300)
+    monkeypatch.setattr(workflow_cmd, "console", console)
+    workflow_cmd.show_summary(tmp_path)
+    assert quoted in console.export_text()
+    out = CliRunner().invoke(app, ["advise", str(tmp_path)], terminal_width=300)
+    assert quoted in out.output, out.output

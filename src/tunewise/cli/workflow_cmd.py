@@ -89,9 +89,12 @@ def show_summary(eval_dir: Path, test_dir: Path | None = None) -> None:
     advice = recommend(facts_from_dir(eval_dir))
     console.print(
         Panel(
-            "\n".join(
-                [advice.headline, *advice.reasons]
-                + ([advice.more_data] if advice.more_data else [])
+            # Advice quotes config (``train.variants: [none, fewshot]``): text, not rich markup.
+            escape(
+                "\n".join(
+                    [advice.headline, *advice.reasons]
+                    + ([advice.more_data] if advice.more_data else [])
+                )
             ),
             title="advice (from validation)" if test_dir is not None else "advice",
             border_style="cyan",
@@ -144,11 +147,13 @@ def _show_verdict(eval_dir: Path, where: str) -> None:
     if not verdict_path.is_file():
         return
     v = Verdict.load(verdict_path)
-    lines = [gate_line(r) for r in v.reasons]
-    lines += [f"✗ guard: {g}" for g in v.guard_failures]
+    lines = [escape(gate_line(r)) for r in v.reasons]
+    lines += [f"✗ guard: {escape(g)}" for g in v.guard_failures]
     style = "green" if v.ship else "red"
     title = f"SHIP {v.candidate}" if v.ship else f"DON'T SHIP {v.candidate}"
-    console.print(Panel("\n".join(lines) or v.summary, title=where + title, border_style=style))
+    console.print(
+        Panel("\n".join(lines) or escape(v.summary), title=where + title, border_style=style)
+    )
 
 
 def _show_sealed(test_dir: Path, val: Comparison) -> None:
@@ -230,9 +235,9 @@ def advise_cmd(
     if as_json:
         typer.echo(json.dumps(advice.to_json(), indent=2))
         return
-    body = [f"[bold]{advice.headline}[/]", *[f"• {r}" for r in advice.reasons]]
+    body = [f"[bold]{escape(advice.headline)}[/]", *[f"• {escape(r)}" for r in advice.reasons]]
     if advice.more_data:
-        body.append(f"• {advice.more_data}")
+        body.append(f"• {escape(advice.more_data)}")
     if advice.cost:
         c = advice.cost
         body.append(
