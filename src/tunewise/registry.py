@@ -67,6 +67,7 @@ from tunewise.registry_index import (
     create_schema,
     empty_index,
     problem,
+    retry_busy,
 )
 from tunewise.registry_records import RECORDS_DIR, Records, backfill, version_record
 from tunewise.rundir import RunDir
@@ -262,7 +263,7 @@ class Registry:
         except sqlite3.DatabaseError as exc:
             raise classify(self.db_path, exc) from None
         try:
-            db.execute("BEGIN IMMEDIATE")
+            retry_busy(lambda: db.execute("BEGIN IMMEDIATE"), self.busy_timeout_s)
             try:
                 yield db
             except BaseException:

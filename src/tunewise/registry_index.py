@@ -22,9 +22,14 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from tunewise.errors import UserError
+
+T = TypeVar("T")
 
 INDEX_FILE = "registry.sqlite"
 TABLES = ("versions", "aliases", "alias_events")
@@ -86,14 +91,43 @@ def create_schema(db: sqlite3.Connection) -> None:
             db.execute(stmt)
 
 
+def is_busy(exc: sqlite3.OperationalError) -> bool:
+    text = str(exc)
+    return "locked" in text or "busy" in text
+
+
+def retry_busy(step: Callable[[], T], timeout_s: float) -> T:
+    """``step()``, again while SQLite says busy, until ``timeout_s`` has passed.
+
+    ``busy_timeout`` does not cover every busy answer: when one process closes the last
+    connection to a WAL database (checkpointing and removing the WAL) while another opens it,
+    the opener's WAL-index recovery returns SQLITE_BUSY(_RECOVERY) at once, without calling the
+    busy handler. Seen in tests/test_registry.py's two-process test on a clean clone."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return step()
+        except sqlite3.OperationalError as exc:
+            if not is_busy(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(0.02)
+
+
 def connect_rw(db_path: Path, timeout_s: float) -> sqlite3.Connection:
-    db = sqlite3.connect(db_path, timeout=timeout_s, isolation_level=None)
-    db.row_factory = sqlite3.Row
-    db.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")
-    # journal_mode needs a lock; the busy timeout above lets concurrent openers wait for it.
-    db.execute("PRAGMA journal_mode = WAL")
-    db.execute("PRAGMA synchronous = FULL")
-    return db
+    def connect() -> sqlite3.Connection:
+        db = sqlite3.connect(db_path, timeout=timeout_s, isolation_level=None)
+        try:
+            db.row_factory = sqlite3.Row
+            db.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")
+            # journal_mode needs a lock; the busy timeout lets concurrent openers wait for it.
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute("PRAGMA synchronous = FULL")
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    return retry_busy(connect, timeout_s)
 
 
 def connect_ro(db_path: Path, timeout_s: float) -> sqlite3.Connection:
