@@ -199,7 +199,7 @@ def classify(db_path: Path, exc: sqlite3.DatabaseError) -> UserError:
     """A one-line error for a failed query: a damaged index, a lock, or a read-only home."""
     text = str(exc)
     if isinstance(exc, sqlite3.OperationalError):
-        if "locked" in text or "busy" in text:
+        if is_busy(exc):
             return UserError(f"{db_path}: the registry is busy (another process holds its lock)")
         if "readonly" in text or "read-only" in text or "unable to open" in text:
             return UserError(f"{db_path}: cannot write the registry here: read-only ({text})")
