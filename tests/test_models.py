@@ -167,3 +167,27 @@ def test_conversion_names_a_copy_already_converted_in_the_default_home(
     models.pull(models.DEFAULT_MODEL)
     err = capsys.readouterr().err
     assert f"a converted copy is already in {copy}: TUNEWISE_MODELS={copy.parent}" in err
+
+
+def test_saving_the_converted_model_shows_no_raw_tqdm_bar(tmp_path, capfd):
+    """The conversion's save printed transformers' "Writing model shards" tqdm bar between
+    tunewise's own lines (seen in the CLINC walkthrough); it runs under no_hf_bars now."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=32,
+        hidden_size=8,
+        intermediate_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+    )
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(tmp_path / "plain")
+    assert "Writing model shards" in capfd.readouterr().err  # transformers' default: the bar
+    with models.no_hf_bars():
+        model.save_pretrained(tmp_path / "quiet")
+    assert "Writing model shards" not in capfd.readouterr().err
+    from transformers.utils import logging as hf_logging
+
+    assert hf_logging.is_progress_bar_enabled()  # restored for whoever comes next

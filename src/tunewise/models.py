@@ -131,7 +131,6 @@ def _dequantize(pkg: Path, spec: EmbeddedModel, bar_console: Any = None) -> tupl
 def _gguf_progress(bar_console: Any) -> Iterator[None]:
     """transformers' GGUF tensor loop shown as one tunewise bar (or nothing), not raw tqdm."""
     from transformers import modeling_gguf_pytorch_utils as gguf_utils
-    from transformers.utils import logging as hf_logging
 
     from tunewise.progress import Bar
 
@@ -144,15 +143,28 @@ def _gguf_progress(bar_console: Any) -> Iterator[None]:
                 bar.advance()
 
     original = getattr(gguf_utils, "tqdm", None)
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
     if original is not None:  # a later transformers may drop it: then its own bar shows
         gguf_utils.tqdm = tensors
     try:
-        yield
+        with no_hf_bars():
+            yield
     finally:
         if original is not None:
             gguf_utils.tqdm = original
+
+
+@contextmanager
+def no_hf_bars() -> Iterator[None]:
+    """transformers' own tqdm bars ("Loading weights", "Writing model shards") switched off for
+    the block: sub-second bars in the middle of tunewise's output are noise, and raw tqdm
+    carriage returns garble a log file."""
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
         if bars:
             hf_logging.enable_progress_bar()
 
@@ -186,8 +198,9 @@ def _convert_embedded(spec: EmbeddedModel, target: Path, progress: bool = True) 
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        plain.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
+        with no_hf_bars():
+            plain.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
         atomic_write_json(
             tmp / MARKER,
             {
@@ -437,12 +450,7 @@ def load_model(
         kwargs["device_map"] = device_map
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
-    from transformers.utils import logging as hf_logging
-
-    # A sub-second "Loading weights" bar in the middle of a ladder's output is noise.
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
+    with no_hf_bars():
         try:
             model = AutoModelForCausalLM.from_pretrained(ref.path, **kwargs)
         except ValueError as exc:
@@ -450,7 +458,4 @@ def load_model(
             if kwargs.pop("attn_implementation", None) is None or "flash" not in str(exc).lower():
                 raise
             model = AutoModelForCausalLM.from_pretrained(ref.path, **kwargs)
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
     return model
