@@ -146,3 +146,32 @@ def test_dry_run_reads_the_production_version_without_touching_the_registry(
     assert "champion: dry:1 (production) is evaluated beside the new runs" in result.output
     assert registry_snapshot(reg.root) == before  # no -wal/-shm, no materialised version
     assert not (reg.versions_dir / "dry").exists()
+
+
+def test_dry_run_prices_a_context_trained_variant_on_its_own(
+    tmp_path, tiny_model_dir, monkeypatch, no_stage_may_run
+):
+    """train.variants [none, fewshot]: two training rows, the context-trained one dearer (its
+    examples carry the retrieved ones), and the stage table shows each run's own estimate."""
+    from tunewise import dryrun
+
+    path = make_project(tmp_path / "proj", tiny_model_dir)
+    raw = yaml.safe_load(path.read_text())
+    raw["train"]["variants"] = ["none", "fewshot"]
+    path.write_text(yaml.safe_dump(raw))
+    monkeypatch.setattr(
+        estimate,
+        "calibrate",
+        lambda *a, **kw: estimate.Speed(10.0, 1000.0, 0.01, 4, "fixed", score_tps=800.0),
+    )
+    priced = []
+    original = dryrun._by_stage
+    monkeypatch.setattr(
+        dryrun, "_by_stage", lambda lines: priced.append(original(lines)) or priced[-1]
+    )
+    result = CliRunner().invoke(app, ["run", str(path), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "│ train-lora " in result.output and "│ train-lora+fewshot " in result.output
+    seconds = priced[0]
+    assert seconds["train-lora+fewshot"] > seconds["train-lora"] > 0
+    assert "2 runs; train.context fewshot: +" in result.output

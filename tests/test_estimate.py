@@ -110,12 +110,27 @@ def test_recorded_speed_takes_training_from_the_projects_last_run(tmp_path):
     assert estimate.recorded_speed(home, "h" * 64, "cuda:0", work_dir) is None  # per device
     run = work_dir / "runs" / "lora-abc"
     run.mkdir(parents=True)
-    (run / "run.json").write_text(
-        json.dumps({"tokens_per_s": 42.5, "base_model": {"weight_hash": "h" * 64}})
-    )
+    record = {
+        "status": "completed",
+        "base_model": {"weight_hash": "h" * 64},
+        "tokens_trained": 10_000,  # the data's tokens, the shared prefix's repeats included
+        "tokens_per_s": 50.0,  # tokens_trained / wall_time_s: not what the estimate divides
+        "wall_time_s": 200.0,
+        "shared_prefix": {"enabled": True, "tokens_not_recomputed": 6_000},
+        "metrics": [{"step": 10, "val_loss_s": 60.0}, {"step": 20, "val_loss_s": 30.0}],
+        "overfit_check_s": 10.0,
+    }
+    (run / "run.json").write_text(json.dumps(record))
     got = estimate.recorded_speed(home, "h" * 64, "cpu", work_dir)
-    assert got.train_tps == 42.5 and "training speed from run lora-abc" in got.source
+    # 4,000 computed tokens in the 100 s that were not validation loss or the overfit check
+    assert got.train_tps == pytest.approx(40.0)
+    assert "training speed from run lora-abc" in got.source
     assert got.prefill_tps == SPEED.prefill_tps
+    # A resumed run's figures span sessions, an unfinished one's are partial: the calibration.
+    for change in ({"resumed_from": ["ckpt-10"]}, {"status": "running"}):
+        (run / "run.json").write_text(json.dumps(record | change))
+        got = estimate.recorded_speed(home, "h" * 64, "cpu", work_dir)
+        assert got.train_tps == 100.0 and "training speed from" not in got.source
 
 
 def test_calibrate_measures_this_machine(tiny_model_dir):
@@ -128,3 +143,58 @@ def test_calibrate_measures_this_machine(tiny_model_dir):
     assert speed.decode_batch == 16 and speed.score_tps > 0  # eval_batch=16 rows decode
     assert speed.source == "measured now on cpu"
     assert speed.train_tps == pytest.approx(speed.prefill_tps / estimate.TRAIN_COST_RATIO)
+
+
+def test_a_context_trained_run_is_priced_with_its_longer_prompts(tmp_path):
+    """train.variants [none, fewshot]: the context-trained run reads k retrieved examples more
+    per training example and per validation-loss item, and is evaluated (and scored, and tested
+    at --final) on the few-shot rung's prompt; the plain run keeps the plain figures."""
+    path = project(tmp_path)
+    cfg = load_project(path)
+    work = estimate.workload_of(cfg, load_examples(cfg.data.train), None)
+    one = {ln.stage: ln for ln in estimate.estimate(cfg, work, SPEED)}
+    runs = {"train-lora": "none", "train-lora+fewshot": "fewshot"}
+    two = {ln.stage: ln for ln in estimate.estimate(cfg, work, SPEED, runs=runs)}
+    extra = work.context_tokens["fewshot"]
+    assert extra == pytest.approx(work.prompt_tokens["fewshot"] - work.prompt_tokens["prompt"])
+    assert extra > 0
+    per_run = two["training"].stages
+    assert per_run["train-lora"] == pytest.approx(one["training"].seconds)
+    # 60 training examples x 2 epochs at 100 tokens/s, 3 validation-loss passes over 20 items
+    more = extra * 60 * 2 / SPEED.train_tps + 3 * 20 * extra / SPEED.prefill_tps
+    assert per_run["train-lora+fewshot"] == pytest.approx(one["training"].seconds + more)
+    assert two["training"].seconds == pytest.approx(sum(per_run.values()))
+    assert "train.context fewshot: +" in two["training"].detail
+    # Evaluated on the few-shot prompt: what the few-shot rung's generation costs.
+    fewshot_gen = estimate._generation_s(SPEED, work, work.prompt_tokens["fewshot"], 20)
+    got = two["evaluate the fine-tune"].seconds - one["evaluate the fine-tune"].seconds
+    assert got == pytest.approx(fewshot_gen)
+    scored = estimate._scoring_s(SPEED, work, work.prompt_tokens["fewshot"], 20)
+    got = two["constrained scoring"].seconds - one["constrained scoring"].seconds
+    assert got == pytest.approx(scored)
+    # --final tests every fine-tune when none ships: both are priced, with their own prompts.
+    test_more = estimate._generation_s(SPEED, work, work.prompt_tokens["fewshot"], 20)
+    test_more += estimate._scoring_s(SPEED, work, work.prompt_tokens["fewshot"], 20)
+    final = "final test (--final, once)"
+    assert two[final].seconds - one[final].seconds == pytest.approx(test_more)
+    assert "up to 2 fine-tunes" in two[final].detail
+    assert "over data.max_len" not in two["training"].detail
+    # Context that pushes the longest example past data.max_len is said before anything runs.
+    short = cfg.model_copy(update={"data": cfg.data.model_copy(update={"max_len": 16})})
+    tight = {ln.stage: ln for ln in estimate.estimate(short, work, SPEED, runs=runs)}
+    assert "at the longest: over data.max_len=16" in tight["training"].detail
+
+
+def test_the_final_test_prices_the_listed_rungs_not_the_gates_extra_ones(tmp_path):
+    """--final evaluates eval.candidates (as validation did): a rung left out of the list is
+    neither run nor priced."""
+    path = project(tmp_path, candidates=["prompt", "fewshot", "finetuned"], constrained=False)
+    cfg = load_project(path)
+    work = estimate.workload_of(cfg, load_examples(cfg.data.train), None)
+    lines = {ln.stage: ln for ln in estimate.estimate(cfg, work, SPEED)}
+    expected = sum(
+        estimate._generation_s(SPEED, work, work.prompt_tokens[r], 20)
+        for r in ("prompt", "fewshot", "prompt")  # two rungs and the plain fine-tune
+    )
+    assert lines["final test (--final, once)"].seconds == pytest.approx(expected)
+    assert "2 listed rung(s) and the fine-tune" in lines["final test (--final, once)"].detail

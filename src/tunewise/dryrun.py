@@ -10,7 +10,7 @@ token counts from characters and without times.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rich.console import Console
@@ -29,12 +29,13 @@ def show_plan(
     cached: Sequence[bool],
     console: Console,
     *,
-    finetunes: int,
+    runs: Mapping[str, str],
     notes: Sequence[str] = (),
 ) -> None:
-    """Print the stage plan with an estimate per stage to run, the total, and ``notes``."""
-    lines, speed, why = _price(cfg, finetunes)
-    per_stage = _by_stage(lines, finetunes)
+    """Print the stage plan with an estimate per stage to run, the total, and ``notes``.
+    ``runs``: each training stage's name and ``train.context``."""
+    lines, speed, why = _price(cfg, runs)
+    per_stage = _by_stage(lines)
     table = Table(title=f"tunewise run --dry-run: {cfg.name}")
     for col in ("#", "stage", "status", "estimate"):
         table.add_column(col, justify="right" if col in ("#", "estimate") else "left")
@@ -44,9 +45,9 @@ def show_plan(
         if is_cached:
             table.add_row(str(i), name, "[dim]cached[/]", "0 s")
             continue
-        seconds = per_stage.get(_kind(name))
+        seconds = per_stage.get(name)
         if seconds is None:
-            shown = "seconds" if _kind(name) in QUICK else "?"
+            shown = "seconds" if name in QUICK else "?"
         else:
             total += seconds
             shown = human_time(seconds)
@@ -64,13 +65,8 @@ def show_plan(
     console.print("dry run: nothing was run or written", highlight=False)
 
 
-def _kind(stage_name: str) -> str:
-    """``train-lora-seed1`` -> ``train``; other stage names as they are."""
-    return "train" if stage_name.startswith("train-") else stage_name
-
-
-def _by_stage(lines: list[CostLine], finetunes: int) -> dict[str, float]:
-    """Seconds per kind of stage, from the estimate's lines (a training line per run)."""
+def _by_stage(lines: list[CostLine]) -> dict[str, float]:
+    """Seconds per stage, from the estimate's lines (the training line has one per run)."""
     out: dict[str, float] = {}
     by_name = {line.stage: line for line in lines}
     for line in lines:
@@ -78,20 +74,22 @@ def _by_stage(lines: list[CostLine], finetunes: int) -> dict[str, float]:
             out[stage] = out.get(stage, 0.0) + seconds
     if "baselines" in by_name:
         out["baselines"] = out.get("baselines", 0.0) + by_name["baselines"].seconds
-    if "training" in by_name:
-        out["train"] = by_name["training"].seconds / max(1, finetunes)
+    training = by_name.get("training")
     tuned_eval = by_name.get("evaluate the fine-tune")
     if tuned_eval is not None:
         out["evaluate"] = out.get("evaluate", 0.0) + tuned_eval.seconds
-        # 25% and 50% of train: three quarters of one run, and two evaluations of free generation
-        out["learning-curve"] = 0.75 * out.get("train", 0.0) + 2 * tuned_eval.seconds / finetunes
+    if training is not None and training.stages and tuned_eval is not None:
+        # 25% and 50% of train for the first run: three quarters of its training, and two
+        # evaluations of free generation
+        first = next(iter(training.stages.values()))
+        out["learning-curve"] = 0.75 * first + 2 * tuned_eval.seconds / len(training.stages)
     final = next((ln for ln in lines if ln.stage.startswith("final")), None)
     if final is not None:
         out["final-test"] = final.seconds
     return out
 
 
-def _price(cfg: ProjectConfig, finetunes: int) -> tuple[list[CostLine], Speed | None, str]:
+def _price(cfg: ProjectConfig, runs: Mapping[str, str]) -> tuple[list[CostLine], Speed | None, str]:
     """(cost lines, the speed they used, why there are none) without writing anything."""
     from tunewise import device, estimate, models, paths
     from tunewise.data.schema import load_examples
@@ -118,7 +116,7 @@ def _price(cfg: ProjectConfig, finetunes: int) -> tuple[list[CostLine], Speed | 
             placement=placement,
             eval_batch=cfg.eval.batch_size,
         )
-    return estimate.estimate(cfg, work, speed, finetunes=finetunes), speed, ""
+    return estimate.estimate(cfg, work, speed, runs=runs), speed, ""
 
 
 def _local_model(name: str) -> Any:

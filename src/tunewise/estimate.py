@@ -24,7 +24,7 @@ import inspect
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,6 +77,7 @@ class Workload:
     n_val_loss: int  # validation items the trainer's loss pass reads
     n_test: int
     prompt_tokens: dict[str, float]  # rung -> mean prompt tokens per item
+    context_tokens: dict[str, float]  # train.context -> tokens its retrieved context adds
     max_new_tokens: int
     label_combinations: int  # 0 when no constrained scoring (not a labels task, or off)
     label_tokens: float  # tokens of one scored answer: the longest (answers are padded to it)
@@ -127,18 +128,23 @@ def _scoring_s(speed: Speed, w: Workload, prompt_tokens: float, items: int) -> f
     return items * per_item / (speed.score_tps or speed.prefill_tps)
 
 
-def _local(names: Sequence[str]) -> list[str]:
-    return [n for n in names if n in RUNGS]
+def _tuned_prompt(w: Workload, context: str) -> float:
+    """Prompt tokens of a fine-tune's evaluation item: its training context's rung prompt (a run
+    trained with few-shot context is evaluated and served with it), else the plain prompt."""
+    return w.prompt_tokens.get(context, w.prompt_tokens["prompt"])
 
 
 def estimate(
-    cfg: ProjectConfig, w: Workload, speed: Speed, *, finetunes: int = 1
+    cfg: ProjectConfig, w: Workload, speed: Speed, *, runs: Mapping[str, str] | None = None
 ) -> list[CostLine]:
     """One line per part of the ladder: baselines, constrained scoring, training, evaluating the
     fine-tune, the sealed final test (only with ``--final``, but priced here so it is no
-    surprise). ``finetunes`` is the number of training runs (methods x seeds)."""
+    surprise). ``runs`` maps each training stage to its ``train.context`` (methods x variants x
+    seeds; default one run, ``train.context``): a context-trained run reads and is evaluated on
+    longer prompts, so it is priced on its own."""
+    runs = dict(runs or {f"train-{cfg.train.method}": cfg.train.context})
     baselines = [c for c in cfg.eval.candidates if c in RUNGS]
-    others = [c for c in cfg.eval.candidates if c not in RUNGS and c != "finetuned"]
+    others = [c for c in cfg.eval.candidates if c not in RUNGS and not c.startswith("finetuned")]
     mnt = w.max_new_tokens
     lines: list[CostLine] = []
     gen = {r: _generation_s(speed, w, w.prompt_tokens[r], w.n_val) for r in baselines}
@@ -152,55 +158,82 @@ def estimate(
             + (f"; {', '.join(no_llm)}: no LLM, seconds" if no_llm else ""),
         )
     )
-    scored = _local(baselines)
+    finetunes = len(runs)
+    tuned_prompts = [_tuned_prompt(w, c) for c in runs.values()]
     if w.label_combinations:
-        prompt = w.prompt_tokens["prompt"]
-        per_rung = {r: _scoring_s(speed, w, w.prompt_tokens[r], w.n_val) for r in scored}
-        tuned = finetunes * _scoring_s(speed, w, prompt, w.n_val)
+        per_rung = {r: _scoring_s(speed, w, w.prompt_tokens[r], w.n_val) for r in baselines}
+        tuned = sum(_scoring_s(speed, w, p, w.n_val) for p in tuned_prompts)
         total = sum(per_rung.values()) + tuned
         lines.append(
             CostLine(
                 "constrained scoring",
                 total,
                 f"eval.constrained: {w.label_combinations} answers scored per item for "
-                f"{len(scored)} rung(s) and {finetunes} fine-tune(s); "
+                f"{len(baselines)} rung(s) and {finetunes} fine-tune(s); "
                 "eval.constrained: false saves it",
                 stages={"baselines": total - tuned, "evaluate": tuned},
             )
         )
-    train_s = finetunes * w.train_tokens_per_epoch * w.epochs / speed.train_tps
-    evals = max(1, w.steps // cfg.train.eval_every)
-    val_loss_s = finetunes * evals * w.n_val_loss * w.example_tokens / speed.prefill_tps
+    lines.append(_training_line(cfg, w, speed, runs))
+    tuned_gen = sum(_generation_s(speed, w, p, w.n_val) for p in tuned_prompts)
     lines.append(
         CostLine(
-            "training",
-            train_s + val_loss_s,
-            f"{w.steps} steps of {cfg.train.batch_size} x {w.epochs:g} epoch(s), "
-            f"{w.train_tokens_per_epoch / 1000:.0f}k tokens per epoch at "
-            f"{speed.train_tps:.0f} tokens/s; {evals} validation-loss pass(es) over "
-            f"{w.n_val_loss} items every {cfg.train.eval_every} steps: "
-            f"{human_time(val_loss_s)} of it" + (f"; {finetunes} runs" if finetunes > 1 else ""),
+            "evaluate the fine-tune",
+            tuned_gen,
+            f"{w.n_val} validation items" + (f", {finetunes} runs" if finetunes > 1 else ""),
         )
     )
-    tuned_gen = finetunes * _generation_s(speed, w, w.prompt_tokens["prompt"], w.n_val)
-    lines.append(CostLine("evaluate the fine-tune", tuned_gen, f"{w.n_val} validation items"))
-    gate = list(dict.fromkeys(baselines + cfg.gate.baselines))
-    test_s = sum(
-        _generation_s(speed, w, w.prompt_tokens[r], w.n_test) for r in _local(gate)
-    ) + _generation_s(speed, w, w.prompt_tokens["prompt"], w.n_test)
+    # --final scores exactly what validation did: the listed rungs, and every fine-tune when
+    # none ships (the shipped one alone when one does), constrained too when it is on.
+    test_s = sum(_generation_s(speed, w, w.prompt_tokens[r], w.n_test) for r in baselines)
+    test_s += sum(_generation_s(speed, w, p, w.n_test) for p in tuned_prompts)
     if w.label_combinations:
-        test_s += sum(
-            _scoring_s(speed, w, w.prompt_tokens[r], w.n_test) for r in _local(gate)
-        ) + _scoring_s(speed, w, w.prompt_tokens["prompt"], w.n_test)
+        test_s += sum(_scoring_s(speed, w, w.prompt_tokens[r], w.n_test) for r in baselines)
+        test_s += sum(_scoring_s(speed, w, p, w.n_test) for p in tuned_prompts)
+    tuned_what = "the fine-tune" if finetunes == 1 else f"up to {finetunes} fine-tunes"
     lines.append(
         CostLine(
             "final test (--final, once)",
             test_s,
-            f"{w.n_test} sealed items: the gate's baselines and the fine-tune"
+            f"{w.n_test} sealed items: {len(baselines)} listed rung(s) and {tuned_what}"
             + (", constrained too" if w.label_combinations else ""),
         )
     )
     return lines
+
+
+def _training_line(cfg: ProjectConfig, w: Workload, speed: Speed, runs: dict[str, str]) -> CostLine:
+    """Training, per run: its epochs' tokens at the training speed and its validation-loss
+    passes at the prompt speed; a context-trained run's examples carry the retrieved context
+    (not part of the shared prefix: it differs per example) in both."""
+    evals = max(1, w.steps // cfg.train.eval_every)
+    per_stage: dict[str, float] = {}
+    val_loss_total = 0.0
+    for stage, context in runs.items():
+        extra = w.context_tokens.get(context, 0.0)
+        per_epoch = w.train_tokens_per_epoch + extra * w.n_train
+        val_loss_s = evals * w.n_val_loss * (w.example_tokens + extra) / speed.prefill_tps
+        per_stage[stage] = per_epoch * w.epochs / speed.train_tps + val_loss_s
+        val_loss_total += val_loss_s
+    with_context = sorted({c for c in runs.values() if w.context_tokens.get(c)})
+    context_note = ""
+    for c in with_context:
+        context_note += f"; train.context {c}: +{w.context_tokens[c]:.0f} tokens per example"
+        longest = w.longest_example + w.context_tokens[c]
+        if longest > cfg.data.max_len:  # the trainer would drop them (and refuses past half)
+            context_note += f", ~{longest:.0f} at the longest: over data.max_len={cfg.data.max_len}"
+    return CostLine(
+        "training",
+        sum(per_stage.values()),
+        f"{w.steps} steps of {cfg.train.batch_size} x {w.epochs:g} epoch(s), "
+        f"{w.train_tokens_per_epoch / 1000:.0f}k tokens per epoch at "
+        f"{speed.train_tps:.0f} tokens/s; {evals} validation-loss pass(es) over "
+        f"{w.n_val_loss} items every {cfg.train.eval_every} steps: "
+        f"{human_time(val_loss_total)} of it"
+        + (f"; {len(runs)} runs" if len(runs) > 1 else "")
+        + context_note,
+        stages=per_stage,
+    )
 
 
 # --- the workload ---------------------------------------------------------------------------------
@@ -269,6 +302,11 @@ def workload_of(
             "prompt": prompt,
             "fewshot": prompt + cfg.eval.fewshot.k * turn,
             "rag": prompt + cfg.eval.rag.k * turn,
+        },
+        context_tokens={
+            "none": 0.0,
+            "fewshot": cfg.eval.fewshot.k * turn,
+            "rag": cfg.eval.rag.k * turn,
         },
         max_new_tokens=int(mnt) if mnt != "auto" else max(8, math.ceil(longest * 1.5) + 4),
         label_combinations=_combinations(cfg, examples),
@@ -470,17 +508,37 @@ def recorded_speed(home: Path, model_hash: str, device: str, work_dir: Path) -> 
 
 
 def _last_training_tps(work_dir: Path, model_hash: str) -> tuple[float, str] | None:
-    """tokens/s of the newest finished training run of this base model in the project."""
+    """Training tokens/s of the newest finished training run of this base model in the project,
+    in the unit the estimate counts (:func:`training_tps`)."""
     best: tuple[float, float, str] | None = None
     for run_json in (work_dir / "runs").glob("*/run.json"):
         try:
             rec = json.loads(run_json.read_text())
         except (OSError, json.JSONDecodeError):
             continue
-        tps = rec.get("tokens_per_s")
-        if not tps or rec.get("base_model", {}).get("weight_hash") != model_hash:
+        tps = training_tps(rec)
+        if tps is None or rec.get("base_model", {}).get("weight_hash") != model_hash:
             continue
         mtime = run_json.stat().st_mtime
         if best is None or mtime > best[0]:
-            best = (mtime, float(tps), run_json.parent.name)
+            best = (mtime, tps, run_json.parent.name)
     return None if best is None else (best[1], f"run {best[2]}")
+
+
+def training_tps(rec: dict[str, Any]) -> float | None:
+    """Tokens the model computed per second of optimizer steps, from a run.json: what
+    :func:`estimate` divides an epoch's computed tokens by. run.json's ``tokens_per_s`` is the
+    wrong figure for it: it counts the data's tokens (a shared prefix's repeats included, which
+    the model did not compute) over the whole wall time (validation-loss passes and the
+    overfitting check included, which the estimate prices on their own). None for a resumed run
+    (its figures span sessions) or one that recorded too little."""
+    if rec.get("resumed_from") or rec.get("status") != "completed":
+        return None
+    tokens, wall = rec.get("tokens_trained"), rec.get("wall_time_s")
+    if not tokens or not wall:
+        return None
+    saved = (rec.get("shared_prefix") or {}).get("tokens_not_recomputed") or 0
+    evals = sum(m.get("val_loss_s") or 0.0 for m in rec.get("metrics") or [])
+    evals += rec.get("overfit_check_s") or 0.0
+    seconds = wall - evals
+    return (tokens - saved) / seconds if seconds > 0 and tokens > saved else None

@@ -70,6 +70,7 @@ class _Plan:
     runs: dict[str, Path]  # fine-tuned candidate -> run directory (filled in by run_ladder)
     groups: dict[str, list[str]] = field(default_factory=dict)  # --seeds N: pooled -> seeds
     champion: dict[str, Path] = field(default_factory=dict)  # the production version, if any
+    train_contexts: dict[str, str] = field(default_factory=dict)  # training stage -> its context
 
     @classmethod
     def of(cls, cfg: ProjectConfig, con: Console, quiet: bool) -> _Plan:
@@ -178,7 +179,7 @@ def run_ladder(
     stages = [check, split, baseline_eval, *trains, evaluate, gate, *curve, registry, *sealed]
     stages += [report, *_mlflow_stage(plan, gate, report)]
     if dry_run:
-        return _dry_run(ladder, stages, finetunes=len(trains), champion=champion_spec)
+        return _dry_run(ladder, stages, runs=plan.train_contexts, champion=champion_spec)
     outputs = ladder.run(stages)
     return _result(ladder, plan, outputs[gate], outputs.get(test))
 
@@ -218,7 +219,7 @@ def _gate_stage(
 
 
 def _dry_run(
-    ladder: Ladder, stages: list[Stage], *, finetunes: int, champion: str | None
+    ladder: Ladder, stages: list[Stage], *, runs: dict[str, str], champion: str | None
 ) -> LadderResult:
     """``--dry-run``: the stage plan with what is cached and what the rest will cost; runs and
     writes nothing."""
@@ -228,7 +229,7 @@ def _dry_run(
     notes = (
         [f"champion: {champion} (production) is evaluated beside the new runs"] if champion else []
     )
-    show_plan(ladder.cfg, stages, cached, ladder.console, finetunes=finetunes, notes=notes)
+    show_plan(ladder.cfg, stages, cached, ladder.console, runs=runs, notes=notes)
     return ladder.result
 
 
@@ -262,6 +263,7 @@ def _train_stages(
                 seed = k if seeds > 1 else None
                 stage, run_dir = _train_stage(plan, full_cfg, m, split, seed, context=v)
                 plan.runs[name if seeds == 1 else seed_name(name, k)] = run_dir
+                plan.train_contexts[stage.name] = v
                 trains.append(stage)
             if seeds > 1:
                 plan.groups[name] = [seed_name(name, k) for k in range(seeds)]
