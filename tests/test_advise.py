@@ -257,7 +257,11 @@ def test_an_extra_rung_that_leads_is_named_even_when_the_fine_tune_ships():
             methods={"lora-1": "lora"},
         )
     )
-    assert not any("knn" in r for r in b.reasons)
+    assert not any(r.startswith("knn scores") for r in b.reasons)
+    # (level with the fine-tune and never tested against it, it is named as an untested rival)
+    assert [r for r in b.reasons if "knn" in r] == [
+        next(r for r in b.reasons if r.startswith("knn, a classifier without an LLM"))
+    ]
 
 
 def test_facts_from_dir_says_how_many_items_would_tell(tmp_path):
@@ -462,3 +466,45 @@ def test_advice_that_quotes_config_in_brackets_is_printed_as_text(tmp_path, monk
     assert quoted in console.export_text()
     out = CliRunner().invoke(app, ["advise", str(tmp_path)], terminal_width=300)
     assert quoted in out.output, out.output
+
+
+def test_a_no_llm_classifier_level_with_the_fine_tune_is_named_when_the_gate_did_not_test_it():
+    # The CLINC150 walkthrough with train.variants: the embedding probe 0.960 beside the
+    # context-trained fine-tune 0.953 (inside the margin: no headline), while the gate held the
+    # fine-tune to kNN only and the advice offered kNN (0.907) as the cheaper thing to serve.
+    better = {("finetuned+fewshot", b): True for b in ("prompt", "fewshot", "rag")}
+    better |= {("finetuned+fewshot", "knn"): False, ("fewshot", "prompt"): True}
+    m = {
+        "prompt": 0.0,
+        "fewshot": 0.793,
+        "rag": 0.82,
+        "knn": 0.907,
+        "tfidf": 0.94,
+        "probe": 0.96,
+        "finetuned": 0.94,
+        "finetuned+fewshot": 0.953,
+    }
+    methods = {"finetuned": "lora", "finetuned+fewshot": "lora"}
+    f = Facts(
+        primary_metric="accuracy",
+        metrics=m,
+        clearly_better=better,
+        methods=methods,
+        gate_baselines=["prompt", "fewshot", "rag", "knn"],
+        verdict_summary="DON'T SHIP finetuned+fewshot: does not clearly beat knn",
+    )
+    a = recommend(f)
+    assert a.recommendation == "undecided" and "without an LLM" not in a.headline
+    named = [r for r in a.reasons if r.startswith("probe, a classifier without an LLM")]
+    assert len(named) == 1, a.reasons
+    assert "0.960" in named[0] and "best: finetuned+fewshot 0.953" in named[0]
+    assert "add it to gate.baselines" in named[0]
+    # Below the best fine-tune, or already a gate baseline: nothing more is said.
+    lower = recommend(Facts(**{**f.__dict__, "metrics": {**m, "probe": 0.95, "tfidf": 0.9}}))
+    assert not any("classifier without an LLM" in r for r in lower.reasons)
+    held = recommend(
+        Facts(**{**f.__dict__, "gate_baselines": ["prompt", "fewshot", "rag", "knn", "probe"]})
+    )
+    assert not any(r.startswith("probe, a classifier") for r in held.reasons)
+    # tfidf (0.940) is level with neither fine-tune's best: only the best no-LLM one is named
+    assert not any(r.startswith("tfidf") for r in a.reasons)
