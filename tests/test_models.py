@@ -182,12 +182,18 @@ def test_saving_the_converted_model_shows_no_raw_tqdm_bar(tmp_path, capfd):
         num_attention_heads=2,
         num_key_value_heads=1,
     )
-    model = LlamaForCausalLM(config)
-    model.save_pretrained(tmp_path / "plain")
-    assert "Writing model shards" in capfd.readouterr().err  # transformers' default: the bar
-    with models.no_hf_bars():
-        model.save_pretrained(tmp_path / "quiet")
-    assert "Writing model shards" not in capfd.readouterr().err
     from transformers.utils import logging as hf_logging
 
-    assert hf_logging.is_progress_bar_enabled()  # restored for whoever comes next
+    model = LlamaForCausalLM(config)
+    before = hf_logging.is_progress_bar_enabled()  # an earlier test may have switched bars off
+    hf_logging.enable_progress_bar()  # transformers' default, as a user's process has it
+    try:
+        model.save_pretrained(tmp_path / "plain")
+        assert "Writing model shards" in capfd.readouterr().err  # the default: the raw bar
+        with models.no_hf_bars():
+            model.save_pretrained(tmp_path / "quiet")
+        assert "Writing model shards" not in capfd.readouterr().err
+        assert hf_logging.is_progress_bar_enabled()  # restored for whoever comes next
+    finally:
+        if not before:
+            hf_logging.disable_progress_bar()
