@@ -98,3 +98,24 @@ def test_cached_generate_closes_the_runner_when_the_cache_write_fails() -> None:
     with pytest.raises(OSError, match="disk full"):
         cached_generate([_req("a"), _req("b")], ["a", "b"], run, model_key="m", cache=BrokenCache())
     assert stopped == ["closed"]  # an external client cancels its queued requests here
+
+
+def test_cached_generate_says_how_many_answers_came_from_the_cache(capsys) -> None:
+    """A rerun's evaluate stage printed "generating 150 answers" and returned at once (all of
+    them cached): the count of cache hits is said, and nothing is said without progress."""
+    cache = GenCache()
+    reqs = [_req("a"), _req("b")]
+    prompts = ["a", "b"]
+
+    def run(todo):
+        for i in todo:
+            yield {i: GenResult(prompts[i].upper(), 1, 1, "stop")}
+
+    cached_generate(reqs[:1], prompts[:1], run, model_key="m", cache=cache, progress=True)
+    assert "from the generation cache" not in capsys.readouterr().err  # nothing cached yet
+    cached_generate(reqs, prompts, run, model_key="m", cache=cache, progress=True)
+    assert "1 of 2 from the generation cache, 1 to generate" in capsys.readouterr().err
+    cached_generate(reqs, prompts, run, model_key="m", cache=cache, progress=True)
+    assert "2 of 2 from the generation cache: nothing to generate" in capsys.readouterr().err
+    cached_generate(reqs, prompts, run, model_key="m", cache=cache)
+    assert capsys.readouterr().err == ""

@@ -145,6 +145,15 @@ def cached_generate(
         for i, hit in cache.get_many(keys).items():
             results[i] = GenResult.from_cache(hit)
     misses = [i for i, r in enumerate(results) if r is None]
+    if progress and len(misses) < len(requests):
+        # Said, because a rerun's "generating 150 answers" that returns at once looks like a bug.
+        from tunewise.progress import make_console
+
+        hits = len(requests) - len(misses)
+        rest = f", {len(misses)} to generate" if misses else ": nothing to generate"
+        make_console(stderr=True).print(
+            f"{hits} of {len(requests)} from the generation cache{rest}", highlight=False
+        )
     if misses:
         with (
             Bar(label, len(misses), enabled=progress) as bar,

@@ -220,7 +220,7 @@ class _Harness:
         mnt = self.max_new_tokens(engine)
         reqs = [GenRequest(messages=m, adapter=adapter, max_new_tokens=mnt) for m in msgs]
         if self.progress:
-            console.print(f"[bold]{name}[/]: generating {len(reqs)} answers (max {mnt} new tokens)")
+            console.print(f"[bold]{name}[/]: {len(reqs)} answers (max {mnt} new tokens)")
         return [r.text for r in engine.generate(reqs, progress=self.progress)]
 
     def constrained(
