@@ -169,22 +169,13 @@ def test_conversion_names_a_copy_already_converted_in_the_default_home(
     assert f"a converted copy is already in {copy}: TUNEWISE_MODELS={copy.parent}" in err
 
 
-def test_saving_the_converted_model_shows_no_raw_tqdm_bar(tmp_path, capfd):
+def test_saving_the_converted_model_shows_no_raw_tqdm_bar(tmp_path, capfd, tiny_model_dir):
     """The conversion's save printed transformers' "Writing model shards" tqdm bar between
     tunewise's own lines (seen in the CLINC walkthrough); it runs under no_hf_bars now."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        vocab_size=32,
-        hidden_size=8,
-        intermediate_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-    )
+    from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
-    model = LlamaForCausalLM(config)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     before = hf_logging.is_progress_bar_enabled()  # an earlier test may have switched bars off
     hf_logging.enable_progress_bar()  # transformers' default, as a user's process has it
     try:

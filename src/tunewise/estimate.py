@@ -77,7 +77,6 @@ class Workload:
     n_val_loss: int  # validation items the trainer's loss pass reads
     n_test: int
     prompt_tokens: dict[str, float]  # rung -> mean prompt tokens per item
-    context_tokens: dict[str, float]  # train.context -> tokens its retrieved context adds
     max_new_tokens: int
     label_combinations: int  # 0 when no constrained scoring (not a labels task, or off)
     label_tokens: float  # tokens of one scored answer: the longest (answers are padded to it)
@@ -87,6 +86,13 @@ class Workload:
     prefix_tokens: int  # tokens every example starts with (0 when not measured)
     steps: int  # optimizer steps
     epochs: float
+
+    @property
+    def context_tokens(self) -> dict[str, float]:
+        """train.context -> tokens its retrieved context adds to an example: what the rung's
+        prompt has beyond the plain one (a context-trained run reads the rung's prompt)."""
+        plain = self.prompt_tokens["prompt"]
+        return {"none": 0.0, **{c: self.prompt_tokens[c] - plain for c in ("fewshot", "rag")}}
 
 
 @dataclass(frozen=True)
@@ -302,11 +308,6 @@ def workload_of(
             "prompt": prompt,
             "fewshot": prompt + cfg.eval.fewshot.k * turn,
             "rag": prompt + cfg.eval.rag.k * turn,
-        },
-        context_tokens={
-            "none": 0.0,
-            "fewshot": cfg.eval.fewshot.k * turn,
-            "rag": cfg.eval.rag.k * turn,
         },
         max_new_tokens=int(mnt) if mnt != "auto" else max(8, math.ceil(longest * 1.5) + 4),
         label_combinations=_combinations(cfg, examples),
