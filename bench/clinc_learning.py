@@ -76,8 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     from rich.table import Table
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tunewise import models
     from tunewise.config import ProjectConfig
+    from tunewise.runtime import models
     from tunewise.train.trainer import train
 
     console = Console()

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from tunewise.infer import Engine, GenResult
+    from tunewise.runtime.engine import Engine, GenResult
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "examples" / "ticket-triage" / "data" / "tickets.jsonl"
@@ -137,8 +137,8 @@ def main() -> int:
     args = _args()
     import torch
 
-    from tunewise import models
-    from tunewise.infer import Engine, GenRequest
+    from tunewise.runtime import models
+    from tunewise.runtime.engine import Engine, GenRequest
 
     found = _items(args)
     if found is None:

@@ -105,8 +105,8 @@ def main() -> None:
         spec = args.spec
     trained_s = time.time() - started
 
-    from tunewise.export import export_merged
-    from tunewise.export_gguf import export_gguf, greedy_answers, load_gguf
+    from tunewise.export.gguf import export_gguf, greedy_answers, load_gguf
+    from tunewise.export.vllm import export_merged
 
     merged_dir = args.work / "merged"
     export_merged(spec, merged_dir)

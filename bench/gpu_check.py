@@ -7,7 +7,7 @@ SmolLM2 tokenizer; nothing is downloaded) it runs, through tunewise's own code:
   on a GPU, as the device policy decides); ``full`` only where ``tunewise plan`` says it fits;
 * ``qlora``: the same on an NF4 base, when bitsandbytes is installed;
 * ``generate``: one batch of ``Engine.generate`` (the path of evaluation, judge and server);
-* ``serve``: one ``POST /v1/chat/completions`` to ``tunewise.serve``'s app (FastAPI TestClient),
+* ``serve``: one ``POST /v1/chat/completions`` to ``tunewise.serve.app``'s app (FastAPI TestClient),
   on the first shape only.
 
 It writes one JSON file: per stage the device and dtype the policy chose and the ones the loaded
@@ -119,7 +119,7 @@ def machine(peak_tflops: float | None) -> dict[str, Any]:
 
     import torch
 
-    from tunewise import device
+    from tunewise.runtime import device
 
     caps = device.detect()
     info: dict[str, Any] = {"capabilities": dataclasses.asdict(caps), "versions": {}}
@@ -182,8 +182,8 @@ def find_tokenizer(given: Path | None) -> Path:
         if not (given / "tokenizer_config.json").is_file():
             raise SystemExit(f"--tokenizer {given}: no tokenizer_config.json there")
         return given
-    from tunewise import models
     from tunewise.errors import UserError
+    from tunewise.runtime import models
 
     try:
         return models.resolve(models.DEFAULT_MODEL).path
@@ -317,7 +317,7 @@ def _project(model_dir: Path, a: argparse.Namespace, method: str, max_len: int, 
 
 def train_stage(ctx: dict[str, Any], method: str) -> dict[str, Any]:
     """A few optimizer steps through tunewise's trainer, measured."""
-    from tunewise import device
+    from tunewise.runtime import device
     from tunewise.train import trainer as trainer_mod
     from tunewise.train.plan import plan
 
@@ -377,8 +377,8 @@ def train_stage(ctx: dict[str, Any], method: str) -> dict[str, Any]:
 
 def generate_stage(ctx: dict[str, Any]) -> dict[str, Any]:
     """One batch through ``Engine.generate``; the engine stays for the server stage."""
-    from tunewise import device, models
-    from tunewise.infer import Engine, GenRequest
+    from tunewise.runtime import device, models
+    from tunewise.runtime.engine import Engine, GenRequest
 
     a = ctx["args"]
     placement = device.choose(device.detect(), purpose="infer", device=a.device)
@@ -418,8 +418,8 @@ def serve_stage(ctx: dict[str, Any]) -> dict[str, Any]:
     """One chat completion through the server's app, over the generate stage's engine."""
     from fastapi.testclient import TestClient
 
-    from tunewise.registry import Registry
-    from tunewise.serve import ServeSettings, create_app
+    from tunewise.registry.store import Registry
+    from tunewise.serve.app import ServeSettings, create_app
 
     engine = ctx.get("engine")
     if engine is None:
@@ -535,7 +535,7 @@ def main(argv: list[str] | None = None) -> int:
     # Registry, eval cache and converted models of this check live in its scratch folder.
     os.environ["TUNEWISE_HOME"] = str(work / "home")
     os.environ.setdefault("TUNEWISE_MODELS", str(work / "models"))
-    from tunewise import device
+    from tunewise.runtime import device
 
     report["machine"] = machine(a.peak_tflops)
     caps = device.detect()

@@ -177,10 +177,11 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from tunewise import models, paths
+    from tunewise import paths
     from tunewise.config import load_project
     from tunewise.eval.results import Comparison
-    from tunewise.workflow import run_ladder
+    from tunewise.ladder.workflow import run_ladder
+    from tunewise.runtime import models
 
     con = Console()
     if not tb.CLINC.is_file():

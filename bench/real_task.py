@@ -228,9 +228,9 @@ def main() -> None:
     )
     args = ap.parse_args()
 
-    from tunewise import models
-    from tunewise.cache import GenCache
-    from tunewise.infer import Engine
+    from tunewise.runtime import models
+    from tunewise.runtime.cache import GenCache
+    from tunewise.runtime.engine import Engine
 
     t0 = time.perf_counter()
     engine = Engine(models.resolve(args.model), batch_size=16, cache=GenCache())

@@ -206,8 +206,8 @@ from pathlib import Path
 sys.path.insert(0, sys.argv[4])
 torch.set_num_threads(1)
 mode, base_name, payload = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
-from tunewise.models import resolve
-from tunewise.infer import Engine, GenRequest
+from tunewise.runtime.models import resolve
+from tunewise.runtime.engine import Engine, GenRequest
 from transformers import AutoModelForCausalLM
 import peft  # noqa: F401  (import cost outside the measurement)
 proc = psutil.Process()
@@ -311,7 +311,7 @@ def direct_reference(args, ref, runs: list[Path], n: int, seed: int = 1) -> dict
     reference the server's throughput is compared against (same process, same threads)."""
     import torch
 
-    from tunewise.infer import Engine, GenRequest
+    from tunewise.runtime.engine import Engine, GenRequest
 
     if args.server_threads:
         torch.set_num_threads(args.server_threads)
@@ -477,9 +477,9 @@ def _load_figures(args: argparse.Namespace, ref, runs: list[Path], work: Path) -
 
 def main() -> int:
     args = _args()
-    from tunewise.export import export_merged
-    from tunewise.models import resolve
-    from tunewise.registry import Registry
+    from tunewise.export.vllm import export_merged
+    from tunewise.registry.store import Registry
+    from tunewise.runtime.models import resolve
 
     work = Path(tempfile.mkdtemp(prefix="tw-serve-load-"))
     os.environ["TUNEWISE_HOME"] = str(work / "home")  # a throw-away registry; models stay shared

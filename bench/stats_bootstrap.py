@@ -27,9 +27,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 from tunewise.config import GateConfig
+from tunewise.decide.gate import decide
 from tunewise.eval import stats
 from tunewise.eval.results import CandidateResult, EvalRun, ItemResult
-from tunewise.gate import decide
 
 NAMES = ["prompt", "fewshot", "rag", "lora", "qlora", "full"]
 

@@ -318,7 +318,7 @@ def compare(a: argparse.Namespace) -> int:
     from rich.console import Console
     from transformers import AutoTokenizer
 
-    from tunewise import models
+    from tunewise.runtime import models
 
     console = Console(width=max(Console().width, 110))  # a log file gets the whole table
     a.model = a.model or str(models.resolve(models.DEFAULT_MODEL).path)

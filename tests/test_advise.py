@@ -2,7 +2,7 @@
 
 import pytest
 
-from tunewise.advise import CostInputs, Facts, cost_estimate, extrapolate, recommend
+from tunewise.decide.advise import CostInputs, Facts, cost_estimate, extrapolate, recommend
 from tunewise.errors import UserError
 
 
@@ -266,7 +266,7 @@ def test_an_extra_rung_that_leads_is_named_even_when_the_fine_tune_ships():
 
 def test_facts_from_dir_says_how_many_items_would_tell(tmp_path):
     from _evalfakes import make_run
-    from tunewise.advise import facts_from_dir
+    from tunewise.decide.advise import facts_from_dir
     from tunewise.eval import stats
 
     run = make_run({"prompt": 0.5, "fewshot": 0.55, "rag": 0.5, "lora": 0.6}, n=60, seed=1)
@@ -328,7 +328,7 @@ def test_no_llm_classifier_message_needs_the_margin_and_knows_gate_baselines():
 
 def test_facts_from_dir_reads_which_candidates_need_no_llm(tmp_path):
     from _evalfakes import make_run
-    from tunewise.advise import facts_from_dir
+    from tunewise.decide.advise import facts_from_dir
     from tunewise.eval import stats
 
     run = make_run({"prompt": 0.3, "fewshot": 0.4, "rag": 0.4, "tfidf": 0.9}, n=80, seed=2)
@@ -343,7 +343,7 @@ def test_facts_from_dir_reads_which_candidates_need_no_llm(tmp_path):
 
 
 def test_comparison_pairs_add_each_rung_against_the_rungs_below_it():
-    from tunewise.advise import comparison_pairs
+    from tunewise.decide.advise import comparison_pairs
 
     names = ["prompt", "fewshot", "rag", "knn", "lora"]
     pairs = comparison_pairs(names, ["prompt", "fewshot", "rag"])
@@ -415,10 +415,10 @@ def test_the_ship_branch_lists_every_configured_gate_baseline():
 
 def test_facts_from_dir_reads_the_configured_gate_baselines(tmp_path):
     from _evalfakes import make_run
-    from tunewise.advise import facts_from_dir
     from tunewise.config import GateConfig
+    from tunewise.decide.advise import facts_from_dir
+    from tunewise.decide.gate import decide, save_verdict
     from tunewise.eval import stats
-    from tunewise.gate import decide, save_verdict
 
     run = make_run({"prompt": 0.3, "fewshot": 0.6, "rag": 0.6, "knn": 0.9, "ft": 0.5}, n=80)
     run.candidate("ft").kind = "finetuned"
@@ -444,8 +444,8 @@ def test_advice_that_quotes_config_in_brackets_is_printed_as_text(tmp_path, monk
     from typer.testing import CliRunner
 
     from _evalfakes import make_run
-    from tunewise import advise
     from tunewise.cli import app, workflow_cmd
+    from tunewise.decide import advise
     from tunewise.eval import stats
 
     run = make_run({"prompt": 0.5, "fewshot": 0.55, "rag": 0.5, "lora": 0.6}, n=60, seed=1)

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from tunewise.backend import (
+from tunewise.errors import UserError
+from tunewise.runtime.backend import (
     GenRequest,
     GenResult,
     PromptTooLongError,
     cached_generate,
     check_context,
 )
-from tunewise.cache import GenCache
-from tunewise.errors import UserError
+from tunewise.runtime.cache import GenCache
 
 
 def test_check_context_boundary_and_message() -> None:

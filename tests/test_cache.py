@@ -7,7 +7,7 @@ import sqlite3
 from pathlib import Path
 
 from tunewise import paths
-from tunewise.cache import GenCache
+from tunewise.runtime.cache import GenCache
 
 PARAMS = {"decoding": "greedy", "max_new_tokens": 16, "stop": []}
 VALUE = {"text": "hi", "prompt_tokens": 3, "completion_tokens": 2, "finish_reason": "stop"}

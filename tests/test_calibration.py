@@ -14,10 +14,10 @@ from sklearn.metrics import cohen_kappa_score
 from typer.testing import CliRunner
 
 from tunewise.config import GateConfig
+from tunewise.decide.gate import decide
 from tunewise.eval import calibration as cal
 from tunewise.eval.human import DB_NAME, RatingStore
 from tunewise.eval.results import CandidateResult, Comparison, EvalRun, ItemResult
-from tunewise.gate import decide
 
 
 def test_kappa_matches_scikit_learn_and_its_edges() -> None:

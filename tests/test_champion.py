@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 
 from tunewise.config import GateConfig
-from tunewise.decisions import CHAMPION, regression_reason
+from tunewise.decide.decisions import CHAMPION, regression_reason
+from tunewise.decide.gate import decide, load_verdict, save_verdict
 from tunewise.errors import UserError
 from tunewise.eval.margin import margin_tests
 from tunewise.eval.results import CandidateResult, Comparison, EvalRun, ItemResult
 from tunewise.eval.stats import compare
-from tunewise.gate import decide, load_verdict, save_verdict
 
 GATE = GateConfig(baselines=["prompt"])  # regression_margin 0.01 by default
 

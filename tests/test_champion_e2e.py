@@ -19,7 +19,7 @@ from tunewise.config import load_project
 from tunewise.errors import UserError
 from tunewise.eval.harness import evaluate
 from tunewise.eval.results import EvalRun
-from tunewise.registry import Registry
+from tunewise.registry.store import Registry
 
 
 def _identity_adapter(tiny_model_dir: Path, run_dir: Path) -> Path:

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import pytest
 
-from tunewise import chat, models
 from tunewise.data.schema import Example
 from tunewise.errors import DataError, UserError
-from tunewise.infer import Engine, GenRequest
+from tunewise.runtime import chat, models
+from tunewise.runtime.engine import Engine, GenRequest
 from tunewise.train.collate import IGNORE_INDEX, encode, encode_all
 
 FIXTURES = Path(__file__).parent / "fixtures" / "chat_templates"

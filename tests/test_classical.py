@@ -161,9 +161,9 @@ def test_text_tasks_never_get_classical_references(tmp_path: Path) -> None:
 def test_a_classical_reference_can_be_a_gate_baseline(tmp_path: Path) -> None:
     from test_harness import FakeEngine, write_project
     from tunewise.config import GateConfig
+    from tunewise.decide.gate import decide
     from tunewise.eval.harness import evaluate
     from tunewise.eval.stats import compare
-    from tunewise.gate import decide
 
     cfg = load_project(write_project(tmp_path, constrained=False))
     run_dir = tmp_path / "run"

@@ -11,10 +11,10 @@ import re
 import pytest
 import torch
 
-from tunewise import models
 from tunewise.eval.constrained import ConstrainedLabeler, null_messages
 from tunewise.eval.graders import LabelSpec
-from tunewise.infer import Engine
+from tunewise.runtime import models
+from tunewise.runtime.engine import Engine
 
 PATTERN = re.compile(r"^Category: (?P<category>[a-z_]+)\nPriority: (?P<priority>[a-z]+)$")
 LABELS = {"category": ["billing", "bug", "shipping"], "priority": ["high", "low"]}

@@ -15,16 +15,16 @@ import pytest
 import yaml
 
 from _train_helpers import make_project
-from tunewise import chat
-from tunewise.config import load_project
-from tunewise.context import (
+from tunewise.baselines.context import (
     CONTEXT_FILE,
     ContextBuilder,
     ContextSpec,
     is_distractor_row,
     training_examples,
 )
+from tunewise.config import load_project
 from tunewise.data.schema import Example, load_examples
+from tunewise.runtime import chat
 from tunewise.train.collate import IGNORE_INDEX, encode
 
 MODES = ["fewshot", "rag"]
@@ -240,10 +240,10 @@ def test_served_answer_equals_the_evaluated_one(tmp_path, tiny_model_dir, select
 
     from _serve_helpers import running
     from tunewise.eval.harness import evaluate
-    from tunewise.infer import Engine
-    from tunewise.models import resolve
-    from tunewise.registry import Registry
-    from tunewise.serve import ServeSettings, create_app
+    from tunewise.registry.store import Registry
+    from tunewise.runtime.engine import Engine
+    from tunewise.runtime.models import resolve
+    from tunewise.serve.app import ServeSettings, create_app
     from tunewise.train.trainer import train as train_run
 
     path = project(tmp_path, tiny_model_dir, selection=selection, max_steps=2, eval_every=2)
@@ -287,7 +287,7 @@ def test_served_requests_leave_no_embedding_files(tmp_path, tiny_model_dir, tune
     would fill a live server's disk with every user's text as a vector); the pool stays cached."""
     from types import SimpleNamespace
 
-    from tunewise.serve_state import ModelTable
+    from tunewise.serve.state import ModelTable
 
     cfg = load_project(project(tmp_path, tiny_model_dir, mode))
     train, val = splits(cfg)
@@ -312,7 +312,7 @@ def test_ladder_trains_plain_and_context_variants_and_compares_them(tmp_path, ti
     from test_workflow import make_project as ladder_project
     from test_workflow import write_cfg
     from tunewise.eval.results import EvalRun
-    from tunewise.workflow import run_ladder
+    from tunewise.ladder.workflow import run_ladder
 
     root = ladder_project(tmp_path / "proj", n=48)
     path = write_cfg(root, tiny_model_dir, variants=["none", "fewshot"])
@@ -355,7 +355,7 @@ def test_listing_the_context_variant_without_training_it_is_one_clear_error(
     from test_workflow import make_project as ladder_project
     from test_workflow import write_cfg
     from tunewise.errors import UserError
-    from tunewise.workflow import run_ladder
+    from tunewise.ladder.workflow import run_ladder
 
     root = ladder_project(tmp_path / "proj", n=24)
     path = write_cfg(root, tiny_model_dir)
@@ -388,8 +388,8 @@ def test_finetuned_fewshot_names_the_context_trained_runs_and_nothing_before_the
 
 
 def test_distractor_share_is_no_part_of_the_plain_runs_training_key(tmp_path, tiny_model_dir):
+    from tunewise.baselines.context import training_key_inputs
     from tunewise.config import dump_project
-    from tunewise.context import training_key_inputs
 
     def key(context: str, share: float, selection: str = "similar") -> dict:
         path = project(tmp_path, tiny_model_dir, selection=selection)
@@ -411,7 +411,7 @@ BANKING = {"prompt": 0.0, "fewshot": 0.866, "rag": 0.852, "knn": 0.899, "finetun
 
 
 def _facts(metrics, *, contexts=None, better=None, rag_sources=("train",)):
-    from tunewise.advise import Facts
+    from tunewise.decide.advise import Facts
 
     methods = {c: "lora" for c in metrics if c.startswith("finetuned")}
     return Facts(
@@ -425,7 +425,7 @@ def _facts(metrics, *, contexts=None, better=None, rag_sources=("train",)):
 
 
 def test_advisor_points_a_losing_plain_fine_tune_to_the_context_trained_variant():
-    from tunewise.advise import recommend
+    from tunewise.decide.advise import recommend
 
     advice = recommend(_facts(BANKING))
     note = next(r for r in advice.reasons if "trails the rungs that show" in r)
@@ -439,7 +439,7 @@ def test_advisor_points_a_losing_plain_fine_tune_to_the_context_trained_variant(
 
 
 def test_advisor_reports_the_measured_context_variant_against_plain():
-    from tunewise.advise import recommend
+    from tunewise.decide.advise import recommend
 
     metrics = {**BANKING, "finetuned+fewshot": 0.93}
     advice = recommend(
@@ -456,7 +456,7 @@ def test_advisor_reports_the_measured_context_variant_against_plain():
 
 
 def test_advisor_says_nothing_when_the_plain_fine_tune_keeps_up():
-    from tunewise.advise import recommend
+    from tunewise.decide.advise import recommend
 
     advice = recommend(_facts({**BANKING, "finetuned": 0.86}))
     assert not any("trails the rungs" in r for r in advice.reasons)
@@ -466,8 +466,8 @@ def test_vllm_export_warns_that_a_context_trained_adapter_needs_its_context(
     tmp_path, tiny_model_dir
 ):
     from _ship_helpers import make_run
-    from tunewise.export import plan_vllm
-    from tunewise.registry import Registry
+    from tunewise.export.vllm import plan_vllm
+    from tunewise.registry.store import Registry
 
     plain = make_run(tiny_model_dir, tmp_path / "plain", seed=1)
     ctx = make_run(tiny_model_dir, tmp_path / "ctx", seed=2)

@@ -227,7 +227,7 @@ def test_pii_warning_lists_lines_and_masks_values(tmp_path: Path) -> None:
 
 
 def test_token_lengths_use_the_real_tokenizer(tmp_path: Path, real_model) -> None:
-    from tunewise import models
+    from tunewise.runtime import models
 
     tok = models.load_tokenizer(real_model)
     lines = [chat("short question", "yes"), chat("word " * 300, "a long one")]

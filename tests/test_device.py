@@ -1,4 +1,5 @@
-"""The device and dtype policy (tunewise.device) over faked machines, and where it is used."""
+"""The device and dtype policy (tunewise.runtime.device) over faked machines, and where it is
+used."""
 
 from __future__ import annotations
 
@@ -7,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from tunewise import device
 from tunewise.config import load_project
-from tunewise.device import Capabilities, choose
 from tunewise.errors import UserError
+from tunewise.runtime import device
+from tunewise.runtime.device import Capabilities, choose
 
 A100 = Capabilities(
     cuda_devices=2, cuda_bf16=True, cuda_capability=(8, 0), cuda_name="A100", bitsandbytes=True
@@ -210,8 +211,8 @@ def test_detect_matches_torch():
 @pytest.mark.parametrize("where", CUDA_DEVICES)
 def test_engine_model_and_inputs_are_on_the_chosen_device_and_dtype(tiny_model_dir: Path, where):
     """The Engine (evaluation, judge, constrained scoring, serving) runs where the policy says."""
-    from tunewise import models
-    from tunewise.infer import Engine, GenRequest
+    from tunewise.runtime import models
+    from tunewise.runtime.engine import Engine, GenRequest
 
     placement = choose(device.detect(), purpose="infer", device=where)
     engine = Engine(models.resolve(str(tiny_model_dir)), placement=placement)
@@ -237,8 +238,8 @@ def test_engine_model_and_inputs_are_on_the_chosen_device_and_dtype(tiny_model_d
 
 
 def test_engine_honours_a_dtype_override_and_keys_its_cache_by_it(tiny_model_dir: Path):
-    from tunewise import models
-    from tunewise.infer import Engine, GenRequest
+    from tunewise.runtime import models
+    from tunewise.runtime.engine import Engine, GenRequest
 
     ref = models.resolve(str(tiny_model_dir))
     fp32 = Engine(ref, placement=choose(device.detect(), purpose="infer", device="cpu"))
@@ -263,7 +264,7 @@ def test_training_args_follow_the_policy(tmp_path: Path):
 
 
 def test_build_model_loads_the_base_where_the_policy_says(tiny_model_dir: Path, tmp_path: Path):
-    from tunewise import models
+    from tunewise.runtime import models
     from tunewise.train.trainer import build_model
 
     cfg = load_project(_project(tmp_path, {"base": str(tiny_model_dir), "dtype": "bfloat16"}))

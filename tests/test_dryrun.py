@@ -9,9 +9,9 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from tunewise import estimate, workflow
 from tunewise.cli import app
 from tunewise.config import load_project
+from tunewise.ladder import estimate, workflow
 
 STAGES = ("_check", "_split", "_evaluate_baselines", "_train_or_resume", "_evaluate", "_register")
 
@@ -78,7 +78,8 @@ def test_dry_run_prints_the_plan_with_estimates_and_runs_nothing(
 def test_dry_run_uses_the_recorded_speed_and_marks_cached_stages(
     tmp_path, tiny_model_dir, monkeypatch, no_stage_may_run
 ):
-    from tunewise import device, models, paths
+    from tunewise import paths
+    from tunewise.runtime import device, models
 
     path = make_project(tmp_path / "proj", tiny_model_dir)
     cfg = load_project(path)
@@ -92,7 +93,7 @@ def test_dry_run_uses_the_recorded_speed_and_marks_cached_stages(
 
     monkeypatch.setattr(estimate, "calibrate", no_calibration)
     # The check stage as a finished run would have recorded it: same key, its file present.
-    from tunewise import dryrun
+    from tunewise.ladder import dryrun
 
     original, shown = dryrun.show_plan, []
     monkeypatch.setattr(dryrun, "show_plan", lambda cfg, stages, *a, **kw: shown.append(stages))
@@ -128,7 +129,7 @@ def test_dry_run_reads_the_production_version_without_touching_the_registry(
     tmp_path, tiny_model_dir, no_stage_may_run
 ):
     from _ship_helpers import make_run, write_verdict
-    from tunewise.registry import Registry
+    from tunewise.registry.store import Registry
 
     path = make_project(tmp_path / "proj", tiny_model_dir)
     reg = Registry()
@@ -153,7 +154,7 @@ def test_dry_run_prices_a_context_trained_variant_on_its_own(
 ):
     """train.variants [none, fewshot]: two training rows, the context-trained one dearer (its
     examples carry the retrieved ones), and the stage table shows each run's own estimate."""
-    from tunewise import dryrun
+    from tunewise.ladder import dryrun
 
     path = make_project(tmp_path / "proj", tiny_model_dir)
     raw = yaml.safe_load(path.read_text())

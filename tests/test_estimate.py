@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tunewise import estimate
 from tunewise.config import load_project
 from tunewise.data.schema import load_examples
+from tunewise.ladder import estimate
 
 SPEED = estimate.Speed(
     train_tps=100.0, prefill_tps=500.0, decode_step_s=0.1, decode_batch=4, source="test"
@@ -134,7 +134,7 @@ def test_recorded_speed_takes_training_from_the_projects_last_run(tmp_path):
 
 
 def test_calibrate_measures_this_machine(tiny_model_dir):
-    from tunewise import models
+    from tunewise.runtime import models
 
     ref = models.resolve(str(tiny_model_dir))
     speed = estimate.calibrate(ref, "hello there, " * 40, eval_batch=16)

@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 from _ship_helpers import make_run
 from tunewise.cli import app
 from tunewise.errors import UserError
-from tunewise.export import export_merged, export_vllm, plan_vllm
-from tunewise.registry import Registry
+from tunewise.export.vllm import export_merged, export_vllm, plan_vllm
+from tunewise.registry.store import Registry
 from tunewise.rundir import RunDir
 
 
@@ -80,7 +80,7 @@ def test_merged_export_loads_in_transformers_and_matches_adapter_on_base(
     assert not torch.allclose(plain, on_base, atol=1e-3)  # the adapter does change the model
     torch.testing.assert_close(got, on_base, atol=1e-4, rtol=1e-4)
 
-    from tunewise.models import resolve
+    from tunewise.runtime.models import resolve
 
     assert resolve(str(out)).weight_hash == res["weight_hash"]  # marker makes it a known model
     with pytest.raises(UserError, match="not empty"):

@@ -25,10 +25,10 @@ from typer.testing import CliRunner
 from _ship_helpers import make_run
 from tunewise.cli import app
 from tunewise.errors import UserError
-from tunewise.export import export_merged
-from tunewise.export_gguf import export_gguf, greedy_answers, load_gguf, permute_rows, write_gguf
-from tunewise.modelfile import ChatPieces, build_modelfile, go_template, measure
-from tunewise.registry import Registry
+from tunewise.export.gguf import export_gguf, greedy_answers, load_gguf, permute_rows, write_gguf
+from tunewise.export.modelfile import ChatPieces, build_modelfile, go_template, measure
+from tunewise.export.vllm import export_merged
+from tunewise.registry.store import Registry
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "examples" / "ticket-triage"
@@ -298,7 +298,7 @@ def test_mistral_and_qwen2_shapes_round_trip(tiny_model_dir, tmp_path, family, m
     import torch
     from transformers import AutoModelForCausalLM, MistralConfig, Qwen2Config
 
-    from tunewise import export_gguf as module
+    from tunewise.export import gguf as module
 
     if family == "mistral":
         model_dir = _tiny_dir(tiny_model_dir, tmp_path, MistralConfig, sliding_window=None)

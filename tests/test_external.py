@@ -12,11 +12,11 @@ from typing import ClassVar
 
 import pytest
 
-from tunewise.cache import GenCache
 from tunewise.config import ExternalConfig
 from tunewise.errors import UserError
-from tunewise.external import ExternalClient
-from tunewise.infer import GenRequest
+from tunewise.runtime.cache import GenCache
+from tunewise.runtime.engine import GenRequest
+from tunewise.runtime.external import ExternalClient
 
 KEY = "sekret-test-key"
 

@@ -8,10 +8,10 @@ import pytest
 
 from _evalfakes import binary_run, make_run
 from tunewise.config import GateConfig
+from tunewise.decide.gate import decide, load_verdict, save_verdict
 from tunewise.errors import UserError
 from tunewise.eval import stats
 from tunewise.eval.results import Comparison, MetricEstimate, PairedTest
-from tunewise.gate import decide, load_verdict, save_verdict
 
 BASES = ["prompt", "fewshot", "rag"]
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from tunewise import decoding, models
-from tunewise.cache import GenCache
 from tunewise.errors import UserError
-from tunewise.infer import (
+from tunewise.runtime import decoding, models
+from tunewise.runtime.cache import GenCache
+from tunewise.runtime.engine import (
     Engine,
     GenRequest,
     GenResult,

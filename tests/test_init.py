@@ -6,10 +6,10 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from tunewise import estimate
 from tunewise.cli import app
 from tunewise.config import load_project
-from tunewise.estimate import Speed
+from tunewise.ladder import estimate
+from tunewise.ladder.estimate import Speed
 
 # init calibrates the machine's speed (seconds of real model passes); these tests check what it
 # does with a speed, so a fixed one stands in (tests/test_estimate.py measures a real one).
@@ -100,7 +100,7 @@ def test_init_refuses_to_overwrite(tmp_path):
 def test_init_too_few_examples(tmp_path):
     write(tmp_path / "t.jsonl", ["Category: a"] * 5)
     with pytest.raises(Exception, match="at least 20"):
-        from tunewise.init import init_project
+        from tunewise.ladder.init import init_project
 
         init_project(tmp_path / "t.jsonl")
 
@@ -113,7 +113,7 @@ def test_init_multiline_prompt_reads_as_a_block_and_cost_is_estimated(tmp_path, 
         [["balance", "transfer", "freeze_account"][i % 3] for i in range(30)],
         system=system,
     )
-    from tunewise.init import init_project
+    from tunewise.ladder.init import init_project
 
     target, notes = init_project(tmp_path / "c.jsonl")
     text = target.read_text()
@@ -129,13 +129,13 @@ def test_cost_estimate_counts_a_shared_prefix_once_per_batch(tmp_path, real_mode
     (train.shared_prefix: auto), so the epoch's computed tokens drop by that prefix 7 times in 8."""
     import re
 
-    from tunewise import models
     from tunewise.data.schema import load_examples
-    from tunewise.estimate import shared_prefix_tokens
+    from tunewise.ladder.estimate import shared_prefix_tokens
+    from tunewise.runtime import models
 
     system = "Triage the support ticket. " + " ".join(f"Rule {i}: be precise." for i in range(20))
     write(tmp_path / "t.jsonl", [["billing", "bug"][i % 2] for i in range(80)], system=system)
-    from tunewise.init import init_project
+    from tunewise.ladder.init import init_project
 
     _, notes = init_project(tmp_path / "t.jsonl")
     note = next(n for n in notes if "tokens per example" in n)
@@ -162,7 +162,7 @@ def test_cost_estimate_pays_the_prefix_per_row_when_sharing_would_not_pay(tmp_pa
                 {"role": "assistant", "content": ["yes", "no"][i % 2]},
             ]
             fh.write(json.dumps({"messages": msgs}) + "\n")
-    from tunewise.init import init_project
+    from tunewise.ladder.init import init_project
 
     _, notes = init_project(tmp_path / "t.jsonl")
     note = next(n for n in notes if "tokens per example" in n)
@@ -179,7 +179,7 @@ def clinc_like(path, n=1000, labels=20):
 def test_init_writes_constrained_with_its_cost_and_prices_every_part(tmp_path, monkeypatch):
     """#17: eval.constrained was on but invisible, and the estimate covered training only."""
     clinc_like(tmp_path / "c.jsonl")
-    from tunewise.init import init_project
+    from tunewise.ladder.init import init_project
 
     target, notes = init_project(tmp_path / "c.jsonl")
     text = target.read_text()
@@ -215,7 +215,7 @@ def _seconds(cost_note: str) -> float:
 
 def test_init_text_task_writes_no_constrained_and_no_scoring_line(tmp_path):
     write(tmp_path / "x.jsonl", [f"A long, unique answer number {i} here." for i in range(30)])
-    from tunewise.init import init_project
+    from tunewise.ladder.init import init_project
 
     target, notes = init_project(tmp_path / "x.jsonl")
     assert "constrained" not in target.read_text()
@@ -224,7 +224,7 @@ def test_init_text_task_writes_no_constrained_and_no_scoring_line(tmp_path):
 
 
 def test_choose_batch_gives_300_steps_or_says_why_not():
-    from tunewise.init import choose_batch
+    from tunewise.ladder.init import choose_batch
 
     batch, why = choose_batch(700, 2)  # the CLINC walkthrough's train split
     assert batch == 4 and "350 optimizer steps" in why
@@ -238,7 +238,7 @@ def test_choose_batch_gives_300_steps_or_says_why_not():
 def test_init_batch_size_on_clinc_sized_data(tmp_path):
     """#17: init's batch of 8 gave 174 steps on CLINC's 20 intents; the walkthrough needed 350."""
     clinc_like(tmp_path / "c.jsonl")
-    from tunewise.init import init_project
+    from tunewise.ladder.init import init_project
 
     target, notes = init_project(tmp_path / "c.jsonl")
     cfg = load_project(target)
@@ -255,7 +255,7 @@ def test_init_converts_the_model_and_measures_instead_of_asking_for_a_rerun(
     """#17: with the model not converted in this home, init said "token lengths not measured (…
     is not converted yet)"; now it converts it where every command will look, and measures."""
     write(tmp_path / "t.jsonl", [["balance", "transfer"][i % 2] for i in range(40)])
-    from tunewise.init import init_project
+    from tunewise.ladder.init import init_project
 
     _, notes = init_project(tmp_path / "t.jsonl")
     assert not any("not converted" in n or "not measured" in n for n in notes), notes

@@ -78,7 +78,7 @@ def test_report_shows_interrupted_with_resume_command(tmp_path, dead_pid):
 
 
 def test_workflow_resumes_an_interrupted_run(tmp_path, dead_pid, monkeypatch):
-    from tunewise import workflow
+    from tunewise.ladder import workflow
     from tunewise.train import record, trainer
 
     run = tmp_path / "runs" / "lora-abc"

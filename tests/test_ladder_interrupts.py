@@ -17,7 +17,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from tunewise.stages import Ladder, Stage
+from tunewise.ladder.stages import Ladder, Stage
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -26,7 +26,7 @@ import sys, time
 from pathlib import Path
 from types import SimpleNamespace
 from rich.console import Console
-from tunewise.stages import Ladder, Stage
+from tunewise.ladder.stages import Ladder, Stage
 
 work = Path(sys.argv[1])
 
@@ -130,9 +130,10 @@ class _Cfg:
 def test_the_cli_exits_with_the_sigterm_status(monkeypatch, tmp_path):
     from typer.testing import CliRunner
 
-    from tunewise import config, workflow
+    from tunewise import config
     from tunewise.cli import app
-    from tunewise.interrupt import SIGTERM_EXIT_CODE, Terminated
+    from tunewise.ladder import workflow
+    from tunewise.ladder.interrupt import SIGTERM_EXIT_CODE, Terminated
 
     def terminated(*args, **kwargs):
         raise Terminated()

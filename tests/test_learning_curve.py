@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 
 from tunewise.data.schema import Example
-from tunewise.learning_curve import (
+from tunewise.eval.learning_curve import (
     load_curve,
     save_curve,
     stratified_order,

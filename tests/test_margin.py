@@ -10,7 +10,8 @@ import pytest
 from scipy.special import gammaln
 
 from tunewise.config import GateConfig
-from tunewise.decisions import decide_non_inferiority
+from tunewise.decide.decisions import decide_non_inferiority
+from tunewise.decide.gate import decide
 from tunewise.errors import UserError
 from tunewise.eval import margin as mg
 from tunewise.eval.results import (
@@ -22,7 +23,6 @@ from tunewise.eval.results import (
     MetricEstimate,
     PairedTest,
 )
-from tunewise.gate import decide
 
 ALPHA = 0.05
 

@@ -3,9 +3,9 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from tunewise import models
 from tunewise.cli import app
 from tunewise.errors import UserError
+from tunewise.runtime import models
 
 
 def test_embedded_model_converts_once_and_later_loads_reuse_it(real_model, monkeypatch):

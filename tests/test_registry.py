@@ -18,7 +18,13 @@ from typer.testing import CliRunner
 from _ship_helpers import concurrent_worker, make_run, write_verdict
 from tunewise.cli import app
 from tunewise.errors import UserError
-from tunewise.registry import CRASH_ENV, CorruptedFileError, Registry, parse_spec, validate_name
+from tunewise.registry.store import (
+    CRASH_ENV,
+    CorruptedFileError,
+    Registry,
+    parse_spec,
+    validate_name,
+)
 from tunewise.rundir import RunDir
 
 
@@ -38,7 +44,7 @@ def noship(tmp_path) -> Path:
 
 
 def test_add_records_everything_and_versions_increment(run_dir, ship, tiny_model_dir):
-    from tunewise.models import resolve
+    from tunewise.runtime.models import resolve
 
     reg = Registry()
     v1 = reg.add(run_dir, verdict=ship)
@@ -198,7 +204,7 @@ def test_interrupted_run_says_how_to_resume(run_dir, copy_tree):
 @pytest.mark.parametrize("point", ["after_blobs", "before_commit"])
 def test_crash_inside_add_leaves_no_half_version(run_dir, tunewise_home, point):
     env = {**os.environ, CRASH_ENV: point, "TUNEWISE_HOME": str(tunewise_home)}
-    code = f"from tunewise.registry import Registry; Registry().add({str(run_dir)!r})"
+    code = f"from tunewise.registry.store import Registry; Registry().add({str(run_dir)!r})"
     proc = subprocess.run([sys.executable, "-c", code], env=env, timeout=120)
     assert proc.returncode == 17  # it really died at the hook
     reg = Registry()
@@ -324,9 +330,9 @@ def test_promote_to_production_needs_a_passed_comparison_with_the_current_one(
 def test_add_with_eval_dir_keeps_the_typed_comparison_summary_and_verdict(run_dir, tmp_path):
     from _evalfakes import make_run as make_eval_run
     from tunewise.config import GateConfig
+    from tunewise.decide.gate import decide, save_verdict
     from tunewise.eval import stats
     from tunewise.eval.results import Comparison, Verdict
-    from tunewise.gate import decide, save_verdict
 
     ed = tmp_path / "eval"
     ev = make_eval_run({"prompt": 0.5, "lora": 0.8}, n=40, judge_nan={"lora": 0.25})

@@ -7,8 +7,8 @@ import sqlite3
 
 import pytest
 
-from tunewise import registry_index
-from tunewise.registry_index import connect_rw, retry_busy
+from tunewise.registry import index as registry_index
+from tunewise.registry.index import connect_rw, retry_busy
 
 
 def test_retry_busy_retries_only_busy_and_only_until_the_timeout() -> None:

@@ -113,7 +113,7 @@ def test_a_damaged_judge_calibration_file_is_one_line_naming_it(eval_dir):
 
 
 def test_learning_curve_is_shown_when_the_ladder_wrote_one(eval_dir):
-    from tunewise.learning_curve import save_curve
+    from tunewise.eval.learning_curve import save_curve
 
     html, md = (p.read_text() for p in render(eval_dir))
     assert 'id="learning-curve"' not in html and "## Learning curve" not in md
@@ -292,10 +292,10 @@ def test_prompts_come_from_the_split_file_and_all_verdicts_show(tmp_path):
     """The harness records split_path; the report reads prompts back by content id."""
     from tunewise.config import GateConfig
     from tunewise.data.schema import load_examples
+    from tunewise.decide.gate import decide, save_verdict
     from tunewise.eval.harness import item_ids
     from tunewise.eval.results import CandidateResult, EvalRun, ItemResult
     from tunewise.fsio import sha256_file
-    from tunewise.gate import decide, save_verdict
 
     split = tmp_path / "val.jsonl"
     split.write_text(

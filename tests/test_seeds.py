@@ -10,9 +10,9 @@ import pytest
 
 from _evalfakes import binary_run
 from tunewise.config import GateConfig
+from tunewise.decide.gate import decide
+from tunewise.decide.seeds import pool_seeds, seed_name, seed_spread
 from tunewise.eval.stats import compare
-from tunewise.gate import decide
-from tunewise.seeds import pool_seeds, seed_name, seed_spread
 
 GATE = GateConfig(baselines=["prompt"])
 SEEDS = [seed_name("finetuned", k) for k in range(3)]

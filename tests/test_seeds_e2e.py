@@ -8,7 +8,7 @@ import json
 from test_workflow import make_project, statuses, write_cfg
 from tunewise.config import load_project
 from tunewise.eval.results import Comparison, EvalRun
-from tunewise.workflow import run_ladder
+from tunewise.ladder.workflow import run_ladder
 
 
 def test_two_seeds_are_trained_pooled_and_gated_on_the_worst(tmp_path, tiny_model_dir) -> None:

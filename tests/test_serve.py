@@ -14,8 +14,8 @@ import pytest
 
 from _serve_helpers import running
 from _ship_helpers import make_run, write_verdict
-from tunewise.registry import Registry
-from tunewise.serve import MicroBatcher, ServeSettings, create_app
+from tunewise.registry.store import Registry
+from tunewise.serve.app import MicroBatcher, ServeSettings, create_app
 
 KEY = "s3cret-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -36,8 +36,8 @@ def tokens(tiny_model_dir) -> tuple[int, int]:
 def world(tiny_model_dir, tokens, tmp_path_factory):
     """A registry with bot:1 (answers ' yes'), bot:2 (' no'), two plain adapters, a foreign-base
     adapter and a corrupted one; an Engine on the tiny base with an LRU bound of 2."""
-    from tunewise.infer import Engine
-    from tunewise.models import resolve
+    from tunewise.runtime.engine import Engine
+    from tunewise.runtime.models import resolve
 
     tmp = tmp_path_factory.mktemp("serve")
     reg = Registry(tmp / "registry")
@@ -318,7 +318,7 @@ def test_micro_batcher_makes_one_generate_call_for_mixed_adapters():
             self.calls.append([r.adapter for r in reqs])
             return [f"out-{r.adapter}" for r in reqs]
 
-    from tunewise.infer import GenRequest
+    from tunewise.runtime.engine import GenRequest
 
     eng = FakeEngine()
     batcher = MicroBatcher(eng, window_s=0.2, max_batch=16)
@@ -370,9 +370,9 @@ def test_sse_takes_finish_reason_and_errors_from_the_stream_itself():
     """The finish chunk repeats the stream's GenResult: no recount of tokens (this fake has no
     tokenizer, and 2 deltas for max_tokens 2 would have been guessed 'length'). An exception in
     the stream is matched by its type."""
-    from tunewise.backend import GenRequest, GenResult, PromptTooLongError
-    from tunewise.serve import _sse
-    from tunewise.serve_schemas import ChatCompletionChunk
+    from tunewise.runtime.backend import GenRequest, GenResult, PromptTooLongError
+    from tunewise.serve.app import _sse
+    from tunewise.serve.schemas import ChatCompletionChunk
 
     class FakeEngine:
         def __init__(self, finish: str | Exception) -> None:
@@ -419,7 +419,7 @@ def test_every_route_but_health_requires_a_key(world):
     route, including any route added to those routers later; only /health is open."""
     from fastapi.routing import APIRoute
 
-    from tunewise.serve import admin, protected, public
+    from tunewise.serve.app import admin, protected, public
 
     url = world["url"]
     routes = sorted(
@@ -509,8 +509,8 @@ def test_cli_serve_is_registered():
 
 
 def test_serve_without_registry_unknown_model(tiny_model_dir):
-    from tunewise.infer import Engine
-    from tunewise.models import resolve
+    from tunewise.runtime.engine import Engine
+    from tunewise.runtime.models import resolve
 
     engine = Engine(resolve(str(tiny_model_dir)), max_loaded_adapters=1)
     with running(create_app(engine, registry=None)) as url:
@@ -593,8 +593,8 @@ def test_tunewise_serve_subprocess_end_to_end(tiny_model_dir, tunewise_home, tmp
 
 def test_registry_adapter_gets_the_system_prompt_it_was_trained_with(tmp_path, tiny_model_dir):
     """A client that sends no system turn gets the project's prompt, not the template default."""
-    from tunewise.models import resolve
-    from tunewise.serve import ModelTable
+    from tunewise.runtime.models import resolve
+    from tunewise.serve.app import ModelTable
 
     run = make_run(tiny_model_dir, tmp_path / "run", name="bot")
     raw = json.loads((run / "run.json").read_text())

@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 
 from _serve_helpers import running
 from _ship_helpers import make_run
-from tunewise.registry import Registry
-from tunewise.serve import ServeSettings, create_app
+from tunewise.registry.store import Registry
+from tunewise.serve.app import ServeSettings, create_app
 
 CLIENT_KEY = "client-key"
 ADMIN_KEY = "admin-key"
@@ -32,8 +32,8 @@ ADMIN_ROUTES = [
 def world(tiny_model_dir, tmp_path_factory):
     """A registry owning `tt` (promoted), an adapter root with good and bad adapter folders, and
     folders outside the root."""
-    from tunewise.infer import Engine
-    from tunewise.models import resolve
+    from tunewise.runtime.engine import Engine
+    from tunewise.runtime.models import resolve
 
     tmp = tmp_path_factory.mktemp("admin")
     reg = Registry(tmp / "registry")

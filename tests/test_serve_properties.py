@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 
 from _serve_helpers import running
 from _ship_helpers import make_run
-from tunewise.registry import Registry
-from tunewise.serve import ServeSettings, create_app
+from tunewise.registry.store import Registry
+from tunewise.serve.app import ServeSettings, create_app
 
 CLIENT = {"Authorization": "Bearer client"}
 ADMIN = {"Authorization": "Bearer admin"}
@@ -40,8 +40,8 @@ def fixed_inputs(max_examples: int) -> settings:
 
 @pytest.fixture(scope="module")
 def server(tiny_model_dir, tmp_path_factory):
-    from tunewise.infer import Engine
-    from tunewise.models import resolve
+    from tunewise.runtime.engine import Engine
+    from tunewise.runtime.models import resolve
 
     tmp = tmp_path_factory.mktemp("props")
     reg = Registry(tmp / "registry")

@@ -32,7 +32,7 @@ from tunewise.cli import app
 from tunewise.config import load_project
 from tunewise.errors import UserError
 from tunewise.fsio import sha256_file
-from tunewise.registry import Registry
+from tunewise.registry.store import Registry
 
 SERVER_WAIT_S = 240
 runner = CliRunner()
@@ -146,8 +146,8 @@ def test_ladder_metrics_flattening() -> None:
 def _gate_dir(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     """An eval directory with comparison.json and one verdict, as the ladder's gate writes."""
     from tunewise.config import GateConfig
+    from tunewise.decide.gate import decide, save_verdict
     from tunewise.eval import stats
-    from tunewise.gate import decide, save_verdict
 
     eval_dir = tmp_path / "eval"
     eval_dir.mkdir()
@@ -332,7 +332,7 @@ def test_ladder_with_own_splits_logs_to_mlflow_once(mlflow_uri, client, tiny_mod
     from test_workflow import make_project as make_ladder_project
     from test_workflow import write_cfg
     from tunewise.data import seal
-    from tunewise.workflow import run_ladder
+    from tunewise.ladder.workflow import run_ladder
 
     root = make_ladder_project(tmp_path / "proj")
     rows = (root / "data.jsonl").read_text().splitlines(keepends=True)

@@ -97,7 +97,7 @@ def test_batched_generation_matches_one_at_a_time(tiny_model_dir):
     # one quotes a control token, which must reach the model as text (chat.encode).
     import torch
 
-    from tunewise import chat, models
+    from tunewise.runtime import chat, models
     from tunewise.train.callbacks import generate_greedy
 
     ref = models.resolve(str(tiny_model_dir))

@@ -25,7 +25,7 @@ MULTI = [
 
 @pytest.fixture(scope="module")
 def tok(tiny_model_dir):
-    from tunewise import models
+    from tunewise.runtime import models
 
     return models.load_tokenizer(models.resolve(str(tiny_model_dir)))
 

@@ -16,7 +16,7 @@ def test_lora_on_real_model_learns_to_answer_and_stop(tmp_path, real_model):
     import torch
     from peft import PeftModel
 
-    from tunewise import models
+    from tunewise.runtime import models
 
     project = make_project(
         tmp_path,

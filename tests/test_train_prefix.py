@@ -360,8 +360,8 @@ def test_qlora_matches_within_bf16_rounding(tiny_model_dir, tok):
     """QLoRA's 4-bit layers compute in bf16 (8 significant bits: ~4e-3 relative rounding per
     product), so the two paths, which multiply matrices of different shapes, cannot agree to
     1e-4. The loss still does (rel 1e-4); each gradient within 1% in norm (measured ~1e-3)."""
-    from tunewise import models
     from tunewise.config import ProjectConfig
+    from tunewise.runtime import models
     from tunewise.train.trainer import build_model
 
     cfg = ProjectConfig(

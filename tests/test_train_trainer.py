@@ -142,7 +142,7 @@ def test_overfitting_detector_in_the_trainer(tmp_path, tiny_model_dir, monkeypat
 
 def test_real_generation_sample_is_scored(tmp_path, tiny_model_dir):
     # The real generate path on the random tiny model: it rambles, and the score says so.
-    from tunewise import models
+    from tunewise.runtime import models
     from tunewise.train.callbacks import generate_greedy
 
     ref = models.resolve(str(tiny_model_dir))

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from tunewise.config import load_project
-from tunewise.workflow import run_ladder
+from tunewise.ladder.workflow import run_ladder
 
 CATS = ["billing", "shipping", "login"]
 WORDS = {
@@ -151,8 +151,8 @@ def test_ctrl_c_keeps_finished_stages(project, monkeypatch):
 
 
 def test_learning_curve_and_one_final_test_evaluation(project):
-    from tunewise.advise import facts_from_dir
     from tunewise.data.seal import final_uses
+    from tunewise.decide.advise import facts_from_dir
 
     raw = yaml.safe_load(project.read_text())
     raw["gate"] = {
@@ -287,7 +287,7 @@ def _easy_gate_project(project, tiny_model_dir):
 
 def test_rerun_after_the_challenger_shipped_is_a_no_op(project, tiny_model_dir, tmp_path):
     from _ship_helpers import make_run, write_verdict
-    from tunewise.registry import Registry
+    from tunewise.registry.store import Registry
 
     _easy_gate_project(project, tiny_model_dir)
     reg = Registry()

@@ -49,8 +49,8 @@ def base_model_answer(project: Path) -> None:
     import torch
     from transformers.utils import logging as hf_logging
 
-    from tunewise import models
     from tunewise.config import load_project
+    from tunewise.runtime import models
 
     cfg = load_project(project)
     row = json.loads(cfg.data.train.read_text(encoding="utf-8").splitlines()[0])

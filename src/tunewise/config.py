@@ -104,7 +104,7 @@ class ModelConfig(_Section):
     @field_validator("device")
     @classmethod
     def _device_is_known(cls, v: str) -> str:
-        from tunewise.device import DEVICE_HELP, DEVICE_PATTERN
+        from tunewise.runtime.device import DEVICE_HELP, DEVICE_PATTERN
 
         if not DEVICE_PATTERN.fullmatch(v):
             raise ValueError(f"expected {DEVICE_HELP}, got {v!r}")

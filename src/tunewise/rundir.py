@@ -124,7 +124,8 @@ class RunDir:
         return str(value) if value else None
 
     def base_reference(self) -> str | None:
-        """What :func:`tunewise.models.resolve` accepts for the base: its path, else its name."""
+        """What :func:`tunewise.runtime.models.resolve` accepts for the base: its path, else its
+        name."""
         base = self.base_model()
         value = base.get("path") or base.get("name")
         return str(value) if value else None

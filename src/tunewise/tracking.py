@@ -48,7 +48,7 @@ from tunewise.errors import UserError
 if TYPE_CHECKING:
     from tunewise.config import ProjectConfig
     from tunewise.eval.results import Comparison
-    from tunewise.registry import Registry, Version
+    from tunewise.registry.store import Registry, Version
 
 ENV_URI = "TUNEWISE_MLFLOW_URI"
 MAX_PARAM_CHARS = 6000  # MLflow's limit on a parameter value
@@ -457,7 +457,7 @@ def ladder_stage(
 
     ``gate`` and ``report`` are the outputs of the ladder's stages of those names.
     """
-    from tunewise.registry import Registry
+    from tunewise.registry.store import Registry
 
     run_id = log_ladder(
         cfg,

@@ -16,7 +16,7 @@ import typer
 from typer.core import TyperGroup
 
 from tunewise.errors import UserError
-from tunewise.interrupt import SIGTERM_EXIT_CODE, Terminated
+from tunewise.ladder.interrupt import SIGTERM_EXIT_CODE, Terminated
 
 
 class _Group(TyperGroup):

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 import typer
 from rich.table import Table
 
-from tunewise.models import DEFAULT_MODEL
 from tunewise.progress import make_console
+from tunewise.runtime.models import DEFAULT_MODEL
 
 if TYPE_CHECKING:
     from tunewise.train.plan import MemoryPlan

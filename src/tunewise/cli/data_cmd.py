@@ -109,8 +109,8 @@ def check_cmd(
 
     Exit code 0 when clean, 2 on errors, 1 on warnings with --strict.
     """
-    from tunewise import models
     from tunewise.data.checks import check_file
+    from tunewise.runtime import models
 
     models.ensure_converted(model)  # before the spinner: one progress display at a time
     with status_console.status("checking ...") as st:

@@ -8,8 +8,8 @@ import time
 import typer
 from rich.table import Table
 
-from tunewise import models
 from tunewise.progress import make_console
+from tunewise.runtime import models
 
 models_app = typer.Typer(help="Built-in and local models.", no_args_is_help=True)
 console = make_console()

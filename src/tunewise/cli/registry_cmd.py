@@ -25,7 +25,7 @@ def _when(ts: float | None) -> str:
 
 
 def _split_version(spec: str) -> tuple[str, int]:
-    from tunewise.registry import parse_spec
+    from tunewise.registry.store import parse_spec
 
     name, version, _alias = parse_spec(spec)
     if version is None:
@@ -43,7 +43,7 @@ def add(
     ),
 ) -> None:
     """Register RUN as the next immutable version of NAME."""
-    from tunewise.registry import Registry
+    from tunewise.registry.store import Registry
 
     v = Registry().add(run, name=name, verdict=verdict, eval_dir=eval_dir)
     gate = {True: "[green]ship[/]", False: "[red]do not ship[/]", None: "no verdict"}[v.ship]
@@ -53,7 +53,7 @@ def add(
 @registry_app.command("list")
 def list_cmd() -> None:
     """Every registered name with its latest version and aliases."""
-    from tunewise.registry import Registry
+    from tunewise.registry.store import Registry
 
     rows = Registry().summary()
     if not rows:
@@ -74,7 +74,7 @@ def show(
     as_json: bool = typer.Option(False, "--json", help="Print the full record as JSON."),
 ) -> None:
     """Show one version: base model, hashes, config, eval results and gate verdict."""
-    from tunewise.registry import Registry
+    from tunewise.registry.store import Registry
 
     reg = Registry()
     v = reg.lookup(spec)
@@ -106,7 +106,7 @@ def history(
     alias: str = typer.Option(None, "--alias", help="Only this alias."),
 ) -> None:
     """Every alias move of NAME: when, from which version to which, and why."""
-    from tunewise.registry import Registry
+    from tunewise.registry.store import Registry
 
     reg = Registry()
     reg.versions(name)  # unknown name -> one-line error
@@ -132,7 +132,7 @@ def promote(
     reason: str = typer.Option(None, "--reason", help="Why (required with --force; recorded)."),
 ) -> None:
     """Point NAME@ALIAS at VERSION; refuses a version the gate did not pass unless --force."""
-    from tunewise.registry import Registry
+    from tunewise.registry.store import Registry
 
     name, version = _split_version(spec)
     reg = Registry()
@@ -154,7 +154,7 @@ def rollback(
 
     Running servers pick the change up on POST /admin/adapters/refresh.
     """
-    from tunewise.registry import Registry
+    from tunewise.registry.store import Registry
 
     reg = Registry()
     res = reg.rollback(name, alias=alias, reason=reason)
@@ -184,8 +184,8 @@ def _mirror(reg: object, name: str, done: str) -> None:
 @registry_app.command("doctor")
 def doctor_cmd() -> None:
     """Check the index (registry.sqlite), the records beside the blobs, and every blob's hash."""
-    from tunewise.registry import Registry
-    from tunewise.registry_records import doctor
+    from tunewise.registry.records import doctor
+    from tunewise.registry.store import Registry
 
     findings = doctor(Registry())
     for f in findings:
@@ -206,8 +206,8 @@ def rebuild_cmd(
     The old registry.sqlite (if any) is moved aside as registry.sqlite.broken-<time>, never
     deleted. Stop servers and other registry commands first.
     """
-    from tunewise.registry import Registry
-    from tunewise.registry_records import rebuild
+    from tunewise.registry.records import rebuild
+    from tunewise.registry.store import Registry
 
     res = rebuild(Registry(), force=force)
     for note in res.skipped:

@@ -41,7 +41,7 @@ def _gate_cfg(
     baselines: list[str] | None,
 ) -> GateConfig:
     from tunewise.config import load_project
-    from tunewise.gate import gate_config_from_meta
+    from tunewise.decide.gate import gate_config_from_meta
 
     cfg = load_project(project).gate if project else gate_config_from_meta(run.meta)
     updates = {
@@ -146,11 +146,11 @@ def gate_cmd(
     project: Path | None = _PROJECT,
 ) -> None:
     """Ship or not: exit 0 = ship, 1 = don't ship, 2 = error. Writes verdict.json."""
-    from tunewise.champion import attach_margin_tests, ensure_champion
+    from tunewise.decide.champion import attach_margin_tests, ensure_champion
+    from tunewise.decide.gate import decide, save_verdict
     from tunewise.eval import stats
     from tunewise.eval.calibration import attach_judge_agreement
     from tunewise.eval.results import COMPARISON_FILE, VERDICT_FILE, Comparison
-    from tunewise.gate import decide, save_verdict
 
     run = _load_run(eval_dir)
     cfg = _gate_cfg(run, project, alpha, delta, baselines)

@@ -53,7 +53,7 @@ def run_cmd(
     """Run the whole ladder: check, split, baselines, train, evaluate, compare, gate, registry,
     report."""
     from tunewise.config import load_project
-    from tunewise.workflow import run_ladder
+    from tunewise.ladder.workflow import run_ladder
 
     cfg = load_project(project, set_)
     method_list = [m.strip() for m in methods.split(",")] if methods else None
@@ -84,7 +84,7 @@ def show_summary(eval_dir: Path, test_dir: Path | None = None) -> None:
     _show_verdict(eval_dir, "")
     if test_dir is not None and (test_dir / "comparison.json").is_file():
         _show_sealed(test_dir, comp)
-    from tunewise.advise import facts_from_dir, recommend
+    from tunewise.decide.advise import facts_from_dir, recommend
 
     advice = recommend(facts_from_dir(eval_dir))
     console.print(
@@ -218,7 +218,7 @@ def advise_cmd(
     as_json: bool = typer.Option(False, "--json", help="print JSON"),
 ) -> None:
     """A plain-language recommendation tied to the measured numbers (and the cost break-even)."""
-    from tunewise.advise import CostInputs, facts_from_dir, recommend
+    from tunewise.decide.advise import CostInputs, facts_from_dir, recommend
     from tunewise.errors import UserError
 
     eval_dir = _eval_dir_of(target)
@@ -268,7 +268,7 @@ def init_cmd(
     force: bool = typer.Option(False, "--force", help="overwrite an existing project.yaml"),
 ) -> None:
     """Scaffold a project.yaml from your data: infers the task type, graders and primary metric."""
-    from tunewise.init import init_project
+    from tunewise.ladder.init import init_project
 
     path, summary = init_project(data, out=out, name=name, docs=docs, force=force)
     console.print(f"[green]wrote[/] {path}")

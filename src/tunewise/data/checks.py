@@ -266,7 +266,7 @@ def token_lengths(
 
 
 def _load_tokenizer(model: str | None) -> tuple[Any, str]:
-    from tunewise import models
+    from tunewise.runtime import models
 
     ref = models.resolve(model, allow_download=False)
     return _cached_tokenizer(str(ref.path), ref.weight_hash), ref.name
@@ -276,7 +276,7 @@ def _load_tokenizer(model: str | None) -> tuple[Any, str]:
 def _cached_tokenizer(path: str, weight_hash: str) -> Any:
     # A workflow checks several files with one model;
     # loading the tokenizer is most of a small check.
-    from tunewise import models
+    from tunewise.runtime import models
 
     return models.load_tokenizer(
         models.ModelRef(name=path, path=Path(path), weight_hash=weight_hash, source="local")

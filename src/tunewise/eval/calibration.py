@@ -15,7 +15,8 @@ own preference on the same items is compared with theirs:
   A judge that prefers whichever answer comes first flips on every decisive item.
 
 Both are pure functions of their inputs; :func:`agreement_from_eval` reads eval.json's judge
-scores and the ratings file, and :mod:`tunewise.decisions` turns a low kappa into "don't ship".
+scores and the ratings file, and :mod:`tunewise.decide.decisions` turns a low kappa into "don't
+ship".
 """
 
 from __future__ import annotations
@@ -202,7 +203,8 @@ def run_calibration(
 
 def attach_judge_agreement(comp: Any, run: EvalRun, eval_dir: Path) -> None:
     """Put the rubric judge's agreement with people into ``comp.meta`` when the gate needs it
-    (a judge-scored primary metric); the decision is :func:`tunewise.decisions.judge_reason`."""
+    (a judge-scored primary metric); the decision is
+    :func:`tunewise.decide.decisions.judge_reason`."""
     if comp.primary_metric != "judge":
         return
     from tunewise.eval.human import ratings_db
@@ -213,16 +215,16 @@ def attach_judge_agreement(comp: Any, run: EvalRun, eval_dir: Path) -> None:
 def judge_backend(cfg: Any) -> tuple[Any, str]:
     """The project's judge (``eval.judge_model``: an external name or a local model; the base
     model when unset), as the harness builds it, and its name."""
-    from tunewise.cache import GenCache
+    from tunewise.runtime.cache import GenCache
 
     name = cfg.eval.judge_model or cfg.model.base
     external = {e.name: e for e in cfg.eval.external}
     if name in external:
-        from tunewise.external import ExternalClient
+        from tunewise.runtime.external import ExternalClient
 
         return ExternalClient.from_config(external[name], cache=GenCache()), name
-    from tunewise import models
-    from tunewise.infer import Engine
+    from tunewise.runtime import models
+    from tunewise.runtime.engine import Engine
 
     engine = Engine(models.resolve(name), batch_size=cfg.eval.batch_size, cache=GenCache())
     return engine, name

@@ -2,7 +2,8 @@
 
 Instead of letting the model write freely (and sometimes invent a label or break the format), each
 allowed answer is scored by its total log-probability after the prompt
-(:meth:`tunewise.infer.Engine.score_continuations`) and the best one is taken. The answer is
+(:meth:`tunewise.runtime.engine.Engine.score_continuations`) and the best one is taken. The answer
+is
 always valid, so comparing this candidate with free generation separates "the model does not know
 the label" from "the model knows it but cannot write it in the format".
 

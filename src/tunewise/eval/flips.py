@@ -80,7 +80,7 @@ def champion_views(
 ) -> list[dict[str, Any]]:
     """:func:`side_by_side` of each gated candidate against the production version, with its
     recorded regression check; empty when the evaluation did not include production."""
-    from tunewise.decisions import CHAMPION
+    from tunewise.decide.decisions import CHAMPION
 
     names = {c.name for c in run.candidates}
     if CHAMPION not in names:

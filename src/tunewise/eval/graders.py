@@ -396,7 +396,7 @@ def _request_text(messages: list[dict[str, str]]) -> str:
 
 
 def _requests(prompts: list[str], max_new_tokens: int, adapter: str | None) -> list[Any]:
-    from tunewise.infer import GenRequest
+    from tunewise.runtime.engine import GenRequest
 
     return [
         GenRequest(

@@ -13,7 +13,7 @@ Candidates (names as in ``eval.candidates``):
 * ``finetuned`` (one per training run given in ``finetuned``): a LoRA/QLoRA adapter on the shared
   base model, or a full checkpoint on its own engine; ``finetuned+rag`` adds retrieval to it; a
   run trained with ``train.context`` (``finetuned+fewshot``) is always given the context it was
-  trained with, built by :mod:`tunewise.context` from the run's own ``context.json``;
+  trained with, built by :mod:`tunewise.baselines.context` from the run's own ``context.json``;
 * every ``eval.external`` endpoint, by its name;
 * ``<candidate>+constrained`` (labels tasks): the same prompt, with the answer chosen among the
   allowed labels by log-likelihood instead of generated freely.
@@ -38,10 +38,10 @@ from tunewise import __version__ as tw_version
 from tunewise.baselines import classical
 from tunewise.baselines import prompt as prompt_mod
 from tunewise.baselines import rag as rag_mod
+from tunewise.baselines.context import CONTEXT_FILE, ContextBuilder, load_run_context
 from tunewise.config import ExternalConfig, ProjectConfig
-from tunewise.context import CONTEXT_FILE, ContextBuilder, load_run_context
 from tunewise.data.schema import Example, load_examples
-from tunewise.decisions import CHAMPION
+from tunewise.decide.decisions import CHAMPION
 from tunewise.errors import UserError
 from tunewise.eval.graders import Grader, LLMJudge
 from tunewise.eval.items import item_ids
@@ -140,9 +140,9 @@ class _Harness:
         return self._engine
 
     def _new_engine(self, model: str | Path) -> Any:
-        from tunewise import device, models
-        from tunewise.cache import GenCache
-        from tunewise.infer import Engine
+        from tunewise.runtime import device, models
+        from tunewise.runtime.cache import GenCache
+        from tunewise.runtime.engine import Engine
 
         eng = Engine(
             models.resolve(model),
@@ -156,8 +156,8 @@ class _Harness:
 
     def external(self, ext: ExternalConfig) -> Any:
         """A client for an OpenAI-compatible endpoint, cached like a local engine."""
-        from tunewise.cache import GenCache
-        from tunewise.external import ExternalClient
+        from tunewise.runtime.cache import GenCache
+        from tunewise.runtime.external import ExternalClient
 
         client = ExternalClient.from_config(ext, cache=GenCache())
         self._own_engines.append(client)
@@ -215,7 +215,7 @@ class _Harness:
     def generate(
         self, name: str, engine: Any, msgs: list[Messages], adapter: str | None
     ) -> list[str]:
-        from tunewise.infer import GenRequest
+        from tunewise.runtime.engine import GenRequest
 
         mnt = self.max_new_tokens(engine)
         reqs = [GenRequest(messages=m, adapter=adapter, max_new_tokens=mnt) for m in msgs]

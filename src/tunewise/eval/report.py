@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from tunewise.config import GateConfig
+from tunewise.decide.gate import decide, gate_config_from_meta
 from tunewise.errors import UserError
 from tunewise.eval import figures, stats
 from tunewise.eval.items import item_prompt, item_reference
@@ -39,7 +40,6 @@ from tunewise.eval.results import (
     Verdict,
 )
 from tunewise.fsio import atomic_write_text
-from tunewise.gate import decide, gate_config_from_meta
 from tunewise.rundir import RunDir
 
 WORST_K = 5
@@ -114,7 +114,7 @@ def _load_train_run(path: Path) -> tuple[TrainRunInfo, list[dict[str, Any]]]:
 
 
 def _load_curve(eval_dir: Path) -> list[tuple[int, float]]:
-    from tunewise.learning_curve import CURVE_FILE, load_curve
+    from tunewise.eval.learning_curve import CURVE_FILE, load_curve
 
     path = eval_dir / CURVE_FILE
     if not path.is_file():

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from tunewise import chat
+from tunewise.runtime import chat
 
 if TYPE_CHECKING:
     from tunewise.train.record import BestKeeper, RunRecorder

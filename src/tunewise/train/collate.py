@@ -23,9 +23,9 @@ from typing import Any, Literal
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from tunewise import chat
 from tunewise.data.schema import Example
 from tunewise.errors import DataError, UserError
+from tunewise.runtime import chat
 
 IGNORE_INDEX = -100  # the label value torch's cross-entropy ignores
 
@@ -106,11 +106,11 @@ def segments(
     """Split the rendered conversation into ``(text, is_label)`` pieces, in order.
 
     Assistant turns before message ``label_from`` are never labels: they are retrieved context
-    (few-shot answers of other examples, :mod:`tunewise.context`), part of the prompt.
+    (few-shot answers of other examples, :mod:`tunewise.baselines.context`), part of the prompt.
 
     Concatenating the texts gives the template's rendering of ``messages`` up to the end of the
     last answer's end-of-turn token. Control tokens inside contents come out marked as text
-    (:func:`tunewise.chat.render`) unless ``allow_special_tokens``.
+    (:func:`tunewise.runtime.chat.render`) unless ``allow_special_tokens``.
     """
     eot = chat.end_of_turn(tokenizer)  # not EOS: Phi-3 ends a turn with <|end|>, EOS is later
     assistant_idx = [

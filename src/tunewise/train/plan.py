@@ -3,12 +3,14 @@
 The estimate is a sum of parts, each a closed formula in the model's dimensions (read from
 ``config.json``, never from the weights, so a 70B plan costs nothing):
 
-* **weights**: bytes per parameter by method and device (:mod:`tunewise.device`'s policy): 16-bit
+* **weights**: bytes per parameter by method and device (:mod:`tunewise.runtime.device`'s policy):
+16-bit
   on GPU for LoRA, fp32 for full (under autocast), NF4 with
   double quantization (~4.13 bits) for the linear layers under QLoRA, fp32 on the CPU;
 * **LoRA adapter**: ``r * (in + out)`` per targeted linear, kept in fp32 (PEFT upcasts adapters);
 * **gradients** and **optimizer state**: only for trainable parameters. Full fine-tuning keeps
-  fp32 weights, grads and AdamW moments (under bf16 autocast on a GPU, :mod:`tunewise.device`):
+  fp32 weights, grads and AdamW moments (under bf16 autocast on a GPU,
+  :mod:`tunewise.runtime.device`):
   16 bytes per parameter, the budget of "mixed-precision Adam"; LoRA pays 4 + 4 + 8 bytes per
   adapter parameter;
 * **activations**: elements saved for backward per token and layer (calibrated against measured
@@ -40,7 +42,7 @@ from tunewise import paths
 from tunewise.errors import UserError
 
 if TYPE_CHECKING:
-    from tunewise.device import Placement
+    from tunewise.runtime.device import Placement
 
 Method = Literal["lora", "qlora", "full"]
 Device = Literal["gpu", "cpu"]
@@ -341,7 +343,7 @@ def model_dims(model: str | Path) -> ModelDims:
             raise UserError(f"{local}: no config.json (not a Hugging Face checkpoint directory)")
         return _dims_from_config(name, str(cfg_path), json.loads(cfg_path.read_text()))
 
-    from tunewise.models import EMBEDDED
+    from tunewise.runtime.models import EMBEDDED
 
     candidates: list[Path] = []
     if name in EMBEDDED:
@@ -517,9 +519,10 @@ def _activation_bytes(
 
 def _train_placement(device: str, method: str) -> tuple[Placement, float, float]:
     """The placement training would choose, its weight bytes and its activation bytes."""
-    # Byte sizes from the policy training itself follows (tunewise.device), for a typical bf16
+    # Byte sizes from the policy training itself follows (tunewise.runtime.device), for a typical
+    # bf16
     # GPU or a CPU: 16-bit frozen weights for LoRA on a GPU, fp32 weights under autocast for full.
-    from tunewise import device as device_policy
+    from tunewise.runtime import device as device_policy
 
     caps = device_policy.TYPICAL_GPU if device == "gpu" else device_policy.TYPICAL_CPU
     placement = device_policy.choose(caps, purpose="train", method=method)

@@ -88,7 +88,7 @@ def join_process_group(cfg: ProjectConfig) -> None:
     from accelerate import PartialState
     from transformers import TrainingArguments
 
-    from tunewise import device
+    from tunewise.runtime import device
 
     cpu = device.for_project(cfg, "train").kind == "cpu"
     PartialState(cpu=cpu, timeout=timedelta(seconds=TrainingArguments.ddp_timeout))
@@ -333,7 +333,7 @@ class RunRecorder:
         self.write()
 
     def set_placement(self, placement: dict[str, Any]) -> None:
-        """Where the weights live and in which dtype (``tunewise.device``'s decision)."""
+        """Where the weights live and in which dtype (``tunewise.runtime.device``'s decision)."""
         self.record["placement"] = placement
 
     def set_tracking(self, mlflow: dict[str, str]) -> None:

@@ -36,13 +36,14 @@ from typing import Any
 
 from rich.console import Console
 
-from tunewise import models, tracking
+from tunewise import tracking
+from tunewise.baselines.context import CONTEXT_FILE, ContextBuilder, training_examples
 from tunewise.config import ProjectConfig
-from tunewise.context import CONTEXT_FILE, ContextBuilder, training_examples
 from tunewise.data.schema import Example, load_examples
 from tunewise.errors import UserError
 from tunewise.fsio import replace_dir
 from tunewise.rundir import RunDir
+from tunewise.runtime import models
 from tunewise.train.callbacks import ValidationMonitor, run_callbacks, validation_monitor
 from tunewise.train.collate import (
     ChatCollator,
@@ -247,7 +248,8 @@ def _conversations(
 
     The project's system prompt replaces the data's: the evaluator and the server use it too.
     With ``train.context``, each conversation is the evaluator's prompt for the example, context
-    retrieved from the train examples by :mod:`tunewise.context` (itself excluded), plus its
+    retrieved from the train examples by :mod:`tunewise.baselines.context` (itself excluded), plus
+    its
     answer; validation items retrieve from the same pool, as the evaluator's do.
     """
     t, system = cfg.train, cfg.task.system_prompt
@@ -292,9 +294,9 @@ def build_model(cfg: ProjectConfig, ref: models.ModelRef, method: str) -> Any:
     """The model for a method: full (every weight trains), LoRA, or LoRA on a 4-bit NF4 base."""
     import torch
 
-    from tunewise import device
+    from tunewise.runtime import device
 
-    # Device, dtype, 4-bit and attention from the one policy (tunewise.device).
+    # Device, dtype, 4-bit and attention from the one policy (tunewise.runtime.device).
     placement = device.for_project(cfg, "train", method=method)
     cuda = placement.kind == "cuda"
     model = models.load_model(
@@ -423,7 +425,7 @@ def _shared_prefix(
 def training_args(cfg: ProjectConfig, run_dir: Path, *, has_val: bool) -> Any:
     from transformers import TrainingArguments
 
-    from tunewise import device
+    from tunewise.runtime import device
 
     t = cfg.train
     placement = device.for_project(cfg, "train")
@@ -511,7 +513,7 @@ def build(prep: Prepared, console: Console, *, progress: bool = True) -> Built:
     from transformers import set_seed
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-    from tunewise import device
+    from tunewise.runtime import device
 
     cfg = prep.cfg
     if is_main_process():

@@ -1,0 +1,349 @@
+"""Export registry versions: merged HF checkpoints, and a checked vLLM multi-LoRA layout.
+
+* ``merged``: the adapter folded into the base (``merge_and_unload``) and saved as a plain
+  Hugging Face directory in safetensors, for runtimes without LoRA support.
+* ``vllm``: the adapters copied into one folder plus the ``vllm serve`` command that serves them
+  all on one base. Everything vLLM would reject at start-up is checked here first: the rank must
+  fit an allowed ``--max-lora-rank``, the target modules must be LoRA-capable in vLLM, DoRA /
+  ``modules_to_save`` / adapter bias are refused, and every adapter must share one base hash.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tunewise.errors import UserError
+from tunewise.fsio import atomic_write_json, atomic_write_text, replace_dir
+from tunewise.registry.store import Registry, Version
+from tunewise.rundir import RunDir
+
+# vllm/config/lora.py: MaxLoRARanks = Literal[1, 8, 16, 32, 64, 128, 256, 320, 512]
+VLLM_MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+# Linear layers of decoder blocks that vLLM's LoRA layers wrap (q/k/v are packed into qkv_proj,
+# gate/up into gate_up_proj). Embedding and lm_head LoRA are not served by current vLLM.
+VLLM_LORA_MODULES = {
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+    "qkv_proj",
+    "gate_up_proj",
+}
+
+
+def _out_dir_ready(out: Path, force: bool) -> None:
+    if out.exists() and any(out.iterdir()) and not force:
+        raise UserError(f"{out}: exists and is not empty (use --force to replace it)")
+
+
+def _base_ref(v: Version):
+    """The base model the version was trained on, refusing a different one with a clear message."""
+    from tunewise.runtime import models
+
+    candidates = [c for c in (v.base_path, v.base_model) if c]
+    last_err: Exception | None = None
+    for cand in candidates:
+        try:
+            ref = models.resolve(cand, allow_download=False)
+        except UserError as exc:
+            last_err = exc
+            continue
+        if ref.weight_hash != v.base_weight_hash:
+            raise UserError(
+                f"{v.spec} was trained on base {v.base_weight_hash[:12]}… but {cand} now hashes to "
+                f"{ref.weight_hash[:12]}…; refusing to merge onto a different base"
+            )
+        return ref
+    raise UserError(f"{v.spec}: base model {v.base_model!r} is not available locally ({last_err})")
+
+
+def export_merged(
+    spec: str, out: str | Path, *, force: bool = False, registry: Registry | None = None
+) -> dict[str, Any]:
+    """Merge ``spec``'s adapter into its base and write an HF safetensors directory at ``out``."""
+    from tunewise.runtime import models
+
+    reg = registry or Registry()
+    v = reg.resolve(spec)
+    out = Path(out)
+    _out_dir_ready(out, force)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        if v.kind == "full":
+            # already a full checkpoint: copy its verified files
+            for f in v.weights_dir.iterdir():
+                shutil.copyfile(f, tmp / f.name)
+            base_name = v.base_model
+        else:
+            from peft import PeftModel
+
+            from tunewise.runtime import device
+
+            ref = _base_ref(v)
+            # The policy merges on the CPU in the checkpoint's own dtype (a bf16 base merges to a
+            # bf16 model of the same size).
+            placement = device.choose(
+                device.detect(), purpose="export", stored_dtype=device.stored_dtype(ref.path)
+            )
+            base = models.load_model(ref, placement=placement)
+            merged = PeftModel.from_pretrained(base, str(v.weights_dir)).merge_and_unload()
+            merged.save_pretrained(tmp, safe_serialization=True)
+            tok_src = (
+                v.weights_dir if (v.weights_dir / "tokenizer_config.json").is_file() else ref.path
+            )
+            models.load_tokenizer(
+                models.ModelRef(ref.name, Path(tok_src), ref.weight_hash, "local")
+            ).save_pretrained(tmp)
+            base_name = ref.name
+        marker = {
+            "name": v.spec,
+            "source": "merged",
+            "base_model": base_name,
+            "base_weight_hash": v.base_weight_hash,
+            "weight_hash": models.weights_hash(tmp),
+        }
+        atomic_write_json(tmp / models.MARKER, marker)
+        replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return {"spec": v.spec, "out": str(out), **marker}
+
+
+@dataclass
+class VllmPlan:
+    base: str
+    base_weight_hash: str
+    adapters: dict[str, Path]  # served name -> folder inside the layout
+    max_lora_rank: int
+    max_loras: int
+    max_cpu_loras: int
+    tensor_parallel_size: int
+    command: list[str]
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def shell(self) -> str:
+        """The command as a multi-line shell string, one flag (or adapter) per line."""
+        lines = [shlex.join(self.command[:3])]
+        flag = ""
+        for tok in self.command[3:]:
+            if tok.startswith("--"):
+                flag = tok
+                lines.append(tok)
+            elif flag == "--lora-modules":
+                lines.append("  " + shlex.quote(tok))
+            else:
+                lines[-1] += " " + shlex.quote(tok)
+        return " \\\n  ".join(lines)
+
+
+def check_vllm_adapter(v: Version) -> tuple[int, list[str]]:
+    """(rank, problems) for one LoRA version as vLLM would see its adapter_config.json."""
+    if v.kind != "lora":
+        return 0, [
+            f"{v.spec}: a full fine-tune has no adapter; serve it as its own model "
+            "(`vllm serve DIR`) or export merged"
+        ]
+    assert v.path is not None
+    cfg = json.loads(RunDir(v.path).adapter_config.read_text())
+    problems = []
+    if cfg.get("peft_type", "LORA") != "LORA":
+        problems.append(f"{v.spec}: peft_type {cfg.get('peft_type')} is not LoRA")
+    rank = max([int(cfg.get("r", 0))] + [int(x) for x in (cfg.get("rank_pattern") or {}).values()])
+    if rank > VLLM_MAX_LORA_RANKS[-1]:
+        problems.append(
+            f"{v.spec}: rank {rank} exceeds vLLM's largest --max-lora-rank "
+            f"{VLLM_MAX_LORA_RANKS[-1]}"
+        )
+    targets = cfg.get("target_modules") or []
+    if isinstance(targets, str):
+        problems.append(f"{v.spec}: target_modules is a regex ({targets!r}); list module names")
+        targets = []
+    unsupported = sorted({t.split(".")[-1] for t in targets} - VLLM_LORA_MODULES)
+    if unsupported:
+        problems.append(
+            f"{v.spec}: target modules {unsupported} are not LoRA-capable in vLLM "
+            f"(supported: {sorted(VLLM_LORA_MODULES)})"
+        )
+    if cfg.get("use_dora"):
+        problems.append(f"{v.spec}: DoRA adapters are not supported by vLLM")
+    if cfg.get("modules_to_save"):
+        problems.append(
+            f"{v.spec}: modules_to_save={cfg['modules_to_save']} is not supported by vLLM"
+        )
+    if cfg.get("bias", "none") != "none" or cfg.get("lora_bias"):
+        problems.append(f"{v.spec}: adapter bias is not supported by vLLM")
+    return rank, problems
+
+
+def plan_vllm(
+    specs: list[str],
+    *,
+    registry: Registry | None = None,
+    layout: Path | None = None,
+    max_lora_rank: int | None = None,
+    max_loras: int | None = None,
+    max_cpu_loras: int | None = None,
+    tensor_parallel_size: int = 1,
+) -> tuple[VllmPlan, list[Version]]:
+    """Check ``specs`` for vLLM and build the serve command (paths relative to ``layout``)."""
+    if not specs:
+        raise UserError("name at least one registry model (NAME, NAME:VERSION or NAME@ALIAS)")
+    reg = registry or Registry()
+    versions = [reg.resolve(s) for s in specs]
+    served = [
+        v.name if sum(w.name == v.name for w in versions) == 1 else f"{v.name}-v{v.version}"
+        for v in versions
+    ]
+    max_lora_rank, problems = _vllm_problems(versions, served, max_lora_rank)
+    if problems:
+        raise UserError("; ".join(problems))
+
+    base = versions[0].base_path or versions[0].base_model or "BASE"
+    max_loras = max_loras or len(versions)
+    max_cpu_loras = max(max_cpu_loras or max_loras, max_loras)
+    root = layout if layout is not None else Path("adapters")
+    adapters = {name: root / "adapters" / name for name in served}
+    cmd = [
+        "vllm",
+        "serve",
+        str(base),
+        "--enable-lora",
+        "--lora-modules",
+        *[f"{n}={p}" for n, p in adapters.items()],
+        "--max-lora-rank",
+        str(max_lora_rank),
+        "--max-loras",
+        str(max_loras),
+        "--max-cpu-loras",
+        str(max_cpu_loras),
+    ]
+    if tensor_parallel_size > 1:
+        cmd += ["--tensor-parallel-size", str(tensor_parallel_size)]
+    warnings = []
+    if versions[0].base_model and Path(str(base)).is_dir():
+        warnings.append(
+            f"base is a local folder ({base}); copy it to the serving machine or "
+            "pass the hub id of the same weights"
+        )
+    from tunewise.baselines.context import CONTEXT_FILE
+
+    for v, name in zip(versions, served, strict=True):
+        if CONTEXT_FILE in v.files:  # train.context: the prompt carries retrieved examples
+            warnings.append(
+                f"{name} ({v.spec}) was trained with retrieved context (train.context): vLLM "
+                "serves the adapter only, so build each prompt as tunewise does "
+                f"(tunewise.baselines.context.ContextBuilder.load on its {CONTEXT_FILE}) or answer "
+                "through `tunewise serve`, which does"
+            )
+    plan = VllmPlan(
+        base=str(base),
+        base_weight_hash=versions[0].base_weight_hash,
+        adapters=adapters,
+        max_lora_rank=max_lora_rank,
+        max_loras=max_loras,
+        max_cpu_loras=max_cpu_loras,
+        tensor_parallel_size=tensor_parallel_size,
+        command=cmd,
+        warnings=warnings,
+    )
+    return plan, versions
+
+
+def _vllm_problems(
+    versions: list[Version], served: list[str], max_lora_rank: int | None
+) -> tuple[int, list[str]]:
+    """The ``--max-lora-rank`` to use, and everything vLLM would refuse at start-up."""
+    problems: list[str] = []
+    ranks = []
+    for v in versions:
+        rank, probs = check_vllm_adapter(v)
+        ranks.append(rank)
+        problems += probs
+    hashes = {v.base_weight_hash for v in versions}
+    if len(hashes) > 1:
+        detail = ", ".join(f"{v.spec}={v.base_weight_hash[:12]}…" for v in versions)
+        problems.append(
+            f"adapters were trained on different base models ({detail}); "
+            "one vLLM server serves LoRAs of one base"
+        )
+    if len(set(served)) != len(served):
+        problems.append(f"two entries would be served under the same name: {served}")
+    need = max(ranks) if ranks else 0
+    fitting = [r for r in VLLM_MAX_LORA_RANKS if r >= need]
+    if max_lora_rank is None:
+        max_lora_rank = fitting[0] if fitting else VLLM_MAX_LORA_RANKS[-1]
+    elif max_lora_rank not in VLLM_MAX_LORA_RANKS:
+        problems.append(
+            f"--max-lora-rank {max_lora_rank} is not one of vLLM's values "
+            f"{list(VLLM_MAX_LORA_RANKS)}"
+        )
+    elif max_lora_rank < need:
+        problems.append(f"--max-lora-rank {max_lora_rank} is below the largest adapter rank {need}")
+    return max_lora_rank, problems
+
+
+def export_vllm(
+    specs: list[str],
+    out: str | Path,
+    *,
+    force: bool = False,
+    registry: Registry | None = None,
+    **kwargs: Any,
+) -> VllmPlan:
+    """Write ``out/adapters/<name>/`` (adapter files only), ``serve.sh`` and ``manifest.json``."""
+    out = Path(out)
+    _out_dir_ready(out, force)
+    plan, versions = plan_vllm(specs, registry=registry, layout=out.resolve(), **kwargs)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        for name, v in zip(plan.adapters, versions, strict=True):
+            dst = tmp / "adapters" / name
+            dst.mkdir(parents=True)
+            assert v.path is not None
+            adapter = RunDir(v.path)
+            for f in (adapter.adapter_config, adapter.adapter_weights):
+                shutil.copyfile(f, dst / f.name)
+        atomic_write_text(
+            tmp / "serve.sh",
+            "#!/bin/sh\n# generated by tunewise export vllm\nexec " + plan.shell + "\n",
+        )
+        os.chmod(tmp / "serve.sh", 0o755)
+        atomic_write_json(
+            tmp / "manifest.json",
+            {
+                "base": plan.base,
+                "base_weight_hash": plan.base_weight_hash,
+                "adapters": {
+                    n: {
+                        "spec": v.spec,
+                        "path": str(p),
+                        "files": {k: h for k, h in v.files.items() if k.startswith("adapter_")},
+                    }
+                    for (n, p), v in zip(plan.adapters.items(), versions, strict=True)
+                },
+                "command": plan.command,
+                "max_lora_rank": plan.max_lora_rank,
+                "max_loras": plan.max_loras,
+                "max_cpu_loras": plan.max_cpu_loras,
+                "warnings": plan.warnings,
+            },
+        )
+        replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return plan

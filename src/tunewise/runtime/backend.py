@@ -1,0 +1,170 @@
+"""What every text generator offers the rest of tunewise: requests, results, one protocol.
+
+A :class:`Backend` answers a list of :class:`GenRequest` greedily, in request order. Two classes
+implement it: :class:`tunewise.runtime.engine.Engine` (one local base model and its LoRA adapters)
+and
+:class:`tunewise.runtime.external.ExternalClient` (an OpenAI-compatible endpoint). The evaluation
+harness,
+the LLM judge and the server's micro-batcher take a Backend, so a frontier model and a local
+fine-tune are interchangeable there.
+
+Both cache through :func:`cached_generate`: the cache is read first, only the misses run, and
+every finished chunk is stored at once, so an interrupted evaluation keeps what it already paid
+for. Both refuse a prompt that does not fit the model's context with :func:`check_context`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from tunewise.errors import UserError
+
+if TYPE_CHECKING:
+    from tunewise.runtime.cache import GenCache
+
+Messages = list[dict[str, str]]  # chat turns: {"role": ..., "content": ...}
+
+
+@dataclass
+class GenRequest:
+    messages: Messages  # chat messages WITHOUT the answer
+    adapter: str | None = None  # None -> the base model
+    max_new_tokens: int = 64
+    stop: list[str] = field(default_factory=list)
+
+
+@dataclass
+class GenResult:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str  # "stop" | "length"
+    cached: bool = False
+
+    def to_cache(self) -> dict[str, Any]:
+        """The stored form: everything but ``cached``, which says where a result came from."""
+        return {
+            "text": self.text,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "finish_reason": self.finish_reason,
+        }
+
+    @classmethod
+    def from_cache(cls, value: dict[str, Any]) -> GenResult:
+        return cls(**value, cached=True)
+
+
+class PromptTooLongError(UserError):
+    """The prompt plus the tokens asked for does not fit the model's context window."""
+
+
+def check_context(
+    prompt_tokens: int,
+    new_tokens: int,
+    context_length: int,
+    *,
+    new_label: str = "max_new_tokens",
+    where: str = "",
+) -> None:
+    """Raise :class:`PromptTooLongError` unless ``prompt_tokens + new_tokens`` fits the context.
+
+    ``new_label`` names the second term as the caller's user knows it (``max_tokens`` for an
+    OpenAI client); ``where`` prefixes the message (``"request 3: "``).
+    """
+    if prompt_tokens + new_tokens > context_length:
+        raise PromptTooLongError(
+            f"{where}prompt of {prompt_tokens} tokens + {new_label} {new_tokens} exceeds the "
+            f"context of {context_length} tokens"
+        )
+
+
+class Backend(Protocol):
+    """Greedy generation (and, where the backend has token log-probabilities, label scores)."""
+
+    cache: GenCache | None
+
+    def generate(self, requests: list[GenRequest], *, progress: bool = False) -> list[GenResult]:
+        """Completions in request order; ``cached`` marks results read from the cache."""
+        ...
+
+    def score_continuations(
+        self,
+        messages: Messages,
+        continuations: list[str],
+        adapter: str | None = None,
+        *,
+        end_of_turn: bool = True,
+    ) -> list[float]:
+        """Log-probability of each continuation after the prompt (UserError where unsupported)."""
+        ...
+
+
+def generation_params(req: GenRequest) -> dict[str, Any]:
+    """The decoding parameters that, with model, adapter and prompt, determine a greedy output."""
+    return {"decoding": "greedy", "max_new_tokens": int(req.max_new_tokens), "stop": list(req.stop)}
+
+
+def _no_adapter(_: str | None) -> str:
+    return ""
+
+
+RunMisses = Callable[[list[int]], Generator[dict[int, GenResult], None, None]]
+
+
+def cached_generate(
+    requests: Sequence[GenRequest],
+    prompts: Sequence[str],
+    run: RunMisses,
+    *,
+    model_key: str,
+    cache: GenCache | None,
+    adapter_hash: Callable[[str | None], str] = _no_adapter,
+    progress: bool = False,
+    label: str = "generating",
+) -> list[GenResult]:
+    """``requests`` answered from ``cache`` where it can, by ``run`` where it cannot.
+
+    ``prompts[i]`` is the text that identifies request i's prompt in the cache key (a local
+    engine's rendered chat template, an endpoint's JSON messages). ``run(misses)`` gets the
+    positions of the misses and yields ``{position: result}`` chunks as they finish; each chunk
+    is stored before the next is asked for.
+    """
+    from tunewise.progress import Bar
+
+    results: list[GenResult | None] = [None] * len(requests)
+    keys: list[str] = []
+    if cache is not None:
+        from tunewise.runtime.cache import GenCache
+
+        keys = [
+            GenCache.key(model_key, adapter_hash(r.adapter), p, generation_params(r))
+            for r, p in zip(requests, prompts, strict=True)
+        ]
+        for i, hit in cache.get_many(keys).items():
+            results[i] = GenResult.from_cache(hit)
+    misses = [i for i, r in enumerate(results) if r is None]
+    if progress and len(misses) < len(requests):
+        # Said, because a rerun's "generating 150 answers" that returns at once looks like a bug.
+        from tunewise.progress import make_console
+
+        hits = len(requests) - len(misses)
+        rest = f", {len(misses)} to generate" if misses else ": nothing to generate"
+        make_console(stderr=True).print(
+            f"{hits} of {len(requests)} from the generation cache{rest}", highlight=False
+        )
+    if misses:
+        with (
+            Bar(label, len(misses), enabled=progress) as bar,
+            contextlib.closing(run(misses)) as it,
+        ):
+            for chunk in it:
+                for i, result in chunk.items():
+                    results[i] = result
+                if cache is not None:
+                    cache.put_many({keys[i]: r.to_cache() for i, r in chunk.items()})
+                bar.advance(len(chunk))
+    return [r for r in results if r is not None]

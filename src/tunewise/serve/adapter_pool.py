@@ -1,0 +1,290 @@
+"""Which LoRA adapters sit on one base model in memory, and which one is switched on.
+
+An :class:`AdapterPool` owns the adapters of one base model: the registered ones (name -> files,
+reloadable at any time), the resident ones (at most ``max_loaded``, least recently used out), the
+pins of generations in flight, and the PEFT wrapper they live in. A pinned adapter is never
+evicted: when every resident adapter is pinned, a new one is loaded over the bound, and the pool
+shrinks back to it as the pins are released. The base model itself is adapter ``None``: adapters
+disabled.
+
+Everything above is guarded by one private lock, taken by each public method. A model call holds
+it too, through :meth:`AdapterPool.activated`, because PEFT's "active adapter" is global state of
+the wrapped model: switching it while another thread's forward step runs would mix adapters.
+Methods named ``*_locked`` run with the lock already held and are only called from this class.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tunewise.errors import UserError
+from tunewise.fsio import sha256_file
+from tunewise.rundir import ADAPTER_CONFIG, ADAPTER_WEIGHTS, RunDir
+
+if TYPE_CHECKING:
+    from tunewise.runtime.models import ModelRef
+
+
+class CorruptedAdapterError(UserError):
+    """An adapter whose weights file is not a readable safetensors file (the server says 503)."""
+
+
+@dataclass(frozen=True)
+class Adapter:
+    name: str
+    path: Path
+    sha256: str  # of adapter_model.safetensors: part of the cache key
+    slot: str  # PEFT adapter name (module-dict key: no dots, no '@' or ':')
+
+
+class AdapterPool:
+    """LoRA adapters on one base model, LRU-bounded and pinned while in use (module docstring)."""
+
+    def __init__(self, base: Any, base_ref: ModelRef, *, max_loaded: int) -> None:
+        if max_loaded < 1:
+            raise UserError("max_loaded_adapters must be at least 1")
+        self.base_ref = base_ref
+        self.max_loaded = max_loaded
+        self._base = base
+        self._peft: Any = None  # PeftModel wrapping _base once the first adapter is loaded
+        self._lock = threading.Lock()
+        self._registered: dict[str, Adapter] = {}
+        self._loaded: OrderedDict[str, Adapter] = OrderedDict()  # LRU order, most recent last
+        self._pins: dict[str, int] = {}
+        self._slots = 0
+        self._active: str | None = None  # slot active in the PEFT model; None = none yet
+        self._adapters_enabled = True
+
+    # ------------------------------------------------------------------ queries
+    @property
+    def model(self) -> Any:
+        """The module that runs: the PEFT wrapper once adapters exist, else the base model."""
+        return self._peft if self._peft is not None else self._base
+
+    def names(self) -> list[str]:
+        """Every registered adapter (resident now or reloadable on demand)."""
+        with self._lock:
+            return list(self._registered)
+
+    def loaded(self) -> list[str]:
+        """Adapters resident in memory, least recently used first."""
+        with self._lock:
+            return list(self._loaded)
+
+    def get(self, name: str) -> Adapter:
+        """The registered adapter ``name``; an unknown name is a UserError."""
+        with self._lock:
+            return self._get_locked(name)
+
+    def sha256(self, name: str | None) -> str:
+        """The adapter's weight hash, ``""`` for the base model (the cache key's adapter part)."""
+        return "" if name is None else self.get(name).sha256
+
+    # ------------------------------------------------------------------ registration
+    def register(self, name: str, path: Path, *, base_hash: str | None = None) -> None:
+        """Load the PEFT adapter in ``path`` as ``name`` (replacing a different one of that name).
+
+        Refuses (UserError) an adapter whose training run recorded a different base model weight
+        hash: ``base_hash`` when given (the registry knows it), else ``path/run.json``.
+        """
+        path = Path(path)
+        self._check_files(name, path, base_hash)
+        digest = sha256_file(path / ADAPTER_WEIGHTS)
+        with self._lock:
+            old = self._registered.get(name)
+            if old is not None and old.sha256 == digest and old.path == path:
+                if name in self._loaded:
+                    self._loaded.move_to_end(name)
+                return
+            if old is not None:
+                self._drop_locked(name)
+            self._slots += 1
+            entry = Adapter(name=name, path=path, sha256=digest, slot=f"tw{self._slots}")
+            self._registered[name] = entry
+            try:
+                self._ensure_loaded_locked(entry)
+            except Exception:
+                self._registered.pop(name, None)
+                raise
+
+    def unregister(self, name: str) -> None:
+        """Forget an adapter entirely (memory and registration)."""
+        with self._lock:
+            if name not in self._registered:
+                raise UserError(f"unknown adapter '{name}'")
+            self._drop_locked(name)
+
+    def _check_files(self, name: str, path: Path, base_hash: str | None) -> None:
+        run = RunDir(path)
+        if not run.adapter_config.is_file():
+            raise UserError(f"{path}: not a LoRA adapter directory (no {ADAPTER_CONFIG})")
+        if not run.adapter_weights.is_file():
+            raise UserError(f"{path}: no {ADAPTER_WEIGHTS} (only safetensors adapters are loaded)")
+        _check_safetensors(run.adapter_weights)
+        expected = base_hash or run.base_hash()
+        if expected is None:
+            warnings.warn(
+                f"{path}: no run.json with a base weight hash; cannot verify the base model",
+                stacklevel=4,  # the caller of Engine.load_adapter
+            )
+        elif expected != self.base_ref.weight_hash:
+            raise UserError(
+                f"adapter '{name}' ({path}) was trained on base {expected[:12]}, but the loaded "
+                f"base '{self.base_ref.name}' is {self.base_ref.weight_hash[:12]}: "
+                "refusing to mix them"
+            )
+
+    # ------------------------------------------------------------------ use
+    @contextmanager
+    def pinned(self, name: str | None) -> Iterator[None]:
+        """Keep ``name`` resident (the LRU never evicts it) while a generation uses it."""
+        if name is None:
+            yield
+            return
+        with self._lock:
+            entry = self._get_locked(name)
+            self._pins[name] = self._pins.get(name, 0) + 1
+            try:
+                self._ensure_loaded_locked(entry)
+            except BaseException:
+                self._unpin_locked(name)
+                raise
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._unpin_locked(name)
+
+    @contextmanager
+    def activated(self, name: str | None) -> Iterator[Any]:
+        """The model with ``name`` switched on (None: adapters off), held for one model call.
+
+        The pool stays locked until the block ends: no other thread can switch adapters, load or
+        evict one while the caller's forward step runs.
+        """
+        with self._lock:
+            yield self._switch_locked(name)
+
+    # ------------------------------------------------------------------ internals (lock held)
+    def _get_locked(self, name: str) -> Adapter:
+        entry = self._registered.get(name)
+        if entry is None:
+            raise UserError(
+                f"unknown adapter '{name}'; loaded: {', '.join(self._registered) or 'none'}"
+            )
+        return entry
+
+    def _unpin_locked(self, name: str) -> None:
+        self._pins[name] -= 1
+        if not self._pins[name]:
+            del self._pins[name]
+            self._trim_locked(room=0)  # pins may have held the pool over its bound
+
+    def _trim_locked(self, *, room: int) -> None:
+        """Evict least recently used, unpinned adapters until ``room`` more fit the bound."""
+        while len(self._loaded) > self.max_loaded - room:
+            victim = next((a for a in self._loaded.values() if not self._pins.get(a.name)), None)
+            if victim is None:  # everything resident is in use right now: exceed the bound briefly
+                return
+            self._evict_locked(victim)
+
+    def _drop_locked(self, name: str) -> None:
+        entry = self._registered.pop(name)
+        if name in self._loaded:
+            self._evict_locked(entry)
+
+    def _evict_locked(self, entry: Adapter) -> None:
+        del self._loaded[entry.name]
+        if self._active == entry.slot:
+            self._active = None
+        self._peft.delete_adapter(entry.slot)
+
+    def _ensure_loaded_locked(self, entry: Adapter) -> None:
+        if entry.name in self._loaded:
+            self._loaded.move_to_end(entry.name)
+            return
+        self._trim_locked(room=1)
+        from safetensors import SafetensorError
+
+        try:
+            if self._peft is None:
+                from peft import PeftModel
+
+                self._peft = PeftModel.from_pretrained(
+                    self._base, str(entry.path), adapter_name=entry.slot
+                )
+                self._peft.eval()
+            else:
+                self._peft.load_adapter(str(entry.path), adapter_name=entry.slot)
+        except SafetensorError as exc:  # the file changed after _check_safetensors read it
+            raise CorruptedAdapterError(f"adapter '{entry.name}' ({entry.path}): {exc}") from None
+        except (ValueError, KeyError, RuntimeError, OSError) as exc:
+            raise UserError(
+                f"adapter '{entry.name}' ({entry.path}) does not fit base "
+                f"'{self.base_ref.name}': {exc}"
+            ) from exc
+        self._active = None  # PEFT may have switched the active adapter while loading
+        self._loaded[entry.name] = entry
+
+    def _switch_locked(self, name: str | None) -> Any:
+        """Switch ``name`` on (None: adapters off) and return the module to run."""
+        if self._peft is None:
+            if name is not None:
+                raise UserError(f"unknown adapter '{name}'")
+            return self._base
+        if name is None:
+            return self._switch_off_locked()
+        entry = self._registered.get(name)
+        if entry is None:
+            raise UserError(f"adapter '{name}' was unloaded while in use")
+        self._ensure_loaded_locked(entry)
+        if self._active != entry.slot:
+            self._peft.set_adapter(entry.slot, inference_mode=True)
+            self._active = entry.slot
+        if not self._adapters_enabled:
+            self._peft.base_model.enable_adapter_layers()
+            self._adapters_enabled = True
+        return self._peft
+
+    def _switch_off_locked(self) -> Any:
+        """Adapters off: the base model's answer.
+
+        PEFT's wrapper keeps its own "active adapter" name, which its forward looks up in its
+        configs even with adapters disabled. ``delete_adapter`` only renames it when exactly one
+        adapter stays active in the layers, so evicting the last resident adapter (then loading
+        another, which does not switch) leaves it naming the deleted slot: a KeyError on the next
+        base step. Point it at a resident slot first; with none resident, the injected LoRA layers
+        hold no adapter and pass the base through, so the bare base model runs.
+        """
+        if not self._loaded:
+            return self._base
+        if self._active is None:  # unknown after a load or an eviction
+            slot = next(reversed(self._loaded.values())).slot  # most recently used
+            self._peft.set_adapter(slot, inference_mode=True)  # leaves the layers' on/off alone
+            self._active = slot
+        if self._adapters_enabled:
+            self._peft.base_model.disable_adapter_layers()
+            self._adapters_enabled = False
+        return self._peft
+
+
+def _check_safetensors(weights: Path) -> None:
+    """Refuse a weights file whose safetensors header does not parse, before PEFT reads it.
+
+    Reading the header costs one small read; PEFT would otherwise fail inside its loader with a
+    SafetensorError that says nothing about which file was damaged.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            f.keys()
+    except (SafetensorError, OSError) as exc:
+        raise CorruptedAdapterError(f"{weights}: not a readable safetensors file ({exc})") from None
