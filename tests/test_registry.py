@@ -18,13 +18,9 @@ from typer.testing import CliRunner
 from _ship_helpers import concurrent_worker, make_run, write_verdict
 from tunewise.cli import app
 from tunewise.errors import UserError
-from tunewise.registry.store import (
-    CRASH_ENV,
-    CorruptedFileError,
-    Registry,
-    parse_spec,
-    validate_name,
-)
+from tunewise.registry.blobs import CRASH_ENV, CorruptedFileError
+from tunewise.registry.store import Registry, parse_spec
+from tunewise.registry.types import validate_name
 from tunewise.rundir import RunDir
 
 

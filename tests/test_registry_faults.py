@@ -21,7 +21,8 @@ from typer.testing import CliRunner
 from _ship_helpers import make_run, write_verdict
 from tunewise.cli import app
 from tunewise.errors import UserError
-from tunewise.registry.store import CRASH_ENV, Registry, parse_spec
+from tunewise.registry.blobs import CRASH_ENV
+from tunewise.registry.store import Registry, parse_spec
 
 runner = CliRunner()
 REPO = Path(__file__).resolve().parent.parent

@@ -25,13 +25,10 @@ import shutil
 import tempfile
 import time
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING
 
 from tunewise.errors import UserError
 from tunewise.fsio import sha256_file
-
-if TYPE_CHECKING:
-    from tunewise.registry.store import Version
+from tunewise.registry.types import Version, validate_name
 
 # Test hook: make `add` exit abruptly at a named point to prove crash safety.
 CRASH_ENV = "TUNEWISE_REGISTRY_CRASH_AT"
@@ -137,8 +134,6 @@ class BlobStore:
 
     def materialise(self, v: Version) -> Path:
         """A directory with the version's files under their run names, every hash checked."""
-        from tunewise.registry.store import validate_name
-
         target = self.versions_dir / validate_name(v.name) / str(int(v.version))
         if self._dir_ok(target, v):
             return target

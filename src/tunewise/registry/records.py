@@ -25,14 +25,11 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from tunewise.errors import UserError
 from tunewise.fsio import atomic_write_json, sha256_file
 from tunewise.registry.index import INDEX_FILE, create_schema, problem
-
-if TYPE_CHECKING:
-    from tunewise.registry.store import Registry
 
 RECORDS_DIR = "records"
 FORMAT = 1
@@ -124,6 +121,31 @@ def _has(rec: dict[str, Any], columns: tuple[str, ...]) -> bool:
     return all(c in rec for c in columns)
 
 
+class RegistryFiles(Protocol):
+    """What ``rebuild`` and ``doctor`` use of a registry: its folders and a few of its checks.
+
+    :class:`tunewise.registry.store.Registry` fits it. A protocol, not that class: the registry
+    writes its records through this module, so this module must not import the registry.
+    """
+
+    root: Path
+    db_path: Path
+    blob_dir: Path
+    records: Records
+
+    def has_data(self) -> bool: ...
+
+    def require_writable(self) -> None: ...
+
+    def backfill(self) -> int: ...
+
+    def recheck(self) -> None: ...
+
+    def index_rows(self) -> tuple[list[dict[str, Any]], set[tuple[str, int]]]: ...
+
+    def blob_path(self, digest: str) -> Path: ...
+
+
 # --------------------------------------------------------------------------- backfill
 
 
@@ -154,7 +176,7 @@ class RebuildResult:
     skipped: list[str] = field(default_factory=list)
 
 
-def rebuild(reg: Registry, *, force: bool = False) -> RebuildResult:
+def rebuild(reg: RegistryFiles, *, force: bool = False) -> RebuildResult:
     """A new index from the records; the old file (if any) moved aside, never deleted."""
     db_path = reg.db_path
     found = problem(db_path, has_data=reg.has_data())
@@ -237,7 +259,7 @@ class Finding:
     text: str
 
 
-def doctor(reg: Registry) -> list[Finding]:
+def doctor(reg: RegistryFiles) -> list[Finding]:
     """Check the index, the records against it, and every blob against its hash."""
     out: list[Finding] = []
     found = problem(reg.db_path, has_data=reg.has_data())
@@ -313,7 +335,7 @@ def _canonical(rec: dict[str, Any]) -> str:
     return json.dumps(rec, sort_keys=True)  # NaN-safe: NaN != NaN, but "NaN" == "NaN"
 
 
-def _check_blobs(reg: Registry, versions: list[dict[str, Any]]) -> list[Finding]:
+def _check_blobs(reg: RegistryFiles, versions: list[dict[str, Any]]) -> list[Finding]:
     bad = []
     for v in versions:
         for rel, digest in sorted(v["files"].items()):

@@ -39,7 +39,6 @@ import re
 import sqlite3
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -51,12 +50,9 @@ from tunewise.eval.results import (
     VERDICT_FILE,
     Comparison,
     EvalRun,
-    EvalSummary,
     Verdict,
 )
-from tunewise.registry.blobs import CRASH_ENV as CRASH_ENV  # re-exported: tests, callers
 from tunewise.registry.blobs import BlobStore, crash_point
-from tunewise.registry.blobs import CorruptedFileError as CorruptedFileError
 from tunewise.registry.index import (
     INDEX_FILE,
     broken,
@@ -70,90 +66,13 @@ from tunewise.registry.index import (
     retry_busy,
 )
 from tunewise.registry.records import RECORDS_DIR, Records, backfill, version_record
+from tunewise.registry.types import EvalRecord, Version, validate_name
 from tunewise.rundir import RunDir
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-ALIAS_RE = NAME_RE
 DEFAULT_ALIAS = "production"
 # Files copied from a run: weights in safetensors, configs and tokenizer files. Never pickles.
 ALLOWED_SUFFIXES = {".safetensors", ".json", ".jinja", ".txt", ".model"}
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".ckpt"}
-
-
-@dataclass
-class EvalRecord:
-    """What a version keeps of the evaluation that judged it (all optional but the folder)."""
-
-    eval_dir: str
-    comparison: Comparison | None = None
-    summary: EvalSummary | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"eval_dir": self.eval_dir}
-        if self.comparison is not None:
-            out["comparison"] = self.comparison.to_dict()
-        if self.summary is not None:
-            out["summary"] = self.summary.to_dict()
-        return out
-
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> EvalRecord:
-        comparison, summary = raw.get("comparison"), raw.get("summary")
-        return cls(
-            eval_dir=str(raw["eval_dir"]),
-            comparison=None if comparison is None else Comparison.from_dict(comparison),
-            summary=None if summary is None else EvalSummary.from_dict(summary),
-        )
-
-
-@dataclass
-class Version:
-    """One immutable registry version. ``path`` is set (verified files) once resolved for use."""
-
-    name: str
-    version: int
-    created_at: float
-    kind: str  # "lora" | "full"
-    source_run: str
-    base_model: str | None
-    base_path: str | None
-    base_weight_hash: str
-    data_hashes: dict[str, Any]
-    config: dict[str, Any]
-    eval: EvalRecord | None
-    verdict: Verdict | None
-    ship: bool | None
-    files: dict[str, str]  # relative path -> sha256
-    aliases: list[str] = field(default_factory=list)
-    path: Path | None = None
-
-    @property
-    def spec(self) -> str:
-        return f"{self.name}:{self.version}"
-
-    @property
-    def weights_dir(self) -> Path:
-        """Directory to hand to PEFT (LoRA) or transformers (full)."""
-        assert self.path is not None, "resolve the version first"
-        # a version's files keep their run names, so its folder is laid out as a run directory
-        return RunDir(self.path).model_dir if self.kind == "full" else self.path
-
-    def to_dict(self) -> dict[str, Any]:
-        d = {f.name: getattr(self, f.name) for f in fields(self)}
-        d["eval"] = self.eval.to_dict() if self.eval is not None else None
-        d["verdict"] = self.verdict.to_dict() if self.verdict is not None else None
-        d["path"] = str(self.path) if self.path else None
-        return d
-
-
-def validate_name(name: str, what: str = "name") -> str:
-    """Refuse anything but a short safe name: no separators, no ``..``, no NUL, no absolute path."""
-    if not isinstance(name, str) or not NAME_RE.match(name) or ".." in name:
-        raise UserError(
-            f"invalid {what} {name!r}: use 1-64 letters, digits, '_', '-', '.' "
-            "(starting with a letter or digit, no '..')"
-        )
-    return name
 
 
 def parse_spec(spec: str) -> tuple[str, int | None, str | None]:
