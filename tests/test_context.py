@@ -150,7 +150,7 @@ def assert_trains_on_prompt(item, want: list[int]) -> None:
 @pytest.mark.parametrize("mode", MODES)
 def test_training_prompt_equals_the_evaluators_token_for_token(tmp_path, tiny_model_dir, mode):
     from tunewise.eval.harness import _Harness, evaluate
-    from tunewise.train.record import RunStart
+    from tunewise.train.phases import RunStart
     from tunewise.train.trainer import setup
 
     cfg = load_project(project(tmp_path, tiny_model_dir, mode))
@@ -361,6 +361,7 @@ def test_listing_the_context_variant_without_training_it_is_one_clear_error(
     path = write_cfg(root, tiny_model_dir)
     raw = yaml.safe_load(path.read_text())
     raw["eval"]["candidates"] = ["prompt", "finetuned", "finetuned+fewshot"]
+    raw["gate"] = {"baselines": ["prompt"]}  # a gate baseline must be evaluated (config rule)
     path.write_text(yaml.safe_dump(raw))
     want = r"'finetuned\+fewshot'.* set train\.variants: \[none, fewshot\]$"
     with pytest.raises(UserError, match=want):

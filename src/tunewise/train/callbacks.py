@@ -18,15 +18,14 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from tunewise.progress import Bar
 from tunewise.runtime import chat
-
-if TYPE_CHECKING:
-    from tunewise.train.record import BestKeeper, RunRecorder
-    from tunewise.train.trainer import Prepared
+from tunewise.train.phases import Prepared
+from tunewise.train.record import BestKeeper, RunRecorder, is_main_process, recorder_callback
 
 REP_KEY = "tw_repetition"  # log_history keys written by the monitor
 DISTINCT_KEY = "tw_distinct2"
@@ -294,8 +293,6 @@ class RichProgress(TrainerCallback):
     ) -> None:
         if not state.is_world_process_zero:
             return
-        from tunewise.progress import Bar
-
         self.progress = Bar(
             "train",
             state.max_steps,
@@ -419,8 +416,6 @@ def run_callbacks(
 ) -> list[Any]:
     """Logs, TensorBoard (main process), the validation monitor, run.json, the progress bar."""
     from transformers.integrations import TensorBoardCallback
-
-    from tunewise.train.record import is_main_process, recorder_callback
 
     callbacks: list[Any] = [JsonlLogger(prep.run_dir / "logs.jsonl")]
     tb_writer = None

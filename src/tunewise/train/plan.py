@@ -36,15 +36,15 @@ import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from tunewise import paths
 from tunewise.errors import UserError
+from tunewise.runtime import device as device_policy
+from tunewise.runtime.device import Placement
+from tunewise.runtime.models import EMBEDDED
+from tunewise.train.methods import LORA_PRESETS, METHODS, Method
 
-if TYPE_CHECKING:
-    from tunewise.runtime.device import Placement
-
-Method = Literal["lora", "qlora", "full"]
 Device = Literal["gpu", "cpu"]
 GIB = 1024**3
 
@@ -162,13 +162,6 @@ GPUS: list[tuple[str, float]] = [
     ("48 GB (RTX A6000, L40S)", 48.0),
     ("80 GB (A100/H100 80GB)", 80.0),
 ]
-
-LORA_PRESETS: dict[str, tuple[str, ...]] = {
-    "all-linear": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
-    "qv": ("q_proj", "v_proj"),
-    "attn": ("q_proj", "k_proj", "v_proj", "o_proj"),
-    "mlp": ("gate_proj", "up_proj", "down_proj"),
-}
 
 # Activation elements saved for backward, per token and layer, as coefficients of the hidden
 # size h, the MLP size i and the key/value width kv. Derived from the HF Llama forward (two fp32
@@ -343,8 +336,6 @@ def model_dims(model: str | Path) -> ModelDims:
             raise UserError(f"{local}: no config.json (not a Hugging Face checkpoint directory)")
         return _dims_from_config(name, str(cfg_path), json.loads(cfg_path.read_text()))
 
-    from tunewise.runtime.models import EMBEDDED
-
     candidates: list[Path] = []
     if name in EMBEDDED:
         candidates.append(paths.models_dir() / name / "config.json")
@@ -428,7 +419,7 @@ def _check_plan_args(
     answer_tokens: int | None,
     shared_prefix: int,
 ) -> None:
-    if method not in ("lora", "qlora", "full"):
+    if method not in METHODS:
         raise UserError(f"--method {method!r}: expected lora, qlora or full")
     if device not in ("gpu", "cpu"):
         raise UserError(f"--device {device!r}: expected gpu or cpu")
@@ -522,8 +513,6 @@ def _train_placement(device: str, method: str) -> tuple[Placement, float, float]
     # Byte sizes from the policy training itself follows (tunewise.runtime.device), for a typical
     # bf16
     # GPU or a CPU: 16-bit frozen weights for LoRA on a GPU, fp32 weights under autocast for full.
-    from tunewise.runtime import device as device_policy
-
     caps = device_policy.TYPICAL_GPU if device == "gpu" else device_policy.TYPICAL_CPU
     placement = device_policy.choose(caps, purpose="train", method=method)
     weight_bytes = float(device_policy.DTYPE_BYTES[placement.dtype])

@@ -44,6 +44,7 @@ from tunewise.train.loss import (
     forward_params,
     labelled_positions,
     reduce_loss,
+    supports_sparse_logits,
 )
 
 if TYPE_CHECKING:
@@ -384,8 +385,6 @@ def model_problem(model: Any) -> str | None:
     """Why ``model`` cannot share a prefix at all (None: it can)."""
     from transformers import DynamicCache
     from transformers.cache_utils import DynamicLayer
-
-    from tunewise.train.loss import supports_sparse_logits
 
     if not supports_sparse_logits(model):
         return "its forward takes no logits_to_keep (tunewise's labelled-positions loss)"

@@ -22,10 +22,9 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from rich.console import Console
 
@@ -33,10 +32,8 @@ from tunewise.config import ProjectConfig, dump_project
 from tunewise.errors import UserError
 from tunewise.fsio import replace_dir, sha256_file
 from tunewise.rundir import RunDir, process_identity
-
-if TYPE_CHECKING:
-    from tunewise.train.trainer import Prepared
-
+from tunewise.runtime import device
+from tunewise.train.phases import Prepared, RunStart
 
 T = TypeVar("T")
 
@@ -88,8 +85,6 @@ def join_process_group(cfg: ProjectConfig) -> None:
     from accelerate import PartialState
     from transformers import TrainingArguments
 
-    from tunewise.runtime import device
-
     cpu = device.for_project(cfg, "train").kind == "cpu"
     PartialState(cpu=cpu, timeout=timedelta(seconds=TrainingArguments.ddp_timeout))
 
@@ -126,17 +121,6 @@ def finished_record(run: RunDir) -> dict[str, Any] | None:
     if previous and (previous.get("status") == "completed" or previous.get("stop_kind")):
         return previous
     return None
-
-
-@dataclass(frozen=True)
-class RunStart:
-    """The main process's decision about the run directory, shared with every process."""
-
-    run_dir: Path
-    train_path: Path
-    val_path: Path | None
-    resume_from: Path | None = None  # the checkpoint to continue from; None: step 0
-    previous: dict[str, Any] | None = None  # run.json of the run being resumed
 
 
 def data_paths(

@@ -10,7 +10,8 @@ Shape (after litgpt): :func:`train` runs one function per phase, in order.
   exists from here on), then :func:`~tunewise.train.record.claim_run_dir` on the main process
   only, which checks the run directory and finds the checkpoint to resume; the other processes
   wait for its answer (:func:`~tunewise.train.record.main_decides`) and never read run.json.
-* :func:`setup`: load the tokenizer and encode the data -> :class:`Prepared`.
+* :func:`setup`: load the tokenizer and encode the data -> :class:`~tunewise.train.phases.Prepared`
+  (the records the phases hand each other live in :mod:`tunewise.train.phases`).
 * :func:`build`: the model, the callbacks and the Trainer; the first run.json -> :class:`Built`.
 * :func:`fit`: run the Trainer, resuming from the checkpoint -> :class:`Fitted`.
 * :func:`finish`: apply the stop rule's outcome (restore the best weights), save the adapter or
@@ -30,7 +31,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +43,9 @@ from tunewise.config import ProjectConfig
 from tunewise.data.schema import Example, load_examples
 from tunewise.errors import UserError
 from tunewise.fsio import replace_dir
+from tunewise.progress import make_console
 from tunewise.rundir import RunDir
-from tunewise.runtime import models
+from tunewise.runtime import device, models
 from tunewise.train.callbacks import ValidationMonitor, run_callbacks, validation_monitor
 from tunewise.train.collate import (
     ChatCollator,
@@ -53,12 +55,13 @@ from tunewise.train.collate import (
     encode_all,
 )
 from tunewise.train.loss import answer_loss, supports_sparse_logits
+from tunewise.train.methods import METHODS, peft_target_modules
+from tunewise.train.phases import Prepared, RunStart
 from tunewise.train.prefix import SharedPrefix
 from tunewise.train.prefix import resolve as resolve_shared_prefix
 from tunewise.train.record import (
     BestKeeper,
     RunRecorder,
-    RunStart,
     claim_run_dir,
     finished_record,
     fsync_dir,
@@ -69,19 +72,10 @@ from tunewise.train.record import (
     sharding_warning,
 )
 
-TARGET_PRESETS: dict[str, list[str] | str] = {
-    "all-linear": "all-linear",  # every linear projection except the output head (peft's rule)
-    "qv": ["q_proj", "v_proj"],
-    "attn": ["q_proj", "k_proj", "v_proj", "o_proj"],
-    "mlp": ["gate_proj", "up_proj", "down_proj"],
-}
 CHECKPOINTS_KEPT = 2  # the newest checkpoints kept on disk; resume needs only the last
-METHODS = ("lora", "qlora", "full")
 
 
 def _console() -> Console:
-    from tunewise.progress import make_console
-
     return make_console(stderr=True)
 
 
@@ -114,25 +108,6 @@ def with_method(cfg: ProjectConfig, method: str | None) -> ProjectConfig:
 
 
 # --- setup ----------------------------------------------------------------------------------------
-
-
-@dataclass
-class Prepared:
-    cfg: ProjectConfig
-    method: str
-    run_dir: Path
-    train_path: Path
-    val_path: Path | None
-    ref: models.ModelRef
-    tokenizer: Any
-    train_ds: EncodedDataset
-    val_ds: EncodedDataset | None
-    val_examples: list[Example]
-    reports: dict[str, OverlongReport]
-    warnings: list[str] = field(default_factory=list)
-    resume_from: Path | None = None
-    previous: dict[str, Any] | None = None  # run.json of the run being resumed
-    context: ContextBuilder | None = None  # train.context: the retrieval the run trains with
 
 
 def epoch_warning(cfg: ProjectConfig, n_train: int, world_size: int = 1) -> str | None:
@@ -275,16 +250,11 @@ def lora_config(cfg: ProjectConfig) -> Any:
     from peft import LoraConfig
 
     t = cfg.train
-    targets = (
-        TARGET_PRESETS.get(t.target_modules, t.target_modules)
-        if isinstance(t.target_modules, str)
-        else t.target_modules
-    )
     return LoraConfig(
         r=t.lora_r,
         lora_alpha=t.resolved_alpha,
         lora_dropout=t.lora_dropout,
-        target_modules=targets,
+        target_modules=peft_target_modules(t.target_modules),
         bias="none",
         task_type="CAUSAL_LM",
     )
@@ -293,8 +263,6 @@ def lora_config(cfg: ProjectConfig) -> Any:
 def build_model(cfg: ProjectConfig, ref: models.ModelRef, method: str) -> Any:
     """The model for a method: full (every weight trains), LoRA, or LoRA on a 4-bit NF4 base."""
     import torch
-
-    from tunewise.runtime import device
 
     # Device, dtype, 4-bit and attention from the one policy (tunewise.runtime.device).
     placement = device.for_project(cfg, "train", method=method)
@@ -425,8 +393,6 @@ def _shared_prefix(
 def training_args(cfg: ProjectConfig, run_dir: Path, *, has_val: bool) -> Any:
     from transformers import TrainingArguments
 
-    from tunewise.runtime import device
-
     t = cfg.train
     placement = device.for_project(cfg, "train")
     cuda = placement.kind == "cuda"
@@ -512,8 +478,6 @@ def build(prep: Prepared, console: Console, *, progress: bool = True) -> Built:
     """The model, the callbacks and the Trainer; the main process writes the first run.json."""
     from transformers import set_seed
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
-
-    from tunewise.runtime import device
 
     cfg = prep.cfg
     if is_main_process():
