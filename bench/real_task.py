@@ -162,8 +162,8 @@ def run_task(
     }
     if extra_knn is not None:
         from tunewise.baselines.rag import KnnClassifier
+        from tunewise.data.labels import LabelSpec
         from tunewise.data.schema import load_examples
-        from tunewise.eval.graders import LabelSpec
 
         train = load_examples(cfg.work_dir / "splits" / "train.jsonl")
         items = load_examples(extra_knn)

@@ -12,9 +12,9 @@ import yaml
 
 from tunewise.baselines import classical
 from tunewise.config import load_project
+from tunewise.data.labels import LabelSpec
 from tunewise.data.schema import Example
 from tunewise.errors import UserError
-from tunewise.eval.graders import LabelSpec
 
 PATTERN = re.compile(r"^Category: (?P<category>\w+)\nPriority: (?P<priority>\w+)$", re.M)
 SPEC = LabelSpec(pattern=PATTERN, fields=["category", "priority"])

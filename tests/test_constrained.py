@@ -11,8 +11,8 @@ import re
 import pytest
 import torch
 
+from tunewise.data.labels import LabelSpec
 from tunewise.eval.constrained import ConstrainedLabeler, null_messages
-from tunewise.eval.graders import LabelSpec
 from tunewise.runtime import models
 from tunewise.runtime.engine import Engine
 

@@ -15,8 +15,7 @@ from typer.testing import CliRunner
 from tunewise.cli import app
 from tunewise.config import load_project
 from tunewise.data import seal
-from tunewise.data.own_splits import split_with_files
-from tunewise.data.split import split_project
+from tunewise.data.own_splits import split_project, split_with_files
 from tunewise.errors import DataError, SealedSplitError, UserError
 
 runner = CliRunner()

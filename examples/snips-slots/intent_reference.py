@@ -13,8 +13,8 @@ from pathlib import Path
 
 from tunewise.baselines import classical
 from tunewise.baselines.embed import default_embedder
+from tunewise.data.labels import LabelSpec
 from tunewise.data.schema import load_examples
-from tunewise.eval.graders import LabelSpec
 
 splits = Path(sys.argv[1])
 train, val = load_examples(splits / "train.jsonl"), load_examples(splits / "val.jsonl")

@@ -28,9 +28,9 @@ from typing import Any
 
 from tunewise.data.dedup import near_duplicate_clusters, normalize
 from tunewise.data.formats import OutputFormat, infer_labels
-from tunewise.data.schema import Example, Problem, parse_jsonl
-from tunewise.data.split import input_text
+from tunewise.data.schema import Example, Problem, input_text, parse_jsonl
 from tunewise.errors import UserError
+from tunewise.runtime import models
 
 RARE_MIN = 3  # a label with fewer examples than this is rare (when most labels have more)
 RARE_SHARE = 0.1  # ... and so is one with under a tenth of the median label's examples
@@ -266,8 +266,6 @@ def token_lengths(
 
 
 def _load_tokenizer(model: str | None) -> tuple[Any, str]:
-    from tunewise.runtime import models
-
     ref = models.resolve(model, allow_download=False)
     return _cached_tokenizer(str(ref.path), ref.weight_hash), ref.name
 
@@ -276,8 +274,6 @@ def _load_tokenizer(model: str | None) -> tuple[Any, str]:
 def _cached_tokenizer(path: str, weight_hash: str) -> Any:
     # A workflow checks several files with one model;
     # loading the tokenizer is most of a small check.
-    from tunewise.runtime import models
-
     return models.load_tokenizer(
         models.ModelRef(name=path, path=Path(path), weight_hash=weight_hash, source="local")
     )

@@ -22,6 +22,10 @@ team's holdout is fixed on purpose. When ``data.val`` / ``data.test`` (or ``data
 
 The manifest records each source file's path and sha256 beside the usual split hashes and counts.
 Writing is all or nothing, through the same staging folder and sealed swap as ``data split``.
+
+:func:`split_project` is the one entry point for a project's config: it carves everything with
+:func:`tunewise.data.split.split_file` when no file is given, and calls :func:`split_with_files`
+when one is. It lives here, above both, so that :mod:`tunewise.data.split` never needs this module.
 """
 
 from __future__ import annotations
@@ -29,25 +33,29 @@ from __future__ import annotations
 import shutil
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tunewise.data.checks import Finding, check_examples
 from tunewise.data.dedup import THRESHOLD, near_duplicate_clusters
 from tunewise.data.files import check_output_dir
 from tunewise.data.formats import OutputFormat, infer_labels
-from tunewise.data.schema import Example, load_examples
+from tunewise.data.schema import Example, input_text, load_examples
+from tunewise.data.seal import is_sealed
 from tunewise.data.split import (
     SPLIT_FILES,
     SPLITS,
     check_fractions,
-    input_text,
     label_counts,
     split_examples,
+    split_file,
     swap_in,
     write_manifest,
 )
 from tunewise.errors import UserError
 from tunewise.fsio import atomic_write_jsonl, sha256_file, staging_dir
+
+if TYPE_CHECKING:
+    from tunewise.config import ProjectConfig
 
 GIVEN = ("val", "test")
 LINES_KEPT = 50  # matching line pairs kept per leakage finding (the counts are complete)
@@ -201,14 +209,11 @@ def _check_sources(train: Path, given: dict[str, Path], out_dir: Path) -> None:
                     f"give a different file for each split"
                 )
             seen[digest] = s
-    if "val" in given:
-        from tunewise.data.seal import is_sealed
-
-        if given["val"].is_file() and is_sealed(given["val"]):
-            raise UserError(
-                f"{given['val']}: is a sealed test split; a validation file is looked at while "
-                f"tuning, so it cannot be one"
-            )
+    if "val" in given and given["val"].is_file() and is_sealed(given["val"]):
+        raise UserError(
+            f"{given['val']}: is a sealed test split; a validation file is looked at while "
+            f"tuning, so it cannot be one"
+        )
 
 
 def _load(path: Path, split: str) -> list[Example]:
@@ -331,3 +336,22 @@ def _write(
         "checks": info["checks"],
     }
     return write_manifest(stage, manifest, files, has_test=bool(parts["test"]))
+
+
+def split_project(cfg: ProjectConfig, out_dir: str | Path) -> dict[str, Any]:
+    """The project's splits in ``out_dir``: ``data.val``/``data.test`` as given, the rest carved.
+
+    Without either file this is :func:`tunewise.data.split.split_file` on ``data.train`` with
+    ``data.split``'s fractions; with them, :func:`split_with_files`.
+    """
+    data, fractions = cfg.data, cfg.data.split
+    common = {
+        "val": fractions.val,
+        "test": fractions.test,
+        "seed": fractions.seed,
+        "project": cfg.name,
+        "output_pattern": cfg.task.output_pattern,
+    }
+    if data.val is None and data.test is None:
+        return split_file(data.train, out_dir, **common)
+    return split_with_files(data.train, out_dir, val_file=data.val, test_file=data.test, **common)

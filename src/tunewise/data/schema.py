@@ -2,7 +2,8 @@
 
 Each line is ``{"messages": [{"role": ..., "content": ...}, ...]}``. Validation collects *all*
 problems (a user fixing a 10k-line file wants the whole list, not one error per run), each as a
-:class:`Problem` rendered ``file:line: field: message``.
+:class:`Problem` rendered ``file:line: field: message``. :func:`input_text` is the text an
+example is compared by (near-duplicates, leakage).
 """
 
 from __future__ import annotations
@@ -78,6 +79,15 @@ class Example:
         row: dict[str, Any] = {"messages": self.messages}
         row.update(self.meta)
         return row
+
+
+def input_text(ex: Example) -> str:
+    """What a model is asked (every turn before the answer, except the shared system prompt).
+
+    Splitting and the data checks compare examples by this text (near-duplicates, leakage), so it
+    lives beside :class:`Example` for both to share.
+    """
+    return "\n".join(m["content"] for m in ex.prompt_messages if m["role"] != "system")
 
 
 def _short(value: Any, limit: int = 60) -> str:

@@ -22,12 +22,13 @@ import random
 import shutil
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tunewise.data.dedup import THRESHOLD, near_duplicate_clusters
 from tunewise.data.files import check_output_dir
 from tunewise.data.formats import infer_labels
-from tunewise.data.schema import Example, load_examples
+from tunewise.data.schema import Example, input_text, load_examples
+from tunewise.data.seal import content_hash, sealing
 from tunewise.errors import UserError
 from tunewise.fsio import (
     atomic_write_json,
@@ -37,17 +38,9 @@ from tunewise.fsio import (
     staging_dir,
 )
 
-if TYPE_CHECKING:
-    from tunewise.config import ProjectConfig
-
 SPLITS = ("train", "val", "test")
 SPLIT_FILES = {*(f"{s}.jsonl" for s in SPLITS), "manifest.json"}
 NO_LABEL = "(no label)"
-
-
-def input_text(ex: Example) -> str:
-    """What a model is asked (every turn before the answer, except the shared system prompt)."""
-    return "\n".join(m["content"] for m in ex.prompt_messages if m["role"] != "system")
 
 
 def _quotas(strata: dict[str, int], frac: float, total: int) -> dict[str, int]:
@@ -258,8 +251,6 @@ def write_manifest(
     stage: Path, fields: dict[str, Any], files: dict[str, Any], *, has_test: bool
 ) -> dict[str, Any]:
     """manifest.json in ``stage``: ``fields``, then the split files, counts and the test's seal."""
-    from tunewise.data.seal import content_hash
-
     manifest = {
         **fields,
         "splits": files,
@@ -273,39 +264,17 @@ def write_manifest(
 def swap_in(stage: Path, out_dir: Path, seal_as: str | None) -> None:
     """Move the finished ``stage`` to ``out_dir``, sealing its test file for project ``seal_as``.
 
-    The seal is written before the move and committed after it (:func:`seal.sealing`), so an
-    unwritable home stops everything before the move, and a failed move records no seal.
+    The seal is written before the move and committed after it
+    (:func:`tunewise.data.seal.sealing`), so an unwritable home stops everything before the move,
+    and a failed move records no seal.
     """
-    from tunewise.data import seal as sealing
-
     if seal_as is None:
         replace_dir(stage, out_dir)
         return
     try:
-        with sealing.sealing(stage / "test.jsonl", out_dir / "test.jsonl", seal_as):
+        with sealing(stage / "test.jsonl", out_dir / "test.jsonl", seal_as):
             replace_dir(stage, out_dir)
     except UserError:
         if not stage.exists():  # moved, and then the seal failed to commit: take the split out
             shutil.rmtree(out_dir, ignore_errors=True)
         raise
-
-
-def split_project(cfg: ProjectConfig, out_dir: str | Path) -> dict[str, Any]:
-    """The project's splits in ``out_dir``: ``data.val``/``data.test`` as given, the rest carved.
-
-    Without either file this is :func:`split_file` on ``data.train`` with ``data.split``'s
-    fractions; with them, :func:`tunewise.data.own_splits.split_with_files`.
-    """
-    data, fractions = cfg.data, cfg.data.split
-    common = {
-        "val": fractions.val,
-        "test": fractions.test,
-        "seed": fractions.seed,
-        "project": cfg.name,
-        "output_pattern": cfg.task.output_pattern,
-    }
-    if data.val is None and data.test is None:
-        return split_file(data.train, out_dir, **common)
-    from tunewise.data.own_splits import split_with_files
-
-    return split_with_files(data.train, out_dir, val_file=data.val, test_file=data.test, **common)

@@ -31,9 +31,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from tunewise.data.labels import SINGLE_FIELD, LabelSpec
 from tunewise.data.schema import Example
 from tunewise.errors import UserError
-from tunewise.eval.graders import SINGLE_FIELD, LabelSpec
 
 
 class Scores(Protocol):

@@ -6,11 +6,12 @@ Score keys are metric names (see :class:`tunewise.eval.results.ItemResult`): ``a
 whose reference holds a flat object under a key (``slots``), ``<key>_precision``, ``_recall`` and
 ``_f1`` over its (name, value) pairs. A project picks its graders in ``eval.graders``.
 
-Labels come out of the output through the project's ``task.output_pattern``: its named groups are
-the label fields (``(?P<category>...)``). Without a pattern the whole answer is the label. Values
-are compared after stripping and case-folding, so "Billing" is the label "billing"; an answer that
-does not parse is wrong, and its predicted label is None (statistics count it as a miss for its
-gold class; the report shows it as "unparseable").
+Labels come out of the output through the project's ``task.output_pattern``, read by
+:class:`tunewise.data.labels.LabelSpec`: its named groups are the label fields
+(``(?P<category>...)``). Without a pattern the whole answer is the label. Values are compared after
+stripping and case-folding, so "Billing" is the label "billing"; an answer that does not parse is
+wrong, and its predicted label is None (statistics count it as a miss for its gold class; the
+report shows it as "unparseable").
 
 The LLM judge scores an answer against a fixed rubric; the rubric and the judge prompt are
 versioned by their sha256, stored with every score. A reply the judge's parser cannot read is a
@@ -24,144 +25,13 @@ import math
 import re
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from tunewise.config import ProjectConfig
+from tunewise.data.labels import LabelSpec, fold, normalise
 from tunewise.data.schema import Example
 from tunewise.errors import UserError
 from tunewise.fsio import sha256_text
-
-SINGLE_FIELD = "label"  # the field name when output_pattern has no named groups
-
-
-def normalise(text: str) -> str:
-    """Whitespace-collapsed text, for exact match."""
-    return " ".join(text.split())
-
-
-def _fold(value: str) -> str:
-    return normalise(value).casefold()
-
-
-# --------------------------------------------------------------------------------------------
-# labels
-
-
-@dataclass
-class LabelSpec:
-    """How to read label fields out of an answer, and which values each field allows."""
-
-    pattern: re.Pattern[str] | None
-    fields: list[str]
-    labels: dict[str, list[str]] = field(default_factory=dict)
-
-    @classmethod
-    def from_config(cls, cfg: ProjectConfig, train: Sequence[Example] = ()) -> LabelSpec:
-        """From ``task.output_pattern`` and ``task.labels`` (inferred from train when absent)."""
-        pattern = compile_pattern(cfg.task.output_pattern)
-        fields = (
-            list(pattern.groupindex)
-            if pattern is not None and pattern.groupindex
-            else [SINGLE_FIELD]
-        )
-        spec = cls(pattern=pattern, fields=fields)
-        if cfg.task.labels:
-            unknown = [f for f in cfg.task.labels if f not in fields]
-            if unknown and fields != [SINGLE_FIELD]:
-                raise UserError(
-                    f"task.labels: field {unknown[0]!r} is not a named group of "
-                    f"task.output_pattern (groups: {', '.join(fields)})"
-                )
-            spec.labels = {f: list(v) for f, v in cfg.task.labels.items()}
-            if (
-                fields == [SINGLE_FIELD]
-                and len(cfg.task.labels) == 1
-                and SINGLE_FIELD not in cfg.task.labels
-            ):
-                # One labels list and no named group: that list is the whole-answer label set.
-                spec.labels = {SINGLE_FIELD: list(next(iter(cfg.task.labels.values())))}
-        else:
-            spec.labels = spec.infer_labels(train)
-        return spec
-
-    def extract(self, text: str) -> dict[str, str] | None:
-        """The label fields in ``text``, or None when it does not parse.
-
-        A full match of the pattern is tried first, then a search, so an answer with a trailing
-        remark still yields its labels (format compliance is graded separately, strictly).
-        """
-        text = text.strip()
-        if self.pattern is None:
-            return {SINGLE_FIELD: normalise(text)} if text else None
-        m = self.pattern.fullmatch(text) or self.pattern.search(text)
-        if m is None:
-            return None
-        if not self.pattern.groupindex:
-            return {SINGLE_FIELD: normalise(m.group(0))}
-        out = {}
-        for f in self.fields:
-            v = m.group(f)
-            if v is None:
-                return None
-            out[f] = normalise(v)
-        return out
-
-    def canonical(self, fields: dict[str, str]) -> dict[str, str]:
-        """Map case/space variants onto the allowed spelling ("BILLING " -> "billing")."""
-        out = {}
-        for f, v in fields.items():
-            allowed = {_fold(a): a for a in self.labels.get(f, [])}
-            out[f] = allowed.get(_fold(v), v)
-        return out
-
-    def key(self, fields: dict[str, str] | None) -> str | None:
-        """One string per label combination, for F1 and confusion matrices (None: unparseable)."""
-        if fields is None:
-            return None
-        if self.fields == [SINGLE_FIELD]:
-            return fields[SINGLE_FIELD]
-        return " | ".join(fields[f] for f in self.fields)
-
-    def infer_labels(self, examples: Sequence[Example]) -> dict[str, list[str]]:
-        seen: dict[str, set[str]] = {f: set() for f in self.fields}
-        for ex in examples:
-            got = self.extract(ex.target)
-            if got:
-                for f, v in got.items():
-                    seen[f].add(v)
-        return {f: sorted(v) for f, v in seen.items()}
-
-    def complies(self, text: str) -> bool:
-        """Strict format check: the whole answer matches, and every field holds an allowed value."""
-        text = text.strip()
-        if self.pattern is not None:
-            m = self.pattern.fullmatch(text)
-            if m is None:
-                return False
-            got = (
-                {f: normalise(m.group(f) or "") for f in self.fields}
-                if self.pattern.groupindex
-                else {SINGLE_FIELD: normalise(text)}
-            )
-        else:
-            got = {SINGLE_FIELD: normalise(text)}
-        for f, v in got.items():
-            allowed = self.labels.get(f)
-            if allowed and _fold(v) not in {_fold(a) for a in allowed}:
-                return False
-        return True
-
-
-def compile_pattern(pattern: str | None) -> re.Pattern[str] | None:
-    if not pattern:
-        return None
-    try:
-        # MULTILINE so a pattern written per line ("^Category: ...$\n^Priority: ...$") also searches
-        # inside a longer answer; fullmatch is unaffected.
-        return re.compile(pattern, re.MULTILINE)
-    except re.error as exc:
-        raise UserError(f"task.output_pattern: invalid regex: {exc}") from None
 
 
 def label_scores(
@@ -177,7 +47,7 @@ def label_scores(
     scores: dict[str, float] = {}
     all_right = pred_f is not None
     for f in spec.fields:
-        ok = pred_f is not None and _fold(pred_f[f]) == _fold(gold_f[f])
+        ok = pred_f is not None and fold(pred_f[f]) == fold(gold_f[f])
         all_right = all_right and ok
         if len(spec.fields) > 1:
             scores[f"accuracy_{f}"] = float(ok)
@@ -230,7 +100,7 @@ def _pairs(obj: dict[str, Any]) -> Counter[tuple[str, str]]:
     out: Counter[tuple[str, str]] = Counter()
     for name, vals in obj.items():
         for v in vals if isinstance(vals, list) else [vals]:
-            out[(str(name), _fold(v if isinstance(v, str) else json.dumps(v)))] += 1
+            out[(str(name), fold(v if isinstance(v, str) else json.dumps(v)))] += 1
     return out
 
 
