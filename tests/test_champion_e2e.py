@@ -38,6 +38,7 @@ def project(tmp_path: Path, tiny_model_dir: Path) -> Path:
     raw["model"] = {"base": str(tiny_model_dir)}
     raw["data"]["split"] = {"val": 0.4, "test": 0.1}  # 24 validation items
     raw["eval"].update({"candidates": ["prompt"], "max_new_tokens": 4})
+    raw["gate"] = {"baselines": ["prompt"]}  # a gate baseline must be evaluated (config rule)
     path.write_text(yaml.safe_dump(raw))
     return path
 
@@ -70,7 +71,7 @@ def test_gate_checks_the_production_version_and_promote_obeys(
     assert [(t["candidate"], t["reference"]) for t in comp["margin_tests"]] == [
         ("finetuned", "production")
     ]
-    from tunewise.eval.report import render
+    from tunewise.decide.report_inputs import render_report as render
 
     html, md = render(eval_dir)
     text = md.read_text()

@@ -189,6 +189,9 @@ def test_the_final_test_prices_the_listed_rungs_not_the_gates_extra_ones(tmp_pat
     """--final evaluates eval.candidates (as validation did): a rung left out of the list is
     neither run nor priced."""
     path = project(tmp_path, candidates=["prompt", "fewshot", "finetuned"], constrained=False)
+    raw = json.loads(path.read_text())
+    raw["gate"] = {"baselines": ["prompt", "fewshot"]}  # a gate baseline must be evaluated
+    path.write_text(json.dumps(raw))
     cfg = load_project(path)
     work = estimate.workload_of(cfg, load_examples(cfg.data.train), None)
     lines = {ln.stage: ln for ln in estimate.estimate(cfg, work, SPEED)}

@@ -327,6 +327,7 @@ def test_real_engine_end_to_end_and_cached_rerun(tmp_path: Path, tiny_model_dir:
     raw["eval"]["candidates"] = ["prompt", "prompt+constrained"]
     raw["eval"]["classical"] = False
     raw["eval"]["max_new_tokens"] = 6
+    raw["gate"] = {"baselines": ["prompt"]}  # a gate baseline must be evaluated (config rule)
     path.write_text(yaml.safe_dump(raw))
     cfg = load_project(path)
     run = evaluate(cfg, progress=False, limit=4)

@@ -1,19 +1,52 @@
 """``project.yaml``: every default and every validation in one place.
 
 A project names its data, its task and how each rung of the ladder runs. Paths in the file are
-relative to the file's own folder. Field descriptions double as documentation
-(``tunewise init`` writes them as comments).
+relative to the file's own folder. Field descriptions double as documentation:
+``python -m tunewise.config_docs`` renders them, with the cross-section rules, to
+``docs/project-yaml.md``.
+
+Rules that span two sections (``gate.baselines`` must be evaluated, ``eval.candidates`` may only
+name context-trained runs the ladder trains, ...) are :data:`CROSS_SECTION_RULES`. They are checked
+when a project file is loaded (:func:`load_project`), not when a run's recorded config is read back
+(``tunewise train --resume``): a run recorded before a rule existed stays resumable.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
+from tunewise.candidates import (
+    CLASSICAL,
+    CONSTRAINED_SUFFIX,
+    EXTERNAL,
+    KNN,
+    TRAINED_GROUPS,
+    is_finetune_name,
+    unconstrained,
+)
 from tunewise.errors import UserError
+from tunewise.rungs import RUNGS
+
+# The grammar of ``model.device`` (and ``--device``): owned here, where the field is validated;
+# the device policy (:mod:`tunewise.runtime.device`) reads it from here.
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+DEVICE_HELP = "auto | cpu | cuda | cuda:N | mps"
 
 
 class _Section(BaseModel):
@@ -22,6 +55,8 @@ class _Section(BaseModel):
 
 
 class TaskConfig(_Section):
+    """What the model is asked to do, and what a correct answer looks like."""
+
     type: Literal["labels", "text", "json"] = Field(
         "labels",
         description=(
@@ -47,17 +82,30 @@ class TaskConfig(_Section):
 
 
 class SplitConfig(_Section):
+    """How train is carved into train / validation / sealed test when no own file is given."""
+
     val: float = Field(
         0.1,
         ge=0.0,
         lt=0.5,
         description="fraction held out for validation (at least 10% is advised)",
     )
-    test: float = Field(0.1, ge=0.0, lt=0.5, description="fraction sealed for the final test")
-    seed: int = 0
+    test: float = Field(
+        0.1,
+        ge=0.0,
+        lt=0.5,
+        description="fraction sealed for the final test (`tunewise run --final`, used once)",
+    )
+    seed: int = Field(
+        0,
+        description="seeds the split's shuffle, and the fewshot rung's random selection: the same "
+        "seed gives the same splits and shots on every machine",
+    )
 
 
 class DataConfig(_Section):
+    """The project's data files; paths are relative to project.yaml's folder."""
+
     train: Path = Field(..., description="chat JSONL: one {'messages': [...]} per line")
     val: Path | None = Field(
         None,
@@ -80,10 +128,16 @@ class DataConfig(_Section):
 
 
 class ModelConfig(_Section):
+    """The base model every local candidate and every fine-tune starts from."""
+
     base: str = Field(
         "smollm2-135m-instruct", description="built-in name, local HF directory or hub id"
     )
-    trust_remote_code: bool = False
+    trust_remote_code: bool = Field(
+        False,
+        description="let Hugging Face run Python code shipped with the model (custom "
+        "architectures); off because that code runs with your permissions",
+    )
     device: str = Field(
         "auto",
         description="where the model runs: auto (a CUDA GPU, cuda:LOCAL_RANK under accelerate; "
@@ -104,8 +158,6 @@ class ModelConfig(_Section):
     @field_validator("device")
     @classmethod
     def _device_is_known(cls, v: str) -> str:
-        from tunewise.runtime.device import DEVICE_HELP, DEVICE_PATTERN
-
         if not DEVICE_PATTERN.fullmatch(v):
             raise ValueError(f"expected {DEVICE_HELP}, got {v!r}")
         return v
@@ -115,35 +167,100 @@ LoraTarget = Literal["all-linear", "qv", "attn", "mlp"]
 
 
 class TrainConfig(_Section):
-    method: Literal["lora", "qlora", "full"] = "lora"
-    lr: float | None = Field(None, gt=0, description="default 2e-4 for lora/qlora, 2e-5 for full")
-    epochs: float = Field(
-        2.0, gt=0, description="1-3 is advised; outside that range tunewise warns"
+    """How the fine-tune is trained (the ladder's last rung)."""
+
+    method: Literal["lora", "qlora", "full"] = Field(
+        "lora",
+        description="lora: a low-rank adapter on the frozen base (cheap, the default); qlora: the "
+        "same adapter on a 4-bit NF4 copy of the base (less memory); full: every weight trains. "
+        "`tunewise run --methods lora,full` trains several and compares them",
     )
-    batch_size: int = Field(8, ge=1)
-    grad_accum: int = Field(1, ge=1)
+    lr: float | None = Field(
+        None,
+        gt=0,
+        description="peak learning rate; default 2e-4 for lora/qlora, 2e-5 for full (every "
+        "weight moves, so a tenth of the adapter's rate)",
+    )
+    epochs: float = Field(
+        2.0,
+        gt=0,
+        description="passes over train (fractions allowed); 1-3 is advised, outside that range "
+        "tunewise warns",
+    )
+    batch_size: int = Field(
+        8, ge=1, description="examples per device per forward pass (also the validation batch)"
+    )
+    grad_accum: int = Field(
+        1,
+        ge=1,
+        description="forward passes per optimizer step: the effective batch is batch_size x "
+        "grad_accum (x processes), at the memory cost of batch_size",
+    )
     max_steps: int | None = Field(
         None, ge=1, description="stop after this many optimizer steps (overrides epochs)"
     )
-    scheduler: Literal["cosine", "linear", "constant"] = "cosine"
-    warmup_ratio: float = Field(0.05, ge=0, lt=1)
-    weight_decay: float = 0.0
-    lora_r: int = Field(16, ge=1)
-    lora_alpha: int | None = Field(None, ge=1, description="default 2*r")
-    lora_dropout: float = Field(0.05, ge=0, lt=1)
-    target_modules: LoraTarget | list[str] = "all-linear"
+    scheduler: Literal["cosine", "linear", "constant"] = Field(
+        "cosine",
+        description="learning-rate decay after warm-up: cosine or linear to 0, or constant",
+    )
+    warmup_ratio: float = Field(
+        0.05,
+        ge=0,
+        lt=1,
+        description="share of the optimizer steps over which the learning rate rises from 0",
+    )
+    weight_decay: float = Field(
+        0.0, description="AdamW weight decay; 0 because a short fine-tune rarely needs it"
+    )
+    lora_r: int = Field(
+        16,
+        ge=1,
+        description="LoRA rank: width of the adapter matrices (lora/qlora); more rank, more "
+        "trainable weights",
+    )
+    lora_alpha: int | None = Field(
+        None,
+        ge=1,
+        description="LoRA scaling (the update is scaled by alpha / r); default 2 x lora_r",
+    )
+    lora_dropout: float = Field(
+        0.05, ge=0, lt=1, description="dropout on the adapter's input (lora/qlora), 0 to 1"
+    )
+    target_modules: LoraTarget | list[str] = Field(
+        "all-linear",
+        description="layers that get an adapter: all-linear (every linear layer but the output "
+        "head), qv (q_proj, v_proj), attn (q/k/v/o_proj), mlp (gate/up/down_proj), or a list of "
+        "module names",
+    )
     train_on: Literal["all", "last"] = Field(
         "all", description="loss on every assistant turn, or the last only"
     )
-    overlong: Literal["drop", "truncate", "error"] = "drop"
+    overlong: Literal["drop", "truncate", "error"] = Field(
+        "drop",
+        description="examples longer than data.max_len tokens: drop them, truncate (keep the first "
+        "max_len tokens) or stop with an error; training refuses when over half would be dropped",
+    )
     eval_every: int = Field(20, ge=1, description="validation loss every N optimizer steps")
     save_every: int = Field(50, ge=1, description="checkpoint every N optimizer steps")
-    early_stopping_patience: int = Field(3, ge=1)
+    early_stopping_patience: int = Field(
+        3,
+        ge=1,
+        description="stop when the best validation loss is this many evaluations old; the best "
+        "weights are restored",
+    )
     overfit_sample: int = Field(
         8, ge=0, description="validation prompts generated at each eval for the repetition check"
     )
-    overfit_repetition_threshold: float = Field(0.3, gt=0, le=1)
-    group_by_length: bool = True
+    overfit_repetition_threshold: float = Field(
+        0.3,
+        gt=0,
+        le=1,
+        description="stop as overfitting when validation loss still falls but the sampled "
+        "generations' repeated 3-gram rate rose to at least this (0 to 1)",
+    )
+    group_by_length: bool = Field(
+        True, description="batch examples of similar length together: less padding, faster"
+    )
     shared_prefix: Literal["auto", "off"] = Field(
         "auto",
         description="run the prefix every row of a batch shares (the system prompt) once per "
@@ -183,7 +300,11 @@ class TrainConfig(_Section):
         "[none, fewshot]: plain LoRA and finetuned+fewshot, compared on the same items "
         "(default: [train.context])",
     )
-    seed: int = 0
+    seed: int = Field(
+        0,
+        description="seeds the adapter's initialisation, the data order and the overfitting "
+        "sample: the same seed, the same run (`tunewise run --seeds N` trains N seeds)",
+    )
 
     @field_validator("variants")
     @classmethod
@@ -210,64 +331,121 @@ class TrainConfig(_Section):
 
 
 class FewShotConfig(_Section):
-    k: int = Field(4, ge=1)
-    selection: Literal["random", "similar"] = "similar"
+    """The fewshot rung (and train.context: fewshot): labelled train examples as earlier turns."""
+
+    k: int = Field(4, ge=1, description="train examples shown before each query")
+    selection: Literal["random", "similar"] = Field(
+        "similar",
+        description="similar: the k nearest by embedding (a query never sees itself); random: "
+        "seeded by data.split.seed and the query's own prompt, so reruns pick the same shots",
+    )
 
 
 class RagConfig(_Section):
-    k: int = Field(3, ge=1)
-    sources: list[Literal["docs", "train"]] = ["docs", "train"]
+    """The rag rung (and train.context: rag): retrieved passages in the system turn."""
+
+    k: int = Field(3, ge=1, description="passages retrieved per query")
+    sources: list[Literal["docs", "train"]] = Field(
+        ["docs", "train"],
+        description="what is retrieved: docs (chunks of data.docs, skipped when it is not set) "
+        "and/or train (labelled train examples as passages)",
+    )
     hybrid: bool = Field(True, description="FAISS dense retrieval fused with BM25")
 
 
 class ExternalConfig(_Section):
-    name: str
-    base_url: str
-    model: str
+    """An OpenAI-compatible chat endpoint evaluated as a candidate (a frontier API, vLLM, ...)."""
+
+    name: str = Field(
+        ...,
+        description="the candidate's name, as eval.candidates, gate.baselines, gate.reference "
+        "and eval.judge_model refer to it",
+    )
+    base_url: str = Field(
+        ...,
+        description="endpoint root; requests go to {base_url}/chat/completions (usually ends "
+        "in /v1)",
+    )
+    model: str = Field(..., description="model name sent with each request")
     api_key_env: str | None = Field(None, description="environment variable holding the API key")
 
 
 class EvalConfig(_Section):
-    candidates: list[str] = ["prompt", "fewshot", "rag", "finetuned"]
-    fewshot: FewShotConfig = FewShotConfig()
-    rag: RagConfig = RagConfig()
-    external: list[ExternalConfig] = []
-    graders: list[Literal["exact", "format", "label", "json", "judge"]] = [
-        "format",
-        "label",
-        "exact",
-    ]
-    primary_metric: str = Field("accuracy", description="the metric the gate decides on")
+    """Which candidates answer the validation items, and how their answers are scored."""
+
+    candidates: list[str] = Field(
+        ["prompt", "fewshot", "rag", "finetuned"],
+        description="what is evaluated on the same items: the rungs prompt, fewshot, rag; "
+        "finetuned (every run the ladder trains), finetuned+rag (a run with a RAG prompt), "
+        "finetuned+fewshot (runs trained with few-shot context); knn, tfidf, probe (no LLM, "
+        "labels tasks); an eval.external name, or external for all; X+constrained (labels scored "
+        "by log-likelihood). Default: the ladder's three rungs and the fine-tune",
+    )
+    fewshot: FewShotConfig = Field(
+        FewShotConfig(), description="settings of the fewshot rung and of fewshot context"
+    )
+    rag: RagConfig = Field(RagConfig(), description="settings of the rag rung and of rag context")
+    external: list[ExternalConfig] = Field(
+        [], description="OpenAI-compatible endpoints, each evaluated as a candidate by its name"
+    )
+    graders: list[Literal["exact", "format", "label", "json", "judge"]] = Field(
+        ["format", "label", "exact"],
+        description="scorers: exact (exact_match), format (format_compliance), label (accuracy "
+        "and accuracy_<field>, labels tasks), json (json_valid, schema_valid, accuracy, per-key "
+        "scores), judge (an LLM judge's rubric score, 0 to 1); accuracy is always scored",
+    )
+    primary_metric: str = Field(
+        "accuracy",
+        description="the metric the gate decides on: accuracy (always scored), or one a grader "
+        "in eval.graders scores (exact_match, format_compliance, json_valid, schema_valid, "
+        "judge, accuracy_<field>, ...), or macro_f1 (labels tasks)",
+    )
     constrained: bool = Field(
-        True, description="also score labels by log-likelihood (labels tasks)"
+        True,
+        description="also score labels by log-likelihood (labels tasks): an X+constrained "
+        "candidate for each local rung and fine-tune, unless eval.candidates lists some itself",
     )
     classical: bool = Field(
         True,
         description="also run tfidf and probe: scikit-learn classifiers, no LLM (labels tasks)",
     )
-    max_new_tokens: int | Literal["auto"] = "auto"
-    batch_size: int = Field(16, ge=1)
+    max_new_tokens: int | Literal["auto"] = Field(
+        "auto",
+        description="generation budget per answer, in tokens; auto: the longest train answer "
+        "plus a margin (8 tokens or 10%), room for a slightly longer phrasing without paying "
+        "for runaway answers",
+    )
+    batch_size: int = Field(16, ge=1, description="prompts generated together by a local model")
     limit: int | None = Field(
         None, ge=1, description="evaluate on the first N validation items only"
     )
     judge_model: str | None = Field(
-        None, description="local model or external name for the LLM judge"
+        None,
+        description="local model or eval.external name for the LLM judge; unset, the base model "
+        "judges itself (weak: set a stronger one)",
     )
 
 
 class CostConfig(_Section):
     """The advisor's cost model, for the cost per 1,000 requests of a non-inferiority verdict."""
 
-    requests_per_day: float = Field(..., gt=0)
+    requests_per_day: float = Field(..., gt=0, description="requests served per day")
     tokens_per_request: float = Field(..., gt=0, description="input + output tokens")
     api_price_per_mtok: float = Field(
         ..., gt=0, description="USD per million tokens of the API reference (blended)"
     )
     gpu_price_per_hour: float = Field(..., gt=0, description="USD per hour of the serving GPU")
-    gpu_hours_per_day: float = Field(24.0, gt=0, le=24)
+    gpu_hours_per_day: float = Field(
+        24.0,
+        gt=0,
+        le=24,
+        description="hours a day the serving GPU is paid for (24: always on)",
+    )
 
 
 class GateConfig(_Section):
+    """Whether a fine-tune ships: paired tests on the primary metric, margins and guards."""
+
     mode: Literal["superiority", "non_inferiority"] = Field(
         "superiority",
         description="superiority: beat every baseline; non_inferiority: also be not worse than "
@@ -298,11 +476,22 @@ class GateConfig(_Section):
         description="refuse a judge-scored primary metric when the judge's Cohen's kappa with "
         "human ratings (where they exist) is below this",
     )
-    alpha: float = Field(0.05, gt=0, lt=1)
+    alpha: float = Field(
+        0.05,
+        gt=0,
+        lt=1,
+        description="significance level of each paired test (McNemar for 0/1 metrics, paired "
+        "bootstrap otherwise); every baseline must be beaten, so no multiplicity correction",
+    )
     delta: float = Field(
         0.02, ge=0, description="minimum margin on the primary metric over every baseline"
     )
-    baselines: list[str] = ["prompt", "fewshot", "rag"]
+    baselines: list[str] = Field(
+        ["prompt", "fewshot", "rag"],
+        description="candidates a fine-tune must beat on the primary metric (p < alpha, margin "
+        ">= delta); each must be evaluated. Default: the ladder's three cheaper rungs; add knn, "
+        "tfidf, probe or an external name to hold it to those too",
+    )
     guards: dict[str, float] = Field(
         default_factory=lambda: {"format_compliance": 0.02},
         description=(
@@ -318,6 +507,8 @@ class GateConfig(_Section):
 
 
 class MlflowConfig(_Section):
+    """Where MLflow records runs (optional: pip install 'tunewise[mlflow]')."""
+
     uri: str | None = Field(
         None,
         description="MLflow tracking URI: http://host:5000, or sqlite:///mlflow.db (relative to "
@@ -327,6 +518,8 @@ class MlflowConfig(_Section):
 
 
 class TrackingConfig(_Section):
+    """Experiment tracking beside tunewise's own files."""
+
     mlflow: MlflowConfig = Field(
         MlflowConfig(),
         description="optional (pip install 'tunewise[mlflow]'): training runs, the ladder's "
@@ -335,14 +528,22 @@ class TrackingConfig(_Section):
 
 
 class ProjectConfig(_Section):
-    name: str
-    task: TaskConfig = TaskConfig()
-    data: DataConfig
-    model: ModelConfig = ModelConfig()
-    train: TrainConfig = TrainConfig()
-    eval: EvalConfig = EvalConfig()
-    gate: GateConfig = GateConfig()
-    tracking: TrackingConfig = TrackingConfig()
+    """project.yaml: the project's name and one section per stage of the ladder."""
+
+    name: str = Field(
+        ...,
+        description="the project's name: registry entry, run ids and MLflow experiment; letters, "
+        "digits, '.', '_', '-' (max 64)",
+    )
+    task: TaskConfig = Field(TaskConfig(), description="what is asked and how answers look")
+    data: DataConfig = Field(..., description="the data files")
+    model: ModelConfig = Field(ModelConfig(), description="the base model")
+    train: TrainConfig = Field(TrainConfig(), description="how the fine-tune is trained")
+    eval: EvalConfig = Field(EvalConfig(), description="what is evaluated and how it is scored")
+    gate: GateConfig = Field(GateConfig(), description="when a fine-tune ships")
+    tracking: TrackingConfig = Field(
+        TrackingConfig(), description="optional experiment tracking (MLflow)"
+    )
     root: Path = Field(Path("."), exclude=True, description="folder of project.yaml (set on load)")
 
     @field_validator("name")
@@ -374,16 +575,205 @@ class ProjectConfig(_Section):
             self.tracking.mlflow.uri = "sqlite:///" + str(root / uri.removeprefix("sqlite:///"))
         return self
 
+    @model_validator(mode="after")
+    def _cross_section_rules(self, info: ValidationInfo) -> ProjectConfig:
+        # Only a project file being loaded is held to them (see the module docstring).
+        if not (info.context or {}).get(RULES_CONTEXT):
+            return self
+        for rule in CROSS_SECTION_RULES:
+            problem = rule.check(self)
+            if problem:
+                # A custom error keeps pydantic's "Value error, " prefix out of the one line; the
+                # message is passed as context so braces in it are not read as placeholders.
+                raise PydanticCustomError("cross_section", "{problem}", {"problem": problem})
+        return self
+
     @property
     def work_dir(self) -> Path:
         """Where the ladder writes splits, runs and reports for this project."""
         return self.root / ".tunewise"
 
 
+# --- cross-section rules ------------------------------------------------------------------------
+# Each rule is one a later stage would otherwise fail on (or silently decide wrong), found from the
+# config alone, so it is refused at load in one line that names both fields.
+
+# The validation-context key under which load_project asks for the rules.
+RULES_CONTEXT = "cross_section_rules"
+
+_FINETUNED_FEWSHOT = "finetuned+fewshot"  # the runs trained with few-shot context
+
+
+@dataclass(frozen=True)
+class CrossSectionRule:
+    """A rule between two fields of different sections, checked when project.yaml is loaded."""
+
+    fields: tuple[str, str]
+    summary: str  # what the rule requires, for docs/project-yaml.md
+    check: Callable[[ProjectConfig], str | None]  # the one-line problem, or None
+
+
+def _names(values: list[str]) -> str:
+    return "[" + ", ".join(values) + "]"
+
+
+def _evaluated(cfg: ProjectConfig) -> set[str]:
+    """Every candidate the ladder's evaluation scores besides the fine-tunes: the listed ones,
+    the non-inferiority reference, and the references the evaluator adds on a labels task (as
+    tunewise.eval.harness.plan_candidates does)."""
+    ev = cfg.eval
+    listed = [c for c in ev.candidates if c not in TRAINED_GROUPS]
+    if cfg.gate.mode == "non_inferiority" and cfg.gate.reference:
+        listed.append(cfg.gate.reference)  # the ladder evaluates it on the same items
+    names = set(listed)
+    if EXTERNAL in names:
+        names |= {e.name for e in ev.external}
+    if cfg.task.type == "labels":
+        if "rag" in names and "train" in ev.rag.sources:
+            names.add(KNN)
+        if ev.classical and any(r in names for r in RUNGS):
+            names.update(CLASSICAL)
+        if ev.constrained and not any(c.endswith(CONSTRAINED_SUFFIX) for c in listed):
+            names |= {f"{r}{CONSTRAINED_SUFFIX}" for r in RUNGS if r in names}
+    return names
+
+
+def _baselines_are_evaluated(cfg: ProjectConfig) -> str | None:
+    # The gate marks a baseline missing from the evaluation as not beaten: the fine-tune could
+    # never ship, and the reason would only show after training.
+    evaluated = _evaluated(cfg)
+    for base in cfg.gate.baselines:
+        if base not in evaluated:
+            return (
+                f"gate.baselines: {base!r} is not in eval.candidates "
+                f"{_names(cfg.eval.candidates)}: a baseline the gate compares against must be "
+                "evaluated (add it to eval.candidates or remove it from gate.baselines)"
+            )
+    return None
+
+
+def _listed_variants_are_trained(cfg: ProjectConfig) -> str | None:
+    # Without the variant, "finetuned+fewshot" names no run: the ladder would evaluate nothing
+    # under it: refused at load, before anything trains.
+    variants = cfg.train.variants or [cfg.train.context]
+    for name in cfg.eval.candidates:
+        if unconstrained(name) != _FINETUNED_FEWSHOT or "fewshot" in variants:
+            continue
+        given = "train.variants" if cfg.train.variants else "train.variants (train.context)"
+        return (
+            f"eval.candidates: {name!r} needs a run trained with few-shot context, but "
+            f"{given} is {_names(variants)}: set train.variants: [none, fewshot]"
+        )
+    return None
+
+
+# Metric -> the grader that scores it (tunewise.eval.graders.Grader and the judge).
+_METRIC_GRADER = {"exact_match": "exact", "format_compliance": "format", "judge": "judge"}
+
+
+def _primary_metric_is_scored(cfg: ProjectConfig) -> str | None:
+    # A primary metric no grader scores fails the gate ("was not measured") after training.
+    ev, pm = cfg.eval, cfg.eval.primary_metric
+    graders = _names(list(ev.graders))
+    grader = _METRIC_GRADER.get(pm)
+    if grader and grader not in ev.graders:
+        return f"eval.primary_metric: {pm!r} needs the {grader} grader in eval.graders {graders}"
+    json_scored = cfg.task.type == "json" or "json" in ev.graders
+    if pm in ("json_valid", "schema_valid") and not json_scored:
+        return (
+            f"eval.primary_metric: {pm!r} needs the json grader in eval.graders {graders} "
+            "(or task.type: json)"
+        )
+    if pm == "schema_valid" and cfg.task.json_schema is None:
+        return "eval.primary_metric: 'schema_valid' needs task.json_schema (the schema to check)"
+    if pm == "format_compliance" and not (
+        cfg.task.type in ("labels", "json") or cfg.task.output_pattern or "json" in ev.graders
+    ):
+        return (
+            "eval.primary_metric: 'format_compliance' on a text task needs task.output_pattern "
+            "(the format to comply with)"
+        )
+    return None
+
+
+def _rag_has_a_source(cfg: ProjectConfig) -> str | None:
+    # Retrieving from docs alone without data.docs builds an empty index: the rag rung (or a RAG
+    # prompt, or rag context) would fail when it first retrieves.
+    rc = cfg.eval.rag
+    if "train" in rc.sources or cfg.data.docs is not None:
+        return None
+    variants = cfg.train.variants or [cfg.train.context]
+    plain = [unconstrained(c) for c in cfg.eval.candidates]
+    if any(c == "rag" or c.endswith("+rag") for c in plain) or "rag" in variants:
+        return (
+            f"eval.rag.sources: {_names(list(rc.sources))} retrieves from documents only, but "
+            "data.docs is not set: set data.docs, or add train to eval.rag.sources"
+        )
+    return None
+
+
+def _reference_is_a_candidate(cfg: ProjectConfig) -> str | None:
+    # The ladder evaluates gate.reference beside the listed candidates; a name the evaluator does
+    # not know stops it with "unknown candidate" once the baselines are evaluated.
+    ref = cfg.gate.reference
+    if cfg.gate.mode != "non_inferiority" or not ref:
+        return None
+    ext = [e.name for e in cfg.eval.external]
+    known = {*RUNGS, KNN, *CLASSICAL, EXTERNAL, *ext, *cfg.eval.candidates}
+    base = unconstrained(ref)
+    if base in known or is_finetune_name(base) or base.endswith("+rag"):
+        return None
+    return (
+        f"gate.reference: {ref!r} is not an eval.external name {_names(ext)} nor a candidate "
+        f"the evaluation knows (eval.candidates {_names(cfg.eval.candidates)})"
+    )
+
+
+CROSS_SECTION_RULES: tuple[CrossSectionRule, ...] = (
+    CrossSectionRule(
+        ("gate.baselines", "eval.candidates"),
+        "every gate baseline is evaluated: listed in eval.candidates (an eval.external name also "
+        "by `external`), or a reference the evaluation adds on a labels task (knn beside rag when "
+        "eval.rag.sources has train; tfidf and probe with eval.classical; rung+constrained with "
+        "eval.constrained when none is listed); non_inferiority's gate.reference counts too",
+        _baselines_are_evaluated,
+    ),
+    CrossSectionRule(
+        ("eval.candidates", "train.variants"),
+        "finetuned+fewshot (or finetuned+fewshot+constrained) in eval.candidates needs fewshot in "
+        "train.variants (default [train.context]): the variant trains the run it names. "
+        "finetuned+rag needs no variant: it is the plain run with a RAG prompt",
+        _listed_variants_are_trained,
+    ),
+    CrossSectionRule(
+        ("eval.primary_metric", "eval.graders"),
+        "the primary metric is scored: judge needs the judge grader, exact_match exact, "
+        "format_compliance format (and, on a text task, task.output_pattern); json_valid and "
+        "schema_valid need the json grader or task.type json, schema_valid also "
+        "task.json_schema",
+        _primary_metric_is_scored,
+    ),
+    CrossSectionRule(
+        ("eval.rag.sources", "data.docs"),
+        "when anything retrieves with rag (the rag rung, a +rag candidate, rag in train.variants), "
+        "eval.rag.sources has train, or data.docs is set",
+        _rag_has_a_source,
+    ),
+    CrossSectionRule(
+        ("gate.reference", "eval.external"),
+        "in non_inferiority mode, gate.reference is a candidate the evaluation can run: an "
+        "eval.external name, a rung, knn, tfidf, probe, a fine-tune or one of eval.candidates",
+        _reference_is_a_candidate,
+    ),
+)
+
+
 def _format_validation(path: Path, err: ValidationError) -> str:
     first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"]) or "(root)"
     more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    if first["type"] == "cross_section":
+        return f"{path}: {first['msg']}{more}"  # the message starts with the field it is about
+    loc = ".".join(str(p) for p in first["loc"]) or "(root)"
     return f"{path}: {loc}: {first['msg']}{more}"
 
 
@@ -406,7 +796,7 @@ def load_project(path: str | Path, overrides: list[str] | None = None) -> Projec
         apply_override(raw, item)
     raw["root"] = path.parent.resolve()
     try:
-        return ProjectConfig.model_validate(raw)
+        return ProjectConfig.model_validate(raw, context={RULES_CONTEXT: True})
     except ValidationError as err:
         raise UserError(_format_validation(path, err)) from None
 

@@ -31,19 +31,17 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import re
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
+from tunewise.config import DEVICE_HELP, DEVICE_PATTERN
 from tunewise.errors import UserError
 
 Purpose = Literal["train", "infer", "export"]
 DTYPES = ("float32", "bfloat16", "float16")
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
-DEVICE_HELP = "auto | cpu | cuda | cuda:N | mps"
 
 
 @dataclass(frozen=True)
