@@ -2,7 +2,8 @@
 
 import pytest
 
-from tunewise.decide.advise import CostInputs, Facts, cost_estimate, extrapolate, recommend
+from tunewise.decide.advise import Facts, extrapolate, recommend
+from tunewise.decide.costs import CostInputs, cost_estimate
 from tunewise.errors import UserError
 
 
@@ -343,17 +344,17 @@ def test_facts_from_dir_reads_which_candidates_need_no_llm(tmp_path):
 
 
 def test_comparison_pairs_add_each_rung_against_the_rungs_below_it():
-    from tunewise.decide.advise import comparison_pairs
+    from tunewise.decide.comparison import pairs_to_test
 
     names = ["prompt", "fewshot", "rag", "knn", "lora"]
-    pairs = comparison_pairs(names, ["prompt", "fewshot", "rag"])
+    pairs = pairs_to_test(names, ["prompt", "fewshot", "rag"])
     gate = [(c, b) for c in ("knn", "lora") for b in ("prompt", "fewshot", "rag")]
     assert pairs[: len(gate)] == gate  # the gate's pairs first, in the gate's order
     assert {("fewshot", "prompt"), ("rag", "prompt"), ("rag", "fewshot")} <= set(pairs)
     assert len(pairs) == len(set(pairs))
     assert not any(c == b for c, b in pairs)
     # a rung that is not a gate baseline is not paired against: the gate did not ask for it
-    assert all(b != "prompt" for _, b in comparison_pairs(names, ["fewshot", "rag"]))
+    assert all(b != "prompt" for _, b in pairs_to_test(names, ["fewshot", "rag"]))
 
 
 # issue #17: the banking walk-through, kNN added to gate.baselines, the fine-tune refused

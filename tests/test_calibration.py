@@ -180,7 +180,7 @@ def test_calibrate_measures_position_bias_and_writes_the_file(tmp_path: Path, mo
     saved = json.loads((tmp_path / cal.CALIBRATION_FILE).read_text())
     assert saved["judge"] == "fake" and saved["pairs"][0]["position_bias"]["flip_share"] == 1.0
 
-    from tunewise.eval.report import render
+    from tunewise.decide.report_inputs import render_report as render
 
     _, md = render(tmp_path)
     assert "judge flips when swapped" in md.read_text() and "1.00 of 3" in md.read_text()

@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tunewise.candidates import CHAMPION
 from tunewise.config import GateConfig
-from tunewise.decide.decisions import CHAMPION, regression_reason
+from tunewise.decide.decisions import regression_reason
 from tunewise.decide.gate import decide, load_verdict, save_verdict
 from tunewise.errors import UserError
 from tunewise.eval.margin import margin_tests

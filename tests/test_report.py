@@ -13,8 +13,9 @@ from typer.testing import CliRunner
 
 from _evalfakes import CHROMIUM, launch_chromium, make_run, write_train_run
 from tunewise.cli import app
+from tunewise.decide.report_inputs import render_report as render
 from tunewise.eval import human, stats
-from tunewise.eval.report import md_escape, render
+from tunewise.eval.report_tables import md_escape
 
 BASES = ["prompt", "fewshot", "rag"]
 

@@ -4,8 +4,9 @@ The article's ladder: a good prompt, then few-shot examples, then retrieval (RAG
 fine-tune. Every module that needs "the three cheap options" imports :data:`RUNGS` from here, in
 ladder order (cheapest first), so adding or renaming a rung is one edit.
 
-Other non-fine-tuned candidates (``knn``, the ``+constrained`` variants) are references, not rungs:
-they may be gate baselines when a project lists them in ``gate.baselines``.
+Other candidates (``knn``, the classifiers, the ``+constrained`` variants, the fine-tunes) are
+named in :mod:`tunewise.candidates`; the references may be gate baselines when a project lists them
+in ``gate.baselines``.
 """
 
 from __future__ import annotations
@@ -13,9 +14,6 @@ from __future__ import annotations
 from typing import Final
 
 RUNGS: Final[tuple[str, ...]] = ("prompt", "fewshot", "rag")
-
-# Suffix of a candidate re-scored by constrained label scoring (``prompt+constrained``).
-CONSTRAINED_SUFFIX: Final[str] = "+constrained"
 
 
 def is_rung(name: str) -> bool:

@@ -48,7 +48,8 @@ from tunewise.errors import UserError
 if TYPE_CHECKING:
     from tunewise.config import ProjectConfig
     from tunewise.eval.results import Comparison
-    from tunewise.registry.store import Registry, Version
+    from tunewise.registry.store import Registry
+    from tunewise.registry.types import Version
 
 ENV_URI = "TUNEWISE_MLFLOW_URI"
 MAX_PARAM_CHARS = 6000  # MLflow's limit on a parameter value

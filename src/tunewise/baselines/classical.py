@@ -28,11 +28,10 @@ from typing import Any
 
 import numpy as np
 
+from tunewise.data.labels import SINGLE_FIELD, LabelSpec
 from tunewise.data.schema import Example
 from tunewise.errors import UserError
-from tunewise.eval.graders import SINGLE_FIELD, LabelSpec
 
-CLASSICAL = ("tfidf", "probe")  # candidate names, in the order the harness runs them
 TFIDF_C = 10.0  # tf-idf rows are unit-norm and sparse: the default C=1 underfits a few hundred rows
 PROBE_C = 10.0  # embeddings are unit-norm: the same scale argument
 MAX_ITER = 2000

@@ -291,17 +291,6 @@ def training_examples(
 # --- the ladder's context variants (train.variants) ----------------------------------------------
 
 
-def candidate_names(methods: Sequence[str], variants: Sequence[str]) -> dict[tuple[str, str], str]:
-    """Candidate name per (method, context variant): ``finetuned`` (one method, no context),
-    ``finetuned-lora`` (several methods), ``finetuned+fewshot`` (trained with that context)."""
-    out = {}
-    for m in methods:
-        for v in variants:
-            base = f"finetuned-{m}" if len(methods) > 1 else "finetuned"
-            out[m, v] = base if v == "none" else f"{base}+{v}"
-    return out
-
-
 def training_key_inputs(
     full_cfg: dict[str, Any], context: str, *, docs_hash: str | None = None
 ) -> dict[str, Any]:
@@ -328,25 +317,3 @@ def training_key_inputs(
     return {"train": train, "context": retrieval}
 
 
-def check_listed_variants(candidates: Sequence[str], variants: Sequence[str]) -> None:
-    """``eval.candidates`` may list ``finetuned+fewshot``: the ladder evaluates the runs it trains
-    with few-shot context under that name. Listing it while no such run is trained is refused in
-    one line, rather than silently evaluating nothing under that name."""
-    for name in candidates:
-        if name.removesuffix("+constrained") == "finetuned+fewshot" and "fewshot" not in variants:
-            raise UserError(
-                f"eval.candidates lists {name!r}, but the ladder trains no run with few-shot "
-                f"context (train.variants: {list(variants)}): set train.variants: [none, fewshot]"
-            )
-
-
-def variant_pairs(names: Sequence[str]) -> list[tuple[str, str]]:
-    """Each context-trained fine-tune against the same fine-tune without context
-    (``finetuned+fewshot`` vs ``finetuned``): what training with the context bought."""
-    out = []
-    for name in names:
-        for mode in ("fewshot", "rag"):
-            plain = name.removesuffix(f"+{mode}")
-            if plain != name and plain in names and plain.startswith("finetuned"):
-                out.append((name, plain))
-    return out

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -13,6 +12,8 @@ from rich.table import Table
 
 from tunewise.config import GateConfig
 from tunewise.errors import UserError
+from tunewise.eval.results import COMPARISON_FILE, VERDICT_FILE
+from tunewise.numbers import cell
 from tunewise.progress import make_console
 
 if TYPE_CHECKING:
@@ -41,7 +42,7 @@ def _gate_cfg(
     baselines: list[str] | None,
 ) -> GateConfig:
     from tunewise.config import load_project
-    from tunewise.decide.gate import gate_config_from_meta
+    from tunewise.eval.results import gate_config_from_meta
 
     cfg = load_project(project).gate if project else gate_config_from_meta(run.meta)
     updates = {
@@ -57,10 +58,6 @@ def _gate_cfg(
     return cfg
 
 
-def _f(x: float) -> str:
-    return "–" if x is None or not math.isfinite(x) else f"{x:.3f}"
-
-
 def compare_cmd(
     eval_dir: Path = _EVAL_DIR,
     baselines: list[str] | None = _BASELINES,
@@ -71,21 +68,25 @@ def compare_cmd(
     project: Path | None = _PROJECT,
 ) -> None:
     """CIs for every metric and paired tests against every baseline; writes comparison.json."""
-    from tunewise.eval import stats
-    from tunewise.eval.results import COMPARISON_FILE
+    from tunewise.decide import comparison
 
     if ci not in ("bca", "percentile"):
         raise UserError(f"--ci must be bca or percentile, got {ci!r}")
     run = _load_run(eval_dir)
     cfg = _gate_cfg(run, project, alpha, None, baselines)
     with console.status(f"bootstrapping {len(run.item_ids)} items x {n_boot} resamples ..."):
-        comp = stats.compare(
-            run, baselines=cfg.baselines, alpha=cfg.alpha, n_boot=n_boot, seed=seed, ci_method=ci
-        )  # type: ignore[arg-type]
-    out = eval_dir / COMPARISON_FILE
-    comp.save(out)
+        comp = comparison.build(
+            run,
+            eval_dir,
+            cfg,
+            gated=[c.name for c in run.candidates if c.name not in cfg.baselines],
+            baselines=cfg.baselines if baselines else None,
+            n_boot=n_boot,
+            seed=seed,
+            ci_method=ci,  # type: ignore[arg-type]
+        )
     _print_comparison(comp)
-    console.print(f"wrote {out}")
+    console.print(f"wrote {eval_dir / COMPARISON_FILE}")
 
 
 def _print_comparison(comp: Comparison) -> None:
@@ -101,7 +102,7 @@ def _print_comparison(comp: Comparison) -> None:
         table.add_column(m + (" *" if m == comp.primary_metric else ""), justify="right")
     for name, per in comp.metrics.items():
         cells = [
-            f"{_f(e.value)} [{_f(e.ci_low)}, {_f(e.ci_high)}]" if (e := per.get(m)) else "–"
+            f"{cell(e.value)} [{cell(e.ci_low)}, {cell(e.ci_high)}]" if (e := per.get(m)) else "–"
             for m in metrics
         ]
         table.add_row(escape(name), *cells)
@@ -125,7 +126,7 @@ def _print_comparison(comp: Comparison) -> None:
             f"{p.p_value:.3g}",
             p.test,
             str(p.n),
-            _f(p.min_detectable_diff) + flag,
+            cell(p.min_detectable_diff) + flag,
         )
     if pt.row_count:
         console.print(pt)
@@ -146,11 +147,9 @@ def gate_cmd(
     project: Path | None = _PROJECT,
 ) -> None:
     """Ship or not: exit 0 = ship, 1 = don't ship, 2 = error. Writes verdict.json."""
-    from tunewise.decide.champion import attach_margin_tests, ensure_champion
+    from tunewise.decide import comparison
+    from tunewise.decide.champion import ensure_champion
     from tunewise.decide.gate import decide, save_verdict
-    from tunewise.eval import stats
-    from tunewise.eval.calibration import attach_judge_agreement
-    from tunewise.eval.results import COMPARISON_FILE, VERDICT_FILE, Comparison
 
     run = _load_run(eval_dir)
     cfg = _gate_cfg(run, project, alpha, delta, baselines)
@@ -158,20 +157,13 @@ def gate_cmd(
     run, champion, note = ensure_champion(run, eval_dir, candidate, project)
     if note:
         console.print(f"[yellow]{escape(note)}[/]")
-    comp_path = eval_dir / COMPARISON_FILE
-    comp = Comparison.load(comp_path) if comp_path.is_file() else None
-    names = {c.name for c in run.candidates}
-    # A comparison made with other baselines lacks the pairs this gate needs: redo it (about 1 s).
-    if (
-        comp is None
-        or stats.is_stale(comp, run)
-        or any(b in names and b not in comp.meta.get("baselines", []) for b in cfg.baselines)
-    ):
-        comp = stats.compare(run, baselines=cfg.baselines, alpha=cfg.alpha)
-    attach_margin_tests(comp, run, cfg, [candidate], champion)
-    attach_judge_agreement(comp, run, eval_dir)
-    comp.meta["seed_groups"] = run.meta.get("seed_groups", {})  # tunewise run --seeds N
-    comp.save(comp_path)
+    # A comparison made from another evaluation or with other baselines lacks the pairs this gate
+    # needs: build it again (about 1 s); the margin tests follow the candidate gated now.
+    comp = comparison.load_current(run, eval_dir, cfg)
+    if comp is None:
+        comp = comparison.build(run, eval_dir, cfg, gated=[candidate], champion=champion)
+    else:
+        comp = comparison.refresh_margin_tests(comp, run, eval_dir, cfg, [candidate], champion)
     verdict = decide(comp, candidate, cfg)
     save_verdict(verdict, eval_dir / VERDICT_FILE, cfg)
     lines = [
@@ -201,13 +193,13 @@ def report_cmd(
     ),
 ) -> None:
     """Write report.html (self-contained) and report.md into EVAL_DIR."""
-    from tunewise.eval.report import render
+    from tunewise.decide.report_inputs import render_report
     from tunewise.eval.results import EVAL_FILE
 
     if test_dir is not None and not (test_dir / EVAL_FILE).is_file():
         raise UserError(f"--test {test_dir}: no {EVAL_FILE} there (run `tunewise run --final`)")
     with console.status("rendering report ..."):
-        html, md = render(eval_dir, train_runs or [], test_dir=test_dir)
+        html, md = render_report(eval_dir, train_runs or [], test_dir)
     console.print(f"wrote {html}\nwrote {md}")
 
 

@@ -16,6 +16,46 @@ export_app = typer.Typer(
 )
 
 
+# The longer option declarations, kept apart so the command reads as what it does.
+_ADAPTERS = typer.Option(
+    None,
+    "--adapters",
+    "--adapter",
+    help="Preload: registry spec (name, name@alias, name:version) or name=PATH; "
+    "repeat or comma-separate.",
+)
+_API_KEY = typer.Option(
+    None,
+    "--api-key",
+    envvar="TUNEWISE_API_KEY",
+    help="Require 'Authorization: Bearer KEY' (or set TUNEWISE_API_KEY).",
+)
+_ADMIN_KEY = typer.Option(
+    None,
+    "--admin-key",
+    envvar="TUNEWISE_ADMIN_KEY",
+    help="Open /admin to 'Authorization: Bearer ADMIN_KEY' (or set TUNEWISE_ADMIN_KEY); "
+    "must differ from --api-key. Without it /admin is off.",
+)
+_ALLOW_ADMIN = typer.Option(
+    False,
+    "--allow-admin",
+    help="Open /admin without a key to loopback clients (loopback --host only).",
+)
+_ADAPTER_ROOTS = typer.Option(
+    None,
+    "--adapter-root",
+    help="A folder admin 'load' may read adapter runs from (repeatable; default: none, "
+    "so loading by path is off).",
+)
+_DEVICE = typer.Option(
+    "auto",
+    "--device",
+    help="auto (a CUDA GPU, else mps, else the CPU) | cpu | cuda | cuda:N | mps. "
+    "GPU weights are bf16 (fp16 without bf16), CPU weights fp32.",
+)
+
+
 def serve_command(
     host: str = typer.Option(
         "127.0.0.1", "--host", help="Interface to bind (loopback by default)."
@@ -24,37 +64,11 @@ def serve_command(
     base: str = typer.Option(
         None, "--base", help="Base model (default: the embedded SmolLM2-135M)."
     ),
-    adapters: list[str] = typer.Option(
-        None,
-        "--adapters",
-        "--adapter",
-        help="Preload: registry spec (name, name@alias, name:version) or name=PATH; "
-        "repeat or comma-separate.",
-    ),
-    api_key: str = typer.Option(
-        None,
-        "--api-key",
-        envvar="TUNEWISE_API_KEY",
-        help="Require 'Authorization: Bearer KEY' (or set TUNEWISE_API_KEY).",
-    ),
-    admin_key: str = typer.Option(
-        None,
-        "--admin-key",
-        envvar="TUNEWISE_ADMIN_KEY",
-        help="Open /admin to 'Authorization: Bearer ADMIN_KEY' (or set TUNEWISE_ADMIN_KEY); "
-        "must differ from --api-key. Without it /admin is off.",
-    ),
-    allow_admin: bool = typer.Option(
-        False,
-        "--allow-admin",
-        help="Open /admin without a key to loopback clients (loopback --host only).",
-    ),
-    adapter_roots: list[Path] = typer.Option(
-        None,
-        "--adapter-root",
-        help="A folder admin 'load' may read adapter runs from (repeatable; default: none, "
-        "so loading by path is off).",
-    ),
+    adapters: list[str] = _ADAPTERS,
+    api_key: str = _API_KEY,
+    admin_key: str = _ADMIN_KEY,
+    allow_admin: bool = _ALLOW_ADMIN,
+    adapter_roots: list[Path] = _ADAPTER_ROOTS,
     max_loaded_adapters: int = typer.Option(
         8, "--max-loaded-adapters", help="LRU bound on resident adapters."
     ),
@@ -68,12 +82,7 @@ def serve_command(
     threads: int = typer.Option(
         None, "--threads", help="torch CPU threads (default: torch's choice)."
     ),
-    device: str = typer.Option(
-        "auto",
-        "--device",
-        help="auto (a CUDA GPU, else mps, else the CPU) | cpu | cuda | cuda:N | mps. "
-        "GPU weights are bf16 (fp16 without bf16), CPU weights fp32.",
-    ),
+    device: str = _DEVICE,
 ) -> None:
     """Serve the base model and registry adapters with an OpenAI-compatible API."""
     from tunewise.serve.app import LOOPBACK_HOSTS, check_admin_options, serve

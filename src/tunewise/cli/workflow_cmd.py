@@ -218,7 +218,8 @@ def advise_cmd(
     as_json: bool = typer.Option(False, "--json", help="print JSON"),
 ) -> None:
     """A plain-language recommendation tied to the measured numbers (and the cost break-even)."""
-    from tunewise.decide.advise import CostInputs, facts_from_dir, recommend
+    from tunewise.decide.advise import facts_from_dir, recommend
+    from tunewise.decide.costs import CostInputs
     from tunewise.errors import UserError
 
     eval_dir = _eval_dir_of(target)

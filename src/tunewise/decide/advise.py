@@ -26,19 +26,18 @@ difference was underpowered; and a cost comparison with the break-even volume.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tunewise.candidates import CHAMPION, CONTEXT_SUFFIXES, NO_LLM
 from tunewise.config import GateConfig
-from tunewise.decide.decisions import CHAMPION
+from tunewise.decide.costs import CostEstimate, CostInputs, cost_estimate
 from tunewise.errors import UserError
 from tunewise.eval.learning_curve import CURVE_FILE, load_curve
+from tunewise.numbers import num
 from tunewise.rungs import RUNGS
 
-# Candidates that answer without a language model: the kNN vote and the scikit-learn classifiers.
-NO_LLM = ("knn", "tfidf", "probe")
 # Cheaper to train and serve first: a tie goes to the cheaper method.
 METHOD_COST_ORDER = ("qlora", "lora", "full")
 
@@ -67,23 +66,6 @@ class Facts:
 
 
 @dataclass
-class CostInputs:
-    requests_per_day: float
-    tokens_per_request: float
-    api_price_per_mtok: float  # frontier API, USD per million tokens (input + output blended)
-    gpu_price_per_hour: float  # USD per hour for the GPU serving the small fine-tuned model
-    gpu_hours_per_day: float = 24.0
-
-
-@dataclass
-class CostEstimate:
-    api_cost_per_day: float
-    gpu_cost_per_day: float
-    break_even_requests_per_day: float
-    cheaper: str  # "api" | "self-hosted"
-
-
-@dataclass
 class Advice:
     recommendation: str  # "prompt" | "fewshot" | "rag" | "finetune" | "undecided"
     method: str | None
@@ -94,36 +76,6 @@ class Advice:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _fmt(v: float) -> str:
-    return f"{v:.3f}"
-
-
-def cost_estimate(c: CostInputs) -> CostEstimate:
-    """Daily cost of a frontier API against a self-hosted GPU, and the break-even volume."""
-    if c.tokens_per_request <= 0 or c.api_price_per_mtok <= 0:
-        raise UserError("cost: tokens per request and API price must be positive")
-    per_request = c.tokens_per_request * c.api_price_per_mtok / 1e6
-    api = c.requests_per_day * per_request
-    gpu = c.gpu_price_per_hour * c.gpu_hours_per_day
-    break_even = gpu / per_request
-    return CostEstimate(
-        api_cost_per_day=api,
-        gpu_cost_per_day=gpu,
-        break_even_requests_per_day=break_even,
-        cheaper="self-hosted" if gpu < api else "api",
-    )
-
-
-def cost_per_1000(c: CostInputs) -> tuple[float, float]:
-    """(self-hosted, API) USD per 1,000 requests, from the same model as :func:`cost_estimate`:
-    the GPU's daily cost spread over the day's requests, and the API's tokens at its price."""
-    est = cost_estimate(c)
-    if c.requests_per_day <= 0:
-        raise UserError("cost: requests per day must be positive")
-    self_hosted = est.gpu_cost_per_day / c.requests_per_day * 1000
-    return self_hosted, est.api_cost_per_day / c.requests_per_day * 1000
 
 
 def extrapolate(curve: list[tuple[int, float]], target: float) -> int | None:
@@ -170,8 +122,8 @@ def recommend(f: Facts, cost: CostInputs | None = None) -> Advice:
         method = f.methods.get(cand)
         held_to = [b for b in f.gate_baselines if b in m]
         reasons.append(
-            f"{cand} ({method}) scores {pm} {_fmt(m[cand])}, clearly above every gate baseline: "
-            + ", ".join(f"{b} {_fmt(m[b])}" for b in held_to)
+            f"{cand} ({method}) scores {pm} {num(m[cand])}, clearly above every gate baseline: "
+            + ", ".join(f"{b} {num(m[b])}" for b in held_to)
             + "."
         )
         ties = [c for c in finetuned if c != cand and abs(m[c] - m[cand]) < f.delta]
@@ -245,8 +197,8 @@ def _leading_extra(f: Facts, lead: str, others: list[str]) -> str:
     best_other = _best(others, m)
     assert best_other is not None
     head = (
-        f"{lead} scores {f.primary_metric} {_fmt(m[lead])}, above every rung of the ladder "
-        f"(best: {best_other} {_fmt(m[best_other])})"
+        f"{lead} scores {f.primary_metric} {num(m[lead])}, above every rung of the ladder "
+        f"(best: {best_other} {num(m[best_other])})"
     )
     if lead not in f.gate_baselines:
         return (
@@ -271,11 +223,11 @@ def _no_llm_winner(f: Facts) -> tuple[str, str] | None:
     best_plain, best_llm = _best(plain, m), _best(llm, m)
     if best_plain is None or best_llm is None or m[best_plain] < m[best_llm] + f.delta:
         return None
-    value = _fmt(m[best_plain])
+    value = num(m[best_plain])
     head = f"a classifier without an LLM scores {pm} {value} ({best_plain}); consider it."
     reason = (
         f"{best_plain} scores {pm} {value}, above every LLM candidate (best: {best_llm} "
-        f"{_fmt(m[best_llm])}): a classifier without an LLM scores {value}; consider it. It "
+        f"{num(m[best_llm])}): a classifier without an LLM scores {value}; consider it. It "
         "trains in seconds on train alone and serves on a CPU without generation."
     )
     if best_plain not in f.gate_baselines:
@@ -299,8 +251,8 @@ def _untested_no_llm_rival(f: Facts, finetuned: list[str]) -> str | None:
     if tuned is None or best is None or m[best] < m[tuned]:
         return None
     return (
-        f"{best}, a classifier without an LLM, scores {f.primary_metric} {_fmt(m[best])}, at "
-        f"least as high as every fine-tune (best: {tuned} {_fmt(m[tuned])}). It is not a gate "
+        f"{best}, a classifier without an LLM, scores {f.primary_metric} {num(m[best])}, at "
+        f"least as high as every fine-tune (best: {tuned} {num(m[tuned])}). It is not a gate "
         "baseline, so the two were not tested against each other: add it to gate.baselines to "
         "hold the fine-tune to it, or consider serving it (it trains in seconds on train alone "
         "and needs no generation)."
@@ -339,7 +291,7 @@ def _ladder_rung(f: Facts, finetuned: list[str]) -> Advice:
         assert best_ft is not None
         if not better.get((best_ft, chosen), False):
             reasons.append(
-                f"The best fine-tune ({best_ft}, {_fmt(m[best_ft])}) does not clearly beat "
+                f"The best fine-tune ({best_ft}, {num(m[best_ft])}) does not clearly beat "
                 f"{_name(chosen)}."
             )
         reasons.append(refused)
@@ -376,9 +328,9 @@ def _rung_headline(f: Facts, chosen: str, rungs: list[str], finetuned: list[str]
     """The chosen rung's score, the rungs below it it clearly beats, and what does not beat it."""
     m, better = f.metrics, f.clearly_better
     lower = [r for r in rungs[: rungs.index(chosen)] if better.get((chosen, r), False)]
-    head = f"{_name(chosen)} scores {f.primary_metric} {_fmt(m[chosen])}"
+    head = f"{_name(chosen)} scores {f.primary_metric} {num(m[chosen])}"
     head += (
-        f", clearly above {' and '.join(f'{_name(r)} ({_fmt(m[r])})' for r in lower)}"
+        f", clearly above {' and '.join(f'{_name(r)} ({num(m[r])})' for r in lower)}"
         if lower
         else ""
     )
@@ -398,8 +350,8 @@ def _held_back(f: Facts, finetuned: list[str], rungs: list[str], refused: str) -
     assert cand is not None  # only a fine-tune can clearly beat the top rung
     beaten = [r for r in rungs if better.get((cand, r), False)]
     reasons = [
-        f"{cand} ({f.methods[cand]}) scores {f.primary_metric} {_fmt(m[cand])}, clearly above "
-        + ", ".join(f"{r} {_fmt(m[r])}" for r in beaten)
+        f"{cand} ({f.methods[cand]}) scores {f.primary_metric} {num(m[cand])}, clearly above "
+        + ", ".join(f"{r} {num(m[r])}" for r in beaten)
         + ".",
         refused,
     ]
@@ -415,7 +367,7 @@ def _held_back(f: Facts, finetuned: list[str], rungs: list[str], refused: str) -
     ]
     for rival in sorted(rivals, key=lambda c: -m[c]):
         reasons.append(
-            f"{rival} ({_fmt(m[rival])}) is not clearly beaten and needs no fine-tune: add "
+            f"{rival} ({num(m[rival])}) is not clearly beaten and needs no fine-tune: add "
             f"validation items to tell the two apart, or serve {rival} if it is cheaper."
         )
     names = [{"prompt": "prompt", "fewshot": "few-shot", "rag": "RAG"}[r] for r in beaten]
@@ -427,7 +379,6 @@ def _held_back(f: Facts, finetuned: list[str], rungs: list[str], refused: str) -
     )
 
 
-CONTEXT_SUFFIXES = ("+fewshot", "+rag")  # a fine-tune whose prompts carry retrieved examples
 
 
 def _context_advice(f: Facts) -> str | None:
@@ -445,9 +396,9 @@ def _context_advice(f: Facts) -> str | None:
     ahead = [r for r in shows if m[r] >= m[plain] + f.delta]
     if not ahead:
         return None
-    rungs = ", ".join(f"{_name(r)} {_fmt(m[r])}" for r in ahead)
+    rungs = ", ".join(f"{_name(r)} {num(m[r])}" for r in ahead)
     note = (
-        f"The plain fine-tune ({plain}, {pm} {_fmt(m[plain])}) trails the rungs that show the "
+        f"The plain fine-tune ({plain}, {pm} {num(m[plain])}) trails the rungs that show the "
         f"model labelled examples ({rungs}): it never sees examples in its prompt."
     )
     trained = [c for c in with_ctx if c in f.contexts]
@@ -456,8 +407,8 @@ def _context_advice(f: Facts) -> str | None:
         verdict = "clearly above" if f.clearly_better.get((best, plain), False) else "against"
         return note + (
             f" The context-trained {best} (trained on prompts with the same retrieved "
-            f"{f.contexts[best]} context) scores {_fmt(m[best])}, {verdict} the plain "
-            f"fine-tune's {_fmt(m[plain])}."
+            f"{f.contexts[best]} context) scores {num(m[best])}, {verdict} the plain "
+            f"fine-tune's {num(m[plain])}."
         )
     mode = max(ahead, key=lambda r: m[r])
     return note + (
@@ -486,7 +437,7 @@ def _curve_advice(f: Facts, m: dict[str, float]) -> str | None:
     if rival is None:
         return None
     target = m[rival] + f.delta
-    curve = ", ".join(f"{n}: {_fmt(v)}" for n, v in f.learning_curve)
+    curve = ", ".join(f"{n}: {num(v)}" for n, v in f.learning_curve)
     have, last = max(f.learning_curve)
     fit = _log_fit(f.learning_curve)
     slope = fit[1] if fit else None
@@ -501,14 +452,14 @@ def _curve_advice(f: Facts, m: dict[str, float]) -> str | None:
     if last >= target:
         return (
             f"The learning curve ({curve}) is still rising ({per_doubling}): the fine-tune already "
-            f"scores above {rival} + margin ({_fmt(target)}), and more examples should widen the "
+            f"scores above {rival} + margin ({num(target)}), and more examples should widen the "
             "gap. What it lacks is evidence, not data: add validation items so the difference can "
             "be confirmed."
         )
     needed = extrapolate(f.learning_curve, target)
     return (
         f"Not enough data yet: the learning curve ({curve}) is still rising ({per_doubling}); a "
-        f"log-linear fit reaches {rival} + margin ({_fmt(target)}) at about {needed} training "
+        f"log-linear fit reaches {rival} + margin ({num(target)}) at about {needed} training "
         f"examples (you have {have})."
     )
 
@@ -585,22 +536,3 @@ def _gate_baselines(comp_meta: dict[str, Any], verdict: Any) -> list[str]:
         if key in comp_meta:
             return list(comp_meta[key])
     return list(GateConfig().baselines)
-
-
-def comparison_pairs(
-    candidates: Sequence[str], gate_baselines: Sequence[str]
-) -> list[tuple[str, str]]:
-    """The (candidate, baseline) pairs a ladder's comparison tests, for the gate and for advice.
-
-    The gate's pairs first (every other candidate against each gate baseline), then every
-    candidate against each rung below the top one (few-shot vs the prompt, RAG vs both, ...):
-    :func:`recommend` reads those to find the cheapest rung that nothing above it clearly beats.
-    A lower rung is paired only when it is a gate baseline, so the two stay one decision.
-    """
-    from tunewise.eval.stats import default_pairs
-
-    pairs = default_pairs(candidates, gate_baselines)
-    for lower in RUNGS[:-1]:
-        if lower in gate_baselines and lower in candidates:
-            pairs += [(c, lower) for c in candidates if c != lower]
-    return list(dict.fromkeys(pairs))

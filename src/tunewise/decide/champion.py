@@ -6,7 +6,7 @@ The flow, for ``tunewise run`` and ``tunewise gate``:
 1. :func:`production_version` (``tunewise gate``) or :func:`ladder_champion` (``tunewise run``):
    the version the project's ``production`` alias points at, if any;
 2. the harness evaluates it on the same items as the new runs, as the candidate ``production``
-   (:data:`tunewise.decide.decisions.CHAMPION`), unless it was registered from one of them (then the
+   (:data:`tunewise.candidates.CHAMPION`), unless it was registered from one of them (then the
    ladder keeps the version that run was compared against when it shipped);
 3. :func:`attach_margin_tests`: after ``compare``, the one-sided tests of every new candidate
    against the production version (``gate.regression_margin``) and against ``gate.reference``
@@ -21,8 +21,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from tunewise.candidates import CHAMPION
 from tunewise.config import GateConfig
-from tunewise.decide.decisions import CHAMPION
 from tunewise.errors import UserError
 from tunewise.eval.margin import margin_tests
 from tunewise.eval.results import Comparison, EvalRun

@@ -24,25 +24,15 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
+from tunewise.candidates import CHAMPION
 from tunewise.config import CostConfig, GateConfig
+from tunewise.decide.costs import CostInputs, cost_per_1000
+from tunewise.decide.superiority import failed_guards, superiority
 from tunewise.errors import UserError
 from tunewise.eval.results import BaselineReason, Comparison, MarginTest, Verdict
+from tunewise.numbers import num, p_value, signed
 
 _EPS = 1e-12
-
-
-def _f(x: float | None) -> str:
-    return "n/a" if x is None or not math.isfinite(x) else f"{x:.3f}"
-
-
-def _s(x: float | None) -> str:
-    return "n/a" if x is None or not math.isfinite(x) else f"{x:+.3f}"
-
-
-def _p(p: float) -> str:
-    if not math.isfinite(p):
-        return "n/a"
-    return f"{p:.2g}" if p < 0.001 else f"{p:.3f}"
 
 
 def _test_name(t: MarginTest) -> str:
@@ -68,16 +58,16 @@ def margin_reason(
         )
     level = f"{100 * (1 - alpha):g}%"
     numbers = (
-        f"{test.metric} {_f(test.candidate_value)} vs {_f(test.reference_value)} "
-        f"(diff {_s(test.diff)}, one-sided {level} lower bound {_s(test.lower_bound)}, "
-        f"margin {margin:g}, {_test_name(test)} p={_p(test.p_value)}, n={test.n})"
+        f"{test.metric} {num(test.candidate_value)} vs {num(test.reference_value)} "
+        f"(diff {signed(test.diff)}, one-sided {level} lower bound {signed(test.lower_bound)}, "
+        f"margin {margin:g}, {_test_name(test)} p={p_value(test.p_value)}, n={test.n})"
     )
     if test.n == 0 or not (math.isfinite(test.lower_bound) and math.isfinite(test.p_value)):
         if test.n >= 2 and math.isfinite(test.diff):
             return BaselineReason(
                 reference,
                 False,
-                f"{reference}: every paired difference is {_s(test.diff)}: with no spread the "
+                f"{reference}: every paired difference is {signed(test.diff)}: with no spread the "
                 f"paired test cannot bound it, so it is not shown: {numbers}",
             )
         return BaselineReason(reference, False, f"{reference}: no usable score: {numbers}")
@@ -94,9 +84,9 @@ def margin_reason(
             reference,
             True,
             f"{claim} {reference} by more than {margin:g}: {numbers}; "
-            f"bound {_s(test.lower_bound)} > -{margin:g}",
+            f"bound {signed(test.lower_bound)} > -{margin:g}",
         )
-    why = f"bound {_s(test.lower_bound)} <= -{margin:g}"
+    why = f"bound {signed(test.lower_bound)} <= -{margin:g}"
     if test.n < 30:
         why += f"; {test.n} items cannot rule out a drop of {margin:g}"
     return BaselineReason(
@@ -113,8 +103,6 @@ def cost_line(
             "cost per 1,000 requests: not compared (set gate.cost: requests_per_day, "
             "tokens_per_request, api_price_per_mtok, gpu_price_per_hour)"
         )
-    from tunewise.decide.advise import CostInputs, cost_per_1000
-
     self_hosted, api = cost_per_1000(CostInputs(**cost.model_dump()))
     if reference_kind == "external":
         ref_cost, how = api, "API"
@@ -130,8 +118,6 @@ def cost_line(
 def decide_non_inferiority(comparison: Comparison, candidate: str, gate_cfg: GateConfig) -> Verdict:
     """Ship when not worse than ``gate.reference`` by the margin, better than every baseline, and
     no guard regressed."""
-    from tunewise.decide import gate
-
     reference = gate_cfg.reference
     if not reference:
         raise UserError("gate.mode non_inferiority needs gate.reference (a candidate name)")
@@ -154,16 +140,16 @@ def decide_non_inferiority(comparison: Comparison, candidate: str, gate_cfg: Gat
     reasons = [ni]
     guards_cfg = gate_cfg.model_copy(update={"baselines": [*gate_cfg.baselines, reference]})
     if gate_cfg.baselines:
-        sup = gate.superiority(comparison, candidate, gate_cfg)
+        sup = superiority(comparison, candidate, gate_cfg)
         reasons += sup.reasons
-    guard_failures = gate.failed_guards(comparison, candidate, guards_cfg)
+    guard_failures = failed_guards(comparison, candidate, guards_cfg)
     ship = all(r.passed for r in reasons) and not guard_failures
     costs = cost_line(gate_cfg.cost, candidate, reference, test.reference_kind if test else None)
     primary = comparison.primary_metric
     beaten = [r.baseline for r in reasons[1:]]
     if ship:
         also = f", beats {', '.join(beaten)}" if beaten else ""
-        bound = _s(test.lower_bound if test else None)
+        bound = signed(test.lower_bound if test else None)
         summary = (
             f"SHIP {candidate}: not worse than {reference} on {primary} by more than {margin:g} "
             f"(one-sided {100 * (1 - alpha):g}% lower bound {bound}){also}; no guard regressed; "
@@ -189,7 +175,6 @@ def decide_non_inferiority(comparison: Comparison, candidate: str, gate_cfg: Gat
 
 
 # ----------------------------------------------------------------------------- champion/challenger
-CHAMPION = "production"  # the candidate name of the production version inside an evaluation
 
 
 def regression_reason(
@@ -284,7 +269,7 @@ def judge_reason(comparison: Comparison, gate_cfg: GateConfig) -> BaselineReason
             f"judge calibration: agreement with people could not be measured: all {a['n']} "
             f"ratings of {a.get('a')} vs {a.get('b')} (people's and the judge's) fall in one "
             f"category, so Cohen's kappa is undefined (raw agreement "
-            f"{_f(a.get('raw_agreement'))}); rate items where the answers differ to measure it",
+            f"{num(a.get('raw_agreement'))}); rate items where the answers differ to measure it",
         )
     if not rated:
         return BaselineReason(
@@ -295,8 +280,8 @@ def judge_reason(comparison: Comparison, gate_cfg: GateConfig) -> BaselineReason
         )
     worst = min(rated, key=lambda a: a["kappa"])
     numbers = (
-        f"Cohen's kappa {worst['kappa']:.2f} (95% CI {_f(worst.get('ci_low'))}.."
-        f"{_f(worst.get('ci_high'))}), raw agreement {_f(worst.get('raw_agreement'))}, "
+        f"Cohen's kappa {worst['kappa']:.2f} (95% CI {num(worst.get('ci_low'))}.."
+        f"{num(worst.get('ci_high'))}), raw agreement {num(worst.get('raw_agreement'))}, "
         f"{worst.get('n')} ratings of {worst.get('a')} vs {worst.get('b')}"
     )
     if worst["kappa"] >= threshold:
@@ -344,7 +329,6 @@ def with_seeds(verdict: Verdict, comparison: Comparison, gate_cfg: GateConfig) -
     ``alpha`` (intersection-union). A single seed, or a candidate that is not a group, is left
     as it is.
     """
-    from tunewise.decide import gate
     from tunewise.decide.seeds import seed_spread
 
     members = comparison.meta.get("seed_groups", {}).get(verdict.candidate)
@@ -352,10 +336,10 @@ def with_seeds(verdict: Verdict, comparison: Comparison, gate_cfg: GateConfig) -
         return verdict
     primary = comparison.primary_metric
     spread = seed_spread(comparison, members, primary)
-    values = ", ".join(f"{m} {_f(v)}" for m, v in spread["values"].items())
+    values = ", ".join(f"{m} {num(v)}" for m, v in spread["values"].items())
     head = (
-        f"{len(members)} seeds: {primary} {values} (range {_f(spread['min'])}..{_f(spread['max'])}"
-        f", sd {_f(spread['sd'])})"
+        f"{len(members)} seeds: {primary} {values} "
+        f"(range {num(spread['min'])}..{num(spread['max'])}, sd {num(spread['sd'])})"
     )
     worst = spread["worst"]
     if worst is None:
@@ -363,7 +347,7 @@ def with_seeds(verdict: Verdict, comparison: Comparison, gate_cfg: GateConfig) -
     elif not gate_cfg.baselines:
         reason = BaselineReason("worst seed", True, f"{head}; no baselines to clear")
     else:
-        w = gate.superiority(comparison, worst, gate_cfg)
+        w = superiority(comparison, worst, gate_cfg)
         lost = [r.baseline for r in w.reasons if not r.passed]
         if w.ship:
             text = f"{head}; the worst seed ({worst}) also beats {', '.join(gate_cfg.baselines)}"

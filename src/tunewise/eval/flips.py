@@ -11,6 +11,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from tunewise.candidates import CHAMPION
 from tunewise.eval.results import EvalRun, Verdict
 
 MAX_SHOWN = 20  # items listed per direction; the counts are always complete
@@ -80,8 +81,6 @@ def champion_views(
 ) -> list[dict[str, Any]]:
     """:func:`side_by_side` of each gated candidate against the production version, with its
     recorded regression check; empty when the evaluation did not include production."""
-    from tunewise.decide.decisions import CHAMPION
-
     names = {c.name for c in run.candidates}
     if CHAMPION not in names:
         return []

@@ -39,9 +39,10 @@ from tunewise.baselines import classical
 from tunewise.baselines import prompt as prompt_mod
 from tunewise.baselines import rag as rag_mod
 from tunewise.baselines.context import CONTEXT_FILE, ContextBuilder, load_run_context
+from tunewise.candidates import CHAMPION, CLASSICAL, EXTERNAL, FINETUNED_GROUPS, KNN
+from tunewise.candidates import CONSTRAINED_SUFFIX as CONSTRAINED
 from tunewise.config import ExternalConfig, ProjectConfig
 from tunewise.data.schema import Example, load_examples
-from tunewise.decide.decisions import CHAMPION
 from tunewise.errors import UserError
 from tunewise.eval.graders import Grader, LLMJudge
 from tunewise.eval.items import item_ids
@@ -49,7 +50,6 @@ from tunewise.eval.results import EVAL_FILE, CandidateResult, EvalRun, ItemResul
 from tunewise.fsio import sha256_file
 from tunewise.progress import Bar, make_console
 from tunewise.rundir import RunDir
-from tunewise.rungs import CONSTRAINED_SUFFIX as CONSTRAINED
 from tunewise.rungs import RUNGS
 
 console = make_console(stderr=True)
@@ -67,7 +67,7 @@ def split_paths(cfg: ProjectConfig) -> dict[str, Path]:
     paths = {s: splits / f"{s}.jsonl" for s in ("train", "val", "test")}
     if not paths["train"].is_file():
         try:
-            from tunewise.data.split import split_project
+            from tunewise.data.own_splits import split_project
         except ImportError:  # pragma: no cover - the data toolkit ships with tunewise
             raise UserError(f"{splits}: no splits yet; run `tunewise data split`") from None
         console.print(
@@ -292,10 +292,6 @@ def _adapter_hash(run: RunDir) -> str | None:
     return sha256_file(f)[:16] if f.is_file() else None
 
 
-# Candidate names that stand for the training runs given (none given: nothing to evaluate).
-FINETUNED_GROUPS = ("finetuned", "finetuned+rag", "finetuned+fewshot")
-
-
 def plan_candidates(
     cfg: ProjectConfig, candidates: list[str] | None, finetuned: dict[str, Path]
 ) -> list[str]:
@@ -304,7 +300,7 @@ def plan_candidates(
     ext_names = [e.name for e in cfg.eval.external]
     known = (
         set(RUNGS)
-        | {"knn", *classical.CLASSICAL, *FINETUNED_GROUPS, "external"}
+        | {KNN, *CLASSICAL, *FINETUNED_GROUPS, EXTERNAL}
         | set(ext_names)
         | set(finetuned)
     )
@@ -354,7 +350,7 @@ def _add_references(cfg: ProjectConfig, plan: list[str]) -> None:
     if cfg.task.type == "labels" and cfg.eval.classical and any(r in plan for r in RUNGS):
         # The cheapest honest bar on a label task: a classifier without an LLM, next to the rungs.
         at = 1 + max(plan.index(r) for r in (*RUNGS, "knn") if r in plan)
-        plan[at:at] = [c for c in classical.CLASSICAL if c not in plan]
+        plan[at:at] = [c for c in CLASSICAL if c not in plan]
 
 
 def _constrained_variants(
@@ -506,7 +502,7 @@ def _run_candidate(
         )
         knn_meta = {"k": knn.k, "embedding": knn.embedder.model_id}
         return h.result(name, "knn", knn.predict(h.items), knn_meta)
-    if name in classical.CLASSICAL:
+    if name in CLASSICAL:
         return _classical_result(h, name)
     if name in ext_map(cfg):
         ext = ext_map(cfg)[name]

@@ -5,17 +5,17 @@ backend, CSS is inline), so it can be mailed, attached to a ticket or opened off
 of user text (prompts, outputs, labels, candidate names) is escaped by Jinja2's autoescape in
 HTML and by :func:`md_escape` in Markdown: model outputs are untrusted input.
 
-Inputs, all from ``EVAL_DIR``: ``eval.json`` (required), ``comparison.json`` (computed and saved
-when absent), ``verdict.json`` (when absent, each fine-tuned candidate is gated with the project's
-gate settings, marked provisional), ``ratings.sqlite`` (human side-by-side ratings, optional), and
-each training run's ``run.json`` for loss curves.
+Inputs (:class:`~tunewise.eval.report_tables.ReportInputs`, gathered by
+:mod:`tunewise.decide.report_inputs`): ``eval.json``, ``comparison.json``, the saved verdicts (or,
+where none was saved for this evaluation, the gate's provisional ones, marked so): the report reads
+verdicts and never decides. From ``EVAL_DIR`` it also reads ``ratings.sqlite`` (human side-by-side
+ratings, optional), and each training run's ``run.json`` for loss curves.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -23,23 +23,30 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from tunewise.config import GateConfig
-from tunewise.decide.gate import decide, gate_config_from_meta
 from tunewise.errors import UserError
-from tunewise.eval import figures, stats
+from tunewise.eval import figures
 from tunewise.eval.items import item_prompt, item_reference
 from tunewise.eval.items import split_lookup as split_lookup  # re-exported for the CLI
+from tunewise.eval.report_sealed import eval_time, md_sealed, sealed_context
+from tunewise.eval.report_tables import (
+    ReportInputs,
+    interval,
+    md_escape,
+    md_table,
+    metric_rows,
+    pair_rows,
+    shown_order,
+    significant,
+    value_of,
+)
 from tunewise.eval.results import (
-    COMPARISON_FILE,
-    EVAL_FILE,
-    VERDICT_FILE,
     Comparison,
     EvalRun,
     ItemResult,
-    PairedTest,
     Verdict,
 )
 from tunewise.fsio import atomic_write_text
+from tunewise.numbers import cell, p_cell, signed_cell
 from tunewise.rundir import RunDir
 
 WORST_K = 5
@@ -47,35 +54,6 @@ _TRUNC = 600
 
 
 # ----------------------------------------------------------------------------- helpers
-def md_escape(text: Any, limit: int | None = None) -> str:
-    """Text safe inside a Markdown table cell: no raw HTML, no table or emphasis syntax."""
-    s = str(text)
-    if limit is not None and len(s) > limit:
-        s = s[:limit] + "…"
-    s = s.replace("\\", "\\\\")
-    s = re.sub(r"([`*_\[\]|~])", r"\\\1", s)
-    s = s.replace("<", "&lt;").replace("\r", " ").replace("\n", " ⏎ ")
-    return s
-
-
-def _fmt(x: float | None, digits: int = 3) -> str:
-    return "–" if x is None or not math.isfinite(x) else f"{x:.{digits}f}"
-
-
-def _interval(low: float | None, high: float | None) -> str:
-    return f"{_fmt(low)}–{_fmt(high)}"
-
-
-def _sfmt(x: float | None) -> str:
-    return "–" if x is None or not math.isfinite(x) else f"{x:+.3f}"
-
-
-def _pfmt(p: float | None) -> str:
-    if p is None or not math.isfinite(p):
-        return "–"
-    return "<0.001" if p < 0.001 else f"{p:.3f}"
-
-
 @dataclass
 class TrainRunInfo:
     name: str
@@ -160,35 +138,11 @@ def _worst(run: EvalRun, name: str, primary: str, k: int = WORST_K) -> list[dict
                 "gold": it.gold,
                 "predicted": it.predicted,
                 "scores": ", ".join(
-                    f"{m}={_fmt(s, 2)}" for m, s in sorted(it.scores.items()) if s is not None
+                    f"{m}={cell(s, 2)}" for m, s in sorted(it.scores.items()) if s is not None
                 ),
             }
         )
     return out
-
-
-def _verdicts(
-    eval_dir: Path, comp: Comparison, run: EvalRun, gate_cfg: GateConfig, *, use_saved: bool = True
-) -> tuple[list[Verdict], bool]:
-    # verdict.json is the decision of record; the ladder also leaves one verdict-<candidate>.json
-    # per fine-tune, and the reader wants to see why the others lost too.
-    files = [eval_dir / VERDICT_FILE, *sorted(eval_dir.glob("verdict-*.json"))]
-    found: dict[str, Verdict] = {}
-    for f in files if use_saved else []:
-        if f.is_file():
-            v = Verdict.load(f)
-            found.setdefault(v.candidate, v)
-    if found:
-        return list(found.values()), False
-    out = []
-    for name in comp.metrics:
-        if name in gate_cfg.baselines or comp.primary_metric not in comp.metrics[name]:
-            continue
-        try:
-            out.append(decide(comp, name, gate_cfg))
-        except UserError:
-            continue
-    return out, True
 
 
 def _load_ratings(eval_dir: Path, run: EvalRun) -> list[dict[str, Any]]:
@@ -204,13 +158,13 @@ def _load_ratings(eval_dir: Path, run: EvalRun) -> list[dict[str, Any]]:
     for s in out:
         k = found.get((s["a"], s["b"]))
         s["judge"] = (
-            f"kappa {_fmt(k['kappa'], 2)} [{_interval(k['ci_low'], k['ci_high'])}], "
-            f"agreement {_fmt(k['raw_agreement'], 2)}"
+            f"kappa {cell(k['kappa'], 2)} [{interval(k['ci_low'], k['ci_high'])}], "
+            f"agreement {cell(k['raw_agreement'], 2)}"
             if k
             else "–"
         )
         b = bias.get((s["a"], s["b"]))
-        s["flips"] = f"{_fmt(b['flip_share'], 2)} of {b['n']}" if b else "–"
+        s["flips"] = f"{cell(b['flip_share'], 2)} of {b['n']}" if b else "–"
     return out
 
 
@@ -230,26 +184,21 @@ def _position_bias(path: Path) -> dict[tuple[str, str], dict[str, Any]]:
 
 
 def build_context(
-    eval_dir: Path, train_runs: Sequence[Path] = (), test_dir: Path | None = None
+    inputs: ReportInputs, train_runs: Sequence[Path] = (), sealed: ReportInputs | None = None
 ) -> dict[str, Any]:
-    """Everything the HTML and Markdown templates show, from EVAL_DIR and the training runs;
-    with ``test_dir``, the sealed test evaluation in a section of its own."""
-    from tunewise.eval.report_sealed import eval_time, sealed_context
-
-    eval_dir = Path(eval_dir)
-    run, comp, gate_cfg, stale = _load_inputs(eval_dir)
-    # Saved verdicts drawn from an older evaluation are not shown (nor deleted: they are the
-    # user's files); the report gates afresh and says it is provisional.
-    verdicts, provisional = _verdicts(eval_dir, comp, run, gate_cfg, use_saved=not stale)
+    """Everything the HTML and Markdown templates show, from one evaluation and the training
+    runs; with ``sealed``, the sealed test evaluation in a section of its own."""
+    eval_dir, run, comp, gate_cfg = inputs.eval_dir, inputs.run, inputs.comp, inputs.gate_cfg
+    verdicts, provisional = inputs.verdicts, inputs.provisional
     baselines, names, metrics = shown_order(comp, run, gate_cfg)
     primary = comp.primary_metric
     colors = figures.colors(names, baselines)
     best = max(
-        (n for n in names if math.isfinite(_value(comp, n, primary))),
-        key=lambda n: _value(comp, n, primary),
+        (n for n in names if math.isfinite(value_of(comp, n, primary))),
+        key=lambda n: value_of(comp, n, primary),
         default=None,
     )
-    pairs = _pair_rows(comp)
+    pairs = pair_rows(comp)
     nan_counts = comp.meta.get("nan_counts", {})
     return {
         "title": f"tunewise report: {run.project}",
@@ -261,7 +210,7 @@ def build_context(
         "names": names,
         "baselines": baselines,
         "metrics": metrics,
-        "table": _metric_rows(comp, names, metrics, baselines, colors),
+        "table": metric_rows(comp, names, metrics, baselines, colors),
         "pairs": pairs,
         "pairs_primary": [p for p in pairs if p["primary"]],
         "pairs_other": [p for p in pairs if not p["primary"]],
@@ -285,7 +234,7 @@ def build_context(
         "worst": {n: _worst(run, n, primary) for n in names},
         "ratings": _load_ratings(eval_dir, run),
         "champion": _champion(run, verdicts, primary),
-        "sealed": sealed_context(Path(test_dir)) if test_dir is not None else None,
+        "sealed": sealed_context(sealed) if sealed is not None else None,
         "eval_time": eval_time(run),
         "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
@@ -297,111 +246,8 @@ def _champion(run: EvalRun, verdicts: list[Verdict], primary: str) -> list[dict[
     views = champion_views(run, verdicts, primary)
     for view in views:
         for key in ("challenger_value", "champion_value"):
-            view[key] = _fmt(view[key])
+            view[key] = cell(view[key])
     return views
-
-
-def shown_order(
-    comp: Comparison, run: EvalRun, gate_cfg: GateConfig
-) -> tuple[list[str], list[str], list[str]]:
-    """The baselines, every candidate and every metric, in the order a report shows them:
-    baselines first in their configured order, then the candidates in evaluation order
-    (comparison.json's keys come back sorted); the primary metric first, format compliance last.
-    """
-    baselines = [b for b in comp.meta.get("baselines", gate_cfg.baselines) if b in comp.metrics]
-    order = [*baselines, *(c.name for c in run.candidates), *comp.metrics]
-    names = list(dict.fromkeys(n for n in order if n in comp.metrics))
-    metrics = sorted(
-        {m for per in comp.metrics.values() for m in per},
-        key=lambda m: (m != comp.primary_metric, m == "format_compliance", m),
-    )
-    return baselines, names, metrics
-
-
-def _load_inputs(eval_dir: Path) -> tuple[EvalRun, Comparison, GateConfig, bool]:
-    """eval.json, its comparison (computed and saved when missing or stale), the gate settings."""
-    run = EvalRun.load(eval_dir / EVAL_FILE)
-    gate_cfg = gate_config_from_meta(run.meta)
-    comp_path = eval_dir / COMPARISON_FILE
-    comp = Comparison.load(comp_path) if comp_path.is_file() else None
-    if comp is None or stats.is_stale(comp, run):
-        comp = stats.compare(run, baselines=gate_cfg.baselines, alpha=gate_cfg.alpha)
-        comp.save(comp_path)
-        return run, comp, gate_cfg, True
-    return run, comp, gate_cfg, False
-
-
-def _value(comp: Comparison, name: str, metric: str) -> float:
-    """The estimate of ``metric`` for ``name``; NaN when it was not measured."""
-    e = comp.metrics[name].get(metric)
-    return e.value if e is not None else math.nan
-
-
-def _metric_rows(
-    comp: Comparison,
-    names: list[str],
-    metrics: list[str],
-    baselines: list[str],
-    colors: dict[str, str],
-) -> list[dict[str, Any]]:
-    """One row per candidate, one cell per metric; the best value of each metric marked."""
-    table = [
-        {
-            "name": n,
-            "is_baseline": n in baselines,
-            "color": colors[n],
-            "cells": [
-                {
-                    "value": _fmt(e.value),
-                    "ci": _interval(e.ci_low, e.ci_high),
-                    "n": e.n,
-                    "best": False,
-                }
-                if (e := comp.metrics[n].get(m))
-                else None
-                for m in metrics
-            ],
-        }
-        for n in names
-    ]
-    for j, m in enumerate(metrics):  # bold the best value per metric
-        vals = [(_value(comp, n, m), i) for i, n in enumerate(names)]
-        vals = [(v, i) for v, i in vals if math.isfinite(v)]
-        if vals:
-            top = max(v for v, _ in vals)
-            for v, i in vals:
-                if v == top:
-                    table[i]["cells"][j]["best"] = True
-    return table
-
-
-def _significant(comp: Comparison, p: PairedTest) -> bool:
-    return math.isfinite(p.p_value) and p.p_value < comp.meta.get("alpha", 0.05)
-
-
-def _pair_rows(comp: Comparison) -> list[dict[str, Any]]:
-    """The paired tests, primary metric first, formatted for the tables."""
-    primary = comp.primary_metric
-    return [
-        {
-            "candidate": p.candidate,
-            "baseline": p.baseline,
-            "metric": p.metric,
-            "primary": p.metric == primary,
-            "cand": _fmt(p.candidate_value),
-            "base": _fmt(p.baseline_value),
-            "diff": _sfmt(p.diff),
-            "ci": f"{_sfmt(p.ci_low)} … {_sfmt(p.ci_high)}",
-            "p": _pfmt(p.p_value),
-            "significant": _significant(comp, p),
-            "test": p.test,
-            "n": p.n,
-            "mdd": _fmt(p.min_detectable_diff),
-            # flag what the user can act on: a difference was seen but this set cannot confirm it
-            "underpowered": p.underpowered and p.diff != 0 and not _significant(comp, p),
-        }
-        for p in sorted(comp.pairs, key=lambda p: (p.metric != primary, p.candidate, p.metric))
-    ]
 
 
 def _power_warnings(comp: Comparison) -> list[str]:
@@ -410,13 +256,13 @@ def _power_warnings(comp: Comparison) -> list[str]:
     for p in comp.pairs:
         if p.metric != comp.primary_metric or not p.underpowered or p.diff == 0:
             continue
-        if _significant(comp, p):
+        if significant(comp, p):
             continue
         needed = comp.items_needed(p)
         out.append(
-            f"{p.candidate} vs {p.baseline}: observed {p.metric} difference {_sfmt(p.diff)} "
-            f"(p={_pfmt(p.p_value)}) is below what {p.n} items can detect "
-            f"({_fmt(p.min_detectable_diff)} at 80% power)"
+            f"{p.candidate} vs {p.baseline}: observed {p.metric} difference {signed_cell(p.diff)} "
+            f"(p={p_cell(p.p_value)}) is below what {p.n} items can detect "
+            f"({cell(p.min_detectable_diff)} at 80% power)"
             + (f"; about {needed} items would be needed" if needed else "")
         )
     return out
@@ -437,7 +283,7 @@ def _training(eval_dir: Path, train_runs: list[Path], primary: str) -> dict[str,
     return {
         "train_runs": [info for info, _ in loaded],
         "loss_png": figures.loss_figure([(i.name, rows) for i, rows in loaded]) if loaded else None,
-        "curve": [{"n": n, "value": _fmt(v)} for n, v in curve],
+        "curve": [{"n": n, "value": cell(v)} for n, v in curve],
         "curve_png": figures.curve_figure(curve, primary) if len(curve) > 1 else None,
     }
 
@@ -455,19 +301,8 @@ def render_html(ctx: dict[str, Any]) -> str:
     return env.from_string(template).render(**ctx)
 
 
-def _md_table(header: Sequence[Any], rows: Sequence[Sequence[Any]]) -> list[str]:
-    """A Markdown table's lines; cells must already be escaped."""
-    return [
-        "| " + " | ".join(str(h) for h in header) + " |",
-        "|" + "---|" * len(header),
-        *("| " + " | ".join(str(c) for c in row) + " |" for row in rows),
-    ]
-
-
 def render_markdown(ctx: dict[str, Any]) -> str:
     """The report as Markdown: the same sections as the HTML, without the figures."""
-    from tunewise.eval.report_sealed import md_sealed
-
     out = [f"# {md_escape(ctx['title'])}", ""]
     for section in (
         _md_verdicts,
@@ -518,7 +353,7 @@ def _md_verdicts(ctx: dict[str, Any]) -> list[str]:
 def _md_metrics(ctx: dict[str, Any]) -> list[str]:
     e = md_escape
     out = ["## Candidates × metrics", ""]
-    out += _md_table(
+    out += md_table(
         ["candidate", *(e(m) for m in ctx["metrics"])],
         [
             [
@@ -543,7 +378,7 @@ def _md_metrics(ctx: dict[str, Any]) -> list[str]:
 
 def _md_section(title: str, header: list[str], rows: list[list[Any]], *notes: str) -> list[str]:
     """A ``## title`` section: one table (cells already escaped), then its notes."""
-    out = [f"## {title}", "", *_md_table(header, rows), ""]
+    out = [f"## {title}", "", *md_table(header, rows), ""]
     for note in notes:
         out += [note, ""]
     return out
@@ -574,7 +409,7 @@ def _md_ratings(ctx: dict[str, Any]) -> list[str]:
     e = md_escape
     rows = []
     for r in ctx["ratings"]:
-        win, ci = _fmt(r["win_rate_a"]), _interval(r["ci_low"], r["ci_high"])
+        win, ci = cell(r["win_rate_a"]), interval(r["ci_low"], r["ci_high"])
         rows.append([e(r["a"]), e(r["b"]), r["wins_a"], r["wins_b"], r["ties"], win, ci])
     header = ["A", "B", "A wins", "B wins", "ties", "win rate A", "95% CI"]
     for row, r in zip(rows, ctx["ratings"], strict=True):
@@ -603,7 +438,7 @@ def _md_champion(ctx: dict[str, Any]) -> list[str]:
                 keys = ("item_id", "challenger_output", "champion_output")
                 cells = [[e(r[k]) for k in keys] for r in rows]
                 header = ["item", e(c["challenger"]), "production"]
-                out += [f"### {label}", "", *_md_table(header, cells), ""]
+                out += [f"### {label}", "", *md_table(header, cells), ""]
     return out
 
 
@@ -612,7 +447,7 @@ def _md_training(ctx: dict[str, Any]) -> list[str]:
         return []
     e = md_escape
     rows = [
-        [e(t.name), e(t.method), e(t.status), t.steps, _fmt(t.best_val_loss, 4), e(t.stop_reason)]
+        [e(t.name), e(t.method), e(t.status), t.steps, cell(t.best_val_loss, 4), e(t.stop_reason)]
         for t in ctx["train_runs"]
     ]
     header = ["run", "method", "status", "steps", "best val loss", "stop reason"]
@@ -640,7 +475,7 @@ def _md_worst(ctx: dict[str, Any]) -> list[str]:
         if not rows:
             out += ["No failures on the primary metric.", ""]
             continue
-        out += _md_table(
+        out += md_table(
             ["item", "prompt", "output", "expected", "scores"],
             [
                 [
@@ -658,14 +493,13 @@ def _md_worst(ctx: dict[str, Any]) -> list[str]:
 
 
 def render(
-    eval_dir: str | Path, train_runs: Sequence[str | Path] = (), test_dir: str | Path | None = None
+    inputs: ReportInputs, train_runs: Sequence[str | Path] = (), sealed: ReportInputs | None = None
 ) -> tuple[Path, Path]:
-    """Write ``EVAL_DIR/report.html`` (self-contained) and ``EVAL_DIR/report.md``; with
-    ``test_dir`` (the sealed test evaluation), both cover it too."""
-    eval_dir = Path(eval_dir)
-    sealed = Path(test_dir) if test_dir is not None else None
-    ctx = build_context(eval_dir, [Path(p) for p in train_runs], sealed)
-    html_path, md_path = eval_dir / "report.html", eval_dir / "report.md"
+    """Write ``report.html`` (self-contained) and ``report.md`` into the evaluation's folder; with
+    ``sealed`` (the sealed test evaluation), both cover it too. The inputs come from
+    :func:`tunewise.decide.report_inputs.report_inputs`, which builds what is missing."""
+    ctx = build_context(inputs, [Path(p) for p in train_runs], sealed)
+    html_path, md_path = inputs.eval_dir / "report.html", inputs.eval_dir / "report.md"
     atomic_write_text(html_path, render_html(ctx))
     atomic_write_text(md_path, render_markdown(ctx))
     return html_path, md_path

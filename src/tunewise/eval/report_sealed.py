@@ -10,10 +10,18 @@ these numbers must not feed back into any choice.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-from tunewise.eval.results import EVAL_FILE, EvalRun
+from tunewise.eval import figures
+from tunewise.eval.report_tables import (
+    ReportInputs,
+    md_escape,
+    md_table,
+    metric_rows,
+    pair_rows,
+    shown_order,
+)
+from tunewise.eval.results import EvalRun
 
 ONE_USE = (
     "The sealed test split is used once, after every choice was made on validation: these "
@@ -22,21 +30,10 @@ ONE_USE = (
 )
 
 
-def sealed_context(test_dir: Path) -> dict[str, Any] | None:
-    """What the report shows of the sealed test evaluation in ``test_dir``; None when absent."""
-    from tunewise.eval import figures
-    from tunewise.eval.report import (
-        _load_inputs,
-        _metric_rows,
-        _pair_rows,
-        _verdicts,
-        shown_order,
-    )
-
-    if not (test_dir / EVAL_FILE).is_file():
-        return None
-    run, comp, gate_cfg, stale = _load_inputs(test_dir)
-    verdicts, provisional = _verdicts(test_dir, comp, run, gate_cfg, use_saved=not stale)
+def sealed_context(inputs: ReportInputs) -> dict[str, Any]:
+    """What the report shows of the sealed test evaluation."""
+    test_dir, run, comp, gate_cfg = inputs.eval_dir, inputs.run, inputs.comp, inputs.gate_cfg
+    verdicts, provisional = inputs.verdicts, inputs.provisional
     baselines, names, metrics = shown_order(comp, run, gate_cfg)
     colors = figures.colors(names, baselines)
     return {
@@ -48,8 +45,8 @@ def sealed_context(test_dir: Path) -> dict[str, Any] | None:
         "repeated": run.meta.get("warning"),  # set when the split had been evaluated before
         "one_use": ONE_USE,
         "metrics": metrics,
-        "table": _metric_rows(comp, names, metrics, baselines, colors),
-        "pairs_primary": [p for p in _pair_rows(comp) if p["primary"]],
+        "table": metric_rows(comp, names, metrics, baselines, colors),
+        "pairs_primary": [p for p in pair_rows(comp) if p["primary"]],
         "verdicts": verdicts,
         "provisional": provisional,
         "eval_time": eval_time(run),
@@ -71,8 +68,6 @@ def eval_time(run: EvalRun) -> str:
 
 def md_sealed(ctx: dict[str, Any]) -> list[str]:
     """The sealed test section of report.md (empty without one)."""
-    from tunewise.eval.report import _md_table, md_escape
-
     s = ctx.get("sealed")
     if not s:
         return []
@@ -92,7 +87,7 @@ def md_sealed(ctx: dict[str, Any]) -> list[str]:
         out += [f"**{'✅' if v.ship else '⛔'} on test: {e(v.summary)}**", ""]
         out += [f"- {'✔' if r.passed else '✘'} {e(r.reason)}" for r in v.reasons]
         out += [f"- ✘ guard {e(g)}" for g in v.guard_failures] + [""]
-    out += _md_table(
+    out += md_table(
         ["candidate", *(e(m) for m in s["metrics"])],
         [
             [

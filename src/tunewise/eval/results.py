@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
+from tunewise.config import GateConfig
 from tunewise.errors import UserError
 from tunewise.fsio import atomic_write_json
 
@@ -387,3 +388,16 @@ class Verdict(_JsonFile):
     @staticmethod
     def missing_hint(path: Path) -> str:
         return f"run `tunewise gate {path.parent} --candidate NAME`"
+
+
+def gate_config_from_meta(meta: dict[str, Any]) -> GateConfig:
+    """The project's gate settings as recorded in eval.json's meta, else the defaults."""
+    raw = meta.get("gate")
+    if raw is None and isinstance(meta.get("config"), dict):
+        raw = meta["config"].get("gate")
+    if not isinstance(raw, dict):
+        return GateConfig()
+    try:
+        return GateConfig.model_validate(raw)
+    except ValueError as exc:
+        raise UserError(f"eval.json: meta.gate is not a valid gate section: {exc}") from None

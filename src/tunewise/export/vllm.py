@@ -21,7 +21,8 @@ from typing import Any
 
 from tunewise.errors import UserError
 from tunewise.fsio import atomic_write_json, atomic_write_text, replace_dir
-from tunewise.registry.store import Registry, Version
+from tunewise.registry.store import Registry
+from tunewise.registry.types import Version
 from tunewise.rundir import RunDir
 
 # vllm/config/lora.py: MaxLoRARanks = Literal[1, 8, 16, 32, 64, 128, 256, 320, 512]

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tunewise.candidates import NO_LLM, is_finetune_name
 from tunewise.config import ProjectConfig
 from tunewise.rungs import RUNGS
 
@@ -151,11 +152,11 @@ def estimate(
     longer prompts, so it is priced on its own."""
     runs = dict(runs or {f"train-{cfg.train.method}": cfg.train.context})
     baselines = [c for c in cfg.eval.candidates if c in RUNGS]
-    others = [c for c in cfg.eval.candidates if c not in RUNGS and not c.startswith("finetuned")]
+    others = [c for c in cfg.eval.candidates if c not in RUNGS and not is_finetune_name(c)]
     mnt = w.max_new_tokens
     lines: list[CostLine] = []
     gen = {r: _generation_s(speed, w, w.prompt_tokens[r], w.n_val) for r in baselines}
-    no_llm = [c for c in others if c in ("knn", "tfidf", "probe")]
+    no_llm = [c for c in others if c in NO_LLM]
     parts = ", ".join(f"{r} {human_time(s)}" for r, s in gen.items())
     lines.append(
         CostLine(
@@ -342,7 +343,7 @@ def shared_prefix_tokens(tok: Any, examples: list[Any], system_prompt: str) -> i
 def _combinations(cfg: ProjectConfig, examples: Sequence[Any]) -> int:
     """Answers constrained scoring rates per item: every combination when few, else field by
     field (see :mod:`tunewise.eval.constrained`); 0 when it does not run."""
-    from tunewise.eval.graders import LabelSpec
+    from tunewise.data.labels import LabelSpec
 
     if cfg.task.type != "labels" or not cfg.eval.constrained:
         return 0

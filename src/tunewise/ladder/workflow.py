@@ -30,22 +30,23 @@ from rich.console import Console
 from rich.markup import escape
 
 from tunewise import tracking
-from tunewise.baselines.context import (
-    candidate_names,
-    check_listed_variants,
-    training_key_inputs,
-    variant_pairs,
+from tunewise.baselines.context import training_key_inputs
+from tunewise.candidates import (
+    CHAMPION,
+    listed_untrained,
+    run_names,
 )
 from tunewise.config import ProjectConfig, dump_project
+from tunewise.decide import comparison
+from tunewise.decide.report_inputs import render_report
 from tunewise.decide.seeds import seed_name
 from tunewise.errors import UserError
 from tunewise.eval.learning_curve import CURVE_FILE, FRACTIONS
+from tunewise.eval.results import EvalRun
 from tunewise.fsio import atomic_write_json, sha256_file, sha256_json
 from tunewise.ladder.stages import Ladder, LadderResult, Outputs, Stage
 from tunewise.rundir import RunDir
-from tunewise.rungs import RUNGS
-
-METHODS = ("lora", "qlora", "full")
+from tunewise.train.methods import METHODS
 
 
 def _file_hash(path: Path | None) -> str | None:
@@ -74,10 +75,8 @@ class _Plan:
 
     @classmethod
     def of(cls, cfg: ProjectConfig, con: Console, quiet: bool) -> _Plan:
-        baselines = [c for c in cfg.eval.candidates if c in RUNGS]
         # fine-tuned names are the runs the ladder trains, evaluated once they exist
-        ft = ("finetuned", "finetuned+fewshot")
-        extra = [c for c in cfg.eval.candidates if c not in RUNGS and c not in ft]
+        baselines, extra = listed_untrained(cfg.eval.candidates)
         reference = cfg.gate.reference if cfg.gate.mode == "non_inferiority" else None
         if reference and reference not in baselines + extra:
             extra.append(reference)  # non-inferiority is tested against it on the same items
@@ -145,7 +144,6 @@ def run_ladder(
         after=(split,),
     )
     variants = cfg.train.variants or [cfg.train.context]
-    check_listed_variants(cfg.eval.candidates, variants)
     trains, names = _train_stages(plan, full_cfg, split, methods, variants, seeds)
     # The production version, when the project has one: a new version must not regress from it.
     champion_inputs, champion_spec = _find_champion(plan, dry_run=dry_run)
@@ -254,7 +252,7 @@ def _train_stages(
     """One training row per method, context variant and seed; fills ``plan.runs`` (and
     ``plan.groups`` with several seeds). Returns the rows and each (method, variant)'s name."""
     # The fine-tuned candidates' names: "finetuned", or one per method, "+fewshot" per variant.
-    names = candidate_names(methods, variants)
+    names = run_names(methods, variants)
     trains = []
     for m in methods:
         for v in variants:
@@ -322,7 +320,7 @@ def _check(plan: _Plan) -> Outputs:
 
 def _split(plan: _Plan) -> Outputs:
     """Train / validation / test, with the test split sealed."""
-    from tunewise.data.split import split_project
+    from tunewise.data.own_splits import split_project
 
     splits = plan.work / "splits"
     manifest = split_project(plan.cfg, splits)  # data.val / data.test are used as given
@@ -389,7 +387,6 @@ def _find_champion(plan: _Plan, *, dry_run: bool) -> tuple[dict[str, Any], str |
     registry's index (no folder created, no file materialised or hashed)."""
     from tunewise import paths
     from tunewise.decide.champion import ladder_champion, weights_hash
-    from tunewise.decide.decisions import CHAMPION
     from tunewise.registry.store import Registry
 
     if dry_run:
@@ -489,10 +486,8 @@ def _register(plan: _Plan, gate_out: Outputs) -> Outputs:
 
 def _report(plan: _Plan, test_out: Outputs | None) -> Outputs:
     """The report on validation; with the sealed test split beside it after ``--final``."""
-    from tunewise.eval.report import render
-
     test_dir = Path(test_out["eval"]).parent if test_out else None
-    html, md = render(plan.eval_dir, train_runs=list(plan.runs.values()), test_dir=test_dir)
+    html, md = render_report(plan.eval_dir, list(plan.runs.values()), test_dir)
     return {"html": str(html), "md": str(md)}
 
 
@@ -547,56 +542,12 @@ def _compare_and_gate(
     baselines: list[str],
     champion: str | None = None,
 ) -> dict[str, Any]:
-    """comparison.json (with the pairs between rungs, for the advisor; the margin tests against
-    the production version ``champion`` and ``gate.reference``; the judge's agreement with people
-    and the seed groups) and a verdict per fine-tune."""
-    from tunewise.decide.advise import comparison_pairs
-    from tunewise.decide.champion import attach_margin_tests
-    from tunewise.decide.gate import decide, save_verdict
-    from tunewise.eval.calibration import attach_judge_agreement
-    from tunewise.eval.results import EvalRun, Verdict
-    from tunewise.eval.stats import compare
-
+    """comparison.json (:func:`tunewise.decide.comparison.build`) and a verdict per fine-tune."""
     run = EvalRun.load(eval_dir / "eval.json")
-    # The gate's pairs, and each rung against the ones below it for the advisor: one bootstrap.
-    pairs = comparison_pairs([c.name for c in run.candidates], baselines)
-    pairs += variant_pairs([c.name for c in run.candidates])
-    comp = compare(run, baselines=baselines, pairs=pairs, alpha=cfg.gate.alpha)
-    # gate_baselines: what the gate holds a fine-tune to (the advisor reads it), a subset of the
-    # baselines the comparison tested
-    comp.meta.update(
-        {"alpha": cfg.gate.alpha, "delta": cfg.gate.delta, "gate_baselines": cfg.gate.baselines}
+    comp = comparison.build(
+        run, eval_dir, cfg.gate, gated=finetuned, baselines=baselines, champion=champion
     )
-    attach_margin_tests(comp, run, cfg.gate, finetuned, champion)
-    attach_judge_agreement(comp, run, eval_dir)
-    comp.meta["seed_groups"] = run.meta.get("seed_groups", {})
-    comp.save(eval_dir / "comparison.json")
-    verdicts: dict[str, str] = {}
-    passing: list[tuple[float, str]] = []
-    best: tuple[float, str] | None = None
-    pm = comp.primary_metric
-    for cand in finetuned:
-        verdict = decide(comp, cand, cfg.gate)
-        path = eval_dir / f"verdict-{cand}.json"
-        save_verdict(verdict, path, cfg.gate)
-        verdicts[cand] = str(path)
-        score = comp.metrics.get(cand, {}).get(pm)
-        value = score.value if score is not None else float("-inf")
-        if best is None or value > best[0]:
-            best = (value, cand)
-        if verdict.ship:
-            passing.append((value, cand))
-    ship = max(passing)[1] if passing else None
-    chosen = ship or (best[1] if best else None)
-    if chosen:
-        # verdict.json is the decision of record: the shipped candidate, else the best that failed.
-        Verdict.load(verdicts[chosen]).save(eval_dir / "verdict.json")
-    return {
-        "comparison": str(eval_dir / "comparison.json"),
-        "verdicts": verdicts,
-        "ship": ship,
-        "best_verdict": verdicts.get(chosen) if chosen else None,
-    }
+    return comparison.gate_all(comp, eval_dir, cfg.gate, finetuned)
 
 
 def _train_or_resume(

@@ -5,7 +5,7 @@ One :class:`Engine` holds one base model in memory and answers :class:`GenReques
 residency
 (at most ``max_loaded_adapters`` in memory, least recently used ones dropped and reloaded from disk
 on their next request, never one a generation is using) belongs to its
-:class:`tunewise.serve.adapter_pool.AdapterPool`. The base model itself is always available as
+:class:`tunewise.runtime.adapter_pool.AdapterPool`. The base model itself is always available as
 adapter
 ``None`` (adapters disabled). A full fine-tune is a different base model: give it its own Engine
 (:meth:`Engine.from_run`).
@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from tunewise.errors import UserError
 from tunewise.rundir import RunDir
 from tunewise.runtime import chat, decoding
+from tunewise.runtime.adapter_pool import AdapterPool
 from tunewise.runtime.backend import (
     GenRequest,
     GenResult,
@@ -44,7 +45,6 @@ from tunewise.runtime.backend import (
 )
 from tunewise.runtime.decoding import Row, first_stop, stop_overlap
 from tunewise.runtime.models import ModelRef
-from tunewise.serve.adapter_pool import AdapterPool
 
 if TYPE_CHECKING:
     import torch

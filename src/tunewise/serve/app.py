@@ -46,8 +46,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tunewise.errors import UserError
+from tunewise.runtime.adapter_pool import CorruptedAdapterError
 from tunewise.runtime.backend import GenRequest, GenResult, PromptTooLongError, check_context
-from tunewise.serve.adapter_pool import CorruptedAdapterError
 from tunewise.serve.schemas import (
     AdapterStatus,
     AdminModel,

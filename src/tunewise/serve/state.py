@@ -25,7 +25,8 @@ from tunewise.runtime.backend import Backend, GenRequest, GenResult, Messages
 from tunewise.serve.schemas import APIError, RefreshResult
 
 if TYPE_CHECKING:
-    from tunewise.registry.store import Registry, Version
+    from tunewise.registry.store import Registry
+    from tunewise.registry.types import Version
     from tunewise.runtime.engine import Engine
 
 # --------------------------------------------------------------------------- micro-batching
@@ -199,7 +200,7 @@ class ModelTable:
                 raise UserError(f"--adapters {entry}: {exc.message}") from None
 
     def add_direct(self, name: str, path: Path) -> str:
-        from tunewise.registry.store import validate_name
+        from tunewise.registry.types import validate_name
 
         validate_name(name, "adapter name")
         context = load_run_context(Path(path))
@@ -360,7 +361,7 @@ class ModelTable:
 
     def _verified(self, key: str) -> Version:
         """The version's hash-verified files (a corrupted version is never served)."""
-        from tunewise.registry.store import CorruptedFileError
+        from tunewise.registry.blobs import CorruptedFileError
 
         assert self.registry is not None
         try:
