@@ -208,3 +208,13 @@ def test_cpu_plan_matches_measured_peak_rss(real_model) -> None:
         f"{ratio:.2f})"
     )
     assert abs(ratio - 1) <= RSS_TOLERANCE, (predicted, measured)
+
+
+def test_every_config_preset_has_its_modules():
+    # A preset added to config.LoraTarget without its modules here would reach peft as a regex.
+    from typing import get_args
+
+    from tunewise.config import LoraTarget
+    from tunewise.train.methods import LORA_PRESETS
+
+    assert set(LORA_PRESETS) == set(get_args(LoraTarget))

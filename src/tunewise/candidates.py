@@ -136,15 +136,3 @@ def run_names(methods: Sequence[str], variants: Sequence[str]) -> dict[tuple[str
             base = f"{FINETUNED}-{m}" if len(methods) > 1 else FINETUNED
             out[m, v] = base if v == "none" else f"{base}+{v}"
     return out
-
-
-def variant_pairs(names: Sequence[str]) -> list[tuple[str, str]]:
-    """Each context-trained fine-tune against the same fine-tune without context
-    (``finetuned+fewshot`` vs ``finetuned``): what training with the context bought."""
-    out = []
-    for name in names:
-        for mode in ("fewshot", "rag"):
-            plain = name.removesuffix(f"+{mode}")
-            if plain != name and plain in names and is_finetune_name(plain):
-                out.append((name, plain))
-    return out

@@ -163,13 +163,15 @@ class ModelConfig(_Section):
         return v
 
 
+# The training vocabulary, named once (tunewise.train.methods builds on these).
+Method = Literal["lora", "qlora", "full"]
 LoraTarget = Literal["all-linear", "qv", "attn", "mlp"]
 
 
 class TrainConfig(_Section):
     """How the fine-tune is trained (the ladder's last rung)."""
 
-    method: Literal["lora", "qlora", "full"] = Field(
+    method: Method = Field(
         "lora",
         description="lora: a low-rank adapter on the frozen base (cheap, the default); qlora: the "
         "same adapter on a 4-bit NF4 copy of the base (less memory); full: every weight trains. "

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tunewise.candidates import variant_pairs
+from tunewise.candidates import is_finetune_name
 from tunewise.config import GateConfig
 from tunewise.decide.champion import attach_margin_tests
 from tunewise.decide.gate import decide, save_verdict
@@ -38,8 +38,20 @@ def pairs_to_test(candidates: Sequence[str], baselines: Sequence[str]) -> list[P
     for lower in RUNGS[:-1]:
         if lower in baselines and lower in candidates:
             pairs += [(c, lower) for c in candidates if c != lower]
-    pairs += variant_pairs(list(candidates))
+    pairs += _variant_pairs(candidates)
     return list(dict.fromkeys(pairs))
+
+
+def _variant_pairs(names: Sequence[str]) -> list[tuple[str, str]]:
+    """Each context-trained fine-tune against the same fine-tune without context
+    (``finetuned+fewshot`` vs ``finetuned``): what training with the context bought."""
+    out = []
+    for name in names:
+        for mode in ("fewshot", "rag"):
+            plain = name.removesuffix(f"+{mode}")
+            if plain != name and plain in names and is_finetune_name(plain):
+                out.append((name, plain))
+    return out
 
 
 def default_baselines(run: EvalRun, gate_cfg: GateConfig) -> list[str]:

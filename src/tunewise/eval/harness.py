@@ -39,7 +39,14 @@ from tunewise.baselines import classical
 from tunewise.baselines import prompt as prompt_mod
 from tunewise.baselines import rag as rag_mod
 from tunewise.baselines.context import CONTEXT_FILE, ContextBuilder, load_run_context
-from tunewise.candidates import CHAMPION, CLASSICAL, EXTERNAL, FINETUNED_GROUPS, KNN
+from tunewise.candidates import (
+    CHAMPION,
+    CLASSICAL,
+    EXTERNAL,
+    FINETUNED_GROUPS,
+    NO_LLM,
+    parse,
+)
 from tunewise.candidates import CONSTRAINED_SUFFIX as CONSTRAINED
 from tunewise.config import ExternalConfig, ProjectConfig
 from tunewise.data.schema import Example, load_examples
@@ -298,17 +305,13 @@ def plan_candidates(
     """The ordered candidate names this evaluation runs."""
     asked = list(candidates if candidates is not None else cfg.eval.candidates)
     ext_names = [e.name for e in cfg.eval.external]
-    known = (
-        set(RUNGS)
-        | {KNN, *CLASSICAL, *FINETUNED_GROUPS, EXTERNAL}
-        | set(ext_names)
-        | set(finetuned)
-    )
+    own = set(ext_names) | set(finetuned)  # names this project or this call gives meaning to
     for name in asked:
-        base = name.removesuffix(CONSTRAINED)
-        if base not in known and not base.endswith("+rag"):
+        c = parse(name)
+        if c.kind in ("other", "champion") and c.base not in own and not c.base.endswith("+rag"):
+            known = sorted({*RUNGS, *NO_LLM, *FINETUNED_GROUPS, EXTERNAL, *own})
             raise UserError(
-                f"eval.candidates: unknown candidate {name!r} (known: {', '.join(sorted(known))})"
+                f"eval.candidates: unknown candidate {name!r} (known: {', '.join(known)})"
             )
     plan: list[str] = []
     for name in asked:

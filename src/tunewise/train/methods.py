@@ -3,20 +3,23 @@
 The trainer (which builds the adapter), the memory planner (which counts its parameters) and the
 ladder (which checks ``--methods``) all read these names from here. A module of its own rather
 than part of :mod:`tunewise.train.phases`: the planner and the ladder need the vocabulary, not
-the run's phase records. Plain data only: importing it loads no torch, transformers or peft.
+the run's phase records. The names themselves are the config's (``Method``, ``LoraTarget`` in
+:mod:`tunewise.config`, which validates them). Plain data only: importing it loads no torch,
+transformers or peft.
 """
 
 from __future__ import annotations
 
-from typing import Final, Literal, get_args
+from typing import Final, get_args
 
-Method = Literal["lora", "qlora", "full"]
+from tunewise.config import LoraTarget, Method
+
 METHODS: Final[tuple[str, ...]] = get_args(Method)
 
 # ``train.target_modules`` presets, as the projections of a Llama-style model. The planner counts
 # "all-linear" as these seven; the trainer hands peft its own "all-linear" rule instead (see
 # :func:`peft_target_modules`).
-LORA_PRESETS: Final[dict[str, tuple[str, ...]]] = {
+LORA_PRESETS: Final[dict[LoraTarget, tuple[str, ...]]] = {
     "all-linear": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
     "qv": ("q_proj", "v_proj"),
     "attn": ("q_proj", "k_proj", "v_proj", "o_proj"),
@@ -37,3 +40,4 @@ def peft_target_modules(target_modules: str | list[str]) -> str | list[str]:
         return target_modules
     preset = LORA_PRESETS.get(target_modules)
     return list(preset) if preset is not None else target_modules
+
