@@ -551,8 +551,6 @@ class ProjectConfig(_Section):
     @field_validator("name")
     @classmethod
     def _name_is_safe(cls, v: str) -> str:
-        import re
-
         # The name becomes a registry entry and a folder name: no "..", no separators.
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", v) or ".." in v:
             raise ValueError(

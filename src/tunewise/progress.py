@@ -12,6 +12,13 @@ import time
 from typing import Any
 
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
 
 PLAIN_INTERVAL_S = 30.0
 LOG_WIDTH = 160
@@ -57,14 +64,6 @@ class Bar:
         self._t0 = self._last_line = time.time()
         if not self.enabled or self.plain:
             return self
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-        )
-
         self._rich = Progress(
             TextColumn(f"[bold]{self.label}"),
             BarColumn(),

@@ -43,12 +43,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import httpx
+
 from tunewise.errors import UserError
+from tunewise.eval.results import COMPARISON_FILE, EVAL_FILE, VERDICT_FILE, Comparison, Verdict
+from tunewise.progress import make_console
+from tunewise.registry.store import Registry
+from tunewise.rundir import RunDir
 
 if TYPE_CHECKING:
     from tunewise.config import ProjectConfig
-    from tunewise.eval.results import Comparison
-    from tunewise.registry.store import Registry
     from tunewise.registry.types import Version
 
 ENV_URI = "TUNEWISE_MLFLOW_URI"
@@ -106,7 +110,7 @@ class Tracker:
 
     def __init__(self, target: Target) -> None:
         try:
-            from mlflow import MlflowClient
+            from mlflow import MlflowClient  # lazy: mlflow, ~1.5 s to import and an optional extra
         except ImportError:
             raise UserError(
                 f"MLflow tracking is configured ({target.uri}) but mlflow is not installed: "
@@ -152,14 +156,14 @@ class Tracker:
         return str(run.info.run_id)
 
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
-        from mlflow.entities import Param
+        from mlflow.entities import Param  # lazy: mlflow, ~1.5 s to import and an optional extra
 
         items = [Param(k, v) for k, v in flatten(params).items()]
         for i in range(0, len(items), 100):  # MLflow takes at most 100 per batch
             self.client.log_batch(run_id, params=items[i : i + 100])
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
-        from mlflow.entities import Metric
+        from mlflow.entities import Metric  # lazy: mlflow, ~1.5 s to import and an optional extra
 
         now = int(time.time() * 1000)
         items = [Metric(metric_key(k), float(v), now, step) for k, v in metrics.items()]
@@ -167,7 +171,7 @@ class Tracker:
             self.client.log_batch(run_id, metrics=items[i : i + 1000])
 
     def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
-        from mlflow.entities import RunTag
+        from mlflow.entities import RunTag  # lazy: mlflow, ~1.5 s to import and an optional extra
 
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
@@ -189,8 +193,6 @@ class Tracker:
 def _check_reachable(uri: str) -> None:
     """A one-line error now, instead of MLflow's client retrying for minutes."""
     if uri.startswith(("http://", "https://")):
-        import httpx
-
         try:
             httpx.get(uri.rstrip("/") + "/health", timeout=10).raise_for_status()
         except httpx.HTTPError as exc:
@@ -268,8 +270,6 @@ def _call_safely(cb: Any, what: str, fn: Any, *args: Any) -> None:
         fn(*args)
     except Exception as exc:  # tracking must never cost a training run
         cb.failed = f"MLflow {what} failed ({exc}); tracking stopped for this run"
-        from tunewise.progress import make_console
-
         make_console(stderr=True).print(f"[yellow]warning:[/] {cb.failed}")
 
 
@@ -398,8 +398,6 @@ def log_ladder(
     ``verdicts`` maps each fine-tuned candidate to its verdict file, ``train_runs`` to its run
     directory (whose ``run.json`` names its MLflow training run, if it was tracked here).
     """
-    from tunewise.eval.results import COMPARISON_FILE, EVAL_FILE, VERDICT_FILE, Comparison, Verdict
-
     target = target_of(cfg)
     if target is None:
         return None
@@ -458,8 +456,6 @@ def ladder_stage(
 
     ``gate`` and ``report`` are the outputs of the ladder's stages of those names.
     """
-    from tunewise.registry.store import Registry
-
     run_id = log_ladder(
         cfg,
         eval_dir,
@@ -474,8 +470,6 @@ def ladder_stage(
 
 def _mlflow_run_of(run_dir: Path, uri: str) -> str | None:
     """The MLflow run id ``run.json`` recorded for a training run tracked at ``uri``."""
-    from tunewise.rundir import RunDir
-
     info = (RunDir(run_dir).read() or {}).get("mlflow") or {}
     return info.get("run_id") if info.get("uri") == uri else None
 
@@ -498,7 +492,7 @@ def mirror_registry(registry: Registry, name: str, target: Target | None = None)
     if target is None:
         return None
     tracker = Tracker(target)
-    from mlflow.exceptions import MlflowException
+    from mlflow.exceptions import MlflowException  # lazy: mlflow, as in Tracker
 
     try:
         return _mirror(tracker, registry, name, versions)

@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits  # a dependency of scikit-learn
 
 from tunewise.data.labels import SINGLE_FIELD, LabelSpec
 from tunewise.data.schema import Example
@@ -162,9 +163,9 @@ class FieldClassifier:
 
 
 def _fit_logreg(X: Any, y: list[str], C: float) -> Any:
+    # lazy: scikit-learn, ~1 s to import; only the classical baselines need it
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
-    from threadpoolctl import threadpool_limits  # a dependency of scikit-learn
 
     model = LogisticRegression(C=C, max_iter=MAX_ITER)
     # One thread: a few hundred rows gain nothing from more, and on a busy machine (tokenizers and
@@ -180,6 +181,7 @@ def _fit_logreg(X: Any, y: list[str], C: float) -> Any:
 
 def tfidf_features(texts: Sequence[str]) -> Featurize:
     """Fit word and character TF-IDF on ``texts`` (train only); return the transform."""
+    # lazy: scikit-learn, ~1 s to import
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.pipeline import FeatureUnion
 

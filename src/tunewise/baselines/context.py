@@ -24,6 +24,7 @@ trained and evaluated with.
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -32,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 
 from tunewise.baselines import fewshot as fewshot_mod
 from tunewise.baselines import rag as rag_mod
+from tunewise.baselines.embed import default_embedder
 from tunewise.data.schema import Example
 from tunewise.errors import UserError
 from tunewise.fsio import atomic_write_json
@@ -222,15 +224,11 @@ class ContextBuilder:
         )
 
     def _embedding_id(self) -> str:
-        from tunewise.baselines.embed import default_embedder
-
         return str(getattr(self._embedder or default_embedder(), "model_id", ""))
 
     @classmethod
     def load(cls, path: Path) -> ContextBuilder:
         """The builder a run saved; refuses a file from another format or embedding model."""
-        import json
-
         try:
             raw = json.loads(Path(path).read_text(encoding="utf-8"))
             spec = ContextSpec(**{**raw["spec"], "sources": tuple(raw["spec"]["sources"])})

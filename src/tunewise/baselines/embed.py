@@ -41,9 +41,8 @@ def default_model_dir() -> Path:
 
 @lru_cache(maxsize=4)
 def _load(model_dir: str):
-    # Imported lazily: sentence-transformers pulls torch,
-    # which CLI verbs like `--help` must not pay for.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # lazy: sentence-transformers pulls torch, which CLI verbs like `--help` must not pay for
     from sentence_transformers import SentenceTransformer
 
     return SentenceTransformer(model_dir, device="cpu", local_files_only=True)

@@ -117,7 +117,7 @@ def example_passages(train: Sequence[Example]) -> list[Passage]:
 
 
 def _tokenize(texts: list[str]) -> list[list[str]]:
-    import bm25s
+    import bm25s  # lazy: bm25s, ~0.3 s to import, only for hybrid retrieval
 
     toks = bm25s.tokenize(texts, return_ids=False, show_progress=False, stopwords="en")
     return [list(t) for t in toks]
@@ -134,7 +134,7 @@ class RagIndex:
         hybrid: bool = True,
         embed_fn: Callable[[list[str]], np.ndarray] | None = None,
     ) -> None:
-        import faiss
+        import faiss  # lazy: faiss, ~0.15 s to import, only for the RAG and kNN baselines
 
         if not passages:
             raise UserError(
@@ -151,7 +151,7 @@ class RagIndex:
         self.index.add(np.ascontiguousarray(vecs, dtype=np.float32))
         self._bm25 = None
         if hybrid:
-            import bm25s
+            import bm25s  # lazy: bm25s, ~0.3 s to import
 
             self._bm25 = bm25s.BM25()
             self._bm25.index(_tokenize([p.text for p in self.passages]), show_progress=False)
@@ -268,7 +268,7 @@ class KnnClassifier:
         self.label_of = label_of or (lambda t: t.strip())
         self._labels = [self.label_of(ex.target) for ex in self.train]
         self._uids = [ex.uid for ex in self.train]
-        import faiss
+        import faiss  # lazy: faiss, ~0.15 s to import
 
         vecs = self.embedder.encode([ex.user_text for ex in self.train])
         self.index = faiss.IndexFlatIP(vecs.shape[1])

@@ -60,7 +60,7 @@ def plan_cmd(
     ids such as meta-llama/Llama-2-7b-hf), so it works offline and for models you have not
     downloaded.
     """
-    from tunewise.train.plan import plan
+    from tunewise.train.plan import plan  # lazy: keeps --help fast
 
     p = plan(
         model,
@@ -82,7 +82,7 @@ def plan_cmd(
 
 def _print_plan(p: MemoryPlan) -> None:
     """The plan as a table of parts, then which GPUs fit and what to try when none does."""
-    from tunewise.train.plan import GIB, min_gpus_zero3
+    from tunewise.train.plan import GIB, min_gpus_zero3  # lazy: keeps --help fast
 
     trainable = f"{p.n_trainable / 1e6:,.1f}M trainable ({100 * p.n_trainable / p.n_params:.2f}%)"
     shared = f" (shared prefix {p.shared_prefix})" if p.shared_prefix else ""

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from tunewise.errors import UserError
 from tunewise.progress import make_console
+from tunewise.runtime import models
 
 data_app = typer.Typer(help="Check, split and convert chat JSONL data.", no_args_is_help=True)
 console = make_console()
@@ -109,8 +110,7 @@ def check_cmd(
 
     Exit code 0 when clean, 2 on errors, 1 on warnings with --strict.
     """
-    from tunewise.data.checks import check_file
-    from tunewise.runtime import models
+    from tunewise.data.checks import check_file  # lazy: numpy; keeps --help fast
 
     models.ensure_converted(model)  # before the spinner: one progress display at a time
     with status_console.status("checking ...") as st:
@@ -160,7 +160,7 @@ def split_cmd(
     FILE for exact and near-duplicate leakage and unseen labels (warnings with counts), and the
     test file is sealed; a split without its own file is carved from FILE.
     """
-    from tunewise.data.split import split_file
+    from tunewise.data.split import split_file  # lazy: numpy; keeps --help fast
 
     for flag, frac, given in (("--val", val, val_file), ("--test", test, test_file)):
         if frac is not None and given is not None:
@@ -173,7 +173,7 @@ def split_cmd(
                 file, out_dir, **fractions, seed=seed, project=project, output_pattern=pattern
             )
         else:
-            from tunewise.data.own_splits import split_with_files
+            from tunewise.data.own_splits import split_with_files  # lazy: numpy; keeps --help fast
 
             manifest = split_with_files(
                 file,
@@ -257,7 +257,7 @@ def convert_cmd(
     ),
 ) -> None:
     """Convert CSV, JSON text/label pairs (CLINC150), Alpaca or ShareGPT into chat JSONL."""
-    from tunewise.data.convert import convert
+    from tunewise.data.convert import convert  # lazy: keeps --help fast
 
     def _list(v: str | None) -> list[str] | None:
         return [x.strip() for x in v.split(",") if x.strip()] if v else None
@@ -307,7 +307,7 @@ def _render_label_counts(counts: dict[str, int], per_label: int | None) -> None:
 @data_app.command("seals")
 def seals_cmd(as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
     """List sealed test files and how many times each was used for a final evaluation."""
-    from tunewise.data.seal import seals
+    from tunewise.data.seal import seals  # lazy: keeps --help fast
 
     rows = seals()
     if as_json:

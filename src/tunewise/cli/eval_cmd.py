@@ -8,7 +8,9 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
+from tunewise.config import load_project
 from tunewise.errors import UserError
+from tunewise.eval.results import EVAL_FILE
 from tunewise.progress import make_console
 
 if TYPE_CHECKING:
@@ -99,9 +101,8 @@ def register(app: typer.Typer) -> None:
         so a rerun is free. Follow with `tunewise report` for confidence intervals, paired tests
         and the gate.
         """
-        from tunewise.config import load_project
+        # lazy: the harness pulls numpy and the baselines; keeps --help fast
         from tunewise.eval.harness import default_out_dir, evaluate
-        from tunewise.eval.results import EVAL_FILE
 
         cfg = load_project(project, set_)
         names = [c.strip() for c in candidates.split(",") if c.strip()] if candidates else None

@@ -25,7 +25,7 @@ def _when(ts: float | None) -> str:
 
 
 def _split_version(spec: str) -> tuple[str, int]:
-    from tunewise.registry.store import parse_spec
+    from tunewise.registry.store import parse_spec  # lazy: keeps --help fast
 
     name, version, _alias = parse_spec(spec)
     if version is None:
@@ -43,7 +43,7 @@ def add(
     ),
 ) -> None:
     """Register RUN as the next immutable version of NAME."""
-    from tunewise.registry.store import Registry
+    from tunewise.registry.store import Registry  # lazy: keeps --help fast
 
     v = Registry().add(run, name=name, verdict=verdict, eval_dir=eval_dir)
     gate = {True: "[green]ship[/]", False: "[red]do not ship[/]", None: "no verdict"}[v.ship]
@@ -53,7 +53,7 @@ def add(
 @registry_app.command("list")
 def list_cmd() -> None:
     """Every registered name with its latest version and aliases."""
-    from tunewise.registry.store import Registry
+    from tunewise.registry.store import Registry  # lazy: keeps --help fast
 
     rows = Registry().summary()
     if not rows:
@@ -74,7 +74,7 @@ def show(
     as_json: bool = typer.Option(False, "--json", help="Print the full record as JSON."),
 ) -> None:
     """Show one version: base model, hashes, config, eval results and gate verdict."""
-    from tunewise.registry.store import Registry
+    from tunewise.registry.store import Registry  # lazy: keeps --help fast
 
     reg = Registry()
     v = reg.lookup(spec)
@@ -106,7 +106,7 @@ def history(
     alias: str = typer.Option(None, "--alias", help="Only this alias."),
 ) -> None:
     """Every alias move of NAME: when, from which version to which, and why."""
-    from tunewise.registry.store import Registry
+    from tunewise.registry.store import Registry  # lazy: keeps --help fast
 
     reg = Registry()
     reg.versions(name)  # unknown name -> one-line error
@@ -132,7 +132,7 @@ def promote(
     reason: str = typer.Option(None, "--reason", help="Why (required with --force; recorded)."),
 ) -> None:
     """Point NAME@ALIAS at VERSION; refuses a version the gate did not pass unless --force."""
-    from tunewise.registry.store import Registry
+    from tunewise.registry.store import Registry  # lazy: keeps --help fast
 
     name, version = _split_version(spec)
     reg = Registry()
@@ -154,7 +154,7 @@ def rollback(
 
     Running servers pick the change up on POST /admin/adapters/refresh.
     """
-    from tunewise.registry.store import Registry
+    from tunewise.registry.store import Registry  # lazy: keeps --help fast
 
     reg = Registry()
     res = reg.rollback(name, alias=alias, reason=reason)
@@ -170,7 +170,7 @@ def _mirror(reg: object, name: str, done: str) -> None:
     The local change is already committed; a failed mirror exits 1 and says so. Running the same
     command again retries it (the mirror is idempotent).
     """
-    from tunewise.tracking import mirror_registry
+    from tunewise.tracking import mirror_registry  # lazy: keeps --help fast
 
     try:
         line = mirror_registry(reg, name)  # type: ignore[arg-type]
@@ -184,6 +184,7 @@ def _mirror(reg: object, name: str, done: str) -> None:
 @registry_app.command("doctor")
 def doctor_cmd() -> None:
     """Check the index (registry.sqlite), the records beside the blobs, and every blob's hash."""
+    # lazy: keeps --help fast
     from tunewise.registry.records import doctor
     from tunewise.registry.store import Registry
 
@@ -206,6 +207,7 @@ def rebuild_cmd(
     The old registry.sqlite (if any) is moved aside as registry.sqlite.broken-<time>, never
     deleted. Stop servers and other registry commands first.
     """
+    # lazy: keeps --help fast
     from tunewise.registry.records import rebuild
     from tunewise.registry.store import Registry
 

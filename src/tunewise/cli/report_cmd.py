@@ -10,14 +10,21 @@ from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
-from tunewise.config import GateConfig
+from tunewise.config import GateConfig, load_project
 from tunewise.errors import UserError
-from tunewise.eval.results import COMPARISON_FILE, VERDICT_FILE
+from tunewise.eval.results import (
+    COMPARISON_FILE,
+    EVAL_FILE,
+    VERDICT_FILE,
+    EvalRun,
+    gate_config_from_meta,
+)
+from tunewise.fsio import atomic_write_json
 from tunewise.numbers import cell
 from tunewise.progress import make_console
 
 if TYPE_CHECKING:
-    from tunewise.eval.results import Comparison, EvalRun
+    from tunewise.eval.results import Comparison
 
 console = make_console()
 
@@ -29,8 +36,6 @@ _BASELINES = typer.Option(
 
 
 def _load_run(eval_dir: Path) -> EvalRun:
-    from tunewise.eval.results import EVAL_FILE, EvalRun
-
     return EvalRun.load(eval_dir / EVAL_FILE)
 
 
@@ -41,9 +46,6 @@ def _gate_cfg(
     delta: float | None,
     baselines: list[str] | None,
 ) -> GateConfig:
-    from tunewise.config import load_project
-    from tunewise.eval.results import gate_config_from_meta
-
     cfg = load_project(project).gate if project else gate_config_from_meta(run.meta)
     updates = {
         k: v
@@ -68,7 +70,7 @@ def compare_cmd(
     project: Path | None = _PROJECT,
 ) -> None:
     """CIs for every metric and paired tests against every baseline; writes comparison.json."""
-    from tunewise.decide import comparison
+    from tunewise.decide import comparison  # lazy: scipy; keeps --help fast
 
     if ci not in ("bca", "percentile"):
         raise UserError(f"--ci must be bca or percentile, got {ci!r}")
@@ -147,6 +149,7 @@ def gate_cmd(
     project: Path | None = _PROJECT,
 ) -> None:
     """Ship or not: exit 0 = ship, 1 = don't ship, 2 = error. Writes verdict.json."""
+    # lazy: scipy and the harness; keeps --help fast
     from tunewise.decide import comparison
     from tunewise.decide.champion import ensure_champion
     from tunewise.decide.gate import decide, save_verdict
@@ -193,8 +196,7 @@ def report_cmd(
     ),
 ) -> None:
     """Write report.html (self-contained) and report.md into EVAL_DIR."""
-    from tunewise.decide.report_inputs import render_report
-    from tunewise.eval.results import EVAL_FILE
+    from tunewise.decide.report_inputs import render_report  # lazy: scipy; keeps --help fast
 
     if test_dir is not None and not (test_dir / EVAL_FILE).is_file():
         raise UserError(f"--test {test_dir}: no {EVAL_FILE} there (run `tunewise run --final`)")
@@ -212,7 +214,7 @@ def rate_cmd(
     seed: int = typer.Option(0, help="seed for item order and left/right placement"),
 ) -> None:
     """Rate two candidates side by side in the browser (blinded, random order; keys 1/2/0/s)."""
-    from tunewise.eval import human
+    from tunewise.eval import human  # lazy: scipy; keeps --help fast
 
     session = human.open_session(eval_dir, a, b, seed=seed, rater=rater)
     p = session.progress()
@@ -221,7 +223,7 @@ def rate_cmd(
         f"{session.store.path}"
     )
     console.print(f"open [bold]http://127.0.0.1:{port}/[/]  (Ctrl-C to stop)")
-    import uvicorn
+    import uvicorn  # lazy: uvicorn, only a running rating page needs it
 
     uvicorn.run(human.create_app(session), host="127.0.0.1", port=port, log_level="warning")
     s = session.summary()
@@ -239,9 +241,7 @@ def calibrate_cmd(
     """Check the LLM judge against people: for every pair rated with `tunewise rate`, Cohen's
     kappa (bootstrap CI) and raw agreement, and the share of pairwise verdicts that flip when the
     two answers swap places. Writes judge_calibration.json; the report shows it."""
-    from tunewise.config import load_project
-    from tunewise.eval import calibration, human
-    from tunewise.fsio import atomic_write_json
+    from tunewise.eval import calibration, human  # lazy: scipy; keeps --help fast
 
     run = _load_run(eval_dir)
     db = human.ratings_db(eval_dir)

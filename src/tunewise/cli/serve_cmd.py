@@ -85,6 +85,7 @@ def serve_command(
     device: str = _DEVICE,
 ) -> None:
     """Serve the base model and registry adapters with an OpenAI-compatible API."""
+    # lazy: fastapi, ~0.3 s; keeps --help fast
     from tunewise.serve.app import LOOPBACK_HOSTS, check_admin_options, serve
 
     specs = [s.strip() for a in adapters or [] for s in a.split(",") if s.strip()]
@@ -122,7 +123,7 @@ def export_merged_cmd(
     force: bool = typer.Option(False, "--force", help="Replace a non-empty OUT."),
 ) -> None:
     """Fold the adapter into its base (merge_and_unload) and write a standalone HF model."""
-    from tunewise.export.vllm import export_merged
+    from tunewise.export.vllm import export_merged  # lazy: keeps --help fast
 
     res = export_merged(spec, out, force=force)
     console.print(
@@ -138,7 +139,7 @@ def export_gguf_cmd(
     force: bool = typer.Option(False, "--force", help="Replace OUT and its Modelfile."),
 ) -> None:
     """Merge the adapter into its base; write GGUF (llama.cpp) and an Ollama Modelfile."""
-    from tunewise.export.gguf import export_gguf
+    from tunewise.export.gguf import export_gguf  # lazy: numpy; keeps --help fast
 
     res = export_gguf(spec, out, quant=quant, force=force)
     for w in res["warnings"]:
@@ -169,7 +170,7 @@ def export_vllm_cmd(
     force: bool = typer.Option(False, "--force", help="Replace a non-empty OUT."),
 ) -> None:
     """Check adapters for vLLM and write a layout folder plus the `vllm serve` command."""
-    from tunewise.export.vllm import export_vllm
+    from tunewise.export.vllm import export_vllm  # lazy: keeps --help fast
 
     plan = export_vllm(
         specs,

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.table import Table
 
+from tunewise.config import load_project
 from tunewise.errors import UserError
 from tunewise.progress import make_console
 
@@ -46,7 +48,7 @@ def train(
 
     Works under `accelerate launch -m tunewise train ...` for several processes or GPUs.
     """
-    from tunewise.config import load_project
+    # lazy: torch and transformers, ~3 s; keeps --help fast
     from tunewise.train.trainer import default_run_dir, load_run_config
     from tunewise.train.trainer import train as run_training
 
@@ -85,8 +87,6 @@ def train(
 
 
 def _render(rec: dict) -> None:
-    import os
-
     if int(os.environ.get("RANK", "0")) != 0:
         return
     console = make_console()

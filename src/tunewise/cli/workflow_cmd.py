@@ -5,17 +5,16 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import typer
 from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
+from tunewise import config  # a module: tests replace config.load_project
+from tunewise.errors import UserError
+from tunewise.eval.results import BaselineReason, Comparison, EvalRun, MetricEstimate, Verdict
 from tunewise.progress import make_console
-
-if TYPE_CHECKING:
-    from tunewise.eval.results import BaselineReason, Comparison, MetricEstimate
 
 console = make_console()
 
@@ -52,10 +51,9 @@ def run_cmd(
 ) -> None:
     """Run the whole ladder: check, split, baselines, train, evaluate, compare, gate, registry,
     report."""
-    from tunewise.config import load_project
-    from tunewise.ladder.workflow import run_ladder
+    from tunewise.ladder.workflow import run_ladder  # lazy: scipy, numpy; keeps --help fast
 
-    cfg = load_project(project, set_)
+    cfg = config.load_project(project, set_)
     method_list = [m.strip() for m in methods.split(",")] if methods else None
     result = run_ladder(
         cfg,
@@ -73,8 +71,6 @@ def run_cmd(
 def show_summary(eval_dir: Path, test_dir: Path | None = None) -> None:
     """The comparison table, the verdict and the advice, read back from the eval directory; with
     ``test_dir`` (after ``--final``), the sealed test split's table and verdict beside them."""
-    from tunewise.eval.results import Comparison
-
     comp_path = eval_dir / "comparison.json"
     if not comp_path.is_file():
         return
@@ -84,7 +80,7 @@ def show_summary(eval_dir: Path, test_dir: Path | None = None) -> None:
     _show_verdict(eval_dir, "")
     if test_dir is not None and (test_dir / "comparison.json").is_file():
         _show_sealed(test_dir, comp)
-    from tunewise.decide.advise import facts_from_dir, recommend
+    from tunewise.decide.advise import facts_from_dir, recommend  # lazy: keeps --help fast
 
     advice = recommend(facts_from_dir(eval_dir))
     console.print(
@@ -141,8 +137,6 @@ def gate_line(r: BaselineReason) -> str:
 
 
 def _show_verdict(eval_dir: Path, where: str) -> None:
-    from tunewise.eval.results import Verdict
-
     verdict_path = eval_dir / "verdict.json"
     if not verdict_path.is_file():
         return
@@ -159,8 +153,7 @@ def _show_verdict(eval_dir: Path, where: str) -> None:
 def _show_sealed(test_dir: Path, val: Comparison) -> None:
     """The sealed test split's table (validation's primary metric beside it) and verdict, marked
     as the one use it is."""
-    from tunewise.eval.report_sealed import ONE_USE
-    from tunewise.eval.results import Comparison, EvalRun
+    from tunewise.eval.report_sealed import ONE_USE  # lazy: numpy; keeps --help fast
 
     comp = Comparison.load(test_dir / "comparison.json")
     run = EvalRun.load(test_dir / "eval.json")
@@ -175,8 +168,7 @@ def _show_sealed(test_dir: Path, val: Comparison) -> None:
 
 def show_example(eval_dir: Path) -> None:
     """Every candidate's answer to one validation item: what the numbers above are made of."""
-    from tunewise.eval.report import split_lookup
-    from tunewise.eval.results import EvalRun
+    from tunewise.eval.report import split_lookup  # lazy: numpy; keeps --help fast
 
     eval_path = eval_dir / "eval.json"
     if not eval_path.is_file():
@@ -218,9 +210,9 @@ def advise_cmd(
     as_json: bool = typer.Option(False, "--json", help="print JSON"),
 ) -> None:
     """A plain-language recommendation tied to the measured numbers (and the cost break-even)."""
+    # lazy: keeps --help fast
     from tunewise.decide.advise import facts_from_dir, recommend
     from tunewise.decide.costs import CostInputs
-    from tunewise.errors import UserError
 
     eval_dir = _eval_dir_of(target)
     cost = None
@@ -253,9 +245,7 @@ def advise_cmd(
 def _eval_dir_of(target: Path) -> Path:
     if (target / "comparison.json").is_file():
         return target
-    from tunewise.config import load_project
-
-    cfg = load_project(target)
+    cfg = config.load_project(target)
     return cfg.work_dir / "eval"
 
 
@@ -269,7 +259,7 @@ def init_cmd(
     force: bool = typer.Option(False, "--force", help="overwrite an existing project.yaml"),
 ) -> None:
     """Scaffold a project.yaml from your data: infers the task type, graders and primary metric."""
-    from tunewise.ladder.init import init_project
+    from tunewise.ladder.init import init_project  # lazy: keeps --help fast
 
     path, summary = init_project(data, out=out, name=name, docs=docs, force=force)
     console.print(f"[green]wrote[/] {path}")

@@ -163,7 +163,7 @@ def near_duplicate_clusters(
 
 def lsh_params(threshold: float, num_perm: int) -> tuple[int, int]:
     """(bands, rows per band) that datasketch's MinHashLSH picks for this threshold."""
-    from datasketch import MinHashLSH
+    from datasketch import MinHashLSH  # lazy: datasketch pulls scipy, ~0.5 s to import
 
     lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
     return lsh.b, lsh.r

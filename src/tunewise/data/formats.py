@@ -24,6 +24,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from tunewise.errors import UserError
+
 Kind = Literal["fields", "json", "label", "text"]
 
 # `Key: value` where the key looks like a field name, not like a sentence with a colon in it.
@@ -151,8 +153,6 @@ class OutputFormat:
         try:
             rx = re.compile(regex)
         except re.error as exc:
-            from tunewise.errors import UserError
-
             raise UserError(f"output_pattern: invalid regex {regex!r}: {exc}") from None
         names = list(rx.groupindex)
         readable = _GROUP.sub(lambda m: f"<{m.group(1)}>", regex).strip("^$").replace("\\n", "\n")

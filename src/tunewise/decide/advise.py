@@ -35,6 +35,14 @@ from tunewise.config import GateConfig
 from tunewise.decide.costs import CostEstimate, CostInputs, cost_estimate
 from tunewise.errors import UserError
 from tunewise.eval.learning_curve import CURVE_FILE, load_curve
+from tunewise.eval.results import (
+    COMPARISON_FILE,
+    EVAL_FILE,
+    VERDICT_FILE,
+    Comparison,
+    EvalRun,
+    Verdict,
+)
 from tunewise.numbers import num
 from tunewise.rungs import RUNGS
 
@@ -466,15 +474,6 @@ def _curve_advice(f: Facts, m: dict[str, float]) -> str | None:
 
 def facts_from_dir(eval_dir: Path) -> Facts:
     """Read ``comparison.json``, ``verdict.json`` and ``eval.json`` of a ladder's evaluation."""
-    from tunewise.eval.results import (
-        COMPARISON_FILE,
-        EVAL_FILE,
-        VERDICT_FILE,
-        Comparison,
-        EvalRun,
-        Verdict,
-    )
-
     comp_path = eval_dir / COMPARISON_FILE
     if not comp_path.is_file():
         raise UserError(

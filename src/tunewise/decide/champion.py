@@ -22,16 +22,17 @@ from pathlib import Path
 from typing import Any
 
 from tunewise.candidates import CHAMPION
-from tunewise.config import GateConfig
+from tunewise.config import GateConfig, load_project
 from tunewise.errors import UserError
+from tunewise.eval.harness import evaluate
 from tunewise.eval.margin import margin_tests
-from tunewise.eval.results import Comparison, EvalRun
+from tunewise.eval.results import Comparison, EvalRun, Verdict
+from tunewise.fsio import sha256_file
+from tunewise.registry.store import DEFAULT_ALIAS, Registry, _collect_run_files
 
 
 def production_version(project_name: str, registry: Any | None = None) -> Any | None:
     """The registry version ``<project>@production`` points at, materialised; None when unset."""
-    from tunewise.registry.store import DEFAULT_ALIAS, Registry
-
     reg = registry or Registry()
     try:
         aliases = {s["name"]: s["aliases"] for s in reg.summary()}
@@ -56,8 +57,6 @@ def ladder_champion(project_name: str, new_runs: dict[str, Path], registry: Any)
     it shipped (its verdict's champion), so the evaluation's key stays what it was and the rerun
     is a no-op; none when it was compared against none, or against another of these runs.
     """
-    from tunewise.registry.store import DEFAULT_ALIAS
-
     try:
         aliases = {s["name"]: s["aliases"] for s in registry.summary()}
     except UserError:
@@ -82,10 +81,6 @@ def ladder_champion(project_name: str, new_runs: dict[str, Path], registry: Any)
 def registered_as(registry: Any, name: str, run_dir: Path, verdict: Path) -> Any | None:
     """The version of ``name`` already registered from ``run_dir`` with the weights it holds now
     and the same verdict, or None: registering it again would add a duplicate version."""
-    from tunewise.eval.results import Verdict
-    from tunewise.fsio import sha256_file
-    from tunewise.registry.store import _collect_run_files
-
     if not registry.has_name(name):
         return None
     source = str(Path(run_dir).resolve())
@@ -167,9 +162,6 @@ def ensure_champion(
                 "would spend the split again: compare on validation"
             ),
         )
-    from tunewise.config import load_project
-    from tunewise.eval.harness import evaluate
-
     cfg = load_project(project)
     cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"constrained": False})})
     sub = evaluate(

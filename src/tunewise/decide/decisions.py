@@ -27,6 +27,7 @@ from dataclasses import replace
 from tunewise.candidates import CHAMPION
 from tunewise.config import CostConfig, GateConfig
 from tunewise.decide.costs import CostInputs, cost_per_1000
+from tunewise.decide.seeds import seed_spread
 from tunewise.decide.superiority import failed_guards, superiority
 from tunewise.errors import UserError
 from tunewise.eval.results import BaselineReason, Comparison, MarginTest, Verdict
@@ -329,8 +330,6 @@ def with_seeds(verdict: Verdict, comparison: Comparison, gate_cfg: GateConfig) -
     ``alpha`` (intersection-union). A single seed, or a candidate that is not a group, is left
     as it is.
     """
-    from tunewise.decide.seeds import seed_spread
-
     members = comparison.meta.get("seed_groups", {}).get(verdict.candidate)
     if not members or len(members) < 2:
         return verdict

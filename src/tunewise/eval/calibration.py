@@ -28,7 +28,14 @@ from typing import Any
 
 import numpy as np
 
+from tunewise.data.schema import Example
+from tunewise.eval.graders import PairwiseJudge
+from tunewise.eval.items import item_prompt, item_reference
 from tunewise.eval.results import EvalRun
+from tunewise.runtime import models
+from tunewise.runtime.cache import GenCache
+from tunewise.runtime.engine import Engine
+from tunewise.runtime.external import ExternalClient
 
 CATEGORIES = ("a", "b", "tie")
 N_BOOT = 2000
@@ -118,7 +125,7 @@ def agreement_from_eval(run: EvalRun, ratings_db: Path | None) -> list[dict[str,
     """Judge-vs-people agreement for every rated pair whose two candidates carry judge scores."""
     if ratings_db is None or not Path(ratings_db).is_file():
         return []
-    from tunewise.eval.human import RatingStore
+    from tunewise.eval.human import RatingStore  # lazy: the rating app pulls scipy
 
     names = {c.name: c for c in run.candidates}
     store = RatingStore(ratings_db)
@@ -149,10 +156,7 @@ def run_calibration(
 ) -> dict[str, Any]:
     """For every rated pair: the pairwise judge in both orders on the rated items, its position
     bias and its agreement with people, next to the rubric judge's agreement. Runs the judge."""
-    from tunewise.data.schema import Example
-    from tunewise.eval.graders import PairwiseJudge
-    from tunewise.eval.human import RatingStore
-    from tunewise.eval.items import item_prompt, item_reference
+    from tunewise.eval.human import RatingStore  # lazy: the rating app pulls scipy
 
     judge = PairwiseJudge(backend)
     names = {c.name: c for c in run.candidates}
@@ -207,7 +211,7 @@ def attach_judge_agreement(comp: Any, run: EvalRun, eval_dir: Path) -> None:
     :func:`tunewise.decide.decisions.judge_reason`."""
     if comp.primary_metric != "judge":
         return
-    from tunewise.eval.human import ratings_db
+    from tunewise.eval.human import ratings_db  # lazy: the rating app pulls scipy
 
     comp.meta["judge_agreement"] = agreement_from_eval(run, ratings_db(eval_dir))
 
@@ -215,16 +219,9 @@ def attach_judge_agreement(comp: Any, run: EvalRun, eval_dir: Path) -> None:
 def judge_backend(cfg: Any) -> tuple[Any, str]:
     """The project's judge (``eval.judge_model``: an external name or a local model; the base
     model when unset), as the harness builds it, and its name."""
-    from tunewise.runtime.cache import GenCache
-
     name = cfg.eval.judge_model or cfg.model.base
     external = {e.name: e for e in cfg.eval.external}
     if name in external:
-        from tunewise.runtime.external import ExternalClient
-
         return ExternalClient.from_config(external[name], cache=GenCache()), name
-    from tunewise.runtime import models
-    from tunewise.runtime.engine import Engine
-
     engine = Engine(models.resolve(name), batch_size=cfg.eval.batch_size, cache=GenCache())
     return engine, name

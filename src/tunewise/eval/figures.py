@@ -20,7 +20,7 @@ MAX_CM_CLASSES = 25
 
 
 def png(fig) -> str:
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: matplotlib, ~0.4 s to import, only for figures
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", facecolor="white")
@@ -47,10 +47,10 @@ def colors(names: Sequence[str], baselines: Sequence[str]) -> dict[str, str]:
 def metrics_figure(
     comp: Comparison, names: list[str], metrics: list[str], colors: dict[str, str]
 ) -> str:
-    import matplotlib
+    import matplotlib  # lazy: matplotlib, ~0.4 s to import, only for figures
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after use("Agg"): pyplot picks its backend on import
 
     fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(metrics) + 2), 3.6))
     width = 0.8 / max(1, len(names))
@@ -87,10 +87,10 @@ def metrics_figure(
 
 def confusion_figure(items: list[ItemResult], name: str) -> tuple[str, str]:
     """Confusion matrix (rows = gold, normalised per row); the most frequent classes when many."""
-    import matplotlib
+    import matplotlib  # lazy: matplotlib, ~0.4 s to import, only for figures
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after use("Agg"): pyplot picks its backend on import
 
     pairs = [
         (it.gold, it.predicted if it.predicted is not None else "(unparsed)")
@@ -145,10 +145,10 @@ def confusion_figure(items: list[ItemResult], name: str) -> tuple[str, str]:
 
 def loss_figure(runs: Sequence[tuple[str, list[dict[str, Any]]]]) -> str | None:
     """Train and validation loss per step for each named run, repetition on a second axis."""
-    import matplotlib
+    import matplotlib  # lazy: matplotlib, ~0.4 s to import, only for figures
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after use("Agg"): pyplot picks its backend on import
 
     if not any(rows for _, rows in runs):
         return None
@@ -214,10 +214,10 @@ def loss_figure(runs: Sequence[tuple[str, list[dict[str, Any]]]]) -> str | None:
 
 
 def curve_figure(points: list[tuple[int, float]], metric: str) -> str:
-    import matplotlib
+    import matplotlib  # lazy: matplotlib, ~0.4 s to import, only for figures
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after use("Agg"): pyplot picks its backend on import
 
     fig, ax = plt.subplots(figsize=(5.5, 3.2))
     xs, ys = zip(*points, strict=True)

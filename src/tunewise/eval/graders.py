@@ -27,11 +27,14 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+import jsonschema
+
 from tunewise.config import ProjectConfig
 from tunewise.data.labels import LabelSpec, fold, normalise
 from tunewise.data.schema import Example
 from tunewise.errors import UserError
 from tunewise.fsio import sha256_text
+from tunewise.runtime.engine import GenRequest
 
 
 def label_scores(
@@ -78,8 +81,6 @@ def json_scores(output: str, target: str, schema: dict[str, Any] | None) -> dict
     ok, value = parse_json(output)
     scores = {"json_valid": float(ok)}
     if schema is not None:
-        import jsonschema
-
         validator_cls = jsonschema.validators.validator_for(schema)
         scores["schema_valid"] = float(ok and validator_cls(schema).is_valid(value))
     gold_ok, gold = parse_json(target)
@@ -124,8 +125,6 @@ def _pair_scores(key: str, want: dict[str, Any], have: dict[str, Any] | None) ->
 
 
 def check_schema(schema: dict[str, Any]) -> None:
-    import jsonschema
-
     try:
         jsonschema.validators.validator_for(schema).check_schema(schema)
     except jsonschema.SchemaError as exc:
@@ -266,8 +265,6 @@ def _request_text(messages: list[dict[str, str]]) -> str:
 
 
 def _requests(prompts: list[str], max_new_tokens: int, adapter: str | None) -> list[Any]:
-    from tunewise.runtime.engine import GenRequest
-
     return [
         GenRequest(
             messages=[{"role": "user", "content": p}],

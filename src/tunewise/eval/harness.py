@@ -49,8 +49,11 @@ from tunewise.candidates import (
 )
 from tunewise.candidates import CONSTRAINED_SUFFIX as CONSTRAINED
 from tunewise.config import ExternalConfig, ProjectConfig
+from tunewise.data.own_splits import split_project
 from tunewise.data.schema import Example, load_examples
+from tunewise.data.seal import guard
 from tunewise.errors import UserError
+from tunewise.eval.constrained import ConstrainedLabeler
 from tunewise.eval.graders import Grader, LLMJudge
 from tunewise.eval.items import item_ids
 from tunewise.eval.results import EVAL_FILE, CandidateResult, EvalRun, ItemResult
@@ -58,6 +61,10 @@ from tunewise.fsio import sha256_file
 from tunewise.progress import Bar, make_console
 from tunewise.rundir import RunDir
 from tunewise.rungs import RUNGS
+from tunewise.runtime import device, models
+from tunewise.runtime.cache import GenCache
+from tunewise.runtime.engine import Engine, GenRequest
+from tunewise.runtime.external import ExternalClient
 
 console = make_console(stderr=True)
 
@@ -73,10 +80,6 @@ def split_paths(cfg: ProjectConfig) -> dict[str, Path]:
     splits = cfg.work_dir / "splits"
     paths = {s: splits / f"{s}.jsonl" for s in ("train", "val", "test")}
     if not paths["train"].is_file():
-        try:
-            from tunewise.data.own_splits import split_project
-        except ImportError:  # pragma: no cover - the data toolkit ships with tunewise
-            raise UserError(f"{splits}: no splits yet; run `tunewise data split`") from None
         console.print(
             f"[dim]no splits in {splits}: splitting {cfg.data.train} (test split sealed)[/]"
         )
@@ -85,8 +88,6 @@ def split_paths(cfg: ProjectConfig) -> dict[str, Path]:
 
 
 def _guard_test(path: Path, *, final: bool, purpose: str) -> dict[str, Any]:
-    from tunewise.data.seal import guard
-
     prior = guard(path, final=final, purpose=purpose)  # raises SealedSplitError unless final
     info: dict[str, Any] = {"final": True, "final_use": prior + 1}
     if prior > 0:
@@ -147,10 +148,6 @@ class _Harness:
         return self._engine
 
     def _new_engine(self, model: str | Path) -> Any:
-        from tunewise.runtime import device, models
-        from tunewise.runtime.cache import GenCache
-        from tunewise.runtime.engine import Engine
-
         eng = Engine(
             models.resolve(model),
             batch_size=self.cfg.eval.batch_size,
@@ -163,9 +160,6 @@ class _Harness:
 
     def external(self, ext: ExternalConfig) -> Any:
         """A client for an OpenAI-compatible endpoint, cached like a local engine."""
-        from tunewise.runtime.cache import GenCache
-        from tunewise.runtime.external import ExternalClient
-
         client = ExternalClient.from_config(ext, cache=GenCache())
         self._own_engines.append(client)
         return client
@@ -222,8 +216,6 @@ class _Harness:
     def generate(
         self, name: str, engine: Any, msgs: list[Messages], adapter: str | None
     ) -> list[str]:
-        from tunewise.runtime.engine import GenRequest
-
         mnt = self.max_new_tokens(engine)
         reqs = [GenRequest(messages=m, adapter=adapter, max_new_tokens=mnt) for m in msgs]
         if self.progress:
@@ -233,8 +225,6 @@ class _Harness:
     def constrained(
         self, name: str, engine: Any, msgs: list[Messages], adapter: str | None
     ) -> tuple[list[str], dict, list[dict]]:
-        from tunewise.eval.constrained import ConstrainedLabeler
-
         spec = self.grader.spec
         assert spec is not None
         labeler = ConstrainedLabeler(spec, [ex.target for ex in self.train])

@@ -255,6 +255,7 @@ class RateIn(BaseModel):
 
 def create_app(session: RatingSession):
     """The FastAPI app: the page at ``/`` and a small JSON API under ``/api``."""
+    # lazy: fastapi, ~0.25 s to import, only for `tunewise rate`
     from fastapi import FastAPI, HTTPException
     from fastapi.responses import HTMLResponse
 
@@ -305,7 +306,7 @@ def serve(
     eval_dir: str | Path, a: str, b: str, *, port: int = 8765, seed: int = 0, rater: str = "local"
 ) -> None:
     """Serve the rating page on 127.0.0.1 only: ratings are local, nothing is exposed."""
-    import uvicorn
+    import uvicorn  # lazy: uvicorn, only for `tunewise rate`
 
     session = open_session(eval_dir, a, b, seed=seed, rater=rater)
     uvicorn.run(create_app(session), host="127.0.0.1", port=port, log_level="warning")

@@ -24,9 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from tunewise.errors import UserError
-from tunewise.eval import figures
+from tunewise.eval import calibration, figures
+from tunewise.eval.flips import champion_views
 from tunewise.eval.items import item_prompt, item_reference
 from tunewise.eval.items import split_lookup as split_lookup  # re-exported for the CLI
+from tunewise.eval.learning_curve import CURVE_FILE, load_curve
 from tunewise.eval.report_sealed import eval_time, md_sealed, sealed_context
 from tunewise.eval.report_tables import (
     ReportInputs,
@@ -92,8 +94,6 @@ def _load_train_run(path: Path) -> tuple[TrainRunInfo, list[dict[str, Any]]]:
 
 
 def _load_curve(eval_dir: Path) -> list[tuple[int, float]]:
-    from tunewise.eval.learning_curve import CURVE_FILE, load_curve
-
     path = eval_dir / CURVE_FILE
     if not path.is_file():
         return []
@@ -147,7 +147,7 @@ def _worst(run: EvalRun, name: str, primary: str, k: int = WORST_K) -> list[dict
 
 def _load_ratings(eval_dir: Path, run: EvalRun) -> list[dict[str, Any]]:
     """Human ratings per pair, with the judge's agreement with them where it was measured."""
-    from tunewise.eval import calibration, human
+    from tunewise.eval import human  # lazy: the rating app pulls scipy
 
     db = eval_dir / human.DB_NAME
     if not db.is_file():
@@ -241,8 +241,6 @@ def build_context(
 
 
 def _champion(run: EvalRun, verdicts: list[Verdict], primary: str) -> list[dict[str, Any]]:
-    from tunewise.eval.flips import champion_views
-
     views = champion_views(run, verdicts, primary)
     for view in views:
         for key in ("challenger_value", "champion_value"):
@@ -290,7 +288,7 @@ def _training(eval_dir: Path, train_runs: list[Path], primary: str) -> dict[str,
 
 # ----------------------------------------------------------------------------- output
 def render_html(ctx: dict[str, Any]) -> str:
-    import jinja2
+    import jinja2  # lazy: jinja2, only the HTML report renders a template
 
     env = jinja2.Environment(
         autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True

@@ -25,6 +25,7 @@ A matrix whose rows do not split into 32-wide blocks is written in f16, as llama
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import shutil
@@ -36,8 +37,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from safetensors import safe_open
 
 from tunewise.errors import UserError
+from tunewise.export.modelfile import build_modelfile
+from tunewise.export.vllm import export_merged
+from tunewise.fsio import atomic_write_text
+from tunewise.registry.store import Registry
+from tunewise.runtime import models
+from tunewise.runtime.decoding import Row, greedy_decode
 
 QUANTS = ("f16", "q8_0", "q4_0")
 
@@ -176,7 +184,7 @@ def permute_rows(w: np.ndarray, n_head: int) -> np.ndarray:
 
 def _tensor_type(gguf_name: str, array: np.ndarray, quant: str) -> Any:
     """The ggml type of one tensor under ``quant`` (see the module docstring)."""
-    from gguf import GGMLQuantizationType as T
+    from gguf import GGMLQuantizationType as T  # lazy: gguf, ~0.1 s to import
 
     if array.ndim == 1:
         return T.F32
@@ -190,8 +198,6 @@ def _tensor_type(gguf_name: str, array: np.ndarray, quant: str) -> Any:
 
 def _hf_tensors(model_dir: Path) -> Iterator[tuple[str, np.ndarray]]:
     """(name, float32 array) for every tensor of a safetensors checkpoint, one at a time."""
-    from safetensors import safe_open
-
     files = sorted(model_dir.glob("*.safetensors"))
     if not files:
         raise UserError(f"{model_dir}: no *.safetensors weights to export")
@@ -205,7 +211,7 @@ def _gguf_tensors(
     model_dir: Path, config: dict[str, Any], spec: ArchSpec, quant: str
 ) -> Iterator[tuple[str, np.ndarray, Any]]:
     """(GGUF name, data, ggml type) for every tensor: renamed, permuted and quantized."""
-    import gguf
+    import gguf  # lazy: gguf, ~0.1 s to import, only for `tunewise export gguf`
 
     arch = next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == spec.gguf_arch)
     names = gguf.get_tensor_name_map(arch, int(config["num_hidden_layers"]))
@@ -266,7 +272,7 @@ def _check_byte_level_bpe(model_dir: Path) -> None:
 
 def _token_list(tokenizer: Any, vocab_size: int) -> tuple[list[str], list[int]]:
     """Tokens and llama.cpp token types, id by id (as convert_hf_to_gguf.get_vocab_base)."""
-    from gguf import TokenType
+    from gguf import TokenType  # lazy: gguf, ~0.1 s to import, only for `tunewise export gguf`
 
     by_id = {i: t for t, i in tokenizer.get_vocab().items()}
     added = tokenizer.added_tokens_decoder
@@ -286,7 +292,7 @@ def _token_list(tokenizer: Any, vocab_size: int) -> tuple[list[str], list[int]]:
 
 def _write_tokenizer(writer: Any, model_dir: Path, tokenizer: Any, vocab_size: int) -> str:
     """Vocabulary, merges, special token ids, BOS/EOS behaviour and the chat template."""
-    from gguf import SpecialVocab
+    from gguf import SpecialVocab  # lazy: gguf, ~0.1 s to import, only for `tunewise export gguf`
 
     pre = pre_tokenizer(tokenizer)
     tokens, types = _token_list(tokenizer, vocab_size)
@@ -323,9 +329,7 @@ def write_gguf(
     model_dir: str | Path, out: str | Path, *, quant: str = "f16", name: str = ""
 ) -> GgufSummary:
     """Convert the HF checkpoint in ``model_dir`` to one GGUF file at ``out`` (atomically)."""
-    import gguf
-
-    from tunewise.runtime import models
+    import gguf  # lazy: gguf, ~0.1 s to import, only for `tunewise export gguf`
 
     if quant not in QUANTS:
         raise UserError(f"--quant {quant!r}: use one of {', '.join(QUANTS)}")
@@ -372,11 +376,6 @@ def export_gguf(
     registry: Any = None,
 ) -> dict[str, Any]:
     """Merge ``spec``'s adapter into its base, write ``out`` (GGUF) and a Modelfile beside it."""
-    from tunewise.export.modelfile import build_modelfile
-    from tunewise.export.vllm import export_merged
-    from tunewise.fsio import atomic_write_text
-    from tunewise.registry.store import Registry
-
     if quant not in QUANTS:
         raise UserError(f"--quant {quant!r}: use one of {', '.join(QUANTS)}")
     out = Path(out)
@@ -414,7 +413,7 @@ def export_gguf(
 
 def load_gguf(path: str | Path) -> Any:
     """The model in a GGUF file, through transformers' GGUF loader (weights de-quantized)."""
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM  # lazy: transformers pulls torch
 
     path = Path(path)
     return AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name).eval()
@@ -430,11 +429,7 @@ def greedy_answers(
 ) -> list[str]:
     """Greedy answers to ``conversations``, batched by tunewise's decode loop (same tokens as
     one-at-a-time ``model.generate``): the check that a quantized export still answers alike."""
-    import inspect
-
-    import torch
-
-    from tunewise.runtime.decoding import Row, greedy_decode
+    import torch  # lazy: torch, ~1 s to import; the export itself is numpy only
 
     params = inspect.signature(model.forward).parameters
     cache_kw = "cache" if "cache" in params else "past_key_values"  # renamed in transformers 5

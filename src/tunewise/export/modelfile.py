@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tunewise.runtime import models
+
 ROLES = ("system", "user", "assistant")
 # Contents for the probes: several lines, inner spaces, no outer whitespace (templates that trim
 # content would otherwise disagree with Go's template, which has no trim).
@@ -148,8 +150,6 @@ def build_modelfile(
     model_dir: Path, gguf_name: str, *, system_prompt: str = ""
 ) -> tuple[str, list[str]]:
     """The Modelfile text for ``gguf_name`` (beside it) and notes for what could not be written."""
-    from tunewise.runtime import models
-
     tokenizer = models.load_tokenizer(models.ModelRef(model_dir.name, model_dir, "", "local"))
     notes: list[str] = []
     lines = [

@@ -19,11 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tunewise.baselines.context import CONTEXT_FILE
 from tunewise.errors import UserError
 from tunewise.fsio import atomic_write_json, atomic_write_text, replace_dir
 from tunewise.registry.store import Registry
 from tunewise.registry.types import Version
 from tunewise.rundir import RunDir
+from tunewise.runtime import device, models
 
 # vllm/config/lora.py: MaxLoRARanks = Literal[1, 8, 16, 32, 64, 128, 256, 320, 512]
 VLLM_MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -49,8 +51,6 @@ def _out_dir_ready(out: Path, force: bool) -> None:
 
 def _base_ref(v: Version):
     """The base model the version was trained on, refusing a different one with a clear message."""
-    from tunewise.runtime import models
-
     candidates = [c for c in (v.base_path, v.base_model) if c]
     last_err: Exception | None = None
     for cand in candidates:
@@ -72,8 +72,6 @@ def export_merged(
     spec: str, out: str | Path, *, force: bool = False, registry: Registry | None = None
 ) -> dict[str, Any]:
     """Merge ``spec``'s adapter into its base and write an HF safetensors directory at ``out``."""
-    from tunewise.runtime import models
-
     reg = registry or Registry()
     v = reg.resolve(spec)
     out = Path(out)
@@ -87,9 +85,7 @@ def export_merged(
                 shutil.copyfile(f, tmp / f.name)
             base_name = v.base_model
         else:
-            from peft import PeftModel
-
-            from tunewise.runtime import device
+            from peft import PeftModel  # lazy: peft pulls torch and transformers
 
             ref = _base_ref(v)
             # The policy merges on the CPU in the checkpoint's own dtype (a bf16 base merges to a
@@ -239,8 +235,6 @@ def plan_vllm(
             f"base is a local folder ({base}); copy it to the serving machine or "
             "pass the hub id of the same weights"
         )
-    from tunewise.baselines.context import CONTEXT_FILE
-
     for v, name in zip(versions, served, strict=True):
         if CONTEXT_FILE in v.files:  # train.context: the prompt carries retrieved examples
             warnings.append(

@@ -10,14 +10,20 @@ the plan is then shown with token counts from characters and without times.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
+from tunewise import paths
 from tunewise.config import ProjectConfig
+from tunewise.data.schema import load_examples
+from tunewise.errors import UserError
+from tunewise.ladder import estimate  # a module: tests replace estimate.calibrate
 from tunewise.ladder.estimate import CostLine, Speed, human_time
+from tunewise.runtime import device, models
 
 # Stages that read and write a few files: seconds, whatever the data.
 QUICK = ("check", "split", "compare-gate", "registry", "report", "mlflow")
@@ -91,12 +97,6 @@ def _by_stage(lines: list[CostLine]) -> dict[str, float]:
 
 def _price(cfg: ProjectConfig, runs: Mapping[str, str]) -> tuple[list[CostLine], Speed | None, str]:
     """(cost lines, the speed they used, why there are none) without writing anything."""
-    from tunewise import paths
-    from tunewise.data.schema import load_examples
-    from tunewise.errors import UserError
-    from tunewise.ladder import estimate
-    from tunewise.runtime import device, models
-
     examples = load_examples(cfg.data.train)
     try:
         ref = _local_model(cfg.model.base)
@@ -123,10 +123,6 @@ def _price(cfg: ProjectConfig, runs: Mapping[str, str]) -> tuple[list[CostLine],
 
 def _local_model(name: str) -> Any:
     """The model if it is on this machine already; a :class:`UserError` saying how to get it."""
-    from tunewise import paths
-    from tunewise.errors import UserError
-    from tunewise.runtime import models
-
     if name in models.EMBEDDED and not (paths.models_dir() / name / models.MARKER).is_file():
         raise UserError(
             f"{name} is not converted yet (a dry run converts nothing): "
@@ -137,8 +133,6 @@ def _local_model(name: str) -> Any:
 
 def _split_sizes(cfg: ProjectConfig) -> tuple[int, int, int] | None:
     """(train, val, test) of the project's split when it exists."""
-    import json
-
     try:
         counts = json.loads((cfg.work_dir / "splits" / "manifest.json").read_text())["counts"]
         return int(counts["train"]), int(counts["val"]), int(counts["test"])

@@ -31,7 +31,12 @@ from typing import Any
 
 from tunewise.candidates import NO_LLM, is_finetune_name
 from tunewise.config import ProjectConfig
+from tunewise.data.labels import LabelSpec
+from tunewise.fsio import atomic_write_json
 from tunewise.rungs import RUNGS
+from tunewise.runtime import models
+from tunewise.runtime.decoding import new_cache, score_continuations
+from tunewise.train.prefix import MIN_PREFIX_TOKENS, MIN_SAVED_FRACTION
 
 SPEED_FILE = "speed.json"
 # A few seconds on 2 CPU cores: rows x tokens big enough for the matmuls to run at their usual
@@ -270,8 +275,6 @@ def workload_of(
     measured); ``tokenizer`` None counts 4 characters as a token. ``sizes`` are the split's own
     (train, val, test) counts when it exists. A prefix every example shares is computed once per
     training batch (:mod:`tunewise.train.prefix`), and counted so."""
-    from tunewise.train.prefix import MIN_PREFIX_TOKENS, MIN_SAVED_FRACTION
-
     sample = list(examples[:: max(1, len(examples) // SAMPLE)])
     count = _counter(tokenizer)
     total = [
@@ -343,8 +346,6 @@ def shared_prefix_tokens(tok: Any, examples: list[Any], system_prompt: str) -> i
 def _combinations(cfg: ProjectConfig, examples: Sequence[Any]) -> int:
     """Answers constrained scoring rates per item: every combination when few, else field by
     field (see :mod:`tunewise.eval.constrained`); 0 when it does not run."""
-    from tunewise.data.labels import LabelSpec
-
     if cfg.task.type != "labels" or not cfg.eval.constrained:
         return 0
     spec = LabelSpec.from_config(cfg, examples)  # task.labels, else the labels train holds
@@ -376,9 +377,7 @@ def calibrate(ref: Any, text: str, *, placement: Any = None, eval_batch: int = 8
     :data:`REPEATS` timings, as ``timeit`` does: a neighbour's burst of work should not set it.
     Training speed is derived from the prompt speed (:data:`TRAIN_COST_RATIO`); the project's
     first training run replaces it with its own figure."""
-    import torch
-
-    from tunewise.runtime import models
+    import torch  # lazy: torch, ~1 s to import; pricing without calibrating needs none
 
     tok = models.load_tokenizer(ref)
     model = models.load_model(ref, placement=placement)
@@ -408,9 +407,7 @@ def _time_scoring(model: Any, prompt: list[int], pad_id: int) -> float:
     :data:`ANSWER_TOKENS` on its shared cache (what
     :func:`tunewise.runtime.decoding.score_continuations`
     does for every item)."""
-    import torch
-
-    from tunewise.runtime.decoding import score_continuations
+    import torch  # lazy: torch, ~1 s to import; pricing without calibrating needs none
 
     params = inspect.signature(model.forward).parameters
     cache_kw = "cache" if "cache" in params else "past_key_values"
@@ -437,9 +434,7 @@ def _time_inference(
 ) -> tuple[float, float]:
     """(seconds of one prefill of ``batch`` (rows, seq), seconds of one greedy step after it;
     0 when ``steps`` is 0)."""
-    import torch
-
-    from tunewise.runtime.decoding import new_cache
+    import torch  # lazy: torch, ~1 s to import; pricing without calibrating needs none
 
     model.eval()
     # transformers 5 renamed the cache argument; ask the way the Engine does
@@ -468,8 +463,6 @@ def _speed_key(model_hash: str, device: str) -> str:
 
 def save_speed(home: Path, model_hash: str, device: str, speed: Speed) -> None:
     """Keep the last calibration, so a later ``run --dry-run`` prices stages without one."""
-    from tunewise.fsio import atomic_write_json
-
     path = home / SPEED_FILE
     try:
         known = json.loads(path.read_text())

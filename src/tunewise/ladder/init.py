@@ -7,6 +7,7 @@ file that the user edits. The file is validated by loading it back before it is 
 
 from __future__ import annotations
 
+import json
 import os
 from collections import Counter
 from dataclasses import dataclass
@@ -15,16 +16,18 @@ from typing import Any
 
 import yaml
 
+from tunewise import paths
 from tunewise.config import ProjectConfig, load_project
 from tunewise.data.formats import OutputFormat, infer_format
 from tunewise.data.schema import load_examples
 from tunewise.errors import UserError
 from tunewise.fsio import atomic_write_text
+from tunewise.ladder import estimate  # a module: tests replace estimate.calibrate
+from tunewise.ladder.estimate import human_time, optimizer_steps
+from tunewise.runtime import device, models
 
 
 def _json_schema(fmt: OutputFormat, targets: list[str]) -> dict[str, Any]:
-    import json
-
     types: dict[str, Counter[str]] = {k: Counter() for k in fmt.fields}
     names = {
         str: "string",
@@ -72,8 +75,6 @@ def choose_batch(n_train: int, epochs: float) -> tuple[int, str]:
 
     Below batch 4 each step sees too few examples to be worth its noise, so a small train set
     keeps batch 4 and is told that it cannot reach the steps (and what would)."""
-    from tunewise.ladder.estimate import optimizer_steps
-
     for batch in BATCH_CHOICES:
         steps = optimizer_steps(n_train, batch, 1, epochs)
         if steps >= TARGET_STEPS:
@@ -106,10 +107,6 @@ def _cost_notes(cfg: ProjectConfig, examples: list[Any]) -> CostEstimate:
     An embedded model is converted first if it is not yet (it is needed anyway, and converting
     here beats asking for a rerun); a hub model is never downloaded by init.
     """
-    from tunewise import paths
-    from tunewise.ladder import estimate
-    from tunewise.runtime import device, models
-
     try:
         ref = models.resolve(cfg.model.base, allow_download=False)
         tok = models.load_tokenizer(ref)
@@ -317,8 +314,6 @@ def init_project(
 
 def _comment_constrained(text: str, seconds: float | None) -> str:
     """``eval.constrained`` with a comment on what it costs (measured when init could)."""
-    from tunewise.ladder.estimate import human_time
-
     price = f"{human_time(seconds)} on this machine" if seconds is not None else "costly on a CPU"
     comment = (
         f"  # every allowed label scored by log-likelihood for each local candidate: {price}; "

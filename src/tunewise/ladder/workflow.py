@@ -29,7 +29,7 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
-from tunewise import tracking
+from tunewise import paths, tracking
 from tunewise.baselines.context import training_key_inputs
 from tunewise.candidates import (
     CHAMPION,
@@ -37,15 +37,31 @@ from tunewise.candidates import (
     run_names,
 )
 from tunewise.config import ProjectConfig, dump_project
+from tunewise.data.checks import check_file
+from tunewise.data.own_splits import split_project
+from tunewise.data.schema import load_examples
 from tunewise.decide import comparison
+from tunewise.decide.champion import ladder_champion, registered_as, weights_hash
 from tunewise.decide.report_inputs import render_report
-from tunewise.decide.seeds import seed_name
+from tunewise.decide.seeds import pool_seeds, seed_name
 from tunewise.errors import UserError
-from tunewise.eval.learning_curve import CURVE_FILE, FRACTIONS
-from tunewise.eval.results import EvalRun
+from tunewise.eval import harness  # a module: `evaluate` names a stage here
+from tunewise.eval.learning_curve import (
+    CURVE_FILE,
+    FRACTIONS,
+    save_curve,
+    stratified_order,
+    subset_sizes,
+    write_subset,
+)
+from tunewise.eval.results import EvalRun, Verdict
+from tunewise.eval.stats import compare
 from tunewise.fsio import atomic_write_json, sha256_file, sha256_json
+from tunewise.ladder import dryrun  # a module: tests replace dryrun.show_plan
 from tunewise.ladder.stages import Ladder, LadderResult, Outputs, Stage
+from tunewise.registry.store import Registry
 from tunewise.rundir import RunDir
+from tunewise.train import record as train_record  # a module: tests replace last_checkpoint
 from tunewise.train.methods import METHODS
 
 
@@ -221,13 +237,11 @@ def _dry_run(
 ) -> LadderResult:
     """``--dry-run``: the stage plan with what is cached and what the rest will cost; runs and
     writes nothing."""
-    from tunewise.ladder.dryrun import show_plan
-
     cached = [ladder.reusable(s) for s in stages]
     notes = (
         [f"champion: {champion} (production) is evaluated beside the new runs"] if champion else []
     )
-    show_plan(ladder.cfg, stages, cached, ladder.console, runs=runs, notes=notes)
+    dryrun.show_plan(ladder.cfg, stages, cached, ladder.console, runs=runs, notes=notes)
     return ladder.result
 
 
@@ -295,8 +309,6 @@ def _data_files(cfg: ProjectConfig) -> dict[str, Path]:
 def _check(plan: _Plan) -> Outputs:
     """Data check (train, and your own val/test files): errors stop the ladder, warnings are
     shown and recorded."""
-    from tunewise.data.checks import check_file
-
     cfg = plan.cfg
     outputs: Outputs = {}
     for name, path in _data_files(cfg).items():
@@ -320,8 +332,6 @@ def _check(plan: _Plan) -> Outputs:
 
 def _split(plan: _Plan) -> Outputs:
     """Train / validation / test, with the test split sealed."""
-    from tunewise.data.own_splits import split_project
-
     splits = plan.work / "splits"
     manifest = split_project(plan.cfg, splits)  # data.val / data.test are used as given
     for w in manifest.get("warnings", []):  # leakage and label gaps of your own files
@@ -331,10 +341,8 @@ def _split(plan: _Plan) -> Outputs:
 
 def _evaluate_baselines(plan: _Plan) -> Outputs:
     """The cheap rungs on validation, measured before any training."""
-    from tunewise.eval.harness import evaluate
-
     out = plan.work / "eval-baselines"
-    evaluate(
+    harness.evaluate(
         plan.cfg,
         split="val",
         candidates=plan.listed,
@@ -385,10 +393,6 @@ def _find_champion(plan: _Plan, *, dry_run: bool) -> tuple[dict[str, Any], str |
     inputs it
     adds to the evaluation's key, and its registry spec ("name:3"). A dry run only reads the
     registry's index (no folder created, no file materialised or hashed)."""
-    from tunewise import paths
-    from tunewise.decide.champion import ladder_champion, weights_hash
-    from tunewise.registry.store import Registry
-
     if dry_run:
         root = paths.registry_dir(create=False)
         if not root.is_dir():
@@ -412,11 +416,9 @@ def _gated(plan: _Plan) -> list[str]:
 
 def _evaluate(plan: _Plan) -> Outputs:
     """Every candidate on the same validation items (the baselines come back from the cache)."""
-    from tunewise.eval.harness import evaluate
-
     # A curve measured against an older evaluation would mislead the advisor.
     (plan.eval_dir / CURVE_FILE).unlink(missing_ok=True)
-    evaluate(
+    harness.evaluate(
         plan.cfg,
         split="val",
         candidates=plan.listed,
@@ -432,9 +434,6 @@ def _pool_seed_groups(eval_dir: Path, groups: dict[str, list[str]]) -> None:
     """Add each group's pooled candidate to eval.json and record the groups (--seeds N)."""
     if not groups:
         return
-    from tunewise.decide.seeds import pool_seeds
-    from tunewise.eval.results import EvalRun
-
     run = EvalRun.load(eval_dir / "eval.json")
     run.candidates = [c for c in run.candidates if c.name not in groups]
     run.candidates += [pool_seeds(run, g, m) for g, m in groups.items()]
@@ -457,9 +456,6 @@ def _curve_stage(
 
 def _register(plan: _Plan, gate_out: Outputs) -> Outputs:
     """Every trained run is versioned once; a "ship" verdict promotes it to production."""
-    from tunewise.decide.champion import registered_as
-    from tunewise.registry.store import Registry
-
     reg = Registry()
     added: dict[str, Any] = {}
     # A group of seeds is registered once, as its first seed's run (the configured train.seed),
@@ -495,14 +491,12 @@ def _final_test(plan: _Plan, gate_out: Outputs) -> Outputs:
     """The sealed test split, once: the shipped fine-tune (else every one) and exactly the
     candidates eval.candidates lists, as on validation (no constrained variant it does not list).
     """
-    from tunewise.eval.harness import evaluate
-
     out = plan.work / "eval-test"
     shipped = gate_out.get("ship")
     members = plan.groups.get(shipped, [shipped])
     chosen = {k: v for k, v in plan.runs.items() if k in members} or plan.runs
     groups = {g: m for g, m in plan.groups.items() if set(m) <= set(chosen)}
-    evaluate(
+    harness.evaluate(
         plan.cfg,
         split="test",
         candidates=plan.listed,
@@ -527,8 +521,6 @@ def _result(
     shipped = gate_out.get("ship")
     verdict_file = gate_out["verdicts"].get(shipped) if shipped else gate_out.get("best_verdict")
     if verdict_file:
-        from tunewise.eval.results import Verdict
-
         ladder.result.verdict = Verdict.load(verdict_file).to_dict()
     if ladder.result.all_cached:
         plan.con.print("[bold]Nothing to do:[/] every stage is up to date.")
@@ -561,12 +553,11 @@ def _train_or_resume(
     val_path: Path | None = None,
 ) -> None:
     """Train into ``run_dir``; resume from its last checkpoint when an earlier attempt left one."""
-    from tunewise.train.record import last_checkpoint
-    from tunewise.train.trainer import train
+    from tunewise.train.trainer import train  # lazy: torch and transformers, ~3 s to import
 
     rd = RunDir(run_dir)
     status = rd.effective_status()
-    resume = rd.has_record() and last_checkpoint(run_dir) is not None
+    resume = rd.has_record() and train_record.last_checkpoint(run_dir) is not None
     if resume:
         why = "interrupted run" if status == "interrupted" else "earlier attempt"
         con.print(
@@ -593,9 +584,6 @@ def _train_subsets(
 
     Returns the runs by candidate name (``finetuned@N``), their sizes, and the size of train.
     """
-    from tunewise.data.schema import load_examples
-    from tunewise.eval.learning_curve import stratified_order, subset_sizes, write_subset
-
     cfg = plan.cfg.model_copy(
         update={"train": plan.cfg.train.model_copy(update={"context": context})}
     )
@@ -636,11 +624,6 @@ def _learning_curve(
     plan: _Plan, method: str, full_name: str, train_key: str, context: str = "none"
 ) -> Outputs:
     """Train ``method`` on nested 25%/50% subsets, evaluate them on val, write the curve."""
-    from tunewise.eval.harness import evaluate
-    from tunewise.eval.learning_curve import save_curve
-    from tunewise.eval.results import EvalRun
-    from tunewise.eval.stats import compare
-
     cfg = plan.cfg
     runs, sizes, n_train = _train_subsets(plan, method, full_name, train_key, context)
     full = EvalRun.load(plan.eval_dir / "eval.json")
@@ -653,7 +636,7 @@ def _learning_curve(
         gen_cfg = cfg.model_copy(
             update={"eval": cfg.eval.model_copy(update={"constrained": False})}
         )
-        sub = evaluate(
+        sub = harness.evaluate(
             gen_cfg,
             split="val",
             candidates=[],

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from safetensors import SafetensorError, safe_open
+
 from tunewise.errors import UserError
 from tunewise.fsio import sha256_file
 from tunewise.rundir import ADAPTER_CONFIG, ADAPTER_WEIGHTS, RunDir
@@ -211,11 +213,9 @@ class AdapterPool:
             self._loaded.move_to_end(entry.name)
             return
         self._trim_locked(room=1)
-        from safetensors import SafetensorError
-
         try:
             if self._peft is None:
-                from peft import PeftModel
+                from peft import PeftModel  # lazy: peft pulls torch and transformers
 
                 self._peft = PeftModel.from_pretrained(
                     self._base, str(entry.path), adapter_name=entry.slot
@@ -281,8 +281,6 @@ def _check_safetensors(weights: Path) -> None:
     Reading the header costs one small read; PEFT would otherwise fail inside its loader with a
     SafetensorError that says nothing about which file was damaged.
     """
-    from safetensors import SafetensorError, safe_open
-
     try:
         with safe_open(str(weights), framework="pt") as f:
             f.keys()

@@ -18,12 +18,11 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from tunewise.errors import UserError
-
-if TYPE_CHECKING:
-    from tunewise.runtime.cache import GenCache
+from tunewise.progress import Bar, make_console
+from tunewise.runtime.cache import GenCache
 
 Messages = list[dict[str, str]]  # chat turns: {"role": ..., "content": ...}
 
@@ -133,13 +132,9 @@ def cached_generate(
     positions of the misses and yields ``{position: result}`` chunks as they finish; each chunk
     is stored before the next is asked for.
     """
-    from tunewise.progress import Bar
-
     results: list[GenResult | None] = [None] * len(requests)
     keys: list[str] = []
     if cache is not None:
-        from tunewise.runtime.cache import GenCache
-
         keys = [
             GenCache.key(model_key, adapter_hash(r.adapter), p, generation_params(r))
             for r, p in zip(requests, prompts, strict=True)
@@ -149,8 +144,6 @@ def cached_generate(
     misses = [i for i, r in enumerate(results) if r is None]
     if progress and len(misses) < len(requests):
         # Said, because a rerun's "generating 150 answers" that returns at once looks like a bug.
-        from tunewise.progress import make_console
-
         hits = len(requests) - len(misses)
         rest = f", {len(misses)} to generate" if misses else ": nothing to generate"
         make_console(stderr=True).print(

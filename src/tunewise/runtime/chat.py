@@ -71,6 +71,7 @@ def control_tokens(tokenizer: Any) -> re.Pattern[str]:
 
 def _as_text(messages: list[dict[str, str]], pattern: re.Pattern[str]) -> list[dict[str, str]]:
     """``messages`` with every control token in a content marked to be encoded as text."""
+    # lazy: transformers, ~1 s to import, paid only once a model is used
     from transformers.utils.chat_template_utils import mark_control_tokens
 
     return [
@@ -93,7 +94,7 @@ def render(
     Control tokens inside a message's content come out marked, to be encoded as text by
     :func:`encode` (see the module docstring), unless ``allow_special_tokens``.
     """
-    from jinja2.exceptions import TemplateError
+    from jinja2.exceptions import TemplateError  # lazy: jinja2, paid once a model is loaded
 
     if not allow_special_tokens:
         messages = _as_text(messages, control_tokens(tokenizer))
@@ -164,6 +165,7 @@ def encode(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
     The control tokens :func:`render` marked in message contents become plain text; the
     template's own stay control tokens. A text without marks is tokenized as it is.
     """
+    # lazy: transformers, ~1 s to import, paid only once a model is used
     from transformers.utils.chat_template_utils import encode_marked_chat
 
     marked = [i for i, t in enumerate(texts) if _MARK_START in t or _MARK_END in t]

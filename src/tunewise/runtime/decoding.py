@@ -65,7 +65,7 @@ def new_cache(
     config: Any, prefix: list[tuple[torch.Tensor, torch.Tensor]] | None = None, rows: int = 1
 ) -> Any:
     """An empty DynamicCache, or one holding ``prefix`` (per-layer keys, values) for ``rows``."""
-    from transformers import DynamicCache
+    from transformers import DynamicCache  # lazy: transformers pulls torch
 
     if prefix is None:
         return DynamicCache(config=config)
@@ -76,7 +76,7 @@ def new_cache(
 
 def shareable(kv: Any) -> bool:
     """Whether keys and values can be copied between caches (plain layers, no sliding window)."""
-    from transformers.cache_utils import DynamicLayer
+    from transformers.cache_utils import DynamicLayer  # lazy: transformers pulls torch
 
     return all(type(layer) is DynamicLayer for layer in kv.layers)
 
@@ -95,7 +95,7 @@ def prefill(
     forward: Forward, config: Any, prompts: list[list[int]], pad_id: int
 ) -> tuple[torch.Tensor, Any, torch.Tensor, torch.Tensor]:
     """Run the prompts: (last logits (b, vocab), cache, attention mask (b, kv), last pos (b,))."""
-    import torch
+    import torch  # lazy: torch, ~1 s; imported where tensors are made
 
     b = len(prompts)
     kv = new_cache(config)
@@ -132,7 +132,7 @@ def greedy_decode(
     track_text: bool = False,
 ) -> Iterator[None]:
     """Greedy-decode ``rows`` together, yielding after every step (a stream reads ``row.text``)."""
-    import torch
+    import torch  # lazy: torch, ~1 s; imported where tensors are made
 
     logits, kv, mask, last_pos = prefill(forward, config, [r.prompt for r in rows], pad_id)
     active = list(range(len(rows)))  # rows still in the batch, in batch order
@@ -180,7 +180,7 @@ def score_continuations(
     The prompt runs once; its keys and values are shared by every continuation (right padded,
     ``chunk`` at a time), so scoring 150 labels costs one prompt plus 150 short suffixes.
     """
-    import torch
+    import torch  # lazy: torch, ~1 s; imported where tensors are made
 
     n = len(prompt)
     kv = new_cache(config)

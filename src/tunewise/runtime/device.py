@@ -284,7 +284,7 @@ def choose(
 @lru_cache(maxsize=1)
 def detect() -> Capabilities:
     """This machine's capabilities (read once per process)."""
-    import torch
+    import torch  # lazy: torch, ~1 s to import; the device grammar and policy need none
 
     cuda_devices = torch.cuda.device_count() if torch.cuda.is_available() else 0
     capability = name = None

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from tunewise.errors import UserError
 from tunewise.rundir import RunDir
-from tunewise.runtime import chat, decoding
+from tunewise.runtime import chat, decoding, device
 from tunewise.runtime.adapter_pool import AdapterPool
 from tunewise.runtime.backend import (
     GenRequest,
@@ -43,13 +43,13 @@ from tunewise.runtime.backend import (
     cached_generate,
     check_context,
 )
+from tunewise.runtime.cache import GenCache
 from tunewise.runtime.decoding import Row, first_stop, stop_overlap
-from tunewise.runtime.models import ModelRef
+from tunewise.runtime.models import ModelRef, load_model, load_tokenizer, resolve
 
 if TYPE_CHECKING:
     import torch
 
-    from tunewise.runtime.cache import GenCache
     from tunewise.runtime.device import Placement
 
 # GenRequest, GenResult and PromptTooLongError live in tunewise.runtime.backend; most callers know
@@ -97,11 +97,9 @@ class Engine:
         placement: Placement | None = None,
         allow_special_tokens_in_content: bool = False,
     ) -> None:
+        # lazy: torch and transformers, ~2 s to import; a model is loaded here, not on import
         import torch
         from transformers.utils import logging as hf_logging
-
-        from tunewise.runtime import device
-        from tunewise.runtime.models import load_model, load_tokenizer
 
         if batch_size < 1 or max_loaded_adapters < 1:
             raise UserError("batch_size and max_loaded_adapters must be at least 1")
@@ -149,8 +147,6 @@ class Engine:
     @classmethod
     def from_run(cls, run_dir: Path, **kwargs: Any) -> Engine:
         """An Engine on a full fine-tune's own checkpoint (``RUN/model/``)."""
-        from tunewise.runtime.models import resolve
-
         run = RunDir(run_dir)
         if run.kind != "full":
             raise UserError(f"{run_dir}: not a full fine-tune run (no model/config.json)")
@@ -417,8 +413,6 @@ class Engine:
         """The cache key of a scoring call (None without a cache)."""
         if self.cache is None:
             return None
-        from tunewise.runtime.cache import GenCache
-
         params = {"kind": "logprob", "continuations": list(continuations), "eot": suffix}
         return GenCache.key(self.model_key, self.adapter_hash(adapter), prompt, params)
 
@@ -450,8 +444,6 @@ def engine_for_run(
     kind = run.kind
     if kind == "lora":
         if engine is None:
-            from tunewise.runtime.models import resolve
-
             engine = Engine(resolve(run.base_reference()), **kwargs)
         adapter = name or run.path.name
         engine.load_adapter(adapter, run.path)

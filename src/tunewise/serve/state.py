@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 from tunewise.baselines.context import CONTEXT_FILE, ContextBuilder, load_run_context
 from tunewise.data.schema import Example
 from tunewise.errors import UserError
+from tunewise.registry.blobs import CorruptedFileError
+from tunewise.registry.types import validate_name
 from tunewise.rundir import RunDir
 from tunewise.runtime.backend import Backend, GenRequest, GenResult, Messages
 from tunewise.serve.schemas import APIError, RefreshResult
@@ -200,8 +202,6 @@ class ModelTable:
                 raise UserError(f"--adapters {entry}: {exc.message}") from None
 
     def add_direct(self, name: str, path: Path) -> str:
-        from tunewise.registry.types import validate_name
-
         validate_name(name, "adapter name")
         context = load_run_context(Path(path))
         with self._lock:
@@ -361,8 +361,6 @@ class ModelTable:
 
     def _verified(self, key: str) -> Version:
         """The version's hash-verified files (a corrupted version is never served)."""
-        from tunewise.registry.blobs import CorruptedFileError
-
         assert self.registry is not None
         try:
             return self.registry.resolve(key)

@@ -20,7 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers.integrations import TensorBoardCallback
 
 from tunewise.progress import Bar
 from tunewise.runtime import chat
@@ -163,8 +165,6 @@ def generate_greedy(
     ``generate`` as one left-padded batch with the KV cache on; each row stops at EOS or the
     template's end of turn. Batching gives the same text as one prompt at a time (tested).
     """
-    import torch
-
     # Stop at the template's end of turn too: Gemma and Phi end a turn before their EOS, and
     # text generated past it would be scored as repetition.
     stop = [tokenizer.eos_token_id]
@@ -415,12 +415,10 @@ def run_callbacks(
     progress: bool,
 ) -> list[Any]:
     """Logs, TensorBoard (main process), the validation monitor, run.json, the progress bar."""
-    from transformers.integrations import TensorBoardCallback
-
     callbacks: list[Any] = [JsonlLogger(prep.run_dir / "logs.jsonl")]
     tb_writer = None
     if is_main_process():
-        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter  # lazy: tensorboard, main process only
 
         tb_writer = SummaryWriter(log_dir=str(prep.run_dir / "tb"))
         callbacks.append(TensorBoardCallback(tb_writer=tb_writer))

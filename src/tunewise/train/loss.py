@@ -38,7 +38,7 @@ def supports_sparse_logits(model: Any) -> bool:
 
 def labelled_positions(labels: Any) -> Any:
     """Sequence positions (1-D, sorted) whose *next* token is labelled in at least one row."""
-    import torch
+    import torch  # lazy: torch, ~1 s; the dry-run estimate imports train.prefix without it
 
     keep = (labels[:, 1:] != IGNORE).any(dim=0)  # position p predicts token p + 1
     idx = keep.nonzero().squeeze(-1)
@@ -67,6 +67,7 @@ def answer_loss(
 def reduce_loss(logits: Any, targets: Any, num_items_in_batch: Any = None) -> Any:
     """Cross-entropy of ``logits`` (batch, n, vocab) against ``targets`` (batch, n), reduced the way
     transformers' ``ForCausalLMLoss`` reduces it (see :func:`answer_loss`)."""
+    # lazy: torch, ~1 s; the dry-run estimate imports train.prefix without it
     import torch
     import torch.nn.functional as F
 

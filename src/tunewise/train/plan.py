@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -351,7 +352,7 @@ def model_dims(model: str | Path) -> ModelDims:
 
     if "/" in name and not name.startswith((".", "/")) and _hub_reachable():
         try:  # one small file, never weights
-            from huggingface_hub import hf_hub_download
+            from huggingface_hub import hf_hub_download  # lazy: only a hub model's plan needs it
 
             cfg_file = hf_hub_download(name, "config.json")
             return _dims_from_config(
@@ -374,8 +375,6 @@ def _hub_reachable() -> bool:
     """False offline, at once: huggingface_hub would otherwise retry for ~20 s."""
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
         return False
-    import socket
-
     try:
         socket.getaddrinfo("huggingface.co", 443)
     except OSError:

@@ -33,6 +33,7 @@ values into a checkpointed layer's gradient, so it turns the feature off.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -67,6 +68,7 @@ def _cache_layers() -> tuple[type, type]:
     global _CACHE_LAYERS
     if _CACHE_LAYERS is not None:
         return _CACHE_LAYERS
+    # lazy: torch and transformers, ~2 s; the dry-run estimate imports this module without them
     import torch
     from transformers.cache_utils import DynamicLayer
 
@@ -106,7 +108,7 @@ _CACHE_LAYERS: tuple[type, type] | None = None
 
 def _unwrap(model: Any) -> Any:
     """The module under a DistributedDataParallel wrapper (a PeftModel stays a PeftModel)."""
-    from torch.nn.parallel import DistributedDataParallel
+    from torch.nn.parallel import DistributedDataParallel  # lazy: torch, as in _cache_layers
 
     while isinstance(model, DistributedDataParallel):
         model = model.module
@@ -121,7 +123,7 @@ def _decoder_config(model: Any) -> Any:
 @contextmanager
 def _cache_kept_under_checkpointing(model: Any) -> Iterator[None]:
     """Let checkpointed decoder layers keep the (replay-safe) cache for the two passes."""
-    from transformers.modeling_layers import GradientCheckpointingLayer
+    from transformers.modeling_layers import GradientCheckpointingLayer  # lazy: pulls torch
 
     layers = [
         m
@@ -165,6 +167,7 @@ def shared_prefix_loss(
 
     ``inputs`` is a right-padded batch: ``input_ids``, ``attention_mask``, ``labels`` (batch, seq).
     """
+    # lazy: torch and transformers, ~2 s; the dry-run estimate imports this module without them
     import torch
     from transformers.cache_utils import Cache
 
@@ -328,8 +331,6 @@ class SharedPrefix:
         if self.enabled and not self._checked:
             self._checked = True
             if why := checkpointing_problem(model):
-                import warnings
-
                 self.turn_off(why)
                 warnings.warn(why, stacklevel=2)
         n = 0
@@ -349,14 +350,14 @@ class SharedPrefix:
 
 def _checkpointing_can_keep_a_cache() -> bool:
     """Whether this transformers lets a layer keep its cache under checkpointing (opt-in flag)."""
-    from transformers.modeling_layers import GradientCheckpointingLayer
+    from transformers.modeling_layers import GradientCheckpointingLayer  # lazy: pulls torch
 
     return hasattr(GradientCheckpointingLayer, "_can_checkpoint_with_cache")
 
 
 def checkpointing_problem(model: Any) -> str | None:
     """Why ``model``'s gradient checkpointing cannot carry a shared prefix (None: it can)."""
-    from transformers.modeling_layers import GradientCheckpointingLayer
+    from transformers.modeling_layers import GradientCheckpointingLayer  # lazy: pulls torch
 
     on = [m for m in model.modules() if getattr(m, "gradient_checkpointing", False) is True]
     if not on:
@@ -383,6 +384,7 @@ def checkpointing_problem(model: Any) -> str | None:
 
 def model_problem(model: Any) -> str | None:
     """Why ``model`` cannot share a prefix at all (None: it can)."""
+    # lazy: transformers pulls torch (see _cache_layers)
     from transformers import DynamicCache
     from transformers.cache_utils import DynamicLayer
 

@@ -15,6 +15,7 @@ Reads and writes of run.json go through :class:`tunewise.rundir.RunDir`.
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata as md
 import json
 import os
 import platform
@@ -49,8 +50,6 @@ def _world_size() -> int:
 
 def versions() -> dict[str, str]:
     """Library versions recorded in every run.json."""
-    import importlib.metadata as md
-
     out = {"python": platform.python_version()}
     for pkg in ("tunewise", "torch", "transformers", "peft", "accelerate", "bitsandbytes"):
         with contextlib.suppress(md.PackageNotFoundError):
@@ -62,7 +61,7 @@ def versions() -> dict[str, str]:
 
 
 def last_checkpoint(run_dir: Path) -> Path | None:
-    from transformers.trainer_utils import get_last_checkpoint
+    from transformers.trainer_utils import get_last_checkpoint  # lazy: pulls torch, ~2 s
 
     ckpt_root = Path(run_dir) / "checkpoints"
     if not ckpt_root.is_dir():
@@ -82,6 +81,7 @@ def join_process_group(cfg: ProjectConfig) -> None:
     """
     if _world_size() <= 1:
         return
+    # lazy: accelerate and transformers pull torch; a one-process run never needs them
     from accelerate import PartialState
     from transformers import TrainingArguments
 
@@ -195,6 +195,7 @@ def main_decides(decide: Callable[[], T]) -> T:
     """
     if _world_size() <= 1:
         return decide()
+    # lazy: accelerate pulls torch; a one-process run never needs it
     from accelerate import PartialState
     from accelerate.utils import broadcast_object_list
 
@@ -437,7 +438,7 @@ def save_final(trainer: Any, prep: Prepared) -> list[str]:
 
 def recorder_callback(recorder: RunRecorder, best: BestKeeper | None, tb_writer: Any = None) -> Any:
     """Feeds run.json (and repetition scores to logs.jsonl and TensorBoard) at each evaluation."""
-    from transformers import TrainerCallback
+    from transformers import TrainerCallback  # lazy: pulls torch, ~2 s
 
     class _Cb(TrainerCallback):
         def __init__(self) -> None:
@@ -508,7 +509,7 @@ class BestKeeper:
         }
 
     def restore(self, model: Any) -> None:
-        import torch
+        import torch  # lazy: torch, ~1 s; only a training process restores weights
 
         if self.weights is None:
             return

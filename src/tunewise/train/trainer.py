@@ -35,7 +35,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+import torch.distributed as dist
+from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 from rich.console import Console
+from transformers import TrainerState, TrainingArguments, set_seed
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
+from transformers.trainer_utils import sort_checkpoints
 
 from tunewise import tracking
 from tunewise.baselines.context import CONTEXT_FILE, ContextBuilder, training_examples
@@ -247,8 +253,6 @@ def _conversations(
 
 
 def lora_config(cfg: ProjectConfig) -> Any:
-    from peft import LoraConfig
-
     t = cfg.train
     return LoraConfig(
         r=t.lora_r,
@@ -262,8 +266,6 @@ def lora_config(cfg: ProjectConfig) -> Any:
 
 def build_model(cfg: ProjectConfig, ref: models.ModelRef, method: str) -> Any:
     """The model for a method: full (every weight trains), LoRA, or LoRA on a 4-bit NF4 base."""
-    import torch
-
     # Device, dtype, 4-bit and attention from the one policy (tunewise.runtime.device).
     placement = device.for_project(cfg, "train", method=method)
     cuda = placement.kind == "cuda"
@@ -272,8 +274,6 @@ def build_model(cfg: ProjectConfig, ref: models.ModelRef, method: str) -> Any:
     )
     if method == "full":
         return model
-    from peft import get_peft_model, prepare_model_for_kbit_training
-
     if method == "qlora":
         # Casts the few unquantized weights (norms, embeddings) to fp32 for stable training and
         # freezes the base; gradient checkpointing pays off on GPUs only.
@@ -291,6 +291,7 @@ def build_model(cfg: ProjectConfig, ref: models.ModelRef, method: str) -> Any:
 
 
 def _make_trainer_class() -> type:
+    # lazy: transformers' Trainer pulls datasets, ~0.6 s on top of what this module loads
     from transformers import Trainer
 
     class TunewiseTrainer(Trainer):
@@ -363,8 +364,6 @@ def _make_trainer_class() -> type:
             if self.args.should_save:
                 replace_dir(os.path.join(staging, name), os.path.join(final_root, name))
                 fsync_dir(final_root)
-                from transformers.trainer_utils import sort_checkpoints
-
                 for old in sort_checkpoints(final_root)[:-CHECKPOINTS_KEPT]:
                     shutil.rmtree(old, ignore_errors=True)
             self.accelerator.wait_for_everyone()
@@ -391,8 +390,6 @@ def _shared_prefix(
 
 
 def training_args(cfg: ProjectConfig, run_dir: Path, *, has_val: bool) -> Any:
-    from transformers import TrainingArguments
-
     t = cfg.train
     placement = device.for_project(cfg, "train")
     cuda = placement.kind == "cuda"
@@ -476,9 +473,6 @@ class Built:
 
 def build(prep: Prepared, console: Console, *, progress: bool = True) -> Built:
     """The model, the callbacks and the Trainer; the main process writes the first run.json."""
-    from transformers import set_seed
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
-
     cfg = prep.cfg
     if is_main_process():
         for w in prep.warnings:
@@ -540,8 +534,6 @@ def fit(built: Built) -> Fitted:
     t0 = time.time()
     tokens0 = 0
     if resume_from is not None:
-        from transformers import TrainerState
-
         state = TrainerState.load_from_json(str(resume_from / "trainer_state.json"))
         tokens0 = int(state.num_input_tokens_seen or 0)
     try:
@@ -588,8 +580,6 @@ def _record_stop(built: Built, console: Console) -> None:
 
 def finish(built: Built, fitted: Fitted, console: Console) -> dict[str, Any]:
     """Apply the stop rule's outcome, save the weights, close run.json; returns its content."""
-    import torch.distributed as dist
-
     _record_stop(built, console)
     trainer = built.trainer
     tokens = int(trainer.state.num_input_tokens_seen or 0)
