@@ -509,3 +509,26 @@ def test_a_no_llm_classifier_level_with_the_fine_tune_is_named_when_the_gate_did
     assert not any(r.startswith("probe, a classifier") for r in held.reasons)
     # tfidf (0.940) is level with neither fine-tune's best: only the best no-LLM one is named
     assert not any(r.startswith("tfidf") for r in a.reasons)
+
+
+def test_advice_over_a_metric_with_no_usable_scores_names_no_winner():
+    # The judge echoed every answer: no candidate has a judge score, so "the prompt is enough"
+    # would rest on NaN comparisons (all False) and pick the cheapest rung.
+    nan = float("nan")
+    f = Facts(
+        primary_metric="judge",
+        metrics={"prompt": nan, "fewshot": nan, "rag": nan, "finetuned": nan},
+        clearly_better={},
+        methods={"finetuned": "lora"},
+    )
+    a = recommend(f)
+    assert a.recommendation == "undecided" and a.method is None
+    assert a.headline == (
+        "No recommendation: judge has no usable score for prompt, fewshot, rag, finetuned."
+    )
+    text = " ".join([a.headline, *a.reasons])
+    assert "enough" not in text and "Fine-tune with" not in text
+    assert "judge's replies could not be read" in text and "eval.judge_model" in text
+    # One rung with a number is not enough either: the others cannot be ranked against it.
+    f.metrics["prompt"] = 0.4
+    assert recommend(f).recommendation == "undecided"

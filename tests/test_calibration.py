@@ -184,3 +184,24 @@ def test_calibrate_measures_position_bias_and_writes_the_file(tmp_path: Path, mo
 
     _, md = render(tmp_path)
     assert "judge flips when swapped" in md.read_text() and "1.00 of 3" in md.read_text()
+
+
+def test_a_base_model_judge_is_flagged_in_the_verdict_and_does_not_ship() -> None:
+    weak = _comp(None)
+    weak.meta["judge"] = {
+        "model": "smollm2-135m-instruct",
+        "evidence": False,
+        "why": "eval.judge_model is not set: the base model judges itself",
+    }
+    v = decide(weak, "lora", GATE)
+    assert v.reasons[0].passed  # the numbers alone would ship it
+    assert not v.ship
+    assert "the judge is not evidence: eval.judge_model is not set" in v.reasons[-1].reason
+    assert v.summary == "DON'T SHIP lora: its judge-scored metric is not evidence (a judge no " \
+        "stronger than the candidates, not checked against people)"
+    # People's ratings can vouch for it: kappa at the threshold ships it again.
+    weak.meta["judge_agreement"] = [_kappa(0.62)]
+    assert decide(weak, "lora", GATE).ship
+    # A stronger judge is evidence on its own, as before.
+    weak.meta = {"judge": {"model": "api", "evidence": True, "why": "an external endpoint"}}
+    assert decide(weak, "lora", GATE).ship

@@ -154,6 +154,7 @@ def test_text_tasks_never_get_classical_references(tmp_path: Path) -> None:
     path = write_project(tmp_path)
     raw = yaml.safe_load(path.read_text())
     raw["task"] = {"type": "text"}
+    raw["eval"] = {**raw.get("eval", {}), "graders": ["exact"], "primary_metric": "exact_match"}
     path.write_text(yaml.safe_dump(raw))
     assert plan_candidates(load_project(path), None, {}) == ["prompt", "fewshot", "rag"]
 

@@ -265,3 +265,21 @@ def test_a_recorded_run_config_is_not_held_to_the_rules(tmp_path):
     raw = yaml.safe_load(_project(tmp_path, {"eval.candidates": ["prompt"]}).read_text())
     cfg = ProjectConfig.model_validate({**raw, "root": str(tmp_path)})
     assert cfg.gate.baselines == ["prompt", "fewshot", "rag"]
+
+
+def test_accuracy_on_free_text_is_refused_at_load(tmp_path):
+    import yaml
+
+    from tunewise.config import load_project
+    from tunewise.errors import UserError
+
+    (tmp_path / "train.jsonl").write_text("", encoding="utf-8")
+    path = tmp_path / "project.yaml"
+    raw = {"name": "t", "data": {"train": "train.jsonl"}, "task": {"type": "text"},
+           "eval": {"graders": ["exact"], "primary_metric": "accuracy"}}  # fmt: skip
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    with pytest.raises(UserError, match="'accuracy' means nothing on free text"):
+        load_project(path)
+    raw["eval"] = {"graders": ["chrf"], "primary_metric": "chrf"}
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    assert load_project(path).eval.primary_metric == "chrf"

@@ -141,10 +141,38 @@ def test_json_validity_schema_and_accuracy() -> None:
         Grader(cfg(type="json", json_schema={"type": "no-such-type"}), [])
 
 
-def test_text_task_accuracy_is_exact_match() -> None:
+def test_text_task_has_no_accuracy_only_what_graders_score() -> None:
+    # "accuracy" on free text would be exact match under another name: not scored, not shown.
     g = Grader(cfg(type="text"), [])
     scores, gold, pred, _ = g.grade("Paris.", ex("capital of France?", "Paris."))
-    assert scores == {"exact_match": 1.0, "accuracy": 1.0} and gold is None and pred is None
+    assert scores == {"exact_match": 1.0} and gold is None and pred is None
+
+
+def test_text_task_reference_metrics_score_against_every_reference() -> None:
+    import sacrebleu
+
+    config = ProjectConfig.model_validate(
+        {
+            "name": "t",
+            "data": {"train": "train.jsonl"},
+            "task": {"type": "text"},
+            "eval": {"graders": ["chrf", "bleu", "rougeL", "exact"], "primary_metric": "chrf"},
+            "root": Path("/tmp"),
+        }
+    )
+    g = Grader(config, [])
+    item = Example(
+        messages=ex("Cocum | food | English", "Cocum serves English food.").messages,
+        meta={"references": ["Cocum is an English restaurant.", "English food at Cocum."]},
+    )
+    answer = "Cocum is an English restaurant."
+    scores, *_ = g.grade(answer, item)
+    assert set(scores) == {"chrf", "bleu", "rougeL", "exact_match"}
+    # The second reference matches word for word: every reference counts, not just the first.
+    assert scores["chrf"] == pytest.approx(1.0) and scores["rougeL"] == pytest.approx(1.0)
+    assert scores["exact_match"] == 0.0  # exact match reads the assistant turn only
+    only_first = sacrebleu.sentence_chrf(answer, ["Cocum serves English food."]).score / 100
+    assert only_first < 0.7
 
 
 @dataclass

@@ -317,6 +317,8 @@ def test_judge_scores_and_parse_failures(tmp_path: Path) -> None:
     assert sum(math.isnan(j) for j in judged) == 2 and judged[0] == 0.75
     assert c.meta["judge"]["parse_failures"] == 2 and len(c.meta["judge"]["version"]) == 12
     assert any("judges itself" in n for n in run.meta["notes"])
+    # recorded for the gate: a base model judging itself is not evidence
+    assert run.meta["judge"]["evidence"] is False
 
 
 def test_real_engine_end_to_end_and_cached_rerun(tmp_path: Path, tiny_model_dir: Path) -> None:

@@ -71,14 +71,16 @@ def test_init_infers_json_task_with_schema(tmp_path):
     assert cfg.task.system_prompt.startswith("You are a helpful assistant.")
 
 
-def test_init_free_text_proposes_judge(tmp_path):
+def test_init_free_text_proposes_a_reference_metric_not_the_base_model_as_judge(tmp_path):
     write(
         tmp_path / "x.jsonl",
         [f"Sure, here is a long and unique answer number {i} with detail." for i in range(30)],
     )
-    CliRunner().invoke(app, ["init", str(tmp_path / "x.jsonl")])
+    result = CliRunner().invoke(app, ["init", str(tmp_path / "x.jsonl")])
     raw = yaml.safe_load((tmp_path / "project.yaml").read_text())
-    assert raw["task"]["type"] == "text" and raw["eval"]["primary_metric"] == "judge"
+    assert raw["task"]["type"] == "text" and raw["eval"]["primary_metric"] == "chrf"
+    assert "judge" not in raw["eval"]["graders"]
+    assert "one reference per input" in result.output
 
 
 def test_init_bad_data_exits_2_and_writes_nothing(tmp_path):
@@ -265,3 +267,29 @@ def test_init_converts_the_model_and_measures_instead_of_asking_for_a_rerun(
     assert any(f"the model is in {home}" in n for n in notes)
     err = capsys.readouterr().err
     assert f"converting smollm2-135m-instruct (once, about 25 s) into {home}" in err
+
+
+def test_init_on_free_text_with_references_picks_a_reference_metric(tmp_path):
+    import json
+
+    from tunewise.config import load_project
+    from tunewise.ladder.init import init_project
+
+    rows = []
+    for i in range(30):
+        user = f"Venue{i} | food | Thai\nVenue{i} | area | riverside"
+        answers = [f"Venue{i} serves Thai food by the river.", f"By the river, Venue{i} is Thai."]
+        rows.append({"messages": [{"role": "user", "content": user},
+                                  {"role": "assistant", "content": answers[0]}],
+                     "references": answers[1:]})  # fmt: skip
+    data = tmp_path / "d2t.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    path, notes = init_project(data)
+    cfg = load_project(path)
+    assert cfg.task.type == "text"
+    assert cfg.eval.primary_metric == "chrf"
+    assert {"chrf", "bleu", "rougeL"} <= set(cfg.eval.graders)
+    assert "judge" not in cfg.eval.graders
+    said = "\n".join(notes)
+    assert "30 of 30 inputs have several references" in said
+    assert "no LLM judge" in said

@@ -390,17 +390,23 @@ class EvalConfig(_Section):
     external: list[ExternalConfig] = Field(
         [], description="OpenAI-compatible endpoints, each evaluated as a candidate by its name"
     )
-    graders: list[Literal["exact", "format", "label", "json", "judge"]] = Field(
+    graders: list[
+        Literal["exact", "format", "label", "json", "judge", "chrf", "bleu", "rougeL", "similarity"]
+    ] = Field(
         ["format", "label", "exact"],
         description="scorers: exact (exact_match), format (format_compliance), label (accuracy "
         "and accuracy_<field>, labels tasks), json (json_valid, schema_valid, accuracy, per-key "
-        "scores), judge (an LLM judge's rubric score, 0 to 1); accuracy is always scored",
+        "scores), judge (an LLM judge's rubric score, 0 to 1); for free text, against every "
+        "reference of the item: chrf and bleu (sacrebleu, per item 0 to 1, corpus score as "
+        "sacrebleu reports it), rougeL (rouge-score), similarity (embedding cosine); accuracy is "
+        "scored on labels and json tasks",
     )
     primary_metric: str = Field(
         "accuracy",
-        description="the metric the gate decides on: accuracy (always scored), or one a grader "
-        "in eval.graders scores (exact_match, format_compliance, json_valid, schema_valid, "
-        "judge, accuracy_<field>, ...), or macro_f1 (labels tasks)",
+        description="the metric the gate decides on: accuracy (labels and json tasks), or one a "
+        "grader in eval.graders scores (exact_match, format_compliance, json_valid, "
+        "schema_valid, judge, chrf, bleu, rougeL, similarity, accuracy_<field>, ...), or "
+        "macro_f1 (labels tasks)",
     )
     constrained: bool = Field(
         True,
@@ -668,7 +674,12 @@ def _listed_variants_are_trained(cfg: ProjectConfig) -> str | None:
 
 
 # Metric -> the grader that scores it (tunewise.eval.graders.Grader and the judge).
-_METRIC_GRADER = {"exact_match": "exact", "format_compliance": "format", "judge": "judge"}
+_METRIC_GRADER = {
+    "exact_match": "exact",
+    "format_compliance": "format",
+    "judge": "judge",
+    **{m: m for m in ("chrf", "bleu", "rougeL", "similarity")},  # reference metrics: own grader
+}
 
 
 def _primary_metric_is_scored(cfg: ProjectConfig) -> str | None:
@@ -676,6 +687,13 @@ def _primary_metric_is_scored(cfg: ProjectConfig) -> str | None:
     ev, pm = cfg.eval, cfg.eval.primary_metric
     graders = _names(list(ev.graders))
     grader = _METRIC_GRADER.get(pm)
+    if pm == "accuracy" and cfg.task.type == "text":
+        # Free text has no label to be right about: "accuracy" would be exact match under another
+        # name, which a correct paraphrase fails.
+        return (
+            "eval.primary_metric: 'accuracy' means nothing on free text (task.type: text); use a "
+            "reference metric (chrf, bleu, rougeL, similarity) or exact_match"
+        )
     if grader and grader not in ev.graders:
         return f"eval.primary_metric: {pm!r} needs the {grader} grader in eval.graders {graders}"
     json_scored = cfg.task.type == "json" or "json" in ev.graders

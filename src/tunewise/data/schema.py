@@ -1,6 +1,8 @@
 """Parse chat JSONL into :class:`Example` records, keeping line numbers for every error.
 
-Each line is ``{"messages": [{"role": ..., "content": ...}, ...]}``. Validation collects *all*
+Each line is ``{"messages": [{"role": ..., "content": ...}, ...]}``, optionally with
+``"references": ["...", ...]``: further answers people accept for the final turn besides the
+assistant's (free-text tasks score an answer against all of them). Validation collects *all*
 problems (a user fixing a 10k-line file wants the whole list, not one error per run), each as a
 :class:`Problem` rendered ``file:line: field: message``. :func:`input_text` is the text an
 example is compared by (near-duplicates, leakage).
@@ -8,7 +10,7 @@ example is compared by (near-duplicates, leakage).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -18,6 +20,7 @@ from tunewise.errors import DataError
 from tunewise.fsio import sha256_json
 
 ROLES = ("system", "user", "assistant", "tool")
+REFERENCES_FIELD = "references"  # beside "messages": further accepted answers for the last turn
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,12 @@ class Example:
         return ""
 
     @property
+    def references(self) -> list[str]:
+        """Every answer people accept for the final turn: the assistant's, then the line's
+        ``references`` field."""
+        return [self.target, *self.meta.get(REFERENCES_FIELD, [])]
+
+    @property
     def uid(self) -> str:
         """Content id: identical conversations share it."""
         return sha256_json(self.messages)[:16]
@@ -79,6 +88,40 @@ class Example:
         row: dict[str, Any] = {"messages": self.messages}
         row.update(self.meta)
         return row
+
+
+def group_references(examples: list[Example]) -> list[Example]:
+    """One item per prompt: examples whose turns before the answer are identical become one, whose
+    references are all their answers (first seen first). How a data set that writes one line per
+    reference (DART, E2E) is scored: an answer is judged against every reference of its input."""
+    groups: dict[str, list[Example]] = {}
+    for ex in examples:
+        groups.setdefault(sha256_json(ex.prompt_messages), []).append(ex)
+    out = []
+    for members in groups.values():
+        first = members[0]
+        refs = list(dict.fromkeys(r for ex in members for r in ex.references))
+        meta = {**first.meta, REFERENCES_FIELD: refs[1:]} if len(refs) > 1 else first.meta
+        out.append(Example(first.messages, first.line, first.source, meta))
+    return out
+
+
+def expand_references(examples: list[Example]) -> list[Example]:
+    """One training example per reference. Every reference is an answer people wrote for that
+    input, so each is trained on (rather than one per epoch): the model sees the range of wording
+    people accept, and on a few hundred inputs with ~3 references each that is ~3x the data. An
+    epoch then means one pass over every reference."""
+    out = []
+    for ex in examples:
+        extra = ex.meta.get(REFERENCES_FIELD)
+        if not extra:
+            out.append(ex)
+            continue
+        meta = {k: v for k, v in ex.meta.items() if k != REFERENCES_FIELD}
+        for answer in ex.references:
+            msgs = [*ex.messages[:-1], {**ex.messages[-1], "content": answer}]
+            out.append(Example(msgs, ex.line, ex.source, meta))
+    return out
 
 
 def input_text(ex: Example) -> str:
@@ -141,12 +184,24 @@ def validate_record(obj: Any, path: str, line: int) -> list[Problem]:
             bad(f"{where}.role", f"two consecutive '{role}' turns")
         roles.append(role)
         prev_role = role
+    _check_references(obj.get(REFERENCES_FIELD, []), bad)
     if "assistant" not in roles:
         bad("messages", "no assistant turn")
     elif roles[-1] != "assistant":
         last = f"messages[{len(msgs) - 1}].role"
         bad(last, f"last turn must be 'assistant', got {_short(roles[-1])}")
     return out
+
+
+def _check_references(refs: Any, bad: Callable[[str, str], None]) -> None:
+    if not isinstance(refs, list):
+        bad(REFERENCES_FIELD, f"expected a list of strings, got {type(refs).__name__}")
+        return
+    for i, r in enumerate(refs):
+        if not isinstance(r, str):
+            bad(f"{REFERENCES_FIELD}[{i}]", f"expected a string, got {type(r).__name__}")
+        elif not r.strip():
+            bad(f"{REFERENCES_FIELD}[{i}]", "empty")
 
 
 def iter_lines(path: Path) -> Iterator[tuple[int, str]]:

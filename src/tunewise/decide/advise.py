@@ -124,6 +124,9 @@ def recommend(f: Facts, cost: CostInputs | None = None) -> Advice:
     pm = f.primary_metric
     reasons: list[str] = []
     finetuned = [c for c in m if c not in RUNGS and c in f.methods]
+    if (failed := _metric_failed(f, finetuned)) is not None:
+        failed.cost = cost_estimate(cost) if cost is not None else None
+        return failed
 
     if f.ship and f.shipped_candidate:
         cand = f.shipped_candidate
@@ -195,6 +198,35 @@ def recommend(f: Facts, cost: CostInputs | None = None) -> Advice:
     if cost is not None:
         advice.cost = cost_estimate(cost)
     return advice
+
+
+def _metric_failed(f: Facts, finetuned: list[str]) -> Advice | None:
+    """No advice from missing numbers: when the primary metric has no usable value for a rung or
+    a fine-tune, a ranking would rest on NaN (every comparison with NaN is False, so the cheapest
+    rung would "win"). Say that the metric failed, for which candidates, and what to set."""
+    compared = [r for r in RUNGS if r in f.metrics] + finetuned
+    missing = [c for c in compared if not math.isfinite(f.metrics[c])]
+    if not missing:
+        return None
+    pm = f.primary_metric
+    names = ", ".join(missing)
+    why = (
+        "the judge's replies could not be read as scores (a judge no stronger than the candidates "
+        "often echoes the answer instead of scoring it)"
+        if pm == "judge"
+        else "no answer could be scored on it"
+    )
+    return Advice(
+        "undecided",
+        None,
+        f"No recommendation: {pm} has no usable score for {names}.",
+        [
+            f"The primary metric failed: {why}. No rung or fine-tune is ranked on it.",
+            "Set eval.primary_metric to a metric that scores these answers: on free text a "
+            "reference metric (chrf, with the chrf grader in eval.graders); for a judge, "
+            "eval.judge_model naming a model stronger than the candidates.",
+        ],
+    )
 
 
 def _leading_extra(f: Facts, lead: str, others: list[str]) -> str:

@@ -110,6 +110,8 @@ def refresh_margin_tests(
     attach_margin_tests(comp, run, gate_cfg, gated, champion)
     attach_judge_agreement(comp, run, eval_dir)
     comp.meta["seed_groups"] = run.meta.get("seed_groups", {})  # tunewise run --seeds N
+    if "judge" in run.meta:  # whether the judge's scores are evidence (see decisions.judge_reason)
+        comp.meta["judge"] = run.meta["judge"]
     comp.save(eval_dir / COMPARISON_FILE)
     return comp
 

@@ -272,6 +272,16 @@ def judge_reason(comparison: Comparison, gate_cfg: GateConfig) -> BaselineReason
             f"category, so Cohen's kappa is undefined (raw agreement "
             f"{num(a.get('raw_agreement'))}); rate items where the answers differ to measure it",
         )
+    judge = comparison.meta.get("judge") or {}
+    if not rated and judge.get("evidence") is False:
+        # A judge no stronger than the candidates decides nothing unless people vouch for it.
+        return BaselineReason(
+            "judge calibration",
+            False,
+            f"the judge is not evidence: {judge.get('why')}; rate pairs with `tunewise rate` "
+            f"until Cohen's kappa reaches gate.min_judge_kappa {threshold:g}, or set "
+            "eval.judge_model to a stronger model (or use a reference metric such as chrf)",
+        )
     if not rated:
         return BaselineReason(
             "judge calibration",
@@ -306,7 +316,12 @@ def with_judge_check(verdict: Verdict, comparison: Comparison, gate_cfg: GateCon
         return verdict
     summary = verdict.summary
     if not reason.passed:
-        what = "its judge-scored metric is not trusted (kappa below gate.min_judge_kappa)"
+        what = (
+            "its judge-scored metric is not evidence (a judge no stronger than the candidates, "
+            "not checked against people)"
+            if reason.reason.startswith("the judge is not evidence")
+            else "its judge-scored metric is not trusted (kappa below gate.min_judge_kappa)"
+        )
         if verdict.ship:
             summary = f"DON'T SHIP {verdict.candidate}: {what}"
         else:

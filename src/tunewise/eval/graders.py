@@ -4,7 +4,10 @@ Score keys are metric names (see :class:`tunewise.eval.results.ItemResult`): ``a
 ``exact_match``, ``format_compliance``, ``json_valid``, ``schema_valid``, ``judge`` and per-field
 ``accuracy_<field>`` (label fields, or the top-level keys of a JSON answer); for a JSON answer
 whose reference holds a flat object under a key (``slots``), ``<key>_precision``, ``_recall`` and
-``_f1`` over its (name, value) pairs. A project picks its graders in ``eval.graders``.
+``_f1`` over its (name, value) pairs; for free text, the reference metrics ``chrf``, ``bleu``,
+``rougeL`` and ``similarity`` against every reference of the item
+(:mod:`tunewise.eval.reference`). A project picks its graders in ``eval.graders``. ``accuracy`` is
+scored on labels and json tasks only: on free text it would be exact match under another name.
 
 Labels come out of the output through the project's ``task.output_pattern``, read by
 :class:`tunewise.data.labels.LabelSpec`: its named groups are the label fields
@@ -29,10 +32,12 @@ from typing import Any, Protocol
 
 import jsonschema
 
+from tunewise.baselines.embed import default_embedder
 from tunewise.config import ProjectConfig
 from tunewise.data.labels import LabelSpec, fold, normalise
 from tunewise.data.schema import Example
 from tunewise.errors import UserError
+from tunewise.eval.reference import REFERENCE_METRICS, sentence_scores, similarity_scores
 from tunewise.fsio import sha256_text
 from tunewise.runtime.engine import GenRequest
 
@@ -149,6 +154,8 @@ class Grader:
         )
         if cfg.task.json_schema is not None:
             check_schema(cfg.task.json_schema)
+        self.reference_metrics = [m for m in REFERENCE_METRICS if m in self.graders]
+        self._embedder: Any = None
 
     def grade(
         self, output: str, example: Example
@@ -177,10 +184,31 @@ class Grader:
                 where = f"{example.source}:{example.line}: " if example.source else ""
                 raise UserError(f"{where}{err}") from None
             scores.update(s)
-        if "accuracy" not in scores:
-            # text tasks: "correct" means the exact answer.
+        if self.reference_metrics:
+            scores.update(self.reference_scores(output, example.references))
+        if "accuracy" not in scores and self.task != "text":
             scores["accuracy"] = float(normalise(output) == normalise(target))
         return scores, gold, pred, meta
+
+    def reference_scores(self, output: str, references: list[str]) -> dict[str, float]:
+        """The reference metrics of one answer against all its references (an empty answer
+        scores 0, as sacrebleu scores it; it is not a missing number)."""
+        scores = sentence_scores(output, references, self.reference_metrics)
+        if "similarity" in self.reference_metrics:
+            if self._embedder is None:
+                self._embedder = _Uncached(default_embedder())
+            scores["similarity"] = similarity_scores([output], [references], self._embedder)[0]
+        return scores
+
+
+class _Uncached:
+    """An embedder that never writes its cache: one file per graded answer would fill the disk."""
+
+    def __init__(self, embedder: Any) -> None:
+        self.embedder = embedder
+
+    def encode(self, texts: list[str]) -> Any:
+        return self.embedder.encode(texts, cache=False)
 
 
 # --------------------------------------------------------------------------------------------

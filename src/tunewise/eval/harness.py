@@ -50,12 +50,13 @@ from tunewise.candidates import (
 from tunewise.candidates import CONSTRAINED_SUFFIX as CONSTRAINED
 from tunewise.config import ExternalConfig, ProjectConfig
 from tunewise.data.own_splits import split_project
-from tunewise.data.schema import Example, load_examples
+from tunewise.data.schema import Example, group_references, load_examples
 from tunewise.data.seal import guard
 from tunewise.errors import UserError
 from tunewise.eval.constrained import ConstrainedLabeler
 from tunewise.eval.graders import Grader, LLMJudge
 from tunewise.eval.items import item_ids
+from tunewise.eval.reference import corpus_scores
 from tunewise.eval.results import EVAL_FILE, CandidateResult, EvalRun, ItemResult
 from tunewise.fsio import sha256_file
 from tunewise.progress import Bar, make_console
@@ -255,6 +256,12 @@ class _Harness:
                     item_id=iid, output=out, scores=scores, gold=gold, predicted=pred, meta=m
                 )
             )
+        if self.grader.reference_metrics:
+            # What papers quote: the corpus score as sacrebleu reports it (0..100), beside the
+            # per-item scores the paired tests resample.
+            refs = [ex.references for ex in self.items]
+            metrics = self.grader.reference_metrics
+            meta = {**meta, "corpus": corpus_scores(outputs, refs, metrics)}
         return CandidateResult(name=name, kind=kind, items=items, meta=meta)
 
     def cache_delta(self) -> dict[str, int]:
@@ -420,6 +427,10 @@ def evaluate(
     if split == "test":
         meta.update(_guard_test(path, final=final, purpose=f"eval: {', '.join(plan)}"))
     items = load_examples(path)
+    if cfg.task.type == "text":
+        # Lines that share a prompt are one input with several references (DART, E2E write a
+        # line per reference): scored once, against all of them.
+        items = group_references(items)
     limit = limit or cfg.eval.limit
     if limit:
         items = items[:limit]
@@ -437,7 +448,7 @@ def evaluate(
     try:
         results = _run_candidates(h, plan, finetuned)
         if "judge" in cfg.eval.graders:
-            _judge_all(h, list(results.values()))
+            meta["judge"] = _judge_all(h, list(results.values()))
     finally:
         h.close()
     run = EvalRun(
@@ -575,20 +586,26 @@ def _local_engine(
     return eng, None, {**meta, "full_checkpoint": True, "model_hash": model_hash}
 
 
-def _judge_all(h: _Harness, results: list[CandidateResult]) -> None:
-    """Add a ``judge`` score to every item of every candidate; unparseable replies stay NaN."""
+def _judge_all(h: _Harness, results: list[CandidateResult]) -> dict[str, Any]:
+    """Add a ``judge`` score to every item of every candidate; unparseable replies stay NaN.
+    Returns what the evaluation records of the judge: whether its scores are evidence."""
     cfg = h.cfg
     jm = cfg.eval.judge_model
     if jm and jm in ext_map(cfg):
         backend = h.external(ext_map(cfg)[jm])
+        evidence = (True, f"the judge is the external endpoint {jm}")
     elif jm:
         backend = h._new_engine(jm)
+        evidence = _local_judge_evidence(jm, backend, h.engine())
     else:
         backend = h.engine()
-        h.notes.append(
-            "judge: eval.judge_model not set, the base model judges itself (weak; set a stronger "
-            "judge)"
+        evidence = (
+            False,
+            "eval.judge_model is not set: the base model judges itself, no stronger than the "
+            "candidates",
         )
+    if not evidence[0]:
+        h.notes.append(f"judge: not evidence: {evidence[1]}")
     judge = LLMJudge(backend)
     for res in results:
         scores, replies = judge.score_many(
@@ -602,3 +619,17 @@ def _judge_all(h: _Harness, results: list[CandidateResult]) -> None:
             "version": judge.version,
             "parse_failures": sum(1 for s in scores if math.isnan(s)),
         }
+    return {"model": jm or cfg.model.base, "evidence": evidence[0], "why": evidence[1]}
+
+
+def _parameters(engine: Any) -> int:
+    return sum(p.numel() for p in engine.model.parameters())
+
+
+def _local_judge_evidence(name: str, judge: Any, base: Any) -> tuple[bool, str]:
+    """A local judge counts as evidence only when it is larger than the base model the
+    candidates are built on: a judge no stronger than them cannot tell which of them is right."""
+    have, need = _parameters(judge), _parameters(base)
+    if have > need:
+        return True, f"the judge {name} has {have:,} parameters, the base model {need:,}"
+    return False, f"the judge {name} has {have:,} parameters, not more than the base's {need:,}"

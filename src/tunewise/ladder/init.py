@@ -19,7 +19,7 @@ import yaml
 from tunewise import paths
 from tunewise.config import ProjectConfig, load_project
 from tunewise.data.formats import OutputFormat, infer_format
-from tunewise.data.schema import load_examples
+from tunewise.data.schema import group_references, input_text, load_examples
 from tunewise.errors import UserError
 from tunewise.fsio import atomic_write_text
 from tunewise.ladder import estimate  # a module: tests replace estimate.calibrate
@@ -166,9 +166,12 @@ def _cost_notes(cfg: ProjectConfig, examples: list[Any]) -> CostEstimate:
 
 
 def propose(
-    fmt: OutputFormat, targets: list[str]
+    fmt: OutputFormat, targets: list[str], targets_by_prompt: dict[str, int] | None = None
 ) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
-    """(task section, eval section, human-readable reasons) for an inferred output format."""
+    """(task section, eval section, human-readable reasons) for an inferred output format.
+    ``targets_by_prompt`` counts the references of each distinct prompt (free text says how many
+    inputs have several)."""
+    targets_by_prompt = targets_by_prompt or {}
     notes: list[str] = []
     task: dict[str, Any]
     if fmt.kind in ("fields", "label") and fmt.label_fields:
@@ -196,13 +199,31 @@ def propose(
         )
     else:
         task = {"type": "text"}
-        ev = {"graders": ["exact", "judge"], "primary_metric": "judge"}
+        # Every example's answer is a reference, so a reference metric can decide. chrF, not BLEU:
+        # on single sentences BLEU is often 0 for want of a 4-gram match, and chrF's character
+        # n-grams agree better with people (WMT metrics tasks). No judge by default: with no
+        # eval.judge_model the judge is the base model, no stronger than the candidates.
+        ev = {"graders": ["chrf", "bleu", "rougeL", "exact"], "primary_metric": "chrf"}
         notes.append("task type: text (free-form answers)")
         notes.append(
-            "graders: exact match and an LLM judge with a fixed rubric; primary metric: judge "
-            "(set eval.judge_model to a stronger model or an external endpoint if you have one)"
+            "graders: chrF, BLEU and ROUGE-L against the references, exact match; primary "
+            f"metric: chrf{_references_note(targets_by_prompt)}"
+        )
+        notes.append(
+            "no LLM judge: without eval.judge_model it would be the base model judging itself, "
+            "which is not evidence; to add one, set eval.judge_model (an external endpoint or a "
+            "larger local model) and add judge to eval.graders"
         )
     return task, ev, notes
+
+
+def _references_note(targets_by_prompt: dict[str, int]) -> str:
+    """How many inputs carry several references (a ``references`` field, or lines that share a
+    prompt), said in init's notes: the scores use them all."""
+    several = sum(1 for n in targets_by_prompt.values() if n > 1)
+    if not several:
+        return " (one reference per input)"
+    return f" ({several} of {len(targets_by_prompt)} inputs have several references; all count)"
 
 
 def _choose_system_prompt(examples: list[Any], task: dict[str, Any], notes: list[str]) -> None:
@@ -269,7 +290,8 @@ def init_project(
         raise UserError(f"{target}: already exists (use --force to overwrite)")
     targets = [e.target for e in examples]
     fmt = infer_format(targets)
-    task, ev, notes = propose(fmt, targets)
+    refs = {input_text(g): len(g.references) for g in group_references(examples)}
+    task, ev, notes = propose(fmt, targets, refs)
     _choose_system_prompt(examples, task, notes)
     if docs is None and (data.parent / "docs").is_dir():
         docs = data.parent / "docs"

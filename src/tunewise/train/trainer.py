@@ -46,7 +46,7 @@ from transformers.trainer_utils import sort_checkpoints
 from tunewise import tracking
 from tunewise.baselines.context import CONTEXT_FILE, ContextBuilder, training_examples
 from tunewise.config import ProjectConfig
-from tunewise.data.schema import Example, load_examples
+from tunewise.data.schema import Example, expand_references, load_examples
 from tunewise.errors import UserError
 from tunewise.fsio import replace_dir
 from tunewise.progress import make_console
@@ -230,15 +230,20 @@ def _conversations(
     The project's system prompt replaces the data's: the evaluator and the server use it too.
     With ``train.context``, each conversation is the evaluator's prompt for the example, context
     retrieved from the train examples by :mod:`tunewise.baselines.context` (itself excluded), plus
-    its
-    answer; validation items retrieve from the same pool, as the evaluator's do.
+    its answer; validation items retrieve from the same pool, as the evaluator's do.
+
+    An example with several references (a ``references`` field) trains once per reference
+    (:func:`tunewise.data.schema.expand_references` says why), except with retrieved context:
+    there a sibling reference in the pool would hand the model its own answer, so the first
+    reference alone is trained on.
     """
     t, system = cfg.train, cfg.task.system_prompt
     train_raw = load_examples(start.train_path)
     val_raw = load_examples(start.val_path) if start.val_path else []
     if t.context == "none":
-        own = [e.with_system(system) for e in train_raw]
-        return own, None, [e.with_system(system) for e in val_raw], None, None
+        own = [e.with_system(system) for e in expand_references(train_raw)]
+        val = [e.with_system(system) for e in expand_references(val_raw)]
+        return own, None, val, None, None
     # Queries keep their data content: a query's uid must equal its pool entry's to be excluded.
     context = ContextBuilder.from_config(cfg, t.context, train_raw)
     share = t.context_distractor_share
