@@ -84,19 +84,12 @@ def test_a_text_evaluation_scores_each_input_once_against_all_its_references(tmp
     # DART/E2E style: one line per reference. The evaluation merges them per input, scores an
     # answer against all, and records the corpus scores as sacrebleu reports them.
     import json
-    from dataclasses import dataclass
 
     import yaml
 
+    from test_harness import _Res
     from tunewise.config import load_project
     from tunewise.eval.harness import evaluate
-
-    @dataclass
-    class _Res:
-        text: str
-        prompt_tokens: int = 1
-        completion_tokens: int = 1
-        finish_reason: str = "stop"
 
     class Echo:
         """Answers every input with its second human reference (known to the test)."""
