@@ -37,9 +37,43 @@ def _mix64(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
+# Structured inputs: attribute lists share their keys, so over all words two records that differ in
+# every value still look alike. For them only the values count (see :func:`structured_values`).
+_TRIPLE = re.compile(r"^([^|]+)\|([^|]+)\|(.+)$")  # subject | relation | object (DART, WebNLG)
+_KEY_VALUE = re.compile(r"^[\w .'/-]{1,40}[:=]\s*(\S.*)$")  # key: value, one per line
+_BRACKETED = re.compile(r"([\w ]+)\[([^\]]*)\]")  # key[value], ... (E2E's meaning representations)
+
+
+def structured_values(text: str) -> str | None:
+    """The values of an attribute-list input, None for prose.
+
+    An input is an attribute list when every non-empty line is a ``subject | relation | object``
+    triple, or it has two or more lines and each is ``key: value``, or it is ``key[value]`` pairs
+    and nothing else. Keys are dropped (the subject of a triple is a value), so "same keys,
+    other values" is no near-duplicate, while the same values under the same keys still are.
+    """
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return None
+    triples = [_TRIPLE.match(line) for line in lines]
+    if all(triples):
+        subjects = dict.fromkeys(m.group(1).strip() for m in triples if m)
+        return " ".join([*subjects, *(m.group(3).strip() for m in triples if m)])
+    pairs = [_KEY_VALUE.match(line) for line in lines]
+    if len(lines) > 1 and all(pairs):
+        return " ".join(m.group(1) for m in pairs if m)
+    flat = " ".join(lines)
+    bracketed = _BRACKETED.findall(flat)
+    if len(bracketed) > 1 and not _BRACKETED.sub("", flat).strip(" ,;"):
+        return " ".join(value for _, value in bracketed)
+    return None
+
+
 def normalize(text: str) -> str:
-    """Lower case words joined by one space: punctuation, case and spacing do not count."""
-    return " ".join(_WORD.findall(text.lower()))
+    """Lower case words joined by one space: punctuation, case and spacing do not count; of an
+    attribute list, only its values (:func:`structured_values`)."""
+    values = structured_values(text)
+    return " ".join(_WORD.findall((text if values is None else values).lower()))
 
 
 def _shingle_hashes(norms: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
