@@ -201,3 +201,38 @@ def test_the_final_test_prices_the_listed_rungs_not_the_gates_extra_ones(tmp_pat
     )
     assert lines["final test (--final, once)"].seconds == pytest.approx(expected)
     assert "2 listed rung(s) and the fine-tune" in lines["final test (--final, once)"].detail
+
+
+def test_own_split_files_and_several_references_are_counted_as_run(tmp_path):
+    # The trainer trains each reference (1 + 2 per input) and the evaluator scores each input of
+    # the user's own val file once; the train file gives nothing to val or test.
+    def rows(n, refs):
+        return "".join(
+            json.dumps(
+                {
+                    "messages": [
+                        {"role": "user", "content": f"Venue{i} | food | Thai"},
+                        {"role": "assistant", "content": f"Venue{i} serves Thai food."},
+                    ],
+                    "references": [f"Thai food at Venue{i} ({k})." for k in range(refs)],
+                }
+            )
+            + "\n"
+            for i in range(n)
+        )
+
+    (tmp_path / "train.jsonl").write_text(rows(40, 2))
+    (tmp_path / "val.jsonl").write_text(rows(12, 1))
+    (tmp_path / "test.jsonl").write_text(rows(9, 0))
+    (tmp_path / "project.yaml").write_text(
+        "name: d2t\n"
+        "data: {train: train.jsonl, val: val.jsonl, test: test.jsonl}\n"
+        "task: {type: text}\n"
+        "eval: {candidates: [prompt], graders: [chrf], primary_metric: chrf}\n"
+        "gate: {baselines: [prompt]}\n"
+        "train: {batch_size: 8, epochs: 1}\n"
+    )
+    cfg = load_project(tmp_path / "project.yaml")
+    w = estimate.workload_of(cfg, load_examples(cfg.data.train), None)
+    assert (w.n_train, w.n_val) == (120, 12)
+    assert w.steps == 15  # 120 rows / 8

@@ -32,6 +32,7 @@ from typing import Any
 from tunewise.candidates import NO_LLM, is_finetune_name
 from tunewise.config import ProjectConfig
 from tunewise.data.labels import LabelSpec
+from tunewise.data.schema import expand_references, group_references, load_examples
 from tunewise.fsio import atomic_write_json
 from tunewise.rungs import RUNGS
 from tunewise.runtime import models
@@ -253,10 +254,23 @@ def _training_line(cfg: ProjectConfig, w: Workload, speed: Speed, runs: dict[str
 
 
 def split_sizes(cfg: ProjectConfig, n_examples: int) -> tuple[int, int, int]:
-    """(train, val, test) sizes the split will make from ``n_examples`` (when not split yet)."""
-    n_val = round(n_examples * cfg.data.split.val)
-    n_test = round(n_examples * cfg.data.split.test)
-    return n_examples - n_val - n_test, n_val, n_test
+    """(train, val, test) sizes the split will make from ``n_examples`` training rows (when not
+    split yet). A split given as its own file (``data.val``, ``data.test``) counts that file's
+    items, and takes nothing from train."""
+    given = {"val": cfg.data.val, "test": cfg.data.test}
+    fractions = {"val": cfg.data.split.val, "test": cfg.data.split.test}
+    sizes = {
+        s: _items_in(cfg, path) if path is not None else round(n_examples * fractions[s])
+        for s, path in given.items()
+    }
+    taken = sum(n for s, n in sizes.items() if given[s] is None)
+    return n_examples - taken, sizes["val"], sizes["test"]
+
+
+def _items_in(cfg: ProjectConfig, path: Path) -> int:
+    """Evaluation items in a split file: a text task's lines that share a prompt are one item."""
+    examples = load_examples(path)
+    return len(group_references(examples) if cfg.task.type == "text" else examples)
 
 
 def optimizer_steps(n_train: int, batch: int, grad_accum: int, epochs: float) -> int:
@@ -274,7 +288,10 @@ def workload_of(
     """The project's work in tokens. ``examples`` are the training file's (a spread sample is
     measured); ``tokenizer`` None counts 4 characters as a token. ``sizes`` are the split's own
     (train, val, test) counts when it exists. A prefix every example shares is computed once per
-    training batch (:mod:`tunewise.train.prefix`), and counted so."""
+    training batch (:mod:`tunewise.train.prefix`), and counted so. An example with several
+    references trains once per reference (without retrieved context), and is counted so."""
+    if cfg.train.context == "none":
+        examples = expand_references(list(examples))
     sample = list(examples[:: max(1, len(examples) // SAMPLE)])
     count = _counter(tokenizer)
     total = [
