@@ -112,29 +112,37 @@ def test_training_conversations_hold_every_reference(tmp_path):
     assert all(e.messages[0] == {"role": "system", "content": "Be brief."} for e in own + held)
 
 
-def test_attribute_lists_with_other_values_are_not_near_duplicates():
-    from tunewise.data.dedup import near_duplicate_clusters, normalize, structured_values
+def test_attribute_lists_are_compared_fact_by_fact():
+    from tunewise.data.dedup import near_duplicate_clusters, normalize, structured_facts
 
     # Two E2E records of one venue (from DART): other food, area and family-friendliness. Over
-    # all words the repeated subject and keys make them look alike; by values they are not.
-    a = (
-        "Fitzbillies | eatType | coffee shop\nFitzbillies | food | English\n"
-        "Fitzbillies | priceRange | less than £20\nFitzbillies | customer rating | low\n"
-        "Fitzbillies | area | city centre\nFitzbillies | familyFriendly | no"
-    )
-    b = (
-        "Fitzbillies | eatType | coffee shop\nFitzbillies | food | Chinese\n"
-        "Fitzbillies | priceRange | less than £20\nFitzbillies | customer rating | low\n"
-        "Fitzbillies | area | riverside"
-    )
-    # only the values are compared: the subject once, then each object
-    assert normalize(a) == "fitzbillies coffee shop english less than 20 low city centre no"
-    e2e_a = "name[Alimentum], area[city centre], familyFriendly[no], eatType[pub]"
-    e2e_b = "name[Zizzi], area[riverside], familyFriendly[yes], eatType[restaurant]"
-    clusters = near_duplicate_clusters([a, b, a + ".", e2e_a, e2e_b])
-    assert clusters[0] != clusters[1] and clusters[3] != clusters[4]
-    assert clusters[0] == clusters[2]  # the same record, written again, still is one
-    assert structured_values(e2e_a) == "Alimentum city centre no pub"
+    # words (the subject and keys repeated, few distinct values) they look alike; they share 4 of
+    # 7 facts, so they are different inputs. A record that differs in one fact of seven is a
+    # near-duplicate, and so is the same record written again.
+    facts = [
+        ("eatType", "coffee shop"),
+        ("food", "English"),
+        ("priceRange", "less than £20"),
+        ("customer rating", "low"),
+        ("area", "city centre"),
+        ("familyFriendly", "no"),
+        ("near", "The Sorrento"),
+    ]
+
+    def record(pairs):
+        return "\n".join(f"Fitzbillies | {k} | {v}" for k, v in pairs)
+
+    a = record(facts)
+    other = record([*facts[:1], ("food", "Chinese"), *facts[2:4], ("area", "riverside"),
+                    ("familyFriendly", "yes"), facts[6]])  # fmt: skip
+    one_off = record([*facts[:6], ("near", "Café Rouge")])
+    clusters = near_duplicate_clusters([a, other, one_off, a + "."])
+    assert clusters[0] != clusters[1]
+    assert clusters[0] == clusters[2] == clusters[3]
+    head = ["subject_fitzbillies", "eattype_coffee_shop", "food_english"]
+    assert normalize(a).split()[:3] == head
+    e2e = "name[Alimentum], area[city centre], familyFriendly[no]"
+    assert structured_facts(e2e) == "name_alimentum area_city_centre familyfriendly_no"
     # prose and one-line "key: value" text are compared over all their words, as before
-    assert structured_values("Subject: refund") is None
-    assert structured_values("Hi,\nthe app crashes on start.") is None
+    assert structured_facts("Subject: refund") is None
+    assert structured_facts("Hi,\nthe app crashes on start.") is None
