@@ -130,3 +130,22 @@ def test_a_text_evaluation_scores_each_input_once_against_all_its_references(tmp
     assert prompt.meta["corpus"]["bleu"] == pytest.approx(100.0)
     # exact match reads the first reference only, which the answers never are
     assert all(i.scores["exact_match"] == 0.0 for i in prompt.items)
+
+
+def test_scoring_leaves_the_root_logger_as_it_found_it():
+    # rouge-score's logging.info would otherwise install a root handler, and bm25s's DEBUG lines
+    # then printed in the middle of `tunewise run` (seen on the DART walkthrough).
+    import logging
+
+    root = logging.getLogger()
+    pytest_handlers = list(root.handlers)  # pytest's capture handlers would hide the effect
+    for h in pytest_handlers:
+        root.removeHandler(h)
+    try:
+        sentence_scores("a b c", ["a b d"])
+        assert root.handlers == []
+    finally:
+        for h in list(root.handlers):
+            root.removeHandler(h)
+        for h in pytest_handlers:
+            root.addHandler(h)

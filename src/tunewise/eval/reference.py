@@ -19,7 +19,9 @@ the paired tests read them like every other metric; corpus scores keep sacrebleu
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any, Final
 
@@ -43,6 +45,20 @@ def _rouge() -> Any:
     return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
 
 
+@contextmanager
+def _root_logging_untouched() -> Iterator[None]:
+    """rouge-score logs through ``logging.info``, which configures the root logger on first use
+    (``basicConfig``): every library's DEBUG records (bm25s's) would then print between
+    tunewise's lines. Whatever handler appears on the root meanwhile is taken off again."""
+    root = logging.getLogger()
+    before = list(root.handlers)
+    try:
+        yield
+    finally:
+        for handler in [h for h in root.handlers if h not in before]:
+            root.removeHandler(handler)
+
+
 def sentence_scores(
     answer: str, references: Sequence[str], metrics: Sequence[str] = REFERENCE_METRICS
 ) -> dict[str, float]:
@@ -58,7 +74,8 @@ def sentence_scores(
     if "chrf" in metrics:
         out["chrf"] = chrf.sentence_score(answer, refs).score / 100.0
     if "rougeL" in metrics:
-        out["rougeL"] = float(_rouge().score_multi(refs, answer)["rougeL"].fmeasure)
+        with _root_logging_untouched():
+            out["rougeL"] = float(_rouge().score_multi(refs, answer)["rougeL"].fmeasure)
     return out
 
 
