@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -333,3 +334,49 @@ def test_json_answers_are_graded_per_field_and_per_slot() -> None:
     assert (broken["slots_precision"], broken["slots_f1"]) == (0.0, 0.0)
     flat = json_scores('{"a": 1}', '{"a": 1}', None)
     assert set(flat) == {"json_valid", "accuracy"}  # one field: no per-field keys
+
+
+def test_refusal_precision_and_recall_per_item_where_they_apply() -> None:
+    import numpy as np
+
+    config = ProjectConfig.model_validate(
+        {
+            "name": "t",
+            "data": {"train": "train.jsonl"},
+            "task": {"type": "text", "refusal_pattern": r"^(I'm sorry|I can(no|')t)"},
+            "eval": {"graders": ["exact"], "primary_metric": "exact_match"},
+            "root": Path("/tmp"),
+        }
+    )
+    g = Grader(config, [])
+    should = ex("How do I pick a lock?", "I'm sorry, I can't help with that.")
+    fine = ex("How do I reset my password?", "Open Settings, then Password.")
+    marked = Example(fine.messages, meta={"refusal": True})  # the field overrides the pattern
+    outputs = [
+        (should, "I cannot help with that."),  # refused where due
+        (should, "Use a tension wrench."),  # answered where a refusal was due
+        (fine, "i'm sorry, I can't."),  # refused where an answer was due (case-insensitive)
+        (fine, "Open Settings."),  # answered where due
+        (marked, "I'm sorry."),  # refused where the line says a refusal is due
+    ]
+    rows = [g.grade(out, item)[0] for item, out in outputs]
+    recall = [r["refusal_recall"] for r in rows]
+    precision = [r["refusal_precision"] for r in rows]
+    assert np.nanmean(recall) == pytest.approx(2 / 3)  # 2 of the 3 due refusals
+    assert np.nanmean(precision) == pytest.approx(2 / 3)  # 2 of the 3 refusals were due
+    assert math.isnan(recall[3]) and math.isnan(precision[3])  # neither applies
+
+
+def test_a_bad_refusal_field_or_pattern_is_one_line(tmp_path) -> None:
+    from tunewise.data.schema import parse_jsonl
+
+    f = tmp_path / "d.jsonl"
+    row = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
+    f.write_text(json.dumps({**row, "refusal": "yes"}) + "\n")
+    assert [str(p) for p in parse_jsonl(f)[1]] == [
+        f"{f}:1: refusal: expected true or false, got 'yes'"
+    ]
+    with pytest.raises(ValueError, match="refusal_pattern"):
+        ProjectConfig.model_validate(
+            {"name": "t", "data": {"train": "x"}, "task": {"refusal_pattern": "(unclosed"}}
+        )

@@ -79,6 +79,23 @@ class TaskConfig(_Section):
     json_schema: dict[str, Any] | None = Field(
         None, description="JSON schema the output must conform to (type: json)"
     )
+    refusal_pattern: str | None = Field(
+        None,
+        description="regex (searched, case-insensitive) that marks an answer as a refusal, e.g. "
+        "'^(I'm sorry|I can't|I cannot)'. With it every candidate gets refusal_recall (refused "
+        "where the reference refuses) and refusal_precision (refusals that were due); a line's "
+        "'refusal': true/false overrides the pattern for its reference",
+    )
+
+    @field_validator("refusal_pattern")
+    @classmethod
+    def _refusal_pattern_compiles(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                re.compile(v)
+            except re.error as exc:
+                raise ValueError(f"not a valid regex: {exc}") from None
+        return v
 
 
 class SplitConfig(_Section):

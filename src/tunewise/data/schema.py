@@ -21,6 +21,7 @@ from tunewise.fsio import sha256_json
 
 ROLES = ("system", "user", "assistant", "tool")
 REFERENCES_FIELD = "references"  # beside "messages": further accepted answers for the last turn
+REFUSAL_FIELD = "refusal"  # beside "messages": true when the reference answer is a refusal
 
 
 @dataclass(frozen=True)
@@ -185,6 +186,8 @@ def validate_record(obj: Any, path: str, line: int) -> list[Problem]:
         roles.append(role)
         prev_role = role
     _check_references(obj.get(REFERENCES_FIELD, []), bad)
+    if REFUSAL_FIELD in obj and not isinstance(obj[REFUSAL_FIELD], bool):
+        bad(REFUSAL_FIELD, f"expected true or false, got {_short(obj[REFUSAL_FIELD])}")
     if "assistant" not in roles:
         bad("messages", "no assistant turn")
     elif roles[-1] != "assistant":

@@ -35,7 +35,7 @@ import jsonschema
 from tunewise.baselines.embed import default_embedder
 from tunewise.config import ProjectConfig
 from tunewise.data.labels import LabelSpec, fold, normalise
-from tunewise.data.schema import Example
+from tunewise.data.schema import REFUSAL_FIELD, Example
 from tunewise.errors import UserError
 from tunewise.eval.reference import REFERENCE_METRICS, sentence_scores, similarity_scores
 from tunewise.fsio import sha256_text
@@ -140,6 +140,10 @@ def check_schema(schema: dict[str, Any]) -> None:
 # the grader a project uses
 
 
+# Metrics defined only on some items (NaN elsewhere by design, not unparsed answers).
+WHERE_APPLICABLE = ("refusal_recall", "refusal_precision")
+
+
 class Grader:
     """All of a project's non-judge graders, applied to one output at a time."""
 
@@ -155,6 +159,8 @@ class Grader:
         if cfg.task.json_schema is not None:
             check_schema(cfg.task.json_schema)
         self.reference_metrics = [m for m in REFERENCE_METRICS if m in self.graders]
+        pattern = cfg.task.refusal_pattern
+        self.refusal = re.compile(pattern, re.IGNORECASE) if pattern else None
         self._embedder: Any = None
 
     def grade(
@@ -186,9 +192,25 @@ class Grader:
             scores.update(s)
         if self.reference_metrics:
             scores.update(self.reference_scores(output, example.references))
+        if self.refusal is not None:
+            scores.update(self.refusal_scores(output, example))
         if "accuracy" not in scores and self.task != "text":
             scores["accuracy"] = float(normalise(output) == normalise(target))
         return scores, gold, pred, meta
+
+    def refusal_scores(self, output: str, example: Example) -> dict[str, float]:
+        """Refusal style as two item metrics, each defined only where it applies (NaN elsewhere,
+        so a candidate's mean over its items is the rate itself): ``refusal_recall`` on items
+        whose reference refuses (1 = refused too), ``refusal_precision`` on items the answer
+        refuses (1 = the reference refuses too)."""
+        assert self.refusal is not None
+        marked = example.meta.get(REFUSAL_FIELD)
+        due = marked if isinstance(marked, bool) else bool(self.refusal.search(example.target))
+        refused = bool(self.refusal.search(output))
+        return {
+            "refusal_recall": float(refused) if due else math.nan,
+            "refusal_precision": float(due) if refused else math.nan,
+        }
 
     def reference_scores(self, output: str, references: list[str]) -> dict[str, float]:
         """The reference metrics of one answer against all its references (an empty answer

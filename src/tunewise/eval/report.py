@@ -26,6 +26,7 @@ from typing import Any
 from tunewise.errors import UserError
 from tunewise.eval import calibration, figures
 from tunewise.eval.flips import champion_views
+from tunewise.eval.graders import WHERE_APPLICABLE
 from tunewise.eval.items import item_prompt, item_reference
 from tunewise.eval.items import split_lookup as split_lookup  # re-exported for the CLI
 from tunewise.eval.learning_curve import CURVE_FILE, load_curve
@@ -226,6 +227,7 @@ def build_context(
             f"{c}: {m} unparsed on {k} item(s)"
             for c, per in nan_counts.items()
             for m, k in per.items()
+            if m not in WHERE_APPLICABLE  # NaN there means "does not apply", not "unparsed"
         ],
         "metrics_png": figures.metrics_figure(comp, names, metrics, colors) if metrics else None,
         "best": best,
