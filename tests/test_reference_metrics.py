@@ -122,7 +122,9 @@ def test_a_text_evaluation_scores_each_input_once_against_all_its_references(tmp
         "gate": {"baselines": ["prompt"]},
     }
     (tmp_path / "project.yaml").write_text(yaml.safe_dump(raw))
-    run = evaluate(load_project(tmp_path / "project.yaml"), engine=Echo(), progress=False)
+    out = tmp_path / "eval"
+    cfg = load_project(tmp_path / "project.yaml")
+    run = evaluate(cfg, engine=Echo(), progress=False, out_dir=out)
     prompt = run.candidate("prompt")
     assert len(run.item_ids) == 10  # 10 inputs of 40 in val, each once, not 20 lines
     assert all(i.scores["chrf"] == pytest.approx(1.0) for i in prompt.items)
@@ -130,6 +132,13 @@ def test_a_text_evaluation_scores_each_input_once_against_all_its_references(tmp
     assert prompt.meta["corpus"]["bleu"] == pytest.approx(100.0)
     # exact match reads the first reference only, which the answers never are
     assert all(i.scores["exact_match"] == 0.0 for i in prompt.items)
+    # the report shows the corpus scores as sacrebleu reports them, and no accuracy column
+    from tunewise.decide.report_inputs import render_report
+
+    _, md = render_report(out)
+    text = md.read_text()
+    assert "Corpus scores as sacrebleu reports them (0-100): prompt: bleu 100.0, chrf 100.0" in text
+    assert "accuracy" not in text
 
 
 def test_scoring_leaves_the_root_logger_as_it_found_it():

@@ -223,6 +223,7 @@ def build_context(
         "ci_method": comp.meta.get("ci_method", "bca"),
         "n_boot": comp.meta.get("n_boot"),
         "missing_baselines": comp.meta.get("missing_baselines", []),
+        "corpus": _corpus_lines(run, names),
         "nan_notes": [
             f"{c}: {m} unparsed on {k} item(s)"
             for c, per in nan_counts.items()
@@ -350,6 +351,18 @@ def _md_verdicts(ctx: dict[str, Any]) -> list[str]:
     return out
 
 
+def _corpus_lines(run: EvalRun, names: list[str]) -> list[str]:
+    """Each candidate's corpus BLEU and chrF as sacrebleu reports them (free-text graders)."""
+    by_name = {c.name: c for c in run.candidates}
+    out = []
+    for name in names:
+        corpus = by_name[name].meta.get("corpus") if name in by_name else None
+        if corpus:
+            scores = ", ".join(f"{m} {v:.1f}" for m, v in sorted(corpus.items()))
+            out.append(f"{name}: {scores}")
+    return out
+
+
 def _md_metrics(ctx: dict[str, Any]) -> list[str]:
     e = md_escape
     out = ["## Candidates × metrics", ""]
@@ -368,6 +381,9 @@ def _md_metrics(ctx: dict[str, Any]) -> list[str]:
             for row in ctx["table"]
         ],
     )
+    if ctx["corpus"]:
+        corpus = "; ".join(ctx["corpus"])
+        out += ["", f"Corpus scores as sacrebleu reports them (0-100): {e(corpus)}."]
     out += ["", f"Evaluation time on {e(ctx['split'])}: {e(ctx['eval_time'])}.", ""]
     for note in ctx["nan_notes"]:
         out.append(f"- judge parse failures: {e(note)}")
