@@ -140,10 +140,6 @@ def check_schema(schema: dict[str, Any]) -> None:
 # the grader a project uses
 
 
-# Metrics defined only on some items (NaN elsewhere by design, not unparsed answers).
-WHERE_APPLICABLE = ("refusal_recall", "refusal_precision")
-
-
 class Grader:
     """All of a project's non-judge graders, applied to one output at a time."""
 

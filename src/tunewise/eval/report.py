@@ -26,7 +26,6 @@ from typing import Any
 from tunewise.errors import UserError
 from tunewise.eval import calibration, figures
 from tunewise.eval.flips import champion_views
-from tunewise.eval.graders import WHERE_APPLICABLE
 from tunewise.eval.items import item_prompt, item_reference
 from tunewise.eval.items import split_lookup as split_lookup  # re-exported for the CLI
 from tunewise.eval.learning_curve import CURVE_FILE, load_curve
@@ -43,6 +42,7 @@ from tunewise.eval.report_tables import (
     value_of,
 )
 from tunewise.eval.results import (
+    WHERE_APPLICABLE,
     Comparison,
     EvalRun,
     ItemResult,

@@ -23,6 +23,10 @@ from tunewise.config import GateConfig
 from tunewise.errors import UserError
 from tunewise.fsio import atomic_write_json
 
+# Metrics defined only on some items (NaN elsewhere by design, not unparsed answers): the graders
+# write them, the report leaves them out of its "unparsed" note.
+WHERE_APPLICABLE = ("refusal_recall", "refusal_precision")
+
 EVAL_FILE = "eval.json"
 COMPARISON_FILE = "comparison.json"
 VERDICT_FILE = "verdict.json"
