@@ -197,8 +197,10 @@ def test_a_base_model_judge_is_flagged_in_the_verdict_and_does_not_ship() -> Non
     assert v.reasons[0].passed  # the numbers alone would ship it
     assert not v.ship
     assert "the judge is not evidence: eval.judge_model is not set" in v.reasons[-1].reason
-    assert v.summary == "DON'T SHIP lora: its judge-scored metric is not evidence (a judge no " \
+    assert (
+        v.summary == "DON'T SHIP lora: its judge-scored metric is not evidence (a judge no "
         "stronger than the candidates, not checked against people)"
+    )
     # People's ratings can vouch for it: kappa at the threshold ships it again.
     weak.meta["judge_agreement"] = [_kappa(0.62)]
     assert decide(weak, "lora", GATE).ship

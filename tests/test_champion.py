@@ -70,7 +70,7 @@ def test_a_tie_on_a_tiny_sample_cannot_rule_out_a_regression() -> None:
     comp = _comparison({"prompt": [0] * 12, CHAMPION: [1] * 12, "new": [1] * 12})
     v = decide(comp, "new", GATE.model_copy(update={"alpha": 0.05}))
     assert not v.ship and v.champion is not None and v.champion["passed"] is False
-    assert "12 items cannot rule out a drop of 0.01" in v.champion["reason"]
+    assert "12 tied items cannot rule out a drop of 0.01 (about 446 would)" in v.champion["reason"]
     # it beat the rung, and the verdict says the production check is what stopped it
     assert v.reasons[0].passed
     assert v.summary.startswith("DON'T SHIP new: not shown within 0.01 of production (bot:3)")

@@ -65,7 +65,7 @@ def test_gate_checks_the_production_version_and_promote_obeys(
     verdict = json.loads((eval_dir / "verdict.json").read_text())
     champ = verdict["champion"]
     assert champ["version"] == "tickets:1" and champ["passed"] is False
-    assert "24 items cannot rule out a drop of 0.01" in champ["reason"]
+    assert "24 tied items cannot rule out a drop of 0.01" in champ["reason"]
     comp = json.loads((eval_dir / "comparison.json").read_text())
     assert comp["meta"]["champion"] == {"candidate": "production", "version": "tickets:1"}
     assert [(t["candidate"], t["reference"]) for t in comp["margin_tests"]] == [

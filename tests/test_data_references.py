@@ -74,9 +74,11 @@ def test_a_reference_of_a_validation_input_is_never_in_train(seed):
     # DART/E2E style: one line per reference, 3 references for each of 60 inputs, so a split
     # that scattered lines would put some of an input's references on both sides.
     rows = [
-        Example(_row(f"Venue{i} | area | riverside\nVenue{i} | food | Thai", f"ref {k} of {i}")[
-            "messages"
-        ])
+        Example(
+            _row(f"Venue{i} | area | riverside\nVenue{i} | food | Thai", f"ref {k} of {i}")[
+                "messages"
+            ]
+        )
         for i in range(60)
         for k in range(3)
     ]

@@ -166,16 +166,59 @@ def test_margin_test_reads_the_run_and_refuses_what_it_cannot_test() -> None:
     assert tj.test == "paired-t" and tj.n == 2  # the unscored item drops out of the pair
 
 
-def test_paired_differences_with_no_spread_show_nothing() -> None:
-    """Two items with identical judge scores on both sides: a paired t test has no variance to
-    work with, and zero sample spread is not proof of non-inferiority."""
-    diff, lower, p = mg.continuous_margin(np.array([0.0, 0.0]), 0.01, ALPHA)
-    assert diff == 0.0 and math.isnan(lower) and math.isnan(p)
-    judge = _run({"ft": np.array([0.5, 0.75]), "api": np.array([0.5, 0.75])}, metric="judge")
+def test_paired_differences_with_a_constant_nonzero_shift_show_nothing() -> None:
+    """Every item moved by the same nonzero amount: a paired t test has no variance to work with,
+    and zero sample spread is not proof of non-inferiority."""
+    diff, lower, p = mg.continuous_margin(np.array([-0.25, -0.25]), 0.01, ALPHA)
+    assert diff == -0.25 and math.isnan(lower) and math.isnan(p)
+    judge = _run({"ft": np.array([0.25, 0.5]), "api": np.array([0.5, 0.75])}, metric="judge")
     t = mg.margin_test(judge, "ft", "api", "judge", 0.01, ALPHA)
     v = decide(_comp([t]), "ft", NI.model_copy(update={"margin": 0.01}))
     assert not v.ship
-    assert "every paired difference is +0.000" in v.reasons[0].reason, v.reasons[0].reason
+    assert "every paired difference is -0.250" in v.reasons[0].reason, v.reasons[0].reason
+
+
+def test_no_difference_on_any_item_is_bounded_by_the_items_that_could_differ() -> None:
+    """A retrained model that answers like production on every item (seen on DART: chrF equal on
+    all 100): the bound is the Clopper-Pearson limit on how many items could differ, each losing
+    at most 1, so 100 tied items do not show a 0.01 margin and 300 do; the reason says so and
+    counts the identical answers instead of saying "cannot bound it"."""
+    m = 0.01
+    need = mg.items_to_show_tie(m, ALPHA, "no-difference")
+    assert need == 299  # (1 - 0.01) ** 299 < 0.05 <= (1 - 0.01) ** 298
+    for n, shown in ((100, False), (need, True)):
+        scores = np.linspace(0.2, 0.9, n)
+        run = _run({"ft": scores, "api": scores.copy()}, metric="chrf")
+        t = mg.margin_test(run, "ft", "api", "chrf", m, ALPHA)
+        assert t.test == "no-difference" and t.diff == 0.0 and t.same_outputs == n
+        assert t.lower_bound == pytest.approx(-(1 - ALPHA ** (1 / n)))
+        assert t.p_value == pytest.approx((1 - m) ** n)
+        v = decide(_comp([t]), "ft", NI.model_copy(update={"margin": m}))
+        assert v.ship is shown, v.reasons[0].reason
+        if not shown:
+            reason = v.reasons[0].reason
+            assert "cannot bound" not in reason
+            assert "scored the same as api on every item with the very same answer" in reason
+            assert f"about {need} would" in reason
+
+
+def test_the_size_of_the_no_difference_bound_holds_at_the_margin() -> None:
+    """Exact: a true drop of exactly m needs items that differ at a rate r >= m (each loses <= 1);
+    the chance that none of n differs is (1 - r) ** n <= p, so claiming when p < alpha is right."""
+    for n in (20, 100, 299, 700):
+        for m in (0.01, 0.02, 0.05):
+            _, p = mg.no_difference_bound(n, m, ALPHA)
+            for r in (m, 1.5 * m, 3 * m):
+                assert (1 - r) ** n <= p + 1e-15
+            claimed = p < ALPHA
+            assert not claimed or (1 - m) ** n < ALPHA
+
+
+def test_items_to_show_a_tie_agree_with_the_tango_test() -> None:
+    crit = mg.sps.norm.isf(ALPHA)
+    for m in (0.01, 0.02, 0.05):
+        n = mg.items_to_show_tie(m, ALPHA, "tango-score-cc")
+        assert mg.tango_z(0, 0, n, -m) > crit >= mg.tango_z(0, 0, n - 1, -m)
 
 
 # ----------------------------------------------------------------------------- the decision

@@ -313,5 +313,3 @@ def training_key_inputs(
         # which serving could not reproduce): a run trained on the old shots trains again.
         retrieval["random_seed"] = "prompt-turns"
     return {"train": train, "context": retrieval}
-
-

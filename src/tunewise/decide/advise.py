@@ -419,8 +419,6 @@ def _held_back(f: Facts, finetuned: list[str], rungs: list[str], refused: str) -
     )
 
 
-
-
 def _context_advice(f: Facts) -> str | None:
     """When the plain fine-tune (no examples in its prompt) trails the rungs that show examples:
     say so, and point to the context-trained variant (train.context), with its numbers if it

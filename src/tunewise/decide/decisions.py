@@ -30,6 +30,7 @@ from tunewise.decide.costs import CostInputs, cost_per_1000
 from tunewise.decide.seeds import seed_spread
 from tunewise.decide.superiority import failed_guards, superiority
 from tunewise.errors import UserError
+from tunewise.eval.margin import items_to_show_tie
 from tunewise.eval.results import BaselineReason, Comparison, MarginTest, Verdict
 from tunewise.numbers import num, p_value, signed
 
@@ -37,7 +38,12 @@ _EPS = 1e-12
 
 
 def _test_name(t: MarginTest) -> str:
-    return {"tango-score-cc": "Tango score test", "paired-t": "paired t"}.get(t.test, t.test)
+    names = {
+        "tango-score-cc": "Tango score test",
+        "paired-t": "paired t",
+        "no-difference": "no-difference bound",
+    }
+    return names.get(t.test, t.test)
 
 
 def margin_reason(
@@ -88,11 +94,26 @@ def margin_reason(
             f"bound {signed(test.lower_bound)} > -{margin:g}",
         )
     why = f"bound {signed(test.lower_bound)} <= -{margin:g}"
-    if test.n < 30:
+    tied = test.test == "no-difference" or (test.wins == 0 and test.losses == 0)
+    if tied:
+        why += (
+            f"; it scored the same as {reference} on every item{_same_answers(test)}, and "
+            f"{test.n} tied items cannot rule out a drop of {margin:g} "
+            f"(about {items_to_show_tie(margin, alpha, test.test)} would)"
+        )
+    elif test.n < 30:
         why += f"; {test.n} items cannot rule out a drop of {margin:g}"
     return BaselineReason(
         reference, False, f"not shown {claim} {reference} within {margin:g}: {numbers}; {why}"
     )
+
+
+def _same_answers(test: MarginTest) -> str:
+    if test.same_outputs is None:
+        return ""
+    if test.same_outputs == test.n:
+        return " with the very same answer"
+    return f" (the very same answer on {test.same_outputs} of {test.n})"
 
 
 def cost_line(

@@ -19,6 +19,15 @@ at or below ``alpha`` when the truth sits exactly on the margin, whatever the nu
 * **Continuous per-item metrics** (``judge``): a one-sided paired t interval on the per-item
   differences; items either side left unscored (NaN) drop out of the pair. Its size is nominal
   for the mean of bounded scores at the sample sizes an evaluation has, not exact.
+* **No difference at all** (a retrained model that answers like production, item for item): the
+  t interval is undefined (no spread), but the claim is still testable without assuming a
+  distribution. Per-item scores lie in [0, 1], so a drop needs items that score differently, and
+  each such item costs at most 1. With none of ``n`` items differing, the Clopper-Pearson upper
+  bound on the rate of differing items, ``1 - alpha ** (1 / n)``, bounds the drop; the p-value is
+  the chance of seeing no differing item when a drop of exactly the margin comes from items that
+  lose 1 each, ``(1 - m) ** n``. Conservative (it lets every differing item lose everything), so
+  100 identical items show non-inferiority at 0.03 but not at 0.01; ~300 show it at 0.01, as the
+  Tango test does for 0/1 metrics with no disagreement.
 
 Macro-F1 is not a per-item mean, so it has no paired test here; :func:`margin_test` refuses it.
 """
@@ -98,12 +107,37 @@ def continuous_margin(diffs: np.ndarray, margin: float, alpha: float) -> tuple[f
     mean = float(diffs.mean())
     se = float(diffs.std(ddof=1)) / math.sqrt(n)
     if se == 0:
-        # Every item moved by the same amount. A sample with no spread says nothing about the
-        # population's (two tied judge scores are not proof of anything): no bound, no p.
+        if mean == 0.0:
+            return 0.0, *no_difference_bound(n, margin, alpha)
+        # Every item moved by the same nonzero amount: the sample's spread says nothing about
+        # the population's, and no bound holds without one.
         return mean, math.nan, math.nan
     t = (mean + margin) / se
     lower = mean - float(sps.t.isf(alpha, n - 1)) * se
     return mean, lower, float(sps.t.sf(t, n - 1))
+
+
+def no_difference_bound(n: int, margin: float, alpha: float) -> tuple[float, float]:
+    """(one-sided lower bound, p) when none of ``n`` paired items differ (module docstring)."""
+    upper_rate = 1.0 - alpha ** (1.0 / n)  # Clopper-Pearson, 0 of n
+    return -upper_rate, (1.0 - margin) ** n
+
+
+def items_to_show_tie(margin: float, alpha: float, test: str) -> int:
+    """The fewest items with no difference at all that show non-inferiority at ``margin``."""
+    if margin <= 0:
+        return 0  # never: a zero margin needs a positive difference
+    if test == "no-difference":
+        return math.ceil(math.log(alpha) / math.log1p(-margin))
+    crit = float(sps.norm.isf(alpha))
+    n = 1
+    while tango_z(0, 0, n, -margin) <= crit and n < 1_000_000:
+        n *= 2
+    lo, hi = n // 2, n
+    while lo + 1 < hi:  # the statistic grows with n at zero disagreement
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if tango_z(0, 0, mid, -margin) > crit else (mid, hi)
+    return hi
 
 
 def _scores(run: EvalRun, name: str, metric: str) -> np.ndarray:
@@ -137,6 +171,7 @@ def margin_test(
     cand, ref = _scores(run, candidate, metric), _scores(run, reference, metric)
     joint = ~(np.isnan(cand) | np.isnan(ref))
     cand, ref = cand[joint], ref[joint]
+    same = _same_outputs(run, candidate, reference, joint)
     binary = metric != "judge" and bool(np.all(np.isin(np.concatenate([cand, ref]), (0.0, 1.0))))
     wins = losses = None
     if binary:
@@ -144,7 +179,8 @@ def margin_test(
         test = "tango-score-cc"
     else:
         diff, lower, p = continuous_margin(cand - ref, margin, alpha)
-        test = "paired-t"
+        no_spread = cand.size >= 2 and bool(np.all(cand == ref))
+        test = "no-difference" if no_spread else "paired-t"
     return MarginTest(
         candidate=candidate,
         reference=reference,
@@ -160,8 +196,17 @@ def margin_test(
         n=int(cand.size),
         wins=wins,
         losses=losses,
+        same_outputs=same,
         reference_kind=run.candidate(reference).kind,
     )
+
+
+def _same_outputs(run: EvalRun, candidate: str, reference: str, joint: np.ndarray) -> int:
+    """How many of the jointly scored items both answered with the very same text."""
+    cand = {it.item_id: it.output for it in run.candidate(candidate).items}
+    ref = {it.item_id: it.output for it in run.candidate(reference).items}
+    ids = [i for i, keep in zip(run.item_ids, joint, strict=True) if keep]
+    return sum(1 for i in ids if cand.get(i) == ref.get(i))
 
 
 def margin_tests(

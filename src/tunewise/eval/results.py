@@ -258,10 +258,11 @@ class MarginTest:
     diff: float
     lower_bound: float  # one-sided (1 - alpha) confidence bound on the difference
     p_value: float  # one-sided; < alpha means "not worse by the margin"
-    test: str  # "tango-score-cc" | "paired-t"
+    test: str  # "tango-score-cc" | "paired-t" | "no-difference"
     n: int
     wins: int | None = None  # 0/1 metrics: items only the candidate got right
     losses: int | None = None  # ... and only the reference got right
+    same_outputs: int | None = None  # items both answered with the very same text
     reference_kind: str | None = None  # "external" (priced per token), "finetuned", ...
 
 

@@ -40,4 +40,3 @@ def peft_target_modules(target_modules: str | list[str]) -> str | list[str]:
         return target_modules
     preset = LORA_PRESETS.get(target_modules)
     return list(preset) if preset is not None else target_modules
-
