@@ -4,8 +4,8 @@ The ladder, ``tunewise compare``, ``tunewise gate`` and ``tunewise report`` (whe
 no current comparison) all call :func:`build`, so the file has the same fields whoever wrote it:
 CIs for every candidate and metric, paired tests for :func:`pairs_to_test`, the margin tests the
 decisions need (against the production version and ``gate.reference``), the judge's agreement with
-people, the seed groups and the gate settings. :func:`gate_all` then writes one verdict per gated
-candidate; the report only reads what these wrote.
+people and with the reference metric, the seed groups and the gate settings. :func:`gate_all`
+then writes one verdict per gated candidate; the report only reads what these wrote.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from tunewise.decide.champion import attach_margin_tests
 from tunewise.decide.gate import decide, save_verdict
 from tunewise.errors import UserError
 from tunewise.eval.calibration import attach_judge_agreement
+from tunewise.eval.judge_reference import judge_vs_reference
 from tunewise.eval.results import COMPARISON_FILE, VERDICT_FILE, Comparison, EvalRun, Verdict
 from tunewise.eval.stats import CiMethod, Pair, compare, default_pairs, is_stale
 from tunewise.rungs import RUNGS
@@ -112,6 +113,9 @@ def refresh_margin_tests(
     comp.meta["seed_groups"] = run.meta.get("seed_groups", {})  # tunewise run --seeds N
     if "judge" in run.meta:  # whether the judge's scores are evidence (see decisions.judge_reason)
         comp.meta["judge"] = run.meta["judge"]
+    versus = judge_vs_reference(run)  # the judge against the references, where both exist
+    if versus is not None:
+        comp.meta["judge_vs_reference"] = versus
     comp.save(eval_dir / COMPARISON_FILE)
     return comp
 

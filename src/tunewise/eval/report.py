@@ -28,6 +28,7 @@ from tunewise.eval import calibration, figures
 from tunewise.eval.flips import champion_views
 from tunewise.eval.items import item_prompt, item_reference
 from tunewise.eval.items import split_lookup as split_lookup  # re-exported for the CLI
+from tunewise.eval.judge_reference import summary_line
 from tunewise.eval.learning_curve import CURVE_FILE, load_curve
 from tunewise.eval.report_sealed import eval_time, md_sealed, sealed_context
 from tunewise.eval.report_tables import (
@@ -224,6 +225,7 @@ def build_context(
         "n_boot": comp.meta.get("n_boot"),
         "missing_baselines": comp.meta.get("missing_baselines", []),
         "corpus": _corpus_lines(run, names),
+        "judge_reference": _judge_reference(comp),
         "nan_notes": [
             f"{c}: {m} unparsed on {k} item(s)"
             for c, per in nan_counts.items()
@@ -241,6 +243,19 @@ def build_context(
         "eval_time": eval_time(run),
         "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
+
+
+def _judge_reference(comp: Comparison) -> list[str]:
+    """The judge against the reference metric: overall, then per pair of candidates."""
+    found = comp.meta.get("judge_vs_reference")
+    if not found:
+        return []
+    lines = [summary_line(found)]
+    for p in found["pairs"]:
+        decided = p["agree"] + p["disagree"]
+        rate = f"{100 * p['rate']:.0f}%" if p["rate"] is not None else "–"
+        lines.append(f"{p['a']} vs {p['b']}: {p['agree']} of {decided} ({rate})")
+    return lines
 
 
 def _champion(run: EvalRun, verdicts: list[Verdict], primary: str) -> list[dict[str, Any]]:
@@ -384,6 +399,9 @@ def _md_metrics(ctx: dict[str, Any]) -> list[str]:
     if ctx["corpus"]:
         corpus = "; ".join(ctx["corpus"])
         out += ["", f"Corpus scores as sacrebleu reports them (0-100): {e(corpus)}."]
+    if ctx["judge_reference"]:
+        first, *per_pair = ctx["judge_reference"]
+        out += ["", f"{e(first)}." + (f" Per pair: {e('; '.join(per_pair))}." if per_pair else "")]
     out += ["", f"Evaluation time on {e(ctx['split'])}: {e(ctx['eval_time'])}.", ""]
     for note in ctx["nan_notes"]:
         out.append(f"- judge parse failures: {e(note)}")
