@@ -32,3 +32,18 @@ def running(app) -> Iterator[str]:
         thread.join(timeout=30)
         sock.close()
         assert not thread.is_alive(), "server did not shut down"
+
+
+class SpyEngine:
+    """The real Engine, keeping every prompt it is asked to answer."""
+
+    def __init__(self, engine) -> None:
+        self._engine = engine
+        self.prompts: list = []
+
+    def generate(self, requests, **kw):
+        self.prompts += [r.messages for r in requests]
+        return self._engine.generate(requests, **kw)
+
+    def __getattr__(self, name):
+        return getattr(self._engine, name)

@@ -35,6 +35,14 @@ def session_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("models")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def outside_any_test_home(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """What runs outside a test's own home (module fixtures, a test that undoes its
+    monkeypatches) lands in a session folder, never in the user's ~/.tunewise: a leaked
+    registry version there once became the production version another test was held to."""
+    os.environ["TUNEWISE_HOME"] = str(tmp_path_factory.mktemp("session-home"))
+
+
 @pytest.fixture(autouse=True)
 def tunewise_home(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, session_models_dir: Path

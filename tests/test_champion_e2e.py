@@ -68,8 +68,10 @@ def test_gate_checks_the_production_version_and_promote_obeys(
     assert "24 tied items cannot rule out a drop of 0.01" in champ["reason"]
     comp = json.loads((eval_dir / "comparison.json").read_text())
     assert comp["meta"]["champion"] == {"candidate": "production", "version": "tickets:1"}
+    # every candidate the release rule may pick faces production: the fine-tune and the rung
     assert [(t["candidate"], t["reference"]) for t in comp["margin_tests"]] == [
-        ("finetuned", "production")
+        ("finetuned", "production"),
+        ("prompt", "production"),
     ]
     from tunewise.decide.report_inputs import render_report as render
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from _serve_helpers import SpyEngine
 from _train_helpers import make_project
 from tunewise.baselines.context import (
     CONTEXT_FILE,
@@ -215,21 +216,6 @@ def test_shared_prefix_with_context_is_the_system_prompt_and_matches_the_plain_p
     assert_same(model, inputs, lambda: shared.loss(model, inputs, None))
 
 
-class SpyEngine:
-    """The real Engine, keeping every prompt it is asked to answer."""
-
-    def __init__(self, engine) -> None:
-        self._engine = engine
-        self.prompts: list = []
-
-    def generate(self, requests, **kw):
-        self.prompts += [r.messages for r in requests]
-        return self._engine.generate(requests, **kw)
-
-    def __getattr__(self, name):
-        return getattr(self._engine, name)
-
-
 @pytest.mark.parametrize("selection", ["similar", "random"])
 def test_served_answer_equals_the_evaluated_one(tmp_path, tiny_model_dir, selection):
     """A tiny context-trained run end to end: train, evaluate, register, serve; the server builds
@@ -337,8 +323,9 @@ def test_ladder_trains_plain_and_context_variants_and_compares_them(tmp_path, ti
     comparison = json.loads((cfg.work_dir / "eval" / "comparison.json").read_text())
     pairs = {(p["candidate"], p["baseline"]) for p in comparison["pairs"]}
     assert ("finetuned+fewshot", "finetuned") in pairs  # the variant against plain LoRA
-    versions = json.loads((cfg.work_dir / "registry.json").read_text())["versions"]
-    assert set(versions) == {"finetuned", "finetuned+fewshot"}
+    record = json.loads((cfg.work_dir / "registry.json").read_text())
+    # both runs, and the release rule's winner when it is neither (a rung)
+    assert set(record["versions"]) - {record["release"]} == {"finetuned", "finetuned+fewshot"}
     runs = sorted(p.name for p in (cfg.work_dir / "runs").iterdir())
     assert len(runs) == 2 and runs[1].startswith("lora-fewshot-"), runs
     assert (cfg.work_dir / "runs" / runs[1] / CONTEXT_FILE).is_file()

@@ -366,7 +366,9 @@ def test_ladder_with_own_splits_logs_to_mlflow_once(mlflow_uri, client, tiny_mod
     assert train_run.data.tags["tunewise.gate"] == shipped
     assert ladder_run.data.tags["tunewise.train_runs"] == train_run.info.run_id
     mirrored = _versions_by_tag(client, "tiny-ladder")
-    assert set(mirrored) == {"1"}
+    record = json.loads((cfg.work_dir / "registry.json").read_text())
+    # the fine-tune, and the release rule's winner when it is a rung: every version mirrored
+    assert set(mirrored) == {spec.split(":")[1] for spec in record["versions"].values()}
     assert mirrored["1"].tags["tunewise.ship"] == str(verdict["ship"]).lower()
 
     again = run_ladder(load_project(path), quiet=True)

@@ -129,6 +129,7 @@ def test_ctrl_c_keeps_finished_stages(project, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
+    real_train = trainer.train
     monkeypatch.setattr(trainer, "train", interrupted)
     from rich.console import Console
 
@@ -143,7 +144,9 @@ def test_ctrl_c_keeps_finished_stages(project, monkeypatch):
     # the interrupted stage keeps only the attempt's time: nothing of it is reused
     assert "key" not in state["train-lora"]
     assert [a["how"] for a in state["train-lora"]["attempts"]] == ["interrupted"]
-    monkeypatch.undo()
+    # Not monkeypatch.undo(): that would also drop the per-test TUNEWISE_HOME, and the resumed
+    # run would write its registry versions into the user's own home.
+    monkeypatch.setattr(trainer, "train", real_train)
     resumed = run_ladder(load_project(project), quiet=True)
     s = statuses(resumed)
     assert s["check"] == s["split"] == s["baselines"] == "cached"

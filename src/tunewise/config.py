@@ -468,6 +468,12 @@ class CostConfig(_Section):
     )
 
 
+# The release rule's default cost order: no LLM first (TF-IDF needs no embedding model; kNN and the
+# probe embed each request), then the base model with a growing prompt, then a trained adapter.
+RELEASE_ORDER: tuple[str, ...] = ("tfidf", "knn", "probe", "prompt", "fewshot", "rag", "finetuned")
+ReleaseEntry = Literal["tfidf", "knn", "probe", "prompt", "fewshot", "rag", "finetuned"]
+
+
 class GateConfig(_Section):
     """Whether a fine-tune ships: paired tests on the primary metric, margins and guards."""
 
@@ -522,6 +528,15 @@ class GateConfig(_Section):
         description=(
             "metric -> tolerated drop versus the best baseline; format compliance is always a guard"
         ),
+    )
+    release_order: list[ReleaseEntry] = Field(
+        default_factory=lambda: list(RELEASE_ORDER),
+        description="the release rule's cost order, cheapest to serve first: `tunewise run` "
+        "registers and promotes the first candidate that nothing later in the list clearly beats "
+        "on the primary metric (p < alpha, margin >= delta) or on a guard; 'finetuned' stands for "
+        "every fine-tune (which must also pass its gate verdict). Leave an entry out to never "
+        "release it",
+        min_length=1,
     )
 
     @model_validator(mode="after")

@@ -130,3 +130,14 @@ def sha256_text(text: str) -> str:
 def sha256_json(obj: Any) -> str:
     """Hash of a JSON-serialisable value, independent of key order."""
     return sha256_text(json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":")))
+
+
+def sha256_path(path: str | Path | None) -> str | None:
+    """A file's hash, or a folder's (every file under it, by relative path); None when absent."""
+    if path is None:
+        return None
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+        return sha256_json([[str(p.relative_to(path)), sha256_file(p)] for p in files])
+    return sha256_file(path) if path.is_file() else None

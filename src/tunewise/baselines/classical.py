@@ -63,34 +63,50 @@ def _where(ex: Example) -> str:
 
 
 class AnswerRenderer:
-    """Turns predicted label fields into an answer in the train answers' own format."""
+    """Turns predicted label fields into an answer in the train answers' own format.
+
+    Its whole state is plain data (``by_labels`` and ``template``), so a released classifier can
+    save it as JSON and :meth:`restore` it without the train examples.
+    """
 
     def __init__(self, spec: LabelSpec, train: Sequence[Example], fields: list[dict[str, str]]):
         self.spec = spec
-        self._by_labels: dict[tuple[str, ...], str] = {}
+        self.by_labels: dict[tuple[str, ...], str] = {}
         for ex, f in zip(train, fields, strict=True):
-            self._by_labels.setdefault(self._key(f), ex.target)
+            self.by_labels.setdefault(self._key(f), ex.target)
         # A train answer that fully matches the pattern: its group spans are the slots to fill.
-        self._template: tuple[str, Any] | None = None
+        self.template: tuple[str, dict[str, tuple[int, int]]] | None = None
         if spec.pattern is not None and spec.pattern.groupindex:
             for ex in train:
                 m = spec.pattern.fullmatch(ex.target.strip())
                 if m is not None:
-                    self._template = (ex.target.strip(), m)
+                    self.template = (ex.target.strip(), {f: m.span(f) for f in spec.fields})
                     break
+
+    @classmethod
+    def restore(
+        cls,
+        spec: LabelSpec,
+        by_labels: dict[tuple[str, ...], str],
+        template: tuple[str, dict[str, tuple[int, int]]] | None,
+    ) -> AnswerRenderer:
+        """A renderer from saved state (a released classifier): no train examples needed."""
+        self = cls.__new__(cls)
+        self.spec, self.by_labels, self.template = spec, dict(by_labels), template
+        return self
 
     def _key(self, fields: dict[str, str]) -> tuple[str, ...]:
         return tuple(fields[f] for f in self.spec.fields)
 
     def render(self, fields: dict[str, str]) -> str:
-        seen = self._by_labels.get(self._key(fields))
+        seen = self.by_labels.get(self._key(fields))
         if seen is not None:
             return seen
-        if self.spec.fields == [SINGLE_FIELD] or self._template is None:
+        if self.spec.fields == [SINGLE_FIELD] or self.template is None:
             # Single-field labels are whole answers, and every predicted one came from train.
             return fields.get(SINGLE_FIELD, " | ".join(fields.values()))
-        text, m = self._template
-        spans = sorted((m.span(f), fields[f]) for f in self.spec.fields)
+        text, slots = self.template
+        spans = sorted((slots[f], fields[f]) for f in self.spec.fields)
         out, last = [], 0
         for (start, end), value in spans:
             out += [text[last:start], value]
@@ -135,6 +151,34 @@ class FieldClassifier:
                 continue
             self.models[f] = _fit_logreg(X, y, C)
         self.n_train = len(train)
+        # The embedding model a probe's features come from (set by probe_classifier): a release
+        # records it, and loading refuses an embedder with another one.
+        self.embedding_model_id: str | None = None
+
+    @classmethod
+    def restore(
+        cls,
+        name: str,
+        spec: LabelSpec,
+        *,
+        renderer: AnswerRenderer,
+        featurize: Featurize,
+        models: dict[str, Any],
+        constant: dict[str, str],
+        described: dict[str, Any],
+        embedding_model_id: str | None = None,
+    ) -> FieldClassifier:
+        """A fitted classifier from saved state (a released artefact): nothing is refitted, so it
+        answers exactly as the classifier that was saved. ``described`` carries the train counts
+        that :meth:`describe` reports."""
+        self = cls.__new__(cls)
+        self.name, self.spec, self.renderer = name, spec, renderer
+        self.featurize, self.models, self.constant = featurize, dict(models), dict(constant)
+        self.n_train = int(described["train_examples"])
+        self.skipped = int(described["skipped_train_answers"])
+        self.first_skipped = described.get("first_skipped")
+        self.embedding_model_id = embedding_model_id
+        return self
 
     def predict_fields(self, queries: Sequence[Example]) -> list[dict[str, str]]:
         if not queries:
@@ -179,7 +223,18 @@ def _fit_logreg(X: Any, y: list[str], C: float) -> Any:
     return model
 
 
-def tfidf_features(texts: Sequence[str]) -> Featurize:
+class TfidfFeatures:
+    """The fitted word and character TF-IDF as a callable: an object rather than a closure, so a
+    release can reach the vectorizers' vocabularies and idf weights."""
+
+    def __init__(self, union: Any) -> None:
+        self.union = union  # a fitted sklearn FeatureUnion of TfidfVectorizers
+
+    def __call__(self, texts: Sequence[str]) -> Any:
+        return self.union.transform(list(texts))
+
+
+def tfidf_features(texts: Sequence[str]) -> TfidfFeatures:
     """Fit word and character TF-IDF on ``texts`` (train only); return the transform."""
     # lazy: scikit-learn, ~1 s to import
     from sklearn.feature_extraction.text import TfidfVectorizer
@@ -192,7 +247,7 @@ def tfidf_features(texts: Sequence[str]) -> Featurize:
         ]
     )
     union.fit(list(texts))
-    return lambda xs: union.transform(list(xs))
+    return TfidfFeatures(union)
 
 
 def tfidf_classifier(spec: LabelSpec, train: Sequence[Example]) -> FieldClassifier:
@@ -200,11 +255,21 @@ def tfidf_classifier(spec: LabelSpec, train: Sequence[Example]) -> FieldClassifi
 
 
 def probe_classifier(
-    spec: LabelSpec, train: Sequence[Example], encode: Callable[[list[str]], np.ndarray]
+    spec: LabelSpec,
+    train: Sequence[Example],
+    encode: Callable[[list[str]], np.ndarray],
+    *,
+    model_id: str | None = None,
 ) -> FieldClassifier:
-    """A linear probe on ``encode``'s embeddings (the kNN reference's embedder by default)."""
+    """A linear probe on ``encode``'s embeddings (the kNN reference's embedder by default).
+
+    ``model_id`` names the embedding model, for a release to record; by default that of the
+    embedder whose bound ``encode`` this is (what the harness passes), else unknown (None)."""
 
     def fit(_texts: Sequence[str]) -> Featurize:
         return lambda xs: encode(list(xs))
 
-    return FieldClassifier("probe", spec, train, fit, C=PROBE_C)
+    clf = FieldClassifier("probe", spec, train, fit, C=PROBE_C)
+    owner = getattr(encode, "__self__", None)  # the embedder, when encode is its bound method
+    clf.embedding_model_id = model_id or getattr(owner, "model_id", None)
+    return clf

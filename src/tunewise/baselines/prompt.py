@@ -26,7 +26,12 @@ def build_messages(cfg: ProjectConfig, example: Example) -> list[dict[str, str]]
 
 def prompt_hash(cfg: ProjectConfig) -> str:
     """Version of the prompt rung: changes whenever the system prompt does."""
-    return sha256_text("prompt:v1\n" + cfg.task.system_prompt)[:12]
+    return system_prompt_hash(cfg.task.system_prompt)
+
+
+def system_prompt_hash(system_prompt: str) -> str:
+    """The same version string from the system prompt alone (a release keeps only that)."""
+    return sha256_text("prompt:v1\n" + system_prompt)[:12]
 
 
 def prompt_notes(cfg: ProjectConfig, labels: dict[str, list[str]] | None) -> list[str]:

@@ -263,32 +263,78 @@ class KnnClassifier:
         if not train:
             raise UserError("the kNN classifier needs labelled train examples")
         self.train = list(train)
-        self.k = min(k, len(self.train))
         self.embedder = embedder or default_embedder()
-        self.label_of = label_of or (lambda t: t.strip())
-        self._labels = [self.label_of(ex.target) for ex in self.train]
-        self._uids = [ex.uid for ex in self.train]
+        key = label_of or (lambda t: t.strip())
+        # None on a classifier restored from a release: its label keys were computed at fit.
+        self.label_of: Callable[[str], str | None] | None = key
+        vecs = self.embedder.encode([ex.user_text for ex in self.train])
+        self._index(
+            vecs,
+            labels=[key(ex.target) for ex in self.train],
+            uids=[ex.uid for ex in self.train],
+            answers=[ex.target for ex in self.train],
+            k=k,
+        )
+
+    def _index(
+        self,
+        vecs: np.ndarray,
+        *,
+        labels: list[str | None],
+        uids: list[str],
+        answers: list[str],
+        k: int,
+    ) -> None:
+        """The fitted state: one vector, label key, uid and answer per train example. Only plain
+        data besides the index, so a release can save it and :meth:`from_vectors` rebuild it."""
         import faiss  # lazy: faiss, ~0.15 s to import
 
-        vecs = self.embedder.encode([ex.user_text for ex in self.train])
+        self.labels: list[str | None] = list(labels)
+        self.uids: list[str] = list(uids)
+        self.answers: list[str] = list(answers)
+        self.k = min(k, len(self.uids))
         self.index = faiss.IndexFlatIP(vecs.shape[1])
         self.index.add(vecs)
+
+    @classmethod
+    def from_vectors(
+        cls,
+        vecs: np.ndarray,
+        *,
+        labels: list[str | None],
+        uids: list[str],
+        answers: list[str],
+        k: int,
+        embedder: Embedder,
+    ) -> KnnClassifier:
+        """A fitted classifier from saved state (a released artefact): the train examples' vectors,
+        label keys, uids and answers, nothing re-embedded, so it votes exactly as the one saved."""
+        if not uids:
+            raise UserError("the kNN classifier needs labelled train examples")
+        self = cls.__new__(cls)
+        self.train, self.embedder, self.label_of = [], embedder, None
+        self._index(vecs, labels=labels, uids=uids, answers=answers, k=k)
+        return self
+
+    def train_vectors(self) -> np.ndarray:
+        """The train examples' vectors as indexed, float32 (a flat index stores them verbatim)."""
+        return self.index.reconstruct_n(0, self.index.ntotal)
 
     def predict(self, queries: Sequence[Example]) -> list[str]:
         if not queries:
             return []
         qv = self.embedder.encode([q.user_text for q in queries])
-        sims, ids = self.index.search(qv, min(self.k + 1, len(self.train)))
+        sims, ids = self.index.search(qv, min(self.k + 1, len(self.uids)))
         out: list[str] = []
         for qi, q in enumerate(queries):
             votes: dict[str | None, float] = defaultdict(float)
             best: dict[str | None, tuple[float, int]] = {}
             n = 0
             for s, i in zip(sims[qi], ids[qi], strict=True):
-                if i < 0 or self._uids[i] == q.uid or n == self.k:
+                if i < 0 or self.uids[i] == q.uid or n == self.k:
                     continue
                 n += 1
-                lab = self._labels[i]
+                lab = self.labels[i]
                 votes[lab] += float(s)
                 if lab not in best or s > best[lab][0]:
                     best[lab] = (float(s), int(i))
@@ -296,5 +342,5 @@ class KnnClassifier:
                 out.append("")
                 continue
             winner = max(votes, key=lambda lab: (votes[lab], best[lab][0]))
-            out.append(self.train[best[winner][1]].target)
+            out.append(self.answers[best[winner][1]])
         return out

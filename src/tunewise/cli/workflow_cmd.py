@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 from pathlib import Path
 
 import typer
@@ -78,6 +79,7 @@ def show_summary(eval_dir: Path, test_dir: Path | None = None) -> None:
     console.print(_metrics_table(comp, f"validation results (primary: {comp.primary_metric}"))
     show_example(eval_dir)
     _show_verdict(eval_dir, "")
+    show_release(eval_dir)
     if test_dir is not None and (test_dir / "comparison.json").is_file():
         _show_sealed(test_dir, comp)
     from tunewise.decide.advise import facts_from_dir, recommend  # lazy: keeps --help fast
@@ -148,6 +150,53 @@ def _show_verdict(eval_dir: Path, where: str) -> None:
     console.print(
         Panel("\n".join(lines) or escape(v.summary), title=where + title, border_style=style)
     )
+
+
+def show_release(eval_dir: Path) -> None:
+    """The release rule's decision, and the version it put in production with the commands that
+    serve it and ask it (the ladder's registry stage wrote registry.json beside eval/)."""
+    decision_path = eval_dir / "release-decision.json"
+    record_path = eval_dir.parent / "registry.json"
+    if not decision_path.is_file():
+        return
+    decision = json.loads(decision_path.read_text(encoding="utf-8"))
+    record = json.loads(record_path.read_text(encoding="utf-8")) if record_path.is_file() else {}
+    winner, promoted = decision.get("winner"), record.get("promoted")
+    lines = [escape(r) for r in decision.get("reasons", [])]
+    if decision.get("left_out"):
+        lines.append(escape(f"not releasable, left out: {', '.join(decision['left_out'])}"))
+    if winner and promoted and record.get("release", winner) == winner:
+        name = promoted.split(":")[0]
+        lines += ["", f"[bold]{escape(promoted)}[/] is in production. Serve it and ask it:"]
+        lines += [escape(c) for c in serve_commands(name, _first_question(eval_dir))]
+        title, style = f"RELEASE {winner} → {promoted} (production)", "green"
+    else:
+        title, style = "NOTHING RELEASED", "yellow"
+    console.print(Panel("\n".join(lines), title=title, border_style=style))
+
+
+def serve_commands(name: str, question: str) -> list[str]:
+    """The one command that serves ``name@production`` and one request that asks it."""
+    body = json.dumps(
+        {"model": f"{name}@production", "messages": [{"role": "user", "content": question}]}
+    )
+    return [
+        "  tunewise serve --port 8000",
+        "  curl -s localhost:8000/v1/chat/completions -H 'Content-Type: application/json' "
+        f"-d {shlex.quote(body)}",
+    ]
+
+
+def _first_question(eval_dir: Path) -> str:
+    """The first validation item's last user turn, as a realistic request (a placeholder when
+    the split is gone)."""
+    from tunewise.data.schema import load_examples  # lazy: only when a release is shown
+
+    val = eval_dir.parent / "splits" / "val.jsonl"
+    try:
+        return load_examples(val)[0].user_text
+    except (UserError, IndexError, OSError):
+        return "Hello"
 
 
 def _show_sealed(test_dir: Path, val: Comparison) -> None:

@@ -25,6 +25,7 @@ difference was underpowered; and a cost comparison with the break-even volume.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,6 +34,7 @@ from typing import Any
 from tunewise.candidates import CHAMPION, CONTEXT_SUFFIXES, NO_LLM
 from tunewise.config import GateConfig
 from tunewise.decide.costs import CostEstimate, CostInputs, cost_estimate
+from tunewise.decide.release import RELEASE_FILE as RELEASE_DECISION
 from tunewise.errors import UserError
 from tunewise.eval.learning_curve import CURVE_FILE, load_curve
 from tunewise.eval.results import (
@@ -71,6 +73,8 @@ class Facts:
     gate_baselines: list[str] = field(default_factory=lambda: list(GateConfig().baselines))
     # fine-tuned candidate -> the retrieved context it was trained with (train.context)
     contexts: dict[str, str] = field(default_factory=dict)
+    # the release rule's winner (tunewise.decide.release), when the ladder applied it; "" = none
+    released: str | None = None
 
 
 @dataclass
@@ -185,19 +189,40 @@ def recommend(f: Facts, cost: CostInputs | None = None) -> Advice:
     said = plain is not None or (leads and top_extra in f.no_llm)  # a no-LLM one, said above
     if not said and (untested := _untested_no_llm_rival(f, finetuned)) is not None:
         advice.reasons.append(untested)
+    _add_notes(f, advice)
+    if f.learning_curve and advice.recommendation != "finetune":
+        advice.more_data = _curve_advice(f, m)
+    if cost is not None:
+        advice.cost = cost_estimate(cost)
+    return advice
+
+
+def _add_notes(f: Facts, advice: Advice) -> None:
+    """The notes every branch ends with: context variants, the release, the sample size."""
     if (note := _context_advice(f)) is not None:
         advice.reasons.append(note)
+    if f.released is not None:
+        advice.reasons.append(_release_line(f))
     if f.underpowered:
         advice.reasons.append(
             "The evaluation set is too small to detect the observed difference for: "
             + ", ".join(f.underpowered)
             + ". Add validation items before trusting a tie."
         )
-    if f.learning_curve and advice.recommendation != "finetune":
-        advice.more_data = _curve_advice(f, m)
-    if cost is not None:
-        advice.cost = cost_estimate(cost)
-    return advice
+
+
+def _release_line(f: Facts) -> str:
+    """What the release rule shipped, so the advice and the registry say one thing."""
+    if not f.released:
+        return (
+            "Released: nothing (no candidate passed the release rule; see release-decision.json)."
+        )
+    value = f.metrics.get(f.released)
+    score = f" ({f.primary_metric} {num(value)})" if value is not None else ""
+    return (
+        f"Released: {f.released}{score}, the cheapest candidate that nothing more expensive "
+        "clearly beats; it is in production (`tunewise serve`, model NAME@production)."
+    )
 
 
 def _metric_failed(f: Facts, finetuned: list[str]) -> Advice | None:
@@ -528,6 +553,9 @@ def facts_from_dir(eval_dir: Path) -> Facts:
     verdict = None
     if (eval_dir / VERDICT_FILE).is_file():
         verdict = Verdict.load(eval_dir / VERDICT_FILE)
+    released = None
+    if (eval_dir / RELEASE_DECISION).is_file():
+        released = json.loads((eval_dir / RELEASE_DECISION).read_text()).get("winner") or ""
     curve: list[tuple[int, float]] = []
     if (eval_dir / CURVE_FILE).is_file():
         curve = load_curve(eval_dir / CURVE_FILE)
@@ -553,6 +581,7 @@ def facts_from_dir(eval_dir: Path) -> Facts:
         no_llm=no_llm,
         gate_baselines=_gate_baselines(comp.meta, verdict),
         contexts=contexts,
+        released=released,
     )
 
 

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from tunewise.baselines.release import RELEASE_FILE
 from tunewise.candidates import CHAMPION
 from tunewise.config import GateConfig, load_project
 from tunewise.errors import UserError
@@ -28,11 +29,14 @@ from tunewise.eval.harness import evaluate
 from tunewise.eval.margin import margin_tests
 from tunewise.eval.results import Comparison, EvalRun, Verdict
 from tunewise.fsio import sha256_file
-from tunewise.registry.store import DEFAULT_ALIAS, Registry, _collect_run_files
+from tunewise.registry.store import DEFAULT_ALIAS, Registry, same_payload, version_files
 
 
-def production_version(project_name: str, registry: Any | None = None) -> Any | None:
-    """The registry version ``<project>@production`` points at, materialised; None when unset."""
+def production_version(
+    project_name: str, registry: Any | None = None, *, materialise: bool = True
+) -> Any | None:
+    """The registry version ``<project>@production`` points at (its files materialised unless
+    ``materialise`` is off); None when unset."""
     reg = registry or Registry()
     try:
         aliases = {s["name"]: s["aliases"] for s in reg.summary()}
@@ -40,12 +44,17 @@ def production_version(project_name: str, registry: Any | None = None) -> Any | 
         return None
     if DEFAULT_ALIAS not in aliases.get(project_name, {}):
         return None
-    return reg.resolve(f"{project_name}@{DEFAULT_ALIAS}")
+    spec = f"{project_name}@{DEFAULT_ALIAS}"
+    return reg.resolve(spec) if materialise else reg.lookup(spec)
 
 
 def weights_hash(files: dict[str, str]) -> str:
-    """One string for the weight files of a version (same string, same model)."""
-    return ",".join(f"{k}={v}" for k, v in sorted(files.items()) if k.endswith(".safetensors"))
+    """One string for the model files of a version (same string, same model): the weights of a
+    training run, every file of a rung release (which has no weights, or only a classifier's)."""
+    weights = [(k, v) for k, v in sorted(files.items()) if k.endswith(".safetensors")]
+    if not weights or RELEASE_FILE in files:
+        weights = sorted(files.items())
+    return ",".join(f"{k}={v}" for k, v in weights)
 
 
 def ladder_champion(project_name: str, new_runs: dict[str, Path], registry: Any) -> Any | None:
@@ -79,20 +88,20 @@ def ladder_champion(project_name: str, new_runs: dict[str, Path], registry: Any)
 
 
 def registered_as(registry: Any, name: str, run_dir: Path, verdict: Path) -> Any | None:
-    """The version of ``name`` already registered from ``run_dir`` with the weights it holds now
-    and the same verdict, or None: registering it again would add a duplicate version."""
+    """The version of ``name`` already registered from ``run_dir`` (a training run or a rung
+    release) with the files it holds now and the same verdict, or None: registering it again
+    would add a duplicate version."""
     if not registry.has_name(name):
         return None
     source = str(Path(run_dir).resolve())
     mine = [v for v in registry.versions(name) if v.source_run == source]
     if not mine:
         return None
-    _, files = _collect_run_files(Path(run_dir))
-    weights = weights_hash({k: sha256_file(p) for k, p in files.items()})
+    files = {k: sha256_file(p) for k, p in version_files(Path(run_dir)).items()}
     said = json.dumps(Verdict.load(verdict).to_dict(), sort_keys=True)
     for v in reversed(mine):  # the latest first
         same_verdict = v.verdict is not None and json.dumps(v.verdict.to_dict(), sort_keys=True)
-        if weights_hash(v.files) == weights and same_verdict == said:
+        if same_payload(v.kind, v.files, files) and same_verdict == said:
             return v
     return None
 
@@ -103,19 +112,25 @@ def attach_margin_tests(
     gate_cfg: GateConfig,
     candidates: Sequence[str],
     champion_version: str | None = None,
+    champion_candidate: str = CHAMPION,
 ) -> Comparison:
-    """Add the margin tests and ``meta["champion"]`` the decisions need (in place; returned)."""
+    """Add the margin tests and ``meta["champion"]`` the decisions need (in place; returned).
+
+    ``champion_candidate`` is the candidate whose answers are the production version's: the
+    evaluated ``production`` candidate, or the rung it was released from when this evaluation
+    reproduces that release."""
     names = {c.name for c in run.candidates}
     alpha = gate_cfg.alpha
+    previous = (comp.meta.get("champion") or {}).get("candidate", CHAMPION)
     tests = [
-        t
-        for t in comp.margin_tests
-        if not (t.reference == CHAMPION or t.reference == gate_cfg.reference)
+        t for t in comp.margin_tests if t.reference not in (CHAMPION, previous, gate_cfg.reference)
     ]
     if champion_version is not None:
-        comp.meta["champion"] = {"candidate": CHAMPION, "version": champion_version}
-        if CHAMPION in names:
-            tests += margin_tests(run, candidates, CHAMPION, gate_cfg.regression_margin, alpha)
+        comp.meta["champion"] = {"candidate": champion_candidate, "version": champion_version}
+        if champion_candidate in names:
+            tests += margin_tests(
+                run, candidates, champion_candidate, gate_cfg.regression_margin, alpha
+            )
     if gate_cfg.mode == "non_inferiority" and gate_cfg.reference in names:
         tests += margin_tests(run, candidates, gate_cfg.reference, gate_cfg.margin, alpha)
     comp.margin_tests = tests

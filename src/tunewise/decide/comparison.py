@@ -14,10 +14,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tunewise.candidates import is_finetune_name
+from tunewise.baselines.release import RELEASE_KINDS
+from tunewise.candidates import CHAMPION, is_finetune_name
 from tunewise.config import GateConfig
 from tunewise.decide.champion import attach_margin_tests
 from tunewise.decide.gate import decide, save_verdict
+from tunewise.decide.release import cost_order
 from tunewise.errors import UserError
 from tunewise.eval.calibration import attach_judge_agreement
 from tunewise.eval.judge_reference import judge_vs_reference
@@ -26,7 +28,9 @@ from tunewise.eval.stats import CiMethod, Pair, compare, default_pairs, is_stale
 from tunewise.rungs import RUNGS
 
 
-def pairs_to_test(candidates: Sequence[str], baselines: Sequence[str]) -> list[Pair]:
+def pairs_to_test(
+    candidates: Sequence[str], baselines: Sequence[str], release_order: Sequence[str] = ()
+) -> list[Pair]:
     """Every (candidate, baseline) pair a comparison tests, decided here only.
 
     The gate's pairs first (every other candidate against each baseline), then every candidate
@@ -34,12 +38,16 @@ def pairs_to_test(candidates: Sequence[str], baselines: Sequence[str]) -> list[P
     reads those to find the cheapest rung that nothing above it clearly beats. A lower rung is
     paired only when it is a baseline, so the two stay one decision. Last, each context-trained
     fine-tune against the same fine-tune without context: what training with the context bought.
+    With ``release_order`` (``gate.release_order``), also every releasable candidate against
+    each cheaper one: the release rule (:mod:`tunewise.decide.release`) reads those.
     """
     pairs = default_pairs(candidates, baselines)
     for lower in RUNGS[:-1]:
         if lower in baselines and lower in candidates:
             pairs += [(c, lower) for c in candidates if c != lower]
     pairs += _variant_pairs(candidates)
+    order, _ = cost_order(candidates, release_order)
+    pairs += [(dear, cheap) for i, cheap in enumerate(order) for dear in order[i + 1 :]]
     return list(dict.fromkeys(pairs))
 
 
@@ -70,6 +78,7 @@ def build(
     gated: Sequence[str],
     baselines: Sequence[str] | None = None,
     champion: str | None = None,
+    champion_candidate: str = CHAMPION,
     n_boot: int = 2000,
     seed: int = 0,
     ci_method: CiMethod = "bca",
@@ -84,7 +93,7 @@ def build(
     comp = compare(
         run,
         baselines=bases,
-        pairs=pairs_to_test(names, bases),
+        pairs=pairs_to_test(names, bases, gate_cfg.release_order),
         alpha=gate_cfg.alpha,
         n_boot=n_boot,
         seed=seed,
@@ -95,7 +104,7 @@ def build(
     comp.meta.update(
         {"alpha": gate_cfg.alpha, "delta": gate_cfg.delta, "gate_baselines": gate_cfg.baselines}
     )
-    return refresh_margin_tests(comp, run, eval_dir, gate_cfg, gated, champion)
+    return refresh_margin_tests(comp, run, eval_dir, gate_cfg, gated, champion, champion_candidate)
 
 
 def refresh_margin_tests(
@@ -105,10 +114,13 @@ def refresh_margin_tests(
     gate_cfg: GateConfig,
     gated: Sequence[str],
     champion: str | None = None,
+    champion_candidate: str = CHAMPION,
 ) -> Comparison:
     """Put what the decisions need beside the paired tests (margin tests for ``gated``, the
     judge's agreement with people, the seed groups) and save comparison.json."""
-    attach_margin_tests(comp, run, gate_cfg, gated, champion)
+    # the release rule may pick a rung or classifier: it faces the production version too
+    releasable = [c.name for c in run.candidates if c.name in RELEASE_KINDS]
+    attach_margin_tests(comp, run, gate_cfg, [*gated, *releasable], champion, champion_candidate)
     attach_judge_agreement(comp, run, eval_dir)
     comp.meta["seed_groups"] = run.meta.get("seed_groups", {})  # tunewise run --seeds N
     if "judge" in run.meta:  # whether the judge's scores are evidence (see decisions.judge_reason)

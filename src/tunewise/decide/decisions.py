@@ -216,6 +216,8 @@ def regression_reason(
     name = str(champ.get("candidate") or CHAMPION)
     label = f"{name} ({champ.get('version', 'version unknown')})"
     if candidate == name:
+        if name != CHAMPION:  # production reproduced by this evaluation's own candidate
+            return BaselineReason(label, True, f"{candidate} is the production version itself")
         raise UserError(f"{candidate!r} is the production version; gate a new version against it")
     test = comparison.margin_test(candidate, name)
     if test is None:

@@ -39,6 +39,7 @@ from tunewise.baselines import classical
 from tunewise.baselines import prompt as prompt_mod
 from tunewise.baselines import rag as rag_mod
 from tunewise.baselines.context import CONTEXT_FILE, ContextBuilder, load_run_context
+from tunewise.baselines.release import RungRelease, is_release
 from tunewise.candidates import (
     CHAMPION,
     CLASSICAL,
@@ -325,7 +326,9 @@ def plan_candidates(
             plan += [
                 f"{n}+rag"
                 for n in finetuned
-                if not _context_trained(finetuned[n]) and f"{n}+rag" not in finetuned
+                if not _context_trained(finetuned[n])
+                and f"{n}+rag" not in finetuned
+                and not is_release(finetuned[n])
             ]
         elif name == "external":
             plan += ext_names
@@ -388,8 +391,13 @@ def _constrained_variants(
                 for n in plan
                 if n in RUNGS or n in finetuned or n.removesuffix("+rag") in finetuned
             ]
-            return [f"{n}{CONSTRAINED}" for n in local]
+            # a rung release answers as it was released (the server does not score labels)
+            return [f"{n}{CONSTRAINED}" for n in local if not _is_release_run(finetuned, n)]
     return []
+
+
+def _is_release_run(finetuned: dict[str, Path], name: str) -> bool:
+    return name in finetuned and is_release(finetuned[name])
 
 
 def _context_trained(run_dir: Path) -> bool:
@@ -493,6 +501,8 @@ def _run_candidate(
 ) -> CandidateResult:
     """One candidate's answers to every item, graded."""
     cfg, spec = h.cfg, h.grader.spec
+    if name in finetuned and is_release(finetuned[name]):  # a registry version of a rung
+        return _release_result(h, name, finetuned[name])
     base = name.removesuffix(CONSTRAINED)
     if name.endswith(CONSTRAINED):
         if base not in prompts:  # e.g. prompt+constrained asked without free prompt generation
@@ -541,6 +551,30 @@ def _messages_for(h: _Harness, name: str, finetuned: dict[str, Path]) -> _Prepar
     else:  # prompt, and fine-tuned runs: the same zero-shot conversation
         msgs, pmeta = h.prompt_messages(), {"prompt_version": prompt_mod.prompt_hash(h.cfg)}
     return msgs, adapter, eng, {**pmeta, **emeta}, per_item
+
+
+def _release_result(h: _Harness, name: str, folder: Path) -> CandidateResult:
+    """A rung release (a registry version of the prompt, few-shot, RAG or a classifier) answered
+    through the release itself, as the server answers it: the champion check of a production
+    version that is not a fine-tune."""
+    release = RungRelease.load(folder)
+    meta: dict[str, Any] = {"run_dir": str(folder), "release": release.kind}
+    per_item = None
+    if release.uses_llm:
+        eng = h.engine()
+        have = getattr(getattr(eng, "ref", None), "weight_hash", None)
+        if have is not None and release.base_weight_hash != have:
+            raise UserError(
+                f"{folder}: the {release.kind} release was evaluated on base "
+                f"{str(release.base_weight_hash)[:12]}…, this project's base is {have[:12]}…"
+            )
+        msgs, pmeta, per_item = release.prompts(h.items)
+        outs = h.generate(name, eng, msgs, None)
+        meta |= {**pmeta, "model_hash": have, "max_new_tokens": h.max_new_tokens(eng)}
+    else:
+        outs = release.answers(h.items)
+    kind = "champion" if name == CHAMPION else release.kind
+    return h.result(name, kind, outs, meta, per_item)
 
 
 def _classical_result(h: _Harness, name: str) -> CandidateResult:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tunewise.baselines.context import CONTEXT_FILE
+from tunewise.baselines.release import LLM_KINDS, RELEASE_KINDS
 from tunewise.errors import UserError
 from tunewise.fsio import atomic_write_json, atomic_write_text, replace_dir
 from tunewise.registry.store import Registry
@@ -74,6 +75,8 @@ def export_merged(
     """Merge ``spec``'s adapter into its base and write an HF safetensors directory at ``out``."""
     reg = registry or Registry()
     v = reg.resolve(spec)
+    if v.kind in RELEASE_KINDS:
+        raise UserError(f"{v.spec} is a {v.kind} release: it has no trained weights to merge")
     out = Path(out)
     _out_dir_ready(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -146,8 +149,25 @@ class VllmPlan:
         return " \\\n  ".join(lines)
 
 
+def release_not_in_vllm(v: Version) -> str:
+    """What vLLM can and cannot do with a rung release (it serves models and LoRA adapters)."""
+    if v.kind in LLM_KINDS:
+        return (
+            f"{v.spec} is a {v.kind} release: the base model with a prompt builder, not an "
+            "adapter. vLLM serves the base model (`vllm serve BASE`); the prompt (system prompt"
+            + (", retrieved context" if v.kind != "prompt" else "")
+            + ") is built by `tunewise serve`, which answers it exactly as evaluated"
+        )
+    return (
+        f"{v.spec} is a {v.kind} release: a classifier without a language model; vLLM has "
+        "nothing to serve. `tunewise serve` answers it (no GPU needed)"
+    )
+
+
 def check_vllm_adapter(v: Version) -> tuple[int, list[str]]:
     """(rank, problems) for one LoRA version as vLLM would see its adapter_config.json."""
+    if v.kind in RELEASE_KINDS:
+        return 0, [release_not_in_vllm(v)]
     if v.kind != "lora":
         return 0, [
             f"{v.spec}: a full fine-tune has no adapter; serve it as its own model "

@@ -31,6 +31,7 @@ from rich.markup import escape
 
 from tunewise import paths, tracking
 from tunewise.baselines.context import training_key_inputs
+from tunewise.baselines.release import RELEASE_KINDS
 from tunewise.candidates import (
     CHAMPION,
     listed_untrained,
@@ -41,7 +42,12 @@ from tunewise.data.checks import check_file
 from tunewise.data.own_splits import split_project
 from tunewise.data.schema import load_examples
 from tunewise.decide import comparison
-from tunewise.decide.champion import ladder_champion, registered_as, weights_hash
+from tunewise.decide.champion import (
+    ladder_champion,
+    production_version,
+    registered_as,
+    weights_hash,
+)
 from tunewise.decide.report_inputs import render_report
 from tunewise.decide.seeds import pool_seeds, seed_name
 from tunewise.errors import UserError
@@ -56,8 +62,11 @@ from tunewise.eval.learning_curve import (
 )
 from tunewise.eval.results import EvalRun, Verdict
 from tunewise.eval.stats import compare
-from tunewise.fsio import atomic_write_json, sha256_file, sha256_json
-from tunewise.ladder import dryrun  # a module: tests replace dryrun.show_plan
+from tunewise.fsio import atomic_write_json, sha256_json, sha256_path
+from tunewise.ladder import (
+    dryrun,  # a module: tests replace dryrun.show_plan
+    release_stage,
+)
 from tunewise.ladder.stages import Ladder, LadderResult, Outputs, Stage
 from tunewise.registry.store import Registry
 from tunewise.rundir import RunDir
@@ -66,12 +75,7 @@ from tunewise.train.methods import METHODS
 
 
 def _file_hash(path: Path | None) -> str | None:
-    if path is None:
-        return None
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file())
-        return sha256_json([[str(p.relative_to(path)), sha256_file(p)] for p in files])
-    return sha256_file(path) if path.is_file() else None
+    return sha256_path(path)
 
 
 @dataclass(frozen=True)
@@ -222,14 +226,14 @@ def _gate_stage(
     plan: _Plan, full_cfg: dict[str, Any], evaluate: Stage, champion_spec: str | None
 ) -> Stage:
     """Compare every candidate on the evaluated items and apply the gate (and the champion)."""
-    return Stage(
-        "compare-gate",
-        {"gate": full_cfg["gate"]},
-        lambda up: _compare_and_gate(
-            plan.cfg, plan.eval_dir, _gated(plan), plan.gate_bases, champion_spec
-        ),
-        after=(evaluate,),
-    )
+
+    def gate_and_release(up: dict[Stage, Outputs]) -> Outputs:
+        champion = (champion_spec, CHAMPION) if champion_spec else _released_here(plan)
+        out = _compare_and_gate(plan.cfg, plan.eval_dir, _gated(plan), plan.gate_bases, *champion)
+        # the release rule: the cheapest candidate nothing dearer clearly beats, any kind
+        return out | release_stage.decide(plan.cfg, plan.eval_dir, out["verdicts"])
+
+    return Stage("compare-gate", {"gate": full_cfg["gate"]}, gate_and_release, after=(evaluate,))
 
 
 def _dry_run(
@@ -400,7 +404,9 @@ def _find_champion(plan: _Plan, *, dry_run: bool) -> tuple[dict[str, Any], str |
         reg = Registry(root, snapshot=True)
     else:
         reg = Registry()
-    version = ladder_champion(plan.cfg.name, plan.runs, reg)
+    # A version released from this project's current rung releases is this ladder's own result
+    releases = {k: release_stage.release_folder(plan.cfg, k) for k in RELEASE_KINDS}
+    version = ladder_champion(plan.cfg.name, plan.runs | releases, reg)
     if version is None:
         return {}, None
     if not dry_run:
@@ -455,7 +461,8 @@ def _curve_stage(
 
 
 def _register(plan: _Plan, gate_out: Outputs) -> Outputs:
-    """Every trained run is versioned once; a "ship" verdict promotes it to production."""
+    """Every trained run is versioned once; the release rule's winner, whatever its kind, is
+    versioned too and promoted to production."""
     reg = Registry()
     added: dict[str, Any] = {}
     # A group of seeds is registered once, as its first seed's run (the configured train.seed),
@@ -469,14 +476,21 @@ def _register(plan: _Plan, gate_out: Outputs) -> Outputs:
             run_dir, name=plan.cfg.name, verdict=verdict, eval_dir=plan.eval_dir
         )
         added[cand] = f"{version.name}:{version.version}"
-    shipped = gate_out.get("ship")
+    winner = gate_out.get("release")
     promoted = None
-    if shipped:
-        name, version = added[shipped].split(":")
+    if winner and winner not in added:  # a rung or a classifier: its release folder
+        folder = release_stage.build(plan.cfg, winner, plan.eval_dir)
+        verdict = Path(gate_out["release_verdict"])
+        version = registered_as(reg, plan.cfg.name, folder, verdict) or reg.add(
+            folder, name=plan.cfg.name, verdict=verdict, eval_dir=plan.eval_dir
+        )
+        added[winner] = f"{version.name}:{version.version}"
+    if winner:
+        name, version = added[winner].split(":")
         reg.promote(name, int(version), alias="production")
-        promoted = added[shipped]
+        promoted = added[winner]
     record = plan.work / "registry.json"
-    atomic_write_json(record, {"versions": added, "promoted": promoted})
+    atomic_write_json(record, {"versions": added, "promoted": promoted, "release": winner})
     return {"record": str(record), "versions": added, "promoted": promoted}
 
 
@@ -527,17 +541,39 @@ def _result(
     return ladder.result
 
 
+def _released_here(plan: _Plan) -> tuple[str | None, str]:
+    """(production's spec, the candidate it came from) when production is this very
+    evaluation's candidate (a rung release whose folder is the current one, or one of these
+    training runs): the champion check then reads that candidate's answers, production's own."""
+    version = production_version(plan.cfg.name, Registry(), materialise=False)
+    if version is None:
+        return None, CHAMPION
+    names = {c.name for c in EvalRun.load(plan.eval_dir / "eval.json").candidates}
+    sources = {k: release_stage.release_folder(plan.cfg, k) for k in RELEASE_KINDS} | plan.runs
+    for name, folder in sources.items():
+        if name in names and version.source_run == str(Path(folder).resolve()):
+            return version.spec, name
+    return None, CHAMPION
+
+
 def _compare_and_gate(
     cfg: ProjectConfig,
     eval_dir: Path,
     finetuned: list[str],
     baselines: list[str],
     champion: str | None = None,
+    champion_candidate: str = CHAMPION,
 ) -> dict[str, Any]:
     """comparison.json (:func:`tunewise.decide.comparison.build`) and a verdict per fine-tune."""
     run = EvalRun.load(eval_dir / "eval.json")
     comp = comparison.build(
-        run, eval_dir, cfg.gate, gated=finetuned, baselines=baselines, champion=champion
+        run,
+        eval_dir,
+        cfg.gate,
+        gated=finetuned,
+        baselines=baselines,
+        champion=champion,
+        champion_candidate=champion_candidate,
     )
     return comparison.gate_all(comp, eval_dir, cfg.gate, finetuned)
 

@@ -43,6 +43,8 @@ from pathlib import Path
 from typing import Any
 
 from tunewise import paths
+from tunewise.baselines.release import RELEASE_KINDS, is_release
+from tunewise.baselines.release import read_meta as read_release_meta
 from tunewise.errors import UserError
 from tunewise.eval.results import (
     COMPARISON_FILE,
@@ -110,6 +112,62 @@ def _collect_run_files(run_dir: Path) -> tuple[str, dict[str, Path]]:
     if not any(r.endswith(".safetensors") for r in files):
         raise UserError(f"{run_dir}: no safetensors weights found")
     return kind, files
+
+
+# (kind, files, base model, config, data hashes) of what a version is registered from
+Source = tuple[str, dict[str, Path], dict[str, Any], dict[str, Any], dict[str, Any]]
+
+
+def _run_source(run_dir: Path) -> Source:
+    """A finished training run's files and lineage."""
+    rd = RunDir(run_dir)
+    if not rd.has_record():
+        raise UserError(f"{run_dir}: no run.json (register runs made by `tunewise train`)")
+    run = rd.record()
+    status = rd.effective_status()
+    if status == "running":
+        raise UserError(f"{run_dir}: the run is still running; wait for it to finish")
+    if status == "interrupted":
+        raise UserError(
+            f"{run_dir}: the run was interrupted (its process is gone); "
+            f"continue it with `{rd.resume_command()}`"
+        )
+    if not rd.base_hash():
+        raise UserError(f"{rd.run_json}: base_model.weight_hash: missing")
+    kind, files = _collect_run_files(run_dir)
+    config = run.get("config") or {}
+    return kind, files, rd.base_model(), config, run.get("data_hashes") or {}
+
+
+def _release_source(folder: Path) -> Source:
+    """A rung release's files and lineage (its release.json, checked)."""
+    meta = read_release_meta(folder)
+    files: dict[str, Path] = {}
+    for f in sorted(folder.iterdir()):
+        if not f.is_file() or f.is_symlink():
+            continue
+        if f.suffix in PICKLE_SUFFIXES:
+            raise UserError(f"{f}: pickle files are not accepted; a release is JSON + safetensors")
+        if f.suffix in ALLOWED_SUFFIXES:
+            files[f.name] = f
+    base = meta.get("base_model") or {}
+    return meta["kind"], files, base, meta.get("config") or {}, meta.get("data_hashes") or {}
+
+
+def version_files(folder: Path) -> dict[str, Path]:
+    """The files a version of ``folder`` (a training run or a rung release) would hold."""
+    return (_release_source(folder) if is_release(folder) else _run_source(folder))[1]
+
+
+def same_payload(kind: str, files: dict[str, str], other: dict[str, str]) -> bool:
+    """Whether two versions' file hashes make the same model: the weights of a training run
+    (its run.json differs from run to run), every file of a rung release."""
+    if kind in RELEASE_KINDS:
+        return files == other
+    weights = {k: h for k, h in files.items() if k.endswith(".safetensors")}
+    return bool(weights) and weights == {
+        k: h for k, h in other.items() if k.endswith(".safetensors")
+    }
 
 
 class Registry:
@@ -253,32 +311,18 @@ class Registry:
         verdict: str | Path | None = None,
         eval_dir: str | Path | None = None,
     ) -> Version:
-        """Register a training run as the next version of ``name``."""
+        """Register a training run, or a rung release (:mod:`tunewise.baselines.release`), as the
+        next version of ``name``."""
         run_dir = Path(run_dir)
         if not run_dir.is_dir():
             raise UserError(f"{run_dir}: no such run directory")
-        rd = RunDir(run_dir)
-        if not rd.has_record():
-            raise UserError(f"{run_dir}: no run.json (register runs made by `tunewise train`)")
-        run = rd.record()
-        status = rd.effective_status()
-        if status == "running":
-            raise UserError(f"{run_dir}: the run is still running; wait for it to finish")
-        if status == "interrupted":
-            raise UserError(
-                f"{run_dir}: the run was interrupted (its process is gone); "
-                f"continue it with `{rd.resume_command()}`"
-            )
-        base = rd.base_model()
-        if not rd.base_hash():
-            raise UserError(f"{rd.run_json}: base_model.weight_hash: missing")
-        config = run.get("config") or {}
+        source = _release_source(run_dir) if is_release(run_dir) else _run_source(run_dir)
+        kind, files, base, config, data_hashes = source
         name = validate_name(name or config.get("name") or run_dir.name)
 
         verdict_obj, eval_obj = _read_eval(verdict, eval_dir)
         ship = None if verdict_obj is None else verdict_obj.ship
 
-        kind, files = _collect_run_files(run_dir)
         self._open_writer()
         hashes = {rel: self.blobs.put(src) for rel, src in files.items()}
         crash_point("after_blobs")
@@ -300,8 +344,8 @@ class Registry:
                     str(run_dir.resolve()),
                     base.get("name"),
                     base.get("path"),
-                    base["weight_hash"],
-                    json.dumps(run.get("data_hashes") or {}),
+                    base.get("weight_hash") or "",
+                    json.dumps(data_hashes),
                     json.dumps(config),
                     None if eval_obj is None else json.dumps(eval_obj.to_dict()),
                     None if verdict_obj is None else json.dumps(verdict_obj.to_dict()),
@@ -592,11 +636,8 @@ def _default_root() -> Path:
 def _champion_problem(v: Version, current: Version) -> str | None:
     """Why ``v`` may not replace the ``current`` production version, or None."""
     want = current.spec
-    weights = {k: h for k, h in v.files.items() if k.endswith(".safetensors")}
-    if weights and weights == {
-        k: h for k, h in current.files.items() if k.endswith(".safetensors")
-    }:
-        return None  # the same weights registered again: not a challenger, the same model
+    if v.kind == current.kind and same_payload(v.kind, v.files, current.files):
+        return None  # the same model registered again: not a challenger
     champ = v.verdict.champion if v.verdict is not None else None
     if not isinstance(champ, dict):
         return (

@@ -45,6 +45,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from tunewise.baselines.release import RungRelease, query_of
 from tunewise.errors import UserError
 from tunewise.registry.store import Registry
 from tunewise.runtime import device as device_policy
@@ -237,9 +238,13 @@ async def list_models(state: State) -> ModelList:
 
 @protected.post("/v1/chat/completions", response_model=None)
 async def chat(state: State, req: ChatBody) -> Response:
-    gen = await _gen_request(state, req)
+    key = await _resolve_model(state.table, req.model)
+    release = state.table.release(key)
     cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
-    fingerprint = gen.adapter or f"base-{state.engine.ref.weight_hash[:12]}"
+    if release is not None and not release.uses_llm:
+        return await _classifier_answer(req, release, cid, fingerprint=str(key))
+    gen = await _gen_request(state, req, key, release)
+    fingerprint = key or f"base-{state.engine.ref.weight_hash[:12]}"
     headers = {"X-Tunewise-Model": fingerprint}
     if req.stream:
         head = ChatCompletionChunk(
@@ -258,6 +263,42 @@ async def chat(state: State, req: ChatBody) -> Response:
         raise _refused(exc, code="adapter_unavailable") from None
     body = ChatCompletion.of(result, cid=cid, model=req.model, fingerprint=fingerprint)
     return JSONResponse(body.model_dump(), headers=headers)
+
+
+async def _classifier_answer(
+    req: ChatRequest, release: RungRelease, cid: str, *, fingerprint: str
+) -> Response:
+    """A classifier release (knn, tfidf, probe) answers in the task's output format, the very
+    string the evaluator scored, with no language model: no tokens to count or stream."""
+    query = query_of([m.plain() for m in req.messages])
+    text = (await run_in_threadpool(release.answers, [query]))[0]
+    result = GenResult(text=text, prompt_tokens=0, completion_tokens=0, finish_reason="stop")
+    headers = {"X-Tunewise-Model": fingerprint}
+    if req.stream:
+        head = ChatCompletionChunk(
+            id=cid, model=req.model, system_fingerprint=fingerprint, choices=[]
+        )
+        return StreamingResponse(
+            _one_chunk_sse(head, text),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", **headers},
+        )
+    body = ChatCompletion.of(result, cid=cid, model=req.model, fingerprint=fingerprint)
+    return JSONResponse(body.model_dump(), headers=headers)
+
+
+async def _one_chunk_sse(head: ChatCompletionChunk, text: str) -> AsyncIterator[bytes]:
+    """The stream of an answer known at once: role, the whole text, the finish, ``[DONE]``."""
+    deltas: list[tuple[dict[str, str], str | None]] = [
+        ({"role": "assistant", "content": ""}, None),
+        ({"content": text}, None),
+        ({}, "stop"),
+    ]
+    for delta, finish in deltas:
+        choice = StreamChoice(delta=delta, finish_reason=finish)
+        body = head.model_copy(update={"choices": [choice]})
+        yield f"data: {body.model_dump_json()}\n\n".encode()
+    yield b"data: [DONE]\n\n"
 
 
 @admin.get("/admin/adapters")
@@ -323,13 +364,23 @@ def _refused(exc: UserError, code: str = "adapter_refused") -> APIError:
     return APIError(409, str(exc), code=code, param="model")
 
 
-async def _gen_request(state: ServerState, req: ChatRequest) -> GenRequest:
+async def _gen_request(
+    state: ServerState, req: ChatRequest, adapter: str | None, release: RungRelease | None
+) -> GenRequest:
     """The engine request for ``req``, every check done: a stream must not fail after its 200."""
     settings, engine = state.settings, state.engine
-    max_new = req.new_tokens(settings.max_tokens_default, settings.max_tokens_limit)
+    default = settings.max_tokens_default
+    if release is not None and release.max_new_tokens:  # what the release was evaluated with
+        default = release.max_new_tokens
+    max_new = req.new_tokens(default, settings.max_tokens_limit)
     stops = req.stops()
-    adapter = await _resolve_model(state.table, req.model)
-    messages = state.table.with_system_prompt(adapter, [m.plain() for m in req.messages])
+    messages = [m.plain() for m in req.messages]
+    if release is not None:
+        # prompt / fewshot / rag: the base model with the evaluator's prompt, built by the release
+        messages = await run_in_threadpool(state.table.release_messages, release, messages)
+        adapter = None
+    else:
+        messages = state.table.with_system_prompt(adapter, messages)
     # A context-trained adapter (train.context) gets the retrieved context it was evaluated with.
     if adapter is not None and adapter in state.table.contexts:  # no thread hop for the rest
         messages = await run_in_threadpool(state.table.with_context, adapter, messages)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tunewise.baselines.context import CONTEXT_FILE, ContextBuilder, load_run_context
+from tunewise.baselines.release import LLM_KINDS, RELEASE_KINDS, RungRelease, query_of
 from tunewise.data.schema import Example
 from tunewise.errors import UserError
 from tunewise.registry.blobs import CorruptedFileError
@@ -187,6 +188,9 @@ class ModelTable:
         # adapter key -> the retrieved context it was trained with (train.context), versioned
         # with it: the registry copies the run's context.json beside the adapter
         self.contexts: dict[str, ContextBuilder] = {}
+        # registry spec -> a rung release (prompt, fewshot, rag on the base model; knn, tfidf,
+        # probe without it): answered through the release, never through an Engine adapter
+        self.releases: dict[str, RungRelease] = {}
         self._lock = threading.Lock()
 
     def preload(self, specs: Sequence[str]) -> None:
@@ -237,9 +241,16 @@ class ModelTable:
                     self.engine.load_adapter(model, self.direct[model])
                 return model
             key = self.resolved.get(model)
-            if key is not None and key in self.engine.adapters():
+            if key is not None and (key in self.engine.adapters() or key in self.releases):
                 return key
             return self._load_from_registry_locked(model)
+
+    def release(self, key: str | None) -> RungRelease | None:
+        """The rung release ``key`` resolves to (None for the base model and adapters)."""
+        if key is None:
+            return None
+        with self._lock:
+            return self.releases.get(key)
 
     def refresh(self) -> RefreshResult:
         """Forget alias resolutions so the next request re-reads the registry."""
@@ -264,6 +275,10 @@ class ModelTable:
         from every resolution; returns its adapter key."""
         with self._lock:
             key = self.resolved.get(target, target)
+            if key in self.releases:
+                del self.releases[key]
+                self.resolved = {m: k for m, k in self.resolved.items() if k != key}
+                return key
             if key not in self.engine.adapters():
                 raise APIError(404, f"adapter {target!r} is not loaded", code="model_not_found")
             self.engine.unload_adapter(key)
@@ -328,6 +343,12 @@ class ModelTable:
             raise _not_found(model, f": {exc}") from None
         self._check_servable(v)
         key = v.spec
+        if v.kind in RELEASE_KINDS:
+            if key not in self.releases:
+                files = self._verified(key)
+                self.releases[key] = _load_release(files)
+            self.resolved[model] = key
+            return key
         if key not in self.engine.adapters():
             v = self._verified(key)
             self.engine.load_adapter(key, v.weights_dir, base_hash=v.base_weight_hash)
@@ -343,7 +364,9 @@ class ModelTable:
     def _check_servable(self, v: Version) -> None:
         """A registry version this server can answer with: a LoRA adapter on its base."""
         ref = self.engine.ref
-        if v.kind != "lora":
+        if v.kind in RELEASE_KINDS and v.kind not in LLM_KINDS:
+            return  # a classifier without a language model: any base will do
+        if v.kind not in ("lora", *LLM_KINDS):
             raise APIError(
                 409,
                 f"{v.spec} is a full fine-tune, not an adapter: serve it with "
@@ -353,11 +376,19 @@ class ModelTable:
         if v.base_weight_hash != ref.weight_hash:
             raise APIError(
                 409,
-                f"{v.spec} was trained on base {v.base_weight_hash[:12]}…, but this "
+                f"{v.spec} was {'trained' if v.kind == 'lora' else 'evaluated'} on base "
+                f"{v.base_weight_hash[:12]}…, but this "
                 f"server's base {ref.name!r} is {ref.weight_hash[:12]}…; refusing to serve it",
                 code="base_mismatch",
                 param="model",
             )
+
+    def release_messages(self, release: RungRelease, messages: Messages) -> Messages:
+        """The prompt an LLM release gives the base model for a request: the evaluator's, built
+        by the release (its system prompt, and its retrieved context for fewshot and rag)."""
+        # Requests are encoded without the disk cache (see with_context); the pool stays cached.
+        prompts, _, _ = release.prompts([query_of(messages)], cache_queries=False)
+        return prompts[0]
 
     def _verified(self, key: str) -> Version:
         """The version's hash-verified files (a corrupted version is never served)."""
@@ -366,3 +397,12 @@ class ModelTable:
             return self.registry.resolve(key)
         except CorruptedFileError as exc:
             raise APIError(503, str(exc), type="server_error", code="corrupted_adapter") from None
+
+
+def _load_release(v: Version) -> RungRelease:
+    """A verified version's release, ready to answer (a damaged one is one line, 503)."""
+    assert v.path is not None
+    try:
+        return RungRelease.load(v.path).warm()
+    except UserError as exc:
+        raise APIError(503, str(exc), type="server_error", code="corrupted_adapter") from None
