@@ -180,7 +180,14 @@ def test_production_switches_kinds_and_rolls_back_without_a_restart(world, serve
 
 @pytest.mark.parametrize(
     ("kind", "blob"),
-    [("prompt", "release.json"), ("fewshot", "context.json"), ("probe", "classifier.safetensors")],
+    [
+        ("prompt", "release.json"),
+        ("fewshot", "context.json"),
+        ("rag", "context.json"),
+        ("knn", "classifier.safetensors"),
+        ("tfidf", "classifier.json"),
+        ("probe", "classifier.safetensors"),
+    ],
 )
 def test_a_tampered_release_is_refused(world, tiny_model_dir, tmp_path, kind, blob) -> None:
     """A blob of each kind changed on disk: the server answers 503 and loads nothing; serving it
@@ -263,3 +270,20 @@ def test_a_probe_in_production_is_challenged_by_a_fine_tune_and_the_other_way_ro
         assert {("prompt", CHAMPION), ("fewshot", CHAMPION)} <= tested
     finally:
         reg.promote("tiny-ladder", versions["tfidf"], force=True, reason="back to the ladder's")
+
+
+def test_export_says_what_each_kind_needs(world, monkeypatch) -> None:
+    """vLLM serves models and adapters: a prompt/few-shot/RAG release is the base model plus a
+    prompt builder tunewise serves, a classifier has nothing for vLLM; neither has weights to
+    merge (one line each, exit 2 from the CLI)."""
+    from tunewise.errors import UserError
+    from tunewise.export.vllm import export_merged, plan_vllm
+
+    reg, versions = world["reg"], world["versions"]
+    with pytest.raises(UserError, match="vLLM serves the base model"):
+        plan_vllm([f"tiny-ladder:{versions['fewshot']}"], registry=reg)
+    with pytest.raises(UserError, match="a classifier without a language model"):
+        plan_vllm([f"tiny-ladder:{versions['probe']}"], registry=reg)
+    with pytest.raises(UserError, match="no trained weights to merge"):
+        export_merged(f"tiny-ladder:{versions['prompt']}", world["home"] / "merged", registry=reg)
+    assert not (world["home"] / "merged").exists()
