@@ -165,14 +165,17 @@ def show_release(eval_dir: Path) -> None:
     lines = [escape(r) for r in decision.get("reasons", [])]
     if decision.get("left_out"):
         lines.append(escape(f"not releasable, left out: {', '.join(decision['left_out'])}"))
-    if winner and promoted and record.get("release", winner) == winner:
-        name = promoted.split(":")[0]
+    released = bool(winner and promoted and record.get("release", winner) == winner)
+    if released:
         lines += ["", f"[bold]{escape(promoted)}[/] is in production. Serve it and ask it:"]
-        lines += [escape(c) for c in serve_commands(name, _first_question(eval_dir))]
         title, style = f"RELEASE {winner} → {promoted} (production)", "green"
     else:
         title, style = "NOTHING RELEASED", "yellow"
     console.print(Panel("\n".join(lines), title=title, border_style=style))
+    if released:
+        # outside the panel, unwrapped: lines to copy into a terminal
+        for command in serve_commands(promoted.split(":")[0], _first_question(eval_dir)):
+            console.print(command, markup=False, highlight=False, soft_wrap=True)
 
 
 def serve_commands(name: str, question: str) -> list[str]:
@@ -181,8 +184,8 @@ def serve_commands(name: str, question: str) -> list[str]:
         {"model": f"{name}@production", "messages": [{"role": "user", "content": question}]}
     )
     return [
-        "  tunewise serve --port 8000",
-        "  curl -s localhost:8000/v1/chat/completions -H 'Content-Type: application/json' "
+        "tunewise serve --port 8000",
+        "curl -s localhost:8000/v1/chat/completions -H 'Content-Type: application/json' "
         f"-d {shlex.quote(body)}",
     ]
 
