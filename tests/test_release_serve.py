@@ -287,3 +287,20 @@ def test_export_says_what_each_kind_needs(world, monkeypatch) -> None:
     with pytest.raises(UserError, match="no trained weights to merge"):
         export_merged(f"tiny-ladder:{versions['prompt']}", world["home"] / "merged", registry=reg)
     assert not (world["home"] / "merged").exists()
+
+
+def test_run_prints_the_release_and_copyable_lines_that_serve_and_ask_it(world) -> None:
+    import shlex
+
+    from tunewise.cli import workflow_cmd
+
+    eval_dir = world["cfg"].work_dir / "eval"
+    with workflow_cmd.console.capture() as cap:
+        workflow_cmd.show_release(eval_dir)
+    out = cap.get()
+    assert f"RELEASE tfidf → {world['record']['promoted']} (production)" in out
+    serve, curl = out.strip().splitlines()[-2:]  # after the panel, one line each
+    assert serve == "tunewise serve --port 8000"
+    body = json.loads(shlex.split(curl)[-1])
+    assert body["model"] == "tiny-ladder@production"
+    assert body["messages"][0]["content"] == world["val"][0].user_text
