@@ -121,3 +121,15 @@ def concurrent_worker(
         reg.promote("shared", v.version, force=True, reason="concurrency test")
         got.append(v.version)
     Path(out).write_text(json.dumps(got))
+
+
+def assert_one_line(result, *needles: str) -> str:
+    """A CLI result that failed in one ``error:`` line (exit 2, no traceback) naming ``needles``."""
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    errors = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert len(errors) == 1 and errors[0].startswith("error:"), result.output
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+    return errors[0]

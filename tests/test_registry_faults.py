@@ -18,7 +18,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from _ship_helpers import make_run, write_verdict
+from _ship_helpers import assert_one_line, make_run, write_verdict
 from tunewise.cli import app
 from tunewise.errors import UserError
 from tunewise.registry.blobs import CRASH_ENV
@@ -35,17 +35,6 @@ def run_dir(tiny_model_dir, tmp_path_factory) -> Path:
 
 def cli(*args: str):
     return runner.invoke(app, list(args))
-
-
-def assert_one_line(result, *needles: str) -> str:
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit)
-    errors = [ln for ln in result.output.splitlines() if ln.strip()]
-    assert len(errors) == 1 and errors[0].startswith("error:"), result.output
-    for needle in needles:
-        assert needle in errors[0], errors[0]
-    return errors[0]
 
 
 def populated(run_dir: Path, tmp_path: Path) -> Registry:

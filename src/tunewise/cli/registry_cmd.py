@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from tunewise.errors import UserError
@@ -22,6 +23,17 @@ def _when(ts: float | None) -> str:
     if ts is None:
         return "-"
     return _dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _shown(text: str) -> str:
+    """User text (a ``--reason``) as it may reach a terminal: control and format characters
+    written as escapes (``\\x1b``, ``\\u202e``), so a stored reason cannot move the cursor,
+    recolour or retitle the terminal, or reorder what follows; rich markup escaped, so ``[red]``
+    stays text."""
+    safe = "".join(
+        c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text
+    )
+    return escape(safe)
 
 
 def _split_version(spec: str) -> tuple[str, int]:
@@ -119,7 +131,7 @@ def history(
         action = e["action"] + (" (forced)" if e["forced"] else "")
         frm = "-" if e["from_version"] is None else str(e["from_version"])
         table.add_row(
-            _when(e["at"]), e["alias"], action, frm, str(e["to_version"]), e["reason"] or ""
+            _when(e["at"]), e["alias"], action, frm, str(e["to_version"]), _shown(e["reason"] or "")
         )
     console.print(table)
 
@@ -213,7 +225,9 @@ def rebuild_cmd(
 
     res = rebuild(Registry(), force=force)
     for note in res.skipped:
-        console.print(f"[yellow]skipped[/] {note}")
+        console.print(f"[yellow]skipped[/] {escape(note)}")
+    for note in res.dangling:
+        console.print(f"[yellow]warning[/] {escape(note)}")
     aside = f"; the old index is now {res.moved_aside}" if res.moved_aside else ""
     console.print(
         f"rebuilt the index: {res.versions} version(s), {res.aliases} alias(es), "

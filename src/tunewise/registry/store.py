@@ -19,11 +19,16 @@ Why this shape:
 * Files are hashed again whenever a version is resolved for use: a corrupted file is reported
   (``CorruptedFileError``) and never served.
 * Names are checked against a small safe charset, so nothing a user types can escape the registry
-  folder (``../``, absolute paths, NUL bytes are all refused).
-* The index is never the only copy of a fact: each version and alias move is also written as a
-  record (:mod:`tunewise.registry.records`) in the same transaction. A missing, empty or damaged
-  index (:mod:`tunewise.registry.index`) is reported as such, never read as an empty registry,
-  and ``tunewise registry rebuild`` restores it from the records.
+  folder (``../``, absolute paths, NUL bytes, a trailing newline are all refused), and are unique
+  regardless of case, as folder names are on macOS and Windows; aliases too.
+* The index is not the only copy of a fact: each version and alias move is also written as a
+  record (:mod:`tunewise.registry.records`) right after its commit, created once and never
+  replaced. A missing, empty or damaged index (:mod:`tunewise.registry.index`) is reported as
+  such, never read as an empty registry, and ``tunewise registry rebuild`` restores it from the
+  records; an index behind its records is refused to writers. Version numbers and event ids are
+  never given twice, not even one whose record was damaged.
+* A full disk is one line ("disk full writing X; nothing was changed"), and leaves no temporary
+  file behind (a complete blob it wrote stays, harmless and reused).
 * Only writers create anything. Readers open the index read-only, so listing, showing and
   serving work on a read-only ``TUNEWISE_HOME`` (a version is then materialised in a private
   temporary folder). The first write of a process removes the ``.incoming.*`` files that killed
@@ -38,7 +43,7 @@ import os
 import re
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -64,10 +69,20 @@ from tunewise.registry.index import (
     connect_snapshot,
     create_schema,
     empty_index,
+    on_disk_full,
     problem,
+    refuse_case_twin,
     retry_busy,
 )
-from tunewise.registry.records import RECORDS_DIR, Records, backfill, version_record
+from tunewise.registry.records import (
+    RECORDS_DIR,
+    Records,
+    backfill,
+    next_event_id,
+    next_version,
+    refuse_if_behind,
+    version_record,
+)
 from tunewise.registry.types import EvalRecord, Version, validate_name
 from tunewise.rundir import RunDir
 
@@ -226,14 +241,29 @@ class Registry:
         self.check()
         self.require_writable()
         self._writer_ready = True  # _tx below must not come back here
-        with self._tx() as db:
+        with on_disk_full(self.db_path), self._tx(check_records=False) as db:
             create_schema(db)
             backfill(db, self.records)
+            refuse_if_behind(db, self.records, self.db_path)
         self.blobs.clean_incoming()
 
+    def _write_record(self, write: Callable[[dict[str, Any]], None], rec: dict[str, Any]) -> None:
+        """Write the record of a fact just committed. A failure here is not "nothing was
+        changed": the fact is in the index, and the next writer writes its record (backfill)."""
+        try:
+            write(rec)
+        except OSError as exc:
+            what = f"{rec['name']}:{rec['version']}" if "version" in rec else "the alias move"
+            raise UserError(
+                f"{what} is committed, but writing its record under "
+                f"{self.records.root} failed ({exc.strerror}); the next registry write adds it "
+                "(`tunewise registry doctor` checks)"
+            ) from None
+
     @contextlib.contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction that takes the lock up front (no upgrade deadlocks)."""
+    def _tx(self, *, check_records: bool = True) -> Iterator[sqlite3.Connection]:
+        """A write transaction that takes the lock up front (no upgrade deadlocks), on an index
+        that is not behind its records (``check_records``, checked under the lock)."""
         self._open_writer()
         try:
             db = connect_rw(self.db_path, self.busy_timeout_s)
@@ -242,9 +272,12 @@ class Registry:
         try:
             retry_busy(lambda: db.execute("BEGIN IMMEDIATE"), self.busy_timeout_s)
             try:
+                if check_records:
+                    refuse_if_behind(db, self.records, self.db_path)
                 yield db
             except BaseException:
-                db.execute("ROLLBACK")
+                if db.in_transaction:  # SQLite rolls back by itself after some errors (full disk)
+                    db.execute("ROLLBACK")
                 raise
             db.execute("COMMIT")
         except sqlite3.DatabaseError as exc:
@@ -324,14 +357,15 @@ class Registry:
         ship = None if verdict_obj is None else verdict_obj.ship
 
         self._open_writer()
-        hashes = {rel: self.blobs.put(src) for rel, src in files.items()}
+        # a blob that does not fit is removed by put(); those written before it are complete,
+        # content-addressed and reused by the next add (removing them could race another add)
+        with on_disk_full(self.blob_dir):
+            hashes = {rel: self.blobs.put(src) for rel, src in files.items()}
         crash_point("after_blobs")
 
         with self._tx() as db:
-            row = db.execute(
-                "SELECT COALESCE(MAX(version), 0) + 1 FROM versions WHERE name = ?", (name,)
-            ).fetchone()
-            version = int(row[0])
+            refuse_case_twin(db, "name", name, "SELECT DISTINCT name FROM versions")
+            version = next_version(db, self.records, name)
             db.execute(
                 "INSERT INTO versions (name, version, created_at, kind, source_run, base_model,"
                 " base_path, base_weight_hash, data_hashes, config, eval, verdict, ship, files)"
@@ -353,14 +387,14 @@ class Registry:
                     json.dumps(hashes, sort_keys=True),
                 ),
             )
-            self.records.write_version(
-                version_record(
-                    db.execute(
-                        "SELECT * FROM versions WHERE name = ? AND version = ?", (name, version)
-                    ).fetchone()
-                )
+            rec = version_record(
+                db.execute(
+                    "SELECT * FROM versions WHERE name = ? AND version = ?", (name, version)
+                ).fetchone()
             )
             crash_point("before_commit")
+        crash_point("after_commit")
+        self._write_record(self.records.write_version, rec)
         return self.get(name, version)
 
     # -- queries ----------------------------------------------------------------------------
@@ -405,6 +439,12 @@ class Registry:
                 "SELECT * FROM versions WHERE name = ? AND version = ?", (name, version)
             ).fetchone()
             if row is None:
+                record = self.records.version_path(name, version)
+                if record.exists():  # a damaged record keeps its number (and maybe an alias)
+                    raise UserError(
+                        f"{name}:{version} is not in the index: its record {record} could not "
+                        "be restored (`tunewise registry doctor` says why)"
+                    )
                 known = [
                     r[0]
                     for r in db.execute(
@@ -538,6 +578,9 @@ class Registry:
                 'promote anyway with --force --reason "..."'
             )
         with self._tx() as db:
+            refuse_case_twin(
+                db, "alias", alias, "SELECT alias FROM aliases WHERE name = ?", (name,)
+            )
             row = db.execute(
                 "SELECT version FROM aliases WHERE name = ? AND alias = ?", (name, alias)
             ).fetchone()
@@ -563,12 +606,18 @@ class Registry:
                 " updated_at = excluded.updated_at",
                 (name, alias, version, now),
             )
-            db.execute(
-                "INSERT INTO alias_events (name, alias, action, from_version, to_version, at,"
-                " forced, reason) VALUES (?, ?, 'promote', ?, ?, ?, ?, ?)",
-                (name, alias, current, version, now, int(force), reason),
+            event = self._insert_event(
+                db,
+                name=name,
+                alias=alias,
+                action="promote",
+                from_version=current,
+                to_version=version,
+                at=now,
+                forced=int(force),
+                reason=reason,
             )
-            self._record_last_event(db)
+        self._write_record(self.records.write_event, event)
         return {
             "name": name,
             "alias": alias,
@@ -606,12 +655,18 @@ class Registry:
                 "UPDATE aliases SET version = ?, updated_at = ? WHERE name = ? AND alias = ?",
                 (target, now, name, alias),
             )
-            db.execute(
-                "INSERT INTO alias_events (name, alias, action, from_version, to_version, at,"
-                " forced, reason) VALUES (?, ?, 'rollback', ?, ?, ?, 0, ?)",
-                (name, alias, current, target, now, reason),
+            event = self._insert_event(
+                db,
+                name=name,
+                alias=alias,
+                action="rollback",
+                from_version=current,
+                to_version=target,
+                at=now,
+                forced=0,
+                reason=reason,
             )
-            self._record_last_event(db)
+        self._write_record(self.records.write_event, event)
         return {
             "name": name,
             "alias": alias,
@@ -620,10 +675,16 @@ class Registry:
             "changed": True,
         }
 
-    def _record_last_event(self, db: sqlite3.Connection) -> None:
-        """Write the alias event just inserted in ``db``'s transaction as a record."""
-        row = db.execute("SELECT * FROM alias_events WHERE id = last_insert_rowid()").fetchone()
-        self.records.write_event(dict(row))
+    def _insert_event(self, db: sqlite3.Connection, **event: Any) -> dict[str, Any]:
+        """Insert an alias move under the next free id (past every event record too, so a
+        damaged record's id is never given again); returns its row, to record after commit."""
+        event_id = next_event_id(db, self.records)
+        columns = ", ".join(["id", *event])
+        marks = ", ".join("?" * (len(event) + 1))
+        db.execute(
+            f"INSERT INTO alias_events ({columns}) VALUES ({marks})", (event_id, *event.values())
+        )
+        return dict(db.execute("SELECT * FROM alias_events WHERE id = ?", (event_id,)).fetchone())
 
 
 def _default_root() -> Path:

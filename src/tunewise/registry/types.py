@@ -18,8 +18,9 @@ from tunewise.errors import UserError
 from tunewise.eval.results import Comparison, EvalSummary, Verdict
 from tunewise.rundir import RunDir
 
-# Names and aliases become folder names under the registry: a short, safe charset only.
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# Names and aliases become folder names under the registry: a short, safe charset only. Matched
+# with fullmatch and \A...\Z: ``$`` would also match before a final newline ("tt\n").
+NAME_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 
 
 @dataclass
@@ -89,8 +90,9 @@ class Version:
 
 
 def validate_name(name: str, what: str = "name") -> str:
-    """Refuse anything but a short safe name: no separators, no ``..``, no NUL, no absolute path."""
-    if not isinstance(name, str) or not NAME_RE.match(name) or ".." in name:
+    """Refuse anything but a short safe name: no separators, no ``..``, no NUL, no absolute path,
+    no control character (a trailing newline included)."""
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name) or ".." in name:
         raise UserError(
             f"invalid {what} {name!r}: use 1-64 letters, digits, '_', '-', '.' "
             "(starting with a letter or digit, no '..')"
