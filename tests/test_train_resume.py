@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import signal
 import subprocess
@@ -127,3 +128,150 @@ def test_resuming_a_finished_run_changes_nothing(runs):
     again = train(cfg, run_dir=killed, method=rec["method"], resume=True, progress=False)
     assert again["status"] == "completed" and again["global_step"] == MAX_STEPS
     assert (killed / "adapter_model.safetensors").read_bytes() == before
+
+
+# --- SIGTERM and a full disk end in one line, and the run resumes -------------------------------
+
+
+def test_sigterm_stops_like_ctrl_c_and_the_run_resumes(tmp_path, tiny_model_dir):
+    """A batch scheduler or `timeout` stops a job with SIGTERM: it used to end with 143, no word,
+    and run.json saying "running". Now it is Ctrl-C's path: recorded, one line, resumable."""
+    steps = 40
+    project = make_project(
+        tmp_path, tiny_model_dir, max_steps=steps, eval_every=2, save_every=2, overfit_sample=0
+    )
+    run = tmp_path / "run"
+    proc = subprocess.Popen(
+        _cmd(str(project), "--run-dir", str(run)),
+        env=subprocess_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.time() + 300
+        while not (run / "checkpoints" / "checkpoint-2").is_dir():
+            assert proc.poll() is None, proc.stderr.read()[-3000:]
+            assert time.time() < deadline
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, err[-3000:]
+    assert "Traceback" not in err
+    assert (
+        f"stopped (SIGTERM): {run} is recorded as stopped; "
+        f"continue it with `tunewise train --resume {run}`"
+    ) in err.splitlines()
+    rec = _done(run)
+    assert rec["status"] == "stopped" and not rec.get("stop_kind")
+    assert rec["stop_reason"] == "interrupted (SIGTERM); resume with --resume"
+    assert not list((run / "checkpoints").glob(".staging/*"))  # a save cut short is removed
+
+    result = subprocess.run(
+        _cmd("--resume", str(run)),
+        env=subprocess_env(),
+        timeout=600,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rec = _done(run)
+    assert rec["status"] == "completed" and rec["global_step"] == steps
+    assert rec["resumed_from"]
+
+
+def _fail_saving(monkeypatch, *, where: str, method: str) -> None:
+    """``Trainer.<method>`` writes half a file into the folder whose name ends with ``where``,
+    then raises ENOSPC, as a disk that fills up mid-save does."""
+    from transformers import Trainer
+
+    real = getattr(Trainer, method)
+
+    def full_disk(self, output_dir=None, *args, **kwargs):
+        if output_dir is not None and str(output_dir).endswith(where):
+            Path(output_dir).mkdir(parents=True, exist_ok=True)
+            (Path(output_dir) / "optimizer.pt").write_bytes(b"\0" * (1 << 20))
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, output_dir, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, method, full_disk)
+
+
+def test_a_checkpoint_that_does_not_fit_is_one_line_and_resume_works(
+    tmp_path, tiny_model_dir, monkeypatch
+):
+    from tunewise.config import load_project
+    from tunewise.errors import UserError
+    from tunewise.train.trainer import train
+
+    cfg = load_project(make_project(tmp_path, tiny_model_dir, overfit_sample=0))
+    run = tmp_path / "run"
+    ckpts = run / "checkpoints"
+    _fail_saving(monkeypatch, where="checkpoint-8", method="_save_optimizer_and_scheduler")
+    with pytest.raises(UserError) as err:
+        train(cfg, run_dir=run, progress=False)
+    message = str(err.value)
+    assert message == (
+        f"disk full writing {ckpts / 'checkpoint-8'}; the last complete checkpoint is "
+        f"{ckpts / 'checkpoint-4'}: free some space, then `tunewise train --resume {run}`"
+    )
+    assert not (ckpts / ".staging").exists()  # the half checkpoint no longer fills the disk
+    assert sorted(p.name for p in ckpts.iterdir()) == ["checkpoint-4"]
+    rec = _done(run)
+    assert rec["status"] == "failed" and rec["stop_reason"] == message
+    monkeypatch.undo()
+
+    # What a process killed mid-save leaves behind must not break (or fill the disk for) resume.
+    (ckpts / ".staging" / "checkpoint-8").mkdir(parents=True)
+    (ckpts / ".staging" / "checkpoint-8" / "optimizer.pt").write_bytes(b"\0" * 1024)
+    (run / ".final-tmp").mkdir()
+    rec = train(cfg, run_dir=run, resume=True, progress=False)
+    assert rec["status"] == "completed" and rec["global_step"] == 8
+    assert Path(rec["resumed_from"][0]).name == "checkpoint-4"
+    assert not list(ckpts.glob(".staging/*")) and not (run / ".final-tmp").exists()
+
+
+def test_final_weights_that_do_not_fit_are_one_line_and_resume_works(
+    tmp_path, tiny_model_dir, monkeypatch
+):
+    from tunewise.config import load_project
+    from tunewise.errors import UserError
+    from tunewise.train.trainer import train
+
+    cfg = load_project(make_project(tmp_path, tiny_model_dir, overfit_sample=0))
+    run = tmp_path / "run"
+    _fail_saving(monkeypatch, where=".final-tmp", method="save_model")
+    with pytest.raises(UserError, match=r"^disk full writing ") as err:
+        train(cfg, run_dir=run, progress=False)
+    assert f"the last complete checkpoint is {run / 'checkpoints' / 'checkpoint-8'}" in str(
+        err.value
+    )
+    assert not (run / ".final-tmp").exists() and not (run / "adapter_model.safetensors").exists()
+    assert _done(run)["status"] == "failed"
+    monkeypatch.undo()
+    rec = train(cfg, run_dir=run, resume=True, progress=False)
+    assert rec["status"] == "completed" and (run / "adapter_model.safetensors").is_file()
+
+
+def test_a_full_disk_is_told_apart_from_other_save_errors(tmp_path, monkeypatch):
+    from tunewise.train import checkpoints
+
+    assert checkpoints.is_disk_full(OSError(errno.ENOSPC, "x"), tmp_path)
+    assert checkpoints.is_disk_full(OSError(errno.EDQUOT, "x"), tmp_path)
+    wrapped = RuntimeError("save failed")
+    wrapped.__cause__ = OSError(errno.ENOSPC, "x")
+    assert checkpoints.is_disk_full(wrapped, tmp_path)
+    # safetensors' Rust error, and torch.save's zip writer, which says nothing of the cause
+    rust = Exception("Error while serializing: I/O error: No space left on device (os error 28)")
+    assert checkpoints.is_disk_full(rust, tmp_path)
+    torch_short_write = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos")
+    assert not checkpoints.is_disk_full(torch_short_write, tmp_path)  # plenty of space here
+    monkeypatch.setattr(checkpoints, "free_bytes", lambda path: 4096)
+    assert checkpoints.is_disk_full(torch_short_write, tmp_path)
+    assert not checkpoints.is_disk_full(ValueError("a bug"), tmp_path)
+    assert checkpoints.disk_full_message(tmp_path / "x", tmp_path).startswith(
+        f"disk full writing {tmp_path / 'x'}; the last complete checkpoint is none: "
+    )

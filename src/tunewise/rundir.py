@@ -6,7 +6,8 @@ A run directory is what ``tunewise train`` writes and every later stage reads::
     RUN/adapter_config.json           LoRA/QLoRA: the PEFT adapter ...
     RUN/adapter_model.safetensors     ... and its weights
     RUN/model/config.json             full fine-tune: a complete HF checkpoint
-    RUN/checkpoint-*/                 Trainer checkpoints (resume)
+    RUN/checkpoints/checkpoint-*/     Trainer checkpoints (resume)
+    RUN/.lock                         held by the one process writing the run (:meth:`writer_lock`)
 
 Everything that asks "is this LoRA or full?", "which base model?", "where are the weights?" or
 "what did the record say?" asks a :class:`RunDir`, so the format has one reader and one writer.
@@ -14,8 +15,13 @@ Everything that asks "is this LoRA or full?", "which base model?", "where are th
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shlex
 import socket
+import sys
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -23,7 +29,7 @@ from typing import Any, Literal
 import psutil
 
 from tunewise.errors import UserError
-from tunewise.fsio import atomic_write_json
+from tunewise.fsio import FolderLock, LockBusy, atomic_write_json
 
 RUN_FILE = "run.json"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -159,6 +165,63 @@ class RunDir:
     def resume_command(self) -> str:
         """The command that continues this run from its last checkpoint."""
         return f"tunewise train --resume {self.path}"
+
+    def writer_lock(self) -> contextlib.AbstractContextManager[None]:
+        """Held by the one process that writes this run, for the whole training (see
+        :func:`one_writer`); a second writer (a new run or a ``--resume`` into the same folder)
+        is refused in one line naming the holder."""
+        return one_writer(
+            self.path,
+            lambda holder: (
+                f"{self.path}: another process is writing this run ({holder}); "
+                "wait for it to end, or use another --run-dir"
+            ),
+        )
+
+
+@contextlib.contextmanager
+def one_writer(folder: Path, refusal: Callable[[str], str]) -> Iterator[None]:
+    """Hold ``folder``'s OS lock (:class:`tunewise.fsio.FolderLock`) for the block.
+
+    Two trainings in one run directory would each overwrite the other's checkpoints and record,
+    and both exit 0: one result silently lost. When another process holds the lock this raises a
+    UserError, ``refusal(description of the holder)``. The kernel drops the lock when its holder
+    dies, ``kill -9`` included, so nothing stale is ever left to remove.
+    """
+    lock = FolderLock(folder, writer_identity())
+    try:
+        lock.acquire()
+    except LockBusy as busy:
+        raise UserError(refusal(describe_holder(busy.holder))) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def writer_identity() -> dict[str, Any]:
+    """What a lock holder writes into its lock file: :func:`process_identity` and its command."""
+    argv = list(sys.argv)
+    if argv and Path(argv[0]).name in ("__main__.py", "tunewise"):
+        argv[0] = "tunewise"  # `python -m tunewise` runs tunewise/__main__.py
+    return process_identity() | {"command": shlex.join(argv)}
+
+
+def describe_holder(holder: dict[str, Any] | None) -> str:
+    """``pid 4242 on host gpu1, started 2026-12-01 10:00:00: tunewise train ...``."""
+    if not holder:
+        return "a process that is still starting"
+    started = holder.get("started")
+    when = (
+        time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started))
+        if isinstance(started, (int, float))
+        else "?"
+    )
+    # one line, and no terminal escapes from whatever the holder's arguments held
+    command = "".join(c if c.isprintable() else "?" for c in str(holder.get("command") or "?"))
+    return (
+        f"pid {holder.get('pid', '?')} on host {holder.get('host', '?')}, started {when}: {command}"
+    )
 
 
 def process_identity() -> dict[str, Any]:

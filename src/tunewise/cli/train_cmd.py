@@ -11,7 +11,9 @@ from rich.table import Table
 
 from tunewise.config import load_project
 from tunewise.errors import UserError
+from tunewise.ladder.interrupt import sigterm_as_interrupt
 from tunewise.progress import make_console
+from tunewise.rundir import RunDir
 
 
 def train(
@@ -59,15 +61,13 @@ def train(
             )
         cfg, rec = load_run_config(resume)
         data = rec.get("data", {})
-        result = run_training(
-            cfg,
-            run_dir=resume,
-            method=rec.get("method"),
-            train_path=Path(data["train"]) if data.get("train") else None,
-            val_path=Path(data["val"]) if data.get("val") else None,
-            resume=True,
-            progress=not no_progress,
-        )
+        target = resume
+        args = {
+            "method": rec.get("method"),
+            "train_path": Path(data["train"]) if data.get("train") else None,
+            "val_path": Path(data["val"]) if data.get("val") else None,
+            "resume": True,
+        }
     else:
         if project is None:
             raise UserError("give a project.yaml, or --resume RUN")
@@ -75,15 +75,34 @@ def train(
             overrides = [*overrides, f"train.train_on={train_on}"]
         cfg = load_project(project, overrides)
         chosen = method or cfg.train.method
-        result = run_training(
-            cfg,
-            run_dir=run_dir or default_run_dir(cfg, chosen),
-            method=chosen,
-            train_path=train_file,
-            val_path=val_file,
-            progress=not no_progress,
-        )
+        target = run_dir or default_run_dir(cfg, chosen)
+        args = {"method": chosen, "train_path": train_file, "val_path": val_file}
+    # SIGTERM (a batch scheduler, `timeout`, `kill`) stops the run as Ctrl-C does: run.json
+    # records it as stopped, and the run resumes from its last checkpoint.
+    with sigterm_as_interrupt():
+        try:
+            result = run_training(cfg, run_dir=target, progress=not no_progress, **args)
+        except KeyboardInterrupt as exc:
+            _say_how_to_resume(target, getattr(exc, "signal_name", "Ctrl-C"))
+            raise
     _render(result)
+
+
+def _say_how_to_resume(run_dir: Path, how: str) -> None:
+    """One line after Ctrl-C or SIGTERM: what run.json now says, and the command that resumes."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    run = RunDir(run_dir)
+    try:
+        rec = run.read()
+    except UserError:
+        rec = None
+    if rec is None:
+        line = f"stopped ({how}) before {run_dir} was written; nothing to resume"
+    else:
+        said = " is recorded as stopped" if rec.get("status") == "stopped" else ""
+        line = f"stopped ({how}): {run_dir}{said}; continue it with `{run.resume_command()}`"
+    make_console(stderr=True).print(line, soft_wrap=True, markup=False, highlight=False)
 
 
 def _render(rec: dict) -> None:

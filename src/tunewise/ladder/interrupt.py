@@ -5,7 +5,7 @@ stopped with SIGTERM, not SIGINT: Python's default for SIGTERM kills the process
 no ``except KeyboardInterrupt`` runs. The ladder and the trainer already know how to stop cleanly
 on Ctrl-C (record the interrupted training run, keep the finished stages, say how to resume).
 :func:`sigterm_as_interrupt` makes SIGTERM take the same path by raising :class:`Terminated`, a
-``KeyboardInterrupt``, in the main thread.
+``KeyboardInterrupt``, in the main thread; ``tunewise run`` and ``tunewise train`` run inside it.
 """
 
 from __future__ import annotations
@@ -22,6 +22,10 @@ SIGTERM_EXIT_CODE = 128 + signal.SIGTERM
 
 class Terminated(KeyboardInterrupt):
     """Raised in the main thread when the process receives SIGTERM."""
+
+    # What the trainer records as the cause (tunewise.train cannot import this module: it sits
+    # below the ladder, so it reads the name from the exception, "Ctrl-C" when there is none).
+    signal_name = "SIGTERM"
 
 
 def _raise_terminated(signum: int, frame: FrameType | None) -> None:

@@ -69,7 +69,7 @@ from tunewise.ladder import (
 )
 from tunewise.ladder.stages import Ladder, LadderResult, Outputs, Stage
 from tunewise.registry.store import Registry
-from tunewise.rundir import RunDir
+from tunewise.rundir import RunDir, one_writer
 from tunewise.train import record as train_record  # a module: tests replace last_checkpoint
 from tunewise.train.methods import METHODS
 
@@ -142,7 +142,36 @@ def run_ladder(
     ``seeds`` > 1 trains each method with that many seeds and gates them as a group
     (:mod:`tunewise.decide.seeds`). ``dry_run`` prints the stages and their estimated cost
     (:mod:`tunewise.ladder.dryrun`) and runs and writes nothing.
+
+    A ladder holds the project's work folder lock (:func:`tunewise.rundir.one_writer`) from its
+    first read of ladder.json to its last write: two ladders on one project would train into
+    the same run directories and overwrite each other's stages; the second is refused.
     """
+    if dry_run:
+        return _ladder(cfg, methods, final, learning_curve, console, quiet, seeds, dry_run=True)
+    work = cfg.work_dir
+    with one_writer(
+        work,
+        lambda holder: (
+            f"{work}: another `tunewise run` is working on this project ({holder}); "
+            "wait for it to end"
+        ),
+    ):
+        return _ladder(cfg, methods, final, learning_curve, console, quiet, seeds, dry_run=False)
+
+
+def _ladder(
+    cfg: ProjectConfig,
+    methods: list[str] | None,
+    final: bool,
+    learning_curve: bool,
+    console: Console | None,
+    quiet: bool,
+    seeds: int,
+    *,
+    dry_run: bool,
+) -> LadderResult:
+    """:func:`run_ladder`'s work, the lock aside."""
     methods = _checked_methods(methods or [cfg.train.method], seeds)
     train_hash = _file_hash(cfg.data.train)
     if train_hash is None:

@@ -34,6 +34,12 @@ from tunewise.errors import UserError
 from tunewise.fsio import replace_dir, sha256_file
 from tunewise.rundir import RunDir, process_identity
 from tunewise.runtime import device
+from tunewise.train.checkpoints import (
+    FINAL_STAGING,
+    clear_leftovers,
+    fsync_dir,
+    removed_on_failure,
+)
 from tunewise.train.phases import Prepared, RunStart
 
 T = TypeVar("T")
@@ -177,6 +183,9 @@ def claim_run_dir(
         raise UserError(
             f"{run.path}: the training data changed since this run started; start a new run"
         )
+    # Holding the run's lock, nobody else is writing here: what a killed process was staging
+    # is garbage, and on a nearly full disk it would make the resumed run's first save fail.
+    clear_leftovers(run.path)
     resume_from = last_checkpoint(run.path)
     if resume_from is None and console is not None:
         console.print(f"[yellow]warning:[/] {run.path}: no checkpoint yet, restarting from step 0")
@@ -329,11 +338,23 @@ class RunRecorder:
         """The shared-prefix counters: the same dict, so run.json follows them as they grow."""
         self.record["shared_prefix"] = stats
 
-    def interrupted(self) -> None:
-        """Ctrl-C: recorded at once, since the exception ends the process."""
+    def interrupted(self, how: str = "Ctrl-C") -> None:
+        """Ctrl-C or SIGTERM (``how``): recorded at once, since the exception ends the process."""
         self.record["status"] = "stopped"
-        self.record["stop_reason"] = "interrupted (Ctrl-C); resume with --resume"
+        self.record["stop_reason"] = f"interrupted ({how}); resume with --resume"
         self.write()
+
+    def failed(self, reason: str) -> None:
+        """A write that did not fit on the disk ended the run; ``--resume`` continues it.
+
+        Recorded at once, like an interrupt. run.json is small and the half-written files are
+        removed by then, so this write usually fits; when it does not, the error being raised
+        matters more (and run.json's ``running`` reads as interrupted once the process is gone).
+        """
+        self.record.pop("stop_kind", None)  # a rule's stop not saved is no end: resume may redo it
+        self.record.update(status="failed", stop_reason=reason)
+        with contextlib.suppress(OSError):
+            self.write()
 
     def stopped(self, kind: str, reason: str) -> None:
         """A stop rule (early stopping, overfitting) ended the run."""
@@ -389,32 +410,21 @@ def data_hashes(train_path: Path, val_path: Path | None) -> dict[str, str | None
 # --- the final files -----------------------------------------------------------------------------
 
 
-def fsync_dir(path: str) -> None:
-    """fsync a directory, so that the renames into it survive a crash (best effort)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def save_final(trainer: Any, prep: Prepared) -> list[str]:
     """Write the adapter (RUN/) or the full model (RUN/model/) atomically; returns file names."""
     run_dir = prep.run_dir
-    tmp = run_dir / ".final-tmp"
+    tmp = run_dir / FINAL_STAGING
     if trainer.is_world_process_zero():
         shutil.rmtree(tmp, ignore_errors=True)
     trainer.accelerator.wait_for_everyone()
-    trainer.save_model(str(tmp))  # collective under FSDP/DeepSpeed: every process calls it
-    trainer.accelerator.wait_for_everyone()
+    main = trainer.is_world_process_zero()
+    with removed_on_failure(tmp, run_dir, run_dir, main):
+        trainer.save_model(str(tmp))  # collective under FSDP/DeepSpeed: every process calls it
+        trainer.accelerator.wait_for_everyone()
+        if main:
+            prep.tokenizer.save_pretrained(tmp)
     written: list[str] = []
-    if trainer.is_world_process_zero():
-        prep.tokenizer.save_pretrained(tmp)
+    if main:
         # training_args.bin is a pickle; the run's settings already live in run.json.
         (tmp / "training_args.bin").unlink(missing_ok=True)
         if prep.method == "full":

@@ -7,9 +7,10 @@ code path. ``accelerate launch -m tunewise train ...`` scales the same code to s
 Shape (after litgpt): :func:`train` runs one function per phase, in order.
 
 * start: :func:`~tunewise.train.record.join_process_group` (under a launcher the process group
-  exists from here on), then :func:`~tunewise.train.record.claim_run_dir` on the main process
-  only, which checks the run directory and finds the checkpoint to resume; the other processes
-  wait for its answer (:func:`~tunewise.train.record.main_decides`) and never read run.json.
+  exists from here on), then, on the main process only, the run directory's lock (held until the
+  end: one writer per run) and :func:`~tunewise.train.record.claim_run_dir`, which checks the run
+  directory and finds the checkpoint to resume; the other processes wait for its answer
+  (:func:`~tunewise.train.record.main_decides`) and never read run.json.
 * :func:`setup`: load the tokenizer and encode the data -> :class:`~tunewise.train.phases.Prepared`
   (the records the phases hand each other live in :mod:`tunewise.train.phases`).
 * :func:`build`: the model, the callbacks and the Trainer; the first run.json -> :class:`Built`.
@@ -23,13 +24,14 @@ Layout of ``RUN/`` (read back through :class:`tunewise.rundir.RunDir`):
   root (``PeftModel.from_pretrained(base, RUN)`` works); full: ``model/``;
 * ``run.json``: status, method, resolved config, base model + weight hash, data hashes, library
   versions, metrics per evaluation, wall time, tokens/s, stop reason;
-* ``logs.jsonl``, ``tb/`` (TensorBoard), ``checkpoints/checkpoint-N/`` (written atomically).
+* ``logs.jsonl``, ``tb/`` (TensorBoard), ``checkpoints/checkpoint-N/`` (written atomically,
+  :mod:`tunewise.train.checkpoints`), ``.lock`` (:meth:`tunewise.rundir.RunDir.writer_lock`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,18 +43,17 @@ from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 from rich.console import Console
 from transformers import TrainerState, TrainingArguments, set_seed
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
-from transformers.trainer_utils import sort_checkpoints
 
 from tunewise import tracking
 from tunewise.baselines.context import CONTEXT_FILE, ContextBuilder, training_examples
 from tunewise.config import ProjectConfig
 from tunewise.data.schema import Example, expand_references, load_examples
 from tunewise.errors import UserError
-from tunewise.fsio import replace_dir
 from tunewise.progress import make_console
 from tunewise.rundir import RunDir
 from tunewise.runtime import device, models
 from tunewise.train.callbacks import ValidationMonitor, run_callbacks, validation_monitor
+from tunewise.train.checkpoints import DiskFull, save_atomically
 from tunewise.train.collate import (
     ChatCollator,
     EncodedDataset,
@@ -70,15 +71,12 @@ from tunewise.train.record import (
     RunRecorder,
     claim_run_dir,
     finished_record,
-    fsync_dir,
     is_main_process,
     join_process_group,
     main_decides,
     save_final,
     sharding_warning,
 )
-
-CHECKPOINTS_KEPT = 2  # the newest checkpoints kept on disk; resume needs only the last
 
 
 def _console() -> Console:
@@ -351,27 +349,17 @@ def _make_trainer_class() -> type:
             return self._tw_staging or super()._get_output_dir(trial)
 
         def _save_checkpoint(self, model: Any, trial: Any) -> None:
-            # The Trainer writes checkpoint-N in place; a kill mid-write would leave a folder that
-            # get_last_checkpoint picks and resume then fails on. Write into a staging folder and
-            # rename it into place once every process has finished writing.
-            final_root = self.args.output_dir
-            staging = os.path.join(final_root, ".staging")
-            name = f"checkpoint-{self.state.global_step}"
-            if self.args.should_save:
-                shutil.rmtree(os.path.join(staging, name), ignore_errors=True)
-            self.accelerator.wait_for_everyone()
-            self._tw_staging = staging
-            try:
-                super()._save_checkpoint(model, trial)
-            finally:
-                self._tw_staging = None
-            self.accelerator.wait_for_everyone()
-            if self.args.should_save:
-                replace_dir(os.path.join(staging, name), os.path.join(final_root, name))
-                fsync_dir(final_root)
-                for old in sort_checkpoints(final_root)[:-CHECKPOINTS_KEPT]:
-                    shutil.rmtree(old, ignore_errors=True)
-            self.accelerator.wait_for_everyone()
+            # Into a staging folder, renamed into place when complete (tunewise.train.checkpoints)
+            parent = super()._save_checkpoint
+
+            def write(staging: str) -> None:
+                self._tw_staging = staging
+                try:
+                    parent(model, trial)
+                finally:
+                    self._tw_staging = None
+
+            save_atomically(self, write)
 
     return TunewiseTrainer
 
@@ -534,7 +522,11 @@ class Fitted:
 
 
 def fit(built: Built) -> Fitted:
-    """Run the Trainer (from the checkpoint when resuming); Ctrl-C is recorded, then re-raised."""
+    """Run the Trainer (from the checkpoint when resuming).
+
+    Ctrl-C and SIGTERM (a :class:`KeyboardInterrupt`, see :mod:`tunewise.ladder.interrupt`) are
+    recorded as stopped, a checkpoint that did not fit on the disk as failed; then re-raised.
+    """
     resume_from = built.prep.resume_from
     t0 = time.time()
     tokens0 = 0
@@ -545,12 +537,24 @@ def fit(built: Built) -> Fitted:
         result = built.trainer.train(
             resume_from_checkpoint=str(resume_from) if resume_from else None
         )
-    except KeyboardInterrupt:
-        built.recorder.interrupted()
-        if built.tracker is not None:
-            built.tracker.finish(built.prep.run_dir, built.recorder.record, status="KILLED")
+    except KeyboardInterrupt as exc:
+        # The ladder's SIGTERM handler raises a KeyboardInterrupt that names its signal.
+        built.recorder.interrupted(getattr(exc, "signal_name", "Ctrl-C"))
+        _end_tracking(built, "KILLED")
+        raise
+    except DiskFull as exc:
+        built.recorder.failed(str(exc))
+        _end_tracking(built, "FAILED")
         raise
     return Fitted(result, time.time() - t0, tokens0)
+
+
+def _end_tracking(built: Built, status: str) -> None:
+    """Close the MLflow run of a run that did not finish; the error being raised matters more
+    than a failed upload (the disk may be the one that is full)."""
+    if built.tracker is not None:
+        with contextlib.suppress(OSError):
+            built.tracker.finish(built.prep.run_dir, built.recorder.record, status=status)
 
 
 # --- finish ---------------------------------------------------------------------------------------
@@ -588,6 +592,12 @@ def finish(built: Built, fitted: Fitted, console: Console) -> dict[str, Any]:
     _record_stop(built, console)
     trainer = built.trainer
     tokens = int(trainer.state.num_input_tokens_seen or 0)
+    try:
+        files = save_final(trainer, built.prep)
+    except DiskFull as exc:
+        built.recorder.failed(str(exc))
+        _end_tracking(built, "FAILED")
+        raise
     record = built.recorder.finished(
         global_step=trainer.state.global_step,
         world_size=trainer.args.world_size,
@@ -596,7 +606,7 @@ def finish(built: Built, fitted: Fitted, console: Console) -> dict[str, Any]:
         tokens_seen=tokens,
         tokens_this_session=tokens - fitted.tokens_before,
         seconds=fitted.seconds,
-        files=save_final(trainer, built.prep),
+        files=files,
     )
     if built.tracker is not None:
         built.tracker.finish(built.prep.run_dir, record)
@@ -620,24 +630,34 @@ def train(
     resume: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Train ``cfg``'s model on its splits (or the given files); returns run.json's content."""
+    """Train ``cfg``'s model on its splits (or the given files); returns run.json's content.
+
+    The main process holds the run directory's lock (:meth:`RunDir.writer_lock`) from before it
+    looks at the directory until run.json's last write: a second training into the same folder
+    is refused, not interleaved.
+    """
     console = _console()
     cfg = with_method(cfg, method)
     join_process_group(cfg)
     run = RunDir(run_dir)
-    if resume:
-        done = main_decides(lambda: finished_record(run))
-        if done is not None:
+    with contextlib.ExitStack() as held:
+
+        def decide() -> RunStart | dict[str, Any]:
+            held.enter_context(run.writer_lock())
+            done = finished_record(run) if resume else None
+            if done is not None:
+                return done
+            return claim_run_dir(
+                cfg, run, train_path=train_path, val_path=val_path, resume=resume, console=console
+            )
+
+        start = main_decides(decide)
+        if isinstance(start, dict):
             if is_main_process():
                 console.print(
-                    f"nothing to resume: {run.path} already {done['status']} "
-                    f"({done.get('stop_reason')})"
+                    f"nothing to resume: {run.path} already {start['status']} "
+                    f"({start.get('stop_reason')})"
                 )
-            return done
-    start = main_decides(
-        lambda: claim_run_dir(
-            cfg, run, train_path=train_path, val_path=val_path, resume=resume, console=console
-        )
-    )
-    built = build(setup(cfg, start), console, progress=progress)
-    return finish(built, fit(built), console)
+            return start
+        built = build(setup(cfg, start), console, progress=progress)
+        return finish(built, fit(built), console)
