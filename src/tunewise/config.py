@@ -49,9 +49,47 @@ DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 DEVICE_HELP = "auto | cpu | cuda | cuda:N | mps"
 
 
+# The largest magnitude any number in project.yaml may have. No count, rate or price here comes
+# near it; past it a value is a typo (1e400 reads as inf) that would fail far from the file, after
+# the model loads (an OverflowError in the step count), or quietly (a learning rate of inf).
+MAX_MAGNITUDE = 10**12
+
+
+def _too_large(value: Any) -> float | int | None:
+    """The first number in ``value`` (a number, list or mapping of them) past MAX_MAGNITUDE."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return value if abs(value) > MAX_MAGNITUDE else None
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, (list, tuple)):
+        return next((big for v in value if (big := _too_large(v)) is not None), None)
+    return None
+
+
 class _Section(BaseModel):
-    # Unknown keys are typos, and a typo in a training config silently costs a day.
-    model_config = ConfigDict(extra="forbid")
+    # Unknown keys are typos, and a typo in a training config silently costs a day. NaN and inf
+    # are never meant: refused for every float field (allow_inf_nan), huge numbers just below.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _not_huge(cls, v: Any) -> Any:
+        big = _too_large(v)
+        if big is not None:
+            # An int may be too large for a float, or for str() (4300 digits): say its size.
+            shown = (
+                f"{big:.3g}"
+                if isinstance(big, float)
+                else f"about {'-' if big < 0 else ''}10^{abs(big).bit_length() * 0.30103:.0f}"
+            )
+            raise PydanticCustomError(
+                "number_too_large",
+                "{shown} is too large: numbers here are at most 1e12 in size",
+                {"shown": shown},
+            )
+        return v
 
 
 class TaskConfig(_Section):
@@ -833,13 +871,19 @@ def load_project(path: str | Path, overrides: list[str] | None = None) -> Projec
     if path.is_dir():
         path = path / "project.yaml"
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
         raise UserError(f"{path}: file not found") from None
     except yaml.YAMLError as exc:
         line = getattr(getattr(exc, "problem_mark", None), "line", None)
         where = f"{path}:{line + 1}" if line is not None else str(path)
         raise UserError(f"{where}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+    except (RecursionError, ValueError) as exc:  # nested past Python's stack; a 5000-digit int
+        raise UserError(f"{path}: invalid YAML: {_unreadable(exc)}") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read: {exc.strerror or exc}") from None
     if not isinstance(raw, dict):
         raise UserError(f"{path}: expected a mapping at the top level")
     for item in overrides or []:
@@ -862,7 +906,18 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise UserError(f"--set {item!r}: {part} is not a section")
-    node[parts[-1]] = yaml.safe_load(value)
+    try:
+        node[parts[-1]] = yaml.safe_load(value)
+    except (yaml.YAMLError, RecursionError, ValueError) as exc:
+        raise UserError(f"--set {key}: invalid YAML value: {_unreadable(exc)}") from None
+
+
+def _unreadable(exc: BaseException) -> str:
+    """What stopped the YAML reader, in a few words (one line)."""
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    text = str(getattr(exc, "problem", None) or exc)
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def dump_project(cfg: ProjectConfig) -> dict[str, Any]:

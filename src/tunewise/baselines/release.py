@@ -20,7 +20,6 @@ The evaluator, the champion check and the server all answer through :class:`Rung
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +32,13 @@ from tunewise.candidates import NO_LLM
 from tunewise.config import ProjectConfig, dump_project
 from tunewise.data.schema import Example
 from tunewise.errors import UserError
-from tunewise.fsio import atomic_write_json, replace_dir, sha256_json, staging_dir
+from tunewise.fsio import (
+    atomic_write_json,
+    read_json_object,
+    replace_dir,
+    sha256_json,
+    staging_dir,
+)
 from tunewise.rungs import RUNGS
 
 RELEASE_FILE: Final = "release.json"
@@ -120,12 +125,7 @@ def write_release(
 def read_meta(folder: Path) -> dict[str, Any]:
     """``release.json``, checked: one line naming the file and field when it is not usable."""
     path = Path(folder) / RELEASE_FILE
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise UserError(f"{path}: unreadable release file: {exc}") from None
-    if not isinstance(raw, dict):
-        raise UserError(f"{path}: expected a JSON object")
+    raw = read_json_object(path, "release file")
     if raw.get("format") != FORMAT:
         raise UserError(f"{path}: format: {raw.get('format')!r}, expected {FORMAT}")
     if raw.get("kind") not in RELEASE_KINDS:

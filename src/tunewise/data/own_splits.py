@@ -287,7 +287,7 @@ def split_with_files(
     if not any(carve.values()):
         copies["train"] = train  # nothing carved: train is used as it is too
     try:
-        with staging_dir(out_dir) as stage:
+        with staging_dir(out_dir, reap=True) as stage:
             manifest = _write(stage, parts, copies, info)
             swap_in(stage, out_dir, seal_as=(project or train.stem) if parts["test"] else None)
     except OSError as exc:

@@ -218,7 +218,7 @@ def split_file(
     }
     info["params"] = {"val": val, "test": test, "seed": seed}
     try:
-        with staging_dir(out_dir) as stage:
+        with staging_dir(out_dir, reap=True) as stage:
             manifest = _write_split(stage, parts, info)
             swap_in(stage, out_dir, seal_as=(project or path.stem) if parts["test"] else None)
     except OSError as exc:

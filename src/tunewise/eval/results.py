@@ -42,6 +42,8 @@ def _load(path: str | Path, parse: Callable[[Any], _T], what: str, missing: str)
         return parse(json.loads(path.read_text(encoding="utf-8")))
     except FileNotFoundError:
         raise UserError(f"{path}: not found ({missing})") from None
+    except RecursionError:  # JSON nested past Python's stack
+        raise UserError(f"{path}: not a valid {what} file: nested too deeply") from None
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise UserError(f"{path}: not a valid {what} file: {exc}") from None
 
@@ -85,6 +87,58 @@ def _clean(obj: Any) -> Any:
 
 def _num(x: Any) -> float:
     return math.nan if x is None else float(x)
+
+
+_JSON_NAMES = {int: "number", float: "number", str: "string", dict: "JSON object", list: "list"}
+
+
+def _typed(value: Any, kind: type | tuple[type, ...], where: str) -> Any:
+    """``value`` when it is a ``kind``; else a ValueError naming ``where`` (``_load`` makes it
+    one line naming the file). A number written as a string passes ``float()`` in one stage and
+    fails as a string in the next: it is refused where the file is read."""
+    if not isinstance(value, kind) or (isinstance(value, bool) and bool not in _types(kind)):
+        names = " or ".join(dict.fromkeys(_JSON_NAMES.get(t, t.__name__) for t in _types(kind)))
+        raise ValueError(f"{where}: expected a {names}, got {json.dumps(value, default=repr)[:60]}")
+    return value
+
+
+def _types(kind: type | tuple[type, ...]) -> tuple[type, ...]:
+    return kind if isinstance(kind, tuple) else (kind,)
+
+
+def _score(value: Any, where: str) -> float | None:
+    """A per-item score: a number (NaN is JSON's NaN), or null where the metric is undefined."""
+    if value is None:
+        return None
+    return float(_typed(value, (int, float), where))
+
+
+def _item(raw: Any, where: str) -> ItemResult:
+    raw = _typed(raw, dict, where)
+    scores = _typed(raw.get("scores"), dict, f"{where}.scores")
+    for key in ("gold", "predicted"):
+        if raw.get(key) is not None:
+            _typed(raw[key], str, f"{where}.{key}")
+    return ItemResult(
+        **{
+            **raw,
+            "item_id": _typed(raw.get("item_id"), str, f"{where}.item_id"),
+            "output": _typed(raw.get("output"), str, f"{where}.output"),
+            "scores": {m: _score(v, f"{where}.scores.{m}") for m, v in scores.items()},
+            "meta": _typed(raw.get("meta", {}), dict, f"{where}.meta"),
+        }
+    )
+
+
+def _candidate(raw: Any, where: str) -> CandidateResult:
+    raw = _typed(raw, dict, where)
+    items = _typed(raw.get("items"), list, f"{where}.items")
+    return CandidateResult(
+        name=_typed(raw.get("name"), str, f"{where}.name"),
+        kind=_typed(raw.get("kind"), str, f"{where}.kind"),
+        meta=_typed(raw.get("meta", {}), dict, f"{where}.meta"),
+        items=[_item(it, f"{where}.items[{j}]") for j, it in enumerate(items)],
+    )
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -172,16 +226,15 @@ class EvalRun(_JsonFile):
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> EvalRun:
-        raw = dict(raw)
-        cands = [
-            CandidateResult(
-                name=c["name"],
-                kind=c["kind"],
-                meta=c.get("meta", {}),
-                items=[ItemResult(**i) for i in c["items"]],
-            )
-            for c in raw.pop("candidates")
-        ]
+        raw = dict(_typed(raw, dict, "top level"))
+        found = _typed(raw.pop("candidates", None), list, "candidates")
+        cands = [_candidate(c, f"candidates[{i}]") for i, c in enumerate(found)]
+        for key in ("project", "split", "split_hash", "primary_metric"):
+            _typed(raw.get(key), str, key)
+        ids = _typed(raw.get("item_ids"), list, "item_ids")
+        for i, item_id in enumerate(ids):
+            _typed(item_id, str, f"item_ids[{i}]")
+        _typed(raw.get("meta", {}), dict, "meta")
         return cls(candidates=cands, **raw)
 
 

@@ -15,10 +15,12 @@ Methods named ``*_locked`` run with the lock already held and are only called fr
 
 from __future__ import annotations
 
+import json
+import math
 import threading
 import warnings
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from safetensors import SafetensorError, safe_open
 
 from tunewise.errors import UserError
-from tunewise.fsio import sha256_file
+from tunewise.fsio import read_json_object, sha256_file
 from tunewise.rundir import ADAPTER_CONFIG, ADAPTER_WEIGHTS, RunDir
 
 if TYPE_CHECKING:
@@ -36,6 +38,10 @@ if TYPE_CHECKING:
 
 class CorruptedAdapterError(UserError):
     """An adapter whose weights file is not a readable safetensors file (the server says 503)."""
+
+
+class BaseMismatchError(UserError):
+    """An adapter trained on another base model (the server says 409, like a registry version's)."""
 
 
 @dataclass(frozen=True)
@@ -129,6 +135,7 @@ class AdapterPool:
             raise UserError(f"{path}: not a LoRA adapter directory (no {ADAPTER_CONFIG})")
         if not run.adapter_weights.is_file():
             raise UserError(f"{path}: no {ADAPTER_WEIGHTS} (only safetensors adapters are loaded)")
+        config = _check_adapter_config(run.adapter_config)
         _check_safetensors(run.adapter_weights)
         expected = base_hash or run.base_hash()
         if expected is None:
@@ -137,11 +144,14 @@ class AdapterPool:
                 stacklevel=4,  # the caller of Engine.load_adapter
             )
         elif expected != self.base_ref.weight_hash:
-            raise UserError(
+            raise BaseMismatchError(
                 f"adapter '{name}' ({path}) was trained on base {expected[:12]}, but the loaded "
                 f"base '{self.base_ref.name}' is {self.base_ref.weight_hash[:12]}: "
                 "refusing to mix them"
             )
+        modules = {n for n, _ in self._base.named_modules()}
+        rank = _check_tensors(run.adapter_weights, modules, self.base_ref.name)
+        _check_ranks(run.adapter_config, config, rank)
 
     # ------------------------------------------------------------------ use
     @contextmanager
@@ -286,3 +296,142 @@ def _check_safetensors(weights: Path) -> None:
             f.keys()
     except (SafetensorError, OSError) as exc:
         raise CorruptedAdapterError(f"{weights}: not a readable safetensors file ({exc})") from None
+
+
+# ---------------------------------------------------------------------------- adapter files
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_names(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+def _optional(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda v: v is None or check(v)
+
+
+# The adapter_config.json fields PEFT acts on, each with the test its value must pass and what
+# that is in words. PEFT checks none of their types: a string rank or a number for the module
+# list is a TypeError deep inside layer construction.
+_CONFIG_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "peft_type": (lambda v: v == "LORA", '"LORA" (only LoRA adapters are served)'),
+    "r": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
+    "lora_alpha": (_is_number, "a finite number"),
+    "lora_dropout": (lambda v: _is_number(v) and 0 <= v <= 1, "a number from 0 to 1"),
+    "target_modules": (_optional(lambda v: isinstance(v, str) or _is_names(v)), "module names"),
+    "exclude_modules": (_optional(lambda v: isinstance(v, str) or _is_names(v)), "module names"),
+    "modules_to_save": (_optional(_is_names), "a list of module names"),
+    "layers_to_transform": (
+        _optional(lambda v: _is_int(v) or (isinstance(v, list) and all(map(_is_int, v)))),
+        "a layer index or a list of them",
+    ),
+    "layers_pattern": (_optional(lambda v: isinstance(v, str) or _is_names(v)), "module names"),
+    "rank_pattern": (
+        lambda v: isinstance(v, dict) and all(_is_int(r) and r >= 1 for r in v.values()),
+        "a mapping of module names to positive integers",
+    ),
+    "alpha_pattern": (
+        lambda v: isinstance(v, dict) and all(map(_is_number, v.values())),
+        "a mapping of module names to numbers",
+    ),
+    "bias": (lambda v: v in ("none", "all", "lora_only"), '"none", "all" or "lora_only"'),
+    # PiSSA, OLoRA, LoftQ, CorDA, ... initialise by rewriting the base layer's weights, even when
+    # the adapter's own weights are loaded over them next: on the one shared base, that would
+    # change every other adapter's answers and the base model's.
+    "init_lora_weights": (
+        lambda v: isinstance(v, bool) or v == "gaussian",
+        'true, false or "gaussian" (other methods rewrite the shared base weights)',
+    ),
+    **{
+        flag: (lambda v: isinstance(v, bool), "true or false")
+        for flag in ("fan_in_fan_out", "use_rslora", "use_dora", "lora_bias", "inference_mode")
+    },
+    # Megatron layers are imported by the module name the file gives: never from a client's file.
+    "megatron_config": (lambda v: v is None, "null (Megatron adapters are not served)"),
+}
+
+
+def _check_adapter_config(path: Path) -> dict[str, Any]:
+    """The ``adapter_config.json``, refused (UserError naming the field) where PEFT would choke."""
+    raw = read_json_object(path, "adapter config")
+    if "peft_type" not in raw:
+        raise UserError(f"{path}: peft_type: missing (a PEFT adapter config names its type)")
+    for key, (check, want) in _CONFIG_FIELDS.items():
+        if key in raw and not check(raw[key]):
+            shown = json.dumps(raw[key])
+            shown = shown if len(shown) <= 60 else shown[:57] + "..."
+            raise UserError(f"{path}: {key}: expected {want}, got {shown}")
+    return raw
+
+
+def _module_of(key: str) -> str:
+    """The base-model module a PEFT tensor name belongs to.
+
+    ``base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight`` -> ``model.layers.0.
+    self_attn.q_proj``: PEFT's prefix off, and everything from the adapter's own part on.
+    """
+    parts = key.removeprefix("base_model.model.").split(".")
+    for i, part in enumerate(parts):
+        if part.startswith("lora_") or part in ("modules_to_save", "trainable_tokens_delta"):
+            return ".".join(parts[:i])
+    return ".".join(parts[:-1])  # a whole saved weight (an embedding or head kept with it)
+
+
+def _check_tensors(weights: Path, modules: set[str], base_name: str) -> int | None:
+    """Refuse weights that PEFT loads without a word but that cannot answer as trained; returns
+    the largest LoRA rank in them (None without LoRA matrices).
+
+    PEFT loads a file whose tensors name no module of the base (they are silently left out, so
+    the adapter answers like the base) and one holding NaN or inf (the model then answers
+    nothing). Each tensor is read once; adapters are small beside their base.
+    """
+    import torch  # lazy: the pool's importers do not all need torch
+
+    first = None
+    matched = False
+    rank = None
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            names = f.keys()  # a safe_open handle is not iterable
+            for key in names:
+                first = first or key
+                tensor = f.get_tensor(key)
+                if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                    raise UserError(
+                        f"{weights}: tensor {key!r} holds non-finite values (NaN or inf); "
+                        "refusing an adapter that cannot answer"
+                    )
+                matched = matched or _module_of(key) in modules
+                if ".lora_A." in key or ".lora_embedding_A." in key:  # (r, in_features)
+                    rank = max(rank or 0, int(tensor.shape[0]))
+    except (SafetensorError, OSError) as exc:
+        raise CorruptedAdapterError(f"{weights}: not a readable safetensors file ({exc})") from None
+    if not matched:
+        raise UserError(
+            f"{weights}: its tensors match no module of base '{base_name}' (first: {first!r}); "
+            "loaded, it would answer like the base"
+        )
+    return rank
+
+
+def _check_ranks(path: Path, config: dict[str, Any], rank: int | None) -> None:
+    """Refuse a config rank above every rank in the weights.
+
+    PEFT builds each layer at the config's rank before it reads a weight, so ``"r": 1000000000``
+    would not fail on the mismatch: it would first take the server's memory. With a
+    ``rank_pattern`` the default ``r`` may be used by no layer, so only the pattern is checked.
+    """
+    if rank is None:
+        return
+    pattern = config.get("rank_pattern") or {}
+    asked = {f"rank_pattern.{k}": v for k, v in pattern.items()} or {"r": config.get("r", 8)}
+    for key, r in asked.items():
+        if r > rank:
+            raise UserError(f"{path}: {key}: {r} is above the largest rank in the weights ({rank})")

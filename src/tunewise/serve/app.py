@@ -49,7 +49,7 @@ from tunewise.baselines.release import RungRelease, query_of
 from tunewise.errors import UserError
 from tunewise.registry.store import Registry
 from tunewise.runtime import device as device_policy
-from tunewise.runtime.adapter_pool import CorruptedAdapterError
+from tunewise.runtime.adapter_pool import BaseMismatchError, CorruptedAdapterError
 from tunewise.runtime.backend import GenRequest, GenResult, PromptTooLongError, check_context
 from tunewise.runtime.engine import Engine
 from tunewise.runtime.models import resolve
@@ -238,6 +238,7 @@ async def list_models(state: State) -> ModelList:
 
 @protected.post("/v1/chat/completions", response_model=None)
 async def chat(state: State, req: ChatBody) -> Response:
+    req.refuse_unsupported()
     key = await _resolve_model(state.table, req.model)
     release = state.table.release(key)
     cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
@@ -321,6 +322,8 @@ async def admin_load(state: State, body: AdminBody) -> LoadResult:
             raise
         except CorruptedAdapterError as exc:
             raise _refused(exc) from None
+        except BaseMismatchError as exc:  # 409, as for a registry version on another base
+            raise APIError(409, str(exc), code="base_mismatch", param="path") from None
         except UserError as exc:
             raise APIError(422, str(exc), param="path") from None
     elif body.model:

@@ -4,7 +4,9 @@ As in vLLM's ``entrypoints/openai/protocol.py``, every body that crosses the HTT
 pydantic model in this one module, so the routes in :mod:`tunewise.serve.app` stay thin and the
 shape
 of each answer is written once. Requests ignore unknown fields (OpenAI clients send ``user``,
-``seed``, ``logprobs``, ...); admin bodies forbid them, since a typo there is a mistake.
+``seed``, ...), except those that ask for something this server does not do (``logprobs``,
+``response_format`` other than text, ``tools``): a client relying on one is told, not answered as
+if it had been honoured. Admin bodies forbid unknown fields, since a typo there is a mistake.
 """
 
 from __future__ import annotations
@@ -91,6 +93,45 @@ class ChatRequest(BaseModel):
     n: int = Field(1, ge=1, le=1)
     stream: bool = False
     stop: str | list[str] | None = None
+    # Accepted only with values that ask for nothing (refuse_unsupported): no log-probabilities,
+    # plain text, no tool calls.
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0)
+    response_format: dict[str, Any] | None = None
+    tools: list[Any] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    functions: list[Any] | None = None  # the pre-tools names of the same
+    function_call: str | dict[str, Any] | None = None
+
+    def refuse_unsupported(self) -> None:
+        """422 naming the first parameter that asks for what greedy text generation cannot give."""
+        fmt = (self.response_format or {}).get("type", "text")
+        asked = {
+            "logprobs": (bool(self.logprobs), "log-probabilities are not returned"),
+            "top_logprobs": (bool(self.top_logprobs), "log-probabilities are not returned"),
+            "response_format": (
+                fmt != "text",
+                f"answers are plain text: only {{'type': 'text'}}, not {str(fmt)[:40]!r}",
+            ),
+            "tools": (bool(self.tools), "tool calls are not implemented"),
+            "tool_choice": (
+                self.tool_choice not in (None, "none", "auto"),
+                "tool calls are not implemented",
+            ),
+            "functions": (bool(self.functions), "function calls are not implemented"),
+            "function_call": (
+                self.function_call not in (None, "none", "auto"),
+                "function calls are not implemented",
+            ),
+        }
+        for param, (wanted, why) in asked.items():
+            if wanted:
+                raise APIError(
+                    422,
+                    f"{param}: not supported by this server ({why})",
+                    code="unsupported_parameter",
+                    param=param,
+                )
 
     def stops(self) -> list[str]:
         if self.stop is None:
@@ -213,3 +254,5 @@ class UnloadResult(BaseModel):
 class RefreshResult(BaseModel):
     changed: dict[str, dict[str, str]]
     resolved: dict[str, str]
+    # path-loaded adapters dropped because the registry has taken their name since they loaded
+    dropped: list[str] = Field(default_factory=list)

@@ -12,16 +12,17 @@ import asyncio
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from tunewise.baselines.context import CONTEXT_FILE, ContextBuilder, load_run_context
 from tunewise.baselines.release import LLM_KINDS, RELEASE_KINDS, RungRelease, query_of
 from tunewise.data.schema import Example
 from tunewise.errors import UserError
 from tunewise.registry.blobs import CorruptedFileError
+from tunewise.registry.index import RegistryIndexError, broken
 from tunewise.registry.types import validate_name
 from tunewise.rundir import RunDir
 from tunewise.runtime.backend import Backend, GenRequest, GenResult, Messages
@@ -31,6 +32,8 @@ if TYPE_CHECKING:
     from tunewise.registry.store import Registry
     from tunewise.registry.types import Version
     from tunewise.runtime.engine import Engine
+
+T = TypeVar("T")
 
 # --------------------------------------------------------------------------- micro-batching
 
@@ -125,9 +128,34 @@ def _not_found(model: str, why: str = "") -> APIError:
     return APIError(404, f"model {model!r} not found{why}", code="model_not_found", param="model")
 
 
+def _index_damaged(message: str) -> APIError:
+    return APIError(503, message, type="server_error", code="registry_index_damaged")
+
+
+def registry_call(registry: Registry, read: Callable[..., T], *args: Any) -> T:
+    """``read(*args)``, a query of ``registry``, with a damaged index answered as 503.
+
+    The registry looks at its index once, when it is opened; a server runs for weeks. An index
+    emptied since then reads as a registry without versions (every name 404, /v1/models short),
+    and one overwritten with garbage fails the query: both are 503 here, in the registry's own
+    one line naming the command that repairs it.
+    """
+    db = registry.db_path
+    try:
+        empty = not db.exists() or db.stat().st_size == 0
+    except OSError:  # unreadable: the query below says how
+        empty = False
+    if empty and registry.has_data():
+        raise _index_damaged(str(broken(db, "missing" if not db.exists() else "empty (0 bytes)")))
+    try:
+        return read(*args)
+    except RegistryIndexError as exc:
+        raise _index_damaged(str(exc)) from None
+
+
 def admin_adapter_dir(raw: str, roots: Sequence[Path]) -> Path:
     """The real folder behind an admin ``load`` path, refused unless it lies under an adapter root
-    (symlinks resolved, the files PEFT reads included) and holds a training run's record and
+    (symlinks resolved, every file in it included) and holds a training run's record and
     safetensors weights.
 
     Containment is checked before existence, so the answer says nothing about files outside the
@@ -165,8 +193,21 @@ def admin_adapter_dir(raw: str, roots: Sequence[Path]) -> Path:
                 code="not_a_run",
                 param="path",
             )
-        if not _under(need.resolve(), roots):
-            raise outside
+    # Every entry, not only the files PEFT reads: the server also opens context.json, and a
+    # link to a file outside the roots (/etc/passwd) must not be opened at all.
+    for entry in real.iterdir():
+        try:
+            inside = _under(entry.resolve(), roots)
+        except (OSError, RuntimeError):  # a symlink loop
+            inside = False
+        if not inside:
+            raise APIError(
+                403,
+                f"{entry.name} in {raw!r} links outside the adapter roots (--adapter-root)",
+                type="permission_error",
+                code="outside_adapter_roots",
+                param="path",
+            )
     return real
 
 
@@ -221,7 +262,12 @@ class ModelTable:
         """Refuse a name the base model or the registry answers to: a path-loaded adapter must
         never take over requests meant for a registry version."""
         owner = "the base model" if name in self.base_ids else None
-        if owner is None and self.registry is not None and self.registry.has_name(name):
+        registry = self.registry
+        if (
+            owner is None
+            and registry is not None
+            and registry_call(registry, registry.has_name, name)
+        ):
             owner = "the registry"
         if owner is not None:
             raise APIError(
@@ -236,7 +282,7 @@ class ModelTable:
         if model in self.base_ids:
             return None
         with self._lock:
-            if model in self.direct:
+            if model in self.direct and not self._drop_if_registry_took_locked(model):
                 if model not in self.engine.adapters():
                     self.engine.load_adapter(model, self.direct[model])
                 return model
@@ -252,10 +298,36 @@ class ModelTable:
         with self._lock:
             return self.releases.get(key)
 
+    def _drop_if_registry_took_locked(self, name: str) -> bool:
+        """Whether the registry now owns ``name``, a path-loaded adapter's: then that adapter is
+        dropped, and the name answers with the registry's version from now on.
+
+        A name is checked free when an adapter is loaded by path, but ``registry add`` may take
+        it later; a registry spec must always be answered by the registry. An index that cannot
+        say (damaged) leaves the adapter serving: it was the name's owner when it was loaded.
+        """
+        if self.registry is None:
+            return False
+        try:
+            taken = registry_call(self.registry, self.registry.has_name, name)
+        except APIError:
+            return False
+        if taken:
+            if name in self.engine.adapters():
+                self.engine.unload_adapter(name)
+            del self.direct[name]
+            self.contexts.pop(name, None)
+            self.resolved = {m: k for m, k in self.resolved.items() if k != name}
+        return taken
+
     def refresh(self) -> RefreshResult:
-        """Forget alias resolutions so the next request re-reads the registry."""
+        """Forget alias resolutions so the next request re-reads the registry; drop path-loaded
+        adapters whose name the registry has taken since."""
         with self._lock:
-            before = dict(self.resolved)
+            dropped = [
+                name for name in list(self.direct) if self._drop_if_registry_took_locked(name)
+            ]
+            before = {**{name: name for name in dropped}, **self.resolved}
             self.resolved = {k: v for k, v in before.items() if k in self.direct}
         after = {}
         for spec in before:
@@ -268,7 +340,7 @@ class ModelTable:
             except UserError as exc:  # the Engine refused the version the alias now names
                 after[spec] = f"error: {exc}"
         changed = {s: {"from": before[s], "to": after[s]} for s in after if after[s] != before[s]}
-        return RefreshResult(changed=changed, resolved=after)
+        return RefreshResult(changed=changed, resolved=after, dropped=dropped)
 
     def unload(self, target: str) -> str:
         """Drop the adapter ``target`` names (a model string or an adapter key) from memory and
@@ -329,7 +401,7 @@ class ModelTable:
         with self._lock:
             ids = [self.engine.ref.name, *self.direct]
         if self.registry is not None:
-            for row in self.registry.summary():
+            for row in registry_call(self.registry, self.registry.summary):
                 ids.append(row["name"])
                 ids += [f"{row['name']}@{a}" for a in row["aliases"]]
         return list(dict.fromkeys(ids))
@@ -338,7 +410,9 @@ class ModelTable:
         if self.registry is None:
             raise _not_found(model)
         try:
-            v = self.registry.lookup(model)
+            v = registry_call(self.registry, self.registry.lookup, model)
+        except APIError:
+            raise
         except UserError as exc:
             raise _not_found(model, f": {exc}") from None
         self._check_servable(v)
@@ -394,7 +468,7 @@ class ModelTable:
         """The version's hash-verified files (a corrupted version is never served)."""
         assert self.registry is not None
         try:
-            return self.registry.resolve(key)
+            return registry_call(self.registry, self.registry.resolve, key)
         except CorruptedFileError as exc:
             raise APIError(503, str(exc), type="server_error", code="corrupted_adapter") from None
 
