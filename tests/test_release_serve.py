@@ -304,3 +304,15 @@ def test_run_prints_the_release_and_copyable_lines_that_serve_and_ask_it(world) 
     body = json.loads(shlex.split(curl)[-1])
     assert body["model"] == "tiny-ladder@production"
     assert body["messages"][0]["content"] == world["val"][0].user_text
+
+
+def test_registry_show_says_a_classifier_has_no_base_model(world, monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    from tunewise.cli import app as cli
+
+    monkeypatch.setenv("TUNEWISE_HOME", str(world["home"]))
+    out = CliRunner().invoke(cli, ["registry", "show", f"tiny-ladder:{world['versions']['knn']}"])
+    assert out.exit_code == 0, out.output
+    assert "base model  none: a knn classifier answers without a language model" in out.output
+    assert "classifier.safetensors" in out.output and "release.json" in out.output

@@ -99,7 +99,10 @@ def show(
     gate = {True: "[green]ship[/]", False: "[red]do not ship[/]", None: "no verdict"}[v.ship]
     console.print(f"[bold]{v.spec}[/]  ({v.kind})  aliases: {', '.join(v.aliases) or '-'}")
     console.print(f"created     {_when(v.created_at)} from {v.source_run}")
-    console.print(f"base model  {v.base_model}  weight hash {v.base_weight_hash[:16]}…")
+    if v.base_weight_hash:
+        console.print(f"base model  {v.base_model}  weight hash {v.base_weight_hash[:16]}…")
+    else:  # a classifier release (knn, tfidf, probe) answers without a language model
+        console.print(f"base model  none: a {v.kind} classifier answers without a language model")
     console.print(f"data hashes {json.dumps(v.data_hashes)}")
     console.print(f"gate        {gate}" + (f": {v.verdict.summary}" if v.verdict else ""))
     if v.eval and v.eval.summary:
