@@ -12,10 +12,12 @@ import json
 import os
 import re
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -28,7 +30,7 @@ from tunewise.cli import app
 from tunewise.errors import UserError
 from tunewise.registry import index as index_mod
 from tunewise.registry import records as records_mod
-from tunewise.registry.blobs import CRASH_ENV
+from tunewise.registry.blobs import CRASH_ENV, PAUSE_ENV
 from tunewise.registry.records import RecordConflict, create_once
 from tunewise.registry.store import Registry
 from tunewise.registry.types import NAME_RE, validate_name
@@ -507,3 +509,31 @@ def test_history_prints_escape_sequences_escaped(run_dir):
     for shown in ("\\x1b", "\\x07", "\\u202e", "[bold]"):
         assert shown in out, (shown, out)
     assert reg.history("tt")[0]["reason"] == reason  # stored as given, escaped only when shown
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_stops_a_registry_command_as_ctrl_c_does(run_dir, tunewise_home, sig):
+    """`tunewise registry add` stopped inside its write transaction (SIGTERM from a scheduler, or
+    Ctrl-C): the transaction rolls back, one line says so, exit 143 / 130-like; no version."""
+    env = {**os.environ, PAUSE_ENV: "before_commit", "TUNEWISE_HOME": str(tunewise_home)}
+    cmd = [sys.executable, "-m", "tunewise", "registry", "add", str(run_dir), "--name", "sig"]
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    deadline = time.time() + 120
+    blobs = tunewise_home / "registry" / "blobs"
+    while time.time() < deadline and not (blobs.is_dir() and any(blobs.rglob("*"))):
+        time.sleep(0.2)  # the blobs are written: the transaction is next, and it waits there
+    time.sleep(1.0)
+    proc.send_signal(sig)
+    out, _ = proc.communicate(timeout=60)
+    how = "SIGTERM" if sig == signal.SIGTERM else "Ctrl-C"
+    assert f"stopped ({how}): nothing is half-written" in out, out
+    assert "Traceback" not in out
+    if sig == signal.SIGTERM:
+        assert proc.returncode == 143
+    else:
+        assert proc.returncode != 0
+    reg = Registry()
+    assert reg.summary() == []  # rolled back: no version, and the next add is version 1
+    assert reg.add(run_dir, name="sig").version == 1

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -11,12 +13,34 @@ from rich.markup import escape
 from rich.table import Table
 
 from tunewise.errors import UserError
+from tunewise.ladder.interrupt import sigterm_as_interrupt
 from tunewise.progress import make_console
 
 console = make_console()
 registry_app = typer.Typer(
     help="Versioned adapters with aliases, promotion and rollback.", no_args_is_help=True
 )
+
+
+@registry_app.callback()
+def _signals(ctx: typer.Context) -> None:
+    """SIGTERM stops a registry command as Ctrl-C does: the open transaction rolls back."""
+    ctx.with_resource(_stopped_cleanly())
+
+
+@contextmanager
+def _stopped_cleanly() -> Iterator[None]:
+    with sigterm_as_interrupt():
+        try:
+            yield
+        except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM as Terminated
+            how = getattr(stop, "signal_name", "Ctrl-C")
+            console.print(
+                f"stopped ({how}): nothing is half-written (each change commits whole or not "
+                "at all); `tunewise registry list` shows where it got to",
+                style="red",
+            )
+            raise
 
 
 def _when(ts: float | None) -> str:

@@ -30,8 +30,10 @@ from tunewise.errors import UserError
 from tunewise.fsio import sha256_file
 from tunewise.registry.types import Version, validate_name
 
-# Test hook: make `add` exit abruptly at a named point to prove crash safety.
+# Test hooks: make `add` exit abruptly at a named point to prove crash safety, or wait there (for
+# a signal sent mid-write).
 CRASH_ENV = "TUNEWISE_REGISTRY_CRASH_AT"
+PAUSE_ENV = "TUNEWISE_REGISTRY_PAUSE_AT"
 INCOMING = ".incoming."
 # A leftover without a pid (written before pids were part of the name) is removed after this.
 LEGACY_INCOMING_AGE_S = 3600
@@ -46,6 +48,8 @@ class CorruptedFileError(UserError):
 def crash_point(point: str) -> None:
     if os.environ.get(CRASH_ENV) == point:
         os._exit(17)
+    if os.environ.get(PAUSE_ENV) == point:
+        time.sleep(60)
 
 
 def safe_relpath(rel: str) -> str:
