@@ -149,6 +149,20 @@ def _running(pid: int) -> bool:
     return True
 
 
+def fsync_dir(path: str | Path) -> None:
+    """fsync a directory, so that new names and renames in it survive a crash (best effort)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def read_json_object(path: str | Path, what: str) -> dict[str, Any]:
     """A JSON file that must hold an object, or one line naming the file (UserError)."""
     path = Path(path)

@@ -54,6 +54,25 @@ _DEVICE = typer.Option(
     help="auto (a CUDA GPU, else mps, else the CPU) | cpu | cuda | cuda:N | mps. "
     "GPU weights are bf16 (fp16 without bf16), CPU weights fp32.",
 )
+_LOG_TRAFFIC = typer.Option(
+    None,
+    "--log-traffic",
+    help="Write one JSONL record per answered chat request to DIR, PII scrubbed (default: off).",
+)
+_TRAFFIC_SAMPLE = typer.Option(
+    1.0,
+    "--traffic-sample",
+    help="Share of requests logged, 0 < R <= 1, drawn per request (seed: $TUNEWISE_TRAFFIC_SEED).",
+)
+_TRAFFIC_MAX_MB = typer.Option(
+    64.0, "--traffic-max-mb", help="Rotate the traffic log file at this size (MB, may be < 1)."
+)
+_TRAFFIC_KEEP_DAYS = typer.Option(
+    None,
+    "--traffic-keep-days",
+    help="Delete closed traffic files older than D days, at start and at each rotation "
+    "(default: keep all).",
+)
 
 
 def serve_command(
@@ -83,10 +102,25 @@ def serve_command(
         None, "--threads", help="torch CPU threads (default: torch's choice)."
     ),
     device: str = _DEVICE,
+    log_traffic: Path = _LOG_TRAFFIC,
+    traffic_sample: float = _TRAFFIC_SAMPLE,
+    traffic_max_mb: float = _TRAFFIC_MAX_MB,
+    traffic_keep_days: float = _TRAFFIC_KEEP_DAYS,
 ) -> None:
     """Serve the base model and registry adapters with an OpenAI-compatible API."""
     # lazy: fastapi, ~0.3 s; keeps --help fast
     from tunewise.serve.app import LOOPBACK_HOSTS, check_admin_options, serve
+    from tunewise.serve.traffic import TrafficSettings
+
+    traffic = None
+    if log_traffic is not None:
+        traffic = TrafficSettings(
+            dir=log_traffic,
+            sample=traffic_sample,
+            max_mb=traffic_max_mb,
+            keep_days=traffic_keep_days,
+        )
+        traffic.check()  # before the model loads
 
     specs = [s.strip() for a in adapters or [] for s in a.split(",") if s.strip()]
     roots = check_admin_options(  # before the model loads: a mistake costs a second
@@ -113,6 +147,7 @@ def serve_command(
         quantize_4bit=qlora,
         threads=threads,
         device=device,
+        traffic=traffic,
     )
 
 

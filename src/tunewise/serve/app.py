@@ -32,9 +32,10 @@ import ipaddress
 import json
 import logging
 import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -69,6 +70,7 @@ from tunewise.serve.schemas import (
     UnloadResult,
 )
 from tunewise.serve.state import MicroBatcher, ModelTable, admin_adapter_dir
+from tunewise.serve.traffic import TrafficLog, TrafficSettings
 
 __all__ = ["APIError", "MicroBatcher", "ModelTable", "ServeSettings", "create_app", "serve"]
 
@@ -92,6 +94,23 @@ class ServeSettings:
     max_tokens_limit: int = 1024
     max_body_bytes: int = 1 << 20
     adapters: list[str] = field(default_factory=list)  # preloaded: registry specs or name=PATH
+    # The traffic log (see tunewise.serve.traffic): off unless log_traffic names a folder.
+    log_traffic: Path | None = None
+    traffic_sample: float = 1.0
+    traffic_max_mb: float = 64.0
+    traffic_keep_days: float | None = None
+    traffic_seed: int | None = None  # None: $TUNEWISE_TRAFFIC_SEED, else unseeded
+
+    def traffic_settings(self) -> TrafficSettings | None:
+        if self.log_traffic is None:
+            return None
+        return TrafficSettings(
+            dir=Path(self.log_traffic),
+            sample=self.traffic_sample,
+            max_mb=self.traffic_max_mb,
+            keep_days=self.traffic_keep_days,
+            seed=self.traffic_seed,
+        )
 
 
 @dataclass
@@ -102,6 +121,7 @@ class ServerState:
     table: ModelTable
     batcher: MicroBatcher
     settings: ServeSettings
+    traffic: TrafficLog | None = None
 
 
 # --------------------------------------------------------------------------- dependencies
@@ -238,12 +258,14 @@ async def list_models(state: State) -> ModelList:
 
 @protected.post("/v1/chat/completions", response_model=None)
 async def chat(state: State, req: ChatBody) -> Response:
+    started = time.perf_counter()
     req.refuse_unsupported()
     key = await _resolve_model(state.table, req.model)
     release = state.table.release(key)
     cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+    logged = _traffic_hook(state, req, key, cid, started)
     if release is not None and not release.uses_llm:
-        return await _classifier_answer(req, release, cid, fingerprint=str(key))
+        return await _classifier_answer(req, release, cid, fingerprint=str(key), logged=logged)
     gen = await _gen_request(state, req, key, release)
     fingerprint = key or f"base-{state.engine.ref.weight_hash[:12]}"
     headers = {"X-Tunewise-Model": fingerprint}
@@ -252,7 +274,7 @@ async def chat(state: State, req: ChatBody) -> Response:
             id=cid, model=req.model, system_fingerprint=fingerprint, choices=[]
         )
         return StreamingResponse(
-            _sse(state.engine, gen, head),
+            _sse(state.engine, gen, head, logged),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", **headers},
         )
@@ -262,18 +284,44 @@ async def chat(state: State, req: ChatBody) -> Response:
         raise  # the app's handler answers 413
     except UserError as exc:
         raise _refused(exc, code="adapter_unavailable") from None
+    if logged is not None:
+        logged(result)
     body = ChatCompletion.of(result, cid=cid, model=req.model, fingerprint=fingerprint)
     return JSONResponse(body.model_dump(), headers=headers)
 
 
+def _traffic_hook(
+    state: ServerState, req: ChatRequest, key: str | None, cid: str, started: float
+) -> Callable[[GenResult], None] | None:
+    """The traffic log's callback for this request's answer; None: log off or not sampled."""
+    if state.traffic is None:
+        return None
+    messages = [m.plain() for m in req.messages]  # as received, before any system prompt
+    return state.traffic.hook(
+        cid=cid,
+        model=req.model,
+        key=key,
+        base_name=state.engine.ref.name,
+        messages=messages,
+        started=started,
+    )
+
+
 async def _classifier_answer(
-    req: ChatRequest, release: RungRelease, cid: str, *, fingerprint: str
+    req: ChatRequest,
+    release: RungRelease,
+    cid: str,
+    *,
+    fingerprint: str,
+    logged: Callable[[GenResult], None] | None = None,
 ) -> Response:
     """A classifier release (knn, tfidf, probe) answers in the task's output format, the very
     string the evaluator scored, with no language model: no tokens to count or stream."""
     query = query_of([m.plain() for m in req.messages])
     text = (await run_in_threadpool(release.answers, [query]))[0]
     result = GenResult(text=text, prompt_tokens=0, completion_tokens=0, finish_reason="stop")
+    if logged is not None:  # the whole answer is known now, streamed or not
+        logged(result)
     headers = {"X-Tunewise-Model": fingerprint}
     if req.stream:
         head = ChatCompletionChunk(
@@ -401,11 +449,17 @@ def _too_long(exc: PromptTooLongError) -> APIError:
     return APIError(413, str(exc), code="context_length_exceeded", param="messages")
 
 
-async def _sse(engine: Engine, gen: GenRequest, head: ChatCompletionChunk) -> AsyncIterator[bytes]:
+async def _sse(
+    engine: Engine,
+    gen: GenRequest,
+    head: ChatCompletionChunk,
+    logged: Callable[[GenResult], None] | None = None,
+) -> AsyncIterator[bytes]:
     """Server-sent events: role chunk, content deltas, a finish chunk, then ``data: [DONE]``.
 
     The finish chunk carries the stream's own :class:`GenResult` ``finish_reason``. ``head`` holds
-    the fields every chunk repeats (id, model, fingerprint).
+    the fields every chunk repeats (id, model, fingerprint). ``logged`` gets the finished answer,
+    its text the deltas the client was sent, joined.
     """
     loop = asyncio.get_running_loop()
     q: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
@@ -431,17 +485,21 @@ async def _sse(engine: Engine, gen: GenRequest, head: ChatCompletionChunk) -> As
         body = head.model_copy(update={"choices": [choice]})
         return f"data: {body.model_dump_json()}\n\n".encode()
 
+    sent: list[str] = []
     threading.Thread(target=produce, name="tunewise-stream", daemon=True).start()
     try:
         yield chunk({"role": "assistant", "content": ""})
         while True:
             kind, value = await q.get()
             if kind == "delta":
+                sent.append(value)
                 yield chunk({"content": value})
                 continue
             if kind == "end":
                 result: GenResult = value
                 yield chunk({}, result.finish_reason)
+                if logged is not None:
+                    logged(replace(result, text="".join(sent)))
             else:
                 if isinstance(value, PromptTooLongError):
                     err = _too_long(value)
@@ -492,16 +550,22 @@ def create_app(
     table = ModelTable(engine, registry)
     table.preload(settings.adapters)
     batcher = MicroBatcher(engine, settings.batch_window_ms / 1000, settings.max_batch)
+    traffic_settings = settings.traffic_settings()
+    traffic = TrafficLog(traffic_settings) if traffic_settings else None
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
         await run_in_threadpool(batcher.close)  # finish queued batches, stop the worker
+        if traffic is not None:  # after the batcher: its last answers are logged too
+            await run_in_threadpool(traffic.close)
 
     app = FastAPI(
         title="tunewise", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan
     )
-    app.state.server = ServerState(engine=engine, table=table, batcher=batcher, settings=settings)
+    app.state.server = ServerState(
+        engine=engine, table=table, batcher=batcher, settings=settings, traffic=traffic
+    )
     _install_error_handlers(app)
     app.include_router(public)
     app.include_router(protected)
@@ -554,8 +618,11 @@ def serve(
     threads: int | None = None,
     log_level: str = "info",
     device: str = "auto",
+    traffic: TrafficSettings | None = None,
 ) -> None:
     """Load the base model and run the server until interrupted."""
+    if traffic is not None:
+        traffic.check()  # before the model loads: a mistake costs a second
     roots = check_admin_options(
         host=host,
         api_key=api_key,
@@ -596,5 +663,9 @@ def serve(
         max_batch=max(batch_size, 1) * 2,
         adapters=list(adapters or []),
     )
+    if traffic is not None:
+        settings.log_traffic, settings.traffic_sample = traffic.dir, traffic.sample
+        settings.traffic_max_mb, settings.traffic_keep_days = traffic.max_mb, traffic.keep_days
+        settings.traffic_seed = traffic.seed
     app = create_app(engine, settings=settings, registry=registry)
     uvicorn.run(app, host=host, port=port, log_level=log_level)

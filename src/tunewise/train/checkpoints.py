@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from tunewise.errors import UserError
-from tunewise.fsio import replace_dir
+from tunewise.fsio import fsync_dir, replace_dir
 
 STAGING = ".staging"  # inside RUN/checkpoints: the checkpoint being written
 FINAL_STAGING = ".final-tmp"  # inside RUN: the final weights being written (record.save_final)
@@ -114,20 +114,6 @@ def clear_leftovers(run_dir: Path) -> None:
     """Remove the staging folders a killed process left in ``run_dir`` (the lock holder only)."""
     shutil.rmtree(run_dir / "checkpoints" / STAGING, ignore_errors=True)
     shutil.rmtree(run_dir / FINAL_STAGING, ignore_errors=True)
-
-
-def fsync_dir(path: str | Path) -> None:
-    """fsync a directory, so that the renames into it survive a crash (best effort)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def save_atomically(trainer: Any, write: Callable[[str], None]) -> None:

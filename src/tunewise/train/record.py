@@ -31,15 +31,10 @@ from rich.console import Console
 
 from tunewise.config import ProjectConfig, dump_project
 from tunewise.errors import UserError
-from tunewise.fsio import replace_dir, sha256_file
+from tunewise.fsio import fsync_dir, replace_dir, sha256_file
 from tunewise.rundir import RunDir, process_identity
 from tunewise.runtime import device
-from tunewise.train.checkpoints import (
-    FINAL_STAGING,
-    clear_leftovers,
-    fsync_dir,
-    removed_on_failure,
-)
+from tunewise.train.checkpoints import FINAL_STAGING, clear_leftovers, removed_on_failure
 from tunewise.train.phases import Prepared, RunStart
 
 T = TypeVar("T")
