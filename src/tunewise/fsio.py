@@ -9,6 +9,7 @@ folder) is guarded by a :class:`FolderLock`.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import glob
 import hashlib
@@ -40,10 +41,21 @@ def atomic_open(path: str | Path, mode: str = "w", encoding: str | None = "utf-8
         # report or a split written by tunewise can be shared like any other file.
         os.chmod(tmp, target.stat().st_mode & 0o777 if target.exists() else 0o644)
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if is_disk_full(exc):
+            # every atomic write of every command says it the same way, in one line
+            raise UserError(
+                f"disk full writing {target}; nothing was changed (the temporary file is removed "
+                "and the previous file, if any, is intact)"
+            ) from None
         raise
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """An out-of-space error (ENOSPC, or EDQUOT on a quota)."""
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

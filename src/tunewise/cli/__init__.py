@@ -16,6 +16,7 @@ import typer
 from typer.core import TyperGroup
 
 from tunewise.errors import UserError
+from tunewise.fsio import is_disk_full
 from tunewise.ladder.interrupt import SIGTERM_EXIT_CODE, Terminated
 
 
@@ -26,6 +27,13 @@ class _Group(TyperGroup):
         except UserError as err:
             click.echo(f"error: {err}", err=True)
             sys.exit(err.exit_code)
+        except OSError as err:
+            if not is_disk_full(err):
+                raise
+            # A write outside the atomic helpers: still one line, never a traceback.
+            where = f" writing {err.filename}" if err.filename else ""
+            click.echo(f"error: disk full{where}: {err.strerror}", err=True)
+            sys.exit(2)
         except Terminated:
             # SIGTERM, handled like Ctrl-C where a command knows how (the ladder says what was
             # kept); the exit status says which signal stopped it, as the shell's would.
