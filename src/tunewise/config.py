@@ -13,6 +13,7 @@ when a project file is loaded (:func:`load_project`), not when a run's recorded 
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -95,11 +96,11 @@ class _Section(BaseModel):
 class TaskConfig(_Section):
     """What the model is asked to do, and what a correct answer looks like."""
 
-    type: Literal["labels", "text", "json"] = Field(
+    type: Literal["labels", "text", "json", "tools"] = Field(
         "labels",
         description=(
             "labels: outputs are categorical (one or more fields); text: free text; "
-            "json: JSON objects"
+            "json: JSON objects; tools: function calls (OpenAI tool_calls, graded per call)"
         ),
     )
     system_prompt: str = Field(
@@ -116,6 +117,12 @@ class TaskConfig(_Section):
     )
     json_schema: dict[str, Any] | None = Field(
         None, description="JSON schema the output must conform to (type: json)"
+    )
+    tools: list[dict[str, Any]] | str | None = Field(
+        None,
+        description="the functions every example may call (type: tools): a list of OpenAI tool "
+        "schemas, or the path of a JSON file holding one (relative to project.yaml). A data "
+        "line's own 'tools' take precedence for that line",
     )
     refusal_pattern: str | None = Field(
         None,
@@ -638,6 +645,8 @@ class ProjectConfig(_Section):
     @model_validator(mode="after")
     def _absolute_paths(self) -> ProjectConfig:
         root = self.root
+        if isinstance(self.task.tools, str):
+            self.task.tools = _read_tools(root / self.task.tools)
         if not self.data.train.is_absolute():
             self.data.train = root / self.data.train
         for name in ("val", "test", "docs"):
@@ -668,6 +677,23 @@ class ProjectConfig(_Section):
     def work_dir(self) -> Path:
         """Where the ladder writes splits, runs and reports for this project."""
         return self.root / ".tunewise"
+
+
+def _read_tools(path: Path) -> list[dict[str, Any]]:
+    """task.tools given as a file: the list of tool schemas it holds (a one-line error if not)."""
+    try:
+        tools = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"{path}: file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: cannot read: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}:{exc.lineno}: not JSON: {exc.msg}") from None
+    if isinstance(tools, dict) and isinstance(tools.get("tools"), list):
+        tools = tools["tools"]  # {"tools": [...]}, as an OpenAI request body writes them
+    if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
+        raise ValueError(f"{path}: expected a JSON list of tool schemas")
+    return tools
 
 
 # --- cross-section rules ------------------------------------------------------------------------

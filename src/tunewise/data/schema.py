@@ -18,6 +18,12 @@ from typing import IO, Any
 from tunewise.data.files import JSONProblem, loads, require_file
 from tunewise.errors import DataError
 from tunewise.fsio import sha256_json
+from tunewise.runtime.tool_calls import (
+    TOOLS_FIELD,
+    attach_tools,
+    call_from_openai,
+    canonical_message,
+)
 
 ROLES = ("system", "user", "assistant", "tool")
 REFERENCES_FIELD = "references"  # beside "messages": further accepted answers for the last turn
@@ -73,17 +79,33 @@ class Example:
         """Content id: identical conversations share it."""
         return sha256_json(self.messages)[:16]
 
+    @property
+    def tools(self) -> list[dict[str, Any]]:
+        """The tools this conversation may call (its line's ``tools``), empty when none."""
+        return list(self.meta.get(TOOLS_FIELD) or [])
+
     def with_system(self, system_prompt: str) -> Example:
-        """The same conversation with ``system_prompt`` as its system turn (unchanged when empty).
+        """The same conversation with ``system_prompt`` as its system turn (unchanged when empty),
+        and the tools it may call (:attr:`tools`) on that turn.
 
         Training and every evaluation candidate go through this, so the model is trained on exactly
         the prompt it is evaluated and served with, whatever system turn the data carried.
         """
-        if not system_prompt:
+        if not system_prompt and not self.tools:
             return self
-        msgs = [m for m in self.messages if m["role"] != "system"]
-        msgs.insert(0, {"role": "system", "content": system_prompt})
+        msgs = self.messages
+        if system_prompt:
+            msgs = [{"role": "system", "content": system_prompt}] + [
+                m for m in msgs if m["role"] != "system"
+            ]
+        msgs = attach_tools(msgs, self.tools)
         return Example(messages=msgs, line=self.line, source=self.source, meta=self.meta)
+
+    def with_tools(self, tools: list[dict[str, Any]] | None) -> Example:
+        """The example with ``tools`` (the project's ``task.tools``) unless its line has its own."""
+        if not tools or self.tools:
+            return self
+        return Example(self.messages, self.line, self.source, {**self.meta, TOOLS_FIELD: tools})
 
     def to_json(self) -> dict[str, Any]:
         row: dict[str, Any] = {"messages": self.messages}
@@ -175,10 +197,17 @@ def validate_record(obj: Any, path: str, line: int) -> list[Problem]:
                 f"{where}.role", f"unknown role {_short(role)} (expected one of {', '.join(ROLES)})"
             )
         content = m.get("content")
-        if not isinstance(content, str):
+        calls = m.get("tool_calls") if role == "assistant" else None
+        if calls is not None:
+            _check_calls(calls, f"{where}.tool_calls", bad)
+        if calls and content is None:
+            pass  # a call turn: null content is how the OpenAI format writes "calls only"
+        elif not isinstance(content, str):
             bad(f"{where}.content", f"expected a string, got {type(content).__name__}")
-        elif not content.strip():
+        elif not content.strip() and not calls:
             bad(f"{where}.content", "empty")
+        if role == "tool" and not isinstance(m.get("tool_call_id"), str):
+            bad(f"{where}.tool_call_id", "missing: a tool turn answers one call by its id")
         if role == "system" and i != 0:
             bad(f"{where}.role", "system message must be the first message")
         if role in ROLES and role == prev_role:
@@ -194,6 +223,19 @@ def validate_record(obj: Any, path: str, line: int) -> list[Problem]:
         last = f"messages[{len(msgs) - 1}].role"
         bad(last, f"last turn must be 'assistant', got {_short(roles[-1])}")
     return out
+
+
+def _check_calls(calls: Any, where: str, bad: Callable[[str, str], None]) -> None:
+    """The structure of an assistant turn's ``tool_calls`` (what the tools allow is checked by
+    ``data/tool_checks.py``)."""
+    if not isinstance(calls, list) or not calls:
+        bad(where, f"expected a non-empty list of calls, got {_short(calls)}")
+        return
+    for j, call in enumerate(calls):
+        try:
+            call_from_openai(call)
+        except ValueError as exc:
+            bad(f"{where}[{j}].function", str(exc))
 
 
 def _check_references(refs: Any, bad: Callable[[str, str], None]) -> None:
@@ -251,14 +293,19 @@ def parse_jsonl(path: str | Path) -> tuple[list[Example], list[Problem]]:
             problems.extend(found)
             continue
         meta = {k: v for k, v in obj.items() if k != "messages"}
-        msgs = [{"role": m["role"], "content": m["content"]} for m in obj["messages"]]
+        msgs = [canonical_message(m) for m in obj["messages"]]
         examples.append(Example(messages=msgs, line=lineno, source=str(path), meta=meta))
     return examples, problems
 
 
-def load_examples(path: str | Path) -> list[Example]:
-    """Valid examples, or a :class:`DataError` naming the first problem (and how many more)."""
+def load_examples(path: str | Path, tools: list[dict[str, Any]] | None = None) -> list[Example]:
+    """Valid examples, or a :class:`DataError` naming the first problem (and how many more).
+
+    ``tools`` (the project's ``task.tools``) go to every example whose line has none of its own.
+    """
     examples, problems = parse_jsonl(path)
+    if tools:
+        examples = [ex.with_tools(tools) for ex in examples]
     if problems:
         first = problems[0]
         more = (

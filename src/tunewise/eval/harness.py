@@ -434,7 +434,7 @@ def evaluate(
     }
     if split == "test":
         meta.update(_guard_test(path, final=final, purpose=f"eval: {', '.join(plan)}"))
-    items = load_examples(path)
+    items = load_examples(path, cfg.task.tools)
     if cfg.task.type == "text":
         # Lines that share a prompt are one input with several references (DART, E2E write a
         # line per reference): scored once, against all of them.
@@ -444,7 +444,9 @@ def evaluate(
         items = items[:limit]
     if not items:
         raise UserError(f"{path}: no items to evaluate")
-    h = _Harness(cfg, items, load_examples(paths["train"]), engine=engine, progress=progress)
+    h = _Harness(
+        cfg, items, load_examples(paths["train"], cfg.task.tools), engine=engine, progress=progress
+    )
     spec = h.grader.spec
     h.notes += prompt_mod.prompt_notes(cfg, spec.labels if spec else None)
     asked = candidates if candidates is not None else cfg.eval.candidates

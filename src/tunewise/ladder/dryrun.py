@@ -23,7 +23,7 @@ from tunewise.data.schema import load_examples
 from tunewise.errors import UserError
 from tunewise.ladder import estimate  # a module: tests replace estimate.calibrate
 from tunewise.ladder.estimate import CostLine, Speed, human_time
-from tunewise.runtime import device, models
+from tunewise.runtime import chat, device, models
 
 # Stages that read and write a few files: seconds, whatever the data.
 QUICK = ("check", "split", "compare-gate", "registry", "report", "mlflow")
@@ -97,7 +97,7 @@ def _by_stage(lines: list[CostLine]) -> dict[str, float]:
 
 def _price(cfg: ProjectConfig, runs: Mapping[str, str]) -> tuple[list[CostLine], Speed | None, str]:
     """(cost lines, the speed they used, why there are none) without writing anything."""
-    examples = load_examples(cfg.data.train)
+    examples = load_examples(cfg.data.train, cfg.task.tools)
     try:
         ref = _local_model(cfg.model.base)
     except UserError as err:
@@ -109,9 +109,7 @@ def _price(cfg: ProjectConfig, runs: Mapping[str, str]) -> tuple[list[CostLine],
     placement = device.for_project(cfg, "infer")
     speed = estimate.recorded_speed(paths.home(), ref.weight_hash, placement.device, cfg.work_dir)
     if speed is None:
-        text = tok.apply_chat_template(
-            examples[0].with_system(cfg.task.system_prompt).messages, tokenize=False
-        )
+        text = chat.render_for_count(tok, examples[0].with_system(cfg.task.system_prompt).messages)
         speed = estimate.calibrate(
             ref,
             text,

@@ -35,7 +35,7 @@ from tunewise.data.labels import LabelSpec
 from tunewise.data.schema import expand_references, group_references, load_examples
 from tunewise.fsio import atomic_write_json
 from tunewise.rungs import RUNGS
-from tunewise.runtime import models
+from tunewise.runtime import chat, models
 from tunewise.runtime.decoding import new_cache, score_continuations
 from tunewise.train.prefix import MIN_PREFIX_TOKENS, MIN_SAVED_FRACTION
 
@@ -349,7 +349,7 @@ def shared_prefix_tokens(tok: Any, examples: list[Any], system_prompt: str) -> i
     step = max(1, len(examples) // PREFIX_SAMPLE)
     ids = [
         tok(
-            tok.apply_chat_template(e.with_system(system_prompt).messages, tokenize=False),
+            chat.render_for_count(tok, e.with_system(system_prompt).messages),
             add_special_tokens=False,
         )["input_ids"]
         for e in examples[::step][:PREFIX_SAMPLE]
@@ -382,7 +382,7 @@ def _counter(tokenizer: Any | None) -> Any:
 def _render(tokenizer: Any | None, messages: list[dict[str, str]]) -> str:
     if tokenizer is None:
         return "\n".join(m["content"] for m in messages)
-    return str(tokenizer.apply_chat_template(messages, tokenize=False))
+    return chat.render_for_count(tokenizer, messages)
 
 
 # --- the speed ------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from tunewise.errors import UserError
 from tunewise.fsio import atomic_write_text
 from tunewise.ladder import estimate  # a module: tests replace estimate.calibrate
 from tunewise.ladder.estimate import human_time, optimizer_steps
-from tunewise.runtime import device, models
+from tunewise.runtime import chat, device, models
 
 
 def _json_schema(fmt: OutputFormat, targets: list[str]) -> dict[str, Any]:
@@ -117,9 +117,7 @@ def _cost_notes(cfg: ProjectConfig, examples: list[Any]) -> CostEstimate:
         work = estimate.workload_of(cfg, examples, tok)
         prefix = work.prefix_tokens
         placement = device.for_project(cfg, "infer")
-        text = tok.apply_chat_template(
-            examples[0].with_system(system_prompt).messages, tokenize=False
-        )
+        text = chat.render_for_count(tok, examples[0].with_system(system_prompt).messages)
         speed = estimate.calibrate(
             ref,
             text,

@@ -93,7 +93,7 @@ def release_folder(cfg: ProjectConfig, kind: str) -> Path:
 def build(cfg: ProjectConfig, kind: str, eval_dir: Path) -> Path:
     """Write the release of ``kind`` and check it answers as evaluated; returns its folder."""
     folder = release_folder(cfg, kind)
-    train = load_examples(cfg.work_dir / "splits" / "train.jsonl")
+    train = load_examples(cfg.work_dir / "splits" / "train.jsonl", cfg.task.tools)
     base = None
     fitted = None
     if kind in LLM_KINDS:

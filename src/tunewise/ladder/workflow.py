@@ -653,7 +653,7 @@ def _train_subsets(
         update={"train": plan.cfg.train.model_copy(update={"context": context})}
     )
     train_path = plan.work / "splits" / "train.jsonl"
-    examples = load_examples(train_path)
+    examples = load_examples(train_path, plan.cfg.task.tools)
     order = stratified_order(
         examples, seed=cfg.data.split.seed, output_pattern=cfg.task.output_pattern
     )

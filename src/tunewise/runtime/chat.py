@@ -31,6 +31,12 @@ from itertools import takewhile
 from typing import Any
 
 from tunewise.errors import UserError
+from tunewise.runtime.tool_calls import (
+    TOOLS_FIELD,
+    attached_tools,
+    fallback_messages,
+    native_messages,
+)
 
 _MARKER = "TUNEWISEMARKER"
 # end_of_turn per tokenizer, keyed by what it depends on: training calls it once per example.
@@ -41,12 +47,47 @@ _MARK_START, _MARK_END = "\U000f0000", "\U000f0001"
 _CONTROL_CACHE: weakref.WeakKeyDictionary[Any, tuple[Any, re.Pattern[str]]] = (
     weakref.WeakKeyDictionary()
 )
+_TOOLS_CACHE: weakref.WeakKeyDictionary[Any, tuple[Any, bool]] = weakref.WeakKeyDictionary()
 
 
-def _apply(tokenizer: Any, messages: list[dict[str, str]], generation_prompt: bool) -> str:
+def _apply(
+    tokenizer: Any,
+    messages: list[dict[str, Any]],
+    generation_prompt: bool,
+    tools: list[dict[str, Any]] | None = None,
+) -> str:
     return tokenizer.apply_chat_template(
-        messages, tokenize=False, add_generation_prompt=generation_prompt
+        messages, tools=tools or None, tokenize=False, add_generation_prompt=generation_prompt
     )
+
+
+def renders_tools(tokenizer: Any) -> bool:
+    """Whether the chat template shows ``tools=`` to the model (Qwen 2.5, Llama 3.1, Hermes do;
+    SmolLM2's ignores them): a one-tool conversation renders differently with and without them."""
+    key = tokenizer.chat_template
+    hit = _TOOLS_CACHE.get(tokenizer)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    probe = [{"role": "user", "content": "x"}]
+    tool = {"type": "function", "function": {"name": "tunewise_probe", "parameters": {}}}
+    try:
+        found = _apply(tokenizer, probe, True, [tool]) != _apply(tokenizer, probe, True)
+    except Exception:  # a template that fails on tools= cannot be rendering them
+        found = False
+    _TOOLS_CACHE[tokenizer] = (key, found)
+    return found
+
+
+def tool_shaped(tokenizer: Any, messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], Any]:
+    """``messages`` (calls and tools as tunewise carries them, see ``runtime/tool_calls.py``) in the
+    shape this template takes, and the ``tools=`` to pass it (None for the fallback prompt)."""
+    tools = attached_tools(messages)
+    has_calls = any(m.get("tool_calls") or m.get("role") == "tool" for m in messages)
+    if not tools and not has_calls:
+        return [{k: v for k, v in m.items() if k != TOOLS_FIELD} for m in messages], None
+    if renders_tools(tokenizer):
+        return native_messages(messages), tools or None
+    return fallback_messages(messages), None
 
 
 def control_tokens(tokenizer: Any) -> re.Pattern[str]:
@@ -82,6 +123,13 @@ def _as_text(messages: list[dict[str, str]], pattern: re.Pattern[str]) -> list[d
     ]
 
 
+def render_for_count(tokenizer: Any, messages: list[dict[str, Any]]) -> str:
+    """``messages`` rendered as training and inference render them (tools included), without
+    :func:`render`'s checks: for counting tokens and finding shared prefixes."""
+    shaped, tools = tool_shaped(tokenizer, messages)
+    return str(_apply(tokenizer, shaped, False, tools))
+
+
 def render(
     tokenizer: Any,
     messages: list[dict[str, str]],
@@ -96,17 +144,18 @@ def render(
     """
     from jinja2.exceptions import TemplateError  # lazy: jinja2, paid once a model is loaded
 
+    messages, tools = tool_shaped(tokenizer, messages)
     if not allow_special_tokens:
         messages = _as_text(messages, control_tokens(tokenizer))
     try:
-        text = _apply(tokenizer, messages, generation_prompt)
+        text = _apply(tokenizer, messages, generation_prompt, tools)
     except TemplateError as exc:
         raise UserError(f"the model's chat template rejects this conversation: {exc}") from None
     system = [m for m in messages if m.get("role") == "system" and str(m.get("content")).strip()]
     if system:
         rest = [m for m in messages if m.get("role") != "system"]
         try:
-            without = _apply(tokenizer, rest, generation_prompt) if rest else None
+            without = _apply(tokenizer, rest, generation_prompt, tools) if rest else None
         except TemplateError:  # a template that needs the system turn cannot be dropping it
             without = None
         if without == text:

@@ -236,8 +236,8 @@ def _conversations(
     reference alone is trained on.
     """
     t, system = cfg.train, cfg.task.system_prompt
-    train_raw = load_examples(start.train_path)
-    val_raw = load_examples(start.val_path) if start.val_path else []
+    train_raw = load_examples(start.train_path, cfg.task.tools)
+    val_raw = load_examples(start.val_path, cfg.task.tools) if start.val_path else []
     if t.context == "none":
         own = [e.with_system(system) for e in expand_references(train_raw)]
         val = [e.with_system(system) for e in expand_references(val_raw)]
