@@ -159,3 +159,11 @@ def test_canonical_message_refuses_arguments_that_are_not_json():
     bad["tool_calls"][0]["function"]["arguments"] = "{x"
     with pytest.raises(ValueError, match="not JSON"):
         canonical_message(bad)
+
+
+def test_parse_reply_survives_hostile_json():
+    # nesting past Python's stack and a 5000-digit integer are "not a call", never a traceback
+    assert "not JSON" in parse_reply(f"{CALL_OPEN}{'[' * 100_000}</tool_call>").problems[0]
+    huge = '{"name": "a", "arguments": {"x": ' + "9" * 5000 + "}}"
+    assert parse_reply(huge).calls == []
+    assert parse_reply(f"{CALL_OPEN}{huge}</tool_call>").problems

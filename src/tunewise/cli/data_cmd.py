@@ -18,6 +18,22 @@ data_app = typer.Typer(help="Check, split and convert chat JSONL data.", no_args
 console = make_console()
 status_console = Console(stderr=True)
 MAX_ERRORS_SHOWN = 50
+_TOOLS = typer.Option(
+    None,
+    "--tools",
+    help="JSON file of tool schemas (a list, or {'tools': [...]}) for lines without their own "
+    "'tools': what the project's task.tools names",
+)
+_PER_INTENT = typer.Option(
+    None, "--per-intent", help="snips: keep N queries of each intent (a seeded sample)"
+)
+_SEED = typer.Option(None, "--seed", help="snips: seed of the --per-intent sample (default 0)")
+_TOOLS_OUT = typer.Option(
+    None,
+    "--tools-out",
+    help="snips: write the tools to this JSON file once, not on every line (then set "
+    "task.tools to it)",
+)
 
 
 def _lines_preview(lines: list[int], k: int = 8) -> str:
@@ -42,6 +58,13 @@ def _render_check(report) -> None:  # report: CheckReport
     table.add_row("multi-turn", str(s.get("multi_turn", 0)))
     table.add_row("with system prompt", str(s.get("with_system_prompt", 0)))
     fmt = report.format
+    calls = s.get("tools")
+    if calls is not None:  # a function-call file: what its lines answer, not a text format
+        known = f"{calls['functions']} functions" if calls["functions"] else "none given"
+        table.add_row(
+            "output format",
+            f"tools: {known}, {calls['calling']} lines call, {calls['text']} lines answer in text",
+        )
     if fmt is not None:
         table.add_row("output format", f"{fmt.kind}: {escape(fmt.pattern)}")
         if fmt.regex:
@@ -105,13 +128,16 @@ def check_cmd(
     pattern: str = typer.Option(
         None, "--pattern", help="output regex with named groups (default: inferred)"
     ),
+    tools: Path = _TOOLS,
 ) -> None:
     """Validate a chat JSONL file: every error with file:line, then warnings and statistics.
 
+    Function-call lines are checked against their own 'tools', else those of --tools FILE.
     Exit code 0 when clean, 2 on errors, 1 on warnings with --strict.
     """
-    from tunewise.data.checks import check_file  # lazy: numpy; keeps --help fast
+    from tunewise.data.checks import check_file, read_tools  # lazy: numpy; keeps --help fast
 
+    project_tools = read_tools(tools) if tools is not None else None
     models.ensure_converted(model)  # before the spinner: one progress display at a time
     with status_console.status("checking ...") as st:
         report = check_file(
@@ -120,6 +146,7 @@ def check_cmd(
             max_len=max_len,
             output_pattern=pattern,
             progress=lambda m: st.update(f"checking: {m} ..."),
+            tools=project_tools,
         )
     if as_json:
         typer.echo(json.dumps(report.to_json(), indent=2, ensure_ascii=False))
@@ -223,9 +250,9 @@ def _render_split(manifest: dict, out_dir: Path) -> None:
 
 @data_app.command("convert")
 def convert_cmd(
-    src: Path = typer.Argument(..., help="source file"),
+    src: Path = typer.Argument(..., help="source file (snips: the folder of SNIPS files)"),
     out: Path = typer.Argument(..., help="chat JSONL to write"),
-    source: str = typer.Option(..., "--from", help="csv | json-pairs | alpaca | sharegpt"),
+    source: str = typer.Option(..., "--from", help="csv | json-pairs | alpaca | sharegpt | snips"),
     system: str = typer.Option(
         None, "--system", help="system prompt to put first in every conversation"
     ),
@@ -253,14 +280,32 @@ def convert_cmd(
     errors: str = typer.Option(
         "strict",
         "--errors",
-        help="undecodable bytes: strict (stop, naming the line), replace (U+FFFD) or ignore",
+        help="undecodable bytes: strict (stop, naming the line), replace (U+FFFD) or ignore; "
+        "snips also: cesu8 (recover a CESU-8 emoji) or skip (drop the query)",
     ),
+    per_intent: int = _PER_INTENT,
+    seed: int = _SEED,
+    tools_out: Path = _TOOLS_OUT,
 ) -> None:
-    """Convert CSV, JSON text/label pairs (CLINC150), Alpaca or ShareGPT into chat JSONL."""
-    from tunewise.data.convert import convert  # lazy: keeps --help fast
+    """Convert CSV, JSON text/label pairs (CLINC150), Alpaca, ShareGPT or SNIPS into chat JSONL.
+
+    --from snips writes function calls: one tool per intent, its slots as optional string
+    parameters, one example per query (see docs/data.md, "Function calls").
+    """
 
     def _list(v: str | None) -> list[str] | None:
         return [x.strip() for x in v.split(",") if x.strip()] if v else None
+
+    if source == "snips":
+        for flag, value in (("--labels", labels), ("--per-label", per_label), ("--keys", keys)):
+            if value is not None:
+                raise UserError(f"{flag} does not apply to --from snips (use --per-intent N)")
+        _convert_snips(src, out, system, per_intent, seed, tools_out, encoding, errors)
+        return
+    for flag, value in (("--per-intent", per_intent), ("--seed", seed), ("--tools-out", tools_out)):
+        if value is not None:
+            raise UserError(f"{flag} only applies to --from snips")
+    from tunewise.data.convert import convert  # lazy: keeps --help fast
 
     result = convert(
         src,
@@ -278,6 +323,35 @@ def convert_cmd(
         encoding=encoding,
         errors=errors,
     )
+    _render_convert(result, out, per_label, labels)
+
+
+def _convert_snips(
+    src: Path,
+    out: Path,
+    system: str | None,
+    per_intent: int | None,
+    seed: int | None,
+    tools_out: Path | None,
+    encoding: str,
+    errors: str,
+) -> None:
+    from tunewise.data.convert_snips import convert_snips  # lazy: keeps --help fast
+
+    result = convert_snips(
+        src,
+        out,
+        per_intent=per_intent,
+        seed=seed or 0,
+        tools_out=tools_out,
+        system=system,
+        encoding=encoding,
+        errors=errors,
+    )
+    _render_snips(result, out)
+
+
+def _render_convert(result: dict, out: Path, per_label: int | None, labels: str | None) -> None:
     n_labels = f", {len(result['labels'])} label(s)" if result["labels"] else ""
     console.print(
         f"[green]wrote[/] {result['examples']} example(s){n_labels} to {escape(str(out))}"
@@ -289,6 +363,30 @@ def convert_cmd(
         thin = ", ".join(f"{escape(k)} ({v})" for k, v in short.items())
         console.print(
             f"[yellow]{len(short)} label(s) have fewer than {per_label} rows[/]: {thin}",
+            soft_wrap=True,
+        )
+
+
+def _render_snips(result: dict, out: Path) -> None:
+    where = (
+        f"the tools in {escape(result['tools_out'])} (set task.tools to it)"
+        if result["tools_out"]
+        else "the tools on every line"
+    )
+    console.print(
+        f"[green]wrote[/] {result['examples']} example(s) calling {result['tools']} tool(s) to "
+        f"{escape(str(out))}, {where}",
+        soft_wrap=True,
+    )
+    _render_label_counts(result["labels"], None)
+    if result["repeated_slots"]:
+        console.print(
+            f"{result['repeated_slots']} quer(ies) name a slot twice: the first value is kept",
+            soft_wrap=True,
+        )
+    if result["skipped"]:
+        console.print(
+            f"[yellow]{result['skipped']} quer(ies) left out[/]: undecodable bytes (--errors skip)",
             soft_wrap=True,
         )
 

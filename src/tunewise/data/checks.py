@@ -11,6 +11,13 @@ with its ``file:line: field``. Warnings are about the *valid* examples:
   truncated at ``max_len``;
 * PII-looking strings: e-mail addresses, phone numbers, card numbers (Luhn-checked).
 
+Function-call files (lines with ``tools`` or ``tool_calls``) are checked for what they are: the
+calls' names and arguments against the tools (errors, :mod:`tunewise.data.tool_checks`), calls
+compared as calls (same function and arguments in any key order are the same answer, so the same
+request answered with another call is a conflict), the tools left out of input similarity (they
+are shared context, like the system prompt), a summary of what the lines answer instead of an
+inferred text format, and token lengths with the tools rendered as the model sees them.
+
 Everything is linear or ``n log n`` in the number of examples: 100k examples check in well under a
 minute on two cores (``bench/data_check.py``).
 """
@@ -28,13 +35,17 @@ from typing import Any
 
 from tunewise.data.dedup import near_duplicate_clusters, normalize
 from tunewise.data.formats import OutputFormat, infer_labels
-from tunewise.data.schema import Example, Problem, input_text, parse_jsonl
+from tunewise.data.schema import Example, Problem, _short, input_text, parse_jsonl
+from tunewise.data.tool_checks import read_tools_file
 from tunewise.errors import UserError
-from tunewise.runtime import models
+from tunewise.fsio import sha256_json
+from tunewise.runtime import chat, models
+from tunewise.runtime.tool_calls import TOOLS_FIELD, parse_reply, tool_names
 
 RARE_MIN = 3  # a label with fewer examples than this is rare (when most labels have more)
 RARE_SHARE = 0.1  # ... and so is one with under a tenth of the median label's examples
 TOKEN_BATCH = 2048
+NO_CALL = "(text)"  # the "call" of a final turn that answers in text, in the per-function counts
 
 
 @dataclass
@@ -97,10 +108,30 @@ def _groups(keys: Sequence[Any]) -> list[list[int]]:
     return [g for g in by.values() if len(g) > 1]
 
 
+def _turn_key(m: dict[str, Any]) -> Any:
+    """What a turn says: its text, or for a call turn its text and its calls, compared as calls
+    (the same call written with its arguments in another key order is the same turn)."""
+    if not m.get("tool_calls"):
+        return m["content"]
+    reply = parse_reply(m["content"])
+    return (reply.content, tuple(sorted(c.key() for c in reply.calls)))
+
+
+def _tools_key(ex: Example) -> str:
+    """The tools a conversation may call, as one comparable value ("" without tools)."""
+    tools = ex.tools
+    return sha256_json(tools) if tools else ""
+
+
 def _duplicates(examples: list[Example], lines: list[int]) -> list[Finding]:
     out: list[Finding] = []
-    # Tuples of strings hash in C: much cheaper than a sha256 of each conversation's JSON.
-    convs = [tuple((m["role"], m["content"]) for m in ex.messages) for ex in examples]
+    # Tuples of strings hash in C: much cheaper than a sha256 of each conversation's JSON. The
+    # tools are part of a conversation: the same turns with other tools are another example.
+    tool_keys = [_tools_key(ex) for ex in examples]
+    convs = [
+        (tk, *((m["role"], _turn_key(m)) for m in ex.messages))
+        for ex, tk in zip(examples, tool_keys, strict=True)
+    ]
     exact = _groups(convs)
     if exact:
         extra = sum(len(g) - 1 for g in exact)
@@ -127,16 +158,28 @@ def _duplicates(examples: list[Example], lines: list[int]) -> list[Finding]:
                 {"clusters": [[lines[i] for i in g] for g in near]},
             )
         )
-    # Same prompt (same system prompt; other turns equal up to case and punctuation), different
-    # answers: the model cannot learn both.
+    out += _conflicts(examples, lines, norms, tool_keys)
+    return out
+
+
+def _conflicts(
+    examples: list[Example], lines: list[int], norms: list[str], tool_keys: list[str]
+) -> list[Finding]:
+    """Same prompt (same system prompt and tools; other turns equal up to case and punctuation),
+    different answers: the model cannot learn both. Calls are compared as calls."""
+    out: list[Finding] = []
     systems = [
         ex.messages[0]["content"] if ex.messages[0]["role"] == "system" else "" for ex in examples
     ]
     conflicts = []
-    for g in _groups(list(zip(systems, norms, strict=True))):
-        answers = {examples[i].target.strip() for i in g}
+    for g in _groups(list(zip(systems, tool_keys, norms, strict=True))):
+        answers: dict[Any, str] = {}
+        for i in g:
+            last = examples[i].messages[-1]
+            key = _turn_key(last) if last.get("tool_calls") else last["content"].strip()
+            answers.setdefault(key, examples[i].target.strip())
         if len(answers) > 1:
-            conflicts.append((g, sorted(answers)))
+            conflicts.append((g, sorted(answers.values())))
     if conflicts:
         out.append(
             Finding(
@@ -187,28 +230,90 @@ def _format_findings(
     for f in fmt.label_fields:
         counts = Counter(lab[f] for lab in labels if lab and f in lab)
         stats[f] = dict(counts.most_common())
-        if len(counts) < 2:
-            continue
-        median = statistics.median(counts.values())
-        # Below the floor AND below the typical label: a tiny file where every label has 2
-        # examples has no "rare" one, it is just small.
-        rare = {
-            v: c for v, c in counts.items() if c < max(RARE_MIN, RARE_SHARE * median) and c < median
-        }
-        if rare:
-            rare_lines = [lines[i] for i, lab in enumerate(labels) if lab and lab.get(f) in rare]
-            shown = ", ".join(
-                f"{v!r} ({c})" for v, c in sorted(rare.items(), key=lambda kv: kv[1])[:8]
-            )
-            out.append(
-                Finding(
-                    "rare_label",
-                    f"{len(rare)} rare value(s) of {f!r} (median {median:g} per value): {shown}",
-                    rare_lines,
-                    {"field": f, "rare": rare, "median": median},
-                )
-            )
+        out += _rare_findings(f, counts, [lab.get(f) if lab else None for lab in labels], lines)
     return out, stats
+
+
+def _rare_findings(
+    f: str, counts: Counter[str], values: Sequence[str | None], lines: list[int]
+) -> list[Finding]:
+    """A ``rare_label`` finding for the values of ``f`` with few examples (``values``: each
+    example's value, None when it has none)."""
+    if len(counts) < 2:
+        return []
+    median = statistics.median(counts.values())
+    # Below the floor AND below the typical label: a tiny file where every label has 2
+    # examples has no "rare" one, it is just small.
+    rare = {
+        v: c for v, c in counts.items() if c < max(RARE_MIN, RARE_SHARE * median) and c < median
+    }
+    if not rare:
+        return []
+    rare_lines = [lines[i] for i, v in enumerate(values) if v in rare]
+    shown = ", ".join(f"{v!r} ({c})" for v, c in sorted(rare.items(), key=lambda kv: kv[1])[:8])
+    return [
+        Finding(
+            "rare_label",
+            f"{len(rare)} rare value(s) of {f!r} (median {median:g} per value): {shown}",
+            rare_lines,
+            {"field": f, "rare": rare, "median": median},
+        )
+    ]
+
+
+# ---------------------------------------------------------------- function calls
+
+
+def read_tools(path: str | Path) -> list[dict[str, Any]]:
+    """The tool schemas of a JSON file (``data check --tools``), each one valid (else a
+    ``DataError`` naming the first problem)."""
+    return read_tools_file(path, _short)
+
+
+def is_tool_data(examples: Sequence[Example]) -> bool:
+    """True when any line has tools or any turn calls one or answers a call."""
+    return any(
+        ex.tools or any(m.get("tool_calls") or m["role"] == "tool" for m in ex.messages)
+        for ex in examples
+    )
+
+
+def _tool_findings(
+    examples: list[Example], lines: list[int]
+) -> tuple[list[Finding], dict[str, Any], dict[str, Any]]:
+    """What a function-call file answers (in place of an inferred output format): the number of
+    functions, the lines whose answer calls and those that answer in text; the calls per function
+    (as label statistics, rare functions included); lines that call with no tools known."""
+    functions = {n for ex in examples for n in tool_names(ex.tools) if n}
+    per_line: list[str] = []
+    counts: Counter[str] = Counter()
+    unchecked = []
+    for i, ex in enumerate(examples):
+        last = ex.messages[-1]
+        names = [c.name for c in parse_reply(ex.target).calls] if last.get("tool_calls") else []
+        counts.update(names or [NO_CALL])
+        per_line.append(names[0] if len(set(names)) == 1 else NO_CALL if not names else "")
+        if not ex.tools and any(m.get("tool_calls") for m in ex.messages):
+            unchecked.append(i)
+    calling = sum(1 for v in per_line if v != NO_CALL)
+    stats = {
+        "functions": len(functions),
+        "calling": calling,
+        "text": len(examples) - calling,
+        "calls": sum(n for k, n in counts.items() if k != NO_CALL),
+    }
+    out = _rare_findings("call", counts, per_line, lines)
+    if unchecked:
+        out.append(
+            Finding(
+                "tools_unknown",
+                f"{len(unchecked)} line(s) call functions but no tools are given (a "
+                f"'{TOOLS_FIELD}' list on the line, or --tools FILE / task.tools): names and "
+                "arguments not checked",
+                [lines[i] for i in unchecked],
+            )
+        )
+    return out, stats, {"call": dict(counts.most_common())}
 
 
 # ---------------------------------------------------------------- token lengths
@@ -242,12 +347,7 @@ def token_lengths(
     spread sample is checked against whole-text encoding, and any difference (a tokenizer with
     other rules) falls back to encoding every text whole.
     """
-    texts: list[str] = []
-    for s in range(0, len(conversations), TOKEN_BATCH):
-        batch = list(conversations[s : s + TOKEN_BATCH])
-        texts.extend(tokenizer.apply_chat_template(batch, tokenize=False))
-        if progress:
-            progress(len(batch))
+    texts = _rendered(tokenizer, conversations, progress)
     splitter = _special_splitter(tokenizer)
     if splitter is None or not texts:
         return _encode_lengths(tokenizer, texts)
@@ -263,6 +363,31 @@ def token_lengths(
     if _encode_lengths(tokenizer, [texts[i] for i in sample]) != [lengths[i] for i in sample]:
         return _encode_lengths(tokenizer, texts)
     return lengths
+
+
+def _rendered(
+    tokenizer: Any,
+    conversations: Sequence[list[dict[str, Any]]],
+    progress: Callable[[int], None] | None,
+) -> list[str]:
+    """The conversations as the chat template renders them: a batch at a time, or one at a time
+    through :func:`chat.render_for_count` when tools are involved, so that the tools are counted
+    the way training and inference show them (``tools=``, or the fallback prompt)."""
+    texts: list[str] = []
+    tools = any(
+        m.get(TOOLS_FIELD) or m.get("tool_calls") or m["role"] == "tool"
+        for conv in conversations
+        for m in conv
+    )
+    for s in range(0, len(conversations), TOKEN_BATCH):
+        batch = list(conversations[s : s + TOKEN_BATCH])
+        if tools:
+            texts.extend(chat.render_for_count(tokenizer, conv) for conv in batch)
+        else:
+            texts.extend(tokenizer.apply_chat_template(batch, tokenize=False))
+        if progress:
+            progress(len(batch))
+    return texts
 
 
 def _load_tokenizer(model: str | None) -> tuple[Any, str]:
@@ -400,8 +525,10 @@ def check_examples(
     max_len: int = 512,
     output_pattern: str | None = None,
     progress: Callable[[str], None] | None = None,
+    tools: list[dict[str, Any]] | None = None,
 ) -> CheckReport:
-    """Warnings and statistics for already-parsed examples (``tokenizer`` None: no token stats)."""
+    """Warnings and statistics for already-parsed examples (``tokenizer`` None: no token stats;
+    ``tools``: the project's, for examples without their own)."""
     say = progress or (lambda _msg: None)
     lines = [ex.line for ex in examples]
     warnings: list[Finding] = []
@@ -415,15 +542,21 @@ def check_examples(
     }
     fmt: OutputFormat | None = None
     if examples:
+        examples = [ex.with_tools(tools) for ex in examples]
         say("duplicates")
         warnings += _duplicates(examples, lines)
         say("format")
-        fmt, labels = infer_labels([ex.target for ex in examples], output_pattern)
-        found, stats["labels"] = _format_findings(fmt, labels, examples, lines)
+        if is_tool_data(examples):  # calls, not a text format: see _tool_findings
+            found, stats["tools"], stats["labels"] = _tool_findings(examples, lines)
+        else:
+            fmt, labels = infer_labels([ex.target for ex in examples], output_pattern)
+            found, stats["labels"] = _format_findings(fmt, labels, examples, lines)
         warnings += found
         if tokenizer is not None:
             say("tokens")
-            lengths = token_lengths(tokenizer, [ex.messages for ex in examples])
+            # with_system(""): the tools ride on the system turn, as training renders them
+            convs = [ex.with_system("").messages for ex in examples]
+            lengths = token_lengths(tokenizer, convs)
             found, stats["tokens"] = _length_findings(lengths, max_len, lines)
             stats["tokens"]["model"] = model_name
             warnings += found
@@ -447,16 +580,18 @@ def check_file(
     tokenizer: Any = None,
     output_pattern: str | None = None,
     progress: Callable[[str], None] | None = None,
+    tools: list[dict[str, Any]] | None = None,
 ) -> CheckReport:
     """Check a chat JSONL file: all errors, then warnings and statistics on its valid examples.
 
     Token lengths use ``tokenizer`` when given, else the tokenizer of ``model`` (default: the
     embedded model). When the default model is not installed the token statistics are skipped
-    with a warning; a ``model`` the user named must resolve.
+    with a warning; a ``model`` the user named must resolve. ``tools`` are the project's
+    (``task.tools``, or ``data check --tools FILE``): lines without their own may call them.
     """
     path = Path(path)
     (progress or (lambda _m: None))("parsing")
-    examples, problems = parse_jsonl(path)
+    examples, problems = parse_jsonl(path, tools)
     if not examples and not problems:
         raise UserError(f"{path}: no examples (the file is empty)")
     model_name = model
@@ -477,6 +612,7 @@ def check_file(
         max_len=max_len,
         output_pattern=output_pattern,
         progress=progress,
+        tools=tools,
     )
     if skipped:
         report.warnings.append(skipped)

@@ -250,7 +250,9 @@ def _source_rows(
 ) -> Iterator[Row]:
     """The produced records of ``src`` read as ``source``."""
     if source not in SOURCES:
-        raise UserError(f"--from {source!r}: use one of {', '.join(SOURCES)}")
+        if source == "snips":  # a folder of files, not records: its own module
+            raise UserError("--from snips: use tunewise.data.convert_snips.convert_snips")
+        raise UserError(f"--from {source!r}: use one of {', '.join(SOURCES)}, snips")
     if source == "csv":
         _csv_reader("", opts["delimiter"])  # a bad --delimiter is named before the file is read
     text = files.read_text(src, encoding, errors)

@@ -14,11 +14,14 @@ the splits built on them, are identical from run to run.
 
 from __future__ import annotations
 
+import json
 import re
 import zlib
 from collections.abc import Sequence
 
 import numpy as np
+
+from tunewise.runtime.tool_calls import CALL_OPEN, parse_reply
 
 NUM_PERM = 64
 THRESHOLD = 0.7
@@ -76,10 +79,37 @@ def structured_facts(text: str) -> str | None:
     return None
 
 
+def call_facts(text: str) -> str | None:
+    """A text holding function calls (``<tool_call>`` blocks, as a call turn's content is
+    written) as its words and then its calls, None when it holds none.
+
+    Each call is one token for the function (``call_get_weather``) and one per argument
+    (``city_paris``), in key order, so two turns calling the same function with the same arguments
+    are equal whatever the order of keys, and the JSON punctuation the blocks repeat
+    (``name``, ``arguments``, ``tool_call``) does not make every call turn look alike.
+    """
+    if CALL_OPEN not in text:
+        return None
+    reply = parse_reply(text)
+    if not reply.calls:
+        return None
+    tokens = _WORD.findall(reply.content.lower())
+    for call in reply.calls:
+        tokens.append(_fact("call", call.name))
+        for key in sorted(call.arguments):
+            value = call.arguments[key]
+            shown = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+            tokens.append(_fact(key, shown) or "_")
+    return " ".join(t for t in tokens if t)
+
+
 def normalize(text: str) -> str:
     """Lower case words joined by one space: punctuation, case and spacing do not count; an
-    attribute list is its facts, one token each (:func:`structured_facts`)."""
-    facts = structured_facts(text)
+    attribute list is its facts, one token each (:func:`structured_facts`); a text with function
+    calls is its words and its calls (:func:`call_facts`)."""
+    facts = call_facts(text)
+    if facts is None:
+        facts = structured_facts(text)
     return facts if facts is not None else " ".join(_WORD.findall(text.lower()))
 
 

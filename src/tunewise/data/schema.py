@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import IO, Any
 
 from tunewise.data.files import JSONProblem, loads, require_file
+from tunewise.data.tool_checks import check_tool_use
 from tunewise.errors import DataError
 from tunewise.fsio import sha256_json
 from tunewise.runtime.tool_calls import (
     TOOLS_FIELD,
     attach_tools,
-    call_from_openai,
     canonical_message,
 )
 
@@ -162,8 +162,11 @@ def _short(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def validate_record(obj: Any, path: str, line: int) -> list[Problem]:
-    """Every structural problem in one parsed line."""
+def validate_record(
+    obj: Any, path: str, line: int, *, tools: list[dict[str, Any]] | None = None
+) -> list[Problem]:
+    """Every structural problem in one parsed line, and every problem of its tools and calls
+    (:mod:`tunewise.data.tool_checks`; ``tools``: the project's, for lines without their own)."""
     out: list[Problem] = []
 
     def bad(fld: str, msg: str) -> None:
@@ -198,8 +201,6 @@ def validate_record(obj: Any, path: str, line: int) -> list[Problem]:
             )
         content = m.get("content")
         calls = m.get("tool_calls") if role == "assistant" else None
-        if calls is not None:
-            _check_calls(calls, f"{where}.tool_calls", bad)
         if calls and content is None:
             pass  # a call turn: null content is how the OpenAI format writes "calls only"
         elif not isinstance(content, str):
@@ -214,6 +215,7 @@ def validate_record(obj: Any, path: str, line: int) -> list[Problem]:
             bad(f"{where}.role", f"two consecutive '{role}' turns")
         roles.append(role)
         prev_role = role
+    check_tool_use(obj, bad, quote=_short, project_tools=tools)
     _check_references(obj.get(REFERENCES_FIELD, []), bad)
     if REFUSAL_FIELD in obj and not isinstance(obj[REFUSAL_FIELD], bool):
         bad(REFUSAL_FIELD, f"expected true or false, got {_short(obj[REFUSAL_FIELD])}")
@@ -223,19 +225,6 @@ def validate_record(obj: Any, path: str, line: int) -> list[Problem]:
         last = f"messages[{len(msgs) - 1}].role"
         bad(last, f"last turn must be 'assistant', got {_short(roles[-1])}")
     return out
-
-
-def _check_calls(calls: Any, where: str, bad: Callable[[str, str], None]) -> None:
-    """The structure of an assistant turn's ``tool_calls`` (what the tools allow is checked by
-    ``data/tool_checks.py``)."""
-    if not isinstance(calls, list) or not calls:
-        bad(where, f"expected a non-empty list of calls, got {_short(calls)}")
-        return
-    for j, call in enumerate(calls):
-        try:
-            call_from_openai(call)
-        except ValueError as exc:
-            bad(f"{where}[{j}].function", str(exc))
 
 
 def _check_references(refs: Any, bad: Callable[[str, str], None]) -> None:
@@ -277,8 +266,10 @@ def _decoded_lines(path: Path, fh: IO[bytes]) -> Iterator[tuple[int, str]]:
             yield lineno, raw
 
 
-def parse_jsonl(path: str | Path) -> tuple[list[Example], list[Problem]]:
-    """All valid examples and all problems in ``path``."""
+def parse_jsonl(
+    path: str | Path, tools: list[dict[str, Any]] | None = None
+) -> tuple[list[Example], list[Problem]]:
+    """All valid examples and all problems in ``path`` (``tools``: see :func:`validate_record`)."""
     path = Path(path)
     examples: list[Example] = []
     problems: list[Problem] = []
@@ -288,7 +279,7 @@ def parse_jsonl(path: str | Path) -> tuple[list[Example], list[Problem]]:
         except JSONProblem as exc:
             problems.append(Problem(str(path), lineno, exc.field or "(line)", exc.message))
             continue
-        found = validate_record(obj, str(path), lineno)
+        found = validate_record(obj, str(path), lineno, tools=tools)
         if found:
             problems.extend(found)
             continue
@@ -303,7 +294,7 @@ def load_examples(path: str | Path, tools: list[dict[str, Any]] | None = None) -
 
     ``tools`` (the project's ``task.tools``) go to every example whose line has none of its own.
     """
-    examples, problems = parse_jsonl(path)
+    examples, problems = parse_jsonl(path, tools)
     if tools:
         examples = [ex.with_tools(tools) for ex in examples]
     if problems:

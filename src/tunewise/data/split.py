@@ -159,6 +159,9 @@ def split_examples(
         raise UserError("no examples to split")
     fmt, labels = infer_labels([ex.target for ex in examples], output_pattern)
     strata = ["|".join(lab[f] for f in fmt.label_fields) if lab else NO_LABEL for lab in labels]
+    by_call = not fmt.label_fields and any(ex.messages[-1].get("tool_calls") for ex in examples)
+    if by_call:  # function calls: each split gets its share of every function (and of "no call")
+        strata = [called_functions(ex) for ex in examples]
     clusters = near_duplicate_clusters([input_text(ex) for ex in examples], threshold=threshold)
     where = assign(strata, clusters, val=val, test=test, seed=seed)
     idx = {s: [i for i, w in enumerate(where) if w == s] for s in SPLITS}
@@ -170,7 +173,7 @@ def split_examples(
     n_clusters = sum(1 for c, k in Counter(clusters).items() if k > 1)
     info = {
         "format": fmt.to_json(),
-        "stratified": bool(fmt.label_fields),
+        "stratified": bool(fmt.label_fields) or by_call,
         "near_duplicate_clusters": n_clusters,
         "near_duplicate_threshold": threshold,
         "counts": {
@@ -178,7 +181,17 @@ def split_examples(
             for s in SPLITS
         },
     }
+    if by_call:
+        info["stratified_by"] = "called function"
+        for s in SPLITS:
+            info["counts"][s]["functions"] = dict(Counter(strata[i] for i in idx[s]))
     return {s: [examples[i] for i in idx[s]] for s in SPLITS}, info
+
+
+def called_functions(ex: Example) -> str:
+    """The functions the answer calls, sorted and joined (``"(no call)"`` for a text answer)."""
+    calls = ex.messages[-1].get("tool_calls") or []
+    return "+".join(sorted(c["function"]["name"] for c in calls)) or "(no call)"
 
 
 def split_file(

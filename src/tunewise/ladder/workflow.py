@@ -350,6 +350,7 @@ def _check(plan: _Plan) -> Outputs:
             model=cfg.model.base,
             max_len=cfg.data.max_len,
             output_pattern=cfg.task.output_pattern,
+            tools=cfg.task.tools,
         )
         out = plan.work / ("check.json" if name == "train" else f"check-{name}.json")
         atomic_write_json(out, report.to_json())

@@ -106,7 +106,7 @@ def call_from_openai(entry: dict[str, Any]) -> ToolCall:
     args = fn.get("arguments", {})
     if isinstance(args, str):
         try:
-            args = json.loads(args) if args.strip() else {}
+            args = _loads(args) if args.strip() else {}
         except json.JSONDecodeError as exc:
             raise ValueError(f"arguments are not JSON ({exc.msg} at char {exc.pos})") from None
     if not isinstance(args, dict):
@@ -134,13 +134,24 @@ def canonical_message(msg: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _loads(text: str) -> Any:
+    """``json.loads``, with the errors a hostile answer can raise besides a syntax error (nesting
+    past the stack, an integer past Python's digit limit) turned into ``JSONDecodeError``."""
+    try:
+        return json.loads(text)
+    except (RecursionError, ValueError) as exc:
+        if isinstance(exc, json.JSONDecodeError):
+            raise
+        raise json.JSONDecodeError(type(exc).__name__, text, 0) from None
+
+
 def _as_call(obj: Any) -> ToolCall | None:
     if not isinstance(obj, dict) or not isinstance(obj.get("name"), str) or not obj["name"]:
         return None
     args = obj.get("arguments", obj.get("parameters", {}))
     if isinstance(args, str):  # some models write the OpenAI wire form inside the block
         try:
-            args = json.loads(args)
+            args = _loads(args)
         except json.JSONDecodeError:
             return None
     return ToolCall(obj["name"], args) if isinstance(args, dict) else None
@@ -159,7 +170,7 @@ def parse_reply(text: str) -> Reply:
         stripped = text.strip()
         if stripped.startswith("{"):
             try:
-                call = _as_call(json.loads(stripped))
+                call = _as_call(_loads(stripped))
             except json.JSONDecodeError:
                 call = None
             if call is not None:
@@ -170,7 +181,7 @@ def parse_reply(text: str) -> Reply:
     for i, m in enumerate(blocks):
         body = m.group(1).strip()
         try:
-            call = _as_call(json.loads(body))
+            call = _as_call(_loads(body))
         except json.JSONDecodeError as exc:
             problems.append(f"call {i + 1}: not JSON ({exc.msg})")
             continue
