@@ -11,8 +11,9 @@ A candidate is something the evaluation scores on the same items as every other:
   (``finetuned``, ``finetuned-qlora``, ``finetuned+fewshot-s2``...);
 * ``external``: every endpoint of ``eval.external``, each under its own name;
 * ``production``: the registry's production version, evaluated for the champion/challenger check;
-* any of those with ``+constrained`` (labels tasks): the same prompt, the answer chosen among the
-  allowed labels by log-likelihood instead of generated.
+* any of those with ``+constrained``: the same prompt, the answer chosen among the allowed labels
+  by log-likelihood instead of generated (labels tasks), or generated under the tools' call
+  grammar, every call valid (tools tasks).
 
 The harness, the ladder, the estimates and the advice all read names through this module, so the
 grammar has one owner and a new kind of candidate is one edit here.
@@ -94,7 +95,11 @@ def describe(name: str) -> str:
         "champion": "the registry's production version",
         "other": f"the candidate {c.base!r}",
     }[c.kind]
-    return what + (", its label chosen by log-likelihood" if c.constrained else "")
+    constrained = (
+        ", its label chosen by log-likelihood (labels) or its calls decoded under the tools' "
+        "JSON schemas (tools)"
+    )
+    return what + (constrained if c.constrained else "")
 
 
 def is_constrained(name: str) -> bool:

@@ -1,4 +1,14 @@
-"""Constrained label mode: pick the allowed answer the model finds most likely.
+"""Constrained modes: the ``X+constrained`` candidates, whose answers are valid by construction.
+
+* On a **labels** task: pick the allowed answer the model finds most likely (below).
+* On a **tools** task: generate under the tools' call grammar (:mod:`tunewise.runtime.grammar`,
+  :class:`ToolConstraints`): every call the answer makes names one of the item's tools and fits
+  that tool's parameters schema. So the prompt rung gets its fairest chance (a base model that
+  knows which call to make but not how to write it is no longer failed on the format), and a
+  fine-tune's constrained score is what serving it with ``tool_choice`` gives. The same graders
+  score both, so the evaluation shows validity and accuracy with and without the grammar.
+
+Label scoring: pick the allowed answer the model finds most likely.
 
 Instead of letting the model write freely (and sometimes invent a label or break the format), each
 allowed answer is scored by its total log-probability after the prompt
@@ -34,6 +44,8 @@ from typing import Any, Protocol
 from tunewise.data.labels import SINGLE_FIELD, LabelSpec
 from tunewise.data.schema import Example
 from tunewise.errors import UserError
+from tunewise.runtime.grammar import ToolConstraint, tool_constraint
+from tunewise.runtime.tool_calls import attached_tools, parse_reply
 
 
 class Scores(Protocol):
@@ -201,3 +213,78 @@ def null_messages(messages: list[dict[str, str]]) -> list[dict[str, str]]:
 
 def references(train: Sequence[Example]) -> list[str]:
     return [ex.target for ex in train]
+
+
+# --------------------------------------------------------------------------------------------
+# tools tasks: generation under the call grammar
+
+
+def tool_choice_for(train: Sequence[Example]) -> str:
+    """The ``tool_choice`` an evaluation decodes with: ``required`` when every training answer
+    calls a tool, ``auto`` when some answer in plain text (then a plain reply must stay possible:
+    forcing a call would make those items wrong by construction). Read from train, never from the
+    evaluated items' own references."""
+    return "auto" if any(not parse_reply(ex.target).calls for ex in train) else "required"
+
+
+def string_cap_for(train: Sequence[Example]) -> int:
+    """The longest free string argument a constrained call may write: twice the longest string
+    argument of the training calls, at least 64 characters. A model that opens a quote and
+    rambles (a weak base model does) is then made to close it and finish its call, instead of
+    running into ``max_new_tokens`` with a broken one."""
+    longest = max((_longest_string(c.arguments) for ex in train for c in _calls(ex)), default=0)
+    return max(64, 2 * longest)
+
+
+def _calls(ex: Example) -> list[Any]:
+    return parse_reply(ex.target).calls
+
+
+def _longest_string(value: Any) -> int:
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, list):
+        return max((_longest_string(v) for v in value), default=0)
+    return 0
+
+
+class ToolConstraints:
+    """One :class:`ToolConstraint` per distinct tool list (usually the project's one list), in
+    ``mode``, built against ``tokenizer`` (None: a backend without one, the grammar is checked
+    when a generation starts); free strings capped at ``string_cap`` characters."""
+
+    def __init__(self, tokenizer: Any | None, mode: str, string_cap: int | None = None) -> None:
+        self.tokenizer = tokenizer
+        self.mode = mode
+        self.string_cap = string_cap
+        self._built: dict[str, ToolConstraint] = {}
+        self.unconstrained = 0  # items without tools: generated freely
+
+    def for_item(self, example: Example, messages: list[dict[str, Any]]) -> ToolConstraint | None:
+        """The constraint of one item: its tools (its line's or the project's, as its prompt
+        carries them); None when it has none."""
+        tools = example.tools or attached_tools(messages)
+        if not tools:
+            self.unconstrained += 1
+            return None
+        key = json.dumps(tools, sort_keys=True)
+        if key not in self._built:
+            self._built[key] = tool_constraint(
+                self.tokenizer, tools, self.mode, max_string_chars=self.string_cap
+            )
+        return self._built[key]
+
+    def describe(self) -> dict[str, Any]:
+        """For the candidate's meta: how its answers were constrained."""
+        from importlib.metadata import version  # stdlib; only asked when an evaluation ran it
+
+        return {
+            "mode": "tool-grammar",
+            "tool_choice": self.mode,
+            "tool_lists": len(self._built),
+            "items_without_tools": self.unconstrained,
+            "max_string_chars": self.string_cap,
+            "library": f"lm-format-enforcer {version('lm-format-enforcer')}",
+        }

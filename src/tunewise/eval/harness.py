@@ -15,8 +15,9 @@ Candidates (names as in ``eval.candidates``):
   run trained with ``train.context`` (``finetuned+fewshot``) is always given the context it was
   trained with, built by :mod:`tunewise.baselines.context` from the run's own ``context.json``;
 * every ``eval.external`` endpoint, by its name;
-* ``<candidate>+constrained`` (labels tasks): the same prompt, with the answer chosen among the
-  allowed labels by log-likelihood instead of generated freely.
+* ``<candidate>+constrained``: the same prompt, with the answer chosen among the allowed labels
+  by log-likelihood instead of generated freely (labels tasks), or generated under the tools'
+  call grammar, so that every call it makes is valid (tools tasks; see eval/constrained.py).
 
 All candidates see the same items in the same order; the statistics pair them item by item. The
 sealed test split is refused unless ``final`` is set, and every final use is recorded. Generations
@@ -54,7 +55,12 @@ from tunewise.data.own_splits import split_project
 from tunewise.data.schema import Example, group_references, load_examples
 from tunewise.data.seal import guard
 from tunewise.errors import UserError
-from tunewise.eval.constrained import ConstrainedLabeler
+from tunewise.eval.constrained import (
+    ConstrainedLabeler,
+    ToolConstraints,
+    string_cap_for,
+    tool_choice_for,
+)
 from tunewise.eval.graders import Grader, LLMJudge
 from tunewise.eval.items import item_ids
 from tunewise.eval.reference import corpus_scores
@@ -226,7 +232,10 @@ class _Harness:
 
     def constrained(
         self, name: str, engine: Any, msgs: list[Messages], adapter: str | None
-    ) -> tuple[list[str], dict, list[dict]]:
+    ) -> tuple[list[str], dict, list[dict] | None]:
+        if self.cfg.task.type == "tools":  # calls decoded under the tools' grammar
+            outs, meta = self.tool_constrained(name, engine, msgs, adapter)
+            return outs, meta, None
         spec = self.grader.spec
         assert spec is not None
         labeler = ConstrainedLabeler(spec, [ex.target for ex in self.train])
@@ -238,6 +247,28 @@ class _Harness:
             "calibration": "pmi" if labeler.calibrate else "none",
         }
         return [c[0] for c in chosen], meta, [c[1] for c in chosen]
+
+    def tool_constrained(
+        self, name: str, engine: Any, msgs: list[Messages], adapter: str | None
+    ) -> tuple[list[str], dict[str, Any]]:
+        """Answers generated under the item's tools' call grammar (see eval/constrained.py)."""
+        grammar = ToolConstraints(
+            getattr(engine, "tokenizer", None),
+            tool_choice_for(self.train),
+            string_cap_for(self.train),
+        )
+        mnt = self.max_new_tokens(engine)
+        reqs = [
+            GenRequest(m, adapter=adapter, max_new_tokens=mnt, constraint=grammar.for_item(ex, m))
+            for ex, m in zip(self.items, msgs, strict=True)
+        ]
+        if self.progress:
+            console.print(
+                f"[bold]{name}[/]: {len(reqs)} answers under the tools' call grammar "
+                f"(tool_choice {grammar.mode}, max {mnt} new tokens)"
+            )
+        outs = [r.text for r in engine.generate(reqs, progress=self.progress)]
+        return outs, {**grammar.describe(), "max_new_tokens": mnt}
 
     def result(
         self,
@@ -359,9 +390,9 @@ def _add_references(cfg: ProjectConfig, plan: list[str]) -> None:
 def _constrained_variants(
     cfg: ProjectConfig, asked: list[str], plan: list[str], finetuned: dict[str, Path]
 ) -> list[str]:
-    """The constrained (label-scoring) candidates: those listed, one per training run for the
-    ``finetuned...`` names; or, with none listed and ``eval.constrained`` on, one per local
-    candidate of ``plan``."""
+    """The constrained candidates (labels scored, or calls decoded under the tools' grammar):
+    those listed, one per training run for the ``finetuned...`` names; or, with none listed and
+    ``eval.constrained`` on, one per local candidate of ``plan``."""
     explicit: list[str] = []
     for n in asked:
         if n in (f"finetuned{CONSTRAINED}", f"finetuned+rag{CONSTRAINED}"):  # one per training run
@@ -375,7 +406,7 @@ def _constrained_variants(
             ]
         elif n.endswith(CONSTRAINED) and n not in explicit:
             explicit.append(n)
-    if cfg.task.type == "labels":
+    if cfg.task.type in ("labels", "tools"):  # labels scored, or calls decoded under a grammar
         if explicit:
             local = set(RUNGS) | set(finetuned) | {f"{n}+rag" for n in finetuned}
             for n in explicit:

@@ -18,13 +18,35 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from tunewise.errors import UserError
 from tunewise.progress import Bar, make_console
 from tunewise.runtime.cache import GenCache
 
+if TYPE_CHECKING:
+    from collections.abc import Collection
+
+    from tunewise.runtime.decoding import RowConstraint
+
 Messages = list[dict[str, str]]  # chat turns: {"role": ..., "content": ...}
+
+
+class Constraint(Protocol):
+    """What a request's answer may be (:class:`tunewise.runtime.grammar.ToolConstraint`)."""
+
+    def key(self) -> str:
+        """Identifies the constraint in the generation cache key."""
+        ...
+
+    def start(
+        self,
+        tokenizer: Any,
+        eos_ids: Collection[int],
+        decode: Callable[[list[int]], str] | None = None,
+    ) -> RowConstraint:
+        """A fresh per-row state for one generation with ``tokenizer``."""
+        ...
 
 
 @dataclass
@@ -33,6 +55,8 @@ class GenRequest:
     adapter: str | None = None  # None -> the base model
     max_new_tokens: int = 64
     stop: list[str] = field(default_factory=list)
+    # A decoding constraint (a local engine only): None generates freely.
+    constraint: Constraint | None = None
 
 
 @dataclass
@@ -103,8 +127,16 @@ class Backend(Protocol):
 
 
 def generation_params(req: GenRequest) -> dict[str, Any]:
-    """The decoding parameters that, with model, adapter and prompt, determine a greedy output."""
-    return {"decoding": "greedy", "max_new_tokens": int(req.max_new_tokens), "stop": list(req.stop)}
+    """The decoding parameters that, with model, adapter and prompt, determine a greedy output.
+    An unconstrained request keeps the key it always had."""
+    params: dict[str, Any] = {
+        "decoding": "greedy",
+        "max_new_tokens": int(req.max_new_tokens),
+        "stop": list(req.stop),
+    }
+    if req.constraint is not None:
+        params["constraint"] = req.constraint.key()
+    return params
 
 
 def _no_adapter(_: str | None) -> str:

@@ -16,18 +16,35 @@ Batch layout, per row: ``[shared prefix P][left padding][own suffix][generated .
   ``model.generate`` token for token.
 * A row that reaches EOS, a stop string or its ``max_new`` leaves the batch (its KV rows are
   dropped), so finished rows stop costing compute.
+* A row may carry a :class:`RowConstraint` (a tool-call grammar, :mod:`tunewise.runtime.grammar`):
+  before each token is chosen, the logits of the tokens it forbids become ``-inf`` in that row
+  only. A batch without constrained rows runs exactly the unconstrained loop; in a mixed batch the
+  other rows' logits pass through unchanged, so their answers stay what they are alone.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
 
 if TYPE_CHECKING:  # torch is imported where tensors are made: `tunewise --help` stays fast
     import torch
 
 Forward = Callable[..., "torch.Tensor"]
+Pick = Callable[["torch.Tensor"], "torch.Tensor"]  # (b, vocab) logits -> (b,) chosen token ids
+
+
+class RowConstraint(Protocol):
+    """A per-row decoding constraint (see :mod:`tunewise.runtime.grammar`)."""
+
+    def allowed(self, gen: list[int]) -> torch.Tensor | None:
+        """Bool mask over the tokenizer's vocabulary of the tokens that may follow ``gen`` (the
+        tokens generated so far), or None where the row is unconstrained at this step."""
+        ...
+
 
 MIN_SHARED_PREFIX = 8  # below this, a separate prefix pass costs more than it saves
 
@@ -42,6 +59,7 @@ class Row:
     gen: list[int] = field(default_factory=list)
     text: str = ""  # decoded so far, kept current only when stop strings or streaming need it
     finish: str | None = None  # "stop" | "length" once done
+    constraint: RowConstraint | None = None  # None: free generation
 
 
 def first_stop(text: str, stops: list[str]) -> int | None:
@@ -130,14 +148,22 @@ def greedy_decode(
     pad_id: int,
     decode: Callable[[list[int]], str],
     track_text: bool = False,
+    pick: Pick | None = None,
 ) -> Iterator[None]:
-    """Greedy-decode ``rows`` together, yielding after every step (a stream reads ``row.text``)."""
+    """Greedy-decode ``rows`` together, yielding after every step (a stream reads ``row.text``).
+
+    ``pick`` chooses each step's tokens from the logits instead of argmax (a sampler); rows'
+    constraints have masked those logits already, so a sampler respects them as greedy does.
+    """
     import torch  # lazy: torch, ~1 s; imported where tensors are made
 
     logits, kv, mask, last_pos = prefill(forward, config, [r.prompt for r in rows], pad_id)
     active = list(range(len(rows)))  # rows still in the batch, in batch order
+    constrained = any(r.constraint is not None for r in rows)
     while True:
-        next_tok = logits.argmax(-1).cpu()  # (b,)
+        if constrained:
+            logits = apply_constraints(logits, [rows[i] for i in active])
+        next_tok = (logits.argmax(-1) if pick is None else pick(logits)).cpu()  # (b,)
         keep: list[int] = []
         for j, r_idx in enumerate(active):
             row = rows[r_idx]
@@ -164,6 +190,32 @@ def greedy_decode(
         mask = torch.cat([mask, torch.ones((len(active), 1), dtype=mask.dtype)], dim=1)
         last_pos = last_pos + 1
         logits = forward(next_tok[:, None], mask, last_pos[:, None], kv)
+
+
+def apply_constraints(logits: torch.Tensor, rows: list[Row]) -> torch.Tensor:
+    """``logits`` (b, vocab) with every token a row's constraint forbids at ``-inf``; rows without
+    a constraint (or free at this step) are untouched. Out of place: the logits come from
+    inference mode."""
+    import torch  # lazy: torch, ~1 s; imported where tensors are made
+
+    masks = {}
+    for j, row in enumerate(rows):
+        if row.constraint is not None:
+            m = row.constraint.allowed(row.gen)
+            if m is not None:
+                masks[j] = m
+    if not masks:
+        return logits
+    # One numpy matrix, one torch op: small torch ops each wake the thread pool, which costs
+    # more than the work on a busy CPU. Columns past the tokenizer's vocabulary (padded
+    # embeddings) stay forbidden for a constrained row.
+    allow = np.ones(tuple(logits.shape), dtype=bool)
+    for j, m in masks.items():
+        n = min(allow.shape[1], len(m))
+        allow[j, :n] = m[:n].numpy()
+        allow[j, n:] = False
+    keep = torch.from_numpy(allow).to(logits.device)
+    return torch.where(keep, logits, torch.tensor(float("-inf"), dtype=logits.dtype))
 
 
 def score_continuations(

@@ -124,7 +124,9 @@ class Engine:
         self._base = base
         self.pool = AdapterPool(base, ref, max_loaded=max_loaded_adapters)
         self._device = next(base.parameters()).device
-        self._tok_lock = threading.Lock()  # fast tokenizers are not safe to call from two threads
+        # Fast tokenizers are not safe to call from two threads. Reentrant: a constraint is
+        # started (its tokenizer data built, once) under it, and may decode through it.
+        self._tok_lock = threading.RLock()
         self.end_of_turn = self._find_end_of_turn()
         self.eos_ids: frozenset[int] = _eos_ids(base, self.tokenizer, self.end_of_turn)
         pad = self.tokenizer.pad_token_id
@@ -254,10 +256,7 @@ class Engine:
     ) -> Generator[dict[int, GenResult], None, None]:
         """Run requests ``todo`` in batches, yielding each batch's results as it finishes."""
         ids = self.encode([prompts[i] for i in todo])
-        rows = {
-            i: Row(prompt=t, max_new=requests[i].max_new_tokens, stops=list(requests[i].stop))
-            for i, t in zip(todo, ids, strict=True)
-        }
+        rows = {i: self._row(requests[i], t) for i, t in zip(todo, ids, strict=True)}
         for i, row in rows.items():  # all of them before any runs: fail fast, not half-way
             check_context(len(row.prompt), row.max_new, self.context_length, where=f"request {i}: ")
         for adapter, idx in self._batches(requests, rows):
@@ -294,7 +293,7 @@ class Engine:
             raise UserError("max_new_tokens must be at least 1")
         ids = self.encode([self.render(request.messages)])[0]
         check_context(len(ids), request.max_new_tokens, self.context_length)
-        row = Row(prompt=ids, max_new=request.max_new_tokens, stops=list(request.stop))
+        row = self._row(request, ids)
         sent = 0
         with self.pool.pinned(request.adapter):
             for _ in self._decode(request.adapter, [row], track_text=True):
@@ -313,6 +312,20 @@ class Engine:
         if len(result.text) > sent:
             yield result.text[sent:]
         return result
+
+    def _row(self, request: GenRequest, prompt: list[int]) -> Row:
+        """A decode row for ``request``, its constraint (if any) started on this tokenizer."""
+        row = Row(prompt=prompt, max_new=request.max_new_tokens, stops=list(request.stop))
+        if request.constraint is not None:
+            with self._tok_lock:  # the first start reads the whole vocabulary
+                row.constraint = request.constraint.start(self.tokenizer, self.eos_ids, self._raw)
+        return row
+
+    def _raw(self, ids: list[int]) -> str:
+        """Token ids as text with control tokens kept, under the tokenizer lock (a grammar
+        reads what it has seen so far)."""
+        with self._tok_lock:
+            return self.tokenizer.decode(ids)
 
     def _result(self, row: Row) -> GenResult:
         gen = row.gen[:-1] if row.gen and row.gen[-1] in self.eos_ids else row.gen
