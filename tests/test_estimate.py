@@ -41,7 +41,8 @@ def project(tmp_path: Path, n: int = 100, labels: int = 5, **eval_cfg) -> Path:
                 "name": "est",
                 "task": {"type": "labels", "system_prompt": "Reply with one intent."},
                 "data": {"train": "d.jsonl", "split": {"val": 0.2, "test": 0.2}},
-                "train": {"epochs": 2, "batch_size": 4, "eval_every": 10},
+                # overfit_sample 0: the check's pricing is tested in test_val_budget.py
+                "train": {"epochs": 2, "batch_size": 4, "eval_every": 10, "overfit_sample": 0},
                 "eval": {"fewshot": {"k": 2}, "rag": {"k": 2, "sources": ["train"]}, **eval_cfg},
             }
         )

@@ -49,6 +49,23 @@ from tunewise.rungs import RUNGS
 DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 DEVICE_HELP = "auto | cpu | cuda | cuda:N | mps"
 
+# The metrics of the tools grader (tunewise.eval.tool_graders), named here where eval.primary_metric
+# is validated. The error rates are lower-is-better: never a primary metric (the gate maximises it).
+TOOLS_PRIMARY = "call_accuracy"
+TOOL_ERROR_RATES: tuple[str, ...] = ("wrong_call", "missed_call", "call_parse_errors")
+TOOL_METRICS: tuple[str, ...] = (
+    TOOLS_PRIMARY,
+    "name_accuracy",
+    "arg_precision",
+    "arg_recall",
+    "arg_f1",
+    "call_schema_valid",
+    *TOOL_ERROR_RATES,
+)
+# What a tools task scores when eval.graders is not given: its calls, and their validity as the
+# format guard (format_compliance = call_schema_valid).
+TOOLS_GRADERS: tuple[str, ...] = ("tools", "format")
+
 
 # The largest magnitude any number in project.yaml may have. No count, rate or price here comes
 # near it; past it a value is a typo (1e400 reads as inf) that would fail far from the file, after
@@ -304,7 +321,26 @@ class TrainConfig(_Section):
         description="examples longer than data.max_len tokens: drop them, truncate (keep the first "
         "max_len tokens) or stop with an error; training refuses when over half would be dropped",
     )
-    eval_every: int = Field(20, ge=1, description="validation loss every N optimizer steps")
+    eval_every: int | Literal["auto"] = Field(
+        "auto",
+        description="when validation runs (loss, then the overfitting check). auto: as often as "
+        "train.eval_budget allows, timed on this run's own measured step and evaluation costs "
+        "(docs/training.md); a whole number N >= 1: every N optimizer steps and at the last step",
+    )
+    eval_budget: float = Field(
+        0.10,
+        gt=0,
+        le=0.5,
+        description="eval_every auto: the most of the run's wall time that validation loss and the "
+        "overfitting check together may take; a run with no evaluation yet still gets one at the "
+        "end",
+    )
+    val_loss_items: int | Literal["auto"] = Field(
+        "auto",
+        description="validation items the loss is computed on: auto: the whole split up to 128 "
+        "items, past that 128 drawn with train.seed, stratified by label; a whole number N >= 1: "
+        "at most N (the overfitting check keeps its own train.overfit_sample prompts)",
+    )
     save_every: int = Field(50, ge=1, description="checkpoint every N optimizer steps")
     early_stopping_patience: int = Field(
         3,
@@ -376,6 +412,16 @@ class TrainConfig(_Section):
         if v is not None and (not v or len(set(v)) != len(v)):
             raise ValueError("list each context variant once, at least one")
         return v
+
+    @field_validator("eval_every", "val_loss_items", mode="before")
+    @classmethod
+    def _auto_or_count(cls, v: Any) -> Any:
+        # One plain message; pydantic's own for a union lists one error per member.
+        if v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+            return v
+        raise PydanticCustomError(
+            "auto_or_count", "expected auto or a whole number >= 1, got {v}", {"v": repr(v)}
+        )
 
     @field_validator("shared_prefix", mode="before")
     @classmethod
@@ -453,22 +499,36 @@ class EvalConfig(_Section):
         [], description="OpenAI-compatible endpoints, each evaluated as a candidate by its name"
     )
     graders: list[
-        Literal["exact", "format", "label", "json", "judge", "chrf", "bleu", "rougeL", "similarity"]
+        Literal[
+            "exact",
+            "format",
+            "label",
+            "json",
+            "tools",
+            "judge",
+            "chrf",
+            "bleu",
+            "rougeL",
+            "similarity",
+        ]
     ] = Field(
         ["format", "label", "exact"],
         description="scorers: exact (exact_match), format (format_compliance), label (accuracy "
         "and accuracy_<field>, labels tasks), json (json_valid, schema_valid, accuracy, per-key "
-        "scores), judge (an LLM judge's rubric score, 0 to 1); for free text, against every "
-        "reference of the item: chrf and bleu (sacrebleu, per item 0 to 1, corpus score as "
+        "scores), tools (function calls: call_accuracy, name_accuracy, arg_precision/recall/f1, "
+        "call_schema_valid, wrong_call, missed_call, call_parse_errors; on by itself for "
+        "task.type tools), judge (an LLM judge's rubric score, 0 to 1); for free text, against "
+        "every reference of the item: chrf and bleu (sacrebleu, per item 0 to 1, corpus score as "
         "sacrebleu reports it), rougeL (rouge-score), similarity (embedding cosine); accuracy is "
-        "scored on labels and json tasks",
+        "scored on labels and json tasks. Default on a tools task: [tools, format]",
     )
     primary_metric: str = Field(
         "accuracy",
         description="the metric the gate decides on: accuracy (labels and json tasks), or one a "
         "grader in eval.graders scores (exact_match, format_compliance, json_valid, "
-        "schema_valid, judge, chrf, bleu, rougeL, similarity, accuracy_<field>, ...), or "
-        "macro_f1 (labels tasks)",
+        "schema_valid, judge, chrf, bleu, rougeL, similarity, accuracy_<field>, call_accuracy, "
+        "name_accuracy, arg_f1, ...), or macro_f1 (labels tasks). Default on a tools task: "
+        "call_accuracy (every call exactly right)",
     )
     constrained: bool = Field(
         True,
@@ -661,6 +721,22 @@ class ProjectConfig(_Section):
         return self
 
     @model_validator(mode="after")
+    def _tools_defaults(self) -> ProjectConfig:
+        # A tools task is scored on its calls: the defaults written for a labels task (label
+        # accuracy as the primary metric) would grade nothing. Only what the file leaves unset.
+        if self.task.type != "tools":
+            return self
+        given = self.eval.model_fields_set
+        update: dict[str, Any] = {}
+        if "graders" not in given:
+            update["graders"] = list(TOOLS_GRADERS)
+        if "primary_metric" not in given:
+            update["primary_metric"] = TOOLS_PRIMARY
+        if update:
+            self.eval = self.eval.model_copy(update=update)
+        return self
+
+    @model_validator(mode="after")
     def _cross_section_rules(self, info: ValidationInfo) -> ProjectConfig:
         # Only a project file being loaded is held to them (see the module docstring).
         if not (info.context or {}).get(RULES_CONTEXT):
@@ -778,11 +854,35 @@ _METRIC_GRADER = {
 }
 
 
+def _tool_metric_problem(cfg: ProjectConfig) -> str | None:
+    """What is wrong with a primary metric on a tools task, or a tools metric elsewhere."""
+    ev, pm, tools_task = cfg.eval, cfg.eval.primary_metric, cfg.task.type == "tools"
+    if pm in TOOL_ERROR_RATES:
+        return (
+            f"eval.primary_metric: {pm!r} is an error rate (lower is better) and the gate "
+            f"ships the higher score; use {TOOLS_PRIMARY}"
+        )
+    if pm in TOOL_METRICS and not (tools_task or "tools" in ev.graders):
+        return (
+            f"eval.primary_metric: {pm!r} needs the tools grader in eval.graders "
+            f"{_names(list(ev.graders))} (or task.type: tools)"
+        )
+    if tools_task and pm in ("accuracy", "macro_f1"):
+        return (
+            f"eval.primary_metric: {pm!r} is not scored on function calls (task.type: tools); "
+            f"use {TOOLS_PRIMARY} (every call exactly right), name_accuracy or arg_f1"
+        )
+    return None
+
+
 def _primary_metric_is_scored(cfg: ProjectConfig) -> str | None:
     # A primary metric no grader scores fails the gate ("was not measured") after training.
     ev, pm = cfg.eval, cfg.eval.primary_metric
     graders = _names(list(ev.graders))
     grader = _METRIC_GRADER.get(pm)
+    tools = _tool_metric_problem(cfg)
+    if tools:
+        return tools
     if pm == "accuracy" and cfg.task.type == "text":
         # Free text has no label to be right about: "accuracy" would be exact match under another
         # name, which a correct paraphrase fails.
@@ -801,12 +901,35 @@ def _primary_metric_is_scored(cfg: ProjectConfig) -> str | None:
     if pm == "schema_valid" and cfg.task.json_schema is None:
         return "eval.primary_metric: 'schema_valid' needs task.json_schema (the schema to check)"
     if pm == "format_compliance" and not (
-        cfg.task.type in ("labels", "json") or cfg.task.output_pattern or "json" in ev.graders
+        cfg.task.type in ("labels", "json", "tools")
+        or cfg.task.output_pattern
+        or "json" in ev.graders
     ):
         return (
             "eval.primary_metric: 'format_compliance' on a text task needs task.output_pattern "
             "(the format to comply with)"
         )
+    return None
+
+
+# Graders that read an answer as something a function call is not; each one's reason.
+_NOT_FOR_TOOLS = {
+    "label": "label accuracy reads an answer as labels",
+    "json": "the json grader reads the whole answer as one JSON value",
+}
+
+
+def _graders_fit_the_task(cfg: ProjectConfig) -> str | None:
+    # On a tools task these would score every call as wrong (or nothing at all), and their
+    # numbers would sit beside call_accuracy in the report looking like evidence.
+    if cfg.task.type != "tools":
+        return None
+    for grader in cfg.eval.graders:
+        if grader in _NOT_FOR_TOOLS:
+            return (
+                f"eval.graders: {grader!r} does not fit task.type tools ({_NOT_FOR_TOOLS[grader]}, "
+                "not as calls); the tools grader scores calls: use [tools, format]"
+            )
     return None
 
 
@@ -864,8 +987,16 @@ CROSS_SECTION_RULES: tuple[CrossSectionRule, ...] = (
         "the primary metric is scored: judge needs the judge grader, exact_match exact, "
         "format_compliance format (and, on a text task, task.output_pattern); json_valid and "
         "schema_valid need the json grader or task.type json, schema_valid also "
-        "task.json_schema",
+        "task.json_schema; call_accuracy and the other tools metrics need the tools grader or "
+        "task.type tools, whose primary metric is one of them (not accuracy or macro_f1) and never "
+        "an error rate (wrong_call, missed_call, call_parse_errors)",
         _primary_metric_is_scored,
+    ),
+    CrossSectionRule(
+        ("eval.graders", "task.type"),
+        "a tools task (function calls) is not graded by label or json, which read an answer as "
+        "labels or as one JSON value; the tools grader scores its calls (on by itself)",
+        _graders_fit_the_task,
     ),
     CrossSectionRule(
         ("eval.rag.sources", "data.docs"),

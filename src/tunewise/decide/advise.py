@@ -378,7 +378,7 @@ def _refusal(f: Facts) -> str:
 
 _RAG_DOCS = (
     "The answers depend on facts in the documents or examples; fine-tuning teaches "
-    "behaviour (format, tone, labels) and does not reliably add facts. Keep the "
+    "behaviour (format, tone, labels, function calls) and does not reliably add facts. Keep the "
     "knowledge in the index, where it can be updated without retraining."
 )
 _RAG_EXAMPLES = (

@@ -251,7 +251,7 @@ def _rag_hint(comparison: Comparison, candidate: str, primary: str, alpha: float
             )
             return (
                 f"{pair.baseline} is significantly better: this looks like a "
-                f"knowledge task{both}; fine-tuning teaches behaviour (format, tone, labels), RAG "
-                "supplies facts"
+                f"knowledge task{both}; fine-tuning teaches behaviour (format, tone, labels, "
+                "function calls), RAG supplies facts"
             )
     return ""

@@ -6,8 +6,12 @@ Score keys are metric names (see :class:`tunewise.eval.results.ItemResult`): ``a
 whose reference holds a flat object under a key (``slots``), ``<key>_precision``, ``_recall`` and
 ``_f1`` over its (name, value) pairs; for free text, the reference metrics ``chrf``, ``bleu``,
 ``rougeL`` and ``similarity`` against every reference of the item
-(:mod:`tunewise.eval.reference`). A project picks its graders in ``eval.graders``. ``accuracy`` is
-scored on labels and json tasks only: on free text it would be exact match under another name.
+(:mod:`tunewise.eval.reference`); for function calls (``task.type: tools``, or the ``tools``
+grader) ``call_accuracy``, ``name_accuracy``, ``arg_precision``/``_recall``/``_f1``,
+``call_schema_valid``, ``wrong_call``, ``missed_call`` and ``call_parse_errors``
+(:mod:`tunewise.eval.tool_graders`). A project picks its graders in ``eval.graders``.
+``accuracy`` is scored on labels and json tasks only: on free text it would be exact match under
+another name, and a tools task has ``call_accuracy``.
 
 Labels come out of the output through the project's ``task.output_pattern``, read by
 :class:`tunewise.data.labels.LabelSpec`: its named groups are the label fields
@@ -38,6 +42,7 @@ from tunewise.data.labels import LabelSpec, fold, normalise
 from tunewise.data.schema import REFUSAL_FIELD, Example
 from tunewise.errors import UserError
 from tunewise.eval.reference import REFERENCE_METRICS, sentence_scores, similarity_scores
+from tunewise.eval.tool_graders import tool_scores
 from tunewise.fsio import sha256_text
 from tunewise.runtime.engine import GenRequest
 
@@ -155,6 +160,9 @@ class Grader:
         if cfg.task.json_schema is not None:
             check_schema(cfg.task.json_schema)
         self.reference_metrics = [m for m in REFERENCE_METRICS if m in self.graders]
+        self.calls = self.task == "tools" or "tools" in self.graders
+        project_tools = cfg.task.tools
+        self.tools = project_tools if isinstance(project_tools, list) else []
         pattern = cfg.task.refusal_pattern
         self.refusal = re.compile(pattern, re.IGNORECASE) if pattern else None
         self._embedder: Any = None
@@ -186,13 +194,29 @@ class Grader:
                 where = f"{example.source}:{example.line}: " if example.source else ""
                 raise UserError(f"{where}{err}") from None
             scores.update(s)
+        if self.calls:  # after the labels: their meta replaces the dict, this one adds to it
+            scores.update(self.call_scores(output, example, meta))
         if self.reference_metrics:
             scores.update(self.reference_scores(output, example.references))
         if self.refusal is not None:
             scores.update(self.refusal_scores(output, example))
-        if "accuracy" not in scores and self.task != "text":
+        if "accuracy" not in scores and self.task not in ("text", "tools"):
             scores["accuracy"] = float(normalise(output) == normalise(target))
         return scores, gold, pred, meta
+
+    def call_scores(self, output: str, example: Example, meta: dict[str, Any]) -> dict[str, float]:
+        """The tools grader's scores (``meta`` gets the argument counts); with the format grader
+        and no output pattern, ``format_compliance`` is ``call_schema_valid``: a call that breaks
+        its tool's schema is a format failure, which the gate always guards."""
+        try:
+            scores, counts = tool_scores(output, example.target, example.tools or self.tools)
+        except UserError as err:
+            where = f"{example.source}:{example.line}: " if example.source else ""
+            raise UserError(f"{where}{err}") from None
+        meta.update(counts)
+        if "format" in self.graders and self.spec is None and self.task == "tools":
+            scores["format_compliance"] = scores["call_schema_valid"]
+        return scores
 
     def refusal_scores(self, output: str, example: Example) -> dict[str, float]:
         """Refusal style as two item metrics, each defined only where it applies (NaN elsewhere,

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from tunewise.errors import UserError
-from tunewise.eval import calibration, figures
+from tunewise.eval import calibration, figures, tool_graders
 from tunewise.eval.flips import champion_views
 from tunewise.eval.items import item_prompt, item_reference
 from tunewise.eval.items import split_lookup as split_lookup  # re-exported for the CLI
@@ -54,6 +54,11 @@ from tunewise.numbers import cell, p_cell, signed_cell
 from tunewise.rundir import RunDir
 
 WORST_K = 5
+TOOL_ARGS_NOTE = (
+    "Call arguments over all items, (function, argument, value) triples: micro precision, "
+    "recall and F1; slot F1 per function argument, weighted by its share of the references' "
+    "arguments (the 2017 NLU benchmark's way)"
+)
 _TRUNC = 600
 
 
@@ -225,12 +230,15 @@ def build_context(
         "n_boot": comp.meta.get("n_boot"),
         "missing_baselines": comp.meta.get("missing_baselines", []),
         "corpus": _corpus_lines(run, names),
+        "tool_args": _tool_arg_lines(run, names),
+        "tool_args_note": TOOL_ARGS_NOTE,
         "judge_reference": _judge_reference(comp),
         "nan_notes": [
             f"{c}: {m} unparsed on {k} item(s)"
             for c, per in nan_counts.items()
             for m, k in per.items()
-            if m not in WHERE_APPLICABLE  # NaN there means "does not apply", not "unparsed"
+            # NaN there means "does not apply", not "unparsed"
+            if m not in (*WHERE_APPLICABLE, *tool_graders.WHERE_APPLICABLE)
         ],
         "metrics_png": figures.metrics_figure(comp, names, metrics, colors) if metrics else None,
         "best": best,
@@ -378,6 +386,25 @@ def _corpus_lines(run: EvalRun, names: list[str]) -> list[str]:
     return out
 
 
+def _tool_arg_lines(run: EvalRun, names: list[str]) -> list[str]:
+    """Each candidate's arguments over the whole set (function-call tasks): micro precision,
+    recall and F1 from the items' counts, and slot F1 the 2017 NLU benchmark's way (per slot,
+    weighted by the slot's share of the reference's occurrences), the figure papers quote."""
+    by_name = {c.name: c for c in run.candidates}
+    out = []
+    for name in names:
+        metas = [it.meta for it in by_name[name].items] if name in by_name else []
+        micro = tool_graders.micro_scores(metas)
+        if micro is None:
+            continue
+        slot_f1 = tool_graders.benchmark_slot_f1(metas)
+        out.append(
+            f"{name}: micro P {cell(micro['precision'])} R {cell(micro['recall'])} "
+            f"F1 {cell(micro['f1'])}, slot F1 (benchmark) {cell(slot_f1)}"
+        )
+    return out
+
+
 def _md_metrics(ctx: dict[str, Any]) -> list[str]:
     e = md_escape
     out = ["## Candidates × metrics", ""]
@@ -399,6 +426,8 @@ def _md_metrics(ctx: dict[str, Any]) -> list[str]:
     if ctx["corpus"]:
         corpus = "; ".join(ctx["corpus"])
         out += ["", f"Corpus scores as sacrebleu reports them (0-100): {e(corpus)}."]
+    if ctx["tool_args"]:
+        out += ["", f"{TOOL_ARGS_NOTE}: {e('; '.join(ctx['tool_args']))}."]
     if ctx["judge_reference"]:
         first, *per_pair = ctx["judge_reference"]
         out += ["", f"{e(first)}." + (f" Per pair: {e('; '.join(per_pair))}." if per_pair else "")]

@@ -12,11 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tunewise.config import GateConfig
+from tunewise.config import TOOL_ERROR_RATES, GateConfig
 from tunewise.eval.results import VERDICT_FILE, Comparison, EvalRun, PairedTest, Verdict
 from tunewise.numbers import cell, p_cell, signed_cell
 
 _TRUNC = 600
+LOWER_IS_BETTER = frozenset(TOOL_ERROR_RATES)  # rates of mistakes: the best is the lowest
 
 
 @dataclass
@@ -72,7 +73,8 @@ def metric_rows(
     baselines: list[str],
     colors: dict[str, str],
 ) -> list[dict[str, Any]]:
-    """One row per candidate, one cell per metric; the best value of each metric marked."""
+    """One row per candidate, one cell per metric; the best value of each metric marked (the
+    lowest for an error rate such as ``wrong_call``, the highest for every other metric)."""
     table = [
         {
             "name": n,
@@ -96,7 +98,7 @@ def metric_rows(
         vals = [(value_of(comp, n, m), i) for i, n in enumerate(names)]
         vals = [(v, i) for v, i in vals if math.isfinite(v)]
         if vals:
-            top = max(v for v, _ in vals)
+            top = (min if m in LOWER_IS_BETTER else max)(v for v, _ in vals)
             for v, i in vals:
                 if v == top:
                     table[i]["cells"][j]["best"] = True

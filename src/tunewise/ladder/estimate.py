@@ -37,6 +37,7 @@ from tunewise.fsio import atomic_write_json
 from tunewise.rungs import RUNGS
 from tunewise.runtime import chat, models
 from tunewise.runtime.decoding import new_cache, score_continuations
+from tunewise.train.budget import loss_item_cap, overfit_max_new_tokens, simulate
 from tunewise.train.prefix import MIN_PREFIX_TOKENS, MIN_SAVED_FRACTION
 
 SPEED_FILE = "speed.json"
@@ -81,7 +82,7 @@ class Workload:
 
     n_train: int
     n_val: int  # validation items evaluated (after eval.limit)
-    n_val_loss: int  # validation items the trainer's loss pass reads
+    n_val_loss: int  # validation items the trainer's loss pass reads (train.val_loss_items)
     n_test: int
     prompt_tokens: dict[str, float]  # rung -> mean prompt tokens per item
     max_new_tokens: int
@@ -93,6 +94,7 @@ class Workload:
     prefix_tokens: int  # tokens every example starts with (0 when not measured)
     steps: int  # optimizer steps
     epochs: float
+    overfit_new_tokens: int = 32  # tokens the overfitting check generates per prompt, at most
 
     @property
     def context_tokens(self) -> dict[str, float]:
@@ -216,19 +218,60 @@ def estimate(
     return lines
 
 
+def _overfit_check_s(cfg: ProjectConfig, w: Workload, speed: Speed, extra: float) -> float:
+    """One overfitting check: ``train.overfit_sample`` validation prompts, prefilled, then greedy
+    steps up to its cap, as one batch (:func:`tunewise.train.callbacks.generate_greedy`)."""
+    rows = min(cfg.train.overfit_sample, max(w.n_val, w.n_val_loss))
+    if rows == 0:
+        return 0.0
+    prompt = w.prompt_tokens["prompt"] + extra
+    return rows * prompt / speed.prefill_tps + w.overfit_new_tokens * speed.decode_step_s
+
+
+def _passes(cfg: ProjectConfig, w: Workload, train_s: float, pass_s: float) -> int:
+    """Validation passes a run makes: every ``eval_every`` steps and at the last one, or with
+    ``auto`` as many as ``train.eval_budget`` allows, by the trainer's own rule
+    (:func:`tunewise.train.budget.simulate`) at these speeds."""
+    t = cfg.train
+    if isinstance(t.eval_every, int):
+        return math.ceil(w.steps / t.eval_every)
+    return len(simulate(w.steps, train_s / w.steps, pass_s, t.eval_budget)[0])
+
+
+def _validation_note(cfg: ProjectConfig, w: Workload, passes: list[int], seconds: float) -> str:
+    """The training line's words about validation: how many passes, over what, at what cost."""
+    t = cfg.train
+    counts = "/".join(str(n) for n in sorted(set(passes)))
+    what = f"loss over {w.n_val_loss} items"
+    if t.overfit_sample:
+        what += f" + the overfitting check's {t.overfit_sample} generations"
+    if isinstance(t.eval_every, int):
+        return f"{counts} validation pass(es) ({what}) every {t.eval_every} steps: " + human_time(
+            seconds
+        )
+    return (
+        f"{counts} validation pass(es) ({what}) fit in train.eval_budget "
+        f"{t.eval_budget:.0%} (eval_every auto): {human_time(seconds)}"
+    )
+
+
 def _training_line(cfg: ProjectConfig, w: Workload, speed: Speed, runs: dict[str, str]) -> CostLine:
-    """Training, per run: its epochs' tokens at the training speed and its validation-loss
-    passes at the prompt speed; a context-trained run's examples carry the retrieved context
-    (not part of the shared prefix: it differs per example) in both."""
-    evals = max(1, w.steps // cfg.train.eval_every)
+    """Training, per run: its epochs' tokens at the training speed, and its validation passes
+    (loss at the prompt speed, the overfitting check's generations at the decoding speed); a
+    context-trained run's examples carry the retrieved context (not part of the shared prefix:
+    it differs per example) in both."""
     per_stage: dict[str, float] = {}
-    val_loss_total = 0.0
+    val_total = 0.0
+    passes: list[int] = []
     for stage, context in runs.items():
         extra = w.context_tokens.get(context, 0.0)
         per_epoch = w.train_tokens_per_epoch + extra * w.n_train
-        val_loss_s = evals * w.n_val_loss * (w.example_tokens + extra) / speed.prefill_tps
-        per_stage[stage] = per_epoch * w.epochs / speed.train_tps + val_loss_s
-        val_loss_total += val_loss_s
+        train_s = per_epoch * w.epochs / speed.train_tps
+        pass_s = w.n_val_loss * (w.example_tokens + extra) / speed.prefill_tps
+        pass_s += _overfit_check_s(cfg, w, speed, extra)
+        passes.append(_passes(cfg, w, train_s, pass_s))
+        per_stage[stage] = train_s + passes[-1] * pass_s
+        val_total += passes[-1] * pass_s
     with_context = sorted({c for c in runs.values() if w.context_tokens.get(c)})
     context_note = ""
     for c in with_context:
@@ -241,9 +284,7 @@ def _training_line(cfg: ProjectConfig, w: Workload, speed: Speed, runs: dict[str
         sum(per_stage.values()),
         f"{w.steps} steps of {cfg.train.batch_size} x {w.epochs:g} epoch(s), "
         f"{w.train_tokens_per_epoch / 1000:.0f}k tokens per epoch at "
-        f"{speed.train_tps:.0f} tokens/s; {evals} validation-loss pass(es) over "
-        f"{w.n_val_loss} items every {cfg.train.eval_every} steps: "
-        f"{human_time(val_loss_total)} of it"
+        f"{speed.train_tps:.0f} tokens/s; {_validation_note(cfg, w, passes, val_total)} of it"
         + (f"; {len(runs)} runs" if len(runs) > 1 else "")
         + context_note,
         stages=per_stage,
@@ -324,7 +365,7 @@ def workload_of(
     return Workload(
         n_train=n_train,
         n_val=n_eval,
-        n_val_loss=n_val,
+        n_val_loss=min(n_val, loss_item_cap(t.val_loss_items)),
         n_test=n_test,
         prompt_tokens={
             "prompt": prompt,
@@ -340,6 +381,7 @@ def workload_of(
         prefix_tokens=prefix_tokens,
         steps=steps,
         epochs=epochs,
+        overfit_new_tokens=overfit_max_new_tokens(longest),
     )
 
 

@@ -2,7 +2,9 @@
 
 The task type, output format, allowed labels, graders and primary metric are inferred from the
 assistant outputs (:func:`tunewise.data.formats.infer_format`), then written as a commented YAML
-file that the user edits. The file is validated by loading it back before it is kept.
+file that the user edits. Data with function calls (``tool_calls`` turns, or ``tools`` on its
+lines) is a tools task, graded per call (:func:`propose_tools`). The file is validated by loading
+it back before it is kept.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 import yaml
 
 from tunewise import paths
-from tunewise.config import ProjectConfig, load_project
+from tunewise.config import TOOLS_GRADERS, TOOLS_PRIMARY, ProjectConfig, load_project
 from tunewise.data.formats import OutputFormat, infer_format
 from tunewise.data.schema import group_references, input_text, load_examples
 from tunewise.errors import UserError
@@ -25,6 +27,7 @@ from tunewise.fsio import atomic_write_text
 from tunewise.ladder import estimate  # a module: tests replace estimate.calibrate
 from tunewise.ladder.estimate import human_time, optimizer_steps
 from tunewise.runtime import chat, device, models
+from tunewise.runtime.tool_calls import tool_names
 
 
 def _json_schema(fmt: OutputFormat, targets: list[str]) -> dict[str, Any]:
@@ -215,6 +218,47 @@ def propose(
     return task, ev, notes
 
 
+def calls_tools(examples: list[Any]) -> bool:
+    """Whether the data is about function calls: a line lists tools or a turn makes calls."""
+    return any(e.tools or any(m.get("tool_calls") for m in e.messages) for e in examples)
+
+
+def propose_tools(examples: list[Any]) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
+    """(task section, eval section, reasons) for data whose answers are function calls.
+
+    When every line lists the same tools they are written as ``task.tools`` (the lines' own stay,
+    and are the same); when lines differ each keeps its own and ``task.tools`` is left unset."""
+    task: dict[str, Any] = {"type": "tools"}
+    calls = [m.get("tool_calls") or [] for m in (e.messages[-1] for e in examples)]
+    names = Counter(c["function"]["name"] for turn in calls for c in turn)
+    calling = sum(1 for turn in calls if turn)
+    shown = ", ".join(f"{n} {k}" for n, k in names.most_common(8)) + (", ..." * (len(names) > 8))
+    notes = [
+        f"task type: tools; {calling} of {len(examples)} answers call a function"
+        + (f" ({shown})" if shown else "")
+        + (", the others answer in text" if calling < len(examples) else "")
+    ]
+    lists = {json.dumps(e.tools, sort_keys=True) for e in examples}
+    if len(lists) == 1 and examples[0].tools:
+        task["tools"] = examples[0].tools
+        listed = ", ".join(tool_names(examples[0].tools))
+        notes.append(f"task.tools: the functions every line lists ({listed})")
+    elif any(e.tools for e in examples):
+        notes.append("tools differ between lines: each line keeps its own (task.tools unset)")
+    else:
+        notes.append(
+            "no tools in the data: set task.tools (the functions' JSON schemas) so that every "
+            "prompt shows them and call_schema_valid can check the arguments"
+        )
+    ev = {"graders": list(TOOLS_GRADERS), "primary_metric": TOOLS_PRIMARY}
+    notes.append(
+        "graders: call accuracy (name and arguments exactly right), function-name accuracy, "
+        "argument precision/recall/F1, schema validity of the calls (the format guard), calls "
+        f"made where none was due and calls missed; primary metric: {TOOLS_PRIMARY}"
+    )
+    return task, ev, notes
+
+
 def _references_note(targets_by_prompt: dict[str, int]) -> str:
     """How many inputs carry several references (a ``references`` field, or lines that share a
     prompt), said in init's notes: the scores use them all."""
@@ -286,10 +330,12 @@ def init_project(
     target = out / "project.yaml"
     if target.exists() and not force:
         raise UserError(f"{target}: already exists (use --force to overwrite)")
-    targets = [e.target for e in examples]
-    fmt = infer_format(targets)
-    refs = {input_text(g): len(g.references) for g in group_references(examples)}
-    task, ev, notes = propose(fmt, targets, refs)
+    if calls_tools(examples):
+        task, ev, notes = propose_tools(examples)
+    else:
+        targets = [e.target for e in examples]
+        refs = {input_text(g): len(g.references) for g in group_references(examples)}
+        task, ev, notes = propose(infer_format(targets), targets, refs)
     _choose_system_prompt(examples, task, notes)
     if docs is None and (data.parent / "docs").is_dir():
         docs = data.parent / "docs"

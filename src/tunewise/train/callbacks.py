@@ -26,6 +26,7 @@ from transformers.integrations import TensorBoardCallback
 
 from tunewise.progress import Bar
 from tunewise.runtime import chat
+from tunewise.train.budget import EvalPlanner, FirstPass, overfit_max_new_tokens
 from tunewise.train.phases import Prepared
 from tunewise.train.record import BestKeeper, RunRecorder, is_main_process, recorder_callback
 
@@ -399,8 +400,7 @@ def validation_monitor(prep: Prepared, console: Any) -> ValidationMonitor | None
         [e.prompt_messages for e in sample],
         patience=cfg.train.early_stopping_patience,
         repetition_threshold=cfg.train.overfit_repetition_threshold,
-        # room to show runaway repetition, bounded so evaluation stays cheap
-        max_new_tokens=min(256, max(32, 2 * longest)),
+        max_new_tokens=overfit_max_new_tokens(longest),
         console=console,
     )
 
@@ -414,7 +414,8 @@ def run_callbacks(
     *,
     progress: bool,
 ) -> list[Any]:
-    """Logs, TensorBoard (main process), the validation monitor, run.json, the progress bar."""
+    """Logs, TensorBoard (main process), the validation monitor, run.json, the evaluation
+    scheduler (``train.eval_every: auto``), the progress bar."""
     callbacks: list[Any] = [JsonlLogger(prep.run_dir / "logs.jsonl")]
     tb_writer = None
     if is_main_process():
@@ -425,6 +426,143 @@ def run_callbacks(
     if monitor is not None:
         callbacks.append(monitor)
     callbacks.append(recorder_callback(recorder, best, tb_writer))
+    if prep.val_ds is not None and prep.cfg.train.eval_every == "auto":
+        # After the monitor and the recorder: an evaluation's cost includes their work.
+        callbacks.append(eval_scheduler(prep, monitor, recorder))
     if progress and is_main_process():
         callbacks.append(RichProgress(console))
     return callbacks
+
+
+# --- train.eval_every: auto ----------------------------------------------------------------------
+
+
+def decode_step_seconds(model: Any, rows: int, *, tokens: int = 4) -> float:
+    """Seconds per greedy step of ``rows`` prompts through ``generate`` (its per-step overhead
+    included, which on a small model outweighs the forward): the second of two short runs."""
+    was_training = model.training
+    model.eval()
+    try:
+        device = next(model.parameters()).device
+        ids = torch.zeros((rows, 4), dtype=torch.long, device=device)  # (rows, seq)
+        seconds = 0.0
+        for _ in range(2):  # the first run pays one-time allocations
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                model.generate(
+                    input_ids=ids,
+                    attention_mask=torch.ones_like(ids),
+                    max_new_tokens=tokens,
+                    min_new_tokens=tokens,
+                    do_sample=False,
+                    use_cache=True,
+                    pad_token_id=0,
+                )
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            seconds = time.perf_counter() - t0
+        return seconds / tokens
+    finally:
+        if was_training:
+            model.train()
+
+
+def _agree(value: Any) -> Any:
+    """The main process's ``value`` on every process (a broadcast under a launcher)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return value
+    from accelerate.utils import broadcast_object_list  # lazy: only under a launcher
+
+    box = [value]
+    broadcast_object_list(box, from_process=0)
+    return box[0]
+
+
+class EvalScheduler(TrainerCallback):
+    """Asks the Trainer for an evaluation when :class:`~tunewise.train.budget.EvalPlanner` says
+    it fits the budget (``eval_strategy`` is "no": nothing else asks). The main process decides
+    at the planner's checks and the others follow; the accounting goes to run.json."""
+
+    def __init__(
+        self,
+        planner: EvalPlanner,
+        record: dict[str, Any],
+        *,
+        probe: Any = None,
+    ) -> None:
+        self.planner = planner
+        self.record = record  # run.json's eval_budget (the recorder holds the same dict)
+        self.probe = probe  # model -> seconds per greedy step of the check; None: no check
+
+    @staticmethod
+    def clock() -> float:
+        # Looked up at each call: the same clock as the overfitting check's timer.
+        return time.perf_counter()
+
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
+        self.planner.evaluated_before = any("eval_loss" in e for e in state.log_history)
+        self.planner.begin(state.global_step, self.clock())
+
+    def on_step_end(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        model: Any = None,
+        **kw: Any,
+    ) -> None:
+        p = self.planner
+        if not p.due(state.global_step, state.max_steps):
+            return
+        evaluate = False
+        if state.is_world_process_zero:
+            if self.probe is not None and p.decode_s is None and model is not None:
+                t0 = self.clock()
+                p.decode_s = self.probe(model)
+                p.other_s += self.clock() - t0
+            evaluate = p.decide(state.global_step, state.max_steps, self.clock())
+        evaluate, p.next_check = _agree((evaluate, p.next_check))
+        if evaluate:
+            control.should_evaluate = True
+
+    def on_evaluate(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
+        if state.is_world_process_zero:
+            self.planner.evaluated(self.clock())
+            self._update()
+
+    def on_train_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
+        self.planner.finish(self.clock())
+        self._update()
+
+    def _update(self) -> None:
+        self.record.clear()
+        self.record.update(self.planner.record())
+
+
+def eval_scheduler(
+    prep: Prepared, monitor: ValidationMonitor | None, recorder: RunRecorder
+) -> EvalScheduler:
+    """The scheduler of a run with ``train.eval_every: auto`` (and a validation split)."""
+    t = prep.cfg.train
+    per_round = t.batch_size * int(os.environ.get("WORLD_SIZE", "1"))
+    gen_rows = len(monitor.prompts) if monitor is not None else 0
+    first = FirstPass(
+        loss_batches=math.ceil(len(prep.val_ds or ()) / per_round),
+        grad_accum=t.grad_accum,
+        batch_size=t.batch_size,
+        gen_rows=gen_rows,
+        gen_tokens=monitor.max_new_tokens if monitor is not None else 0,
+    )
+    record: dict[str, Any] = {}
+    recorder.track_eval_budget(record)
+    return EvalScheduler(
+        EvalPlanner(t.eval_budget, first),
+        record,
+        probe=(lambda model: decode_step_seconds(model, gen_rows)) if gen_rows else None,
+    )

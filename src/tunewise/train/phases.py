@@ -47,6 +47,7 @@ class Prepared:
     val_ds: EncodedDataset | None
     val_examples: list[Example]
     reports: dict[str, OverlongReport]
+    n_val: int = 0  # validation items encoded; val_ds holds the train.val_loss_items subset
     warnings: list[str] = field(default_factory=list)
     resume_from: Path | None = None
     previous: dict[str, Any] | None = None  # run.json of the run being resumed

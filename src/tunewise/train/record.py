@@ -253,7 +253,9 @@ class RunRecorder:
             "data_hashes": data_hashes(prep.train_path, prep.val_path),
             "examples": {
                 "train": len(prep.train_ds),
-                "val": len(prep.val_ds) if prep.val_ds else 0,
+                "val": prep.n_val,
+                # items the validation loss is computed on (train.val_loss_items)
+                "val_loss": len(prep.val_ds) if prep.val_ds else 0,
             },
             "train_tokens_per_epoch": prep.train_ds.n_tokens,
             "overlong": {k: v.to_dict() for k, v in prep.reports.items()},
@@ -328,6 +330,10 @@ class RunRecorder:
     def set_tracking(self, mlflow: dict[str, str]) -> None:
         """The MLflow run this training run reports to (a resume continues it)."""
         self.record["mlflow"] = mlflow
+
+    def track_eval_budget(self, accounting: dict[str, Any]) -> None:
+        """train.eval_every auto: the scheduler's accounting, the same dict (it fills it in)."""
+        self.record["eval_budget"] = accounting
 
     def track_shared_prefix(self, stats: dict[str, Any]) -> None:
         """The shared-prefix counters: the same dict, so run.json follows them as they grow."""

@@ -52,6 +52,7 @@ from tunewise.errors import UserError
 from tunewise.progress import make_console
 from tunewise.rundir import RunDir
 from tunewise.runtime import device, models
+from tunewise.train.budget import loss_item_cap, loss_order
 from tunewise.train.callbacks import ValidationMonitor, run_callbacks, validation_monitor
 from tunewise.train.checkpoints import DiskFull, save_atomically
 from tunewise.train.collate import (
@@ -94,11 +95,19 @@ def default_run_dir(cfg: ProjectConfig, method: str) -> Path:
     return cfg.work_dir / "runs" / f"{method}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+WHOLE_SPLIT = 10**9  # train.val_loss_items past any split: all of it
+
+
 def load_run_config(run_dir: Path) -> tuple[ProjectConfig, dict[str, Any]]:
     """The resolved project config a run was started with (for ``--resume``)."""
     rec = RunDir(run_dir).record()
     raw = dict(rec["config"])
     raw["root"] = rec.get("project_root", ".")
+    train = dict(raw.get("train") or {})
+    # A run recorded before train.val_loss_items read its whole validation split: its resume
+    # does too, or the losses before and after the resume would be over different items.
+    train.setdefault("val_loss_items", WHOLE_SPLIT)
+    raw["train"] = train
     cfg = ProjectConfig.model_validate(raw)
     return cfg, rec
 
@@ -174,17 +183,11 @@ def setup(cfg: ProjectConfig, start: RunStart) -> Prepared:
         allow_special_tokens=cfg.model.allow_special_tokens_in_content,
         label_from=train_starts,
     )
-    val_ds = None
+    val_ds, n_val = None, 0
     if val_examples:
-        val_items, reports["val"] = encode_all(
-            tokenizer,
-            val_examples,
-            max_len=cfg.data.max_len,
-            overlong=t.overlong,
-            train_on=t.train_on,
-            allow_special_tokens=cfg.model.allow_special_tokens_in_content,
-            label_from=val_starts,
-        )
+        val_items, reports["val"] = _encode_val(cfg, tokenizer, val_examples, val_starts)
+        n_val = len(val_items)
+        val_items = val_items[: loss_item_cap(t.val_loss_items)]
         val_ds = EncodedDataset(val_items) if val_items else None
     for split, rep in reports.items():
         if rep.overlong:
@@ -213,10 +216,35 @@ def setup(cfg: ProjectConfig, start: RunStart) -> Prepared:
         val_ds=val_ds,
         val_examples=val_examples,
         reports=reports,
+        n_val=n_val,
         warnings=warnings,
         resume_from=start.resume_from,
         previous=start.previous,
         context=context,
+    )
+
+
+def _encode_val(
+    cfg: ProjectConfig, tokenizer: Any, examples: list[Example], starts: list[int] | None
+) -> tuple[list[Any], OverlongReport]:
+    """The validation split encoded (all of it: the overlong report covers the split), in the
+    order whose first ``train.val_loss_items`` are the loss's subset
+    (:func:`tunewise.train.budget.loss_order`)."""
+    t = cfg.train
+    order = loss_order(
+        examples, t.val_loss_items, seed=t.seed, output_pattern=cfg.task.output_pattern
+    )
+    if order is not None:
+        examples = [examples[i] for i in order]
+        starts = [starts[i] for i in order] if starts is not None else None
+    return encode_all(
+        tokenizer,
+        examples,
+        max_len=cfg.data.max_len,
+        overlong=t.overlong,
+        train_on=t.train_on,
+        allow_special_tokens=cfg.model.allow_special_tokens_in_content,
+        label_from=starts,
     )
 
 
@@ -392,6 +420,7 @@ def training_args(cfg: ProjectConfig, run_dir: Path, *, has_val: bool) -> Any:
     ]
     # transformers renamed gradient_checkpointing to activation_checkpointing after 5.17 (the
     # version GPU images still carry); use the new name wherever it exists.
+    every = t.eval_every if isinstance(t.eval_every, int) else None
     fields = TrainingArguments.__dataclass_fields__
     ckpt = (
         "activation_checkpointing"
@@ -409,12 +438,13 @@ def training_args(cfg: ProjectConfig, run_dir: Path, *, has_val: bool) -> Any:
         lr_scheduler_type=sched,
         warmup_steps=t.warmup_ratio,  # a float below 1 is a ratio of the total steps
         weight_decay=t.weight_decay,
-        eval_strategy="steps" if has_val else "no",
-        eval_steps=t.eval_every,
+        # auto: tunewise.train.budget's scheduler asks for each evaluation itself.
+        eval_strategy="steps" if has_val and every is not None else "no",
+        eval_steps=every,
         save_strategy="steps",
         save_steps=t.save_every,
         logging_strategy="steps",
-        logging_steps=max(1, min(10, t.eval_every)),
+        logging_steps=max(1, min(10, every or 10)),
         report_to="none",  # TensorBoard is added as an explicit callback writing to RUN/tb
         disable_tqdm=True,  # the rich bar replaces tqdm
         seed=t.seed,
