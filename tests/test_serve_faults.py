@@ -212,10 +212,10 @@ def test_a_damaged_index_under_a_running_server_is_503_naming_the_repair(world, 
         ("top_logprobs", 3, 0),
         ("response_format", {"type": "json_object"}, {"type": "text"}),
         ("response_format", {"type": "json_schema", "json_schema": {}}, None),
-        ("tools", [{"type": "function", "function": {"name": "f"}}], []),
-        ("tool_choice", "required", "none"),
-        ("tool_choice", {"type": "function", "function": {"name": "f"}}, "auto"),
+        # tools and tool_choice are served now (tests/test_serve_tools.py); their legacy forms
+        # are still refused
         ("functions", [{"name": "f"}], []),
+        ("function_call", {"name": "f"}, "auto"),
     ],
 )
 def test_parameters_the_server_does_not_implement_are_refused(server, param, refused, accepted):

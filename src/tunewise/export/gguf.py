@@ -41,7 +41,7 @@ from safetensors import safe_open
 
 from tunewise.errors import UserError
 from tunewise.export.modelfile import build_modelfile
-from tunewise.export.vllm import export_merged
+from tunewise.export.vllm import export_merged, trained_with_tools
 from tunewise.fsio import atomic_write_text
 from tunewise.registry.store import Registry
 from tunewise.runtime import models
@@ -394,7 +394,8 @@ def export_gguf(
         export_merged(version.spec, merged, registry=reg)
         summary = write_gguf(merged, out, quant=quant, name=version.spec)
         system = ((version.config or {}).get("task") or {}).get("system_prompt") or ""
-        text, notes = build_modelfile(merged, out.name, system_prompt=system)
+        tools = trained_with_tools(version)  # its TEMPLATE then renders calls as trained
+        text, notes = build_modelfile(merged, out.name, system_prompt=system, tools=tools)
         atomic_write_text(modelfile, text)
     finally:
         shutil.rmtree(work, ignore_errors=True)

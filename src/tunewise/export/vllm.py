@@ -6,6 +6,15 @@
   all on one base. Everything vLLM would reject at start-up is checked here first: the rank must
   fit an allowed ``--max-lora-rank``, the target modules must be LoRA-capable in vLLM, DoRA /
   ``modules_to_save`` / adapter bias are refused, and every adapter must share one base hash.
+
+Function calls (a version trained on a ``tools`` task): vLLM reads calls out of the answer with a
+``--tool-call-parser`` and renders tools with the chat template, so the export names the parser
+that reads the format trained (:func:`tool_serving`). A base whose template ignores tools
+(SmolLM2's) was trained on tunewise's fallback prompt (``runtime/tool_calls.py``): its calls are
+Hermes-style ``<tool_call>`` blocks (parser ``hermes``) and vLLM gets ``--chat-template`` with a
+template that shows the tools the same way (:func:`fallback_tool_template`, checked against
+tunewise's rendering before it is written). A template that renders tools itself was trained on
+its own format: the parser of its family when one is known.
 """
 
 from __future__ import annotations
@@ -22,11 +31,18 @@ from typing import Any
 from tunewise.baselines.context import CONTEXT_FILE
 from tunewise.baselines.release import LLM_KINDS, RELEASE_KINDS
 from tunewise.errors import UserError
+from tunewise.export.modelfile import tools_prompt_pieces
 from tunewise.fsio import atomic_write_json, atomic_write_text, replace_dir
 from tunewise.registry.store import Registry
 from tunewise.registry.types import Version
 from tunewise.rundir import RunDir
-from tunewise.runtime import device, models
+from tunewise.runtime import chat, device, models
+from tunewise.runtime.tool_calls import (
+    CALL_CLOSE,
+    CALL_OPEN,
+    attach_tools,
+    canonical_message,
+)
 
 # vllm/config/lora.py: MaxLoRARanks = Literal[1, 8, 16, 32, 64, 128, 256, 320, 512]
 VLLM_MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -121,6 +137,28 @@ def export_merged(
     return {"spec": v.spec, "out": str(out), **marker}
 
 
+# The call format a template renders, by a marker in it -> vLLM's parser for that format, and
+# the tokens that parser needs as single entries of the vocabulary (it refuses to start without).
+TOOL_PARSERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    (CALL_OPEN, "hermes", (CALL_OPEN, CALL_CLOSE)),  # Qwen 2.5 / 3, Hermes
+    ("[TOOL_CALLS]", "mistral", ("[TOOL_CALLS]",)),
+    ("<|python_tag|>", "llama3_json", ()),  # Llama 3.1 / 3.2: a JSON call
+    ("functools", "phi4_mini_json", ()),
+)
+TOOL_TEMPLATE = "tool_chat_template.jinja"
+
+
+@dataclass
+class ToolServing:
+    """How vLLM serves the calls a version was trained to write."""
+
+    format: str  # "fallback" (tunewise's prompt) or "native" (the template's own)
+    parser: str | None  # the --tool-call-parser that reads it; None when none is known
+    usable: bool  # whether vLLM's parser accepts this tokenizer
+    chat_template: str | None = None  # for the fallback: the template to pass --chat-template
+    notes: list[str] = field(default_factory=list)
+
+
 @dataclass
 class VllmPlan:
     base: str
@@ -132,6 +170,7 @@ class VllmPlan:
     tensor_parallel_size: int
     command: list[str]
     warnings: list[str] = field(default_factory=list)
+    tools: ToolServing | None = None  # set when a version was trained on function calls
 
     @property
     def shell(self) -> str:
@@ -205,6 +244,223 @@ def check_vllm_adapter(v: Version) -> tuple[int, list[str]]:
     return rank, problems
 
 
+def trained_with_tools(v: Version) -> bool:
+    """Whether ``v`` was trained on function calls (task type ``tools`` or project tools)."""
+    task = (v.config or {}).get("task") or {}
+    return task.get("type") == "tools" or bool(task.get("tools"))
+
+
+def _jinja_str(text: str) -> str:
+    return json.dumps(text)  # a JSON string is a Jinja string literal ("\n", "\"", "\uXXXX")
+
+
+# Restates runtime.tool_calls.fallback_messages in Jinja, ahead of the model's own template: the
+# tools as tools_prompt in the system turn, calls as <tool_call> lines, tool results as one user
+# turn of <tool_response> blocks per run. Without tools or tool turns, messages pass unchanged.
+_FALLBACK_JINJA = """\
+{%- set tw = namespace(shaped=false, out=[], prev=false, text="", c="", parts=[]) -%}
+{%- if tools -%}{%- set tw.shaped = true -%}{%- endif -%}
+{%- for m in messages -%}{%- if m.role == "tool" or m.tool_calls -%}{%- set tw.shaped = true -%}\
+{%- endif -%}{%- endfor -%}
+{%- if tw.shaped -%}
+{%- if tools -%}
+{%- set tw.text = HEAD -%}
+{%- for t in tools -%}
+{%- set f = t.function if t.function is defined else t -%}
+{%- set tw.text = tw.text ~ ("\\n" if not loop.first else "") -%}
+{%- set tw.text = tw.text ~ '{"type": "function", "function": {' -%}
+{%- for k, v in f.items() if v is not none -%}
+{%- set tw.text = tw.text ~ (", " if not loop.first else "") -%}
+{%- set tw.text = tw.text ~ (k | tojson) ~ ": " ~ (v | tojson) -%}
+{%- endfor -%}
+{%- set tw.text = tw.text ~ "}}" -%}
+{%- endfor -%}
+{%- set tw.text = tw.text ~ TAIL -%}
+{%- if not messages or messages[0].role != "system" -%}
+{%- set tw.out = [{"role": "system", "content": tw.text}] -%}
+{%- endif -%}
+{%- endif -%}
+{%- for m in messages -%}
+{%- if m.role == "tool" -%}
+{%- set block = "<tool_response>\\n" ~ (m.content or "") ~ "\\n</tool_response>" -%}
+{%- if tw.prev -%}
+{%- set tw.out = tw.out[:-1] + [{"role": "user", "content": tw.out[-1].content ~ "\\n" ~ block}] -%}
+{%- else -%}
+{%- set tw.out = tw.out + [{"role": "user", "content": block}] -%}
+{%- endif -%}
+{%- set tw.prev = true -%}
+{%- else -%}
+{%- set tw.c = m.content if m.content is string else "" -%}
+{%- if m.role == "system" and loop.first and tw.text -%}
+{%- set tw.c = (tw.c | trim) ~ "\\n\\n" ~ tw.text if (tw.c | trim) else tw.text -%}
+{%- endif -%}
+{%- if m.role == "assistant" and m.tool_calls -%}
+{%- set tw.parts = [tw.c | trim] if (tw.c | trim) else [] -%}
+{%- for call in m.tool_calls -%}
+{%- set fn = call.function if call.function is defined else call -%}
+{%- set args = fn.arguments if fn.arguments is defined else {} -%}
+{%- set args = args if args is string else (args | tojson) -%}
+{%- set body = '{"name": ' ~ (fn.name | tojson) ~ ', "arguments": ' ~ args ~ '}' -%}
+{%- set tw.parts = tw.parts + [OPEN ~ body ~ CLOSE] -%}
+{%- endfor -%}
+{%- set tw.c = tw.parts | join("\\n") -%}
+{%- endif -%}
+{%- set tw.out = tw.out + [{"role": m.role, "content": tw.c}] -%}
+{%- set tw.prev = false -%}
+{%- endif -%}
+{%- endfor -%}
+{%- set messages = tw.out -%}
+{%- set tools = none -%}
+{%- endif -%}
+"""
+
+
+def fallback_tool_template(template: str) -> str:
+    """``template`` (a chat template that ignores tools) behind a preamble that shows tools and
+    calls as tunewise's fallback prompt does (see ``runtime/tool_calls.py``)."""
+    head, tail = tools_prompt_pieces()
+    preamble = (
+        _FALLBACK_JINJA.replace("HEAD", _jinja_str(head))
+        .replace("TAIL", _jinja_str(tail))
+        .replace("OPEN", _jinja_str(CALL_OPEN))
+        .replace("CLOSE", _jinja_str(CALL_CLOSE))
+    )
+    return preamble + template
+
+
+# A conversation with every shape the fallback renders: tools, a system turn, two calls in one
+# turn (one with text), two results, a later question; and the same without the system turn.
+_PROBE_TOOLS = [
+    {"type": "function", "function": {"name": "lookup", "description": 'Find a "thing".'}},
+    {
+        "type": "function",
+        "function": {
+            "name": "book",
+            "parameters": {"type": "object", "properties": {"n": {"type": "integer"}}},
+        },
+    },
+]
+_PROBE = [
+    {"role": "system", "content": "Be brief. "},
+    {"role": "user", "content": "Find x, then book 2."},
+    {
+        "role": "assistant",
+        "content": "On it.",
+        "tool_calls": [
+            {
+                "id": "a",
+                "type": "function",
+                "function": {"name": "lookup", "arguments": {"q": "x"}},
+            },
+            {"id": "b", "type": "function", "function": {"name": "book", "arguments": {"n": 2}}},
+        ],
+    },
+    {"role": "tool", "tool_call_id": "a", "content": "x is here"},
+    {"role": "tool", "tool_call_id": "b", "content": "booked"},
+    {"role": "user", "content": "Thanks; and now?"},
+]
+
+
+def check_tool_template(tokenizer: Any, template: str) -> bool:
+    """Whether ``template`` renders the probe conversations (tools passed the way vLLM passes
+    them) exactly as tunewise renders them for training and evaluation."""
+    for msgs in (_PROBE, _PROBE[1:]):
+        ours = attach_tools([canonical_message(m) for m in msgs], _PROBE_TOOLS)
+        shaped, tools = chat.tool_shaped(tokenizer, ours)
+        want = tokenizer.apply_chat_template(
+            shaped, tools=tools, tokenize=False, add_generation_prompt=True
+        )
+        try:
+            got = tokenizer.apply_chat_template(
+                msgs,
+                tools=_PROBE_TOOLS,
+                chat_template=template,
+                tokenize=False,
+                add_generation_prompt=True,
+            )
+        except Exception:  # a template our preamble breaks is not one to hand to vLLM
+            return False
+        if got != want:
+            return False
+    return True
+
+
+def tool_serving(tokenizer: Any) -> ToolServing:
+    """The vLLM parser (and, for the fallback, chat template) that serve the calls a model on
+    ``tokenizer``'s chat template was trained to write."""
+    template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else ""
+    vocab = tokenizer.get_vocab()
+    if not chat.renders_tools(tokenizer):
+        wrapped = fallback_tool_template(template)
+        serving = ToolServing("fallback", "hermes", True)
+        if check_tool_template(tokenizer, wrapped):
+            serving.chat_template = wrapped
+        else:
+            serving.notes.append(
+                "could not restate the tools prompt in this chat template; vLLM will not show "
+                "the tools as training did: serve calls through `tunewise serve`"
+            )
+        needs: tuple[str, ...] = (CALL_OPEN, CALL_CLOSE)
+    else:
+        found = [(parser, needs) for mark, parser, needs in TOOL_PARSERS if mark in template]
+        if not found:
+            return ToolServing(
+                "native",
+                None,
+                False,
+                notes=[
+                    "the chat template renders tools in a format no known vLLM tool-call parser "
+                    "reads; serve calls through `tunewise serve`, which reads them"
+                ],
+            )
+        serving = ToolServing("native", found[0][0], True)
+        needs = found[0][1]
+    missing = [t for t in needs if t not in vocab]
+    if missing:
+        serving.usable = False
+        serving.notes.append(
+            f"the calls are in the format vLLM's --tool-call-parser {serving.parser} reads, but "
+            f"that parser needs {' and '.join(missing)} as single tokens and this tokenizer "
+            "writes them as plain text, so vLLM would refuse it; the command has no tool-call "
+            "flags: serve calls through `tunewise serve` (it reads them), or train on a base "
+            "whose vocabulary has them (Qwen 2.5, Hermes)"
+        )
+    return serving
+
+
+def _tool_serving_of(versions: list[Version]) -> ToolServing | None:
+    """:func:`tool_serving` for the first version trained on calls (None when none was)."""
+    for v in versions:
+        if not trained_with_tools(v) or v.path is None:
+            continue
+        folder = v.weights_dir
+        if not (folder / "tokenizer_config.json").is_file():
+            folder = Path(v.base_path or v.base_model or "")
+        try:
+            tok = models.load_tokenizer(models.ModelRef(v.spec, folder, "", "local"))
+        except Exception:  # no tokenizer beside the adapter nor a local base: say so
+            return ToolServing(
+                "unknown",
+                None,
+                False,
+                notes=[
+                    f"{v.spec} was trained on function calls, but its chat template is not "
+                    "available here to choose vLLM's --tool-call-parser"
+                ],
+            )
+        return tool_serving(tok)
+    return None
+
+
+def _tool_flags(serving: ToolServing, root: Path) -> list[str]:
+    flags = []
+    if serving.chat_template is not None:
+        flags += ["--chat-template", str(root / TOOL_TEMPLATE)]
+    if serving.usable and serving.parser:
+        flags += ["--enable-auto-tool-choice", "--tool-call-parser", serving.parser]
+    return flags
+
+
 def plan_vllm(
     specs: list[str],
     *,
@@ -249,7 +505,10 @@ def plan_vllm(
     ]
     if tensor_parallel_size > 1:
         cmd += ["--tensor-parallel-size", str(tensor_parallel_size)]
-    warnings = []
+    tools = _tool_serving_of(versions)
+    warnings = list(tools.notes) if tools is not None else []
+    if tools is not None:
+        cmd += _tool_flags(tools, root)
     if versions[0].base_model and Path(str(base)).is_dir():
         warnings.append(
             f"base is a local folder ({base}); copy it to the serving machine or "
@@ -273,6 +532,7 @@ def plan_vllm(
         tensor_parallel_size=tensor_parallel_size,
         command=cmd,
         warnings=warnings,
+        tools=tools,
     )
     return plan, versions
 
@@ -332,6 +592,8 @@ def export_vllm(
             adapter = RunDir(v.path)
             for f in (adapter.adapter_config, adapter.adapter_weights):
                 shutil.copyfile(f, dst / f.name)
+        if plan.tools is not None and plan.tools.chat_template is not None:
+            atomic_write_text(tmp / TOOL_TEMPLATE, plan.tools.chat_template)
         atomic_write_text(
             tmp / "serve.sh",
             "#!/bin/sh\n# generated by tunewise export vllm\nexec " + plan.shell + "\n",
@@ -354,6 +616,7 @@ def export_vllm(
                 "max_lora_rank": plan.max_lora_rank,
                 "max_loras": plan.max_loras,
                 "max_cpu_loras": plan.max_cpu_loras,
+                "tool_calls": _tools_manifest(plan.tools),
                 "warnings": plan.warnings,
             },
         )
@@ -362,3 +625,14 @@ def export_vllm(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return plan
+
+
+def _tools_manifest(serving: ToolServing | None) -> dict[str, Any] | None:
+    if serving is None:
+        return None
+    return {
+        "format": serving.format,
+        "tool_call_parser": serving.parser,
+        "parser_usable": serving.usable,
+        "chat_template": TOOL_TEMPLATE if serving.chat_template is not None else None,
+    }

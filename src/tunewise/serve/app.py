@@ -19,8 +19,13 @@ Layout, after vLLM's ``entrypoints/openai``: bodies in :mod:`tunewise.serve.sche
 :mod:`tunewise.serve.state`, and here thin routes whose checks (API key, body size and schema)
 are FastAPI dependencies. Every route but ``/health`` sits behind :func:`require_api_key`.
 
-Bad input always gets a 4xx in OpenAI's error shape (unknown model 404, bad schema 422, prompt
-too long or body too large 413, bad key 401); an exception there is a bug and is logged.
+Function calls (``tools``, ``tool_choice``, ``message.tool_calls``) are read and written by
+:mod:`tunewise.serve.tools`; the prompt gets the tools here, after the system prompt, as training
+attaches them.
+
+Bad input always gets a 4xx in OpenAI's error shape (unknown model 404, bad schema 422, bad tools
+or call turns 400, prompt too long or body too large 413, bad key 401); an exception there is a
+bug and is logged.
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ from tunewise.runtime.adapter_pool import BaseMismatchError, CorruptedAdapterErr
 from tunewise.runtime.backend import GenRequest, GenResult, PromptTooLongError, check_context
 from tunewise.runtime.engine import Engine
 from tunewise.runtime.models import resolve
+from tunewise.runtime.tool_calls import attach_tools
 from tunewise.serve.schemas import (
     AdapterStatus,
     AdminModel,
@@ -70,6 +76,17 @@ from tunewise.serve.schemas import (
     UnloadResult,
 )
 from tunewise.serve.state import MicroBatcher, ModelTable, admin_adapter_dir
+from tunewise.serve.tools import (
+    CallDeltas,
+    PlainDeltas,
+    ToolPlan,
+    answer_deltas,
+    check_choice_met,
+    plan_tools,
+    read_answer,
+    request_messages,
+    with_tool_constraint,
+)
 from tunewise.serve.traffic import TrafficLog, TrafficSettings
 
 __all__ = ["APIError", "MicroBatcher", "ModelTable", "ServeSettings", "create_app", "serve"]
@@ -260,23 +277,23 @@ async def list_models(state: State) -> ModelList:
 async def chat(state: State, req: ChatBody) -> Response:
     started = time.perf_counter()
     req.refuse_unsupported()
+    messages = request_messages(req.messages)
     key = await _resolve_model(state.table, req.model)
+    plan = plan_tools(req.tools, req.tool_choice, state.table.default_tools(key))
     release = state.table.release(key)
     cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
-    logged = _traffic_hook(state, req, key, cid, started)
+    logged = _traffic_hook(state, req, messages, key, cid, started, plan)
     if release is not None and not release.uses_llm:
-        return await _classifier_answer(req, release, cid, fingerprint=str(key), logged=logged)
-    gen = await _gen_request(state, req, key, release)
+        return await _classifier_answer(req, release, messages, cid, plan, str(key), logged)
+    gen = await _gen_request(state, req, key, release, messages, plan)
     fingerprint = key or f"base-{state.engine.ref.weight_hash[:12]}"
-    headers = {"X-Tunewise-Model": fingerprint}
-    if req.stream:
-        head = ChatCompletionChunk(
-            id=cid, model=req.model, system_fingerprint=fingerprint, choices=[]
-        )
+    head = ChatCompletionChunk(id=cid, model=req.model, system_fingerprint=fingerprint, choices=[])
+    if req.stream and not plan.promises_call:
+        deltas = CallDeltas() if plan.reads_calls else PlainDeltas()
         return StreamingResponse(
-            _sse(state.engine, gen, head, logged),
+            _sse(state.engine, gen, head, logged, deltas),
             media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", **headers},
+            headers={"Cache-Control": "no-cache", "X-Tunewise-Model": fingerprint},
         )
     try:
         result = await state.batcher.submit(gen)
@@ -284,19 +301,25 @@ async def chat(state: State, req: ChatBody) -> Response:
         raise  # the app's handler answers 413
     except UserError as exc:
         raise _refused(exc, code="adapter_unavailable") from None
-    if logged is not None:
-        logged(result)
-    body = ChatCompletion.of(result, cid=cid, model=req.model, fingerprint=fingerprint)
-    return JSONResponse(body.model_dump(), headers=headers)
+    return _known_answer(req, result, plan, head, logged)
+
+
+Logged = Callable[..., None]  # the traffic log's hook: (GenResult, tool_calls=None)
 
 
 def _traffic_hook(
-    state: ServerState, req: ChatRequest, key: str | None, cid: str, started: float
-) -> Callable[[GenResult], None] | None:
-    """The traffic log's callback for this request's answer; None: log off or not sampled."""
+    state: ServerState,
+    req: ChatRequest,
+    messages: list[dict[str, Any]],
+    key: str | None,
+    cid: str,
+    started: float,
+    plan: ToolPlan,
+) -> Logged | None:
+    """The traffic log's callback for this request's answer; None: log off or not sampled.
+    ``messages`` are the turns as received, before any system prompt."""
     if state.traffic is None:
         return None
-    messages = [m.plain() for m in req.messages]  # as received, before any system prompt
     return state.traffic.hook(
         cid=cid,
         model=req.model,
@@ -304,47 +327,67 @@ def _traffic_hook(
         base_name=state.engine.ref.name,
         messages=messages,
         started=started,
+        tools=plan.requested or None,
     )
+
+
+def _known_answer(
+    req: ChatRequest,
+    result: GenResult,
+    plan: ToolPlan,
+    head: ChatCompletionChunk,
+    logged: Logged | None,
+) -> Response:
+    """The response to an answer known whole: read for calls when tools were shown (a broken
+    ``required`` / named-function promise is a 422, see :mod:`tunewise.serve.tools`), logged,
+    then sent as one body or, for a stream, as its chunks at once."""
+    answer = read_answer(result) if plan.reads_calls else None
+    if answer is not None:
+        check_choice_met(plan, answer)
+    if logged is not None:
+        logged(result, tool_calls=answer.tool_calls if answer else None)
+    headers = {"X-Tunewise-Model": head.system_fingerprint}
+    if req.stream:
+        if answer is None:
+            deltas = [dict(PlainDeltas.first), {"content": result.text}]
+            finish = result.finish_reason
+        else:
+            deltas, finish = answer_deltas(answer), answer.finish_reason
+        return StreamingResponse(
+            _known_sse(head, deltas, finish),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", **headers},
+        )
+    body = ChatCompletion.of(
+        result, cid=head.id, model=req.model, fingerprint=head.system_fingerprint, answer=answer
+    )
+    return JSONResponse(body.model_dump(), headers=headers)
 
 
 async def _classifier_answer(
     req: ChatRequest,
     release: RungRelease,
+    messages: list[dict[str, Any]],
     cid: str,
-    *,
+    plan: ToolPlan,
     fingerprint: str,
-    logged: Callable[[GenResult], None] | None = None,
+    logged: Logged | None = None,
 ) -> Response:
     """A classifier release (knn, tfidf, probe) answers in the task's output format, the very
     string the evaluator scored, with no language model: no tokens to count or stream."""
-    query = query_of([m.plain() for m in req.messages])
+    query = query_of(messages)
     text = (await run_in_threadpool(release.answers, [query]))[0]
     result = GenResult(text=text, prompt_tokens=0, completion_tokens=0, finish_reason="stop")
-    if logged is not None:  # the whole answer is known now, streamed or not
-        logged(result)
-    headers = {"X-Tunewise-Model": fingerprint}
-    if req.stream:
-        head = ChatCompletionChunk(
-            id=cid, model=req.model, system_fingerprint=fingerprint, choices=[]
-        )
-        return StreamingResponse(
-            _one_chunk_sse(head, text),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", **headers},
-        )
-    body = ChatCompletion.of(result, cid=cid, model=req.model, fingerprint=fingerprint)
-    return JSONResponse(body.model_dump(), headers=headers)
+    head = ChatCompletionChunk(id=cid, model=req.model, system_fingerprint=fingerprint, choices=[])
+    return _known_answer(req, result, plan, head, logged)
 
 
-async def _one_chunk_sse(head: ChatCompletionChunk, text: str) -> AsyncIterator[bytes]:
-    """The stream of an answer known at once: role, the whole text, the finish, ``[DONE]``."""
-    deltas: list[tuple[dict[str, str], str | None]] = [
-        ({"role": "assistant", "content": ""}, None),
-        ({"content": text}, None),
-        ({}, "stop"),
-    ]
-    for delta, finish in deltas:
-        choice = StreamChoice(delta=delta, finish_reason=finish)
+async def _known_sse(
+    head: ChatCompletionChunk, deltas: list[dict[str, Any]], finish: str
+) -> AsyncIterator[bytes]:
+    """The stream of an answer known at once: its deltas (role first), the finish, ``[DONE]``."""
+    for delta, reason in [*((d, None) for d in deltas), ({}, finish)]:
+        choice = StreamChoice(delta=delta, finish_reason=reason)
         body = head.model_copy(update={"choices": [choice]})
         yield f"data: {body.model_dump_json()}\n\n".encode()
     yield b"data: [DONE]\n\n"
@@ -416,16 +459,25 @@ def _refused(exc: UserError, code: str = "adapter_refused") -> APIError:
 
 
 async def _gen_request(
-    state: ServerState, req: ChatRequest, adapter: str | None, release: RungRelease | None
+    state: ServerState,
+    req: ChatRequest,
+    adapter: str | None,
+    release: RungRelease | None,
+    messages: list[dict[str, Any]],
+    plan: ToolPlan,
 ) -> GenRequest:
-    """The engine request for ``req``, every check done: a stream must not fail after its 200."""
+    """The engine request for ``req``, every check done: a stream must not fail after its 200.
+
+    The prompt is built as training and evaluation build it: the system prompt the model was
+    trained with (or the release's prompt, or the retrieved context), then the tools on the
+    system turn, as ``Example.with_system`` attaches them.
+    """
     settings, engine = state.settings, state.engine
     default = settings.max_tokens_default
     if release is not None and release.max_new_tokens:  # what the release was evaluated with
         default = release.max_new_tokens
     max_new = req.new_tokens(default, settings.max_tokens_limit)
     stops = req.stops()
-    messages = [m.plain() for m in req.messages]
     if release is not None:
         # prompt / fewshot / rag: the base model with the evaluator's prompt, built by the release
         messages = await run_in_threadpool(state.table.release_messages, release, messages)
@@ -435,6 +487,8 @@ async def _gen_request(
     # A context-trained adapter (train.context) gets the retrieved context it was evaluated with.
     if adapter is not None and adapter in state.table.contexts:  # no thread hop for the rest
         messages = await run_in_threadpool(state.table.with_context, adapter, messages)
+    if plan.tools:
+        messages = attach_tools(messages, plan.tools)
     try:
         n_prompt = await run_in_threadpool(engine.prompt_tokens, messages)
     except Exception as exc:  # a chat template may reject a conversation shape
@@ -442,7 +496,8 @@ async def _gen_request(
             422, f"messages: cannot render with the chat template: {exc}", param="messages"
         ) from None
     check_context(n_prompt, max_new, engine.context_length, new_label="max_tokens")
-    return GenRequest(messages=messages, adapter=adapter, max_new_tokens=max_new, stop=stops)
+    gen = GenRequest(messages=messages, adapter=adapter, max_new_tokens=max_new, stop=stops)
+    return with_tool_constraint(gen, plan)
 
 
 def _too_long(exc: PromptTooLongError) -> APIError:
@@ -453,14 +508,17 @@ async def _sse(
     engine: Engine,
     gen: GenRequest,
     head: ChatCompletionChunk,
-    logged: Callable[[GenResult], None] | None = None,
+    logged: Logged | None = None,
+    deltas: PlainDeltas | None = None,
 ) -> AsyncIterator[bytes]:
     """Server-sent events: role chunk, content deltas, a finish chunk, then ``data: [DONE]``.
 
     The finish chunk carries the stream's own :class:`GenResult` ``finish_reason``. ``head`` holds
-    the fields every chunk repeats (id, model, fingerprint). ``logged`` gets the finished answer,
-    its text the deltas the client was sent, joined.
+    the fields every chunk repeats (id, model, fingerprint). ``deltas`` turns the generated text
+    into deltas (:class:`CallDeltas` reads calls; by default the text as it comes). ``logged``
+    gets the finished answer, its text what the model generated, and the calls sent.
     """
+    deltas = deltas or PlainDeltas()
     loop = asyncio.get_running_loop()
     q: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
     cancelled = threading.Event()
@@ -480,7 +538,7 @@ async def _sse(
         finally:
             stream.close()
 
-    def chunk(delta: dict[str, str], finish: str | None = None) -> bytes:
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
         choice = StreamChoice(delta=delta, finish_reason=finish)
         body = head.model_copy(update={"choices": [choice]})
         return f"data: {body.model_dump_json()}\n\n".encode()
@@ -488,18 +546,22 @@ async def _sse(
     sent: list[str] = []
     threading.Thread(target=produce, name="tunewise-stream", daemon=True).start()
     try:
-        yield chunk({"role": "assistant", "content": ""})
+        yield chunk(dict(deltas.first))
         while True:
             kind, value = await q.get()
             if kind == "delta":
                 sent.append(value)
-                yield chunk({"content": value})
+                for delta in deltas.feed(value):
+                    yield chunk(delta)
                 continue
             if kind == "end":
                 result: GenResult = value
-                yield chunk({}, result.finish_reason)
+                for delta in deltas.finish():
+                    yield chunk(delta)
+                yield chunk({}, deltas.finish_reason(result.finish_reason))
                 if logged is not None:
-                    logged(replace(result, text="".join(sent)))
+                    calls = deltas.tool_calls or None
+                    logged(replace(result, text="".join(sent)), tool_calls=calls)
             else:
                 if isinstance(value, PromptTooLongError):
                     err = _too_long(value)

@@ -5,8 +5,10 @@ pydantic model in this one module, so the routes in :mod:`tunewise.serve.app` st
 shape
 of each answer is written once. Requests ignore unknown fields (OpenAI clients send ``user``,
 ``seed``, ...), except those that ask for something this server does not do (``logprobs``,
-``response_format`` other than text, ``tools``): a client relying on one is told, not answered as
-if it had been honoured. Admin bodies forbid unknown fields, since a typo there is a mistake.
+``response_format`` other than text, the legacy ``functions``): a client relying on one is told,
+not answered as if it had been honoured. ``tools`` and ``tool_choice`` are taken as sent and
+checked by :mod:`tunewise.serve.tools` (a 400 naming the field). Admin bodies forbid unknown
+fields, since a typo there is a mistake.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import time
 from typing import Any, Literal
 
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tunewise.runtime.backend import GenResult
 
@@ -72,14 +74,38 @@ class _TextPart(BaseModel):
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[_TextPart]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    # null only on an assistant turn that makes calls (OpenAI's "calls only")
+    content: str | list[_TextPart] | None = None
+    # checked by tunewise.serve.tools.check_messages (a 400 naming the field), not here
+    tool_calls: Any = None
+    tool_call_id: Any = None
+
+    @model_validator(mode="after")
+    def _content_given(self) -> ChatMessage:
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise ValueError("content: required (null only on an assistant turn with tool_calls)")
+        return self
+
+    @property
+    def has_tool_fields(self) -> bool:
+        return self.role == "tool" or self.tool_calls is not None
 
     def plain(self) -> dict[str, str]:
-        text = (
-            self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
-        )
+        if self.content is None or isinstance(self.content, str):
+            text = self.content or ""
+        else:
+            text = "".join(p.text for p in self.content)
         return {"role": "system" if self.role == "developer" else self.role, "content": text}
+
+    def turn(self) -> dict[str, Any]:
+        """The turn as OpenAI wrote it, content as text (None kept), for ``check_messages``."""
+        out: dict[str, Any] = {**self.plain(), "tool_calls": self.tool_calls}
+        if self.content is None:
+            out["content"] = None
+        if self.role == "tool":
+            out["tool_call_id"] = self.tool_call_id
+        return out
 
 
 class ChatRequest(BaseModel):
@@ -93,18 +119,19 @@ class ChatRequest(BaseModel):
     n: int = Field(1, ge=1, le=1)
     stream: bool = False
     stop: str | list[str] | None = None
+    # Checked by tunewise.serve.tools (plan_tools): a 400 naming the field, OpenAI's way.
+    tools: Any = None
+    tool_choice: Any = None
     # Accepted only with values that ask for nothing (refuse_unsupported): no log-probabilities,
-    # plain text, no tool calls.
+    # plain text, none of the pre-tools function-call parameters.
     logprobs: bool | None = None
     top_logprobs: int | None = Field(None, ge=0)
     response_format: dict[str, Any] | None = None
-    tools: list[Any] | None = None
-    tool_choice: str | dict[str, Any] | None = None
-    functions: list[Any] | None = None  # the pre-tools names of the same
+    functions: list[Any] | None = None  # the pre-tools names of tools / tool_choice
     function_call: str | dict[str, Any] | None = None
 
     def refuse_unsupported(self) -> None:
-        """422 naming the first parameter that asks for what greedy text generation cannot give."""
+        """422 naming the first parameter that asks for what this server does not give."""
         fmt = (self.response_format or {}).get("type", "text")
         asked = {
             "logprobs": (bool(self.logprobs), "log-probabilities are not returned"),
@@ -113,15 +140,10 @@ class ChatRequest(BaseModel):
                 fmt != "text",
                 f"answers are plain text: only {{'type': 'text'}}, not {str(fmt)[:40]!r}",
             ),
-            "tools": (bool(self.tools), "tool calls are not implemented"),
-            "tool_choice": (
-                self.tool_choice not in (None, "none", "auto"),
-                "tool calls are not implemented",
-            ),
-            "functions": (bool(self.functions), "function calls are not implemented"),
+            "functions": (bool(self.functions), "the legacy form: send tools instead"),
             "function_call": (
                 self.function_call not in (None, "none", "auto"),
-                "function calls are not implemented",
+                "the legacy form: send tool_choice instead",
             ),
         }
         for param, (wanted, why) in asked.items():
@@ -181,9 +203,28 @@ class AssistantMessage(BaseModel):
     content: str
 
 
+class FunctionCall(BaseModel):
+    name: str
+    arguments: str  # a JSON object, as a string (OpenAI's wire form)
+
+
+class ToolCallOut(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class ToolCallMessage(BaseModel):
+    """An answer that calls: ``content`` is its text part, null when it is only calls."""
+
+    role: Literal["assistant"] = "assistant"
+    content: str | None
+    tool_calls: list[ToolCallOut]
+
+
 class Choice(BaseModel):
     index: int = 0
-    message: AssistantMessage
+    message: AssistantMessage | ToolCallMessage
     finish_reason: str
     logprobs: None = None
 
@@ -209,15 +250,31 @@ class ChatCompletion(_Completion):
     usage: Usage
 
     @classmethod
-    def of(cls, result: GenResult, *, cid: str, model: str, fingerprint: str) -> ChatCompletion:
+    def of(
+        cls,
+        result: GenResult,
+        *,
+        cid: str,
+        model: str,
+        fingerprint: str,
+        answer: Any | None = None,
+    ) -> ChatCompletion:
+        """The completion of ``result``; ``answer`` (a :class:`tunewise.serve.tools.Answer`):
+        its text read for calls, when the request showed tools."""
         usage = Usage(
             prompt_tokens=result.prompt_tokens,
             completion_tokens=result.completion_tokens,
             total_tokens=result.prompt_tokens + result.completion_tokens,
         )
-        choice = Choice(
-            message=AssistantMessage(content=result.text), finish_reason=result.finish_reason
-        )
+        if answer is None:
+            message: AssistantMessage | ToolCallMessage = AssistantMessage(content=result.text)
+            finish = result.finish_reason
+        elif answer.tool_calls:
+            message = ToolCallMessage(content=answer.content, tool_calls=answer.tool_calls)
+            finish = answer.finish_reason
+        else:
+            message, finish = AssistantMessage(content=answer.content or ""), answer.finish_reason
+        choice = Choice(message=message, finish_reason=finish)
         return cls(
             id=cid, model=model, system_fingerprint=fingerprint, choices=[choice], usage=usage
         )
@@ -225,7 +282,8 @@ class ChatCompletion(_Completion):
 
 class StreamChoice(BaseModel):
     index: int = 0
-    delta: dict[str, str]  # {"role", "content"} first, {"content"} after, {} with the finish
+    # {"role", "content"} first, {"content"} or {"tool_calls"} after, {} with the finish
+    delta: dict[str, Any]
     finish_reason: str | None = None
 
 

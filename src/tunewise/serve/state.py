@@ -226,6 +226,9 @@ class ModelTable:
         self.resolved: dict[str, str] = {}  # model string -> engine adapter key (alias snapshot)
         # adapter key -> the project system prompt it was trained with (from the registry record)
         self.system_prompts: dict[str, str] = {}
+        # adapter or release key -> the project tools (task.tools) it was trained or evaluated
+        # with: shown when a request sends none (tunewise.serve.tools.plan_tools)
+        self.tools: dict[str, list[dict[str, Any]]] = {}
         # adapter key -> the retrieved context it was trained with (train.context), versioned
         # with it: the registry copies the run's context.json beside the adapter
         self.contexts: dict[str, ContextBuilder] = {}
@@ -376,6 +379,12 @@ class ModelTable:
             return [{"role": "system", "content": trained_with}, *messages]
         return messages
 
+    def default_tools(self, key: str | None) -> list[dict[str, Any]]:
+        """The project tools (``task.tools``) the model ``key`` resolves to was trained or
+        evaluated with; empty for the base model and for models trained without."""
+        with self._lock:
+            return list(self.tools.get(key) or []) if key else []
+
     def with_context(self, adapter: str | None, messages: Messages) -> Messages:
         """``messages`` with the retrieved context ``adapter`` was trained with, built by the
         evaluator's own code (:mod:`tunewise.baselines.context`) from the same pool and settings.
@@ -417,6 +426,9 @@ class ModelTable:
             raise _not_found(model, f": {exc}") from None
         self._check_servable(v)
         key = v.spec
+        tools = ((v.config or {}).get("task") or {}).get("tools")
+        if isinstance(tools, list) and tools:
+            self.tools[key] = tools
         if v.kind in RELEASE_KINDS:
             if key not in self.releases:
                 files = self._verified(key)

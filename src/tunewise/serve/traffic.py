@@ -97,7 +97,7 @@ def _scrub_tree(value: Any) -> Any:
 def scrubbed(record: dict[str, Any]) -> dict[str, Any]:
     """The record with its client-supplied text scrubbed; ids, times and numbers are ours."""
     out = dict(record)
-    for key in ("model", "messages", "answer", "resolved"):
+    for key in ("model", "messages", "answer", "resolved", "tool_calls", "tools"):
         if key in out:
             out[key] = _scrub_tree(out[key])
     return out
@@ -241,13 +241,15 @@ class TrafficLog:
         base_name: str,
         messages: list,
         started: float,
-    ) -> Callable[[GenResult], None] | None:
-        """What to call with the finished answer to log it; None when this request is not in the
-        sample (drawn here, once per request, in arrival order)."""
+        tools: list[dict[str, Any]] | None = None,
+    ) -> Callable[..., None] | None:
+        """What to call with the finished answer (and the ``tool_calls`` it was read into) to
+        log it; None when this request is not in the sample (drawn here, once per request, in
+        arrival order). ``tools``: those the request sent, kept beside its calls."""
         if not self.sampled():
             return None
 
-        def logged(result: GenResult) -> None:
+        def logged(result: GenResult, tool_calls: list[dict[str, Any]] | None = None) -> None:
             record = traffic_record(
                 cid=cid,
                 model=model,
@@ -259,6 +261,8 @@ class TrafficLog:
                 started=started,
                 prompt_tokens=result.prompt_tokens,
                 completion_tokens=result.completion_tokens,
+                tool_calls=tool_calls,
+                tools=tools,
             )
             self.submit(record)  # never blocks: scrubbing and the disk are the writer's
 
@@ -321,9 +325,21 @@ def traffic_record(
     started: float,
     prompt_tokens: int,
     completion_tokens: int,
+    tool_calls: list[dict[str, Any]] | None = None,
+    tools: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """One log record; ``started`` is the ``time.perf_counter()`` when the request arrived."""
+    """One log record; ``started`` is the ``time.perf_counter()`` when the request arrived.
+
+    An answer read for calls also has ``tool_calls`` (OpenAI's entries, as the client got them;
+    ``answer`` stays the text the model wrote), and a request that sent tools has ``tools``:
+    what a later round needs to train on the call.
+    """
     alias = model.split("@", 1)[1] if "@" in model else None
+    extra: dict[str, Any] = {}
+    if tools:
+        extra["tools"] = tools
+    if tool_calls:
+        extra["tool_calls"] = tool_calls
     return {
         "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
         "id": cid,
@@ -335,5 +351,6 @@ def traffic_record(
         "latency_ms": round((time.perf_counter() - started) * 1000, 1),
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
+        **extra,
         "status": 200,
     }
