@@ -360,6 +360,8 @@ def test_schemas_the_grammar_cannot_use_are_one_line_errors() -> None:
         grammar.tool_constraint(None, TOOLS, "sometimes")
     with pytest.raises(UserError, match="at least one tool"):
         grammar.tool_constraint(None, [], "required")
+    with pytest.raises(UserError, match=r"tools\[0\]: expected a tool object"):
+        grammar.tool_constraint(None, ["get_weather"], "required")  # type: ignore[list-item]
     bad_type = fn("f", {"type": "object", "properties": {"when": {"type": "date"}}})
     with pytest.raises(UserError, match=r"tool 'f': parameters.properties.when: type 'date'"):
         grammar.tool_constraint(None, [bad_type], "required")

@@ -811,8 +811,10 @@ def _evaluated(cfg: ProjectConfig) -> set[str]:
             names.add(KNN)
         if ev.classical and any(r in names for r in RUNGS):
             names.update(CLASSICAL)
-        if ev.constrained and not any(c.endswith(CONSTRAINED_SUFFIX) for c in listed):
-            names |= {f"{r}{CONSTRAINED_SUFFIX}" for r in RUNGS if r in names}
+    # labels are scored, calls decoded under the tools' grammar (tunewise.eval.harness)
+    constrains = cfg.task.type in ("labels", "tools") and ev.constrained
+    if constrains and not any(c.endswith(CONSTRAINED_SUFFIX) for c in listed):
+        names |= {f"{r}{CONSTRAINED_SUFFIX}" for r in RUNGS if r in names}
     return names
 
 

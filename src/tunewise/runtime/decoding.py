@@ -215,7 +215,7 @@ def apply_constraints(logits: torch.Tensor, rows: list[Row]) -> torch.Tensor:
         allow[j, :n] = m[:n].numpy()
         allow[j, n:] = False
     keep = torch.from_numpy(allow).to(logits.device)
-    return torch.where(keep, logits, torch.tensor(float("-inf"), dtype=logits.dtype))
+    return torch.where(keep, logits, float("-inf"))
 
 
 def score_continuations(

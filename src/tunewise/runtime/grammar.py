@@ -121,6 +121,9 @@ def tool_constraint(
         raise UserError(f"tool_choice mode {mode!r}: expected one of {', '.join(MODES)}")
     if max_calls < 1:
         raise UserError("max_calls must be at least 1")
+    for i, t in enumerate(tools):
+        if not isinstance(t, dict) or not isinstance(function_of(t), dict):
+            raise UserError(f"tools[{i}]: expected a tool object")
     functions = [function_of(t) for t in tools]
     names = [f.get("name") for f in functions]
     for i, name in enumerate(names):
