@@ -25,7 +25,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
-from tunewise.config import CROSS_SECTION_RULES, ProjectConfig
+from tunewise.config.project import ProjectConfig
+from tunewise.config.rules import CROSS_SECTION_RULES
 
 REGENERATE = "python -m tunewise.config_docs > docs/project-yaml.md"
 HEADER = f"""\

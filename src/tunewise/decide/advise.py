@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from tunewise.candidates import CHAMPION, CONTEXT_SUFFIXES, NO_LLM
-from tunewise.config import GateConfig
+from tunewise.config.gate import GateConfig
 from tunewise.decide.costs import CostEstimate, CostInputs, cost_estimate
 from tunewise.decide.release import RELEASE_FILE as RELEASE_DECISION
 from tunewise.errors import UserError

@@ -16,7 +16,7 @@ from typing import Any
 
 from tunewise.baselines.release import RELEASE_KINDS
 from tunewise.candidates import CHAMPION, is_finetune_name
-from tunewise.config import GateConfig
+from tunewise.config.gate import GateConfig
 from tunewise.decide.champion import attach_margin_tests
 from tunewise.decide.gate import decide, save_verdict
 from tunewise.decide.release import cost_order

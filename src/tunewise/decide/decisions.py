@@ -25,7 +25,7 @@ import math
 from dataclasses import replace
 
 from tunewise.candidates import CHAMPION
-from tunewise.config import CostConfig, GateConfig
+from tunewise.config.gate import CostConfig, GateConfig
 from tunewise.decide.costs import CostInputs, cost_per_1000
 from tunewise.decide.seeds import seed_spread
 from tunewise.decide.superiority import failed_guards, superiority

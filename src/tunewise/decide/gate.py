@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from tunewise.config import GateConfig
+from tunewise.config.gate import GateConfig
 from tunewise.decide import decisions
 from tunewise.decide.superiority import superiority
 from tunewise.eval.results import Comparison, Verdict

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 from tunewise.baselines.release import RELEASE_KINDS
 from tunewise.candidates import CHAMPION, FINETUNED, is_constrained, is_finetune_name
-from tunewise.config import GateConfig
+from tunewise.config.gate import GateConfig
 from tunewise.decide.decisions import with_champion
 from tunewise.decide.superiority import DEFAULT_FORMAT_TOLERANCE, FORMAT_GUARD
 from tunewise.eval.results import BaselineReason, Comparison, PairedTest, Verdict

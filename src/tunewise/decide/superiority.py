@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 
-from tunewise.config import GateConfig
+from tunewise.config.gate import GateConfig
 from tunewise.errors import UserError
 from tunewise.eval.results import BaselineReason, Comparison, PairedTest, Verdict
 from tunewise.numbers import num, p_value, signed

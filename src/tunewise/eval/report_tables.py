@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tunewise.config import TOOL_ERROR_RATES, GateConfig
+from tunewise.config.eval import TOOL_ERROR_RATES
+from tunewise.config.gate import GateConfig
 from tunewise.eval.results import VERDICT_FILE, Comparison, EvalRun, PairedTest, Verdict
 from tunewise.numbers import cell, p_cell, signed_cell
 

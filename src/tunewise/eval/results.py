@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
-from tunewise.config import GateConfig
+from tunewise.config.gate import GateConfig
 from tunewise.errors import UserError
 from tunewise.fsio import atomic_write_json
 

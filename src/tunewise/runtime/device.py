@@ -36,7 +36,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from tunewise.config import DEVICE_HELP, DEVICE_PATTERN
+from tunewise.config.model import DEVICE_HELP, DEVICE_PATTERN
 from tunewise.errors import UserError
 
 Purpose = Literal["train", "infer", "export"]

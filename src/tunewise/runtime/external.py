@@ -29,7 +29,7 @@ from tunewise.runtime.backend import GenRequest, GenResult, Messages, cached_gen
 from tunewise.runtime.decoding import first_stop
 
 if TYPE_CHECKING:
-    from tunewise.config import ExternalConfig
+    from tunewise.config.eval import ExternalConfig
     from tunewise.runtime.cache import GenCache
 
 RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})

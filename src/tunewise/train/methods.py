@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Final, get_args
 
-from tunewise.config import LoraTarget, Method
+from tunewise.config.train import LoraTarget, Method
 
 METHODS: Final[tuple[str, ...]] = get_args(Method)
 
