@@ -32,7 +32,7 @@ REGENERATE = "python -m tunewise.config_docs > docs/project-yaml.md"
 HEADER = f"""\
 # project.yaml reference
 
-<!-- Generated from src/tunewise/config.py; do not edit by hand. Regenerate: {REGENERATE} -->
+<!-- Generated from src/tunewise/config/; do not edit by hand. Regenerate: {REGENERATE} -->
 
 Every field of `project.yaml`, section by section: its type, its default and what it does. Paths
 are relative to the folder of `project.yaml`. Unknown keys are refused (a typo in a training

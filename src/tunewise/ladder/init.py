@@ -366,7 +366,7 @@ def init_project(
     notes.append(batch_note)
     header = (
         "# tunewise project, scaffolded by `tunewise init` from the data. Edit freely.\n"
-        "# Every field and its default is documented in tunewise/config.py and the README.\n"
+        "# Every field and its default: docs/project-yaml.md of tunewise, and its README.\n"
         "# The ladder: `tunewise run project.yaml`; the sealed test once at the end: add --final.\n"
         "# What each stage will cost here, without running it: `tunewise run --dry-run`.\n"
     )
