@@ -439,6 +439,8 @@ def test_prompt_constrained_on_a_tools_task_is_graded_like_prompt(
     assert held.kind == "constrained" and held.meta["of"] == "prompt"
     assert held.meta["tool_choice"] == ("auto" if plain_replies else "required")
     assert held.meta["mode"] == "tool-grammar" and held.meta["max_string_chars"] == 64
+    # every training answer makes one call: a constrained answer may make no more
+    assert held.meta["max_calls"] == 1
     # the same graders on both, so validity and accuracy compare with and without the grammar
     assert set(held.items[0].scores) == set(free.items[0].scores)
     assert "call_schema_valid" in held.items[0].scores
@@ -447,3 +449,23 @@ def test_prompt_constrained_on_a_tools_task_is_graded_like_prompt(
     else:  # required: every answer is a call of get_weather, valid where the budget allowed
         assert all(i.output.startswith(CALL_OPEN) for i in held.items)
         assert not any(i.output.startswith(CALL_OPEN) for i in free.items)
+
+
+def test_max_calls_come_from_the_most_calls_a_training_answer_makes() -> None:
+    from tunewise.data.schema import Example
+    from tunewise.eval.constrained import max_calls_for
+    from tunewise.runtime.tool_calls import canonical_message
+
+    def ex(*names: str) -> Example:
+        calls = [
+            {"id": f"c{i}", "type": "function", "function": {"name": n, "arguments": "{}"}}
+            for i, n in enumerate(names)
+        ]
+        answer: dict[str, Any] = {"role": "assistant", "content": None, "tool_calls": calls}
+        if not names:
+            answer = {"role": "assistant", "content": "no call"}
+        return Example([{"role": "user", "content": "q"}, canonical_message(answer)])
+
+    assert max_calls_for([ex("a"), ex("b")]) == 1  # SNIPS: one call per query
+    assert max_calls_for([ex("a"), ex("a", "b"), ex()]) == 2
+    assert max_calls_for([ex()]) == 1 and max_calls_for([]) == 1

@@ -167,3 +167,24 @@ def test_parse_reply_survives_hostile_json():
     huge = '{"name": "a", "arguments": {"x": ' + "9" * 5000 + "}}"
     assert parse_reply(huge).calls == []
     assert parse_reply(f"{CALL_OPEN}{huge}</tool_call>").problems
+
+
+def test_a_call_turn_survives_a_round_trip_through_a_file(tmp_path):
+    # Split files, traffic drafts and releases write examples back with Example.to_json and
+    # read them again: the call must stay one call (it was doubled once: every SNIPS target of
+    # the split files held its call twice, so training and grading both saw two calls).
+    ex = _loaded(tmp_path)
+    again = tmp_path / "again.jsonl"
+    again.write_text(json.dumps(ex.to_json()) + "\n")
+    (back,), problems = parse_jsonl(again)
+    assert problems == []
+    assert back.messages == ex.messages
+    assert len(parse_reply(back.messages[1]["content"]).calls) == 1
+    texted = {
+        "role": "assistant",
+        "content": "Let me look.",
+        "tool_calls": LINE["messages"][1]["tool_calls"],
+    }
+    once = canonical_message(texted)
+    assert canonical_message(once) == once
+    assert once["content"].startswith("Let me look.\n") and once["content"].count(CALL_OPEN) == 1

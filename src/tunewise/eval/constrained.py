@@ -44,7 +44,7 @@ from typing import Any, Protocol
 from tunewise.data.labels import SINGLE_FIELD, LabelSpec
 from tunewise.data.schema import Example
 from tunewise.errors import UserError
-from tunewise.runtime.grammar import ToolConstraint, tool_constraint
+from tunewise.runtime.grammar import DEFAULT_MAX_CALLS, ToolConstraint, tool_constraint
 from tunewise.runtime.tool_calls import attached_tools, parse_reply
 
 
@@ -227,6 +227,15 @@ def tool_choice_for(train: Sequence[Example]) -> str:
     return "auto" if any(not parse_reply(ex.target).calls for ex in train) else "required"
 
 
+def max_calls_for(train: Sequence[Example]) -> int:
+    """How many calls one constrained answer may hold: the most any training answer makes (at
+    least 1). Without it the grammar admits up to ``DEFAULT_MAX_CALLS`` blocks, and a base model
+    that never learnt when to stop repeats its call until ``max_new_tokens`` cuts one in half
+    (SNIPS, one call per query: most prompt+constrained answers ended that way). OpenAI's
+    ``parallel_tool_calls: false`` is the same limit at 1."""
+    return max(1, max((len(_calls(ex)) for ex in train), default=1))
+
+
 def string_cap_for(train: Sequence[Example]) -> int:
     """The longest free string argument a constrained call may write: twice the longest string
     argument of the training calls, at least 64 characters. A model that opens a quote and
@@ -253,12 +262,20 @@ def _longest_string(value: Any) -> int:
 class ToolConstraints:
     """One :class:`ToolConstraint` per distinct tool list (usually the project's one list), in
     ``mode``, built against ``tokenizer`` (None: a backend without one, the grammar is checked
-    when a generation starts); free strings capped at ``string_cap`` characters."""
+    when a generation starts); free strings capped at ``string_cap`` characters, at most
+    ``max_calls`` calls in one answer."""
 
-    def __init__(self, tokenizer: Any | None, mode: str, string_cap: int | None = None) -> None:
+    def __init__(
+        self,
+        tokenizer: Any | None,
+        mode: str,
+        string_cap: int | None = None,
+        max_calls: int = DEFAULT_MAX_CALLS,
+    ) -> None:
         self.tokenizer = tokenizer
         self.mode = mode
         self.string_cap = string_cap
+        self.max_calls = max_calls
         self._built: dict[str, ToolConstraint] = {}
         self.unconstrained = 0  # items without tools: generated freely
 
@@ -272,7 +289,11 @@ class ToolConstraints:
         key = json.dumps(tools, sort_keys=True)
         if key not in self._built:
             self._built[key] = tool_constraint(
-                self.tokenizer, tools, self.mode, max_string_chars=self.string_cap
+                self.tokenizer,
+                tools,
+                self.mode,
+                max_calls=self.max_calls,
+                max_string_chars=self.string_cap,
             )
         return self._built[key]
 
@@ -286,5 +307,6 @@ class ToolConstraints:
             "tool_lists": len(self._built),
             "items_without_tools": self.unconstrained,
             "max_string_chars": self.string_cap,
+            "max_calls": self.max_calls,
             "library": f"lm-format-enforcer {version('lm-format-enforcer')}",
         }

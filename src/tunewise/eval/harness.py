@@ -58,6 +58,7 @@ from tunewise.errors import UserError
 from tunewise.eval.constrained import (
     ConstrainedLabeler,
     ToolConstraints,
+    max_calls_for,
     string_cap_for,
     tool_choice_for,
 )
@@ -256,6 +257,7 @@ class _Harness:
             getattr(engine, "tokenizer", None),
             tool_choice_for(self.train),
             string_cap_for(self.train),
+            max_calls_for(self.train),
         )
         mnt = self.max_new_tokens(engine)
         reqs = [

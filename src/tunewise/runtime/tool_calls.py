@@ -123,9 +123,16 @@ def canonical_message(msg: dict[str, Any]) -> dict[str, Any]:
     if raw_calls:
         calls = [call_from_openai(c) for c in raw_calls]
         ids = [str(c.get("id") or f"call_{i}") for i, c in enumerate(raw_calls)]
+        text = content if isinstance(content, str) else ""
+        # A message written by tunewise (a split file, a traffic draft) already carries the
+        # calls' text in its content: canonical twice must equal canonical once, or every
+        # round trip through a file would add one more copy of each call.
+        written = "\n".join(c.to_text() for c in calls)
+        if text.endswith(written):
+            text = text[: len(text) - len(written)]
         return {
             "role": role,
-            "content": reply_text(content, calls),
+            "content": reply_text(text, calls),
             "tool_calls": [c.to_openai(i) for c, i in zip(calls, ids, strict=True)],
         }
     out: dict[str, Any] = {"role": role, "content": content if isinstance(content, str) else ""}
