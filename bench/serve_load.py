@@ -9,19 +9,28 @@ Everything runs on 127.0.0.1 with a bounded number of requests and a bounded tim
    latency, status counts, the number of 5xx (must be 0) and the server's RSS.
 3. In fresh subprocesses, measures resident memory of one base + K adapters (one Engine) against
    K merged copies (K standalone models), as ratios against one base model.
+4. Mixed-adapter batches, in this process on one Engine behind the server's own MicroBatcher
+   (no HTTP): 8 closed-loop clients spread over 8 adapters (one each) vs 8 clients on one
+   adapter, with mixed batches on and off (``Engine.mixed_adapters``; off is the old grouping
+   per adapter); requests/s, tokens/s, p50/p95 latency, and the ratios spread/one (goal with
+   mixing on: >= 0.8) and on/off; the CPU's SIMD flags and the load average before and after.
 
     .venv/bin/python bench/serve_load.py                # defaults: 160 requests, 8 clients, K=8
     .venv/bin/python bench/serve_load.py --requests 40 --clients 4 --max-seconds 60
+    .venv/bin/python bench/serve_load.py --skip-load --skip-memory   # only the mixed batches
 
-Exit code 1 when a 5xx was seen or the K-adapter target (<= 1.2x one base) is missed.
+Exit code 1 when a 5xx was seen, the K-adapter target (<= 1.2x one base) is missed, mixed batches
+answer differently from the old grouping, or spread/one with mixing on is below 0.8.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import random
+import re
 import shutil
 import socket
 import statistics
@@ -351,6 +360,134 @@ def direct_reference(args, ref, runs: list[Path], n: int, seed: int = 1) -> dict
     }
 
 
+def cpu_flags() -> list[str]:
+    """The SIMD flags the CPU kernels depend on (``grep -o 'avx512[a-z_]*|avx2|amx[a-z_]*'``)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    return sorted(set(re.findall(r"avx512[a-z_]*|avx2|amx[a-z_]*", text)))
+
+
+async def _closed_loop(batcher, plans: list[list]) -> tuple[float, list[float], list]:
+    """One client per plan, each sending its next request when the last one is answered."""
+    latencies: list[float] = []
+    results: list = [None] * sum(len(p) for p in plans)
+
+    async def client(plan: list) -> None:
+        for pos, req in plan:
+            t0 = time.perf_counter()
+            results[pos] = await batcher.submit(req)
+            latencies.append(time.perf_counter() - t0)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(client(p) for p in plans))
+    return time.perf_counter() - t0, latencies, results
+
+
+def _mixed_scenario(eng, batcher, args, adapters: list[str], mixed: bool) -> dict:
+    """``args.clients`` clients, client c on ``adapters[c % len(adapters)]``, the same prompts
+    whatever the adapters, on ``eng`` with mixed batches ``mixed``."""
+    from tunewise.runtime.engine import GenRequest
+
+    eng.mixed_adapters = mixed
+    per_client = max(1, args.mixed_requests // args.clients)
+    plans = [
+        [
+            (
+                c * per_client + j,
+                GenRequest(
+                    [{"role": "user", "content": PROMPTS[(c + j) % len(PROMPTS)]}],
+                    adapter=adapters[c % len(adapters)],
+                    max_new_tokens=args.max_tokens,
+                ),
+            )
+            for j in range(per_client)
+        ]
+        for c in range(args.clients)
+    ]
+    elapsed, lat, results = asyncio.run(_closed_loop(batcher, plans))
+    lat.sort()
+    tokens = sum(r.completion_tokens for r in results)
+    return {
+        "requests": len(results),
+        "elapsed_s": round(elapsed, 2),
+        "requests_per_s": round(len(results) / elapsed, 2),
+        "tokens_per_s": round(tokens / elapsed, 1),
+        "p50_s": round(lat[len(lat) // 2], 3),
+        "p95_s": round(lat[min(len(lat) - 1, int(0.95 * len(lat)))], 3),
+        "texts": [r.text for r in results],
+    }
+
+
+def mixed_batches(args, ref, runs: list[Path]) -> dict:
+    """Section 4 of the module docstring: one Engine, the server's batcher, four scenarios."""
+    import torch
+
+    from tunewise.runtime.engine import Engine, GenRequest
+    from tunewise.serve.state import MicroBatcher
+
+    if args.server_threads:
+        torch.set_num_threads(args.server_threads)
+    load_before = [round(x, 2) for x in os.getloadavg()]
+    n = args.spread_adapters
+    eng = Engine(ref, max_loaded_adapters=n, batch_size=args.batch_size)
+    names = [f"adapter{i}" for i in range(n)]
+    for name, run in zip(names, runs, strict=False):
+        eng.load_adapter(name, run)
+    hi = [{"role": "user", "content": "hi"}]
+    eng.generate([GenRequest(hi, adapter=a, max_new_tokens=1) for a in [None, *names]])  # warm-up
+    # as `tunewise serve` builds it: --batch-window-ms 10 (the load test's), max_batch 2 x batch
+    batcher = MicroBatcher(eng, 0.010, 2 * args.batch_size)
+    runs_ = {}
+    try:
+        for mixed in (True, False):
+            for layout, ads in (("one", names[:1]), ("spread", names)):
+                key = f"{layout}_{'mixed' if mixed else 'grouped'}"
+                print(f"mixed batches: {key} ({args.clients} clients) ...", flush=True)
+                r = runs_[key] = _mixed_scenario(eng, batcher, args, ads, mixed)
+                print(
+                    f"  {r['requests_per_s']} req/s, {r['tokens_per_s']} tok/s, "
+                    f"p50 {r['p50_s']} s, p95 {r['p95_s']} s",
+                    flush=True,
+                )
+    finally:
+        batcher.close()
+    return _mixed_summary(runs_, n, load_before)
+
+
+def _mixed_summary(runs_: dict, n: int, load_before: list[float]) -> dict:
+    """The scenarios' figures and the ratios the issue asks for."""
+    same = sum(
+        a == b
+        for a, b in zip(
+            runs_["spread_mixed"]["texts"], runs_["spread_grouped"]["texts"], strict=True
+        )
+    )
+    for r in runs_.values():
+        r.pop("texts")
+
+    def ratio(a: str, b: str, key: str = "requests_per_s") -> float:
+        return round(runs_[a][key] / runs_[b][key], 3)
+
+    return {
+        "adapters_spread_over": n,
+        "cpu_flags": cpu_flags(),
+        "load_average_before": load_before,
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        "scenarios": runs_,
+        "spread_vs_one_mixed": ratio("spread_mixed", "one_mixed"),
+        "spread_vs_one_grouped": ratio("spread_grouped", "one_grouped"),
+        "spread_mixed_vs_grouped": ratio("spread_mixed", "spread_grouped"),
+        "spread_mixed_vs_grouped_tokens": ratio("spread_mixed", "spread_grouped", "tokens_per_s"),
+        "spread_p50_grouped_over_mixed": ratio("spread_grouped", "spread_mixed", "p50_s"),
+        "one_mixed_vs_grouped": ratio("one_mixed", "one_grouped"),
+        "spread_answers_equal_mixed_vs_grouped": f"{same}/{runs_['spread_mixed']['requests']}",
+        "spread_answers_all_equal": same == runs_["spread_mixed"]["requests"],
+        "goal_spread_vs_one_mixed_ge_0_8": ratio("spread_mixed", "one_mixed") >= 0.8,
+    }
+
+
 def serve_and_load(args, n_adapters: int, work: Path) -> dict:
     """Start the server subprocess, warm it up, run the load test, always stop it."""
     import httpx
@@ -444,6 +581,17 @@ def _args() -> argparse.Namespace:
     ap.add_argument("--bad-fraction", type=float, default=0.1)
     ap.add_argument("--skip-memory", action="store_true")
     ap.add_argument("--skip-load", action="store_true")
+    ap.add_argument("--skip-mixed", action="store_true", help="skip the mixed-batch comparison")
+    ap.add_argument(
+        "--mixed-requests",
+        type=int,
+        default=96,
+        help="requests per mixed-batch scenario (4 scenarios, split evenly over the clients)",
+    )
+    ap.add_argument(
+        "--spread-adapters", type=int, default=8, help="adapters the spread clients use"
+    )
+    ap.add_argument("--batch-size", type=int, default=16, help="Engine batch size (serve's)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary work folder")
     ap.add_argument(
         "--server-threads",
@@ -484,7 +632,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="tw-serve-load-"))
     os.environ["TUNEWISE_HOME"] = str(work / "home")  # a throw-away registry; models stay shared
     ref = resolve(args.base)
-    n_adapters = max(args.k, args.serve_adapters)
+    n_adapters = max(args.k, args.serve_adapters, 0 if args.skip_mixed else args.spread_adapters)
     print(f"building {n_adapters} random LoRA adapters (r=8, q/v) on {ref.name} ...", flush=True)
     runs = make_adapters(ref, work / "runs", n_adapters)
     reg = Registry()
@@ -500,6 +648,8 @@ def main() -> int:
     }
     if not args.skip_load:
         figures.update(_load_figures(args, ref, runs, work))
+    if not args.skip_mixed:
+        figures["mixed_batches"] = mixed_batches(args, ref, runs)
     if not args.skip_memory:
         print(f"memory: one base + {args.k} adapters vs {args.k} merged copies ...", flush=True)
         merged = export_merged(f"{runs[0].name}:1", work / "merged")["out"]
@@ -513,6 +663,9 @@ def main() -> int:
         ok = figures["load"]["server_errors_5xx"] == 0 and figures["load"]["server_alive_after"]
     if "memory" in figures:
         ok = ok and figures["memory"]["k_adapters_vs_one_base"] <= 1.2
+    if "mixed_batches" in figures:
+        mixed = figures["mixed_batches"]
+        ok = ok and mixed["spread_answers_all_equal"] and mixed["goal_spread_vs_one_mixed_ge_0_8"]
     print("PASS" if ok else "FAIL")
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)  # adapters, registry and a 0.5 GB merged copy

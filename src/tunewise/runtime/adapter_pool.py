@@ -11,6 +11,12 @@ Everything above is guarded by one private lock, taken by each public method. A 
 it too, through :meth:`AdapterPool.activated`, because PEFT's "active adapter" is global state of
 the wrapped model: switching it while another thread's forward step runs would mix adapters.
 Methods named ``*_locked`` run with the lock already held and are only called from this class.
+
+Mixed batches: :meth:`AdapterPool.activated_rows` runs rows of several adapters (and the base) in
+one forward through PEFT's ``adapter_names=`` (one name per row, ``"__base__"`` for the base).
+PEFT computes each adapter's LoRA term on its own rows, so a row gets what it would get alone.
+Not every adapter can take part (:meth:`AdapterPool.mixable`, decided when it is loaded); the
+engine runs the others in batches of their own, as before.
 """
 
 from __future__ import annotations
@@ -20,8 +26,8 @@ import math
 import threading
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -67,8 +73,11 @@ class AdapterPool:
         self._loaded: OrderedDict[str, Adapter] = OrderedDict()  # LRU order, most recent last
         self._pins: dict[str, int] = {}
         self._slots = 0
+        self._mixable: dict[str, bool] = {}  # name -> may share a forward (set at each load)
         self._active: str | None = None  # slot active in the PEFT model; None = none yet
-        self._adapters_enabled = True
+        # What the PEFT model's layers do: "on" (the active adapter), "off" (the bare base),
+        # "mixed" (LoRA per row, saved modules off); None: unknown, after a load.
+        self._layers: str | None = "on"
 
     # ------------------------------------------------------------------ queries
     @property
@@ -90,6 +99,17 @@ class AdapterPool:
         """The registered adapter ``name``; an unknown name is a UserError."""
         with self._lock:
             return self._get_locked(name)
+
+    def mixable(self, name: str | None) -> bool:
+        """Whether ``name``'s rows may share a forward with other adapters' (the base: always).
+
+        False for an adapter not loaded since it was registered (its fate is unknown), so the
+        caller falls back to a batch of its own, which is always right.
+        """
+        if name is None:
+            return True
+        with self._lock:
+            return self._mixable.get(name, False)
 
     def sha256(self, name: str | None) -> str:
         """The adapter's weight hash, ``""`` for the base model (the cache key's adapter part)."""
@@ -175,6 +195,29 @@ class AdapterPool:
                 self._unpin_locked(name)
 
     @contextmanager
+    def pinned_all(self, names: Iterable[str | None]) -> Iterator[None]:
+        """:meth:`pinned` for every adapter of a mixed batch, for the whole batch."""
+        with ExitStack() as stack:
+            for name in dict.fromkeys(names):
+                stack.enter_context(self.pinned(name))
+            yield
+
+    @contextmanager
+    def activated_rows(self, names: Sequence[str | None]) -> Iterator[tuple[Any, list[str] | None]]:
+        """The model for a batch whose rows run ``names`` (None: the base), held for one model
+        call, and the ``adapter_names`` to pass it: None when one adapter serves every row (the
+        plain switch of :meth:`activated`), else one PEFT slot per row.
+
+        The caller has pinned every adapter in ``names`` (:meth:`pinned_all`) and checked that
+        each is :meth:`mixable`.
+        """
+        with self._lock:
+            if len(set(names)) == 1:
+                yield self._switch_locked(names[0]), None
+            else:
+                yield self._switch_mixed_locked(names)
+
+    @contextmanager
     def activated(self, name: str | None) -> Iterator[Any]:
         """The model with ``name`` switched on (None: adapters off), held for one model call.
 
@@ -209,6 +252,7 @@ class AdapterPool:
 
     def _drop_locked(self, name: str) -> None:
         entry = self._registered.pop(name)
+        self._mixable.pop(name, None)
         if name in self._loaded:
             self._evict_locked(entry)
 
@@ -241,7 +285,9 @@ class AdapterPool:
                 f"'{self.base_ref.name}': {exc}"
             ) from exc
         self._active = None  # PEFT may have switched the active adapter while loading
+        self._layers = None  # and the layers it just made are on, whatever the others are
         self._loaded[entry.name] = entry
+        self._mixable[entry.name] = _can_mix(self._peft, entry.slot)
 
     def _switch_locked(self, name: str | None) -> Any:
         """Switch ``name`` on (None: adapters off) and return the module to run."""
@@ -258,10 +304,29 @@ class AdapterPool:
         if self._active != entry.slot:
             self._peft.set_adapter(entry.slot, inference_mode=True)
             self._active = entry.slot
-        if not self._adapters_enabled:
-            self._peft.base_model.enable_adapter_layers()
-            self._adapters_enabled = True
+        self._set_layers_locked("on")
         return self._peft
+
+    def _switch_mixed_locked(self, names: Sequence[str | None]) -> tuple[Any, list[str]]:
+        """Layers "mixed", and PEFT's active adapter one of this batch's; the PEFT row names.
+
+        PEFT's mixed forward ignores the active adapter in LoRA layers, but the wrapper looks its
+        config up (a deleted slot there is a KeyError, see :meth:`_switch_off_locked`), so it is
+        pointed at a resident adapter of the batch, switched only when it is not one already.
+        """
+        slots: dict[str | None, str] = {None: "__base__"}
+        for name in dict.fromkeys(n for n in names if n is not None):
+            entry = self._registered.get(name)
+            if entry is None:
+                raise UserError(f"adapter '{name}' was unloaded while in use")
+            self._ensure_loaded_locked(entry)  # pinned: a no-op unless unloaded and re-registered
+            slots[name] = entry.slot
+        if self._active not in slots.values():
+            first = next(s for n, s in slots.items() if n is not None)
+            self._peft.set_adapter(first, inference_mode=True)
+            self._active = first
+        self._set_layers_locked("mixed")
+        return self._peft, [slots[n] for n in names]
 
     def _switch_off_locked(self) -> Any:
         """Adapters off: the base model's answer.
@@ -279,10 +344,66 @@ class AdapterPool:
             slot = next(reversed(self._loaded.values())).slot  # most recently used
             self._peft.set_adapter(slot, inference_mode=True)  # leaves the layers' on/off alone
             self._active = slot
-        if self._adapters_enabled:
-            self._peft.base_model.disable_adapter_layers()
-            self._adapters_enabled = False
+        self._set_layers_locked("off")
         return self._peft
+
+    def _set_layers_locked(self, state: str) -> None:
+        """Switch the PEFT layers "on", "off" or to "mixed" (see ``_layers``).
+
+        "mixed" also turns off every wrapper of ``modules_to_save`` or trainable tokens. Only
+        adapters that cannot mix have them, so no row of a mixed batch needs one; but PEFT hands
+        ``adapter_names`` to them too, and a wrapper asked for an adapter it does not hold fails
+        (a KeyError, or a TypeError on a norm layer) instead of passing the base through.
+        """
+        if self._layers == state:
+            return
+        if state == "off":
+            self._peft.base_model.disable_adapter_layers()
+        else:
+            self._peft.base_model.enable_adapter_layers()
+        if state == "mixed":
+            from peft.utils import AuxiliaryTrainingWrapper  # lazy: peft pulls torch
+
+            for module in self._peft.modules():
+                if isinstance(module, AuxiliaryTrainingWrapper):
+                    module.enable_adapters(False)
+        self._layers = state
+
+
+def _can_mix(peft: Any, slot: str) -> bool:
+    """Whether PEFT can run adapter ``slot`` in a mixed batch (``adapter_names=``), as of 0.21.
+
+    No, where PEFT refuses it or where we cannot vouch for the rows' answers:
+
+    * a layer's own check refuses ``adapter_names`` for it: DoRA, a merged adapter, LoRA on
+      ``nn.MultiheadAttention`` or on bare parameters (``target_parameters``, MoE experts);
+    * a LoRA variant (DoRA, aLoRA, ...): each has its own sub-batch code, unchecked here;
+    * ``modules_to_save`` or ``trainable_token_indices``: PEFT's wrappers of those modules look
+      up every row's adapter in their own copies (a KeyError for an adapter without one).
+
+    Different ranks, alphas and target modules mix fine: each adapter's LoRA term is computed on
+    its own rows, and a layer without the adapter leaves its rows alone. 4-bit (bitsandbytes)
+    layers have a mixed path of their own. A full fine-tune has no adapters: nothing to mix.
+    """
+    from peft.tuners.lora import LoraLayer  # lazy: peft pulls torch and transformers
+
+    config = peft.peft_config.get(slot)
+    if config is None or getattr(config, "modules_to_save", None):
+        return False
+    if getattr(config, "trainable_token_indices", None):
+        return False
+    for module in peft.modules():
+        if not isinstance(module, LoraLayer):
+            continue
+        if slot not in module.lora_A and slot not in module.lora_embedding_A:
+            continue
+        if slot in getattr(module, "lora_variant", {}):
+            return False
+        try:  # PEFT's own per-layer check (a list of one row stands in for the input)
+            module._check_forward_args([None], adapter_names=[slot])
+        except (ValueError, TypeError):
+            return False
+    return True
 
 
 def _check_safetensors(weights: Path) -> None:

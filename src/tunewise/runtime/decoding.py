@@ -4,13 +4,19 @@ Kept apart from :mod:`tunewise.runtime.engine` (which owns models, adapters, cac
 so the
 tensor bookkeeping reads in one place. ``forward(input_ids, attention_mask, position_ids, kv,
 last_only)`` runs the model (with the right adapter, under the engine's lock) and returns logits:
-``(b, vocab)`` for the last position when ``last_only``, else ``(b, seq, vocab)``.
+``(b, vocab)`` for the last position when ``last_only``, else ``(b, seq, vocab)``. When a row
+has a ``group`` it also gets ``groups`` (see below); a forward for group-less rows never does.
 
 Batch layout, per row: ``[shared prefix P][left padding][own suffix][generated ...]``.
 
 * Prompts that share a token prefix (a system prompt, a fixed few-shot block) prefill it once with
   batch 1; its keys and values are expanded to every row. On 2 CPU cores prefill dominates short
   answers, so this is most of the speed-up.
+* Rows may belong to different *groups* (``Row.group``: the engine puts each row's LoRA adapter
+  there): then every forward gets ``groups=[...]``, one per row of that call, and runs each row
+  with its own weights. A shared prefix is then computed once per group, not once per batch: an
+  adapter gives the same tokens other keys and values (directly on k/v projections, and through
+  the hidden states in every layer above any LoRA layer).
 * Position ids count real tokens only (``cumsum(mask) - 1``), the attention mask hides padding, so
   each row computes what it would compute alone: greedy outputs equal one-at-a-time
   ``model.generate`` token for token.
@@ -24,7 +30,7 @@ Batch layout, per row: ``[shared prefix P][left padding][own suffix][generated .
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -60,6 +66,7 @@ class Row:
     text: str = ""  # decoded so far, kept current only when stop strings or streaming need it
     finish: str | None = None  # "stop" | "length" once done
     constraint: RowConstraint | None = None  # None: free generation
+    group: Hashable = None  # whose weights run this row (the engine's adapter; None: the base)
 
 
 def first_stop(text: str, stops: list[str]) -> int | None:
@@ -109,20 +116,62 @@ def _common_prefix(prompts: list[list[int]]) -> int:
     return n
 
 
+def _groups_kw(groups: list[Hashable] | None) -> dict[str, Any]:
+    """The ``groups`` keyword of a forward call: only for rows that have groups."""
+    return {} if groups is None else {"groups": groups}
+
+
+def _prefill_prefix(
+    forward: Forward, config: Any, prefix: list[int], groups: list[Hashable] | None, b: int
+) -> Any:
+    """A cache holding ``prefix`` for ``b`` rows, computed once per distinct group.
+
+    Without groups (or with one) the prefix runs with batch 1 and its keys and values are
+    expanded to every row. With several, it runs once per group (batch = the number of groups)
+    and each row takes its own group's copy: what the row would compute alone.
+    """
+    import torch  # lazy: torch, ~1 s; imported where tensors are made
+
+    kinds = [None] if groups is None else list(dict.fromkeys(groups))  # distinct, first seen first
+    n, k = len(prefix), len(kinds)
+    ids = torch.tensor([prefix] * k)  # (k, P)
+    kv = new_cache(config)
+    forward(
+        ids,
+        torch.ones_like(ids),
+        torch.arange(n)[None, :].expand(k, -1),
+        kv,
+        **_groups_kw(None if groups is None else kinds),
+    )
+    layers = [(layer.keys, layer.values) for layer in kv.layers]  # (k, heads, P, dim) each
+    if k > 1:
+        own = torch.tensor([kinds.index(g) for g in groups or []], device=layers[0][0].device)
+        layers = [(key.index_select(0, own), val.index_select(0, own)) for key, val in layers]
+    return new_cache(config, layers, b)
+
+
 def prefill(
-    forward: Forward, config: Any, prompts: list[list[int]], pad_id: int
+    forward: Forward,
+    config: Any,
+    prompts: list[list[int]],
+    pad_id: int,
+    *,
+    groups: list[Hashable] | None = None,
 ) -> tuple[torch.Tensor, Any, torch.Tensor, torch.Tensor]:
-    """Run the prompts: (last logits (b, vocab), cache, attention mask (b, kv), last pos (b,))."""
+    """Run the prompts: (last logits (b, vocab), cache, attention mask (b, kv), last pos (b,)).
+
+    ``groups`` (one per prompt, or None) is passed on to every forward, see the module docstring.
+    """
     import torch  # lazy: torch, ~1 s; imported where tensors are made
 
     b = len(prompts)
     kv = new_cache(config)
     shared = _common_prefix(prompts)
     prefix_mask = torch.ones((b, 0), dtype=torch.long)
-    if shared >= MIN_SHARED_PREFIX and shareable(kv):
-        ids = torch.tensor([prompts[0][:shared]])  # (1, P)
-        forward(ids, torch.ones_like(ids), torch.arange(shared)[None, :], kv)
-        kv = new_cache(config, [(layer.keys, layer.values) for layer in kv.layers], b)
+    distinct = 1 if groups is None else len(set(groups))
+    # A prefix pass per group pays off only while groups are fewer than rows.
+    if shared >= MIN_SHARED_PREFIX and distinct < b and shareable(kv):
+        kv = _prefill_prefix(forward, config, prompts[0][:shared], groups, b)
         prefix_mask = torch.ones((b, shared), dtype=torch.long)
     else:
         shared = 0
@@ -135,7 +184,7 @@ def prefill(
         mask[r, width - len(s) :] = 1
     positions = (shared + mask.cumsum(-1) - 1).clamp(min=0)
     full_mask = torch.cat([prefix_mask, mask], dim=1)  # (b, P + S)
-    logits = forward(input_ids, full_mask, positions, kv)
+    logits = forward(input_ids, full_mask, positions, kv, **_groups_kw(groups))
     return logits, kv, full_mask, positions[:, -1]
 
 
@@ -157,7 +206,14 @@ def greedy_decode(
     """
     import torch  # lazy: torch, ~1 s; imported where tensors are made
 
-    logits, kv, mask, last_pos = prefill(forward, config, [r.prompt for r in rows], pad_id)
+    grouped = any(r.group is not None for r in rows)
+    logits, kv, mask, last_pos = prefill(
+        forward,
+        config,
+        [r.prompt for r in rows],
+        pad_id,
+        groups=[r.group for r in rows] if grouped else None,
+    )
     active = list(range(len(rows)))  # rows still in the batch, in batch order
     constrained = any(r.constraint is not None for r in rows)
     while True:
@@ -189,7 +245,8 @@ def greedy_decode(
             active = [active[j] for j in keep]
         mask = torch.cat([mask, torch.ones((len(active), 1), dtype=mask.dtype)], dim=1)
         last_pos = last_pos + 1
-        logits = forward(next_tok[:, None], mask, last_pos[:, None], kv)
+        groups = [rows[i].group for i in active] if grouped else None
+        logits = forward(next_tok[:, None], mask, last_pos[:, None], kv, **_groups_kw(groups))
 
 
 def apply_constraints(logits: torch.Tensor, rows: list[Row]) -> torch.Tensor:

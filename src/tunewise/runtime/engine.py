@@ -10,11 +10,16 @@ adapter
 ``None`` (adapters disabled). A full fine-tune is a different base model: give it its own Engine
 (:meth:`Engine.from_run`).
 
-Generation is greedy and batched: requests are grouped per adapter, sorted by prompt length to limit
-padding, and run ``batch_size`` at a time with left padding and a KV cache. Prompts that share a
-token prefix (the system prompt, a fixed few-shot block) prefill that prefix once per batch and
-share its keys and values. A row that reaches EOS, a stop string or its ``max_new_tokens`` leaves
-the batch, so finished rows stop costing compute. The output of a batch equals what one-at-a-time
+Generation is greedy and batched: requests are sorted by prompt length to limit padding and run
+``batch_size`` at a time with left padding and a KV cache. With ``mixed_adapters`` (the default) a
+batch holds rows of different adapters and of the base, run together in every forward through
+PEFT's mixed batches (see :mod:`tunewise.runtime.adapter_pool`); a batch never needs more
+adapters than ``max_loaded_adapters``, and an adapter PEFT cannot mix (DoRA, saved modules, ...)
+gets batches of its own. ``mixed_adapters=False`` groups the batches per adapter, as before (the
+reference of ``bench/serve_load.py``). Prompts that share a token prefix (the system prompt, a
+fixed few-shot block) prefill that prefix once per batch and adapter and share its keys and
+values. A row that reaches EOS, a stop string or its ``max_new_tokens`` leaves the batch, so
+finished rows stop costing compute. The output of a batch equals what one-at-a-time
 ``model.generate`` gives on the same prompt (``bench/eval_throughput.py`` checks it).
 
 Every model call holds the adapter pool for one forward step, so a server may call the engine from
@@ -96,6 +101,7 @@ class Engine:
         trust_remote_code: bool = False,
         placement: Placement | None = None,
         allow_special_tokens_in_content: bool = False,
+        mixed_adapters: bool = True,
     ) -> None:
         # lazy: torch and transformers, ~2 s to import; a model is loaded here, not on import
         import torch
@@ -106,6 +112,8 @@ class Engine:
         self.ref = ref
         self.batch_size = batch_size
         self.cache = cache
+        # False: one adapter per batch (the old grouping, kept as the benchmarks' reference)
+        self.mixed_adapters = mixed_adapters
         # False: a control token typed inside a message is text (see tunewise.runtime.chat)
         self.allow_special_tokens_in_content = allow_special_tokens_in_content
         self.tokenizer = load_tokenizer(ref, trust_remote_code=trust_remote_code)
@@ -259,29 +267,33 @@ class Engine:
         rows = {i: self._row(requests[i], t) for i, t in zip(todo, ids, strict=True)}
         for i, row in rows.items():  # all of them before any runs: fail fast, not half-way
             check_context(len(row.prompt), row.max_new, self.context_length, where=f"request {i}: ")
-        for adapter, idx in self._batches(requests, rows):
+        for idx in self._batches(requests, rows):
             batch_rows = [rows[i] for i in idx]
-            with self.pool.pinned(adapter):
-                for _ in self._decode(adapter, batch_rows, track_text=False):
+            # every adapter of the batch stays resident until its last row is done
+            with self.pool.pinned_all(row.group for row in batch_rows):
+                for _ in self._decode(batch_rows, track_text=False):
                     pass
             yield {i: self._result(row) for i, row in zip(idx, batch_rows, strict=True)}
 
-    def _batches(
-        self, requests: list[GenRequest], rows: dict[int, Row]
-    ) -> list[tuple[str | None, list[int]]]:
-        """``(adapter, positions)`` batches of at most ``batch_size`` rows of one adapter each."""
-        groups: dict[str | None, list[int]] = {}
-        for i in rows:
-            groups.setdefault(requests[i].adapter, []).append(i)
-        batches: list[tuple[str | None, list[int]]] = []
-        for adapter, idx in groups.items():
-            # Longest first: the slowest batch starts while the progress bar is honest, and
-            # neighbours in length share a batch so padding stays small.
-            idx.sort(key=lambda i: (-len(rows[i].prompt), -rows[i].max_new))
-            batches += [
-                (adapter, idx[s : s + self.batch_size]) for s in range(0, len(idx), self.batch_size)
-            ]
-        return batches
+    def _batches(self, requests: list[GenRequest], rows: dict[int, Row]) -> list[list[int]]:
+        """Batches of positions, at most ``batch_size`` rows and ``max_loaded_adapters``
+        adapters each (the base does not count): across adapters with ``mixed_adapters``, else
+        one adapter per batch. An adapter that cannot mix always gets batches of its own."""
+        # Longest first: the slowest batch starts while the progress bar is honest, and
+        # neighbours in length share a batch so padding stays small.
+        order = sorted(rows, key=lambda i: (-len(rows[i].prompt), -rows[i].max_new))
+        groups: dict[object, list[int]] = {}
+        mixed = object()  # the key of every row that may share a batch with other adapters
+        for i in order:
+            adapter = requests[i].adapter
+            key = mixed if self.mixed_adapters and self.pool.mixable(adapter) else adapter
+            groups.setdefault(key, []).append(i)
+        adapters = {i: requests[i].adapter for i in order}
+        return [
+            batch
+            for idx in groups.values()
+            for batch in fill_batches(idx, adapters, self.batch_size, self.max_loaded_adapters)
+        ]
 
     def stream(self, request: GenRequest) -> Generator[str, None, GenResult]:
         """Text deltas of one greedy completion, for SSE. Stop strings are never emitted.
@@ -296,7 +308,7 @@ class Engine:
         row = self._row(request, ids)
         sent = 0
         with self.pool.pinned(request.adapter):
-            for _ in self._decode(request.adapter, [row], track_text=True):
+            for _ in self._decode([row], track_text=True):
                 if row.finish is not None:
                     break
                 visible = row.text
@@ -315,7 +327,12 @@ class Engine:
 
     def _row(self, request: GenRequest, prompt: list[int]) -> Row:
         """A decode row for ``request``, its constraint (if any) started on this tokenizer."""
-        row = Row(prompt=prompt, max_new=request.max_new_tokens, stops=list(request.stop))
+        row = Row(
+            prompt=prompt,
+            max_new=request.max_new_tokens,
+            stops=list(request.stop),
+            group=request.adapter,
+        )
         if request.constraint is not None:
             with self._tok_lock:  # the first start reads the whole vocabulary
                 row.constraint = request.constraint.start(self.tokenizer, self.eos_ids, self._raw)
@@ -349,13 +366,18 @@ class Engine:
         position_ids: torch.Tensor,
         kv: Any,
         last_only: bool = True,
+        groups: list[str | None] | None = None,
     ) -> torch.Tensor:
         """One model call with ``adapter`` on, holding the pool (see
-        :mod:`tunewise.runtime.decoding`)."""
+        :mod:`tunewise.runtime.decoding`). ``groups``, one adapter per row (decoding passes the
+        rows' ``Row.group``), overrides ``adapter``: several run as one mixed batch."""
         kwargs: dict[str, Any] = {self._cache_kw: kv, "use_cache": True}
         if last_only and self._logits_to_keep:
             kwargs["logits_to_keep"] = 1  # the LM head over the vocabulary is costly: one row
-        with self.pool.activated(adapter) as model, self._torch.inference_mode():
+        names = groups if groups is not None else [adapter]
+        with self.pool.activated_rows(names) as (model, slots), self._torch.inference_mode():
+            if slots is not None:
+                kwargs["adapter_names"] = slots  # PEFT's mixed batch: one adapter per row
             out = model(
                 input_ids=input_ids.to(self._device),
                 attention_mask=attention_mask.to(self._device),
@@ -364,9 +386,11 @@ class Engine:
             )
         return out.logits[:, -1, :] if last_only else out.logits
 
-    def _decode(self, adapter: str | None, rows: list[Row], *, track_text: bool) -> Iterator[None]:
+    def _decode(self, rows: list[Row], *, track_text: bool) -> Iterator[None]:
+        # Each row carries its adapter as Row.group, and decoding passes ``groups`` whenever a
+        # row has one: ``adapter=None`` here only ever runs rows that are all the base's.
         return decoding.greedy_decode(
-            partial(self._forward, adapter),
+            partial(self._forward, None),
             self._base.config,
             rows,
             eos_ids=self.eos_ids,
@@ -428,6 +452,37 @@ class Engine:
             return None
         params = {"kind": "logprob", "continuations": list(continuations), "eot": suffix}
         return GenCache.key(self.model_key, self.adapter_hash(adapter), prompt, params)
+
+
+def fill_batches(
+    order: list[int], adapters: dict[int, str | None], size: int, max_adapters: int
+) -> list[list[int]]:
+    """``order`` (positions, longest prompt first) cut into batches of at most ``size`` rows
+    that need at most ``max_adapters`` adapters each (the base, None, needs none).
+
+    A row whose adapter would be one too many waits for the next batch, which starts with the
+    longest row still waiting, so batches stay sorted by length as far as the bound allows.
+    """
+    batches: list[list[int]] = []
+    waiting = order
+    while waiting:
+        batch: list[int] = []
+        used: set[str] = set()
+        later: list[int] = []
+        for pos, i in enumerate(waiting):
+            if len(batch) == size:  # full: the rest waits as it is (one adapter stays O(n))
+                later += waiting[pos:]
+                break
+            adapter = adapters[i]
+            if adapter is None or adapter in used or len(used) < max_adapters:
+                batch.append(i)
+                if adapter is not None:
+                    used.add(adapter)
+            else:
+                later.append(i)
+        batches.append(batch)
+        waiting = later
+    return batches
 
 
 def _eos_ids(base: Any, tokenizer: Any, end_of_turn: str) -> frozenset[int]:
