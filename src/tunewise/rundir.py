@@ -2,7 +2,8 @@
 
 A run directory is what ``tunewise train`` writes and every later stage reads::
 
-    RUN/run.json                      status, method, resolved config, base model + weight hash, ...
+    RUN/run.json                      status, method, resolved config, base model + weight hash,
+                                      data lineage (tunewise.registry.lineage), ...
     RUN/adapter_config.json           LoRA/QLoRA: the PEFT adapter ...
     RUN/adapter_model.safetensors     ... and its weights
     RUN/model/config.json             full fine-tune: a complete HF checkpoint

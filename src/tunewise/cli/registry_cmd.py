@@ -6,7 +6,9 @@ import datetime as _dt
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.markup import escape
@@ -15,6 +17,9 @@ from rich.table import Table
 from tunewise.errors import UserError
 from tunewise.ladder.interrupt import sigterm_as_interrupt
 from tunewise.progress import make_console
+
+if TYPE_CHECKING:
+    from tunewise.registry.types import Version
 
 console = make_console()
 registry_app = typer.Typer(
@@ -109,8 +114,11 @@ def show(
     spec: str = typer.Argument(..., help="NAME, NAME:VERSION or NAME@ALIAS."),
     as_json: bool = typer.Option(False, "--json", help="Print the full record as JSON."),
 ) -> None:
-    """Show one version: base model, hashes, config, eval results and gate verdict."""
-    from tunewise.registry.store import Registry  # lazy: keeps --help fast
+    """Show one version: base model, hashes, lineage (data files, traffic windows, who labelled
+    them), gate verdict, champion comparison (all items and new items), eval results, files."""
+    # lazy: keeps --help fast
+    from tunewise.registry.lineage import LINEAGE_KEY
+    from tunewise.registry.store import Registry
 
     reg = Registry()
     v = reg.lookup(spec)
@@ -127,8 +135,11 @@ def show(
         console.print(f"base model  {v.base_model}  weight hash {v.base_weight_hash[:16]}…")
     else:  # a classifier release (knn, tfidf, probe) answers without a language model
         console.print(f"base model  none: a {v.kind} classifier answers without a language model")
-    console.print(f"data hashes {json.dumps(v.data_hashes)}")
+    hashes = {k: h for k, h in v.data_hashes.items() if k != LINEAGE_KEY}  # printed below
+    console.print(f"data hashes {escape(json.dumps(hashes))}")
+    _print_lineage(v)
     console.print(f"gate        {gate}" + (f": {v.verdict.summary}" if v.verdict else ""))
+    _print_champion(v)
     if v.eval and v.eval.summary:
         for cand, metrics in v.eval.summary.means.items():
             vals = ", ".join(f"{m}={x:.3f}" for m, x in sorted(metrics.items()))
@@ -137,6 +148,70 @@ def show(
     for rel, digest in sorted(v.files.items()):
         table.add_row(rel, digest[:16] + "…", "[red]CORRUPTED[/]" if rel in bad else "ok")
     console.print(table)
+
+
+def _print_lineage(v: Version) -> None:
+    """The data files that made ``v`` (short hashes, counts), its traffic windows and who
+    labelled the examples from traffic. Every value comes from a data file: shown escaped."""
+    from tunewise.registry import lineage  # lazy: keeps --help fast
+
+    found = lineage.of_version(v)
+    if found is None:
+        console.print(lineage.NOT_RECORDED)
+        return
+    files = lineage.data_files(found)
+    when = _shown(str(found.get("recorded") or "?"))
+    say = partial(console.print, soft_wrap=True)  # a path or a window on one line
+    say(f"lineage     {len(files)} data file(s), recorded at {when}")
+    for f in files:
+        count = f.get("lines") if isinstance(f.get("lines"), int) else None
+        size = f"{count} lines" if count is not None else f"{f.get('files', '?')} files"
+        sha = str(f.get("sha256") or "-")[:12]
+        say(f"  {_shown(str(f['role'])):<11} {sha:<12}  {size:>11}  {_shown(f['path'])}")
+    windows = lineage.traffic_windows(found)
+    if not windows:
+        say("  traffic     none (no example came from served traffic)")
+        return
+    for w in windows:
+        span = f"{_shown(str(w.get('first') or '?'))} → {_shown(str(w.get('last') or '?'))}"
+        splits = ", ".join(f"{k} {n}" for k, n in (w.get("splits") or {}).items())
+        say(
+            f"  traffic     {_shown(str(w.get('traffic_file')))}  {span}  {w['count']} example(s)"
+            + (f" ({_shown(splits)})" if splits else "")
+        )
+    counts = lineage.label_counts(found)
+    say("  labelled by " + ", ".join(f"{_shown(k)} {n}" for k, n in counts.items()))
+
+
+def _print_champion(v: Version) -> None:
+    """The champion/challenger result the version was judged by: the metric of this version and
+    of the champion on every item, and on the items new since the champion when known."""
+    comp = v.eval.comparison if v.eval is not None else None
+    if comp is None or v.verdict is None or not isinstance(comp.meta.get("champion"), dict):
+        return
+    champ = comp.meta["champion"]
+    test = comp.margin_test(v.verdict.candidate, str(champ.get("candidate")))
+    if test is None:
+        return
+    line = (
+        f"champion    {_shown(v.verdict.candidate)} vs {_shown(str(champ.get('version')))} "
+        f"on {test.metric}: {test.candidate_value:.3f} vs {test.reference_value:.3f} "
+        f"on all {test.n} items"
+    )
+    new = champ.get("new_items")
+    on_new = (new.get("tests") or {}).get(v.verdict.candidate) if isinstance(new, dict) else None
+    if not isinstance(new, dict):
+        line += "; new items unknown (the champion has no lineage)"
+    elif not new.get("n"):
+        line += "; no new items"
+    elif isinstance(on_new, dict):
+        mine, theirs = _num(on_new.get("candidate_value")), _num(on_new.get("reference_value"))
+        line += f"; {mine} vs {theirs} on {on_new.get('n')} new items"
+    console.print(line, soft_wrap=True)
+
+
+def _num(x: object) -> str:
+    return f"{x:.3f}" if isinstance(x, (int, float)) else "n/a"
 
 
 @registry_app.command("history")

@@ -10,7 +10,11 @@ The flow, for ``tunewise run`` and ``tunewise gate``:
    ladder keeps the version that run was compared against when it shipped);
 3. :func:`attach_margin_tests`: after ``compare``, the one-sided tests of every new candidate
    against the production version (``gate.regression_margin``) and against ``gate.reference``
-   (``gate.margin``, non-inferiority mode), and ``meta["champion"]`` naming the version;
+   (``gate.margin``, non-inferiority mode), and ``meta["champion"]`` naming the version; beside
+   them, for the record, the same champion test on the items new since the champion
+   (:func:`new_items_tests`: in none of its data files, see
+   :func:`tunewise.registry.lineage.new_items`), where served traffic usually lands and where an
+   average over the old items can hide a change;
 4. ``gate.decide`` reads them; the verdict records the champion check for ``registry promote``.
 """
 
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +34,7 @@ from tunewise.eval.harness import evaluate
 from tunewise.eval.margin import margin_tests
 from tunewise.eval.results import Comparison, EvalRun, Verdict
 from tunewise.fsio import sha256_file
+from tunewise.registry.lineage import item_key, new_items, of_items
 from tunewise.registry.store import DEFAULT_ALIAS, Registry, same_payload, version_files
 
 
@@ -131,10 +137,44 @@ def attach_margin_tests(
             tests += margin_tests(
                 run, candidates, champion_candidate, gate_cfg.regression_margin, alpha
             )
+            on_new = new_items_tests(
+                run, candidates, champion_candidate, champion_version, gate_cfg
+            )
+            if on_new is not None:  # not decisive: the gate reads the test on every item
+                comp.meta["champion"]["new_items"] = on_new
     if gate_cfg.mode == "non_inferiority" and gate_cfg.reference in names:
         tests += margin_tests(run, candidates, gate_cfg.reference, gate_cfg.margin, alpha)
     comp.margin_tests = tests
     return comp
+
+
+def new_items_tests(
+    run: EvalRun,
+    candidates: Sequence[str],
+    champion_candidate: str,
+    champion_version: str,
+    gate_cfg: GateConfig,
+    registry: Any | None = None,
+) -> dict[str, Any] | None:
+    """The champion test again, on this evaluation's items that are in none of the champion's
+    data files: ``{"n", "of", "tests": {candidate: {metric, candidate_value, reference_value,
+    diff, lower_bound, p_value, n}}}``. None when the champion recorded no lineage (pushed before
+    it existed), so "no new items" is never a guess."""
+    try:
+        champion = (registry or Registry()).lookup(champion_version)
+    except (UserError, OSError):  # not in this registry (a verdict recorded elsewhere)
+        return None
+    new = new_items(champion, of_items(run.split, run.item_ids))
+    if new is None:
+        return None
+    ids = [i for i in run.item_ids if item_key(i) in new]
+    keep = ("metric", "candidate_value", "reference_value", "diff", "lower_bound", "p_value", "n")
+    tests: dict[str, Any] = {}
+    if ids:  # margin_tests pairs scores by run.item_ids: the subset is the new items only
+        subset, margin = replace(run, item_ids=ids), gate_cfg.regression_margin
+        for t in margin_tests(subset, candidates, champion_candidate, margin, gate_cfg.alpha):
+            tests[t.candidate] = {k: getattr(t, k) for k in keep}
+    return {"n": len(ids), "of": len(run.item_ids), "tests": tests}
 
 
 def ensure_champion(

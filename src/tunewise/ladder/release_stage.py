@@ -31,6 +31,7 @@ from tunewise.errors import UserError
 from tunewise.eval import harness
 from tunewise.eval.results import COMPARISON_FILE, Comparison, EvalRun, Verdict
 from tunewise.fsio import atomic_write_json, sha256_path
+from tunewise.registry import lineage
 from tunewise.runtime import models
 
 RELEASES_DIR = "releases"
@@ -114,6 +115,8 @@ def build(cfg: ProjectConfig, kind: str, eval_dir: Path) -> Path:
         fitted=fitted,
     )
     _check_answers(cfg, folder, run, kind)
+    # after the check, which must see the release as the registry will store it (without this)
+    lineage.write_release_lineage(folder, lineage.of_release(cfg, kind))
     return folder
 
 

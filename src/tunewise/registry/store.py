@@ -74,6 +74,7 @@ from tunewise.registry.index import (
     refuse_case_twin,
     retry_busy,
 )
+from tunewise.registry.lineage import LINEAGE_FILE, release_hashes, run_hashes
 from tunewise.registry.records import (
     RECORDS_DIR,
     Records,
@@ -150,8 +151,7 @@ def _run_source(run_dir: Path) -> Source:
     if not rd.base_hash():
         raise UserError(f"{rd.run_json}: base_model.weight_hash: missing")
     kind, files = _collect_run_files(run_dir)
-    config = run.get("config") or {}
-    return kind, files, rd.base_model(), config, run.get("data_hashes") or {}
+    return kind, files, rd.base_model(), run.get("config") or {}, run_hashes(run)
 
 
 def _release_source(folder: Path) -> Source:
@@ -163,10 +163,10 @@ def _release_source(folder: Path) -> Source:
             continue
         if f.suffix in PICKLE_SUFFIXES:
             raise UserError(f"{f}: pickle files are not accepted; a release is JSON + safetensors")
-        if f.suffix in ALLOWED_SUFFIXES:
+        if f.suffix in ALLOWED_SUFFIXES and f.name != LINEAGE_FILE:  # metadata, not payload
             files[f.name] = f
     base = meta.get("base_model") or {}
-    return meta["kind"], files, base, meta.get("config") or {}, meta.get("data_hashes") or {}
+    return meta["kind"], files, base, meta.get("config") or {}, release_hashes(folder, meta)
 
 
 def version_files(folder: Path) -> dict[str, Path]:

@@ -32,6 +32,7 @@ from rich.console import Console
 from tunewise.config import ProjectConfig, dump_project
 from tunewise.errors import UserError
 from tunewise.fsio import fsync_dir, replace_dir, sha256_file
+from tunewise.registry import lineage
 from tunewise.rundir import RunDir, process_identity
 from tunewise.runtime import device
 from tunewise.train.checkpoints import FINAL_STAGING, clear_leftovers, removed_on_failure
@@ -251,6 +252,13 @@ class RunRecorder:
                 "val": str(prep.val_path) if prep.val_path else None,
             },
             "data_hashes": data_hashes(prep.train_path, prep.val_path),
+            # the files this run read, per-item ids and traffic windows: `registry add` copies it
+            "lineage": lineage.of_run(
+                prep.cfg,
+                prep.train_path,
+                prep.val_path,
+                docs=bool(prep.context and prep.context.docs),
+            ),
             "examples": {
                 "train": len(prep.train_ds),
                 "val": prep.n_val,
