@@ -748,3 +748,20 @@ def test_required_and_named_choices_decode_under_a_tool_grammar():
     assert required is not None and named is not None
     assert (required.mode, required.names) == ("required", ("f", "g"))
     assert (named.mode, named.names) == ("named", ("g",))
+
+
+def test_parallel_tool_calls_false_allows_one_call_at_most():
+    # OpenAI's parallel_tool_calls: false: the grammar admits one call, in every mode that reads
+    # calls (auto too: a plain reply stays free, a call once opened is the last); the default
+    # (absent or true) keeps parallel calls, and auto stays free as before
+    from tunewise.runtime.grammar import DEFAULT_MAX_CALLS
+    from tunewise.serve.tools import plan_tools, tool_constraint
+
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    for choice, mode in (("required", "required"), ("auto", "auto")):
+        one = tool_constraint(plan_tools(tools, choice, [], False))
+        assert one is not None and (one.mode, one.max_calls) == (mode, 1)
+    many = tool_constraint(plan_tools(tools, "required", [], None))
+    assert many is not None and many.max_calls == DEFAULT_MAX_CALLS
+    assert tool_constraint(plan_tools(tools, "auto", [], True)) is None
+    assert tool_constraint(plan_tools(tools, "none", [], False)) is None

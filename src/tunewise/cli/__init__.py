@@ -64,6 +64,7 @@ from tunewise.cli import (  # noqa: E402
     registry_cmd,
     report_cmd,
     serve_cmd,
+    traffic_cmd,
     train_cmd,
     workflow_cmd,
 )
@@ -78,6 +79,7 @@ for _module in (
     advise_cmd,
     registry_cmd,
     serve_cmd,
+    traffic_cmd,
 ):
     _module.register(app)
 

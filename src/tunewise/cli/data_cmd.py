@@ -419,5 +419,176 @@ def seals_cmd(as_json: bool = typer.Option(False, "--json", help="print JSON")) 
     console.print(table)
 
 
+_FT_OUT = typer.Option(..., "--out", help="JSONL of drafts to label (or, with --teacher, labels)")
+_FT_PROJECT = typer.Option(
+    None,
+    "--project",
+    "-p",
+    help="project.yaml: its train/val/test splits (duplicates dropped), format and labels",
+)
+_FT_LIMIT = typer.Option(None, "--limit", help="keep the N requests most worth a label")
+_FT_TEACHER = typer.Option(
+    None, "--teacher", help="OpenAI-compatible base URL (…/v1) of a model that labels the drafts"
+)
+_FT_TEACHER_MODEL = typer.Option(None, "--teacher-model", help="the teacher's model name")
+_FT_SAMPLES = typer.Option(
+    1, "--teacher-samples", help="2: keep an answer only when a second, sampled one agrees"
+)
+_FT_TEMPERATURE = typer.Option(
+    0.7, "--teacher-temperature", help="temperature of the second sample"
+)
+_FT_KEY_ENV = typer.Option(
+    None, "--teacher-key-env", help="environment variable holding the teacher's API key"
+)
+_FT_MAX_TOKENS = typer.Option(512, "--teacher-max-tokens", help="the teacher's answer budget")
+_FT_ADAPTER = typer.Option(
+    None,
+    "--margin-adapter",
+    help="labels tasks: the production adapter's training run folder, to score label margins "
+    "with (default: the base model)",
+    file_okay=False,
+)
+_FT_BUDGET = typer.Option(
+    None,
+    "--margin-budget",
+    help="labels tasks: score margins only up to this many scored answers (default 20000; "
+    "0: never)",
+)
+
+
+@data_app.command("from-traffic")
+def from_traffic_cmd(
+    folder: Path = typer.Argument(..., help="the traffic log folder (serve --log-traffic DIR)"),
+    out: Path = _FT_OUT,
+    project: Path = _FT_PROJECT,
+    limit: int = _FT_LIMIT,
+    teacher: str = _FT_TEACHER,
+    teacher_model: str = _FT_TEACHER_MODEL,
+    teacher_samples: int = _FT_SAMPLES,
+    teacher_temperature: float = _FT_TEMPERATURE,
+    teacher_key_env: str = _FT_KEY_ENV,
+    teacher_max_tokens: int = _FT_MAX_TOKENS,
+    margin_adapter: Path = _FT_ADAPTER,
+    margin_budget: int = _FT_BUDGET,
+) -> None:
+    """Served requests to examples: drop those like train/val/test (never leak the sealed test
+    set into training) and repeats, rank what is worth a label first (low label margin, shadow
+    disagreement, failed format), write drafts for `tunewise rate --label`, or labels from a
+    --teacher model (kept only when they pass the format and, with --teacher-samples 2, agree).
+    """
+    # lazy: numpy, the graders and the traffic reader; keep --help fast
+    from tunewise.config import load_project
+    from tunewise.data.from_traffic import draft_row, write_rows
+    from tunewise.eval.traffic_signals import select_requests
+    from tunewise.serve.traffic import SHADOW, iter_traffic, traffic_files
+
+    if teacher is not None and not teacher_model:
+        raise UserError("--teacher needs --teacher-model (the model name the endpoint serves)")
+    if not traffic_files(folder):
+        raise UserError(f"{folder}: no traffic-*.jsonl files (serve --log-traffic {folder})")
+    cfg = load_project(project) if project is not None else None
+    with status_console.status("reading traffic ..."):
+        # the requests, then the shadow challenger's answers, linked to them by shadow_of
+        records = [*iter_traffic(folder), *iter_traffic(folder, SHADOW)]
+        selection, format_ok = select_requests(
+            records, cfg, limit=limit, adapter=margin_adapter, budget=margin_budget
+        )
+    rows = [draft_row(item) for item in selection.items]
+    _render_selection(selection)
+    if teacher is None:
+        write_rows(out, rows)
+        console.print(
+            f"[green]wrote[/] {len(rows)} draft(s) to {escape(str(out))}; label them with "
+            f"`tunewise rate --label {escape(str(out))} --out LABELLED`",
+            soft_wrap=True,
+        )
+        return
+    kept, rest, report = _teach(
+        rows,
+        cfg,
+        format_ok,
+        base_url=teacher,
+        model=teacher_model,
+        samples=teacher_samples,
+        temperature=teacher_temperature,
+        key_env=teacher_key_env,
+        max_tokens=teacher_max_tokens,
+    )
+    _render_teacher(report, kept, rest, out)
+
+
+def _teach(rows: list, cfg, format_ok, **opts) -> tuple:  # -> (kept, rest, TeacherReport)
+    # lazy: httpx and the generation cache; only --teacher needs them
+    from tunewise.data.teacher import TeacherClient, label_with_teacher
+    from tunewise.runtime.cache import GenCache
+
+    tools = cfg.task.tools if cfg is not None and isinstance(cfg.task.tools, list) else None
+    with (
+        GenCache() as cache,
+        TeacherClient(
+            opts["base_url"],
+            opts["model"],
+            api_key_env=opts["key_env"],
+            name=f"teacher:{opts['model']}",
+            cache=cache,
+        ) as client,
+    ):
+        return label_with_teacher(
+            rows,
+            client,
+            samples=opts["samples"],
+            temperature=opts["temperature"],
+            max_tokens=opts["max_tokens"],
+            format_ok=format_ok,
+            system_prompt=cfg.task.system_prompt if cfg is not None else "",
+            tools=tools,
+            progress=True,
+        )
+
+
+def _count_label(name: str) -> tuple[int, str]:
+    """(section, words) of a selection count: read, dropped, selected."""
+    kind, _, rest = name.partition(" ")
+    if kind == "exact":
+        return 1, f"dropped: same input as a {rest} line"
+    if kind == "near":
+        return 1, f"dropped: near-duplicate of a {rest} line"
+    if kind == "why":
+        return 2, f"selected: {rest}"
+    if name in ("requests", "shadow records"):
+        return 0, name
+    return 1, f"dropped: {name}"
+
+
+def _render_selection(selection) -> None:  # selection: data.from_traffic.Selection
+    table = Table(title="traffic", show_header=False)
+    for label, n in sorted((_count_label(k), n) for k, n in selection.counts.items()):
+        table.add_row(escape(label[1]), str(n))
+    console.print(table)
+    for note in selection.notes:
+        console.print(f"[yellow]note[/]: {escape(note)}", soft_wrap=True)
+
+
+def _render_teacher(report, kept: list, rest: list, out: Path) -> None:
+    from tunewise.data.from_traffic import write_rows  # lazy: see from_traffic_cmd
+
+    dropped = ", ".join(f"{n} {escape(why)}" for why, n in report.dropped.most_common())
+    console.print(
+        f"teacher: kept {report.kept}, dropped {sum(report.dropped.values())}"
+        + (f" ({dropped})" if dropped else ""),
+        soft_wrap=True,
+    )
+    write_rows(out, kept)
+    console.print(f"[green]wrote[/] {len(kept)} teacher-labelled example(s) to {escape(str(out))}")
+    if rest:
+        drafts = out.with_name(f"{out.stem}.drafts{out.suffix or '.jsonl'}")
+        write_rows(drafts, rest)
+        console.print(
+            f"wrote the {len(rest)} request(s) the teacher did not label, as drafts, to "
+            f"{escape(str(drafts))}: `tunewise rate --label {escape(str(drafts))} --out FILE`",
+            soft_wrap=True,
+        )
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(data_app, name="data")

@@ -205,15 +205,40 @@ def report_cmd(
     console.print(f"wrote {html}\nwrote {md}")
 
 
+_RATE_DIR = typer.Argument(
+    None, help="evaluation directory (holds eval.json); not with --label", file_okay=False
+)
+_LABEL = typer.Option(
+    None,
+    "--label",
+    help="label drafts (from `data from-traffic`) one by one in the terminal: accept, correct, "
+    "reject; resumable",
+    dir_okay=False,
+)
+_LABEL_OUT = typer.Option(None, "--out", help="--label: JSONL of the labelled examples")
+
+
 def rate_cmd(
-    eval_dir: Path = _EVAL_DIR,
-    a: str = typer.Option(..., "--a", help="first candidate"),
-    b: str = typer.Option(..., "--b", help="second candidate"),
+    eval_dir: Path | None = _RATE_DIR,
+    a: str | None = typer.Option(None, "--a", help="first candidate"),
+    b: str | None = typer.Option(None, "--b", help="second candidate"),
     port: int = typer.Option(8765, help="port on 127.0.0.1"),
     rater: str = typer.Option("local", help="rater name (one rating per item per rater)"),
     seed: int = typer.Option(0, help="seed for item order and left/right placement"),
+    label: Path | None = _LABEL,
+    out: Path | None = _LABEL_OUT,
 ) -> None:
-    """Rate two candidates side by side in the browser (blinded, random order; keys 1/2/0/s)."""
+    """Rate two candidates side by side in the browser (blinded, random order; keys 1/2/0/s),
+    or, with --label DRAFTS --out FILE, label drafts in the terminal (accept, correct, reject)."""
+    if label is not None:
+        if out is None:
+            raise UserError("--label needs --out FILE (where the labelled examples go)")
+        if eval_dir is not None or a is not None or b is not None:
+            raise UserError("--label labels drafts: give no EVAL_DIR, --a or --b with it")
+        _label_drafts(label, out)
+        return
+    if eval_dir is None or a is None or b is None:
+        raise UserError("rate needs EVAL_DIR, --a and --b (or --label DRAFTS --out FILE)")
     from tunewise.eval import human  # lazy: scipy; keeps --help fast
 
     session = human.open_session(eval_dir, a, b, seed=seed, rater=rater)
@@ -232,6 +257,54 @@ def rate_cmd(
             f"{escape(a)} win rate {s['win_rate_a']:.3f} [{s['ci_low']:.3f}, {s['ci_high']:.3f}] "
             f"over {s['n']} ratings"
         )
+
+
+_KEYS = {"a": "accept", "c": "correct", "e": "correct", "r": "reject", "s": "skip", "q": "quit"}
+
+
+def _label_drafts(drafts: Path, out: Path) -> None:
+    """The terminal shell of :func:`tunewise.data.labelling.label_drafts`."""
+    from tunewise.data import labelling  # lazy: the data layer's JSON checks; keeps --help fast
+
+    session = labelling.Labelling(drafts, out)
+    todo = session.pending()
+    console.print(
+        f"{len(todo)} draft(s) to label, {len(session.done())} decided before; labelled "
+        f"examples go to {escape(str(out))}",
+        soft_wrap=True,
+    )
+    total, position = len(todo), {d.key: i for i, d in enumerate(todo, start=1)}
+
+    def ask(draft: labelling.Draft, problem: str | None) -> labelling.Decision:
+        if problem is not None:
+            console.print(f"[red]not a valid example[/]: {escape(problem)}; try again")
+        else:
+            n = position.get(draft.key, 0)
+            body = f"{escape(labelling.show_turns(draft.prompt))}\n\n[bold]draft[/]: "
+            body += escape(draft.answer)
+            why = f" ({escape(draft.why)})" if draft.why else ""
+            console.print(Panel(body, title=f"{n}/{total} {escape(draft.key)}{why}"))
+        key = (
+            typer.prompt(
+                "[a]ccept [c]orrect (one line, \\n for a new line) [e]dit [r]eject [s]kip [q]uit",
+                default="a",
+            )
+            .strip()[:1]
+            .lower()
+        )
+        action = _KEYS.get(key, "skip")
+        if key == "c":
+            answer = typer.prompt("answer").replace("\\n", "\n")
+            return labelling.Decision("correct", answer)
+        if key == "e":
+            edited = typer.edit(draft.answer)
+            return labelling.Decision("correct", edited) if edited else labelling.Decision("skip")
+        return labelling.Decision(action)  # type: ignore[arg-type]
+
+    counts = labelling.label_drafts(session, ask)
+    left = len(session.pending())
+    summary = ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "no decision"
+    console.print(f"{summary}; {left} draft(s) left; {len(session.rows)} labelled in {out}")
 
 
 def calibrate_cmd(

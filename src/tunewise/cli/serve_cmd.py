@@ -73,6 +73,18 @@ _TRAFFIC_KEEP_DAYS = typer.Option(
     help="Delete closed traffic files older than D days, at start and at each rotation "
     "(default: keep all).",
 )
+_SHADOW = typer.Option(
+    None,
+    "--shadow",
+    help="A challenger (NAME@ALIAS, NAME:V or a loaded adapter) that answers the same requests "
+    "in the background, never delaying a response; its answers go to the traffic log "
+    "(needs --log-traffic). Compare with `tunewise compare-traffic DIR`.",
+)
+_SHADOW_RATE = typer.Option(
+    1.0,
+    "--shadow-rate",
+    help="Share of the logged requests the challenger also answers, 0 < R <= 1.",
+)
 
 
 def serve_command(
@@ -106,21 +118,22 @@ def serve_command(
     traffic_sample: float = _TRAFFIC_SAMPLE,
     traffic_max_mb: float = _TRAFFIC_MAX_MB,
     traffic_keep_days: float = _TRAFFIC_KEEP_DAYS,
+    shadow: str = _SHADOW,
+    shadow_rate: float = _SHADOW_RATE,
 ) -> None:
     """Serve the base model and registry adapters with an OpenAI-compatible API."""
     # lazy: fastapi, ~0.3 s; keeps --help fast
     from tunewise.serve.app import LOOPBACK_HOSTS, check_admin_options, serve
+    from tunewise.serve.shadow import ShadowSettings
     from tunewise.serve.traffic import TrafficSettings
 
     traffic = None
     if log_traffic is not None:
-        traffic = TrafficSettings(
-            dir=log_traffic,
-            sample=traffic_sample,
-            max_mb=traffic_max_mb,
-            keep_days=traffic_keep_days,
-        )
+        traffic = TrafficSettings(log_traffic, traffic_sample, traffic_max_mb, traffic_keep_days)
         traffic.check()  # before the model loads
+    challenger = ShadowSettings(model=shadow, rate=shadow_rate) if shadow is not None else None
+    if challenger is not None:
+        challenger.check(logging_traffic=traffic is not None)
 
     specs = [s.strip() for a in adapters or [] for s in a.split(",") if s.strip()]
     roots = check_admin_options(  # before the model loads: a mistake costs a second
@@ -148,6 +161,7 @@ def serve_command(
         threads=threads,
         device=device,
         traffic=traffic,
+        shadow=challenger,
     )
 
 

@@ -23,6 +23,10 @@ Function calls (``tools``, ``tool_choice``, ``message.tool_calls``) are read and
 :mod:`tunewise.serve.tools`; the prompt gets the tools here, after the system prompt, as training
 attaches them.
 
+With ``--shadow`` a challenger answers sampled requests in the background, never in the way of
+the response (:mod:`tunewise.serve.shadow`); the route only draws the sample and hands it the
+request once production's answer is complete.
+
 Bad input always gets a 4xx in OpenAI's error shape (unknown model 404, bad schema 422, bad tools
 or call turns 400, prompt too long or body too large 413, bad key 401); an exception there is a
 bug and is logged.
@@ -41,6 +45,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -56,10 +61,9 @@ from tunewise.errors import UserError
 from tunewise.registry.store import Registry
 from tunewise.runtime import device as device_policy
 from tunewise.runtime.adapter_pool import BaseMismatchError, CorruptedAdapterError
-from tunewise.runtime.backend import GenRequest, GenResult, PromptTooLongError, check_context
+from tunewise.runtime.backend import GenRequest, GenResult, PromptTooLongError
 from tunewise.runtime.engine import Engine
 from tunewise.runtime.models import resolve
-from tunewise.runtime.tool_calls import attach_tools
 from tunewise.serve.schemas import (
     AdapterStatus,
     AdminModel,
@@ -75,6 +79,13 @@ from tunewise.serve.schemas import (
     StreamChoice,
     UnloadResult,
 )
+from tunewise.serve.shadow import (
+    CountRequests,
+    Shadow,
+    ShadowSettings,
+    build_gen_request,
+    start_shadow,
+)
 from tunewise.serve.state import MicroBatcher, ModelTable, admin_adapter_dir
 from tunewise.serve.tools import (
     CallDeltas,
@@ -85,9 +96,8 @@ from tunewise.serve.tools import (
     plan_tools,
     read_answer,
     request_messages,
-    with_tool_constraint,
 )
-from tunewise.serve.traffic import TrafficLog, TrafficSettings
+from tunewise.serve.traffic import SHADOW, TrafficLog, TrafficSettings
 
 __all__ = ["APIError", "MicroBatcher", "ModelTable", "ServeSettings", "create_app", "serve"]
 
@@ -117,16 +127,18 @@ class ServeSettings:
     traffic_max_mb: float = 64.0
     traffic_keep_days: float | None = None
     traffic_seed: int | None = None  # None: $TUNEWISE_TRAFFIC_SEED, else unseeded
+    shadow: ShadowSettings | None = None  # the challenger (tunewise.serve.shadow); off if None
 
-    def traffic_settings(self) -> TrafficSettings | None:
+    def traffic_settings(self, prefix: str = "traffic") -> TrafficSettings | None:
         if self.log_traffic is None:
             return None
         return TrafficSettings(
             dir=Path(self.log_traffic),
-            sample=self.traffic_sample,
+            sample=self.traffic_sample if prefix == "traffic" else 1.0,  # the shadow samples
             max_mb=self.traffic_max_mb,
             keep_days=self.traffic_keep_days,
             seed=self.traffic_seed,
+            prefix=prefix,
         )
 
 
@@ -139,6 +151,7 @@ class ServerState:
     batcher: MicroBatcher
     settings: ServeSettings
     traffic: TrafficLog | None = None
+    shadow: Shadow | None = None
 
 
 # --------------------------------------------------------------------------- dependencies
@@ -279,7 +292,9 @@ async def chat(state: State, req: ChatBody) -> Response:
     req.refuse_unsupported()
     messages = request_messages(req.messages)
     key = await _resolve_model(state.table, req.model)
-    plan = plan_tools(req.tools, req.tool_choice, state.table.default_tools(key))
+    plan = plan_tools(
+        req.tools, req.tool_choice, state.table.default_tools(key), req.parallel_tool_calls
+    )
     release = state.table.release(key)
     cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
     logged = _traffic_hook(state, req, messages, key, cid, started, plan)
@@ -320,7 +335,7 @@ def _traffic_hook(
     ``messages`` are the turns as received, before any system prompt."""
     if state.traffic is None:
         return None
-    return state.traffic.hook(
+    logged = state.traffic.hook(
         cid=cid,
         model=req.model,
         key=key,
@@ -329,6 +344,9 @@ def _traffic_hook(
         started=started,
         tools=plan.requested or None,
     )
+    if logged is not None and state.shadow is not None:  # the challenger follows the record
+        logged = state.shadow.follow(logged, req=req, messages=messages, cid=cid, key=key)
+    return logged
 
 
 def _known_answer(
@@ -468,36 +486,26 @@ async def _gen_request(
 ) -> GenRequest:
     """The engine request for ``req``, every check done: a stream must not fail after its 200.
 
-    The prompt is built as training and evaluation build it: the system prompt the model was
-    trained with (or the release's prompt, or the retrieved context), then the tools on the
-    system turn, as ``Example.with_system`` attaches them.
+    The prompt is built as training and evaluation build it (the system prompt the model was
+    trained with, or the release's prompt, or the retrieved context; then the tools), by the
+    function that builds the shadow challenger's too: :func:`build_gen_request`, in one hop to
+    the thread pool (retrieval and tokenizing must not hold the event loop).
     """
-    settings, engine = state.settings, state.engine
-    default = settings.max_tokens_default
-    if release is not None and release.max_new_tokens:  # what the release was evaluated with
-        default = release.max_new_tokens
-    max_new = req.new_tokens(default, settings.max_tokens_limit)
-    stops = req.stops()
-    if release is not None:
-        # prompt / fewshot / rag: the base model with the evaluator's prompt, built by the release
-        messages = await run_in_threadpool(state.table.release_messages, release, messages)
-        adapter = None
-    else:
-        messages = state.table.with_system_prompt(adapter, messages)
-    # A context-trained adapter (train.context) gets the retrieved context it was evaluated with.
-    if adapter is not None and adapter in state.table.contexts:  # no thread hop for the rest
-        messages = await run_in_threadpool(state.table.with_context, adapter, messages)
-    if plan.tools:
-        messages = attach_tools(messages, plan.tools)
-    try:
-        n_prompt = await run_in_threadpool(engine.prompt_tokens, messages)
-    except Exception as exc:  # a chat template may reject a conversation shape
-        raise APIError(
-            422, f"messages: cannot render with the chat template: {exc}", param="messages"
-        ) from None
-    check_context(n_prompt, max_new, engine.context_length, new_label="max_tokens")
-    gen = GenRequest(messages=messages, adapter=adapter, max_new_tokens=max_new, stop=stops)
-    return with_tool_constraint(gen, plan)
+    settings = state.settings
+    return await run_in_threadpool(
+        partial(
+            build_gen_request,
+            state.table,
+            state.engine,
+            req,
+            adapter,
+            release,
+            messages,
+            plan,
+            default_tokens=settings.max_tokens_default,
+            limit=settings.max_tokens_limit,
+        )
+    )
 
 
 def _too_long(exc: PromptTooLongError) -> APIError:
@@ -609,8 +617,16 @@ def create_app(
     settings.adapter_roots = check_admin_options(
         api_key=settings.api_key, admin_key=settings.admin_key, roots=settings.adapter_roots
     )
+    if settings.shadow is not None:  # before anything starts: one-line errors
+        settings.shadow.check(logging_traffic=settings.log_traffic is not None)
     table = ModelTable(engine, registry)
     table.preload(settings.adapters)
+    shadow = start_shadow(
+        table,
+        settings.shadow,
+        settings.traffic_settings(prefix=SHADOW),
+        tokens=(settings.max_tokens_default, settings.max_tokens_limit),
+    )
     batcher = MicroBatcher(engine, settings.batch_window_ms / 1000, settings.max_batch)
     traffic_settings = settings.traffic_settings()
     traffic = TrafficLog(traffic_settings) if traffic_settings else None
@@ -619,6 +635,8 @@ def create_app(
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
         await run_in_threadpool(batcher.close)  # finish queued batches, stop the worker
+        if shadow is not None:  # drains or drops its queue within its drain time
+            await run_in_threadpool(shadow.close)
         if traffic is not None:  # after the batcher: its last answers are logged too
             await run_in_threadpool(traffic.close)
 
@@ -626,8 +644,15 @@ def create_app(
         title="tunewise", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan
     )
     app.state.server = ServerState(
-        engine=engine, table=table, batcher=batcher, settings=settings, traffic=traffic
+        engine=engine,
+        table=table,
+        batcher=batcher,
+        settings=settings,
+        traffic=traffic,
+        shadow=shadow,
     )
+    if shadow is not None:  # production first: the challenger steps only between requests
+        app.add_middleware(CountRequests, load=shadow.load)
     _install_error_handlers(app)
     app.include_router(public)
     app.include_router(protected)
@@ -681,10 +706,13 @@ def serve(
     log_level: str = "info",
     device: str = "auto",
     traffic: TrafficSettings | None = None,
+    shadow: ShadowSettings | None = None,
 ) -> None:
     """Load the base model and run the server until interrupted."""
     if traffic is not None:
         traffic.check()  # before the model loads: a mistake costs a second
+    if shadow is not None:
+        shadow.check(logging_traffic=traffic is not None)
     roots = check_admin_options(
         host=host,
         api_key=api_key,
@@ -729,5 +757,6 @@ def serve(
         settings.log_traffic, settings.traffic_sample = traffic.dir, traffic.sample
         settings.traffic_max_mb, settings.traffic_keep_days = traffic.max_mb, traffic.keep_days
         settings.traffic_seed = traffic.seed
+    settings.shadow = shadow
     app = create_app(engine, settings=settings, registry=registry)
     uvicorn.run(app, host=host, port=port, log_level=log_level)

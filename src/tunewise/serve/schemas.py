@@ -122,6 +122,7 @@ class ChatRequest(BaseModel):
     # Checked by tunewise.serve.tools (plan_tools): a 400 naming the field, OpenAI's way.
     tools: Any = None
     tool_choice: Any = None
+    parallel_tool_calls: bool | None = None  # False: at most one call (decoded under the grammar)
     # Accepted only with values that ask for nothing (refuse_unsupported): no log-probabilities,
     # plain text, none of the pre-tools function-call parameters.
     logprobs: bool | None = None

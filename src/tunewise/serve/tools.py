@@ -210,6 +210,8 @@ class ToolPlan:
     choice: str = "none"  # none | auto | required | function
     function: str | None = None  # the function a named tool_choice asks for
     requested: list[dict[str, Any]] = field(default_factory=list)  # as the request sent them
+    # OpenAI's ``parallel_tool_calls: false``: at most one call in the answer
+    single_call: bool = False
 
     @property
     def reads_calls(self) -> bool:
@@ -225,26 +227,42 @@ class ToolPlan:
 NO_TOOLS = ToolPlan()
 
 
-def plan_tools(raw_tools: Any, raw_choice: Any, defaults: Sequence[dict[str, Any]]) -> ToolPlan:
+def plan_tools(
+    raw_tools: Any,
+    raw_choice: Any,
+    defaults: Sequence[dict[str, Any]],
+    parallel: bool | None = None,
+) -> ToolPlan:
     """The request's :class:`ToolPlan`; ``defaults`` are the project tools the model was trained
-    with, shown when the request sends none and does not say ``tool_choice: none``."""
+    with, shown when the request sends none and does not say ``tool_choice: none``; ``parallel``
+    is the request's ``parallel_tool_calls`` (False: one call at most)."""
     requested = check_tools(raw_tools)
     tools = requested or (list(defaults) if raw_choice != "none" else [])
     choice, function = check_tool_choice(raw_choice, tools)
     if choice == "none":
         return ToolPlan(choice="none", requested=requested)
-    return ToolPlan(tools=tools, choice=choice, function=function, requested=requested)
+    return ToolPlan(
+        tools=tools,
+        choice=choice,
+        function=function,
+        requested=requested,
+        single_call=parallel is False,
+    )
 
 
 def tool_constraint(plan: ToolPlan) -> Any | None:
     """The decoding constraint that makes ``required`` / a named function hold by construction
     (:func:`tunewise.runtime.grammar.tool_constraint`: only calls of the shown tools, of that
     function, arguments valid against its schema), or None when the request promises no call
-    (``auto`` is left free: the model may answer in text, as OpenAI's ``auto`` allows)."""
-    if not plan.promises_call or not plan.tools:
+    (``auto`` is left free: the model may answer in text, as OpenAI's ``auto`` allows). With
+    ``parallel_tool_calls: false`` the answer holds one call at most: ``auto`` then decodes under
+    the grammar's ``auto`` mode too (a plain reply stays free; a call, once opened, is the last).
+    """
+    if not plan.tools or not (plan.promises_call or (plan.single_call and plan.reads_calls)):
         return None
-    mode = "named" if plan.choice == "function" else "required"
-    return grammar.tool_constraint(None, plan.tools, mode, plan.function)
+    mode = {"function": "named", "required": "required"}.get(plan.choice, "auto")
+    max_calls = 1 if plan.single_call else grammar.DEFAULT_MAX_CALLS
+    return grammar.tool_constraint(None, plan.tools, mode, plan.function, max_calls=max_calls)
 
 
 def with_tool_constraint(gen: GenRequest, plan: ToolPlan) -> GenRequest:

@@ -14,6 +14,11 @@ Why these choices:
   counted (``TrafficLog.dropped``, logged at shutdown), because a slow disk must not slow answers.
 * Sampling is drawn per request from one ``random.Random``; a seed (``traffic_seed`` or
   ``$TUNEWISE_TRAFFIC_SEED``) makes the logged subset reproducible in tests.
+* A shadow challenger (``serve --shadow``, :mod:`tunewise.serve.shadow`) writes its answers
+  through a second log in the same folder, files ``shadow-<UTC timestamp>-<n>.jsonl``
+  (``prefix="shadow"``), one record per shadowed request linked by ``shadow_of`` to the
+  production record's ``id``. Separate files keep :func:`read_traffic`'s default (the requests
+  clients made, answered by production) free of challenger answers.
 """
 
 from __future__ import annotations
@@ -37,12 +42,21 @@ from tunewise.errors import UserError
 from tunewise.fsio import fsync_dir
 from tunewise.runtime.backend import GenResult
 
-__all__ = ["TrafficLog", "TrafficSettings", "read_traffic", "scrub", "traffic_files"]
+__all__ = [
+    "TrafficLog",
+    "TrafficSettings",
+    "env_seed",
+    "iter_traffic",
+    "read_traffic",
+    "scrub",
+    "traffic_files",
+]
 
 log = logging.getLogger("tunewise.serve.traffic")
 
 SEED_ENV = "TUNEWISE_TRAFFIC_SEED"
-_NAME = re.compile(r"^traffic-(\d{8}T\d{6}Z)-(\d+)\.jsonl$")
+PRODUCTION, SHADOW = "traffic", "shadow"  # file name prefixes: the requests, the shadow's
+_NAME = re.compile(r"^(traffic|shadow)-(\d{8}T\d{6}Z)-(\d+)\.jsonl$")
 _STOP = object()  # the writer's shutdown sentinel
 
 
@@ -54,6 +68,7 @@ class TrafficSettings:
     keep_days: float | None = None  # delete closed files older than this; None keeps all
     seed: int | None = None  # sampling seed; None reads $TUNEWISE_TRAFFIC_SEED, else random
     queue_size: int = 4096  # records waiting for the writer before new ones are dropped
+    prefix: str = PRODUCTION  # file names: traffic-*.jsonl, or shadow-*.jsonl for the shadow's
 
     def check(self) -> None:
         """One-line errors naming the flag, before the model loads."""
@@ -97,7 +112,7 @@ def _scrub_tree(value: Any) -> Any:
 def scrubbed(record: dict[str, Any]) -> dict[str, Any]:
     """The record with its client-supplied text scrubbed; ids, times and numbers are ours."""
     out = dict(record)
-    for key in ("model", "messages", "answer", "resolved", "tool_calls", "tools"):
+    for key in ("model", "messages", "answer", "resolved", "tool_calls", "tools", "error"):
         if key in out:
             out[key] = _scrub_tree(out[key])
     return out
@@ -106,17 +121,18 @@ def scrubbed(record: dict[str, Any]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- files
 
 
-def traffic_files(folder: str | Path) -> list[Path]:
-    """The log files in ``folder``, oldest first (timestamp, then sequence number)."""
+def traffic_files(folder: str | Path, prefix: str = PRODUCTION) -> list[Path]:
+    """The log files in ``folder`` (``prefix``: ``traffic`` or ``shadow``), oldest first
+    (timestamp, then sequence number)."""
     found = []
-    for path in Path(folder).glob("traffic-*.jsonl"):
+    for path in Path(folder).glob(f"{prefix}-*.jsonl"):
         m = _NAME.match(path.name)
-        if m:
-            found.append((m.group(1), int(m.group(2)), path))
+        if m and m.group(1) == prefix:
+            found.append((m.group(2), int(m.group(3)), path))
     return [p for _, _, p in sorted(found)]
 
 
-def _read_file(path: Path) -> Iterator[dict[str, Any]]:
+def _read_file(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     data = path.read_bytes()
     lines = data.split(b"\n")
     # Everything after the last newline is a record a kill cut short: skip it, never fail on it.
@@ -124,27 +140,43 @@ def _read_file(path: Path) -> Iterator[dict[str, Any]]:
         if not line.strip():
             continue
         try:
-            yield json.loads(line)
+            record = json.loads(line)
         except ValueError:
             raise UserError(f"{path}:{number}: not a JSON record") from None
+        if not isinstance(record, dict):
+            raise UserError(f"{path}:{number}: not a JSON object")
+        yield number, record
 
 
-def read_traffic(folder: str | Path) -> list[dict[str, Any]]:
-    """Every complete record under ``folder``, oldest first; a torn last line is skipped."""
-    return [rec for path in traffic_files(folder) for rec in _read_file(path)]
+def iter_traffic(
+    folder: str | Path, prefix: str = PRODUCTION
+) -> Iterator[tuple[Path, int, dict[str, Any]]]:
+    """(file, line, record) of every complete record, oldest first: for readers whose errors
+    name the line (``tunewise compare-traffic``)."""
+    for path in traffic_files(folder, prefix):
+        for number, record in _read_file(path):
+            yield path, number, record
+
+
+def read_traffic(folder: str | Path, prefix: str = PRODUCTION) -> list[dict[str, Any]]:
+    """Every complete record under ``folder``, oldest first; a torn last line is skipped.
+    ``prefix="shadow"`` reads the shadow challenger's records instead of the requests."""
+    return [rec for _, _, rec in iter_traffic(folder, prefix)]
 
 
 def _utc_stamp() -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
 
 
-def delete_expired(folder: Path, keep_days: float | None, *, keep: Path | None = None) -> int:
+def delete_expired(
+    folder: Path, keep_days: float | None, *, keep: Path | None = None, prefix: str = PRODUCTION
+) -> int:
     """Delete log files last written more than ``keep_days`` ago (never ``keep``, the open one)."""
     if keep_days is None:
         return 0
     cutoff = time.time() - keep_days * 86400
     deleted = 0
-    for path in traffic_files(folder):
+    for path in traffic_files(folder, prefix):
         if path == keep:
             continue
         try:
@@ -159,8 +191,11 @@ def delete_expired(folder: Path, keep_days: float | None, *, keep: Path | None =
 class _Appender:
     """The open log file: whole-line appends, size rotation, fsync on close. Writer thread only."""
 
-    def __init__(self, folder: Path, max_bytes: int, keep_days: float | None) -> None:
+    def __init__(
+        self, folder: Path, max_bytes: int, keep_days: float | None, prefix: str = PRODUCTION
+    ) -> None:
         self.folder, self.max_bytes, self.keep_days = folder, max_bytes, keep_days
+        self.prefix = prefix
         self.fd: int | None = None
         self.path: Path | None = None
         self.size = 0
@@ -169,7 +204,7 @@ class _Appender:
     def _open(self) -> None:
         stamp = _utc_stamp()
         while True:  # a restart within the same second must not reopen a closed file
-            path = self.folder / f"traffic-{stamp}-{self.seq}.jsonl"
+            path = self.folder / f"{self.prefix}-{stamp}-{self.seq}.jsonl"
             self.seq += 1
             try:
                 flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND
@@ -183,7 +218,7 @@ class _Appender:
     def write(self, line: bytes) -> None:
         if self.fd is not None and self.size and self.size + len(line) > self.max_bytes:
             self.close()
-            delete_expired(self.folder, self.keep_days)
+            delete_expired(self.folder, self.keep_days, prefix=self.prefix)
         if self.fd is None:
             self._open()
         assert self.fd is not None
@@ -213,16 +248,18 @@ class TrafficLog:
             raise UserError(
                 f"--log-traffic {settings.dir}: cannot create: {exc.strerror}"
             ) from None
-        seed = settings.seed if settings.seed is not None else _env_seed()
+        seed = settings.seed if settings.seed is not None else env_seed()
         self._rng = random.Random(seed)
         self._rng_lock = threading.Lock()
         self.dropped = 0
         self.written = 0
-        delete_expired(self.folder, settings.keep_days)
+        delete_expired(self.folder, settings.keep_days, prefix=settings.prefix)
         max_bytes = max(1, int(settings.max_mb * 2**20))
-        self._out = _Appender(self.folder, max_bytes, settings.keep_days)
+        self._out = _Appender(self.folder, max_bytes, settings.keep_days, settings.prefix)
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=settings.queue_size)
-        self._thread = threading.Thread(target=self._drain, name="tunewise-traffic", daemon=True)
+        self._thread = threading.Thread(
+            target=self._drain, name=f"tunewise-{settings.prefix}-log", daemon=True
+        )
         self._thread.start()
 
     def sampled(self) -> bool:
@@ -286,7 +323,7 @@ class TrafficLog:
                 self.written += 1
             except Exception:  # a full disk must not kill the writer; the record is lost
                 self.dropped += 1
-                log.exception("traffic log: could not write a record")
+                log.exception("%s log: could not write a record", self.settings.prefix)
         self._out.close()
 
     def close(self) -> None:
@@ -295,15 +332,17 @@ class TrafficLog:
             return
         self._queue.put(_STOP)
         self._thread.join()
+        what = self.settings.prefix
         if self.dropped:
             log.warning(
-                "traffic log: %d record(s) dropped (queue full, write failed)", self.dropped
+                "%s log: %d record(s) dropped (queue full, write failed)", what, self.dropped
             )
         else:
-            log.info("traffic log: %d record(s) written, none dropped", self.written)
+            log.info("%s log: %d record(s) written, none dropped", what, self.written)
 
 
-def _env_seed() -> int | None:
+def env_seed() -> int | None:
+    """``$TUNEWISE_TRAFFIC_SEED`` as an integer (None when unset): the sampling seed."""
     raw = os.environ.get(SEED_ENV, "").strip()
     if not raw:
         return None
