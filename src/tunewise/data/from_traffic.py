@@ -212,18 +212,44 @@ def _draft(rec: dict[str, Any], path: Path, line: int) -> dict[str, Any]:
     return row
 
 
+def blank_answer(row: Any) -> bool:
+    """Whether a line's last turn is an assistant turn with neither text nor calls: production
+    answered nothing (only whitespace, or it stopped at once)."""
+    msgs = row.get("messages") if isinstance(row, dict) else None
+    last = msgs[-1] if isinstance(msgs, list) and msgs else None
+    if not isinstance(last, dict) or last.get("role") != "assistant" or last.get("tool_calls"):
+        return False
+    content = last.get("content")
+    return content is None or (isinstance(content, str) and not content.strip())
+
+
+def draft_problems(
+    row: Any, where: str, line: int, tools: list[dict[str, Any]] | None = None
+) -> list[Problem]:
+    """What makes ``row`` no valid draft. A blank production answer is allowed: that request is
+    the one most worth a label, and a person or a teacher replaces the answer (a blank answer
+    is never training data: accepting it as it is makes no valid line). The request's own turns
+    must still make a valid line."""
+    problems = validate_record(row, where, line, tools=tools)
+    if problems and blank_answer(row):
+        stand_in = {"role": "assistant", "content": "(answer)"}
+        row = {**row, "messages": [*row["messages"][:-1], stand_in]}
+        problems = validate_record(row, where, line, tools=tools)
+    return problems
+
+
 def _checked(
     row: dict[str, Any], where: str, line: int, tools: list[dict[str, Any]] | None
 ) -> tuple[dict[str, Any] | None, Problem | None]:
-    """The row if it is a valid data line; a call answer that breaks its tools falls back to its
+    """The row if it is a valid draft; a call answer that breaks its tools falls back to its
     text (the draft stays loadable, and its format failure is what a person corrects); else the
     first problem."""
-    problems = validate_record(row, where, line, tools=tools)
+    problems = draft_problems(row, where, line, tools=tools)
     last = row["messages"][-1]
     if problems and last.get("tool_calls"):
         text = canonical_message(last)["content"]
         row = {**row, "messages": [*row["messages"][:-1], {"role": "assistant", "content": text}]}
-        problems = validate_record(row, where, line, tools=tools)
+        problems = draft_problems(row, where, line, tools=tools)
     return (row, None) if not problems else (None, problems[0])
 
 
@@ -232,8 +258,9 @@ def read_items(
     tools: list[dict[str, Any]] | None = None,
 ) -> tuple[list[TrafficItem], Counter[str], list[str]]:
     """Every logged request as a :class:`TrafficItem`, in the order given; the counts of what
-    was read; notes on requests that make no valid example (an empty answer, a conversation the
-    data format refuses), which are counted and left out.
+    was read; notes on requests that make no valid example (a conversation the data format
+    refuses), which are counted and left out. A blank production answer is kept: a draft for a
+    person or a teacher to answer (:func:`draft_problems`).
 
     ``records``: (file, line, record) as :func:`tunewise.serve.traffic.iter_traffic` reads them,
     production's and the shadow's (linked by ``shadow_of``) together; a record that lacks a field
@@ -363,7 +390,8 @@ def mark(
                 reasons.append(LOW_MARGIN_WHY)
         if item.challenger is not None and not same_answer(item.answer, item.challenger):
             reasons.append(DISAGREE_WHY)
-        if format_ok is not None and format_ok(item.answer, item.tools) is False:
+        blank = not item.answer.strip()  # no format holds an empty answer, checked or not
+        if blank or (format_ok is not None and format_ok(item.answer, item.tools) is False):
             reasons.append(FORMAT_WHY)
         item.reasons = reasons
     return notes

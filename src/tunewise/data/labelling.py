@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from tunewise.data.files import JSONProblem, loads
-from tunewise.data.from_traffic import ORIGIN, assistant_turn, write_rows
+from tunewise.data.from_traffic import ORIGIN, assistant_turn, draft_problems, write_rows
 from tunewise.data.schema import iter_lines, validate_record
 from tunewise.errors import DataError, UserError
 from tunewise.fsio import atomic_write_json, read_json_object
@@ -80,7 +80,7 @@ def _read_rows(path: Path, *, drafts: bool) -> list[tuple[int, dict[str, Any]]]:
             row = loads(raw)
         except JSONProblem as exc:
             raise DataError(str(path), number, exc.field or "(line)", exc.message) from None
-        problems = validate_record(row, str(path), number) if drafts else []
+        problems = draft_problems(row, str(path), number) if drafts else []
         if problems:
             raise DataError(str(path), number, problems[0].field, problems[0].message)
         origin = row.get(ORIGIN) if isinstance(row, dict) else None
@@ -157,8 +157,9 @@ Decide = Callable[[Draft, str | None], Decision]  # (draft, problem with the las
 
 
 def label_drafts(session: Labelling, decide: Decide) -> Counter[str]:
-    """Walk the pending drafts, asking ``decide`` for each; a correction that is refused is
-    asked again with the reason. Stops at the end or at "quit"; returns the decisions made."""
+    """Walk the pending drafts, asking ``decide`` for each; a correction that is refused, or
+    accepting a draft whose answer is blank, is asked again with the reason. Stops at the end or
+    at "quit"; returns the decisions made."""
     for draft in session.pending():
         problem = None
         while True:
@@ -167,7 +168,7 @@ def label_drafts(session: Labelling, decide: Decide) -> Counter[str]:
                 session.apply(draft, decision)
                 break
             except UserError as err:
-                if decision.action != "correct":
+                if decision.action not in ("accept", "correct"):
                     raise
                 problem = str(err)
         if decision.action == "quit":
