@@ -39,6 +39,7 @@ from tunewise.export.vllm import (
     plan_vllm,
     tool_serving,
 )
+from tunewise.fsio import atomic_write_json
 from tunewise.registry.store import Registry
 from tunewise.runtime import chat, models
 from tunewise.runtime.backend import GenResult
@@ -128,7 +129,7 @@ def _registered(tiny_model_dir, tmp, name: str, task: dict) -> Path:
     run = make_run(tiny_model_dir, tmp / name, name=name)
     raw = json.loads((run / "run.json").read_text())
     raw["config"]["task"] = task
-    (run / "run.json").write_text(json.dumps(raw))
+    atomic_write_json(run / "run.json", raw)  # as the trainer writes it
     return run
 
 
@@ -217,6 +218,25 @@ def test_a_model_trained_with_project_tools_gets_them_when_a_request_sends_none(
     mine = [_tool("book_table", {"size": {"type": "integer"}}, ["size"])]
     client.chat.completions.create(model="bot", messages=user("hello"), tools=mine)
     assert tools_prompt(mine) in engine.prompts[-1] and "get_weather" not in engine.prompts[-1]
+
+
+def test_tools_keep_their_key_order_through_run_json_the_registry_and_a_rebuild(
+    tiny_model_dir, tmp_path
+):
+    # The key order of the tools' JSON is part of the prompt. The registry once stored configs
+    # with sorted keys, and a served SNIPS answer differed from the evaluated one at a near-tie.
+    from tunewise.registry.records import rebuild
+
+    as_written = json.dumps(TOOLS)
+    assert json.dumps(json.loads(as_written), sort_keys=True) != as_written  # order matters here
+    reg = Registry(tmp_path / "registry")
+    task = {"type": "tools", "system_prompt": SYSTEM, "tools": TOOLS}
+    reg.add(_registered(tiny_model_dir, tmp_path, "bot", task), name="bot")
+    assert json.dumps(reg.lookup("bot:1").config["task"]["tools"]) == as_written
+    rebuild(Registry(tmp_path / "registry"), force=True)
+    assert json.dumps(Registry(tmp_path / "registry").lookup("bot:1").config["task"]["tools"]) == (
+        as_written
+    )
 
 
 def test_a_request_without_tools_is_answered_as_before(world):

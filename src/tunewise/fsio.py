@@ -188,7 +188,10 @@ def read_json_object(path: str | Path, what: str) -> dict[str, Any]:
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+    # Keys keep the order they were given, never sorted: a config read back from run.json or a
+    # release must render the same prompt, and a tools list's key order is part of the prompt
+    # (apply_chat_template and the fallback both render the JSON as it comes).
+    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
 def atomic_write_jsonl(path: str | Path, rows: Iterable[Any]) -> None:

@@ -167,7 +167,9 @@ def create_once(path: Path, rec: dict[str, Any]) -> None:
     one. The same content already there is fine (a writer and a backfill racing); different
     content is :class:`RecordConflict`.
     """
-    text = json.dumps(rec, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    # In the index's key order, not sorted: `registry rebuild` reads the config back from here,
+    # and a tools list's key order is part of the prompt the server builds from it.
+    text = json.dumps(rec, indent=2, ensure_ascii=False) + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
