@@ -213,8 +213,32 @@ def test_crash_inside_add_leaves_no_half_version(run_dir, tunewise_home, point):
     assert reg.resolve("bot:1").path is not None
 
 
+def test_a_registry_opened_while_the_first_writer_creates_the_index_is_not_broken(
+    run_dir, tunewise_home, monkeypatch
+):
+    # The two-process test below flaked under load: a process that opened the registry while the
+    # other was creating the index saw a file with WAL's header and no tables yet, "not a registry
+    # index". The index must appear whole: absent, then with its tables.
+    from tunewise.registry import index, store
+
+    seen: list[str | None] = []
+    real = index.create_schema
+
+    def create_and_look(db: sqlite3.Connection) -> None:
+        real(db)
+        seen.append(Registry()._problem)  # another process opening the registry now
+
+    monkeypatch.setattr(store, "create_schema", create_and_look)
+    monkeypatch.setattr(index, "create_schema", create_and_look)
+    Registry().add(run_dir, name="bot")
+    assert seen and all(p is None for p in seen), seen
+    assert Registry().get("bot", 1).version == 1
+
+
 def test_two_processes_adding_and_promoting_at_once(run_dir, ship, tunewise_home, tmp_path):
-    Registry()  # create the schema once so both children start from the same state
+    # No index yet: the first child to write creates it while the other may be opening the
+    # registry (see the test above), then both add and promote at the same instant.
+    assert not Registry().db_path.exists()
     ctx = mp.get_context("spawn")
     n = 6
     start_at = time.time() + 3.0  # both children import and then start at the same instant

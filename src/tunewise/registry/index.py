@@ -156,6 +156,36 @@ def create_schema(db: sqlite3.Connection) -> None:
             db.execute(stmt)
 
 
+def create_index(db_path: Path) -> None:
+    """A new, empty index put in place whole, unless one is there already.
+
+    Built under a temporary name and hard-linked to ``db_path``: creating it in place would let
+    another process open a file that has WAL's header and no tables yet, and call the registry
+    broken (seen in the two-process test under load). The link fails when another writer got
+    there first; its index is as good as ours.
+    """
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{db_path.name}.", suffix=".new", dir=db_path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        with contextlib.closing(sqlite3.connect(tmp, isolation_level=None)) as db:
+            db.execute("PRAGMA journal_mode = WAL")  # kept in the file's header
+            db.execute("BEGIN")
+            create_schema(db)
+            db.execute("COMMIT")
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, db_path)
+    finally:
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            with contextlib.suppress(FileNotFoundError):
+                tmp.with_name(tmp.name + suffix).unlink()
+
+
 def is_busy(exc: sqlite3.OperationalError) -> bool:
     text = str(exc)
     return "locked" in text or "busy" in text

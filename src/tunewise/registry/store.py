@@ -67,6 +67,7 @@ from tunewise.registry.index import (
     connect_ro,
     connect_rw,
     connect_snapshot,
+    create_index,
     create_schema,
     empty_index,
     on_disk_full,
@@ -241,6 +242,9 @@ class Registry:
         self.check()
         self.require_writable()
         self._writer_ready = True  # _tx below must not come back here
+        if not self.db_path.exists():
+            with on_disk_full(self.db_path):
+                create_index(self.db_path)
         with on_disk_full(self.db_path), self._tx(check_records=False) as db:
             create_schema(db)
             backfill(db, self.records)
