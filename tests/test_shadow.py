@@ -389,3 +389,21 @@ def test_a_shadow_that_resolves_to_nothing_stops_the_start(engine, registry, tmp
         make_app(engine, registry, tmp_path / "t", ShadowSettings("nope@staging"))
     with pytest.raises(UserError, match="--shadow bot@staging: needs --log-traffic"):
         make_app(engine, registry, None, ShadowSettings("bot@staging"))
+
+
+def test_the_server_shows_what_tunewise_logs_at_info():
+    # `tunewise serve` hands uvicorn a logging setup; the shadow's counts at shutdown are logged at
+    # INFO by tunewise's own loggers, which uvicorn's default setup never showed.
+    import subprocess
+    import sys
+
+    code = (
+        "import logging, logging.config\n"
+        "from tunewise.serve.app import log_config\n"
+        "logging.config.dictConfig(log_config('info'))\n"
+        "logging.getLogger('tunewise.serve.shadow').info('shadow counts here')\n"
+        "logging.getLogger('tunewise.serve.shadow').debug('not at info')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "shadow counts here" in out.stderr and "not at info" not in out.stderr

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import hmac
 import ipaddress
 import json
@@ -759,4 +760,18 @@ def serve(
         settings.traffic_seed = traffic.seed
     settings.shadow = shadow
     app = create_app(engine, settings=settings, registry=registry)
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, log_config=log_config(log_level))
+
+
+def log_config(log_level: str) -> dict[str, Any]:
+    """uvicorn's logging setup, with tunewise's own loggers on its handler: without it, what the
+    server says at INFO (the shadow's counts at shutdown, among others) is never shown."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["loggers"]["tunewise"] = {
+        "handlers": ["default"],
+        "level": log_level.upper(),
+        "propagate": False,
+    }
+    return config
