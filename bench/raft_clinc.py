@@ -58,28 +58,11 @@ def rows(split: str, per_intent: int, seed: int) -> list[dict[str, Any]]:
 
 
 def tiny_model(out: Path, tokenizer_from: Path) -> Path:
-    """A 2-layer random Llama with the real tokenizer (as tests/conftest.py builds): --smoke."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    """A 2-layer random Llama with the real tokenizer (tests/_tiny_model.py): --smoke."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from _tiny_model import build_tiny_llama
 
-    tok = AutoTokenizer.from_pretrained(tokenizer_from)
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-        tie_word_embeddings=True,
-    )
-    LlamaForCausalLM(config).save_pretrained(out, safe_serialization=True)
-    tok.save_pretrained(out)
-    return out
+    return build_tiny_llama(out, tokenizer_from, max_positions=2048)
 
 
 def project(work: Path, model: str, a: argparse.Namespace) -> Path:

@@ -68,29 +68,11 @@ def cpu_flags() -> str:
 
 def tiny_model(out: Path) -> Path:
     """A random 2-layer Llama with the embedded model's tokenizer (smoke tests only)."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
+    sys.path.insert(0, str(HERE.parent / "tests"))
+    from _tiny_model import build_tiny_llama
     from tunewise.runtime.models import resolve
 
-    tok = AutoTokenizer.from_pretrained(resolve(None).path)
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-        tie_word_embeddings=True,
-    )
-    LlamaForCausalLM(config).save_pretrained(out, safe_serialization=True)
-    tok.save_pretrained(out)
-    return out
+    return build_tiny_llama(out, resolve(None).path)
 
 
 def start(app):

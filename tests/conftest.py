@@ -76,29 +76,9 @@ def real_model(session_models_dir: Path):
 @pytest.fixture(scope="session")
 def tiny_model_dir(real_model, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random Llama (2 layers, hidden 64) with the real tokenizer, saved as safetensors."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from _tiny_model import build_tiny_llama
 
-    out = tmp_path_factory.mktemp("tiny-llama")
-    tok = AutoTokenizer.from_pretrained(real_model.path)
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-        tie_word_embeddings=True,
-    )
-    model = LlamaForCausalLM(config)
-    model.save_pretrained(out, safe_serialization=True)
-    tok.save_pretrained(out)
-    return out
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), real_model.path)
 
 
 @pytest.fixture
