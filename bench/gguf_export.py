@@ -79,15 +79,21 @@ def val_conversations(n: int) -> tuple[list[list[dict[str, str]]], list[str]]:
     return convs, [ex.target for ex in val]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def demo_arguments(doc: str, *, quants: str, work: Path) -> argparse.ArgumentParser:
+    """The options of the benches that export the demo fine-tune (this one, llamacpp_compare)."""
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
     ap.add_argument("--spec", help="registry version to export (default: train the demo LoRA)")
     ap.add_argument("--steps", type=int, default=30, help="LoRA steps when training (batch 8)")
     ap.add_argument("--items", type=int, default=70, help="validation prompts (the split has 70)")
-    ap.add_argument("--quants", default="f16,q8_0,q4_0")
+    ap.add_argument("--quants", default=quants)
     ap.add_argument("--max-new-tokens", type=int, default=24)
-    ap.add_argument("--work", type=Path, default=Path("/tmp/tw-gguf-bench"))
+    ap.add_argument("--work", type=Path, default=work)
     ap.add_argument("--json", type=Path, help="write the figures here")
+    return ap
+
+
+def main() -> None:
+    ap = demo_arguments(__doc__, quants="f16,q8_0,q4_0", work=Path("/tmp/tw-gguf-bench"))
     args = ap.parse_args()
 
     import torch
