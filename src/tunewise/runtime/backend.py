@@ -1,6 +1,7 @@
 """What every text generator offers the rest of tunewise: requests, results, one protocol.
 
-A :class:`Backend` answers a list of :class:`GenRequest` greedily, in request order. Two classes
+A :class:`Backend` answers a list of :class:`GenRequest` in request order, greedily unless a
+request asks for sampling (``temperature`` > 0, which only the local engine honours). Two classes
 implement it: :class:`tunewise.runtime.engine.Engine` (one local base model and its LoRA adapters)
 and
 :class:`tunewise.runtime.external.ExternalClient` (an OpenAI-compatible endpoint). The evaluation
@@ -57,6 +58,12 @@ class GenRequest:
     stop: list[str] = field(default_factory=list)
     # A decoding constraint (a local engine only): None generates freely.
     constraint: Constraint | None = None
+    # Sampling (a local engine only): 0 is greedy, the answer every evaluation scores; above 0
+    # tokens are drawn from softmax(logits / temperature) cut to the top_p nucleus. ``seed``
+    # makes a sample repeatable (and cacheable); None draws a fresh one each time.
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
 
 
 @dataclass
@@ -106,7 +113,7 @@ def check_context(
 
 
 class Backend(Protocol):
-    """Greedy generation (and, where the backend has token log-probabilities, label scores)."""
+    """Generation (and, where the backend has token log-probabilities, label scores)."""
 
     cache: GenCache | None
 
@@ -139,6 +146,31 @@ def generation_params(req: GenRequest) -> dict[str, Any]:
     return params
 
 
+def sampling_params(req: GenRequest) -> dict[str, Any] | None:
+    """:func:`generation_params` for a backend that samples: a greedy request keeps its key, a
+    seeded sample adds its settings, and an unseeded one has no key (None: never cached, since
+    the next call must draw again)."""
+    params = generation_params(req)
+    if req.temperature > 0:
+        if req.seed is None:
+            return None
+        params.update(
+            decoding="sample",
+            temperature=float(req.temperature),
+            top_p=float(req.top_p),
+            seed=int(req.seed),
+        )
+    return params
+
+
+def check_sampling(req: GenRequest, where: str = "") -> None:
+    """UserError unless ``req``'s temperature is >= 0 and its top_p within [0, 1]."""
+    if not 0 <= req.temperature < float("inf"):
+        raise UserError(f"{where}temperature must be a number >= 0, not {req.temperature}")
+    if not 0 <= req.top_p <= 1:
+        raise UserError(f"{where}top_p must be within [0, 1], not {req.top_p}")
+
+
 def _no_adapter(_: str | None) -> str:
     return ""
 
@@ -156,23 +188,26 @@ def cached_generate(
     adapter_hash: Callable[[str | None], str] = _no_adapter,
     progress: bool = False,
     label: str = "generating",
+    params: Callable[[GenRequest], dict[str, Any] | None] = generation_params,
 ) -> list[GenResult]:
     """``requests`` answered from ``cache`` where it can, by ``run`` where it cannot.
 
     ``prompts[i]`` is the text that identifies request i's prompt in the cache key (a local
     engine's rendered chat template, an endpoint's JSON messages). ``run(misses)`` gets the
     positions of the misses and yields ``{position: result}`` chunks as they finish; each chunk
-    is stored before the next is asked for.
+    is stored before the next is asked for. ``params(request)`` gives the decoding parameters of
+    the key, None for a request that must never be cached.
     """
     results: list[GenResult | None] = [None] * len(requests)
-    keys: list[str] = []
+    keys: dict[int, str] = {}  # position -> key, for the cacheable requests
     if cache is not None:
-        keys = [
-            GenCache.key(model_key, adapter_hash(r.adapter), p, generation_params(r))
-            for r, p in zip(requests, prompts, strict=True)
-        ]
-        for i, hit in cache.get_many(keys).items():
-            results[i] = GenResult.from_cache(hit)
+        for i, (r, p) in enumerate(zip(requests, prompts, strict=True)):
+            decoding = params(r)
+            if decoding is not None:
+                keys[i] = GenCache.key(model_key, adapter_hash(r.adapter), p, decoding)
+        positions = list(keys)
+        for j, hit in cache.get_many(list(keys.values())).items():
+            results[positions[j]] = GenResult.from_cache(hit)
     misses = [i for i, r in enumerate(results) if r is None]
     if progress and len(misses) < len(requests):
         # Said, because a rerun's "generating 150 answers" that returns at once looks like a bug.
@@ -189,7 +224,8 @@ def cached_generate(
             for chunk in it:
                 for i, result in chunk.items():
                     results[i] = result
-                if cache is not None:
-                    cache.put_many({keys[i]: r.to_cache() for i, r in chunk.items()})
+                stored = {keys[i]: r.to_cache() for i, r in chunk.items() if i in keys}
+                if cache is not None and stored:
+                    cache.put_many(stored)
                 bar.advance(len(chunk))
     return [r for r in results if r is not None]

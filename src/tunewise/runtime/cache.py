@@ -8,6 +8,11 @@ instead of failing. An entry is keyed by everything that determines a greedy out
 * the adapter hash (sha256 of ``adapter_model.safetensors``; empty for the base model);
 * the prompt hash (sha256 of the rendered prompt text, so a template change is a miss);
 * the decoding parameters (greedy, ``max_new_tokens``, stop strings; the label list for scores).
+
+A local engine's sampled answer (``temperature`` > 0) is stored only with a seed, its key adding
+the temperature, ``top_p`` and seed; an unseeded one is neither stored nor read, since asking
+again must draw again (:func:`tunewise.runtime.backend.sampling_params`). A greedy key is what it
+always was.
 """
 
 from __future__ import annotations

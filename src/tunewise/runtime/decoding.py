@@ -1,4 +1,5 @@
-"""The batched greedy decode loop and continuation scoring, over any causal LM forward.
+"""The batched decode loop (greedy, or sampled per row) and continuation scoring, over any
+causal LM forward.
 
 Kept apart from :mod:`tunewise.runtime.engine` (which owns models, adapters, caching and threads)
 so the
@@ -26,10 +27,16 @@ Batch layout, per row: ``[shared prefix P][left padding][own suffix][generated .
   before each token is chosen, the logits of the tokens it forbids become ``-inf`` in that row
   only. A batch without constrained rows runs exactly the unconstrained loop; in a mixed batch the
   other rows' logits pass through unchanged, so their answers stay what they are alone.
+* A row may carry a :class:`Sampler` (temperature > 0): its token is drawn from
+  softmax(logits / T) cut to the ``top_p`` nucleus, after its constraint masked the logits, with
+  one uniform draw per step from the row's own generator. The draw depends on nothing but the
+  row's logits and seed, so a seeded row answers the same alone or in any batch; rows without a
+  sampler take the argmax as before (a batch without samplers runs exactly the greedy loop).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -55,6 +62,27 @@ class RowConstraint(Protocol):
 MIN_SHARED_PREFIX = 8  # below this, a separate prefix pass costs more than it saves
 
 
+class Sampler:
+    """How one row draws its tokens: temperature (> 0), nucleus mass ``top_p``, and a generator
+    of its own, seeded by ``seed`` (reproducible) or by ``os.urandom`` (None)."""
+
+    def __init__(self, temperature: float, top_p: float = 1.0, seed: int | None = None) -> None:
+        import torch  # lazy: torch, ~1 s; imported where tensors are made
+
+        self.temperature, self.top_p = float(temperature), float(top_p)
+        if seed is None:
+            seed = int.from_bytes(os.urandom(8), "little")
+        # A CPU generator: the same seed draws the same numbers on any device. manual_seed
+        # takes 64 bits; a negative seed (OpenAI's is any integer) wraps.
+        self.generator = torch.Generator().manual_seed(seed % 2**64)
+
+    def uniform(self) -> float:
+        """The next draw in [0, 1), one per generated token."""
+        import torch  # lazy: torch, ~1 s; imported where tensors are made
+
+        return float(torch.rand((), generator=self.generator, dtype=torch.float64))
+
+
 @dataclass
 class Row:
     """One sequence being generated; :func:`greedy_decode` mutates it in place."""
@@ -67,6 +95,7 @@ class Row:
     finish: str | None = None  # "stop" | "length" once done
     constraint: RowConstraint | None = None  # None: free generation
     group: Hashable = None  # whose weights run this row (the engine's adapter; None: the base)
+    sampler: Sampler | None = None  # None: greedy
 
 
 def first_stop(text: str, stops: list[str]) -> int | None:
@@ -199,10 +228,12 @@ def greedy_decode(
     track_text: bool = False,
     pick: Pick | None = None,
 ) -> Iterator[None]:
-    """Greedy-decode ``rows`` together, yielding after every step (a stream reads ``row.text``).
+    """Decode ``rows`` together, yielding after every step (a stream reads ``row.text``): the
+    argmax, or a draw for a row with a :class:`Sampler`.
 
-    ``pick`` chooses each step's tokens from the logits instead of argmax (a sampler); rows'
-    constraints have masked those logits already, so a sampler respects them as greedy does.
+    ``pick`` chooses each step's tokens from the logits instead (every row's, overriding the
+    rows' samplers); rows' constraints have masked those logits already, so a sampler respects
+    them as greedy does.
     """
     import torch  # lazy: torch, ~1 s; imported where tensors are made
 
@@ -216,10 +247,14 @@ def greedy_decode(
     )
     active = list(range(len(rows)))  # rows still in the batch, in batch order
     constrained = any(r.constraint is not None for r in rows)
+    sampled = pick is None and any(r.sampler is not None for r in rows)
     while True:
         if constrained:
             logits = apply_constraints(logits, [rows[i] for i in active])
-        next_tok = (logits.argmax(-1) if pick is None else pick(logits)).cpu()  # (b,)
+        if sampled:
+            next_tok = sample(logits, [rows[i].sampler for i in active]).cpu()  # (b,)
+        else:
+            next_tok = (logits.argmax(-1) if pick is None else pick(logits)).cpu()  # (b,)
         keep: list[int] = []
         for j, r_idx in enumerate(active):
             row = rows[r_idx]
@@ -247,6 +282,43 @@ def greedy_decode(
         last_pos = last_pos + 1
         groups = [rows[i].group for i in active] if grouped else None
         logits = forward(next_tok[:, None], mask, last_pos[:, None], kv, **_groups_kw(groups))
+
+
+def sample(logits: torch.Tensor, samplers: list[Sampler | None]) -> torch.Tensor:
+    """(b,) token ids: the argmax for a row without a sampler, else a draw from its nucleus.
+
+    Sampled rows go together: scale by 1/T, sort (stable: ties in the order argmax sees them),
+    keep the most likely tokens until ``top_p`` of the mass is covered (the first always, so a
+    tiny ``top_p`` is greedy), then invert the kept mass's running sum at the row's uniform.
+    Tokens a constraint forbids (-inf) have no mass and are never drawn.
+    """
+    import torch  # lazy: torch, ~1 s; imported where tensors are made
+
+    out = logits.argmax(-1)  # (b,)
+    drawn = [j for j, s in enumerate(samplers) if s is not None]
+    if not drawn:
+        return out
+    live = [s for s in samplers if s is not None]
+    dev = logits.device
+    sel = torch.tensor(drawn, device=dev)
+    temp = torch.tensor([s.temperature for s in live], device=dev)[:, None]  # (k, 1)
+    top_p = torch.tensor([s.top_p for s in live], device=dev)[:, None]
+    scores, order = (logits.index_select(0, sel).float() / temp).sort(
+        dim=-1, descending=True, stable=True
+    )
+    probs = scores.softmax(-1)  # (k, vocab), most likely first
+    before = probs.cumsum(-1) - probs  # the mass ranked above each token
+    keep = ((before < top_p) | (top_p >= 1.0)) & (probs > 0)  # a prefix of each sorted row
+    keep[:, 0] = True
+    mass = probs.masked_fill(~keep, 0.0).cumsum(-1)  # (k, vocab)
+    u = torch.tensor([s.uniform() for s in live], device=dev)[:, None] * mass[:, -1:]
+    at = torch.searchsorted(mass, u, right=True)  # the first token whose running mass passes u
+    # u rounded up to the whole mass would land past the kept tokens: the last kept one instead
+    at = torch.minimum(at, keep.sum(-1, keepdim=True) - 1)
+    tok = order.gather(-1, at)[:, 0]
+    # A row with every token forbidden has no mass to draw from: keep its argmax.
+    tok = torch.where(torch.isfinite(scores[:, 0]), tok, out.index_select(0, sel))
+    return out.index_copy(0, sel, tok)
 
 
 def apply_constraints(logits: torch.Tensor, rows: list[Row]) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Batched greedy generation with one base model and many LoRA adapters.
+"""Batched generation (greedy, or sampled on request) with one base model and many LoRA adapters.
 
 One :class:`Engine` holds one base model in memory and answers :class:`GenRequest` lists (it is a
 :class:`tunewise.runtime.backend.Backend`). LoRA adapters are loaded onto it by name; their
@@ -21,6 +21,11 @@ fixed few-shot block) prefill that prefix once per batch and adapter and share i
 values. A row that reaches EOS, a stop string or its ``max_new_tokens`` leaves the batch, so
 finished rows stop costing compute. The output of a batch equals what one-at-a-time
 ``model.generate`` gives on the same prompt (``bench/eval_throughput.py`` checks it).
+
+A request with ``temperature`` > 0 is sampled instead (``top_p``, ``seed``: see
+:mod:`tunewise.runtime.decoding`); its row draws from a generator of its own, so it may share a
+batch with greedy rows and a seeded one answers the same in any batch. An unseeded sample is
+never cached; a seeded one is, under a key that holds its settings.
 
 Every model call holds the adapter pool for one forward step, so a server may call the engine from
 several threads: their steps interleave, which also keeps a long stream from blocking short calls.
@@ -47,9 +52,11 @@ from tunewise.runtime.backend import (
     PromptTooLongError,
     cached_generate,
     check_context,
+    check_sampling,
+    sampling_params,
 )
 from tunewise.runtime.cache import GenCache
-from tunewise.runtime.decoding import Row, first_stop, stop_overlap
+from tunewise.runtime.decoding import Row, Sampler, first_stop, stop_overlap
 from tunewise.runtime.models import ModelRef, load_model, load_tokenizer, resolve
 
 if TYPE_CHECKING:
@@ -87,7 +94,7 @@ def max_new_tokens_for(
 
 
 class Engine:
-    """One base model, many LoRA adapters, batched greedy generation (see the module docstring)."""
+    """One base model, many LoRA adapters, batched generation (see the module docstring)."""
 
     def __init__(
         self,
@@ -240,12 +247,13 @@ class Engine:
 
     # ------------------------------------------------------------------ generation
     def generate(self, requests: list[GenRequest], *, progress: bool = False) -> list[GenResult]:
-        """Greedy completions for ``requests``, in request order (see the module docstring)."""
+        """Completions for ``requests``, in request order (see the module docstring)."""
         if not requests:
             return []
         for i, r in enumerate(requests):
             if r.max_new_tokens < 1:
                 raise UserError(f"request {i}: max_new_tokens must be at least 1")
+            check_sampling(r, where=f"request {i}: ")
             if r.adapter is not None:
                 self.pool.get(r.adapter)
         prompts = [self.render(r.messages) for r in requests]
@@ -257,6 +265,7 @@ class Engine:
             cache=self.cache,
             adapter_hash=self.adapter_hash,
             progress=progress,
+            params=sampling_params,
         )
 
     def _generate_misses(
@@ -296,13 +305,14 @@ class Engine:
         ]
 
     def stream(self, request: GenRequest) -> Generator[str, None, GenResult]:
-        """Text deltas of one greedy completion, for SSE. Stop strings are never emitted.
+        """Text deltas of one completion, for SSE. Stop strings are never emitted.
 
         The generator's return value (``StopIteration.value``) is the whole :class:`GenResult`,
         so a caller knows the ``finish_reason`` and token counts without recounting the text.
         """
         if request.max_new_tokens < 1:
             raise UserError("max_new_tokens must be at least 1")
+        check_sampling(request)
         ids = self.encode([self.render(request.messages)])[0]
         check_context(len(ids), request.max_new_tokens, self.context_length)
         row = self._row(request, ids)
@@ -326,13 +336,16 @@ class Engine:
         return result
 
     def _row(self, request: GenRequest, prompt: list[int]) -> Row:
-        """A decode row for ``request``, its constraint (if any) started on this tokenizer."""
+        """A decode row for ``request``, its constraint (if any) started on this tokenizer, its
+        sampler (if any) seeded."""
         row = Row(
             prompt=prompt,
             max_new=request.max_new_tokens,
             stops=list(request.stop),
             group=request.adapter,
         )
+        if request.temperature > 0:
+            row.sampler = Sampler(request.temperature, request.top_p, request.seed)
         if request.constraint is not None:
             with self._tok_lock:  # the first start reads the whole vocabulary
                 row.constraint = request.constraint.start(self.tokenizer, self.eos_ids, self._raw)

@@ -4,7 +4,7 @@ As in vLLM's ``entrypoints/openai/protocol.py``, every body that crosses the HTT
 pydantic model in this one module, so the routes in :mod:`tunewise.serve.app` stay thin and the
 shape
 of each answer is written once. Requests ignore unknown fields (OpenAI clients send ``user``,
-``seed``, ...), except those that ask for something this server does not do (``logprobs``,
+``metadata``, ...), except those that ask for something this server does not do (``logprobs``,
 ``response_format`` other than text, the legacy ``functions``): a client relying on one is told,
 not answered as if it had been honoured. ``tools`` and ``tool_choice`` are taken as sent and
 checked by :mod:`tunewise.serve.tools` (a 400 naming the field). Admin bodies forbid unknown
@@ -114,8 +114,11 @@ class ChatRequest(BaseModel):
     messages: list[ChatMessage] = Field(min_length=1, max_length=256)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0, le=2)  # decoding is greedy; accepted, ignored
+    # Omitted means greedy (temperature 0), not OpenAI's 1.0: a served answer then equals the
+    # evaluated one. Above 0 the engine samples, within the top_p nucleus, repeatably with seed.
+    temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, ge=0, le=1)
+    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)  # vLLM's bounds: a 64-bit integer
     n: int = Field(1, ge=1, le=1)
     stream: bool = False
     stop: str | list[str] | None = None
@@ -155,6 +158,15 @@ class ChatRequest(BaseModel):
                     code="unsupported_parameter",
                     param=param,
                 )
+
+    def sampling(self) -> dict[str, Any]:
+        """The request's ``temperature``, ``top_p`` and ``seed`` as GenRequest fields, the
+        omitted ones at tunewise's defaults (greedy, the whole nucleus, unseeded)."""
+        return {
+            "temperature": self.temperature or 0.0,
+            "top_p": 1.0 if self.top_p is None else self.top_p,
+            "seed": self.seed,
+        }
 
     def stops(self) -> list[str]:
         if self.stop is None:

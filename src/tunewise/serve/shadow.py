@@ -152,7 +152,9 @@ def build_gen_request(
             422, f"messages: cannot render with the chat template: {exc}", param="messages"
         ) from None
     check_context(n_prompt, max_new, engine.context_length, new_label="max_tokens")
-    gen = GenRequest(messages=prompt, adapter=adapter, max_new_tokens=max_new, stop=stops)
+    gen = GenRequest(
+        messages=prompt, adapter=adapter, max_new_tokens=max_new, stop=stops, **req.sampling()
+    )
     return with_tool_constraint(gen, plan)
 
 
