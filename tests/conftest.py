@@ -81,6 +81,23 @@ def tiny_model_dir(real_model, tmp_path_factory: pytest.TempPathFactory) -> Path
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), real_model.path)
 
 
+@pytest.fixture(scope="session")
+def lively_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Llama re-initialised with larger weights (std 0.2). At the default 0.02 a random
+    model repeats one token forever, so an equality between two ways of generating would hold
+    trivially; at 0.2 each prompt gets its own varied continuation."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path_factory.mktemp("lively-llama")
+    config = AutoConfig.from_pretrained(tiny_model_dir)
+    config.initializer_range = 0.2
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(out)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(out)
+    return out
+
+
 @pytest.fixture
 def fake_conversion(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_model_dir: Path) -> Path:
     """An empty models folder in which the embedded model "converts" from the tiny checkpoint

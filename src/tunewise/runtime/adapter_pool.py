@@ -14,7 +14,9 @@ Methods named ``*_locked`` run with the lock already held and are only called fr
 
 Mixed batches: :meth:`AdapterPool.activated_rows` runs rows of several adapters (and the base) in
 one forward through PEFT's ``adapter_names=`` (one name per row, ``"__base__"`` for the base).
-PEFT computes each adapter's LoRA term on its own rows, so a row gets what it would get alone.
+Each adapter's LoRA term goes to its own rows only, so a row gets what it would get alone. In
+plain LoRA layers, :mod:`tunewise.runtime.lora_gather` computes every row's term at once from the
+adapters' stacked weights, instead of PEFT's loop over the adapters (installed at each load).
 Not every adapter can take part (:meth:`AdapterPool.mixable`, decided when it is loaded); the
 engine runs the others in batches of their own, as before.
 """
@@ -261,6 +263,9 @@ class AdapterPool:
         if self._active == entry.slot:
             self._active = None
         self._peft.delete_adapter(entry.slot)
+        from tunewise.runtime import lora_gather  # lazy: pulls torch and peft
+
+        lora_gather.drop(self._peft, entry.slot)  # its stacked copy goes now, not at next use
 
     def _ensure_loaded_locked(self, entry: Adapter) -> None:
         if entry.name in self._loaded:
@@ -288,6 +293,9 @@ class AdapterPool:
         self._layers = None  # and the layers it just made are on, whatever the others are
         self._loaded[entry.name] = entry
         self._mixable[entry.name] = _can_mix(self._peft, entry.slot)
+        from tunewise.runtime import lora_gather  # lazy: pulls torch and peft
+
+        lora_gather.install(self._peft)  # the load may have wrapped new layers
 
     def _switch_locked(self, name: str | None) -> Any:
         """Switch ``name`` on (None: adapters off) and return the module to run."""
