@@ -251,25 +251,25 @@ def test_the_challenger_steps_only_while_production_is_idle(
     app = make_app(engine, registry, folder, ShadowSettings("bot@staging"))
     shadow = shadow_of(app)
     waiting, steps = threading.Event(), []
-    real_wait, real_stream = shadow.load.wait_idle, shadow.engine.stream
+    real_wait, real_steps = shadow.load.wait_idle, shadow.engine.steps
 
     def wait_idle(stop):
         if shadow.load.busy:
             waiting.set()
         real_wait(stop)
 
-    def counted_stream(gen):
-        inner = real_stream(gen)
+    def counted_steps(gen, **kw):
+        inner = real_steps(gen, **kw)
         while True:
             try:
-                delta = next(inner)
+                next(inner)
             except StopIteration as stop:
                 return stop.value
-            steps.append(delta)
-            yield delta
+            steps.append(None)
+            yield
 
     monkeypatch.setattr(shadow.load, "wait_idle", wait_idle)
-    monkeypatch.setattr(shadow, "engine", types.SimpleNamespace(stream=counted_stream))
+    monkeypatch.setattr(shadow, "engine", types.SimpleNamespace(steps=counted_steps))
     monkeypatch.setattr(shadow_mod, "build_gen_request", _plain_request)
     with running(app) as url:
         shadow.load.enter()  # as if a production generation were running

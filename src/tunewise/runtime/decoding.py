@@ -32,12 +32,17 @@ Batch layout, per row: ``[shared prefix P][left padding][own suffix][generated .
   one uniform draw per step from the row's own generator. The draw depends on nothing but the
   row's logits and seed, so a seeded row answers the same alone or in any batch; rows without a
   sampler take the argmax as before (a batch without samplers runs exactly the greedy loop).
+* One row may prefill its prompt in chunks (``prefill_chunk``, :func:`prefill_chunks`), one
+  forward and one yield per chunk, so a caller can pause between any two forwards (the shadow
+  challenger gives way to production). Same math, other matmul shapes: its logits may differ
+  from a one-shot prefill's in the last bits; a prompt no longer than the chunk runs the
+  one-shot path exactly.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Generator, Hashable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -217,6 +222,59 @@ def prefill(
     return logits, kv, full_mask, positions[:, -1]
 
 
+Prefilled = tuple["torch.Tensor", Any, "torch.Tensor", "torch.Tensor"]  # what prefill returns
+
+
+def prefill_chunks(
+    forward: Forward,
+    config: Any,
+    prompt: list[int],
+    chunk: int,
+    *,
+    groups: list[Hashable] | None = None,
+) -> Generator[None, None, Prefilled]:
+    """One row's prompt run ``chunk`` tokens per forward, yielding after every forward but the
+    last (whose logits choose the first token); returns what :func:`prefill` returns.
+
+    Each chunk extends the cache: its positions continue the previous chunk's and its attention
+    mask covers every token so far (one row: nothing to pad). The same math as one forward over
+    the whole prompt, in other matmul shapes, so logits may differ in their last bits.
+    """
+    import torch  # lazy: torch, ~1 s; imported where tensors are made
+
+    if chunk < 1:
+        raise ValueError(f"prefill_chunk must be at least 1, not {chunk}")
+    n = len(prompt)
+    kv = new_cache(config)
+    for start in range(0, n, chunk):
+        end = min(start + chunk, n)
+        ids = torch.tensor([prompt[start:end]])  # (1, c)
+        mask = torch.ones((1, end), dtype=torch.long)  # (1, tokens so far)
+        positions = torch.arange(start, end)[None, :]
+        logits = forward(ids, mask, positions, kv, **_groups_kw(groups))
+        if end < n:
+            yield
+    return logits, kv, mask, positions[:, -1]
+
+
+def _prefill_rows(
+    forward: Forward,
+    config: Any,
+    rows: list[Row],
+    pad_id: int,
+    groups: list[Hashable] | None,
+    chunk: int | None,
+) -> Generator[None, None, Prefilled]:
+    """:func:`prefill` in one forward (``chunk`` None, or no prompt longer than it: exactly the
+    batched path), else one row's :func:`prefill_chunks`."""
+    prompts = [r.prompt for r in rows]
+    if chunk is None or max(len(p) for p in prompts) <= chunk:
+        return prefill(forward, config, prompts, pad_id, groups=groups)
+    if len(rows) != 1:
+        raise ValueError("a chunked prefill runs one row")
+    return (yield from prefill_chunks(forward, config, prompts[0], chunk, groups=groups))
+
+
 def greedy_decode(
     forward: Forward,
     config: Any,
@@ -227,6 +285,7 @@ def greedy_decode(
     decode: Callable[[list[int]], str],
     track_text: bool = False,
     pick: Pick | None = None,
+    prefill_chunk: int | None = None,
 ) -> Iterator[None]:
     """Decode ``rows`` together, yielding after every step (a stream reads ``row.text``): the
     argmax, or a draw for a row with a :class:`Sampler`.
@@ -234,16 +293,17 @@ def greedy_decode(
     ``pick`` chooses each step's tokens from the logits instead (every row's, overriding the
     rows' samplers); rows' constraints have masked those logits already, so a sampler respects
     them as greedy does.
+
+    ``prefill_chunk`` (one row only) prefills a longer prompt that many tokens per forward
+    (:func:`prefill_chunks`), yielding after each chunk too: then every yield follows exactly
+    one forward, and the one after the last chunk carries the first token.
     """
     import torch  # lazy: torch, ~1 s; imported where tensors are made
 
     grouped = any(r.group is not None for r in rows)
-    logits, kv, mask, last_pos = prefill(
-        forward,
-        config,
-        [r.prompt for r in rows],
-        pad_id,
-        groups=[r.group for r in rows] if grouped else None,
+    groups = [r.group for r in rows] if grouped else None
+    logits, kv, mask, last_pos = yield from _prefill_rows(
+        forward, config, rows, pad_id, groups, prefill_chunk
     )
     active = list(range(len(rows)))  # rows still in the batch, in batch order
     constrained = any(r.constraint is not None for r in rows)

@@ -7,14 +7,17 @@ thread, and its answer goes to the traffic log beside production's. Why it is bu
   answer is complete (a stream's last chunk sent or a body built), puts a job on a bounded queue
   (``put`` never blocks: a full queue drops the job and counts it). The worker builds the
   challenger's prompt and generates there, never in the route.
-* **Production first, token by token.** The challenger shares the base model, so while it
-  generated, production's forward steps would alternate with its steps. It therefore generates
-  through ``Engine.stream`` and, before each step, waits until no production request is in
-  flight (:class:`ProductionLoad`, counted by :class:`CountRequests` from a chat request's
-  arrival to its response's last byte, so the batch window and the prompt building count too).
-  A production request that arrives mid-shadow waits for at most the one step already running.
-  Under sustained load the challenger does not run at all and its queue fills: jobs are dropped
-  and counted, production is untouched.
+* **Production first, forward by forward.** The challenger shares the base model (and the
+  GIL), so while it generated, production's forward steps would alternate with its steps. It
+  therefore waits until no production request is in flight (:class:`ProductionLoad`, counted by
+  :class:`CountRequests` from a chat request's arrival to its response's last byte, so the batch
+  window and the prompt building count too) before each piece of its work: building and
+  counting its prompt, rendering and encoding it (``Engine.steps``), then every single forward
+  pass, its prompt prefilled ``PREFILL_CHUNK`` tokens per forward (issue #27: one prefill of the
+  whole prompt, hundreds of ms on 2 cores, was the longest wait production met). A production
+  request that arrives mid-shadow waits for at most the one piece already running: a chunk of
+  the prompt or one token's step. Under sustained load the challenger does not run at all and
+  its queue fills: jobs are dropped and counted, production is untouched.
 * **The request its release would get.** The challenger's prompt is built by the same function
   as production's (:func:`build_gen_request`): the same messages, the system prompt, tools and
   retrieved context *its* registry version was trained or evaluated with (through
@@ -73,6 +76,17 @@ __all__ = [
 log = logging.getLogger("tunewise.serve.shadow")
 
 Logged = Callable[..., None]  # the traffic log's hook: (GenResult, tool_calls=None)
+
+# The challenger prefills its prompt this many tokens per forward, so a production request that
+# arrives mid-prefill waits for one chunk, not the whole prompt. SmolLM2-135M, one CPU thread
+# (niced beside another job, medians of 15): one decode step 65-75 ms; a forward of 16 tokens
+# over the cache 115-125 ms, 32 tokens 160-185, 64 tokens 245-270; the whole 45-token prompt of
+# bench/shadow_latency.py at once 200-235 ms. Up to about 16 tokens a forward costs little more
+# than a step (reading the weights dominates), past it the cost grows with the tokens. At 32 that
+# prompt's first chunk would still cost 80% of the one-shot prefill; at 16 the longest wait
+# production can meet is under 2 decode steps, for about 1.6x the challenger's prefill time
+# (three forwards instead of one), which only runs while production is idle.
+PREFILL_CHUNK = 16
 
 
 @dataclass
@@ -465,6 +479,7 @@ class Shadow:
             result = GenResult(text, prompt_tokens=0, completion_tokens=0, finish_reason="stop")
         else:
             default, limit = self.tokens
+            self._wait_turn()  # rendering and counting the prompt is Python work: the GIL
             gen = build_gen_request(
                 self.table,
                 self.engine,
@@ -481,17 +496,19 @@ class Shadow:
         return result, (answer.tool_calls or None) if answer is not None else None
 
     def generate(self, gen: GenRequest) -> GenResult:
-        """One greedy answer, a step at a time, each step only while production is idle."""
-        stream = self.engine.stream(gen)
+        """One answer, a forward pass at a time (the prompt ``PREFILL_CHUNK`` tokens at a time),
+        each only while production is idle; the prompt's rendering and encoding too."""
+        self._wait_turn()
+        steps = self.engine.steps(gen, prefill_chunk=PREFILL_CHUNK)  # renders and encodes
         try:
             while True:
                 self._wait_turn()
                 try:
-                    next(stream)
+                    next(steps)
                 except StopIteration as stop:
                     return stop.value
         finally:
-            stream.close()
+            steps.close()  # unpins the adapter of a generation stopped at shutdown
 
     # -- shutdown --------------------------------------------------------------------------
 
