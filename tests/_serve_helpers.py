@@ -34,6 +34,23 @@ def running(app) -> Iterator[str]:
         assert not thread.is_alive(), "server did not shut down"
 
 
+@contextlib.contextmanager
+def http_stub(handler) -> Iterator[str]:
+    """A stdlib ``handler`` class (an OpenAI-compatible stub) on a free loopback port; yields its
+    ``/v1`` base URL and always shuts it down."""
+    from http.server import ThreadingHTTPServer
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
 class SpyEngine:
     """The real Engine, keeping every prompt it is asked to answer."""
 

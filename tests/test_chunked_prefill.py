@@ -20,6 +20,7 @@ import torch
 
 from _serve_helpers import running
 from _ship_helpers import make_run
+from test_mixed_adapters import LONG_SYSTEM, _msgs
 from tunewise.runtime import grammar, models
 from tunewise.runtime.engine import Engine, GenRequest, GenResult
 from tunewise.serve import shadow as shadow_mod
@@ -28,11 +29,6 @@ from tunewise.serve.shadow import ShadowSettings
 from tunewise.serve.traffic import read_traffic
 
 WAIT = 30  # seconds an Event may take before the test fails instead of hanging
-LONG_SYSTEM = (
-    "You are the support triage assistant of a large online shop. Read the customer's ticket, "
-    "then reply with one category (billing, delivery, account, technical, other) and one "
-    "priority (low, normal, high). Never add anything else to the reply."
-)
 QUESTIONS = [
     "My invoice is wrong",
     "The app crashes every time I open the settings page on my phone, please help me now",
@@ -40,11 +36,6 @@ QUESTIONS = [
     "Where is my parcel?",
 ]
 TOOLS = [{"type": "function", "function": {"name": "ping", "description": "ping the server"}}]
-
-
-def _msgs(q: str, system: str | None = LONG_SYSTEM) -> list[dict[str, str]]:
-    head = [{"role": "system", "content": system}] if system else []
-    return [*head, {"role": "user", "content": q}]
 
 
 @pytest.fixture(scope="module")

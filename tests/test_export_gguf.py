@@ -270,27 +270,10 @@ def test_export_gguf_cli(registered, tmp_path):
 
 def _tiny_dir(tiny_model_dir: Path, tmp_path: Path, config_cls, **extra) -> Path:
     """A tiny model of another architecture with the SmolLM2 tokenizer, saved like a checkpoint."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from _tiny_model import build_tiny
 
-    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    torch.manual_seed(1)
-    config = config_cls(
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        **extra,
-    )
     out = tmp_path / f"tiny-{config_cls.model_type}"
-    AutoModelForCausalLM.from_config(config).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
+    return build_tiny(out, tiny_model_dir, config_cls, seed=1, **extra)
 
 
 @pytest.mark.parametrize("family", ["mistral", "qwen2"])

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import ClassVar
 
 import pytest
 
+from _serve_helpers import http_stub
 from tunewise.config import ExternalConfig
 from tunewise.errors import UserError
 from tunewise.runtime.cache import GenCache
@@ -107,15 +107,8 @@ class _Stub(BaseHTTPRequestHandler):
 def stub() -> Iterator[str]:
     _Stub.calls.clear()
     _Stub.bodies.clear()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Stub)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with http_stub(_Stub) as url:
+        yield url
 
 
 @pytest.fixture

@@ -5,9 +5,8 @@ fine-tuning training file loads with `tunewise data check` unchanged."""
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import ClassVar
 
@@ -15,6 +14,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from _serve_helpers import http_stub
 from _traffic_helpers import WEATHER, labels_project, record, rows, write_log
 from tunewise.cli import app
 from tunewise.data.schema import load_examples
@@ -70,15 +70,8 @@ class _Teacher(BaseHTTPRequestHandler):
 @pytest.fixture
 def teacher() -> Iterator[str]:
     _Teacher.bodies.clear()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Teacher)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with http_stub(_Teacher) as url:
+        yield url
 
 
 REQUESTS = {
