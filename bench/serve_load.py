@@ -11,9 +11,11 @@ Everything runs on 127.0.0.1 with a bounded number of requests and a bounded tim
    K merged copies (K standalone models), as ratios against one base model.
 4. Mixed-adapter batches, in this process on one Engine behind the server's own MicroBatcher
    (no HTTP): 8 closed-loop clients spread over 8 adapters (one each) vs 8 clients on one
-   adapter, with mixed batches on and off (``Engine.mixed_adapters``; off is the old grouping
-   per adapter); requests/s, tokens/s, p50/p95 latency, and the ratios spread/one (goal with
-   mixing on: >= 0.8) and on/off; the CPU's SIMD flags and the load average before and after.
+   adapter, in three variants: mixed batches with the prefix cache (the server today), mixed
+   batches without it, and the old grouping per adapter without it (``Engine.mixed_adapters``
+   off); requests/s, tokens/s, p50/p95 latency, the ratios spread/one (goal with mixing on:
+   >= 0.8) and between variants, whether the three give the same answers; the CPU's SIMD flags
+   and the load average before and after.
 
     .venv/bin/python bench/serve_load.py                # defaults: 160 requests, 8 clients, K=8
     .venv/bin/python bench/serve_load.py --requests 40 --clients 4 --max-seconds 60
@@ -440,11 +442,18 @@ def mixed_batches(args, ref, runs: list[Path]) -> dict:
     # as `tunewise serve` builds it: --batch-window-ms 10 (the load test's), max_batch 2 x batch
     batcher = MicroBatcher(eng, 0.010, 2 * args.batch_size)
     runs_ = {}
+    cache = eng.prefix_cache
+    # (name, mixed batches, prefix cache): today's server, the same without the prefix cache
+    # (the previous state), and the old grouping per adapter without it (the first reference)
+    variants = (("mixed", True, cache), ("mixed_nocache", True, None), ("grouped", False, None))
     try:
-        for mixed in (True, False):
+        for variant, mixed, prefix_cache in variants:
             for layout, ads in (("one", names[:1]), ("spread", names)):
-                key = f"{layout}_{'mixed' if mixed else 'grouped'}"
+                key = f"{layout}_{variant}"
                 print(f"mixed batches: {key} ({args.clients} clients) ...", flush=True)
+                eng.prefix_cache = prefix_cache
+                if prefix_cache is not None:
+                    prefix_cache.clear()  # each scenario warms its own
                 r = runs_[key] = _mixed_scenario(eng, batcher, args, ads, mixed)
                 print(
                     f"  {r['requests_per_s']} req/s, {r['tokens_per_s']} tok/s, "
@@ -458,12 +467,8 @@ def mixed_batches(args, ref, runs: list[Path]) -> dict:
 
 def _mixed_summary(runs_: dict, n: int, load_before: list[float]) -> dict:
     """The scenarios' figures and the ratios the issue asks for."""
-    same = sum(
-        a == b
-        for a, b in zip(
-            runs_["spread_mixed"]["texts"], runs_["spread_grouped"]["texts"], strict=True
-        )
-    )
+    texts = [runs_[f"spread_{v}"]["texts"] for v in ("mixed", "mixed_nocache", "grouped")]
+    same = sum(len(set(answers)) == 1 for answers in zip(*texts, strict=True))
     for r in runs_.values():
         r.pop("texts")
 
@@ -477,12 +482,16 @@ def _mixed_summary(runs_: dict, n: int, load_before: list[float]) -> dict:
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
         "scenarios": runs_,
         "spread_vs_one_mixed": ratio("spread_mixed", "one_mixed"),
+        "spread_vs_one_mixed_nocache": ratio("spread_mixed_nocache", "one_mixed_nocache"),
         "spread_vs_one_grouped": ratio("spread_grouped", "one_grouped"),
+        "spread_mixed_vs_nocache": ratio("spread_mixed", "spread_mixed_nocache"),
+        "one_mixed_vs_nocache": ratio("one_mixed", "one_mixed_nocache"),
         "spread_mixed_vs_grouped": ratio("spread_mixed", "spread_grouped"),
         "spread_mixed_vs_grouped_tokens": ratio("spread_mixed", "spread_grouped", "tokens_per_s"),
         "spread_p50_grouped_over_mixed": ratio("spread_grouped", "spread_mixed", "p50_s"),
         "one_mixed_vs_grouped": ratio("one_mixed", "one_grouped"),
-        "spread_answers_equal_mixed_vs_grouped": f"{same}/{runs_['spread_mixed']['requests']}",
+        # the spread answers of the three variants, request by request
+        "spread_answers_equal_cache_nocache_grouped": f"{same}/{runs_['spread_mixed']['requests']}",
         "spread_answers_all_equal": same == runs_["spread_mixed"]["requests"],
         "goal_spread_vs_one_mixed_ge_0_8": ratio("spread_mixed", "one_mixed") >= 0.8,
     }
@@ -586,7 +595,7 @@ def _args() -> argparse.Namespace:
         "--mixed-requests",
         type=int,
         default=96,
-        help="requests per mixed-batch scenario (4 scenarios, split evenly over the clients)",
+        help="requests per mixed-batch scenario (6 scenarios, split evenly over the clients)",
     )
     ap.add_argument(
         "--spread-adapters", type=int, default=8, help="adapters the spread clients use"

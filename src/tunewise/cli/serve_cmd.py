@@ -86,6 +86,14 @@ _SHADOW_RATE = typer.Option(
     help="Share of the logged requests the challenger also answers, 0 < R <= 1.",
 )
 
+_PREFIX_CACHE_MB = typer.Option(
+    256,
+    "--prefix-cache-mb",
+    min=0,
+    help="Memory for shared prompt prefixes' keys and values, kept per adapter across requests "
+    "(0: off).",
+)
+
 
 def serve_command(
     host: str = typer.Option(
@@ -107,6 +115,7 @@ def serve_command(
     batch_window_ms: float = typer.Option(
         5.0, "--batch-window-ms", help="How long to collect a batch."
     ),
+    prefix_cache_mb: float = _PREFIX_CACHE_MB,
     qlora: bool = typer.Option(
         False, "--4bit", help="Load the base in 4-bit NF4 (QLoRA adapters)."
     ),
@@ -162,6 +171,7 @@ def serve_command(
         device=device,
         traffic=traffic,
         shadow=challenger,
+        prefix_cache_mb=prefix_cache_mb,
     )
 
 

@@ -51,6 +51,8 @@ import numpy as np
 if TYPE_CHECKING:  # torch is imported where tensors are made: `tunewise --help` stays fast
     import torch
 
+    from tunewise.runtime.prefix_cache import Layers, PrefixCache
+
 Forward = Callable[..., "torch.Tensor"]
 Pick = Callable[["torch.Tensor"], "torch.Tensor"]  # (b, vocab) logits -> (b,) chosen token ids
 
@@ -155,6 +157,22 @@ def _groups_kw(groups: list[Hashable] | None) -> dict[str, Any]:
     return {} if groups is None else {"groups": groups}
 
 
+def _run_prefix(
+    forward: Forward, config: Any, prefix: list[int], kinds: list[Hashable] | None
+) -> Layers:
+    """Keys and values of ``prefix`` run once per group of ``kinds`` (None: one row, no groups):
+    per layer, (len(kinds) or 1, heads, P, dim)."""
+    import torch  # lazy: torch, ~1 s; imported where tensors are made
+
+    n, k = len(prefix), 1 if kinds is None else len(kinds)
+    ids = torch.tensor([prefix] * k)  # (k, P)
+    kv = new_cache(config)
+    forward(
+        ids, torch.ones_like(ids), torch.arange(n)[None, :].expand(k, -1), kv, **_groups_kw(kinds)
+    )
+    return [(layer.keys, layer.values) for layer in kv.layers]
+
+
 def _prefill_prefix(
     forward: Forward, config: Any, prefix: list[int], groups: list[Hashable] | None, b: int
 ) -> Any:
@@ -166,22 +184,72 @@ def _prefill_prefix(
     """
     import torch  # lazy: torch, ~1 s; imported where tensors are made
 
-    kinds = [None] if groups is None else list(dict.fromkeys(groups))  # distinct, first seen first
-    n, k = len(prefix), len(kinds)
-    ids = torch.tensor([prefix] * k)  # (k, P)
-    kv = new_cache(config)
-    forward(
-        ids,
-        torch.ones_like(ids),
-        torch.arange(n)[None, :].expand(k, -1),
-        kv,
-        **_groups_kw(None if groups is None else kinds),
-    )
-    layers = [(layer.keys, layer.values) for layer in kv.layers]  # (k, heads, P, dim) each
-    if k > 1:
+    kinds = None if groups is None else list(dict.fromkeys(groups))  # distinct, first seen first
+    layers = _run_prefix(forward, config, prefix, kinds)
+    if kinds is not None and len(kinds) > 1:
         own = torch.tensor([kinds.index(g) for g in groups or []], device=layers[0][0].device)
         layers = [(key.index_select(0, own), val.index_select(0, own)) for key, val in layers]
     return new_cache(config, layers, b)
+
+
+def _cached_prefix(
+    forward: Forward,
+    config: Any,
+    prompts: list[list[int]],
+    groups: list[Hashable] | None,
+    shared: int,
+    cache: PrefixCache,
+) -> tuple[Any, int]:
+    """A cache holding a prefix of every prompt, from ``cache`` where it has one, and the
+    prefix's length (0 and no cache: run the prompts whole). See :mod:`.prefix_cache`.
+
+    Two candidates: the longest stored prefix T every prompt starts with, and the batch's own
+    common prefix of ``shared`` tokens. The batch's own (run once per group, then stored) wins
+    when it saves at least as many prefill tokens as T does, ``(b - k) * shared >= (b - m) *
+    |T|`` with b rows, k groups and m groups that lack T, or when it runs a whole
+    ``MIN_SHARED_PREFIX`` past T: a block every prompt repeats after the stored one (few-shot
+    examples after a system prompt) is worth storing even if this batch alone does not pay for
+    it. With nothing stored the batch's own always wins, so a batch of one row per adapter still
+    runs its prefix apart, at no extra cost, to store it.
+    """
+    import torch  # lazy: torch, ~1 s; imported where tensors are made
+
+    b = len(prompts)
+    kinds = [None] if groups is None else list(dict.fromkeys(groups))
+    keys = [cache.identity(g) for g in kinds]
+    stored = cache.longest(prompts)
+    found = (
+        {g: cache.get(key, stored) for g, key in zip(kinds, keys, strict=True)} if stored else {}
+    )
+    lacking = sum(1 for g in kinds if found.get(g) is None)
+    longer = shared >= len(stored) + MIN_SHARED_PREFIX
+    if shared >= MIN_SHARED_PREFIX and (
+        longer or (b - len(kinds)) * shared >= (b - lacking) * len(stored)
+    ):
+        tokens, found = tuple(prompts[0][:shared]), {}
+    elif stored:
+        tokens = stored
+    else:
+        return None, 0
+    missing = [g for g in kinds if found.get(g) is None]
+    if missing:
+        layers = _run_prefix(forward, config, list(tokens), None if groups is None else missing)
+        for j, g in enumerate(missing):
+            # a slice would keep the whole batch's tensor alive: copy when there are several
+            if len(missing) > 1:
+                found[g] = [(k[j : j + 1].clone(), v[j : j + 1].clone()) for k, v in layers]
+            else:
+                found[g] = layers
+            cache.put(keys[kinds.index(g)], tokens, found[g])
+    cache.count(hits=sum(1 for g in (groups or [None]) if g not in missing), misses=len(missing))
+    if len(kinds) == 1:
+        return new_cache(config, found[kinds[0]], b), len(tokens)
+    per_row = [found[g] for g in groups or []]
+    layers = [
+        (torch.cat([r[i][0] for r in per_row]), torch.cat([r[i][1] for r in per_row]))
+        for i in range(len(per_row[0]))
+    ]
+    return new_cache(config, layers, b), len(tokens)
 
 
 def prefill(
@@ -191,24 +259,33 @@ def prefill(
     pad_id: int,
     *,
     groups: list[Hashable] | None = None,
+    prefix_cache: PrefixCache | None = None,
 ) -> tuple[torch.Tensor, Any, torch.Tensor, torch.Tensor]:
     """Run the prompts: (last logits (b, vocab), cache, attention mask (b, kv), last pos (b,)).
 
     ``groups`` (one per prompt, or None) is passed on to every forward, see the module docstring.
+    ``prefix_cache`` keeps shared prefixes' keys and values across calls
+    (:mod:`tunewise.runtime.prefix_cache`).
     """
     import torch  # lazy: torch, ~1 s; imported where tensors are made
 
     b = len(prompts)
     kv = new_cache(config)
     shared = _common_prefix(prompts)
-    prefix_mask = torch.ones((b, 0), dtype=torch.long)
     distinct = 1 if groups is None else len(set(groups))
-    # A prefix pass per group pays off only while groups are fewer than rows.
-    if shared >= MIN_SHARED_PREFIX and distinct < b and shareable(kv):
-        kv = _prefill_prefix(forward, config, prompts[0][:shared], groups, b)
-        prefix_mask = torch.ones((b, shared), dtype=torch.long)
+    filled = None
+    if not shareable(kv):
+        shared = 0
+    elif prefix_cache is not None:
+        filled, shared = _cached_prefix(forward, config, prompts, groups, shared, prefix_cache)
+    elif shared >= MIN_SHARED_PREFIX and distinct < b:
+        # A prefix pass per group pays off only while groups are fewer than rows.
+        filled = _prefill_prefix(forward, config, prompts[0][:shared], groups, b)
     else:
         shared = 0
+    if filled is not None:
+        kv = filled
+    prefix_mask = torch.ones((b, shared), dtype=torch.long)
     suffixes = [p[shared:] for p in prompts]
     width = max(len(s) for s in suffixes)
     input_ids = torch.full((b, width), pad_id, dtype=torch.long)  # (b, S), left padded
@@ -264,12 +341,13 @@ def _prefill_rows(
     pad_id: int,
     groups: list[Hashable] | None,
     chunk: int | None,
+    prefix_cache: PrefixCache | None = None,
 ) -> Generator[None, None, Prefilled]:
     """:func:`prefill` in one forward (``chunk`` None, or no prompt longer than it: exactly the
     batched path), else one row's :func:`prefill_chunks`."""
     prompts = [r.prompt for r in rows]
     if chunk is None or max(len(p) for p in prompts) <= chunk:
-        return prefill(forward, config, prompts, pad_id, groups=groups)
+        return prefill(forward, config, prompts, pad_id, groups=groups, prefix_cache=prefix_cache)
     if len(rows) != 1:
         raise ValueError("a chunked prefill runs one row")
     return (yield from prefill_chunks(forward, config, prompts[0], chunk, groups=groups))
@@ -286,6 +364,7 @@ def greedy_decode(
     track_text: bool = False,
     pick: Pick | None = None,
     prefill_chunk: int | None = None,
+    prefix_cache: PrefixCache | None = None,
 ) -> Iterator[None]:
     """Decode ``rows`` together, yielding after every step (a stream reads ``row.text``): the
     argmax, or a draw for a row with a :class:`Sampler`.
@@ -297,13 +376,16 @@ def greedy_decode(
     ``prefill_chunk`` (one row only) prefills a longer prompt that many tokens per forward
     (:func:`prefill_chunks`), yielding after each chunk too: then every yield follows exactly
     one forward, and the one after the last chunk carries the first token.
+
+    ``prefix_cache``: shared prefixes' keys and values kept across calls, for the one-forward
+    prefill (:mod:`tunewise.runtime.prefix_cache`).
     """
     import torch  # lazy: torch, ~1 s; imported where tensors are made
 
     grouped = any(r.group is not None for r in rows)
     groups = [r.group for r in rows] if grouped else None
     logits, kv, mask, last_pos = yield from _prefill_rows(
-        forward, config, rows, pad_id, groups, prefill_chunk
+        forward, config, rows, pad_id, groups, prefill_chunk, prefix_cache
     )
     active = list(range(len(rows)))  # rows still in the batch, in batch order
     constrained = any(r.constraint is not None for r in rows)

@@ -58,6 +58,7 @@ from tunewise.runtime.backend import (
 from tunewise.runtime.cache import GenCache
 from tunewise.runtime.decoding import Row, Sampler, first_stop, stop_overlap
 from tunewise.runtime.models import ModelRef, load_model, load_tokenizer, resolve
+from tunewise.runtime.prefix_cache import PrefixCache
 
 if TYPE_CHECKING:
     import torch
@@ -109,6 +110,7 @@ class Engine:
         placement: Placement | None = None,
         allow_special_tokens_in_content: bool = False,
         mixed_adapters: bool = True,
+        prefix_cache_mb: float = 256,
     ) -> None:
         # lazy: torch and transformers, ~2 s to import; a model is loaded here, not on import
         import torch
@@ -159,6 +161,13 @@ class Engine:
             + (f":{dtype}" if dtype != "float32" else "")
         )
         self._torch = torch
+        # Shared prompt prefixes' keys and values, kept per adapter weights across batches
+        # (tunewise.runtime.prefix_cache); 0 turns it off.
+        self.prefix_cache = (
+            PrefixCache(int(prefix_cache_mb * 2**20), identity=self.adapter_hash)
+            if prefix_cache_mb > 0
+            else None
+        )
 
     # ------------------------------------------------------------------ construction helpers
     @classmethod
@@ -447,6 +456,7 @@ class Engine:
             decode=self.decode,
             track_text=track_text,
             prefill_chunk=prefill_chunk,
+            prefix_cache=self.prefix_cache,
         )
 
     # ------------------------------------------------------------------ constrained labels

@@ -708,6 +708,7 @@ def serve(
     device: str = "auto",
     traffic: TrafficSettings | None = None,
     shadow: ShadowSettings | None = None,
+    prefix_cache_mb: float = 256,
 ) -> None:
     """Load the base model and run the server until interrupted."""
     if traffic is not None:
@@ -742,6 +743,7 @@ def serve(
         max_loaded_adapters=max_loaded_adapters,
         batch_size=batch_size,
         placement=placement,
+        prefix_cache_mb=prefix_cache_mb,
     )
     quant = " (linears in NF4)" if placement.quantize_4bit else ""
     print(f"base {engine.ref.name} on {placement.device} in {placement.dtype}{quant}", flush=True)
