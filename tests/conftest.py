@@ -2,7 +2,7 @@
 
 * Every test gets its own ``$TUNEWISE_HOME`` (autouse), so nothing touches the user's state.
 * Converted models are shared by the whole session through ``$TUNEWISE_MODELS``: the embedded
-  model is converted once per session (about 20 s), never downloaded.
+  model is converted once per session (about 10 s), never downloaded.
 * ``tiny_model_dir`` is a 2-layer Llama built in memory with the real SmolLM2 tokenizer and chat
   template, saved as an HF checkpoint: unit tests use it through the same code path as any
   user-supplied checkpoint directory.
@@ -28,7 +28,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 @pytest.fixture(scope="session")
 def session_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # A persistent cache beside the repo would survive runs; a session dir keeps CI honest that
-    # the conversion works from scratch, and costs ~20 s once.
+    # the conversion works from scratch, and costs ~10 s once.
     cached = os.environ.get("TUNEWISE_TEST_MODELS")
     if cached:
         return Path(cached)

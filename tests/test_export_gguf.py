@@ -18,6 +18,7 @@ import json
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import pytest
 from typer.testing import CliRunner
@@ -25,10 +26,18 @@ from typer.testing import CliRunner
 from _ship_helpers import make_run
 from tunewise.cli import app
 from tunewise.errors import UserError
-from tunewise.export.gguf import export_gguf, greedy_answers, load_gguf, permute_rows, write_gguf
+from tunewise.export.gguf import (
+    QUANTS,
+    export_gguf,
+    greedy_answers,
+    load_gguf,
+    permute_rows,
+    write_gguf,
+)
 from tunewise.export.modelfile import ChatPieces, build_modelfile, go_template, measure
 from tunewise.export.vllm import export_merged
 from tunewise.registry.store import Registry
+from tunewise.runtime.gguf_read import parse_once
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "examples" / "ticket-triage"
@@ -100,6 +109,28 @@ def registered(adapter_run) -> Registry:
     return reg
 
 
+class TinyExports(NamedTuple):
+    registry: Registry
+    merged: Path  # the version merged by export_merged: what every export must equal
+    exports: dict[str, dict[str, Any]]  # quant -> export_gguf's result, each in its own folder
+
+
+@pytest.fixture(scope="module")
+def tiny_exports(adapter_run, tmp_path_factory) -> TinyExports:
+    """The adapter run exported once per quantization, and merged once: the f16, quantized and
+    Modelfile tests assert on these rather than each exporting and merging again (the same
+    files). A registry of its own: a module fixture runs outside any test's home."""
+    root = tmp_path_factory.mktemp("gguf-exports")
+    reg = Registry(root / "registry")
+    reg.add(adapter_run, name="triage")
+    exports = {
+        quant: export_gguf("triage:1", root / quant / "triage.gguf", quant=quant, registry=reg)
+        for quant in QUANTS
+    }
+    export_merged("triage:1", root / "merged", registry=reg)
+    return TinyExports(reg, root / "merged", exports)
+
+
 def test_qk_permutation_is_the_one_transformers_gguf_loader_undoes():
     import numpy as np
     from transformers.modeling_gguf_pytorch_utils import LlamaTensorProcessor
@@ -112,33 +143,33 @@ def test_qk_permutation_is_the_one_transformers_gguf_loader_undoes():
         np.testing.assert_array_equal(undo(permuted, n_head, n_head), w)
 
 
-def test_f16_export_is_the_merged_model_rounded_to_f16(registered, tmp_path):
+def test_f16_export_is_the_merged_model_rounded_to_f16(tiny_exports):
     import gguf
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    out = tmp_path / "gguf" / "triage.gguf"
-    res = export_gguf("triage:1", out, registry=registered)
+    res = tiny_exports.exports["f16"]
+    out = Path(res["out"])
     assert res["arch"] == "llama" and res["pre_tokenizer"] == "smollm"
     assert res["tensor_types"] == {
         "F16": 15,
         "F32": 5,
     }  # 7 matrices x 2 layers + embedding; 2 norms x 2 + final norm
-    reader = gguf.GGUFReader(out)
-    assert reader.fields["tokenizer.ggml.model"].contents() == "gpt2"
-
-    merged_dir = tmp_path / "merged"
-    export_merged("triage:1", merged_dir, registry=registered)
+    merged_dir = tiny_exports.merged
     merged = AutoModelForCausalLM.from_pretrained(merged_dir).eval()
     rounded = AutoModelForCausalLM.from_pretrained(merged_dir).eval()
     with torch.no_grad():
         for p in rounded.parameters():
             if p.ndim == 2:
                 p.copy_(p.half().float())
-    loaded = load_gguf(out)
+    with parse_once():  # the file parsed once for all three readers, not once each
+        reader = gguf.GGUFReader(out)
+        assert reader.fields["tokenizer.ggml.model"].contents() == "gpt2"
+        loaded = load_gguf(out)
+        gtok = AutoTokenizer.from_pretrained(out.parent, gguf_file=out.name)
+    assert isinstance(reader, gguf.GGUFReader)  # and gguf is itself again afterwards
 
     tok = AutoTokenizer.from_pretrained(merged_dir)
-    gtok = AutoTokenizer.from_pretrained(out.parent, gguf_file=out.name)
     assert gtok.chat_template == tok.chat_template
     assert (gtok.bos_token_id, gtok.eos_token_id) == (tok.bos_token_id, tok.eos_token_id)
     msgs = demo_items(6)[5][0]
@@ -154,21 +185,20 @@ def test_f16_export_is_the_merged_model_rounded_to_f16(registered, tmp_path):
 
 
 @pytest.mark.parametrize("quant", ["q8_0", "q4_0"])
-def test_quantized_export_is_the_merged_model_quantized(registered, tmp_path, quant):
+def test_quantized_export_is_the_merged_model_quantized(tiny_exports, quant):
     import gguf
     import torch
     from transformers import AutoModelForCausalLM
 
-    out = tmp_path / f"triage-{quant}.gguf"
-    res = export_gguf("triage:1", out, quant=quant, registry=registered)
+    res = tiny_exports.exports[quant]
+    out = Path(res["out"])
     q8, q4 = gguf.GGMLQuantizationType.Q8_0, gguf.GGMLQuantizationType.Q4_0
     if quant == "q8_0":
         assert res["tensor_types"] == {"Q8_0": 15, "F32": 5}
     else:  # blocks in Q4_0, the tied embedding/output matrix kept in Q8_0
         assert res["tensor_types"] == {"Q4_0": 14, "Q8_0": 1, "F32": 5}
     assert out.stat().st_size == res["bytes"]
-    merged_dir = tmp_path / "merged"
-    export_merged("triage:1", merged_dir, registry=registered)
+    merged_dir = tiny_exports.merged
     merged = AutoModelForCausalLM.from_pretrained(merged_dir).eval()
     expected = AutoModelForCausalLM.from_pretrained(merged_dir).eval()
     with torch.no_grad():  # blocks run along rows, so the Q/K row permutation commutes with this
@@ -184,17 +214,17 @@ def test_quantized_export_is_the_merged_model_quantized(registered, tmp_path, qu
     assert not torch.allclose(want, quantized, atol=1e-4)  # the quantization is real
 
 
-def test_modelfile_restates_the_chat_template_for_ollama(registered, tmp_path):
+def test_modelfile_restates_the_chat_template_for_ollama(tiny_exports):
     from transformers import AutoTokenizer
 
-    out = tmp_path / "triage.gguf"
-    export_gguf("triage:1", out, quant="q8_0", registry=registered)
-    text = (tmp_path / "Modelfile").read_text()
+    out = Path(tiny_exports.exports["q8_0"]["out"])
+    assert tiny_exports.exports["q8_0"]["modelfile"] == str(out.parent / "Modelfile")
+    text = (out.parent / "Modelfile").read_text()
     assert "FROM ./triage.gguf\n" in text
     assert 'PARAMETER stop "<|im_end|>"' in text and "PARAMETER temperature 0" in text
     assert f'SYSTEM """{SYSTEM}"""' in text
     assert '{{- "<|im_start|>assistant\\n" }}' in text
-    tok = AutoTokenizer.from_pretrained(registered.resolve("triage:1").weights_dir)
+    tok = AutoTokenizer.from_pretrained(tiny_exports.registry.resolve("triage:1").weights_dir)
     pieces = measure(tok)
     assert pieces is not None
     conv = [*demo_items(1)[0][0], {"role": "assistant", "content": "Category: bug\nPriority: low"}]
@@ -383,11 +413,17 @@ def test_real_model_gguf_exports_answer_like_the_merged_model(real_model, tmp_pa
     want = greedy_answers(merged, tok, prompts, max_new_tokens=14)
     assert want == [answer for _, answer in items]
     sizes = {}
-    for quant in ("f16", "q8_0", "q4_0"):
-        res = export_gguf("real:1", tmp_path / quant / "real.gguf", quant=quant, registry=reg)
-        assert res["pre_tokenizer"] == "smollm" and res["arch"] == "llama"
-        sizes[quant] = res["bytes"]
-        got = greedy_answers(load_gguf(res["out"]), tok, prompts, max_new_tokens=14)
+    for quant in QUANTS:
+        out = tmp_path / quant / "real.gguf"
+        if quant == "f16":  # the whole path once, registry version to file and Modelfile
+            res = export_gguf("real:1", out, quant=quant, registry=reg)
+            summary = (res["pre_tokenizer"], res["arch"], res["bytes"])
+        else:  # the others from the same merge, not merging the adapter again for each
+            s = write_gguf(merged_dir, out, quant=quant, name="real:1")
+            summary = (s.pre_tokenizer, s.arch, s.bytes)
+        assert summary[:2] == ("smollm", "llama")
+        sizes[quant] = summary[2]
+        got = greedy_answers(load_gguf(out), tok, prompts, max_new_tokens=14)
         assert got == want, quant
     # 134.5M parameters: ~2 bytes each in f16, ~1.06 in Q8_0, Q4_0 (with a Q8_0 embedding) less
     assert 255 < sizes["f16"] / 2**20 < 262 and 135 < sizes["q8_0"] / 2**20 < 140

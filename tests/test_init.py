@@ -266,7 +266,7 @@ def test_init_converts_the_model_and_measures_instead_of_asking_for_a_rerun(
     assert (home / "tunewise.json").is_file()
     assert any(f"the model is in {home}" in n for n in notes)
     err = capsys.readouterr().err
-    assert f"converting smollm2-135m-instruct (once, about 25 s) into {home}" in err
+    assert f"converting smollm2-135m-instruct (once, about 10 s) into {home}" in err
 
 
 def test_init_on_free_text_with_references_picks_a_reference_metric(tmp_path):

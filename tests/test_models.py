@@ -125,7 +125,7 @@ def test_data_check_converts_into_the_home_once_and_says_where(tmp_path, fake_co
     target = fake_conversion / models.DEFAULT_MODEL
     first = CliRunner().invoke(app, ["data", "check", str(data)])
     assert first.exit_code in (0, 1), first.output
-    assert f"converting {models.DEFAULT_MODEL} (once, about 25 s) into {target}" in first.output
+    assert f"converting {models.DEFAULT_MODEL} (once, about 10 s) into {target}" in first.output
     assert f"{models.DEFAULT_MODEL} ready in {target}" in first.output
     assert "($TUNEWISE_MODELS)" in first.output
     assert (target / models.MARKER).is_file()
@@ -147,7 +147,7 @@ def test_models_pull_converts_with_the_one_display_and_says_where(fake_conversio
     result = CliRunner().invoke(app, ["models", "pull"])
     assert result.exit_code == 0, result.output
     target = fake_conversion / models.DEFAULT_MODEL
-    assert f"converting {models.DEFAULT_MODEL} (once, about 25 s) into {target}" in result.output
+    assert f"converting {models.DEFAULT_MODEL} (once, about 10 s) into {target}" in result.output
     assert f"ready {models.DEFAULT_MODEL} at {target}" in result.output
     assert "preparing" not in result.output  # no spinner on top of the conversion's own display
 

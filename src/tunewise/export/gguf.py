@@ -46,6 +46,7 @@ from tunewise.fsio import atomic_write_text
 from tunewise.registry.store import Registry
 from tunewise.runtime import models
 from tunewise.runtime.decoding import Row, greedy_decode
+from tunewise.runtime.gguf_read import parse_once
 
 QUANTS = ("f16", "q8_0", "q4_0")
 
@@ -417,7 +418,8 @@ def load_gguf(path: str | Path) -> Any:
     from transformers import AutoModelForCausalLM  # lazy: transformers pulls torch
 
     path = Path(path)
-    return AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name).eval()
+    with parse_once():  # the file parsed once, not once for the config and once for the weights
+        return AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name).eval()
 
 
 def greedy_answers(

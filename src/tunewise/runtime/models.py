@@ -31,6 +31,7 @@ from tunewise import paths
 from tunewise.errors import UserError
 from tunewise.fsio import atomic_write_json, replace_dir, sha256_file
 from tunewise.progress import Bar, make_console
+from tunewise.runtime.gguf_read import parse_once
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 MARKER = "tunewise.json"
@@ -110,12 +111,15 @@ def _dequantize(pkg: Path, spec: EmbeddedModel, bar_console: Any = None) -> tupl
 
     transformers walks the GGUF tensors under a raw ``tqdm`` bar of its own; it is swapped for
     tunewise's progress display for the length of the load (``bar_console`` None: no display).
+    The file is parsed once for all three reads (:func:`tunewise.runtime.gguf_read.parse_once`).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer  # lazy: pulls torch, ~2 s
 
-    tokenizer = AutoTokenizer.from_pretrained(str(pkg), gguf_file=spec.gguf_file)
-    with _gguf_progress(bar_console):
-        gguf_model = AutoModelForCausalLM.from_pretrained(str(pkg), gguf_file=spec.gguf_file)
+    # one parse of the file for the tokenizer, the config and the tensors: 16 s -> 6.5 s here
+    with parse_once():
+        tokenizer = AutoTokenizer.from_pretrained(str(pkg), gguf_file=spec.gguf_file)
+        with _gguf_progress(bar_console):
+            gguf_model = AutoModelForCausalLM.from_pretrained(str(pkg), gguf_file=spec.gguf_file)
     # A model loaded from GGUF keeps a "gguf" quantization config and refuses save_pretrained;
     # its tensors are already de-quantized, so copy them into a plain model of the same config.
     config = gguf_model.config
@@ -183,7 +187,7 @@ def _convert_embedded(spec: EmbeddedModel, target: Path, progress: bool = True) 
     con = make_console(stderr=True) if progress else None
     if con is not None:
         con.print(
-            f"converting {spec.name} (once, about 25 s) into {target} ({paths.models_origin()})"
+            f"converting {spec.name} (once, about 10 s) into {target} ({paths.models_origin()})"
             + _other_copy_hint(spec.name, target),
             highlight=False,
             markup=False,
