@@ -15,8 +15,10 @@ import time
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 from _train_helpers import PYTHON, make_project, subprocess_env
+from tunewise.cli import app
 from tunewise.config import load_project
 from tunewise.errors import UserError
 from tunewise.fsio import LOCK_FILE, FolderLock
@@ -59,14 +61,31 @@ def _kill9(proc: subprocess.Popen[str]) -> None:
     proc.wait(timeout=60)
 
 
-def _train(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [PYTHON, "-m", "tunewise", "train", *args, "--no-progress"],
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+def _train_side_by_side(*commands: list[str]) -> list[subprocess.CompletedProcess[str]]:
+    """``tunewise train ARGS`` for each of ``commands``, each in a process of its own, all at
+    once: each process spends seconds importing torch before it reaches the lock, and the
+    commands here do not depend on one another."""
+    procs = [
+        subprocess.Popen(
+            [PYTHON, "-m", "tunewise", "train", *args, "--no-progress"],
+            env=subprocess_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for args in commands
+    ]
+    done = []
+    try:
+        for args, proc in zip(commands, procs, strict=True):
+            out, err = proc.communicate(timeout=600)
+            done.append(subprocess.CompletedProcess(args, proc.returncode, out, err))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=60)
+    return done
 
 
 def _error_lines(stderr: str) -> list[str]:
@@ -86,7 +105,15 @@ def test_a_second_training_into_a_busy_run_dir_is_refused_naming_the_first(
     cmd = [PYTHON, "-m", "tunewise", "train", str(project), "--run-dir", str(run), "--no-progress"]
     first = _start([*cmd, "--set", "train.lora_r=8"], run / "run.json", subprocess_env())
     try:
-        second = _train(str(project), "--run-dir", str(run), "--set", "train.lora_r=4")
+        # The first is paused while the others knock: a stopped process keeps its lock exactly
+        # as a running one does (a flock belongs to the open file, which stays open), and it
+        # no longer takes a core from them with training nobody looks at. SIGKILL ends it
+        # stopped or not.
+        first.send_signal(signal.SIGSTOP)
+        second, resumed = _train_side_by_side(
+            [str(project), "--run-dir", str(run), "--set", "train.lora_r=4"],
+            ["--resume", str(run)],
+        )
         assert second.returncode == 2, second.stderr[-3000:]
         (line,) = _error_lines(second.stderr)
         assert line.startswith(f"error: {run}: another process is writing this run (pid ")
@@ -94,7 +121,6 @@ def test_a_second_training_into_a_busy_run_dir_is_refused_naming_the_first(
         assert "tunewise train " in line and "--set train.lora_r=8" in line
         assert json.loads((run / "run.json").read_text())["config"]["train"]["lora_r"] == 8
 
-        resumed = _train("--resume", str(run))
         assert resumed.returncode == 2, resumed.stderr[-3000:]
         (line,) = _error_lines(resumed.stderr)
         assert f"another process is writing this run (pid {first.pid} " in line
@@ -110,8 +136,12 @@ def test_the_lock_is_free_again_after_its_holder_is_killed(tmp_path, tiny_model_
     run = tmp_path / "run"
     holder = _hold(run, tmp_path)
     try:
-        refused = _train(str(project), "--run-dir", str(run))
-        assert refused.returncode == 2
+        # The CLI in this process: the holder is the real process that matters here, and this
+        # one is another process all the same (the test above refuses from fresh processes).
+        refused = CliRunner().invoke(
+            app, ["train", str(project), "--run-dir", str(run), "--no-progress"]
+        )
+        assert refused.exit_code == 2, (refused.exception, refused.output[-3000:])
         (line,) = _error_lines(refused.stderr)
         assert f"pid {holder.pid} on host " in line and "wait for it to end" in line
         with pytest.raises(UserError, match=f"pid {holder.pid} "), RunDir(run).writer_lock():

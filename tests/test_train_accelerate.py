@@ -8,10 +8,14 @@ import shutil
 import socket
 import subprocess
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from _train_helpers import PYTHON, make_project, subprocess_env
+
+if TYPE_CHECKING:
+    from tunewise.config import ProjectConfig
 
 
 def _free_port() -> int:
@@ -122,8 +126,32 @@ def test_shipped_accelerate_configs_parse(name, kind):
 # --- the start-up race: only the main process looks at the run directory ------------------------
 
 
+def _claim(rank: int, cfg: ProjectConfig, run_dir: str, out: Any, round_: int) -> None:
+    """What ``train`` does first, under the launcher: the main process decides for all."""
+    from tunewise.errors import UserError
+    from tunewise.rundir import RunDir
+    from tunewise.train import record
+
+    run = RunDir(run_dir)
+    try:
+        start = record.main_decides(
+            lambda: record.claim_run_dir(cfg, run, train_path=None, val_path=None, resume=False)
+        )
+        if rank == 0:
+            run.write({"status": "running"})  # what build() does right after
+        out.put((round_, rank, "ok", str(start.train_path)))
+    except UserError as exc:
+        out.put((round_, rank, "error", str(exc)))
+
+
 def _claim_in_process(rank: int, port: int, project: str, run_dir: str, late_s: float, out) -> None:
-    """One of two gloo processes doing what ``train`` does first (runs in a spawned process)."""
+    """One of two gloo processes doing what ``train`` does first, twice (runs in a spawned
+    process): a fresh run directory, then the same one again, which is a real conflict.
+
+    Both rounds share one pair of processes: starting a pair costs seconds of imports, and
+    what each round tests (who reads run.json, who hears the decision) is the same on a group
+    that has already broadcast once.
+    """
     import os
     import time
 
@@ -138,12 +166,10 @@ def _claim_in_process(rank: int, port: int, project: str, run_dir: str, late_s: 
     import torch.distributed as dist
 
     from tunewise.config import load_project
-    from tunewise.errors import UserError
     from tunewise.rundir import RunDir
     from tunewise.train import record
 
     cfg = load_project(project)
-    run = RunDir(run_dir)
     record.join_process_group(cfg)
     if rank == 1:
 
@@ -151,23 +177,21 @@ def _claim_in_process(rank: int, port: int, project: str, run_dir: str, late_s: 
             raise AssertionError("rank 1 read run.json")
 
         RunDir.read = must_not_read  # type: ignore[method-assign]
-        time.sleep(late_s)  # arrive after the main process wrote run.json (the race before)
     try:
-        start = record.main_decides(
-            lambda: record.claim_run_dir(cfg, run, train_path=None, val_path=None, resume=False)
-        )
-        if rank == 0:
-            run.write({"status": "running"})  # what build() does right after
-        out.put((rank, "ok", str(start.train_path)))
-    except UserError as exc:
-        out.put((rank, "error", str(exc)))
+        if rank == 1:
+            time.sleep(late_s)  # arrive after the main process wrote run.json (the race before)
+        _claim(rank, cfg, run_dir, out, 1)
+        # Round 2: rank 0 wrote run.json in round 1 before it got here; rank 1 still never
+        # reads it (its RunDir.read still raises) and must hear rank 0's refusal.
+        _claim(rank, cfg, run_dir, out, 2)
     except BaseException as exc:  # reported to the test, which fails on it
-        out.put((rank, "crash", repr(exc)))
+        out.put((0, rank, "crash", repr(exc)))
     finally:
         dist.destroy_process_group()
 
 
-def _claim_twice(tmp_path: Path, project: Path, run: Path) -> dict[int, tuple[str, str]]:
+def _claim_twice(tmp_path: Path, project: Path, run: Path) -> dict[int, dict[int, tuple[str, str]]]:
+    """Per round (1, 2), per rank, what the claim gave: ("ok", train split) or ("error", text)."""
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")
@@ -179,12 +203,17 @@ def _claim_twice(tmp_path: Path, project: Path, run: Path) -> dict[int, tuple[st
     ]
     for p in procs:
         p.start()
-    results = {}
-    for _ in procs:
-        rank, kind, detail = out.get(timeout=240)
-        results[rank] = (kind, detail)
-    for p in procs:
-        p.join(timeout=60)
+    results: dict[int, dict[int, tuple[str, str]]] = {}
+    try:
+        for _ in range(2 * len(procs)):
+            round_, rank, kind, detail = out.get(timeout=240)
+            assert kind != "crash", f"rank {rank}: {detail}"
+            results.setdefault(round_, {})[rank] = (kind, detail)
+    finally:
+        for p in procs:
+            p.join(timeout=60)
+            if p.is_alive():
+                p.kill()
     return results
 
 
@@ -195,13 +224,12 @@ def test_only_the_main_process_checks_the_run_directory(tmp_path):
     results = _claim_twice(tmp_path, project, run)
     train_split = str((tmp_path / ".tunewise" / "splits" / "train.jsonl").resolve())
     # rank 1 arrived after run.json existed, never read it, and got rank 0's decision
-    assert results == {0: ("ok", train_split), 1: ("ok", train_split)}
+    assert results[1] == {0: ("ok", train_split), 1: ("ok", train_split)}
     assert json.loads((run / "run.json").read_text()) == {"status": "running"}
 
     # A real conflict is reported by every process (none waits forever for the others).
-    results = _claim_twice(tmp_path, project, run)
-    assert results[0][0] == results[1][0] == "error"
-    assert results[0][1] == results[1][1] and "a run already exists here" in results[0][1]
+    assert results[2][0][0] == results[2][1][0] == "error"
+    assert results[2][0][1] == results[2][1][1] and "a run already exists here" in results[2][0][1]
 
 
 def _kill_tree(pid: int) -> None:

@@ -18,20 +18,25 @@ def test_lora_on_real_model_learns_to_answer_and_stop(tmp_path, real_model):
 
     from tunewise.runtime import models
 
+    # 8 steps (32 examples) are plenty: measured, validation loss falls from 0.41 at step 4 to
+    # 0.013 at step 8, and every one of the 6 validation rows (3 checked below) comes out exact
+    # with a log-probability lead of at least 3.6 over the runner-up token at each position,
+    # with seeds 0, 1 and 2 alike (16 steps, as before, only widened that lead from ~4 to ~6).
+    steps = 8
     project = make_project(
         tmp_path,
         real_model.name,
         n_train=48,
         n_val=6,
-        max_steps=16,
-        eval_every=8,
-        save_every=16,
+        max_steps=steps,
+        eval_every=steps // 2,
+        save_every=steps,
         overfit_sample=2,
         lr=1e-3,
         batch_size=4,
     )
     rec = train(load_project(project), run_dir=tmp_path / "run", progress=False)
-    assert rec["status"] == "completed" and rec["global_step"] == 16
+    assert rec["status"] == "completed" and rec["global_step"] == steps
     vals = [m["val_loss"] for m in rec["metrics"]]
     assert vals[-1] < vals[0]
 

@@ -43,37 +43,49 @@ def runs(tmp_path_factory, tiny_model_dir):
     )
     env = subprocess_env()
     ref = root / "uninterrupted"
-    subprocess.run(
-        _cmd(str(project), "--run-dir", str(ref)),
-        env=env,
-        check=True,
-        timeout=600,
-        capture_output=True,
-    )
-
     killed = root / "killed"
-    proc = subprocess.Popen(
-        _cmd(str(project), "--run-dir", str(killed)),
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    # The uninterrupted reference depends on nothing the killed run does, so it trains beside it
+    # (and beside the resume) instead of before it: most of each process's time is importing
+    # torch on one core, and the suite leaves the other core idle while the test waits. Each
+    # process seeds itself from the config and sets its own thread count (OMP_NUM_THREADS, 1
+    # unless set: subprocess_env), so running side by side changes no number the tests compare.
+    # Its stderr goes to a file: a pipe nobody reads until the end could fill and stall it.
+    ref_err = root / "uninterrupted.stderr"
+    with open(ref_err, "w") as err_fh:
+        reference = subprocess.Popen(
+            _cmd(str(project), "--run-dir", str(ref)),
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=err_fh,
+        )
     try:
-        deadline = time.time() + 300
-        while not (killed / "checkpoints" / f"checkpoint-{KILL_AFTER}").is_dir():
-            assert proc.poll() is None, "training finished before it could be killed"
-            assert time.time() < deadline
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=60)
+        proc = subprocess.Popen(
+            _cmd(str(project), "--run-dir", str(killed)),
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.time() + 300
+            while not (killed / "checkpoints" / f"checkpoint-{KILL_AFTER}").is_dir():
+                assert proc.poll() is None, "training finished before it could be killed"
+                assert time.time() < deadline
+                time.sleep(0.02)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        state_at_kill = json.loads((killed / "run.json").read_text())
+        result = subprocess.run(
+            _cmd("--resume", str(killed)), env=env, timeout=600, capture_output=True, text=True
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert reference.wait(timeout=600) == 0, ref_err.read_text()[-3000:]
     finally:
-        if proc.poll() is None:
-            proc.kill()
-    state_at_kill = json.loads((killed / "run.json").read_text())
-    result = subprocess.run(
-        _cmd("--resume", str(killed)), env=env, timeout=600, capture_output=True, text=True
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+        if reference.poll() is None:
+            reference.kill()
+            reference.wait(timeout=60)
     return ref, killed, state_at_kill
 
 
@@ -170,14 +182,15 @@ def test_sigterm_stops_like_ctrl_c_and_the_run_resumes(tmp_path, tiny_model_dir)
     assert rec["stop_reason"] == "interrupted (SIGTERM); resume with --resume"
     assert not list((run / "checkpoints").glob(".staging/*"))  # a save cut short is removed
 
-    result = subprocess.run(
-        _cmd("--resume", str(run)),
-        env=subprocess_env(),
-        timeout=600,
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    # The command the message gives, run in this process: the stopped process is gone, so this
+    # one starts from nothing but the run directory, as a new process would, without paying
+    # another few seconds of imports (the SIGKILL fixture resumes in a fresh process).
+    from typer.testing import CliRunner
+
+    from tunewise.cli import app
+
+    result = CliRunner().invoke(app, ["train", "--resume", str(run), "--no-progress"])
+    assert result.exit_code == 0, (result.exception, result.output[-3000:])
     rec = _done(run)
     assert rec["status"] == "completed" and rec["global_step"] == steps
     assert rec["resumed_from"]
