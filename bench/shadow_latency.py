@@ -79,7 +79,9 @@ def start(app):
     """uvicorn on a free loopback port in a thread: (url, server, thread)."""
     import uvicorn
 
-    sock = socket.socket()
+    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say TCP, and without it
+    # every response's body waits ~40 ms for the client's delayed ACK (uvicorn writes twice).
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.bind(("127.0.0.1", 0))
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)

@@ -14,7 +14,9 @@ import uvicorn
 @contextlib.contextmanager
 def running(app) -> Iterator[str]:
     """Run ``app`` under uvicorn on a free 127.0.0.1 port in a thread; always shut it down."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say TCP, and without it
+    # every response's body waits ~40 ms for the client's delayed ACK (uvicorn writes twice).
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]

@@ -151,19 +151,20 @@ def engine(tiny_model_dir):
 
 
 @contextlib.contextmanager
-def server(engine, traffic: Path, **settings: object) -> Iterator[tuple[str, object]]:
-    """(url, app) of what `tunewise serve --log-traffic DIR --allow-admin [--shadow ...]` runs,
-    on the registry under $TUNEWISE_HOME (the one the CLI changes)."""
+def server(engine, traffic: Path, **settings: object) -> Iterator[tuple[httpx.Client, object]]:
+    """(a client of, app) what `tunewise serve --log-traffic DIR --allow-admin [--shadow ...]`
+    runs, on the registry under $TUNEWISE_HOME (the one the CLI changes). One client for the
+    round: httpx.post would build a client, TLS context included, per request."""
     cfg = ServeSettings(batch_window_ms=5, log_traffic=traffic, allow_admin=True, **settings)
     served = create_app(engine, settings=cfg, registry=Registry())
-    with running(served) as url:
-        yield url, served
+    with running(served) as url, httpx.Client(base_url=url, timeout=60) as http:
+        yield http, served
 
 
-def ask(url: str, model: str, content: str) -> dict:
+def ask(http: httpx.Client, model: str, content: str) -> dict:
     """One request of the bounded client: a deadline, and it must be answered."""
     body = {"model": model, "messages": [{"role": "user", "content": content}], "max_tokens": 6}
-    r = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60)
+    r = http.post("/v1/chat/completions", json=body)
     assert r.status_code == 200, r.text
     return r.json()
 
@@ -214,8 +215,8 @@ def round_one(engine, traffic: Path, project: Path) -> dict[str, dict]:
     new[2] += f" the card was {CARD}"
     known = [load_examples(splits / f"{s}.jsonl")[0].user_text for s in ("train", "test")]
     sent = [*new, *known, new[3]]
-    with server(engine, traffic) as (url, _):
-        answers = {text: ask(url, f"{NAME}@production", text) for text in sent}
+    with server(engine, traffic) as (http, _):
+        answers = {text: ask(http, f"{NAME}@production", text) for text in sent}
     assert {a["system_fingerprint"] for a in answers.values()} == {f"{NAME}:1"}
     records = read_traffic(traffic)  # the server closed: every record written and fsynced
     assert len(records) == len(sent)
@@ -292,15 +293,15 @@ def shadow_and_rollback(engine, project: Path, tmp: Path, v1_answers: dict[str, 
     sent[0] += f" reach me at {EMAIL} or {PHONE}"
     shadowing = ShadowSettings(model=f"{NAME}@staging")
     again = next(iter(v1_answers))  # the first request of round one (it carries the email)
-    with server(engine, traffic, shadow=shadowing) as (url, served):
-        answers = [ask(url, f"{NAME}@production", text) for text in sent]
+    with server(engine, traffic, shadow=shadowing) as (http, served):
+        answers = [ask(http, f"{NAME}@production", text) for text in sent]
         assert {a["system_fingerprint"] for a in answers} == {f"{NAME}:2"}
         out = cli("registry", "rollback", NAME, "--reason", "v2 misroutes refunds")
         assert "2 → 1" in out, out
-        r = httpx.post(f"{url}/admin/adapters/refresh", timeout=60)
+        r = http.post("/admin/adapters/refresh")
         assert r.status_code == 200, r.text
         assert r.json()["changed"][f"{NAME}@production"] == {"from": f"{NAME}:2", "to": f"{NAME}:1"}
-        back = ask(url, f"{NAME}@production", again)
+        back = ask(http, f"{NAME}@production", again)
         assert back["system_fingerprint"] == f"{NAME}:1"
         first = v1_answers[again]["choices"][0]["message"]["content"]
         assert back["choices"][0]["message"]["content"] == first  # v1's own answer, greedy

@@ -251,11 +251,12 @@ def test_served_answer_equals_the_evaluated_one(tmp_path, tiny_model_dir, select
     assert CONTEXT_FILE in version.files  # versioned with the adapter, hash-verified
     _, val = splits(cfg)
     app = create_app(engine, settings=ServeSettings(), registry=reg)
-    with running(app) as url:
+    # one client for every request: httpx.post builds a client (TLS context too) per call
+    with running(app) as url, httpx.Client(base_url=url, timeout=120) as http:
         for ex, item in zip(val, evaluated.items, strict=True):
             own = [m for m in ex.prompt_messages if m["role"] != "system"]  # a client's turns
             body = {"model": "tickets:1", "messages": own, "max_tokens": max_new}
-            resp = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=120)
+            resp = http.post("/v1/chat/completions", json=body)
             assert resp.status_code == 200, resp.text
             assert resp.json()["choices"][0]["message"]["content"] == item.output
     # The same prompts too, not just the same (tiny, random) answers: the evaluator's prompts

@@ -32,7 +32,9 @@ def server(eval_dir) -> Iterator[tuple[str, human.RatingSession]]:
     import uvicorn
 
     session = human.open_session(eval_dir, "lora", "prompt", seed=3)
-    sock = socket.socket()
+    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say TCP, and without it
+    # every response's body waits ~40 ms for the client's delayed ACK (uvicorn writes twice).
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.bind(("127.0.0.1", 0))  # the kernel picks a free port; uvicorn serves on this socket
     port = sock.getsockname()[1]
     srv = uvicorn.Server(uvicorn.Config(human.create_app(session), log_level="warning"))

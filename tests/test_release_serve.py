@@ -79,19 +79,19 @@ def test_the_ladder_releases_its_winner_whatever_its_kind(world) -> None:
     assert reg.get("tiny-ladder", world["versions"]["finetuned"]).kind == "lora"
 
 
-def _ask(url: str, model: str, ex, **extra) -> str:
+def _ask(http: httpx.Client, model: str, ex, **extra) -> str:
     own = [m for m in ex.prompt_messages if m["role"] != "system"]  # a client's own turns
     body = {"model": model, "messages": own, "temperature": 0, **extra}
-    r = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=120)
+    r = http.post("/v1/chat/completions", json=body)
     assert r.status_code == 200, r.text
     return r.json()["choices"][0]["message"]["content"]
 
 
-def _answers(url: str, model: str, world, kind: str) -> list[str]:
+def _answers(http: httpx.Client, model: str, world, kind: str) -> list[str]:
     extra = {}
     if kind.startswith("finetuned"):  # a release carries its decoding budget; an adapter not
         extra["max_tokens"] = world["run"].candidate(kind).meta["max_new_tokens"]
-    return [_ask(url, model, ex, **extra) for ex in world["val"]]
+    return [_ask(http, model, ex, **extra) for ex in world["val"]]
 
 
 def _evaluated(world, kind: str) -> list[str]:
@@ -106,8 +106,10 @@ def server(world, tiny_model_dir):
 
     engine = SpyEngine(Engine(resolve(str(tiny_model_dir)), batch_size=8))
     app = create_app(engine, settings=ServeSettings(admin_key="admin-key"), registry=world["reg"])
-    with running(app) as url:
-        yield url, engine
+    # One client for the module's ~200 requests: httpx.post builds a client (and its TLS
+    # context) per call, ~20 ms each, more than the server takes to answer.
+    with running(app) as url, httpx.Client(base_url=url, timeout=120) as http:
+        yield http, engine
 
 
 @pytest.mark.parametrize("kind", ["prompt", "fewshot", "rag", "knn", "tfidf", "probe"])
@@ -115,10 +117,10 @@ def test_served_answers_and_prompts_equal_the_evaluated_ones(world, server, kind
     from tunewise.baselines.context import ContextBuilder
     from tunewise.baselines.prompt import base_messages
 
-    url, engine = server
+    http, engine = server
     spec = f"tiny-ladder:{world['versions'][kind]}"
     before = len(engine.prompts)
-    assert _answers(url, spec, world, kind) == _evaluated(world, kind)
+    assert _answers(http, spec, world, kind) == _evaluated(world, kind)
     served = engine.prompts[before:]
     cfg, val = world["cfg"], world["val"]
     if kind not in LLM_KINDS:
@@ -133,14 +135,14 @@ def test_served_answers_and_prompts_equal_the_evaluated_ones(world, server, kind
 
 
 def test_a_classifier_streams_its_answer(world, server) -> None:
-    url, _ = server
+    http, _ = server
     ex = world["val"][0]
     body = {
         "model": "tiny-ladder@production",
         "stream": True,
         "messages": [m for m in ex.prompt_messages if m["role"] != "system"],
     }
-    with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=60) as r:
+    with http.stream("POST", "/v1/chat/completions", json=body, timeout=60) as r:
         assert r.status_code == 200
         lines = [ln for ln in r.iter_lines() if ln.startswith("data: ")]
     assert lines[-1] == "data: [DONE]"
@@ -154,15 +156,15 @@ def test_production_switches_kinds_and_rolls_back_without_a_restart(world, serve
     """tfidf (the ladder's) -> few-shot -> the fine-tune -> rollback to few-shot -> probe -> the
     fine-tune -> rollback to probe: after each move and an admin refresh, tiny-ladder@production
     answers exactly as the version it names was evaluated."""
-    url, _ = server
+    http, _ = server
     reg, versions = world["reg"], world["versions"]
 
     def production_is(kind: str) -> None:
-        r = httpx.post(f"{url}/admin/adapters/refresh", headers=ADMIN, timeout=60)
+        r = http.post("/admin/adapters/refresh", headers=ADMIN, timeout=60)
         assert r.status_code == 200, r.text
         want = f"tiny-ladder:{versions[kind]}"
         assert r.json()["resolved"].get("tiny-ladder@production", want) == want
-        assert _answers(url, "tiny-ladder@production", world, kind) == _evaluated(world, kind)
+        assert _answers(http, "tiny-ladder@production", world, kind) == _evaluated(world, kind)
 
     production_is("tfidf")
     for kind, back in (("fewshot", None), ("finetuned", "fewshot"), ("probe", None)):

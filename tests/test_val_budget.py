@@ -228,7 +228,9 @@ def _share(rec: dict) -> float:
 def test_the_default_keeps_validation_within_the_budget(tmp_path, tiny_model_dir, fake_clock):
     from tunewise.train.trainer import train
 
-    steps = 240
+    # 200 steps are the fewest at which these costs give the budget 4 evaluations (59, 112, 148,
+    # 184): enough to see the cadence, exact on the fake clock whatever the machine's load.
+    steps = 200
     project = _default_project(tmp_path / "auto", tiny_model_dir, max_steps=steps)
     rec = train(load_project(project), run_dir=tmp_path / "auto" / "run", progress=False)
     # 8 validation items in 2 batches and a check of 2 prompts: 4 s an evaluation, against 1 s
@@ -245,10 +247,13 @@ def test_the_default_keeps_validation_within_the_budget(tmp_path, tiny_model_dir
     assert budget["first_estimate_s"] == pytest.approx(2 * 0.5 + 0.5 + 32 * DECODE_S)
     assert budget["first_measured_s"] == cost and not budget["forced_final"]
     assert rec["config"]["train"]["eval_every"] == "auto"
-    # Today's fixed cadence on the same costs: 12 evaluations, 48 of 288 s.
-    project = make_project(tmp_path / "fixed", tiny_model_dir, max_steps=steps, eval_every=20)
+    # Today's fixed cadence on the same costs spends 1/6 of the run: 6 evaluations, 24 of 144 s
+    # (the share of any multiple of 20 steps). No checkpoints: they cost no fake time, only real.
+    project = make_project(
+        tmp_path / "fixed", tiny_model_dir, max_steps=120, eval_every=20, save_every=1000
+    )
     rec = train(load_project(project), run_dir=tmp_path / "fixed" / "run", progress=False)
-    assert len(rec["metrics"]) == 12 and _share(rec) == pytest.approx(48 / 288)
+    assert len(rec["metrics"]) == 6 and _share(rec) == pytest.approx(24 / 144)
     assert "eval_budget" not in rec
 
 
