@@ -164,6 +164,7 @@ class FakeTime:
 
     def __init__(self) -> None:
         self.now = 1_000_000.0
+        self.probed_batch_s = BATCH_S  # what the validation-loss probe reports
 
     def time(self) -> float:
         return self.now
@@ -208,6 +209,9 @@ def fake_clock(monkeypatch):
 
     monkeypatch.setattr(callbacks, "generate_greedy", check)
     monkeypatch.setattr(callbacks, "decode_step_seconds", lambda model, rows: DECODE_S)
+    monkeypatch.setattr(
+        callbacks, "loss_batch_seconds", lambda trainer, model: clock.probed_batch_s
+    )
     return clock
 
 
@@ -234,10 +238,12 @@ def test_the_default_keeps_validation_within_the_budget(tmp_path, tiny_model_dir
     project = _default_project(tmp_path / "auto", tiny_model_dir, max_steps=steps)
     rec = train(load_project(project), run_dir=tmp_path / "auto" / "run", progress=False)
     # 8 validation items in 2 batches and a check of 2 prompts: 4 s an evaluation, against 1 s
-    # a step; the first is estimated from the pace and the probe: 2 x 0.5 + 0.5 + 32 x 0.05.
+    # a step; the first is estimated from the probes: 2 x 0.5 + 0.5 + 32 x 0.05.
     cost = 2 * BATCH_S + CHECK_S
     first = FirstPass(loss_batches=2, grad_accum=1, batch_size=4, gen_rows=2, gen_tokens=32)
-    expected, _ = simulate(steps, STEP_S, cost, 0.10, first=first, decode_s=DECODE_S)
+    expected, _ = simulate(
+        steps, STEP_S, cost, 0.10, first=first, decode_s=DECODE_S, batch_s=BATCH_S
+    )
     assert [m["step"] for m in rec["metrics"]] == expected and len(expected) >= 4
     assert all(m["val_loss_s"] == 2 * BATCH_S for m in rec["metrics"])
     assert rec["wall_time_s"] == steps * STEP_S + len(expected) * cost
@@ -246,6 +252,7 @@ def test_the_default_keeps_validation_within_the_budget(tmp_path, tiny_model_dir
     assert budget["evaluations"] == len(expected) and budget["share"] <= 0.10
     assert budget["first_estimate_s"] == pytest.approx(2 * 0.5 + 0.5 + 32 * DECODE_S)
     assert budget["first_measured_s"] == cost and not budget["forced_final"]
+    assert budget["loss_batch_s"] == BATCH_S
     assert rec["config"]["train"]["eval_every"] == "auto"
     # Today's fixed cadence on the same costs spends 1/6 of the run: 6 evaluations, 24 of 144 s
     # (the share of any multiple of 20 steps). No checkpoints: they cost no fake time, only real.
@@ -255,6 +262,27 @@ def test_the_default_keeps_validation_within_the_budget(tmp_path, tiny_model_dir
     rec = train(load_project(project), run_dir=tmp_path / "fixed" / "run", progress=False)
     assert len(rec["metrics"]) == 6 and _share(rec) == pytest.approx(24 / 144)
     assert "eval_budget" not in rec
+
+
+def test_the_first_evaluation_is_priced_from_the_loss_probe(tmp_path, tiny_model_dir, fake_clock):
+    """A validation batch that costs a tenth of a step, not the half the step-time guess
+    assumes: the probe's figure prices the first evaluation, so it comes sooner."""
+    from tunewise.train.trainer import train
+
+    fake_clock.probed_batch_s = 0.1
+    steps = 200
+    project = _default_project(tmp_path, tiny_model_dir, max_steps=steps)
+    rec = train(load_project(project), run_dir=tmp_path / "run", progress=False)
+    budget = rec["eval_budget"]
+    assert budget["loss_batch_s"] == 0.1
+    assert budget["first_estimate_s"] == pytest.approx(2 * 0.1 + 0.1 + 32 * DECODE_S)
+    cost = 2 * BATCH_S + CHECK_S  # what an evaluation really costs on the fake clock
+    first = FirstPass(loss_batches=2, grad_accum=1, batch_size=4, gen_rows=2, gen_tokens=32)
+    probed, _ = simulate(steps, STEP_S, cost, 0.10, first=first, decode_s=DECODE_S, batch_s=0.1)
+    guessed, _ = simulate(steps, STEP_S, cost, 0.10, first=first, decode_s=DECODE_S)
+    assert [m["step"] for m in rec["metrics"]] == probed
+    assert probed[0] < guessed[0]  # the guess (half a step per batch) would have waited longer
+    assert budget["share"] <= 0.10
 
 
 def test_early_stopping_and_the_best_weights_with_irregular_evaluations(
@@ -386,6 +414,7 @@ def test_on_the_real_clock_the_scheduler_accounts_for_at_least_what_run_json_rec
     budget = rec["eval_budget"]
     assert budget["evaluations"] == len(rec["metrics"]) >= 1  # at the end at the latest
     assert budget["decode_step_s"] > 0 and budget["first_estimate_s"] > 0
+    assert budget["loss_batch_s"] > 0  # the real prediction_step on the first validation batch
     # An evaluation's cost runs from the decision to the end of its callbacks: it covers the loss
     # pass and the check (two clocks, time.time and perf_counter: a little slack).
     parts = sum(m["val_loss_s"] + m["overfit_check_s"] for m in rec["metrics"])
@@ -419,6 +448,7 @@ def test_two_processes_evaluate_at_the_same_steps(tmp_path, tiny_model_dir):
     rec = json.loads((run / "run.json").read_text())
     assert rec["world_size"] == 2 and rec["status"] in ("completed", "stopped")  # early stop
     assert rec["eval_budget"]["evaluations"] == len(rec["metrics"]) >= 1
+    assert rec["eval_budget"]["loss_batch_s"] is None  # no loss probe under a launcher
     assert rec["global_step"] in (40, rec["metrics"][-1]["step"])
 
 

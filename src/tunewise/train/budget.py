@@ -22,10 +22,13 @@ would spend budget left unspent (a first evaluation dearer in the estimate than 
 of evaluations at consecutive steps, and early stopping, which counts evaluations, would stop on
 a few steps' noise.
 
-* **The first evaluation** has no measured cost: it is estimated from the measured step time (a
-  forward pass of a validation batch ~ :data:`FORWARD_SHARE` of a training step; see
-  :class:`FirstPass`) plus the overfitting check's generation, whose per-token cost is measured
-  by a short greedy probe (the callback's). After it runs, its measured cost replaces the guess.
+* **The first evaluation** has no measured cost yet: it is priced from two timed probes at the
+  first check, the validation loss of one batch (the number of batches times that) and a short
+  greedy run (the overfitting check's generation, per token); see :class:`FirstPass`. Under a
+  launcher the loss probe does not run (a forward on one process alone could wait forever on a
+  sharded model) and a validation batch is priced at :data:`FORWARD_SHARE` of the measured
+  training step instead, a guess that was 7x too dear on the demo. After the first evaluation
+  its measured cost replaces the estimate.
 * **The last step** evaluates only if the rule holds there, except that a run with no evaluation
   at all gets one at the end (validation loss, the stop rules and run.json need one), even over
   the budget; run.json's ``eval_budget.forced_final`` says so.
@@ -100,10 +103,12 @@ class FirstPass:
     gen_rows: int = 0  # the overfitting check's prompts (0: no check)
     gen_tokens: int = 0  # tokens generated per prompt, at most
 
-    def seconds(self, step_s: float, decode_s: float | None) -> float:
+    def seconds(self, step_s: float, decode_s: float | None, batch_s: float | None = None) -> float:
         """``step_s``: seconds per optimizer step; ``decode_s``: seconds per greedy step of
-        ``gen_rows`` prompts (measured), None to price each as a batch forward (dearer)."""
-        batch_fwd = FORWARD_SHARE * step_s / self.grad_accum
+        ``gen_rows`` prompts (measured), None to price each as a batch forward (dearer);
+        ``batch_s``: seconds of one validation batch's loss (measured), None to guess it from
+        the step time."""
+        batch_fwd = batch_s if batch_s is not None else FORWARD_SHARE * step_s / self.grad_accum
         loss = self.loss_batches * batch_fwd
         if not self.gen_rows:
             return loss
@@ -131,9 +136,11 @@ class EvalPlanner:
     ) -> None:
         self.budget = budget
         self.margin = margin
+        self._first_pass = first if isinstance(first, FirstPass) else None
         self._first: FirstCost = first.seconds if isinstance(first, FirstPass) else first
         self.evaluated_before = evaluated_before  # a resumed run that has evaluated already
         self.decode_s: float | None = None  # a greedy step of the check's prompts, measured
+        self.batch_s: float | None = None  # one validation batch's loss, measured
         self.costs: list[float] = []  # each evaluation's seconds, this session
         self.other_s = 0.0  # other seconds spent for evaluation (the decode probe)
         self.first_estimate: float | None = None
@@ -163,6 +170,8 @@ class EvalPlanner:
         the first pass's estimate at the pace so far."""
         if self.costs:
             return self.costs[-1]
+        if self._first_pass is not None:
+            return self._first_pass.seconds(self.step_s(step, now), self.decode_s, self.batch_s)
         return self._first(self.step_s(step, now), self.decode_s)
 
     def due(self, step: int, max_steps: int) -> bool:
@@ -220,6 +229,7 @@ class EvalPlanner:
             "first_estimate_s": _round(self.first_estimate),
             "first_measured_s": _round(self.costs[0] if self.costs else None),
             "decode_step_s": _round(self.decode_s),
+            "loss_batch_s": _round(self.batch_s),
             "forced_final": self.forced_final,
         }
 
@@ -236,6 +246,7 @@ def simulate(
     *,
     first: FirstPass | None = None,
     decode_s: float | None = None,
+    batch_s: float | None = None,
     margin: float = MARGIN,
 ) -> tuple[list[int], EvalPlanner]:
     """The steps a run of ``steps`` optimizer steps evaluates at, on a clock where a step takes
@@ -243,12 +254,13 @@ def simulate(
     ``eval_s``); and the planner, with its accounting.
 
     ``first`` None: the first evaluation's cost is known in advance (the estimate's case); else it
-    is estimated from the pace as in a real run, with ``decode_s`` as the probe's figure."""
+    is estimated from the pace as in a real run, with ``decode_s`` and ``batch_s`` as the probes'
+    figures."""
     costs = [eval_s] if isinstance(eval_s, (int, float)) else list(eval_s)
     planner = EvalPlanner(
         budget, first if first is not None else (lambda s, d: float(costs[0])), margin=margin
     )
-    planner.decode_s = decode_s
+    planner.decode_s, planner.batch_s = decode_s, batch_s
     now = 0.0
     planner.begin(0, now)
     done: list[int] = []

@@ -17,6 +17,7 @@ import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -467,6 +468,26 @@ def decode_step_seconds(model: Any, rows: int, *, tokens: int = 4) -> float:
             model.train()
 
 
+def loss_batch_seconds(trainer: Any, model: Any) -> float:
+    """Seconds of the validation loss on the split's first batch, computed as an evaluation
+    computes it (the trainer's ``prediction_step``: shared prefix, logits where labelled)."""
+    ds = trainer.eval_dataset
+    n = min(len(ds), trainer.args.per_device_eval_batch_size)
+    batch = trainer._prepare_inputs(trainer.data_collator([ds[i] for i in range(n)]))
+    was_training = model.training
+    model.eval()
+    try:
+        t0 = time.perf_counter()
+        trainer.prediction_step(model, batch, prediction_loss_only=True)
+        device = next(model.parameters()).device
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - t0
+    finally:
+        if was_training:
+            model.train()
+
+
 def _agree(value: Any) -> Any:
     """The main process's ``value`` on every process (a broadcast under a launcher)."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
@@ -493,6 +514,9 @@ class EvalScheduler(TrainerCallback):
         self.planner = planner
         self.record = record  # run.json's eval_budget (the recorder holds the same dict)
         self.probe = probe  # model -> seconds per greedy step of the check; None: no check
+        # model -> seconds of one validation batch's loss; set once the Trainer exists
+        # (:func:`attach_loss_probe`), and only for a single process
+        self.loss_probe: Any = None
 
     @staticmethod
     def clock() -> float:
@@ -518,14 +542,24 @@ class EvalScheduler(TrainerCallback):
             return
         evaluate = False
         if state.is_world_process_zero:
-            if self.probe is not None and p.decode_s is None and model is not None:
-                t0 = self.clock()
-                p.decode_s = self.probe(model)
-                p.other_s += self.clock() - t0
+            self._run_probes(model)
             evaluate = p.decide(state.global_step, state.max_steps, self.clock())
         evaluate, p.next_check = _agree((evaluate, p.next_check))
         if evaluate:
             control.should_evaluate = True
+
+    def _run_probes(self, model: Any) -> None:
+        """Before the first evaluation is priced: time one greedy step and one validation batch
+        (their seconds count as evaluation spending)."""
+        p = self.planner
+        if model is None or p.costs:
+            return
+        t0 = self.clock()
+        if self.probe is not None and p.decode_s is None:
+            p.decode_s = self.probe(model)
+        if self.loss_probe is not None and p.batch_s is None:
+            p.batch_s = self.loss_probe(model)
+        p.other_s += self.clock() - t0
 
     def on_evaluate(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
@@ -543,6 +577,17 @@ class EvalScheduler(TrainerCallback):
     def _update(self) -> None:
         self.record.clear()
         self.record.update(self.planner.record())
+
+
+def attach_loss_probe(callbacks: list[Any], trainer: Any) -> None:
+    """Give the run's :class:`EvalScheduler` (if any) its validation-loss probe on ``trainer``;
+    only for a single process (under a launcher a forward on the main process alone could wait
+    forever on a sharded model: the first estimate guesses from the step time there)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return
+    for cb in callbacks:
+        if isinstance(cb, EvalScheduler):
+            cb.loss_probe = partial(loss_batch_seconds, trainer)
 
 
 def eval_scheduler(

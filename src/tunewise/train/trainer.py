@@ -53,7 +53,12 @@ from tunewise.progress import make_console
 from tunewise.rundir import RunDir
 from tunewise.runtime import device, models
 from tunewise.train.budget import loss_item_cap, loss_order
-from tunewise.train.callbacks import ValidationMonitor, run_callbacks, validation_monitor
+from tunewise.train.callbacks import (
+    ValidationMonitor,
+    attach_loss_probe,
+    run_callbacks,
+    validation_monitor,
+)
 from tunewise.train.checkpoints import DiskFull, save_atomically
 from tunewise.train.collate import (
     ChatCollator,
@@ -528,6 +533,7 @@ def build(prep: Prepared, console: Console, *, progress: bool = True) -> Built:
     )
     for cb in (ProgressCallback, PrinterCallback):
         trainer.remove_callback(cb)
+    attach_loss_probe(callbacks, trainer)
     trainer._tw_prefix = _shared_prefix(cfg, prep, model, recorder, console)
     if w := sharding_warning(trainer.accelerator.distributed_type.value):
         recorder.warn(w)
