@@ -109,6 +109,25 @@ def test_a_long_prefix_of_the_batch_beats_a_short_stored_one(tiny_ref, adapters)
     assert len(longer) > len(short) + 10
 
 
+def test_a_batch_with_a_sampled_row_runs_without_the_cache(tiny_ref, adapters, monkeypatch):
+    """A seeded sample must see the same logits whatever the cache holds (near-equal logits swap
+    places in the sorted order it draws from on a last-bit difference): its batch neither reads
+    nor fills the cache, and runs the prompts as an engine without one does."""
+    eng = _engine(tiny_ref, adapters)
+    sampled = GenRequest(messages=_msgs(QUESTIONS[0]), adapter="a", temperature=1.0, seed=3)
+    greedy = _reqs(("a", "b"), QUESTIONS[1:3])
+    eng.generate([sampled, *greedy])
+    assert len(eng.prefix_cache) == 0 and eng.prefix_cache.misses == 0
+    eng.generate(greedy)  # now the cache holds the system prompt for a and b
+    assert len(eng.prefix_cache) == 2
+    spy = ForwardSpy(eng, monkeypatch)
+    again = GenRequest(messages=_msgs(QUESTIONS[3]), adapter="a", temperature=1.0, seed=3)
+    eng.generate([again])
+    prompt = eng.encode([eng.render(again.messages)])[0]
+    assert spy.calls[0][:2] == (1, len(prompt))  # the whole prompt, not the suffix
+    assert eng.prefix_cache.hits == 0
+
+
 def test_the_cache_stays_within_its_bytes_and_drops_the_oldest() -> None:
     layer = (torch.zeros(1, 2, 10, 4), torch.zeros(1, 2, 10, 4))  # 320 bytes each
     size = 2 * 320

@@ -378,12 +378,17 @@ def greedy_decode(
     one forward, and the one after the last chunk carries the first token.
 
     ``prefix_cache``: shared prefixes' keys and values kept across calls, for the one-forward
-    prefill (:mod:`tunewise.runtime.prefix_cache`).
+    prefill of a batch without sampled rows (:mod:`tunewise.runtime.prefix_cache`).
     """
     import torch  # lazy: torch, ~1 s; imported where tensors are made
 
     grouped = any(r.group is not None for r in rows)
     groups = [r.group for r in rows] if grouped else None
+    if any(r.sampler is not None for r in rows):
+        # A draw walks the logits in sorted order, and near-equal logits swap places on a
+        # last-bit difference (a prefix computed in another forward): a seeded sample must see
+        # the same bits whatever the cache holds, so its batch runs without it.
+        prefix_cache = None
     logits, kv, mask, last_pos = yield from _prefill_rows(
         forward, config, rows, pad_id, groups, prefill_chunk, prefix_cache
     )

@@ -14,6 +14,12 @@ Entries are kept least recently used first and dropped past ``max_bytes``. Store
 never written: a cache built on them copies on its first update (see
 :func:`tunewise.runtime.decoding.new_cache`).
 
+A prefix computed apart from its suffix is the same math in other matmul shapes, so logits may
+differ from a whole-prompt prefill in their last bits: greedy answers stay equal but at a near tie,
+while a sampled row draws by walking the logits in sorted order, where near-equal logits swap
+places on such a difference. A batch with a sampled row therefore runs without the cache, and a
+seeded sample answers the same whatever the cache holds.
+
 Which prefixes are stored: the common prefix of a batch's prompts (at least
 :data:`tunewise.runtime.decoding.MIN_SHARED_PREFIX` tokens). A later batch, or a single request,
 uses the longest stored prefix that all its prompts start with (each keeping one token of its
