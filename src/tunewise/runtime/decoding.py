@@ -173,6 +173,33 @@ def _run_prefix(
     return [(layer.keys, layer.values) for layer in kv.layers]
 
 
+def _per_kind(layers: Layers, kinds: list[Hashable]) -> dict[Hashable, Layers]:
+    """:func:`_run_prefix`'s layers split into one batch-1 copy per group."""
+    if len(kinds) == 1:
+        return {kinds[0]: layers}
+    # a slice would keep the whole batch's tensors alive (in the prefix cache): copy each
+    return {
+        g: [(k[j : j + 1].clone(), v[j : j + 1].clone()) for k, v in layers]
+        for j, g in enumerate(kinds)
+    }
+
+
+def _for_rows(
+    config: Any, per_kind: dict[Hashable, Layers], groups: list[Hashable] | None, b: int
+) -> Any:
+    """A cache for ``b`` rows, each holding its group's prefix (one group: expanded views)."""
+    import torch  # lazy: torch, ~1 s; imported where tensors are made
+
+    if len(per_kind) == 1:
+        return new_cache(config, next(iter(per_kind.values())), b)
+    per_row = [per_kind[g] for g in groups or []]
+    layers = [
+        (torch.cat([r[i][0] for r in per_row]), torch.cat([r[i][1] for r in per_row]))
+        for i in range(len(per_row[0]))
+    ]
+    return new_cache(config, layers, b)
+
+
 def _prefill_prefix(
     forward: Forward, config: Any, prefix: list[int], groups: list[Hashable] | None, b: int
 ) -> Any:
@@ -182,14 +209,9 @@ def _prefill_prefix(
     expanded to every row. With several, it runs once per group (batch = the number of groups)
     and each row takes its own group's copy: what the row would compute alone.
     """
-    import torch  # lazy: torch, ~1 s; imported where tensors are made
-
-    kinds = None if groups is None else list(dict.fromkeys(groups))  # distinct, first seen first
-    layers = _run_prefix(forward, config, prefix, kinds)
-    if kinds is not None and len(kinds) > 1:
-        own = torch.tensor([kinds.index(g) for g in groups or []], device=layers[0][0].device)
-        layers = [(key.index_select(0, own), val.index_select(0, own)) for key, val in layers]
-    return new_cache(config, layers, b)
+    kinds = [None] if groups is None else list(dict.fromkeys(groups))  # distinct, first seen first
+    layers = _run_prefix(forward, config, prefix, None if groups is None else kinds)
+    return _for_rows(config, _per_kind(layers, kinds), groups, b)
 
 
 def _cached_prefix(
@@ -212,15 +234,11 @@ def _cached_prefix(
     it. With nothing stored the batch's own always wins, so a batch of one row per adapter still
     runs its prefix apart, at no extra cost, to store it.
     """
-    import torch  # lazy: torch, ~1 s; imported where tensors are made
-
     b = len(prompts)
     kinds = [None] if groups is None else list(dict.fromkeys(groups))
-    keys = [cache.identity(g) for g in kinds]
+    keys = {g: cache.identity(g) for g in kinds}
     stored = cache.longest(prompts)
-    found = (
-        {g: cache.get(key, stored) for g, key in zip(kinds, keys, strict=True)} if stored else {}
-    )
+    found = {g: cache.get(keys[g], stored) for g in kinds} if stored else {}
     lacking = sum(1 for g in kinds if found.get(g) is None)
     longer = shared >= len(stored) + MIN_SHARED_PREFIX
     if shared >= MIN_SHARED_PREFIX and (
@@ -234,22 +252,11 @@ def _cached_prefix(
     missing = [g for g in kinds if found.get(g) is None]
     if missing:
         layers = _run_prefix(forward, config, list(tokens), None if groups is None else missing)
-        for j, g in enumerate(missing):
-            # a slice would keep the whole batch's tensor alive: copy when there are several
-            if len(missing) > 1:
-                found[g] = [(k[j : j + 1].clone(), v[j : j + 1].clone()) for k, v in layers]
-            else:
-                found[g] = layers
-            cache.put(keys[kinds.index(g)], tokens, found[g])
+        for g, own in _per_kind(layers, missing).items():
+            found[g] = own
+            cache.put(keys[g], tokens, own)
     cache.count(hits=sum(1 for g in (groups or [None]) if g not in missing), misses=len(missing))
-    if len(kinds) == 1:
-        return new_cache(config, found[kinds[0]], b), len(tokens)
-    per_row = [found[g] for g in groups or []]
-    layers = [
-        (torch.cat([r[i][0] for r in per_row]), torch.cat([r[i][1] for r in per_row]))
-        for i in range(len(per_row[0]))
-    ]
-    return new_cache(config, layers, b), len(tokens)
+    return _for_rows(config, found, groups, b), len(tokens)
 
 
 def prefill(
@@ -273,18 +280,16 @@ def prefill(
     kv = new_cache(config)
     shared = _common_prefix(prompts)
     distinct = 1 if groups is None else len(set(groups))
-    filled = None
     if not shareable(kv):
         shared = 0
     elif prefix_cache is not None:
         filled, shared = _cached_prefix(forward, config, prompts, groups, shared, prefix_cache)
+        kv = filled if filled is not None else kv
     elif shared >= MIN_SHARED_PREFIX and distinct < b:
         # A prefix pass per group pays off only while groups are fewer than rows.
-        filled = _prefill_prefix(forward, config, prompts[0][:shared], groups, b)
+        kv = _prefill_prefix(forward, config, prompts[0][:shared], groups, b)
     else:
         shared = 0
-    if filled is not None:
-        kv = filled
     prefix_mask = torch.ones((b, shared), dtype=torch.long)
     suffixes = [p[shared:] for p in prompts]
     width = max(len(s) for s in suffixes)
