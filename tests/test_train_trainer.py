@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -156,11 +157,29 @@ def test_real_generation_sample_is_scored(tmp_path, tiny_model_dir):
     assert generate_greedy(model, tok, prompts[2:], max_new_tokens=12) == texts[2:]
 
 
-def test_missing_splits_is_a_user_error(tmp_path, tiny_model_dir):
+def test_missing_splits_is_a_user_error_whose_command_makes_them(tmp_path, tiny_model_dir):
+    import shlex
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from tunewise.cli import app
+
     project = make_project(tmp_path, tiny_model_dir)
-    (tmp_path / ".tunewise" / "splits" / "train.jsonl").unlink()
-    with pytest.raises(UserError, match="tunewise data split"):
+    splits = tmp_path / ".tunewise" / "splits"
+    shutil.rmtree(splits)
+    with pytest.raises(UserError, match="tunewise data split") as err:
         train(load_project(project), run_dir=tmp_path / "run", progress=False)
+    # the command the message gives, run as written, puts the splits where training looks
+    command = re.search(r"`tunewise (data split [^`]+)`", str(err.value))
+    assert command, str(err.value)
+    done = CliRunner().invoke(app, shlex.split(command.group(1)))
+    assert done.exit_code == 0, done.output
+    from tunewise.data.own_splits import split_project
+
+    split_project(load_project(project), tmp_path / "ladder")  # what the ladder's stage writes
+    for name in ("train.jsonl", "val.jsonl", "test.jsonl"):
+        assert (splits / name).read_bytes() == (tmp_path / "ladder" / name).read_bytes()
 
 
 def test_cli_errors_are_one_line_exit_2(tmp_path, tiny_model_dir):

@@ -19,6 +19,7 @@ import importlib.metadata as md
 import json
 import os
 import platform
+import shlex
 import shutil
 import sys
 import time
@@ -133,8 +134,8 @@ def data_paths(
     train_path = (Path(train_path) if train_path else splits / "train.jsonl").resolve()
     if not train_path.is_file():
         raise UserError(
-            f"{train_path}: training split not found; run `tunewise data split` first "
-            "or pass a file"
+            f"{train_path}: training split not found; make the project's splits with "
+            f"`{split_command(cfg, splits)}` (what `tunewise run` does first) or pass --train-file"
         )
     if (
         val_path is None
@@ -146,6 +147,22 @@ def data_paths(
     if val_path is not None and not val_path.is_file():
         raise UserError(f"{val_path}: validation split not found")
     return train_path, val_path
+
+
+def split_command(cfg: ProjectConfig, splits: Path) -> str:
+    """The ``tunewise data split`` call that makes the splits the ladder would, in ``splits``."""
+    data, fractions = cfg.data, cfg.data.split
+    args = ["tunewise", "data", "split", str(data.train), "--out", str(splits)]
+    # the project's own files and fractions, so the files equal the ladder's split stage
+    for flag, own, fraction in (
+        ("--val", data.val, fractions.val),
+        ("--test", data.test, fractions.test),
+    ):
+        args += [f"{flag}-file", str(own)] if own is not None else [flag, str(fraction)]
+    args += ["--seed", str(fractions.seed), "--project", cfg.name]
+    if cfg.task.output_pattern:
+        args += ["--pattern", cfg.task.output_pattern]
+    return shlex.join(args)
 
 
 def claim_run_dir(
