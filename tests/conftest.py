@@ -23,6 +23,11 @@ CLINC = SHARED / "datasets" / "clinc150" / "data_full.json"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never download
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# CLI output in tests is a pipe, which tunewise prints 160 columns wide (progress.make_console);
+# a COLUMNS from the caller's shell (or pytest-xdist, which sets 80) would wrap long tmp paths
+# inside the lines the tests look for.
+os.environ.pop("COLUMNS", None)
+os.environ.pop("LINES", None)
 
 
 @pytest.fixture(scope="session")
