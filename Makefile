@@ -32,11 +32,14 @@ setup: $(STAMP) $(BROWSER_STAMP)
 demo: $(STAMP)
 	$(BIN)/python examples/ticket-triage/demo.py
 
+# Two workers: one alone used ~1.2 of 2 cores (imports, servers, subprocesses wait on one core).
+# Whole files go to one worker, so a module's shared fixture (one export, one trained pair) runs once.
+PYTEST_WORKERS ?= 2
 test: $(STAMP) $(BROWSER_STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow and not browser"
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile -m "not slow and not browser"
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench examples

@@ -16,6 +16,15 @@ from pathlib import Path
 
 import pytest
 
+# `make test` runs the suite on pytest-xdist workers. Each worker's torch would start one thread
+# per core, and OpenMP threads spin while they wait, so the workers fight: on 2 cores `-n 2` took
+# 699 s with torch's default threads, 421 s with one thread a worker, and 616 s serially. Set
+# before anything imports torch (the child processes tests start inherit it too). Tests whose
+# point is batch-versus-alone numerics on several threads ask for them (`torch_threads`).
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // _WORKERS)))
+
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
 CLINC = SHARED / "datasets" / "clinc150" / "data_full.json"
@@ -139,3 +148,18 @@ def copy_tree(tmp_path: Path):
         return dst
 
     return _copy
+
+
+@pytest.fixture
+def torch_threads():
+    """Two intra-op threads for this test, whatever the worker's share (see the top).
+
+    A batch and a request alone agree only up to float rounding, and the rounding changes with
+    the thread count: a prefix-cache bug showed on two threads and hid on one.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)

@@ -149,6 +149,7 @@ def _same(got: list[GenResult], want: list[GenResult]) -> None:
         )
 
 
+@pytest.mark.usefixtures("torch_threads")
 def test_mixed_batch_equals_each_request_alone(tiny_ref, adapters, monkeypatch) -> None:
     eng = _engine(tiny_ref, adapters)
     # three adapters and the base, prompt lengths from 1 word to 20, most sharing the long

@@ -62,6 +62,7 @@ def test_one_row_per_adapter_stores_every_adapters_copy(tiny_ref, adapters, monk
     assert spy.calls[0][0] == 4
 
 
+@pytest.mark.usefixtures("torch_threads")
 def test_answers_equal_those_without_the_cache(tiny_ref, adapters) -> None:
     """Several batches in a row (the cache warm from the first), rows alone, mixed adapters and
     the base: every answer is the one an engine without a prefix cache gives."""
@@ -109,6 +110,7 @@ def test_a_long_prefix_of_the_batch_beats_a_short_stored_one(tiny_ref, adapters)
     assert len(longer) > len(short) + 10
 
 
+@pytest.mark.usefixtures("torch_threads")
 def test_a_batch_with_a_sampled_row_runs_without_the_cache(tiny_ref, adapters, monkeypatch):
     """A seeded sample must see the same logits whatever the cache holds (near-equal logits swap
     places in the sorted order it draws from on a last-bit difference): its batch neither reads

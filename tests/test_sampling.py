@@ -60,6 +60,7 @@ def test_temperature_zero_is_todays_greedy_answer_whatever_top_p_and_seed(engine
     assert beside == greedy[0]
 
 
+@pytest.mark.usefixtures("torch_threads")
 def test_the_same_seed_gives_the_same_answer_alone_and_in_a_batch(engine: Engine) -> None:
     sampled = [_req(q, temperature=1.0, seed=7) for q in PROMPTS]
     alone = [engine.generate([r])[0].text for r in sampled]
