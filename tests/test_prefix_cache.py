@@ -8,6 +8,9 @@ never reuses the old weights' keys; the cache keeps within its byte budget.
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import pytest
 import torch
 
@@ -15,6 +18,7 @@ from test_mixed_adapters import QUESTIONS, ForwardSpy, _engine, _msgs, _same
 from test_mixed_adapters import adapters as adapters  # a fixture: pytest finds it here
 from test_mixed_adapters import tiny_ref as tiny_ref  # a fixture
 from tunewise.runtime import decoding
+from tunewise.runtime.cache import GenCache
 from tunewise.runtime.engine import GenRequest
 from tunewise.runtime.prefix_cache import PrefixCache
 
@@ -91,6 +95,23 @@ def test_an_adapter_replaced_under_its_name_gets_new_keys(tiny_ref, adapters) ->
     eng.load_adapter("a", adapters["b"])  # "a" now has b's weights
     fresh = _engine(tiny_ref, adapters, names=("b",), prefix_cache_mb=0)
     want = fresh.generate(_reqs(("b", "b"), QUESTIONS[:2], n=8))
+    _same(eng.generate(reqs), want)
+
+
+def test_an_adapter_whose_config_changed_in_place_gets_new_keys(tiny_ref, adapters, tmp_path):
+    """Same weights file, same folder, another lora_alpha: other answers. Reloading it must not
+    keep the old adapter, and neither cache may hand back what the old scale computed."""
+    own = tmp_path / "a"
+    shutil.copytree(adapters["a"], own)
+    eng = _engine(tiny_ref, {"a": own}, names=("a",), cache=GenCache(tmp_path / "gen.db"))
+    reqs = _reqs(("a", "a"), QUESTIONS[:2], n=8)
+    before = eng.generate(reqs)
+    config = own / "adapter_config.json"
+    cfg = json.loads(config.read_text())
+    config.write_text(json.dumps({**cfg, "lora_alpha": cfg["lora_alpha"] * 4}))
+    eng.load_adapter("a", own)
+    want = _engine(tiny_ref, {"a": own}, names=("a",), prefix_cache_mb=0).generate(reqs)
+    assert [r.text for r in want] != [r.text for r in before]  # the scale matters here
     _same(eng.generate(reqs), want)
 
 

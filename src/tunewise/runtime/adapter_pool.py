@@ -23,6 +23,7 @@ engine runs the others in batches of their own, as before.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import threading
@@ -37,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 from safetensors import SafetensorError, safe_open
 
 from tunewise.errors import UserError
-from tunewise.fsio import read_json_object, sha256_file
+from tunewise.fsio import read_json_object, sha256_file, sha256_json
 from tunewise.rundir import ADAPTER_CONFIG, ADAPTER_WEIGHTS, RunDir
 
 if TYPE_CHECKING:
@@ -52,11 +53,22 @@ class BaseMismatchError(UserError):
     """An adapter trained on another base model (the server says 409, like a registry version's)."""
 
 
+def adapter_digest(path: Path) -> str:
+    """What an adapter's answers depend on: its weights file and its config.
+
+    The weights alone were the key, but ``adapter_config.json`` scales them (``lora_alpha``,
+    ``use_rslora``) and says where they go: an edited config under the same folder was kept
+    loaded as it was, and the generation and prefix caches answered from the old scale.
+    """
+    config = hashlib.sha256((path / ADAPTER_CONFIG).read_bytes()).hexdigest()
+    return sha256_json([sha256_file(path / ADAPTER_WEIGHTS), config])
+
+
 @dataclass(frozen=True)
 class Adapter:
     name: str
     path: Path
-    sha256: str  # of adapter_model.safetensors: part of the cache key
+    sha256: str  # of its weights and config (adapter_digest): part of the cache keys
     slot: str  # PEFT adapter name (module-dict key: no dots, no '@' or ':')
 
 
@@ -114,7 +126,7 @@ class AdapterPool:
             return self._mixable.get(name, False)
 
     def sha256(self, name: str | None) -> str:
-        """The adapter's weight hash, ``""`` for the base model (the cache key's adapter part)."""
+        """The adapter's :func:`adapter_digest` (a cache key's adapter part); "" for the base."""
         return "" if name is None else self.get(name).sha256
 
     # ------------------------------------------------------------------ registration
@@ -126,7 +138,7 @@ class AdapterPool:
         """
         path = Path(path)
         self._check_files(name, path, base_hash)
-        digest = sha256_file(path / ADAPTER_WEIGHTS)
+        digest = adapter_digest(path)
         with self._lock:
             old = self._registered.get(name)
             if old is not None and old.sha256 == digest and old.path == path:

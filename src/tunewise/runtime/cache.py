@@ -5,7 +5,8 @@ WAL lets readers run while one process writes, and ``busy_timeout`` makes a seco
 instead of failing. An entry is keyed by everything that determines a greedy output:
 
 * the model hash (weights, plus quantisation), or ``external:<url>:<model>`` for an endpoint;
-* the adapter hash (sha256 of ``adapter_model.safetensors``; empty for the base model);
+* the adapter hash (its weights and ``adapter_config.json``, see
+  :func:`tunewise.runtime.adapter_pool.adapter_digest`; empty for the base model);
 * the prompt hash (sha256 of the rendered prompt text, so a template change is a miss);
 * the decoding parameters (greedy, ``max_new_tokens``, stop strings; the label list for scores).
 

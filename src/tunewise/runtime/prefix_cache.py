@@ -8,8 +8,8 @@ automatic prefix caching). It matters most when a batch's rows belong to differe
 prefix's keys and values differ per adapter, so within one batch there is nothing to share, but
 each adapter's copy is computed once and then reused by every later batch.
 
-An entry is keyed by the group's identity (the engine passes its adapter's weight hash, so an
-adapter replaced under the same name never reuses the old one's keys) and the prefix's token ids.
+An entry is keyed by the group's identity (the engine passes its adapter's digest of weights and config,
+so an adapter replaced or re-scaled under the same name never reuses the old one's keys) and the prefix's token ids.
 Entries are kept least recently used first and dropped past ``max_bytes``. Stored tensors are
 never written: a cache built on them copies on its first update (see
 :func:`tunewise.runtime.decoding.new_cache`).
@@ -48,7 +48,7 @@ class PrefixCache:
         if max_bytes < 0:
             raise ValueError(f"max_bytes must be at least 0, not {max_bytes}")
         self.max_bytes = max_bytes
-        # a group (the engine's adapter name) -> what its keys depend on (its weights' hash)
+        # a group (the engine's adapter name) -> what its keys depend on (weights and config)
         self._identity = identity or (lambda group: group)
         self._entries: OrderedDict[tuple[Hashable, tuple[int, ...]], Layers] = OrderedDict()
         self._sizes: dict[tuple[Hashable, tuple[int, ...]], int] = {}
