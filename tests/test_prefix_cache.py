@@ -66,6 +66,49 @@ def test_one_row_per_adapter_stores_every_adapters_copy(tiny_ref, adapters, monk
     assert spy.calls[0][0] == 4
 
 
+def test_a_request_alone_starts_after_what_the_one_before_shared(tiny_ref, adapters, monkeypatch):
+    """One client asking in turn (no batch to share within): each request alone stores its
+    prompt, and the next one starts after the part it shares with it, the system prompt here,
+    though the stored prompt goes on with another question."""
+    eng = _engine(tiny_ref, adapters)
+    first, second = (_reqs(("a",), [q], n=6) for q in QUESTIONS[1:3])
+    eng.generate(first)
+    assert len(eng.prefix_cache) == 1
+    spy = ForwardSpy(eng, monkeypatch)
+    eng.generate(second)
+    shared = _shared_len(eng, first + second)
+    assert shared >= 3 * decoding.MIN_SHARED_PREFIX
+    prompt = eng.encode([eng.render(second[0].messages)])[0]
+    assert spy.calls[0][:2] == (1, len(prompt) - shared)  # only its own question's tokens
+    assert eng.prefix_cache.hits == 1
+    other = _reqs(("b",), QUESTIONS[3:4], n=6)  # b has no copy: runs the shared part apart once
+    spy.calls.clear()
+    eng.generate(other)
+    assert [c[1] for c in spy.calls[:2]] == [
+        shared,
+        len(eng.encode([eng.render(other[0].messages)])[0]) - shared,
+    ]
+
+
+def test_a_conversation_starts_after_its_earlier_turns(tiny_ref, adapters, monkeypatch):
+    """The next turn of a chat repeats the earlier ones: its prefill runs only what came after
+    the last prompt (the answer and the new question)."""
+    eng = _engine(tiny_ref, adapters)
+    turn = _msgs(QUESTIONS[0])
+    answer = eng.generate([GenRequest(messages=turn, adapter="c", max_new_tokens=6)])[0].text
+    later = [*turn, {"role": "assistant", "content": answer}, {"role": "user", "content": "Why?"}]
+    before = eng.encode([eng.render(turn)])[0]
+    now = eng.encode([eng.render(later)])[0]
+    assert now[: len(before) - 1] == before[:-1]  # the template repeats the first turn
+    spy = ForwardSpy(eng, monkeypatch)
+    got = eng.generate([GenRequest(messages=later, adapter="c", max_new_tokens=6)])
+    assert spy.calls[0][1] <= len(now) - len(before) + 1
+    want = _engine(tiny_ref, adapters, prefix_cache_mb=0).generate(
+        [GenRequest(messages=later, adapter="c", max_new_tokens=6)]
+    )
+    _same(got, want)
+
+
 @pytest.mark.usefixtures("torch_threads")
 def test_answers_equal_those_without_the_cache(tiny_ref, adapters) -> None:
     """Several batches in a row (the cache warm from the first), rows alone, mixed adapters and
@@ -172,7 +215,26 @@ def test_longest_leaves_every_prompt_a_token_of_its_own() -> None:
     cache.put("g", (1, 2), layer)
     cache.put("g", (1, 2, 3, 4), layer)
     assert cache.longest([[1, 2, 3, 4, 5], [1, 2, 3, 4, 6]]) == (1, 2, 3, 4)
-    assert cache.longest([[1, 2, 3, 4]]) == (1, 2)  # (1, 2, 3, 4) would leave no own token
+    # all of (1, 2, 3, 4) would leave no own token: its start serves
+    assert cache.longest([[1, 2, 3, 4]]) == (1, 2, 3)
+
+
+def test_the_start_of_a_stored_prompt_serves_a_prompt_that_goes_elsewhere() -> None:
+    """A prefix's keys and values do not depend on what follows it (causal attention): the
+    start of a longer entry is served, sliced, to its own identity only."""
+    keys = torch.arange(6.0).reshape(1, 1, 6, 1)
+    cache = PrefixCache(max_bytes=1 << 20)
+    cache.put("g", (1, 2, 3, 4, 5, 6), [(keys, keys + 10)])
+    assert cache.longest([[1, 2, 3, 9, 9], [1, 2, 3, 4, 8]]) == (1, 2, 3)
+    assert cache.longest([[1, 2, 7]], minimum=3) == ()  # shares 2 tokens: too few to bother
+    ((k, v),) = cache.get("g", (1, 2, 3))
+    assert k.flatten().tolist() == [0.0, 1.0, 2.0] and v.flatten().tolist() == [10.0, 11.0, 12.0]
+    assert cache.get("other", (1, 2, 3)) is None
+    assert cache.get("g", (1, 2, 9)) is None
+    # a shorter entry of the same identity is dropped when a longer one starts with it
+    cache.put("h", (1, 2), [(keys[:, :, :2], keys[:, :, :2])])
+    cache.put("h", (1, 2, 3, 4), [(keys[:, :, :4], keys[:, :, :4])])
+    assert len(cache) == 2 and cache.get("h", (1, 2)) is not None
     assert cache.longest([[1, 2, 3, 4, 5], [1, 2, 9]]) == (1, 2)
     assert cache.longest([[7, 1, 2]]) == ()
 

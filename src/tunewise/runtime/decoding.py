@@ -237,7 +237,7 @@ def _cached_prefix(
     b = len(prompts)
     kinds = [None] if groups is None else list(dict.fromkeys(groups))
     keys = {g: cache.identity(g) for g in kinds}
-    stored = cache.longest(prompts)
+    stored = cache.longest(prompts, minimum=MIN_SHARED_PREFIX)
     found = {g: cache.get(keys[g], stored) for g in kinds} if stored else {}
     lacking = sum(1 for g in kinds if found.get(g) is None)
     longer = shared >= len(stored) + MIN_SHARED_PREFIX
@@ -301,6 +301,12 @@ def prefill(
     positions = (shared + mask.cumsum(-1) - 1).clamp(min=0)
     full_mask = torch.cat([prefix_mask, mask], dim=1)  # (b, P + S)
     logits = forward(input_ids, full_mask, positions, kv, **_groups_kw(groups))
+    if prefix_cache is not None and b == 1 and shareable(kv):
+        # A request alone has nobody to share with now, but the next one may: the same system
+        # prompt, or this conversation a turn later. Its whole prompt is stored (no padding in
+        # a batch of one), and PrefixCache serves the start of it to a prompt that goes elsewhere.
+        key = prefix_cache.identity(None if groups is None else groups[0])
+        prefix_cache.put(key, tuple(prompts[0]), [(lay.keys, lay.values) for lay in kv.layers])
     return logits, kv, full_mask, positions[:, -1]
 
 

@@ -8,8 +8,9 @@ automatic prefix caching). It matters most when a batch's rows belong to differe
 prefix's keys and values differ per adapter, so within one batch there is nothing to share, but
 each adapter's copy is computed once and then reused by every later batch.
 
-An entry is keyed by the group's identity (the engine passes its adapter's digest of weights and config,
-so an adapter replaced or re-scaled under the same name never reuses the old one's keys) and the prefix's token ids.
+An entry is keyed by the group's identity (the engine passes its adapter's digest of weights
+and config, so an adapter replaced or re-scaled under the same name never reuses the old one's
+keys) and the prefix's token ids.
 Entries are kept least recently used first and dropped past ``max_bytes``. Stored tensors are
 never written: a cache built on them copies on its first update (see
 :func:`tunewise.runtime.decoding.new_cache`).
@@ -21,9 +22,15 @@ places on such a difference. A batch with a sampled row therefore runs without t
 seeded sample answers the same whatever the cache holds.
 
 Which prefixes are stored: the common prefix of a batch's prompts (at least
-:data:`tunewise.runtime.decoding.MIN_SHARED_PREFIX` tokens). A later batch, or a single request,
-uses the longest stored prefix that all its prompts start with (each keeping one token of its
-own), computing the entries its other adapters lack.
+:data:`tunewise.runtime.decoding.MIN_SHARED_PREFIX` tokens), and the whole prompt of a request
+that runs alone (one client asking in turn has no batch to share within). A later batch, or a
+single request, starts after the longest prefix all its prompts share with one stored entry,
+all of it or its start (each prompt keeping one token of its own; at least MIN_SHARED_PREFIX
+tokens): the keys and values of a prefix do not depend on what follows it, so the start of a
+stored prompt serves the next question under the same system prompt, and a conversation's next
+turn starts after its earlier turns. Entries its other adapters lack are computed once and
+stored. An entry that a new one of the same identity starts with is dropped: the new one serves
+it, sliced, and the budget holds one copy.
 """
 
 from __future__ import annotations
@@ -60,28 +67,42 @@ class PrefixCache:
     def identity(self, group: Hashable) -> Hashable:
         return self._identity(group)
 
-    def longest(self, prompts: Sequence[Sequence[int]]) -> tuple[int, ...]:
-        """The longest stored prefix every prompt starts with, keeping at least one token of its
-        own; ``()`` when none."""
+    def longest(self, prompts: Sequence[Sequence[int]], minimum: int = 1) -> tuple[int, ...]:
+        """The longest prefix every prompt shares with one stored entry (the whole entry or its
+        start), keeping at least one token of each prompt's own; ``()`` when it is shorter than
+        ``minimum``."""
         if not prompts:
             return ()
-        limit = min(len(p) for p in prompts) - 1
+        rows = [tuple(p) for p in prompts]
+        limit = min(len(p) for p in rows) - 1
         with self._lock:
             stored = {tokens for _, tokens in self._entries}
-        best: tuple[int, ...] = ()
+        best = 0
         for tokens in stored:
-            n = len(tokens)
-            if len(best) < n <= limit and all(tuple(p[:n]) == tokens for p in prompts):
-                best = tokens
-        return best
+            n = min(len(tokens), limit)
+            for row in rows:
+                if n <= best:
+                    break
+                n = _shared_len(tokens, row, n)
+            best = max(best, n)
+        return rows[0][:best] if best >= max(minimum, 1) else ()
 
     def get(self, key: Hashable, tokens: tuple[int, ...]) -> Layers | None:
-        """The entry of identity ``key`` for ``tokens``, marked recently used; None if absent."""
+        """Keys and values of ``tokens`` for identity ``key``, marked recently used; None if
+        absent. Its own entry, or the start of a longer entry of ``key`` (a prefix's keys and
+        values do not depend on what follows it: causal attention, positions from 0)."""
+        n = len(tokens)
         with self._lock:
-            found = self._entries.get((key, tokens))
-            if found is not None:
-                self._entries.move_to_end((key, tokens))
-            return found
+            entry = (key, tokens)
+            if entry not in self._entries:
+                entry = next((e for e in self._entries if _starts(key, tokens, e)), None)
+                if entry is None:
+                    return None
+            self._entries.move_to_end(entry)
+            layers = self._entries[entry]
+        if len(entry[1]) == n:
+            return layers
+        return [(k[:, :, :n], v[:, :, :n]) for k, v in layers]
 
     def put(self, key: Hashable, tokens: tuple[int, ...], layers: Layers) -> None:
         """Store ``layers`` (per layer: keys, values of batch 1) for identity ``key``; an entry
@@ -91,8 +112,14 @@ class PrefixCache:
             return
         with self._lock:
             entry = (key, tokens)
-            if entry in self._entries:
-                self.bytes -= self._sizes.pop(entry)
+            # an entry this one starts with is served by slicing this one now: keep one copy
+            for old in [
+                e
+                for e in self._entries
+                if e[0] == key and (e == entry or _starts(key, e[1], entry))
+            ]:
+                del self._entries[old]
+                self.bytes -= self._sizes.pop(old)
             self._entries[entry] = layers
             self._entries.move_to_end(entry)
             self._sizes[entry] = size
@@ -116,3 +143,23 @@ class PrefixCache:
     def __len__(self) -> int:
         with self._lock:
             return len(self._entries)
+
+
+def _shared_len(a: Sequence[int], b: Sequence[int], limit: int) -> int:
+    """How many leading tokens ``a`` and ``b`` share, at most ``limit`` (tuples: slices compare
+    in C, so a binary search beats a Python loop over a few hundred tokens)."""
+    lo, hi = 0, limit
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def _starts(
+    key: Hashable, tokens: tuple[int, ...], entry: tuple[Hashable, tuple[int, ...]]
+) -> bool:
+    """Whether ``entry`` belongs to ``key`` and is longer than ``tokens``, starting with them."""
+    return entry[0] == key and len(entry[1]) > len(tokens) and entry[1][: len(tokens)] == tokens
