@@ -116,6 +116,20 @@ def test_ladder_runs_then_rerun_is_fully_cached(project):
     assert set(statuses(again).values()) == {"cached"}
     assert again.all_cached
 
+    # The registry lives in $TUNEWISE_HOME, outside the project: an emptied one (the project on
+    # another machine, a wiped home) is registered again, not reported cached over nothing.
+    import shutil
+
+    from tunewise import paths
+    from tunewise.registry.store import Registry
+
+    shutil.rmtree(paths.registry_dir())
+    moved = statuses(run_ladder(load_project(project), quiet=True))
+    assert moved["registry"] == "ran" and moved["train-lora"] == moved["evaluate"] == "cached"
+    production = Registry().lookup(f"{cfg.name}@production")
+    assert Path(production.source_run).is_relative_to(cfg.work_dir.resolve())
+    assert statuses(run_ladder(load_project(project), quiet=True))["registry"] == "cached"
+
     # A training change reruns training and what depends on it, nothing upstream.
     changed = run_ladder(load_project(project, ["train.lr=1e-3"]), quiet=True)
     s = statuses(changed)

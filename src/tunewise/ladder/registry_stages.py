@@ -15,6 +15,7 @@ from tunewise.decide.champion import (
     registered_as,
     weights_hash,
 )
+from tunewise.errors import UserError
 from tunewise.eval.results import EvalRun
 from tunewise.fsio import atomic_write_json
 from tunewise.ladder import release_stage
@@ -57,6 +58,23 @@ def released_here(plan: LadderPlan) -> tuple[str | None, str]:
         if name in names and version.source_run == str(Path(folder).resolve()):
             return version.spec, name
     return None, CHAMPION
+
+
+def still_registered(plan: LadderPlan, outputs: Outputs) -> bool:
+    """Whether the versions a registry stage recorded are still in the registry, as this
+    project's: the registry lives in $TUNEWISE_HOME, outside the project, so a wiped home or the
+    project on another machine would otherwise say "cached" over an empty registry. Reads only
+    (a dry run asks too)."""
+    specs = list((outputs.get("versions") or {}).values())
+    root = paths.registry_dir(create=False)
+    if not root.is_dir():
+        return not specs
+    try:
+        found = [Registry(root, snapshot=True).lookup(spec) for spec in specs]
+    except UserError:  # gone, renumbered, or an unreadable index: the stage runs and says why
+        return False
+    work = plan.work.resolve()
+    return all(v.source_run and Path(v.source_run).resolve().is_relative_to(work) for v in found)
 
 
 def register(plan: LadderPlan, gate_out: Outputs) -> Outputs:

@@ -45,6 +45,9 @@ class Stage:
     inputs: dict[str, Any]
     run: Callable[[dict[Stage, Outputs]], Outputs]
     after: tuple[Stage, ...] = ()
+    # For outputs that live outside the project's files (the registry's versions): whether the
+    # recorded outputs still hold; a stage whose outputs do not runs again.
+    holds: Callable[[Outputs], bool] | None = None
 
     @cached_property
     def depends(self) -> dict[str, Any]:
@@ -112,12 +115,14 @@ class Ladder:
         return done
 
     def reusable(self, stage: Stage) -> bool:
-        """Whether ``stage`` would come back from the cache: same key, its files still there."""
+        """Whether ``stage`` would come back from the cache: same key, its files still there,
+        and what it recorded elsewhere still holds (``Stage.holds``)."""
         prev = self.state.get(stage.name)
         return bool(
             prev
             and prev.get("key") == stage.key
             and all(Path(p).exists() for p in prev.get("paths", []))
+            and (stage.holds is None or stage.holds(prev.get("outputs") or {}))
         )
 
     def _stage(self, stage: Stage, label: str, upstream: dict[Stage, Outputs]) -> Outputs:

@@ -51,7 +51,7 @@ from tunewise.ladder.eval_stages import compare_and_gate, final_test, write_repo
 from tunewise.ladder.eval_stages import evaluate_baselines as _evaluate_baselines
 from tunewise.ladder.eval_stages import evaluate_candidates as _evaluate
 from tunewise.ladder.plan import LadderPlan, data_files, gated
-from tunewise.ladder.registry_stages import find_champion, released_here
+from tunewise.ladder.registry_stages import find_champion, released_here, still_registered
 from tunewise.ladder.registry_stages import register as _register
 from tunewise.ladder.stages import Ladder, LadderResult, Outputs, Stage
 from tunewise.ladder.train_stages import measure_learning_curve
@@ -144,7 +144,13 @@ def _ladder(
     # Opt-in: the first method (its first context variant) again on 25% and 50% of train.
     first = methods[0], variants[0]
     curve = [_curve_stage(plan, trains[0], first, names[first], evaluate)] if learning_curve else []
-    registry = Stage("registry", {}, lambda up: _register(plan, up[gate]), after=(gate,))
+    registry = Stage(
+        "registry",
+        {},
+        lambda up: _register(plan, up[gate]),
+        after=(gate,),
+        holds=lambda out: still_registered(plan, out),
+    )
     # The one sealed test evaluation: when asked, or when an earlier --final left it up to date
     # (then it comes back from the cache, and the test split is not spent again).
     test = Stage(
