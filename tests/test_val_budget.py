@@ -124,7 +124,7 @@ def test_a_run_too_short_for_any_evaluation_still_gets_one_at_the_end():
 def test_a_resumed_run_that_evaluated_before_gets_no_forced_evaluation():
     from tunewise.train.budget import EvalPlanner
 
-    planner = EvalPlanner(0.1, lambda s, d: 4.0, evaluated_before=True)
+    planner = EvalPlanner(0.1, lambda s, d, b: 4.0, evaluated_before=True)
     planner.begin(100, 0.0)
     assert not planner.decide(110, 110, 10.0) and not planner.forced_final
 

@@ -23,7 +23,6 @@ engine runs the others in batches of their own, as before.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import threading
@@ -60,8 +59,7 @@ def adapter_digest(path: Path) -> str:
     ``use_rslora``) and says where they go: an edited config under the same folder was kept
     loaded as it was, and the generation and prefix caches answered from the old scale.
     """
-    config = hashlib.sha256((path / ADAPTER_CONFIG).read_bytes()).hexdigest()
-    return sha256_json([sha256_file(path / ADAPTER_WEIGHTS), config])
+    return sha256_json([sha256_file(path / ADAPTER_WEIGHTS), sha256_file(path / ADAPTER_CONFIG)])
 
 
 @dataclass(frozen=True)

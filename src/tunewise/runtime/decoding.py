@@ -48,6 +48,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from tunewise.runtime.prefix_cache import shared_len
+
 if TYPE_CHECKING:  # torch is imported where tensors are made: `tunewise --help` stays fast
     import torch
 
@@ -145,10 +147,9 @@ def shareable(kv: Any) -> bool:
 def _common_prefix(prompts: list[list[int]]) -> int:
     if len(prompts) < 2:
         return 0
-    first, limit = prompts[0], min(len(p) for p in prompts) - 1  # each row keeps >= 1 own token
-    n = 0
-    while n < limit and all(p[n] == first[n] for p in prompts):
-        n += 1
+    first, n = prompts[0], min(len(p) for p in prompts) - 1  # each row keeps >= 1 own token
+    for p in prompts[1:]:
+        n = shared_len(first, p, n)
     return n
 
 
@@ -280,7 +281,8 @@ def prefill(
     kv = new_cache(config)
     shared = _common_prefix(prompts)
     distinct = 1 if groups is None else len(set(groups))
-    if not shareable(kv):
+    can_share = shareable(kv)
+    if not can_share:
         shared = 0
     elif prefix_cache is not None:
         filled, shared = _cached_prefix(forward, config, prompts, groups, shared, prefix_cache)
@@ -301,7 +303,7 @@ def prefill(
     positions = (shared + mask.cumsum(-1) - 1).clamp(min=0)
     full_mask = torch.cat([prefix_mask, mask], dim=1)  # (b, P + S)
     logits = forward(input_ids, full_mask, positions, kv, **_groups_kw(groups))
-    if prefix_cache is not None and b == 1 and shareable(kv):
+    if prefix_cache is not None and b == 1 and can_share:
         # A request alone has nobody to share with now, but the next one may: the same system
         # prompt, or this conversation a turn later. Its whole prompt is stored (no padding in
         # a batch of one), and PrefixCache serves the start of it to a prompt that goes elsewhere.

@@ -83,7 +83,7 @@ class PrefixCache:
             for row in rows:
                 if n <= best:
                     break
-                n = _shared_len(tokens, row, n)
+                n = shared_len(tokens, row, n)
             best = max(best, n)
         return rows[0][:best] if best >= max(minimum, 1) else ()
 
@@ -113,11 +113,7 @@ class PrefixCache:
         with self._lock:
             entry = (key, tokens)
             # an entry this one starts with is served by slicing this one now: keep one copy
-            for old in [
-                e
-                for e in self._entries
-                if e[0] == key and (e == entry or _starts(key, e[1], entry))
-            ]:
+            for old in [e for e in self._entries if e[0] == key and tokens[: len(e[1])] == e[1]]:
                 del self._entries[old]
                 self.bytes -= self._sizes.pop(old)
             self._entries[entry] = layers
@@ -145,9 +141,9 @@ class PrefixCache:
             return len(self._entries)
 
 
-def _shared_len(a: Sequence[int], b: Sequence[int], limit: int) -> int:
-    """How many leading tokens ``a`` and ``b`` share, at most ``limit`` (tuples: slices compare
-    in C, so a binary search beats a Python loop over a few hundred tokens)."""
+def shared_len(a: Sequence[int], b: Sequence[int], limit: int) -> int:
+    """How many leading tokens ``a`` and ``b`` (both tuples or both lists) share, at most
+    ``limit``: slices compare in C, so a binary search beats a Python loop over the tokens."""
     lo, hi = 0, limit
     while lo < hi:
         mid = (lo + hi + 1) // 2

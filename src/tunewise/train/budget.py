@@ -118,8 +118,9 @@ class FirstPass:
         return loss + prefill + decode
 
 
-# A first pass known in advance (the estimate's simulation): (step_s, decode_s) -> seconds.
-FirstCost = Callable[[float, "float | None"], float]
+# The first evaluation's price: (step_s, decode_s, batch_s) -> seconds (FirstPass.seconds, or
+# a cost known in advance in the estimate's simulation).
+FirstCost = Callable[[float, "float | None", "float | None"], float]
 
 
 class EvalPlanner:
@@ -136,7 +137,6 @@ class EvalPlanner:
     ) -> None:
         self.budget = budget
         self.margin = margin
-        self._first_pass = first if isinstance(first, FirstPass) else None
         self._first: FirstCost = first.seconds if isinstance(first, FirstPass) else first
         self.evaluated_before = evaluated_before  # a resumed run that has evaluated already
         self.decode_s: float | None = None  # a greedy step of the check's prompts, measured
@@ -170,9 +170,7 @@ class EvalPlanner:
         the first pass's estimate at the pace so far."""
         if self.costs:
             return self.costs[-1]
-        if self._first_pass is not None:
-            return self._first_pass.seconds(self.step_s(step, now), self.decode_s, self.batch_s)
-        return self._first(self.step_s(step, now), self.decode_s)
+        return self._first(self.step_s(step, now), self.decode_s, self.batch_s)
 
     def due(self, step: int, max_steps: int) -> bool:
         """Whether ``step`` is a check (every process computes the same answer)."""
@@ -258,7 +256,7 @@ def simulate(
     figures."""
     costs = [eval_s] if isinstance(eval_s, (int, float)) else list(eval_s)
     planner = EvalPlanner(
-        budget, first if first is not None else (lambda s, d: float(costs[0])), margin=margin
+        budget, first if first is not None else (lambda s, d, b: float(costs[0])), margin=margin
     )
     planner.decode_s, planner.batch_s = decode_s, batch_s
     now = 0.0

@@ -15,7 +15,8 @@ import math
 import os
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -153,6 +154,18 @@ def history_from_log(log_history: Sequence[dict[str, Any]]) -> list[EvalPoint]:
 # --- generation for the repetition check --------------------------------------------------------
 
 
+@contextmanager
+def _evaluating(model: Any) -> Iterator[None]:
+    """``model`` in eval mode for the block (no dropout), back in training mode after if it was."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        if was_training:
+            model.train()
+
+
 def generate_greedy(
     model: Any,
     tokenizer: Any,
@@ -178,10 +191,8 @@ def generate_greedy(
     encoded = chat.encode(
         tokenizer, [chat.render(tokenizer, p, generation_prompt=True) for p in prompts]
     )
-    was_training = model.training
-    model.eval()
     out: list[str] = []
-    try:
+    with _evaluating(model):
         device = next(model.parameters()).device
         for start in range(0, len(encoded), batch_size):
             chunk = encoded[start : start + batch_size]
@@ -200,9 +211,6 @@ def generate_greedy(
                     eos_token_id=stop,
                 )
             out.extend(_decode_until_stop(tokenizer, gen[:, width:].tolist(), set(stop)))
-    finally:
-        if was_training:
-            model.train()
     return out
 
 
@@ -441,9 +449,7 @@ def run_callbacks(
 def decode_step_seconds(model: Any, rows: int, *, tokens: int = 4) -> float:
     """Seconds per greedy step of ``rows`` prompts through ``generate`` (its per-step overhead
     included, which on a small model outweighs the forward): the second of two short runs."""
-    was_training = model.training
-    model.eval()
-    try:
+    with _evaluating(model):
         device = next(model.parameters()).device
         ids = torch.zeros((rows, 4), dtype=torch.long, device=device)  # (rows, seq)
         seconds = 0.0
@@ -463,9 +469,6 @@ def decode_step_seconds(model: Any, rows: int, *, tokens: int = 4) -> float:
                 torch.cuda.synchronize(device)
             seconds = time.perf_counter() - t0
         return seconds / tokens
-    finally:
-        if was_training:
-            model.train()
 
 
 def loss_batch_seconds(trainer: Any, model: Any) -> float:
@@ -474,18 +477,13 @@ def loss_batch_seconds(trainer: Any, model: Any) -> float:
     ds = trainer.eval_dataset
     n = min(len(ds), trainer.args.per_device_eval_batch_size)
     batch = trainer._prepare_inputs(trainer.data_collator([ds[i] for i in range(n)]))
-    was_training = model.training
-    model.eval()
-    try:
+    with _evaluating(model):
         t0 = time.perf_counter()
         trainer.prediction_step(model, batch, prediction_loss_only=True)
         device = next(model.parameters()).device
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         return time.perf_counter() - t0
-    finally:
-        if was_training:
-            model.train()
 
 
 def _agree(value: Any) -> Any:
